@@ -1,0 +1,130 @@
+"""Typed settings, filled in order: defaults, mlserve.toml, MLSERVE_* environment, command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Where and how the HTTP server listens."""
+
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = 8000
+    """TCP port to bind; 0 picks a free one."""
+    log_level: str = "info"
+    """debug | info | warning | error."""
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Largest request body accepted; larger ones get 413."""
+    shutdown_grace_s: float = 30.0
+    """How long SIGTERM waits for in-flight requests before exiting."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be positive")
+        if self.shutdown_grace_s < 0:
+            raise ValueError("shutdown_grace_s must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    """Where models come from and how they are loaded."""
+
+    models: str = "./models"
+    """Model repository: a local folder (s3:// URIs come with the S3 store)."""
+    default_device: str = "cpu"
+    """Device for models whose model.toml names none."""
+    trust_repository: bool = False
+    """Allow artifacts that unpickle Python objects."""
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models must name a repository")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """All of mlserve's settings; each component takes only its own section."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+
+_SECTIONS = {"server": ServerConfig, "registry": RegistryConfig}
+
+
+def _coerce(value: str, kind: Any) -> Any:
+    if kind in (int, "int"):
+        return int(value)
+    if kind in (float, "float"):
+        return float(value)
+    if kind in (bool, "bool"):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    return value
+
+
+def _field_types(section: type) -> dict[str, Any]:
+    return {f.name: f.type for f in fields(section)}
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """MLSERVE_<SECTION>_<FIELD>, e.g. MLSERVE_SERVER_PORT=9000; MLSERVE_MODELS is a shortcut."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, cls in _SECTIONS.items():
+        for name, kind in _field_types(cls).items():
+            key = f"MLSERVE_{section.upper()}_{name.upper()}"
+            if key in environ:
+                out.setdefault(section, {})[name] = _coerce(environ[key], kind)
+    if "MLSERVE_MODELS" in environ:
+        out.setdefault("registry", {})["models"] = environ["MLSERVE_MODELS"]
+    return out
+
+
+def load_config(
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build the one Config: defaults < mlserve.toml < environment < flags (overrides)."""
+    merged: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    if file is None and Path("mlserve.toml").is_file():
+        file = Path("mlserve.toml")
+    if file is not None:
+        with open(file, "rb") as fh:
+            data = tomllib.load(fh)
+        for section, values in data.items():
+            if section not in _SECTIONS:
+                raise ValueError(f"{file}: unknown section [{section}]")
+            merged[section].update(values)
+    for section, values in _env_overrides(os.environ if environ is None else environ).items():
+        merged[section].update(values)
+    for section, values in (overrides or {}).items():
+        merged[section].update({k: v for k, v in values.items() if v is not None})
+    built = {}
+    for section, cls in _SECTIONS.items():
+        known = set(_field_types(cls))
+        unknown = set(merged[section]) - known
+        if unknown:
+            raise ValueError(f"unknown setting(s) in [{section}]: {', '.join(sorted(unknown))}")
+        built[section] = cls(**merged[section])
+    return Config(**built)
+
+
+def replace(config: Config, **sections: Any) -> Config:
+    return dataclasses.replace(config, **sections)

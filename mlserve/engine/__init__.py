@@ -1,0 +1,32 @@
+"""Engines behind one Backend protocol. Backends are imported on first use, so an ONNX-only
+deployment never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+
+from mlserve.engine.base import Backend, infer_backend_name
+from mlserve.registry.spec import ModelConfig
+
+_BACKEND_CLASSES = {
+    "onnx": ("mlserve.engine.onnx_backend", "OnnxBackend"),
+    "torchscript": ("mlserve.engine.torch_backend", "TorchScriptBackend"),
+    "torch_export": ("mlserve.engine.torch_backend", "TorchExportBackend"),
+    "tensorrt": ("mlserve.engine.tensorrt_backend", "TensorRTBackend"),
+}
+
+
+def create_backend(name: str, config: ModelConfig, trust_repository: bool = False) -> Backend:
+    if name not in _BACKEND_CLASSES:
+        raise ValueError(f"no backend named {name!r}; known: {', '.join(sorted(_BACKEND_CLASSES))}")
+    module_name, class_name = _BACKEND_CLASSES[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(config, trust_repository=trust_repository)
+
+
+def register_backend(name: str, module_name: str, class_name: str) -> None:
+    """Make another backend (the LLM engine, a test backend) known by name."""
+    _BACKEND_CLASSES[name] = (module_name, class_name)
+
+
+__all__ = ["Backend", "create_backend", "infer_backend_name", "register_backend"]

@@ -1,0 +1,53 @@
+"""The Backend protocol every engine implements, and the artifact-kind table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from mlserve.registry.spec import ModelInfo
+
+# Which files in a version folder mean which backend (the first match wins).
+ARTIFACT_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("*.onnx", "onnx"),
+    ("*.pt2", "torch_export"),
+    ("*.pt", "torchscript"),
+    ("*.ts", "torchscript"),
+    ("*.plan", "tensorrt"),
+    ("config.json", "llm"),
+)
+
+
+class Backend(Protocol):
+    """One loaded model version on one device. Synchronous: it never awaits and knows no batching."""
+
+    def load(self, path: Path, device: str) -> None:
+        """Read the artifact in the version folder `path` onto `device`."""
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch: input name -> array, to output name -> array (same leading size)."""
+
+    def unload(self) -> None:
+        """Free what load took."""
+
+    @property
+    def info(self) -> ModelInfo:
+        """Platform name and tensor specs, known after load."""
+
+
+def infer_backend_name(version_dir: Path) -> str | None:
+    for pattern, name in ARTIFACT_PATTERNS:
+        if any(version_dir.glob(pattern)):
+            return name
+    return None
+
+
+def find_artifact(version_dir: Path, patterns: tuple[str, ...]) -> Path:
+    """The one artifact file of a kind in a version folder; model.* is preferred when there are several."""
+    found = sorted(p for pattern in patterns for p in version_dir.glob(pattern) if p.is_file())
+    if not found:
+        raise FileNotFoundError(f"no {' or '.join(patterns)} file in {version_dir}")
+    preferred = [p for p in found if p.stem == "model"]
+    return (preferred or found)[0]

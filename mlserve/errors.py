@@ -1,0 +1,41 @@
+"""The error hierarchy. Errors carry messages; server/middleware.py maps them to HTTP statuses."""
+
+
+class MlserveError(Exception):
+    """Base of every error mlserve raises on purpose."""
+
+
+class ModelNotFound(MlserveError):
+    """The model or version is not in the repository."""
+
+
+class ModelNotReady(MlserveError):
+    """The model or version exists but cannot serve right now."""
+
+
+class InvalidInput(MlserveError):
+    """The request is malformed or does not match the model's inputs."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """The request body or a tensor in it is over a configured limit."""
+
+
+class Overloaded(MlserveError):
+    """A queue is full; the client should retry later."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(MlserveError):
+    """The request's deadline passed before it ran."""
+
+
+class InferenceFailed(MlserveError):
+    """The model raised while running a batch."""
+
+
+class ModelLoadError(MlserveError):
+    """A model version could not be read or loaded."""

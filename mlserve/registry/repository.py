@@ -1,0 +1,68 @@
+"""Scanning a store into model entries: names, version numbers, model.toml, inferred backend."""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass, field
+
+from mlserve.errors import ModelLoadError
+from mlserve.registry.spec import MODEL_NAME, ModelConfig, parse_model_config
+from mlserve.registry.store import Store
+
+log = logging.getLogger("mlserve.registry")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One model folder as found: its settings and every version number present."""
+
+    name: str
+    config: ModelConfig
+    versions: tuple[int, ...]
+
+    @property
+    def served_versions(self) -> list[int]:
+        return self.config.version_policy.select(list(self.versions))
+
+
+@dataclass(slots=True)
+class Scan:
+    """Every model found in the repository, and the folders rejected with the reason."""
+
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _versions(store: Store, name: str) -> tuple[int, ...]:
+    numbers = []
+    for entry in store.list_versions(name):
+        if entry.isdigit() and int(entry) > 0 and str(int(entry)) == entry:
+            numbers.append(int(entry))
+    return tuple(sorted(numbers))
+
+
+def read_entry(store: Store, name: str) -> ModelEntry:
+    if not MODEL_NAME.fullmatch(name):
+        raise ModelLoadError(f"model folder {name!r} is not a valid model name ([a-z0-9][a-z0-9_.-]*)")
+    text = store.read_text(name, "model.toml")
+    try:
+        config = parse_model_config(tomllib.loads(text)) if text is not None else ModelConfig()
+    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{name}/model.toml: {exc}") from exc
+    versions = _versions(store, name)
+    if not versions:
+        raise ModelLoadError(f"model {name!r} has no version folders (positive integers such as 1/)")
+    return ModelEntry(name, config, versions)
+
+
+def scan(store: Store) -> Scan:
+    """Read every model folder; a bad one is logged and reported, and never stops the others."""
+    result = Scan()
+    for name in store.list_models():
+        try:
+            result.models[name] = read_entry(store, name)
+        except Exception as exc:
+            result.errors[name] = str(exc)
+            log.error("model %s rejected: %s", name, exc)
+    return result

@@ -1,0 +1,216 @@
+"""Plain model descriptions: tensor specs, per-model settings from model.toml, version policy.
+
+Imports nothing but errors, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlserve.errors import ModelLoadError
+
+# Open Inference Protocol datatype -> numpy dtype name (BYTES are object arrays of bytes).
+DATATYPE_TO_NUMPY: dict[str, str] = {
+    "BOOL": "bool",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "object",
+}
+NUMPY_TO_DATATYPE: dict[str, str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
+
+BACKENDS = ("onnx", "torchscript", "torch_export", "tensorrt", "llm")
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One named input or output: v2 datatype and full shape (-1 = any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.datatype not in DATATYPE_TO_NUMPY:
+            raise ValueError(f"tensor {self.name!r}: unknown datatype {self.datatype!r}")
+        if any(d < -1 for d in self.shape):
+            raise ValueError(f"tensor {self.name!r}: dimensions must be >= -1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which versions of a model are served: the latest N, all, or a fixed list."""
+
+    latest: int | None = 1
+    all: bool = False
+    specific: tuple[int, ...] = ()
+
+    def select(self, versions: list[int]) -> list[int]:
+        ordered = sorted(versions)
+        if self.all:
+            return ordered
+        if self.specific:
+            return [v for v in ordered if v in self.specific]
+        return ordered[-(self.latest or 1):]
+
+    @classmethod
+    def parse(cls, raw: Any) -> VersionPolicy:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise ValueError("version_policy must be one of {latest = N}, {all = true}, {specific = [..]}")
+        (key, value), = raw.items()
+        if key == "latest" and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return cls(latest=value)
+        if key == "all" and value is True:
+            return cls(latest=None, all=True)
+        if key == "specific" and isinstance(value, list) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+        ):
+            return cls(latest=None, specific=tuple(value))
+        raise ValueError(f"bad version_policy {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingSpec:
+    """How requests to one model version are grouped into batches."""
+
+    max_batch_size: int = 64
+    """Rows per batch; 0 = no batching, one request per run and shapes are taken as given."""
+    max_queue_delay_us: int = 2000
+    """Longest a queued request waits for company once others are waiting."""
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+    """Requests waiting per version before new ones get 429."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 0:
+            raise ValueError("max_batch_size must be >= 0")
+        if self.max_queue_delay_us < 0:
+            raise ValueError("max_queue_delay_us must be >= 0")
+        if self.max_queue_size < 1:
+            raise ValueError("max_queue_size must be >= 1")
+        if any(s < 1 or (self.max_batch_size and s > self.max_batch_size) for s in self.preferred_batch_sizes):
+            raise ValueError("preferred_batch_sizes must lie in 1..max_batch_size")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Per-model settings from model.toml; every key optional."""
+
+    backend: str | None = None
+    device: str | None = None
+    batching: BatchingSpec = field(default_factory=BatchingSpec)
+    instances: int = 1
+    intra_op_threads: int = 1
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Sections owned by other layers ([traffic], [drift], ...), kept as read."""
+
+    def __post_init__(self) -> None:
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.instances < 1:
+            raise ValueError("instances must be >= 1")
+        if self.intra_op_threads < 0:
+            raise ValueError("intra_op_threads must be >= 0")
+
+
+_BATCHING_KEYS = ("max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size")
+_TOP_KEYS = {"backend", "device", "instances", "intra_op_threads", "version_policy", "inputs", "outputs"}
+_KNOWN_SECTIONS = {"traffic", "drift", "llm", "cache_size", "warmup", "timeout_us"}
+
+
+def _tensor_specs(raw: Any, what: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list):
+        raise ValueError(f"[[{what}]] must be a list of tables")
+    specs = []
+    for item in raw:
+        if not isinstance(item, dict) or set(item) - {"name", "datatype", "shape"} or "name" not in item:
+            raise ValueError(f"each [[{what}]] needs name, datatype and shape, got {item!r}")
+        shape = item.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+            raise ValueError(f"[[{what}]] {item['name']!r}: shape must be a list of integers")
+        specs.append(TensorSpec(str(item["name"]), str(item.get("datatype", "")), tuple(shape)))
+    return tuple(specs)
+
+
+_INT_KEYS = ("max_batch_size", "max_queue_delay_us", "max_queue_size", "instances", "intra_op_threads")
+_STR_KEYS = ("backend", "device")
+
+
+def _check_types(raw: dict[str, Any]) -> None:
+    for key in _INT_KEYS:
+        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
+            raise ValueError(f"{key} must be an integer, got {raw[key]!r}")
+    for key in _STR_KEYS:
+        if key in raw and not isinstance(raw[key], str):
+            raise ValueError(f"{key} must be a string, got {raw[key]!r}")
+    sizes = raw.get("preferred_batch_sizes", [])
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
+        raise ValueError(f"preferred_batch_sizes must be a list of integers, got {sizes!r}")
+
+
+def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
+    """Turn a model.toml table into a ModelConfig; raises ValueError naming the bad key."""
+    unknown = set(raw) - _TOP_KEYS - set(_BATCHING_KEYS) - _KNOWN_SECTIONS
+    if unknown:
+        raise ValueError(f"unknown key(s): {', '.join(sorted(unknown))}")
+    _check_types(raw)
+    batching_args = {k: raw[k] for k in _BATCHING_KEYS if k in raw}
+    if "preferred_batch_sizes" in batching_args:
+        batching_args["preferred_batch_sizes"] = tuple(batching_args["preferred_batch_sizes"])
+    return ModelConfig(
+        backend=raw.get("backend"),
+        device=raw.get("device"),
+        batching=BatchingSpec(**batching_args),
+        instances=raw.get("instances", 1),
+        intra_op_threads=raw.get("intra_op_threads", 1),
+        version_policy=VersionPolicy.parse(raw.get("version_policy")),
+        inputs=_tensor_specs(raw.get("inputs", []), "inputs"),
+        outputs=_tensor_specs(raw.get("outputs", []), "outputs"),
+        extra={k: v for k, v in raw.items() if k in _KNOWN_SECTIONS},
+    )
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """Read DIR/<model>/model.toml; a missing file means all defaults."""
+    if not path.is_file():
+        return ModelConfig()
+    try:
+        with open(path, "rb") as fh:
+            return parse_model_config(tomllib.load(fh))
+    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a loaded version tells the world: its backend's platform name and tensors."""
+
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    utf8_strings: bool = False
+    """BYTES tensors must hold UTF-8 text (ONNX strings)."""

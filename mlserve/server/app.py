@@ -1,0 +1,79 @@
+"""The aiohttp application: typed app keys, the route table, and one cleanup context per resource."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from mlserve.config import Config
+from mlserve.monitor.metrics import Metrics
+from mlserve.registry.loader import HotSwapLoader
+from mlserve.registry.local import LocalStore
+from mlserve.registry.store import Store
+from mlserve.routing.service import InferenceService
+from mlserve.server.middleware import error_middleware
+from mlserve.server.state import ServerState
+from mlserve.server.v2 import V2Handlers
+
+log = logging.getLogger("mlserve.server")
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+LOADER = web.AppKey("loader", HotSwapLoader)
+SERVICE = web.AppKey("service", InferenceService)
+STATE = web.AppKey("state", ServerState)
+
+
+def open_store(uri: str) -> Store:
+    if "://" in uri:
+        raise ValueError(f"unsupported model repository {uri!r}: give a local folder")
+    return LocalStore(Path(uri))
+
+
+def _add_v2_routes(app: web.Application, v2: V2Handlers) -> None:
+    r = app.router
+    r.add_get("/v2/health/live", v2.live)
+    r.add_get("/v2/health/ready", v2.ready)
+    r.add_get("/v2", v2.server_metadata)
+    r.add_post("/v2/repository/index", v2.repository_index)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        r.add_get(prefix, v2.model_metadata)
+        r.add_get(prefix + "/ready", v2.model_ready)
+        r.add_get(prefix + "/config", v2.model_config)
+        r.add_post(prefix + "/infer", v2.infer)
+
+
+async def _metrics_handler(request: web.Request) -> web.Response:
+    app = request.app
+    loader, metrics = app[LOADER], app[METRICS]
+    for served in loader.models.values():
+        for version, sv in served.versions.items():
+            if sv.batcher is not None:
+                metrics.queue_depth.labels(served.name, str(version)).set(sv.batcher.num_queued)
+    return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def _loader_ctx(app: web.Application):
+    """Load the repository before the first request is taken; drain and unload after the last."""
+    loader = app[LOADER]
+    await loader.reconcile()
+    app[STATE].is_started = True
+    ready = sum(len(m.ready_versions()) for m in loader.models.values())
+    log.info("repository %s: %d model version(s) ready", loader.store.describe(), ready)
+    yield
+    app[STATE].is_stopping = True
+    await loader.close()
+
+
+def create_app(config: Config, store: Store | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.server.max_body_bytes)
+    metrics = Metrics()
+    loader = HotSwapLoader(store or open_store(config.registry.models), config.registry, metrics)
+    service = InferenceService(loader)
+    app[CONFIG], app[METRICS], app[LOADER], app[SERVICE], app[STATE] = config, metrics, loader, service, ServerState()
+    _add_v2_routes(app, V2Handlers(service, app[STATE], metrics))
+    app.router.add_get("/metrics", _metrics_handler)
+    app.cleanup_ctx.append(_loader_ctx)
+    return app

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.models import write_test_repository
+from tests.server_process import MlserveProcess
+
+
+@pytest.fixture(scope="session")
+def test_repo(tmp_path_factory):
+    return write_test_repository(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="session")
+def server(test_repo, tmp_path_factory):
+    """One real mlserve process over the test repository, shared by the end-to-end tests."""
+    proc = MlserveProcess(test_repo, log_path=tmp_path_factory.mktemp("logs") / "mlserve.log").wait_ready()
+    yield proc
+    code = proc.stop()
+    assert code == 0, f"mlserve exited with {code}:\n{proc.log()}"

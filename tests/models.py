@@ -1,0 +1,47 @@
+"""Test model repositories, written by the tests themselves (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mlserve.examples import ONNX_TYPES, _model, _save, write_examples, write_identity_onnx
+
+DATATYPES = tuple(ONNX_TYPES)
+
+
+def write_slow_onnx(path: Path, width: int = 1024, depth: int = 150) -> None:
+    """y = x @ W repeated `depth` times with one shared W: a model that takes a while per batch."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.eye(width, dtype=np.float32)
+    nodes, current = [], "x"
+    for i in range(depth):
+        out = "y" if i == depth - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [current, "w"], [out]))
+        current = out
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    _save(_model(graph), path)
+
+
+def write_test_repository(root: Path) -> Path:
+    """The examples, an identity model per datatype, a slow model, and two broken folders."""
+    write_examples(root)
+    for datatype in DATATYPES:
+        write_identity_onnx(root / f"identity_{datatype.lower()}" / "1" / "model.onnx", datatype)
+    write_slow_onnx(root / "slow" / "1" / "model.onnx")
+    (root / "slow" / "model.toml").write_text("max_batch_size = 8\nmax_queue_size = 4\n")
+    broken = root / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"this is not an onnx file")
+    bad_toml = root / "badtoml" / "1"
+    bad_toml.mkdir(parents=True)
+    (root / "badtoml" / "model.toml").write_text("max_batch_size = 'many'\n")
+    write_identity_onnx(bad_toml / "model.onnx", "FP32")
+    return root
