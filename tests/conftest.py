@@ -18,3 +18,20 @@ def server(test_repo, tmp_path_factory):
     yield proc
     code = proc.stop()
     assert code == 0, f"mlserve exited with {code}:\n{proc.log()}"
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -11,7 +11,7 @@ from mlserve.examples import ONNX_TYPES, _model, _save, write_examples, write_id
 DATATYPES = tuple(ONNX_TYPES)
 
 
-def write_slow_onnx(path: Path, width: int = 1024, depth: int = 150) -> None:
+def write_slow_onnx(path: Path, width: int = 1024, depth: int = 600) -> None:
     """y = x @ W repeated `depth` times with one shared W: a model that takes a while per batch."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -36,7 +36,7 @@ def write_test_repository(root: Path) -> Path:
     for datatype in DATATYPES:
         write_identity_onnx(root / f"identity_{datatype.lower()}" / "1" / "model.onnx", datatype)
     write_slow_onnx(root / "slow" / "1" / "model.onnx")
-    (root / "slow" / "model.toml").write_text("max_batch_size = 8\nmax_queue_size = 4\n")
+    (root / "slow" / "model.toml").write_text("max_batch_size = 0\nmax_queue_size = 8\n")
     broken = root / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"this is not an onnx file")

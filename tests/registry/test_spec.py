@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+
+from mlserve.errors import ModelLoadError
+from mlserve.registry.local import LocalStore
+from mlserve.registry.repository import read_entry, scan
+from mlserve.registry.spec import VersionPolicy, parse_model_config
+
+
+def test_defaults_and_full_config():
+    assert parse_model_config({}).batching.max_batch_size == 64
+    config = parse_model_config({
+        "backend": "torchscript", "device": "cuda:1", "max_batch_size": 8, "max_queue_delay_us": 10,
+        "preferred_batch_sizes": [4, 8], "instances": 2, "version_policy": {"specific": [1, 3]},
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
+        "traffic": {"split": {"1": 100}},
+    })
+    assert config.backend == "torchscript" and config.device == "cuda:1"
+    assert config.batching.preferred_batch_sizes == (4, 8)
+    assert config.inputs[0].shape == (-1, 3)
+    assert config.extra["traffic"] == {"split": {"1": 100}}
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"backend": "tensorflow"}, "backend"),
+    ({"device": "tpu"}, "device"),
+    ({"max_batch_size": "many"}, "max_batch_size"),
+    ({"max_batch_size": -1}, "max_batch_size"),
+    ({"max_batch_size": 4, "preferred_batch_sizes": [8]}, "preferred_batch_sizes"),
+    ({"instances": 0}, "instances"),
+    ({"version_policy": {"latest": 0}}, "version_policy"),
+    ({"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1]}]}, "datatype"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": "1"}]}, "shape"),
+    ({"max_batch": 3}, "unknown key"),
+])
+def test_bad_model_toml_names_the_problem(raw, needle):
+    with pytest.raises((ValueError, TypeError), match=needle):
+        parse_model_config(raw)
+
+
+def test_version_policy_selects():
+    versions = [1, 2, 3, 5]
+    assert VersionPolicy.parse(None).select(versions) == [5]
+    assert VersionPolicy.parse({"latest": 2}).select(versions) == [3, 5]
+    assert VersionPolicy.parse({"all": True}).select(versions) == versions
+    assert VersionPolicy.parse({"specific": [1, 4, 5]}).select(versions) == [1, 5]
+
+
+def test_scan_keeps_good_models_and_reports_bad_ones(tmp_path):
+    (tmp_path / "good" / "1").mkdir(parents=True)
+    (tmp_path / "good" / "2").mkdir()
+    (tmp_path / "good" / "notaversion").mkdir()
+    (tmp_path / "good" / "007").mkdir()
+    (tmp_path / "Bad Name" / "1").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "toml" / "1").mkdir(parents=True)
+    (tmp_path / "toml" / "model.toml").write_text("max_batch_size = [")
+    result = scan(LocalStore(tmp_path))
+    assert result.models["good"].versions == (1, 2)
+    assert set(result.errors) == {"Bad Name", "empty", "toml"}
+    assert "valid model name" in result.errors["Bad Name"]
+    assert "no version folders" in result.errors["empty"]
+
+
+def test_symlink_leaving_the_repository_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "1").mkdir(parents=True)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "sneaky").symlink_to(outside)
+    with pytest.raises(Exception, match="leaves the model repository"):
+        read_entry(LocalStore(repo), "sneaky")
+    assert isinstance(ModelLoadError("x"), Exception)
