@@ -37,6 +37,8 @@ __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "war
 log = logging.getLogger("mlserve.loader")
 
 _MAX_PARALLEL_LOADS = 4
+_ROOM_WAIT_S = 30.0
+_ROOM_POLL_S = 0.005
 
 
 class HotSwapLoader:
@@ -329,7 +331,11 @@ class HotSwapLoader:
             task = asyncio.get_running_loop().create_task(self._first_load(served))
             self._first_loads[name] = task
             task.add_done_callback(lambda _done, key=name: self._first_loads.pop(key, None))
-        await asyncio.shield(task)
+        served.num_waiting += 1
+        try:
+            await asyncio.shield(task)
+        finally:
+            served.num_waiting -= 1  # the caller routes and queues before the loop runs anything else
 
     async def _first_load(self, served: ServedModel) -> None:
         incoming = await self._estimate_bytes(served)
@@ -355,11 +361,18 @@ class HotSwapLoader:
         return total
 
     async def _make_room(self, incoming: ServedModel, incoming_bytes: int) -> None:
+        """Evict least recently used idle models until `incoming` fits. When every resident model is
+        busy, wait for one to go idle (requests finish); past the wait limit, load over the budget."""
+        waited_since = None
         while not self.budget.has_room(self.models.values(), incoming, incoming_bytes, self._reserved):
             victim = self.budget.victim(self.models.values(), incoming, self._reserved)
             if victim is None:
-                log.warning("model %s loads over the budget: every resident model is busy", incoming.name)
-                return
+                waited_since = waited_since or time.monotonic()
+                if time.monotonic() - waited_since > _ROOM_WAIT_S:
+                    log.warning("model %s loads over the budget: every resident model stayed busy", incoming.name)
+                    return
+                await asyncio.sleep(_ROOM_POLL_S)
+                continue
             async with victim.lock:
                 for version in list(victim.versions):
                     await self._unload_version(victim, version, "evict")

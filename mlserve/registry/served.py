@@ -74,6 +74,8 @@ class ServedModel:
     is_unloaded: bool = False
     """Unloaded on request: reconcile and first requests leave it alone until it is loaded again."""
     last_used: float = 0.0
+    num_waiting: int = 0
+    """Requests waiting for this model's first load; it is not evicted under them."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held for every transition of this model (load, swap, unload, pin, eviction)."""
 
@@ -105,7 +107,7 @@ class ServedModel:
 
     @property
     def is_idle(self) -> bool:
-        return all(sv.is_idle for sv in self.versions.values())
+        return self.num_waiting == 0 and all(sv.is_idle for sv in self.versions.values())
 
     @property
     def resident_bytes(self) -> int:
