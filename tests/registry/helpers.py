@@ -122,6 +122,7 @@ class LoadGenerator:
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.num_threads)]
         self._body = infer_body(self.x)
+        self._live: list[list[Answer]] = []
 
     def __enter__(self) -> LoadGenerator:
         for thread in self._threads:
@@ -133,9 +134,16 @@ class LoadGenerator:
         for thread in self._threads:
             thread.join(30)
 
+    def answers_live(self) -> list[Answer]:
+        """Answers so far, while the threads still run."""
+        with self._lock:
+            return [a for part in self._live for a in list(part)]
+
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        mine = []
+        mine: list[Answer] = []
+        with self._lock:
+            self._live.append(mine)
         while not self._stop.is_set():
             sent = time.monotonic()
             try:
@@ -145,7 +153,8 @@ class LoadGenerator:
                 payload = json.loads(resp.read())
                 done = time.monotonic()
                 if resp.status == 200:
-                    out = np.asarray(payload["outputs"][0]["data"], np.float32).reshape(self.x.shape)
+                    first = payload["outputs"][0]
+                    out = np.asarray(first["data"], np.float32).reshape(first["shape"])
                     mine.append(Answer(sent, done, 200, int(payload["model_version"]), out))
                 else:
                     mine.append(Answer(sent, done, resp.status, None, None, str(payload)))
