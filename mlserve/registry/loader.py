@@ -114,7 +114,10 @@ class HotSwapLoader:
         for entry in scan.models.values():
             served = self.models.setdefault(entry.name, ServedModel(entry))
             served.entry = entry
-        jobs = [self.models[name] for name in scan.models if self._should_sync(self.models[name], is_new[name])]
+        jobs: list[ServedModel] = []
+        for name in scan.models:
+            if self._should_sync(self.models[name], is_new[name], jobs):
+                jobs.append(self.models[name])
         await asyncio.gather(*(self._sync_locked(served, source) for served in jobs))
         # A folder that now fails to read keeps what it serves; only a folder that is gone is removed.
         for name in [n for n in self.models if n not in scan.models and n not in scan.errors]:
@@ -125,14 +128,17 @@ class HotSwapLoader:
                  len(scan.errors), len(jobs), time.monotonic() - started)
         return True
 
-    def _should_sync(self, served: ServedModel, is_new: bool) -> bool:
+    def _should_sync(self, served: ServedModel, is_new: bool, planned: list[ServedModel]) -> bool:
         if served.is_unloaded:
             return False
         if served.is_resident or served.pinned is not None:
             return True
         if not is_new or self._config.lazy:
             return False  # evicted or lazy: its next request loads it
-        return self.budget.has_room(self.models.values(), served)
+        if not self.budget.is_limited:
+            return True
+        # eager within the budget; the rest load on their first request
+        return self.budget.has_room(self.models.values(), served, 0, {m.name: 0 for m in planned})
 
     async def _sync_locked(self, served: ServedModel, source: str) -> None:
         async with served.lock:
@@ -324,7 +330,7 @@ class HotSwapLoader:
         if served is None:
             return
         served.last_used = time.monotonic()
-        if served.is_unloaded or served.default_version() is not None:
+        if served.is_unloaded or served.default_version() is not None or _is_rejected(served):
             return
         task = self._first_loads.get(name)
         if task is None:
@@ -463,6 +469,13 @@ class HotSwapLoader:
             await self._remove_model(name, "shutdown")
         self._executor.shutdown(wait=False)
         await self.store.close()
+
+
+def _is_rejected(served: ServedModel) -> bool:
+    """Every version it has was rejected for its files: loading again would fail the same way."""
+    return bool(served.versions) and all(
+        sv.state is VersionState.UNAVAILABLE and not sv.is_retryable for sv in served.versions.values()
+    )
 
 
 def _label(source: str) -> str:

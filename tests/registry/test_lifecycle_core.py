@@ -163,3 +163,44 @@ def test_local_store_checks_sha256sums(tmp_path):
     (folder / "SHA256SUMS").write_text(f"{'1' * 64}  model.onnx\n")
     with pytest.raises(StoreError, match="does not match"):
         asyncio.run(store.fetch("m", 1))
+
+
+def test_poll_interval_picks_up_a_new_version(tmp_path):
+    write_model(tmp_path, "m", [1])
+
+    async def run():
+        config = RegistryConfig(models=str(tmp_path), poll_interval_s=0.05)
+        loader = HotSwapLoader(LocalStore(tmp_path), config, Metrics())
+        try:
+            await loader.start()
+            assert loader.models["m"].ready_versions() == [1]
+            write_version(tmp_path, "m", 2)
+            for _ in range(200):
+                if loader.models["m"].ready_versions() == [2]:
+                    return True
+                await asyncio.sleep(0.02)
+            return False
+        finally:
+            await loader.close()
+
+    assert asyncio.run(run())
+
+
+def test_eager_start_loads_only_what_the_budget_allows(tmp_path):
+    for i in range(6):
+        write_model(tmp_path, f"m{i}", [1])
+
+    async def run():
+        config = RegistryConfig(models=str(tmp_path), max_loaded_models=4)
+        loader = HotSwapLoader(LocalStore(tmp_path), config, Metrics())
+        try:
+            await loader.start()
+            resident = sorted(m.name for m in loader.models.values() if m.is_resident)
+            await loader.ensure_loaded("m5")  # over the cap: the least recently used idle model leaves
+            after = sorted(m.name for m in loader.models.values() if m.is_resident)
+            return resident, after
+        finally:
+            await loader.close()
+
+    resident, after = asyncio.run(run())
+    assert len(resident) == 4 and len(after) == 4 and "m5" in after
