@@ -122,7 +122,7 @@ class HotSwapLoader:
         # A folder that now fails to read keeps what it serves; only a folder that is gone is removed.
         for name in [n for n in self.models if n not in scan.models and n not in scan.errors]:
             await self._remove_model(name, source)
-        self._update_gauges()
+        self.update_gauges()
         self._metrics.reconciles.labels(_label(source), "ok").inc()
         log.info("reconcile (%s): %d model(s), %d rejected, %d synced in %.2f s", source, len(scan.models),
                  len(scan.errors), len(jobs), time.monotonic() - started)
@@ -299,9 +299,9 @@ class HotSwapLoader:
             served.history.append(current)
             del served.history[:-16]
             log.info("model %s: version %d now answers unversioned requests (%s)", served.name, current, source)
-        self._update_gauges()
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
+        """Resident models and bytes; O(models), so computed per pass and per scrape, not per load."""
         self._metrics.loaded_models.set(self.budget.num_resident(self.models.values()))
         self._metrics.loaded_bytes.set(self.budget.resident_bytes(self.models.values()))
 
@@ -355,7 +355,6 @@ class HotSwapLoader:
         finally:
             self._reserved.pop(served.name, None)
             served.last_used = time.monotonic()
-            self._update_gauges()
 
     async def _estimate_bytes(self, served: ServedModel) -> int:
         total = 0
@@ -416,7 +415,6 @@ class HotSwapLoader:
             served.is_unloaded, served.pinned = True, None
             for version in list(served.versions):
                 await self._unload_version(served, version, source)
-        self._update_gauges()
         log.info("model %s unloaded (%s)", name, source)
 
     async def pin(self, name: str, version: int, source: str, action: str = "pinned") -> ServedModel:

@@ -55,6 +55,7 @@ def _add_v2_routes(app: web.Application, v2: V2Handlers) -> None:
 async def _metrics_handler(request: web.Request) -> web.Response:
     app = request.app
     loader, metrics = app[LOADER], app[METRICS]
+    loader.update_gauges()
     for served in loader.models.values():
         for version, sv in served.versions.items():
             if sv.batcher is not None:
