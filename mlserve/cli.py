@@ -25,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--port", type=int, help="port to bind (default 8000)")
     start.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     start.add_argument("--config", type=Path, help="settings file (default ./mlserve.toml when present)")
+    start.add_argument("--s3-endpoint", help="endpoint URL for an s3:// repository (S3-compatible servers)")
+    start.add_argument("--poll-interval", type=float, help="also reconcile with the repository every N seconds")
+    start.add_argument("--lazy", action="store_true", default=None, help="load each model on its first request")
+    start.add_argument("--max-loaded-models", type=int, help="evict the least recently used idle model past N")
+    start.add_argument("--max-loaded-mb", type=float, help="evict idle models past N MiB of loaded artifacts")
     examples = sub.add_parser("examples", help="write the example model repository (offline, deterministic)")
     examples.add_argument("dir", type=Path)
     return parser
@@ -41,7 +46,7 @@ async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT; then stop accepting, finish in-flight requests, unload."""
     from aiohttp import web
 
-    from mlserve.server.app import STATE, create_app
+    from mlserve.server.app import LOADER, STATE, create_app
 
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace_s)
@@ -54,6 +59,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app[LOADER].trigger, "signal")  # the same reconcile as the API
     await stop.wait()
     log.info("stopping: no new connections, finishing in-flight requests")
     app[STATE].is_stopping = True
@@ -64,7 +70,10 @@ async def serve(config: Config) -> None:
 def _start(args: argparse.Namespace) -> int:
     overrides = {
         "server": {"host": args.host, "port": args.port, "log_level": args.log_level},
-        "registry": {"models": args.models},
+        "registry": {
+            "models": args.models, "s3_endpoint": args.s3_endpoint, "poll_interval_s": args.poll_interval,
+            "lazy": args.lazy, "max_loaded_models": args.max_loaded_models, "max_loaded_mb": args.max_loaded_mb,
+        },
     }
     try:
         config = load_config(args.config, overrides=overrides)

@@ -48,10 +48,29 @@ class RegistryConfig:
     """Device for models whose model.toml names none."""
     trust_repository: bool = False
     """Allow artifacts that unpickle Python objects."""
+    s3_endpoint: str = ""
+    """S3 endpoint URL for s3:// repositories (empty = AWS); region and credentials come from the
+    standard AWS settings (AWS_REGION, AWS_ACCESS_KEY_ID, ~/.aws)."""
+    s3_region: str = ""
+    """S3 region (empty = the standard AWS settings decide)."""
+    cache_dir: str = ""
+    """Where s3:// versions are downloaded to (empty = ~/.cache/mlserve)."""
+    poll_interval_s: float = 0.0
+    """Reconcile with the repository every this many seconds (0 = only on SIGHUP or the API)."""
+    lazy: bool = False
+    """List models at start but load each on its first request."""
+    max_loaded_models: int = 0
+    """Most models in memory at once; the least recently used idle one is evicted (0 = no cap)."""
+    max_loaded_mb: float = 0.0
+    """Most artifact megabytes (MiB) in memory at once, evicting as above (0 = no cap)."""
 
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("models must name a repository")
+        if self.poll_interval_s < 0:
+            raise ValueError("poll_interval_s must be >= 0")
+        if self.max_loaded_models < 0 or self.max_loaded_mb < 0:
+            raise ValueError("max_loaded_models and max_loaded_mb must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,34 @@ class Metrics:
             "mlserve_model_load_failures", "Model version loads that failed.", ["model"], registry=r
         )
 
+        # --- model lifecycle (registry/loader.py): warm-up, cold start, failures by stage, swaps ---
+        self.model_warmup_seconds = Gauge(
+            "mlserve_model_warmup_duration_seconds", "Time the last warm-up of a version took.",
+            ["model", "version"], registry=r,
+        )
+        self.load_failures_by_reason = Counter(
+            "mlserve_model_load_failures_by_reason", "Rejected version loads by the stage that failed.",
+            ["model", "reason"], registry=r,
+        )
+        self.cold_start_seconds = Gauge(
+            "mlserve_cold_start_seconds", "Time from process start to the first repository pass done.", registry=r
+        )
+        self.reconciles = Counter(
+            "mlserve_repository_reconciles", "Reconcile passes by trigger and outcome.", ["source", "outcome"],
+            registry=r,
+        )
+        self.transitions = Counter(
+            "mlserve_model_transitions", "Pin, unpin and rollback requests served.", ["action", "source"], registry=r
+        )
+        self.loaded_models = Gauge("mlserve_loaded_models", "Models with a version in memory.", registry=r)
+        self.loaded_bytes = Gauge(
+            "mlserve_loaded_model_bytes", "Artifact bytes of the versions in memory (the budget's measure).",
+            registry=r,
+        )
+        self.model_evictions = Counter(
+            "mlserve_model_evictions", "Idle models unloaded to stay within the budget.", registry=r
+        )
+
     def forget_version(self, model: str, version: str) -> None:
         """Drop the per-version series of an unloaded version so label sets stay bounded."""
         for family in (

@@ -1,94 +1,48 @@
 """The hot-swap loader: builds each version's backend and batcher, and keeps the served table in
-step with the repository."""
+step with the repository.
+
+Every trigger (SIGHUP, POST /v2/repository/index, --poll-interval, startup) runs the same
+reconcile pass. Passes are serialized; triggers that arrive during a pass are folded into one
+more pass. Within a pass each model is synced under its own lock (the lock pin, rollback,
+load/unload and eviction also take), so those never interleave with a swap of the same model.
+
+A swap, in order (MLServer's `_reload_model` order): register the new version as LOADING (not
+routable), fetch, load and warm it up off the loop, mark it READY (the router now prefers it),
+then retire the old one: UNLOADING (no new requests), drain what it has queued, free it. A new
+version that fails anywhere leaves the old one serving.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import Enum, auto
-
-import numpy as np
 
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
-from mlserve.errors import ModelLoadError
+from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry import repository
+from mlserve.registry.budget import Budget
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo, TensorSpec
-from mlserve.registry.store import Store
+from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
+from mlserve.registry.store import Store, VersionStat
+from mlserve.registry.warmup import warm_up, warmup_inputs
+
+__all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
 
 log = logging.getLogger("mlserve.loader")
 
-
-class VersionState(Enum):
-    LOADING = auto()
-    READY = auto()
-    UNLOADING = auto()
-    UNAVAILABLE = auto()
-
-
-@dataclass(slots=True)
-class ServedVersion:
-    """One version of one model as the server holds it, whatever its state."""
-
-    model: str
-    version: int
-    state: VersionState = VersionState.LOADING
-    reason: str = ""
-    fingerprint: str = ""
-    backend: Backend | None = None
-    batcher: DynamicBatcher | None = None
-    info: ModelInfo | None = None
-
-    @property
-    def is_ready(self) -> bool:
-        return self.state is VersionState.READY
-
-
-@dataclass(slots=True)
-class ServedModel:
-    """A model and its versions; the router picks among the ready ones."""
-
-    entry: ModelEntry
-    versions: dict[int, ServedVersion] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
-
-    def ready_versions(self) -> list[int]:
-        return sorted(v for v, sv in self.versions.items() if sv.is_ready)
-
-
-def warmup_inputs(info: ModelInfo) -> dict[str, np.ndarray] | None:
-    """One row of zeros per input, or None when a non-batch dimension is unknown."""
-    inputs = {}
-    for spec in info.inputs:
-        dims = list(spec.shape)
-        if info.max_batch_size > 0:
-            dims[0] = 1
-        if any(d < 0 for d in dims):
-            return None
-        inputs[spec.name] = _zeros(spec, tuple(dims))
-    return inputs
-
-
-def _zeros(spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
-    if spec.datatype == "BYTES":
-        array = np.empty(shape, dtype=object)
-        array.fill(b"")
-        return array
-    return np.zeros(shape, dtype=DATATYPE_TO_NUMPY[spec.datatype])
+_MAX_PARALLEL_LOADS = 4
+_ROOM_WAIT_S = 30.0
+_ROOM_POLL_S = 0.005
 
 
 class HotSwapLoader:
-    """Owns the served table. A new version is loaded and warmed up while the old one serves, then
-    traffic moves (the router picks ready versions) and the old one drains and unloads."""
+    """Owns the served table: which versions of which models are loaded, routable, pinned."""
 
     def __init__(self, store: Store, config: RegistryConfig, metrics: Metrics) -> None:
         self.store = store
@@ -96,90 +50,218 @@ class HotSwapLoader:
         self._metrics = metrics
         self.models: dict[str, ServedModel] = {}
         self.scan_errors: dict[str, str] = {}
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlserve-loader")
-        self._lock: asyncio.Lock | None = None
+        self.budget = Budget(config.max_loaded_models, int(config.max_loaded_mb * 2**20))
+        self._executor = ThreadPoolExecutor(max_workers=_MAX_PARALLEL_LOADS, thread_name_prefix="mlserve-loader")
+        self._pass_lock = asyncio.Lock()
+        self._load_slots = asyncio.Semaphore(_MAX_PARALLEL_LOADS)
+        self._num_requested = 0
+        self._num_started = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._first_loads: dict[str, asyncio.Task] = {}
+        self._room_lock = asyncio.Lock()
+        self._reserved: dict[str, int] = {}
+        self._created = time.monotonic()
 
-    async def reconcile(self) -> None:
-        """Bring the served table in line with the repository; one pass at a time."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            try:
-                scan = await loop.run_in_executor(self._executor, repository.scan, self.store)
-            except Exception as exc:
-                log.error("repository %s unreadable, nothing changed: %s", self.store.describe(), exc)
-                return
-            self.scan_errors = scan.errors
-            for entry in scan.models.values():
-                await self._reconcile_model(entry)
-            for name in [n for n in self.models if n not in scan.models]:
-                await self._remove_model(name)
+    async def start(self) -> None:
+        """The first pass (with --lazy: list only), the cold-start figure, then the poll timer."""
+        ok = await self.reconcile("startup")
+        cold_start = _process_age_s(self._created)
+        self._metrics.cold_start_seconds.set(cold_start)
+        ready = sum(len(m.ready_versions()) for m in self.models.values())
+        log.info("cold start: %d model(s) listed, %d version(s) ready, %.2f s after process start%s",
+                 len(self.models), ready, cold_start, "" if ok else " (repository unreadable; retrying on reload)")
+        if self._config.poll_interval_s > 0:
+            task = asyncio.get_running_loop().create_task(self._poll())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _reconcile_model(self, entry: ModelEntry) -> None:
-        served = self.models.get(entry.name)
-        if served is None:
-            served = self.models[entry.name] = ServedModel(entry)
-        served.entry = entry
-        wanted = entry.served_versions
-        for version in wanted:
-            current = served.versions.get(version)
-            fingerprint = await self._fingerprint(entry.name, version)
-            if current is not None and current.fingerprint == fingerprint and current.state is not VersionState.UNAVAILABLE:
-                continue
-            await self._load_version(served, version, fingerprint)
-        for version in [v for v in served.versions if v not in wanted]:
-            await self._unload_version(served, version)
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.poll_interval_s)
+            await self.reconcile("poll")
 
-    async def _fingerprint(self, model: str, version: int) -> str:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.store.fingerprint, model, version)
+    # ---- reconcile -------------------------------------------------------------------------
 
-    async def _load_version(self, served: ServedModel, version: int, fingerprint: str) -> None:
-        old = served.versions.get(version)
-        fresh = ServedVersion(served.name, version, fingerprint=fingerprint)
+    def trigger(self, source: str) -> None:
+        """Ask for a reconcile pass without waiting for it (signal handlers, the poll timer)."""
+        task = asyncio.get_running_loop().create_task(self.reconcile(source))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reconcile(self, source: str = "api") -> bool:
+        """Bring the served table in line with the repository. Returns False when the repository
+        could not be read (then nothing changed). A call made while a pass runs waits for the next
+        pass, which serves every call made before it started: never two passes at once."""
+        self._num_requested += 1
+        ticket = self._num_requested
+        async with self._pass_lock:
+            if self._num_started >= ticket:
+                return True
+            self._num_started = self._num_requested
+            return await self._reconcile_pass(source)
+
+    async def _reconcile_pass(self, source: str) -> bool:
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
         try:
-            backend = await loop.run_in_executor(self._executor, self._build_backend, served.entry, version)
+            scan = await repository.scan(self.store)
         except Exception as exc:
-            fresh.state, fresh.reason = VersionState.UNAVAILABLE, str(exc)
-            self._metrics.model_load_failures.labels(served.name).inc()
-            log.error("model %s version %d failed to load: %s", served.name, version, exc)
-            if old is None or not old.is_ready:
+            log.error("reconcile (%s): repository %s unreadable, nothing changed: %s", source,
+                      self.store.describe(), exc)
+            self._metrics.reconciles.labels(_label(source), "unreachable").inc()
+            return False
+        self.scan_errors = scan.errors
+        is_new = {name: name not in self.models for name in scan.models}
+        for entry in scan.models.values():
+            served = self.models.setdefault(entry.name, ServedModel(entry))
+            served.entry = entry
+        jobs: list[ServedModel] = []
+        for name in scan.models:
+            if self._should_sync(self.models[name], is_new[name], jobs):
+                jobs.append(self.models[name])
+        await asyncio.gather(*(self._sync_locked(served, source) for served in jobs))
+        # A folder that now fails to read keeps what it serves; only a folder that is gone is removed.
+        for name in [n for n in self.models if n not in scan.models and n not in scan.errors]:
+            await self._remove_model(name, source)
+        self.update_gauges()
+        self._metrics.reconciles.labels(_label(source), "ok").inc()
+        log.info("reconcile (%s): %d model(s), %d rejected, %d synced in %.2f s", source, len(scan.models),
+                 len(scan.errors), len(jobs), time.monotonic() - started)
+        return True
+
+    def _should_sync(self, served: ServedModel, is_new: bool, planned: list[ServedModel]) -> bool:
+        if served.is_unloaded:
+            return False
+        if served.is_resident or served.pinned is not None:
+            return True
+        if not is_new or self._config.lazy:
+            return False  # evicted or lazy: its next request loads it
+        if not self.budget.is_limited:
+            return True
+        # eager within the budget; the rest load on their first request
+        return self.budget.has_room(self.models.values(), served, 0, {m.name: 0 for m in planned})
+
+    async def _sync_locked(self, served: ServedModel, source: str) -> None:
+        async with served.lock:
+            await self._sync_model(served, source)
+
+    async def _sync_model(self, served: ServedModel, source: str, force: bool = False) -> None:
+        """Load what the policy (and the pin) wants, move traffic, retire the rest. Hold served.lock."""
+        wanted = set(served.entry.served_versions)
+        if served.pinned is not None:
+            wanted.add(served.pinned)
+        for version in sorted(wanted):
+            await self._ensure_version(served, version, source, force)
+        self._note_default(served, source)
+        has_ready_wanted = any(served.versions[v].is_ready for v in wanted if v in served.versions)
+        for version in [v for v in served.versions if v not in wanted]:
+            if served.versions[version].is_ready and not has_ready_wanted:
+                continue  # nothing new is ready: the old version keeps serving
+            await self._unload_version(served, version, source)
+        self._note_default(served, source)
+
+    async def _ensure_version(self, served: ServedModel, version: int, source: str, force: bool) -> None:
+        current = served.versions.get(version)
+        try:
+            stat = await self._stat(served, version)
+        except Exception as exc:
+            log.error("model %s version %d: cannot read it from %s (%s): %s", served.name, version,
+                      self.store.describe(), source, exc)
+            if current is None:
+                served.versions[version] = ServedVersion(
+                    served.name, version, VersionState.UNAVAILABLE, str(exc), is_retryable=True)
+            return
+        if current is not None and current.fingerprint == stat.fingerprint and not force:
+            if current.state is not VersionState.UNAVAILABLE or not current.is_retryable:
+                return  # unchanged: a ready version stays, a rejected artifact is not retried
+        await self._load_version(served, version, stat, source)
+
+    async def _stat(self, served: ServedModel, version: int) -> VersionStat:
+        if version in served.entry.versions:
+            return await self.store.stat(served.name, version)
+        artifact = served.artifacts.get(version)
+        if artifact is None:
+            raise ModelNotFound(f"model {served.name!r} has no version {version}")
+        return VersionStat(artifact.fingerprint, artifact.num_bytes)
+
+    # ---- one version -------------------------------------------------------------------------
+
+    async def _load_version(self, served: ServedModel, version: int, stat: VersionStat, source: str) -> None:
+        old = served.versions.get(version)
+        fresh = ServedVersion(served.name, version, fingerprint=stat.fingerprint, num_bytes=stat.num_bytes)
+        if old is None or not old.is_ready:
+            served.versions[version] = fresh  # listed as LOADING, never routed to
+        async with self._load_slots:
+            ok = await self._build(served, fresh, source)
+        if not ok:
+            if old is not None and old.is_ready:
+                old.reason = f"new files rejected: {fresh.reason}"
+            else:
                 served.versions[version] = fresh
             return
-        fresh.backend, fresh.info = backend, backend.info
-        fresh.batcher = DynamicBatcher(
-            backend.infer, served.entry.config.batching, f"{served.name}-{version}",
-            instances=served.entry.config.instances, observer=self._observer(served.name, str(version)),
-        )
-        fresh.batcher.start()
-        fresh.state = VersionState.READY
         served.versions[version] = fresh
-        elapsed = time.monotonic() - started
-        self._metrics.model_load_seconds.labels(served.name, str(version)).set(elapsed)
-        self._metrics.model_ready.labels(served.name, str(version)).set(1)
-        log.info("model %s version %d ready (%s, %.2f s)", served.name, version, fresh.info.platform, elapsed)
-        if old is not None and old.is_ready:
+        served.artifacts[version] = Artifact(fresh.path, stat.fingerprint, stat.num_bytes)
+        if old is not None and old is not fresh and old.is_ready:
             await self._retire(old)
 
-    def _build_backend(self, entry: ModelEntry, version: int) -> Backend:
-        """Runs on the loader thread: fetch, load and warm up, so the loop never waits on it."""
-        path = self.store.local_path(entry.name, version)
+    async def _build(self, served: ServedModel, fresh: ServedVersion, source: str) -> bool:
+        """Fetch, load, warm up, start the batcher. On failure: UNAVAILABLE with the reason, False."""
+        name, version, entry = served.name, fresh.version, served.entry
+        loop = asyncio.get_running_loop()
+        stage, started = "fetch", time.monotonic()
+        try:
+            fresh.path = await self._fetch(served, version, fresh.fingerprint)
+            stage = "load"
+            backend = await loop.run_in_executor(self._executor, self._load_backend, entry, version, fresh.path)
+            loaded = time.monotonic()
+            stage = "warmup"
+            try:
+                runs = await loop.run_in_executor(self._executor, warm_up, backend, entry.config, fresh.path)
+            except Exception:
+                await loop.run_in_executor(self._executor, backend.unload)
+                raise
+        except Exception as exc:
+            self._fail(fresh, stage, exc, source)
+            return False
+        warmed = time.monotonic()
+        fresh.backend, fresh.info = backend, backend.info
+        fresh.batcher = DynamicBatcher(
+            backend.infer, entry.config.batching, f"{name}-{version}",
+            instances=entry.config.instances, observer=self._observer(name, str(version)),
+        )
+        fresh.batcher.start()
+        fresh.state, fresh.reason = VersionState.READY, ""
+        self._record_load(fresh, loaded - started, warmed - loaded)
+        log.info("model %s version %d ready (%s; %s, load %.3f s, warm-up %.3f s over %d run(s))", name, version,
+                 source, fresh.info.platform, loaded - started, warmed - loaded, runs)
+        return True
+
+    async def _fetch(self, served: ServedModel, version: int, fingerprint: str):
+        artifact = served.artifacts.get(version)
+        if version not in served.entry.versions and artifact is not None and artifact.fingerprint == fingerprint:
+            return artifact.path  # gone from the repository: load again from where it was fetched to
+        return await self.store.fetch(served.name, version)
+
+    def _load_backend(self, entry: ModelEntry, version: int, path) -> Backend:
+        """Runs on a loader thread, so the loop never waits on it."""
         name = entry.config.backend or infer_backend_name(path)
         if name is None:
             raise ModelLoadError(f"{entry.name}/{version}: no model file found and no backend set in model.toml")
         backend = create_backend(name, entry.config, trust_repository=self._config.trust_repository)
         backend.load(path, entry.config.device or self._config.default_device)
-        sample = warmup_inputs(backend.info)
-        if sample is not None:
-            try:
-                backend.infer(sample)
-            except Exception as exc:
-                backend.unload()
-                raise ModelLoadError(f"warm-up failed: {type(exc).__name__}: {exc}") from exc
         return backend
+
+    def _fail(self, fresh: ServedVersion, stage: str, exc: Exception, source: str) -> None:
+        fresh.state, fresh.reason = VersionState.UNAVAILABLE, f"{stage} failed: {exc}"
+        fresh.is_retryable = stage == "fetch"
+        self._metrics.model_load_failures.labels(fresh.model).inc()
+        self._metrics.load_failures_by_reason.labels(fresh.model, stage).inc()
+        log.error("model %s version %d rejected (%s): %s", fresh.model, fresh.version, source, fresh.reason)
+
+    def _record_load(self, fresh: ServedVersion, load_s: float, warmup_s: float) -> None:
+        m, labels = self._metrics, (fresh.model, str(fresh.version))
+        m.model_load_seconds.labels(*labels).set(load_s)
+        m.model_warmup_seconds.labels(*labels).set(warmup_s)
+        m.model_ready.labels(*labels).set(1)
 
     async def _retire(self, served_version: ServedVersion) -> None:
         """Stop taking requests, let queued ones finish, then free the engine."""
@@ -188,21 +270,40 @@ class HotSwapLoader:
             await served_version.batcher.stop()
         if served_version.backend is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, served_version.backend.unload)
+        served_version.backend = served_version.batcher = None
 
-    async def _unload_version(self, served: ServedModel, version: int) -> None:
+    async def _unload_version(self, served: ServedModel, version: int, source: str) -> None:
         served_version = served.versions[version]
         was_ready = served_version.is_ready
         await self._retire(served_version)
         served.versions.pop(version, None)
         self._metrics.forget_version(served.name, str(version))
+        try:
+            self._metrics.model_warmup_seconds.remove(served.name, str(version))
+        except KeyError:
+            pass
         if was_ready:
-            log.info("model %s version %d unloaded", served.name, version)
+            log.info("model %s version %d unloaded (%s)", served.name, version, source)
 
-    async def _remove_model(self, name: str) -> None:
+    async def _remove_model(self, name: str, source: str) -> None:
         served = self.models[name]
-        for version in list(served.versions):
-            await self._unload_version(served, version)
-        del self.models[name]
+        async with served.lock:
+            for version in list(served.versions):
+                await self._unload_version(served, version, source)
+        self.models.pop(name, None)
+        log.info("model %s removed (%s)", name, source)
+
+    def _note_default(self, served: ServedModel, source: str) -> None:
+        current = served.default_version()
+        if current is not None and (not served.history or served.history[-1] != current):
+            served.history.append(current)
+            del served.history[:-16]
+            log.info("model %s: version %d now answers unversioned requests (%s)", served.name, current, source)
+
+    def update_gauges(self) -> None:
+        """Resident models and bytes; O(models), so computed per pass and per scrape, not per load."""
+        self._metrics.loaded_models.set(self.budget.num_resident(self.models.values()))
+        self._metrics.loaded_bytes.set(self.budget.resident_bytes(self.models.values()))
 
     def _observer(self, model: str, version: str):
         m = self._metrics
@@ -220,8 +321,173 @@ class HotSwapLoader:
 
         return observe
 
+    # ---- first request, eviction ---------------------------------------------------------------
+
+    async def ensure_loaded(self, name: str) -> None:
+        """Called before routing: a known model with nothing ready (lazy, evicted) is loaded now; the
+        first request waits for it and later ones join the same load."""
+        served = self.models.get(name)
+        if served is None:
+            return
+        served.last_used = time.monotonic()
+        if served.is_unloaded or served.default_version() is not None or _is_rejected(served):
+            return
+        task = self._first_loads.get(name)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._first_load(served))
+            self._first_loads[name] = task
+            task.add_done_callback(lambda _done, key=name: self._first_loads.pop(key, None))
+        served.num_waiting += 1
+        try:
+            await asyncio.shield(task)
+        finally:
+            served.num_waiting -= 1  # the caller routes and queues before the loop runs anything else
+
+    async def _first_load(self, served: ServedModel) -> None:
+        incoming = await self._estimate_bytes(served)
+        async with self._room_lock:
+            await self._make_room(served, incoming)
+            self._reserved[served.name] = incoming
+        try:
+            async with served.lock:
+                if served.default_version() is None and not served.is_unloaded:
+                    await self._sync_model(served, "request")
+        finally:
+            self._reserved.pop(served.name, None)
+            served.last_used = time.monotonic()
+
+    async def _estimate_bytes(self, served: ServedModel) -> int:
+        total = 0
+        for version in served.entry.served_versions:
+            try:
+                total += (await self._stat(served, version)).num_bytes
+            except Exception:
+                pass  # the load itself will report it
+        return total
+
+    async def _make_room(self, incoming: ServedModel, incoming_bytes: int) -> None:
+        """Evict least recently used idle models until `incoming` fits. When every resident model is
+        busy, wait for one to go idle (requests finish); past the wait limit, load over the budget."""
+        waited_since = None
+        while not self.budget.has_room(self.models.values(), incoming, incoming_bytes, self._reserved):
+            victim = self.budget.victim(self.models.values(), incoming, self._reserved)
+            if victim is None:
+                waited_since = waited_since or time.monotonic()
+                if time.monotonic() - waited_since > _ROOM_WAIT_S:
+                    log.warning("model %s loads over the budget: every resident model stayed busy", incoming.name)
+                    return
+                await asyncio.sleep(_ROOM_POLL_S)
+                continue
+            async with victim.lock:
+                for version in list(victim.versions):
+                    await self._unload_version(victim, version, "evict")
+            self._metrics.model_evictions.inc()
+            log.info("model %s evicted (least recently used) to make room for %s", victim.name, incoming.name)
+
+    # ---- explicit control ----------------------------------------------------------------------
+
+    def _model(self, name: str) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            raise ModelNotFound(f"unknown model {name!r}")
+        return served
+
+    async def load(self, name: str, source: str) -> ServedModel:
+        """Triton's load: read the model folder again and load what its policy wants."""
+        await self.store.refresh(name)
+        entry = await repository.read_entry(self.store, name)
+        served = self.models.setdefault(name, ServedModel(entry))
+        served.entry, served.is_unloaded = entry, False
+        self.scan_errors.pop(name, None)
+        async with served.lock:
+            await self._sync_model(served, source)
+        served.last_used = time.monotonic()
+        if served.default_version() is None:
+            reasons = "; ".join(f"{v}: {sv.reason}" for v, sv in sorted(served.versions.items()) if sv.reason)
+            raise ModelLoadError(f"model {name!r} failed to load: {reasons or 'no version'}")
+        log.info("model %s loaded (%s)", name, source)
+        return served
+
+    async def unload(self, name: str, source: str) -> None:
+        """Triton's unload: every version drains and is freed; reconcile leaves it unloaded."""
+        served = self._model(name)
+        async with served.lock:
+            served.is_unloaded, served.pinned = True, None
+            for version in list(served.versions):
+                await self._unload_version(served, version, source)
+        log.info("model %s unloaded (%s)", name, source)
+
+    async def pin(self, name: str, version: int, source: str, action: str = "pinned") -> ServedModel:
+        """Route unversioned requests to `version` (loaded first if needed) until unpinned."""
+        served = self._model(name)
+        if served.is_unloaded:
+            raise InvalidInput(f"model {name!r} is unloaded; load it first")
+        async with served.lock:
+            if version not in served.entry.versions and version not in served.artifacts:
+                raise ModelNotFound(f"model {name!r} has no version {version}")
+            previous = served.pinned
+            served.pinned = version
+            await self._ensure_version(served, version, source, force=False)
+            chosen = served.versions.get(version)
+            if chosen is None or not chosen.is_ready:
+                served.pinned = previous
+                await self._sync_model(served, source)
+                raise ModelLoadError(f"model {name!r} version {version} cannot serve: "
+                                     f"{chosen.reason if chosen else 'not found'}")
+            await self._sync_model(served, source)
+        self._metrics.transitions.labels(action, _label(source)).inc()
+        log.info("model %s %s to version %d (%s)", name, action, version, source)
+        return served
+
+    async def unpin(self, name: str, source: str) -> ServedModel:
+        served = self._model(name)
+        async with served.lock:
+            served.pinned = None
+            if not served.is_unloaded:
+                await self._sync_model(served, source)
+        self._metrics.transitions.labels("unpinned", _label(source)).inc()
+        log.info("model %s unpinned; its version policy decides again (%s)", name, source)
+        return served
+
+    async def rollback(self, name: str, source: str) -> ServedModel:
+        """Serve the version that answered before the current one again (kept warm, or reloaded
+        from where it was fetched), pinned so the next reconcile does not undo it."""
+        served = self._model(name)
+        target = served.previous_version()
+        if target is None:
+            raise InvalidInput(f"model {name!r} has no previous version to roll back to")
+        return await self.pin(name, target, source, action="rolled back")
+
     async def close(self) -> None:
         """Drain every version and free every engine (graceful shutdown)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for name in list(self.models):
-            await self._remove_model(name)
+            await self._remove_model(name, "shutdown")
         self._executor.shutdown(wait=False)
+        await self.store.close()
+
+
+def _is_rejected(served: ServedModel) -> bool:
+    """Every version it has was rejected for its files: loading again would fail the same way."""
+    return bool(served.versions) and all(
+        sv.state is VersionState.UNAVAILABLE and not sv.is_retryable for sv in served.versions.values()
+    )
+
+
+def _label(source: str) -> str:
+    """The kind of trigger (signal, api, poll, ...) without who asked, for bounded metric labels."""
+    return source.split(" ", 1)[0]
+
+
+def _process_age_s(fallback_start: float) -> float:
+    """Seconds since this process started (Linux /proc), else since the loader was made."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - fallback_start

@@ -1,7 +1,8 @@
-"""Scanning a store into model entries: names, version numbers, model.toml, inferred backend."""
+"""Scanning a store into model entries: names, version numbers, model.toml."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tomllib
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from mlserve.registry.spec import MODEL_NAME, ModelConfig, parse_model_config
 from mlserve.registry.store import Store
 
 log = logging.getLogger("mlserve.registry")
+
+_MAX_PARALLEL_READS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,35 +37,48 @@ class Scan:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def _versions(store: Store, name: str) -> tuple[int, ...]:
+async def _versions(store: Store, name: str) -> tuple[int, ...]:
     numbers = []
-    for entry in store.list_versions(name):
+    for entry in await store.list_versions(name):
         if entry.isdigit() and int(entry) > 0 and str(int(entry)) == entry:
             numbers.append(int(entry))
     return tuple(sorted(numbers))
 
 
-def read_entry(store: Store, name: str) -> ModelEntry:
+async def read_entry(store: Store, name: str) -> ModelEntry:
+    """One model folder from the store's current snapshot."""
     if not MODEL_NAME.fullmatch(name):
         raise ModelLoadError(f"model folder {name!r} is not a valid model name ([a-z0-9][a-z0-9_.-]*)")
-    text = store.read_text(name, "model.toml")
+    text = await store.read_text(name, "model.toml")
     try:
         config = parse_model_config(tomllib.loads(text)) if text is not None else ModelConfig()
     except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"{name}/model.toml: {exc}") from exc
-    versions = _versions(store, name)
+    versions = await _versions(store, name)
     if not versions:
         raise ModelLoadError(f"model {name!r} has no version folders (positive integers such as 1/)")
     return ModelEntry(name, config, versions)
 
 
-def scan(store: Store) -> Scan:
-    """Read every model folder; a bad one is logged and reported, and never stops the others."""
+async def scan(store: Store) -> Scan:
+    """Snapshot the store and read every model folder; a bad one is logged and reported, and never
+    stops the others. An unreachable store raises, so the caller changes nothing."""
+    await store.refresh()
+    names = await store.list_models()
+    limit = asyncio.Semaphore(_MAX_PARALLEL_READS)
+
+    async def read(name: str) -> ModelEntry:
+        async with limit:
+            return await read_entry(store, name)
+
+    entries = await asyncio.gather(*(read(n) for n in names), return_exceptions=True)
     result = Scan()
-    for name in store.list_models():
-        try:
-            result.models[name] = read_entry(store, name)
-        except Exception as exc:
-            result.errors[name] = str(exc)
-            log.error("model %s rejected: %s", name, exc)
+    for name, entry in zip(names, entries):
+        if isinstance(entry, ModelEntry):
+            result.models[name] = entry
+        elif isinstance(entry, Exception):
+            result.errors[name] = str(entry)
+            log.error("model %s rejected: %s", name, entry)
+        else:
+            raise entry
     return result

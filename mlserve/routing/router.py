@@ -32,7 +32,7 @@ class Router:
                 raise ModelNotReady(f"model {name!r} version {version} is {chosen.state.name.lower()}")
             return chosen
         served = self.model(name)
-        ready = served.ready_versions()
-        if not ready:
+        default = served.default_version()  # newest ready, or the pinned / rolled-back one
+        if default is None:
             raise ModelNotReady(f"model {name!r} has no ready version")
-        return served.versions[ready[-1]]
+        return served.versions[default]

@@ -83,6 +83,7 @@ class InferenceService:
         self.router = Router(loader)
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        await self.loader.ensure_loaded(request.model)  # lazy or evicted models load on first use
         served = self.router.pick(request.model, request.version)
         info = served.info
         rows = validate_inputs(info, request)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mlserve.config import Config
+from mlserve.config import Config, RegistryConfig
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.store import Store
 from mlserve.routing.service import InferenceService
+from mlserve.server.admin import add_admin_routes
 from mlserve.server.middleware import error_middleware
 from mlserve.server.state import ServerState
 from mlserve.server.v2 import V2Handlers
@@ -26,9 +27,15 @@ SERVICE = web.AppKey("service", InferenceService)
 STATE = web.AppKey("state", ServerState)
 
 
-def open_store(uri: str) -> Store:
+def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
+    if uri.startswith("s3://"):
+        from mlserve.registry.s3 import S3Store
+
+        registry = registry or RegistryConfig(models=uri)
+        cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
+        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None)
     if "://" in uri:
-        raise ValueError(f"unsupported model repository {uri!r}: give a local folder")
+        raise ValueError(f"unsupported model repository {uri!r}: give a local folder or s3://bucket/prefix")
     return LocalStore(Path(uri))
 
 
@@ -48,6 +55,7 @@ def _add_v2_routes(app: web.Application, v2: V2Handlers) -> None:
 async def _metrics_handler(request: web.Request) -> web.Response:
     app = request.app
     loader, metrics = app[LOADER], app[METRICS]
+    loader.update_gauges()
     for served in loader.models.values():
         for version, sv in served.versions.items():
             if sv.batcher is not None:
@@ -58,7 +66,7 @@ async def _metrics_handler(request: web.Request) -> web.Response:
 async def _loader_ctx(app: web.Application):
     """Load the repository before the first request is taken; drain and unload after the last."""
     loader = app[LOADER]
-    await loader.reconcile()
+    await loader.start()
     app[STATE].is_started = True
     ready = sum(len(m.ready_versions()) for m in loader.models.values())
     log.info("repository %s: %d model version(s) ready", loader.store.describe(), ready)
@@ -70,10 +78,11 @@ async def _loader_ctx(app: web.Application):
 def create_app(config: Config, store: Store | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=config.server.max_body_bytes)
     metrics = Metrics()
-    loader = HotSwapLoader(store or open_store(config.registry.models), config.registry, metrics)
+    loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics)
     service = InferenceService(loader)
     app[CONFIG], app[METRICS], app[LOADER], app[SERVICE], app[STATE] = config, metrics, loader, service, ServerState()
     _add_v2_routes(app, V2Handlers(service, app[STATE], metrics))
     app.router.add_get("/metrics", _metrics_handler)
+    add_admin_routes(app, loader)
     app.cleanup_ctx.append(_loader_ctx)
     return app

@@ -196,12 +196,21 @@ class V2Handlers:
         self._metrics.requests.labels(model, version, "v2", str(code)).inc()
 
     async def repository_index(self, request: web.Request) -> web.Response:
+        """Triton's index. It first runs a reconcile pass (the same as SIGHUP) unless the body says
+        {"reload": false}; {"ready": true} lists only ready versions."""
+        body = await request.read()
+        options = _parse_json(body) if body.strip() else {}
+        loader = self._service.loader
+        if options.get("reload", True) is not False:
+            await loader.reconcile(f"api {request.remote}")
         rows = []
-        for name, served in sorted(self._service.loader.models.items()):
+        for name, served in sorted(loader.models.items()):
             for version, sv in sorted(served.versions.items()):
                 rows.append({"name": name, "version": str(version), "state": sv.state.name, "reason": sv.reason})
             if not served.versions:
-                rows.append({"name": name, "state": "UNAVAILABLE", "reason": "no version selected by version_policy"})
-        for name, reason in sorted(self._service.loader.scan_errors.items()):
+                rows.append({"name": name, "state": "UNAVAILABLE", "reason": served.status_reason()})
+        for name, reason in sorted(loader.scan_errors.items()):
             rows.append({"name": name, "state": "UNAVAILABLE", "reason": reason})
+        if options.get("ready") is True:
+            rows = [row for row in rows if row["state"] == "READY"]
         return _json(rows)

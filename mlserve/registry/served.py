@@ -1,0 +1,120 @@
+"""The served table's plain state: each model, its versions and their states, pin and history."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from pathlib import Path
+
+from mlserve.batching.dynamic import DynamicBatcher
+from mlserve.engine import Backend
+from mlserve.registry.repository import ModelEntry
+from mlserve.registry.spec import ModelInfo
+
+
+class VersionState(Enum):
+    LOADING = auto()
+    READY = auto()
+    UNLOADING = auto()
+    UNAVAILABLE = auto()
+
+
+RESIDENT_STATES = frozenset({VersionState.LOADING, VersionState.READY, VersionState.UNLOADING})
+
+
+@dataclass(slots=True)
+class ServedVersion:
+    """One version of one model as the server holds it, whatever its state."""
+
+    model: str
+    version: int
+    state: VersionState = VersionState.LOADING
+    reason: str = ""
+    fingerprint: str = ""
+    backend: Backend | None = None
+    batcher: DynamicBatcher | None = None
+    info: ModelInfo | None = None
+    path: Path | None = None
+    """The local folder the version was loaded from (for a remote store: its cache folder)."""
+    num_bytes: int = 0
+    """Size of the version's files: the estimate the memory budget counts."""
+    is_retryable: bool = False
+    """A failure the next reconcile should try again (the store was unreachable), not a bad artifact."""
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state is VersionState.READY
+
+    @property
+    def is_idle(self) -> bool:
+        return self.batcher is None or self.batcher.num_in_flight == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """Where a version once loaded from, so rollback and pin can load it again without the store."""
+
+    path: Path
+    fingerprint: str
+    num_bytes: int
+
+
+@dataclass(slots=True)
+class ServedModel:
+    """A model and its versions; the router asks it which version answers unversioned requests."""
+
+    entry: ModelEntry
+    versions: dict[int, ServedVersion] = field(default_factory=dict)
+    pinned: int | None = None
+    """Set by pin or rollback: this version answers while it is ready, whatever the policy says."""
+    history: list[int] = field(default_factory=list)
+    """Versions that answered unversioned requests, in the order they took over."""
+    artifacts: dict[int, Artifact] = field(default_factory=dict)
+    is_unloaded: bool = False
+    """Unloaded on request: reconcile and first requests leave it alone until it is loaded again."""
+    last_used: float = 0.0
+    num_waiting: int = 0
+    """Requests waiting for this model's first load; it is not evicted under them."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held for every transition of this model (load, swap, unload, pin, eviction)."""
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def ready_versions(self) -> list[int]:
+        return sorted(v for v, sv in self.versions.items() if sv.is_ready)
+
+    def default_version(self) -> int | None:
+        """The pinned version while it is ready, else the newest ready one."""
+        ready = self.ready_versions()
+        if self.pinned in ready:
+            return self.pinned
+        return ready[-1] if ready else None
+
+    def previous_version(self) -> int | None:
+        """The version that answered before the current one (what rollback goes back to)."""
+        current = self.default_version()
+        for version in reversed(self.history):
+            if version != current:
+                return version
+        return None
+
+    @property
+    def is_resident(self) -> bool:
+        return any(sv.state in RESIDENT_STATES for sv in self.versions.values())
+
+    @property
+    def is_idle(self) -> bool:
+        return self.num_waiting == 0 and all(sv.is_idle for sv in self.versions.values())
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(sv.num_bytes for sv in self.versions.values() if sv.state in RESIDENT_STATES)
+
+    def status_reason(self) -> str:
+        """Why a model with no version entries serves nothing, for the repository index."""
+        if self.is_unloaded:
+            return "unloaded by request; POST /v2/repository/models/%s/load loads it" % self.name
+        return "not loaded; the first request loads it"
