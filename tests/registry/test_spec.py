@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from mlserve.errors import ModelLoadError
@@ -56,7 +58,7 @@ def test_scan_keeps_good_models_and_reports_bad_ones(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "toml" / "1").mkdir(parents=True)
     (tmp_path / "toml" / "model.toml").write_text("max_batch_size = [")
-    result = scan(LocalStore(tmp_path))
+    result = asyncio.run(scan(LocalStore(tmp_path)))
     assert result.models["good"].versions == (1, 2)
     assert set(result.errors) == {"Bad Name", "empty", "toml"}
     assert "valid model name" in result.errors["Bad Name"]
@@ -70,5 +72,5 @@ def test_symlink_leaving_the_repository_is_refused(tmp_path):
     repo.mkdir()
     (repo / "sneaky").symlink_to(outside)
     with pytest.raises(Exception, match="leaves the model repository"):
-        read_entry(LocalStore(repo), "sneaky")
+        asyncio.run(read_entry(LocalStore(repo), "sneaky"))
     assert isinstance(ModelLoadError("x"), Exception)
