@@ -53,7 +53,7 @@ def confidence_interval(m: Moments, binary: bool, alpha: float) -> tuple[float, 
         return (math.nan, math.nan)
     variance = m.mean * (1 - m.mean) if binary else m.variance
     se = math.sqrt(variance / m.n)
-    q = sps.norm.ppf(1 - alpha / 2) if binary else sps.t.ppf(1 - alpha / 2, m.n - 1)
+    q = float(sps.norm.ppf(1 - alpha / 2) if binary else sps.t.ppf(1 - alpha / 2, m.n - 1))
     return (m.mean - q * se, m.mean + q * se)
 
 
@@ -70,7 +70,7 @@ def two_proportion_z(control: Moments, treatment: Moments) -> Comparison:
     if se == 0:
         return Comparison(diff, _lift(control, diff), 0.0, 1.0)
     z = diff / se
-    return Comparison(diff, _lift(control, diff), z, 2 * sps.norm.sf(abs(z)))
+    return Comparison(diff, _lift(control, diff), z, float(2 * sps.norm.sf(abs(z))))
 
 
 def welch_t(control: Moments, treatment: Moments) -> Comparison:
@@ -81,7 +81,7 @@ def welch_t(control: Moments, treatment: Moments) -> Comparison:
         return Comparison(diff, _lift(control, diff), 0.0, 1.0)
     t = diff / math.sqrt(a + b)
     df = (a + b) ** 2 / (a * a / (control.n - 1) + b * b / (treatment.n - 1))
-    return Comparison(diff, _lift(control, diff), t, 2 * sps.t.sf(abs(t), df))
+    return Comparison(diff, _lift(control, diff), t, float(2 * sps.t.sf(abs(t), df)))
 
 
 def compare(control: Moments, treatment: Moments, binary: bool) -> Comparison | None:
@@ -92,7 +92,7 @@ def compare(control: Moments, treatment: Moments, binary: bool) -> Comparison | 
 
 def required_per_arm(variance_control: float, variance_treatment: float, mde: float, alpha: float, power: float) -> int:
     """Per-arm n for a two-sided test at `alpha` to find a difference of `mde` with `power`."""
-    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    z = float(sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power))
     return math.ceil(z * z * (variance_control + variance_treatment) / (mde * mde))
 
 
