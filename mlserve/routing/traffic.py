@@ -52,8 +52,12 @@ class ModelTraffic:
         return state
 
     def reload(self, raw: Any) -> None:
-        """model.toml changed: take its settings; its split too, unless a rollout is running."""
+        """model.toml changed: take its settings; its split too, unless a rollout is running.
+        A table that does not parse changes nothing; its error is shown in the traffic view."""
         spec, error = _parse(raw)
+        if error:
+            self.raw, self.spec_error = raw, error
+            return
         old_split = self.spec.split
         self.spec, self.raw, self.spec_error = spec, raw, error
         for version, breaker in self.breakers.items():
@@ -107,5 +111,5 @@ def _parse(raw: Any) -> tuple[TrafficSpec, str]:
     try:
         return TrafficSpec.parse(raw), ""
     except ValueError as exc:
-        log.error("bad [traffic] table, routing without it: %s", exc)
+        log.error("bad [traffic] table (the last good one stays in force, if any): %s", exc)
         return TrafficSpec(), f"bad [traffic] table: {exc}"
