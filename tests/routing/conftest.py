@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.models import write_slow_onnx
 from tests.routing.models import write_failing_onnx, write_scale_onnx
 from tests.server_process import MlserveProcess
 
@@ -17,6 +18,8 @@ REPOSITORY = {
     "canary": ({1: ("scale", 1.0), 2: ("failing", 2.0), 3: ("scale", 3.0)},
                'split = { "1" = 100 }\nbreaker = { consecutive_failures = 1000, error_rate = 1.0 }\n'),
     "sh": ({1: ("scale", 1.0), 2: ("scale", 2.0)}, 'split = { "1" = 100 }\nshadow = { version = "2", percent = 100 }\n'),
+    # Same inputs, one MatMul against six hundred: the canary is slow, never wrong.
+    "slowc": ({1: ("slow", 1), 2: ("slow", 600)}, 'split = { "1" = 100 }\n'),
     "named": ({1: ("failing", 5.0)}, 'fallback = "ab"\nbreaker = { consecutive_failures = 2, open_s = 60.0 }\n'),
 }
 
@@ -24,8 +27,11 @@ REPOSITORY = {
 def write_traffic_repository(root):
     for model, (versions, traffic) in REPOSITORY.items():
         for version, (kind, scale) in versions.items():
-            writer = write_scale_onnx if kind == "scale" else write_failing_onnx
-            writer(root / model / str(version) / "model.onnx", scale)
+            path = root / model / str(version) / "model.onnx"
+            if kind == "slow":
+                write_slow_onnx(path, width=256, depth=int(scale))
+            else:
+                (write_scale_onnx if kind == "scale" else write_failing_onnx)(path, scale)
         (root / model / "model.toml").write_text(COMMON + "\n[traffic]\n" + traffic)
     return root
 

@@ -171,12 +171,12 @@ def test_breaker_falls_back_to_a_named_model(traffic_server):
     assert status == 200 and body["model_name"] == "ab"
 
 
-def _load(server, model: str, stop_after_s: float, bad_share: float) -> list[tuple[int, str]]:
+def _load(server, model: str, stop_after_s: float, bad_share: float, good=X) -> list[tuple[int, str]]:
     """Four clients for a while; a share of the inputs make the failing model error."""
     def client(seed: int) -> list[tuple[int, str]]:
         rng, seen, end = np.random.default_rng(seed), [], time.monotonic() + stop_after_s
         while time.monotonic() < end:
-            status, body, _ = _infer(server, model, BAD if rng.random() < bad_share else X)
+            status, body, _ = _infer(server, model, BAD if rng.random() < bad_share else good)
             seen.append((status, body.get("model_version", "")))
         return seen
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -222,6 +222,20 @@ def test_failing_canary_is_rolled_back_under_load_and_a_good_one_promoted(traffi
     traffic = _call(traffic_server.url + "/admin/models/canary/traffic", method="GET")[1]
     assert traffic["split"] == {"3": 100.0} and traffic["stable"] == "3"
     assert {v for _, v in _load(traffic_server, "canary", 0.5, 0.0)} == {"3"}
+
+
+def test_slow_canary_is_rolled_back_on_p99(traffic_server):
+    plan = {"version": "2", "steps": [50, 100], "interval_s": 5.0, "max_error_rate_increase": 0.5,
+            "max_p99_ratio": 1.5, "min_requests": 10}
+    status, _, _ = _call(traffic_server.url + "/admin/models/slowc/rollout", plan)
+    assert status == 202
+    wide = np.ones((1, 256), dtype=np.float32)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        load = pool.submit(_load, traffic_server, "slowc", 4.0, 0.0, wide)
+        rollout = _wait_rollout(traffic_server, "slowc", 30)
+        load.result()
+    assert rollout["status"] == "rolled_back" and "p99" in rollout["reason"], rollout
+    assert _call(traffic_server.url + "/admin/models/slowc/traffic", method="GET")[1]["split"]["2"] == 0
 
 
 def test_shadow_answers_are_compared_never_returned(traffic_server, traffic_repo):
