@@ -65,16 +65,16 @@ def test_required_sample_size_gives_the_stated_power():
     assert power(n) >= 0.8 > power(n - 2)
 
 
-def _run_experiment(rng, draw_control, draw_treatment, spec, n_per_arm, batch):
+def _run_experiment(control: np.ndarray, treatment: np.ndarray, spec: ExperimentSpec, batch: int):
     """Outcomes arrive in batches; someone looks at the view after every batch."""
     exp = Experiment(spec)
     naive_hit = False
-    for start in range(0, n_per_arm, batch):
-        for i in range(start, min(start + batch, n_per_arm)):
-            for version, draw in ((1, draw_control), (2, draw_treatment)):
+    for start in range(0, len(control), batch):
+        for i in range(start, min(start + batch, len(control))):
+            for version, value in ((1, control[i]), (2, treatment[i])):
                 req_id = f"{version}-{i}"
                 exp.assign(req_id, version)
-                exp.feedback(req_id, draw(rng), control=1)
+                exp.feedback(req_id, value, control=1)
         row = exp.view(1, [1, 2])["versions"]["2"]
         naive_hit |= row["p_value"] is not None and row["p_value"] < spec.alpha and start >= 100
         if row["decision"] != "continue":
@@ -85,14 +85,19 @@ def _run_experiment(rng, draw_control, draw_treatment, spec, n_per_arm, batch):
 RUNS = 200
 
 
+def _draws(rng, kind: str, effect: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "binary":
+        return (rng.random(n) < 0.2).astype(int).tolist(), (rng.random(n) < 0.2 + effect).astype(int).tolist()
+    return rng.normal(5.0, 1.0, n).tolist(), rng.normal(5.0 + effect, 1.0, n).tolist()
+
+
+SPECS = {"binary": ExperimentSpec("binary", mde=0.03), "numeric": ExperimentSpec("numeric", mde=0.2)}
+
+
 @pytest.mark.parametrize("kind", ["binary", "numeric"])
 def test_aa_with_peeking_declares_a_winner_at_most_alpha(kind):
     rng = np.random.default_rng(11 if kind == "binary" else 12)
-    if kind == "binary":
-        spec, draw = ExperimentSpec("binary", mde=0.03), (lambda r: int(r.random() < 0.2))
-    else:
-        spec, draw = ExperimentSpec("numeric", mde=0.2), (lambda r: float(r.normal(5.0, 1.0)))
-    results = [_run_experiment(rng, draw, draw, spec, 1500, 50) for _ in range(RUNS)]
+    results = [_run_experiment(*_draws(rng, kind, 0.0, 1000), SPECS[kind], 50) for _ in range(RUNS)]
     false_winners = sum(d != "continue" for d, _ in results) / RUNS
     naive = sum(hit for _, hit in results) / RUNS
     tolerance = 3 * math.sqrt(0.05 * 0.95 / RUNS)
@@ -102,15 +107,9 @@ def test_aa_with_peeking_declares_a_winner_at_most_alpha(kind):
     assert naive > 0.05 + tolerance, naive
 
 
-@pytest.mark.parametrize("kind", ["binary", "numeric"])
-def test_ab_with_a_real_effect_is_detected(kind):
+@pytest.mark.parametrize("kind, effect", [("binary", 0.06), ("numeric", 0.25)])
+def test_ab_with_a_real_effect_is_detected(kind, effect):
     rng = np.random.default_rng(21)
-    if kind == "binary":
-        spec = ExperimentSpec("binary", mde=0.03)
-        control, treatment = (lambda r: int(r.random() < 0.20)), (lambda r: int(r.random() < 0.26))
-    else:
-        spec = ExperimentSpec("numeric", mde=0.2)
-        control, treatment = (lambda r: float(r.normal(5.0, 1.0))), (lambda r: float(r.normal(5.25, 1.0)))
-    decisions = [_run_experiment(rng, control, treatment, spec, 3000, 100)[0] for _ in range(30)]
+    decisions = [_run_experiment(*_draws(rng, kind, effect, 3000), SPECS[kind], 100)[0] for _ in range(30)]
     assert sum(d == "treatment_better" for d in decisions) >= 24, decisions
     assert "control_better" not in decisions
