@@ -20,6 +20,7 @@ REPOSITORY = {
     "sh": ({1: ("scale", 1.0), 2: ("scale", 2.0)}, 'split = { "1" = 100 }\nshadow = { version = "2", percent = 100 }\n'),
     # Same inputs, one MatMul against six hundred: the canary is slow, never wrong.
     "slowc": ({1: ("slow", 1), 2: ("slow", 600)}, 'split = { "1" = 100 }\n'),
+    "conc": ({1: ("scale", 1.0), 2: ("failing", 2.0)}, "breaker = { consecutive_failures = 5, open_s = 60.0 }\n"),
     "named": ({1: ("failing", 5.0)}, 'fallback = "ab"\nbreaker = { consecutive_failures = 2, open_s = 60.0 }\n'),
 }
 

@@ -103,6 +103,18 @@ def test_split_is_weighted_and_sticky_and_an_explicit_version_bypasses_it(traffi
     assert _within_binomial(sum(v == "2" for v in second.values()), len(users), 0.50)
 
 
+def test_changing_weights_under_load_drops_no_request(traffic_server):
+    url = traffic_server.url + "/admin/models/ab/traffic"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        load = pool.submit(_load, traffic_server, "ab", 2.0, 0.0)
+        for share in (10, 30, 50, 70, 90, 50):
+            time.sleep(0.25)
+            assert _call(url, {"split": {"1": 100 - share, "2": share}}, method="PUT")[0] == 200
+        results = load.result()
+    assert len(results) > 20 and all(status == 200 for status, _ in results)
+    assert {v for _, v in results} == {"1", "2"}
+
+
 def test_request_ids_are_returned_and_generated(traffic_server):
     status, body, headers = _infer(traffic_server, "ab", X, req_id="my-id")
     assert body["id"] == "my-id" and headers["Mlserve-Request-Id"] == "my-id"
@@ -162,6 +174,18 @@ def test_breaker_opens_after_the_threshold_and_the_fallback_answers(traffic_serv
     assert status == 200 and body["model_version"] == "2"
     assert _metric(traffic_server, "mlserve_breaker_state", {"model": "brk", "version": "2"}) == 0
     assert _metric(traffic_server, "mlserve_fallback_requests_total", {"model": "brk", "version": "2"}) >= 14
+
+
+def test_breaker_bounds_failures_under_concurrent_load(traffic_server):
+    """Eight clients at once: failures stop at the threshold plus what was already in flight."""
+    def client(_):
+        return [_infer(traffic_server, "conc", BAD) for _ in range(10)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = [r for part in pool.map(client, range(8)) for r in part]
+    failures = sum(status == 500 for status, _, _ in results)
+    assert 5 <= failures <= 5 + 8 - 1
+    assert all(body["model_version"] == "1" for status, body, _ in results if status == 200)
+    assert len(results) - failures >= 80 - 12
 
 
 def test_breaker_falls_back_to_a_named_model(traffic_server):
