@@ -58,13 +58,13 @@ class ModelTraffic:
         if error:
             self.raw, self.spec_error = raw, error
             return
-        old_split = self.spec.split
+        old = self.spec
         self.spec, self.raw, self.spec_error = spec, raw, error
-        for version, breaker in self.breakers.items():
-            breaker.spec = spec.breaker
+        if spec.breaker != old.breaker:
+            self.breakers.clear()  # new thresholds start from a closed breaker
         if self.experiment is None or self.experiment.spec != spec.experiment:
             self.experiment = Experiment(spec.experiment)
-        if spec.split != old_split and not self.is_rolling_out:
+        if spec.split != old.split and not self.is_rolling_out:
             self.set_split(spec.split, "model.toml")
 
     def set_split(self, weights: Weights, source: str) -> None:

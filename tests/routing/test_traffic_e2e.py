@@ -286,3 +286,22 @@ def test_shadow_answers_are_compared_never_returned(traffic_server, traffic_repo
     assert shadow["mean_abs_diff"] == pytest.approx(np.mean([np.abs(p - s).mean() for p, s in zip(primary, copies)]), rel=1e-5)
     assert _metric(traffic_server, "mlserve_shadow_requests_total",
                    {"model": "sh", "version": "2", "outcome": "compared"}) == 40
+
+
+def test_admin_errors_are_json_and_change_nothing(traffic_server):
+    base = traffic_server.url
+    before = _call(base + "/admin/models/sh/traffic", method="GET")[1]
+    for url, body, method, status in [
+        ("/admin/models/nope/traffic", None, "GET", 404),
+        ("/admin/models/nope/experiment", None, "GET", 404),
+        ("/admin/models/sh/rollout", b"{bad", "POST", 400),
+        ("/admin/models/sh/rollout", {"version": "2", "steps": [50, 10]}, "POST", 400),
+        ("/admin/models/sh/rollout", None, "DELETE", 400),
+        ("/admin/models/sh/traffic", {"split": {"1": 0}}, "PUT", 400),
+        ("/v2/models/sh/feedback", [1, 2], "POST", 400),
+        ("/v2/models/nope/feedback", {"id": "x", "value": 1}, "POST", 404),
+    ]:
+        code, reply, _ = _call(base + url, body, method=method)
+        assert code == status and isinstance(reply.get("error"), str), (url, code, reply)
+    after = _call(base + "/admin/models/sh/traffic", method="GET")[1]
+    assert {k: after[k] for k in ("split", "stable", "rollout")} == {k: before[k] for k in ("split", "stable", "rollout")}
