@@ -13,7 +13,8 @@ from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.routing import stats
 from mlserve.routing.split import ExperimentSpec
 
-MAX_ASSIGNMENTS = 200_000
+MAX_ASSIGNMENTS = 100_000
+"""Routed requests remembered for feedback per model; older ones are forgotten first."""
 LATENCY_WINDOW = 2000
 
 
