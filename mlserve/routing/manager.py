@@ -113,9 +113,9 @@ class TrafficManager:
 
     def record(self, model: str, answered: ServedVersion, req_id: str, latency_s: float, ok: bool, routed: bool) -> None:
         """A request finished: feed the breaker, the experiment and any running rollout."""
-        owner = self._states.get(answered.model)
-        if owner is not None:
-            breaker = owner.breaker(answered.version)
+        owner_model = self._loader.models.get(answered.model)
+        if owner_model is not None:
+            breaker = self.state(owner_model).breaker(answered.version)
             breaker.record(ok)
             self._metrics.breaker_state.labels(answered.model, str(answered.version)).set(breaker.state.value)
         state = self._states.get(model)
