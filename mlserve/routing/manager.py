@@ -69,10 +69,6 @@ class TrafficManager:
         key = self.state(served).spec.sticky_key
         return key.extract(headers, parameters) if key is not None else None
 
-    def has_split(self, name: str) -> bool:
-        found = self._states.get(name)
-        return bool(found and found.split)
-
     # -- routing -------------------------------------------------------------------------------
 
     def route(self, served: ServedModel, default: ServedVersion, key: str | None) -> ServedVersion:
