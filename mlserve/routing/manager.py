@@ -131,15 +131,15 @@ class TrafficManager:
 
     # -- shadow --------------------------------------------------------------------------------
 
-    def shadow(self, served: ServedModel, primary: int, inputs: Tensors, num_rows: int, outputs: Tensors) -> None:
+    def shadow(self, served: ServedModel, primary: int, inputs: Tensors, outputs: Tensors) -> None:
         """Copy a share of the traffic to the shadow version; never waits, never raises."""
         spec = self.state(served).spec.shadow
         if spec is None or spec.version == primary or self._rng.random() * 100 >= spec.percent:
             return
         target = served.versions.get(spec.version)
-        if target is None or not target.is_ready or target.batcher is None:
+        if target is None or not target.is_ready or target.backend is None:
             return
-        job = ShadowJob(served.name, spec.version, inputs, num_rows, outputs, target.batcher.submit)
+        job = ShadowJob(served.name, spec.version, inputs, outputs, target.backend.infer)
         if not self._shadow.offer(job):
             self._shadow_stats(served.name, spec.version).num_dropped += 1
             self._metrics.shadow_requests.labels(served.name, str(spec.version), "dropped").inc()

@@ -100,7 +100,7 @@ class InferenceService:
         req_id = request.req_id or uuid.uuid4().hex
         started = time.monotonic()
         try:
-            inputs, rows, outputs = await self._run(served, request)
+            inputs, outputs = await self._run(served, request)
         except _CLIENT_ERRORS:
             self.traffic.release(served)
             raise
@@ -108,7 +108,7 @@ class InferenceService:
             self.traffic.record(request.model, served, req_id, time.monotonic() - started, False, request.version is None)
             raise
         self.traffic.record(request.model, served, req_id, time.monotonic() - started, True, request.version is None)
-        self.traffic.shadow(self.router.model(served.model), served.version, inputs, rows, outputs)
+        self.traffic.shadow(self.router.model(served.model), served.version, inputs, outputs)
         names = request.outputs if request.outputs is not None else tuple(s.name for s in served.info.outputs)
         datatypes = {s.name: s.datatype for s in served.info.outputs}
         return InferResponse(
@@ -128,4 +128,4 @@ class InferenceService:
             s.name: request.inputs[s.name].astype(DATATYPE_TO_NUMPY[s.datatype], copy=False) for s in info.inputs
         }
         outputs = await served.batcher.submit(inputs, rows)
-        return inputs, rows, outputs
+        return inputs, outputs

@@ -2,16 +2,21 @@
 shadow's outputs are only compared with the primary's, never returned.
 
 The primary never waits on the shadow: jobs go into a bounded queue with put_nowait (a full queue
-drops the copy and counts it), and one worker task drains it, so shadow load on the engines is at
-most one request at a time per server.
+drops the copy and counts it), and one worker drains it, so shadow load on the engines is at most
+one request at a time per server. That worker calls the shadow version's engine on a thread of its
+own at the lowest CPU priority (nice 19 on Linux), so when cores are scarce the primary's engine
+threads run first; it bypasses the version's batcher, whose queue belongs to real traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -27,9 +32,9 @@ class ShadowJob:
     model: str
     version: int
     inputs: Tensors
-    num_rows: int
     primary: Tensors
-    submit: Callable[[Tensors, int], Awaitable[Tensors]]
+    infer: Callable[[Tensors], Tensors]
+    """The shadow version's engine call; runs on the shadow thread."""
 
 
 @dataclass(slots=True)
@@ -90,19 +95,29 @@ def compare_outputs(stats: ShadowStats, primary: Tensors, shadow: Tensors) -> No
         stats.num_rows_agreeing += int(agree.sum())
 
 
+def _lower_priority() -> None:
+    """Thread initializer: on Linux a thread's nice value is its own (setpriority on its thread id)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
 class ShadowRunner:
-    """Owns the bounded queue of shadow jobs and the worker that runs them."""
+    """Owns the bounded queue of shadow jobs, the worker task that drains it and its low-priority thread."""
 
     def __init__(self, max_queue: int, on_done: Callable[[ShadowJob, Tensors | None], None]) -> None:
         self._max_queue = max_queue
         self._on_done = on_done
         self._queue: asyncio.Queue[ShadowJob] | None = None
         self._worker: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     def offer(self, job: ShadowJob) -> bool:
         """Queue a copy if there is room; never waits. False means it was dropped."""
         if self._queue is None:
             self._queue = asyncio.Queue(self._max_queue)
+            self._executor = ThreadPoolExecutor(1, "mlserve-shadow", initializer=_lower_priority)
             self._worker = asyncio.get_running_loop().create_task(self._run())
         try:
             self._queue.put_nowait(job)
@@ -112,10 +127,11 @@ class ShadowRunner:
 
     async def _run(self) -> None:
         assert self._queue is not None
+        loop = asyncio.get_running_loop()
         while True:
             job = await self._queue.get()
             try:
-                outputs = await job.submit(job.inputs, job.num_rows)
+                outputs = await loop.run_in_executor(self._executor, job.infer, job.inputs)
             except Exception as exc:  # the shadow's failure is only counted, never raised
                 log.debug("shadow %s/%d failed: %s", job.model, job.version, exc)
                 outputs = None
@@ -129,3 +145,6 @@ class ShadowRunner:
             except asyncio.CancelledError:
                 pass
             self._worker = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
