@@ -83,6 +83,42 @@ class Metrics:
             "mlserve_model_evictions", "Idle models unloaded to stay within the budget.", registry=r
         )
 
+        # Traffic management (mlserve/routing): splits, breakers, shadow comparison, rollouts.
+        self.traffic_weight = Gauge(
+            "mlserve_traffic_weight", "Share of unversioned traffic a version's split gives it (0..1).",
+            ["model", "version"], registry=r,
+        )
+        self.breaker_state = Gauge(
+            "mlserve_breaker_state", "Circuit breaker of a version: 0 closed, 1 half-open, 2 open.",
+            ["model", "version"], registry=r,
+        )
+        self.fallback_requests = Counter(
+            "mlserve_fallback_requests", "Requests routed away from a version that was refused (breaker open "
+            "or not ready).", ["model", "version"], registry=r,
+        )
+        self.shadow_requests = Counter(
+            "mlserve_shadow_requests", "Shadow copies by outcome: compared, dropped (queue full), failed.",
+            ["model", "version", "outcome"], registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "mlserve_shadow_agreement", "Share of rows where the shadow version agreed with the primary.",
+            ["model", "version"], registry=r,
+        )
+        self.shadow_abs_diff = Gauge(
+            "mlserve_shadow_mean_abs_diff", "Mean absolute difference of shadow and primary outputs.",
+            ["model", "version"], registry=r,
+        )
+        self.rollout_state = Gauge(
+            "mlserve_rollout_state", "Canary rollout of a version: 1 running, 2 promoted, 3 rolled back, 4 cancelled.",
+            ["model", "version"], registry=r,
+        )
+        self.rollout_percent = Gauge(
+            "mlserve_rollout_percent", "Traffic percent a rollout gives its canary now.", ["model", "version"], registry=r
+        )
+        self.rollout_rollbacks = Counter(
+            "mlserve_rollout_rollbacks", "Rollouts rolled back automatically.", ["model", "version"], registry=r
+        )
+
     def forget_version(self, model: str, version: str) -> None:
         """Drop the per-version series of an unloaded version so label sets stay bounded."""
         for family in (

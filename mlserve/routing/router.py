@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mlserve.errors import ModelNotFound, ModelNotReady
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 
+if TYPE_CHECKING:
+    from mlserve.routing.manager import TrafficManager
+
 
 class Router:
-    """An explicit version is honoured as asked; otherwise the newest ready version answers."""
+    """An explicit version is honoured as asked; otherwise the model's split (when it has one) or
+    the newest ready version answers, unless that version's breaker sends it to a fallback."""
 
-    def __init__(self, loader: HotSwapLoader) -> None:
+    def __init__(self, loader: HotSwapLoader, traffic: TrafficManager | None = None) -> None:
         self._loader = loader
+        self._traffic = traffic
 
     def model(self, name: str) -> ServedModel:
         served = self._loader.models.get(name)
@@ -25,7 +32,9 @@ class Router:
             raise ModelNotFound(f"model {name!r} has no version {version!r} (loaded: {known})")
         return served.versions[int(version)]
 
-    def pick(self, name: str, version: str | None) -> ServedVersion:
+    def pick(self, name: str, version: str | None, key: str | None = None, *, routed: bool = False) -> ServedVersion:
+        """`routed` is set for inference requests only: then the split, breakers and fallbacks apply
+        (metadata reads must not take breaker probes). `key` is the sticky key, None for a random draw."""
         if version:
             chosen = self.version(name, version)
             if not chosen.is_ready:
@@ -35,4 +44,7 @@ class Router:
         default = served.default_version()  # newest ready, or the pinned / rolled-back one
         if default is None:
             raise ModelNotReady(f"model {name!r} has no ready version")
-        return served.versions[default]
+        chosen = served.versions[default]
+        if self._traffic is None or not routed:
+            return chosen
+        return self._traffic.route(served, chosen, key)

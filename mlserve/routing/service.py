@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from mlserve.errors import InvalidInput
-from mlserve.registry.loader import HotSwapLoader
+from mlserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+from mlserve.monitor.metrics import Metrics
+from mlserve.registry.loader import HotSwapLoader, ServedVersion
 from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo
+from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
+
+# Errors that say nothing about the version that was picked: they neither trip nor heal a breaker.
+_CLIENT_ERRORS = (InvalidInput, ModelNotFound, ModelNotReady)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +31,8 @@ class InferRequest:
     req_id: str | None = None
     outputs: tuple[str, ...] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """HTTP headers, for a sticky routing key taken from a header."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +87,37 @@ def validate_inputs(info: ModelInfo, request: InferRequest) -> int:
 class InferenceService:
     """Routes a request to a version, queues it on that version's batcher, returns the chosen outputs."""
 
-    def __init__(self, loader: HotSwapLoader) -> None:
+    def __init__(self, loader: HotSwapLoader, metrics: Metrics | None = None) -> None:
         self.loader = loader
-        self.router = Router(loader)
+        self.traffic = TrafficManager(loader, metrics or Metrics())
+        self.router = Router(loader, self.traffic)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         await self.loader.ensure_loaded(request.model)  # lazy or evicted models load on first use
-        served = self.router.pick(request.model, request.version)
+        key = None
+        if request.version is None:
+            key = self.traffic.sticky_key(self.router.model(request.model), request.headers, request.parameters)
+        served = self.router.pick(request.model, request.version, key, routed=True)
+        req_id = request.req_id or uuid.uuid4().hex
+        started = time.monotonic()
+        try:
+            inputs, outputs = await self._run(served, request)
+        except _CLIENT_ERRORS:
+            self.traffic.release(served)
+            raise
+        except Exception:
+            self.traffic.record(request.model, served, req_id, time.monotonic() - started, False, request.version is None)
+            raise
+        self.traffic.record(request.model, served, req_id, time.monotonic() - started, True, request.version is None)
+        self.traffic.shadow(self.router.model(served.model), served.version, inputs, outputs)
+        names = request.outputs if request.outputs is not None else tuple(s.name for s in served.info.outputs)
+        datatypes = {s.name: s.datatype for s in served.info.outputs}
+        return InferResponse(
+            served.model, str(served.version), {n: outputs[n] for n in names},
+            {n: datatypes[n] for n in names}, req_id,
+        )
+
+    async def _run(self, served: ServedVersion, request: InferRequest):
         info = served.info
         rows = validate_inputs(info, request)
         if request.outputs is not None:
@@ -96,9 +129,4 @@ class InferenceService:
             s.name: request.inputs[s.name].astype(DATATYPE_TO_NUMPY[s.datatype], copy=False) for s in info.inputs
         }
         outputs = await served.batcher.submit(inputs, rows)
-        names = request.outputs if request.outputs is not None else tuple(s.name for s in info.outputs)
-        datatypes = {s.name: s.datatype for s in info.outputs}
-        return InferResponse(
-            request.model, str(served.version), {n: outputs[n] for n in names},
-            {n: datatypes[n] for n in names}, request.req_id,
-        )
+        return inputs, outputs

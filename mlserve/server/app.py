@@ -16,6 +16,7 @@ from mlserve.routing.service import InferenceService
 from mlserve.server.admin import add_admin_routes
 from mlserve.server.middleware import error_middleware
 from mlserve.server.state import ServerState
+from mlserve.server.traffic import add_traffic_routes
 from mlserve.server.v2 import V2Handlers
 
 log = logging.getLogger("mlserve.server")
@@ -79,10 +80,11 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=config.server.max_body_bytes)
     metrics = Metrics()
     loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics)
-    service = InferenceService(loader)
+    service = InferenceService(loader, metrics)
     app[CONFIG], app[METRICS], app[LOADER], app[SERVICE], app[STATE] = config, metrics, loader, service, ServerState()
     _add_v2_routes(app, V2Handlers(service, app[STATE], metrics))
     app.router.add_get("/metrics", _metrics_handler)
     add_admin_routes(app, loader)
+    add_traffic_routes(app, service.traffic)
     app.cleanup_ctx.append(_loader_ctx)
     return app

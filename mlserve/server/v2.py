@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+import uuid
+from typing import Any, Mapping
 
 import orjson
 from aiohttp import web
@@ -18,6 +19,7 @@ from mlserve.server.tensors import decode_binary_tensor, decode_json_tensor, enc
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION_HEADER = "Mlserve-Model-Version"
+REQUEST_ID_HEADER = "Mlserve-Request-Id"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "schedule_policy"]
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -79,20 +81,24 @@ def _requested_outputs(raw: Any, default_binary: bool) -> tuple[tuple[str, ...] 
     return tuple(o["name"] for o in raw), binary
 
 
-def decode_infer_request(body: bytes, header_length: str | None, model: str, version: str | None):
-    """Body (JSON, or JSON header + binary tensors) -> InferRequest and per-output binary flags."""
+def decode_infer_request(
+    body: bytes, header_length: str | None, model: str, version: str | None, headers: Mapping[str, str] | None = None
+):
+    """Body (JSON, or JSON header + binary tensors) -> InferRequest and per-output binary flags.
+    A request without an `id` gets one, so feedback can refer to it."""
     header, binary = _split_body(body, header_length)
     parsed = _parse_json(header)
     req_id = parsed.get("id")
     if req_id is not None and not isinstance(req_id, str):
         raise InvalidInput("'id' must be a string")
+    req_id = req_id or uuid.uuid4().hex
     parameters = parsed.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
     arrays, datatypes = _decode_inputs(parsed.get("inputs"), binary)
     default_binary = bool(parameters.get("binary_data_output", False))
     outputs, binary_flags = _requested_outputs(parsed.get("outputs"), default_binary)
-    request = InferRequest(model, version, arrays, datatypes, req_id, outputs, parameters)
+    request = InferRequest(model, version, arrays, datatypes, req_id, outputs, parameters, headers or {})
     return request, binary_flags, default_binary
 
 
@@ -113,6 +119,8 @@ def encode_infer_response(response: InferResponse, binary_flags: dict[str, bool]
         body["id"] = response.req_id
     header = orjson.dumps(body, option=_JSON_OPTIONS)
     headers = {VERSION_HEADER: response.version}
+    if response.req_id is not None:
+        headers[REQUEST_ID_HEADER] = response.req_id
     if not blobs:
         return web.Response(body=header, content_type="application/json", headers=headers)
     headers[HEADER_LENGTH] = str(len(header))
@@ -174,7 +182,7 @@ class V2Handlers:
         try:
             body = await request.read()
             infer_request, flags, default_binary = decode_infer_request(
-                body, request.headers.get(HEADER_LENGTH), name, version
+                body, request.headers.get(HEADER_LENGTH), name, version, request.headers
             )
             result = await self._service.infer(infer_request)
             answered_by = result.version

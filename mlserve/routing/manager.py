@@ -1,0 +1,298 @@
+"""The traffic manager: picks a version by split, guards it with its breaker, falls back, records
+results for experiments and rollouts, copies requests to shadows, and drives rollouts.
+
+Everything here runs on the event loop thread, so the per-model state needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, Mapping
+
+from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.monitor.metrics import Metrics
+from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
+from mlserve.routing import split as splits
+from mlserve.routing.rollout import Rollout, RolloutPlan, RolloutStatus
+from mlserve.routing.shadow import ShadowJob, ShadowRunner, ShadowStats, Tensors, compare_outputs
+from mlserve.routing.traffic import ModelTraffic
+
+log = logging.getLogger("mlserve.routing")
+
+SHADOW_QUEUE = 64
+ROLLOUT_TICK_S = 0.1
+_ROLLOUT_GAUGE = {RolloutStatus.RUNNING: 1, RolloutStatus.PROMOTED: 2, RolloutStatus.ROLLED_BACK: 3,
+                  RolloutStatus.CANCELLED: 4}
+
+
+class TrafficManager:
+    """Owns every model's ModelTraffic, the shadow runner and the rollout tasks."""
+
+    def __init__(self, loader: HotSwapLoader, metrics: Metrics, rng: random.Random | None = None,
+                 shadow_queue: int = SHADOW_QUEUE) -> None:
+        self._loader = loader
+        self._metrics = metrics
+        self._rng = rng or random.Random()
+        self._states: dict[str, ModelTraffic] = {}
+        self._entries: dict[str, object] = {}
+        self._shadow = ShadowRunner(shadow_queue, self._shadow_done)
+        self._rollout_tasks: dict[str, asyncio.Task] = {}
+        self._published: dict[str, set[int]] = {}
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state(self, served: ServedModel) -> ModelTraffic:
+        """This model's traffic state, refreshed when a repository reload replaced its entry."""
+        found = self._states.get(served.name)
+        if found is not None and self._entries.get(served.name) is served.entry:
+            return found
+        raw = served.entry.config.extra.get("traffic")
+        self._entries[served.name] = served.entry
+        if found is None:
+            found = self._states[served.name] = ModelTraffic.from_raw(raw)
+        elif found.raw != raw:
+            found.reload(raw)
+        else:
+            return found
+        self._publish_weights(served.name, found)
+        return found
+
+    def _served(self, name: str) -> ServedModel:
+        served = self._loader.models.get(name)
+        if served is None:
+            raise ModelNotFound(f"unknown model {name!r}")
+        return served
+
+    def sticky_key(self, served: ServedModel, headers: Mapping[str, str], parameters: Mapping[str, Any]) -> str | None:
+        key = self.state(served).spec.sticky_key
+        return key.extract(headers, parameters) if key is not None else None
+
+    # -- routing -------------------------------------------------------------------------------
+
+    def route(self, served: ServedModel, default: ServedVersion, key: str | None) -> ServedVersion:
+        """The version for an unversioned request: by split (or the default), unless its breaker is open."""
+        state = self.state(served)
+        version = splits.assign(state.split, key, state.spec.salt, self._rng) if state.split else default.version
+        chosen = served.versions.get(version)
+        if chosen is not None and chosen.is_ready and state.breaker(version).can_pass():
+            return chosen
+        return self._fallback(served, state, version, chosen if chosen is not None and chosen.is_ready else default)
+
+    def _fallback(self, served: ServedModel, state: ModelTraffic, refused: int, last_resort: ServedVersion) -> ServedVersion:
+        self._metrics.fallback_requests.labels(served.name, str(refused)).inc()
+        if state.spec.fallback != "previous":
+            other = self._loader.models.get(state.spec.fallback)
+            ready = other.ready_versions() if other is not None else []
+            if ready:
+                return other.versions[ready[-1]]
+        for candidate in self._candidates(served, state, refused):
+            sv = served.versions.get(candidate)
+            if sv is not None and sv.is_ready and state.breaker(candidate).can_pass():
+                return sv
+        return last_resort
+
+    @staticmethod
+    def _candidates(served: ServedModel, state: ModelTraffic, refused: int) -> list[int]:
+        """The stable version, the one before it, then older versions, then newer ones."""
+        ready = served.ready_versions()
+        ordered = [state.stable, state.previous_stable]
+        ordered += [v for v in reversed(ready) if v < refused] + [v for v in ready if v > refused]
+        seen: list[int] = []
+        for v in ordered:
+            if v is not None and v != refused and v not in seen:
+                seen.append(v)
+        return seen
+
+    # -- results -------------------------------------------------------------------------------
+
+    def record(self, model: str, answered: ServedVersion, req_id: str, latency_s: float, ok: bool, routed: bool) -> None:
+        """A request finished: feed the breaker, the experiment and any running rollout."""
+        owner_model = self._loader.models.get(answered.model)
+        if owner_model is not None:
+            breaker = self.state(owner_model).breaker(answered.version)
+            breaker.record(ok)
+            self._metrics.breaker_state.labels(answered.model, str(answered.version)).set(breaker.state.value)
+        state = self._states.get(model)
+        if state is None or not routed or answered.model != model:
+            return
+        if state.split and state.experiment is not None:
+            state.experiment.assign(req_id, answered.version)
+            state.experiment.observe(answered.version, latency_s, ok)
+        if state.is_rolling_out:
+            state.rollout.observe(answered.version, latency_s, ok)
+
+    def release(self, answered: ServedVersion) -> None:
+        """A request ended on the client's error: nothing to judge, but a half-open probe slot is freed."""
+        owner = self._states.get(answered.model)
+        if owner is not None:
+            owner.breaker(answered.version).release()
+
+    # -- shadow --------------------------------------------------------------------------------
+
+    def shadow(self, served: ServedModel, primary: int, inputs: Tensors, outputs: Tensors) -> None:
+        """Copy a share of the traffic to the shadow version; never waits, never raises."""
+        spec = self.state(served).spec.shadow
+        if spec is None or spec.version == primary or self._rng.random() * 100 >= spec.percent:
+            return
+        target = served.versions.get(spec.version)
+        if target is None or not target.is_ready or target.backend is None:
+            return
+        job = ShadowJob(served.name, spec.version, inputs, outputs, target.backend.infer)
+        if not self._shadow.offer(job):
+            self._shadow_stats(served.name, spec.version).num_dropped += 1
+            self._metrics.shadow_requests.labels(served.name, str(spec.version), "dropped").inc()
+
+    def _shadow_stats(self, model: str, version: int) -> ShadowStats:
+        return self._states[model].shadow.setdefault(version, ShadowStats())
+
+    def _shadow_done(self, job: ShadowJob, outputs: Tensors | None) -> None:
+        if job.model not in self._states:
+            return
+        stats = self._shadow_stats(job.model, job.version)
+        labels = (job.model, str(job.version))
+        if outputs is None:
+            stats.num_failed += 1
+            self._metrics.shadow_requests.labels(*labels, "failed").inc()
+            return
+        compare_outputs(stats, job.primary, outputs)
+        self._metrics.shadow_requests.labels(*labels, "compared").inc()
+        if stats.agreement is not None:
+            self._metrics.shadow_agreement.labels(*labels).set(stats.agreement)
+        if stats.mean_abs_diff is not None:
+            self._metrics.shadow_abs_diff.labels(*labels).set(stats.mean_abs_diff)
+
+    # -- admin ---------------------------------------------------------------------------------
+
+    def traffic_view(self, name: str) -> dict:
+        return {"model": name, **self.state(self._served(name)).to_dict()}
+
+    def set_split(self, name: str, body: Any) -> dict:
+        """PUT /admin/models/{m}/traffic: {"split": {...}}; a running rollout is cancelled."""
+        served = self._served(name)
+        if not isinstance(body, dict) or set(body) != {"split"}:
+            raise InvalidInput('the body must be {"split": {"<version>": <percent>, ...}}')
+        try:
+            weights = splits.parse_split(body["split"])
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        unknown = [v for v, _ in weights if v not in served.versions]
+        if unknown:
+            raise InvalidInput(f"model {name!r} has no version(s) {unknown} loaded")
+        state = self.state(served)
+        if state.is_rolling_out:
+            state.rollout.cancel("split set by the API")
+            self._publish_rollout(name, state)
+        state.set_split(weights, "api")
+        self._publish_weights(name, state)
+        log.info("model %s: split set to %s by the API", name, dict(weights))
+        return self.traffic_view(name)
+
+    def experiment_view(self, name: str) -> dict:
+        served = self._served(name)
+        state = self.state(served)
+        control = self._control(served, state)
+        view = state.experiment.view(control, [v for v, _ in state.split]) if state.experiment else {}
+        return {"model": name, **view, "shadow": state.to_dict()["shadow"]}
+
+    def feedback(self, name: str, body: Any) -> dict:
+        served = self._served(name)
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or "value" not in body:
+            raise InvalidInput('the body must be {"id": "<request id>", "value": <number>}')
+        state = self.state(served)
+        version = state.experiment.feedback(body["id"], body["value"], self._control(served, state))
+        return {"id": body["id"], "model": name, "version": str(version)}
+
+    @staticmethod
+    def _control(served: ServedModel, state: ModelTraffic) -> int:
+        if state.stable is not None:
+            return state.stable
+        ready = served.ready_versions()
+        return ready[-1] if ready else 0
+
+    # -- rollouts ------------------------------------------------------------------------------
+
+    def start_rollout(self, name: str, body: Any) -> dict:
+        served = self._served(name)
+        plan = RolloutPlan.parse(body)
+        state = self.state(served)
+        if state.is_rolling_out:
+            raise InvalidInput(f"model {name!r} is already rolling out version {state.rollout.plan.version}")
+        canary = served.versions.get(plan.version)
+        if canary is None or not canary.is_ready:
+            raise InvalidInput(f"model {name!r} version {plan.version} is not loaded and ready")
+        stable = self._stable_for(served, state, plan.version)
+        state.rollout = Rollout(plan, stable)
+        self._apply_rollout(name, state)
+        self._rollout_tasks[name] = asyncio.get_running_loop().create_task(self._drive(name, state.rollout))
+        log.info("model %s: rollout of version %d over %d started (steps %s)", name, plan.version, stable,
+                 list(plan.steps))
+        return self.rollout_view(name)
+
+    def _stable_for(self, served: ServedModel, state: ModelTraffic, canary: int) -> int:
+        if state.stable is not None and state.stable != canary:
+            return state.stable
+        others = [v for v in served.ready_versions() if v != canary]
+        if not others:
+            raise InvalidInput(f"model {served.name!r} has no other ready version to compare version {canary} with")
+        return others[-1]
+
+    def rollout_view(self, name: str) -> dict:
+        state = self.state(self._served(name))
+        return {"model": name, "rollout": state.rollout.to_dict() if state.rollout else None}
+
+    def cancel_rollout(self, name: str) -> dict:
+        state = self.state(self._served(name))
+        if not state.is_rolling_out:
+            raise InvalidInput(f"model {name!r} has no rollout running")
+        state.rollout.cancel("cancelled by the API")
+        self._apply_rollout(name, state)
+        return self.rollout_view(name)
+
+    async def _drive(self, name: str, rollout: Rollout) -> None:
+        """Judges a rollout every ROLLOUT_TICK_S (breaches included), off the request path: a p99
+        over thousands of latencies is too dear to compute per request."""
+        while rollout.status is RolloutStatus.RUNNING:
+            await asyncio.sleep(min(ROLLOUT_TICK_S, rollout.plan.interval_s / 4 or ROLLOUT_TICK_S))
+            state = self._states.get(name)
+            if state is None or state.rollout is not rollout:
+                return
+            if rollout.tick():
+                self._apply_rollout(name, state)
+
+    def _apply_rollout(self, name: str, state: ModelTraffic) -> None:
+        rollout = state.rollout
+        assert rollout is not None
+        if rollout.status is RolloutStatus.PROMOTED:
+            state.promote(rollout.plan.version)
+            log.info("model %s: version %d promoted to stable (%s)", name, rollout.plan.version, rollout.reason)
+        elif rollout.status is RolloutStatus.ROLLED_BACK:
+            self._metrics.rollout_rollbacks.labels(name, str(rollout.plan.version)).inc()
+            log.warning("model %s: version %d rolled back: %s", name, rollout.plan.version, rollout.reason)
+        state.set_split(tuple(sorted(rollout.weights().items())), "rollout")
+        self._publish_weights(name, state)
+        self._publish_rollout(name, state)
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def _publish_weights(self, name: str, state: ModelTraffic) -> None:
+        total = sum(w for _, w in state.split) or 1.0
+        weights = dict(state.split)
+        published = self._published.setdefault(name, set())
+        for version in published | set(weights):
+            self._metrics.traffic_weight.labels(name, str(version)).set(weights.get(version, 0.0) / total)
+        published.update(weights)
+
+    def _publish_rollout(self, name: str, state: ModelTraffic) -> None:
+        rollout = state.rollout
+        if rollout is not None:
+            labels = (name, str(rollout.plan.version))
+            self._metrics.rollout_state.labels(*labels).set(_ROLLOUT_GAUGE[rollout.status])
+            self._metrics.rollout_percent.labels(*labels).set(rollout.percent)
+
+    async def close(self) -> None:
+        await self._shadow.close()
+        for task in self._rollout_tasks.values():
+            task.cancel()
+        self._rollout_tasks.clear()
