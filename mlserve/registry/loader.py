@@ -12,6 +12,7 @@ from enum import Enum, auto
 
 import numpy as np
 
+from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
@@ -43,6 +44,7 @@ class ServedVersion:
     fingerprint: str = ""
     backend: Backend | None = None
     batcher: DynamicBatcher | None = None
+    cache: ResponseCache | None = None
     info: ModelInfo | None = None
 
     @property
@@ -155,6 +157,7 @@ class HotSwapLoader:
             instances=served.entry.config.instances, observer=self._observer(served.name, str(version)),
         )
         fresh.batcher.start()
+        fresh.cache = self._cache(served.name, str(version), served.entry.config.batching.cache_size)
         fresh.state = VersionState.READY
         served.versions[version] = fresh
         elapsed = time.monotonic() - started
@@ -203,6 +206,12 @@ class HotSwapLoader:
         for version in list(served.versions):
             await self._unload_version(served, version)
         del self.models[name]
+
+    def _cache(self, model: str, version: str, size: int) -> ResponseCache | None:
+        if size <= 0:
+            return None
+        m = self._metrics
+        return ResponseCache(model, version, size, m.cache_hits.labels(model, version), m.cache_misses.labels(model, version))
 
     def _observer(self, model: str, version: str):
         m = self._metrics
