@@ -1,0 +1,47 @@
+"""The compute limit: the raw engine with no HTTP, samples/s at given batch sizes.
+
+    python -m benchmarks.engine --model M.onnx --batch 1 64 --seconds 2
+prints one JSON object {batch: samples_per_s}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import orjson
+
+
+def samples_per_s(model_path: str, batches: list[int], seconds: float) -> dict[int, float]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    width = session.get_inputs()[0].shape[1]
+    results = {}
+    for batch in batches:
+        x = np.random.default_rng(0).standard_normal((batch, width), dtype=np.float32)
+        for _ in range(10):
+            session.run(None, {"x": x})
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            session.run(None, {"x": x})
+            runs += 1
+        results[batch] = runs * batch / (time.perf_counter() - started)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    print(orjson.dumps(samples_per_s(args.model, args.batch, args.seconds), option=orjson.OPT_NON_STR_KEYS).decode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The serving benchmark's table (markdown), its targets as ratios, and the latency-throughput plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores visible, {platform.system()} {platform.release()}"
+
+
+def _point(results: dict, server: str, load: str) -> dict | None:
+    return next((p for p in results["points"] if p["server"] == server and p["load"] == load), None)
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _rows(results: dict) -> list[str]:
+    lines = ["| server | load | body | req/s | p50 ms | p95 ms | p99 ms | mean batch | server CPU % | errors |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for batch, rate in results["engine_samples_per_s"].items():
+        lines.append(f"| raw engine (no HTTP) | batch {batch} | — | {rate:,.0f} samples/s | | | | {batch} | 100 | |")
+    for p in results["points"]:
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(p["statuses"].items()) if k != "200")
+        errors = f"{p['errors']}" + (f" ({statuses})" if statuses else "")
+        lines.append(
+            f"| {p['server']} | {p['load']} | {p['body']} | {p['req_per_s']:,.0f} | {_fmt(p['p50_ms'], 2)} | "
+            f"{_fmt(p['p95_ms'], 2)} | {_fmt(p['p99_ms'], 2)} | {_fmt(p['mean_batch'])} | "
+            f"{p['cpu_percent']:.0f} | {errors} |"
+        )
+    return lines
+
+
+def targets(results: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(figure, measured, target, met) for each target of the issue, as ratios to this run's rows."""
+    http = _point(results, "bare aiohttp (no model)", "c=64")
+    naive = _point(results, "naive (1 forward/request)", "c=64")
+    json64 = _point(results, "mlserve JSON", "c=64")
+    json1 = _point(results, "mlserve JSON", "c=1")
+    bin64 = _point(results, "mlserve binary", "c=64")
+    json256 = _point(results, "mlserve JSON", "c=256")
+    engine64 = results["engine_samples_per_s"].get("64") or results["engine_samples_per_s"].get(64)
+    stack = 1 / (1 / http["req_per_s"] + 1 / engine64)
+    other_errors = json256["errors"] - json256["statuses"].get("429", 0)
+    return [
+        ("stack limit 1/(1/http + 1/engine64)", f"{stack:,.0f} req/s", "reference", None),
+        ("mlserve JSON c=64 / stack limit", f"{json64['req_per_s'] / stack:.2f}", ">= 0.85",
+         json64["req_per_s"] / stack >= 0.85),
+        ("mlserve JSON c=64 / naive c=64", f"{json64['req_per_s'] / naive['req_per_s']:.2f}x", ">= 1.8x",
+         json64["req_per_s"] / naive["req_per_s"] >= 1.8),
+        ("p99 mlserve JSON c=64", f"{json64['p99_ms']:.2f} ms", "<= 10 ms", json64["p99_ms"] <= 10),
+        ("p50 mlserve JSON c=1", f"{json1['p50_ms']:.2f} ms", "< 1.5 ms", json1["p50_ms"] < 1.5),
+        ("mlserve binary / JSON at c=64", f"{bin64['req_per_s'] / json64['req_per_s']:.2f}x", ">= 1.5x",
+         bin64["req_per_s"] / json64["req_per_s"] >= 1.5),
+        ("mlserve JSON c=256: errors other than 429", f"{other_errors} (429s: {json256['statuses'].get('429', 0)})",
+         "0", other_errors == 0),
+    ]
+
+
+def table(results: dict) -> str:
+    lines = [f"Measured {results['date']} on {results['machine']}, Python {results['python']}, "
+             f"{results['seconds_per_point']:g} s per point; server on one core, load generator on another.", ""]
+    lines += _rows(results)
+    lines += ["", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
+    for figure, measured, wanted, met in targets(results):
+        lines.append(f"| {figure} | {measured} | {wanted} | {'—' if met is None else ('yes' if met else 'NO')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """p50 and p99 latency against throughput, one line per server and load kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series: dict[tuple[str, str, bool], list[dict]] = {}
+    for p in results["points"]:
+        series.setdefault((p["server"], p["body"], p["load"].startswith("open")), []).append(p)
+    for (server, body, is_open), points in series.items():
+        points = sorted(points, key=lambda p: p["req_per_s"])
+        label = f"{server}{'' if body == 'json' or 'binary' in server else ' ' + body}{' (open loop)' if is_open else ''}"
+        xs = [p["req_per_s"] for p in points]
+        line, = ax.plot(xs, [p["p99_ms"] for p in points], marker="o", linestyle="--" if is_open else "-",
+                        label=f"{label} p99")
+        ax.plot(xs, [p["p50_ms"] for p in points], marker=".", linestyle=":", color=line.get_color(), alpha=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("throughput (req/s)")
+    ax.set_ylabel("latency (ms); solid/dashed p99, dotted p50")
+    ax.set_title(f"MLP 768-1024-1024-10, one row per request\n{results['date']}, shared machine")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
