@@ -104,7 +104,7 @@ class BatchingSpec:
     """Priority levels a request may name in its `priority` parameter; 1 is the highest."""
     default_priority_level: int | None = None
     """Level of a request that names none; None = the lowest level."""
-    priority_aging_us: int = 100_000
+    priority_aging_us: int = 1_000_000
     """A request that has waited this long is taken ahead of every level, so low levels never starve."""
     cache_size: int = 0
     """Responses kept in this version's LRU cache, keyed by a hash of the input bytes; 0 = off."""
