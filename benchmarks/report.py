@@ -36,7 +36,10 @@ def _rows(results: dict) -> list[str]:
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for batch, rate in results["engine_samples_per_s"].items():
         lines.append(f"| raw engine (no HTTP) | batch {batch} | — | {rate:,.0f} samples/s | | | | {batch} | 100 | |")
-    for p in results["points"]:
+    servers = list(dict.fromkeys(p["server"] for p in results["points"]))
+    ordered = sorted(enumerate(results["points"]),
+                     key=lambda ip: (ip[1]["load"].startswith("open"), servers.index(ip[1]["server"]), ip[0]))
+    for _, p in ordered:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(p["statuses"].items()) if k != "200")
         errors = f"{p['errors']}" + (f" ({statuses})" if statuses else "")
         lines.append(

@@ -15,6 +15,7 @@ It also writes results.json and latency_throughput.png to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -29,6 +30,8 @@ from benchmarks import report
 from benchmarks.runner import Point, bodies, engine_samples_per_s, open_loop, start_server, wrk_point
 
 CONCURRENCY = (1, 16, 64, 256)
+BARE, NAIVE = "bare aiohttp (no model)", "naive (1 forward/request)"
+JSON, BINARY = "mlserve JSON", "mlserve binary"
 MLP_TOML = "max_batch_size = 64\nmax_queue_delay_us = 2000\nmax_queue_size = 1024\nintra_op_threads = 1\n"
 
 
@@ -47,22 +50,30 @@ def _write_repository(root: Path) -> Path:
     return root / "mlp" / "1" / "model.onnx"
 
 
-def _closed_loop(server: str, kind: str, body, args, work: Path, cores, concurrency=CONCURRENCY) -> list[Point]:
-    points = []
-    with start_server(kind, work, cores[0]) as proc:
-        for c in concurrency:
-            print(f"  {server}: closed loop c={c}", file=sys.stderr, flush=True)
-            points.append(wrk_point(server, proc, body, c, args.seconds, cores[1], count_status=c == max(concurrency)))
-    return points
-
-
-def _open_loop(server: str, kind: str, body, args, work: Path, cores) -> list[Point]:
-    points = []
-    with start_server(kind, work, cores[0]) as proc:
+def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple[str, str]) -> tuple[list[Point], dict]:
+    """Every server runs at once, pinned to the same core; only one is under load at a time, and the
+    points are interleaved (all servers at c=1, then all at c=16, ...) so drift on a shared machine
+    hits every row alike."""
+    json_body, binary_body = bodies(work)
+    points: list[Point] = []
+    engine: dict = {}
+    with contextlib.ExitStack() as stack:
+        bare, naive, ml = (stack.enter_context(start_server(kind, work, cores[0])) for kind in ("bare", "naive", "mlserve"))
+        closed = [(BARE, bare, json_body), (NAIVE, naive, json_body), (JSON, ml, json_body), (BINARY, ml, binary_body)]
+        for c in CONCURRENCY:
+            for name, server, body in closed:
+                print(f"  {name}: closed loop c={c}", file=sys.stderr, flush=True)
+                points.append(wrk_point(name, server, body, c, args.seconds, cores[1], count_status=c == CONCURRENCY[-1]))
+            if c == 64:
+                reached = next(p.mean_batch for p in points if p.server == JSON and p.load == "c=64")
+                batches = sorted({1, 64, max(1, round(reached or 1))})
+                print(f"  raw engine at batch {batches}", file=sys.stderr, flush=True)
+                engine = engine_samples_per_s(model, batches, min(args.seconds, 3.0), cores[0])
         for rate in args.rates:
-            print(f"  {server}: open loop {rate} req/s", file=sys.stderr, flush=True)
-            points.append(open_loop(server, proc, body, rate, args.seconds, cores[1]))
-    return points
+            for name, server, body in ((NAIVE, naive, json_body), (JSON, ml, json_body)):
+                print(f"  {name}: open loop {rate:g} req/s", file=sys.stderr, flush=True)
+                points.append(open_loop(name, server, body, rate, args.seconds, cores[1]))
+    return points, engine
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -70,18 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="mlserve-bench-"))
     try:
         model = _write_repository(work / "models")
-        json_body, binary_body = bodies(work)
-        points = []
-        points += _closed_loop("bare aiohttp (no model)", "bare", json_body, args, work, cores)
-        points += _closed_loop("naive (1 forward/request)", "naive", json_body, args, work, cores)
-        points += _closed_loop("mlserve JSON", "mlserve", json_body, args, work, cores)
-        points += _closed_loop("mlserve binary", "mlserve", binary_body, args, work, cores)
-        points += _open_loop("naive (1 forward/request)", "naive", json_body, args, work, cores)
-        points += _open_loop("mlserve JSON", "mlserve", json_body, args, work, cores)
-        reached = next(p.mean_batch for p in points if p.server == "mlserve JSON" and p.load == "c=64")
-        batches = sorted({1, 64, max(1, round(reached or 1))})
-        print(f"  raw engine at batch {batches}", file=sys.stderr, flush=True)
-        engine = engine_samples_per_s(model, batches, min(args.seconds, 3.0), cores[0])
+        points, engine = _measure_all(args, work, model, cores)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
