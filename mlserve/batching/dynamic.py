@@ -16,7 +16,7 @@ from mlserve.errors import InferenceFailed, InvalidInput, Overloaded, RequestTim
 from mlserve.registry.spec import BatchingSpec
 
 Tensors = dict[str, np.ndarray]
-SWITCH_INTERVAL_S = 0.0002
+SWITCH_INTERVAL_S = 0.0005
 
 
 class InferFn(Protocol):
