@@ -1,7 +1,7 @@
 """The compute limit: the raw engine with no HTTP, samples/s at given batch sizes.
 
     python -m benchmarks.engine --model M.onnx --batch 1 64 --seconds 2
-prints one JSON object {batch: samples_per_s}.
+prints one JSON object {batch: {wall, per_cpu_s}}.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 import orjson
 
 
-def samples_per_s(model_path: str, batches: list[int], seconds: float) -> dict[int, float]:
+def samples_per_s(model_path: str, batches: list[int], seconds: float) -> dict[int, dict[str, float]]:
+    """Samples per wall second and per CPU second of this process (the machine may be shared)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -26,11 +27,12 @@ def samples_per_s(model_path: str, batches: list[int], seconds: float) -> dict[i
         x = np.random.default_rng(0).standard_normal((batch, width), dtype=np.float32)
         for _ in range(10):
             session.run(None, {"x": x})
-        runs, started = 0, time.perf_counter()
+        runs, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
             session.run(None, {"x": x})
             runs += 1
-        results[batch] = runs * batch / (time.perf_counter() - started)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        results[batch] = {"wall": runs * batch / wall, "per_cpu_s": runs * batch / max(cpu, 1e-9)}
     return results
 
 

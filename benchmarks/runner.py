@@ -46,6 +46,11 @@ class Point:
     cpu_percent: float
     errors: int
     statuses: dict[str, int] = field(default_factory=dict)
+    per_cpu_s: float = 0.0
+    """Requests per CPU-second of the server process: what one whole core would do, on a shared machine."""
+
+    def __post_init__(self) -> None:
+        self.per_cpu_s = self.req_per_s / (self.cpu_percent / 100) if self.cpu_percent > 0 else 0.0
 
 
 @dataclass(slots=True)
@@ -152,11 +157,12 @@ def _mean_batch(server: Server, before, after) -> float | None:
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
-def _measure(server: Server, label: str, command: list[str], env: dict[str, str]) -> tuple[str, float, float, tuple]:
+def _measure(server: Server, command: list[str], env: dict[str, str]) -> tuple[str, float, float | None]:
+    """Run one load generator; return its output, the server's CPU % of one core, and its mean batch."""
     before_batch, before_cpu, started = _batch_totals(server), _cpu_seconds(server.pid), time.monotonic()
     out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout
     elapsed, cpu = time.monotonic() - started, _cpu_seconds(server.pid) - before_cpu
-    return out, 100 * cpu / elapsed, _mean_batch(server, before_batch, _batch_totals(server)), label
+    return out, 100 * cpu / elapsed, _mean_batch(server, before_batch, _batch_totals(server))
 
 
 def wrk_point(name: str, server: Server, body: Body, concurrency: int, seconds: float, core: str,
@@ -166,7 +172,7 @@ def wrk_point(name: str, server: Server, body: Body, concurrency: int, seconds: 
            "BENCH_COUNT_STATUS": "1" if count_status else "0"}
     command = ["taskset", "-c", core, "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                "-s", str(LUA), server.url + INFER_PATH]
-    out, cpu, mean_batch, _ = _measure(server, name, command, env)
+    out, cpu, mean_batch = _measure(server, command, env)
     line = next(x for x in out.splitlines() if x.startswith("BENCH_JSON "))
     r = json.loads(line.removeprefix("BENCH_JSON "))
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
@@ -181,7 +187,7 @@ def open_loop(name: str, server: Server, body: Body, rate: float, seconds: float
                "--body", str(body.path), "--rate", str(rate), "--seconds", str(seconds)]
     if body.header_length:
         command += ["--header-length", body.header_length]
-    out, cpu, mean_batch, _ = _measure(server, name, command, {**os.environ, "PYTHONPATH": str(ROOT)})
+    out, cpu, mean_batch = _measure(server, command, {**os.environ, "PYTHONPATH": str(ROOT)})
     r = json.loads(out.strip().splitlines()[-1])
     statuses = {str(k): v for k, v in r["statuses"].items()}
     errors = sum(v for k, v in statuses.items() if k != "200") + r["sent"] - r["completed"]
