@@ -113,8 +113,13 @@ def _non_negative_int(parameters: dict[str, Any], name: str) -> int | None:
     return value
 
 
+_DEFAULT_POLICY = SchedulePolicy()
+
+
 def schedule_policy(parameters: dict[str, Any]) -> SchedulePolicy:
     """Triton's schedule-policy request parameters: `priority` (1 = highest) and `timeout` in microseconds."""
+    if "priority" not in parameters and "timeout" not in parameters:
+        return _DEFAULT_POLICY
     return SchedulePolicy(_non_negative_int(parameters, "priority"), _non_negative_int(parameters, "timeout"))
 
 
