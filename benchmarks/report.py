@@ -94,7 +94,9 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
 
 def table(results: dict) -> str:
     lines = [f"Measured {results['date']} on {results['machine']}, Python {results['python']}, "
-             f"{results['seconds_per_point']:g} s per point; server on one core, load generator on another.", ""]
+             f"{results['seconds_per_point']:g} s per point, closed-loop points the median of "
+             f"{results.get('repeats', 1)} interleaved rounds; server on one core, load generator on another. "
+             "'per CPU-s' is req/s divided by the server process's share of its core.", ""]
     lines += _rows(results)
     lines += ["", "| target | per wall second | per CPU-second of the server | wanted |", "|---|---:|---:|---:|"]
     for figure, wall, cpu, wanted in targets(results):

@@ -46,6 +46,8 @@ class Point:
     cpu_percent: float
     errors: int
     statuses: dict[str, int] = field(default_factory=dict)
+    repeats: list[int] = field(default_factory=list)
+    """req/s of every round of this point when it was repeated."""
     per_cpu_s: float = 0.0
     """Requests per CPU-second of the server process: what one whole core would do, on a shared machine."""
 
