@@ -116,12 +116,15 @@ def plot(results: dict, path: Path) -> None:
     for p in results["points"]:
         series.setdefault((p["server"], p["body"], p["load"].startswith("open")), []).append(p)
     for (server, body, is_open), points in series.items():
-        points = sorted(points, key=lambda p: p["req_per_s"])
+        # In load order (c = 1, 16, 64, 256 or rising rates): a server past its limit bends back.
         label = f"{server}{'' if body == 'json' or 'binary' in server else ' ' + body}{' (open loop)' if is_open else ''}"
         xs = [p["req_per_s"] for p in points]
         line, = ax.plot(xs, [p["p99_ms"] for p in points], marker="o", linestyle="--" if is_open else "-",
                         label=f"{label} p99")
         ax.plot(xs, [p["p50_ms"] for p in points], marker=".", linestyle=":", color=line.get_color(), alpha=0.6)
+        for p in points:
+            ax.annotate(p["load"].replace("open ", ""), (p["req_per_s"], p["p99_ms"]), fontsize=6,
+                        color=line.get_color(), xytext=(3, 3), textcoords="offset points")
     ax.set_yscale("log")
     ax.set_xlabel("throughput (req/s)")
     ax.set_ylabel("latency (ms); solid/dashed p99, dotted p50")
