@@ -44,6 +44,9 @@ class SchedulePolicy:
     """Longest wait in the queue; may shorten the model's default, never lengthen it."""
 
 
+_DEFAULT_POLICY = SchedulePolicy()
+
+
 class DynamicBatcher:
     """Owns one version's bounded queue and its worker tasks; each batch runs on the version's executor.
 
@@ -96,7 +99,7 @@ class DynamicBatcher:
     async def submit(self, inputs: Tensors, num_rows: int, policy: SchedulePolicy | None = None) -> Tensors:
         """Queue one request's tensors (all with `num_rows` leading rows when batching) and await its outputs."""
         assert self._arrived is not None and self._idle is not None, "submit before start"
-        policy = policy or SchedulePolicy()
+        policy = policy or _DEFAULT_POLICY
         batching = self._spec.max_batch_size > 0
         if batching and num_rows > self._spec.max_batch_size:
             raise InvalidInput(
