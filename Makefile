@@ -31,8 +31,11 @@ serve: install examples
 test: install
 	$(BIN)/python -m pytest
 
+# BENCH_ARGS="--seconds 20" for longer points; wrk comes from Debian and is installed when we are root.
 bench: install
-	$(BIN)/python -m benchmarks.serving
+	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	@command -v wrk >/dev/null || { echo "make bench needs wrk (Debian: apt-get install -y wrk)"; exit 1; }
+	$(BIN)/python -m benchmarks.serving $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(MODELS)

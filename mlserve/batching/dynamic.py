@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 
-from mlserve.errors import InferenceFailed, InvalidInput, Overloaded
+from mlserve.batching.queue import RequestQueue, Waiting
+from mlserve.errors import InferenceFailed, InvalidInput, Overloaded, RequestTimeout
 from mlserve.registry.spec import BatchingSpec
 
 Tensors = dict[str, np.ndarray]
+SWITCH_INTERVAL_S = 0.0005
 
 
 class InferFn(Protocol):
@@ -32,19 +34,26 @@ class BatchStats:
     failed: bool
 
 
-@dataclass(slots=True)
-class _Pending:
-    inputs: Tensors
-    num_rows: int
-    future: asyncio.Future
-    enqueued_at: float = field(default_factory=time.monotonic)
+@dataclass(frozen=True, slots=True)
+class SchedulePolicy:
+    """What one request asks of the queue: a priority level and a timeout (both optional)."""
+
+    priority: int | None = None
+    """1 = highest; None = the model's default level."""
+    timeout_us: int | None = None
+    """Longest wait in the queue; may shorten the model's default, never lengthen it."""
+
+
+_DEFAULT_POLICY = SchedulePolicy()
 
 
 class DynamicBatcher:
-    """Owns one version's queue and its worker tasks; each batch runs on the version's executor.
+    """Owns one version's bounded queue and its worker tasks; each batch runs on the version's executor.
 
-    A batch closes when it is full, when the engine is free and only one request waits (a lone
-    request never waits out the delay), or when the oldest waiting request's delay is up.
+    A batch closes as soon as it is full; when nothing more arrived during the last turn of the event
+    loop and either no other batch is running (an idle server answers a lone request at once) or a
+    preferred size is reached; or when the oldest waiting request's delay is up (timed from its
+    arrival, not from the end of the last batch).
     """
 
     def __init__(
@@ -60,47 +69,91 @@ class DynamicBatcher:
         self._instances = instances
         self._observer = observer
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"mlserve-{name}")
-        self._pending: deque[_Pending] = deque()
+        self._queue = RequestQueue(spec.priority_levels, spec.max_queue_size, spec.priority_aging_us / 1e6)
+        self._delay_s = spec.max_queue_delay_us / 1e6
+        self._default_level = spec.default_priority_level or spec.priority_levels
         self._arrived: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._num_running = 0
-        self._idle: asyncio.Event | None = None
+        self._recent_rows_per_s = 0.0
 
     @property
     def num_queued(self) -> int:
-        return len(self._pending)
+        return self._queue.num_requests
 
     @property
     def num_in_flight(self) -> int:
-        return len(self._pending) + self._num_running
+        return self._queue.num_requests + self._num_running
 
     def start(self) -> None:
         """Create the loop-bound objects and workers; call from inside the running loop."""
+        # A worker thread woken with a finished batch waits for the GIL while the loop decodes
+        # requests; Python's default 5 ms switch interval would add up to that to every batch.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._instances)]
 
-    async def submit(self, inputs: Tensors, num_rows: int) -> Tensors:
+    async def submit(self, inputs: Tensors, num_rows: int, policy: SchedulePolicy | None = None) -> Tensors:
         """Queue one request's tensors (all with `num_rows` leading rows when batching) and await its outputs."""
+        assert self._arrived is not None and self._idle is not None, "submit before start"
+        policy = policy or _DEFAULT_POLICY
         batching = self._spec.max_batch_size > 0
         if batching and num_rows > self._spec.max_batch_size:
             raise InvalidInput(
                 f"request has {num_rows} rows, more than this model's max_batch_size {self._spec.max_batch_size}"
             )
-        if len(self._pending) >= self._spec.max_queue_size:
-            raise Overloaded(f"queue is full ({self._spec.max_queue_size} requests waiting)")
-        assert self._arrived is not None and self._idle is not None, "submit before start"
-        item = _Pending(inputs, num_rows, asyncio.get_running_loop().create_future())
-        self._pending.append(item)
+        level = self._level(policy.priority)
+        if self._queue.is_full():
+            raise Overloaded(f"queue is full ({self._spec.max_queue_size} requests waiting)", self._retry_after_s())
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        item = Waiting(inputs, num_rows, level, now, future=loop.create_future())
+        timeout_s = self._timeout_s(policy.timeout_us)
+        if timeout_s is not None:
+            item.deadline = now + timeout_s
+            item.timer = loop.call_at(loop.time() + timeout_s, self._expire, item)
+        self._queue.push(item)
         self._idle.clear()
         self._arrived.set()
-        return await item.future
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._queue.remove(item)  # the client went away: its rows need not run
+            if item.timer is not None:
+                item.timer.cancel()
+            self._set_idle_if_done()
+            raise
+
+    def _level(self, priority: int | None) -> int:
+        if priority is None or priority == 0:
+            return self._default_level
+        if not 1 <= priority <= self._spec.priority_levels:
+            raise InvalidInput(f"priority must lie in 1..{self._spec.priority_levels} for this model, got {priority}")
+        return priority
+
+    def _timeout_s(self, requested_us: int | None) -> float | None:
+        limits = [t for t in (self._spec.timeout_us, requested_us) if t]
+        return min(limits) / 1e6 if limits else None
+
+    def _retry_after_s(self) -> float:
+        """About how long the queue takes to empty at the recent pace."""
+        if self._recent_rows_per_s <= 0:
+            return 1.0
+        return max(1.0, self._queue.num_rows / self._recent_rows_per_s)
+
+    def _expire(self, item: Waiting) -> None:
+        if self._queue.remove(item) and not item.future.done():
+            waited_ms = (time.monotonic() - item.enqueued_at) * 1e3
+            item.future.set_exception(RequestTimeout(f"request waited {waited_ms:.1f} ms in the queue, past its timeout"))
+        self._set_idle_if_done()
 
     async def drain(self) -> None:
         """Wait until nothing is queued or running."""
         assert self._idle is not None, "drain before start"
-        while self._pending or self._num_running:
+        while self._queue.num_requests or self._num_running:
             self._idle.clear()
             await self._idle.wait()
 
@@ -122,54 +175,57 @@ class DynamicBatcher:
                 await self._run(batch)
             finally:
                 self._num_running -= 1
-                if not self._pending and not self._num_running:
-                    self._idle.set()
+                self._set_idle_if_done()
 
-    async def _next_batch(self) -> list[_Pending]:
-        while not self._pending:
+    def _set_idle_if_done(self) -> None:
+        if not self._queue.num_requests and not self._num_running and self._idle is not None:
+            self._idle.set()
+
+    async def _next_batch(self) -> list[Waiting]:
+        while not self._queue.num_requests:
             self._arrived.clear()
             await self._arrived.wait()
-        if self._spec.max_batch_size == 0 or len(self._pending) == 1:
-            return [self._pending.popleft()]
-        deadline = self._pending[0].enqueued_at + self._spec.max_queue_delay_us / 1e6
-        while self._queued_rows() < self._spec.max_batch_size and not self._at_preferred_size():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        if self._spec.max_batch_size == 0:
+            return self._queue.take(1, time.monotonic())
+        deadline = self._queue.oldest_enqueued_at() + self._delay_s
+        while self._queue.num_requests and not self._should_close(deadline):
+            seen = self._queue.num_pushed
+            await asyncio.sleep(0)  # one turn of the loop: requests already read off sockets arrive
+            if self._queue.num_pushed == seen and self._is_quiet_close():
                 break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
-                break
-        return self._take_rows(self._spec.max_batch_size)
+            if self._queue.num_pushed == seen:
+                await self._wait_arrival(deadline)
+        return self._queue.take(self._spec.max_batch_size, time.monotonic())
 
-    def _queued_rows(self) -> int:
-        return sum(p.num_rows for p in self._pending)
+    def _should_close(self, deadline: float) -> bool:
+        return self._queue.num_rows >= self._spec.max_batch_size or time.monotonic() >= deadline
 
-    def _at_preferred_size(self) -> bool:
-        return self._queued_rows() in self._spec.preferred_batch_sizes
+    def _is_quiet_close(self) -> bool:
+        """Nothing arrived in the last turn: close if no batch runs or a preferred size is reached."""
+        return self._num_running == 0 or self._queue.num_rows in self._spec.preferred_batch_sizes
 
-    def _take_rows(self, limit: int) -> list[_Pending]:
-        batch: list[_Pending] = []
-        rows = 0
-        while self._pending and rows + self._pending[0].num_rows <= limit:
-            item = self._pending.popleft()
-            if item.future.cancelled():
-                continue
-            batch.append(item)
-            rows += item.num_rows
-        return batch
+    async def _wait_arrival(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), remaining)
+        except asyncio.TimeoutError:
+            pass
 
-    async def _run(self, batch: list[_Pending]) -> None:
-        batch = [p for p in batch if not p.future.cancelled()]
+    async def _run(self, batch: list[Waiting]) -> None:
+        for item in batch:
+            if item.timer is not None:
+                item.timer.cancel()
+        batch = [item for item in batch if not item.future.done()]
         if not batch:
             return
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
         failed = False
         try:
-            merged = batch[0].inputs if len(batch) == 1 else _concat([p.inputs for p in batch])
-            outputs = await loop.run_in_executor(self._executor, self._infer, merged)
+            merged = batch[0].inputs if len(batch) == 1 else _concat([item.inputs for item in batch])
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, merged)
             self._deliver(batch, outputs)
         except Exception as exc:
             failed = True
@@ -177,23 +233,31 @@ class DynamicBatcher:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
+        self._observe(batch, started, failed)
+
+    def _observe(self, batch: list[Waiting], started: float, failed: bool) -> None:
+        finished = time.monotonic()
+        num_rows = sum(item.num_rows for item in batch)
+        rate = num_rows / max(finished - started, 1e-6)
+        self._recent_rows_per_s = rate if self._recent_rows_per_s == 0 else 0.9 * self._recent_rows_per_s + 0.1 * rate
         if self._observer is not None:
             self._observer(
                 BatchStats(
                     num_requests=len(batch),
-                    num_rows=sum(p.num_rows for p in batch),
-                    queue_s=tuple(started - p.enqueued_at for p in batch),
-                    compute_s=time.monotonic() - started,
+                    num_rows=num_rows,
+                    queue_s=tuple(started - item.enqueued_at for item in batch),
+                    compute_s=finished - started,
                     failed=failed,
                 )
             )
 
-    def _deliver(self, batch: list[_Pending], outputs: Tensors) -> None:
+    def _deliver(self, batch: list[Waiting], outputs: Tensors) -> None:
+        """Split the batch's outputs back by row ranges: views, no copies."""
         if len(batch) == 1:
             if not batch[0].future.done():
                 batch[0].future.set_result(outputs)
             return
-        total = sum(p.num_rows for p in batch)
+        total = sum(item.num_rows for item in batch)
         for name, array in outputs.items():
             if array.ndim == 0 or array.shape[0] != total:
                 raise InferenceFailed(f"output {name!r} has {array.shape[:1]} rows for a batch of {total}")
@@ -206,5 +270,5 @@ class DynamicBatcher:
 
 
 def _concat(requests: list[Tensors]) -> Tensors:
-    """One contiguous array per input, rows in request order."""
+    """One contiguous array per input, rows in request order: each request's rows are copied once."""
     return {name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]}

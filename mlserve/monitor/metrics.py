@@ -54,6 +54,13 @@ class Metrics:
         self.model_load_failures = Counter(
             "mlserve_model_load_failures", "Model version loads that failed.", ["model"], registry=r
         )
+        # Response cache (model.toml cache_size): hits never reach the batcher.
+        self.cache_hits = Counter(
+            "mlserve_cache_hits", "Requests answered from a version's response cache.", ["model", "version"], registry=r
+        )
+        self.cache_misses = Counter(
+            "mlserve_cache_misses", "Cache lookups that went on to the batcher.", ["model", "version"], registry=r
+        )
 
         # --- model lifecycle (registry/loader.py): warm-up, cold start, failures by stage, swaps ---
         self.model_warmup_seconds = Gauge(
@@ -124,6 +131,7 @@ class Metrics:
         for family in (
             self.request_latency, self.queue_latency, self.compute_latency, self.batch_size,
             self.batch_requests, self.queue_depth, self.model_ready, self.model_load_seconds,
+            self.cache_hits, self.cache_misses,
         ):
             try:
                 family.remove(model, version)

@@ -20,6 +20,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
@@ -229,6 +230,7 @@ class HotSwapLoader:
             instances=entry.config.instances, observer=self._observer(name, str(version)),
         )
         fresh.batcher.start()
+        fresh.cache = self._cache(name, str(version), entry.config.batching.cache_size)
         fresh.state, fresh.reason = VersionState.READY, ""
         self._record_load(fresh, loaded - started, warmed - loaded)
         log.info("model %s version %d ready (%s; %s, load %.3f s, warm-up %.3f s over %d run(s))", name, version,
@@ -304,6 +306,12 @@ class HotSwapLoader:
         """Resident models and bytes; O(models), so computed per pass and per scrape, not per load."""
         self._metrics.loaded_models.set(self.budget.num_resident(self.models.values()))
         self._metrics.loaded_bytes.set(self.budget.resident_bytes(self.models.values()))
+
+    def _cache(self, model: str, version: str, size: int) -> ResponseCache | None:
+        if size <= 0:
+            return None
+        m = self._metrics
+        return ResponseCache(model, version, size, m.cache_hits.labels(model, version), m.cache_misses.labels(model, version))
 
     def _observer(self, model: str, version: str):
         m = self._metrics

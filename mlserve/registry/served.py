@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from pathlib import Path
 
+from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import DynamicBatcher
 from mlserve.engine import Backend
 from mlserve.registry.repository import ModelEntry
@@ -34,6 +35,7 @@ class ServedVersion:
     fingerprint: str = ""
     backend: Backend | None = None
     batcher: DynamicBatcher | None = None
+    cache: ResponseCache | None = None
     info: ModelInfo | None = None
     path: Path | None = None
     """The local folder the version was loaded from (for a remote store: its cache folder)."""

@@ -98,8 +98,24 @@ class BatchingSpec:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024
     """Requests waiting per version before new ones get 429."""
+    timeout_us: int = 0
+    """Default longest wait in the queue before a 504; 0 = none. A request's `timeout` may only shorten it."""
+    priority_levels: int = 1
+    """Priority levels a request may name in its `priority` parameter; 1 is the highest."""
+    default_priority_level: int | None = None
+    """Level of a request that names none; None = the lowest level."""
+    priority_aging_us: int = 1_000_000
+    """A request that has waited this long is taken ahead of every level, so low levels never starve."""
+    cache_size: int = 0
+    """Responses kept in this version's LRU cache, keyed by a hash of the input bytes; 0 = off."""
 
     def __post_init__(self) -> None:
+        if self.timeout_us < 0 or self.priority_aging_us < 0 or self.cache_size < 0:
+            raise ValueError("timeout_us, priority_aging_us and cache_size must be >= 0")
+        if self.priority_levels < 1:
+            raise ValueError("priority_levels must be >= 1")
+        if self.default_priority_level is not None and not 1 <= self.default_priority_level <= self.priority_levels:
+            raise ValueError(f"default_priority_level must lie in 1..priority_levels ({self.priority_levels})")
         if self.max_batch_size < 0:
             raise ValueError("max_batch_size must be >= 0")
         if self.max_queue_delay_us < 0:
@@ -136,7 +152,10 @@ class ModelConfig:
             raise ValueError("intra_op_threads must be >= 0")
 
 
-_BATCHING_KEYS = ("max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size")
+_BATCHING_KEYS = (
+    "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size",
+    "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size",
+)
 _TOP_KEYS = {"backend", "device", "instances", "intra_op_threads", "version_policy", "inputs", "outputs"}
 _KNOWN_SECTIONS = {"traffic", "drift", "llm", "cache_size", "warmup", "timeout_us"}
 
@@ -155,7 +174,10 @@ def _tensor_specs(raw: Any, what: str) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-_INT_KEYS = ("max_batch_size", "max_queue_delay_us", "max_queue_size", "instances", "intra_op_threads")
+_INT_KEYS = (
+    "max_batch_size", "max_queue_delay_us", "max_queue_size", "instances", "intra_op_threads",
+    "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size",
+)
 _STR_KEYS = ("backend", "device")
 
 

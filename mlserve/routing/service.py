@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mlserve.batching.dynamic import SchedulePolicy
 from mlserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
@@ -128,5 +129,37 @@ class InferenceService:
         inputs = {
             s.name: request.inputs[s.name].astype(DATATYPE_TO_NUMPY[s.datatype], copy=False) for s in info.inputs
         }
-        outputs = await served.batcher.submit(inputs, rows)
+        outputs = await _answer(served, inputs, rows, schedule_policy(request.parameters))
         return inputs, outputs
+
+
+def _non_negative_int(parameters: dict[str, Any], name: str) -> int | None:
+    value = parameters.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"parameter {name!r} must be a non-negative integer, got {value!r}")
+    return value
+
+
+_DEFAULT_POLICY = SchedulePolicy()
+
+
+def schedule_policy(parameters: dict[str, Any]) -> SchedulePolicy:
+    """Triton's schedule-policy request parameters: `priority` (1 = highest) and `timeout` in microseconds."""
+    if "priority" not in parameters and "timeout" not in parameters:
+        return _DEFAULT_POLICY
+    return SchedulePolicy(_non_negative_int(parameters, "priority"), _non_negative_int(parameters, "timeout"))
+
+
+async def _answer(served: ServedVersion, inputs: dict[str, np.ndarray], rows: int, policy: SchedulePolicy):
+    """The version's response cache when it has one (a hit never reaches the batcher), else the batcher."""
+    cache = served.cache
+    if cache is None:
+        return await served.batcher.submit(inputs, rows, policy)
+    key = cache.key(inputs)
+    outputs = cache.get(key)
+    if outputs is None:
+        outputs = await served.batcher.submit(inputs, rows, policy)
+        cache.put(key, outputs)
+    return outputs

@@ -1,0 +1,134 @@
+"""The serving benchmark: mlserve beside the limits of its own stack and a naive server, in one run.
+
+    python -m benchmarks.serving [--seconds 4] [--repeats 3] [--rates 1000 2500 4000] [--out benchmarks/results]
+
+Writes the seed MLP (768-1024-1024-10, ONNX) to a temporary repository, pins every server to one
+core and the load generator (wrk, closed loop; benchmarks.openloop, open loop) to another, and
+prints one table: req/s, p50/p95/p99 latency, mean batch size and server CPU for
+  - the raw engine with no HTTP (samples/s at batch 1, 64 and the batch size mlserve reached),
+  - a bare aiohttp+uvloop server that decodes the request and answers without a model,
+  - a naive server that runs one forward per request,
+  - mlserve with JSON and with the binary tensor extension.
+It also writes results.json and latency_throughput.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.runner import Point, bodies, engine_samples_per_s, open_loop, start_server, wrk_point
+
+CONCURRENCY = (1, 16, 64, 256)
+BARE, NAIVE = "bare aiohttp (no model)", "naive (1 forward/request)"
+JSON, BINARY = "mlserve JSON", "mlserve binary"
+MLP_TOML = "max_batch_size = 64\nmax_queue_delay_us = 2000\nmax_queue_size = 1024\nintra_op_threads = 1\n"
+
+
+def _cores() -> tuple[str, str]:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        sys.exit("the benchmark needs two cores: one for the server, one for the load generator")
+    return str(cores[0]), str(cores[1])
+
+
+def _write_repository(root: Path) -> Path:
+    from mlserve.examples import write_mlp_onnx
+
+    write_mlp_onnx(root / "mlp" / "1" / "model.onnx", seed=1)
+    (root / "mlp" / "model.toml").write_text(MLP_TOML)
+    return root / "mlp" / "1" / "model.onnx"
+
+
+def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple[str, str]) -> tuple[list[Point], dict]:
+    """Every server runs at once, pinned to the same core; only one is under load at a time, and the
+    points are interleaved (all servers at c=1, then all at c=16, ...) so drift on a shared machine
+    hits every row alike."""
+    json_body, binary_body = bodies(work)
+    points: list[Point] = []
+    engine: dict = {}
+    with contextlib.ExitStack() as stack:
+        bare, naive, ml = (stack.enter_context(start_server(kind, work, cores[0])) for kind in ("bare", "naive", "mlserve"))
+        closed = [(BARE, bare, json_body), (NAIVE, naive, json_body), (JSON, ml, json_body), (BINARY, ml, binary_body)]
+        for c in CONCURRENCY:
+            rounds: dict[str, list[Point]] = {name: [] for name, _, _ in closed}
+            for _ in range(args.repeats):
+                for name, server, body in closed:
+                    print(f"  {name}: closed loop c={c}", file=sys.stderr, flush=True)
+                    rounds[name].append(
+                        wrk_point(name, server, body, c, args.seconds, cores[1], count_status=c == CONCURRENCY[-1])
+                    )
+            points += [_median(runs) for runs in rounds.values()]
+            if c == 64:
+                reached = next(p.mean_batch for p in points if p.server == JSON and p.load == "c=64")
+                batches = sorted({1, 64, max(1, round(reached or 1))})
+                print(f"  raw engine at batch {batches}", file=sys.stderr, flush=True)
+                engine = engine_samples_per_s(model, batches, min(args.seconds, 3.0), cores[0])
+        for rate in args.rates:
+            for name, server, body in ((NAIVE, naive, json_body), (JSON, ml, json_body)):
+                print(f"  {name}: open loop {rate:g} req/s", file=sys.stderr, flush=True)
+                points.append(open_loop(name, server, body, rate, args.seconds, cores[1]))
+    return points, engine
+
+
+def _median(runs: list[Point]) -> Point:
+    """The run with the median req/s (its own latencies and CPU); the others' req/s are kept beside it."""
+    ordered = sorted(runs, key=lambda p: p.req_per_s)
+    chosen = ordered[len(ordered) // 2]
+    chosen.repeats = [round(p.req_per_s) for p in runs]
+    return chosen
+
+
+def run(args: argparse.Namespace) -> dict:
+    cores = _cores()
+    work = Path(tempfile.mkdtemp(prefix="mlserve-bench-"))
+    try:
+        model = _write_repository(work / "models")
+        points, engine = _measure_all(args, work, model, cores)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": report.machine(),
+        "python": platform.python_version(),
+        "seconds_per_point": args.seconds,
+        "repeats": args.repeats,
+        "engine_samples_per_s": engine,
+        "points": [asdict(p) for p in points],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each load point (default 4)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="closed-loop rounds per point, interleaved across servers; the median is kept (default 3)")
+    parser.add_argument("--rates", type=float, nargs="+", default=[1000, 2500, 4000],
+                        help="open-loop arrival rates in req/s")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (Debian: apt-get install -y wrk; `make bench` does it when root)")
+    results = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    text = report.table(results)
+    (args.out / "table.md").write_text(text)
+    report.plot(results, args.out / "latency_throughput.png")
+    print(text)
+    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'table.md'}, {args.out / 'latency_throughput.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
