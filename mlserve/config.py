@@ -48,6 +48,8 @@ class RegistryConfig:
     """Device for models whose model.toml names none."""
     trust_repository: bool = False
     """Allow artifacts that unpickle Python objects."""
+    max_artifact_bytes: int = 32 * 1024**3
+    """A version folder larger than this is not loaded (UNAVAILABLE with the reason)."""
 
     def __post_init__(self) -> None:
         if not self.models:

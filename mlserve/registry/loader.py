@@ -13,12 +13,14 @@ from enum import Enum, auto
 import numpy as np
 
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
+from mlserve.batching.guard import GuardedInfer
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
 from mlserve.errors import ModelLoadError
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry import repository
 from mlserve.registry.repository import ModelEntry
+from mlserve.registry.safety import check_version_folder
 from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo, TensorSpec
 from mlserve.registry.store import Store
 
@@ -151,7 +153,8 @@ class HotSwapLoader:
             return
         fresh.backend, fresh.info = backend, backend.info
         fresh.batcher = DynamicBatcher(
-            backend.infer, served.entry.config.batching, f"{served.name}-{version}",
+            GuardedInfer.for_model(backend.infer, served.entry.config, f"{served.name}/{version}"),
+            served.entry.config.batching, f"{served.name}-{version}",
             instances=served.entry.config.instances, observer=self._observer(served.name, str(version)),
         )
         fresh.batcher.start()
@@ -167,6 +170,7 @@ class HotSwapLoader:
     def _build_backend(self, entry: ModelEntry, version: int) -> Backend:
         """Runs on the loader thread: fetch, load and warm up, so the loop never waits on it."""
         path = self.store.local_path(entry.name, version)
+        check_version_folder(path, self._config.max_artifact_bytes)
         name = entry.config.backend or infer_backend_name(path)
         if name is None:
             raise ModelLoadError(f"{entry.name}/{version}: no model file found and no backend set in model.toml")
