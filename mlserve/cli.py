@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -122,7 +123,20 @@ def _start(args: argparse.Namespace) -> int:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(config))
+    _exit_past_hung_models()
     return 0
+
+
+def _exit_past_hung_models() -> None:
+    """A model thread stuck in native code would abort interpreter shutdown: leave without it."""
+    from mlserve.batching.guard import num_hung_threads
+
+    hung = num_hung_threads()
+    if hung:
+        log.warning("exiting with %d hung model worker(s) still running", hung)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ log = logging.getLogger("mlserve.guard")
 Tensors = dict[str, np.ndarray]
 DEFAULT_HANG_TIMEOUT_S = 60.0
 IDLE_EXIT_S = 30.0
+HUNG_THREAD_PREFIX = "mlserve-hung-"
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate",
                 "bad_alloc", "not enough memory")
 
@@ -48,6 +49,9 @@ class _Worker:
         self.is_abandoned = False
         self._thread = threading.Thread(target=self._loop, name=f"mlserve-guard-{pool.label}", daemon=True)
         self._thread.start()
+
+    def rename(self, name: str) -> None:
+        self._thread.name = name
 
     def submit(self, fn: Callable[[Tensors], Tensors], inputs: Tensors) -> Future:
         future: Future = Future()
@@ -148,6 +152,7 @@ class GuardedInfer:
     def _abandon(self, worker: _Worker) -> None:
         with self._lock:
             worker.is_abandoned = True
+            worker.rename(f"{HUNG_THREAD_PREFIX}{self.label}")
             self.num_hung += 1
         log.error("model %s hung past %.3g s; worker abandoned and replaced", self.label, self.hang_timeout_s)
 
@@ -162,6 +167,11 @@ class GuardedInfer:
                 self._idle.remove(worker)
                 return True
             return False
+
+
+def num_hung_threads() -> int:
+    """Abandoned workers still running; a process exiting with any must not wait on them."""
+    return sum(1 for t in threading.enumerate() if t.name.startswith(HUNG_THREAD_PREFIX) and t.is_alive())
 
 
 def _num_rows(inputs: Tensors) -> int:
