@@ -69,8 +69,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 # --- Access and admission: authentication, per-key limits, server-wide bounds -------------------
 
-TENANT = "mlserve.tenant"
-"""Request key holding the ApiKey that authenticated the request (None without authentication)."""
+# Request key holding the ApiKey that authenticated the request (None without authentication).
+TENANT = web.RequestKey("tenant", ApiKey) if hasattr(web, "RequestKey") else "mlserve.tenant"
 
 
 @dataclass(slots=True)
