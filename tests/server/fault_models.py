@@ -43,7 +43,8 @@ class OutOfMemory(torch.nn.Module):
 
 
 class Spinner(torch.nn.Module):
-    """y = 2x after spinning x[0, 0] loop iterations (about 10 us each): a model that hangs."""
+    """y = 2x after spinning x[0, 0] loop iterations (1 to 10 us each, as the JIT warms up and the
+    machine allows): a model that hangs for as long as its input says."""
 
     def forward(self, x):
         n = int(x[0, 0].item())

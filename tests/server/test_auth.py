@@ -121,10 +121,10 @@ def test_rate_limit_answers_429_with_retry_after(secured):
 
 def test_concurrency_limit_answers_429(secured):
     url = f"{secured.url}/v2/models/spinner/infer"
-    busy = infer_body(np.full((1, 3), 30000, np.float32))  # about 0.3 s
+    busy = infer_body(np.full((1, 3), 300_000, np.float32))  # 0.3 s to 3 s
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         first = pool.submit(call, url, busy, bearer(secured, "single"))
-        time.sleep(0.1)
+        time.sleep(0.05)
         second = call(url, busy, bearer(secured, "single"))
         assert first.result().status == 200
     assert second.status == 429 and "in flight (limit 1)" in second.body["error"]
