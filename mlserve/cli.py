@@ -119,12 +119,28 @@ def _start(args: argparse.Namespace) -> int:
     if "://" not in config.registry.models and not Path(config.registry.models).is_dir():
         log.error("model repository %s is not a folder", config.registry.models)
         return 2
+    if config.auth.keys_file and not _keys_file_ok(Path(config.auth.keys_file)):
+        return 2
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(config))
     _exit_past_hung_models()
     return 0
+
+
+def _keys_file_ok(path: Path) -> bool:
+    from mlserve.keys import read_keys
+
+    if not path.is_file():
+        log.error("keys file %s does not exist (create one with `mlserve keys create`)", path)
+        return False
+    try:
+        read_keys(path)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return False
+    return True
 
 
 def _exit_past_hung_models() -> None:

@@ -115,12 +115,18 @@ async def _authenticate(gate: Gate, request: web.Request, access: Access) -> web
     return key
 
 
+def _route_path(request: web.Request) -> str:
+    """The template of the route that will run (what the policy must judge), else the path."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
 def gate_middleware(gate: Gate):
     """Open paths pass; others are size-checked, authenticated, rate-limited and counted in flight."""
 
     @web.middleware
     async def gate_mw(request: web.Request, handler) -> web.StreamResponse:
-        access = gate.policy.access(request.path)
+        access = gate.policy.access(_route_path(request))
         if access is Access.OPEN:
             return await handler(request)
         if access is Access.DISABLED:

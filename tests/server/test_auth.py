@@ -103,6 +103,10 @@ def test_repository_endpoints_need_the_admin_scope(secured):
     allowed = call(url, b"", bearer(secured, "ops"))
     assert allowed.status == 200 and {row["name"] for row in allowed.body} == {"identity", "spinner"}
     assert call(f"{secured.url}/admin/anything", headers=bearer(secured, "reader")).status == 403
+    # The policy judges the route that runs, however the path is spelled.
+    assert call(f"{secured.url}/v2/%72epository/index", b"", bearer(secured, "reader")).status == 403
+    assert call(f"{secured.url}/v2/models/x/../../repository/index", b"", bearer(secured, "reader")).status == 403
+    assert call(f"{secured.url}//v2/repository/index", b"", bearer(secured, "reader")).status in (403, 404)
 
 
 def test_rate_limit_answers_429_with_retry_after(secured):
