@@ -105,7 +105,7 @@ def test_repository_endpoints_need_the_admin_scope(secured):
     assert call(f"{secured.url}/admin/anything", headers=bearer(secured, "reader")).status == 403
     # The policy judges the route that runs, however the path is spelled.
     assert call(f"{secured.url}/v2/%72epository/index", b"", bearer(secured, "reader")).status == 403
-    assert call(f"{secured.url}/v2/models/x/../../repository/index", b"", bearer(secured, "reader")).status == 403
+    assert call(f"{secured.url}/v2/models/x/../../repository/index", b"", bearer(secured, "reader")).status in (403, 404)
     assert call(f"{secured.url}//v2/repository/index", b"", bearer(secured, "reader")).status in (403, 404)
 
 
