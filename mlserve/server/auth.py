@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mlserve import keys as keyfile
 from mlserve.config import AuthConfig
+from mlserve.errors import Overloaded
 from mlserve.keys import ApiKey
 from mlserve.server.ratelimit import TenantLimiter
 
@@ -29,6 +30,8 @@ OPEN_PREFIXES = ("/v2/health/",)
 ADMIN_PREFIXES = ("/admin", "/v2/repository")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _CACHE_SIZE = 4096
+MAX_VERIFYING = 32
+"""Key hashes being computed at once; past it a new one is refused (scrypt costs tens of ms)."""
 
 
 class Access(Enum):
@@ -71,6 +74,7 @@ class KeyRing:
         self._memo_key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, str | None] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlserve-auth")
+        self._num_verifying = 0
         if path is not None:
             self.reload()
 
@@ -94,7 +98,8 @@ class KeyRing:
         log.info("keys file %s: %d live key(s)", self.path, len(self._keys))
 
     async def authenticate(self, token: str) -> ApiKey | None:
-        """The live key a token belongs to, or None. The hash runs off the event loop."""
+        """The live key a token belongs to, or None. The hash runs off the event loop, a bounded
+        number at a time; a token seen before (right or wrong) is answered from memory."""
         parts = keyfile.split_token(token)
         if parts is None or parts[0] not in self._keys:
             return None
@@ -103,8 +108,14 @@ class KeyRing:
             key_id = self._verified[memo]
             return self._keys.get(key_id) if key_id is not None else None
         key = self._keys[parts[0]]
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._executor, keyfile.verify, key, parts[1])
+        if self._num_verifying >= MAX_VERIFYING:
+            raise Overloaded(f"{self._num_verifying} API keys are being verified; retry shortly")
+        self._num_verifying += 1
+        try:
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(self._executor, keyfile.verify, key, parts[1])
+        finally:
+            self._num_verifying -= 1
         self._verified[memo] = key.key_id if ok else None
         if len(self._verified) > _CACHE_SIZE:
             self._verified.popitem(last=False)

@@ -90,3 +90,29 @@ def test_key_priority_is_given_unless_the_client_names_one():
     assert admit(http, _request({"priority": 1})).parameters == {"priority": 1}
     http[TENANT] = _key(None)
     assert admit(http, _request({})).parameters == {}
+
+
+def test_key_verification_is_bounded_and_remembered(tmp_path, monkeypatch):
+    import asyncio
+
+    from mlserve import keys
+    from mlserve.errors import Overloaded
+    from mlserve.server import auth
+    from mlserve.server.auth import KeyRing
+
+    monkeypatch.setattr(auth, "MAX_VERIFYING", 4)
+
+    token = keys.create_key(tmp_path / "keys.json", "a", ("infer",))
+    key_id = keys.split_token(token)[0]
+    ring = KeyRing(tmp_path / "keys.json", TenantLimiter())
+
+    async def main():
+        assert (await ring.authenticate(token)).name == "a"
+        forged = [f"mls_{key_id}_{i:043d}" for i in range(4 + 8)]
+        results = await asyncio.gather(*(ring.authenticate(t) for t in forged), return_exceptions=True)
+        assert sum(isinstance(r, Overloaded) for r in results) == 8
+        assert all(r is None for r in results if not isinstance(r, Overloaded))
+        assert (await ring.authenticate(token)).name == "a"  # remembered: no hash, no queue
+
+    asyncio.run(main())
+    ring.close()
