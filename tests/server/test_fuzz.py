@@ -127,3 +127,17 @@ def test_binary_round_trip(datatype, shape, rnd):
     )
     assert (name, got_type) == ("x", datatype)
     assert decoded.tobytes() == array.tobytes() and decoded.shape == array.shape
+
+
+def test_empty_tensor_with_overflowing_dimensions_is_invalid_input():
+    """Found by the binary-decoder fuzz: a zero dimension made the count match, numpy then refused."""
+    shape = [2**40, 2**40, 0]
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": []}]}).encode()
+    for decode in (lambda: decode_binary_tensor({"name": "x", "datatype": "FP32", "shape": shape}, memoryview(b"")),
+                   lambda: decode_infer_request(body, None, "m", None)):
+        try:
+            decode()
+        except InvalidInput as exc:
+            assert "too large" in str(exc)
+        else:
+            raise AssertionError("accepted an unrepresentable shape")
