@@ -26,6 +26,7 @@ log = logging.getLogger("mlserve.guard")
 
 Tensors = dict[str, np.ndarray]
 DEFAULT_HANG_TIMEOUT_S = 60.0
+"""How long one batch may run before its worker counts as hung (model.toml `hang_timeout_us`)."""
 IDLE_EXIT_S = 30.0
 HUNG_THREAD_PREFIX = "mlserve-hung-"
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate",
@@ -95,8 +96,8 @@ class GuardedInfer:
 
     @classmethod
     def for_model(cls, infer: Callable[[Tensors], Tensors], config: ModelConfig, label: str) -> GuardedInfer:
-        """Hang deadline from model.toml's `timeout_us` when set; batches split only when batching."""
-        timeout_us = config.extra.get("timeout_us")
+        """Hang deadline from model.toml's `hang_timeout_us` when set; batches split only when batching."""
+        timeout_us = config.extra.get("hang_timeout_us")
         valid = isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0
         hang_timeout_s = timeout_us / 1e6 if valid else DEFAULT_HANG_TIMEOUT_S
         return cls(infer, label, hang_timeout_s, can_split=config.batching.max_batch_size > 0)

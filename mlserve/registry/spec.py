@@ -138,7 +138,7 @@ class ModelConfig:
 
 _BATCHING_KEYS = ("max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size")
 _TOP_KEYS = {"backend", "device", "instances", "intra_op_threads", "version_policy", "inputs", "outputs"}
-_KNOWN_SECTIONS = {"traffic", "drift", "llm", "cache_size", "warmup", "timeout_us"}
+_KNOWN_SECTIONS = {"traffic", "drift", "llm", "cache_size", "warmup", "timeout_us", "hang_timeout_us"}
 
 
 def _tensor_specs(raw: Any, what: str) -> tuple[TensorSpec, ...]:

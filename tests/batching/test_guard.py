@@ -110,6 +110,6 @@ def test_an_unbatched_model_that_runs_out_of_memory_fails():
 
 
 def test_hang_deadline_comes_from_model_toml():
-    config = ModelConfig(extra={"timeout_us": 250_000})
+    config = ModelConfig(extra={"hang_timeout_us": 250_000})
     assert GuardedInfer.for_model(double, config, "m/1").hang_timeout_s == 0.25
     assert GuardedInfer.for_model(double, ModelConfig(), "m/1").hang_timeout_s == 60.0

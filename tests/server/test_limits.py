@@ -47,7 +47,7 @@ def _write_repository(root, outside):
     write_identity_onnx(root / "identity" / "1" / "model.onnx", "FP32")
     write_model(root, "raiser", Raiser(), max_batch_size=8, delay_us=20000)
     write_model(root, "oom", OutOfMemory(), max_batch_size=8, delay_us=50000)
-    write_model(root, "spinner", Spinner(), max_batch_size=0, extra="timeout_us = 500000\n")
+    write_model(root, "spinner", Spinner(), max_batch_size=0, extra="hang_timeout_us = 500000\n")
     write_model(root, "busy", Spinner(), max_batch_size=0)
     write_identity_onnx(outside / "escape" / "1" / "model.onnx", "FP32")
     (root / "escape").symlink_to(outside / "escape")
