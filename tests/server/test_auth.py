@@ -160,3 +160,22 @@ def test_keys_are_never_stored_or_logged_in_clear(secured):
     listing = keys_cli("list", "--file", str(secured.keys_file))
     assert listing.returncode == 0 and "name=reader" in listing.stdout
     assert not any(r["hash"] in listing.stdout or r["salt"] in listing.stdout for r in records)
+
+
+def test_fuzzing_with_and_without_a_key_finds_no_server_error(secured):
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{secured.url}/openapi.json", headers=bearer(secured, "ops"))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert all("security" in op.definition.raw for op in operations if not op.path.startswith("/v2/health/"))
+    for operation in operations:
+
+        @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy())
+        def no_5xx(case):
+            for headers in (bearer(secured, "ops"), bearer(secured, "reader"), {}):
+                response = case.call(headers=headers, timeout=30)
+                assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.text}"
+
+        no_5xx()
