@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -30,9 +31,32 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--lazy", action="store_true", default=None, help="load each model on its first request")
     start.add_argument("--max-loaded-models", type=int, help="evict the least recently used idle model past N")
     start.add_argument("--max-loaded-mb", type=float, help="evict idle models past N MiB of loaded artifacts")
+    start.add_argument("--auth-keys", metavar="FILE", help="API keys file: every endpoint but health needs a key")
+    start.add_argument("--trust-repository", action="store_true", default=None,
+                       help="allow model artifacts that unpickle Python objects")
+    start.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    start.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    _add_keys_parser(sub)
     examples = sub.add_parser("examples", help="write the example model repository (offline, deterministic)")
     examples.add_argument("dir", type=Path)
     return parser
+
+
+def _add_keys_parser(sub) -> None:
+    keys = sub.add_parser("keys", help="manage the API keys file")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="add a key and print it once")
+    create.add_argument("--file", type=Path, required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", default="infer", help="infer, admin or infer,admin")
+    create.add_argument("--rps", type=float, default=0.0, help="requests per second (0 = unlimited)")
+    create.add_argument("--concurrency", type=int, default=0, help="requests in flight (0 = unlimited)")
+    create.add_argument("--priority", type=int, help="batcher priority class for this key's requests")
+    listing = actions.add_parser("list", help="show the keys (never their secrets)")
+    listing.add_argument("--file", type=Path, required=True)
+    revoke = actions.add_parser("revoke", help="revoke a key by name or id")
+    revoke.add_argument("--file", type=Path, required=True)
+    revoke.add_argument("key", help="name or id")
 
 
 def _setup_logging(level: str) -> None:
@@ -46,25 +70,49 @@ async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT; then stop accepting, finish in-flight requests, unload."""
     from aiohttp import web
 
-    from mlserve.server.app import LOADER, STATE, create_app
+    from mlserve.server.app import KEYRING, LOADER, STATE, create_app
 
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace_s)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace_s,
+        max_line_size=config.limits.max_header_bytes, max_field_size=config.limits.max_header_bytes,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=_tls_context(config))
     await site.start()
     address = site._server.sockets[0].getsockname() if site._server and site._server.sockets else None
-    log.info("mlserve %s listening on http://%s:%s", __version__, config.server.host, address[1] if address else "?")
+    scheme = "https" if config.auth.tls_cert else "http"
+    log.info("mlserve %s listening on %s://%s:%s", __version__, scheme, config.server.host, address[1] if address else "?")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app[LOADER].trigger, "signal")  # the same reconcile as the API
+
+    def on_sighup() -> None:
+        """One signal, two reloads: the repository (the same reconcile as the API) and the keys file."""
+        app[LOADER].trigger("signal")
+        if app[KEYRING].is_enabled:
+            app[KEYRING].reload()
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
-    log.info("stopping: no new connections, finishing in-flight requests")
+    # Readiness turns 503 first, so a load balancer steers away while the listener still answers.
     app[STATE].is_stopping = True
+    log.info("stopping: not ready; closing the listener in %.1f s", config.limits.shutdown_delay_s)
+    await asyncio.sleep(config.limits.shutdown_delay_s)
+    log.info("stopping: no new connections, finishing in-flight requests")
     await runner.cleanup()
     log.info("stopped")
+
+
+def _tls_context(config: Config):
+    if not config.auth.tls_cert:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.auth.tls_cert, config.auth.tls_key)
+    return context
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -73,7 +121,9 @@ def _start(args: argparse.Namespace) -> int:
         "registry": {
             "models": args.models, "s3_endpoint": args.s3_endpoint, "poll_interval_s": args.poll_interval,
             "lazy": args.lazy, "max_loaded_models": args.max_loaded_models, "max_loaded_mb": args.max_loaded_mb,
+            "trust_repository": args.trust_repository,
         },
+        "auth": {"keys_file": args.auth_keys, "tls_cert": args.tls_cert, "tls_key": args.tls_key},
     }
     try:
         config = load_config(args.config, overrides=overrides)
@@ -84,17 +134,50 @@ def _start(args: argparse.Namespace) -> int:
     if "://" not in config.registry.models and not Path(config.registry.models).is_dir():
         log.error("model repository %s is not a folder", config.registry.models)
         return 2
+    if config.auth.keys_file and not _keys_file_ok(Path(config.auth.keys_file)):
+        return 2
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(config))
+    _exit_past_hung_models()
     return 0
+
+
+def _keys_file_ok(path: Path) -> bool:
+    from mlserve.keys import read_keys
+
+    if not path.is_file():
+        log.error("keys file %s does not exist (create one with `mlserve keys create`)", path)
+        return False
+    try:
+        read_keys(path)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return False
+    return True
+
+
+def _exit_past_hung_models() -> None:
+    """A model thread stuck in native code would abort interpreter shutdown: leave without it."""
+    from mlserve.batching.guard import num_hung_threads
+
+    hung = num_hung_threads()
+    if hung:
+        log.warning("exiting with %d hung model worker(s) still running", hung)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "start":
         return _start(args)
+    if args.command == "keys":
+        from mlserve.keys_cli import run_keys
+
+        return run_keys(args)
     if args.command == "examples":
         from mlserve.examples import write_examples
 

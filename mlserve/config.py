@@ -63,6 +63,8 @@ class RegistryConfig:
     """Most models in memory at once; the least recently used idle one is evicted (0 = no cap)."""
     max_loaded_mb: float = 0.0
     """Most artifact megabytes (MiB) in memory at once, evicting as above (0 = no cap)."""
+    max_artifact_bytes: int = 32 * 1024**3
+    """A version folder larger than this is not loaded (UNAVAILABLE with the reason)."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -74,14 +76,68 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Who may call which endpoint: API keys, open paths, and where admin routes are served."""
+
+    keys_file: str = ""
+    """JSON file of API keys (`mlserve keys create`); empty = no authentication."""
+    metrics_open: bool = True
+    """Serve /metrics without a key even when keys are configured."""
+    admin_enabled: bool = False
+    """Serve /admin/ and /v2/repository/ on a non-loopback address (loopback always serves them)."""
+    tls_cert: str = ""
+    """PEM certificate chain; with tls_key, the server speaks HTTPS only."""
+    tls_key: str = ""
+    """PEM private key for tls_cert."""
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must be given together")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Request limits, deadlines, overload behaviour and shutdown pacing."""
+
+    max_tensor_elements: int = 16 * 1024 * 1024
+    """Largest element count of one input tensor; more gets 413."""
+    max_batch_rows: int = 4096
+    """Most leading rows one request may carry; more gets 413."""
+    max_prompt_tokens: int = 8192
+    """Longest prompt a generation request may send."""
+    max_generation_tokens: int = 4096
+    """Most tokens a generation request may ask for."""
+    max_header_bytes: int = 8190
+    """Longest request line or header field; longer gets 400 before any handler runs."""
+    default_timeout_s: float = 60.0
+    """Deadline of an inference request that names none (`timeout` parameter, microseconds); 0 = none."""
+    max_in_flight: int = 1024
+    """Inference requests the whole server holds at once; more get 503 at once."""
+    not_ready_when_saturated: bool = False
+    """Report /v2/health/ready 503 while max_in_flight is reached, so a load balancer steers away."""
+    shutdown_delay_s: float = 0.0
+    """On SIGTERM, report not ready this long before closing the listener (load balancer catch-up)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_tensor_elements", "max_batch_rows", "max_prompt_tokens", "max_generation_tokens",
+                     "max_header_bytes", "max_in_flight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.default_timeout_s < 0 or self.shutdown_delay_s < 0:
+            raise ValueError("default_timeout_s and shutdown_delay_s must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """All of mlserve's settings; each component takes only its own section."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
-_SECTIONS = {"server": ServerConfig, "registry": RegistryConfig}
+_SECTIONS = {"server": ServerConfig, "registry": RegistryConfig, "auth": AuthConfig, "limits": LimitsConfig}
 
 
 def _coerce(value: str, kind: Any) -> Any:

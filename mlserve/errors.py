@@ -39,3 +39,9 @@ class InferenceFailed(MlserveError):
 
 class ModelLoadError(MlserveError):
     """A model version could not be read or loaded."""
+
+
+class ModelHung(RequestTimeout, InferenceFailed):
+    """A batch ran past the model's hang deadline; its worker was replaced. Answers 504 (the
+    status table checks RequestTimeout before InferenceFailed); a batcher that passes
+    InferenceFailed through unchanged keeps it."""

@@ -147,7 +147,9 @@ class DynamicBatcher:
     def _expire(self, item: Waiting) -> None:
         if self._queue.remove(item) and not item.future.done():
             waited_ms = (time.monotonic() - item.enqueued_at) * 1e3
-            item.future.set_exception(RequestTimeout(f"request waited {waited_ms:.1f} ms in the queue, past its timeout"))
+            item.future.set_exception(RequestTimeout(
+                f"timeout: the request waited {waited_ms:.1f} ms in the queue, past its deadline"
+            ))
         self._set_idle_if_done()
 
     async def drain(self) -> None:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
+from mlserve.batching.guard import GuardedInfer
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
 from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
@@ -34,6 +35,7 @@ from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.warmup import warm_up, warmup_inputs
 
 __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
+from mlserve.registry.safety import check_version_folder
 
 log = logging.getLogger("mlserve.loader")
 
@@ -226,7 +228,8 @@ class HotSwapLoader:
         warmed = time.monotonic()
         fresh.backend, fresh.info = backend, backend.info
         fresh.batcher = DynamicBatcher(
-            backend.infer, entry.config.batching, f"{name}-{version}",
+            GuardedInfer.for_model(backend.infer, entry.config, f"{name}/{version}"),
+            entry.config.batching, f"{name}-{version}",
             instances=entry.config.instances, observer=self._observer(name, str(version)),
         )
         fresh.batcher.start()
@@ -245,6 +248,7 @@ class HotSwapLoader:
 
     def _load_backend(self, entry: ModelEntry, version: int, path) -> Backend:
         """Runs on a loader thread, so the loop never waits on it."""
+        check_version_folder(path, self._config.max_artifact_bytes)
         name = entry.config.backend or infer_backend_name(path)
         if name is None:
             raise ModelLoadError(f"{entry.name}/{version}: no model file found and no backend set in model.toml")

@@ -157,7 +157,7 @@ _BATCHING_KEYS = (
     "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size",
 )
 _TOP_KEYS = {"backend", "device", "instances", "intra_op_threads", "version_policy", "inputs", "outputs"}
-_KNOWN_SECTIONS = {"traffic", "drift", "llm", "cache_size", "warmup", "timeout_us"}
+_KNOWN_SECTIONS = {"traffic", "drift", "llm", "cache_size", "warmup", "timeout_us", "hang_timeout_us"}
 
 
 def _tensor_specs(raw: Any, what: str) -> tuple[TensorSpec, ...]:

@@ -15,6 +15,11 @@ from mlserve.registry.store import Store
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import add_admin_routes
 from mlserve.server.middleware import error_middleware
+from mlserve.server.auth import KeyRing, PathPolicy
+from mlserve.server.limits import LIMITS
+from mlserve.server.middleware import Gate, error_middleware, gate_middleware
+from mlserve.server.openapi import add_openapi_routes
+from mlserve.server.ratelimit import InFlight, TenantLimiter
 from mlserve.server.state import ServerState
 from mlserve.server.traffic import add_traffic_routes
 from mlserve.server.v2 import V2Handlers
@@ -26,6 +31,7 @@ METRICS = web.AppKey("metrics", Metrics)
 LOADER = web.AppKey("loader", HotSwapLoader)
 SERVICE = web.AppKey("service", InferenceService)
 STATE = web.AppKey("state", ServerState)
+KEYRING = web.AppKey("keyring", KeyRing)
 
 
 def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
@@ -76,15 +82,36 @@ async def _loader_ctx(app: web.Application):
     await loader.close()
 
 
+async def _close_keyring(app: web.Application) -> None:
+    app[KEYRING].close()
+
+
+def _gate(config: Config, state: ServerState) -> Gate:
+    """Authentication, per-key limits and the in-flight bound, from the auth and limits sections."""
+    keys_file = Path(config.auth.keys_file) if config.auth.keys_file else None
+    return Gate(
+        PathPolicy.from_config(config.auth, config.server.host), KeyRing(keys_file, TenantLimiter()),
+        InFlight(config.limits.max_in_flight), state, config.server.max_body_bytes,
+        config.limits.not_ready_when_saturated,
+    )
+
+
 def create_app(config: Config, store: Store | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.server.max_body_bytes)
+    state = ServerState()
+    gate = _gate(config, state)
+    app = web.Application(
+        middlewares=[error_middleware, gate_middleware(gate)], client_max_size=config.server.max_body_bytes
+    )
+    app[KEYRING], app[LIMITS] = gate.keyring, config.limits
     metrics = Metrics()
     loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics)
     service = InferenceService(loader, metrics)
-    app[CONFIG], app[METRICS], app[LOADER], app[SERVICE], app[STATE] = config, metrics, loader, service, ServerState()
+    app[CONFIG], app[METRICS], app[LOADER], app[SERVICE], app[STATE] = config, metrics, loader, service, state
     _add_v2_routes(app, V2Handlers(service, app[STATE], metrics))
     app.router.add_get("/metrics", _metrics_handler)
     add_admin_routes(app, loader)
     add_traffic_routes(app, service.traffic)
+    add_openapi_routes(app, gate.keyring.is_enabled)
     app.cleanup_ctx.append(_loader_ctx)
+    app.on_cleanup.append(_close_keyring)
     return app

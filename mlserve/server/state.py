@@ -11,7 +11,9 @@ class ServerState:
 
     is_started: bool = False
     is_stopping: bool = False
+    is_saturated: bool = False
+    """Set while the server holds its max_in_flight requests, when readiness should reflect that."""
 
     @property
     def is_ready(self) -> bool:
-        return self.is_started and not self.is_stopping
+        return self.is_started and not self.is_stopping and not self.is_saturated

@@ -14,11 +14,15 @@ from mlserve.registry.spec import DATATYPE_TO_NUMPY
 # What numpy kinds each datatype accepts from JSON: ints may not come as floats or booleans.
 _ACCEPTED_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}
 _INT_KINDS = "iu"
+_MAX_SHAPE_SPAN = 2**48
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {raw!r}")
+    # numpy refuses shapes whose non-zero dimensions overflow, even when a zero makes them empty.
+    if math.prod(d for d in raw if d) > _MAX_SHAPE_SPAN:
+        raise InvalidInput(f"input {name!r}: shape {raw!r} is too large")
     return tuple(raw)
 
 

@@ -13,6 +13,7 @@ from mlserve import __version__
 from mlserve.errors import InvalidInput, MlserveError
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService, InferRequest, InferResponse
+from mlserve.server.limits import admit, within_deadline
 from mlserve.server.middleware import status_for
 from mlserve.server.state import ServerState
 from mlserve.server.tensors import decode_binary_tensor, decode_json_tensor, encode_binary, json_data
@@ -184,7 +185,8 @@ class V2Handlers:
             infer_request, flags, default_binary = decode_infer_request(
                 body, request.headers.get(HEADER_LENGTH), name, version, request.headers
             )
-            result = await self._service.infer(infer_request)
+            infer_request = admit(request, infer_request)
+            result = await within_deadline(request, infer_request.parameters, self._service.infer(infer_request))
             answered_by = result.version
             response = encode_infer_response(result, flags, default_binary)
         except MlserveError as exc:

@@ -1,0 +1,180 @@
+"""Fault isolation around a backend's infer: hang deadlines with worker replacement, and batches
+split in halves when they run out of memory.
+
+The batcher's executor thread calls `GuardedInfer` like the bare infer function. The call itself
+runs on one of the guard's own daemon threads and the caller waits at most `hang_timeout_s`: a
+thread that does not come back is abandoned (Python cannot kill it), a fresh one takes the next
+batch, and the requests get `ModelHung` (504). An abandoned thread that later finishes exits; while
+`max_hung` are still stuck the model answers at once with an error instead of stacking threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Callable
+
+import numpy as np
+
+from mlserve.errors import InferenceFailed, MlserveError, ModelHung
+from mlserve.registry.spec import ModelConfig
+
+log = logging.getLogger("mlserve.guard")
+
+Tensors = dict[str, np.ndarray]
+DEFAULT_HANG_TIMEOUT_S = 60.0
+"""How long one batch may run before its worker counts as hung (model.toml `hang_timeout_us`)."""
+IDLE_EXIT_S = 30.0
+HUNG_THREAD_PREFIX = "mlserve-hung-"
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate",
+                "bad_alloc", "not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch's OutOfMemoryError, or an allocator failure as engines word it."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _OOM_MARKERS)
+
+
+class _Worker:
+    """One daemon thread running jobs from its own queue; exits when idle or once abandoned."""
+
+    def __init__(self, pool: GuardedInfer) -> None:
+        self._pool = pool
+        self._jobs: queue.SimpleQueue[tuple[Callable[[Tensors], Tensors], Tensors, Future]] = queue.SimpleQueue()
+        self.is_abandoned = False
+        self._thread = threading.Thread(target=self._loop, name=f"mlserve-guard-{pool.label}", daemon=True)
+        self._thread.start()
+
+    def rename(self, name: str) -> None:
+        self._thread.name = name
+
+    def submit(self, fn: Callable[[Tensors], Tensors], inputs: Tensors) -> Future:
+        future: Future = Future()
+        self._jobs.put((fn, inputs, future))
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                fn, inputs, future = self._jobs.get(timeout=IDLE_EXIT_S)
+            except queue.Empty:
+                if self._pool.retire_idle(self):
+                    return
+                continue
+            try:
+                future.set_result(fn(inputs))
+            except BaseException as exc:  # the model's failure belongs to its caller
+                future.set_exception(exc)
+            if self.is_abandoned:
+                self._pool.hung_worker_finished()
+                return
+
+
+class GuardedInfer:
+    """Callable in place of `backend.infer`: failures name the model, hangs replace the worker,
+    out-of-memory batches are retried as halves down to one row."""
+
+    def __init__(
+        self, infer: Callable[[Tensors], Tensors], label: str, hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S,
+        can_split: bool = True, max_hung: int = 4,
+    ) -> None:
+        self._infer = infer
+        self.label = label
+        self.hang_timeout_s = hang_timeout_s
+        self._can_split = can_split
+        self._max_hung = max_hung
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self.num_hung = 0
+        self.num_splits = 0
+
+    @classmethod
+    def for_model(cls, infer: Callable[[Tensors], Tensors], config: ModelConfig, label: str) -> GuardedInfer:
+        """Hang deadline from model.toml's `hang_timeout_us` when set; batches split only when batching."""
+        timeout_us = config.extra.get("hang_timeout_us")
+        valid = isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0
+        hang_timeout_s = timeout_us / 1e6 if valid else DEFAULT_HANG_TIMEOUT_S
+        return cls(infer, label, hang_timeout_s, can_split=config.batching.max_batch_size > 0)
+
+    def __call__(self, inputs: Tensors) -> Tensors:
+        try:
+            return self._run_splitting(inputs)
+        except MlserveError:
+            raise
+        except Exception as exc:
+            raise InferenceFailed(f"model {self.label} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _run_splitting(self, inputs: Tensors) -> Tensors:
+        try:
+            return self._run(inputs)
+        except MlserveError:
+            raise
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            rows = _num_rows(inputs)
+            if not self._can_split or rows < 2:
+                raise InferenceFailed(f"model {self.label} ran out of memory on a batch of {rows} row(s): {exc}") from exc
+            self.num_splits += 1
+            log.warning("model %s ran out of memory on %d rows; retrying as two halves", self.label, rows)
+        half = rows // 2
+        first = self._run_splitting({k: v[:half] for k, v in inputs.items()})
+        second = self._run_splitting({k: v[half:] for k, v in inputs.items()})
+        return {name: np.concatenate([first[name], second[name]], axis=0) for name in first}
+
+    def _run(self, inputs: Tensors) -> Tensors:
+        worker = self._checkout()
+        future = worker.submit(self._infer, inputs)
+        try:
+            result = future.result(timeout=self.hang_timeout_s)
+        except FutureTimeout:
+            self._abandon(worker)
+            raise ModelHung(
+                f"model {self.label} did not finish a batch within {self.hang_timeout_s:g} s; its worker was replaced"
+            ) from None
+        with self._lock:
+            self._idle.append(worker)
+        return result
+
+    def _checkout(self) -> _Worker:
+        with self._lock:
+            if self.num_hung >= self._max_hung:
+                raise InferenceFailed(f"model {self.label} has {self.num_hung} hung workers; not running more batches")
+            if self._idle:
+                return self._idle.pop()
+        return _Worker(self)
+
+    def _abandon(self, worker: _Worker) -> None:
+        with self._lock:
+            worker.is_abandoned = True
+            worker.rename(f"{HUNG_THREAD_PREFIX}{self.label}")
+            self.num_hung += 1
+        log.error("model %s hung past %.3g s; worker abandoned and replaced", self.label, self.hang_timeout_s)
+
+    def hung_worker_finished(self) -> None:
+        with self._lock:
+            self.num_hung -= 1
+
+    def retire_idle(self, worker: _Worker) -> bool:
+        """Called by an idle worker: leave the pool unless a job was just handed to it."""
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+                return True
+            return False
+
+
+def num_hung_threads() -> int:
+    """Abandoned workers still running; a process exiting with any must not wait on them."""
+    return sum(1 for t in threading.enumerate() if t.name.startswith(HUNG_THREAD_PREFIX) and t.is_alive())
+
+
+def _num_rows(inputs: Tensors) -> int:
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1

@@ -1,0 +1,63 @@
+"""Checks a version folder passes before any engine reads it: no file that leaves the repository
+through a symlink, nothing over the size limit, and only safe names.
+
+Engines never unpickle arbitrary Python objects: TorchScript and torch.export archives are read by
+torch's own restricted loaders, and any engine that would need full pickle must ask
+`trust_repository` first.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+
+from mlserve.errors import InvalidInput, ModelLoadError
+from mlserve.registry.spec import MODEL_NAME
+
+_SAFE_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@-]*$")
+
+
+def check_version_folder(path: Path, max_bytes: int) -> int:
+    """Total bytes of the folder's files; raises ModelLoadError on a file that resolves outside the
+    repository (the folder's grandparent) or on a total over `max_bytes`."""
+    folder = path.resolve()
+    repository = folder.parents[1] if len(folder.parents) > 1 else folder
+    total = 0
+    for item in sorted(path.rglob("*")):
+        resolved = item.resolve()
+        if resolved != repository and repository not in resolved.parents:
+            raise ModelLoadError(f"{item} resolves to {resolved}, outside the model repository")
+        if resolved.is_file():
+            total += resolved.stat().st_size
+        if total > max_bytes:
+            raise ModelLoadError(f"{path}: artifacts are over the limit of {max_bytes} bytes; not loaded")
+    return total
+
+
+def check_object_key(key: str, prefix: str = "") -> str:
+    """A remote store's object key, relative to the repository prefix: every part a plain name, no
+    `..`, no absolute path, no empty or hidden parts. Returns the relative key."""
+    if prefix and not key.startswith(prefix):
+        raise ModelLoadError(f"object key {key!r} is outside the repository prefix {prefix!r}")
+    relative = key[len(prefix):].lstrip("/") if prefix else key
+    parts = PurePosixPath(relative).parts
+    if (key.startswith("/") and not prefix) or "//" in relative or "\\" in relative or "\0" in relative or not parts:
+        raise ModelLoadError(f"object key {key!r} is not a plain relative path")
+    for part in parts:
+        if not _SAFE_KEY_PART.fullmatch(part) or part in (".", ".."):
+            raise ModelLoadError(f"object key {key!r} has an unsafe part {part!r}")
+    return relative
+
+
+def check_model_name(name: str) -> str:
+    """A model name from a request (load, unload) before it touches a store."""
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise InvalidInput(f"{name!r} is not a valid model name ([a-z0-9][a-z0-9_.-]*, no '..')")
+    return name
+
+
+def check_version_name(version: str) -> int:
+    """A version from a request: a positive integer written plainly."""
+    if not version.isdigit() or not version.isascii() or int(version) < 1 or str(int(version)) != version:
+        raise InvalidInput(f"{version!r} is not a valid version (a positive integer)")
+    return int(version)

@@ -1,0 +1,109 @@
+"""Per-tenant rate limits (token bucket, concurrency) and the server-wide in-flight bound. Pure
+state with an injectable clock; the middleware calls it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """`rate` tokens a second, holding at most `burst`; one request takes one token."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    updated: float = 0.0
+
+    def try_take(self, now: float) -> float | None:
+        """None when a token was taken, else the seconds until one will be there."""
+        if self.tokens < 0:
+            self.tokens, self.updated = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        return (1.0 - self.tokens) / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request was not admitted, and when to come back."""
+
+    reason: str
+    retry_after_s: float
+
+
+@dataclass(slots=True)
+class _Tenant:
+    bucket: TokenBucket | None
+    max_concurrency: int
+    num_in_flight: int = 0
+
+
+@dataclass(slots=True)
+class TenantLimiter:
+    """Rate and concurrency per key id; limits change on reload while counts in flight are kept."""
+
+    clock: Clock = time.monotonic
+    _tenants: dict[str, _Tenant] = field(default_factory=dict)
+
+    def configure(self, key_id: str, rps: float, concurrency: int) -> None:
+        tenant = self._tenants.get(key_id)
+        bucket = TokenBucket(rps, max(1.0, rps)) if rps > 0 else None
+        if tenant is None:
+            self._tenants[key_id] = _Tenant(bucket, concurrency)
+            return
+        if bucket is None or tenant.bucket is None or tenant.bucket.rate != rps:
+            tenant.bucket = bucket
+        tenant.max_concurrency = concurrency
+
+    def forget_others(self, key_ids: set[str]) -> None:
+        for key_id in [k for k, t in self._tenants.items() if k not in key_ids and not t.num_in_flight]:
+            del self._tenants[key_id]
+
+    def acquire(self, key_id: str) -> Refusal | None:
+        """Admit one request (None) or say why not; an admitted request must be released."""
+        tenant = self._tenants.get(key_id)
+        if tenant is None:
+            return None
+        if tenant.max_concurrency and tenant.num_in_flight >= tenant.max_concurrency:
+            return Refusal(f"this key already has {tenant.num_in_flight} requests in flight "
+                           f"(limit {tenant.max_concurrency})", 1.0)
+        if tenant.bucket is not None:
+            wait = tenant.bucket.try_take(self.clock())
+            if wait is not None:
+                return Refusal(f"this key is limited to {tenant.bucket.rate:g} requests per second", wait)
+        tenant.num_in_flight += 1
+        return None
+
+    def release(self, key_id: str) -> None:
+        tenant = self._tenants.get(key_id)
+        if tenant is not None and tenant.num_in_flight > 0:
+            tenant.num_in_flight -= 1
+
+
+@dataclass(slots=True)
+class InFlight:
+    """Counts the requests the whole server holds; refuses past `limit`."""
+
+    limit: int
+    num_in_flight: int = 0
+
+    @property
+    def is_saturated(self) -> bool:
+        return self.num_in_flight >= self.limit
+
+    def try_acquire(self) -> bool:
+        if self.is_saturated:
+            return False
+        self.num_in_flight += 1
+        return True
+
+    def release(self) -> None:
+        self.num_in_flight -= 1

@@ -1,0 +1,68 @@
+"""TorchScript models that misbehave on purpose, written by the tests (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TS_TOML = """\
+backend = "torchscript"
+max_batch_size = {max_batch_size}
+max_queue_delay_us = {delay_us}
+{extra}
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1, 3]
+
+[[outputs]]
+name = "y"
+datatype = "FP32"
+shape = [-1, 3]
+"""
+
+
+class Raiser(torch.nn.Module):
+    """y = 2x; raises on any negative input."""
+
+    def forward(self, x):
+        if bool((x < 0).any()):
+            raise RuntimeError("negative input")
+        return x * 2
+
+
+class OutOfMemory(torch.nn.Module):
+    """y = 2x; a batch of more than two rows asks the allocator for a petabyte."""
+
+    def forward(self, x):
+        if x.size(0) > 2:
+            big = torch.empty([281474976710656])
+            x = x + big[0] * 0
+        return x * 2
+
+
+class Spinner(torch.nn.Module):
+    """y = 2x after spinning x[0, 0] loop iterations (1 to 10 us each, as the JIT warms up and the
+    machine allows): a model that hangs for as long as its input says."""
+
+    def forward(self, x):
+        n = int(x[0, 0].item())
+        acc = torch.zeros(1)
+        for _ in range(n):
+            acc = acc + 1.0
+        return x * 2 + acc[0] * 0
+
+
+def write_model(root: Path, name: str, module: torch.nn.Module, max_batch_size: int = 8,
+                delay_us: int = 0, extra: str = "") -> None:
+    folder = root / name / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(module).save(str(folder / "model.pt"))
+    (root / name / "model.toml").write_text(TS_TOML.format(max_batch_size=max_batch_size, delay_us=delay_us, extra=extra))
+
+
+def reference(module: torch.nn.Module, x) -> "torch.Tensor":
+    """The module's own answer row by row, outside the server."""
+    with torch.inference_mode():
+        return torch.cat([module(torch.from_numpy(row[None])) for row in x]).numpy()

@@ -1,0 +1,53 @@
+"""Plain HTTP for the hardening tests: status, headers and JSON of any answer, errors included."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+def call(url: str, body: Any = None, headers: dict[str, str] | None = None, method: str | None = None,
+         timeout: float = 30, context=None) -> Answer:
+    if body is None or isinstance(body, bytes) or hasattr(body, "__next__"):
+        data = body  # an iterator goes out chunked, with no Content-Length
+    else:
+        data = json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
+                                 headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
+            return Answer(resp.status, dict(resp.headers), _decode(resp.read()))
+    except urllib.error.HTTPError as err:
+        return Answer(err.code, dict(err.headers), _decode(err.read()))
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+def infer_body(x: np.ndarray, **parameters: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                        "data": x.ravel().tolist()}]}
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+def output(answer: Answer, name: str = "y") -> np.ndarray:
+    out = next(o for o in answer.body["outputs"] if o["name"] == name)
+    return np.array(out["data"], dtype=np.float32).reshape(out["shape"])

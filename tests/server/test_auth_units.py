@@ -1,0 +1,118 @@
+"""Pure cores of access control: the path policy, token buckets with an injected clock, and the
+priority a key gives its requests."""
+
+from __future__ import annotations
+
+import numpy as np
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from mlserve.config import AuthConfig
+from mlserve.keys import ApiKey
+from mlserve.routing.service import InferRequest
+from mlserve.server.auth import Access, PathPolicy, bearer_token
+from mlserve.server.limits import admit
+from mlserve.server.middleware import TENANT
+from mlserve.server.ratelimit import InFlight, TenantLimiter, TokenBucket
+
+
+def test_policy_by_prefix():
+    policy = PathPolicy.from_config(AuthConfig(), "127.0.0.1")
+    assert policy.access("/v2/health/ready") is Access.OPEN
+    assert policy.access("/metrics") is Access.OPEN
+    assert policy.access("/v2/repository/index") is Access.ADMIN
+    assert policy.access("/admin/models/mlp/load") is Access.ADMIN
+    assert policy.access("/v2/models/mlp/infer") is Access.INFER
+    assert policy.access("/v1/chat/completions") is Access.INFER
+    assert policy.access("/administrator") is Access.INFER  # a prefix is a whole path segment
+    assert policy.access("/v2/health") is Access.INFER
+
+
+def test_admin_is_off_on_a_public_address_unless_enabled():
+    assert PathPolicy.from_config(AuthConfig(), "0.0.0.0").access("/v2/repository/index") is Access.DISABLED
+    assert PathPolicy.from_config(AuthConfig(admin_enabled=True), "0.0.0.0").access("/admin/x") is Access.ADMIN
+    assert PathPolicy.from_config(AuthConfig(), "::1").access("/admin/x") is Access.ADMIN
+
+
+def test_metrics_can_require_a_key():
+    assert PathPolicy.from_config(AuthConfig(metrics_open=False), "127.0.0.1").access("/metrics") is Access.INFER
+
+
+def test_bearer_parsing():
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer  abc ") == "abc"
+    assert bearer_token("Basic abc") is None
+    assert bearer_token("Bearer ") is None
+    assert bearer_token(None) is None
+
+
+def test_token_bucket_refills_at_its_rate():
+    bucket = TokenBucket(rate=2.0, burst=2.0)
+    assert bucket.try_take(0.0) is None and bucket.try_take(0.0) is None
+    assert bucket.try_take(0.0) == 0.5
+    assert bucket.try_take(0.25) == 0.25
+    assert bucket.try_take(0.5) is None
+
+
+def test_tenant_limits_and_reload_keep_counts():
+    now = [0.0]
+    limiter = TenantLimiter(clock=lambda: now[0])
+    limiter.configure("k", rps=0, concurrency=2)
+    assert limiter.acquire("k") is None and limiter.acquire("k") is None
+    refusal = limiter.acquire("k")
+    assert refusal is not None and "limit 2" in refusal.reason
+    limiter.configure("k", rps=0, concurrency=3)  # a reload raises the limit; the two in flight still count
+    assert limiter.acquire("k") is None and limiter.acquire("k") is not None
+    limiter.release("k")
+    assert limiter.acquire("unknown") is None
+
+
+def test_in_flight_bound():
+    bound = InFlight(2)
+    assert bound.try_acquire() and bound.try_acquire() and not bound.try_acquire()
+    assert bound.is_saturated
+    bound.release()
+    assert not bound.is_saturated
+
+
+def _key(priority):
+    return ApiKey("abcdefabcdef", "vip", "00", "00", ("infer",), priority=priority)
+
+
+def _request(parameters):
+    return InferRequest("m", None, {"x": np.zeros((1, 3), np.float32)}, {"x": "FP32"}, parameters=parameters)
+
+
+def test_key_priority_is_given_unless_the_client_names_one():
+    http = make_mocked_request("POST", "/v2/models/m/infer", app=web.Application())
+    http[TENANT] = _key(3)
+    assert admit(http, _request({})).parameters == {"priority": 3}
+    assert admit(http, _request({"priority": 1})).parameters == {"priority": 1}
+    http[TENANT] = _key(None)
+    assert admit(http, _request({})).parameters == {}
+
+
+def test_key_verification_is_bounded_and_remembered(tmp_path, monkeypatch):
+    import asyncio
+
+    from mlserve import keys
+    from mlserve.errors import Overloaded
+    from mlserve.server import auth
+    from mlserve.server.auth import KeyRing
+
+    monkeypatch.setattr(auth, "MAX_VERIFYING", 4)
+
+    token = keys.create_key(tmp_path / "keys.json", "a", ("infer",))
+    key_id = keys.split_token(token)[0]
+    ring = KeyRing(tmp_path / "keys.json", TenantLimiter())
+
+    async def main():
+        assert (await ring.authenticate(token)).name == "a"
+        forged = [f"mls_{key_id}_{i:043d}" for i in range(4 + 8)]
+        results = await asyncio.gather(*(ring.authenticate(t) for t in forged), return_exceptions=True)
+        assert sum(isinstance(r, Overloaded) for r in results) == 8
+        assert all(r is None for r in results if not isinstance(r, Overloaded))
+        assert (await ring.authenticate(token)).name == "a"  # remembered: no hash, no queue
+
+    asyncio.run(main())
+    ring.close()
