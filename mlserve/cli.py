@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from mlserve import __version__
-from mlserve.config import LOG_LEVELS, Config, load_config
+from mlserve.monitor.logs import setup_logging
+from mlserve.config import LOG_FORMATS, LOG_INPUTS, LOG_LEVELS, Config, load_config
 
 log = logging.getLogger("mlserve")
 
@@ -25,16 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--port", type=int, help="port to bind (default 8000)")
     start.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     start.add_argument("--config", type=Path, help="settings file (default ./mlserve.toml when present)")
+    start.add_argument("--log-format", choices=LOG_FORMATS, help="server log lines: plain (default) or json")
+    start.add_argument("--prediction-log", metavar="DIR", help="write a sampled prediction log (JSON lines) here")
+    start.add_argument("--log-sample-rate", type=float, help="share of requests in the prediction log (default 0.01)")
+    start.add_argument("--log-inputs", choices=LOG_INPUTS, help="prediction log keeps input hashes (default) or values")
     examples = sub.add_parser("examples", help="write the example model repository (offline, deterministic)")
     examples.add_argument("dir", type=Path)
     return parser
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def serve(config: Config) -> None:
@@ -65,13 +63,17 @@ def _start(args: argparse.Namespace) -> int:
     overrides = {
         "server": {"host": args.host, "port": args.port, "log_level": args.log_level},
         "registry": {"models": args.models},
+        "monitor": {
+            "log_format": args.log_format, "prediction_log": args.prediction_log,
+            "log_sample_rate": args.log_sample_rate, "log_inputs": args.log_inputs,
+        },
     }
     try:
         config = load_config(args.config, overrides=overrides)
     except (ValueError, OSError) as exc:
         print(f"mlserve: bad settings: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.server.log_level)
+    setup_logging(config.server.log_level, config.monitor.log_format)
     if "://" not in config.registry.models and not Path(config.registry.models).is_dir():
         log.error("model repository %s is not a folder", config.registry.models)
         return 2

@@ -54,17 +54,54 @@ class Metrics:
         self.model_load_failures = Counter(
             "mlserve_model_load_failures", "Model version loads that failed.", ["model"], registry=r
         )
+        # --- observability (issue 7): drift and prediction-log queues; version, drift and GPU
+        # state are read at scrape time by the collectors registered with watch_*().
+        self.drift_dropped = Counter(
+            "mlserve_drift_dropped_observations", "Responses not fed to drift statistics because the queue was full.",
+            ["model", "version"], registry=r,
+        )
+        self.prediction_log_records = Counter(
+            "mlserve_prediction_log_records", "Sampled predictions written to the prediction log.", registry=r
+        )
+        self.prediction_log_dropped = Counter(
+            "mlserve_prediction_log_dropped", "Sampled predictions not written, by reason (queue_full, write_error).",
+            ["reason"], registry=r,
+        )
+        self.prediction_log_queue = Gauge(
+            "mlserve_prediction_log_queue_depth", "Sampled predictions waiting for the writer.", registry=r
+        )
 
     def forget_version(self, model: str, version: str) -> None:
         """Drop the per-version series of an unloaded version so label sets stay bounded."""
         for family in (
             self.request_latency, self.queue_latency, self.compute_latency, self.batch_size,
-            self.batch_requests, self.queue_depth, self.model_ready, self.model_load_seconds,
+            self.batch_requests, self.queue_depth, self.model_ready, self.model_load_seconds, self.drift_dropped,
         ):
             try:
                 family.remove(model, version)
             except KeyError:
                 pass
+
+    def watch_versions(self, source) -> None:
+        """Export mlserve_model_state and mlserve_in_flight_requests from `source()` at each scrape."""
+        from mlserve.monitor.collectors import VersionCollector
+
+        self.registry.register(VersionCollector(source))
+
+    def watch_drift(self, source) -> None:
+        """Export the drift families from the reports `source()` returns at each scrape."""
+        from mlserve.monitor.collectors import DriftCollector
+
+        self.registry.register(DriftCollector(source))
+
+    def watch_gpu(self) -> bool:
+        """Export GPU memory and utilisation when a GPU is visible; returns whether one is."""
+        from mlserve.monitor.collectors import GpuCollector, gpu_reader
+
+        read = gpu_reader()
+        if read is not None:
+            self.registry.register(GpuCollector(read))
+        return read is not None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

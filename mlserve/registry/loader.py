@@ -9,6 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -98,6 +100,9 @@ class HotSwapLoader:
         self.scan_errors: dict[str, str] = {}
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlserve-loader")
         self._lock: asyncio.Lock | None = None
+        self.on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
+        """Called on the loader thread once a version has loaded and warmed up (drift references)."""
+        self.on_unloaded: list[Callable[[str, int], None]] = []
 
     async def reconcile(self) -> None:
         """Bring the served table in line with the repository; one pass at a time."""
@@ -179,6 +184,8 @@ class HotSwapLoader:
             except Exception as exc:
                 backend.unload()
                 raise ModelLoadError(f"warm-up failed: {type(exc).__name__}: {exc}") from exc
+        for hook in self.on_loaded:
+            hook(entry.name, version, path, entry, backend.info)
         return backend
 
     async def _retire(self, served_version: ServedVersion) -> None:
@@ -195,6 +202,8 @@ class HotSwapLoader:
         await self._retire(served_version)
         served.versions.pop(version, None)
         self._metrics.forget_version(served.name, str(version))
+        for hook in self.on_unloaded:
+            hook(served.name, version)
         if was_ready:
             log.info("model %s version %d unloaded", served.name, version)
 

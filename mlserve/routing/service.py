@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mlserve.errors import InvalidInput
+from mlserve.monitor.hub import Monitor, Observation
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo
 from mlserve.routing.router import Router
@@ -81,8 +83,11 @@ class InferenceService:
     def __init__(self, loader: HotSwapLoader) -> None:
         self.loader = loader
         self.router = Router(loader)
+        self.monitor: Monitor | None = None
+        """Fed every answered request (drift, prediction log); its `observe` never blocks."""
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        started = time.monotonic()
         served = self.router.pick(request.model, request.version)
         info = served.info
         rows = validate_inputs(info, request)
@@ -97,6 +102,12 @@ class InferenceService:
         outputs = await served.batcher.submit(inputs, rows)
         names = request.outputs if request.outputs is not None else tuple(s.name for s in info.outputs)
         datatypes = {s.name: s.datatype for s in info.outputs}
+        if self.monitor is not None:
+            routed_by = "request" if request.version else "latest"
+            self.monitor.observe(Observation(
+                request.model, str(served.version), request.req_id, inputs, outputs,
+                time.monotonic() - started, routed_by,
+            ))
         return InferResponse(
             request.model, str(served.version), {n: outputs[n] for n in names},
             {n: datatypes[n] for n in names}, request.req_id,

@@ -14,6 +14,7 @@ from mlserve.registry.local import LocalStore
 from mlserve.registry.store import Store
 from mlserve.routing.service import InferenceService
 from mlserve.server.middleware import error_middleware
+from mlserve.server.monitor_routes import add_monitor_routes
 from mlserve.server.state import ServerState
 from mlserve.server.v2 import V2Handlers
 
@@ -76,4 +77,5 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     _add_v2_routes(app, V2Handlers(service, app[STATE], metrics))
     app.router.add_get("/metrics", _metrics_handler)
     app.cleanup_ctx.append(_loader_ctx)
+    add_monitor_routes(app, config.monitor, metrics, loader, service)
     return app
