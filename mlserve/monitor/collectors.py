@@ -28,10 +28,12 @@ class VersionStatus:
     version: str
     state: str
     num_in_flight: int
+    queue_capacity: int
 
 
 class VersionCollector(Collector):
-    """mlserve_model_state (one series per state, 1 for the current one) and mlserve_in_flight_requests."""
+    """mlserve_model_state (one series per state, 1 for the current one), mlserve_in_flight_requests
+    and mlserve_queue_capacity."""
 
     def __init__(self, source: Callable[[], Iterable[VersionStatus]]) -> None:
         self._source = source
@@ -43,12 +45,19 @@ class VersionCollector(Collector):
         in_flight = GaugeMetricFamily(
             "mlserve_in_flight_requests", "Requests queued or running on a model version.", labels=["model", "version"]
         )
-        for status in self._source():
+        statuses = list(self._source())
+        for status in statuses:
             for name in MODEL_STATES:
                 state.add_metric([status.model, status.version, name], 1.0 if status.state == name else 0.0)
             in_flight.add_metric([status.model, status.version], status.num_in_flight)
+        capacity = GaugeMetricFamily(
+            "mlserve_queue_capacity", "Requests a version's queue holds before new ones get 429.", labels=["model", "version"]
+        )
+        for status in statuses:
+            capacity.add_metric([status.model, status.version], status.queue_capacity)
         yield state
         yield in_flight
+        yield capacity
 
 
 class DriftCollector(Collector):

@@ -138,24 +138,32 @@ class PredictionLog:
                 return
 
     def _write(self, records: list[PredictionRecord]) -> None:
+        """Write a run of records, rotating between lines so no file grows past max_bytes."""
         if not records:
             return
-        data = b"".join(encode_record(r, self.settings.log_inputs) for r in records)
+        lines = [encode_record(r, self.settings.log_inputs) for r in records]
+        written = 0
         try:
-            self._rotate_if_full(len(data))
-            self._file.write(data)
-            self._file.flush()
-            self._size += len(data)
+            while written < len(lines):
+                self._open_or_rotate(len(lines[written]))
+                room = self.settings.max_bytes - self._size
+                end, size = written, 0
+                while end < len(lines) and (end == written or size + len(lines[end]) <= room):
+                    size += len(lines[end])
+                    end += 1
+                self._file.write(b"".join(lines[written:end]))
+                self._file.flush()
+                self._size += size
+                written = end
         except OSError as exc:
-            self._metrics.prediction_log_dropped.labels("write_error").inc(len(records))
-            log.error("prediction log: dropped %d record(s): %s", len(records), exc)
+            self._metrics.prediction_log_dropped.labels("write_error").inc(len(lines) - written)
+            log.error("prediction log: dropped %d record(s): %s", len(lines) - written, exc)
             self._close_file()
-            return
-        self._metrics.prediction_log_records.inc(len(records))
+        self._metrics.prediction_log_records.inc(written)
 
-    def _rotate_if_full(self, incoming: int) -> None:
+    def _open_or_rotate(self, incoming: int) -> None:
         path = self.settings.directory / FILE_NAME
-        if self._file is not None and self._size + incoming > self.settings.max_bytes and self._size > 0:
+        if self._file is not None and self._size > 0 and self._size + incoming > self.settings.max_bytes:
             self._close_file()
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             os.replace(path, self._rotated_name(stamp))

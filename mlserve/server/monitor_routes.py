@@ -25,7 +25,8 @@ def _version_statuses(loader: HotSwapLoader) -> list[VersionStatus]:
     for served in list(loader.models.values()):
         for version, sv in list(served.versions.items()):
             in_flight = sv.batcher.num_in_flight if sv.batcher is not None else 0
-            out.append(VersionStatus(served.name, str(version), sv.state.name, in_flight))
+            capacity = served.entry.config.batching.max_queue_size
+            out.append(VersionStatus(served.name, str(version), sv.state.name, in_flight, capacity))
     return out
 
 
