@@ -67,6 +67,8 @@ class Metrics:
             "mlserve_prediction_log_dropped", "Sampled predictions not written, by reason (queue_full, write_error).",
             ["reason"], registry=r,
         )
+        for reason in ("queue_full", "write_error"):
+            self.prediction_log_dropped.labels(reason)
         self.prediction_log_queue = Gauge(
             "mlserve_prediction_log_queue_depth", "Sampled predictions waiting for the writer.", registry=r
         )
