@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlserve.examples import write_examples, write_identity_onnx
+from tests.server_process import MlserveProcess
 
 DRIFT_COLUMNS = 4
 DRIFT_TOML = """max_batch_size = 64
@@ -31,3 +32,16 @@ def write_monitor_repository(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def monitor_repo(tmp_path_factory):
     return write_monitor_repository(tmp_path_factory.mktemp("monitor_repo"))
+
+
+@pytest.fixture(scope="session")
+def mserver(monitor_repo, tmp_path_factory):
+    """A live mlserve over the monitor repository, logging every prediction, logs as JSON."""
+    logs = tmp_path_factory.mktemp("monitor_logs")
+    proc = MlserveProcess(
+        monitor_repo, "--prediction-log", str(logs / "predlog"), "--log-sample-rate", "1", "--log-format", "json",
+        log_path=logs / "mlserve.log",
+    ).wait_ready()
+    proc.predlog = logs / "predlog"
+    yield proc
+    assert proc.stop() == 0, proc.log()

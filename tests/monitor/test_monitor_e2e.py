@@ -43,18 +43,6 @@ CORE_FAMILIES = (
 )
 
 
-@pytest.fixture(scope="module")
-def mserver(monitor_repo, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("monitor_logs")
-    proc = MlserveProcess(
-        monitor_repo, "--prediction-log", str(logs / "predlog"), "--log-sample-rate", "1", "--log-format", "json",
-        log_path=logs / "mlserve.log",
-    ).wait_ready()
-    proc.predlog = logs / "predlog"
-    yield proc
-    assert proc.stop() == 0, proc.log()
-
-
 def _wait_for(predicate, timeout: float = 15.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

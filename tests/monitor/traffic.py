@@ -44,10 +44,12 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 
 
 def exported_names(url: str) -> set[str]:
-    """Every series name a query may use, including families that have no samples yet."""
+    """Every series name a query may use, including families that have no samples yet (a counter
+    is queried as NAME_total, a histogram as NAME_bucket/_sum/_count, never by the bare name)."""
     names = set()
     for family in scrape_families(url):
-        names.add(family.name)
+        if family.type not in SUFFIXES:
+            names.add(family.name)
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ()))
         names.update(s.name for s in family.samples)
     return names
