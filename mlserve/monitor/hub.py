@@ -9,8 +9,8 @@ writes on the prediction-log thread. Full queues drop and count, they never bloc
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,8 +27,10 @@ from mlserve.monitor.predlog import PredictionLog, PredictionLogSettings, Predic
 
 log = logging.getLogger("mlserve.monitor")
 
-TICK_S = 0.5
-"""The drift worker refreshes reports (and ages time windows) this often when traffic is idle."""
+FEED_INTERVAL_S = 0.05
+"""The drift worker wakes this often and bins everything that arrived meanwhile as one chunk: the
+request path never wakes a thread, and the per-chunk cost is shared by many requests."""
+MAX_CHUNK = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +58,12 @@ def load_reference(path: Path) -> dict[str, np.ndarray] | None:
 class Monitor:
     """Owns the per-version drift monitors, the drift worker thread and the prediction log."""
 
-    _STOP = object()
-
     def __init__(self, config: MonitorConfig, metrics: Metrics) -> None:
         self.config = config
         self._metrics = metrics
         self._drift: dict[tuple[str, str], DriftMonitor] = {}
-        self._queue: queue.Queue = queue.Queue(maxsize=config.drift_queue)
+        self._pending: deque[Observation] = deque()
+        self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._drift_loop, name="mlserve-drift", daemon=True)
         self.prediction_log: PredictionLog | None = None
         if config.prediction_log:
@@ -82,7 +83,7 @@ class Monitor:
     def close(self) -> None:
         """Stop the drift worker and write out every sampled prediction (graceful shutdown)."""
         if self._worker.is_alive():
-            self._queue.put(self._STOP)
+            self._stopping.set()
             self._worker.join(10.0)
         if self.prediction_log is not None:
             self.prediction_log.close()
@@ -90,9 +91,10 @@ class Monitor:
     def observe(self, obs: Observation) -> None:
         """Called on the loop once a response is ready; never blocks."""
         if (obs.model, obs.version) in self._drift:
-            try:
-                self._queue.put_nowait(obs)
-            except queue.Full:
+            # deque.append is atomic; the bound is checked without a lock, so it may overshoot by a few.
+            if len(self._pending) < self.config.drift_queue:
+                self._pending.append(obs)
+            else:
                 self._metrics.drift_dropped.labels(obs.model, obs.version).inc()
         plog = self.prediction_log
         if plog is not None and plog.should_sample():
@@ -134,23 +136,18 @@ class Monitor:
         return [m.report() for m in list(self._drift.values())]
 
     def _drift_loop(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=TICK_S)
-            except queue.Empty:
-                for monitor in list(self._drift.values()):
-                    monitor.refresh()
-                continue
-            batch = [first]
-            while batch[-1] is not self._STOP and len(batch) < 512:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = batch[-1] is self._STOP
-            self._feed([o for o in batch if o is not self._STOP])
-            if stop:
-                return
+        while not self._stopping.wait(FEED_INTERVAL_S):
+            self._drain()
+            for monitor in list(self._drift.values()):
+                monitor.refresh_if_due()
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._pending:
+            batch = []
+            while self._pending and len(batch) < MAX_CHUNK:
+                batch.append(self._pending.popleft())
+            self._feed(batch)
 
     def _feed(self, batch: list[Observation]) -> None:
         groups: dict[tuple[str, str], list[Observation]] = {}

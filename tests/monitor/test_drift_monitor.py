@@ -109,3 +109,14 @@ def test_output_class_frequencies_drift():
     monitor.refresh()
     statuses = {f.name: f.status for f in monitor.report().features}
     assert statuses["y.class"] == "alert"
+
+
+def test_a_chunk_larger_than_the_window_leaves_only_its_last_rows():
+    rng = np.random.default_rng(5)
+    monitor = _monitor(rng, DriftSettings(window=1000, min_rows=100))
+    shifted = _batch(rng, 3000, shift_column=0)
+    monitor.update({k: np.concatenate([v, w]) for (k, v), w in zip(shifted.items(), _batch(rng, 1000).values())})
+    monitor.refresh()
+    report = monitor.report()
+    assert report.window_rows == 1000
+    assert report.status == "ok", [f for f in report.features if f.status != "ok"]

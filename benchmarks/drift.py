@@ -1,0 +1,137 @@
+"""Throughput with drift statistics on vs off, side by side.
+
+Starts two mlserve processes over the same repository, one with drift on (the default) and one with
+MLSERVE_MONITOR_DRIFT=false, and drives them in alternating rounds with the same closed-loop load
+(N concurrent connections posting KServe v2 JSON requests), so machine noise hits both alike.
+Prints requests/s and client-side latency per model and mode, and the on/off throughput ratio.
+
+    .venv/bin/python -m benchmarks.drift [--rounds 3] [--seconds 5] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from mlserve.examples import write_examples, write_identity_onnx
+from tests.server_process import MlserveProcess
+
+MODELS = {
+    # name: (columns, rows per request)
+    "mlp": (768, 1),
+    "narrow": (16, 1),
+}
+
+
+def write_repository(root: Path) -> Path:
+    write_examples(root)
+    write_identity_onnx(root / "narrow" / "1" / "model.onnx", "FP32", width=16)
+    return root
+
+
+def request_body(columns: int, rows: int) -> bytes:
+    x = np.random.default_rng(0).standard_normal((rows, columns)).astype(np.float32)
+    return orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, columns],
+                                     "data": x.ravel().tolist()}]})
+
+
+async def _worker(session: aiohttp.ClientSession, url: str, body: bytes, until: float, latencies: list[float]) -> int:
+    errors = 0
+    while time.monotonic() < until:
+        started = time.monotonic()
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+            await resp.read()
+            if resp.status != 200:
+                errors += 1
+        latencies.append(time.monotonic() - started)
+    return errors
+
+
+async def drive(url: str, body: bytes, concurrency: int, seconds: float) -> tuple[float, list[float], int]:
+    """Closed loop for `seconds`: returns requests/s, latencies and the error count."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(50):  # warm the connections and the drift reference
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                await resp.read()
+        latencies: list[float] = []
+        started = time.monotonic()
+        until = started + seconds
+        errors = await asyncio.gather(*[_worker(session, url, body, until, latencies) for _ in range(concurrency)])
+        elapsed = time.monotonic() - started
+    return len(latencies) / elapsed, latencies, sum(errors)
+
+
+def _drift_seen(url: str, model: str) -> str:
+    """Proof that the 'on' server measured drift: its window and the observations it dropped."""
+    with urllib.request.urlopen(f"{url}/v2/models/{model}/drift", timeout=10) as resp:
+        report = orjson.loads(resp.read())
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+    dropped = sum(s.value for s in families["mlserve_drift_dropped_observations"].samples
+                  if s.name.endswith("_total") and s.labels.get("model") == model)
+    return (f"drift on: status {report['status']}, {len(report['features'])} features, "
+            f"{report['window_rows']} rows in the window, {dropped:.0f} observations dropped")
+
+
+def _ms(values: list[float], q: float) -> float:
+    return float(np.quantile(values, q)) * 1000 if values else float("nan")
+
+
+def run(rounds: int, seconds: float, concurrency: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = write_repository(Path(tmp) / "models")
+        servers = {
+            "on": MlserveProcess(repo, log_path=Path(tmp) / "on.log"),
+            "off": MlserveProcess(repo, log_path=Path(tmp) / "off.log", env={"MLSERVE_MONITOR_DRIFT": "false"}),
+        }
+        try:
+            for server in servers.values():
+                server.wait_ready()
+            print(f"{rounds} alternating rounds of {seconds:g} s, {concurrency} connections, JSON v2 requests")
+            print(f"{'model':<8} {'drift':<5} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+            for model, (columns, rows) in MODELS.items():
+                body = request_body(columns, rows)
+                results = {mode: ([], []) for mode in servers}
+                for r in range(rounds):
+                    order = ("on", "off") if r % 2 == 0 else ("off", "on")
+                    for mode in order:
+                        url = f"{servers[mode].url}/v2/models/{model}/infer"
+                        rate, latencies, errors = asyncio.run(drive(url, body, concurrency, seconds))
+                        results[mode][0].append(rate)
+                        results[mode][1].extend(latencies)
+                        if errors:
+                            print(f"  {model} drift {mode}: {errors} non-200 responses")
+                for mode, (rates, latencies) in results.items():
+                    print(f"{model:<8} {mode:<5} {statistics.median(rates):>15.0f} {_ms(latencies, 0.5):>8.2f} "
+                          f"{_ms(latencies, 0.99):>8.2f} {'':>7}")
+                print(f"{'':<8} {_drift_seen(servers['on'].url, model)}")
+                ratio = statistics.median(results["on"][0]) / statistics.median(results["off"][0])
+                print(f"{model:<8} on/off throughput: {ratio:.3f} (per round: "
+                      + ", ".join(f"{a / b:.3f}" for a, b in zip(*[results[m][0] for m in ("on", "off")])) + ")")
+        finally:
+            for server in servers.values():
+                server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    run(args.rounds, args.seconds, args.concurrency)
+
+
+if __name__ == "__main__":
+    main()
