@@ -3,15 +3,18 @@
 Starts two mlserve processes over the same repository, one with drift on (the default) and one with
 MLSERVE_MONITOR_DRIFT=false, and drives them in alternating rounds with the same closed-loop load
 (N concurrent connections posting KServe v2 JSON requests), so machine noise hits both alike.
-Prints requests/s and client-side latency per model and mode, and the on/off throughput ratio.
+Prints requests/s, client-side latency and server CPU time per request (from the server's own
+mlserve_process_cpu_seconds_total, which contention on a shared machine disturbs far less than
+throughput) per model and mode, and the on/off ratios of both.
 
-    .venv/bin/python -m benchmarks.drift [--rounds 3] [--seconds 5] [--concurrency 16]
+    .venv/bin/python -m benchmarks.drift [--rounds 3] [--seconds 5] [--concurrency 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import tempfile
 import time
@@ -24,6 +27,9 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlserve.examples import write_examples, write_identity_onnx
+from mlserve.monitor import features
+from mlserve.monitor.drift import DriftMonitor
+from mlserve.monitor.drift_settings import DriftSettings
 from tests.server_process import MlserveProcess
 
 MODELS = {
@@ -84,11 +90,48 @@ def _drift_seen(url: str, model: str) -> str:
             f"{report['window_rows']} rows in the window, {dropped:.0f} observations dropped")
 
 
+def worker_cost(model: str, columns: int, chunk: int, outputs: int = 10) -> float:
+    """CPU microseconds the drift worker spends per request when `chunk` requests arrive in one
+    wake-up (extraction + binning into the window), measured in this process with process_time."""
+    rng = np.random.default_rng(0)
+    settings = DriftSettings(reference_rows=1000)
+    monitor = DriftMonitor(model, "1", settings, None)
+    requests = [({"x": rng.standard_normal((1, columns)).astype(np.float32)},
+                 {"y": rng.standard_normal((1, outputs)).astype(np.float32)}) for _ in range(4096)]
+    def feed(group):
+        inputs = {"x": np.concatenate([r[0]["x"] for r in group])}
+        outs = {"y": np.concatenate([r[1]["y"] for r in group])}
+        monitor.update(features.extract(inputs, outs, settings.max_columns))
+    feed(requests[:1000])
+    started = time.process_time()
+    for i in range(0, len(requests), chunk):
+        feed(requests[i : i + chunk])
+    return (time.process_time() - started) / len(requests) * 1e6
+
+
+def _cpu_seconds(url: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        for family in text_string_to_metric_families(resp.read().decode()):
+            if family.name == "mlserve_process_cpu_seconds":
+                return family.samples[0].value
+    raise RuntimeError("no mlserve_process_cpu_seconds_total")
+
+
 def _ms(values: list[float], q: float) -> float:
     return float(np.quantile(values, q)) * 1000 if values else float("nan")
 
 
+def print_worker_cost() -> None:
+    logging.getLogger("mlserve").setLevel(logging.ERROR)
+    print("drift worker CPU per request (us), by requests binned per 50 ms wake-up:")
+    print(f"{'model':<8} " + " ".join(f"{n:>8}" for n in (1, 8, 32, 128)))
+    for model, (columns, _) in MODELS.items():
+        outputs = 10 if model == "mlp" else columns
+        print(f"{model:<8} " + " ".join(f"{worker_cost(model, columns, n, outputs):>8.1f}" for n in (1, 8, 32, 128)))
+
+
 def run(rounds: int, seconds: float, concurrency: int) -> None:
+    print_worker_cost()
     with tempfile.TemporaryDirectory() as tmp:
         repo = write_repository(Path(tmp) / "models")
         servers = {
@@ -99,26 +142,32 @@ def run(rounds: int, seconds: float, concurrency: int) -> None:
             for server in servers.values():
                 server.wait_ready()
             print(f"{rounds} alternating rounds of {seconds:g} s, {concurrency} connections, JSON v2 requests")
-            print(f"{'model':<8} {'drift':<5} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+            print(f"{'model':<8} {'drift':<5} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11}")
             for model, (columns, rows) in MODELS.items():
                 body = request_body(columns, rows)
-                results = {mode: ([], []) for mode in servers}
+                results = {mode: ([], [], []) for mode in servers}
                 for r in range(rounds):
                     order = ("on", "off") if r % 2 == 0 else ("off", "on")
                     for mode in order:
                         url = f"{servers[mode].url}/v2/models/{model}/infer"
+                        cpu_before = _cpu_seconds(servers[mode].url)
                         rate, latencies, errors = asyncio.run(drive(url, body, concurrency, seconds))
+                        cpu = _cpu_seconds(servers[mode].url) - cpu_before
                         results[mode][0].append(rate)
                         results[mode][1].extend(latencies)
+                        results[mode][2].append(cpu * 1000 / (len(latencies) + 50))
                         if errors:
                             print(f"  {model} drift {mode}: {errors} non-200 responses")
-                for mode, (rates, latencies) in results.items():
+                for mode, (rates, latencies, cpu) in results.items():
                     print(f"{model:<8} {mode:<5} {statistics.median(rates):>15.0f} {_ms(latencies, 0.5):>8.2f} "
-                          f"{_ms(latencies, 0.99):>8.2f} {'':>7}")
+                          f"{_ms(latencies, 0.99):>8.2f} {statistics.median(cpu):>11.3f}")
                 print(f"{'':<8} {_drift_seen(servers['on'].url, model)}")
                 ratio = statistics.median(results["on"][0]) / statistics.median(results["off"][0])
                 print(f"{model:<8} on/off throughput: {ratio:.3f} (per round: "
                       + ", ".join(f"{a / b:.3f}" for a, b in zip(*[results[m][0] for m in ("on", "off")])) + ")")
+                cpu_ratio = statistics.median(results["on"][2]) / statistics.median(results["off"][2])
+                print(f"{model:<8} on/off server CPU per request: {cpu_ratio:.3f} (per round: "
+                      + ", ".join(f"{a / b:.3f}" for a, b in zip(*[results[m][2] for m in ("on", "off")])) + ")")
         finally:
             for server in servers.values():
                 server.stop()
@@ -128,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     run(args.rounds, args.seconds, args.concurrency)
 

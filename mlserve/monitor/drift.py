@@ -263,7 +263,8 @@ class DriftMonitor:
                                tuple(f.name for f in ranked[: self.settings.top] if f.psi > 0))
 
     def _status_of(self, value: float, rows: int) -> str:
-        if rows < self.settings.min_rows:
+        needed = self.settings.min_rows if self.settings.window_s > 0 else min(self.settings.min_rows, self.settings.window)
+        if rows < needed:
             return "collecting"
         if value >= self.settings.psi_alert:
             return "alert"

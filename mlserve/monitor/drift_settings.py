@@ -27,8 +27,9 @@ class DriftSettings:
     """KS bins: the reference's percentiles."""
     max_columns: int = 32
     """2-D tensors up to this many columns get one feature per column; wider ones are summarised."""
-    min_rows: int = 100
-    """Live rows needed before a status other than 'collecting'."""
+    min_rows: int = 1000
+    """Live rows needed before a status other than 'collecting' (at most the count window). PSI over
+    ten bins of n same-distribution rows is about 9/n by chance alone, so small windows cry wolf."""
     top: int = 5
     """How many of the most drifting features the report names."""
 

@@ -28,17 +28,23 @@ def tensor_features(name: str, array: np.ndarray, max_columns: int, is_output: b
         return {}
     if array.ndim <= 1:
         return {name: _rows(array.reshape(-1, 1))[:, 0]}
-    rows = _rows(array)
     out: dict[str, np.ndarray] = {}
-    if array.ndim == 2 and rows.shape[1] <= max_columns:
+    if array.ndim == 2 and array.shape[1] <= max_columns:
+        rows = _rows(array)
         for i in range(rows.shape[1]):
             out[f"{name}[{i}]"] = rows[:, i]
     else:
-        out[f"{name}.mean"] = rows.mean(axis=1)
-        out[f"{name}.std"] = rows.std(axis=1)
-        out[f"{name}.norm"] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        # Two passes over the tensor (sum, sum of squares), accumulated in float64 without a copy.
+        rows = array.reshape(array.shape[0], -1)
+        width = max(rows.shape[1], 1)
+        total = rows.sum(axis=1, dtype=np.float64)
+        squares = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+        mean = total / width
+        out[f"{name}.mean"] = mean
+        out[f"{name}.std"] = np.sqrt(np.maximum(squares / width - mean * mean, 0.0))
+        out[f"{name}.norm"] = np.sqrt(squares)
     if is_output and array.ndim == 2 and array.dtype.kind == "f" and rows.shape[1] > 1:
-        out[f"{name}.class"] = np.argmax(rows, axis=1).astype(np.float64)
+        out[f"{name}.class"] = np.argmax(array.reshape(array.shape[0], -1), axis=1).astype(np.float64)
     return out
 
 
