@@ -263,7 +263,9 @@ class DriftMonitor:
                                tuple(f.name for f in ranked[: self.settings.top] if f.psi > 0))
 
     def _status_of(self, value: float, rows: int) -> str:
-        needed = self.settings.min_rows if self.settings.window_s > 0 else min(self.settings.min_rows, self.settings.window)
+        needed = self.settings.min_rows
+        if self.settings.window_s <= 0:  # a full count window holds at least nine of its ten slices
+            needed = min(needed, self.settings.window - math.ceil(self.settings.window / NUM_SLICES))
         if rows < needed:
             return "collecting"
         if value >= self.settings.psi_alert:

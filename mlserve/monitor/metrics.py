@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from mlserve.monitor.collectors import DriftCollector, GpuCollector, VersionCollector, gpu_reader
+
 # Sub-millisecond to tens of seconds: an inference server's latencies.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -86,20 +88,14 @@ class Metrics:
 
     def watch_versions(self, source) -> None:
         """Export mlserve_model_state and mlserve_in_flight_requests from `source()` at each scrape."""
-        from mlserve.monitor.collectors import VersionCollector
-
         self.registry.register(VersionCollector(source))
 
     def watch_drift(self, source) -> None:
         """Export the drift families from the reports `source()` returns at each scrape."""
-        from mlserve.monitor.collectors import DriftCollector
-
         self.registry.register(DriftCollector(source))
 
     def watch_gpu(self) -> bool:
         """Export GPU memory and utilisation when a GPU is visible; returns whether one is."""
-        from mlserve.monitor.collectors import GpuCollector, gpu_reader
-
         read = gpu_reader()
         if read is not None:
             self.registry.register(GpuCollector(read))

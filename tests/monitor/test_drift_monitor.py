@@ -120,3 +120,13 @@ def test_a_chunk_larger_than_the_window_leaves_only_its_last_rows():
     report = monitor.report()
     assert report.window_rows == 1000
     assert report.status == "ok", [f for f in report.features if f.status != "ok"]
+
+
+def test_a_full_window_smaller_than_min_rows_is_still_judged():
+    rng = np.random.default_rng(6)
+    monitor = _monitor(rng, DriftSettings(window=500))  # min_rows defaults to 1000
+    for _ in range(30):
+        monitor.update(_batch(rng, 50, shift_column=4))
+    monitor.refresh()
+    assert 450 <= monitor.report().window_rows <= 500
+    assert monitor.report().status == "alert"
