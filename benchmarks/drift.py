@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -130,6 +131,48 @@ def print_worker_cost() -> None:
         print(f"{model:<8} " + " ".join(f"{worker_cost(model, columns, n, outputs):>8.1f}" for n in (1, 8, 32, 128)))
 
 
+@dataclass(slots=True)
+class ModeResult:
+    """One server's rounds for one model."""
+
+    rates: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    cpu_ms_per_req: list[float] = field(default_factory=list)
+
+
+def _bench_model(servers: dict, model: str, rounds: int, seconds: float, concurrency: int) -> dict[str, ModeResult]:
+    columns, rows = MODELS[model]
+    body = request_body(columns, rows)
+    results = {mode: ModeResult() for mode in servers}
+    for r in range(rounds):
+        for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
+            base = servers[mode].url
+            cpu_before = _cpu_seconds(base)
+            rate, latencies, errors = asyncio.run(drive(f"{base}/v2/models/{model}/infer", body, concurrency, seconds))
+            cpu = _cpu_seconds(base) - cpu_before
+            results[mode].rates.append(rate)
+            results[mode].latencies.extend(latencies)
+            results[mode].cpu_ms_per_req.append(cpu * 1000 / (len(latencies) + 50))
+            if errors:
+                print(f"  {model} drift {mode}: {errors} non-200 responses")
+    return results
+
+
+def _ratios(on: list[float], off: list[float]) -> str:
+    per_round = ", ".join(f"{a / b:.3f}" for a, b in zip(on, off))
+    return f"{statistics.median(on) / statistics.median(off):.3f} (per round: {per_round})"
+
+
+def _print_model(model: str, results: dict[str, ModeResult], drift_seen: str) -> None:
+    for mode, res in results.items():
+        print(f"{model:<8} {mode:<5} {statistics.median(res.rates):>15.0f} {_ms(res.latencies, 0.5):>8.2f} "
+              f"{_ms(res.latencies, 0.99):>8.2f} {statistics.median(res.cpu_ms_per_req):>11.3f}")
+    print(f"{'':<8} {drift_seen}")
+    on, off = results["on"], results["off"]
+    print(f"{model:<8} on/off throughput: {_ratios(on.rates, off.rates)}")
+    print(f"{model:<8} on/off server CPU per request: {_ratios(on.cpu_ms_per_req, off.cpu_ms_per_req)}")
+
+
 def run(rounds: int, seconds: float, concurrency: int) -> None:
     print_worker_cost()
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,31 +186,9 @@ def run(rounds: int, seconds: float, concurrency: int) -> None:
                 server.wait_ready()
             print(f"{rounds} alternating rounds of {seconds:g} s, {concurrency} connections, JSON v2 requests")
             print(f"{'model':<8} {'drift':<5} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11}")
-            for model, (columns, rows) in MODELS.items():
-                body = request_body(columns, rows)
-                results = {mode: ([], [], []) for mode in servers}
-                for r in range(rounds):
-                    order = ("on", "off") if r % 2 == 0 else ("off", "on")
-                    for mode in order:
-                        url = f"{servers[mode].url}/v2/models/{model}/infer"
-                        cpu_before = _cpu_seconds(servers[mode].url)
-                        rate, latencies, errors = asyncio.run(drive(url, body, concurrency, seconds))
-                        cpu = _cpu_seconds(servers[mode].url) - cpu_before
-                        results[mode][0].append(rate)
-                        results[mode][1].extend(latencies)
-                        results[mode][2].append(cpu * 1000 / (len(latencies) + 50))
-                        if errors:
-                            print(f"  {model} drift {mode}: {errors} non-200 responses")
-                for mode, (rates, latencies, cpu) in results.items():
-                    print(f"{model:<8} {mode:<5} {statistics.median(rates):>15.0f} {_ms(latencies, 0.5):>8.2f} "
-                          f"{_ms(latencies, 0.99):>8.2f} {statistics.median(cpu):>11.3f}")
-                print(f"{'':<8} {_drift_seen(servers['on'].url, model)}")
-                ratio = statistics.median(results["on"][0]) / statistics.median(results["off"][0])
-                print(f"{model:<8} on/off throughput: {ratio:.3f} (per round: "
-                      + ", ".join(f"{a / b:.3f}" for a, b in zip(*[results[m][0] for m in ("on", "off")])) + ")")
-                cpu_ratio = statistics.median(results["on"][2]) / statistics.median(results["off"][2])
-                print(f"{model:<8} on/off server CPU per request: {cpu_ratio:.3f} (per round: "
-                      + ", ".join(f"{a / b:.3f}" for a, b in zip(*[results[m][2] for m in ("on", "off")])) + ")")
+            for model in MODELS:
+                results = _bench_model(servers, model, rounds, seconds, concurrency)
+                _print_model(model, results, _drift_seen(servers["on"].url, model))
         finally:
             for server in servers.values():
                 server.stop()

@@ -40,8 +40,10 @@ class Reference:
     counts: np.ndarray
     """(features, max_edges + 2): bins 0..num_edges, then one slot for NaN and infinities."""
     num_edges: tuple[int, ...]
-    groups: tuple[np.ndarray, ...]
-    """Per feature, the PSI group of each fine bin."""
+    group_index: np.ndarray
+    """(features, max_edges + 1): the global PSI group of each bin (padding bins join the last)."""
+    group_feature: np.ndarray
+    """The feature of each global PSI group."""
     num_rows: int
     source: str
 
@@ -57,8 +59,21 @@ def build_reference(features: dict[str, np.ndarray], settings: DriftSettings, so
     matrix = np.stack([features[n] for n in names], axis=1) if names else np.zeros((0, 0))
     counts = bin_counts(matrix, edges)
     num_edges = tuple(len(e) for e in per_feature)
-    groups = tuple(drift_stats.psi_groups(counts[i, : n + 1], settings.bins) for i, n in enumerate(num_edges))
-    return Reference(names, edges, counts, num_edges, groups, num_rows, source)
+    group_index, group_feature = _global_groups(counts, num_edges, settings.bins)
+    return Reference(names, edges, counts, num_edges, group_index, group_feature, num_rows, source)
+
+
+def _global_groups(counts: np.ndarray, num_edges: tuple[int, ...], bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Number every feature's PSI groups in one sequence, so PSI for all features is one bincount."""
+    width = counts.shape[1] - 1
+    group_index = np.zeros((len(num_edges), width), dtype=np.int64)
+    group_feature: list[int] = []
+    for i, n in enumerate(num_edges):
+        groups = drift_stats.psi_groups(counts[i, : n + 1], bins)
+        group_index[i, : n + 1] = groups + len(group_feature)
+        group_index[i, n + 1 :] = groups[-1] + len(group_feature)
+        group_feature.extend([i] * (int(groups[-1]) + 1))
+    return group_index, np.array(group_feature, dtype=np.int64)
 
 
 def bin_counts(matrix: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -128,12 +143,15 @@ class SlidingWindow:
         self.total = np.zeros(shape, dtype=np.int64)
         self.num_rows = 0
 
-    @property
     def rows_per_add(self) -> int:
-        """Largest piece `add` takes at once, so a big chunk cannot overfill one slice of a count window."""
+        """Largest piece `add` takes next: what fills the current slice of a count window (or a whole
+        new slice), so a big chunk cannot overfill one slice."""
         if self._settings.window_s > 0:
             return 1 << 30
-        return math.ceil(self._settings.window / NUM_SLICES)
+        capacity = math.ceil(self._settings.window / NUM_SLICES)
+        if not self._slices or self._slices[-1].rows >= capacity:
+            return capacity
+        return capacity - self._slices[-1].rows
 
     def add(self, counts: np.ndarray, rows: int) -> None:
         self.expire()
@@ -205,9 +223,11 @@ class DriftMonitor:
         for i, name in enumerate(names):
             column = features.get(name)
             matrix[:, i] = column if column is not None and len(column) == rows else np.nan
-        for start in range(0, rows, self._window.rows_per_add):
-            piece = matrix[start : start + self._window.rows_per_add]
+        start = 0
+        while start < rows:
+            piece = matrix[start : start + self._window.rows_per_add()]
             self._window.add(bin_counts(piece, self._reference.edges), len(piece))
+            start += len(piece)
         self.refresh_if_due()
 
     def refresh_if_due(self) -> None:
@@ -246,21 +266,22 @@ class DriftMonitor:
                  self.model, self.version, reference.source, reference.num_rows, len(reference.names))
 
     def _compute(self) -> DriftReport:
+        """All features at once: PSI over each feature's groups, KS over the fine bins."""
         ref, window = self._reference, self._window
         rows = window.num_rows
-        features = []
-        for i, name in enumerate(ref.names):
-            n = ref.num_edges[i] + 1
-            ref_counts, live_counts = ref.counts[i, :n], window.total[i, :n]
-            groups = ref.groups[i]
-            value = drift_stats.psi(np.bincount(groups, ref_counts), np.bincount(groups, live_counts))
-            ks = drift_stats.ks_statistic(ref_counts, live_counts)
-            p = drift_stats.ks_pvalue(ks, int(ref_counts.sum()), int(live_counts.sum()))
-            features.append(FeatureDrift(name, value, ks, p, self._status_of(value, rows)))
+        width = ref.edges.shape[1] + 1  # bins, without the NaN slot
+        ref_counts, live_counts = ref.counts[:, :width], window.total[:, :width]
+        psi = drift_stats.psis(ref.group_index, ref.group_feature, ref_counts, live_counts)
+        ks = drift_stats.ks_statistics(ref_counts, live_counts)
+        pvalues = drift_stats.ks_pvalues(ks, ref_counts.sum(axis=1), live_counts.sum(axis=1))
+        features = tuple(
+            FeatureDrift(name, float(psi[i]), float(ks[i]), float(pvalues[i]), self._status_of(float(psi[i]), rows))
+            for i, name in enumerate(ref.names)
+        )
         ranked = sorted(features, key=lambda f: f.psi, reverse=True)
         worst = max((STATUSES.index(f.status) for f in features), default=0)
-        return self._report_of(STATUSES[worst], rows, tuple(features),
-                               tuple(f.name for f in ranked[: self.settings.top] if f.psi > 0))
+        top = tuple(f.name for f in ranked[: self.settings.top] if f.psi > 0)
+        return self._report_of(STATUSES[worst], rows, features, top)
 
     def _status_of(self, value: float, rows: int) -> str:
         needed = self.settings.min_rows

@@ -84,3 +84,42 @@ def ks_pvalue(statistic: float, num_reference: int, num_live: int) -> float:
     en = num_reference * num_live / (num_reference + num_live)
     root = math.sqrt(en)
     return kolmogorov_sf((root + 0.12 + 0.11 / root) * statistic)
+
+
+def ks_pvalues(statistics: np.ndarray, num_reference: np.ndarray, num_live: np.ndarray) -> np.ndarray:
+    """`ks_pvalue` for many features at once."""
+    n, m = num_reference.astype(np.float64), num_live.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root = np.sqrt(n * m / (n + m))
+        lam = (root + 0.12 + 0.11 / root) * statistics
+    k = np.arange(1, 101, dtype=np.float64)
+    signs = np.where(k % 2 == 1, 1.0, -1.0)
+    lam = np.nan_to_num(lam, nan=0.0, posinf=1e3)
+    series = 2.0 * np.sum(signs * np.exp(-2.0 * np.outer(lam * lam, k * k)), axis=1)
+    out = np.clip(series, 0.0, 1.0)
+    out[(lam < 0.2) | (n == 0) | (m == 0)] = 1.0
+    return out
+
+
+def ks_statistics(reference_counts: np.ndarray, live_counts: np.ndarray) -> np.ndarray:
+    """`ks_statistic` per row of two (features, bins) count matrices."""
+    cdf_ref = np.cumsum(reference_counts, axis=1) / np.maximum(reference_counts.sum(axis=1, keepdims=True), 1)
+    cdf_live = np.cumsum(live_counts, axis=1) / np.maximum(live_counts.sum(axis=1, keepdims=True), 1)
+    if cdf_ref.shape[1] == 0:
+        return np.zeros(len(cdf_ref))
+    return np.max(np.abs(cdf_ref - cdf_live), axis=1)
+
+
+def psis(group_index: np.ndarray, group_feature: np.ndarray, reference_counts: np.ndarray,
+         live_counts: np.ndarray) -> np.ndarray:
+    """`psi` per feature, over each feature's own PSI groups: `group_index` (features, bins) gives
+    the global group of every bin, `group_feature` the feature of every global group."""
+    num_groups, num_features = len(group_feature), len(reference_counts)
+
+    def shares(counts: np.ndarray) -> np.ndarray:
+        grouped = np.bincount(group_index.ravel(), weights=counts.ravel(), minlength=num_groups)
+        totals = np.maximum(counts.sum(axis=1), 1)[group_feature]
+        return np.maximum(grouped / totals, PSI_EPSILON)
+
+    p, q = shares(reference_counts), shares(live_counts)
+    return np.bincount(group_feature, weights=(q - p) * np.log(q / p), minlength=num_features)

@@ -67,6 +67,9 @@ def test_count_window_forgets_old_traffic():
     report = monitor.report()
     assert report.status == "ok", [f for f in report.features if f.status != "ok"]
     assert 900 <= report.window_rows <= 1000
+    monitor.update(_batch(rng, 1234))
+    monitor.refresh()
+    assert 900 <= monitor.report().window_rows <= 1000
 
 
 def test_time_window_ages_out_without_traffic():
