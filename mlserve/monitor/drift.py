@@ -3,7 +3,7 @@ counts, and the PSI / KS report computed from the two.
 
 Design: bin edges are frozen from the reference's quantiles when the version loads (or once the
 first `reference_rows` rows have been served when there is no reference.npz). After that a batch
-costs one vectorised comparison against every feature's edges and one bincount; nothing else is
+costs one binary search per feature and one bincount; nothing else is
 kept. The window is a ring of ten slices of counts, so old traffic leaves it slice by slice.
 `update` runs on the monitor's worker thread only; `report` hands out the last immutable snapshot.
 """
@@ -77,10 +77,13 @@ def _global_groups(counts: np.ndarray, num_edges: tuple[int, ...], bins: int) ->
 
 
 def bin_counts(matrix: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """(rows, features) values -> (features, max_edges + 2) counts, in one vectorised pass."""
+    """(rows, features) values -> (features, max_edges + 2) counts: one binary search per feature
+    over the whole chunk, then one bincount for all features."""
     num_features, width = edges.shape
     slots = width + 2
-    index = (matrix[:, :, None] >= edges[None, :, :]).sum(axis=2)
+    index = np.empty(matrix.shape, dtype=np.int64)
+    for i in range(num_features):
+        index[:, i] = np.searchsorted(edges[i], matrix[:, i], side="right")
     index[~np.isfinite(matrix)] = width + 1
     flat = index + (np.arange(num_features) * slots)[None, :]
     return np.bincount(flat.ravel(), minlength=num_features * slots).reshape(num_features, slots)
