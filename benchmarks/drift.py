@@ -124,7 +124,7 @@ def _ms(values: list[float], q: float) -> float:
 
 def print_worker_cost() -> None:
     logging.getLogger("mlserve").setLevel(logging.ERROR)
-    print("drift worker CPU per request (us), by requests binned per 50 ms wake-up:")
+    print("drift worker CPU per request (us), by requests binned per wake-up (every 100 ms):")
     print(f"{'model':<8} " + " ".join(f"{n:>8}" for n in (1, 8, 32, 128)))
     for model, (columns, _) in MODELS.items():
         outputs = 10 if model == "mlp" else columns

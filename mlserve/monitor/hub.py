@@ -27,7 +27,7 @@ from mlserve.monitor.predlog import PredictionLog, PredictionLogSettings, Predic
 
 log = logging.getLogger("mlserve.monitor")
 
-FEED_INTERVAL_S = 0.05
+FEED_INTERVAL_S = 0.1
 """The drift worker wakes this often and bins everything that arrived meanwhile as one chunk: the
 request path never wakes a thread, and the per-chunk cost is shared by many requests."""
 MAX_CHUNK = 4096
