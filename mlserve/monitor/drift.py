@@ -255,6 +255,7 @@ class DriftMonitor:
         self._pending.append(features)
         self._num_pending += len(next(iter(features.values())))
         if self._num_pending < self.settings.reference_rows:
+            self._report = self._empty_report()  # shows how many reference rows are in so far
             return
         names = [n for n in self._pending[0] if all(n in chunk for chunk in self._pending)]
         merged = {n: np.concatenate([chunk[n] for chunk in self._pending]) for n in names}
