@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from mlserve import __version__
-from mlserve.monitor.logs import setup_logging
 from mlserve.config import LOG_FORMATS, LOG_INPUTS, LOG_LEVELS, Config, load_config
+from mlserve.monitor.logs import setup_logging
 
 log = logging.getLogger("mlserve")
 

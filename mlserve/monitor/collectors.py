@@ -51,7 +51,8 @@ class VersionCollector(Collector):
                 state.add_metric([status.model, status.version, name], 1.0 if status.state == name else 0.0)
             in_flight.add_metric([status.model, status.version], status.num_in_flight)
         capacity = GaugeMetricFamily(
-            "mlserve_queue_capacity", "Requests a version's queue holds before new ones get 429.", labels=["model", "version"]
+            "mlserve_queue_capacity", "Requests a version's queue holds before new ones get 429.",
+            labels=["model", "version"],
         )
         for status in statuses:
             capacity.add_metric([status.model, status.version], status.queue_capacity)
@@ -68,14 +69,20 @@ class DriftCollector(Collector):
 
     def collect(self):
         labels = ["model", "version", "feature"]
-        psi = GaugeMetricFamily("mlserve_drift_psi", "Population stability index, live window vs reference.", labels=labels)
-        ks = GaugeMetricFamily("mlserve_drift_ks_statistic", "Two-sample KS statistic, live window vs reference.", labels=labels)
+        psi = GaugeMetricFamily(
+            "mlserve_drift_psi", "Population stability index, live window vs reference.", labels=labels
+        )
+        ks = GaugeMetricFamily(
+            "mlserve_drift_ks_statistic", "Two-sample KS statistic, live window vs reference.", labels=labels
+        )
         pvalue = GaugeMetricFamily("mlserve_drift_ks_pvalue", "P-value of the KS statistic.", labels=labels)
         status = GaugeMetricFamily(
             "mlserve_drift_status", "1 for a version's drift status (collecting, ok, warn, alert).",
             labels=["model", "version", "status"],
         )
-        rows = GaugeMetricFamily("mlserve_drift_window_rows", "Live rows in the drift window.", labels=["model", "version"])
+        rows = GaugeMetricFamily(
+            "mlserve_drift_window_rows", "Live rows in the drift window.", labels=["model", "version"]
+        )
         for report in self._source():
             for feature in report.features:
                 key = [report.model, report.version, feature.name]
@@ -108,7 +115,9 @@ class GpuCollector(Collector):
             self._read_at = time.monotonic()
         used = GaugeMetricFamily("mlserve_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"])
         total = GaugeMetricFamily("mlserve_gpu_memory_total_bytes", "GPU memory in all.", labels=["gpu"])
-        util = GaugeMetricFamily("mlserve_gpu_utilization_ratio", "Share of time the GPU was busy (0-1).", labels=["gpu"])
+        util = GaugeMetricFamily(
+            "mlserve_gpu_utilization_ratio", "Share of time the GPU was busy (0-1).", labels=["gpu"]
+        )
         for gpu, used_b, total_b, busy in self._cached:
             used.add_metric([gpu], used_b)
             total.add_metric([gpu], total_b)

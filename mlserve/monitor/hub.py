@@ -98,8 +98,9 @@ class Monitor:
                 self._metrics.drift_dropped.labels(obs.model, obs.version).inc()
         plog = self.prediction_log
         if plog is not None and plog.should_sample():
+            req_id = obs.req_id or uuid.uuid4().hex
             plog.record(PredictionRecord(
-                obs.req_id or uuid.uuid4().hex, time.time(), obs.model, obs.version, obs.routed_by, obs.latency_s, obs.inputs, obs.outputs,
+                req_id, time.time(), obs.model, obs.version, obs.routed_by, obs.latency_s, obs.inputs, obs.outputs,
             ))
 
     def add_version(

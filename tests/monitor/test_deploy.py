@@ -112,8 +112,10 @@ def test_real_prometheus_fires_the_drift_alert(monitor_repo, tmp_path):
     server = MlserveProcess(monitor_repo, log_path=tmp_path / "mlserve.log").wait_ready()
     prom, prom_url = _start_prometheus(tmp_path, server.port)
     try:
-        assert _poll(lambda: any(t["health"] == "up" for t in _get(f"{prom_url}/api/v1/targets")["data"]["activeTargets"]), 30), \
-            (tmp_path / "prometheus.log").read_text()
+        def scraping() -> bool:
+            return any(t["health"] == "up" for t in _get(f"{prom_url}/api/v1/targets")["data"]["activeTargets"])
+
+        assert _poll(scraping, 30), (tmp_path / "prometheus.log").read_text()
         assert _poll(lambda: _get(f"{prom_url}/api/v1/rules")["data"]["groups"], 10)
         c = client(server)
         rng = np.random.default_rng(5)

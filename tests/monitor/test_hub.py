@@ -24,7 +24,8 @@ def test_full_drift_queue_drops_and_counts(tmp_path):
     monitor.add_version("m", "1", tmp_path, {"reference_rows": 5, "min_rows": 1, "window": 10}, ("y",))
     for i in range(10):  # the worker is not started: nothing drains
         monitor.observe(_obs(i))
-    dropped = metrics.registry.get_sample_value("mlserve_drift_dropped_observations_total", {"model": "m", "version": "1"})
+    labels = {"model": "m", "version": "1"}
+    dropped = metrics.registry.get_sample_value("mlserve_drift_dropped_observations_total", labels)
     assert dropped == 6
     monitor.start()
     monitor.close()  # drains what was queued
