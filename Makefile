@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 MODELS := examples/models
 
-.PHONY: install serve test examples bench clean
+.PHONY: install serve test examples bench clean deps-system
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ examples: $(MODELS)/.stamp
 serve: install examples
 	$(BIN)/python -m mlserve start --models $(MODELS) --host $(HOST) --port $(PORT)
 
-test: install
+# promtool and prometheus for the deploy/ tests; installed when missing and we are root, else those tests skip.
+deps-system:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q prometheus; } || \
+	  echo "prometheus/promtool not installed: tests/monitor/test_deploy.py skips the tests that need them"
+
+test: install deps-system
 	$(BIN)/python -m pytest
 
 # BENCH_ARGS="--seconds 20" for longer points; wrk comes from Debian and is installed when we are root.

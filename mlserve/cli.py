@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from mlserve import __version__
-from mlserve.config import LOG_LEVELS, Config, load_config
+from mlserve.config import LOG_FORMATS, LOG_INPUTS, LOG_LEVELS, Config, load_config
+from mlserve.monitor.logs import setup_logging
 
 log = logging.getLogger("mlserve")
 
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     start.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     _add_keys_parser(sub)
+    start.add_argument("--log-format", choices=LOG_FORMATS, help="server log lines: plain (default) or json")
+    start.add_argument("--prediction-log", metavar="DIR", help="write a sampled prediction log (JSON lines) here")
+    start.add_argument("--log-sample-rate", type=float, help="share of requests in the prediction log (default 0.01)")
+    start.add_argument("--log-inputs", choices=LOG_INPUTS, help="prediction log keeps input hashes (default) or values")
     examples = sub.add_parser("examples", help="write the example model repository (offline, deterministic)")
     examples.add_argument("dir", type=Path)
     return parser
@@ -57,13 +62,6 @@ def _add_keys_parser(sub) -> None:
     revoke = actions.add_parser("revoke", help="revoke a key by name or id")
     revoke.add_argument("--file", type=Path, required=True)
     revoke.add_argument("key", help="name or id")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def serve(config: Config) -> None:
@@ -124,13 +122,17 @@ def _start(args: argparse.Namespace) -> int:
             "trust_repository": args.trust_repository,
         },
         "auth": {"keys_file": args.auth_keys, "tls_cert": args.tls_cert, "tls_key": args.tls_key},
+        "monitor": {
+            "log_format": args.log_format, "prediction_log": args.prediction_log,
+            "log_sample_rate": args.log_sample_rate, "log_inputs": args.log_inputs,
+        },
     }
     try:
         config = load_config(args.config, overrides=overrides)
     except (ValueError, OSError) as exc:
         print(f"mlserve: bad settings: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.server.log_level)
+    setup_logging(config.server.log_level, config.monitor.log_format)
     if "://" not in config.registry.models and not Path(config.registry.models).is_dir():
         log.error("model repository %s is not a folder", config.registry.models)
         return 2

@@ -127,6 +127,46 @@ class LimitsConfig:
             raise ValueError("default_timeout_s and shutdown_delay_s must be >= 0")
 
 
+LOG_FORMATS = ("plain", "json")
+LOG_INPUTS = ("hash", "full")
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    """Logs, the sampled prediction log and drift statistics."""
+
+    log_format: str = "plain"
+    """plain | json: one line per event either way."""
+    prediction_log: str = ""
+    """Folder for the sampled prediction log (JSON lines); empty = no prediction log."""
+    log_sample_rate: float = 0.01
+    """Share of answered requests written to the prediction log (0..1)."""
+    log_inputs: str = "hash"
+    """hash: a SHA-256 per input tensor; full: the input values."""
+    prediction_log_max_bytes: int = 64 * 1024 * 1024
+    """Rotate the prediction log past this size."""
+    prediction_log_max_files: int = 10
+    """Files kept, the current one included."""
+    prediction_log_queue: int = 10000
+    """Sampled records waiting for the writer before new ones are dropped (and counted)."""
+    drift: bool = True
+    """Measure drift for every model (a model's [drift] enabled = false turns it off for that one)."""
+    drift_queue: int = 1024
+    """Answered requests waiting for the drift worker before new ones are dropped (and counted)."""
+
+    def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.log_inputs not in LOG_INPUTS:
+            raise ValueError(f"log_inputs must be one of {', '.join(LOG_INPUTS)}, got {self.log_inputs!r}")
+        if not 0.0 <= self.log_sample_rate <= 1.0:
+            raise ValueError(f"log_sample_rate must be in 0..1, got {self.log_sample_rate}")
+        if self.prediction_log_max_bytes < 1024 or self.prediction_log_max_files < 1:
+            raise ValueError("prediction_log_max_bytes must be >= 1024 and prediction_log_max_files >= 1")
+        if self.prediction_log_queue < 1 or self.drift_queue < 1:
+            raise ValueError("prediction_log_queue and drift_queue must be >= 1")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """All of mlserve's settings; each component takes only its own section."""
@@ -135,9 +175,13 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
-_SECTIONS = {"server": ServerConfig, "registry": RegistryConfig, "auth": AuthConfig, "limits": LimitsConfig}
+_SECTIONS = {
+    "server": ServerConfig, "registry": RegistryConfig, "auth": AuthConfig, "limits": LimitsConfig,
+    "monitor": MonitorConfig,
+}
 
 
 def _coerce(value: str, kind: Any) -> Any:

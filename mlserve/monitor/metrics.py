@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from mlserve.monitor.collectors import DriftCollector, GpuCollector, VersionCollector, gpu_reader
+
 # Sub-millisecond to tens of seconds: an inference server's latencies.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -126,17 +128,51 @@ class Metrics:
             "mlserve_rollout_rollbacks", "Rollouts rolled back automatically.", ["model", "version"], registry=r
         )
 
+        # --- observability (issue 7): drift and prediction-log queues; version, drift and GPU
+        # state are read at scrape time by the collectors registered with watch_*().
+        self.drift_dropped = Counter(
+            "mlserve_drift_dropped_observations", "Responses not fed to drift statistics because the queue was full.",
+            ["model", "version"], registry=r,
+        )
+        self.prediction_log_records = Counter(
+            "mlserve_prediction_log_records", "Sampled predictions written to the prediction log.", registry=r
+        )
+        self.prediction_log_dropped = Counter(
+            "mlserve_prediction_log_dropped", "Sampled predictions not written, by reason (queue_full, write_error).",
+            ["reason"], registry=r,
+        )
+        for reason in ("queue_full", "write_error"):
+            self.prediction_log_dropped.labels(reason)
+        self.prediction_log_queue = Gauge(
+            "mlserve_prediction_log_queue_depth", "Sampled predictions waiting for the writer.", registry=r
+        )
+
     def forget_version(self, model: str, version: str) -> None:
         """Drop the per-version series of an unloaded version so label sets stay bounded."""
         for family in (
             self.request_latency, self.queue_latency, self.compute_latency, self.batch_size,
             self.batch_requests, self.queue_depth, self.model_ready, self.model_load_seconds,
-            self.cache_hits, self.cache_misses,
+            self.cache_hits, self.cache_misses, self.drift_dropped,
         ):
             try:
                 family.remove(model, version)
             except KeyError:
                 pass
+
+    def watch_versions(self, source) -> None:
+        """Export mlserve_model_state and mlserve_in_flight_requests from `source()` at each scrape."""
+        self.registry.register(VersionCollector(source))
+
+    def watch_drift(self, source) -> None:
+        """Export the drift families from the reports `source()` returns at each scrape."""
+        self.registry.register(DriftCollector(source))
+
+    def watch_gpu(self) -> bool:
+        """Export GPU memory and utilisation when a GPU is visible; returns whether one is."""
+        read = gpu_reader()
+        if read is not None:
+            self.registry.register(GpuCollector(read))
+        return read is not None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,6 +19,8 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
 
 from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
@@ -31,11 +33,12 @@ from mlserve.registry import repository
 from mlserve.registry.budget import Budget
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
+from mlserve.registry.spec import ModelInfo
 from mlserve.registry.store import Store, VersionStat
+from mlserve.registry.safety import check_version_folder
 from mlserve.registry.warmup import warm_up, warmup_inputs
 
 __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
-from mlserve.registry.safety import check_version_folder
 
 log = logging.getLogger("mlserve.loader")
 
@@ -64,6 +67,9 @@ class HotSwapLoader:
         self._room_lock = asyncio.Lock()
         self._reserved: dict[str, int] = {}
         self._created = time.monotonic()
+        self.on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
+        """Called on a loader thread once a version has loaded and warmed up (drift references)."""
+        self.on_unloaded: list[Callable[[str, int], None]] = []
 
     async def start(self) -> None:
         """The first pass (with --lazy: list only), the cold-start figure, then the poll timer."""
@@ -226,6 +232,7 @@ class HotSwapLoader:
             self._fail(fresh, stage, exc, source)
             return False
         warmed = time.monotonic()
+        await loop.run_in_executor(self._executor, self._call_loaded_hooks, entry, version, fresh.path, backend.info)
         fresh.backend, fresh.info = backend, backend.info
         fresh.batcher = DynamicBatcher(
             GuardedInfer.for_model(backend.infer, entry.config, f"{name}/{version}"),
@@ -239,6 +246,10 @@ class HotSwapLoader:
         log.info("model %s version %d ready (%s; %s, load %.3f s, warm-up %.3f s over %d run(s))", name, version,
                  source, fresh.info.platform, loaded - started, warmed - loaded, runs)
         return True
+
+    def _call_loaded_hooks(self, entry: ModelEntry, version: int, path: Path, info: ModelInfo) -> None:
+        for hook in self.on_loaded:
+            hook(entry.name, version, path, entry, info)
 
     async def _fetch(self, served: ServedModel, version: int, fingerprint: str):
         artifact = served.artifacts.get(version)
@@ -288,6 +299,8 @@ class HotSwapLoader:
             self._metrics.model_warmup_seconds.remove(served.name, str(version))
         except KeyError:
             pass
+        for hook in self.on_unloaded:
+            hook(served.name, version)
         if was_ready:
             log.info("model %s version %d unloaded (%s)", served.name, version, source)
 

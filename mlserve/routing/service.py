@@ -13,6 +13,7 @@ from mlserve.batching.dynamic import SchedulePolicy
 from mlserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
+from mlserve.monitor.hub import Monitor, Observation
 from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
@@ -92,6 +93,8 @@ class InferenceService:
         self.loader = loader
         self.traffic = TrafficManager(loader, metrics or Metrics())
         self.router = Router(loader, self.traffic)
+        self.monitor: Monitor | None = None
+        """Fed every answered request (drift, prediction log); its `observe` never blocks."""
 
     async def infer(self, request: InferRequest) -> InferResponse:
         await self.loader.ensure_loaded(request.model)  # lazy or evicted models load on first use
@@ -111,6 +114,11 @@ class InferenceService:
             raise
         self.traffic.record(request.model, served, req_id, time.monotonic() - started, True, request.version is None)
         self.traffic.shadow(self.router.model(served.model), served.version, inputs, outputs)
+        if self.monitor is not None:
+            self.monitor.observe(Observation(
+                served.model, str(served.version), req_id, inputs, outputs,
+                time.monotonic() - started, "request" if request.version else "router",
+            ))
         names = request.outputs if request.outputs is not None else tuple(s.name for s in served.info.outputs)
         datatypes = {s.name: s.datatype for s in served.info.outputs}
         return InferResponse(

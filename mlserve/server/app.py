@@ -20,6 +20,7 @@ from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, error_middleware, gate_middleware
 from mlserve.server.openapi import add_openapi_routes
 from mlserve.server.ratelimit import InFlight, TenantLimiter
+from mlserve.server.monitor_routes import add_monitor_routes
 from mlserve.server.state import ServerState
 from mlserve.server.traffic import add_traffic_routes
 from mlserve.server.v2 import V2Handlers
@@ -114,4 +115,5 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     add_openapi_routes(app, gate.keyring.is_enabled)
     app.cleanup_ctx.append(_loader_ctx)
     app.on_cleanup.append(_close_keyring)
+    add_monitor_routes(app, config.monitor, metrics, loader, service)
     return app

@@ -1,0 +1,68 @@
+"""The [drift] section of model.toml, parsed and checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSettings:
+    """How one model's drift is measured and judged."""
+
+    enabled: bool = True
+    reference: str = "reference.npz"
+    """File in the version folder: arrays named like the model's inputs (and optionally outputs)."""
+    reference_rows: int = 1000
+    """Without that file, the first this many rows served become the reference."""
+    window: int = 10000
+    """Live rows compared with the reference (a count window)."""
+    window_s: float = 0.0
+    """When > 0, a time window of this many seconds instead of a row count."""
+    psi_warn: float = 0.1
+    psi_alert: float = 0.25
+    bins: int = 10
+    """PSI bins (reference deciles by default)."""
+    fine_bins: int = 100
+    """KS bins: the reference's percentiles."""
+    max_columns: int = 32
+    """2-D tensors up to this many columns get one feature per column; wider ones are summarised."""
+    min_rows: int = 1000
+    """Live rows needed before a status other than 'collecting' (at most the count window). PSI over
+    ten bins of n same-distribution rows is about 9/n by chance alone, so small windows cry wolf."""
+    top: int = 5
+    """How many of the most drifting features the report names."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.psi_warn <= self.psi_alert:
+            raise ValueError("drift: need 0 <= psi_warn <= psi_alert")
+        for name in ("reference_rows", "window", "bins", "fine_bins", "max_columns", "top"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"drift: {name} must be >= 1")
+        if self.window_s < 0 or self.min_rows < 0:
+            raise ValueError("drift: window_s and min_rows must be >= 0")
+        if self.bins > self.fine_bins:
+            raise ValueError("drift: bins must be <= fine_bins")
+
+    @classmethod
+    def parse(cls, raw: Any) -> DriftSettings:
+        """From model.toml's [drift] table (None = all defaults); ValueError names the bad key."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ValueError("[drift] must be a table")
+        kinds = {f.name: f.type for f in fields(cls)}
+        unknown = set(raw) - set(kinds)
+        if unknown:
+            raise ValueError(f"[drift]: unknown key(s) {', '.join(sorted(unknown))}")
+        for key, value in raw.items():
+            kind = kinds[key]
+            ok = {
+                "bool": isinstance(value, bool),
+                "str": isinstance(value, str),
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            }[kind]
+            if not ok:
+                raise ValueError(f"[drift] {key} must be {kind}, got {value!r}")
+        return cls(**raw)

@@ -1,0 +1,54 @@
+"""The monitor's request-path side: never blocks, drops and counts when its queue is full."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from mlserve.config import MonitorConfig
+from mlserve.monitor.hub import Monitor, Observation
+from mlserve.monitor.metrics import Metrics
+from tests.server_process import ROOT
+
+
+def _obs(i: int) -> Observation:
+    x = np.full((1, 3), i, dtype=np.float32)
+    return Observation("m", "1", f"r{i}", {"x": x}, {"y": x}, 0.001, "latest")
+
+
+def test_full_drift_queue_drops_and_counts(tmp_path):
+    metrics = Metrics()
+    monitor = Monitor(MonitorConfig(drift_queue=4), metrics)
+    monitor.add_version("m", "1", tmp_path, {"reference_rows": 5, "min_rows": 1, "window": 10}, ("y",))
+    for i in range(10):  # the worker is not started: nothing drains
+        monitor.observe(_obs(i))
+    labels = {"model": "m", "version": "1"}
+    dropped = metrics.registry.get_sample_value("mlserve_drift_dropped_observations_total", labels)
+    assert dropped == 6
+    monitor.start()
+    monitor.close()  # drains what was queued
+    assert monitor.drift("m", "1").report().reference_source == "collecting the first 5 rows served"
+    assert monitor.drift("m", "1").report().reference_rows == 4
+
+
+def test_bad_reference_leaves_the_version_without_drift(tmp_path):
+    (tmp_path / "reference.npz").write_bytes(b"not an npz file")
+    monitor = Monitor(MonitorConfig(), Metrics())
+    monitor.add_version("m", "1", tmp_path, None, ("y",))
+    assert monitor.drift("m", "1") is None
+    monitor.add_version("m", "2", tmp_path, {"enabled": False}, ("y",))
+    assert monitor.drift("m", "2") is None
+
+
+def test_bad_monitor_flags_are_refused_before_serving(tmp_path):
+    for flags, message in (
+        (["--log-sample-rate", "2"], "log_sample_rate must be in 0..1"),
+        (["--log-format", "xml"], "invalid choice"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "mlserve", "start", "--models", str(tmp_path), *flags],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+        )
+        assert result.returncode == 2 and message in result.stderr, result.stderr
