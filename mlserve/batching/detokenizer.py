@@ -35,7 +35,8 @@ def next_delta(
             text = text.rstrip("\ufffd")
         hold = max((len(s) - 1 for s in stop), default=0)
         text = text[:max(len(state.sent), len(text) - hold)]
-    delta = text[len(state.sent):] if text.startswith(state.sent) else ""
+    # Text already sent cannot be taken back; if decoding revised it (invalid UTF-8 bytes), go on from its length.
+    delta = text[len(state.sent):]
     state.sent += delta
     return TextDelta(delta, False)
 

@@ -17,7 +17,7 @@ from mlserve.batching.llm_metrics import LLMObserver
 from mlserve.engine.llm.backend import LLMBackend
 from mlserve.engine.llm.sampler import Sampler
 from mlserve.engine.llm.sequence import SamplingParams, Sequence, SeqStatus
-from mlserve.errors import InvalidInput, Overloaded
+from mlserve.errors import InvalidInput, ModelNotReady, Overloaded
 
 log = logging.getLogger("mlserve.llm")
 
@@ -73,6 +73,7 @@ class LLMEngine:
         self._aborts: list[str] = []
         self._cond = threading.Condition()
         self._stopping = False
+        self._accepting = True
         self._thread: threading.Thread | None = None
         self.kv_slots_allocated = 0
         self.kv_slots_used = 0
@@ -81,8 +82,12 @@ class LLMEngine:
         self._thread = threading.Thread(target=self._loop, name=f"mlserve-llm-{self.name}", daemon=True)
         self._thread.start()
 
-    async def stop(self) -> None:
-        """Finish nothing new: cancel what is left and join the step thread."""
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Take nothing new, let running requests finish for up to `grace_s`, cancel the rest, join."""
+        self._accepting = False
+        deadline = time.monotonic() + grace_s
+        while self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         with self._cond:
             self._stopping = True
             self._cond.notify()
@@ -92,6 +97,8 @@ class LLMEngine:
 
     def submit(self, prompt_token_ids: list[int], params: SamplingParams) -> RequestHandle:
         """Queue a request (call on the event loop); its tokens arrive on the returned handle's queue."""
+        if not self._accepting:
+            raise ModelNotReady(f"{self.name} is being unloaded")
         self.check_lengths(len(prompt_token_ids), params.max_tokens)
         with self._cond:
             if len(self._inbox) + len(self.scheduler.waiting) >= self.max_waiting:

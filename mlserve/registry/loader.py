@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from mlserve.registry import repository
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo, TensorSpec
 from mlserve.registry.store import Store
+
+if TYPE_CHECKING:
+    from mlserve.batching.llm_engine import LLMEngine
 
 log = logging.getLogger("mlserve.loader")
 
@@ -44,6 +48,8 @@ class ServedVersion:
     backend: Backend | None = None
     batcher: DynamicBatcher | None = None
     info: ModelInfo | None = None
+    llm_engine: LLMEngine | None = None
+    """The continuous batcher of a generation model (backend llm); None for the others."""
 
     @property
     def is_ready(self) -> bool:
@@ -155,6 +161,8 @@ class HotSwapLoader:
             instances=served.entry.config.instances, observer=self._observer(served.name, str(version)),
         )
         fresh.batcher.start()
+        if getattr(backend, "is_generative", False):
+            fresh.llm_engine = self._start_llm_engine(backend, served.name, version)
         fresh.state = VersionState.READY
         served.versions[version] = fresh
         elapsed = time.monotonic() - started
@@ -163,6 +171,14 @@ class HotSwapLoader:
         log.info("model %s version %d ready (%s, %.2f s)", served.name, version, fresh.info.platform, elapsed)
         if old is not None and old.is_ready:
             await self._retire(old)
+
+    def _start_llm_engine(self, backend: Backend, model: str, version: int) -> LLMEngine:
+        from mlserve.batching.llm_engine import LLMEngine
+        from mlserve.batching.llm_metrics import LLMObserver
+
+        engine = LLMEngine(backend, f"{model}-{version}", LLMObserver(self._metrics, model, str(version)))
+        engine.start()
+        return engine
 
     def _build_backend(self, entry: ModelEntry, version: int) -> Backend:
         """Runs on the loader thread: fetch, load and warm up, so the loop never waits on it."""
@@ -184,6 +200,8 @@ class HotSwapLoader:
     async def _retire(self, served_version: ServedVersion) -> None:
         """Stop taking requests, let queued ones finish, then free the engine."""
         served_version.state = VersionState.UNLOADING
+        if served_version.llm_engine is not None:
+            await served_version.llm_engine.stop()
         if served_version.batcher is not None:
             await served_version.batcher.stop()
         if served_version.backend is not None:

@@ -14,6 +14,7 @@ from mlserve.registry.local import LocalStore
 from mlserve.registry.store import Store
 from mlserve.routing.service import InferenceService
 from mlserve.server.middleware import error_middleware
+from mlserve.server.openai import add_openai_routes
 from mlserve.server.state import ServerState
 from mlserve.server.v2 import V2Handlers
 
@@ -75,5 +76,6 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app[CONFIG], app[METRICS], app[LOADER], app[SERVICE], app[STATE] = config, metrics, loader, service, ServerState()
     _add_v2_routes(app, V2Handlers(service, app[STATE], metrics))
     app.router.add_get("/metrics", _metrics_handler)
+    add_openai_routes(app, service, metrics)
     app.cleanup_ctx.append(_loader_ctx)
     return app
