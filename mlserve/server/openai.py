@@ -100,8 +100,10 @@ class OpenAIHandlers:
             if max(ids) >= engine.backend.runner.shape.vocab_size or min(ids) < 0:
                 raise errors.InvalidInput(f"prompt token ids must lie in [0, {engine.backend.runner.shape.vocab_size})")
         else:
-            text = tokenizer.apply_chat_template(list(req.messages)) if req.is_chat else req.prompt
-            ids = tokenizer.encode(text)
+            if req.is_chat:
+                ids = tokenizer.encode(tokenizer.apply_chat_template(list(req.messages)), add_special_tokens=False)
+            else:
+                ids = tokenizer.encode(req.prompt)
         params = req.params
         if not req.max_tokens_given and req.is_chat:
             params = dataclasses.replace(params, max_tokens=max(1, engine.max_model_len - len(ids)))

@@ -17,17 +17,16 @@ class LLMTokenizer:
         config_path = version_dir / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         self.chat_template: str | None = config.get("chat_template")
+        self._template = None
         self.bos_token = _token_text(config.get("bos_token"))
         self.eos_token = _token_text(config.get("eos_token"))
-        self.add_bos = bool(config.get("add_bos_token", False)) and self.bos_token is not None
         self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
         self.vocab_size = self._tok.get_vocab_size()
 
-    def encode(self, text: str) -> list[int]:
-        ids = self._tok.encode(text, add_special_tokens=False).ids
-        if self.add_bos:
-            ids = [self._tok.token_to_id(self.bos_token), *ids]
-        return ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`, with the BOS the tokenizer's post-processor adds unless told not to
+        (a rendered chat template carries its own)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, token_ids: list[int]) -> str:
         return self._tok.decode(token_ids, skip_special_tokens=True)
@@ -39,11 +38,12 @@ class LLMTokenizer:
         """Render messages with the model's Jinja chat template, ending with the assistant's turn."""
         if not self.chat_template:
             return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        import jinja2.sandbox
+        if self._template is None:
+            import jinja2.sandbox
 
-        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        template = env.from_string(self.chat_template)
-        return template.render(
+            env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            self._template = env.from_string(self.chat_template)
+        return self._template.render(
             messages=messages, add_generation_prompt=True,
             bos_token=self.bos_token or "", eos_token=self.eos_token or "",
         )
