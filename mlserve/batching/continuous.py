@@ -174,10 +174,9 @@ class Scheduler:
     @staticmethod
     def _chunk(seq: Sequence, num_new: int) -> SeqChunk:
         start = seq.num_computed_tokens
-        token_ids = seq.token_ids
         return SeqChunk(
-            seq.req_id, tuple(token_ids[start:start + num_new]), start, tuple(seq.block_table),
-            needs_logits=start + num_new == len(token_ids),
+            seq.req_id, seq.token_slice(start, num_new), start, tuple(seq.block_table),
+            needs_logits=start + num_new == seq.num_tokens,
         )
 
     def _stop_status(self, seq: Sequence, token_id: int) -> SeqStatus | None:

@@ -54,8 +54,7 @@ def paged_attention(
 
 
 def _sdpa(q, k, v, mask, scale: float, is_causal: bool = False) -> torch.Tensor:
-    if k.shape[1] != q.shape[1]:
-        repeat = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(repeat, dim=1)
-        v = v.repeat_interleave(repeat, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+    """Grouped-query attention: SDPA maps each group of query heads onto its shared K/V head."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+    )

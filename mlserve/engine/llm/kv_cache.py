@@ -92,8 +92,10 @@ class BlockManager:
 
     def cache_full_blocks(self, seq: Sequence) -> None:
         """Register the blocks that became full and computed, so later sequences can share them."""
+        num_full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_size
+        if num_full <= seq.num_cached_blocks:
+            return
         token_ids = seq.token_ids
-        num_full = min(seq.num_computed_tokens, len(token_ids)) // self.block_size
         for index in range(seq.num_cached_blocks, num_full):
             block = self._blocks[seq.block_table[index]]
             parent = self._blocks[seq.block_table[index - 1]].prefix_hash if index else None

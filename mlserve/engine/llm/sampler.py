@@ -29,10 +29,11 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, req_ids: list[str], params: list[SamplingParams]) -> list[Sampled]:
         """logits [S, vocab] fp32 -> one Sampled per row."""
+        greedy = logits.argmax(-1).tolist()  # one call for the whole batch; most rows are usually greedy
         out = []
-        for row, req_id, p in zip(logits, req_ids, params):
-            token = int(row.argmax()) if p.is_greedy else self._draw(row, req_id, p)
-            out.append(self._with_logprobs(row, token, p))
+        for row, req_id, p, best in zip(logits, req_ids, params, greedy):
+            token = best if p.is_greedy else self._draw(row, req_id, p)
+            out.append(self._with_logprobs(row, token, p) if p.logprobs is not None else Sampled(token))
         return out
 
     def _draw(self, row: torch.Tensor, req_id: str, p: SamplingParams) -> int:

@@ -64,6 +64,13 @@ class Sequence:
     def token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 
+    def token_slice(self, start: int, count: int) -> tuple[int, ...]:
+        """Tokens [start, start + count) without building the whole list (a decode needs only the last)."""
+        num_prompt = len(self.prompt_token_ids)
+        if start >= num_prompt:
+            return tuple(self.output_token_ids[start - num_prompt:start - num_prompt + count])
+        return tuple(self.token_ids[start:start + count])
+
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
