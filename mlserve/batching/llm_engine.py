@@ -74,6 +74,7 @@ class LLMEngine:
         self._cond = threading.Condition()
         self._stopping = False
         self._accepting = True
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, TokenEvent]]] = {}
         self._thread: threading.Thread | None = None
         self.kv_slots_allocated = 0
         self.kv_slots_used = 0
@@ -150,8 +151,8 @@ class LLMEngine:
         wanted = [c for c in plan.chunks if c.needs_logits]
         seqs = [self.scheduler.get(c.req_id) for c in wanted]
         sampled = self.sampler.sample(logits, [c.req_id for c in wanted], [s.params for s in seqs])
-        self.kv_slots_allocated, self.kv_slots_used = self.scheduler.kv_slot_usage()
         outputs = self.scheduler.update(plan, sampled)
+        self.kv_slots_allocated, self.kv_slots_used = self.scheduler.kv_slot_usage()
         self._emit(outputs, time.monotonic())
         self.observer.step(self, plan, time.monotonic() - started)
 
@@ -173,7 +174,9 @@ class LLMEngine:
             except Exception as exc:
                 log.exception("engine step failed on %s", self.name)
                 self._fail_all(f"{type(exc).__name__}: {exc}")
+            self._flush()
         self._fail_all("the model is being unloaded")
+        self._flush()
 
     def _emit(self, outputs: list[StepOutput], now: float) -> None:
         tokenizer = self.backend.tokenizer
@@ -195,6 +198,7 @@ class LLMEngine:
             ))
 
     def _send(self, seq: Sequence, event: TokenEvent) -> None:
+        """Queue an event for delivery; `_flush` hands a step's events over in one loop callback."""
         stream = self._streams.get(seq.req_id)
         if stream is None:
             return
@@ -202,7 +206,17 @@ class LLMEngine:
             with self._cond:
                 self._streams.pop(seq.req_id, None)
             self.sampler.forget(seq.req_id)
-        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, event)
+        self._outbox.setdefault(stream.loop, []).append((stream.queue, event))
+
+    def _flush(self) -> None:
+        """One call_soon_threadsafe per event loop per step, not one per token: waking the loop costs
+        more than the put itself."""
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that loop has closed; nobody is listening
+                pass
 
     def _finish_early(self, req_id: str, status: SeqStatus) -> None:
         seq = self.scheduler.finish(req_id, status)
@@ -217,3 +231,8 @@ class LLMEngine:
             pending, self._inbox = self._inbox, []
         for seq in pending:
             self._send(seq, TokenEvent("", (), (), None, seq.num_prompt_tokens, 0, error=message))
+
+
+def _deliver(items: list[tuple[asyncio.Queue, TokenEvent]]) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)

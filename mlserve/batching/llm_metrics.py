@@ -29,6 +29,8 @@ class LLMObserver:
         self._preemptions = metrics.llm_preemptions.labels(*labels)
         self._prompt = metrics.llm_prompt_tokens.labels(*labels)
         self._generated = metrics.llm_generation_tokens.labels(*labels)
+        self._slots_allocated = metrics.llm_kv_slot_steps_allocated.labels(*labels)
+        self._slots_used = metrics.llm_kv_slot_steps_used.labels(*labels)
 
     def prompt_tokens(self, count: int) -> None:
         if self._m is not None:
@@ -44,6 +46,8 @@ class LLMObserver:
         if self._m is None:
             return
         self.pool(engine)
+        self._slots_allocated.inc(engine.kv_slots_allocated)
+        self._slots_used.inc(engine.kv_slots_used)
         if plan.preempted:
             self._preemptions.inc(len(plan.preempted))
 
@@ -63,7 +67,8 @@ class LLMObserver:
         m = self._m
         for family in (
             m.llm_ttft, m.llm_itl, m.llm_running, m.llm_waiting, m.llm_kv_blocks_used, m.llm_kv_blocks_free,
-            m.llm_preemptions, m.llm_prompt_tokens, m.llm_generation_tokens,
+            m.llm_preemptions, m.llm_prompt_tokens, m.llm_generation_tokens, m.llm_kv_slot_steps_allocated,
+            m.llm_kv_slot_steps_used,
         ):
             try:
                 family.remove(*self._labels)

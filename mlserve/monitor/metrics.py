@@ -88,6 +88,15 @@ class Metrics:
         self.llm_generation_tokens = Counter(
             "mlserve_llm_generation_tokens", "Tokens generated.", ["model", "version"], registry=r
         )
+        self.llm_kv_slot_steps_allocated = Counter(
+            "mlserve_llm_kv_slot_steps_allocated",
+            "KV token slots allocated to running sequences, summed over engine steps (waste = 1 - used/allocated).",
+            ["model", "version"], registry=r,
+        )
+        self.llm_kv_slot_steps_used = Counter(
+            "mlserve_llm_kv_slot_steps_used", "KV token slots holding a token, summed over engine steps.",
+            ["model", "version"], registry=r,
+        )
 
     def forget_version(self, model: str, version: str) -> None:
         """Drop the per-version series of an unloaded version so label sets stay bounded."""

@@ -74,44 +74,44 @@ class ModelRunner:
             return torch.empty(0, self.shape.vocab_size)
         return self.model.logits(hidden[torch.tensor(rows, device=self.device)]).cpu()
 
-    def _slots(self, chunk: SeqChunk, length: int) -> np.ndarray:
-        """Flat cache slots of positions 0..length-1 of a sequence."""
-        table = np.asarray(chunk.block_table, dtype=np.int64)
-        slots = (table[:, None] * self.block_size + np.arange(self.block_size)[None, :]).reshape(-1)
-        return slots[:length]
-
     def _metadata(self, chunks: list[SeqChunk]) -> AttentionMetadata:
-        slot_parts, decode_rows, decode_slots, prefills = [], [], [], []
+        bs = self.block_size
+        slot_parts, decode_rows, decode_tables, decode_lens, prefills = [], [], [], [], []
         row = 0
         for chunk in chunks:
             count, end = len(chunk.token_ids), chunk.start + len(chunk.token_ids)
-            context = self._slots(chunk, end)
-            slot_parts.append(context[chunk.start:end])
+            table = np.asarray(chunk.block_table, dtype=np.int64)
+            positions = np.arange(chunk.start, end)
+            slot_parts.append(table[positions // bs] * bs + positions % bs)
             if count == 1 and chunk.start > 0:
                 decode_rows.append(row)
-                decode_slots.append(context)
+                decode_tables.append(table[: -(-end // bs)])
+                decode_lens.append(end)
             else:
-                prefills.append(self._prefill(row, chunk, context))
+                prefills.append(self._prefill(row, chunk, table))
             row += count
-        to_dev = lambda array: torch.from_numpy(array).to(self.device)  # noqa: E731
-        slot_mapping = to_dev(np.concatenate(slot_parts))
+        slot_mapping = self._tensor(np.concatenate(slot_parts))
         if not decode_rows:
-            return AttentionMetadata(slot_mapping, None, None, None, tuple(prefills))
-        longest = max(len(s) for s in decode_slots)
-        padded = np.zeros((len(decode_slots), longest), dtype=np.int64)
-        mask = np.zeros((len(decode_slots), 1, 1, longest), dtype=bool)
-        for i, slots in enumerate(decode_slots):
-            padded[i, :len(slots)] = slots
-            mask[i, 0, 0, :len(slots)] = True
+            return AttentionMetadata(slot_mapping, None, None, None, tuple(prefills), bs)
+        widest = max(len(t) for t in decode_tables)
+        tables = np.zeros((len(decode_tables), widest), dtype=np.int64)
+        for i, table in enumerate(decode_tables):
+            tables[i, :len(table)] = table
+        mask = np.arange(widest * bs)[None, :] < np.asarray(decode_lens)[:, None]  # [B, L]
         return AttentionMetadata(
-            slot_mapping, to_dev(np.asarray(decode_rows, dtype=np.int64)), to_dev(padded), to_dev(mask), tuple(prefills)
+            slot_mapping, self._tensor(np.asarray(decode_rows, dtype=np.int64)), self._tensor(tables),
+            self._tensor(mask[:, None, None, :]), tuple(prefills), bs,
         )
 
-    def _prefill(self, row: int, chunk: SeqChunk, context: np.ndarray) -> PrefillChunk:
+    def _prefill(self, row: int, chunk: SeqChunk, table: np.ndarray) -> PrefillChunk:
         count = len(chunk.token_ids)
-        key_slots = torch.from_numpy(context).to(self.device)
         if chunk.start == 0:
-            return PrefillChunk(row, row + count, key_slots, None)
-        query_pos = np.arange(chunk.start, chunk.start + count)[:, None]
-        mask = np.arange(len(context))[None, :] <= query_pos  # [n, ctx]
-        return PrefillChunk(row, row + count, key_slots, torch.from_numpy(mask).to(self.device))
+            return PrefillChunk(row, row + count, None, None)
+        end = chunk.start + count
+        table = table[: -(-end // self.block_size)]
+        query_pos = np.arange(chunk.start, end)[:, None]
+        mask = np.arange(len(table) * self.block_size)[None, :] <= query_pos  # [n, ctx]
+        return PrefillChunk(row, row + count, self._tensor(table), self._tensor(mask))
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
