@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import random
 import sys
@@ -51,37 +52,43 @@ class Timings:
     kv_waste: float = 0.0
 
 
-def workload(count: int, vocab: int, seed: int, prompt_range: tuple[int, int], output_range: tuple[int, int]) -> list[Job]:
+def workload(count: int, vocab: int, seed: int, prompt_range: tuple[int, int], output_range: tuple[int, int],
+             outputs: str = "longtail") -> list[Job]:
+    """Prompt lengths uniform in prompt_range. Output lengths either uniform in output_range, or
+    long-tailed like chat traffic (log-normal, median a fifth of the way up the range, clipped to it):
+    most answers are short and a few are long."""
     rng = random.Random(seed)
-    return [
-        Job([rng.randrange(3, vocab) for _ in range(rng.randint(*prompt_range))], rng.randint(*output_range))
-        for _ in range(count)
-    ]
+    low, high = output_range
+    jobs = []
+    for _ in range(count):
+        prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(*prompt_range))]
+        if outputs == "uniform":
+            length = rng.randint(low, high)
+        else:
+            length = int(min(high, max(low, rng.lognormvariate(math.log(low + (high - low) / 5), 1.0))))
+        jobs.append(Job(prompt, length))
+    return jobs
 
 
 async def _client(session, url: str, model: str, queue: asyncio.Queue, timings: Timings) -> None:
-    import orjson
-
+    """One client: its requests one after another, streamed; every chunk carries one token."""
     while not queue.empty():
         job: Job = queue.get_nowait()
         body = {"model": model, "prompt": job.prompt, "max_tokens": job.max_tokens, "temperature": 0,
-                "ignore_eos": True, "stream": True, "logprobs": 0}
+                "ignore_eos": True, "stream": True}
         sent = last = time.perf_counter()
-        first = True
+        tokens = 0
         async with session.post(url, json=body) as resp:
             assert resp.status == 200, await resp.text()
             async for line in resp.content:
                 if not line.startswith(b"data: {"):
                     continue
-                tokens = len(orjson.loads(line[6:])["choices"][0]["logprobs"]["tokens"])
                 now = time.perf_counter()
-                if first:
-                    timings.ttft.append(now - sent)
-                    first = False
-                elif tokens:
-                    timings.itl.extend([(now - last) / tokens] * tokens)
+                (timings.itl if tokens else timings.ttft).append(now - (last if tokens else sent))
                 last = now
-                timings.output_tokens += tokens
+                tokens += 1
+        assert tokens == job.max_tokens, f"{tokens} chunks for {job.max_tokens} tokens"
+        timings.output_tokens += tokens
 
 
 def _metric(url: str, name: str) -> float:
@@ -183,6 +190,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(32, 256), metavar=("MIN", "MAX"))
     parser.add_argument("--output-tokens", type=int, nargs=2, default=(16, 224), metavar=("MIN", "MAX"))
+    parser.add_argument("--outputs", choices=("longtail", "uniform"), default="longtail",
+                        help="output length distribution (see workload())")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -196,10 +205,12 @@ def main() -> None:
         folder.mkdir(parents=True)
         (write_tiny_llama if args.model == "tiny-llama" else write_tiny_gpt2)(folder)
         vocab = __import__("json").loads((folder / "config.json").read_text())["vocab_size"]
-        jobs = workload(args.requests, vocab, args.seed, tuple(args.prompt_tokens), tuple(args.output_tokens))
+        jobs = workload(args.requests, vocab, args.seed, tuple(args.prompt_tokens), tuple(args.output_tokens),
+                        args.outputs)
         print(f"{args.model}: {args.requests} requests from {args.clients} concurrent clients, prompts "
               f"{args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, outputs {args.output_tokens[0]}-"
-              f"{args.output_tokens[1]} tokens, {args.threads} torch thread(s), cpu count {os.cpu_count()}",
+              f"{args.output_tokens[1]} tokens ({args.outputs}, mean {sum(j.max_tokens for j in jobs) / len(jobs):.0f}), "
+              f"{args.threads} torch thread(s), cpu count {os.cpu_count()}",
               flush=True)
         ours = run_mlserve(repo, args.model, jobs, args.clients, args.threads, args.block_size)
         static = run_static(folder, jobs, args.clients, args.threads)

@@ -135,8 +135,8 @@ class OpenAIHandlers:
         last = None
         async for event in _events(request, target.engine, handle):
             last = event
-            if not event.text and event.finish_reason is None and not event.logprobs:
-                continue  # text held back (a partial character or a possible stop string)
+            if not event.token_ids and event.finish_reason is None:
+                continue
             choice: dict[str, Any] = {"index": 0, "finish_reason": event.finish_reason,
                                       "logprobs": _logprobs(target.engine, req, [event])}
             if req.is_chat:
