@@ -167,6 +167,10 @@ def write_examples(root: Path) -> list[str]:
 
 
 def _write_llm_examples(root: Path) -> list[str]:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return ["skipped tiny-llama and tiny-gpt2: writing them needs transformers (pip install 'mlserve[dev]')"]
     from mlserve.examples_llm import write_llm_examples
 
     return write_llm_examples(root)

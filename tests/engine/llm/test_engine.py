@@ -70,3 +70,22 @@ def test_a_seed_reproduces_a_sampled_generation(test_repo):
     assert any(s != reference for s in samples), "sampling at temperature 1 should not always be greedy"
     top1 = SamplingParams(max_tokens=16, temperature=1.0, top_k=1, ignore_eos=True)
     assert asyncio.run(_run_all(_engine(test_repo, "tiny-llama"), prompts[:1], top1))[0] == reference
+
+
+@pytest.mark.gpu
+def test_the_engine_runs_on_cuda_in_half_precision(test_repo, hf_models):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    backend = LLMBackend(ModelConfig(extra={"llm": {}}))
+    backend.load(test_repo / "tiny-llama" / "1", "cuda")
+    engine = LLMEngine(backend, "tiny-llama-cuda")
+    prompts = mixed_prompts(backend.tokenizer.vocab_size, 16, seed=5)
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    got = asyncio.run(_run_all(engine, prompts, params))
+    assert all(len(tokens) == 8 for tokens in got)
+    # bf16/fp16 rounding may flip near-ties, so only the first token is compared, and not for every prompt.
+    agree = sum(tokens[0] == hf_greedy(hf_models["tiny-llama"], p, 1)[0] for p, tokens in zip(prompts, got))
+    assert agree >= 12, f"first tokens agree with fp32 transformers for {agree} of 16 prompts"
+    assert engine.scheduler.block_manager.num_used_blocks == 0
