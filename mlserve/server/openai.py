@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import aclosing
 import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -111,9 +112,10 @@ class OpenAIHandlers:
 
     async def _whole(self, request, req: GenerationRequest, target: _Target, handle: RequestHandle) -> web.Response:
         text, events = [], []
-        async for event in _events(request, target.engine, handle):
-            text.append(event.text)
-            events.append(event)
+        async with aclosing(_events(request, target.engine, handle)) as stream:
+            async for event in stream:
+                text.append(event.text)
+                events.append(event)
         if not events:
             return web.Response(status=204)  # the client went away; nobody reads this
         last = events[-1]
@@ -133,22 +135,33 @@ class OpenAIHandlers:
             await _send(response, {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                         "logprobs": None, "finish_reason": None}]})
         last = None
-        async for event in _events(request, target.engine, handle):
-            last = event
-            if not event.token_ids and event.finish_reason is None:
-                continue
-            choice: dict[str, Any] = {"index": 0, "finish_reason": event.finish_reason,
-                                      "logprobs": _logprobs(target.engine, req, [event])}
-            if req.is_chat:
-                choice["delta"] = {"content": event.text} if event.text else {}
-            else:
-                choice["text"] = event.text
-            await _send(response, {**head, "choices": [choice]})
+        try:
+            last = await self._stream_events(request, req, target, handle, response, head)
+        except errors.MlserveError as exc:  # the status line has gone out: report it in the stream
+            await _send(response, {"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
         if req.include_usage and last is not None:
             await _send(response, {**head, "choices": [], "usage": _usage(last)})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    @staticmethod
+    async def _stream_events(request, req: GenerationRequest, target: _Target, handle: RequestHandle,
+                             response: web.StreamResponse, head: dict[str, Any]) -> TokenEvent | None:
+        last = None
+        async with aclosing(_events(request, target.engine, handle)) as events:  # a failed write cancels
+            async for event in events:
+                last = event
+                if not event.token_ids and event.finish_reason is None:
+                    continue
+                choice: dict[str, Any] = {"index": 0, "finish_reason": event.finish_reason,
+                                          "logprobs": _logprobs(target.engine, req, [event])}
+                if req.is_chat:
+                    choice["delta"] = {"content": event.text} if event.text else {}
+                else:
+                    choice["text"] = event.text
+                await _send(response, {**head, "choices": [choice]})
+        return last
 
 
 async def _events(request: web.Request, engine: LLMEngine, handle: RequestHandle) -> AsyncIterator[TokenEvent]:
