@@ -2,7 +2,7 @@
 batching, paged KV cache), side by side with Hugging Face `generate` on static padded batches of the
 same model and the same workload.
 
-    .venv/bin/python -m benchmarks.generation --clients 32 --requests 64
+    .venv/bin/python -m benchmarks.generation --clients 32 --requests 256
 
 Prints output tokens/s, time to first token and inter-token latency (p50/p99), and KV waste
 (allocated but unused token slots / allocated) for both."""
@@ -138,6 +138,9 @@ def run_static(folder: Path, jobs: list[Job], batch_size: int, threads: int) -> 
     import torch
     from transformers import AutoModelForCausalLM
 
+    from mlserve.engine.llm.memory import keep_freed_memory
+
+    keep_freed_memory()  # the allocator setting the server uses, so both sides get it
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     pad = model.config.eos_token_id
@@ -187,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny-llama", "tiny-gpt2"), default="tiny-llama")
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(32, 256), metavar=("MIN", "MAX"))
     parser.add_argument("--output-tokens", type=int, nargs=2, default=(16, 224), metavar=("MIN", "MAX"))
     parser.add_argument("--outputs", choices=("longtail", "uniform"), default="longtail",

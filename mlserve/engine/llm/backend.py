@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlserve.engine.llm.memory import keep_freed_memory
 from mlserve.engine.llm.runner import ModelRunner
 from mlserve.engine.llm.settings import LLMSettings
 from mlserve.engine.llm.tokenizer import LLMTokenizer
@@ -34,6 +35,8 @@ class LLMBackend:
         for name in ("config.json", "tokenizer.json"):
             if not (path / name).is_file():
                 raise ModelLoadError(f"{path}: an LLM folder needs {name}")
+        if not device.startswith("cuda"):
+            keep_freed_memory()
         try:
             self.tokenizer = LLMTokenizer(path)
             self.runner = ModelRunner(path, device, self.settings)
