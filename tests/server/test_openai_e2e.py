@@ -150,3 +150,14 @@ def test_generation_metrics_are_exported(server):
     assert metric(server, "mlserve_llm_prompt_tokens_total", "tiny-llama") >= 2
     wait_for_idle(server, "tiny-llama")
     assert metric(server, "mlserve_llm_kv_blocks_free", "tiny-llama") > 0
+
+
+def test_the_llms_are_ready_in_the_v2_repository_index(server):
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{server.url}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        rows = json.loads(resp.read())
+    states = {(r["name"], r.get("version")): r["state"] for r in rows}
+    assert states[("tiny-llama", "1")] == "READY" and states[("tiny-gpt2", "1")] == "READY"
