@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(MODELS)/.stamp: $(STAMP) mlserve/examples.py
+$(MODELS)/.stamp: $(STAMP) mlserve/examples.py mlserve/examples_llm.py
 	$(BIN)/python -m mlserve examples $(MODELS)
 	touch $@
 

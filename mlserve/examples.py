@@ -163,4 +163,14 @@ def write_examples(root: Path) -> list[str]:
     write_mlp_torchscript(root / "mlp_ts" / "1" / "model.pt", seed=1)
     (root / "mlp_ts" / "model.toml").write_text(MLP_TS_TOML)
     write_mixed_onnx(root / "mixed" / "1" / "model.onnx")
-    return [f"wrote {root / name}" for name in ("mlp", "mlp_ts", "mixed")]
+    return [f"wrote {root / name}" for name in ("mlp", "mlp_ts", "mixed")] + _write_llm_examples(root)
+
+
+def _write_llm_examples(root: Path) -> list[str]:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return ["skipped tiny-llama and tiny-gpt2: writing them needs transformers (pip install 'mlserve[dev]')"]
+    from mlserve.examples_llm import write_llm_examples
+
+    return write_llm_examples(root)

@@ -13,6 +13,7 @@ _BACKEND_CLASSES = {
     "torchscript": ("mlserve.engine.torch_backend", "TorchScriptBackend"),
     "torch_export": ("mlserve.engine.torch_backend", "TorchExportBackend"),
     "tensorrt": ("mlserve.engine.tensorrt_backend", "TensorRTBackend"),
+    "llm": ("mlserve.engine.llm.backend", "LLMBackend"),
 }
 
 

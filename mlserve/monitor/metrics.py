@@ -147,6 +147,49 @@ class Metrics:
             "mlserve_prediction_log_queue_depth", "Sampled predictions waiting for the writer.", registry=r
         )
 
+        # --- LLM engine (continuous batching, paged KV cache) ---
+        self.llm_ttft = Histogram(
+            "mlserve_llm_time_to_first_token_seconds", "Time from request queued to its first token.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.llm_itl = Histogram(
+            "mlserve_llm_inter_token_latency_seconds", "Time between consecutive tokens of one request.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.llm_running = Gauge(
+            "mlserve_llm_running_sequences", "Sequences in the running batch.", ["model", "version"], registry=r
+        )
+        self.llm_waiting = Gauge(
+            "mlserve_llm_waiting_sequences", "Sequences waiting for the running batch.", ["model", "version"],
+            registry=r,
+        )
+        self.llm_kv_blocks_used = Gauge(
+            "mlserve_llm_kv_blocks_used", "KV blocks held by sequences.", ["model", "version"], registry=r
+        )
+        self.llm_kv_blocks_free = Gauge(
+            "mlserve_llm_kv_blocks_free", "KV blocks no sequence holds (prefix-cache blocks included).",
+            ["model", "version"], registry=r,
+        )
+        self.llm_preemptions = Counter(
+            "mlserve_llm_preemptions", "Sequences preempted (to be recomputed) for lack of KV blocks.",
+            ["model", "version"], registry=r,
+        )
+        self.llm_prompt_tokens = Counter(
+            "mlserve_llm_prompt_tokens", "Prompt tokens received.", ["model", "version"], registry=r
+        )
+        self.llm_generation_tokens = Counter(
+            "mlserve_llm_generation_tokens", "Tokens generated.", ["model", "version"], registry=r
+        )
+        self.llm_kv_slot_steps_allocated = Counter(
+            "mlserve_llm_kv_slot_steps_allocated",
+            "KV token slots allocated to running sequences, summed over engine steps (waste = 1 - used/allocated).",
+            ["model", "version"], registry=r,
+        )
+        self.llm_kv_slot_steps_used = Counter(
+            "mlserve_llm_kv_slot_steps_used", "KV token slots holding a token, summed over engine steps.",
+            ["model", "version"], registry=r,
+        )
+
     def forget_version(self, model: str, version: str) -> None:
         """Drop the per-version series of an unloaded version so label sets stay bounded."""
         for family in (

@@ -20,7 +20,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
@@ -39,6 +39,9 @@ from mlserve.registry.safety import check_version_folder
 from mlserve.registry.warmup import warm_up, warmup_inputs
 
 __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
+
+if TYPE_CHECKING:
+    from mlserve.batching.llm_engine import LLMEngine
 
 log = logging.getLogger("mlserve.loader")
 
@@ -241,11 +244,21 @@ class HotSwapLoader:
         )
         fresh.batcher.start()
         fresh.cache = self._cache(name, str(version), entry.config.batching.cache_size)
+        if getattr(backend, "is_generative", False):
+            fresh.llm_engine = self._start_llm_engine(backend, name, version)
         fresh.state, fresh.reason = VersionState.READY, ""
         self._record_load(fresh, loaded - started, warmed - loaded)
         log.info("model %s version %d ready (%s; %s, load %.3f s, warm-up %.3f s over %d run(s))", name, version,
                  source, fresh.info.platform, loaded - started, warmed - loaded, runs)
         return True
+
+    def _start_llm_engine(self, backend: Backend, model: str, version: int) -> LLMEngine:
+        from mlserve.batching.llm_engine import LLMEngine
+        from mlserve.batching.llm_metrics import LLMObserver
+
+        engine = LLMEngine(backend, f"{model}-{version}", LLMObserver(self._metrics, model, str(version)))
+        engine.start()
+        return engine
 
     def _call_loaded_hooks(self, entry: ModelEntry, version: int, path: Path, info: ModelInfo) -> None:
         for hook in self.on_loaded:
@@ -283,6 +296,8 @@ class HotSwapLoader:
     async def _retire(self, served_version: ServedVersion) -> None:
         """Stop taking requests, let queued ones finish, then free the engine."""
         served_version.state = VersionState.UNLOADING
+        if served_version.llm_engine is not None:
+            await served_version.llm_engine.stop()
         if served_version.batcher is not None:
             await served_version.batcher.stop()
         if served_version.backend is not None:

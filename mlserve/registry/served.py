@@ -6,12 +6,16 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import DynamicBatcher
 from mlserve.engine import Backend
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.spec import ModelInfo
+
+if TYPE_CHECKING:
+    from mlserve.batching.llm_engine import LLMEngine
 
 
 class VersionState(Enum):
@@ -36,6 +40,8 @@ class ServedVersion:
     backend: Backend | None = None
     batcher: DynamicBatcher | None = None
     cache: ResponseCache | None = None
+    llm_engine: LLMEngine | None = None
+    """The continuous batcher of a generation model (backend llm); None for the others."""
     info: ModelInfo | None = None
     path: Path | None = None
     """The local folder the version was loaded from (for a remote store: its cache folder)."""

@@ -21,6 +21,7 @@ from mlserve.server.middleware import Gate, error_middleware, gate_middleware
 from mlserve.server.openapi import add_openapi_routes
 from mlserve.server.ratelimit import InFlight, TenantLimiter
 from mlserve.server.monitor_routes import add_monitor_routes
+from mlserve.server.openai import add_openai_routes
 from mlserve.server.state import ServerState
 from mlserve.server.traffic import add_traffic_routes
 from mlserve.server.v2 import V2Handlers
@@ -112,6 +113,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.router.add_get("/metrics", _metrics_handler)
     add_admin_routes(app, loader)
     add_traffic_routes(app, service.traffic)
+    add_openai_routes(app, service, metrics)
     add_openapi_routes(app, gate.keyring.is_enabled)
     app.cleanup_ctx.append(_loader_ctx)
     app.on_cleanup.append(_close_keyring)

@@ -1,0 +1,238 @@
+"""The LLM engine: the scheduler, the model runner and the sampler stepping on one dedicated thread.
+Requests come in through a locked inbox; tokens go back to each request's asyncio.Queue with
+loop.call_soon_threadsafe, so the event loop never runs model code and never blocks on it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from mlserve.batching.continuous import Scheduler, SchedulerLimits, StepOutput
+from mlserve.batching.detokenizer import TextState, next_delta
+from mlserve.batching.llm_metrics import LLMObserver
+from mlserve.engine.llm.backend import LLMBackend
+from mlserve.engine.llm.sampler import Sampler
+from mlserve.engine.llm.sequence import SamplingParams, Sequence, SeqStatus
+from mlserve.errors import InvalidInput, ModelNotReady, Overloaded
+
+log = logging.getLogger("mlserve.llm")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """New output of one request after one step; the last one carries a finish_reason or an error."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[tuple[int, float, tuple[tuple[int, float], ...]], ...] = ()
+    """(token id, logprob, top alternatives) per token, when logprobs were asked for."""
+    finish_reason: str | None = None
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    text: TextState = field(default_factory=TextState)
+    last_token_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHandle:
+    """What a caller keeps: the request id (to cancel) and the queue its TokenEvents arrive on."""
+
+    req_id: str
+    queue: asyncio.Queue
+    num_prompt_tokens: int
+
+
+class LLMEngine:
+    """Continuous batching for one loaded LLM version. `step()` reads as plan, run, update."""
+
+    def __init__(self, backend: LLMBackend, name: str, observer: LLMObserver | None = None) -> None:
+        settings = backend.settings
+        self.backend = backend
+        self.name = name
+        self.max_model_len = backend.max_model_len
+        self.max_waiting = settings.max_waiting
+        self.scheduler = Scheduler(SchedulerLimits(
+            backend.runner.num_blocks, settings.block_size, settings.max_num_seqs,
+            settings.max_num_batched_tokens, backend.max_model_len, backend.eos_token_id,
+        ))
+        self.sampler = Sampler()
+        self.observer = observer or LLMObserver(None)
+        self._streams: dict[str, _Stream] = {}
+        self._inbox: list[Sequence] = []
+        self._aborts: list[str] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._accepting = True
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, TokenEvent]]] = {}
+        self._thread: threading.Thread | None = None
+        self.kv_slots_allocated = 0
+        self.kv_slots_used = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"mlserve-llm-{self.name}", daemon=True)
+        self._thread.start()
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Take nothing new, let running requests finish for up to `grace_s`, cancel the rest, join."""
+        self._accepting = False
+        deadline = time.monotonic() + grace_s
+        while self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self.observer.forget()
+
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams) -> RequestHandle:
+        """Queue a request (call on the event loop); its tokens arrive on the returned handle's queue."""
+        if not self._accepting:
+            raise ModelNotReady(f"{self.name} is being unloaded")
+        self.check_lengths(len(prompt_token_ids), params.max_tokens)
+        with self._cond:
+            if len(self._inbox) + len(self.scheduler.waiting) >= self.max_waiting:
+                raise Overloaded(f"{self.max_waiting} generation requests already waiting")
+            req_id = uuid.uuid4().hex
+            stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+            self._streams[req_id] = stream
+            self._inbox.append(Sequence(req_id, list(prompt_token_ids), params, arrival_s=time.monotonic()))
+            self._cond.notify()
+        self.observer.prompt_tokens(len(prompt_token_ids))
+        return RequestHandle(req_id, stream.queue, len(prompt_token_ids))
+
+    def abort(self, req_id: str) -> None:
+        """Cancel a request (its client went away); its blocks are freed before the next step."""
+        with self._cond:
+            if req_id in self._streams:
+                self._aborts.append(req_id)
+                self._cond.notify()
+
+    def check_lengths(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        if num_prompt_tokens < 1:
+            raise InvalidInput("the prompt is empty")
+        if num_prompt_tokens >= self.max_model_len:
+            raise InvalidInput(
+                f"the prompt has {num_prompt_tokens} tokens; this model's context is {self.max_model_len} tokens"
+            )
+        room = self.max_model_len - num_prompt_tokens
+        if max_tokens > room:
+            raise InvalidInput(
+                f"max_tokens is {max_tokens}, but the prompt has {num_prompt_tokens} tokens of the "
+                f"{self.max_model_len}-token context, leaving room for {room}"
+            )
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def step(self) -> None:
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            self.observer.pool(self)
+            return
+        started = time.monotonic()
+        logits = self.backend.runner.run(list(plan.chunks))
+        wanted = [c for c in plan.chunks if c.needs_logits]
+        seqs = [self.scheduler.get(c.req_id) for c in wanted]
+        sampled = self.sampler.sample(logits, [c.req_id for c in wanted], [s.params for s in seqs])
+        outputs = self.scheduler.update(plan, sampled)
+        self.kv_slots_allocated, self.kv_slots_used = self.scheduler.kv_slot_usage()
+        self._emit(outputs, time.monotonic())
+        self.observer.step(self, plan, time.monotonic() - started)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._inbox or self._aborts or self._stopping or self.scheduler.has_work):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                inbox, self._inbox = self._inbox, []
+                aborts, self._aborts = self._aborts, []
+            for seq in inbox:
+                self.scheduler.add(seq)
+            for req_id in aborts:
+                self._finish_early(req_id, SeqStatus.FINISHED_ABORTED)
+            try:
+                self.step()
+            except Exception as exc:
+                log.exception("engine step failed on %s", self.name)
+                self._fail_all(f"{type(exc).__name__}: {exc}")
+            self._flush()
+        self._fail_all("the model is being unloaded")
+        self._flush()
+
+    def _emit(self, outputs: list[StepOutput], now: float) -> None:
+        tokenizer = self.backend.tokenizer
+        for out in outputs:
+            seq, stream = out.seq, self._streams.get(out.seq.req_id)
+            if stream is None:
+                continue
+            delta = next_delta(stream.text, tokenizer.decode, seq.output_token_ids, seq.params.stop, seq.is_finished)
+            if delta.hit_stop and not seq.is_finished:
+                self.scheduler.finish(seq.req_id, SeqStatus.FINISHED_STOPPED)
+            self.observer.token(now - (stream.last_token_s or seq.arrival_s), is_first=stream.last_token_s is None)
+            stream.last_token_s = now
+            logprobs = ()
+            if out.sampled.logprob is not None:
+                logprobs = ((out.sampled.token_id, out.sampled.logprob, out.sampled.top_logprobs),)
+            self._send(seq, TokenEvent(
+                delta.text, (out.sampled.token_id,), logprobs, seq.finish_reason,
+                seq.num_prompt_tokens, seq.num_output_tokens,
+            ))
+
+    def _send(self, seq: Sequence, event: TokenEvent) -> None:
+        """Queue an event for delivery; `_flush` hands a step's events over in one loop callback."""
+        stream = self._streams.get(seq.req_id)
+        if stream is None:
+            return
+        if event.finish_reason is not None or event.error is not None:
+            with self._cond:
+                self._streams.pop(seq.req_id, None)
+            self.sampler.forget(seq.req_id)
+        self._outbox.setdefault(stream.loop, []).append((stream.queue, event))
+
+    def _flush(self) -> None:
+        """One call_soon_threadsafe per event loop per step, not one per token: waking the loop costs
+        more than the put itself."""
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that loop has closed; nobody is listening
+                pass
+
+    def _finish_early(self, req_id: str, status: SeqStatus) -> None:
+        seq = self.scheduler.finish(req_id, status)
+        if seq is not None:
+            self._send(seq, TokenEvent("", (), (), seq.finish_reason, seq.num_prompt_tokens, seq.num_output_tokens))
+
+    def _fail_all(self, message: str) -> None:
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self.scheduler.finish(seq.req_id, SeqStatus.FINISHED_ABORTED)
+            self._send(seq, TokenEvent("", (), (), None, seq.num_prompt_tokens, seq.num_output_tokens, error=message))
+        with self._cond:
+            pending, self._inbox = self._inbox, []
+        for seq in pending:
+            self._send(seq, TokenEvent("", (), (), None, seq.num_prompt_tokens, 0, error=message))
+
+
+def _deliver(items: list[tuple[asyncio.Queue, TokenEvent]]) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)

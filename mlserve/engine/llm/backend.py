@@ -1,0 +1,67 @@
+"""The LLM backend: one Hugging Face folder loaded as tokenizer, model and KV pool on one device.
+Generation itself is driven by the continuous batcher (mlserve/batching/llm_engine.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mlserve.engine.llm.memory import keep_freed_memory
+from mlserve.engine.llm.runner import ModelRunner
+from mlserve.engine.llm.settings import LLMSettings
+from mlserve.engine.llm.tokenizer import LLMTokenizer
+from mlserve.errors import InvalidInput, ModelLoadError
+from mlserve.registry.spec import ModelConfig, ModelInfo
+
+PLATFORM = "mlserve_llm"
+
+
+class LLMBackend:
+    """Holds what a loaded generation model needs: settings, tokenizer, runner (model + KV tensors)."""
+
+    is_generative = True
+
+    def __init__(self, config: ModelConfig, trust_repository: bool = False) -> None:
+        try:
+            self.settings = LLMSettings.parse(config.extra.get("llm"))
+        except (ValueError, TypeError) as exc:
+            raise ModelLoadError(str(exc)) from exc
+        self.tokenizer: LLMTokenizer | None = None
+        self.runner: ModelRunner | None = None
+        self.max_model_len = 0
+
+    def load(self, path: Path, device: str) -> None:
+        for name in ("config.json", "tokenizer.json"):
+            if not (path / name).is_file():
+                raise ModelLoadError(f"{path}: an LLM folder needs {name}")
+        if not device.startswith("cuda"):
+            keep_freed_memory()
+        try:
+            self.tokenizer = LLMTokenizer(path)
+            self.runner = ModelRunner(path, device, self.settings)
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+        context = self.settings.max_model_len or self.runner.shape.max_position
+        pool_slots = self.runner.num_blocks * self.settings.block_size
+        # One sequence alone must always fit in the pool, or preemption could never make room.
+        self.max_model_len = min(context, self.runner.shape.max_position, pool_slots)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            return self.tokenizer.eos_token_id
+        return self.runner.shape.eos_token_id if self.runner else None
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if inputs:
+            raise InvalidInput("this is a generation model: use /v1/completions or /v1/chat/completions")
+        return {}
+
+    def unload(self) -> None:
+        self.runner = None
+        self.tokenizer = None
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(PLATFORM, (), (), max_batch_size=0)

@@ -1,0 +1,117 @@
+"""Turns scheduled chunks (token ids, positions, block tables) into tensors and runs one forward step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlserve.engine.llm.attention import AttentionMetadata, PrefillChunk
+from mlserve.engine.llm.loading import load_model, read_shape
+from mlserve.engine.llm.model import ModelShape
+from mlserve.engine.llm.settings import LLMSettings
+
+
+@dataclass(frozen=True, slots=True)
+class SeqChunk:
+    """The tokens of one sequence computed in this step, from position `start`."""
+
+    req_id: str
+    token_ids: tuple[int, ...]
+    start: int
+    block_table: tuple[int, ...]
+    needs_logits: bool
+    """The chunk reaches the sequence's last token, so its next token is sampled."""
+
+
+def pick_dtype(device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def num_blocks_for(shape: ModelShape, settings: LLMSettings, dtype: torch.dtype) -> int:
+    """Blocks that fit in the memory budget: K and V, every layer, `block_size` slots each."""
+    if settings.num_kv_blocks is not None:
+        return settings.num_kv_blocks
+    bytes_per_block = 2 * shape.num_layers * settings.block_size * shape.num_kv_heads * shape.head_dim
+    bytes_per_block *= torch.finfo(dtype).bits // 8
+    return max(1, int(settings.kv_cache_mb * 2**20) // bytes_per_block)
+
+
+class ModelRunner:
+    """Owns the model and the KV cache tensors of one loaded version."""
+
+    def __init__(self, version_dir: Path, device: str, settings: LLMSettings) -> None:
+        self.device = torch.device(device)
+        self.dtype = pick_dtype(self.device)
+        self.shape = read_shape(version_dir)
+        self.block_size = settings.block_size
+        self.model = load_model(version_dir, self.device, self.dtype)
+        self.num_blocks = num_blocks_for(self.shape, settings, self.dtype)
+        slots = self.num_blocks * self.block_size
+        kv_shape = (slots, self.shape.num_kv_heads, self.shape.head_dim)
+        self.kv_caches = [
+            (torch.zeros(kv_shape, dtype=self.dtype, device=self.device),
+             torch.zeros(kv_shape, dtype=self.dtype, device=self.device))
+            for _ in range(self.shape.num_layers)
+        ]
+
+    @torch.inference_mode()
+    def run(self, chunks: list[SeqChunk]) -> torch.Tensor:
+        """One forward step over every chunk; logits [chunks needing them, vocab] in chunk order."""
+        input_ids = torch.tensor([t for c in chunks for t in c.token_ids], dtype=torch.long)
+        positions = torch.from_numpy(np.concatenate([
+            np.arange(c.start, c.start + len(c.token_ids)) for c in chunks
+        ]))
+        meta = self._metadata(chunks)
+        hidden = self.model(input_ids.to(self.device), positions.to(self.device), self.kv_caches, meta)
+        ends = np.cumsum([len(c.token_ids) for c in chunks]) - 1
+        rows = [int(end) for end, c in zip(ends, chunks) if c.needs_logits]
+        if not rows:
+            return torch.empty(0, self.shape.vocab_size)
+        return self.model.logits(hidden[torch.tensor(rows, device=self.device)]).cpu()
+
+    def _metadata(self, chunks: list[SeqChunk]) -> AttentionMetadata:
+        bs = self.block_size
+        slot_parts, decode_rows, decode_tables, decode_lens, prefills = [], [], [], [], []
+        row = 0
+        for chunk in chunks:
+            count, end = len(chunk.token_ids), chunk.start + len(chunk.token_ids)
+            table = np.asarray(chunk.block_table, dtype=np.int64)
+            positions = np.arange(chunk.start, end)
+            slot_parts.append(table[positions // bs] * bs + positions % bs)
+            if count == 1 and chunk.start > 0:
+                decode_rows.append(row)
+                decode_tables.append(table[: -(-end // bs)])
+                decode_lens.append(end)
+            else:
+                prefills.append(self._prefill(row, chunk, table))
+            row += count
+        slot_mapping = self._tensor(np.concatenate(slot_parts))
+        if not decode_rows:
+            return AttentionMetadata(slot_mapping, None, None, None, tuple(prefills), bs)
+        widest = max(len(t) for t in decode_tables)
+        tables = np.zeros((len(decode_tables), widest), dtype=np.int64)
+        for i, table in enumerate(decode_tables):
+            tables[i, :len(table)] = table
+        mask = np.arange(widest * bs)[None, :] < np.asarray(decode_lens)[:, None]  # [B, L]
+        return AttentionMetadata(
+            slot_mapping, self._tensor(np.asarray(decode_rows, dtype=np.int64)), self._tensor(tables),
+            self._tensor(mask[:, None, None, :]), tuple(prefills), bs,
+        )
+
+    def _prefill(self, row: int, chunk: SeqChunk, table: np.ndarray) -> PrefillChunk:
+        count = len(chunk.token_ids)
+        if chunk.start == 0:
+            return PrefillChunk(row, row + count, None, None)
+        end = chunk.start + count
+        table = table[: -(-end // self.block_size)]
+        query_pos = np.arange(chunk.start, end)[:, None]
+        mask = np.arange(len(table) * self.block_size)[None, :] <= query_pos  # [n, ctx]
+        return PrefillChunk(row, row + count, self._tensor(table), self._tensor(mask))
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)

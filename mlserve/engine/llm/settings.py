@@ -1,0 +1,49 @@
+"""The [llm] section of a model's model.toml, as one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class LLMSettings:
+    """Sizes of the KV pool and of each engine step."""
+
+    block_size: int = 16
+    """Token slots per KV block."""
+    kv_cache_mb: float = 64.0
+    """Memory budget of the KV pool; the number of blocks follows from it and the model's shape."""
+    num_kv_blocks: int | None = None
+    """Set the pool size in blocks directly (overrides kv_cache_mb)."""
+    max_num_seqs: int = 64
+    """Sequences in the running batch at most."""
+    max_num_batched_tokens: int = 512
+    """Tokens computed per step at most (decodes count one each; prefills are chunked to fit)."""
+    max_model_len: int | None = None
+    """Prompt plus output tokens per sequence at most; defaults to the model's context length."""
+    max_waiting: int = 1024
+    """Requests waiting for a place in the running batch before new ones get 429."""
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"[llm] {name} must be a positive integer, got {value!r}")
+        if self.num_kv_blocks is not None and (not isinstance(self.num_kv_blocks, int) or self.num_kv_blocks < 1):
+            raise ValueError(f"[llm] num_kv_blocks must be a positive integer, got {self.num_kv_blocks!r}")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
+            raise ValueError(f"[llm] max_model_len must be an integer >= 2, got {self.max_model_len!r}")
+        if not isinstance(self.kv_cache_mb, (int, float)) or self.kv_cache_mb <= 0:
+            raise ValueError(f"[llm] kv_cache_mb must be a positive number, got {self.kv_cache_mb!r}")
+
+    @classmethod
+    def parse(cls, raw: Any) -> LLMSettings:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ValueError("[llm] must be a table")
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown key(s) in [llm]: {', '.join(sorted(unknown))}")
+        return cls(**raw)
