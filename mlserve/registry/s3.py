@@ -20,7 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlserve.errors import ModelNotFound
+from mlserve.errors import ModelLoadError, ModelNotFound
+from mlserve.registry.safety import check_object_key
 from mlserve.registry.store import StoreError, VersionStat, fingerprint_of, verify_checksums
 
 log = logging.getLogger("mlserve.registry.s3")
@@ -145,8 +146,10 @@ class S3Store:
         staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}-partial-"))
         try:
             for rel, obj in sorted(files.items()):
-                if ".." in Path(rel).parts:
-                    raise StoreError(f"refusing key {obj.key!r}: it leaves its version folder")
+                try:
+                    check_object_key(obj.key, self.prefix)  # no '..', no absolute or empty parts
+                except ModelLoadError as exc:
+                    raise StoreError(f"refusing key {obj.key!r}: {exc}") from None
                 await self._download(obj, staging / rel)
             await asyncio.to_thread(verify_checksums, staging)
             await asyncio.to_thread(_publish, staging, final)

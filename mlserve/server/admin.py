@@ -13,6 +13,7 @@ from aiohttp import web
 
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedModel
+from mlserve.registry.safety import check_model_name
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -28,6 +29,11 @@ def model_state(served: ServedModel) -> dict[str, Any]:
         "history": list(served.history),
         "unloaded": served.is_unloaded,
     }
+
+
+def _model(request: web.Request) -> str:
+    """The model named in the path, refused (400) unless it is a plain model name."""
+    return check_model_name(request.match_info["model"])
 
 
 async def _pin_version(request: web.Request) -> int:
@@ -55,29 +61,29 @@ class AdminHandlers:
         return f"api {request.remote}"
 
     async def load(self, request: web.Request) -> web.Response:
-        served = await self._loader.load(request.match_info["model"], self._who(request))
+        served = await self._loader.load(_model(request), self._who(request))
         return _json(model_state(served))
 
     async def unload(self, request: web.Request) -> web.Response:
-        name = request.match_info["model"]
+        name = _model(request)
         await self._loader.unload(name, self._who(request))
         return _json(model_state(self._loader.models[name]))
 
     async def rollback(self, request: web.Request) -> web.Response:
-        served = await self._loader.rollback(request.match_info["model"], self._who(request))
+        served = await self._loader.rollback(_model(request), self._who(request))
         return _json(model_state(served))
 
     async def pin(self, request: web.Request) -> web.Response:
         version = await _pin_version(request)
-        served = await self._loader.pin(request.match_info["model"], version, self._who(request))
+        served = await self._loader.pin(_model(request), version, self._who(request))
         return _json(model_state(served))
 
     async def unpin(self, request: web.Request) -> web.Response:
-        served = await self._loader.unpin(request.match_info["model"], self._who(request))
+        served = await self._loader.unpin(_model(request), self._who(request))
         return _json(model_state(served))
 
     async def state(self, request: web.Request) -> web.Response:
-        name = request.match_info["model"]
+        name = _model(request)
         served = self._loader.models.get(name)
         if served is None:
             return _json({"error": f"unknown model {name!r}"}, 404)

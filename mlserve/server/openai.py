@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import aclosing
 import uuid
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import orjson
 from aiohttp import web
 
 from mlserve import errors
+from mlserve.config import LimitsConfig
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService
+from mlserve.server.limits import LIMITS, check_token_limits
 from mlserve.server.middleware import status_for
 from mlserve.server.openai_protocol import GenerationRequest, parse_generation
 
@@ -80,8 +82,9 @@ class OpenAIHandlers:
         except orjson.JSONDecodeError as exc:
             raise errors.InvalidInput(f"the request body is not valid JSON: {exc}") from None
         req = parse_generation(body, is_chat)
+        await self._service.loader.ensure_loaded(req.model)  # lazy or evicted models load on first use
         target = self._target(req.model)
-        handle = self._submit(target.engine, req)
+        handle = self._submit(target.engine, req, request.app.get(LIMITS) or LimitsConfig())
         self._metrics.requests.labels(target.model, target.version, "openai", "200").inc()
         if req.stream:
             return await self._stream(request, req, target, handle)
@@ -94,7 +97,7 @@ class OpenAIHandlers:
         return _Target(served.llm_engine, model, str(served.version))
 
     @staticmethod
-    def _submit(engine: LLMEngine, req: GenerationRequest) -> RequestHandle:
+    def _submit(engine: LLMEngine, req: GenerationRequest, limits: LimitsConfig) -> RequestHandle:
         tokenizer = engine.backend.tokenizer
         if req.prompt_token_ids is not None:
             ids = list(req.prompt_token_ids)
@@ -108,6 +111,7 @@ class OpenAIHandlers:
         params = req.params
         if not req.max_tokens_given and req.is_chat:
             params = dataclasses.replace(params, max_tokens=max(1, engine.max_model_len - len(ids)))
+        check_token_limits(len(ids), params.max_tokens if req.max_tokens_given else 0, limits)
         return engine.submit(ids, params)
 
     async def _whole(self, request, req: GenerationRequest, target: _Target, handle: RequestHandle) -> web.Response:

@@ -53,7 +53,7 @@ def test_every_queried_metric_is_exported(mserver):
 
 def test_dashboard_covers_the_panels_operators_need():
     titles = " ".join(p["title"].lower() for p in json.loads(DASHBOARD.read_text())["panels"])
-    for word in ("latency", "throughput", "errors", "batch", "queue", "drift"):
+    for word in ("latency", "throughput", "errors", "batch", "queue", "drift", "kv cache", "breaker"):
         assert word in titles
 
 

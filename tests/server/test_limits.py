@@ -235,3 +235,10 @@ def test_an_out_of_memory_batch_is_retried_in_halves(limited):
     for row, answer in zip(rows, answers):
         assert answer.status == 200
         np.testing.assert_array_equal(output(answer), row * 2)
+
+
+def test_admin_routes_refuse_odd_model_names(limited):
+    answer = call(f"{limited.url}/v2/repository/models/..%2Fetc/load", method="POST")
+    assert answer.status in (400, 404), answer.body
+    answer = call(f"{limited.url}/admin/models/Bad%20Name/rollback", method="POST")
+    assert answer.status == 400 and "not a valid model name" in answer.body["error"], answer.body
