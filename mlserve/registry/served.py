@@ -95,11 +95,11 @@ class ServedModel:
         return sorted(v for v, sv in self.versions.items() if sv.is_ready)
 
     def default_version(self) -> int | None:
-        """The pinned version while it is ready, else the newest ready one."""
-        ready = self.ready_versions()
-        if self.pinned in ready:
+        """The pinned version while it is ready, else the newest ready one (one pass: every request asks)."""
+        pinned = self.versions.get(self.pinned) if self.pinned is not None else None
+        if pinned is not None and pinned.is_ready:
             return self.pinned
-        return ready[-1] if ready else None
+        return max((v for v, sv in self.versions.items() if sv.is_ready), default=None)
 
     def previous_version(self) -> int | None:
         """The version that answered before the current one (what rollback goes back to)."""

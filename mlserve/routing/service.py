@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -102,7 +102,7 @@ class InferenceService:
         if request.version is None:
             key = self.traffic.sticky_key(self.router.model(request.model), request.headers, request.parameters)
         served = self.router.pick(request.model, request.version, key, routed=True)
-        req_id = request.req_id or uuid.uuid4().hex
+        req_id = request.req_id or os.urandom(16).hex()
         started = time.monotonic()
         try:
             inputs, outputs = await self._run(served, request)

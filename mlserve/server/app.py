@@ -54,11 +54,13 @@ def _add_v2_routes(app: web.Application, v2: V2Handlers) -> None:
     r.add_get("/v2/health/ready", v2.ready)
     r.add_get("/v2", v2.server_metadata)
     r.add_post("/v2/repository/index", v2.repository_index)
+    # aiohttp tries the resources under one prefix in the order they were added: infer goes first.
+    r.add_post("/v2/models/{model}/infer", v2.infer)
+    r.add_post("/v2/models/{model}/versions/{version}/infer", v2.infer)
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add_get(prefix, v2.model_metadata)
         r.add_get(prefix + "/ready", v2.model_ready)
         r.add_get(prefix + "/config", v2.model_config)
-        r.add_post(prefix + "/infer", v2.infer)
 
 
 async def _metrics_handler(request: web.Request) -> web.Response:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any, Mapping
 
 import orjson
@@ -92,7 +92,7 @@ def decode_infer_request(
     req_id = parsed.get("id")
     if req_id is not None and not isinstance(req_id, str):
         raise InvalidInput("'id' must be a string")
-    req_id = req_id or uuid.uuid4().hex
+    req_id = req_id or os.urandom(16).hex()
     parameters = parsed.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
