@@ -242,3 +242,27 @@ def test_admin_routes_refuse_odd_model_names(limited):
     assert answer.status in (400, 404), answer.body
     answer = call(f"{limited.url}/admin/models/Bad%20Name/rollback", method="POST")
     assert answer.status == 400 and "not a valid model name" in answer.body["error"], answer.body
+
+
+def test_the_server_default_deadline_applies_in_the_queue(test_repo, tmp_path):
+    """[limits] default_timeout_s: a request that names no timeout and waits behind a busy model
+    past the default gets 504 and never runs."""
+    root = tmp_path / "models"
+    write_model(root, "busy", Spinner(), max_batch_size=0)
+    config = tmp_path / "mlserve.toml"
+    config.write_text("[limits]\ndefault_timeout_s = 0.1\n")
+    server = MlserveProcess(root, "--config", str(config), log_path=tmp_path / "log").wait_ready()
+    try:
+        batches_before = _batch_count(server, "busy")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # The first names a generous timeout of its own, so it runs 0.3-3 s past the default.
+            first = pool.submit(call, _infer_url(server, "busy"),
+                                infer_body(np.full((1, 3), 300_000, np.float32), timeout=30_000_000))
+            time.sleep(0.05)
+            late = call(_infer_url(server, "busy"), infer_body(np.zeros((1, 3), np.float32)))
+            assert first.result().status == 200, first.result().body
+        assert late.status == 504 and "timeout" in late.body["error"], late.body
+        time.sleep(0.2)
+        assert _batch_count(server, "busy") == batches_before + 1
+    finally:
+        assert server.stop() == 0
