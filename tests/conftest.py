@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tests.models import write_test_repository
-from tests.server_process import MlserveProcess
+from tests.server_process import serving
 
 
 @pytest.fixture(scope="session")
@@ -14,10 +14,8 @@ def test_repo(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(test_repo, tmp_path_factory):
     """One real mlserve process over the test repository, shared by the end-to-end tests."""
-    proc = MlserveProcess(test_repo, log_path=tmp_path_factory.mktemp("logs") / "mlserve.log").wait_ready()
-    yield proc
-    code = proc.stop()
-    assert code == 0, f"mlserve exited with {code}:\n{proc.log()}"
+    with serving(test_repo, log_path=tmp_path_factory.mktemp("logs") / "mlserve.log") as proc:
+        yield proc
 
 
 def _has_cuda() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -65,3 +66,14 @@ class MlserveProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def serving(models: str | Path, *args: str, log_path: Path, env: dict[str, str] | None = None):
+    """A ready server for the block; on leaving it gets SIGTERM and must exit 0."""
+    proc = MlserveProcess(models, *args, log_path=log_path, env=env).wait_ready()
+    try:
+        yield proc
+    finally:
+        code = proc.stop()
+    assert code == 0, f"mlserve exited with {code}:\n{proc.log()}"

@@ -14,14 +14,13 @@ from mlserve.registry.local import LocalStore
 from mlserve.registry.store import Store
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import add_admin_routes
-from mlserve.server.middleware import error_middleware
 from mlserve.server.auth import KeyRing, PathPolicy
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, error_middleware, gate_middleware
-from mlserve.server.openapi import add_openapi_routes
-from mlserve.server.ratelimit import InFlight, TenantLimiter
 from mlserve.server.monitor_routes import add_monitor_routes
 from mlserve.server.openai import add_openai_routes
+from mlserve.server.openapi import add_openapi_routes
+from mlserve.server.ratelimit import InFlight, TenantLimiter
 from mlserve.server.state import ServerState
 from mlserve.server.traffic import add_traffic_routes
 from mlserve.server.v2 import V2Handlers

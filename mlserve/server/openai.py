@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, AsyncIterator
 

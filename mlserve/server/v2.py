@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Mapping
 
@@ -86,13 +85,12 @@ def decode_infer_request(
     body: bytes, header_length: str | None, model: str, version: str | None, headers: Mapping[str, str] | None = None
 ):
     """Body (JSON, or JSON header + binary tensors) -> InferRequest and per-output binary flags.
-    A request without an `id` gets one, so feedback can refer to it."""
+    A request without an `id` gets one from the service, so feedback can refer to it."""
     header, binary = _split_body(body, header_length)
     parsed = _parse_json(header)
     req_id = parsed.get("id")
     if req_id is not None and not isinstance(req_id, str):
         raise InvalidInput("'id' must be a string")
-    req_id = req_id or os.urandom(16).hex()
     parameters = parsed.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")

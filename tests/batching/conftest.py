@@ -7,7 +7,7 @@ import pytest
 import numpy as np
 
 from mlserve.examples import _model, _save, write_mlp_onnx
-from tests.server_process import MlserveProcess
+from tests.server_process import serving
 
 SLOW_SIDE = 96
 SLOW_WIDTH = SLOW_SIDE * SLOW_SIDE
@@ -78,7 +78,5 @@ def batching_repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batching_server(batching_repo, tmp_path_factory):
-    proc = MlserveProcess(batching_repo, log_path=tmp_path_factory.mktemp("logs") / "mlserve.log").wait_ready()
-    yield proc
-    code = proc.stop()
-    assert code == 0, f"mlserve exited with {code}:\n{proc.log()}"
+    with serving(batching_repo, log_path=tmp_path_factory.mktemp("logs") / "mlserve.log") as proc:
+        yield proc

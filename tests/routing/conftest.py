@@ -4,7 +4,7 @@ import pytest
 
 from tests.models import write_slow_onnx
 from tests.routing.models import write_failing_onnx, write_scale_onnx
-from tests.server_process import MlserveProcess
+from tests.server_process import serving
 
 COMMON = 'version_policy = { all = true }\nmax_batch_size = 8\nmax_queue_delay_us = 500\n'
 
@@ -44,7 +44,5 @@ def traffic_repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def traffic_server(traffic_repo, tmp_path_factory):
-    proc = MlserveProcess(traffic_repo, log_path=tmp_path_factory.mktemp("logs") / "mlserve.log").wait_ready()
-    yield proc
-    code = proc.stop()
-    assert code == 0, f"mlserve exited with {code}:\n{proc.log()}"
+    with serving(traffic_repo, log_path=tmp_path_factory.mktemp("logs") / "mlserve.log") as proc:
+        yield proc

@@ -8,7 +8,6 @@ the repository, a pickle that would run code, an artifact over the size limit).
 from __future__ import annotations
 
 import concurrent.futures
-import pickle
 import socket
 import time
 
