@@ -16,8 +16,9 @@ from mlserve.batching.detokenizer import TextState, next_delta
 from mlserve.batching.llm_metrics import LLMObserver
 from mlserve.engine.llm.backend import LLMBackend
 from mlserve.engine.llm.sampler import Sampler
-from mlserve.engine.llm.sequence import SamplingParams, Sequence, SeqStatus
+from mlserve.engine.llm.sequence import SeqStatus, Sequence
 from mlserve.errors import InvalidInput, ModelNotReady, Overloaded
+from mlserve.spec import SamplingParams
 
 log = logging.getLogger("mlserve.llm")
 

@@ -32,11 +32,11 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.registry import repository
 from mlserve.registry.budget import Budget
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
-from mlserve.registry.spec import ModelInfo
-from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.safety import check_version_folder
+from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
+from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.warmup import warm_up, warmup_inputs
+from mlserve.spec import ModelInfo
 
 __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
 

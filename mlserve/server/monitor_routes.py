@@ -14,8 +14,8 @@ from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.spec import ModelInfo
 from mlserve.routing.service import InferenceService
+from mlserve.spec import ModelInfo
 
 MONITOR = web.AppKey("monitor", Monitor)
 
@@ -64,7 +64,7 @@ def add_monitor_routes(
 
     def loaded(model: str, version: int, path: Path, entry: ModelEntry, info: ModelInfo) -> None:
         outputs = tuple(s.name for s in info.outputs)
-        monitor.add_version(model, str(version), path, entry.config.extra.get("drift"), outputs)
+        monitor.add_version(model, str(version), path, entry.config.drift, outputs)
 
     loader.on_loaded.append(loaded)
     loader.on_unloaded.append(lambda model, version: monitor.remove_version(model, str(version)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mlserve.engine.llm.sequence import SamplingParams
 from mlserve.errors import InvalidInput
+from mlserve.spec import SamplingParams
 
 MAX_STOP_STRINGS = 4
 UNSUPPORTED_TRUE = ("echo",)

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from mlserve import __version__
-from mlserve.registry.spec import DATATYPE_TO_NUMPY
+from mlserve.spec import DATATYPE_TO_NUMPY
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}

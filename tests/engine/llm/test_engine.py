@@ -9,15 +9,14 @@ import pytest
 
 from mlserve.batching.llm_engine import LLMEngine
 from mlserve.engine.llm.backend import LLMBackend
-from mlserve.engine.llm.sequence import SamplingParams
-from mlserve.registry.spec import ModelConfig
+from mlserve.spec import LLMSettings, ModelConfig, SamplingParams
 from tests.reference import hf_greedy, mixed_prompts
 
 MAX_TOKENS = 24
 
 
 def _engine(test_repo, name: str, **llm) -> LLMEngine:
-    backend = LLMBackend(ModelConfig(extra={"llm": llm}))
+    backend = LLMBackend(ModelConfig(llm=LLMSettings(**llm)))
     backend.load(test_repo / name / "1", "cpu")
     return LLMEngine(backend, name)
 
@@ -78,7 +77,7 @@ def test_the_engine_runs_on_cuda_in_half_precision(test_repo, hf_models):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    backend = LLMBackend(ModelConfig(extra={"llm": {}}))
+    backend = LLMBackend(ModelConfig())
     backend.load(test_repo / "tiny-llama" / "1", "cuda")
     engine = LLMEngine(backend, "tiny-llama-cuda")
     prompts = mixed_prompts(backend.tokenizer.vocab_size, 16, seed=5)
