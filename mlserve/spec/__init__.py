@@ -2,7 +2,9 @@
 requests. Imports nothing of mlserve but `errors`, and nothing heavy (no torch, no aiohttp)."""
 
 from mlserve.spec.drift import DriftSettings
-from mlserve.spec.generation import Sampled, SamplingParams, SeqChunk
+from mlserve.spec.generation import (
+    GenerationRequest, RequestHandle, Sampled, SamplingParams, SeqChunk, TokenEvent,
+)
 from mlserve.spec.llm import LLMSettings
 from mlserve.spec.model import (
     BACKENDS, MODEL_NAME, BatchingSpec, ModelConfig, VersionPolicy, WarmupSpec, parse_model_config,
@@ -14,7 +16,7 @@ from mlserve.spec.traffic import BreakerSpec, ExperimentSpec, ShadowSpec, Sticky
 
 __all__ = [
     "BACKENDS", "DATATYPE_TO_NUMPY", "MODEL_NAME", "NUMPY_TO_DATATYPE", "BatchingSpec", "BreakerSpec",
-    "DriftSettings", "ExperimentSpec", "LLMSettings", "ModelConfig", "ModelInfo", "Sampled", "SamplingParams",
+    "DriftSettings", "ExperimentSpec", "GenerationRequest", "RequestHandle", "TokenEvent", "LLMSettings", "ModelConfig", "ModelInfo", "Sampled", "SamplingParams",
     "SeqChunk", "ShadowSpec", "StickyKey", "TensorSpec", "TrafficSpec", "VersionPolicy", "WarmupSpec",
     "check_value", "parse_model_config", "parse_split", "parse_table", "read_model_config",
 ]

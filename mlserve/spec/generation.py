@@ -1,9 +1,10 @@
-"""Plain data of a generation request that crosses layers: what the client asked of the sampler,
-one step's chunk of a sequence, and one sampled token. No torch here, so the scheduler and the
-OpenAI protocol import them without the engine."""
+"""Plain data of a generation request that crosses layers: the decoded request, what the client
+asked of the sampler, one step's chunk of a sequence, one sampled token, and the events a request
+gets back. No torch here, so the scheduler and the OpenAI protocol import them without the engine."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 
@@ -46,3 +47,41 @@ class Sampled:
     token_id: int
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """New output of one request after one step; the last one carries a finish_reason or an error."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[tuple[int, float, tuple[tuple[int, float], ...]], ...] = ()
+    """(token id, logprob, top alternatives) per token, when logprobs were asked for."""
+    finish_reason: str | None = None
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHandle:
+    """What a caller keeps: the request id (to cancel) and the queue its TokenEvents arrive on."""
+
+    req_id: str
+    queue: asyncio.Queue
+    num_prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One decoded /v1/completions or /v1/chat/completions body."""
+
+    model: str
+    prompt: str | None
+    prompt_token_ids: tuple[int, ...] | None
+    messages: tuple[dict[str, str], ...] | None
+    params: SamplingParams
+    max_tokens_given: bool
+    stream: bool
+    include_usage: bool
+    is_chat: bool
