@@ -8,7 +8,7 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -135,7 +135,7 @@ async def _call(step: Callable[[], Any] | None) -> None:
 def lifecycle(ordered: list[Stage]):
     """One cleanup context for all stages: a stage that fails to start stops those before it."""
 
-    async def lifecycle(app: web.Application):
+    async def run(app: web.Application):
         started: list[Stage] = []
         try:
             for stage in ordered:
@@ -149,7 +149,7 @@ def lifecycle(ordered: list[Stage]):
                 except Exception:
                     log.exception("stopping %s failed", stage.name)
 
-    return lifecycle
+    return run
 
 
 # ---- routes ---------------------------------------------------------------------------------

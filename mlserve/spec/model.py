@@ -191,5 +191,5 @@ def read_model_config(path: Path) -> ModelConfig:
     try:
         with open(path, "rb") as fh:
             return parse_model_config(tomllib.load(fh))
-    except (tomllib.TOMLDecodeError, ValueError) as exc:
+    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc

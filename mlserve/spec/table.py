@@ -24,14 +24,21 @@ def check_value(kind: str, value: Any, where: str) -> Any:
     kind = kind.removesuffix(" | None")
     if kind.startswith("tuple[") and kind.endswith(", ...]"):
         item = kind[len("tuple["):-len(", ...]")]
-        check, what, convert = _SCALARS[item]
+        check, what, convert = _scalar(item)
         if not isinstance(value, list) or not all(check(v) for v in value):
             raise ValueError(f"{where} must be a list of {item}s, got {value!r}")
         return tuple(convert(v) for v in value)
-    check, what, convert = _SCALARS[kind]
+    check, what, convert = _scalar(kind)
     if not check(value):
         raise ValueError(f"{where} must be {what}, got {value!r}")
     return convert(value)
+
+
+def _scalar(kind: str) -> tuple[Callable[[Any], bool], str, Converter]:
+    found = _SCALARS.get(kind)
+    if found is None:
+        raise TypeError(f"no parser for a field annotated {kind!r}: give the key a converter")
+    return found
 
 
 def parse_table(
