@@ -13,7 +13,7 @@ import numpy as np
 from mlserve.batching.guard import GuardedInfer
 from mlserve.batching.queue import RequestQueue, Waiting
 from mlserve.errors import InferenceFailed, InvalidInput, Overloaded, RequestTimeout
-from mlserve.registry.spec import BatchingSpec
+from mlserve.spec import BatchingSpec
 
 Tensors = dict[str, np.ndarray]
 SWITCH_INTERVAL_S = 0.0005

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from mlserve.errors import InferenceFailed, MlserveError, ModelHung
-from mlserve.registry.spec import ModelConfig
+from mlserve.spec import ModelConfig
 
 log = logging.getLogger("mlserve.guard")
 
@@ -102,9 +102,8 @@ class GuardedInfer:
     @classmethod
     def for_model(cls, infer: Callable[[Tensors], Tensors], config: ModelConfig, label: str) -> GuardedInfer:
         """Hang deadline from model.toml's `hang_timeout_us` when set; batches split only when batching."""
-        timeout_us = config.extra.get("hang_timeout_us")
-        valid = isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0
-        hang_timeout_s = timeout_us / 1e6 if valid else DEFAULT_HANG_TIMEOUT_S
+        timeout_us = config.hang_timeout_us
+        hang_timeout_s = timeout_us / 1e6 if timeout_us is not None else DEFAULT_HANG_TIMEOUT_S
         return cls(infer, label, hang_timeout_s, can_split=config.batching.max_batch_size > 0)
 
     def __call__(self, inputs: Tensors) -> Tensors:

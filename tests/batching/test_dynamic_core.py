@@ -11,7 +11,7 @@ import pytest
 
 from mlserve.batching.dynamic import DynamicBatcher
 from mlserve.errors import InvalidInput, Overloaded
-from mlserve.registry.spec import BatchingSpec
+from mlserve.spec import BatchingSpec
 
 
 class RecordingModel:

@@ -11,8 +11,8 @@ import pytest
 
 from mlserve.batching.guard import GuardedInfer, is_out_of_memory
 from mlserve.errors import InferenceFailed, ModelHung, RequestTimeout
-from mlserve.registry.spec import BatchingSpec, ModelConfig
 from mlserve.server.middleware import status_for
+from mlserve.spec import BatchingSpec, ModelConfig
 
 
 def double(inputs):
@@ -110,7 +110,7 @@ def test_an_unbatched_model_that_runs_out_of_memory_fails():
 
 
 def test_hang_deadline_comes_from_model_toml():
-    config = ModelConfig(extra={"hang_timeout_us": 250_000})
+    config = ModelConfig(hang_timeout_us=250_000)
     assert GuardedInfer.for_model(double, config, "m/1").hang_timeout_s == 0.25
     assert GuardedInfer.for_model(double, ModelConfig(), "m/1").hang_timeout_s == 60.0
 
