@@ -10,12 +10,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mlserve.batching.dynamic import SchedulePolicy
 from mlserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
-from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo
+from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo, SchedulePolicy
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
 

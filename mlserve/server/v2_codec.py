@@ -16,10 +16,10 @@ from typing import Any, Mapping
 import orjson
 from aiohttp import web
 
-from mlserve.batching.dynamic import SchedulePolicy
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, PayloadTooLarge
 from mlserve.routing.service import InferRequest, InferResponse
+from mlserve.spec import SchedulePolicy
 from mlserve.server.tensors import check_header, decode_binary_tensor, decode_json_tensor, encode_binary, json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
