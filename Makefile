@@ -28,11 +28,15 @@ examples: $(MODELS)/.stamp
 serve: install examples
 	$(BIN)/python -m mlserve start --models $(MODELS) --host $(HOST) --port $(PORT)
 
-# promtool and prometheus for the deploy/ tests; installed when missing and we are root, else those tests skip.
+# promtool and prometheus for the deploy/ tests, kubectl and nginx for tests/deploy; installed when missing and we are root, else those tests skip.
 deps-system:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q prometheus; } || \
 	  echo "prometheus/promtool not installed: tests/monitor/test_deploy.py skips the tests that need them"
+	@command -v kubectl >/dev/null && command -v nginx >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && \
+	    apt-get install -y -q $$(command -v kubectl >/dev/null || echo kubernetes-client) $$(command -v nginx >/dev/null || echo nginx-light); } || \
+	  echo "kubectl/nginx not installed: tests/deploy skips the tests that need them"
 
 test: install deps-system
 	$(BIN)/python -m pytest
