@@ -7,6 +7,8 @@ ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG EXAMPLES=0
+# A wheelhouse for builds without the torch index: --volume /wheels:/wheels --build-arg PIP_FIND_LINKS=/wheels
+ARG PIP_FIND_LINKS
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/mlserve
 WORKDIR /src
