@@ -9,6 +9,8 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG EXAMPLES=0
 # A wheelhouse for builds without the torch index: --volume /wheels:/wheels --build-arg PIP_FIND_LINKS=/wheels
 ARG PIP_FIND_LINKS
+# A CA bundle for builds behind a TLS-inspecting proxy, mounted the same way: --build-arg PIP_CERT=/path
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/mlserve
 WORKDIR /src
