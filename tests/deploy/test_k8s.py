@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import copy
 import re
+import signal
+import urllib.error
+import urllib.request
 from functools import cache
 
 import kubernetes_validate
 import pytest
 
 from mlserve.config import load_config
+from mlserve.examples import write_identity_onnx
+from tests.deploy.cluster import poll
 from tests.deploy.manifests import (
     CRD_KINDS, NO_KUBECTL, OVERLAYS, adapter_rules, container, find, has_kubectl, kinds, render, selects,
 )
+from tests.server_process import ROOT, MlserveProcess
 
 pytestmark = pytest.mark.skipif(not has_kubectl(), reason=NO_KUBECTL)
 # The oldest and newest Kubernetes the manifests are meant for.
@@ -163,8 +169,6 @@ def test_crd_objects_point_at_real_objects():
 
 
 def test_image_healthcheck_and_user():
-    from tests.server_process import ROOT
-
     for name in ("Dockerfile", "Dockerfile.cuda"):
         text = (ROOT / name).read_text()
         assert len(re.findall(r"(?m)^FROM ", text)) == 2, name  # build stage + runtime stage
@@ -174,3 +178,35 @@ def test_image_healthcheck_and_user():
         assert not user.startswith(("0", "root")), user
         assert not re.search(r"(?m)^RUN .*\b(gcc|build-essential|g\+\+)\b", final), name
         assert re.search(r'(?m)^ENTRYPOINT \["mlserve", "start"\]$', final), name  # exec form: SIGTERM reaches mlserve
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_shipped_config_and_keys_serve_and_drain(tmp_path):
+    """A real mlserve on the ConfigMap's mlserve.toml and the Secret's keys file (repository, address
+    and cache moved to this machine by MLSERVE_* variables, as the pod's env would): health and
+    /metrics open, inference refused without a key, and SIGTERM turns readiness 503 before it exits."""
+    objects = rendered("cpu")
+    (tmp_path / "mlserve.toml").write_text(find(objects, "ConfigMap", "mlserve-config")["data"]["mlserve.toml"])
+    (tmp_path / "keys.json").write_text(find(objects, "Secret", "mlserve-keys")["stringData"]["keys.json"])
+    write_identity_onnx(tmp_path / "repo" / "m" / "1" / "model.onnx", "FP32")
+    env = {"MLSERVE_SERVER_HOST": "127.0.0.1", "MLSERVE_REGISTRY_CACHE_DIR": str(tmp_path / "cache"),
+           "MLSERVE_AUTH_KEYS_FILE": str(tmp_path / "keys.json")}
+    server = MlserveProcess(tmp_path / "repo", "--config", str(tmp_path / "mlserve.toml"),
+                            log_path=tmp_path / "mlserve.log", env=env).wait_ready()
+    try:
+        assert _status(f"{server.url}/v2/health/live") == 200
+        assert _status(f"{server.url}/metrics") == 200
+        assert _status(f"{server.url}/v2/models/m") == 401
+        server.signal(signal.SIGTERM)
+        poll(lambda: _status(f"{server.url}/v2/health/ready") == 503, timeout=10, interval=0.05)
+        assert server.proc.wait(60) == 0
+    finally:
+        server.stop()
+    assert "closing the listener in 2.0 s" in server.log()
