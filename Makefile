@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 MODELS := examples/models
 
-.PHONY: install serve test examples bench clean deps-system
+.PHONY: install serve test examples bench clean deps-system image
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench: install
 	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	@command -v wrk >/dev/null || { echo "make bench needs wrk (Debian: apt-get install -y wrk)"; exit 1; }
 	$(BIN)/python -m benchmarks.serving $(BENCH_ARGS)
+
+# The CPU image with buildah (Debian; installed when missing and we are root); the docker format keeps HEALTHCHECK. IMAGE_ARGS passes more
+# build flags, e.g. IMAGE_ARGS="--build-arg EXAMPLES=1"; docker or podman build the same Dockerfile.
+image:
+	@command -v buildah >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -q && apt-get install -y -q buildah; }
+	buildah bud --format docker $(IMAGE_ARGS) -t mlserve:cpu .
 
 clean:
 	rm -rf $(VENV) $(MODELS)
