@@ -62,7 +62,8 @@ class Replica:
     def start(self) -> None:
         cache = self.workdir / f"cache-{self.index}"
         env = {**os.environ, "MLSERVE_REGISTRY_CACHE_DIR": str(cache), **self.env}
-        command = [sys.executable, "-m", "mlserve", "start", *self.args, "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [sys.executable, "-m", "mlserve", "start", *self.args,
+                   "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.workdir / f"replica-{self.index}.log", "ab") as log:
             # Own session: Ctrl-C reaches this script, which stops replicas in order, not every process at once.
             self.proc = subprocess.Popen(

@@ -27,14 +27,18 @@ pytestmark = pytest.mark.skipif(not has_kubectl(), reason=NO_KUBECTL)
 KUBE_VERSIONS = ("1.29.0", "1.37.0")
 
 rendered = cache(render)
-# Not the bare word "gpu": tests/conftest.py skips items with that keyword where no CUDA device is.
-IDS = lambda overlay: f"{overlay}-overlay"  # noqa: E731
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+def overlay_id(overlay: str) -> str:
+    """Not the bare word "gpu": tests/conftest.py skips items with that keyword where no CUDA device is."""
+    return f"{overlay}-overlay"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=overlay_id)
 def test_every_object_validates_against_the_kubernetes_schemas(overlay):
     objects = rendered(overlay)
-    assert {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "ServiceMonitor"} <= set(kinds(objects))
+    expected = {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "ServiceMonitor"}
+    assert expected <= set(kinds(objects))
     for obj in objects:
         if obj["kind"] in CRD_KINDS:
             continue  # no schema ships for operators' CRDs: test_crd_objects_point_at_real_objects checks them
@@ -56,7 +60,7 @@ def _mlserve_config(objects, tmp_path):
     return load_config(path, environ={})
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=overlay_id)
 def test_grace_period_covers_prestop_and_mlserve_drain(overlay, tmp_path):
     objects = rendered(overlay)
     config = _mlserve_config(objects, tmp_path)  # mlserve's own parser: an unknown key fails here
@@ -77,7 +81,7 @@ def _mount_of(pod: dict, volume: str) -> str:
     return mounts[volume]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=overlay_id)
 def test_probes_ports_and_user(overlay, tmp_path):
     objects = rendered(overlay)
     config = _mlserve_config(objects, tmp_path)
@@ -100,7 +104,7 @@ def test_probes_ports_and_user(overlay, tmp_path):
     assert _mount_of(deployment["spec"]["template"]["spec"], "cache") == config.registry.cache_dir
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=IDS)
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=overlay_id)
 def test_service_and_budget_select_the_pods(overlay):
     objects = rendered(overlay)
     deployment = find(objects, "Deployment")
@@ -123,7 +127,7 @@ def test_gpu_overlay_asks_for_a_gpu_and_the_cuda_image():
     assert "nvidia.com/gpu" not in container(find(rendered("cpu"), "Deployment"))["resources"]["limits"]
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu"], ids=IDS)
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"], ids=overlay_id)
 def test_hpa_scales_the_deployment_on_metrics_the_adapter_publishes(overlay):
     objects = rendered(overlay)
     hpa = find(objects, "HorizontalPodAutoscaler")

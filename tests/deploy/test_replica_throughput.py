@@ -16,7 +16,7 @@ from tests.server_process import ROOT
 CORES = len(os.sched_getaffinity(0))
 pytestmark = [
     pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (Debian package nginx-light)"),
-    pytest.mark.skipif(CORES < 3, reason=f"needs at least 3 cores to compare 1 and 2 replicas; this machine has {CORES}"),
+    pytest.mark.skipif(CORES < 3, reason=f"needs 3 cores to compare 1 and 2 replicas; this machine has {CORES}"),
 ]
 SECONDS = 6.0
 

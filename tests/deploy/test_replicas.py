@@ -19,7 +19,11 @@ NO_NGINX = "nginx not installed (Debian package nginx-light; `make test` install
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason=NO_NGINX)
 BUCKET, PREFIX = "replicas", "repo"
 POLL_S = 0.5
-AB_TOML = 'version_policy = { all = true }\n[traffic]\nsplit = { "1" = 50, "2" = 50 }\nsticky_key = "header:X-User-Id"\n'
+AB_TOML = """version_policy = { all = true }
+[traffic]
+split = { "1" = 50, "2" = 50 }
+sticky_key = "header:X-User-Id"
+"""
 
 
 def _write_repository(root: Path) -> Path:

@@ -42,7 +42,8 @@ def _per_pod(url: str) -> dict[str, float]:
 
 def _infer(url: str, results: list) -> None:
     x = np.full((ROWS, WIDTH), 0.5, dtype=np.float32)
-    body = json.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]})
+    tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    body = json.dumps({"inputs": [tensor]})
     req = urllib.request.Request(f"{url}/v2/models/slow/infer", body.encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=120) as resp:
         results.append(resp.status)
