@@ -178,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="nginx listens on 127.0.0.1:PORT")
     parser.add_argument("--workdir", type=Path, help="logs, nginx.conf and S3 caches (default: a new temp folder)")
     args = parser.parse_args(own)
-    replicas = Replicas(mlserve_args, args.replicas, args.port)
-    if args.workdir:
-        replicas.workdir = args.workdir
+    replicas = Replicas(mlserve_args, args.replicas, args.port, **({"workdir": args.workdir} if args.workdir else {}))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, lambda *_: print("rolling restart:", replicas.rolling_restart(), flush=True))
     try:
