@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 MODELS := examples/models
 
-.PHONY: install serve test examples bench clean deps-system
+.PHONY: install serve test examples bench clean deps-system image
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,15 @@ examples: $(MODELS)/.stamp
 serve: install examples
 	$(BIN)/python -m mlserve start --models $(MODELS) --host $(HOST) --port $(PORT)
 
-# promtool and prometheus for the deploy/ tests; installed when missing and we are root, else those tests skip.
+# promtool and prometheus for the deploy/ tests, kubectl and nginx for tests/deploy; installed when missing and we are root, else those tests skip.
 deps-system:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q prometheus; } || \
 	  echo "prometheus/promtool not installed: tests/monitor/test_deploy.py skips the tests that need them"
+	@command -v kubectl >/dev/null && command -v nginx >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && \
+	    apt-get install -y -q $$(command -v kubectl >/dev/null || echo kubernetes-client) $$(command -v nginx >/dev/null || echo nginx-light); } || \
+	  echo "kubectl/nginx not installed: tests/deploy skips the tests that need them"
 
 test: install deps-system
 	$(BIN)/python -m pytest
@@ -42,6 +46,12 @@ bench: install
 	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	@command -v wrk >/dev/null || { echo "make bench needs wrk (Debian: apt-get install -y wrk)"; exit 1; }
 	$(BIN)/python -m benchmarks.serving $(BENCH_ARGS)
+
+# The CPU image with buildah (Debian; installed when missing and we are root); the docker format keeps HEALTHCHECK. IMAGE_ARGS passes more
+# build flags, e.g. IMAGE_ARGS="--build-arg EXAMPLES=1"; docker or podman build the same Dockerfile.
+image:
+	@command -v buildah >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -q && apt-get install -y -q buildah; }
+	buildah bud --format docker $(IMAGE_ARGS) -t mlserve:cpu .
 
 clean:
 	rm -rf $(VENV) $(MODELS)
