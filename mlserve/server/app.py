@@ -22,6 +22,7 @@ from mlserve.server.openai import add_openai_routes
 from mlserve.server.openapi import add_openapi_routes
 from mlserve.server.ratelimit import InFlight, TenantLimiter
 from mlserve.server.state import ServerState
+from mlserve.server.status import add_status_routes
 from mlserve.server.traffic import add_traffic_routes
 from mlserve.server.v2 import V2Handlers
 
@@ -118,5 +119,6 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     add_openapi_routes(app, gate.keyring.is_enabled)
     app.cleanup_ctx.append(_loader_ctx)
     app.on_cleanup.append(_close_keyring)
-    add_monitor_routes(app, config.monitor, metrics, loader, service)
+    monitor = add_monitor_routes(app, config.monitor, metrics, loader, service)
+    add_status_routes(app, config, metrics, loader, service, monitor, state)
     return app

@@ -1,0 +1,146 @@
+"""The status page: `GET /` and `/ui/*` serve the static files shipped in mlserve/server/ui/,
+`GET /status` the overview JSON they (and `mlserve status`) read, and a feature's reference vs live
+histogram for the drift panel.
+
+The page itself holds no data, so `/` and `/ui/*` are open (auth.py) while `/status` and the
+histogram need an `infer` key like any other data route; admin actions on the page call the
+existing /admin routes, which need an admin key. A background task samples the metrics history
+every `status_interval_s`, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from mlserve.config import Config
+from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.monitor.history import MetricsHistory
+from mlserve.monitor.hub import Monitor
+from mlserve.monitor.metrics import Metrics
+from mlserve.registry.loader import HotSwapLoader
+from mlserve.routing.service import InferenceService
+from mlserve.server.auth import PathPolicy
+from mlserve.server.middleware import TENANT
+from mlserve.server.overview import Access, OverviewSources, build_overview
+from mlserve.server.state import ServerState
+
+log = logging.getLogger("mlserve.status")
+
+UI_DIR = Path(__file__).parent / "ui"
+CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+# The page loads nothing from anywhere else and cannot be framed (its admin buttons act).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def _json(body: object) -> web.Response:
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+class StatusHandlers:
+    """The page's files, the overview and the drift histogram."""
+
+    def __init__(self, sources: OverviewSources, auth_on: bool, admin_served: bool) -> None:
+        self._sources = sources
+        self._auth_on = auth_on
+        self._admin_served = admin_served
+        self._files = {p.name: p for p in UI_DIR.iterdir() if p.suffix in CONTENT_TYPES}
+
+    async def page(self, request: web.Request) -> web.Response:
+        return self._file("index.html")
+
+    async def asset(self, request: web.Request) -> web.Response:
+        return self._file(request.match_info["name"])
+
+    def _file(self, name: str) -> web.Response:
+        path = self._files.get(name)
+        if path is None:
+            raise ModelNotFound(f"no file {name!r} in the status page")
+        content_type = CONTENT_TYPES[path.suffix]
+        return web.Response(body=path.read_bytes(), content_type=content_type, headers=PAGE_HEADERS)
+
+    async def session(self, request: web.Request) -> web.Response:
+        """Open: whether the page must ask for a key before it reads /status."""
+        return _json({"auth": self._auth_on})
+
+    async def overview(self, request: web.Request) -> web.Response:
+        return _json(build_overview(self._sources, self._access(request)))
+
+    def _access(self, request: web.Request) -> Access:
+        key = request.get(TENANT)
+        if not self._auth_on:
+            return Access(False, self._admin_served, None)
+        is_admin = key is not None and key.has_scope("admin")
+        return Access(True, self._admin_served and is_admin, key.name if key is not None else None)
+
+    async def histogram(self, request: web.Request) -> web.Response:
+        model, version = request.match_info["model"], request.match_info["version"]
+        feature = request.query.get("feature")
+        unknown = set(request.query) - {"feature"}
+        if not feature or unknown:
+            raise InvalidInput("give exactly one query parameter: ?feature=NAME"
+                               + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else ""))
+        monitor = self._sources.monitor
+        drift = monitor.drift(model, version) if monitor is not None else None
+        if drift is None:
+            raise ModelNotFound(f"model {model!r} version {version} has no drift statistics")
+        histogram = drift.histogram(feature)
+        if histogram is None:
+            raise ModelNotFound(f"model {model!r} version {version} has no reference for feature {feature!r} yet")
+        return _json({"model": model, "version": version, **histogram.to_dict()})
+
+
+def _queue_depths(loader: HotSwapLoader) -> dict[tuple[str, str], int]:
+    """Every ready version and the requests waiting in its queue now."""
+    return {
+        (served.name, str(v)): sv.batcher.num_queued if sv.batcher is not None else 0
+        for served in list(loader.models.values()) for v, sv in list(served.versions.items())
+        if sv.is_ready
+    }
+
+
+def _history_ctx(history: MetricsHistory, loader: HotSwapLoader):
+    """Samples the history every interval on a worker thread (a reading walks every family)."""
+
+    async def sampler() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(None, history.sample, _queue_depths(loader))
+            except Exception:  # a failed reading must not end the history; it is logged once per reading
+                log.exception("status history: a metrics reading failed")
+            await asyncio.sleep(history.interval_s)
+
+    async def ctx(app: web.Application):
+        task = asyncio.get_running_loop().create_task(sampler())
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    return ctx
+
+
+def add_status_routes(app: web.Application, config: Config, metrics: Metrics, loader: HotSwapLoader,
+                      service: InferenceService, monitor: Monitor | None, state: ServerState) -> None:
+    """Route the page, its files and its data; start the history sampler with the app."""
+    history = MetricsHistory(metrics, config.monitor.status_interval_s, config.monitor.status_points)
+    sources = OverviewSources(loader, metrics, service.traffic, monitor, history, time.time(), lambda: state.is_ready)
+    admin_served = PathPolicy.from_config(config.auth, config.server.host).admin_served
+    handlers = StatusHandlers(sources, bool(config.auth.keys_file), admin_served)
+    r = app.router
+    r.add_get("/", handlers.page)
+    r.add_get("/ui/session", handlers.session)
+    r.add_get("/ui/{name}", handlers.asset)
+    r.add_get("/status", handlers.overview)
+    r.add_get("/status/models/{model}/versions/{version}/histogram", handlers.histogram)
+    app.cleanup_ctx.append(_history_ctx(history, loader))
