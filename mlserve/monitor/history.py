@@ -44,6 +44,7 @@ class Point:
     """One interval of one version; rates and percentiles are None when nothing happened in it."""
 
     t: float
+    requests: float
     rps: float
     error_rate: float | None
     p50_s: float | None
@@ -135,7 +136,7 @@ def _point(now: float, elapsed: float, before: Totals, after: Totals, depth: int
     gauges = after.gauges
     used, free = gauges.get("kv_used"), gauges.get("kv_free")
     return Point(
-        t=now, rps=requests / elapsed,
+        t=now, requests=requests, rps=requests / elapsed,
         error_rate=(after.errors - before.errors) / requests if requests else None,
         p50_s=bucket_quantile(0.5, before.latency, after.latency),
         p99_s=bucket_quantile(0.99, before.latency, after.latency),

@@ -42,7 +42,7 @@ def test_points_give_rates_error_share_batch_rows_and_bucketed_percentiles():
     history.sample({("m", "1"): 7})
 
     point = history.latest("m", "1")
-    assert point["rps"] == 41 / 2.0
+    assert point["requests"] == 41 and point["rps"] == 41 / 2.0
     assert point["error_rate"] == 8 / 41  # four 500s and four 429s
     assert point["batch_size"] == 6.0
     assert point["queue_depth"] == 7

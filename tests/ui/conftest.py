@@ -62,3 +62,13 @@ def auth_server(tmp_path_factory):
     proc.tokens = tokens
     yield proc.wait_ready()
     assert proc.stop() == 0, proc.log()
+
+
+@pytest.fixture(scope="session")
+def driven(ui_server):
+    """The traffic, sent once; the drift alert is in before any test reads the page."""
+    from tests.ui.traffic import drive, version, wait_for
+
+    result = drive(ui_server.url)
+    wait_for(lambda o: (version(o, "drifty", "1")["drift"] or {}).get("status") == "alert", ui_server.url)
+    return result
