@@ -28,11 +28,16 @@ examples: $(MODELS)/.stamp
 serve: install examples
 	$(BIN)/python -m mlserve start --models $(MODELS) --host $(HOST) --port $(PORT)
 
-# promtool and prometheus for the deploy/ tests; installed when missing and we are root, else those tests skip.
+# System tools some tests need, installed when missing and we are root, else those tests skip:
+# promtool and prometheus for the deploy/ tests.
 deps-system:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q prometheus; } || \
 	  echo "prometheus/promtool not installed: tests/monitor/test_deploy.py skips the tests that need them"
+	@# Chromium and its driver for the status page's browser tests (tests/ui/test_page_browser.py).
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+	  echo "chromium/chromedriver not installed: tests/ui/test_page_browser.py skips"
 
 test: install deps-system
 	$(BIN)/python -m pytest

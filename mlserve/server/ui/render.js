@@ -19,13 +19,15 @@ export function renderModel(model, access, ui) {
       model.unloaded ? badge("unloaded", "muted") : null));
   if (model.reason) card.append(h("p", { class: "reason" }, model.reason));
   if (model.versions.length) card.append(versionsTable(model));
-  if (model.traffic) card.append(trafficBlock(model));
-  if (model.experiment) card.append(experimentBlock(model.experiment));
+  const blocks = h("div", { class: "blocks" });
+  if (model.traffic) blocks.append(trafficBlock(model));
+  if (model.experiment) blocks.append(experimentBlock(model.experiment));
   const drifting = model.versions.filter((v) => v.drift);
-  if (drifting.length) card.append(h("div", { class: "block drift" }, h("h3", {}, "Drift"),
+  if (drifting.length) blocks.append(h("div", { class: "block drift" }, h("h3", {}, "Drift"),
     ...drifting.map((v) => driftBlock(model.name, v, ui))));
-  if (model.kind === "llm") card.append(llmBlock(model));
-  if (access.admin && model.versions.length) card.append(adminBlock(model, ui));
+  if (model.kind === "llm") blocks.append(llmBlock(model));
+  if (access.admin && model.versions.length) blocks.append(adminBlock(model, ui));
+  card.append(blocks);
   return card;
 }
 
@@ -114,10 +116,15 @@ function driftBlock(model, v, ui) {
   const chooser = h("select", { "data-drift": key }, d.features.map((f) =>
     h("option", { value: f, selected: ui.features.get(key) === f }, f)));
   const hist = ui.histograms.get(key);
+  const status = badge(d.status, driftKind(d.status), { class: `badge ${driftKind(d.status)} drift-status`,
+    "data-status": d.status });
+  if (!d.features.length) {  // no frozen reference yet: one line says how far it got
+    return h("p", { class: "drift-version", "data-version": v.version }, `v${v.version} `, status,
+      h("span", { class: "muted" }, ` ${d.reference.source} (${d.reference.rows} so far)`));
+  }
   return h("div", { class: "drift-version", "data-version": v.version },
-    h("p", {}, `v${v.version} `, badge(d.status, driftKind(d.status), { class: `badge ${driftKind(d.status)} drift-status`,
-      "data-status": d.status }), h("span", { class: "muted" }, ` ${d.window_rows} live rows vs ${d.reference.source}`)),
-    h("table", { class: "psi" }, h("tbody", {}, d.worst.map((f) => h("tr", { "data-feature": f.name },
+    h("p", {}, `v${v.version} `, status, h("span", { class: "muted" }, ` ${d.window_rows} live rows vs ${d.reference.source}`)),
+    h("table", { class: "psi" }, h("tbody", {}, d.worst.slice(0, 5).map((f) => h("tr", { "data-feature": f.name },
       h("td", {}, f.name), h("td", { class: "num" }, `PSI ${fmtNum(f.psi)}`),
       h("td", {}, bar(f.psi / scale, driftKind(f.status), [d.thresholds.psi_warn / scale, alertAt / scale])))))),
     d.features.length ? h("div", { class: "histogram" }, h("label", {}, "reference vs live: ", chooser),
