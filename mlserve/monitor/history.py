@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Mapping
@@ -85,12 +86,10 @@ class MetricsHistory:
     """Owns the last readings and the recent points of every version."""
 
     def __init__(self, metrics: Metrics, interval_s: float, num_points: int,
-                 clock: Callable[[], float] | None = None) -> None:
-        import time
-
+                 clock: Callable[[], float] = time.time) -> None:
         self.interval_s = interval_s
         self._metrics = metrics
-        self._clock = clock or time.time
+        self._clock = clock
         self._points: dict[VersionKey, deque[Point]] = {}
         self._last: dict[VersionKey, Totals] = {}
         self._last_time: float | None = None

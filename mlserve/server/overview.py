@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Callable
 
 from mlserve import __version__
 from mlserve.monitor.history import MetricsHistory
@@ -44,8 +44,8 @@ class OverviewSources:
     monitor: Monitor | None
     history: MetricsHistory
     started: float
-    is_ready: Any
-    """A callable: whether the server takes traffic now."""
+    is_ready: Callable[[], bool]
+    """Whether the server takes traffic now."""
 
 
 def build_overview(src: OverviewSources, access: Access) -> dict:

@@ -23,7 +23,8 @@ DRIFTY_TOML = """max_batch_size = 64
 window = 400
 min_rows = 100
 """
-HISTORY_ENV = {"MLSERVE_MONITOR_STATUS_INTERVAL_S": "0.5"}
+# A point every 0.5 s, kept for 20 minutes: every request a test sent stays in the history.
+HISTORY_ENV = {"MLSERVE_MONITOR_STATUS_INTERVAL_S": "0.5", "MLSERVE_MONITOR_STATUS_POINTS": "2400"}
 
 
 def write_ui_repository(root: Path, with_llm: bool) -> Path:

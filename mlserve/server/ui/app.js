@@ -8,6 +8,7 @@ import { renderModel } from "./render.js";
 
 const KEY = "mlserve.key";
 const REFRESH_MS = 3000;
+const HISTOGRAM_MS = 15000;
 const ui = { features: new Map(), histograms: new Map(), splitDraft: new Map(), auth: false, timer: null, last: null };
 const $ = (id) => document.getElementById(id);
 
@@ -61,18 +62,27 @@ function setConnection(ok, why) {
   el.className = ok ? "muted" : "error";
 }
 
+// Histograms are fetched again only where the live window changed size, another feature was
+// chosen, or HISTOGRAM_MS passed (a full count window slides at a constant size), so an idle
+// server costs one request per refresh, not one per version.
 async function fetchHistograms(overview) {
+  const wanted = [];
   for (const model of overview.models) {
     for (const v of model.versions) {
       if (!v.drift || !v.drift.features.length) continue;
       const key = `${model.name}/${v.version}`;
       if (!v.drift.features.includes(ui.features.get(key))) ui.features.set(key, v.drift.worst[0]?.name || v.drift.features[0]);
+      const seen = ui.histograms.get(key);
+      if (seen && seen.feature === ui.features.get(key) && seen.rows === v.drift.window_rows &&
+          Date.now() - seen.at < HISTOGRAM_MS) continue;
       const path = `/status/models/${encodeURIComponent(model.name)}/versions/${v.version}/histogram` +
         `?feature=${encodeURIComponent(ui.features.get(key))}`;
-      const result = await api("GET", path);
-      if (result.ok) ui.histograms.set(key, result.data);
+      wanted.push(api("GET", path).then((result) => {
+        if (result.ok) ui.histograms.set(key, { ...result.data, rows: v.drift.window_rows, at: Date.now() });
+      }));
     }
   }
+  await Promise.all(wanted);
 }
 
 function render(overview) {
