@@ -23,7 +23,7 @@ TOP_FEATURES = 8
 
 
 @dataclass(frozen=True, slots=True)
-class Access:
+class Caller:
     """What the caller may do, so the page shows admin actions only where they would succeed."""
 
     auth: bool
@@ -48,7 +48,7 @@ class OverviewSources:
     """Whether the server takes traffic now."""
 
 
-def build_overview(src: OverviewSources, access: Access) -> dict:
+def build_overview(src: OverviewSources, caller: Caller) -> dict:
     load_times = _load_times(src.metrics)
     models = [_model(src, served, load_times) for _, served in sorted(src.loader.models.items())]
     failed = [{"name": name, "versions": [], "reason": reason, "serving": None}
@@ -56,7 +56,7 @@ def build_overview(src: OverviewSources, access: Access) -> dict:
     return {
         "server": {"version": __version__, "ready": bool(src.is_ready()), "uptime_s": time.time() - src.started,
                    "time": time.time(), "interval_s": src.history.interval_s},
-        "access": access.to_dict(),
+        "access": caller.to_dict(),
         "models": models + failed,
     }
 

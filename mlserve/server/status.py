@@ -27,7 +27,7 @@ from mlserve.registry.loader import HotSwapLoader
 from mlserve.routing.service import InferenceService
 from mlserve.server.auth import PathPolicy
 from mlserve.server.middleware import TENANT
-from mlserve.server.overview import Access, OverviewSources, build_overview
+from mlserve.server.overview import Caller, OverviewSources, build_overview
 from mlserve.server.state import ServerState
 
 log = logging.getLogger("mlserve.status")
@@ -74,14 +74,14 @@ class StatusHandlers:
         return _json({"auth": self._auth_on})
 
     async def overview(self, request: web.Request) -> web.Response:
-        return _json(build_overview(self._sources, self._access(request)))
+        return _json(build_overview(self._sources, self._caller(request)))
 
-    def _access(self, request: web.Request) -> Access:
+    def _caller(self, request: web.Request) -> Caller:
         key = request.get(TENANT)
         if not self._auth_on:
-            return Access(False, self._admin_served, None)
+            return Caller(False, self._admin_served, None)
         is_admin = key is not None and key.has_scope("admin")
-        return Access(True, self._admin_served and is_admin, key.name if key is not None else None)
+        return Caller(True, self._admin_served and is_admin, key.name if key is not None else None)
 
     async def histogram(self, request: web.Request) -> web.Response:
         model, version = request.match_info["model"], request.match_info["version"]

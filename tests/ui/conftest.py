@@ -1,4 +1,5 @@
-"""A small repository for the status page: mlp (two versions split 50/50, with an experiment),
+"""A small repository for the status page: mlp (two versions split 50/50, with an experiment, and
+version 2 shadowing the requests version 1 answers),
 drifty (identity over 4 columns with a N(0,1) reference), and tiny-gpt2 (the LLM panel)."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ MLP_TOML = """max_batch_size = 64
 version_policy = { all = true }
 [traffic]
 split = { "1" = 50, "2" = 50 }
+shadow = { version = "2", percent = 100 }
 experiment = { outcome = "binary", min_samples = 10 }
 """
 DRIFTY_TOML = """max_batch_size = 64

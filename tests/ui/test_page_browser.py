@@ -15,6 +15,7 @@ from tests.ui.browser import chromium, console_errors
 from tests.ui.traffic import call
 
 WAIT_S = 20
+pytestmark = pytest.mark.timeout(120)  # each test, server start included; the waits inside are 20 s
 
 
 def _shots(tmp_path: Path) -> Path:
@@ -103,10 +104,8 @@ def test_keys_on_the_page_asks_and_shows_actions_only_to_admin_keys(auth_server,
         _wait(driver, "section[data-model=mlp] .split .seg", lambda els: [e.text for e in els] == ["v1 80%", "v2 20%"])
         status, traffic, _ = call(f"{url}/admin/models/mlp/traffic", token=tokens["ops"])
         assert status == 200 and traffic["split"] == {"1": 80.0, "2": 20.0} and traffic["source"] == "api"
+        plan = {"version": "2", "steps": [30, 100], "interval_s": 600}
+        assert call(f"{url}/admin/models/mlp/rollout", plan, token=tokens["ops"])[0] == 202
+        _wait(driver, "section[data-model=mlp] .rollout", lambda els: "step 1/2 at 30%" in els[0].text)
+        assert _wait(driver, "section[data-model=mlp] .shadow")[0].startswith("shadow v2 (100%): agreement")
         assert console_errors(driver) == []
-
-
-@pytest.fixture(autouse=True)
-def _bounded(request):
-    """Each browser test gets a hard bound on top of its waits."""
-    request.node.add_marker(pytest.mark.timeout(90))

@@ -21,6 +21,12 @@ def status_cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, timeout=60)
 
 
+def _shadowed(overview: dict) -> int:
+    """Copies of version 1's answers that version 2 received: compared or dropped."""
+    shadow = model(overview, "mlp")["traffic"]["shadow"]
+    return shadow["compared"] + shadow["dropped"]
+
+
 def test_overview_shows_split_experiment_history_and_llm(ui_server, driven):
     sent = sum(driven.mlp_by_version.values())
 
@@ -45,8 +51,10 @@ def test_overview_shows_split_experiment_history_and_llm(ui_server, driven):
     # outcome 1 for version 2 only: the means are exactly 0 and 1
     assert mlp["experiment"]["versions"]["1"]["mean"] == 0.0 and mlp["experiment"]["versions"]["2"]["mean"] == 1.0
     assert mlp["experiment"]["versions"]["2"]["decision"] in ("continue", "treatment_better")
+    shadow = wait_for(lambda o: _shadowed(o) == driven.mlp_by_version.get("1", 0), ui_server.url)
+    assert model(shadow, "mlp")["traffic"]["shadow"]["failed"] == 0
     _, traffic, _ = call(f"{ui_server.url}/admin/models/mlp/traffic")
-    assert mlp["traffic"] == traffic  # the same view the admin API gives
+    assert model(shadow, "mlp")["traffic"] == traffic  # the same view the admin API gives
     llm = model(overview, "tiny-gpt2")
     assert llm["kind"] == "llm"
     points = llm["versions"][0]["series"]
