@@ -69,6 +69,8 @@ def test_page_renders_models_split_drift_llm_and_rolls_back(ui_server, driven, t
         assert "KV cache" in _wait(driver, "section[data-model=tiny-gpt2] .llm")[0]
         _wait(driver, "section[data-model=mlp] [data-pinned='1']")
         driver.save_screenshot(str(_shots(tmp_path) / "status-page.png"))
+        loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert loaded and all(name.startswith(url + "/") for name in loaded), loaded  # nothing from elsewhere
 
         _click(driver, "section[data-model=mlp] button[data-action=rollback]")
         _wait(driver, "section[data-model=mlp] [data-pinned='2']")
