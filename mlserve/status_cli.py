@@ -111,7 +111,7 @@ def _experiment_lines(exp: dict | None) -> list[str]:
 def _version_details(v: dict) -> list[str]:
     lines = []
     drift = v.get("drift")
-    if drift and drift.get("worst"):
+    if drift and drift.get("worst") and drift["status"] != "collecting":
         worst = ", ".join(f"{f['name']} PSI {f['psi']:.3g}" for f in drift["worst"][:5])
         lines.append(f"drift v{v['version']}: {drift['status']} over {drift['window_rows']} rows; worst {worst}")
     now = v.get("now") or {}

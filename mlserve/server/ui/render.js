@@ -124,6 +124,7 @@ function driftBlock(model, v, ui) {
   }
   return h("div", { class: "drift-version", "data-version": v.version },
     h("p", {}, `v${v.version} `, status, h("span", { class: "muted" }, ` ${d.window_rows} live rows vs ${d.reference.source}`)),
+    d.status === "collecting" ? null :  // PSI over too few live rows is not judged, so not drawn
     h("table", { class: "psi" }, h("tbody", {}, d.worst.slice(0, 5).map((f) => h("tr", { "data-feature": f.name },
       h("td", {}, f.name), h("td", { class: "num" }, `PSI ${fmtNum(f.psi)}`),
       h("td", {}, bar(f.psi / scale, driftKind(f.status), [d.thresholds.psi_warn / scale, alertAt / scale])))))),
