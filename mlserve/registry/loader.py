@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
-from mlserve.batching.guard import GuardedInfer
+from mlserve.batching.guard import GuardedInfer, num_hung_threads
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
 from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
@@ -32,11 +32,11 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.registry import repository
 from mlserve.registry.budget import Budget
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
-from mlserve.registry.spec import ModelInfo
-from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.safety import check_version_folder
+from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
+from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.warmup import warm_up, warmup_inputs
+from mlserve.spec import ModelInfo
 
 __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
 
@@ -254,9 +254,9 @@ class HotSwapLoader:
 
     def _start_llm_engine(self, backend: Backend, model: str, version: int) -> LLMEngine:
         from mlserve.batching.llm_engine import LLMEngine
-        from mlserve.batching.llm_metrics import LLMObserver
+        from mlserve.batching.llm_metrics import LLMStepMetrics
 
-        engine = LLMEngine(backend, f"{model}-{version}", LLMObserver(self._metrics, model, str(version)))
+        engine = LLMEngine(backend, f"{model}-{version}", LLMStepMetrics(self._metrics, model, str(version)))
         engine.start()
         return engine
 
@@ -497,6 +497,11 @@ class HotSwapLoader:
         if target is None:
             raise InvalidInput(f"model {name!r} has no previous version to roll back to")
         return await self.pin(name, target, source, action="rolled back")
+
+    @staticmethod
+    def num_hung_workers() -> int:
+        """Model workers abandoned as hung and still running (the process must not wait on them at exit)."""
+        return num_hung_threads()
 
     async def close(self) -> None:
         """Drain every version and free every engine (graceful shutdown)."""

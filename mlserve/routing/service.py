@@ -14,7 +14,7 @@ from mlserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
-from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo
+from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
 

@@ -7,13 +7,13 @@ import math
 import uuid
 from dataclasses import dataclass
 
-import orjson
 from aiohttp import web
 
 from mlserve import errors
 from mlserve.keys import ApiKey
 from mlserve.server.auth import Access, KeyRing, PathPolicy, bearer_token
 from mlserve.server.ratelimit import InFlight
+from mlserve.server.response import json_error
 from mlserve.server.state import ServerState
 
 log = logging.getLogger("mlserve.server")
@@ -36,12 +36,6 @@ def status_for(exc: errors.MlserveError) -> int:
         if isinstance(exc, cls):
             return status
     return 500
-
-
-def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps({"error": message}), content_type="application/json", headers=headers
-    )
 
 
 @web.middleware

@@ -4,31 +4,26 @@ histogram for the drift panel.
 
 The page itself holds no data, so `/` and `/ui/*` are open (auth.py) while `/status` and the
 histogram need an `infer` key like any other data route; admin actions on the page call the
-existing /admin routes, which need an admin key. A background task samples the metrics history
-every `status_interval_s`, off the event loop.
+existing /admin routes, which need an admin key. The composition root (app.py) routes the
+handlers and runs the HistorySampler as one of its stages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 
 import orjson
 from aiohttp import web
 
-from mlserve.config import Config
+from mlserve.config import MonitorConfig
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.monitor.history import MetricsHistory
-from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader
-from mlserve.routing.service import InferenceService
-from mlserve.server.auth import PathPolicy
 from mlserve.server.middleware import TENANT
 from mlserve.server.overview import Caller, OverviewSources, build_overview
-from mlserve.server.state import ServerState
 
 log = logging.getLogger("mlserve.status")
 
@@ -109,38 +104,29 @@ def _queue_depths(loader: HotSwapLoader) -> dict[tuple[str, str], int]:
     }
 
 
-def _history_ctx(history: MetricsHistory, loader: HotSwapLoader):
-    """Samples the history every interval on a worker thread (a reading walks every family)."""
+class HistorySampler:
+    """Owns the metrics history and the task that adds a point every interval; the reading runs
+    on a worker thread (it walks every per-version family), the queue depths on the loop."""
 
-    async def sampler() -> None:
+    def __init__(self, config: MonitorConfig, metrics: Metrics, loader: HotSwapLoader) -> None:
+        self.history = MetricsHistory(metrics, config.status_interval_s, config.status_points)
+        self._loader = loader
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await loop.run_in_executor(None, history.sample, _queue_depths(loader))
-            except Exception:  # a failed reading must not end the history; it is logged once per reading
+                await loop.run_in_executor(None, self.history.sample, _queue_depths(self._loader))
+            except Exception:  # one failed reading must not end the history
                 log.exception("status history: a metrics reading failed")
-            await asyncio.sleep(history.interval_s)
-
-    async def ctx(app: web.Application):
-        task = asyncio.get_running_loop().create_task(sampler())
-        yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    return ctx
-
-
-def add_status_routes(app: web.Application, config: Config, metrics: Metrics, loader: HotSwapLoader,
-                      service: InferenceService, monitor: Monitor | None, state: ServerState) -> None:
-    """Route the page, its files and its data; start the history sampler with the app."""
-    history = MetricsHistory(metrics, config.monitor.status_interval_s, config.monitor.status_points)
-    sources = OverviewSources(loader, metrics, service.traffic, monitor, history, time.time(), lambda: state.is_ready)
-    admin_served = PathPolicy.from_config(config.auth, config.server.host).admin_served
-    handlers = StatusHandlers(sources, bool(config.auth.keys_file), admin_served)
-    r = app.router
-    r.add_get("/", handlers.page)
-    r.add_get("/ui/session", handlers.session)
-    r.add_get("/ui/{name}", handlers.asset)
-    r.add_get("/status", handlers.overview)
-    r.add_get("/status/models/{model}/versions/{version}/histogram", handlers.histogram)
-    app.cleanup_ctx.append(_history_ctx(history, loader))
+            await asyncio.sleep(self.history.interval_s)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mlserve.errors import InvalidInput
-from mlserve.registry.spec import DATATYPE_TO_NUMPY
+from mlserve.spec import DATATYPE_TO_NUMPY
 
 # What numpy kinds each datatype accepts from JSON: ints may not come as floats or booleans.
 _ACCEPTED_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}

@@ -14,6 +14,7 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService, InferRequest, InferResponse
 from mlserve.server.limits import admit, within_deadline
 from mlserve.server.middleware import status_for
+from mlserve.server.response import json_response
 from mlserve.server.state import ServerState
 from mlserve.server.tensors import decode_binary_tensor, decode_json_tensor, encode_binary, json_data
 
@@ -24,8 +25,7 @@ EXTENSIONS = ["binary_tensor_data", "model_repository", "schedule_policy"]
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body, option=_JSON_OPTIONS), status=status, content_type="application/json")
+_json = json_response
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryview, memoryview]:

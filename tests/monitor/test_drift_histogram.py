@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlserve.monitor.drift import DriftMonitor, build_reference
-from mlserve.monitor.drift_settings import DriftSettings
+from mlserve.spec import DriftSettings
 
 
 def _counts(values: np.ndarray, edges: tuple[float, ...]) -> list[int]:

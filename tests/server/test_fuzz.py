@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlserve.errors import InvalidInput
-from mlserve.registry.spec import DATATYPE_TO_NUMPY
 from mlserve.server.tensors import decode_binary_tensor, deserialize_bytes, encode_binary
 from mlserve.server.v2 import decode_infer_request
+from mlserve.spec import DATATYPE_TO_NUMPY
 
 # --- schemathesis: no 5xx, no crash, whatever the generated request ------------------------------
 
