@@ -49,7 +49,9 @@ class StatusHandlers:
         self._sources = sources
         self._auth_on = auth_on
         self._admin_served = admin_served
-        self._files = {p.name: p for p in UI_DIR.iterdir() if p.suffix in CONTENT_TYPES}
+        # Read once: a few small files that only change with the package.
+        self._files = {p.name: (p.read_bytes(), CONTENT_TYPES[p.suffix])
+                       for p in UI_DIR.iterdir() if p.suffix in CONTENT_TYPES}
 
     async def page(self, request: web.Request) -> web.Response:
         return self._file("index.html")
@@ -58,11 +60,11 @@ class StatusHandlers:
         return self._file(request.match_info["name"])
 
     def _file(self, name: str) -> web.Response:
-        path = self._files.get(name)
-        if path is None:
+        found = self._files.get(name)
+        if found is None:
             raise ModelNotFound(f"no file {name!r} in the status page")
-        content_type = CONTENT_TYPES[path.suffix]
-        return web.Response(body=path.read_bytes(), content_type=content_type, headers=PAGE_HEADERS)
+        body, content_type = found
+        return web.Response(body=body, content_type=content_type, headers=PAGE_HEADERS)
 
     async def session(self, request: web.Request) -> web.Response:
         """Open: whether the page must ask for a key before it reads /status."""
