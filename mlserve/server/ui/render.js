@@ -105,7 +105,8 @@ function experimentBlock(exp) {
         h("td", {}, ciBar(r.mean, r.ci, lo, hi)),
         h("td", { class: "num" }, r.lift === undefined ? "control" : fmtPct(r.lift)),
         h("td", { class: "num" }, r.p_value === undefined ? "" : fmtNum(r.p_value)),
-        h("td", {}, r.decision ? badge(r.decision, r.decision.startsWith("continue") ? "muted" : "ok") : ""))))));
+        h("td", {}, r.decision ? badge(r.decision.replace("_", " "), r.decision === "continue" ? "muted" : "ok",
+          { title: `always-valid p-value ${fmtNum(r.sequential_p_value)}` }) : ""))))));
 }
 
 function driftBlock(model, v, ui) {
