@@ -58,6 +58,8 @@ class HotSwapLoader:
         self._config = config
         self._metrics = metrics
         self.models: dict[str, ServedModel] = {}
+        self.on_reconciled: Callable[[str], None] | None = None
+        """Called on the loop after a repository pass that changed something (the server re-freezes the heap)."""
         self.scan_errors: dict[str, str] = {}
         self.budget = Budget(config.max_loaded_models, int(config.max_loaded_mb * 2**20))
         self._executor = ThreadPoolExecutor(max_workers=_MAX_PARALLEL_LOADS, thread_name_prefix="mlserve-loader")
@@ -132,9 +134,12 @@ class HotSwapLoader:
                 jobs.append(self.models[name])
         await asyncio.gather(*(self._sync_locked(served, source) for served in jobs))
         # A folder that now fails to read keeps what it serves; only a folder that is gone is removed.
-        for name in [n for n in self.models if n not in scan.models and n not in scan.errors]:
+        gone = [n for n in self.models if n not in scan.models and n not in scan.errors]
+        for name in gone:
             await self._remove_model(name, source)
         self.update_gauges()
+        if self.on_reconciled is not None and (jobs or gone):
+            self.on_reconciled(source)
         self._metrics.reconciles.labels(_label(source), "ok").inc()
         log.info("reconcile (%s): %d model(s), %d rejected, %d synced in %.2f s", source, len(scan.models),
                  len(scan.errors), len(jobs), time.monotonic() - started)

@@ -66,6 +66,11 @@ class TrafficManager:
             raise ModelNotFound(f"unknown model {name!r}")
         return served
 
+    def sticky_parameter(self, served: ServedModel) -> str | None:
+        """The request parameter this model routes by, if its sticky key is a parameter."""
+        key = self.state(served).spec.sticky_key
+        return key.name if key is not None and key.source == "param" else None
+
     def sticky_key(self, served: ServedModel, headers: Mapping[str, str], parameters: Mapping[str, Any]) -> str | None:
         key = self.state(served).spec.sticky_key
         return key.extract(headers, parameters) if key is not None else None

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from mlserve.config import Config, RegistryConfig
+from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader
@@ -24,7 +25,7 @@ from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
 from mlserve.server.auth import KeyRing, PathPolicy
 from mlserve.server.limits import LIMITS
-from mlserve.server.middleware import Gate, error_middleware, gate_middleware
+from mlserve.server.middleware import Gate, front_middleware
 from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
 from mlserve.server.openai import openai_app
 from mlserve.server.openapi import openapi_handler
@@ -113,7 +114,11 @@ def stages(s: Services) -> list[Stage]:
     (shadows, rollouts) stop before the loader drains the versions they use; the status history
 samples only once the repository is loaded and stops first; keys close last."""
 
+    gc_policy = GcPolicy(s.config.server.gc_freeze, s.config.server.gc_threshold)
+
     async def start_loader() -> None:
+        gc_policy.apply()
+        s.loader.on_reconciled = lambda source: gc_policy.freeze_heap(f"reconcile ({source})")
         await s.loader.start()
         s.state.is_started = True
         ready = sum(len(m.ready_versions()) for m in s.loader.models.values())
@@ -175,7 +180,7 @@ async def _metrics_handler(request: web.Request) -> web.Response:
 
 def v2_routes(s: Services) -> list[web.RouteDef]:
     """Open Inference Protocol, Triton's extensions, and mlserve's own per-model views under /v2."""
-    v2 = V2Handlers(s.inference, s.state, s.metrics)
+    v2 = V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits)
     admin = AdminHandlers(s.loader)
     drift = DriftHandlers(s.monitor, s.inference)
     traffic = TrafficHandlers(s.inference.traffic)
@@ -242,10 +247,8 @@ def status_routes(s: Services) -> list[web.RouteDef]:
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
     s = build_services(config, store)
-    # Middlewares: errors outermost (every failure leaves as JSON), then the gate (auth, limits).
-    app = web.Application(
-        middlewares=[error_middleware, gate_middleware(s.gate)], client_max_size=config.server.max_body_bytes
-    )
+    # One middleware: the gate (auth, limits) and JSON errors; the v2 infer route does both itself.
+    app = web.Application(middlewares=[front_middleware(s.gate)], client_max_size=config.server.max_body_bytes)
     app[CONFIG], app[STATE], app[METRICS], app[LIMITS] = config, s.state, s.metrics, config.limits
     app[KEYRING], app[MONITOR], app[LOADER], app[SERVICE] = s.gate.keyring, s.monitor, s.loader, s.inference
     app.add_routes(v2_routes(s))
