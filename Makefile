@@ -28,7 +28,9 @@ examples: $(MODELS)/.stamp
 serve: install examples
 	$(BIN)/python -m mlserve start --models $(MODELS) --host $(HOST) --port $(PORT)
 
-# promtool and prometheus for the deploy/ tests, kubectl and nginx for tests/deploy; installed when missing and we are root, else those tests skip.
+# System tools some tests need, installed when missing and we are root, else those tests skip:
+# promtool and prometheus for the monitor deploy tests, kubectl and nginx for tests/deploy,
+# Chromium and its driver for the status page's browser tests.
 deps-system:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q prometheus; } || \
@@ -37,6 +39,9 @@ deps-system:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && \
 	    apt-get install -y -q $$(command -v kubectl >/dev/null || echo kubernetes-client) $$(command -v nginx >/dev/null || echo nginx-light); } || \
 	  echo "kubectl/nginx not installed: tests/deploy skips the tests that need them"
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+	  echo "chromium/chromedriver not installed: tests/ui/test_page_browser.py skips"
 
 test: install deps-system
 	$(BIN)/python -m pytest

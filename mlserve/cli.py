@@ -1,4 +1,5 @@
-"""The command line: `mlserve start` serves a repository, `mlserve examples` writes one."""
+"""The command line: `mlserve start` serves a repository, `mlserve status` shows a running one,
+`mlserve examples` writes one."""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--prediction-log", metavar="DIR", help="write a sampled prediction log (JSON lines) here")
     start.add_argument("--log-sample-rate", type=float, help="share of requests in the prediction log (default 0.01)")
     start.add_argument("--log-inputs", choices=LOG_INPUTS, help="prediction log keeps input hashes (default) or values")
+    status = sub.add_parser("status", help="print a running server's overview (what the page at / shows)")
+    status.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
+    status.add_argument("--key", help="API key, when the server has keys on")
+    status.add_argument("--json", action="store_true", help="print the overview JSON as GET /status gives it")
     examples = sub.add_parser("examples", help="write the example model repository (offline, deterministic)")
     examples.add_argument("dir", type=Path)
     return parser
@@ -179,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         from mlserve.keys_cli import run_keys
 
         return run_keys(args)
+    if args.command == "status":
+        from mlserve.status_cli import run_status
+
+        return run_status(args.url, args.key, args.json)
     if args.command == "examples":
         from mlserve.examples import write_examples
 

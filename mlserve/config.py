@@ -160,8 +160,14 @@ class MonitorConfig:
     """Measure drift for every model (a model's [drift] enabled = false turns it off for that one)."""
     drift_queue: int = 1024
     """Answered requests waiting for the drift worker before new ones are dropped (and counted)."""
+    status_interval_s: float = 5.0
+    """How often the status page's history (requests/s, latency, ...) takes a point per version."""
+    status_points: int = 60
+    """Points kept per version for the status page's sparklines (60 x 5 s = the last 5 minutes)."""
 
     def __post_init__(self) -> None:
+        if self.status_interval_s <= 0 or self.status_points < 2:
+            raise ValueError("status_interval_s must be > 0 and status_points >= 2")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if self.log_inputs not in LOG_INPUTS:

@@ -48,7 +48,7 @@ def group_of(module: str) -> str:
     if len(parts) == 1:
         return "version"
     name = parts[1]
-    if name in ("cli", "__main__"):
+    if name in ("cli", "__main__", "status_cli"):
         return "cli"
     if name in ("examples", "examples_llm"):
         return "tools"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +31,8 @@ from mlserve.server.openai import openai_app
 from mlserve.server.openapi import openapi_handler
 from mlserve.server.ratelimit import InFlight, TenantLimiter
 from mlserve.server.state import ServerState
+from mlserve.server.overview import OverviewSources
+from mlserve.server.status import HistorySampler, StatusHandlers
 from mlserve.server.traffic import TrafficHandlers
 from mlserve.server.v2 import V2Handlers
 
@@ -71,6 +74,7 @@ class Services:
     loader: HotSwapLoader
     inference: InferenceService
     generation: GenerationService
+    status: HistorySampler
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +104,15 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     monitor = Monitor(config.monitor, metrics)
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
-    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation)
+    status = HistorySampler(config.monitor, metrics, loader)
+    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status)
 
 
 def stages(s: Services) -> list[Stage]:
     """Started top to bottom, stopped bottom to top. The monitor starts before the loader and stops
     after it, so every request answered while the batchers drain is still logged; traffic tasks
-    (shadows, rollouts) stop before the loader drains the versions they use; keys close last."""
+    (shadows, rollouts) stop before the loader drains the versions they use; the status history
+samples only once the repository is loaded and stops first; keys close last."""
 
     gc_policy = GcPolicy(s.config.server.gc_freeze, s.config.server.gc_threshold)
 
@@ -127,6 +133,7 @@ def stages(s: Services) -> list[Stage]:
         Stage("monitor", start=s.monitor.start, stop=s.monitor.close),
         Stage("loader", start=start_loader, stop=stop_loader),
         Stage("traffic", stop=s.inference.traffic.close),
+        Stage("status history", start=s.status.start, stop=s.status.stop),
     ]
 
 
@@ -224,6 +231,20 @@ def server_routes(s: Services) -> list[web.RouteDef]:
     ]
 
 
+def status_routes(s: Services) -> list[web.RouteDef]:
+    """The status page: its files at / and /ui/ (open), the overview and histograms it reads."""
+    sources = OverviewSources(s.loader, s.metrics, s.inference.traffic, s.monitor, s.status.history,
+                              time.time(), lambda: s.state.is_ready)
+    page = StatusHandlers(sources, s.gate.keyring.is_enabled, s.gate.policy.admin_served)
+    return [
+        web.get("/", page.page),
+        web.get("/ui/session", page.session),
+        web.get("/ui/{name}", page.asset),
+        web.get("/status", page.overview),
+        web.get("/status/models/{model}/versions/{version}/histogram", page.histogram),
+    ]
+
+
 def create_app(config: Config, store: Store | None = None) -> web.Application:
     s = build_services(config, store)
     # One middleware: the gate (auth, limits) and JSON errors; the v2 infer route does both itself.
@@ -233,6 +254,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.add_routes(v2_routes(s))
     app.add_routes(admin_routes(s))
     app.add_routes(server_routes(s))
+    app.add_routes(status_routes(s))
     app.add_subapp("/v1", openai_app(s.generation, s.metrics))
     app.cleanup_ctx.append(lifecycle(stages(s)))
     return app

@@ -1,7 +1,8 @@
 """Who may call what: the path policy and the key ring the auth middleware consults.
 
 The policy works on path prefixes so routes added later are covered without being listed:
-`/v2/health/` is open, `/metrics` is open by setting, `/admin/` and `/v2/repository/` need the
+`/v2/health/` and the status page's static files (`/`, `/ui/`; its data at `/status` is not) are
+open, `/metrics` is open by setting, `/admin/` and `/v2/repository/` need the
 admin scope and are served only on loopback or when enabled, everything else needs `infer`.
 """
 
@@ -25,7 +26,8 @@ from mlserve.server.ratelimit import TenantLimiter
 
 log = logging.getLogger("mlserve.auth")
 
-OPEN_PREFIXES = ("/v2/health/",)
+OPEN_PREFIXES = ("/v2/health/", "/ui/")
+OPEN_PATHS = ("/",)
 ADMIN_PREFIXES = ("/admin", "/v2/repository")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _CACHE_SIZE = 4096
@@ -56,7 +58,7 @@ class PathPolicy:
         return cls(auth.metrics_open, auth.admin_enabled or is_loopback(host))
 
     def access(self, path: str) -> Access:
-        if path.startswith(OPEN_PREFIXES) or (self.metrics_open and path == "/metrics"):
+        if path.startswith(OPEN_PREFIXES) or path in OPEN_PATHS or (self.metrics_open and path == "/metrics"):
             return Access.OPEN
         if any(path == prefix or path.startswith(prefix + "/") for prefix in ADMIN_PREFIXES):
             return Access.ADMIN if self.admin_served else Access.DISABLED
