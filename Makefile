@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 MODELS := examples/models
 
-.PHONY: install serve test examples bench clean deps-system
+.PHONY: install serve test examples bench clean deps-system grpc-stubs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ bench: install
 	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	@command -v wrk >/dev/null || { echo "make bench needs wrk (Debian: apt-get install -y wrk)"; exit 1; }
 	$(BIN)/python -m benchmarks.serving $(BENCH_ARGS)
+
+# The committed gRPC stubs in mlserve/server/grpc_proto/ come from Triton's proto files there. protoc 6.30
+# (grpcio-tools 1.73) writes code that runs on protobuf 6.30 and later; the sed makes the import package-relative.
+GRPC_PROTO := mlserve/server/grpc_proto
+grpc-stubs: install
+	$(BIN)/python -m pip install -q --target $(VENV)/grpc-tools 'grpcio-tools==1.73.1'
+	cd $(GRPC_PROTO) && PYTHONPATH=$(CURDIR)/$(VENV)/grpc-tools $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. \
+	  --python_out=. --grpc_python_out=. grpc_service.proto model_config.proto
+	sed -i 's/^import \(model_config_pb2\|grpc_service_pb2\) as/from . import \1 as/' $(GRPC_PROTO)/*_pb2*.py
+	rm -f $(GRPC_PROTO)/model_config_pb2_grpc.py
 
 clean:
 	rm -rf $(VENV) $(MODELS)

@@ -15,6 +15,7 @@ from mlserve.registry.store import Store
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import add_admin_routes
 from mlserve.server.auth import KeyRing, PathPolicy
+from mlserve.server.grpc_server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, error_middleware, gate_middleware
 from mlserve.server.monitor_routes import add_monitor_routes
@@ -117,6 +118,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     add_openai_routes(app, service, metrics)
     add_openapi_routes(app, gate.keyring.is_enabled)
     app.cleanup_ctx.append(_loader_ctx)
+    app.cleanup_ctx.append(grpc_cleanup_ctx(config, service, state, metrics, gate))  # after the loader: starts later, stops first
     app.on_cleanup.append(_close_keyring)
     add_monitor_routes(app, config.monitor, metrics, loader, service)
     return app
