@@ -29,6 +29,7 @@ from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
 from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
 from mlserve.monitor.metrics import Metrics
+from mlserve.monitor.stats import InferenceStatistics
 from mlserve.registry import repository
 from mlserve.registry.budget import Budget
 from mlserve.registry.repository import ModelEntry
@@ -73,6 +74,8 @@ class HotSwapLoader:
         self.on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
         """Called on a loader thread once a version has loaded and warmed up (drift references)."""
         self.on_unloaded: list[Callable[[str, int], None]] = []
+        self.stats = InferenceStatistics()
+        """Triton-style statistics per version, fed by each version's batcher."""
 
     async def start(self) -> None:
         """The first pass (with --lazy: list only), the cold-start figure, then the poll timer."""
@@ -351,8 +354,11 @@ class HotSwapLoader:
         batch_requests = m.batch_requests.labels(model, version)
         queue = m.queue_latency.labels(model, version)
         compute = m.compute_latency.labels(model, version)
+        self.stats.reset(model, version)
+        counters = self.stats.version(model, version)
 
         def observe(stats: BatchStats) -> None:
+            counters.record(stats.num_requests, stats.num_rows, stats.queue_s, stats.compute_s, stats.failed)
             batch_size.observe(stats.num_rows)
             batch_requests.observe(stats.num_requests)
             compute.observe(stats.compute_s)

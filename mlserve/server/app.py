@@ -23,6 +23,7 @@ from mlserve.server.openai import add_openai_routes
 from mlserve.server.openapi import add_openapi_routes
 from mlserve.server.ratelimit import InFlight, TenantLimiter
 from mlserve.server.state import ServerState
+from mlserve.server.stats_routes import add_stats_routes
 from mlserve.server.traffic import add_traffic_routes
 from mlserve.server.v2 import V2Handlers
 
@@ -112,6 +113,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     service = InferenceService(loader, metrics)
     app[CONFIG], app[METRICS], app[LOADER], app[SERVICE], app[STATE] = config, metrics, loader, service, state
     _add_v2_routes(app, V2Handlers(service, app[STATE], metrics))
+    add_stats_routes(app, loader)
     app.router.add_get("/metrics", _metrics_handler)
     add_admin_routes(app, loader)
     add_traffic_routes(app, service.traffic)

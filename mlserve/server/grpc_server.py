@@ -29,6 +29,7 @@ from mlserve.server.grpc_repository import RepositoryCalls
 from mlserve.server.limits import check_tensor_limits, timeout_s
 from mlserve.server.middleware import GRPC_ERROR_STATUS, Gate, status_for
 from mlserve.server.state import ServerState
+from mlserve.server.stats_routes import statistics_message
 from mlserve.server.triton_config import model_config_message
 from mlserve.server.v2 import EXTENSIONS
 
@@ -144,6 +145,10 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
     def _model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         served = self._service.router.pick(request.name, request.version or None)
         return pb.ModelConfigResponse(config=model_config_message(request.name, self.loader.models[served.model], served))
+
+    async def ModelStatistics(self, request, context):
+        answer = lambda key: _done(statistics_message(self.loader, request.name, request.version))  # noqa: E731
+        return await self._call(context, MODEL_PATH, answer)
 
     # --- inference ---------------------------------------------------------------------------
 
