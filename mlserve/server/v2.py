@@ -16,6 +16,7 @@ from mlserve.server.limits import admit, within_deadline
 from mlserve.server.middleware import status_for
 from mlserve.server.state import ServerState
 from mlserve.server.tensors import decode_binary_tensor, decode_json_tensor, encode_binary, json_data
+from mlserve.server.triton_config import model_config_dict
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION_HEADER = "Mlserve-Model-Version"
@@ -157,14 +158,8 @@ class V2Handlers:
 
     async def model_config(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")
-        info = self._service.router.pick(name, version).info
-        return _json({
-            "name": name,
-            "platform": info.platform,
-            "max_batch_size": info.max_batch_size,
-            "input": [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": list(s.shape)} for s in info.inputs],
-            "output": [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": list(s.shape)} for s in info.outputs],
-        })
+        served = self._service.router.pick(name, version)
+        return _json(model_config_dict(name, self._service.loader.models[served.model], served))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")

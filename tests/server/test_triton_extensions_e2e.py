@@ -1,5 +1,6 @@
-"""Triton's statistics extension over HTTP and gRPC: counts equal the requests sent, both protocols
-give the same numbers, and the JSON parses into Triton's ModelStatisticsResponse."""
+"""Triton's extensions over HTTP and gRPC. Statistics: counts equal the requests sent, both protocols
+give the same numbers, the JSON parses into ModelStatisticsResponse. Model configuration: the JSON
+parses into Triton's ModelConfig and says what model.toml says."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import json_format
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
 from mlserve.examples import write_identity_onnx
@@ -18,11 +19,30 @@ from tests.server.http import call
 from tests.server_process import free_port, serving
 
 
+CONFIGURED_TOML = """\
+max_batch_size = 8
+max_queue_delay_us = 500
+preferred_batch_sizes = [4, 8]
+max_queue_size = 16
+timeout_us = 100000
+priority_levels = 3
+default_priority_level = 2
+instances = 2
+intra_op_threads = 2
+version_policy = { all = true }
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     write_identity_onnx(root / "counted" / "1" / "model.onnx", "FP32")
     write_identity_onnx(root / "idle" / "1" / "model.onnx", "FP32")
+    for version in (1, 2):
+        write_identity_onnx(root / "configured" / str(version) / "model.onnx", "FP32", width=5)
+    (root / "configured" / "model.toml").write_text(CONFIGURED_TOML)
+    write_identity_onnx(root / "texts" / "1" / "model.onnx", "BYTES")
+    (root / "texts" / "model.toml").write_text("max_batch_size = 0\n")
     port = free_port()
     with serving(root, "--grpc-port", str(port), log_path=tmp_path_factory.mktemp("logs") / "log") as proc:
         proc.grpc_target = f"127.0.0.1:{port}"
@@ -66,10 +86,37 @@ def test_counts_match_the_requests_sent_over_both_protocols(server):
 
 def test_every_model_and_unknown_names(server):
     rows = call(f"{server.url}/v2/models/stats").body["model_stats"]
-    assert [(r["name"], r["version"]) for r in rows] == [("counted", "1"), ("idle", "1")]
+    assert [(r["name"], r["version"]) for r in rows] == [
+        ("configured", "1"), ("configured", "2"), ("counted", "1"), ("idle", "1"), ("texts", "1")]
     assert call(f"{server.url}/v2/models/idle/versions/1/stats").body["model_stats"][0]["execution_count"] == 0
     assert call(f"{server.url}/v2/models/nope/stats").status == 404
     assert call(f"{server.url}/v2/models/idle/versions/9/stats").status == 404
     with pytest.raises(InferenceServerException) as excinfo:
         grpcclient.InferenceServerClient(server.grpc_target).get_inference_statistics("nope")
     assert excinfo.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_config_parses_as_tritons_and_says_what_model_toml_says(server):
+    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    body = http.get_model_config("configured", "2")
+    config = json_format.ParseDict(body, model_config_pb2.ModelConfig())
+    assert config == grpcclient.InferenceServerClient(server.grpc_target).get_model_config("configured", "2").config
+    assert (config.name, config.platform, config.max_batch_size) == ("configured", "onnxruntime_onnx", 8)
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [("x", model_config_pb2.TYPE_FP32, [5])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("y", [5])]  # no batch dimension
+    batching = config.dynamic_batching
+    assert list(batching.preferred_batch_size) == [4, 8] and batching.max_queue_delay_microseconds == 500
+    assert (batching.priority_levels, batching.default_priority_level) == (3, 2)
+    policy = batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (16, 100000)
+    assert config.version_policy.HasField("all")
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+    assert config.parameters["intra_op_threads"].string_value == "2"
+
+
+def test_config_of_an_unbatched_string_model(server):
+    body = call(f"{server.url}/v2/models/texts/config").body
+    config = json_format.ParseDict(body, model_config_pb2.ModelConfig())
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert [(t.data_type, list(t.dims)) for t in config.input] == [(model_config_pb2.TYPE_STRING, [-1, 3])]
+    assert config.version_policy.latest.num_versions == 1
