@@ -15,6 +15,7 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
 from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo
+from mlserve.routing.classification import check_class_counts, classify, read_labels
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
 
@@ -35,6 +36,8 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     """HTTP headers, for a sticky routing key taken from a header."""
+    class_counts: Mapping[str, int] = field(default_factory=dict)
+    """Outputs to answer as their top k classes (Triton's classification extension), by name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,7 @@ class InferenceService:
         self.loader = loader
         self.traffic = TrafficManager(loader, metrics or Metrics())
         self.router = Router(loader, self.traffic)
+        self._labels: dict[tuple[str, int, str], tuple[str, ...]] = {}
         self.monitor: Monitor | None = None
         """Fed every answered request (drift, prediction log); its `observe` never blocks."""
 
@@ -121,14 +125,25 @@ class InferenceService:
             ))
         names = request.outputs if request.outputs is not None else tuple(s.name for s in served.info.outputs)
         datatypes = {s.name: s.datatype for s in served.info.outputs}
-        return InferResponse(
-            served.model, str(served.version), {n: outputs[n] for n in names},
-            {n: datatypes[n] for n in names}, req_id,
-        )
+        chosen, chosen_types = {n: outputs[n] for n in names}, {n: datatypes[n] for n in names}
+        if request.class_counts:
+            self._classify(served, request.class_counts, chosen, chosen_types)
+        return InferResponse(served.model, str(served.version), chosen, chosen_types, req_id)
+
+    def _classify(self, served: ServedVersion, class_counts, outputs: dict, datatypes: dict) -> None:
+        """Replace each classified output by its top k as BYTES (labels read once per version)."""
+        key = (served.model, served.version, served.fingerprint)
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = self._labels[key] = read_labels(served.path)
+        for name, k in class_counts.items():
+            outputs[name] = classify(outputs[name], k, labels, served.info.max_batch_size > 0)
+            datatypes[name] = "BYTES"
 
     async def _run(self, served: ServedVersion, request: InferRequest):
         info = served.info
         rows = validate_inputs(info, request)
+        check_class_counts(info, request.class_counts)
         if request.outputs is not None:
             known = {s.name for s in info.outputs}
             missing = [o for o in request.outputs if o not in known]

@@ -14,6 +14,7 @@ import numpy as np
 
 from mlserve.errors import InvalidInput
 from mlserve.registry.spec import DATATYPE_TO_NUMPY
+from mlserve.routing.classification import class_counts_from
 from mlserve.routing.service import InferRequest, InferResponse
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 from mlserve.server.tensors import decode_binary_tensor, encode_binary
@@ -25,7 +26,7 @@ CONTENTS_FIELD = {
     "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
     "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
-OUTPUT_PARAMETERS: frozenset[str] = frozenset()
+OUTPUT_PARAMETERS = frozenset({"classification"})
 """Requested-output parameters the server honours; any other is refused by name."""
 
 
@@ -107,23 +108,28 @@ def _decode_inputs(message: pb.ModelInferRequest) -> tuple[dict[str, np.ndarray]
     return arrays, datatypes
 
 
-def _requested_outputs(message: pb.ModelInferRequest) -> tuple[str, ...] | None:
+def _requested_outputs(message: pb.ModelInferRequest) -> tuple[tuple[str, ...] | None, dict[str, int]]:
     if not message.outputs:
-        return None
+        return None, {}
+    class_counts = {}
     for out in message.outputs:
         unknown = sorted(set(out.parameters) - OUTPUT_PARAMETERS)
         if unknown:
             raise InvalidInput(f"output {out.name!r}: parameter(s) {unknown} are not supported")
-    return tuple(out.name for out in message.outputs)
+        k = class_counts_from(out.name, parameters_dict(out.parameters))
+        if k is not None:
+            class_counts[out.name] = k
+    return tuple(out.name for out in message.outputs), class_counts
 
 
 def decode_infer_request(message: pb.ModelInferRequest, headers: Mapping[str, str]) -> InferRequest:
     """The one place a gRPC ModelInferRequest becomes an InferRequest. `headers` is the call's
     metadata, for a sticky routing key taken from a header."""
     arrays, datatypes = _decode_inputs(message)
+    outputs, class_counts = _requested_outputs(message)
     return InferRequest(
         message.model_name, message.model_version or None, arrays, datatypes, message.id or None,
-        _requested_outputs(message), parameters_dict(message.parameters), headers,
+        outputs, parameters_dict(message.parameters), headers, class_counts,
     )
 
 

@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
 
 from mlserve.registry.served import ServedModel, ServedVersion
 from mlserve.registry.spec import BatchingSpec, ModelConfig, TensorSpec, VersionPolicy
+from mlserve.routing.classification import labels_path
 from mlserve.server.grpc_proto import model_config_pb2
 
 # Triton's DataType names: BYTES is TYPE_STRING, the rest keep the v2 name.
@@ -27,6 +29,16 @@ def _tensors(specs: tuple[TensorSpec, ...], max_batch_size: int) -> list[dict[st
          "dims": list(s.shape[1:] if max_batch_size > 0 and s.shape else s.shape)}
         for s in specs
     ]
+
+
+def _outputs(specs: tuple[TensorSpec, ...], max_batch_size: int, labels: Path | None) -> list[dict[str, Any]]:
+    """With a labels file, every output that can be classified names it (`class_count` uses it)."""
+    outputs = _tensors(specs, max_batch_size)
+    if labels is not None:
+        for spec, out in zip(specs, outputs):
+            if spec.datatype != "BYTES":
+                out["label_filename"] = labels.name
+    return outputs
 
 
 def _version_policy(policy: VersionPolicy) -> dict[str, Any]:
@@ -82,7 +94,7 @@ def model_config_dict(name: str, model: ServedModel, version: ServedVersion) -> 
         "max_batch_size": info.max_batch_size,
         "version_policy": _version_policy(config.version_policy),
         "input": _tensors(info.inputs, info.max_batch_size),
-        "output": _tensors(info.outputs, info.max_batch_size),
+        "output": _outputs(info.outputs, info.max_batch_size, labels_path(version.path)),
         "instance_group": _instance_group(config, device),
         "parameters": _parameters(config, device),
     }

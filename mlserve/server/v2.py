@@ -11,6 +11,7 @@ from aiohttp import web
 from mlserve import __version__
 from mlserve.errors import InvalidInput, MlserveError
 from mlserve.monitor.metrics import Metrics
+from mlserve.routing.classification import class_counts_from
 from mlserve.routing.service import InferenceService, InferRequest, InferResponse
 from mlserve.server.limits import admit, within_deadline
 from mlserve.server.middleware import status_for
@@ -21,7 +22,8 @@ from mlserve.server.triton_config import model_config_dict
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION_HEADER = "Mlserve-Model-Version"
 REQUEST_ID_HEADER = "Mlserve-Request-Id"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "schedule_policy"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "schedule_policy",
+              "statistics"]
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -70,16 +72,21 @@ def _decode_inputs(raw_inputs: Any, binary: memoryview) -> tuple[dict, dict]:
     return arrays, datatypes
 
 
-def _requested_outputs(raw: Any, default_binary: bool) -> tuple[tuple[str, ...] | None, dict[str, bool]]:
+def _requested_outputs(
+    raw: Any, default_binary: bool
+) -> tuple[tuple[str, ...] | None, dict[str, bool], dict[str, int]]:
     if raw is None:
-        return None, {}
+        return None, {}, {}
     if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
         raise InvalidInput("'outputs' must be a list of objects with a name")
-    binary = {}
+    binary, class_counts = {}, {}
     for out in raw:
         params = out.get("parameters") or {}
         binary[out["name"]] = bool(params.get("binary_data", default_binary)) if isinstance(params, dict) else False
-    return tuple(o["name"] for o in raw), binary
+        k = class_counts_from(out["name"], params) if isinstance(params, dict) else None
+        if k is not None:
+            class_counts[out["name"]] = k
+    return tuple(o["name"] for o in raw), binary, class_counts
 
 
 def decode_infer_request(
@@ -97,8 +104,8 @@ def decode_infer_request(
         raise InvalidInput("'parameters' must be an object")
     arrays, datatypes = _decode_inputs(parsed.get("inputs"), binary)
     default_binary = bool(parameters.get("binary_data_output", False))
-    outputs, binary_flags = _requested_outputs(parsed.get("outputs"), default_binary)
-    request = InferRequest(model, version, arrays, datatypes, req_id, outputs, parameters, headers or {})
+    outputs, binary_flags, class_counts = _requested_outputs(parsed.get("outputs"), default_binary)
+    request = InferRequest(model, version, arrays, datatypes, req_id, outputs, parameters, headers or {}, class_counts)
     return request, binary_flags, default_binary
 
 

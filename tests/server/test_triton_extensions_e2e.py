@@ -19,6 +19,7 @@ from tests.server.http import call
 from tests.server_process import free_port, serving
 
 
+LABELS = ("cat", "dog", "bird", "fish", "frog")
 CONFIGURED_TOML = """\
 max_batch_size = 8
 max_queue_delay_us = 500
@@ -42,6 +43,9 @@ def server(tmp_path_factory):
         write_identity_onnx(root / "configured" / str(version) / "model.onnx", "FP32", width=5)
     (root / "configured" / "model.toml").write_text(CONFIGURED_TOML)
     write_identity_onnx(root / "texts" / "1" / "model.onnx", "BYTES")
+    write_identity_onnx(root / "scores" / "1" / "model.onnx", "FP32", width=5)
+    (root / "scores" / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    write_identity_onnx(root / "counts" / "1" / "model.onnx", "INT32", width=4)
     (root / "texts" / "model.toml").write_text("max_batch_size = 0\n")
     port = free_port()
     with serving(root, "--grpc-port", str(port), log_path=tmp_path_factory.mktemp("logs") / "log") as proc:
@@ -87,7 +91,8 @@ def test_counts_match_the_requests_sent_over_both_protocols(server):
 def test_every_model_and_unknown_names(server):
     rows = call(f"{server.url}/v2/models/stats").body["model_stats"]
     assert [(r["name"], r["version"]) for r in rows] == [
-        ("configured", "1"), ("configured", "2"), ("counted", "1"), ("idle", "1"), ("texts", "1")]
+        ("configured", "1"), ("configured", "2"), ("counted", "1"), ("counts", "1"), ("idle", "1"),
+        ("scores", "1"), ("texts", "1")]
     assert call(f"{server.url}/v2/models/idle/versions/1/stats").body["model_stats"][0]["execution_count"] == 0
     assert call(f"{server.url}/v2/models/nope/stats").status == 404
     assert call(f"{server.url}/v2/models/idle/versions/9/stats").status == 404
@@ -120,3 +125,51 @@ def test_config_of_an_unbatched_string_model(server):
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
     assert [(t.data_type, list(t.dims)) for t in config.input] == [(model_config_pb2.TYPE_STRING, [-1, 3])]
     assert config.version_policy.latest.num_versions == 1
+
+
+def _top_k(row, k: int, labels=()) -> list[bytes]:
+    """Triton's "score:index[:label]" strings, computed here by plain sorting."""
+    ranked = sorted(range(len(row)), key=lambda i: (-float(row[i]), i))[:k]
+    texts = []
+    for i in ranked:
+        score = f"{float(row[i]):f}" if isinstance(row[i], (float, np.floating)) else str(int(row[i]))
+        texts.append(f"{score}:{i}" + (f":{labels[i]}" if i < len(labels) else ""))
+    return [t.encode() for t in texts]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_class_count_gives_top_k_with_labels_over_http_and_grpc(server, binary):
+    x = np.array([[0.25, 3.5, -1.0, 3.5, 0.75], [9.0, -2.0, 0.5, 1.25, 4.0]], dtype=np.float32)
+    hinp = httpclient.InferInput("x", [2, 5], "FP32")
+    hinp.set_data_from_numpy(x, binary_data=binary)
+    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    out = httpclient.InferRequestedOutput("y", binary_data=binary, class_count=3)
+    over_http = http.infer("scores", [hinp], outputs=[out]).as_numpy("y")
+    ginp = grpcclient.InferInput("x", [2, 5], "FP32")
+    ginp.set_data_from_numpy(x)
+    over_grpc = grpcclient.InferenceServerClient(server.grpc_target).infer(
+        "scores", [ginp], outputs=[grpcclient.InferRequestedOutput("y", class_count=3)]).as_numpy("y")
+    expected = [_top_k(row, 3, LABELS) for row in x]
+    for got in (over_http, over_grpc):
+        assert got.shape == (2, 3)
+        assert [[v if isinstance(v, bytes) else v.encode() for v in row] for row in got] == expected
+    assert expected[0][:2] == [b"3.500000:1:dog", b"3.500000:3:fish"]
+    config = http.get_model_config("scores")
+    assert config["output"][0]["label_filename"] == "labels.txt"
+
+
+def test_class_count_without_labels_and_bad_counts(server):
+    x = np.array([[5, -7, 12, 12]], dtype=np.int32)
+    inp = grpcclient.InferInput("x", [1, 4], "INT32")
+    inp.set_data_from_numpy(x)
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    got = client.infer("counts", [inp], outputs=[grpcclient.InferRequestedOutput("y", class_count=10)]).as_numpy("y")
+    assert list(got[0]) == _top_k(x[0], 10) == [b"12:2", b"12:3", b"5:0", b"-7:1"]
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "INT32", "data": [1, 2, 3, 4]}],
+            "outputs": [{"name": "y", "parameters": {"classification": 0}}]}
+    answer = call(f"{server.url}/v2/models/counts/infer", body)
+    assert answer.status == 400 and "classification" in answer.body["error"]
+    body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "data": ["a", "b", "c"]}],
+            "outputs": [{"name": "y", "parameters": {"classification": 2}}]}
+    answer = call(f"{server.url}/v2/models/texts/infer", body)
+    assert answer.status == 400 and "cannot be classified" in answer.body["error"]
