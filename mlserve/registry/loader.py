@@ -438,15 +438,16 @@ class HotSwapLoader:
             raise ModelNotFound(f"unknown model {name!r}")
         return served
 
-    async def load(self, name: str, source: str) -> ServedModel:
-        """Triton's load: read the model folder again and load what its policy wants."""
+    async def load(self, name: str, source: str, force: bool = False) -> ServedModel:
+        """Triton's load: read the model folder again and load what its policy wants; `force`
+        rebuilds unchanged versions too (after a model.toml change), each swapped in when ready."""
         await self.store.refresh(name)
         entry = await repository.read_entry(self.store, name)
         served = self.models.setdefault(name, ServedModel(entry))
         served.entry, served.is_unloaded = entry, False
         self.scan_errors.pop(name, None)
         async with served.lock:
-            await self._sync_model(served, source)
+            await self._sync_model(served, source, force)
         served.last_used = time.monotonic()
         if served.default_version() is None:
             reasons = "; ".join(f"{v}: {sv.reason}" for v, sv in sorted(served.versions.items()) if sv.reason)

@@ -8,8 +8,11 @@ from typing import Any
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.safety import check_model_name
+from mlserve.registry.upload import current_toml, publish
+from mlserve.server.grpc_codec import parameter_value
 from mlserve.server.grpc_gate import REPOSITORY_PATH
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
+from mlserve.server.triton_upload import upload_from_parameters
 
 
 def index_rows(loader: HotSwapLoader, ready_only: bool) -> list[dict[str, Any]]:
@@ -51,8 +54,13 @@ class RepositoryCalls:
         async def work(key):
             if request.repository_name:
                 raise InvalidInput(f"unknown repository {request.repository_name!r}: mlserve serves one")
-            _no_parameters("load", request.parameters)
-            await self.loader.load(check_model_name(request.model_name), f"grpc {context.peer()}")
+            name, who = check_model_name(request.model_name), f"grpc {context.peer()}"
+            if request.parameters:
+                parameters = {k: parameter_value(v) for k, v in request.parameters.items()}
+                upload = upload_from_parameters(name, parameters, await current_toml(self.loader.store, name), False)
+                await publish(self.loader, upload, who)
+            else:
+                await self.loader.load(name, who)
             return pb.RepositoryModelLoadResponse()
 
         return await self._call(context, REPOSITORY_PATH, work)
