@@ -120,7 +120,8 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     add_openai_routes(app, service, metrics)
     add_openapi_routes(app, gate.keyring.is_enabled)
     app.cleanup_ctx.append(_loader_ctx)
-    app.cleanup_ctx.append(grpc_cleanup_ctx(config, service, state, metrics, gate))  # after the loader: starts later, stops first
+    # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
+    app.cleanup_ctx.append(grpc_cleanup_ctx(config, service, state, metrics, gate))
     app.on_cleanup.append(_close_keyring)
     add_monitor_routes(app, config.monitor, metrics, loader, service)
     return app

@@ -144,7 +144,8 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
 
     def _model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         served = self._service.router.pick(request.name, request.version or None)
-        return pb.ModelConfigResponse(config=model_config_message(request.name, self.loader.models[served.model], served))
+        config = model_config_message(request.name, self.loader.models[served.model], served)
+        return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, request, context):
         answer = lambda key: _done(statistics_message(self.loader, request.name, request.version))  # noqa: E731

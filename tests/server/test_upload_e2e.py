@@ -109,11 +109,11 @@ def test_broken_artifact_is_refused_and_the_old_version_serves(server):
     ({"file:1/model.onnx": "AAAA"}, "already has version 1"),
 ])
 def test_bad_uploads_are_400_with_the_reason(server, parameters, text):
-    toml_before = (server.root / "up" / "model.toml").read_bytes() if (server.root / "up" / "model.toml").exists() else None
+    toml = server.root / "up" / "model.toml"
+    toml_before = toml.read_bytes() if toml.exists() else None
     answer = call(f"{server.url}/v2/repository/models/up/load", {"parameters": parameters})
     assert answer.status == 400 and text in answer.body["error"], answer.body
-    toml_after = (server.root / "up" / "model.toml").read_bytes() if (server.root / "up" / "model.toml").exists() else None
-    assert toml_after == toml_before and not (server.root / "up" / "7").exists()
+    assert (toml.read_bytes() if toml.exists() else None) == toml_before and not (server.root / "up" / "7").exists()
 
 
 def test_config_override_applies_and_a_config_that_breaks_loading_is_taken_back(server):
@@ -148,3 +148,35 @@ def test_grpc_upload_of_a_new_model(server, artifacts):
     assert excinfo.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert not (server.root / "broken_new").exists()
     assert "broken_new" not in [m["name"] for m in client.get_model_repository_index(as_json=True)["models"]]
+
+
+def test_push_command_writes_a_version_a_running_server_loads(server, artifacts, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.server_process import ROOT
+
+    def push(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mlserve", "push", "--models", str(server.root), *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    config = tmp_path / "model.toml"
+    config.write_text("max_batch_size = 16\n")
+    done = push("--name", "pushed", str(artifacts / "mlp3.onnx"), "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    written = server.root / "pushed" / "1"
+    assert (written / "mlp3.onnx").is_file() and (written / "SHA256SUMS").is_file()
+    again = push("--name", "pushed", str(artifacts / "mlp3.onnx"), "--version", "1")
+    assert again.returncode == 2 and "already has version 1" in again.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_batch_size = 'many'\n")
+    refused = push("--name", "pushed", str(artifacts / "mlp3.onnx"), "--config", str(bad))
+    assert refused.returncode == 2 and "max_batch_size" in refused.stderr
+    assert not (server.root / "pushed" / "2").exists()
+    _http(server).load_model("pushed")
+    x = np.ones((1, 768), np.float32)
+    inp = httpclient.InferInput("x", [1, 768], "FP32")
+    inp.set_data_from_numpy(x)
+    got = _http(server).infer("pushed", [inp]).as_numpy("y")
+    np.testing.assert_allclose(got, _reference(artifacts / "mlp3.onnx", x), rtol=1e-5, atol=1e-5)
+    assert _http(server).get_model_config("pushed")["max_batch_size"] == 16
