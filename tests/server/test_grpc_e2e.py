@@ -184,8 +184,8 @@ def test_unhonoured_options_are_refused_by_name(grpc_server):
     inp = grpcclient.InferInput("x", [1, 3], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 3), np.float32))
     with pytest.raises(InferenceServerException) as excinfo:
-        _client(grpc_server).load_model("mlp", config='{"max_batch_size": 2}')
-    assert _status(excinfo) == "StatusCode.INVALID_ARGUMENT" and "config" in excinfo.value.message()
+        _client(grpc_server).load_model("mlp", config='{"sequence_batching": {}}')
+    assert _status(excinfo) == "StatusCode.INVALID_ARGUMENT" and "sequence_batching" in excinfo.value.message()
     request = _typed_request("identity_fp32", np.zeros((1, 3), np.float32), "FP32")
     request.inputs[0].parameters["shared_memory_region"].string_param = "r"
     with grpc.insecure_channel(grpc_server.grpc_target) as channel:
