@@ -1,9 +1,10 @@
-"""New versions and model.toml changes written into a local repository, then loaded through the
+"""New versions and model.toml changes written into the repository, then loaded through the
 loader's normal hot-swap path; a version or config that does not load is taken back out.
 
-Each version folder is written under a hidden name with its SHA256SUMS, then renamed into place
-(atomic on one filesystem), so a reconcile pass never sees half a version; model.toml is replaced
-the same way. A version folder that already exists is never overwritten: versions are immutable.
+In a local folder each version is written under a hidden name with its SHA256SUMS, then renamed
+into place (atomic on one filesystem), so a reconcile pass never sees half a version; model.toml is
+replaced the same way. S3 uploads are in upload_s3.py. A version that already exists is never
+overwritten: versions are immutable.
 """
 
 from __future__ import annotations
@@ -177,14 +178,11 @@ async def current_toml(store: Any, model: str) -> dict[str, Any]:
 
 async def publish(loader: Any, upload: Upload, source: str) -> ServedModel:
     """Write the upload, load it with the hot-swap path, and take it back out if it does not load."""
-    store = loader.store
-    if not isinstance(store, LocalStore):
-        raise InvalidInput(f"uploads need a local model repository; {store.describe()} is not one")
     if not upload.files and upload.toml is None:
         raise InvalidInput("load: nothing to write")
     toml = checked_toml(upload.toml) if upload.toml is not None else None
     before = dict(loader.models[upload.model].versions) if upload.model in loader.models else {}
-    undo = await asyncio.to_thread(write_upload, store.root, upload, toml)
+    undo = await _write(loader.store, upload, toml)
     try:
         served = await loader.load(upload.model, source, force=toml is not None)
         failed = _failed_versions(served, upload, before, toml is not None)
@@ -214,8 +212,28 @@ def _failed_versions(served: ServedModel, upload: Upload, before: dict, forced: 
     return failed
 
 
-async def _roll_back(loader: Any, undo: Undo, model: str, source: str) -> None:
-    await asyncio.to_thread(take_back, undo)
+async def _write(store: Any, upload: Upload, toml: str | None):
+    if isinstance(store, LocalStore):
+        return await asyncio.to_thread(write_upload, store.root, upload, toml)
+    from mlserve.registry.s3 import S3Store
+    from mlserve.registry.upload_s3 import write_upload_s3
+
+    if isinstance(store, S3Store):
+        return await write_upload_s3(store, upload.model, upload.files, toml)
+    raise InvalidInput(f"uploads are not supported into {store.describe()}")
+
+
+async def _take_back(store: Any, undo) -> None:
+    if isinstance(undo, Undo):
+        await asyncio.to_thread(take_back, undo)
+    else:
+        from mlserve.registry.upload_s3 import take_back_s3
+
+        await take_back_s3(store, undo)
+
+
+async def _roll_back(loader: Any, undo, model: str, source: str) -> None:
+    await _take_back(loader.store, undo)
     if undo.created_model:
         await loader.reconcile(source)
     else:
