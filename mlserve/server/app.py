@@ -112,7 +112,9 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics)
     service = InferenceService(loader, metrics)
     app[CONFIG], app[METRICS], app[LOADER], app[SERVICE], app[STATE] = config, metrics, loader, service, state
-    _add_v2_routes(app, V2Handlers(service, app[STATE], metrics))
+    v2 = V2Handlers(service, app[STATE], metrics)
+    _add_v2_routes(app, v2)
+    app.router.add_get("/v2/", v2.server_metadata)  # the same as /v2, as some clients ask
     add_stats_routes(app, loader)
     app.router.add_get("/metrics", _metrics_handler)
     add_admin_routes(app, loader)

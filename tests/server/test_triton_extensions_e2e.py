@@ -173,3 +173,10 @@ def test_class_count_without_labels_and_bad_counts(server):
             "outputs": [{"name": "y", "parameters": {"classification": 2}}]}
     answer = call(f"{server.url}/v2/models/texts/infer", body)
     assert answer.status == 400 and "cannot be classified" in answer.body["error"]
+
+
+def test_v2_with_a_trailing_slash_and_unsupported_methods(server):
+    assert call(f"{server.url}/v2/").body == call(f"{server.url}/v2").body
+    answer = call(f"{server.url}/v2/models/idle", method="DELETE")
+    assert answer.status == 405 and "GET" in answer.headers.get("Allow", "")
+    assert call(f"{server.url}/v2/models/idle/infer", method="GET").status == 405
