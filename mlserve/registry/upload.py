@@ -62,24 +62,23 @@ def check_file_path(spec: str) -> tuple[int, str]:
     return int(version), rel
 
 
-def toml_text(table: dict[str, Any]) -> str:
+def toml_text(table: dict[str, Any], path: tuple[str, ...] = ()) -> str:
     """A model.toml table back to TOML: plain keys first, then [tables] and [[arrays of tables]]."""
     lines, sections = [], []
     for key, value in table.items():
-        if isinstance(value, dict) and not _is_inline(value):
-            sections.append((f"[{key}]", [(key, value)]))
+        if isinstance(value, dict):
+            sections.append((f"[{_dotted(path + (key,))}]", key, value))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            sections.append((f"[[{key}]]", [(key, v) for v in value]))
+            sections.extend((f"[[{_dotted(path + (key,))}]]", key, v) for v in value)
         else:
             lines.append(f"{json.dumps(key)} = {_value(value)}")
-    for header, items in sections:
-        for _, value in items:
-            lines.extend(["", header, *toml_text(value).splitlines()])
+    for header, key, value in sections:
+        lines.extend(["", header, *toml_text(value, path + (key,)).splitlines()])
     return "\n".join(lines) + "\n"
 
 
-def _is_inline(value: dict) -> bool:
-    return all(not isinstance(v, dict) for v in value.values()) and len(value) <= 1
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(json.dumps(k) for k in path)
 
 
 def _value(value: Any) -> str:

@@ -22,7 +22,7 @@ from mlserve.keys import ApiKey
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService, InferRequest, InferResponse
 from mlserve.server import grpc_codec
-from mlserve.server.grpc_gate import HEALTH_PATH, MODEL_PATH, REPOSITORY_PATH, Refused, admitted, authorize
+from mlserve.server.grpc_gate import HEALTH_PATH, MODEL_PATH, Refused, admitted, authorize
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 from mlserve.server.grpc_proto import grpc_service_pb2_grpc as pb_grpc
 from mlserve.server.grpc_repository import RepositoryCalls
