@@ -17,7 +17,7 @@ import secrets
 import shutil
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from mlserve.errors import InvalidInput, ModelLoadError
@@ -55,7 +55,7 @@ def check_file_path(spec: str) -> tuple[int, str]:
     version, _, rel = spec.partition("/")
     if not version.isdigit() or int(version) < 1 or str(int(version)) != version:
         raise InvalidInput(f"file:{spec}: the path must start with a version folder (a positive integer)")
-    parts = PurePosixPath(rel).parts
+    parts = rel.split("/")
     if not rel or rel.startswith("/") or any(p in ("", ".", "..") or p.startswith(".") for p in parts) \
             or "\\" in rel or rel == CHECKSUM_FILE:
         raise InvalidInput(f"file:{spec}: not a plain relative file path inside the version folder")
