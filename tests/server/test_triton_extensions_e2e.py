@@ -19,6 +19,12 @@ from tests.server.http import call
 from tests.server_process import free_port, serving
 
 
+SPLIT_TOML = """\
+version_policy = { all = true }
+[traffic]
+split = { "1" = 50, "2" = 50 }
+sticky_key = "header:X-User-Id"
+"""
 LABELS = ("cat", "dog", "bird", "fish", "frog")
 CONFIGURED_TOML = """\
 max_batch_size = 8
@@ -46,6 +52,9 @@ def server(tmp_path_factory):
     write_identity_onnx(root / "scores" / "1" / "model.onnx", "FP32", width=5)
     (root / "scores" / "labels.txt").write_text("\n".join(LABELS) + "\n")
     write_identity_onnx(root / "counts" / "1" / "model.onnx", "INT32", width=4)
+    for version in (1, 2):
+        write_identity_onnx(root / "split" / str(version) / "model.onnx", "FP32")
+    (root / "split" / "model.toml").write_text(SPLIT_TOML)
     (root / "texts" / "model.toml").write_text("max_batch_size = 0\n")
     port = free_port()
     with serving(root, "--grpc-port", str(port), log_path=tmp_path_factory.mktemp("logs") / "log") as proc:
@@ -92,7 +101,7 @@ def test_every_model_and_unknown_names(server):
     rows = call(f"{server.url}/v2/models/stats").body["model_stats"]
     assert [(r["name"], r["version"]) for r in rows] == [
         ("configured", "1"), ("configured", "2"), ("counted", "1"), ("counts", "1"), ("idle", "1"),
-        ("scores", "1"), ("texts", "1")]
+        ("scores", "1"), ("split", "1"), ("split", "2"), ("texts", "1")]
     assert call(f"{server.url}/v2/models/idle/versions/1/stats").body["model_stats"][0]["execution_count"] == 0
     assert call(f"{server.url}/v2/models/nope/stats").status == 404
     assert call(f"{server.url}/v2/models/idle/versions/9/stats").status == 404
@@ -180,3 +189,21 @@ def test_v2_with_a_trailing_slash_and_unsupported_methods(server):
     answer = call(f"{server.url}/v2/models/idle", method="DELETE")
     assert answer.status == 405 and "GET" in answer.headers.get("Allow", "")
     assert call(f"{server.url}/v2/models/idle/infer", method="GET").status == 405
+
+
+def test_a_sticky_split_sends_a_user_to_the_same_version_over_both_protocols(server):
+    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    grpc = grpcclient.InferenceServerClient(server.grpc_target)
+    x = np.ones((1, 3), np.float32)
+    chosen = {}
+    for user in (f"user-{i}" for i in range(16)):
+        hinp = httpclient.InferInput("x", [1, 3], "FP32")
+        hinp.set_data_from_numpy(x)
+        over_http = http.infer("split", [hinp], headers={"X-User-Id": user}).get_response()["model_version"]
+        ginp = grpcclient.InferInput("x", [1, 3], "FP32")
+        ginp.set_data_from_numpy(x)
+        for _ in range(2):
+            over_grpc = grpc.infer("split", [ginp], headers={"x-user-id": user}).get_response().model_version
+            assert over_grpc == over_http, user
+        chosen[user] = over_http
+    assert set(chosen.values()) == {"1", "2"}
