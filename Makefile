@@ -43,8 +43,8 @@ bench: install
 	@command -v wrk >/dev/null || { echo "make bench needs wrk (Debian: apt-get install -y wrk)"; exit 1; }
 	$(BIN)/python -m benchmarks.serving $(BENCH_ARGS)
 
-# The committed gRPC stubs in mlserve/server/grpc_proto/ come from Triton's proto files there. protoc 6.30
-# (grpcio-tools 1.73) writes code that runs on protobuf 6.30 and later; the sed makes the import package-relative.
+# The committed gRPC stubs in mlserve/server/grpc_proto/ come from Triton's proto files there. protoc 6.31
+# (grpcio-tools 1.73.1) writes code that runs on protobuf 6.31 and later; the sed makes the import package-relative.
 GRPC_PROTO := mlserve/server/grpc_proto
 grpc-stubs: install
 	$(BIN)/python -m pip install -q --target $(VENV)/grpc-tools 'grpcio-tools==1.73.1'
