@@ -276,8 +276,9 @@ def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerSta
         address = f"{config.server.host}:{config.server.grpc_port}"
         try:
             _listen(server, address, config)
-        except RuntimeError as exc:
-            raise RuntimeError(f"gRPC cannot listen on {address}: {exc} (set --grpc-port, 0 = off)") from None
+        except (RuntimeError, OSError) as exc:  # a port in use: say so in one line and stop
+            log.error("gRPC cannot listen on %s (%s); choose another --grpc-port (0 = off)", address, exc)
+            raise SystemExit(2) from None
         await server.start()
         log.info("gRPC listening on %s", address)
         yield

@@ -43,3 +43,24 @@ def test_sigterm_finishes_in_flight_grpc_calls(test_repo, tmp_path):
     for y in results:
         np.testing.assert_allclose(y, np.ones((1, 1024), np.float32))  # the slow model is x @ I, repeated
     assert "stopped" in server.log()
+
+
+def test_a_grpc_port_in_use_is_a_one_line_error_and_exit_2(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from mlserve.examples import write_identity_onnx
+    from tests.server_process import ROOT
+
+    write_identity_onnx(tmp_path / "repo" / "m" / "1" / "model.onnx", "FP32")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "mlserve", "start", "--models", str(tmp_path / "repo"), "--port", str(free_port()),
+             "--grpc-port", str(port)], capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"gRPC cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
