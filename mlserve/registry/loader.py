@@ -75,7 +75,8 @@ class HotSwapLoader:
         """Called on a loader thread once a version has loaded and warmed up (drift references)."""
         self.on_unloaded: list[Callable[[str, int], None]] = []
         self.stats = InferenceStatistics()
-        """Triton-style statistics per version, fed by each version's batcher."""
+        """Triton-style statistics per version, fed by each version's batcher; dropped at unload."""
+        self.on_unloaded.append(lambda model, version: self.stats.reset(model, str(version)))
 
     async def start(self) -> None:
         """The first pass (with --lazy: list only), the cold-start figure, then the poll timer."""
