@@ -115,7 +115,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     v2 = V2Handlers(service, app[STATE], metrics)
     _add_v2_routes(app, v2)
     app.router.add_get("/v2/", v2.server_metadata)  # the same as /v2, as some clients ask
-    add_stats_routes(app, loader)
+    add_stats_routes(app, loader, metrics)
     app.router.add_get("/metrics", _metrics_handler)
     add_admin_routes(app, loader)
     add_traffic_routes(app, service.traffic)

@@ -148,7 +148,9 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, request, context):
-        answer = lambda key: _done(statistics_message(self.loader, request.name, request.version))  # noqa: E731
+        def answer(key):
+            return _done(statistics_message(self.loader, self._metrics, request.name, request.version))
+
         return await self._call(context, MODEL_PATH, answer)
 
     # --- inference ---------------------------------------------------------------------------

@@ -10,15 +10,29 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from mlserve.errors import ModelNotFound
+from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import VersionStats
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.served import VersionState
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 
-_ZERO = {"count": 0, "ns": 0}
+def _cache_counts(metrics: Metrics | None) -> dict[tuple[str, str, str], int]:
+    """Response-cache hits and misses by (model, version, "hit"|"miss"), from the Prometheus counters."""
+    counts: dict[tuple[str, str, str], int] = {}
+    if metrics is None:
+        return counts
+    for counter, kind in ((metrics.cache_hits, "hit"), (metrics.cache_misses, "miss")):
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[(sample.labels["model"], sample.labels["version"], kind)] = int(sample.value)
+    return counts
 
 
-def version_stats_dict(model: str, version: str, stats: VersionStats) -> dict[str, Any]:
+def version_stats_dict(model: str, version: str, stats: VersionStats,
+                       cache: dict[tuple[str, str, str], int] | None = None) -> dict[str, Any]:
+    """Cache hits never reach the batcher: they are counted (without time) apart from success."""
+    cache = cache or {}
     compute_infer = stats.compute_infer.to_dict()
     untimed = {"count": compute_infer["count"], "ns": 0}  # see mlserve/monitor/stats.py
     return {
@@ -30,7 +44,8 @@ def version_stats_dict(model: str, version: str, stats: VersionStats) -> dict[st
         "inference_stats": {
             "success": stats.success.to_dict(), "fail": stats.fail.to_dict(), "queue": stats.queue.to_dict(),
             "compute_input": untimed, "compute_infer": compute_infer, "compute_output": untimed,
-            "cache_hit": _ZERO, "cache_miss": _ZERO,
+            "cache_hit": {"count": cache.get((model, version, "hit"), 0), "ns": 0},
+            "cache_miss": {"count": cache.get((model, version, "miss"), 0), "ns": 0},
         },
         "batch_stats": [
             {"batch_size": size, "compute_input": {"count": d.count, "ns": 0}, "compute_infer": d.to_dict(),
@@ -40,31 +55,35 @@ def version_stats_dict(model: str, version: str, stats: VersionStats) -> dict[st
     }
 
 
-def model_stats(loader: HotSwapLoader, name: str = "", version: str = "") -> list[dict[str, Any]]:
+def model_stats(loader: HotSwapLoader, metrics: Metrics | None, name: str = "", version: str = "") -> list[dict]:
     """Every ready version's statistics, or one model's, or one version's (404 when unknown)."""
     if name and name not in loader.models:
         raise ModelNotFound(f"unknown model {name!r}")
-    rows = []
+    cache, rows = _cache_counts(metrics), []
     for model_name, served in sorted(loader.models.items()):
         if name and model_name != name:
             continue
         for number, sv in sorted(served.versions.items()):
             if sv.state is VersionState.READY and (not version or str(number) == version):
-                rows.append(version_stats_dict(model_name, str(number), loader.stats.get(model_name, str(number))))
+                stats = loader.stats.get(model_name, str(number))
+                rows.append(version_stats_dict(model_name, str(number), stats, cache))
     if version and not rows:
         raise ModelNotFound(f"model {name!r} has no ready version {version!r}")
     return rows
 
 
-def statistics_message(loader: HotSwapLoader, name: str, version: str) -> pb.ModelStatisticsResponse:
-    return json_format.ParseDict({"model_stats": model_stats(loader, name, version)}, pb.ModelStatisticsResponse())
+def statistics_message(loader: HotSwapLoader, metrics: Metrics | None, name: str,
+                       version: str) -> pb.ModelStatisticsResponse:
+    rows = model_stats(loader, metrics, name, version)
+    return json_format.ParseDict({"model_stats": rows}, pb.ModelStatisticsResponse())
 
 
-def add_stats_routes(app: web.Application, loader: HotSwapLoader) -> None:
-    """Added before the `/v2/models/{model}` routes, so `stats` is not taken for a model name."""
+def add_stats_routes(app: web.Application, loader: HotSwapLoader, metrics: Metrics | None = None) -> None:
+    """`/v2/models/stats` is a plain path, matched before `/v2/models/{model}` whatever the order."""
 
     async def stats(request: web.Request) -> web.Response:
-        rows = model_stats(loader, request.match_info.get("model", ""), request.match_info.get("version", ""))
+        match = request.match_info
+        rows = model_stats(loader, metrics, match.get("model", ""), match.get("version", ""))
         return web.Response(body=orjson.dumps({"model_stats": rows}), content_type="application/json")
 
     r = app.router

@@ -55,6 +55,8 @@ def server(tmp_path_factory):
     for version in (1, 2):
         write_identity_onnx(root / "split" / str(version) / "model.onnx", "FP32")
     (root / "split" / "model.toml").write_text(SPLIT_TOML)
+    write_identity_onnx(root / "cached" / "1" / "model.onnx", "FP32")
+    (root / "cached" / "model.toml").write_text("cache_size = 8\n")
     (root / "texts" / "model.toml").write_text("max_batch_size = 0\n")
     port = free_port()
     with serving(root, "--grpc-port", str(port), log_path=tmp_path_factory.mktemp("logs") / "log") as proc:
@@ -100,8 +102,8 @@ def test_counts_match_the_requests_sent_over_both_protocols(server):
 def test_every_model_and_unknown_names(server):
     rows = call(f"{server.url}/v2/models/stats").body["model_stats"]
     assert [(r["name"], r["version"]) for r in rows] == [
-        ("configured", "1"), ("configured", "2"), ("counted", "1"), ("counts", "1"), ("idle", "1"),
-        ("scores", "1"), ("split", "1"), ("split", "2"), ("texts", "1")]
+        ("cached", "1"), ("configured", "1"), ("configured", "2"), ("counted", "1"), ("counts", "1"),
+        ("idle", "1"), ("scores", "1"), ("split", "1"), ("split", "2"), ("texts", "1")]
     assert call(f"{server.url}/v2/models/idle/versions/1/stats").body["model_stats"][0]["execution_count"] == 0
     assert call(f"{server.url}/v2/models/nope/stats").status == 404
     assert call(f"{server.url}/v2/models/idle/versions/9/stats").status == 404
@@ -207,3 +209,15 @@ def test_a_sticky_split_sends_a_user_to_the_same_version_over_both_protocols(ser
             assert over_grpc == over_http, user
         chosen[user] = over_http
     assert set(chosen.values()) == {"1", "2"}
+
+
+def test_response_cache_hits_are_counted_apart(server):
+    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    inp = httpclient.InferInput("x", [1, 3], "FP32")
+    inp.set_data_from_numpy(np.full((1, 3), 2.5, np.float32))
+    for _ in range(3):
+        http.infer("cached", [inp])
+    stats = http.get_inference_statistics("cached")["model_stats"][0]
+    assert stats["inference_stats"]["cache_miss"]["count"] == 1
+    assert stats["inference_stats"]["cache_hit"]["count"] == 2
+    assert stats["execution_count"] == 1 and stats["inference_stats"]["success"]["count"] == 1
