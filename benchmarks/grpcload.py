@@ -33,16 +33,19 @@ def write_body(path: Path, model: str, version: str, x: np.ndarray) -> Path:
     return path
 
 
-async def _run(target: str, body: bytes, concurrency: int, seconds: float) -> dict:
+async def _run(target: str, body: bytes, concurrency: int, seconds: float, num_channels: int = 1) -> dict:
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(METHOD)  # bytes in, bytes out
-        await channel.channel_ready()
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(num_channels)]
+    try:
+        calls = [channel.unary_unary(METHOD) for channel in channels]  # bytes in, bytes out
+        for channel in channels:
+            await channel.channel_ready()
         started = time.monotonic()
         stop_at = started + seconds
 
-        async def worker() -> None:
+        async def worker(call) -> None:
             while time.monotonic() < stop_at:
                 sent = time.monotonic()
                 try:
@@ -52,8 +55,11 @@ async def _run(target: str, body: bytes, concurrency: int, seconds: float) -> di
                 except grpc.aio.AioRpcError as error:
                     statuses[error.code().name] += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(calls[i % num_channels]) for i in range(concurrency)))
         duration = time.monotonic() - started
+    finally:
+        for channel in channels:
+            await channel.close()
     ordered = np.sort(np.array(latencies or [0.0])) * 1e6
     return {
         "requests": len(latencies), "duration_us": duration * 1e6,
@@ -69,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body", type=Path, required=True, help="a serialized ModelInferRequest")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--channels", type=int, default=1, help="connections the calls are spread over")
     args = parser.parse_args(argv)
-    result = asyncio.run(_run(args.target, args.body.read_bytes(), args.concurrency, args.seconds))
+    result = asyncio.run(_run(args.target, args.body.read_bytes(), args.concurrency, args.seconds, args.channels))
     print(json.dumps(result))
     return 0
 
