@@ -267,3 +267,32 @@ def test_requests_are_counted_with_protocol_grpc(grpc_server):
     for _ in range(3):
         _client(grpc_server).infer("identity_uint8", [inp])
     assert count() == before + 3
+
+
+def test_a_full_queue_answers_resource_exhausted_with_retry_after(grpc_server):
+    """`slow` queues at most 8 requests; 24 at once must see some refused, the rest answered."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 1024])
+    request.raw_input_contents.append(np.ones((1, 1024), "<f4").tobytes())
+
+    async def run() -> list:
+        async with grpc.aio.insecure_channel(grpc_server.grpc_target) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+            async def one():
+                call = stub.ModelInfer(request, timeout=120)
+                try:
+                    await call
+                    return "OK", None
+                except grpc.aio.AioRpcError as error:
+                    return error.code().name, dict(await call.trailing_metadata() or ())
+
+            return await asyncio.gather(*(one() for _ in range(24)))
+
+    outcomes = asyncio.run(run())
+    codes = [code for code, _ in outcomes]
+    assert "OK" in codes and "RESOURCE_EXHAUSTED" in codes, codes
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
+    assert all(meta.get("retry-after", "").isdigit() for code, meta in outcomes if code != "OK")
