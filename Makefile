@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 MODELS := examples/models
 
-.PHONY: install serve test examples bench clean deps-system image
+.PHONY: install serve test examples bench clean deps-system image grpc-stubs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,15 @@ bench: install
 image:
 	@command -v buildah >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -q && apt-get install -y -q buildah; }
 	buildah bud --format docker $(IMAGE_ARGS) -t mlserve:cpu .
+# The committed gRPC stubs in mlserve/server/grpc_proto/ come from Triton's proto files there. protoc 6.31
+# (grpcio-tools 1.73.1) writes code that runs on protobuf 6.31 and later; the sed makes the import package-relative.
+GRPC_PROTO := mlserve/server/grpc_proto
+grpc-stubs: install
+	$(BIN)/python -m pip install -q --target $(VENV)/grpc-tools 'grpcio-tools==1.73.1'
+	cd $(GRPC_PROTO) && PYTHONPATH=$(CURDIR)/$(VENV)/grpc-tools $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. \
+	  --python_out=. --grpc_python_out=. grpc_service.proto model_config.proto
+	sed -i 's/^import \(model_config_pb2\|grpc_service_pb2\) as/from . import \1 as/' $(GRPC_PROTO)/*_pb2*.py
+	rm -f $(GRPC_PROTO)/model_config_pb2_grpc.py
 
 clean:
 	rm -rf $(VENV) $(MODELS)

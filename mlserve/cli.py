@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--models", help="model repository folder (default ./models)")
     start.add_argument("--host", help="address to bind (default 127.0.0.1)")
     start.add_argument("--port", type=int, help="port to bind (default 8000)")
+    start.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 turns gRPC off)")
     start.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     start.add_argument("--config", type=Path, help="settings file (default ./mlserve.toml when present)")
     start.add_argument("--s3-endpoint", help="endpoint URL for an s3:// repository (S3-compatible servers)")
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
     status.add_argument("--key", help="API key, when the server has keys on")
     status.add_argument("--json", action="store_true", help="print the overview JSON as GET /status gives it")
+    from mlserve.push import add_push_parser
+
+    add_push_parser(sub)
     examples = sub.add_parser("examples", help="write the example model repository (offline, deterministic)")
     examples.add_argument("dir", type=Path)
     return parser
@@ -122,7 +126,7 @@ def _tls_context(config: Config):
 
 def _start(args: argparse.Namespace) -> int:
     overrides = {
-        "server": {"host": args.host, "port": args.port, "log_level": args.log_level},
+        "server": {"host": args.host, "port": args.port, "grpc_port": args.grpc_port, "log_level": args.log_level},
         "registry": {
             "models": args.models, "s3_endpoint": args.s3_endpoint, "poll_interval_s": args.poll_interval,
             "lazy": args.lazy, "max_loaded_models": args.max_loaded_models, "max_loaded_mb": args.max_loaded_mb,
@@ -188,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         from mlserve.status_cli import run_status
 
         return run_status(args.url, args.key, args.json)
+    if args.command == "push":
+        from mlserve.push import run_push
+
+        return run_push(args)
     if args.command == "examples":
         from mlserve.examples import write_examples
 

@@ -31,10 +31,14 @@ class ServerConfig:
     it (the p99 tail); false leaves Python's collector as it is."""
     gc_threshold: int = 10_000
     """Allocations between young-generation collections (Python's default is 700); 0 keeps the default."""
+    grpc_port: int = 8001
+    """TCP port of the gRPC server (KServe v2 / Triton GRPCInferenceService) on the same host; 0 = off."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not 0 <= self.grpc_port <= 65535:
+            raise ValueError(f"grpc_port must be in 0..65535 (0 = off), got {self.grpc_port}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.max_body_bytes <= 0:

@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "server": ANYWHERE | {"routing", "registry", "keys"},
     "keys": ANYWHERE,
     "tools": ANYWHERE,
-    "cli": ANYWHERE | {"server", "keys", "tools"},
+    "cli": ANYWHERE | {"server", "registry", "keys", "tools"},
     "version": set(),
 }
 HEAVY = ("torch", "onnxruntime", "tensorrt", "safetensors")
@@ -48,7 +48,7 @@ def group_of(module: str) -> str:
     if len(parts) == 1:
         return "version"
     name = parts[1]
-    if name in ("cli", "__main__", "status_cli"):
+    if name in ("cli", "__main__", "status_cli", "push"):
         return "cli"
     if name in ("examples", "examples_llm"):
         return "tools"

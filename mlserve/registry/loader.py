@@ -29,6 +29,7 @@ from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
 from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
 from mlserve.monitor.metrics import Metrics
+from mlserve.monitor.stats import InferenceStatistics
 from mlserve.registry import repository
 from mlserve.registry.budget import Budget
 from mlserve.registry.repository import ModelEntry
@@ -75,6 +76,9 @@ class HotSwapLoader:
         self.on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
         """Called on a loader thread once a version has loaded and warmed up (drift references)."""
         self.on_unloaded: list[Callable[[str, int], None]] = []
+        self.stats = InferenceStatistics()
+        """Triton-style statistics per version, fed by each version's batcher; dropped at unload."""
+        self.on_unloaded.append(lambda model, version: self.stats.reset(model, str(version)))
 
     async def start(self) -> None:
         """The first pass (with --lazy: list only), the cold-start figure, then the poll timer."""
@@ -356,8 +360,11 @@ class HotSwapLoader:
         batch_requests = m.batch_requests.labels(model, version)
         queue = m.queue_latency.labels(model, version)
         compute = m.compute_latency.labels(model, version)
+        self.stats.reset(model, version)
+        counters = self.stats.version(model, version)
 
         def observe(stats: BatchStats) -> None:
+            counters.record(stats.num_requests, stats.num_rows, stats.queue_s, stats.compute_s, stats.failed)
             batch_size.observe(stats.num_rows)
             batch_requests.observe(stats.num_requests)
             compute.observe(stats.compute_s)
@@ -437,15 +444,16 @@ class HotSwapLoader:
             raise ModelNotFound(f"unknown model {name!r}")
         return served
 
-    async def load(self, name: str, source: str) -> ServedModel:
-        """Triton's load: read the model folder again and load what its policy wants."""
+    async def load(self, name: str, source: str, force: bool = False) -> ServedModel:
+        """Triton's load: read the model folder again and load what its policy wants; `force`
+        rebuilds unchanged versions too (after a model.toml change), each swapped in when ready."""
         await self.store.refresh(name)
         entry = await repository.read_entry(self.store, name)
         served = self.models.setdefault(name, ServedModel(entry))
         served.entry, served.is_unloaded = entry, False
         self.scan_errors.pop(name, None)
         async with served.lock:
-            await self._sync_model(served, source)
+            await self._sync_model(served, source, force)
         served.last_used = time.monotonic()
         if served.default_version() is None:
             reasons = "; ".join(f"{v}: {sv.reason}" for v, sv in sorted(served.versions.items()) if sv.reason)

@@ -24,6 +24,8 @@ from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
 from mlserve.server.auth import KeyRing, PathPolicy
+from mlserve.server.grpc_server import grpc_cleanup_ctx
+from mlserve.server.grpc_server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, front_middleware
 from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
@@ -34,6 +36,7 @@ from mlserve.server.state import ServerState
 from mlserve.server.overview import OverviewSources
 from mlserve.server.status import HistorySampler, StatusHandlers
 from mlserve.server.traffic import TrafficHandlers
+from mlserve.server.stats_routes import stats_routes
 from mlserve.server.v2 import V2Handlers
 
 log = logging.getLogger("mlserve.server")
@@ -188,6 +191,7 @@ def v2_routes(s: Services) -> list[web.RouteDef]:
         web.get("/v2/health/live", v2.live),
         web.get("/v2/health/ready", v2.ready),
         web.get("/v2", v2.server_metadata),
+        web.get("/v2/", v2.server_metadata),  # the same as /v2, as some clients ask
         web.post("/v2/repository/index", v2.repository_index),
         # Infer: aiohttp tries the resources under one prefix in the order they were added, so the
         # infer routes go before the other /v2/models/{model}... resources.
@@ -200,6 +204,7 @@ def v2_routes(s: Services) -> list[web.RouteDef]:
             web.get(prefix + "/drift", drift.drift),
         )],
         web.post("/v2/models/{model}/feedback", traffic.feedback),
+        *stats_routes(s.loader, s.metrics),
         web.post("/v2/repository/models/{model}/load", admin.load),
         web.post("/v2/repository/models/{model}/unload", admin.unload),
     ]
@@ -257,4 +262,6 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.add_routes(status_routes(s))
     app.add_subapp("/v1", openai_app(s.generation, s.metrics))
     app.cleanup_ctx.append(lifecycle(stages(s)))
+    # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
+    app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate))
     return app

@@ -35,6 +35,19 @@ ERROR_STATUS: tuple[tuple[type[errors.MlserveError], int], ...] = (
 )
 
 
+# The same errors as gRPC status code names (grpc.StatusCode members), for the gRPC server.
+GRPC_ERROR_STATUS: tuple[tuple[type[errors.MlserveError], str], ...] = (
+    (errors.PayloadTooLarge, "RESOURCE_EXHAUSTED"),
+    (errors.ModelNotFound, "NOT_FOUND"),
+    (errors.ModelNotReady, "UNAVAILABLE"),
+    (errors.InvalidInput, "INVALID_ARGUMENT"),
+    (errors.Overloaded, "RESOURCE_EXHAUSTED"),
+    (errors.RequestTimeout, "DEADLINE_EXCEEDED"),
+    (errors.ModelLoadError, "INVALID_ARGUMENT"),
+    (errors.InferenceFailed, "INTERNAL"),
+)
+
+
 def status_for(exc: errors.MlserveError) -> int:
     for cls, status in ERROR_STATUS:
         if isinstance(exc, cls):
