@@ -184,22 +184,57 @@ _SECTIONS = {
 }
 
 
-def _coerce(value: str, kind: Any) -> Any:
-    if kind in (int, "int"):
-        return int(value)
-    if kind in (float, "float"):
-        return float(value)
-    if kind in (bool, "bool"):
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(value: str, kind: str, key: str) -> Any:
+    """An environment string as the field's type; ValueError naming `key` when it is not one."""
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError:
+        raise ValueError(f"{key} must be {_type_word(kind)}, got {value!r}") from None
+    if kind == "bool":
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"not a boolean: {value!r}")
+        raise ValueError(f"{key} must be a boolean (true/false, 1/0, yes/no, on/off), got {value!r}")
     return value
 
 
-def _field_types(section: type) -> dict[str, Any]:
-    return {f.name: f.type for f in fields(section)}
+def _type_word(kind: str) -> str:
+    return {"int": "an integer", "float": "a number", "bool": "a boolean", "str": "a string"}[kind]
+
+
+def _check_type(key: str, value: Any, kind: str) -> Any:
+    """A value from mlserve.toml or a flag, held to the field's type: no string where a boolean
+    belongs (`"false"` is truthy), no boolean where a number belongs. An int is a valid float."""
+    expected = _TYPES.get(kind)
+    if expected is None:
+        return value  # a field type with its own check in __post_init__
+    is_ok = isinstance(value, expected) and (kind == "bool" or not isinstance(value, bool))
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not is_ok:
+        raise ValueError(f"{key} must be {_type_word(kind)}, got {value!r}")
+    return value
+
+
+def _typed(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Each known key's value checked against its field's type (unknown keys are reported later)."""
+    kinds = _field_types(_SECTIONS[section])
+    return {
+        name: _check_type(f"[{section}] {name}", value, kinds[name]) if name in kinds else value
+        for name, value in values.items()
+    }
+
+
+def _field_types(section: type) -> dict[str, str]:
+    """Field name -> type name; the dataclasses' annotations are strings (postponed evaluation)."""
+    return {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in fields(section)}
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -209,7 +244,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         for name, kind in _field_types(cls).items():
             key = f"MLSERVE_{section.upper()}_{name.upper()}"
             if key in environ:
-                out.setdefault(section, {})[name] = _coerce(environ[key], kind)
+                out.setdefault(section, {})[name] = _coerce(environ[key], kind, key)
     if "MLSERVE_MODELS" in environ:
         out.setdefault("registry", {})["models"] = environ["MLSERVE_MODELS"]
     return out
@@ -230,7 +265,9 @@ def load_config(
         for section, values in data.items():
             if section not in _SECTIONS:
                 raise ValueError(f"{file}: unknown section [{section}]")
-            merged[section].update(values)
+            if not isinstance(values, dict):
+                raise ValueError(f"{file}: {section} must be a table ([{section}]), got {values!r}")
+            merged[section].update(_typed(section, values))
     for section, values in _env_overrides(os.environ if environ is None else environ).items():
         merged[section].update(values)
     for section, values in (overrides or {}).items():
@@ -241,7 +278,7 @@ def load_config(
         unknown = set(merged[section]) - known
         if unknown:
             raise ValueError(f"unknown setting(s) in [{section}]: {', '.join(sorted(unknown))}")
-        built[section] = cls(**merged[section])
+        built[section] = cls(**_typed(section, merged[section]))
     return Config(**built)
 
 
