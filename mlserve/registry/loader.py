@@ -35,7 +35,7 @@ from mlserve.registry.repository import ModelEntry
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
 from mlserve.registry.spec import ModelInfo
 from mlserve.registry.store import Store, VersionStat
-from mlserve.registry.safety import check_version_folder
+from mlserve.registry.safety import check_trusted, check_version_folder
 from mlserve.registry.warmup import warm_up, warmup_inputs
 
 __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
@@ -276,6 +276,7 @@ class HotSwapLoader:
         name = entry.config.backend or infer_backend_name(path)
         if name is None:
             raise ModelLoadError(f"{entry.name}/{version}: no model file found and no backend set in model.toml")
+        check_trusted(name, self._config.trust_repository or entry.config.trusted)
         backend = create_backend(name, entry.config, trust_repository=self._config.trust_repository)
         backend.load(path, entry.config.device or self._config.default_device)
         return backend

@@ -140,6 +140,9 @@ class ModelConfig:
     outputs: tuple[TensorSpec, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     """Sections owned by other layers ([traffic], [drift], ...), kept as read."""
+    trusted: bool = False
+    """Artifacts that unpickle Python objects (TorchScript, torch.export) may load for this model.
+    The repository is the operator's: no route without the admin scope writes model.toml."""
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKENDS:
@@ -156,7 +159,7 @@ _BATCHING_KEYS = (
     "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size",
     "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size",
 )
-_TOP_KEYS = {"backend", "device", "instances", "intra_op_threads", "version_policy", "inputs", "outputs"}
+_TOP_KEYS = {"backend", "device", "instances", "intra_op_threads", "version_policy", "inputs", "outputs", "trusted"}
 _KNOWN_SECTIONS = {"traffic", "drift", "llm", "cache_size", "warmup", "timeout_us", "hang_timeout_us"}
 
 
@@ -188,6 +191,8 @@ def _check_types(raw: dict[str, Any]) -> None:
     for key in _STR_KEYS:
         if key in raw and not isinstance(raw[key], str):
             raise ValueError(f"{key} must be a string, got {raw[key]!r}")
+    if "trusted" in raw and not isinstance(raw["trusted"], bool):
+        raise ValueError(f"trusted must be true or false, got {raw['trusted']!r}")
     sizes = raw.get("preferred_batch_sizes", [])
     if not isinstance(sizes, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
         raise ValueError(f"preferred_batch_sizes must be a list of integers, got {sizes!r}")
@@ -212,6 +217,7 @@ def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
         inputs=_tensor_specs(raw.get("inputs", []), "inputs"),
         outputs=_tensor_specs(raw.get("outputs", []), "outputs"),
         extra={k: v for k, v in raw.items() if k in _KNOWN_SECTIONS},
+        trusted=raw.get("trusted", False),
     )
 
 
