@@ -55,6 +55,8 @@ class RegistryConfig:
     """S3 region (empty = the standard AWS settings decide)."""
     cache_dir: str = ""
     """Where s3:// versions are downloaded to (empty = ~/.cache/mlserve)."""
+    cache_versions: int = 4
+    """Downloaded version folders kept per model in cache_dir; the least recently fetched go first."""
     poll_interval_s: float = 0.0
     """Reconcile with the repository every this many seconds (0 = only on SIGHUP or the API)."""
     lazy: bool = False
@@ -71,6 +73,8 @@ class RegistryConfig:
             raise ValueError("models must name a repository")
         if self.poll_interval_s < 0:
             raise ValueError("poll_interval_s must be >= 0")
+        if self.cache_versions < 1:
+            raise ValueError("cache_versions must be >= 1")
         if self.max_loaded_models < 0 or self.max_loaded_mb < 0:
             raise ValueError("max_loaded_models and max_loaded_mb must be >= 0")
 

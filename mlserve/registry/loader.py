@@ -266,7 +266,8 @@ class HotSwapLoader:
 
     async def _fetch(self, served: ServedModel, version: int, fingerprint: str):
         artifact = served.artifacts.get(version)
-        if version not in served.entry.versions and artifact is not None and artifact.fingerprint == fingerprint:
+        if (version not in served.entry.versions and artifact is not None and artifact.fingerprint == fingerprint
+                and artifact.path.is_dir()):
             return artifact.path  # gone from the repository: load again from where it was fetched to
         return await self.store.fetch(served.name, version)
 

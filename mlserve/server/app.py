@@ -41,7 +41,8 @@ def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
 
         registry = registry or RegistryConfig(models=uri)
         cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
-        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None)
+        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None,
+                       keep_versions=registry.cache_versions)
     if "://" in uri:
         raise ValueError(f"unsupported model repository {uri!r}: give a local folder or s3://bucket/prefix")
     return LocalStore(Path(uri))
