@@ -93,10 +93,16 @@ class AuthConfig:
     """PEM certificate chain; with tls_key, the server speaks HTTPS only."""
     tls_key: str = ""
     """PEM private key for tls_cert."""
+    failed_auth_burst: int = 20
+    """Failed API key checks one client address may make in a burst before it gets 429."""
+    failed_auth_per_s: float = 1.0
+    """Rate at which an address earns failed checks back (a key that checks out costs nothing)."""
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.failed_auth_burst < 1 or self.failed_auth_per_s <= 0:
+            raise ValueError("failed_auth_burst must be >= 1 and failed_auth_per_s > 0")
 
 
 @dataclass(frozen=True, slots=True)

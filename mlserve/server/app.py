@@ -20,7 +20,7 @@ from mlserve.server.middleware import Gate, error_middleware, gate_middleware
 from mlserve.server.monitor_routes import add_monitor_routes
 from mlserve.server.openai import add_openai_routes
 from mlserve.server.openapi import add_openapi_routes
-from mlserve.server.ratelimit import InFlight, TenantLimiter
+from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
 from mlserve.server.state import ServerState
 from mlserve.server.traffic import add_traffic_routes
 from mlserve.server.v2 import V2Handlers
@@ -94,7 +94,8 @@ def _gate(config: Config, state: ServerState) -> Gate:
     """Authentication, per-key limits and the in-flight bound, from the auth and limits sections."""
     keys_file = Path(config.auth.keys_file) if config.auth.keys_file else None
     return Gate(
-        PathPolicy.from_config(config.auth, config.server.host), KeyRing(keys_file, TenantLimiter()),
+        PathPolicy.from_config(config.auth, config.server.host), KeyRing(keys_file, TenantLimiter(), FailureThrottle(
+            config.auth.failed_auth_burst, config.auth.failed_auth_per_s)),
         InFlight(config.limits.max_in_flight), state, config.server.max_body_bytes,
         config.limits.not_ready_when_saturated,
     )
