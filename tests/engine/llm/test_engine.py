@@ -42,7 +42,8 @@ async def _run_all(engine: LLMEngine, prompts: list[list[int]], params: Sampling
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
-@pytest.mark.parametrize("llm", [{}, {"num_kv_blocks": 24, "max_num_batched_tokens": 64}], ids=["roomy", "preempting"])
+@pytest.mark.parametrize("llm", [{}, {"num_kv_blocks": 24, "max_num_batched_tokens": 64, "max_model_len": 384}],
+                         ids=["roomy", "preempting"])
 def test_greedy_matches_transformers_generate(test_repo, hf_models, name, llm):
     engine = _engine(test_repo, name, **llm)
     prompts = mixed_prompts(engine.backend.tokenizer.vocab_size, 18, seed=len(name))
