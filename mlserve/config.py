@@ -47,7 +47,7 @@ class RegistryConfig:
     default_device: str = "cpu"
     """Device for models whose model.toml names none."""
     trust_repository: bool = False
-    """Allow artifacts that unpickle Python objects."""
+    """Load TorchScript and torch.export artifacts (they can run code when read) for every model."""
     s3_endpoint: str = ""
     """S3 endpoint URL for s3:// repositories (empty = AWS); region and credentials come from the
     standard AWS settings (AWS_REGION, AWS_ACCESS_KEY_ID, ~/.aws)."""
