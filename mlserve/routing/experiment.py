@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlserve.errors import InvalidInput, ModelNotFound
-from mlserve.request_id import is_request_id
+from mlserve.spec.request_id import is_request_id
 from mlserve.routing import stats
-from mlserve.routing.split import ExperimentSpec
+from mlserve.spec import ExperimentSpec
 
 MAX_ASSIGNMENTS = 100_000
 """Routed requests remembered for feedback per model; older ones are forgotten first."""

@@ -12,7 +12,7 @@ from mlserve.engine.llm.sequence import SamplingParams
 from mlserve.registry.budget import Budget
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.served import ServedModel, ServedVersion, VersionState
-from mlserve.registry.spec import ModelConfig
+from mlserve.spec import ModelConfig
 from tests.registry.helpers import index, post, write_model, write_version
 from tests.server_process import serving
 

@@ -13,7 +13,7 @@ import torch
 
 from mlserve.errors import ModelLoadError
 from mlserve.registry.safety import check_trusted
-from mlserve.registry.spec import parse_model_config
+from mlserve.spec import parse_model_config
 from tests.registry.helpers import index, post, write_model
 from tests.server_process import serving
 

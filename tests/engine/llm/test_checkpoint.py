@@ -16,7 +16,7 @@ from mlserve.engine.llm.backend import LLMBackend
 from mlserve.engine.llm.model import ModelShape
 from mlserve.engine.llm.sequence import SamplingParams
 from mlserve.errors import ModelLoadError
-from mlserve.registry.spec import ModelConfig
+from mlserve.spec import ModelConfig
 from tests.reference import hf_greedy
 
 LLAMA = {

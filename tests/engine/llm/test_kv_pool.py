@@ -11,9 +11,8 @@ import torch
 from mlserve.engine.llm.backend import LLMBackend
 from mlserve.engine.llm.model import ModelShape
 from mlserve.engine.llm.runner import num_blocks_for
-from mlserve.engine.llm.settings import LLMSettings
 from mlserve.errors import ModelLoadError
-from mlserve.registry.spec import ModelConfig
+from mlserve.spec import LLMSettings, ModelConfig
 
 # A 7B Llama: 32 layers, 32 KV heads of 128 in bf16 take 512 KiB of K and V per token.
 SEVEN_B = ModelShape("llama", 32000, 4096, 32, 32, 32, 128, 11008, 4096, 1e-5, 10000.0, False, 2)
@@ -31,7 +30,7 @@ def test_the_default_pool_is_a_share_of_free_memory_not_a_fixed_64_mb():
 
 
 def _load(test_repo, **llm) -> LLMBackend:
-    backend = LLMBackend(ModelConfig(backend="llm", extra={"llm": llm}))
+    backend = LLMBackend(ModelConfig(backend="llm", llm=LLMSettings(**llm)))
     backend.load(test_repo / "tiny-llama" / "1", "cpu")
     return backend
 

@@ -12,8 +12,8 @@ MAX_REQUEST_ID_CHARS = 128
 
 
 def check_request_id(value: object) -> str:
-    """The id unchanged when it is a string of 1..128 printable ASCII characters (no space, no
-    control character), else InvalidInput saying what is wrong."""
+    """The id unchanged when it is a string of 1..128 printable ASCII characters (space included,
+    no control character), else InvalidInput saying what is wrong."""
     if not isinstance(value, str):
         raise InvalidInput(f"request id must be a string, got {type(value).__name__}")
     if not value:
@@ -21,10 +21,10 @@ def check_request_id(value: object) -> str:
     if len(value) > MAX_REQUEST_ID_CHARS:
         raise InvalidInput(f"request id has {len(value)} characters; at most {MAX_REQUEST_ID_CHARS} are allowed")
     if not is_request_id(value):
-        raise InvalidInput("request id must be printable ASCII without spaces or control characters")
+        raise InvalidInput("request id must be printable ASCII, without control characters")
     return value
 
 
 def is_request_id(value: str) -> bool:
-    """Cheap test for code that keeps ids: 1..128 visible ASCII characters."""
-    return 0 < len(value) <= MAX_REQUEST_ID_CHARS and value.isascii() and value.isprintable() and " " not in value
+    """Cheap test for code that keeps ids: 1..128 printable ASCII characters."""
+    return 0 < len(value) <= MAX_REQUEST_ID_CHARS and value.isascii() and value.isprintable()
