@@ -12,8 +12,9 @@ from typing import Any, Iterable
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 
-# Buffers some checkpoints carry that the engine computes itself (same values by construction).
-_COMPUTED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+# Buffers some checkpoints carry that the engine computes itself (same values by construction):
+# Llama's rotary frequencies, GPT-2's causal mask.
+COMPUTED_BUFFERS = {"llama": ("rotary_emb.inv_freq",), "gpt2": (".attn.bias", ".attn.masked_bias")}
 
 
 def _refuse(key: str, value: Any, why: str) -> ValueError:
@@ -61,9 +62,10 @@ def check_gpt2_config(config: dict[str, Any]) -> None:
         raise _refuse("scale_attn_weights", config["scale_attn_weights"], "unscaled attention is not implemented")
 
 
-def check_unused(names: Iterable[str], wanted: set[str]) -> None:
+def check_unused(names: Iterable[str], wanted: set[str], arch: str) -> None:
     """Every tensor in the checkpoint must be one the model reads (or a buffer it computes)."""
-    unused = sorted(n for n in names if n not in wanted and not n.endswith(_COMPUTED_SUFFIXES))
+    computed = COMPUTED_BUFFERS.get(arch, ())
+    unused = sorted(n for n in names if n not in wanted and not n.endswith(computed))
     if unused:
         shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
         raise ValueError(f"checkpoint has {len(unused)} tensor(s) this engine's model code does not use "

@@ -33,7 +33,7 @@ def load_model(version_dir: Path, device: torch.device, dtype: torch.dtype) -> t
     if shape.tie_embeddings:
         wanted.discard("lm_head.weight")
         _check_tied_head(state)
-    check_unused(state, wanted)
+    check_unused(state, wanted, shape.arch)
     missing = wanted - set(state)
     if missing:
         raise ValueError(f"checkpoint lacks {len(missing)} tensor(s), e.g. {sorted(missing)[:3]}")

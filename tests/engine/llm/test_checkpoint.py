@@ -135,3 +135,12 @@ def test_mistral_sliding_window_caps_the_context_where_it_agrees_with_transforme
     assert backend.max_model_len == 32
     prompt = [5, 17, 99, 3, 250, 11, 42, 7]
     assert _greedy(backend, prompt, 24) == hf_greedy(reference, prompt, 24)
+
+
+def test_computed_buffers_are_tolerated_only_where_the_architecture_has_them():
+    from mlserve.engine.llm.checkpoint import check_unused
+
+    check_unused(["model.layers.0.self_attn.rotary_emb.inv_freq"], set(), "llama")
+    check_unused(["h.0.attn.bias", "h.0.attn.masked_bias"], set(), "gpt2")
+    with pytest.raises(ValueError, match="model.layers.0.attn.bias"):
+        check_unused(["model.layers.0.attn.bias"], set(), "llama")
