@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--max-loaded-mb", type=float, help="evict idle models past N MiB of loaded artifacts")
     start.add_argument("--auth-keys", metavar="FILE", help="API keys file: every endpoint but health needs a key")
     start.add_argument("--trust-repository", action="store_true", default=None,
-                       help="allow model artifacts that unpickle Python objects")
+                       help="load TorchScript and torch.export artifacts, which can run code when read")
     start.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     start.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     _add_keys_parser(sub)

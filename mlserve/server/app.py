@@ -31,7 +31,7 @@ from mlserve.server.middleware import Gate, front_middleware
 from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
 from mlserve.server.openai import openai_app
 from mlserve.server.openapi import openapi_handler
-from mlserve.server.ratelimit import InFlight, TenantLimiter
+from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
 from mlserve.server.state import ServerState
 from mlserve.server.overview import OverviewSources
 from mlserve.server.status import HistorySampler, StatusHandlers
@@ -56,7 +56,8 @@ def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
 
         registry = registry or RegistryConfig(models=uri)
         cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
-        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None)
+        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None,
+                       keep_versions=registry.cache_versions)
     if "://" in uri:
         raise ValueError(f"unsupported model repository {uri!r}: give a local folder or s3://bucket/prefix")
     return LocalStore(Path(uri))
@@ -93,7 +94,8 @@ def _gate(config: Config, state: ServerState) -> Gate:
     """Authentication, per-key limits and the in-flight bound, from the auth and limits sections."""
     keys_file = Path(config.auth.keys_file) if config.auth.keys_file else None
     return Gate(
-        PathPolicy.from_config(config.auth, config.server.host), KeyRing(keys_file, TenantLimiter()),
+        PathPolicy.from_config(config.auth, config.server.host),
+        KeyRing(keys_file, TenantLimiter(), FailureThrottle(config.auth.failed_auth_burst, config.auth.failed_auth_per_s)),
         InFlight(config.limits.max_in_flight), state, config.server.max_body_bytes,
         config.limits.not_ready_when_saturated,
     )
