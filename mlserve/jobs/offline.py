@@ -1,0 +1,121 @@
+"""`mlserve batch`: one model over one file, no server; the model's engine runs on one worker thread
+at the model's max batch size."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlserve.config import RegistryConfig
+from mlserve.engine import Backend, create_backend, infer_backend_name
+from mlserve.errors import ModelLoadError, ModelNotFound
+from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
+from mlserve.jobs.progress import ProgressBar
+from mlserve.jobs.runner import BatchRun, JobPlan
+from mlserve.registry import repository
+from mlserve.registry.safety import check_version_folder
+from mlserve.registry.store import Store
+
+log = logging.getLogger("mlserve.batch")
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineArgs:
+    """The command line of `mlserve batch`."""
+
+    models: str
+    model: str
+    version: int | None
+    input: Path
+    output: Path
+    errors: Path | None = None
+    chunk_rows: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _open_store(registry: RegistryConfig) -> Store:
+    uri = registry.models
+    if uri.startswith("s3://"):
+        from mlserve.registry.s3 import S3Store
+
+        cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
+        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None)
+    from mlserve.registry.local import LocalStore
+
+    return LocalStore(Path(uri))
+
+
+def _pick_version(args: OfflineArgs, versions: tuple[int, ...], served: list[int]) -> int:
+    """The asked version; else the one an unfinished run of this output used; else the newest served."""
+    if args.version is not None:
+        if args.version not in versions:
+            raise ModelNotFound(f"model {args.model!r} has no version {args.version} (found {list(versions)})")
+        return args.version
+    stored = None if args.overwrite else load_checkpoint(checkpoint_path(args.output))
+    if stored is not None and stored.model == args.model and stored.version in versions:
+        return stored.version
+    return max(served or versions)
+
+
+async def _load(store: Store, args: OfflineArgs, registry: RegistryConfig) -> tuple[Backend, int]:
+    entry = await repository.read_entry(store, args.model)
+    version = _pick_version(args, entry.versions, entry.served_versions)
+    path = await store.fetch(args.model, version)
+    check_version_folder(path, registry.max_artifact_bytes)
+    name = entry.config.backend or infer_backend_name(path)
+    if name is None:
+        raise ModelLoadError(f"{args.model}/{version}: no model file found and no backend set in model.toml")
+    backend = create_backend(name, entry.config, trust_repository=registry.trust_repository)
+    await asyncio.to_thread(backend.load, path, entry.config.device or registry.default_device)
+    return backend, version
+
+
+async def run_offline(args: OfflineArgs, registry: RegistryConfig) -> int:
+    """Returns the number of failed rows (all of them in the errors file)."""
+    store = _open_store(registry)
+    try:
+        backend, version = await _load(store, args, registry)
+    finally:
+        await store.close()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlserve-batch")
+    loop = asyncio.get_running_loop()
+
+    async def infer(inputs, num_rows):
+        return await loop.run_in_executor(executor, backend.infer, inputs)
+
+    plan = JobPlan(args.model, version, backend.info, args.input, args.output, args.errors, args.chunk_rows)
+    run = BatchRun(plan, infer)
+    try:
+        checkpoint = await asyncio.to_thread(run.prepare, args.overwrite)
+        if checkpoint.is_done:
+            log.info("%s is already complete (%d rows, %d failed)", args.output, checkpoint.rows_ok,
+                     checkpoint.rows_failed)
+            return checkpoint.rows_failed
+        if checkpoint.rows_done:
+            log.info("resuming %s at row %d", args.output, checkpoint.rows_done)
+        checkpoint = await _with_bar(run, args.progress)
+    finally:
+        run.close()
+        executor.shutdown(wait=True)
+        backend.unload()
+    log.info("%s: %d rows written, %d failed (see %s)", args.output, checkpoint.rows_ok, checkpoint.rows_failed,
+             plan.errors_path)
+    return checkpoint.rows_failed
+
+
+async def _with_bar(run: BatchRun, show: bool):
+    if not show:
+        return await run.run()
+    bar = ProgressBar(run.progress)
+    task = asyncio.ensure_future(run.run())
+    try:
+        while not task.done():
+            bar.draw()
+            await asyncio.wait([task], timeout=0.1)
+        return task.result()
+    finally:
+        bar.close()
