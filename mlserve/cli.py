@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="allow model artifacts that unpickle Python objects")
     start.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     start.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    start.add_argument("--batch-dir", metavar="DIR", help="allow in-server batch jobs on files under DIR")
     _add_keys_parser(sub)
     start.add_argument("--log-format", choices=LOG_FORMATS, help="server log lines: plain (default) or json")
     start.add_argument("--prediction-log", metavar="DIR", help="write a sampled prediction log (JSON lines) here")
@@ -169,6 +170,7 @@ def _start(args: argparse.Namespace) -> int:
             "log_format": args.log_format, "prediction_log": args.prediction_log,
             "log_sample_rate": args.log_sample_rate, "log_inputs": args.log_inputs,
         },
+        "jobs": {"allowed_dir": args.batch_dir},
     }
     try:
         config = load_config(args.config, overrides=overrides)

@@ -80,6 +80,33 @@ def _fresh_checkpoint(plan: JobPlan) -> Checkpoint:
                       str(plan.errors_path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
+async def _to_thread_to_the_end(fn, *args) -> None:
+    """Run `fn` on a thread; a cancel waits for it to finish, so no file is closed under a commit."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
+
+
+def preflight(plan: JobPlan, overwrite: bool = False) -> None:
+    """The refusals prepare() would make, checked before a job is accepted (nothing is written)."""
+    check_plan(plan)
+    if not plan.input.is_file():
+        raise InvalidInput(f"input {plan.input} is not a file")
+    stored = load_checkpoint(checkpoint_path(plan.output))
+    if overwrite:
+        return
+    if stored is not None:
+        differs = mismatch(stored, _fresh_checkpoint(plan))
+        if differs:
+            raise InvalidInput(f"{checkpoint_path(plan.output)} records another run ({differs}); "
+                               "start over with overwrite")
+    elif plan.output.exists():
+        raise InvalidInput(f"output {plan.output} exists; start over with overwrite")
+
+
 class BatchRun:
     """Owns one run's reader, writers and checkpoint; `prepare()` then `await run()`."""
 
@@ -133,8 +160,8 @@ class BatchRun:
             while (chunk := await pending) is not None:
                 pending = asyncio.ensure_future(asyncio.to_thread(self._reader.read, rows))
                 answered, outputs, failures = await self._infer_chunk(chunk)
-                await asyncio.to_thread(self._commit, chunk, answered, outputs, failures)
-            await asyncio.to_thread(self._finish)
+                await _to_thread_to_the_end(self._commit, chunk, answered, outputs, failures)
+            await _to_thread_to_the_end(self._finish)
         finally:
             with contextlib.suppress(BaseException):
                 await asyncio.wait([pending])  # no reader thread left behind a closed file

@@ -15,6 +15,7 @@ from mlserve.registry.store import Store
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import add_admin_routes
 from mlserve.server.auth import KeyRing, PathPolicy
+from mlserve.server.batch_jobs import add_batch_job_routes
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, error_middleware, gate_middleware
 from mlserve.server.monitor_routes import add_monitor_routes
@@ -119,4 +120,5 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.cleanup_ctx.append(_loader_ctx)
     app.on_cleanup.append(_close_keyring)
     add_monitor_routes(app, config.monitor, metrics, loader, service)
+    add_batch_job_routes(app, config.jobs, service, metrics)  # after the loader: jobs stop before it does
     return app

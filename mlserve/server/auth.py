@@ -1,8 +1,8 @@
 """Who may call what: the path policy and the key ring the auth middleware consults.
 
 The policy works on path prefixes so routes added later are covered without being listed:
-`/v2/health/` is open, `/metrics` is open by setting, `/admin/` and `/v2/repository/` need the
-admin scope and are served only on loopback or when enabled, everything else needs `infer`.
+`/v2/health/` is open, `/metrics` is open by setting, `/admin/`, `/v2/repository/` and `/v2/batch/`
+(jobs read and write server files) need the admin scope and are served only on loopback or when enabled, everything else needs `infer`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mlserve.server.ratelimit import TenantLimiter
 log = logging.getLogger("mlserve.auth")
 
 OPEN_PREFIXES = ("/v2/health/",)
-ADMIN_PREFIXES = ("/admin", "/v2/repository")
+ADMIN_PREFIXES = ("/admin", "/v2/repository", "/v2/batch")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _CACHE_SIZE = 4096
 MAX_VERIFYING = 32
