@@ -81,6 +81,15 @@ async def run_offline(args: OfflineArgs, registry: RegistryConfig) -> int:
         backend, version = await _load(store, args, registry)
     finally:
         await store.close()
+    try:
+        if getattr(backend, "is_generative", False):
+            return await _run_generation(args, backend, version)
+        return await _run_tensors(args, backend, version)
+    finally:
+        backend.unload()
+
+
+async def _run_tensors(args: OfflineArgs, backend: Backend, version: int) -> int:
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlserve-batch")
     loop = asyncio.get_running_loop()
 
@@ -88,7 +97,29 @@ async def run_offline(args: OfflineArgs, registry: RegistryConfig) -> int:
         return await loop.run_in_executor(executor, backend.infer, inputs)
 
     plan = JobPlan(args.model, version, backend.info, args.input, args.output, args.errors, args.chunk_rows)
-    run = BatchRun(plan, infer)
+    try:
+        return await _run(BatchRun(plan, infer), args)
+    finally:
+        executor.shutdown(wait=True)
+
+
+async def _run_generation(args: OfflineArgs, backend: Backend, version: int) -> int:
+    """OpenAI batch files through the model's own continuous-batching engine."""
+    from mlserve.batching.llm_engine import LLMEngine
+    from mlserve.jobs.generate import BatchGenerator
+    from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info, check_paths
+
+    check_paths(args.input, args.output)
+    engine = LLMEngine(backend, f"{args.model}-{version}")
+    engine.start()
+    plan = JobPlan(args.model, version, batch_info(engine), args.input, args.output, args.errors, args.chunk_rows)
+    try:
+        return await _run(BatchRun(plan, BatchGenerator(engine, args.model), OPENAI_FORMATS), args)
+    finally:
+        await engine.stop()
+
+
+async def _run(run: BatchRun, args: OfflineArgs) -> int:
     try:
         checkpoint = await asyncio.to_thread(run.prepare, args.overwrite)
         if checkpoint.is_done:
@@ -100,10 +131,8 @@ async def run_offline(args: OfflineArgs, registry: RegistryConfig) -> int:
         checkpoint = await _with_bar(run, args.progress)
     finally:
         run.close()
-        executor.shutdown(wait=True)
-        backend.unload()
     log.info("%s: %d rows written, %d failed (see %s)", args.output, checkpoint.rows_ok, checkpoint.rows_failed,
-             plan.errors_path)
+             run.plan.errors_path)
     return checkpoint.rows_failed
 
 

@@ -23,8 +23,8 @@ from mlserve.jobs.checkpoint import (
 from mlserve.jobs.formats import format_of, open_reader, open_writer
 from mlserve.jobs.jsonl import ErrorsFile
 from mlserve.jobs.progress import Progress
-from mlserve.jobs.rows import Chunk, RowFailure, check_output_names
-from mlserve.registry.spec import ModelInfo
+from mlserve.jobs.rows import Chunk, Reader, RowFailure, Writer, check_output_names
+from mlserve.registry.spec import ModelInfo, TensorSpec
 
 Tensors = dict[str, np.ndarray]
 InferFn = Callable[[Tensors, int], Awaitable[Tensors]]
@@ -107,13 +107,22 @@ def preflight(plan: JobPlan, overwrite: bool = False) -> None:
         raise InvalidInput(f"output {plan.output} exists; start over with overwrite")
 
 
+@dataclass(frozen=True, slots=True)
+class RowFormats:
+    """How a run opens its input and output; by file suffix unless a mode (OpenAI batch) says otherwise."""
+
+    open_reader: Callable[[Path, tuple[TensorSpec, ...]], Reader] = open_reader
+    open_writer: Callable[[Path, tuple[TensorSpec, ...]], Writer] = open_writer
+
+
 class BatchRun:
     """Owns one run's reader, writers and checkpoint; `prepare()` then `await run()`."""
 
-    def __init__(self, plan: JobPlan, infer: InferFn) -> None:
+    def __init__(self, plan: JobPlan, infer: InferFn, formats: RowFormats | None = None) -> None:
         check_plan(plan)
         self.plan = plan
         self._infer = infer
+        self._formats = formats or RowFormats()
         self._path = checkpoint_path(plan.output)
         self.checkpoint: Checkpoint | None = None
         self.progress = Progress(None)
@@ -133,14 +142,14 @@ class BatchRun:
             if stored is None and self.plan.output.exists() and not overwrite:
                 raise InvalidInput(f"output {self.plan.output} exists; start over with overwrite")
             checkpoint, resumed = fresh, False
-        self._reader = open_reader(self.plan.input, self.plan.info.inputs)
+        self._reader = self._formats.open_reader(self.plan.input, self.plan.info.inputs)
         checkpoint.rows_total = self._reader.num_rows
         self.checkpoint = checkpoint
         self.progress = Progress(checkpoint.rows_total)
         self.progress.start(checkpoint.rows_done, checkpoint.rows_failed)
         if checkpoint.is_done:
             return checkpoint
-        self._writer = open_writer(self.plan.output, self.plan.info.outputs)
+        self._writer = self._formats.open_writer(self.plan.output, self.plan.info.outputs)
         self._errors = ErrorsFile(self.plan.errors_path)
         self._writer.restore(checkpoint.writer if resumed else None)
         self._errors.restore(checkpoint.errors_state if resumed else None)
