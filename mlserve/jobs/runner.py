@@ -69,6 +69,8 @@ def check_plan(plan: JobPlan) -> None:
         raise InvalidInput(f"model {plan.model!r} has max_batch_size 0 (no batch dimension): batch runs need one")
     format_of(plan.input)
     format_of(plan.output)
+    if not plan.input.is_file():
+        raise InvalidInput(f"input {plan.input} is not a file")
     check_output_names([s.name for s in plan.info.outputs])
     if plan.input.resolve() in (plan.output.resolve(), plan.errors_path.resolve()):
         raise InvalidInput("the output and errors files must differ from the input")
@@ -93,8 +95,6 @@ async def _to_thread_to_the_end(fn, *args) -> None:
 def preflight(plan: JobPlan, overwrite: bool = False) -> None:
     """The refusals prepare() would make, checked before a job is accepted (nothing is written)."""
     check_plan(plan)
-    if not plan.input.is_file():
-        raise InvalidInput(f"input {plan.input} is not a file")
     stored = load_checkpoint(checkpoint_path(plan.output))
     if overwrite:
         return

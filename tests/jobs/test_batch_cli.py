@@ -96,6 +96,21 @@ def test_string_model_round_trips_text(jobs_repo, tmp_path):
     assert refused.returncode == 1 and "cannot hold the string output(s) ['y']" in refused.stderr
 
 
+def test_refusals_name_the_problem_and_write_nothing(jobs_repo, tmp_path):
+    write_input(tmp_path / "in.npz", mlp_rows(4))
+    cases = [
+        (("unbatched", tmp_path / "in.npz", tmp_path / "o.jsonl"), "max_batch_size 0"),
+        (("mlp", tmp_path / "in.npz", tmp_path / "o.csv"), "must end in .npz, .jsonl, .parquet"),
+        (("mlp", tmp_path / "missing.npz", tmp_path / "o.jsonl"), "is not a file"),
+        (("nope", tmp_path / "in.npz", tmp_path / "o.jsonl"), "nope"),
+        (("mlp", tmp_path / "in.npz", tmp_path / "o.jsonl", "--version", "7"), "no version 7"),
+    ]
+    for (model, src, dst, *extra), message in cases:
+        done = run_batch(jobs_repo, model, src, dst, *extra)
+        assert done.returncode == 1 and message in done.stderr, (model, done.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]
+
+
 def test_a_finished_output_is_kept_and_another_run_needs_overwrite(jobs_repo, tmp_path):
     write_input(tmp_path / "a.npz", mlp_rows(30, seed=1))
     write_input(tmp_path / "b.npz", mlp_rows(30, seed=2))

@@ -125,6 +125,26 @@ def test_writer_cut_back_to_a_commit_writes_each_row_once(tmp_path, suffix):
     assert not out.with_name(out.name + ".partial").exists()
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".jsonl", ".parquet"])
+def test_a_crash_after_finish_but_before_the_checkpoint_says_done_finishes_again(tmp_path, suffix):
+    """finish() ran (the output exists) but the checkpoint still says running: a resume restores the
+    committed state and finishes again, with the same rows."""
+    out = tmp_path / f"out{suffix}"
+    y = np.arange(12, dtype=np.float32).reshape(6, 2)
+    writer = open_writer(out, Y)
+    writer.restore(None)
+    writer.write(np.arange(6, dtype=np.int64), {"y": y})
+    state = writer.commit()
+    writer.finish()
+    resumed = open_writer(out, Y)
+    resumed.restore(state)
+    resumed.finish()
+    resumed.cleanup()
+    got_rows, got_y = _read_output(out)
+    assert got_rows.tolist() == list(range(6))
+    assert np.array_equal(got_y, y)
+
+
 def _read_output(path):
     if path.suffix == ".npz":
         with np.load(path) as data:
