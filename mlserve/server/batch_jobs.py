@@ -23,25 +23,43 @@ JOBS = web.AppKey("batch_jobs", JobManager)
 
 _YIELD_POLL_S = 0.001
 _YIELD_MAX_S = 0.1
-"""A job waits for live requests queued ahead of it at most this long per batch, so it never starves."""
+"""A job waits for live requests ahead of it at most this long per batch, so it never starves."""
+_LIVE_WINDOW_S = 1.0
+"""Live requests seen this recently make the job leave the worker idle as long as its last batch ran."""
 
 
-def _job_infer(served: ServedVersion, policy: SchedulePolicy):
-    async def infer(inputs, num_rows):
+class LiveFirst:
+    """How a job shares a version's batcher with live traffic: it submits only when nothing else is
+    queued or running (or after a bounded wait), and while live requests keep coming it runs at most
+    half the time, so live requests find the worker, and the CPU, free."""
+
+    def __init__(self, served: ServedVersion, policy: SchedulePolicy) -> None:
+        self._served = served
+        self._policy = policy
+        self._live_seen_at = -_LIVE_WINDOW_S
+
+    async def __call__(self, inputs, num_rows):
         while True:
+            served = self._served
             if not served.is_ready:
-                raise ModelNotReady(f"model {served.model!r} version {served.version} is "
-                                    f"{served.state.name.lower()}")
-            batcher = served.batcher
-            waited_until = time.monotonic() + _YIELD_MAX_S
-            while batcher.num_queued and time.monotonic() < waited_until:
-                await asyncio.sleep(_YIELD_POLL_S)  # live requests first
+                raise ModelNotReady(f"model {served.model!r} version {served.version} is {served.state.name.lower()}")
+            await self._wait_for_quiet(served.batcher)
+            started = time.monotonic()
             try:
-                return await batcher.submit(inputs, num_rows, policy)
+                outputs = await served.batcher.submit(inputs, num_rows, self._policy)
             except (Overloaded, RequestTimeout):
+                self._live_seen_at = time.monotonic()
                 await asyncio.sleep(_YIELD_MAX_S)  # the queue is full of live work: try again shortly
+                continue
+            if time.monotonic() - self._live_seen_at < _LIVE_WINDOW_S:
+                await asyncio.sleep(time.monotonic() - started)
+            return outputs
 
-    return infer
+    async def _wait_for_quiet(self, batcher) -> None:
+        give_up_at = time.monotonic() + _YIELD_MAX_S
+        while batcher.num_in_flight and time.monotonic() < give_up_at:
+            self._live_seen_at = time.monotonic()
+            await asyncio.sleep(_YIELD_POLL_S)
 
 
 def resolver(service: InferenceService):
@@ -54,7 +72,7 @@ def resolver(service: InferenceService):
         if priority is not None and not 1 <= priority <= levels:
             raise InvalidInput(f"priority must lie in 1..{levels} for model {model!r}, got {priority}")
         policy = SchedulePolicy(priority=priority or levels)
-        return Target(served.version, served.info, _job_infer(served, policy))
+        return Target(served.version, served.info, LiveFirst(served, policy))
 
     return resolve
 
