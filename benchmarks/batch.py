@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -167,12 +166,16 @@ def main() -> None:
         alone, beside = float(np.median(live["job_alone"])), float(np.median(live["job_live"]))
         print(f"3. job {beside:,.0f} rows/s beside live load, {alone:,.0f} rows/s alone: ratio {beside / alone:.2f}")
 
-        rows = write_big_npz(root / "big.npz", args.big_mb)
-        np.savez(root / "tiny.npz", x=x[:64])
-        small = peak_rss_mib(repo, root / "tiny.npz", root / "tiny.out.npz")
-        big = peak_rss_mib(repo, root / "big.npz", root / "big.out.npz")
-        print(f"4. peak RSS {big:.0f} MiB over a {args.big_mb} MiB input ({rows} rows), {small:.0f} MiB over 64 rows: "
-              f"{big - small:.0f} MiB for streaming")
+        memory(args, repo, root, x)
+
+
+def memory(args: argparse.Namespace, repo: Path, root: Path, x: np.ndarray) -> None:
+    rows = write_big_npz(root / "big.npz", args.big_mb)
+    np.savez(root / "tiny.npz", x=x[:64])
+    small = peak_rss_mib(repo, root / "tiny.npz", root / "tiny.out.npz")
+    big = peak_rss_mib(repo, root / "big.npz", root / "big.out.npz")
+    print(f"4. peak RSS {big:.0f} MiB over a {args.big_mb} MiB input ({rows} rows), {small:.0f} MiB over 64 rows: "
+          f"{big - small:.0f} MiB for streaming")
 
 
 if __name__ == "__main__":
