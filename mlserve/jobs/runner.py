@@ -92,19 +92,29 @@ async def _to_thread_to_the_end(fn, *args) -> None:
         raise
 
 
+def _choose(plan: JobPlan, overwrite: bool) -> tuple[Checkpoint, bool]:
+    """The checkpoint to go on from and whether it is a resume. Refuses to touch another run's
+    checkpoint or an output no checkpoint explains, unless told to start over."""
+    path = checkpoint_path(plan.output)
+    fresh, stored = _fresh_checkpoint(plan), load_checkpoint(path)
+    if overwrite:
+        return fresh, False
+    if stored is None:
+        if plan.output.exists():
+            raise InvalidInput(f"output {plan.output} exists; start over with overwrite")
+        return fresh, False
+    differs = mismatch(stored, fresh)
+    if differs:
+        raise InvalidInput(f"{path} records another run ({differs}); start over with overwrite")
+    if stored.is_done and not plan.output.exists():
+        raise InvalidInput(f"{path} records a finished run but {plan.output} is gone; start over with overwrite")
+    return stored, True
+
+
 def preflight(plan: JobPlan, overwrite: bool = False) -> None:
     """The refusals prepare() would make, checked before a job is accepted (nothing is written)."""
     check_plan(plan)
-    stored = load_checkpoint(checkpoint_path(plan.output))
-    if overwrite:
-        return
-    if stored is not None:
-        differs = mismatch(stored, _fresh_checkpoint(plan))
-        if differs:
-            raise InvalidInput(f"{checkpoint_path(plan.output)} records another run ({differs}); "
-                               "start over with overwrite")
-    elif plan.output.exists():
-        raise InvalidInput(f"output {plan.output} exists; start over with overwrite")
+    _choose(plan, overwrite)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,17 +141,7 @@ class BatchRun:
     def prepare(self, overwrite: bool = False) -> Checkpoint:
         """Resume from the checkpoint when it records this same run; start afresh otherwise (only
         with `overwrite` when an output or another run's checkpoint is there). Blocking file work."""
-        fresh = _fresh_checkpoint(self.plan)
-        stored = load_checkpoint(self._path)
-        if stored is not None and not overwrite:
-            differs = mismatch(stored, fresh)
-            if differs:
-                raise InvalidInput(f"{self._path} records another run ({differs}); start over with overwrite")
-            checkpoint, resumed = stored, True
-        else:
-            if stored is None and self.plan.output.exists() and not overwrite:
-                raise InvalidInput(f"output {self.plan.output} exists; start over with overwrite")
-            checkpoint, resumed = fresh, False
+        checkpoint, resumed = _choose(self.plan, overwrite)
         self._reader = self._formats.open_reader(self.plan.input, self.plan.info.inputs)
         checkpoint.rows_total = self._reader.num_rows
         self.checkpoint = checkpoint
