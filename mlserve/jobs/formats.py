@@ -11,10 +11,11 @@ from mlserve.registry.spec import TensorSpec
 FORMATS = (".npz", ".jsonl", ".parquet")
 
 
-def format_of(path: Path) -> str:
+def format_of(path: Path, known: tuple[str, ...] = FORMATS) -> str:
     suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise InvalidInput(f"{path.name}: batch files must end in {', '.join(FORMATS)}")
+    if suffix not in known:
+        raise InvalidInput(f"{path.name}: batch files {'for this model ' if known != FORMATS else ''}"
+                           f"must end in {', '.join(known)}")
     return suffix
 
 

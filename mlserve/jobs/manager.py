@@ -17,7 +17,7 @@ from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.record import (
     JobRecord, JobState, allowed_path, check_request, load_records, parse_version, save_record,
 )
-from mlserve.jobs.runner import BatchRun, InferFn, JobPlan, preflight
+from mlserve.jobs.runner import BatchRun, InferFn, JobPlan, RowFormats, preflight
 from mlserve.registry.spec import ModelInfo
 
 log = logging.getLogger("mlserve.jobs")
@@ -30,6 +30,8 @@ class Target:
     version: int
     info: ModelInfo
     infer: InferFn
+    formats: RowFormats | None = None
+    """How to read and write the job's files when not by suffix (OpenAI batch files)."""
 
 
 Resolver = Callable[[str, "int | None", "int | None"], Awaitable[Target]]
@@ -88,7 +90,7 @@ class JobManager:
         self._check_free(record)
         target = await self._resolve(record.model, record.version, record.priority)
         plan = self._plan(record, target)
-        await asyncio.to_thread(preflight, plan, record.overwrite)
+        await asyncio.to_thread(preflight, plan, record.overwrite, target.formats)
         record.version = target.version
         await asyncio.to_thread(save_record, self._state_dir, record)
         self.jobs[record.job_id] = record
@@ -122,7 +124,7 @@ class JobManager:
             run = None
             try:
                 target = await self._resolve(record.model, record.version, record.priority)
-                run = BatchRun(self._plan(record, target), target.infer)
+                run = BatchRun(self._plan(record, target), target.infer, target.formats)
                 self._runs[record.job_id] = run
                 await asyncio.to_thread(run.prepare, record.overwrite)
                 record.overwrite, record.state = False, JobState.RUNNING  # a resume never starts over

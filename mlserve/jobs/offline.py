@@ -107,9 +107,8 @@ async def _run_generation(args: OfflineArgs, backend: Backend, version: int) -> 
     """OpenAI batch files through the model's own continuous-batching engine."""
     from mlserve.batching.llm_engine import LLMEngine
     from mlserve.jobs.generate import BatchGenerator
-    from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info, check_paths
+    from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
 
-    check_paths(args.input, args.output)
     engine = LLMEngine(backend, f"{args.model}-{version}")
     engine.start()
     plan = JobPlan(args.model, version, batch_info(engine), args.input, args.output, args.errors, args.chunk_rows)

@@ -16,7 +16,6 @@ import numpy as np
 import orjson
 
 from mlserve.batching.llm_engine import LLMEngine
-from mlserve.errors import InvalidInput
 from mlserve.jobs.jsonl import AppendFile, count_lines
 from mlserve.jobs.rows import Chunk, RowFailure
 from mlserve.jobs.runner import RowFormats
@@ -29,9 +28,9 @@ REQUEST = TensorSpec("request", "BYTES", (-1,))
 RESPONSE = TensorSpec("response", "BYTES", (-1,))
 
 
-def batch_info(engine: LLMEngine) -> ModelInfo:
+def batch_info(engine: LLMEngine, requests_per_batch: int = REQUESTS_PER_BATCH) -> ModelInfo:
     """Rows are whole requests: at most as many at once as the engine lets wait."""
-    return ModelInfo("openai_batch", (REQUEST,), (RESPONSE,), min(REQUESTS_PER_BATCH, engine.max_waiting))
+    return ModelInfo("openai_batch", (REQUEST,), (RESPONSE,), min(requests_per_batch, engine.max_waiting))
 
 
 def _parse_line(line: bytes) -> dict[str, Any]:
@@ -111,9 +110,5 @@ class OpenAIBatchWriter:
         self._file.close()
 
 
-def check_paths(src: Path, dst: Path) -> None:
-    if src.suffix != ".jsonl" or dst.suffix != ".jsonl":
-        raise InvalidInput("a generation model reads and writes OpenAI batch files: both must end in .jsonl")
-
-
-OPENAI_FORMATS = RowFormats(OpenAIBatchReader, OpenAIBatchWriter)
+OPENAI_FORMATS = RowFormats(OpenAIBatchReader, OpenAIBatchWriter, (".jsonl",))
+"""A generation model reads and writes OpenAI batch files: JSON lines both ways."""

@@ -20,7 +20,7 @@ from mlserve.errors import InvalidInput, MlserveError, ModelNotFound, ModelNotRe
 from mlserve.jobs.checkpoint import (
     DONE, Checkpoint, checkpoint_path, load_checkpoint, mismatch, save_checkpoint,
 )
-from mlserve.jobs.formats import format_of, open_reader, open_writer
+from mlserve.jobs.formats import FORMATS, format_of, open_reader, open_writer
 from mlserve.jobs.jsonl import ErrorsFile
 from mlserve.jobs.progress import Progress
 from mlserve.jobs.rows import Chunk, Reader, RowFailure, Writer, check_output_names
@@ -63,12 +63,12 @@ class JobPlan:
         return max(1, -(-wanted // self.batch_rows)) * self.batch_rows
 
 
-def check_plan(plan: JobPlan) -> None:
+def check_plan(plan: JobPlan, suffixes: tuple[str, ...] = FORMATS) -> None:
     """Refuse what no run could do, before anything is touched."""
     if plan.info.max_batch_size <= 0:
         raise InvalidInput(f"model {plan.model!r} has max_batch_size 0 (no batch dimension): batch runs need one")
-    format_of(plan.input)
-    format_of(plan.output)
+    format_of(plan.input, suffixes)
+    format_of(plan.output, suffixes)
     if not plan.input.is_file():
         raise InvalidInput(f"input {plan.input} is not a file")
     check_output_names([s.name for s in plan.info.outputs])
@@ -92,6 +92,15 @@ async def _to_thread_to_the_end(fn, *args) -> None:
         raise
 
 
+@dataclass(frozen=True, slots=True)
+class RowFormats:
+    """How a run opens its input and output; by file suffix unless a mode (OpenAI batch) says otherwise."""
+
+    open_reader: Callable[[Path, tuple[TensorSpec, ...]], Reader] = open_reader
+    open_writer: Callable[[Path, tuple[TensorSpec, ...]], Writer] = open_writer
+    suffixes: tuple[str, ...] = FORMATS
+
+
 def _choose(plan: JobPlan, overwrite: bool) -> tuple[Checkpoint, bool]:
     """The checkpoint to go on from and whether it is a resume. Refuses to touch another run's
     checkpoint or an output no checkpoint explains, unless told to start over."""
@@ -111,28 +120,20 @@ def _choose(plan: JobPlan, overwrite: bool) -> tuple[Checkpoint, bool]:
     return stored, True
 
 
-def preflight(plan: JobPlan, overwrite: bool = False) -> None:
+def preflight(plan: JobPlan, overwrite: bool = False, formats: RowFormats | None = None) -> None:
     """The refusals prepare() would make, checked before a job is accepted (nothing is written)."""
-    check_plan(plan)
+    check_plan(plan, (formats or RowFormats()).suffixes)
     _choose(plan, overwrite)
-
-
-@dataclass(frozen=True, slots=True)
-class RowFormats:
-    """How a run opens its input and output; by file suffix unless a mode (OpenAI batch) says otherwise."""
-
-    open_reader: Callable[[Path, tuple[TensorSpec, ...]], Reader] = open_reader
-    open_writer: Callable[[Path, tuple[TensorSpec, ...]], Writer] = open_writer
 
 
 class BatchRun:
     """Owns one run's reader, writers and checkpoint; `prepare()` then `await run()`."""
 
     def __init__(self, plan: JobPlan, infer: InferFn, formats: RowFormats | None = None) -> None:
-        check_plan(plan)
+        self._formats = formats or RowFormats()
+        check_plan(plan, self._formats.suffixes)
         self.plan = plan
         self._infer = infer
-        self._formats = formats or RowFormats()
         self._path = checkpoint_path(plan.output)
         self.checkpoint: Checkpoint | None = None
         self.progress = Progress(None)

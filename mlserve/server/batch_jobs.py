@@ -24,6 +24,8 @@ JOBS = web.AppKey("batch_jobs", JobManager)
 _YIELD_POLL_S = 0.001
 _YIELD_MAX_S = 0.1
 """A job waits for live requests ahead of it at most this long per batch, so it never starves."""
+_LLM_REQUESTS_PER_BATCH = 8
+"""Requests a job on a generation model hands the engine at once: live requests never queue behind many."""
 _LIVE_WINDOW_S = 1.0
 """Live requests seen this recently make the job leave the worker idle as long as its last batch ran."""
 
@@ -62,12 +64,40 @@ class LiveFirst:
             await asyncio.sleep(_YIELD_POLL_S)
 
 
+class LLMLiveFirst:
+    """A job on a generation model: a few requests at a time, each batch held back (bounded) while
+    live requests wait for the engine, so they are scheduled first."""
+
+    def __init__(self, engine, generate) -> None:
+        self._engine = engine
+        self._generate = generate
+
+    async def __call__(self, inputs, num_rows):
+        give_up_at = time.monotonic() + _YIELD_MAX_S
+        while self._engine.num_waiting and time.monotonic() < give_up_at:
+            await asyncio.sleep(_YIELD_POLL_S)
+        return await self._generate(inputs, num_rows)
+
+
+def _generation_target(served: ServedVersion, model: str, priority: int | None) -> Target:
+    from mlserve.jobs.generate import BatchGenerator
+    from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
+
+    if priority is not None:
+        raise InvalidInput("priority is not supported for jobs on generation models")
+    engine = served.llm_engine
+    infer = LLMLiveFirst(engine, BatchGenerator(engine, model))
+    return Target(served.version, batch_info(engine, _LLM_REQUESTS_PER_BATCH), infer, OPENAI_FORMATS)
+
+
 def resolver(service: InferenceService):
     """Jobs find their version the way requests do (loading a lazy model), pinned to an exact version."""
 
     async def resolve(model: str, version: int | None, priority: int | None) -> Target:
         await service.loader.ensure_loaded(model)
         served = service.router.pick(model, str(version) if version is not None else None)
+        if served.llm_engine is not None:
+            return _generation_target(served, model, priority)
         levels = service.router.model(model).entry.config.batching.priority_levels
         if priority is not None and not 1 <= priority <= levels:
             raise InvalidInput(f"priority must lie in 1..{levels} for model {model!r}, got {priority}")

@@ -1,5 +1,5 @@
-"""OpenAI batch files through `mlserve batch`: each response equals the same request sent alone to
-a running server's /v1 routes with the openai client (greedy, so token for token)."""
+"""OpenAI batch files through `mlserve batch` and as an in-server job: each response equals the same
+request sent alone to a running server's /v1 routes with the openai client (greedy, so token for token)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import orjson
 import pytest
 
 from tests.jobs.helpers import read_jsonl, run_batch
+from tests.jobs.test_jobs_e2e import finished, wait_job
+from tests.server.http import call
 from tests.server.openai_helpers import client
 from tests.server_process import serving
 
@@ -53,7 +55,7 @@ def test_batch_file_matches_requests_sent_one_by_one(llm_repo, tmp_path):
     assert results[-1]["response"]["status_code"] == 400
     assert "names 'other'" in results[-1]["response"]["body"]["error"]["message"]
 
-    with serving(llm_repo, log_path=tmp_path / "m.log") as server:
+    with serving(llm_repo, "--batch-dir", str(tmp_path), log_path=tmp_path / "m.log") as server:
         api = client(server)
         for line, result in zip(lines, results):
             response = result["response"]
@@ -68,3 +70,13 @@ def test_batch_file_matches_requests_sent_one_by_one(llm_repo, tmp_path):
             assert response["body"]["choices"][0]["finish_reason"] == alone.choices[0].finish_reason
             assert response["body"]["usage"]["completion_tokens"] == alone.usage.completion_tokens
             assert response["body"]["usage"]["prompt_tokens"] == alone.usage.prompt_tokens
+
+        job = call(f"{server.url}/v2/batch/jobs", {"model": MODEL, "input": "requests.jsonl", "output": "job.jsonl"})
+        assert job.status == 201, job.body
+        done = wait_job(server.url, job.body["id"], finished)
+        assert (done["rows_done"], done["rows_failed"]) == (len(lines) + 2, 1)
+    in_server = read_jsonl(tmp_path / "job.jsonl")
+    assert [r["custom_id"] for r in in_server] == [r["custom_id"] for r in results]
+    for offline, served in zip(results, in_server):
+        assert served["response"]["status_code"] == offline["response"]["status_code"]
+        assert served["response"]["body"].get("choices") == offline["response"]["body"].get("choices")
