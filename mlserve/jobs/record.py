@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from enum import Enum, auto
@@ -12,6 +13,8 @@ import orjson
 
 from mlserve.errors import Forbidden, InvalidInput
 from mlserve.jobs.rows import replace_durably
+
+log = logging.getLogger("mlserve.jobs")
 
 
 class JobState(Enum):
@@ -69,8 +72,13 @@ def save_record(folder: Path, record: JobRecord) -> None:
 
 
 def load_records(folder: Path) -> list[JobRecord]:
-    """Every record in the folder, oldest first."""
-    records = [JobRecord.from_bytes(p.read_bytes()) for p in folder.glob("*.json")]
+    """Every readable record in the folder, oldest first; an unreadable one is logged and left."""
+    records = []
+    for path in folder.glob("*.json"):
+        try:
+            records.append(JobRecord.from_bytes(path.read_bytes()))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("batch job record %s is unreadable, skipped: %s", path, exc)
     return sorted(records, key=lambda r: r.created)
 
 
