@@ -62,6 +62,7 @@ def _pick_version(args: OfflineArgs, versions: tuple[int, ...], served: list[int
 
 
 async def _load(store: Store, args: OfflineArgs, registry: RegistryConfig) -> tuple[Backend, int]:
+    await store.refresh(args.model)  # a remote store lists what it holds first
     entry = await repository.read_entry(store, args.model)
     version = _pick_version(args, entry.versions, entry.served_versions)
     path = await store.fetch(args.model, version)

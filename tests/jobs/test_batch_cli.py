@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.jobs.helpers import batch_command, mlp_rows, read_jsonl, reference, run_batch, write_jsonl
+from tests.registry.conftest import moto_server, s3_env  # noqa: F401 - fixtures shared with the S3 store tests
+from tests.registry.s3util import upload
 from tests.server_process import ROOT
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -166,3 +168,17 @@ def test_kill_9_then_resume_gives_every_row_exactly_once(jobs_repo, tmp_path, sr
     rows, y = read_output(dst)
     assert rows.tolist() == list(range(num_rows))
     np.testing.assert_allclose(y, reference(jobs_repo / "mlp" / "2" / "model.onnx", x), **TOL)
+
+
+def test_a_model_repository_on_s3_works_too(jobs_repo, tmp_path, moto_server, s3_env):
+    """The same command with --models s3://... (a real moto S3 server on 127.0.0.1)."""
+    upload(moto_server, "models", "repo/mlp", jobs_repo / "mlp", create=True)
+    x = mlp_rows(100, seed=5)
+    write_input(tmp_path / "in.npz", x)
+    env = {**os.environ, **s3_env, "PYTHONPATH": str(ROOT), "MLSERVE_REGISTRY_CACHE_DIR": str(tmp_path / "cache")}
+    command = batch_command("s3://models/repo", "mlp", tmp_path / "in.npz", tmp_path / "out.npz")
+    done = subprocess.run([*command, "--s3-endpoint", moto_server], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(read_output(tmp_path / "out.npz")[1],
+                               reference(jobs_repo / "mlp" / "2" / "model.onnx", x), **TOL)
