@@ -142,7 +142,9 @@ def test_jobs_are_off_without_an_allowed_folder(jobs_repo, tmp_path):
         assert answer.status == 403 and "jobs.allowed_dir" in answer.body["error"]
 
 
-def test_server_killed_mid_job_finishes_it_after_restart(jobs_repo, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_server_stopped_mid_job_finishes_it_after_restart(jobs_repo, tmp_path, sig):
+    """SIGKILL: nothing runs after the signal. SIGTERM: the job stops at once (unfinished, not failed)."""
     num_rows = 20000
     batch = tmp_path / "batch"
     batch.mkdir()
@@ -157,10 +159,11 @@ def test_server_killed_mid_job_finishes_it_after_restart(jobs_repo, tmp_path):
         while not (checkpoint.exists() and orjson.loads(checkpoint.read_bytes())["rows_done"] >= 2048):
             assert time.monotonic() < deadline, first.log()
             time.sleep(0.002)
-        first.signal(signal.SIGKILL)
-        first.proc.wait(30)
+        first.signal(sig)
+        first.proc.wait(60)
     finally:
         first.stop()
+    assert first.proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 0), first.log()
     killed_at = orjson.loads(checkpoint.read_bytes())
     assert killed_at["state"] == "running" and killed_at["rows_done"] < num_rows
 
