@@ -49,12 +49,12 @@ def raw_rows_per_s(model: Path, x: np.ndarray, batch: int) -> float:
 
 
 def offline_rows_per_s(repo: Path, src: Path, dst: Path) -> float:
-    from mlserve.config import RegistryConfig
+    from mlserve.config import Config, RegistryConfig
     from mlserve.jobs.offline import OfflineArgs, run_offline
 
     args = OfflineArgs(str(repo), "mlp", 1, src, dst, overwrite=True, progress=False)
     started = time.perf_counter()
-    asyncio.run(run_offline(args, RegistryConfig(models=str(repo))))
+    asyncio.run(run_offline(args, Config(registry=RegistryConfig(models=str(repo)))))
     return np.load(src)["x"].shape[0] / (time.perf_counter() - started)
 
 

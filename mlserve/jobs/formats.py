@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlserve.errors import InvalidInput
 from mlserve.jobs.rows import Reader, Writer
-from mlserve.registry.spec import TensorSpec
+from mlserve.spec import TensorSpec
 
 FORMATS = (".npz", ".jsonl", ".parquet")
 

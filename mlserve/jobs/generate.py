@@ -1,20 +1,25 @@
-"""Answers OpenAI batch lines on one LLMEngine, the way /v1/completions and /v1/chat/completions
-answer a request that is not streamed."""
+"""Answers OpenAI batch lines the way /v1/completions and /v1/chat/completions answer a request that
+is not streamed: the protocol layer's decoder reads each body, the GenerationService runs it."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import numpy as np
 
-from mlserve.batching.llm_engine import LLMEngine, RequestHandle, TokenEvent
 from mlserve.errors import InvalidInput, MlserveError, Overloaded
 from mlserve.jobs.openai_batch import URLS
-from mlserve.server.openai_protocol import GenerationRequest, parse_generation
+from mlserve.spec import GenerationRequest, TokenEvent
+
+if TYPE_CHECKING:
+    from mlserve.routing.generation import Generation
+
+Parse = Callable[[Any, bool], GenerationRequest]
+"""The OpenAI body decoder (server/openai_protocol.parse_generation): a protocol concern, passed in."""
+Submit = Callable[[GenerationRequest], Awaitable["Generation"]]
 
 _STATUS = ((InvalidInput, 400, "invalid_request_error"), (Overloaded, 429, "rate_limit_error"))
 
@@ -22,9 +27,10 @@ _STATUS = ((InvalidInput, 400, "invalid_request_error"), (Overloaded, 429, "rate
 class BatchGenerator:
     """The infer callable of an OpenAI batch run: every request of a batch submitted at once."""
 
-    def __init__(self, engine: LLMEngine, model: str) -> None:
-        self._engine = engine
+    def __init__(self, model: str, parse: Parse, submit: Submit) -> None:
         self._model = model
+        self._parse_body = parse
+        self._submit = submit
 
     async def __call__(self, inputs: dict[str, np.ndarray], num_rows: int) -> dict[str, np.ndarray]:
         answers = await asyncio.gather(*(self._answer(line) for line in inputs["request"]))
@@ -35,16 +41,16 @@ class BatchGenerator:
     async def _answer(self, line: dict[str, Any]) -> dict[str, Any]:
         try:
             req = self._parse(line)
-            handle = self._submit(req)
-            events = await _collect(self._engine, handle)
+            generation = await self._submit(req)
+            events = await _collect(generation)
         except MlserveError as exc:
             status, kind = next(((s, k) for cls, s, k in _STATUS if isinstance(exc, cls)), (500, "server_error"))
             body = {"error": {"message": str(exc), "type": kind, "param": None, "code": None}}
             return _line(line["custom_id"], status, uuid.uuid4().hex, body)
-        return _line(line["custom_id"], 200, handle.req_id, self._body(req, handle, events))
+        return _line(line["custom_id"], 200, generation.req_id, self._body(req, generation.req_id, events))
 
     def _parse(self, line: dict[str, Any]) -> GenerationRequest:
-        req = parse_generation(line["body"], URLS[line["url"]])
+        req = self._parse_body(line["body"], URLS[line["url"]])
         if req.model != self._model:
             raise InvalidInput(f"this batch runs model {self._model!r}; the request names {req.model!r}")
         if req.stream:
@@ -53,24 +59,7 @@ class BatchGenerator:
             raise InvalidInput("logprobs are not supported in a batch file")
         return req
 
-    def _submit(self, req: GenerationRequest) -> RequestHandle:
-        engine = self._engine
-        tokenizer = engine.backend.tokenizer
-        if req.prompt_token_ids is not None:
-            ids = list(req.prompt_token_ids)
-            vocab = engine.backend.runner.shape.vocab_size
-            if max(ids) >= vocab or min(ids) < 0:
-                raise InvalidInput(f"prompt token ids must lie in [0, {vocab})")
-        elif req.is_chat:
-            ids = tokenizer.encode(tokenizer.apply_chat_template(list(req.messages)), add_special_tokens=False)
-        else:
-            ids = tokenizer.encode(req.prompt)
-        params = req.params
-        if not req.max_tokens_given and req.is_chat:
-            params = dataclasses.replace(params, max_tokens=max(1, engine.max_model_len - len(ids)))
-        return engine.submit(ids, params)
-
-    def _body(self, req: GenerationRequest, handle: RequestHandle, events: list[TokenEvent]) -> dict[str, Any]:
+    def _body(self, req: GenerationRequest, req_id: str, events: list[TokenEvent]) -> dict[str, Any]:
         text, last = "".join(e.text for e in events), events[-1]
         choice: dict[str, Any] = {"index": 0, "finish_reason": last.finish_reason, "logprobs": None}
         if req.is_chat:
@@ -80,23 +69,23 @@ class BatchGenerator:
         if not req.is_chat:
             choice["text"] = text
         kind, prefix = ("chat.completion", "chatcmpl-") if req.is_chat else ("text_completion", "cmpl-")
-        return {"id": prefix + handle.req_id, "object": kind, "created": int(time.time()), "model": self._model,
+        return {"id": prefix + req_id, "object": kind, "created": int(time.time()), "model": self._model,
                 "choices": [choice], "usage": usage}
 
 
-async def _collect(engine: LLMEngine, handle: RequestHandle) -> list[TokenEvent]:
+async def _collect(generation: Generation) -> list[TokenEvent]:
     """Every event of one request up to its last; a cancelled run frees its blocks."""
     events: list[TokenEvent] = []
     try:
         while True:
-            event = await handle.queue.get()
+            event = await generation.handle.queue.get()
             if event.error is not None:
                 raise MlserveError(event.error)
             events.append(event)
             if event.finish_reason is not None:
                 return events
     except BaseException:
-        engine.abort(handle.req_id)
+        generation.abort()
         raise
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 
 from mlserve.jobs.rows import ROW_COLUMN, Chunk, RowFailure, empty_inputs, replace_durably, to_row
-from mlserve.registry.spec import TensorSpec
+from mlserve.spec import TensorSpec
 
 _READ_BLOCK = 1 << 20
 

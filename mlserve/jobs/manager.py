@@ -18,7 +18,7 @@ from mlserve.jobs.record import (
     JobRecord, JobState, allowed_path, check_request, load_records, parse_version, save_record,
 )
 from mlserve.jobs.runner import BatchRun, InferFn, JobPlan, RowFormats, preflight
-from mlserve.registry.spec import ModelInfo
+from mlserve.spec import ModelInfo
 
 log = logging.getLogger("mlserve.jobs")
 

@@ -13,7 +13,7 @@ import orjson
 
 from mlserve.errors import InferenceFailed, InvalidInput
 from mlserve.jobs.rows import ROW_COLUMN, Chunk, numpy_dtype, replace_durably, row_shape, shape_fits
-from mlserve.registry.spec import TensorSpec
+from mlserve.spec import TensorSpec
 
 _COPY_BLOCK = 16 << 20
 

@@ -8,16 +8,21 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlserve.config import RegistryConfig
+from mlserve.config import Config, RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
-from mlserve.errors import ModelLoadError, ModelNotFound
+from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
 from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.progress import ProgressBar
 from mlserve.jobs.runner import BatchRun, JobPlan
 from mlserve.registry import repository
 from mlserve.registry.safety import check_version_folder
 from mlserve.registry.store import Store
+from mlserve.spec import ModelConfig
+
+if TYPE_CHECKING:
+    from mlserve.jobs.generate import Parse
 
 log = logging.getLogger("mlserve.batch")
 
@@ -61,7 +66,17 @@ def _pick_version(args: OfflineArgs, versions: tuple[int, ...], served: list[int
     return max(served or versions)
 
 
-async def _load(store: Store, args: OfflineArgs, registry: RegistryConfig) -> tuple[Backend, int]:
+@dataclass(frozen=True, slots=True)
+class _Located:
+    """The version a run uses: its folder and which backend reads it."""
+
+    config: ModelConfig
+    version: int
+    path: Path
+    backend: str
+
+
+async def _locate(store: Store, args: OfflineArgs, registry: RegistryConfig) -> _Located:
     await store.refresh(args.model)  # a remote store lists what it holds first
     entry = await repository.read_entry(store, args.model)
     version = _pick_version(args, entry.versions, entry.served_versions)
@@ -70,22 +85,27 @@ async def _load(store: Store, args: OfflineArgs, registry: RegistryConfig) -> tu
     name = entry.config.backend or infer_backend_name(path)
     if name is None:
         raise ModelLoadError(f"{args.model}/{version}: no model file found and no backend set in model.toml")
-    backend = create_backend(name, entry.config, trust_repository=registry.trust_repository)
-    await asyncio.to_thread(backend.load, path, entry.config.device or registry.default_device)
-    return backend, version
+    return _Located(entry.config, version, path, name)
 
 
-async def run_offline(args: OfflineArgs, registry: RegistryConfig) -> int:
-    """Returns the number of failed rows (all of them in the errors file)."""
-    store = _open_store(registry)
+async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = None) -> int:
+    """Returns the number of failed rows (all of them in the errors file). `parse` decodes OpenAI
+    request bodies for generation models (the protocol layer's decoder)."""
+    store = _open_store(config.registry)
     try:
-        backend, version = await _load(store, args, registry)
-    finally:
+        found = await _locate(store, args, config.registry)
+    except BaseException:
         await store.close()
+        raise
+    if found.backend == "llm":
+        if parse is None:
+            raise InvalidInput(f"model {args.model!r} generates text: batch files for it need the OpenAI decoder")
+        return await _run_generation(args, store, config, found.version, parse)
+    await store.close()
+    backend = create_backend(found.backend, found.config, trust_repository=config.registry.trust_repository)
+    await asyncio.to_thread(backend.load, found.path, found.config.device or config.registry.default_device)
     try:
-        if getattr(backend, "is_generative", False):
-            return await _run_generation(args, backend, version)
-        return await _run_tensors(args, backend, version)
+        return await _run_tensors(args, backend, found.version)
     finally:
         backend.unload()
 
@@ -104,19 +124,27 @@ async def _run_tensors(args: OfflineArgs, backend: Backend, version: int) -> int
         executor.shutdown(wait=True)
 
 
-async def _run_generation(args: OfflineArgs, backend: Backend, version: int) -> int:
-    """OpenAI batch files through the model's own continuous-batching engine."""
-    from mlserve.batching.llm_engine import LLMEngine
+async def _run_generation(args: OfflineArgs, store: Store, config: Config, version: int, parse: Parse) -> int:
+    """OpenAI batch files through the same loader, engine and GenerationService the server uses."""
     from mlserve.jobs.generate import BatchGenerator
     from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
+    from mlserve.monitor.metrics import Metrics
+    from mlserve.registry.loader import HotSwapLoader
+    from mlserve.routing.generation import GenerationService
+    from mlserve.routing.router import Router
 
-    engine = LLMEngine(backend, f"{args.model}-{version}")
-    engine.start()
-    plan = JobPlan(args.model, version, batch_info(engine), args.input, args.output, args.errors, args.chunk_rows)
+    loader = HotSwapLoader(store, config.registry, Metrics())
     try:
-        return await _run(BatchRun(plan, BatchGenerator(engine, args.model), OPENAI_FORMATS), args)
+        await loader.load(args.model, "batch")
+        served = await loader.pin(args.model, version, "batch")
+        engine = served.versions[version].llm_engine
+        generation = GenerationService(loader, Router(loader), config.limits)
+        plan = JobPlan(args.model, version, batch_info(engine), args.input, args.output, args.errors,
+                       args.chunk_rows)
+        generate = BatchGenerator(args.model, parse, generation.submit)
+        return await _run(BatchRun(plan, generate, OPENAI_FORMATS), args)
     finally:
-        await engine.stop()
+        await loader.close()
 
 
 async def _run(run: BatchRun, args: OfflineArgs) -> int:

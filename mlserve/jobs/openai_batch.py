@@ -10,16 +10,18 @@ requests goes to the engine at once and continuous batching schedules them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from mlserve.batching.llm_engine import LLMEngine
 from mlserve.jobs.jsonl import AppendFile, count_lines
 from mlserve.jobs.rows import Chunk, RowFailure
 from mlserve.jobs.runner import RowFormats
-from mlserve.registry.spec import ModelInfo, TensorSpec
+from mlserve.spec import ModelInfo, TensorSpec
+
+if TYPE_CHECKING:
+    from mlserve.batching.llm_engine import LLMEngine
 
 URLS = {"/v1/chat/completions": True, "/v1/completions": False}
 LINE_KEYS = {"custom_id", "method", "url", "body"}

@@ -18,7 +18,7 @@ from mlserve.errors import InferenceFailed, InvalidInput
 from mlserve.jobs.rows import (
     ROW_COLUMN, Chunk, RowFailure, empty_inputs, numpy_dtype, replace_durably, row_shape, to_row,
 )
-from mlserve.registry.spec import TensorSpec
+from mlserve.spec import TensorSpec
 
 
 class ParquetReader:

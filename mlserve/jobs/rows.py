@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mlserve.errors import InvalidInput
-from mlserve.registry.spec import DATATYPE_TO_NUMPY, TensorSpec
+from mlserve.spec import DATATYPE_TO_NUMPY, TensorSpec
 
 ROW_COLUMN = "row"
 """Every output carries the input row index of each answered row under this name."""

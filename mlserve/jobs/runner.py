@@ -24,7 +24,7 @@ from mlserve.jobs.formats import FORMATS, format_of, open_reader, open_writer
 from mlserve.jobs.jsonl import ErrorsFile
 from mlserve.jobs.progress import Progress
 from mlserve.jobs.rows import Chunk, Reader, RowFailure, Writer, check_output_names
-from mlserve.registry.spec import ModelInfo, TensorSpec
+from mlserve.spec import ModelInfo, TensorSpec
 
 Tensors = dict[str, np.ndarray]
 InferFn = Callable[[Tensors, int], Awaitable[Tensors]]

@@ -10,7 +10,7 @@ import pytest
 
 from mlserve.errors import InvalidInput
 from mlserve.jobs.formats import open_reader, open_writer
-from mlserve.registry.spec import TensorSpec
+from mlserve.spec import TensorSpec
 
 X = (TensorSpec("x", "FP32", (-1, 4)),)
 Y = (TensorSpec("y", "FP32", (-1, 2)),)

@@ -1,4 +1,4 @@
-"""How an in-server job shares a version's batcher with live requests (server/batch_jobs.LiveFirst),
+"""How an in-server job shares a version's batcher with live requests (jobs/sharing.LiveFirst),
 on a real DynamicBatcher with a plain function as the model."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from mlserve.batching.dynamic import DynamicBatcher, SchedulePolicy
 from mlserve.errors import ModelNotReady
 from mlserve.registry.served import ServedVersion, VersionState
-from mlserve.registry.spec import BatchingSpec
-from mlserve.server.batch_jobs import LiveFirst
+from mlserve.spec import BatchingSpec
+from mlserve.jobs.sharing import LiveFirst
 
 
 class HeldModel:
