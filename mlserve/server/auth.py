@@ -2,7 +2,8 @@
 
 The policy works on path prefixes so routes added later are covered without being listed:
 `/v2/health/` is open, `/metrics` is open by setting, `/admin/`, `/v2/repository/` and `/v2/batch/`
-(jobs read and write server files) need the admin scope and are served only on loopback or when enabled, everything else needs `infer`.
+(jobs read and write server files) need the admin scope and are served only on loopback or when
+enabled, everything else needs `infer`.
 """
 
 from __future__ import annotations
