@@ -65,7 +65,9 @@ class JsonlReader:
             self._row += 1
         if self._row == first:
             return None
-        inputs = {s.name: np.stack([g[s.name] for g in good]) for s in self._specs} if good else empty_inputs(self._specs)
+        inputs = empty_inputs(self._specs)
+        if good:
+            inputs = {s.name: np.stack([g[s.name] for g in good]) for s in self._specs}
         state = {"offset": self._fh.tell(), "row": self._row}
         return Chunk(first, self._row - first, np.asarray(rows, dtype=np.int64), inputs, failures, state)
 

@@ -41,7 +41,8 @@ def batch_command(repo: Path, model: str, src: Path, dst: Path, *extra: str) -> 
             "--input", str(src), "--output", str(dst), "--no-progress", *extra]
 
 
-def run_batch(repo: Path, model: str, src: Path, dst: Path, *extra: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def run_batch(repo: Path, model: str, src: Path, dst: Path, *extra: str,
+              timeout: float = 180) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(batch_command(repo, model, src, dst, *extra), env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
