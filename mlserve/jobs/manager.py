@@ -91,9 +91,10 @@ class JobManager:
         target = await self._resolve(record.model, record.version, record.priority)
         plan = self._plan(record, target)
         await asyncio.to_thread(preflight, plan, record.overwrite, target.formats)
+        self._check_free(record)  # again: another job may have taken a file while this one was checked
         record.version = target.version
-        await asyncio.to_thread(save_record, self._state_dir, record)
         self.jobs[record.job_id] = record
+        await asyncio.to_thread(save_record, self._state_dir, record)
         self._schedule(record)
         log.info("batch job %s accepted: %s/%d, %s -> %s", record.job_id, record.model, record.version,
                  record.input, record.output)
