@@ -94,7 +94,11 @@ class JobManager:
         self._check_free(record)  # again: another job may have taken a file while this one was checked
         record.version = target.version
         self.jobs[record.job_id] = record
-        await asyncio.to_thread(save_record, self._state_dir, record)
+        try:
+            await asyncio.to_thread(save_record, self._state_dir, record)
+        except OSError:
+            del self.jobs[record.job_id]
+            raise
         self._schedule(record)
         log.info("batch job %s accepted: %s/%d, %s -> %s", record.job_id, record.model, record.version,
                  record.input, record.output)
