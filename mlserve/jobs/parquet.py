@@ -20,6 +20,10 @@ from mlserve.jobs.rows import (
 )
 from mlserve.spec import TensorSpec
 
+_BATCH_ROWS = 1024
+"""Rows per Arrow record batch read (pyarrow's default of 65536 wide rows would dwarf a chunk). Parquet
+decodes a column chunk of a row group at a time, so memory is bounded by the file's row groups too."""
+
 
 class ParquetReader:
     """Streams rows from a Parquet file; a null or mis-shaped cell makes that row a RowFailure."""
@@ -44,7 +48,8 @@ class ParquetReader:
             start += metadata.row_group(group).num_rows
             group += 1
         self._batches = self._file.iter_batches(
-            row_groups=range(group, metadata.num_row_groups), columns=[s.name for s in self._specs])
+            batch_size=_BATCH_ROWS, row_groups=range(group, metadata.num_row_groups),
+            columns=[s.name for s in self._specs])
         self._pending = None
         skip = self._row - start
         while skip > 0:
