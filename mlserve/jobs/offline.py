@@ -97,11 +97,11 @@ async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = N
     except BaseException:
         await store.close()
         raise
-    if found.backend == "llm":
-        if parse is None:
-            raise InvalidInput(f"model {args.model!r} generates text: batch files for it need the OpenAI decoder")
+    if found.backend == "llm" and parse is not None:
         return await _run_generation(args, store, config, found.version, parse)
     await store.close()
+    if found.backend == "llm":
+        raise InvalidInput(f"model {args.model!r} generates text: batch files for it need the OpenAI decoder")
     backend = create_backend(found.backend, found.config, trust_repository=config.registry.trust_repository)
     await asyncio.to_thread(backend.load, found.path, found.config.device or config.registry.default_device)
     try:
