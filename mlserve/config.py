@@ -195,6 +195,26 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JobsConfig:
+    """In-server batch jobs (`/v2/batch/jobs`): which files they may touch and where they are recorded."""
+
+    allowed_dir: str = ""
+    """Folder every job's input, output and errors file must lie under; empty = in-server jobs are off."""
+    state_dir: str = ""
+    """Where job records are kept so unfinished jobs resume after a restart (empty = <allowed_dir>/.mlserve-jobs)."""
+    max_running: int = 1
+    """Jobs running at once; later ones wait their turn."""
+    chunk_rows: int = 0
+    """Rows read and checkpointed at a time (0 = about 4096, a multiple of the model's batch size)."""
+
+    def __post_init__(self) -> None:
+        if self.max_running < 1:
+            raise ValueError("max_running must be >= 1")
+        if self.chunk_rows < 0:
+            raise ValueError("chunk_rows must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """All of mlserve's settings; each component takes only its own section."""
 
@@ -203,11 +223,12 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
 
 
 _SECTIONS = {
     "server": ServerConfig, "registry": RegistryConfig, "auth": AuthConfig, "limits": LimitsConfig,
-    "monitor": MonitorConfig,
+    "monitor": MonitorConfig, "jobs": JobsConfig,
 }
 
 

@@ -29,10 +29,11 @@ ALLOWED: dict[str, set[str]] = {
     "batching": ANYWHERE | {"engine"},
     "registry": ANYWHERE | {"batching", "engine"},
     "routing": ANYWHERE | {"registry", "batching"},
-    "server": ANYWHERE | {"routing", "registry", "keys"},
+    "jobs": ANYWHERE | {"routing", "registry", "batching", "engine"},
+    "server": ANYWHERE | {"routing", "registry", "keys", "jobs"},
     "keys": ANYWHERE,
     "tools": ANYWHERE,
-    "cli": ANYWHERE | {"server", "registry", "keys", "tools"},
+    "cli": ANYWHERE | {"server", "registry", "keys", "tools", "jobs"},
     "version": set(),
 }
 HEAVY = ("torch", "onnxruntime", "tensorrt", "safetensors")

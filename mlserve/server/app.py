@@ -24,7 +24,7 @@ from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
 from mlserve.server.auth import KeyRing, PathPolicy
-from mlserve.server.grpc_server import grpc_cleanup_ctx
+from mlserve.server.batch_jobs import add_batch_job_routes
 from mlserve.server.grpc_server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, front_middleware
@@ -266,4 +266,5 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.cleanup_ctx.append(lifecycle(stages(s)))
     # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
     app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate))
+    add_batch_job_routes(app, s)  # after the lifecycle: jobs start once models load, stop before they unload
     return app

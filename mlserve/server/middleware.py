@@ -26,8 +26,10 @@ log = logging.getLogger("mlserve.server")
 ERROR_STATUS: tuple[tuple[type[errors.MlserveError], int], ...] = (
     (errors.PayloadTooLarge, 413),
     (errors.ModelNotFound, 404),
+    (errors.JobNotFound, 404),
     (errors.ModelNotReady, 503),
     (errors.InvalidInput, 400),
+    (errors.Forbidden, 403),
     (errors.Overloaded, 429),
     (errors.RequestTimeout, 504),
     (errors.ModelLoadError, 400),
