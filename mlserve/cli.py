@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--prediction-log", metavar="DIR", help="write a sampled prediction log (JSON lines) here")
     start.add_argument("--log-sample-rate", type=float, help="share of requests in the prediction log (default 0.01)")
     start.add_argument("--log-inputs", choices=LOG_INPUTS, help="prediction log keeps input hashes (default) or values")
+    from mlserve.optimize.cli import add_optimize_parser
+
+    add_optimize_parser(sub)
     examples = sub.add_parser("examples", help="write the example model repository (offline, deterministic)")
     examples.add_argument("dir", type=Path)
     return parser
@@ -180,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         from mlserve.keys_cli import run_keys
 
         return run_keys(args)
+    if args.command == "optimize":
+        from mlserve.optimize.cli import run_optimize
+
+        return run_optimize(args)
     if args.command == "examples":
         from mlserve.examples import write_examples
 
