@@ -102,7 +102,7 @@ def _run(request: OptimizeRequest, work: Path, progress: Progress, is_cancelled:
     report.rows.append(Row("source", "source", (), source.backend, source_figures))
     progress({"event": "row", "row": report.rows[-1].to_dict()})
     artifacts: dict[str, Artifact] = {}
-    for name in request.passes:
+    for name in _with_export(request.passes, source.backend):
         if is_cancelled():
             raise Cancelled("cancelled")
         progress({"event": "pass", "name": name, "state": "running"})
@@ -120,6 +120,12 @@ def _run(request: OptimizeRequest, work: Path, progress: Progress, is_cancelled:
                                            artifacts[report.winner].folder, record)
         progress({"event": "published", "version": report.published_version})
     return report
+
+
+def _with_export(passes: tuple[str, ...], backend: str) -> tuple[str, ...]:
+    """ONNX-level passes on a torch source need the export first; it becomes a candidate too."""
+    needs = any(p not in ("export", "aoti") for p in passes) and backend != "onnx"
+    return ("export", *passes) if needs and "export" not in passes else passes
 
 
 def _candidate(name: str, source: Source, request: OptimizeRequest, options: Options, reference,

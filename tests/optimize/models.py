@@ -77,3 +77,15 @@ def write_data(path: Path, rows: int = 512, seed: int = 1, with_labels: bool = F
             arrays["labels"] = network()(torch.from_numpy(x)).argmax(1).numpy().astype(np.int64)
     np.savez(path, **arrays)
     return path
+
+
+def write_onnx(root: Path, name: str = "tiny_onnx") -> Path:
+    """The same network as ONNX, as a repository version (the source of ONNX-only runs)."""
+    import torch
+
+    folder = root / name / "1"
+    folder.mkdir(parents=True)
+    torch.onnx.export(network(), (torch.zeros(2, SIZES[0]),), str(folder / "model.onnx"), dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    (root / name / "model.toml").write_text("max_batch_size = 32\nversion_policy = { all = true }\n")
+    return folder
