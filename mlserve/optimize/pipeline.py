@@ -83,9 +83,9 @@ def _never_cancelled() -> bool:
 
 
 def run(request: OptimizeRequest, progress: Progress = lambda event: None,
-        is_cancelled: Callable[[], bool] = _never_cancelled) -> Report:
+        is_cancelled: Callable[[], bool] = _never_cancelled, work_root: Path | None = None) -> Report:
     """Run the whole job in this process; the scratch folder is removed whatever happens."""
-    work = Path(tempfile.mkdtemp(prefix="mlserve-optimize-"))
+    work = Path(tempfile.mkdtemp(prefix="mlserve-optimize-", dir=work_root))
     try:
         return _run(request, work, progress, is_cancelled)
     finally:

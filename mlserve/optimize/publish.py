@@ -31,18 +31,21 @@ def publish(model_dir: Path, source_folder: Path, artifact_folder: Path, record:
     staging = model_dir / f".optimize-{version}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
+    try:
+        _fill(staging, source_folder, artifact_folder, {**record, "version": version})
+        os.rename(staging, model_dir / str(version))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; else a partial version
+    return version
+
+
+def _fill(staging: Path, source_folder: Path, artifact_folder: Path, record: dict) -> None:
     shutil.copytree(artifact_folder, staging)
     for item in source_folder.iterdir():
         if item.is_file() and not is_artifact(item) and item.name not in _NOT_CARRIED:
             shutil.copy2(item, staging / item.name)
-    (staging / VERSION_BACKEND_FILE).write_text(json.dumps({**record, "version": version}, indent=2) + "\n")
+    (staging / VERSION_BACKEND_FILE).write_text(json.dumps(record, indent=2) + "\n")
     _write_checksums(staging)
-    try:
-        os.rename(staging, model_dir / str(version))
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return version
 
 
 def _write_checksums(folder: Path) -> None:

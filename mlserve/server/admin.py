@@ -90,8 +90,12 @@ class AdminHandlers:
         return _json(model_state(served))
 
 
-def add_admin_routes(app: web.Application, loader: HotSwapLoader) -> None:
+def add_admin_routes(app: web.Application, loader: HotSwapLoader, traffic=None) -> None:
     handlers = AdminHandlers(loader)
+    if traffic is not None:
+        from mlserve.server.optimize_routes import add_optimize_routes
+
+        add_optimize_routes(app, loader, traffic)
     r = app.router
     r.add_post("/v2/repository/models/{model}/load", handlers.load)
     r.add_post("/v2/repository/models/{model}/unload", handlers.unload)

@@ -112,7 +112,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app[CONFIG], app[METRICS], app[LOADER], app[SERVICE], app[STATE] = config, metrics, loader, service, state
     _add_v2_routes(app, V2Handlers(service, app[STATE], metrics))
     app.router.add_get("/metrics", _metrics_handler)
-    add_admin_routes(app, loader)
+    add_admin_routes(app, loader, service.traffic)
     add_traffic_routes(app, service.traffic)
     add_openai_routes(app, service, metrics)
     add_openapi_routes(app, gate.keyring.is_enabled)
