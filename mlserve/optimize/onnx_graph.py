@@ -72,10 +72,11 @@ def gemm_to_matmul(model) -> int:
         if _attr(node, "transB", 0):
             replace_initializer(model, weight.name, numpy_helper.to_array(weight).T.copy())
         has_bias = len(node.input) > 2 and node.input[2]
+        base = node.name or node.output[0]  # node names are optional in ONNX, unique when given
         mm_out = node.output[0] + "_mm" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], weight.name], [mm_out], name=node.name + "_mm"))
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight.name], [mm_out], name=base + "_mm"))
         if has_bias:
-            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + "_add"))
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=base + "_add"))
         rewritten += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
