@@ -124,7 +124,7 @@ def _run(request: OptimizeRequest, work: Path, progress: Progress, is_cancelled:
 
 def _with_export(passes: tuple[str, ...], backend: str) -> tuple[str, ...]:
     """ONNX-level passes on a torch source need the export first; it becomes a candidate too."""
-    needs = any(p not in ("export", "aoti") for p in passes) and backend != "onnx"
+    needs = any(p != "export" for p in passes) and backend != "onnx"
     return ("export", *passes) if needs and "export" not in passes else passes
 
 
