@@ -17,6 +17,7 @@ PASSES: dict[str, tuple[str, str]] = {
     "int8_static": ("mlserve.optimize.int8_static", "Int8StaticPass"),
     "fp16": ("mlserve.optimize.fp16", "Fp16Pass"),
     "prune": ("mlserve.optimize.prune", "PrunePass"),
+    "aoti": ("mlserve.optimize.aoti", "AotInductorPass"),
 }
 DEFAULT_PASSES = ("export", "graph_opt", "int8_dynamic", "int8_static", "prune")
 

@@ -97,9 +97,9 @@ def _timings(backend, feed: dict[str, np.ndarray], budget: Budget) -> list[float
 
 
 def measure(folder: Path, backend_name: str, source: Source, reference: dict[str, np.ndarray] | None,
-            budget: Budget, num_bytes: int) -> tuple[Figures, dict[str, np.ndarray]]:
+            budget: Budget, num_bytes: int, is_trusted: bool = False) -> tuple[Figures, dict[str, np.ndarray]]:
     """Load the artifact as the server would and measure it; returns its figures and its outputs."""
-    backend = create_backend(backend_name, source.config)
+    backend = create_backend(backend_name, source.config, trust_repository=is_trusted)
     backend.load(folder, "cpu")
     try:
         outputs = predict(backend, source)
