@@ -13,6 +13,7 @@ from mlserve.optimize.base import Options
 from mlserve.optimize.evaluate import Budget
 from mlserve.optimize.gate import OBJECTIVES, GateSettings
 from mlserve.optimize.pipeline import Cancelled, OptimizeRequest, run
+from mlserve.optimize.remote import AdminClient, RemoteError, parse_steps, start_rollout
 from mlserve.optimize.table import render
 
 
@@ -29,10 +30,16 @@ def add_optimize_parser(sub) -> None:
     p.add_argument("--max-top1-drop", type=float, default=0.01, help="share of rows (default 0.01)")
     p.add_argument("--max-abs-diff", type=float, help="largest output difference allowed (default unchecked)")
     p.add_argument("--max-metric-drop", type=float, default=0.01, help="accuracy against labels (default 0.01)")
+    p.add_argument("--min-gain", type=float, default=1.05,
+                   help="publish only a winner this many times better than the source (default 1.05)")
     p.add_argument("--sparsity", type=float, default=0.3, help="share of channels pruning removes (default 0.3)")
     p.add_argument("--calibration-rows", type=int, default=256, help="rows static INT8 calibrates on")
     p.add_argument("--timing-s", type=float, default=1.0, help="seconds each latency figure is timed for")
     p.add_argument("--no-publish", action="store_true", help="measure and gate only")
+    p.add_argument("--rollout", help="percents like 5,25,100: roll the published version out as a canary "
+                                     "on the server at --server")
+    p.add_argument("--server", help="URL of the mlserve serving --models (for --rollout)")
+    p.add_argument("--api-key", help="admin key for --server when it checks keys")
 
 
 def request_from_args(args: argparse.Namespace) -> OptimizeRequest:
@@ -41,13 +48,18 @@ def request_from_args(args: argparse.Namespace) -> OptimizeRequest:
         raise ValueError("give --models (a repository) or --file (an artifact)")
     if not 0.0 < args.sparsity < 1.0:
         raise ValueError("--sparsity must lie in (0, 1)")
+    if args.rollout is not None:
+        parse_steps(args.rollout)
+        if not args.server or args.no_publish or args.file is not None:
+            raise ValueError("--rollout needs --server, a repository version as the source, and publishing")
     if args.calibration_rows < 1 or args.timing_s <= 0:
         raise ValueError("--calibration-rows and --timing-s must be positive")
     return OptimizeRequest(
         model=args.model, models=args.models, version=args.version, file=args.file, data=args.data,
         passes=parse_passes(args.passes),
         options=Options(sparsity=args.sparsity, calibration_rows=args.calibration_rows),
-        gate=GateSettings(args.max_top1_drop, args.max_abs_diff, args.max_metric_drop, args.objective),
+        gate=GateSettings(args.max_top1_drop, args.max_abs_diff, args.max_metric_drop, args.objective,
+                          args.min_gain),
         budget=Budget(latency_s=args.timing_s), publish=not args.no_publish,
     )
 
@@ -86,4 +98,18 @@ def run_optimize(args: argparse.Namespace) -> int:
         print(f"mlserve optimize: {exc}", file=sys.stderr)
         return 2
     print(render(report))
+    if report.published_version is not None and args.rollout:
+        return _roll_out(args, report.published_version)
     return 0 if report.winner else 1
+
+
+def _roll_out(args: argparse.Namespace, version: int) -> int:
+    try:
+        state = start_rollout(AdminClient(args.server, args.api_key), args.model, version,
+                              parse_steps(args.rollout))
+    except RemoteError as exc:
+        print(f"mlserve optimize: version {version} is published, but its rollout failed: {exc}", file=sys.stderr)
+        return 3
+    rollout = state.get("rollout") or {}
+    print(f"rollout of version {version} started at {rollout.get('percent')}% (steps {rollout.get('steps')})")
+    return 0

@@ -22,8 +22,12 @@ class GateSettings:
     max_abs_diff: float | None = None
     max_metric_drop: float | None = 0.01
     objective: str = "throughput"
+    min_gain: float = 1.05
+    """The winner must beat the source on the objective by this factor, so timing noise publishes nothing."""
 
     def __post_init__(self) -> None:
+        if self.min_gain < 1.0:
+            raise ValueError("min_gain must be >= 1")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name in ("max_top1_drop", "max_abs_diff", "max_metric_drop"):
@@ -54,10 +58,10 @@ def rejection(figures: Figures, source: Figures, gate: GateSettings) -> str | No
     return None
 
 
-def score(figures: Figures, objective: str) -> float:
-    """Higher is better."""
+def gain(figures: Figures, source: Figures, objective: str) -> float:
+    """How many times better than the source on the objective (> 1 is better)."""
     if objective == "throughput":
-        return figures.throughput_rps
+        return figures.throughput_rps / max(source.throughput_rps, 1e-12)
     if objective == "latency":
-        return -figures.p50_ms
-    return -float(figures.num_bytes)
+        return source.p50_ms / max(figures.p50_ms, 1e-12)
+    return source.num_bytes / max(figures.num_bytes, 1)

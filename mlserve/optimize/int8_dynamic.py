@@ -24,6 +24,7 @@ class Int8DynamicPass:
             raise PassUnavailable("no MatMul or Conv to quantize")
         staged = out / "fp32.onnx"
         onnx_graph.save(model, staged)
-        quantize_dynamic(staged, out / "model.onnx", weight_type=QuantType.QInt8, per_channel=True)
+        with onnx_graph.quiet_quantizer():
+            quantize_dynamic(staged, out / "model.onnx", weight_type=QuantType.QInt8, per_channel=True)
         staged.unlink()
         return Artifact(self.name, out, "onnx", onnx_chain(source, self.name))

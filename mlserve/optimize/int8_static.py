@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlserve.optimize import onnx_graph
 from mlserve.optimize.base import Artifact, Options, Source, onnx_chain, onnx_source
 
 
@@ -27,11 +28,12 @@ class Int8StaticPass:
     def run(self, source: Source, options: Options, out: Path) -> Artifact:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        quantize_static(
-            onnx_source(source), out / "model.onnx", _Rows(source, options.calibration_rows),
-            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            per_channel=True, calibrate_method=CalibrationMethod.MinMax,
-        )
+        with onnx_graph.quiet_quantizer():
+            quantize_static(
+                onnx_source(source), out / "model.onnx", _Rows(source, options.calibration_rows),
+                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+            )
         for leftover in out.glob("*augmented*"):
             leftover.unlink()
         return Artifact(self.name, out, "onnx", onnx_chain(source, self.name),

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def quiet_quantizer():
+    """onnxruntime.quantization logs its pre-processing advice on the root logger at WARNING on
+    every call; the job's own table says what was done."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def load(path: Path):

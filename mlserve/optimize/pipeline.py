@@ -17,7 +17,7 @@ from typing import Callable
 from mlserve.optimize import create_pass
 from mlserve.optimize.base import Artifact, Options, PassFailed, PassUnavailable, Source
 from mlserve.optimize.evaluate import Budget, Figures, measure
-from mlserve.optimize.gate import GateSettings, rejection, score
+from mlserve.optimize.gate import GateSettings, gain, rejection
 from mlserve.optimize.publish import publish
 from mlserve.optimize.source import open_source
 
@@ -155,9 +155,11 @@ def _choose(report: Report, gate: GateSettings, source_figures: Figures) -> None
     if not passed:
         report.reason = "no candidate passed the accuracy gate"
         return
-    best = max(passed, key=lambda r: score(r.figures, gate.objective))
-    if score(best.figures, gate.objective) <= score(source_figures, gate.objective):
-        report.reason = f"no passing candidate beats the source on {gate.objective}"
+    best = max(passed, key=lambda r: gain(r.figures, source_figures, gate.objective))
+    best_gain = gain(best.figures, source_figures, gate.objective)
+    if best_gain < gate.min_gain:
+        report.reason = (f"the best passing candidate ({best.name}) gains {best_gain:.2f}x on {gate.objective}, "
+                         f"under --min-gain {gate.min_gain}")
         return
     report.winner = best.name
 
@@ -177,7 +179,7 @@ def _record(request: OptimizeRequest, source: Source, report: Report, artifact: 
         "winner": report.winner,
         "objective": request.gate.objective,
         "gate": {"max_top1_drop": request.gate.max_top1_drop, "max_abs_diff": request.gate.max_abs_diff,
-                 "max_metric_drop": request.gate.max_metric_drop},
+                 "max_metric_drop": request.gate.max_metric_drop, "min_gain": request.gate.min_gain},
         "validation_rows": source.num_rows,
         "candidates": [r.to_dict() for r in report.rows],
         "notes": artifact.notes,

@@ -120,3 +120,20 @@ def test_bad_flags_and_data_are_refused_by_name(tmp_path):
     assert wrong.returncode == 2 and "'z'" in wrong.stderr
     missing = _optimize("--models", str(repo), "--model", "tiny_onnx")
     assert missing.returncode == 2 and "--data" in missing.stderr
+
+
+def test_cli_rollout_makes_the_published_version_a_canary(tmp_path):
+    repo = tmp_path / "models"
+    write_torchscript(repo)
+    data = write_data(tmp_path / "val.npz")
+    with serving(repo, log_path=tmp_path / "server.log") as server:
+        done = _optimize("--models", str(repo), "--model", "tiny", "--data", str(data), "--passes", "graph_opt",
+                         "--rollout", "10,100", "--server", server.url)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "rollout of version 2 started at 10.0%" in done.stdout, done.stdout
+        rollout = call(f"{server.url}/admin/models/tiny/rollout").body["rollout"]
+        assert rollout["version"] == "2" and rollout["stable"] == "1" and rollout["status"] == "running"
+        state = call(f"{server.url}/admin/models/tiny").body
+        assert state["pinned"] is None and 2 in state["ready_versions"]
+    bad = _optimize("--models", str(repo), "--model", "tiny", "--rollout", "50,10", "--server", "http://x")
+    assert bad.returncode == 2 and "non-decreasing" in bad.stderr
