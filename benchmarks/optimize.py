@@ -6,7 +6,7 @@ throughput at batch 64 and latency at batch 1 with the model's serving threads (
 1), top-1 agreement and max abs difference against the source, size on disk. Prints the results
 table with each candidate's throughput as a ratio to the source's, measured side by side in one run.
 
-    .venv/bin/python -m benchmarks.optimize [--rows 10000] [--timing-s 2] [--source mlp|mlp_ts]
+    .venv/bin/python -m benchmarks.optimize [--rows 10000] [--timing-s 2] [--source mlp|mlp_ts] [--passes ...]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mlserve.examples import MLP_SIZES, write_examples
+from mlserve.optimize import parse_passes
 from mlserve.optimize.base import Options
 from mlserve.optimize.evaluate import Budget
 from mlserve.optimize.gate import GateSettings
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--timing-s", type=float, default=2.0)
     parser.add_argument("--source", choices=("mlp", "mlp_ts"), default="mlp")
     parser.add_argument("--sparsity", type=float, default=0.3)
+    parser.add_argument("--passes", default=",".join(PASSES), help="e.g. aoti with --source mlp_ts (a slow compile)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "models"
@@ -41,7 +43,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         np.savez(data, x=rng.standard_normal((args.rows, MLP_SIZES[0]), dtype=np.float32))
         request = OptimizeRequest(
-            model=args.source, models=root, version=1, data=data, passes=PASSES,
+            model=args.source, models=root, version=1, data=data, passes=parse_passes(args.passes),
             options=Options(sparsity=args.sparsity), gate=GateSettings(max_top1_drop=0.01),
             budget=Budget(latency_s=args.timing_s), publish=False,
         )

@@ -46,6 +46,8 @@ def request_from_args(args: argparse.Namespace) -> OptimizeRequest:
     """Raises ValueError naming the bad flag."""
     if args.models is None and args.file is None:
         raise ValueError("give --models (a repository) or --file (an artifact)")
+    if args.file is not None and args.version is not None:
+        raise ValueError("--version picks a repository version; --file names the artifact itself: give one")
     if not 0.0 < args.sparsity < 1.0:
         raise ValueError("--sparsity must lie in (0, 1)")
     if args.rollout is not None:

@@ -136,7 +136,7 @@ def _candidate(name: str, source: Source, request: OptimizeRequest, options: Opt
         artifact = create_pass(name).run(source, options, out)
     except PassUnavailable as exc:
         return Row(name, "unavailable", reason=str(exc)), None
-    except (PassFailed, Exception) as exc:  # a pass's library may raise anything; the job goes on
+    except Exception as exc:  # PassFailed, or anything a pass's library raises: the job goes on
         log.warning("pass %s failed: %s", name, exc, exc_info=not isinstance(exc, PassFailed))
         return Row(name, "failed", reason=f"{type(exc).__name__}: {exc}"), None
     try:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from mlserve.engine import create_backend
-from mlserve.engine.base import infer_backend_name
+from mlserve.engine.base import find_artifact, infer_backend_name
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.optimize.base import Source
-from mlserve.registry.spec import ModelConfig, read_model_config
+from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelConfig, read_model_config
 
 SOURCE_BACKENDS = ("onnx", "torchscript", "torch_export")
 _DEFAULT_DATA = ("reference.npz", "warmup.npz")
@@ -70,8 +70,6 @@ def _probe(backend: str, config: ModelConfig, folder: Path):
 
 
 def _onnx_file(folder: Path) -> Path:
-    from mlserve.engine.base import find_artifact
-
     return find_artifact(folder, ("*.onnx",))
 
 
@@ -99,9 +97,7 @@ def _check_data(values: dict[str, np.ndarray], inputs) -> None:
     sizes = {len(a) for a in values.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise InvalidInput("every validation array needs the same, non-zero number of rows")
-    for spec in inputs:
-        from mlserve.registry.spec import DATATYPE_TO_NUMPY
-
+    for spec in inputs:  # an .npz of float64 rows is read as the FP32 the model takes
         expected = np.dtype(DATATYPE_TO_NUMPY[spec.datatype])
         if values[spec.name].dtype != expected:
             values[spec.name] = values[spec.name].astype(expected)

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from mlserve.errors import InvalidInput
+from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.optimize.request import parse_body
 from mlserve.registry.loader import HotSwapLoader
@@ -51,8 +51,6 @@ class OptimizeHandlers:
             raise InvalidInput(f"malformed JSON: {exc}") from None
         root = self._root()
         if name not in self._loader.models:
-            from mlserve.errors import ModelNotFound
-
             raise ModelNotFound(f"unknown model {name!r}")
         job_request, rollout = parse_body(raw, name, root)
         job = await self.jobs.start(job_request, rollout)

@@ -58,7 +58,7 @@ def test_export_from_torch_export_program_keeps_its_tensor_names(tmp_path):
     write_export(tmp_path / "models")
     x = np.random.default_rng(3).standard_normal((40, 16)).astype(np.float32)
     (tmp_path / "work").mkdir()
-    name = open_source(tmp_path / "models", "tiny_pt2", None, None, _npz(tmp_path, x, "input"), tmp_path / "work")
+    name = open_source(tmp_path / "models", "tiny_pt2", None, None, _npz(tmp_path, x), tmp_path / "work")
     artifact = _exported(name, tmp_path)
     session = ort.InferenceSession(str(artifact.folder / "model.onnx"))
     assert [o.name for o in session.get_outputs()] == [s.name for s in name.outputs]
@@ -66,12 +66,10 @@ def test_export_from_torch_export_program_keeps_its_tensor_names(tmp_path):
     np.testing.assert_allclose(got, _torch_outputs(x), atol=1e-5, rtol=1e-4)
 
 
-def _npz(tmp_path, x, input_name):
-    import torch as _t
-
-    program = _t.export.export(network(), (_t.zeros(2, 16),))
-    real = [s for s in program.graph_signature.user_inputs][0]
-    np.savez(tmp_path / "val_pt2.npz", **{real: x})
+def _npz(tmp_path, x):
+    """The validation set under the input name the exported program gives its argument."""
+    program = torch.export.export(network(), (torch.zeros(2, 16),))
+    np.savez(tmp_path / "val_pt2.npz", **{program.graph_signature.user_inputs[0]: x})
     return tmp_path / "val_pt2.npz"
 
 
