@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mlserve.errors import MlserveError
@@ -12,14 +14,15 @@ from mlserve.optimize import PASSES, parse_passes
 from mlserve.optimize.base import Options
 from mlserve.optimize.evaluate import Budget
 from mlserve.optimize.gate import OBJECTIVES, GateSettings
-from mlserve.optimize.pipeline import Cancelled, OptimizeRequest, run
+from mlserve.optimize.pipeline import Cancelled, OptimizeRequest, Report, run
 from mlserve.optimize.remote import AdminClient, RemoteError, parse_steps, start_rollout
 from mlserve.optimize.table import render
 
 
 def add_optimize_parser(sub) -> None:
     p = sub.add_parser("optimize", help="make faster versions of a model, gate them on accuracy, publish the best")
-    p.add_argument("--models", type=Path, help="model repository folder")
+    p.add_argument("--models", help="model repository: a folder or s3://bucket/prefix")
+    p.add_argument("--s3-endpoint", help="endpoint URL for an s3:// repository (S3-compatible servers)")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--version", type=int, help="source version (default the newest)")
     p.add_argument("--file", type=Path, help="optimize this artifact instead of a repository version (no publish)")
@@ -57,7 +60,8 @@ def request_from_args(args: argparse.Namespace) -> OptimizeRequest:
     if args.calibration_rows < 1 or args.timing_s <= 0:
         raise ValueError("--calibration-rows and --timing-s must be positive")
     return OptimizeRequest(
-        model=args.model, models=args.models, version=args.version, file=args.file, data=args.data,
+        model=args.model, models=Path(args.models) if args.models else None, version=args.version,
+        file=args.file, data=args.data,
         passes=parse_passes(args.passes),
         options=Options(sparsity=args.sparsity, calibration_rows=args.calibration_rows),
         gate=GateSettings(args.max_top1_drop, args.max_abs_diff, args.max_metric_drop, args.objective,
@@ -95,7 +99,10 @@ def run_optimize(args: argparse.Namespace) -> int:
         print(f"mlserve optimize: {exc}", file=sys.stderr)
         return 2
     try:
-        report = run(request, ProgressPrinter(request.passes))
+        if args.models and args.models.startswith("s3://"):
+            report = _run_on_s3(args, request)
+        else:
+            report = run(request, ProgressPrinter(request.passes))
     except (MlserveError, Cancelled) as exc:
         print(f"mlserve optimize: {exc}", file=sys.stderr)
         return 2
@@ -103,6 +110,19 @@ def run_optimize(args: argparse.Namespace) -> int:
     if report.published_version is not None and args.rollout:
         return _roll_out(args, report.published_version)
     return 0 if report.winner else 1
+
+
+def _run_on_s3(args: argparse.Namespace, request: OptimizeRequest) -> Report:
+    """Mirror the model locally, run there, upload the published version."""
+    from mlserve.optimize import s3_repo
+
+    with tempfile.TemporaryDirectory(prefix="mlserve-optimize-s3-") as tmp:
+        root = s3_repo.mirror(args.models, args.s3_endpoint, args.model, args.version, Path(tmp))
+        report = run(replace(request, models=root), ProgressPrinter(request.passes))
+        if report.published_version is not None:
+            folder = root / args.model / str(report.published_version)
+            s3_repo.upload(args.models, args.s3_endpoint, args.model, folder, Path(tmp))
+    return report
 
 
 def _roll_out(args: argparse.Namespace, version: int) -> int:
