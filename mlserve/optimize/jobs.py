@@ -21,7 +21,7 @@ from enum import Enum, auto
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from mlserve.errors import ModelNotFound
+from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.optimize.pipeline import OptimizeRequest
 from mlserve.optimize.request import to_json
 
@@ -29,6 +29,8 @@ log = logging.getLogger("mlserve.optimize")
 
 OnPublished = Callable[[str, int, "dict | None"], Awaitable[dict]]
 _STOP_GRACE_S = 10.0
+MAX_FINISHED_JOBS = 100
+"""Finished jobs kept for GET; the oldest go first."""
 
 
 class JobState(Enum):
@@ -87,6 +89,11 @@ class OptimizeJobs:
         self.jobs: dict[str, Job] = {}
 
     async def start(self, request: OptimizeRequest, rollout: dict | None) -> Job:
+        """One running job per model: two would race for the next version number."""
+        running = [j for j in self.jobs.values() if j.model == request.model and j.state is JobState.RUNNING]
+        if running:
+            raise InvalidInput(f"model {request.model!r} already has optimize job {running[0].job_id} running")
+        self._forget_old()
         folder = Path(tempfile.mkdtemp(prefix="mlserve-job-"))
         (folder / "request.json").write_text(json.dumps(to_json(request)))
         job = Job(uuid.uuid4().hex[:16], request.model, folder, rollout)
@@ -99,6 +106,11 @@ class OptimizeJobs:
         self.jobs[job.job_id] = job
         log.info("optimize job %s for model %s started (pid %d)", job.job_id, job.model, job.process.pid)
         return job
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self.jobs.values() if j.state in FINISHED]
+        for job in finished[:max(0, len(finished) - MAX_FINISHED_JOBS + 1)]:
+            del self.jobs[job.job_id]
 
     def get(self, job_id: str) -> Job:
         if job_id not in self.jobs:

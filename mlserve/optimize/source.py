@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mlserve.engine import create_backend
-from mlserve.engine.base import find_artifact, infer_backend_name
+from mlserve.engine.base import find_artifact, infer_backend_name, version_backend
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.optimize.base import Source
 from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelConfig, read_model_config
@@ -43,7 +43,7 @@ def open_source(models: Path | None, model: str, version: int | None, file: Path
         if version not in numbers:
             raise ModelNotFound(f"model {model!r} has no version {version}")
         folder, config = model_dir / str(version), read_model_config(model_dir / "model.toml")
-    backend = config.backend or infer_backend_name(folder)
+    backend = version_backend(folder) or config.backend or infer_backend_name(folder)
     if backend not in SOURCE_BACKENDS:
         raise InvalidInput(f"optimize takes ONNX, TorchScript or torch.export models, not {backend!r}")
     info = _probe(backend, config, folder)

@@ -68,6 +68,8 @@ def test_cancel_stops_the_child_and_leaves_nothing(tmp_path):
     with serving(repo, log_path=tmp_path / "server.log", env={"TMPDIR": str(scratch)}) as server:
         job = _start(server.url, passes=["int8_dynamic", "int8_static"], data="val.npz", timing_s=30)
         _wait(server.url, job["id"], lambda j: j["progress"])
+        second = call(f"{server.url}/admin/models/tiny/optimize", {"passes": ["graph_opt"], "data": "val.npz"})
+        assert second.status == 400 and job["id"] in second.body["error"]
         cancelled = call(f"{server.url}/admin/jobs/{job['id']}", method="DELETE")
         assert cancelled.status == 200 and cancelled.body["state"] == "cancelled"
         assert call(f"{server.url}/admin/jobs/{job['id']}").body["state"] == "cancelled"

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -134,3 +137,15 @@ def test_pass_names_are_checked_and_export_runs_first():
     assert parse_passes("int8_dynamic,export") == ("export", "int8_dynamic")
     with pytest.raises(ValueError, match="nope"):
         parse_passes("export,nope")
+
+
+def test_a_published_onnx_version_of_a_torchscript_model_is_read_as_onnx(source, tmp_path):
+    """Its model.toml still says torchscript; the version's optimization.json names its own backend."""
+    artifact = _exported(source, tmp_path)
+    version = tmp_path / "models" / "tiny" / "2"
+    version.mkdir()
+    shutil.copy(artifact.folder / "model.onnx", version / "model.onnx")
+    (version / "optimization.json").write_text(json.dumps({"backend": "onnx"}))
+    (tmp_path / "work2").mkdir()
+    again = open_source(tmp_path / "models", "tiny", None, None, tmp_path / "val.npz", tmp_path / "work2")
+    assert again.version == 2 and again.backend == "onnx" and again.onnx_path == version / "model.onnx"
