@@ -119,7 +119,9 @@ class OptimizeJobs:
 
     async def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
-        if job.state is JobState.RUNNING and job.process is not None and job.process.returncode is None:
+        is_publishing = any(e.get("event") == "publishing" for e in _read_progress(job.folder / "progress.jsonl"))
+        if job.state is JobState.RUNNING and job.process is not None and job.process.returncode is None \
+                and not is_publishing:  # too late once publishing: the job finishes and says so
             job.state = JobState.CANCELLED
             await _stop(job.process)
         if job.task is not None:
@@ -135,7 +137,8 @@ class OptimizeJobs:
         code = await job.process.wait()
         job.progress = _read_progress(job.folder / "progress.jsonl")
         try:
-            if job.state is not JobState.CANCELLED:
+            # A cancel that raced the start of publishing loses: the version is there, so say so.
+            if job.state is not JobState.CANCELLED or (job.folder / "report.json").is_file():
                 await self._finish(job, code)
         except Exception as exc:  # a failed load or rollout is the job's outcome, not the server's
             job.state, job.error = JobState.FAILED, f"{type(exc).__name__}: {exc}"

@@ -116,6 +116,7 @@ def _run(request: OptimizeRequest, work: Path, progress: Progress, is_cancelled:
         raise Cancelled("cancelled")
     if report.winner and request.publish and request.models is not None and request.file is None:
         record = _record(request, source, report, artifacts[report.winner])
+        progress({"event": "publishing", "name": report.winner})
         report.published_version = publish(request.models / request.model, source.folder,
                                            artifacts[report.winner].folder, record)
         progress({"event": "published", "version": report.published_version})

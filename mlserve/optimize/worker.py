@@ -30,6 +30,10 @@ def main(job_dir: Path) -> int:
     request = from_json(json.loads((job_dir / "request.json").read_text()))
     with open(job_dir / "progress.jsonl", "a", buffering=1) as progress:
         def emit(event: dict) -> None:
+            if event["event"] == "publishing":
+                # Past this point a version appears in the repository: finish rather than stop
+                # halfway (the parent no longer cancels once it has read this line).
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             progress.write(json.dumps(event) + "\n")
 
         try:
