@@ -137,3 +137,15 @@ def test_cli_rollout_makes_the_published_version_a_canary(tmp_path):
         assert state["pinned"] is None and 2 in state["ready_versions"]
     bad = _optimize("--models", str(repo), "--model", "tiny", "--rollout", "50,10", "--server", "http://x")
     assert bad.returncode == 2 and "non-decreasing" in bad.stderr
+
+
+def test_a_file_is_measured_and_nothing_is_published(tmp_path):
+    repo = tmp_path / "models"
+    folder = write_onnx(repo)
+    data = write_data(tmp_path / "val.npz")
+    done = _optimize("--file", str(folder / "model.onnx"), "--model", "tiny_onnx", "--data", str(data),
+                     "--passes", "int8_dynamic", "--objective", "size", "--max-top1-drop", "0.1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| int8_dynamic | passed |" in done.stdout, done.stdout
+    assert "best candidate: int8_dynamic (not published)" in done.stdout, done.stdout
+    assert sorted(p.name for p in (repo / "tiny_onnx").iterdir()) == ["1", "model.toml"]
