@@ -67,8 +67,9 @@ def _add_keys_parser(sub) -> None:
     revoke.add_argument("key", help="name or id")
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT; then stop accepting, finish in-flight requests, unload."""
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; then stop accepting, finish in-flight requests, unload. Returns
+    how many hung model workers are still running."""
     from aiohttp import web
 
     from mlserve.server.app import KEYRING, LOADER, STATE, create_app
@@ -104,6 +105,7 @@ async def serve(config: Config) -> None:
     log.info("stopping: no new connections, finishing in-flight requests")
     await runner.cleanup()
     log.info("stopped")
+    return app[LOADER].num_hung_workers()
 
 
 def _tls_context(config: Config):
@@ -144,8 +146,8 @@ def _start(args: argparse.Namespace) -> int:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config))
-    _exit_past_hung_models()
+        hung = runner.run(serve(config))
+    _exit_past_hung_models(hung)
     return 0
 
 
@@ -163,11 +165,8 @@ def _keys_file_ok(path: Path) -> bool:
     return True
 
 
-def _exit_past_hung_models() -> None:
+def _exit_past_hung_models(hung: int) -> None:
     """A model thread stuck in native code would abort interpreter shutdown: leave without it."""
-    from mlserve.batching.guard import num_hung_threads
-
-    hung = num_hung_threads()
     if hung:
         log.warning("exiting with %d hung model worker(s) still running", hung)
         logging.shutdown()

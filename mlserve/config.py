@@ -26,6 +26,11 @@ class ServerConfig:
     """Largest request body accepted; larger ones get 413."""
     shutdown_grace_s: float = 30.0
     """How long SIGTERM waits for in-flight requests before exiting."""
+    gc_freeze: bool = True
+    """Freeze the heap after models load and after each reload, so the cyclic collector stops walking
+    it (the p99 tail); false leaves Python's collector as it is."""
+    gc_threshold: int = 10_000
+    """Allocations between young-generation collections (Python's default is 700); 0 keeps the default."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -36,6 +41,8 @@ class ServerConfig:
             raise ValueError("max_body_bytes must be positive")
         if self.shutdown_grace_s < 0:
             raise ValueError("shutdown_grace_s must be >= 0")
+        if self.gc_threshold < 0:
+            raise ValueError("gc_threshold must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

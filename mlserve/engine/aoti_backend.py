@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mlserve.engine.torch_backend import _TorchBackend
 from mlserve.errors import ModelLoadError
-from mlserve.registry.spec import TensorSpec
+from mlserve.spec import TensorSpec
 
 TENSORS_FILE = "aoti.json"
 

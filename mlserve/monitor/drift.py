@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from mlserve.monitor import drift_stats
-from mlserve.monitor.drift_settings import DriftSettings
+from mlserve.spec import DriftSettings
 
 log = logging.getLogger("mlserve.drift")
 

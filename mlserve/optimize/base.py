@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mlserve.registry.spec import ModelConfig, TensorSpec
+from mlserve.spec import ModelConfig, TensorSpec
 
 
 class PassUnavailable(Exception):

@@ -12,7 +12,7 @@ from mlserve.engine import create_backend
 from mlserve.engine.base import find_artifact, infer_backend_name, version_backend
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.optimize.base import Source
-from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelConfig, read_model_config
+from mlserve.spec import DATATYPE_TO_NUMPY, ModelConfig, read_model_config
 
 SOURCE_BACKENDS = ("onnx", "torchscript", "torch_export")
 _DEFAULT_DATA = ("reference.npz", "warmup.npz")

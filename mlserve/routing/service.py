@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -12,9 +13,9 @@ import numpy as np
 from mlserve.batching.dynamic import SchedulePolicy
 from mlserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from mlserve.monitor.metrics import Metrics
-from mlserve.registry.loader import HotSwapLoader, ServedVersion
+from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
-from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo
+from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
 
@@ -33,8 +34,11 @@ class InferRequest:
     req_id: str | None = None
     outputs: tuple[str, ...] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    """Parameters not decoded into typed fields; only the routed model's sticky-key parameter may be here."""
     headers: Mapping[str, str] = field(default_factory=dict)
     """HTTP headers, for a sticky routing key taken from a header."""
+    policy: SchedulePolicy = field(default_factory=SchedulePolicy)
+    """Priority, queue timeout and deadline, decoded once by the protocol layer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,34 +101,48 @@ class InferenceService:
         """Fed every answered request (drift, prediction log); its `observe` never blocks."""
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        await self.loader.ensure_loaded(request.model)  # lazy or evicted models load on first use
-        key = None
-        if request.version is None:
-            key = self.traffic.sticky_key(self.router.model(request.model), request.headers, request.parameters)
-        served = self.router.pick(request.model, request.version, key, routed=True)
+        model = self.router.model(request.model)
+        default = model.default_version()
+        if default is None:  # lazy or evicted models load on first use
+            await self.loader.ensure_loaded(request.model)
+        else:
+            model.last_used = time.monotonic()
+        key = self._sticky_key(model, request)
+        served = self.router.pick(request.model, request.version, key, routed=True, default=default)
         req_id = request.req_id or os.urandom(16).hex()
         started = time.monotonic()
+        routed = request.version is None
         try:
             inputs, outputs = await self._run(served, request)
         except _CLIENT_ERRORS:
             self.traffic.release(served)
             raise
-        except Exception:
-            self.traffic.record(request.model, served, req_id, time.monotonic() - started, False, request.version is None)
+        except asyncio.CancelledError:  # the client went away: nothing to judge, the probe slot is freed
+            self.traffic.release(served)
             raise
-        self.traffic.record(request.model, served, req_id, time.monotonic() - started, True, request.version is None)
-        self.traffic.shadow(self.router.model(served.model), served.version, inputs, outputs)
+        except Exception:  # model failures, hangs and deadlines alike count against the version
+            self.traffic.record(request.model, served, req_id, time.monotonic() - started, False, routed)
+            raise
+        latency_s = time.monotonic() - started
+        self.traffic.record(request.model, served, req_id, latency_s, True, routed)
+        self.traffic.shadow(model if served.model == request.model else self.router.model(served.model),
+                            served.version, inputs, outputs)
         if self.monitor is not None:
             self.monitor.observe(Observation(
-                served.model, str(served.version), req_id, inputs, outputs,
-                time.monotonic() - started, "request" if request.version else "router",
+                served.model, str(served.version), req_id, inputs, outputs, latency_s,
+                "request" if request.version else "router",
             ))
-        names = request.outputs if request.outputs is not None else tuple(s.name for s in served.info.outputs)
-        datatypes = {s.name: s.datatype for s in served.info.outputs}
-        return InferResponse(
-            served.model, str(served.version), {n: outputs[n] for n in names},
-            {n: datatypes[n] for n in names}, req_id,
-        )
+        return _response(served, request, outputs, req_id)
+
+    def _sticky_key(self, model: ServedModel, request: InferRequest) -> str | None:
+        """The routing key for an unversioned request; any other leftover parameter is refused by name."""
+        name = self.traffic.sticky_parameter(model)
+        unknown = [k for k in request.parameters if k != name]
+        if unknown:
+            raise InvalidInput(f"parameter(s) {sorted(unknown)} are not supported by mlserve")
+        if request.version is not None:
+            return None
+        return self.traffic.sticky_key(model, request.headers, request.parameters)
 
     async def _run(self, served: ServedVersion, request: InferRequest):
         info = served.info
@@ -137,27 +155,17 @@ class InferenceService:
         inputs = {
             s.name: request.inputs[s.name].astype(DATATYPE_TO_NUMPY[s.datatype], copy=False) for s in info.inputs
         }
-        outputs = await _answer(served, inputs, rows, schedule_policy(request.parameters))
+        outputs = await _answer(served, inputs, rows, request.policy)
         return inputs, outputs
 
 
-def _non_negative_int(parameters: dict[str, Any], name: str) -> int | None:
-    value = parameters.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"parameter {name!r} must be a non-negative integer, got {value!r}")
-    return value
-
-
-_DEFAULT_POLICY = SchedulePolicy()
-
-
-def schedule_policy(parameters: dict[str, Any]) -> SchedulePolicy:
-    """Triton's schedule-policy request parameters: `priority` (1 = highest) and `timeout` in microseconds."""
-    if "priority" not in parameters and "timeout" not in parameters:
-        return _DEFAULT_POLICY
-    return SchedulePolicy(_non_negative_int(parameters, "priority"), _non_negative_int(parameters, "timeout"))
+def _response(served: ServedVersion, request: InferRequest, outputs: dict[str, np.ndarray], req_id: str) -> InferResponse:
+    outputs_spec = served.info.outputs
+    names = request.outputs if request.outputs is not None else tuple(s.name for s in outputs_spec)
+    datatypes = {s.name: s.datatype for s in outputs_spec}
+    return InferResponse(
+        served.model, str(served.version), {n: outputs[n] for n in names}, {n: datatypes[n] for n in names}, req_id,
+    )
 
 
 async def _answer(served: ServedVersion, inputs: dict[str, np.ndarray], rows: int, policy: SchedulePolicy):

@@ -14,10 +14,7 @@ from aiohttp import web
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.registry.safety import check_model_name
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+from mlserve.server.response import json_error, json_response
 
 
 def model_state(served: ServedModel) -> dict[str, Any]:
@@ -62,44 +59,30 @@ class AdminHandlers:
 
     async def load(self, request: web.Request) -> web.Response:
         served = await self._loader.load(_model(request), self._who(request))
-        return _json(model_state(served))
+        return json_response(model_state(served))
 
     async def unload(self, request: web.Request) -> web.Response:
         name = _model(request)
         await self._loader.unload(name, self._who(request))
-        return _json(model_state(self._loader.models[name]))
+        return json_response(model_state(self._loader.models[name]))
 
     async def rollback(self, request: web.Request) -> web.Response:
         served = await self._loader.rollback(_model(request), self._who(request))
-        return _json(model_state(served))
+        return json_response(model_state(served))
 
     async def pin(self, request: web.Request) -> web.Response:
         version = await _pin_version(request)
         served = await self._loader.pin(_model(request), version, self._who(request))
-        return _json(model_state(served))
+        return json_response(model_state(served))
 
     async def unpin(self, request: web.Request) -> web.Response:
         served = await self._loader.unpin(_model(request), self._who(request))
-        return _json(model_state(served))
+        return json_response(model_state(served))
 
     async def state(self, request: web.Request) -> web.Response:
         name = _model(request)
         served = self._loader.models.get(name)
         if served is None:
-            return _json({"error": f"unknown model {name!r}"}, 404)
-        return _json(model_state(served))
+            return json_error(404, f"unknown model {name!r}")
+        return json_response(model_state(served))
 
-
-def add_admin_routes(app: web.Application, loader: HotSwapLoader, traffic=None) -> None:
-    handlers = AdminHandlers(loader)
-    if traffic is not None:
-        from mlserve.server.optimize_routes import add_optimize_routes
-
-        add_optimize_routes(app, loader, traffic)
-    r = app.router
-    r.add_post("/v2/repository/models/{model}/load", handlers.load)
-    r.add_post("/v2/repository/models/{model}/unload", handlers.unload)
-    r.add_get("/admin/models/{model}", handlers.state)
-    r.add_post("/admin/models/{model}/rollback", handlers.rollback)
-    r.add_post("/admin/models/{model}/pin", handlers.pin)
-    r.add_post("/admin/models/{model}/unpin", handlers.unpin)

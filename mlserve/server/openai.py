@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Any, AsyncIterator
 
 import orjson
 from aiohttp import web
 
 from mlserve import errors
-from mlserve.config import LimitsConfig
 from mlserve.monitor.metrics import Metrics
-from mlserve.routing.service import InferenceService
-from mlserve.server.limits import LIMITS, check_token_limits
+from mlserve.routing.generation import Generation, GenerationService
 from mlserve.server.middleware import status_for
-from mlserve.server.openai_protocol import GenerationRequest, parse_generation
-
-if TYPE_CHECKING:
-    from mlserve.batching.llm_engine import LLMEngine, RequestHandle, TokenEvent
+from mlserve.server.openai_protocol import parse_generation
+from mlserve.server.response import json_response
+from mlserve.spec import GenerationRequest, TokenEvent
 
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error", 503: "service_unavailable"}
 
@@ -28,14 +24,12 @@ def openai_error(status: int, message: str, headers: dict[str, str] | None = Non
     """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
     body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": None,
                       "code": "model_not_found" if status == 404 else None}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+    return json_response(body, status, headers)
 
 
 @web.middleware
 async def openai_error_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Under /v1/ errors keep OpenAI's shape, so its clients raise their own typed errors."""
-    if not request.path.startswith("/v1/"):
-        return await handler(request)
     try:
         return await handler(request)
     except errors.MlserveError as exc:
@@ -47,27 +41,17 @@ async def openai_error_middleware(request: web.Request, handler) -> web.StreamRe
         return openai_error(exc.status, exc.reason)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Target:
-    engine: LLMEngine
-    model: str
-    version: str
-
-
 class OpenAIHandlers:
-    """Parse the body, submit to the model version's engine, encode the answer (whole or streamed)."""
+    """Parse the body, call the generation service, encode the answer (whole or streamed)."""
 
-    def __init__(self, service: InferenceService, metrics: Metrics) -> None:
-        self._service = service
+    def __init__(self, generation: GenerationService, metrics: Metrics) -> None:
+        self._generation = generation
         self._metrics = metrics
 
     async def models(self, request: web.Request) -> web.Response:
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "mlserve"}
-            for name, served in sorted(self._service.loader.models.items())
-            if any(sv.llm_engine is not None for sv in served.versions.values() if sv.is_ready)
-        ]
-        return _json({"object": "list", "data": data})
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "mlserve"}
+                for name in self._generation.model_names()]
+        return json_response({"object": "list", "data": data})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, is_chat=False)
@@ -81,41 +65,15 @@ class OpenAIHandlers:
         except orjson.JSONDecodeError as exc:
             raise errors.InvalidInput(f"the request body is not valid JSON: {exc}") from None
         req = parse_generation(body, is_chat)
-        await self._service.loader.ensure_loaded(req.model)  # lazy or evicted models load on first use
-        target = self._target(req.model)
-        handle = self._submit(target.engine, req, request.app.get(LIMITS) or LimitsConfig())
-        self._metrics.requests.labels(target.model, target.version, "openai", "200").inc()
+        gen = await self._generation.submit(req)
+        self._metrics.requests.labels(gen.model, gen.version, "openai", "200").inc()
         if req.stream:
-            return await self._stream(request, req, target, handle)
-        return await self._whole(request, req, target, handle)
+            return await self._stream(request, req, gen)
+        return await self._whole(request, req, gen)
 
-    def _target(self, model: str) -> _Target:
-        served = self._service.router.pick(model, None)
-        if served.llm_engine is None:
-            raise errors.InvalidInput(f"model {model!r} is not a generation model; use /v2/models/{model}/infer")
-        return _Target(served.llm_engine, model, str(served.version))
-
-    @staticmethod
-    def _submit(engine: LLMEngine, req: GenerationRequest, limits: LimitsConfig) -> RequestHandle:
-        tokenizer = engine.backend.tokenizer
-        if req.prompt_token_ids is not None:
-            ids = list(req.prompt_token_ids)
-            if max(ids) >= engine.backend.runner.shape.vocab_size or min(ids) < 0:
-                raise errors.InvalidInput(f"prompt token ids must lie in [0, {engine.backend.runner.shape.vocab_size})")
-        else:
-            if req.is_chat:
-                ids = tokenizer.encode(tokenizer.apply_chat_template(list(req.messages)), add_special_tokens=False)
-            else:
-                ids = tokenizer.encode(req.prompt)
-        params = req.params
-        if not req.max_tokens_given and req.is_chat:
-            params = dataclasses.replace(params, max_tokens=max(1, engine.max_model_len - len(ids)))
-        check_token_limits(len(ids), params.max_tokens if req.max_tokens_given else 0, limits)
-        return engine.submit(ids, params)
-
-    async def _whole(self, request, req: GenerationRequest, target: _Target, handle: RequestHandle) -> web.Response:
+    async def _whole(self, request, req: GenerationRequest, gen: Generation) -> web.Response:
         text, events = [], []
-        async with aclosing(_events(request, target.engine, handle)) as stream:
+        async with aclosing(_events(request, gen)) as stream:
             async for event in stream:
                 text.append(event.text)
                 events.append(event)
@@ -123,23 +81,23 @@ class OpenAIHandlers:
             return web.Response(status=204)  # the client went away; nobody reads this
         last = events[-1]
         choice: dict[str, Any] = {"index": 0, "finish_reason": last.finish_reason,
-                                  "logprobs": _logprobs(target.engine, req, events)}
+                                  "logprobs": _logprobs(gen, req, events)}
         if req.is_chat:
             choice["message"] = {"role": "assistant", "content": "".join(text)}
         else:
             choice["text"] = "".join(text)
-        return _json({**_head(req, target, handle), "choices": [choice], "usage": _usage(last)})
+        return json_response({**_head(req, gen), "choices": [choice], "usage": _usage(last)})
 
-    async def _stream(self, request, req: GenerationRequest, target: _Target, handle: RequestHandle):
+    async def _stream(self, request, req: GenerationRequest, gen: Generation):
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        head = _head(req, target, handle, chunk=True)
+        head = _head(req, gen, chunk=True)
         if req.is_chat:
             await _send(response, {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                         "logprobs": None, "finish_reason": None}]})
         last = None
         try:
-            last = await self._stream_events(request, req, target, handle, response, head)
+            last = await self._stream_events(request, req, gen, response, head)
         except errors.MlserveError as exc:  # the status line has gone out: report it in the stream
             await _send(response, {"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
         if req.include_usage and last is not None:
@@ -149,16 +107,16 @@ class OpenAIHandlers:
         return response
 
     @staticmethod
-    async def _stream_events(request, req: GenerationRequest, target: _Target, handle: RequestHandle,
+    async def _stream_events(request, req: GenerationRequest, gen: Generation,
                              response: web.StreamResponse, head: dict[str, Any]) -> TokenEvent | None:
         last = None
-        async with aclosing(_events(request, target.engine, handle)) as events:  # a failed write cancels
+        async with aclosing(_events(request, gen)) as events:  # a failed write cancels
             async for event in events:
                 last = event
                 if not event.token_ids and event.finish_reason is None:
                     continue
                 choice: dict[str, Any] = {"index": 0, "finish_reason": event.finish_reason,
-                                          "logprobs": _logprobs(target.engine, req, [event])}
+                                          "logprobs": _logprobs(gen, req, [event])}
                 if req.is_chat:
                     choice["delta"] = {"content": event.text} if event.text else {}
                 else:
@@ -167,12 +125,12 @@ class OpenAIHandlers:
         return last
 
 
-async def _events(request: web.Request, engine: LLMEngine, handle: RequestHandle) -> AsyncIterator[TokenEvent]:
+async def _events(request: web.Request, gen: Generation) -> AsyncIterator[TokenEvent]:
     """The request's events up to its last; a client that went away cancels it, freeing its blocks."""
     finished = False
     try:
         while True:
-            event = await handle.queue.get()
+            event = await gen.handle.queue.get()
             if event.error is not None:
                 finished = True
                 raise errors.InferenceFailed(event.error)
@@ -184,17 +142,17 @@ async def _events(request: web.Request, engine: LLMEngine, handle: RequestHandle
                 return
     finally:
         if not finished:
-            engine.abort(handle.req_id)
+            gen.abort()
 
 
 async def _send(response: web.StreamResponse, chunk: dict) -> None:
     await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
 
-def _head(req: GenerationRequest, target: _Target, handle: RequestHandle, chunk: bool = False) -> dict[str, Any]:
+def _head(req: GenerationRequest, gen: Generation, chunk: bool = False) -> dict[str, Any]:
     kind = ("chat.completion.chunk" if chunk else "chat.completion") if req.is_chat else "text_completion"
     prefix = "chatcmpl-" if req.is_chat else "cmpl-"
-    return {"id": prefix + handle.req_id, "object": kind, "created": int(time.time()), "model": target.model}
+    return {"id": prefix + gen.req_id, "object": kind, "created": int(time.time()), "model": gen.model}
 
 
 def _usage(last: TokenEvent) -> dict[str, int]:
@@ -202,10 +160,10 @@ def _usage(last: TokenEvent) -> dict[str, int]:
             "total_tokens": last.num_prompt_tokens + last.num_output_tokens}
 
 
-def _logprobs(engine: LLMEngine, req: GenerationRequest, events: list[TokenEvent]) -> dict[str, Any] | None:
+def _logprobs(gen: Generation, req: GenerationRequest, events: list[TokenEvent]) -> dict[str, Any] | None:
     if req.params.logprobs is None:
         return None
-    token_text = engine.backend.tokenizer.token_text
+    token_text = gen.token_text
     entries = [entry for event in events for entry in event.logprobs]
     if req.is_chat:
         return {"content": [
@@ -222,13 +180,13 @@ def _logprobs(engine: LLMEngine, req: GenerationRequest, events: list[TokenEvent
             "top_logprobs": [{token_text(i): v for i, v in top} for _, _, top in entries], "text_offset": offsets}
 
 
-def _json(payload: dict) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), content_type="application/json")
-
-
-def add_openai_routes(app: web.Application, service: InferenceService, metrics: Metrics) -> None:
-    handlers = OpenAIHandlers(service, metrics)
-    app.middlewares.append(openai_error_middleware)
-    app.router.add_get("/v1/models", handlers.models)
-    app.router.add_post("/v1/completions", handlers.completions)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+def openai_app(generation: GenerationService, metrics: Metrics) -> web.Application:
+    """The /v1 sub-application: its own route table, and OpenAI's error shape for every failure."""
+    handlers = OpenAIHandlers(generation, metrics)
+    app = web.Application(middlewares=[openai_error_middleware])
+    app.add_routes([
+        web.get("/models", handlers.models),
+        web.post("/completions", handlers.completions),
+        web.post("/chat/completions", handlers.chat_completions),
+    ])
+    return app

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from mlserve.engine.llm.sequence import SamplingParams
 from mlserve.errors import InvalidInput
+from mlserve.spec import GenerationRequest, SamplingParams
 
 MAX_STOP_STRINGS = 4
 UNSUPPORTED_TRUE = ("echo",)
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """One decoded /v1/completions or /v1/chat/completions body."""
-
-    model: str
-    prompt: str | None
-    prompt_token_ids: tuple[int, ...] | None
-    messages: tuple[dict[str, str], ...] | None
-    params: SamplingParams
-    max_tokens_given: bool
-    stream: bool
-    include_usage: bool
-    is_chat: bool
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float) -> float:

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from mlserve.engine.llm.sequence import SamplingParams
-
-
-@dataclass(frozen=True, slots=True)
-class Sampled:
-    """One sampled token, with its log-probability and the top alternatives when asked for."""
-
-    token_id: int
-    logprob: float | None = None
-    top_logprobs: tuple[tuple[int, float], ...] = ()
+from mlserve.spec import Sampled, SamplingParams
 
 
 class Sampler:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
+from mlserve.spec import SamplingParams
+
 
 class SeqStatus(Enum):
     WAITING = auto()
@@ -22,26 +24,6 @@ FINISH_REASON = {
     SeqStatus.FINISHED_LENGTH: "length",
     SeqStatus.FINISHED_ABORTED: "abort",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """What the client asked of the sampler and of the stopping rules."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    """0 = no top-k cut."""
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None
-    """Alternatives to report per token; None = no logprobs at all."""
-    ignore_eos: bool = False
-
-    @property
-    def is_greedy(self) -> bool:
-        return self.temperature == 0.0
 
 
 @dataclass(slots=True)
