@@ -33,6 +33,8 @@ def add_optimize_parser(sub) -> None:
     p.add_argument("--max-top1-drop", type=float, default=0.01, help="share of rows (default 0.01)")
     p.add_argument("--max-abs-diff", type=float, help="largest output difference allowed (default unchecked)")
     p.add_argument("--max-metric-drop", type=float, default=0.01, help="accuracy against labels (default 0.01)")
+    p.add_argument("--min-cosine", type=float, help="lowest mean cosine similarity to the source's outputs "
+                                                    "(embeddings; default unchecked)")
     p.add_argument("--min-gain", type=float, default=1.05,
                    help="publish only a winner this many times better than the source (default 1.05)")
     p.add_argument("--sparsity", type=float, default=0.3, help="share of channels pruning removes (default 0.3)")
@@ -65,7 +67,7 @@ def request_from_args(args: argparse.Namespace) -> OptimizeRequest:
         passes=parse_passes(args.passes),
         options=Options(sparsity=args.sparsity, calibration_rows=args.calibration_rows),
         gate=GateSettings(args.max_top1_drop, args.max_abs_diff, args.max_metric_drop, args.objective,
-                          args.min_gain),
+                          args.min_gain, args.min_cosine),
         budget=Budget(latency_s=args.timing_s), publish=not args.no_publish,
     )
 

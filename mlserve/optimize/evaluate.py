@@ -36,6 +36,9 @@ class Figures:
     """Share of rows whose argmax matches the source's, for score outputs ([batch, classes])."""
     metric: float | None
     """Accuracy against `labels` when the validation set has them."""
+    cosine: float | None
+    """Mean per-row cosine similarity to the source (the worst output), for floating outputs with
+    a feature dimension (embeddings, scores)."""
     p50_ms: float
     p99_ms: float
     throughput_rps: float
@@ -58,19 +61,35 @@ def predict(backend, source: Source) -> dict[str, np.ndarray]:
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def _accuracy(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> tuple[float, float, float | None]:
-    max_diff, mean_diffs, agreements = 0.0, [], []
+@dataclass(frozen=True, slots=True)
+class Accuracy:
+    max_abs_diff: float = 0.0
+    mean_abs_diff: float = 0.0
+    top1_agreement: float | None = None
+    cosine: float | None = None
+
+
+def _cosine(got: np.ndarray, want: np.ndarray) -> float:
+    a, b = got.reshape(len(got), -1).astype(np.float64), want.reshape(len(want), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.sum(a * b, axis=1) / np.maximum(norms, 1e-30)))
+
+
+def _accuracy(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> Accuracy:
+    max_diff, mean_diffs, agreements, cosines = 0.0, [], [], []
     for name, want in expected.items():
         got = actual[name]
         if got.shape != want.shape:
-            return float("inf"), float("inf"), 0.0 if want.ndim == 2 else None
+            return Accuracy(float("inf"), float("inf"), 0.0 if want.ndim == 2 else None, 0.0)
+        if np.issubdtype(want.dtype, np.floating) and want.ndim >= 2:
+            cosines.append(_cosine(got, want))
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
         max_diff = max(max_diff, float(diff.max(initial=0.0)))
         mean_diffs.append(float(diff.mean()) if diff.size else 0.0)
         if is_scores(want):
             agreements.append(float(np.mean(got.argmax(axis=1) == want.argmax(axis=1))))
-    agreement = min(agreements) if agreements else None
-    return max_diff, float(np.mean(mean_diffs)) if mean_diffs else 0.0, agreement
+    return Accuracy(max_diff, float(np.mean(mean_diffs)) if mean_diffs else 0.0,
+                    min(agreements) if agreements else None, min(cosines) if cosines else None)
 
 
 def is_scores(array: np.ndarray) -> bool:
@@ -108,12 +127,11 @@ def measure(folder: Path, backend_name: str, source: Source, reference: dict[str
         batched = _timings(backend, full, budget)
     finally:
         backend.unload()
-    max_diff, mean_diff, agreement = _accuracy(reference, outputs) if reference is not None else (0.0, 0.0, None)
-    if reference is None and any(is_scores(a) for a in outputs.values()):
-        agreement = 1.0
+    accuracy = _accuracy(reference, outputs) if reference is not None else _accuracy(outputs, outputs)
     rows = len(next(iter(full.values())))
     figures = Figures(
-        max_diff, mean_diff, agreement, task_metric(outputs, source.labels),
+        accuracy.max_abs_diff, accuracy.mean_abs_diff, accuracy.top1_agreement, task_metric(outputs, source.labels),
+        accuracy.cosine,
         float(np.percentile(single, 50) * 1e3), float(np.percentile(single, 99) * 1e3),
         rows / float(np.median(batched)), num_bytes,
     )

@@ -16,7 +16,7 @@ OBJECTIVES = ("throughput", "latency", "size")
 
 @dataclass(frozen=True, slots=True)
 class GateSettings:
-    """The accuracy budget (--max-top1-drop, --max-abs-diff, --max-metric-drop) and the objective."""
+    """The accuracy budget (--max-top1-drop, --max-abs-diff, --max-metric-drop, --min-cosine) and the objective."""
 
     max_top1_drop: float | None = 0.01
     max_abs_diff: float | None = None
@@ -24,6 +24,8 @@ class GateSettings:
     objective: str = "throughput"
     min_gain: float = 1.05
     """The winner must beat the source on the objective by this factor, so timing noise publishes nothing."""
+    min_cosine: float | None = None
+    """Lowest mean per-row cosine similarity to the source's outputs (embeddings)."""
 
     def __post_init__(self) -> None:
         if self.min_gain < 1.0:
@@ -53,8 +55,12 @@ def rejection(figures: Figures, source: Figures, gate: GateSettings) -> str | No
         drop = source.metric - figures.metric
         if drop > gate.max_metric_drop:
             return f"accuracy {figures.metric:.4f}: drop {drop:.4f} > {gate.max_metric_drop}"
+    if gate.min_cosine is not None and figures.cosine is not None:
+        checked = True
+        if figures.cosine < gate.min_cosine:
+            return f"cosine to the source {figures.cosine:.4f} < {gate.min_cosine}"
     if not checked:
-        return "no accuracy budget applies to this model's outputs: give --max-abs-diff"
+        return "no accuracy budget applies to this model's outputs: give --max-abs-diff or --min-cosine"
     return None
 
 

@@ -15,6 +15,7 @@ from mlserve.optimize.gate import GateSettings
 from mlserve.optimize.pipeline import OptimizeRequest
 
 _KEYS = {"version", "passes", "data", "objective", "max_top1_drop", "max_abs_diff", "max_metric_drop", "min_gain",
+         "min_cosine",
          "sparsity", "calibration_rows", "timing_s", "publish", "rollout"}
 
 
@@ -46,7 +47,7 @@ def parse_body(raw: Any, model: str, models: Path) -> tuple[OptimizeRequest, dic
     try:
         gate = GateSettings(_number(raw, "max_top1_drop", 0.01), _number(raw, "max_abs_diff", None),
                             _number(raw, "max_metric_drop", 0.01), raw.get("objective", "throughput"),
-                            _number(raw, "min_gain", 1.05, 1.0))
+                            _number(raw, "min_gain", 1.05, 1.0), _number(raw, "min_cosine", None, -1.0))
         passes = parse_passes(raw.get("passes"))
     except ValueError as exc:
         raise InvalidInput(f"optimize: {exc}") from None

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from mlserve.optimize.pipeline import Report, Row
 
-_HEADER = ("candidate", "status", "top-1", "max|diff|", "p50 ms", "p99 ms", "rows/s", "speedup", "MiB")
+_HEADER = ("candidate", "status", "top-1", "cosine", "max|diff|", "p50 ms", "p99 ms", "rows/s", "speedup", "MiB")
 
 
 def _cells(row: Row, base_throughput: float) -> tuple[str, ...]:
     f = row.figures
     if f is None:
-        return (row.name, row.status, "", "", "", "", "", "", "")
+        return (row.name, row.status, *[""] * (len(_HEADER) - 2))
     top1 = "" if f.top1_agreement is None else f"{f.top1_agreement:.4f}"
+    cosine = "" if f.cosine is None else f"{f.cosine:.5f}"
     speedup = f"{f.throughput_rps / base_throughput:.2f}x" if base_throughput else ""
-    return (row.name, row.status, top1, f"{f.max_abs_diff:.3g}", f"{f.p50_ms:.3f}", f"{f.p99_ms:.3f}",
+    return (row.name, row.status, top1, cosine, f"{f.max_abs_diff:.3g}", f"{f.p50_ms:.3f}", f"{f.p99_ms:.3f}",
             f"{f.throughput_rps:,.0f}", speedup, f"{f.num_bytes / 2**20:.2f}")
 
 

@@ -9,7 +9,7 @@ import pytest
 from mlserve.optimize.evaluate import Figures
 from mlserve.optimize.gate import GateSettings, gain, rejection
 
-SOURCE = Figures(0.0, 0.0, 1.0, 0.90, p50_ms=2.0, p99_ms=4.0, throughput_rps=1000.0, num_bytes=4000)
+SOURCE = Figures(0.0, 0.0, 1.0, 0.90, 1.0, p50_ms=2.0, p99_ms=4.0, throughput_rps=1000.0, num_bytes=4000)
 
 
 def _candidate(**changes) -> Figures:
@@ -33,9 +33,16 @@ def test_metric_budget_against_the_source_metric():
     assert "accuracy 0.8700: drop 0.0300" in rejection(_candidate(metric=0.87), SOURCE, gate)
 
 
+def test_cosine_budget_for_embeddings():
+    embedding = _candidate(top1_agreement=None, metric=None, cosine=0.995)
+    assert rejection(embedding, SOURCE, GateSettings(min_cosine=0.99)) is None
+    assert "cosine to the source 0.9950 < 0.999" in rejection(embedding, SOURCE, GateSettings(min_cosine=0.999))
+
+
 def test_a_candidate_no_budget_applies_to_is_rejected():
     unmeasured = _candidate(top1_agreement=None, metric=None)
-    assert "--max-abs-diff" in rejection(unmeasured, dataclasses.replace(SOURCE, metric=None), GateSettings())
+    why = rejection(unmeasured, dataclasses.replace(SOURCE, metric=None), GateSettings())
+    assert "--max-abs-diff or --min-cosine" in why
 
 
 def test_gain_per_objective():

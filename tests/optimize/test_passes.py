@@ -149,3 +149,21 @@ def test_a_published_onnx_version_of_a_torchscript_model_is_read_as_onnx(source,
     (tmp_path / "work2").mkdir()
     again = open_source(tmp_path / "models", "tiny", None, None, tmp_path / "val.npz", tmp_path / "work2")
     assert again.version == 2 and again.backend == "onnx" and again.onnx_path == version / "model.onnx"
+
+
+def test_the_harness_gates_on_cosine_when_asked(tmp_path):
+    from mlserve.optimize.evaluate import Budget
+    from mlserve.optimize.gate import GateSettings
+    from mlserve.optimize.pipeline import OptimizeRequest, run
+    from tests.optimize.models import write_onnx
+
+    write_onnx(tmp_path / "models")
+    request = OptimizeRequest(
+        "tiny_onnx", tmp_path / "models", data=write_data(tmp_path / "val.npz"), passes=("graph_opt", "prune"),
+        options=Options(sparsity=0.9), budget=Budget(latency_s=0.05), publish=False,
+        gate=GateSettings(max_top1_drop=None, max_metric_drop=None, min_cosine=0.999, min_gain=1.0),
+    )
+    rows = {r.name: r for r in run(request).rows}
+    assert rows["source"].figures.cosine == pytest.approx(1.0)
+    assert rows["graph_opt"].status == "passed" and rows["graph_opt"].figures.cosine > 0.99999
+    assert rows["prune"].status == "rejected" and "cosine" in rows["prune"].reason
