@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -100,7 +101,7 @@ class OptimizeJobs:
         with open(folder / "stderr.log", "wb") as stderr:
             job.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mlserve.optimize.worker", str(folder),
-                stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+                stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env=_child_env(),
             )
         job.task = asyncio.get_running_loop().create_task(self._watch(job))
         self.jobs[job.job_id] = job
@@ -158,6 +159,12 @@ class OptimizeJobs:
         if version is not None:
             job.deployment = await self._on_published(job.model, version, job.rollout)
         job.state = JobState.SUCCEEDED
+
+
+def _child_env() -> dict[str, str]:
+    """One OpenMP thread for the libraries' own defaults (quantizer calibration sessions, the
+    exporter); the measured sessions set the model's intra_op_threads themselves."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
