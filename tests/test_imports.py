@@ -18,21 +18,23 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "mlserve"
 
 # Which mlserve groups each group may import, besides itself and the groups usable from anywhere.
-ANYWHERE = {"spec", "monitor", "config", "errors", "version"}
+ANYWHERE = {"spec", "monitor", "config", "errors", "version", "gc_policy"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "spec": {"errors"},
     "config": {"errors"},
+    "gc_policy": set(),
     "monitor": {"spec", "config", "errors"},
     "engine": ANYWHERE,
     "batching": ANYWHERE | {"engine"},
     "registry": ANYWHERE | {"batching", "engine"},
     "routing": ANYWHERE | {"registry", "batching"},
-    "server": ANYWHERE | {"routing", "registry", "keys", "optimize"},
+    "jobs": ANYWHERE | {"routing", "registry", "batching", "engine"},
     "optimize": ANYWHERE | {"registry", "engine"},
+    "server": ANYWHERE | {"routing", "registry", "keys", "jobs", "optimize"},
     "keys": ANYWHERE,
     "tools": ANYWHERE,
-    "cli": ANYWHERE | {"server", "keys", "tools", "optimize"},
+    "cli": ANYWHERE | {"server", "registry", "keys", "tools", "jobs", "optimize"},
     "version": set(),
 }
 HEAVY = ("torch", "onnxruntime", "tensorrt", "safetensors")
@@ -50,7 +52,7 @@ def group_of(module: str) -> str:
     if len(parts) == 1:
         return "version"
     name = parts[1]
-    if name in ("cli", "__main__"):
+    if name in ("cli", "__main__", "status_cli", "push"):
         return "cli"
     if name in ("examples", "examples_llm"):
         return "tools"

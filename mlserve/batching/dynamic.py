@@ -13,7 +13,7 @@ import numpy as np
 from mlserve.batching.guard import GuardedInfer
 from mlserve.batching.queue import RequestQueue, Waiting
 from mlserve.errors import InferenceFailed, InvalidInput, Overloaded, RequestTimeout
-from mlserve.spec import BatchingSpec
+from mlserve.spec import BatchingSpec, SchedulePolicy
 
 Tensors = dict[str, np.ndarray]
 SWITCH_INTERVAL_S = 0.0005
@@ -32,19 +32,6 @@ class BatchStats:
     queue_s: tuple[float, ...]
     compute_s: float
     failed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulePolicy:
-    """What one request asks of the queue: a priority level and a timeout (both optional)."""
-
-    priority: int | None = None
-    """1 = highest; None = the model's default level."""
-    timeout_us: int | None = None
-    """Longest time to an answer; may shorten the model's `timeout_us`, never lengthen it."""
-    deadline: float | None = None
-    """Monotonic time by which the request must be answered (the server's default deadline,
-    counted from its arrival); the earliest of this and the timeouts applies."""
 
 
 _DEFAULT_POLICY = SchedulePolicy()

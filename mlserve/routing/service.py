@@ -10,12 +10,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mlserve.batching.dynamic import SchedulePolicy
 from mlserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
-from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo
+from mlserve.routing.classification import check_class_counts, classify, read_labels
+from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo, SchedulePolicy
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
 
@@ -39,6 +39,8 @@ class InferRequest:
     """HTTP headers, for a sticky routing key taken from a header."""
     policy: SchedulePolicy = field(default_factory=SchedulePolicy)
     """Priority, queue timeout and deadline, decoded once by the protocol layer."""
+    class_counts: Mapping[str, int] = field(default_factory=dict)
+    """Outputs to answer as their top k classes (Triton's classification extension), by name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class InferenceService:
         self.loader = loader
         self.traffic = TrafficManager(loader, metrics or Metrics())
         self.router = Router(loader, self.traffic)
+        self._labels: dict[tuple[str, int, str], tuple[str, ...]] = {}
         self.monitor: Monitor | None = None
         """Fed every answered request (drift, prediction log); its `observe` never blocks."""
 
@@ -132,7 +135,7 @@ class InferenceService:
                 served.model, str(served.version), req_id, inputs, outputs, latency_s,
                 "request" if request.version else "router",
             ))
-        return _response(served, request, outputs, req_id)
+        return self._respond(served, request, outputs, req_id)
 
     def _sticky_key(self, model: ServedModel, request: InferRequest) -> str | None:
         """The routing key for an unversioned request; any other leftover parameter is refused by name."""
@@ -144,9 +147,29 @@ class InferenceService:
             return None
         return self.traffic.sticky_key(model, request.headers, request.parameters)
 
+    def _respond(self, served: ServedVersion, request: InferRequest, outputs: dict, req_id: str) -> InferResponse:
+        specs = served.info.outputs
+        names = request.outputs if request.outputs is not None else tuple(s.name for s in specs)
+        datatypes = {s.name: s.datatype for s in specs}
+        chosen, chosen_types = {n: outputs[n] for n in names}, {n: datatypes[n] for n in names}
+        if request.class_counts:
+            self._classify(served, request.class_counts, chosen, chosen_types)
+        return InferResponse(served.model, str(served.version), chosen, chosen_types, req_id)
+
+    def _classify(self, served: ServedVersion, class_counts, outputs: dict, datatypes: dict) -> None:
+        """Replace each classified output by its top k as BYTES (labels read once per version)."""
+        key = (served.model, served.version, served.fingerprint)
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = self._labels[key] = read_labels(served.path)
+        for name, k in class_counts.items():
+            outputs[name] = classify(outputs[name], k, labels, served.info.max_batch_size > 0)
+            datatypes[name] = "BYTES"
+
     async def _run(self, served: ServedVersion, request: InferRequest):
         info = served.info
         rows = validate_inputs(info, request)
+        check_class_counts(info, request.class_counts)
         if request.outputs is not None:
             known = {s.name for s in info.outputs}
             missing = [o for o in request.outputs if o not in known]
@@ -157,15 +180,6 @@ class InferenceService:
         }
         outputs = await _answer(served, inputs, rows, request.policy)
         return inputs, outputs
-
-
-def _response(served: ServedVersion, request: InferRequest, outputs: dict[str, np.ndarray], req_id: str) -> InferResponse:
-    outputs_spec = served.info.outputs
-    names = request.outputs if request.outputs is not None else tuple(s.name for s in outputs_spec)
-    datatypes = {s.name: s.datatype for s in outputs_spec}
-    return InferResponse(
-        served.model, str(served.version), {n: outputs[n] for n in names}, {n: datatypes[n] for n in names}, req_id,
-    )
 
 
 async def _answer(served: ServedVersion, inputs: dict[str, np.ndarray], rows: int, policy: SchedulePolicy):

@@ -14,7 +14,9 @@ from aiohttp import web
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.registry.safety import check_model_name
+from mlserve.registry.upload import current_toml, publish
 from mlserve.server.response import json_error, json_response
+from mlserve.server.triton_upload import upload_from_parameters
 
 
 def model_state(served: ServedModel) -> dict[str, Any]:
@@ -47,6 +49,22 @@ async def _pin_version(request: web.Request) -> int:
     return version
 
 
+async def _load_parameters(request: web.Request) -> dict[str, Any]:
+    body = await request.read()
+    if not body.strip():
+        return {}
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(parsed, dict) or set(parsed) - {"parameters"}:
+        raise InvalidInput('the load body must be {"parameters": {...}} or empty')
+    parameters = parsed.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be an object")
+    return parameters
+
+
 class AdminHandlers:
     """Explicit control of what each model serves."""
 
@@ -58,7 +76,14 @@ class AdminHandlers:
         return f"api {request.remote}"
 
     async def load(self, request: web.Request) -> web.Response:
-        served = await self._loader.load(_model(request), self._who(request))
+        """Triton's load; with `parameters` (config, file:<version>/<name>) it uploads first."""
+        name = _model(request)
+        parameters = await _load_parameters(request)
+        if parameters:
+            upload = upload_from_parameters(name, parameters, await current_toml(self._loader.store, name), True)
+            served = await publish(self._loader, upload, self._who(request))
+        else:
+            served = await self._loader.load(name, self._who(request))
         return json_response(model_state(served))
 
     async def unload(self, request: web.Request) -> web.Response:

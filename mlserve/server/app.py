@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,15 +25,20 @@ from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
 from mlserve.server.auth import KeyRing, PathPolicy
+from mlserve.server.batch_jobs import add_batch_job_routes
+from mlserve.server.grpc_server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, front_middleware
 from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
 from mlserve.server.openai import openai_app
 from mlserve.server.openapi import openapi_handler
 from mlserve.server.optimize_routes import optimize_jobs, optimize_routes
-from mlserve.server.ratelimit import InFlight, TenantLimiter
+from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
 from mlserve.server.state import ServerState
+from mlserve.server.overview import OverviewSources
+from mlserve.server.status import HistorySampler, StatusHandlers
 from mlserve.server.traffic import TrafficHandlers
+from mlserve.server.stats_routes import stats_routes
 from mlserve.server.v2 import V2Handlers
 
 log = logging.getLogger("mlserve.server")
@@ -52,7 +58,8 @@ def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
 
         registry = registry or RegistryConfig(models=uri)
         cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
-        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None)
+        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None,
+                       keep_versions=registry.cache_versions)
     if "://" in uri:
         raise ValueError(f"unsupported model repository {uri!r}: give a local folder or s3://bucket/prefix")
     return LocalStore(Path(uri))
@@ -73,6 +80,7 @@ class Services:
     loader: HotSwapLoader
     inference: InferenceService
     generation: GenerationService
+    status: HistorySampler
     optimize_jobs: OptimizeJobs
 
 
@@ -89,7 +97,8 @@ def _gate(config: Config, state: ServerState) -> Gate:
     """Authentication, per-key limits and the in-flight bound, from the auth and limits sections."""
     keys_file = Path(config.auth.keys_file) if config.auth.keys_file else None
     return Gate(
-        PathPolicy.from_config(config.auth, config.server.host), KeyRing(keys_file, TenantLimiter()),
+        PathPolicy.from_config(config.auth, config.server.host),
+        KeyRing(keys_file, TenantLimiter(), FailureThrottle(config.auth.failed_auth_burst, config.auth.failed_auth_per_s)),
         InFlight(config.limits.max_in_flight), state, config.server.max_body_bytes,
         config.limits.not_ready_when_saturated,
     )
@@ -103,14 +112,16 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     monitor = Monitor(config.monitor, metrics)
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
-    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation,
+    status = HistorySampler(config.monitor, metrics, loader)
+    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
                     optimize_jobs(loader, inference.traffic))
 
 
 def stages(s: Services) -> list[Stage]:
     """Started top to bottom, stopped bottom to top. The monitor starts before the loader and stops
     after it, so every request answered while the batchers drain is still logged; traffic tasks
-    (shadows, rollouts) stop before the loader drains the versions they use; keys close last."""
+    (shadows, rollouts) stop before the loader drains the versions they use; the status history
+samples only once the repository is loaded and stops first; keys close last."""
 
     gc_policy = GcPolicy(s.config.server.gc_freeze, s.config.server.gc_threshold)
 
@@ -131,6 +142,7 @@ def stages(s: Services) -> list[Stage]:
         Stage("monitor", start=s.monitor.start, stop=s.monitor.close),
         Stage("loader", start=start_loader, stop=stop_loader),
         Stage("traffic", stop=s.inference.traffic.close),
+        Stage("status history", start=s.status.start, stop=s.status.stop),
         Stage("optimize jobs", stop=s.optimize_jobs.close),  # their publishing uses the loader and traffic
     ]
 
@@ -186,6 +198,7 @@ def v2_routes(s: Services) -> list[web.RouteDef]:
         web.get("/v2/health/live", v2.live),
         web.get("/v2/health/ready", v2.ready),
         web.get("/v2", v2.server_metadata),
+        web.get("/v2/", v2.server_metadata),  # the same as /v2, as some clients ask
         web.post("/v2/repository/index", v2.repository_index),
         # Infer: aiohttp tries the resources under one prefix in the order they were added, so the
         # infer routes go before the other /v2/models/{model}... resources.
@@ -198,6 +211,7 @@ def v2_routes(s: Services) -> list[web.RouteDef]:
             web.get(prefix + "/drift", drift.drift),
         )],
         web.post("/v2/models/{model}/feedback", traffic.feedback),
+        *stats_routes(s.loader, s.metrics),
         web.post("/v2/repository/models/{model}/load", admin.load),
         web.post("/v2/repository/models/{model}/unload", admin.unload),
     ]
@@ -230,6 +244,20 @@ def server_routes(s: Services) -> list[web.RouteDef]:
     ]
 
 
+def status_routes(s: Services) -> list[web.RouteDef]:
+    """The status page: its files at / and /ui/ (open), the overview and histograms it reads."""
+    sources = OverviewSources(s.loader, s.metrics, s.inference.traffic, s.monitor, s.status.history,
+                              time.time(), lambda: s.state.is_ready)
+    page = StatusHandlers(sources, s.gate.keyring.is_enabled, s.gate.policy.admin_served)
+    return [
+        web.get("/", page.page),
+        web.get("/ui/session", page.session),
+        web.get("/ui/{name}", page.asset),
+        web.get("/status", page.overview),
+        web.get("/status/models/{model}/versions/{version}/histogram", page.histogram),
+    ]
+
+
 def create_app(config: Config, store: Store | None = None) -> web.Application:
     s = build_services(config, store)
     # One middleware: the gate (auth, limits) and JSON errors; the v2 infer route does both itself.
@@ -239,6 +267,10 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.add_routes(v2_routes(s))
     app.add_routes(admin_routes(s))
     app.add_routes(server_routes(s))
+    app.add_routes(status_routes(s))
     app.add_subapp("/v1", openai_app(s.generation, s.metrics))
     app.cleanup_ctx.append(lifecycle(stages(s)))
+    # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
+    app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate))
+    add_batch_job_routes(app, s)  # after the lifecycle: jobs start once models load, stop before they unload
     return app

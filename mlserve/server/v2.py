@@ -16,13 +16,15 @@ from mlserve.routing.service import InferenceService
 from mlserve.server.middleware import Gate, error_response, http_error_response, internal_error, one_pass
 from mlserve.server.response import json_response
 from mlserve.server.state import ServerState
+from mlserve.server.triton_config import model_config_dict
 from mlserve.server.v2_codec import (
     HEADER_LENGTH, Decoded, decode_infer_request, encode_infer_response, parse_json, with_key_priority,
 )
 
 log = logging.getLogger("mlserve.server")
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "schedule_policy"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "schedule_policy",
+              "statistics"]
 LARGE_BODY_BYTES = 1 << 20
 """Bodies at least this large are decoded on a thread, so the loop keeps serving small requests."""
 
@@ -68,14 +70,8 @@ class V2Handlers:
 
     async def model_config(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")
-        info = self._service.router.pick(name, version).info
-        return _json({
-            "name": name,
-            "platform": info.platform,
-            "max_batch_size": info.max_batch_size,
-            "input": [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": list(s.shape)} for s in info.inputs],
-            "output": [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": list(s.shape)} for s in info.outputs],
-        })
+        served = self._service.router.pick(name, version)
+        return _json(model_config_dict(name, self._service.loader.models[served.model], served))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")

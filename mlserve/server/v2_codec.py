@@ -16,23 +16,24 @@ from typing import Any, Mapping
 import orjson
 from aiohttp import web
 
-from mlserve.batching.dynamic import SchedulePolicy
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, PayloadTooLarge
+from mlserve.routing.classification import class_counts_from
 from mlserve.routing.service import InferRequest, InferResponse
+from mlserve.spec import SchedulePolicy
+from mlserve.spec.request_id import check_request_id as check_id
 from mlserve.server.tensors import check_header, decode_binary_tensor, decode_json_tensor, encode_binary, json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION_HEADER = "Mlserve-Model-Version"
 REQUEST_ID_HEADER = "Mlserve-Request-Id"
-MAX_REQUEST_ID = 128
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 # Parameters mlserve honours, by where they stand in the request. Others are refused by name; a
 # request's other parameters go on to the service, which allows only the routed model's sticky key.
 REQUEST_PARAMETERS = frozenset({"priority", "timeout", "binary_data_output"})
 INPUT_PARAMETERS = frozenset({"binary_data_size"})
-OUTPUT_PARAMETERS = frozenset({"binary_data"})
+OUTPUT_PARAMETERS = frozenset({"binary_data", "classification"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +46,8 @@ class Decoded:
 
 
 def check_request_id(value: Any) -> str | None:
-    """A client's request id: at most 128 printable ASCII characters (it is echoed in a header)."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput("'id' must be a string")
-    if len(value) > MAX_REQUEST_ID or not value.isascii() or not value.isprintable():
-        raise InvalidInput(f"'id' must be at most {MAX_REQUEST_ID} printable ASCII characters")
-    return value
+    """A client's request id (None when it sent none): see `mlserve.spec.request_id`."""
+    return None if value is None else check_id(value)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryview, memoryview]:
@@ -96,15 +91,27 @@ def _non_negative_int(parameters: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def _policy(parameters: dict[str, Any], limits: LimitsConfig, arrived: float) -> SchedulePolicy:
+def schedule_policy(
+    parameters: dict[str, Any], limits: LimitsConfig, arrived: float, max_seconds: float | None = None
+) -> SchedulePolicy:
     """Triton's schedule policy, decoded once: `priority` (1 = highest) and `timeout` (microseconds,
-    from arrival to answer); without a timeout the server's default deadline applies."""
+    from arrival to answer); without a timeout the server's default deadline applies. `max_seconds`
+    caps it further (a gRPC call's own deadline)."""
     priority = _non_negative_int(parameters, "priority")
     timeout = parameters.get("timeout")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
         raise InvalidInput(f"parameter 'timeout' must be a positive integer of microseconds, got {timeout!r}")
-    seconds = timeout / 1e6 if timeout is not None else limits.default_timeout_s
-    return SchedulePolicy(priority, None, arrived + seconds if seconds else None)
+    seconds = timeout / 1e6 if timeout is not None else (limits.default_timeout_s or None)
+    if max_seconds is not None:
+        seconds = max_seconds if seconds is None else min(seconds, max_seconds)
+    return SchedulePolicy(priority, None, arrived + seconds if seconds is not None else None)
+
+
+def unhandled_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The request parameters left for the service once the schedule policy took its own."""
+    if not parameters:
+        return parameters
+    return {k: v for k, v in parameters.items() if k not in REQUEST_PARAMETERS}
 
 
 def _decode_inputs(raw_inputs: Any, binary: memoryview, limits: LimitsConfig) -> tuple[dict, dict]:
@@ -113,7 +120,7 @@ def _decode_inputs(raw_inputs: Any, binary: memoryview, limits: LimitsConfig) ->
     arrays, datatypes, offset = {}, {}, 0
     for raw in raw_inputs:
         name, datatype, shape = check_header(raw)
-        _check_limits(name, shape, limits)
+        check_shape_limits(name, shape, limits)
         params = _parameters(raw.get("parameters"), f"input {name!r}", INPUT_PARAMETERS)
         size = params.get("binary_data_size")
         if size is not None:
@@ -131,7 +138,7 @@ def _decode_inputs(raw_inputs: Any, binary: memoryview, limits: LimitsConfig) ->
     return arrays, datatypes
 
 
-def _check_limits(name: str, shape: tuple[int, ...], limits: LimitsConfig) -> None:
+def check_shape_limits(name: str, shape: tuple[int, ...], limits: LimitsConfig) -> None:
     """From the declared shape alone, before any data is decoded."""
     count = 1
     for dim in shape:
@@ -142,19 +149,25 @@ def _check_limits(name: str, shape: tuple[int, ...], limits: LimitsConfig) -> No
         raise PayloadTooLarge(f"input {name!r} has {shape[0]} rows, over the limit of {limits.max_batch_rows}")
 
 
-def _requested_outputs(raw: Any, default_binary: bool) -> tuple[tuple[str, ...] | None, dict[str, bool]]:
+def _requested_outputs(
+    raw: Any, default_binary: bool
+) -> tuple[tuple[str, ...] | None, dict[str, bool], dict[str, int]]:
+    """Names, binary flags and `classification` top-k counts of the requested outputs."""
     if raw is None:
-        return None, {}
+        return None, {}, {}
     if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
         raise InvalidInput("'outputs' must be a list of objects with a name")
-    binary = {}
+    binary, class_counts = {}, {}
     for out in raw:
         params = _parameters(out.get("parameters"), f"output {out['name']!r}", OUTPUT_PARAMETERS)
         flag = params.get("binary_data", default_binary)
         if not isinstance(flag, bool):
             raise InvalidInput(f"output {out['name']!r}: parameter 'binary_data' must be true or false")
         binary[out["name"]] = flag
-    return tuple(o["name"] for o in raw), binary
+        k = class_counts_from(out["name"], params)
+        if k is not None:
+            class_counts[out["name"]] = k
+    return tuple(o["name"] for o in raw), binary, class_counts
 
 
 def decode_infer_request(
@@ -170,11 +183,11 @@ def decode_infer_request(
     default_binary = parameters.get("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise InvalidInput("parameter 'binary_data_output' must be true or false")
-    policy = _policy(parameters, limits, time.monotonic() if arrived is None else arrived)
+    policy = schedule_policy(parameters, limits, time.monotonic() if arrived is None else arrived)
     arrays, datatypes = _decode_inputs(parsed.get("inputs"), binary, limits)
-    outputs, binary_flags = _requested_outputs(parsed.get("outputs"), default_binary)
-    extra = {k: v for k, v in parameters.items() if k not in REQUEST_PARAMETERS} if parameters else parameters
-    request = InferRequest(model, version, arrays, datatypes, req_id, outputs, extra, headers, policy)
+    outputs, binary_flags, class_counts = _requested_outputs(parsed.get("outputs"), default_binary)
+    extra = unhandled_parameters(parameters)
+    request = InferRequest(model, version, arrays, datatypes, req_id, outputs, extra, headers, policy, class_counts)
     return Decoded(request, binary_flags, default_binary)
 
 
