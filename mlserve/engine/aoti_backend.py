@@ -1,8 +1,8 @@
 """AOTInductor packages (.pt2 compiled ahead of time by torch's inductor): a shared library per
 model, run without Python-level graph interpretation.
 
-A package holds compiled native code, so loading one is running code from the repository: it is
-refused unless the repository is trusted (`--trust-repository`). Tensor names and shapes come from
+A package holds compiled native code, so loading one is running code from the repository: the
+loader refuses it unless the model is trusted (registry/safety.py, as for TorchScript). Tensor names and shapes come from
 `aoti.json` beside the package (written by `mlserve optimize`) unless model.toml declares them.
 """
 
@@ -28,14 +28,7 @@ class AotInductorBackend(_TorchBackend):
     platform = "pytorch_aoti"
     patterns = ("*.pt2",)
 
-    def __init__(self, config, trust_repository: bool = False) -> None:
-        super().__init__(config, trust_repository)
-        self._is_trusted = trust_repository
-
     def _read(self, artifact: Path):
-        if not self._is_trusted:
-            raise ModelLoadError(f"{artifact}: an AOTInductor package is compiled native code; "
-                                 "serve it only from a trusted repository (--trust-repository)")
         if self._device.type != "cpu":
             raise ModelLoadError(f"{artifact}: mlserve compiles AOTInductor packages for CPU only")
         import torch

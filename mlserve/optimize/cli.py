@@ -41,6 +41,8 @@ def add_optimize_parser(sub) -> None:
     p.add_argument("--calibration-rows", type=int, default=256, help="rows static INT8 calibrates on")
     p.add_argument("--timing-s", type=float, default=1.0, help="seconds each latency figure is timed for")
     p.add_argument("--no-publish", action="store_true", help="measure and gate only")
+    p.add_argument("--trust-repository", action="store_true",
+                   help="load TorchScript and .pt2 sources (they can run code) without trusted = true in model.toml")
     p.add_argument("--rollout", help="percents like 5,25,100: roll the published version out as a canary "
                                      "on the server at --server")
     p.add_argument("--server", help="URL of the mlserve serving --models (for --rollout)")
@@ -69,6 +71,7 @@ def request_from_args(args: argparse.Namespace) -> OptimizeRequest:
         gate=GateSettings(args.max_top1_drop, args.max_abs_diff, args.max_metric_drop, args.objective,
                           args.min_gain, args.min_cosine),
         budget=Budget(latency_s=args.timing_s), publish=not args.no_publish,
+        trust_repository=args.trust_repository,
     )
 
 

@@ -44,6 +44,8 @@ class OptimizeRequest:
     gate: GateSettings = field(default_factory=GateSettings)
     budget: Budget = field(default_factory=Budget)
     publish: bool = True
+    trust_repository: bool = False
+    """Load TorchScript and .pt2 sources (they can run code) even where model.toml does not say trusted."""
 
 
 @dataclass(slots=True)
@@ -93,7 +95,8 @@ def run(request: OptimizeRequest, progress: Progress = lambda event: None,
 
 
 def _run(request: OptimizeRequest, work: Path, progress: Progress, is_cancelled: Callable[[], bool]) -> Report:
-    source = open_source(request.models, request.model, request.version, request.file, request.data, work)
+    source = open_source(request.models, request.model, request.version, request.file, request.data, work,
+                         request.trust_repository)
     options = replace(request.options, device=source.config.device or request.options.device)
     report = Report(source_version=source.version)
     progress({"event": "pass", "name": "source", "state": "measuring"})

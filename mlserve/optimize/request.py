@@ -28,7 +28,7 @@ def _number(raw: dict, key: str, default, low: float = 0.0):
     return value
 
 
-def parse_body(raw: Any, model: str, models: Path) -> tuple[OptimizeRequest, dict | None]:
+def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = False) -> tuple[OptimizeRequest, dict | None]:
     """The request, and the rollout plan body (for the rollout API) when one was asked for."""
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -62,7 +62,8 @@ def parse_body(raw: Any, model: str, models: Path) -> tuple[OptimizeRequest, dic
         chosen = version or (numbers[-1] if numbers else 1)
         data = models / model / str(chosen) / data
     request = OptimizeRequest(model, models, version, None, data, passes, options, gate,
-                              Budget(latency_s=_number(raw, "timing_s", 1.0, 0.01)), raw.get("publish", True))
+                              Budget(latency_s=_number(raw, "timing_s", 1.0, 0.01)), raw.get("publish", True),
+                              trust_repository)
     return request, _rollout(raw.get("rollout"))
 
 

@@ -12,6 +12,7 @@ from mlserve.engine import create_backend
 from mlserve.engine.base import find_artifact, infer_backend_name, version_backend
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.optimize.base import Source
+from mlserve.registry.safety import check_trusted
 from mlserve.spec import DATATYPE_TO_NUMPY, ModelConfig, read_model_config
 
 SOURCE_BACKENDS = ("onnx", "torchscript", "torch_export")
@@ -24,7 +25,7 @@ def version_numbers(model_dir: Path) -> list[int]:
 
 
 def open_source(models: Path | None, model: str, version: int | None, file: Path | None,
-                data: Path | None, work: Path) -> Source:
+                data: Path | None, work: Path, trust_repository: bool = False) -> Source:
     """The source version (the newest unless `version` is given), loaded once to learn its tensors."""
     if file is not None:
         folder, config = work / "source", _file_config(models, model)
@@ -46,6 +47,7 @@ def open_source(models: Path | None, model: str, version: int | None, file: Path
     backend = version_backend(folder) or config.backend or infer_backend_name(folder)
     if backend not in SOURCE_BACKENDS:
         raise InvalidInput(f"optimize takes ONNX, TorchScript or torch.export models, not {backend!r}")
+    check_trusted(backend, trust_repository or config.trusted)  # the same rule as serving
     info = _probe(backend, config, folder)
     values = _read_npz(data if data is not None else _default_data(folder))
     labels = values.pop("labels", None)

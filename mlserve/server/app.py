@@ -232,7 +232,7 @@ def admin_routes(s: Services) -> list[web.RouteDef]:
         web.get("/admin/models/{model}/rollout", traffic.get_rollout),
         web.post("/admin/models/{model}/rollout", traffic.start_rollout),
         web.delete("/admin/models/{model}/rollout", traffic.cancel_rollout),
-        *optimize_routes(s.optimize_jobs, s.loader),
+        *optimize_routes(s.optimize_jobs, s.loader, s.config.registry.trust_repository),
     ]
 
 

@@ -46,8 +46,8 @@ def optimize_jobs(loader: HotSwapLoader, traffic) -> OptimizeJobs:
 class OptimizeHandlers:
     """Parses, calls the job manager, answers with the job."""
 
-    def __init__(self, jobs: OptimizeJobs, loader: HotSwapLoader) -> None:
-        self._jobs, self._loader = jobs, loader
+    def __init__(self, jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool) -> None:
+        self._jobs, self._loader, self._trust_repository = jobs, loader, trust_repository
 
     def _root(self) -> Path:
         store = self._loader.store
@@ -66,7 +66,7 @@ class OptimizeHandlers:
         root = self._root()
         if name not in self._loader.models:
             raise ModelNotFound(f"unknown model {name!r}")
-        job_request, rollout = parse_body(raw, name, root)
+        job_request, rollout = parse_body(raw, name, root, self._trust_repository)
         job = await self._jobs.start(job_request, rollout)
         return json_response(job.to_dict(), 202)
 
@@ -77,8 +77,9 @@ class OptimizeHandlers:
         return json_response((await self._jobs.cancel(request.match_info["job"])).to_dict())
 
 
-def optimize_routes(jobs: OptimizeJobs, loader: HotSwapLoader) -> list[web.RouteDef]:
-    handlers = OptimizeHandlers(jobs, loader)
+def optimize_routes(jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool) -> list[web.RouteDef]:
+    """`trust_repository`: the server's own setting; a model's `trusted = true` counts too."""
+    handlers = OptimizeHandlers(jobs, loader, trust_repository)
     return [
         web.post("/admin/models/{model}/optimize", handlers.start),
         web.get("/admin/jobs/{job}", handlers.get),

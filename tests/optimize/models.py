@@ -9,6 +9,7 @@ import numpy as np
 SIZES = (16, 64, 64, 4)
 TS_TOML = """\
 backend = "torchscript"
+trusted = true
 max_batch_size = 32
 version_policy = { all = true }
 
@@ -44,13 +45,14 @@ def network(seed: int = 0, weak: int = 0):
     return net
 
 
-def write_torchscript(root: Path, name: str = "tiny", weak: int = 0) -> Path:
+def write_torchscript(root: Path, name: str = "tiny", weak: int = 0, trusted: bool = True) -> Path:
     import torch
 
     folder = root / name / "1"
     folder.mkdir(parents=True)
     torch.jit.trace(network(weak=weak), torch.zeros(1, SIZES[0])).save(str(folder / "model.pt"))
-    (root / name / "model.toml").write_text(TS_TOML)
+    toml = TS_TOML if trusted else TS_TOML.replace("trusted = true\n", "")
+    (root / name / "model.toml").write_text(toml)
     return folder
 
 
@@ -62,7 +64,7 @@ def write_export(root: Path, name: str = "tiny_pt2") -> Path:
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.export.export(network(), (torch.zeros(2, SIZES[0]),), dynamic_shapes=({0: batch},))
     torch.export.save(program, str(folder / "model.pt2"))
-    (root / name / "model.toml").write_text("max_batch_size = 32\n")
+    (root / name / "model.toml").write_text("max_batch_size = 32\ntrusted = true\n")
     return folder
 
 

@@ -120,6 +120,9 @@ def test_bad_flags_and_data_are_refused_by_name(tmp_path):
     assert wrong.returncode == 2 and "'z'" in wrong.stderr
     missing = _optimize("--models", str(repo), "--model", "tiny_onnx")
     assert missing.returncode == 2 and "--data" in missing.stderr
+    write_torchscript(repo, "untrusted", trusted=False)
+    untrusted = _optimize("--models", str(repo), "--model", "untrusted", "--data", str(tmp_path / "wrong.npz"))
+    assert untrusted.returncode == 2 and "TorchScript artifacts can run code" in untrusted.stderr
 
 
 def test_cli_rollout_makes_the_published_version_a_canary(tmp_path):
