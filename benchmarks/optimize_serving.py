@@ -3,7 +3,7 @@
 Starts one mlserve over the example repository, drives `mlp` with a closed loop (N connections,
 one row per request), and measures three windows of the same length: no job, an optimize job of
 `mlp_ts` running (started through POST /admin/models/mlp_ts/optimize, publish off, so nothing
-served changes), and no job again. The job runs in a child process at nice 10.
+served changes), and no job again. The job runs in a child process at SCHED_IDLE and nice 19.
 
     .venv/bin/python -m benchmarks.optimize_serving [--seconds 10] [--concurrency 4]
 """
