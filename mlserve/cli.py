@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--prediction-log", metavar="DIR", help="write a sampled prediction log (JSON lines) here")
     start.add_argument("--log-sample-rate", type=float, help="share of requests in the prediction log (default 0.01)")
     start.add_argument("--log-inputs", choices=LOG_INPUTS, help="prediction log keeps input hashes (default) or values")
+    from mlserve.optimize.cli import add_optimize_parser
+
+    add_optimize_parser(sub)
     status = sub.add_parser("status", help="print a running server's overview (what the page at / shows)")
     status.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
     status.add_argument("--key", help="API key, when the server has keys on")
@@ -236,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         from mlserve.keys_cli import run_keys
 
         return run_keys(args)
+    if args.command == "optimize":
+        from mlserve.optimize.cli import run_optimize
+
+        return run_optimize(args)
     if args.command == "status":
         from mlserve.status_cli import run_status
 

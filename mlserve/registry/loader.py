@@ -28,6 +28,7 @@ from mlserve.batching.dynamic import BatchStats, DynamicBatcher
 from mlserve.batching.guard import GuardedInfer, num_hung_threads
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
+from mlserve.engine.base import version_backend
 from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound, Overloaded
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import InferenceStatistics
@@ -291,7 +292,7 @@ class HotSwapLoader:
     def _load_backend(self, entry: ModelEntry, version: int, path) -> Backend:
         """Runs on a loader thread, so the loop never waits on it."""
         check_version_folder(path, self._config.max_artifact_bytes)
-        name = entry.config.backend or infer_backend_name(path)
+        name = version_backend(path) or entry.config.backend or infer_backend_name(path)
         if name is None:
             raise ModelLoadError(f"{entry.name}/{version}: no model file found and no backend set in model.toml")
         check_trusted(name, self._config.trust_repository or entry.config.trusted)

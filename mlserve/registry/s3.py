@@ -196,6 +196,16 @@ class S3Store:
         if _MD5_ETAG.match(obj.etag) and md5.hexdigest() != obj.etag:
             raise StoreError(f"s3://{self.bucket}/{obj.key}: MD5 {md5.hexdigest()} does not match ETag {obj.etag}")
 
+    async def put(self, model: str, rel: str, body: bytes) -> None:
+        """Write one file of a model folder (`mlserve optimize` publishing a version)."""
+        key = f"{self.prefix}{model}/{rel}"
+        check_object_key(key, self.prefix)
+        s3 = await self._s3()
+        try:
+            await s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+        except Exception as exc:
+            raise StoreError(f"upload of s3://{self.bucket}/{key} failed: {type(exc).__name__}: {exc}") from exc
+
     def describe(self) -> str:
         return self.uri + (f" at {self._endpoint_url}" if self._endpoint_url else "")
 

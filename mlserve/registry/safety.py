@@ -36,7 +36,8 @@ def check_version_folder(path: Path, max_bytes: int) -> int:
     return total
 
 
-CODE_RUNNING_BACKENDS = {"torchscript": "TorchScript", "torch_export": "torch.export (.pt2)"}
+CODE_RUNNING_BACKENDS = {"torchscript": "TorchScript", "torch_export": "torch.export (.pt2)",
+                         "aoti": "AOTInductor (compiled native code)"}
 
 
 def check_trusted(backend: str, is_trusted: bool) -> None:

@@ -17,6 +17,7 @@ from mlserve.config import Config, RegistryConfig
 from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
+from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.store import Store
@@ -31,6 +32,7 @@ from mlserve.server.middleware import Gate, front_middleware
 from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
 from mlserve.server.openai import openai_app
 from mlserve.server.openapi import openapi_handler
+from mlserve.server.optimize_routes import optimize_jobs, optimize_routes
 from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
 from mlserve.server.state import ServerState
 from mlserve.server.overview import OverviewSources
@@ -79,6 +81,7 @@ class Services:
     inference: InferenceService
     generation: GenerationService
     status: HistorySampler
+    optimize_jobs: OptimizeJobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,8 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
-    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status)
+    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
+                    optimize_jobs(loader, inference.traffic))
 
 
 def stages(s: Services) -> list[Stage]:
@@ -139,6 +143,7 @@ samples only once the repository is loaded and stops first; keys close last."""
         Stage("loader", start=start_loader, stop=stop_loader),
         Stage("traffic", stop=s.inference.traffic.close),
         Stage("status history", start=s.status.start, stop=s.status.stop),
+        Stage("optimize jobs", stop=s.optimize_jobs.close),  # their publishing uses the loader and traffic
     ]
 
 
@@ -227,6 +232,7 @@ def admin_routes(s: Services) -> list[web.RouteDef]:
         web.get("/admin/models/{model}/rollout", traffic.get_rollout),
         web.post("/admin/models/{model}/rollout", traffic.start_rollout),
         web.delete("/admin/models/{model}/rollout", traffic.cancel_rollout),
+        *optimize_routes(s.optimize_jobs, s.loader, s.config.registry.trust_repository),
     ]
 
 
