@@ -198,3 +198,23 @@ def test_failed_key_checks_from_one_address_get_429_with_retry_after(tmp_path):
         assert call(url, infer_body(X), {"Authorization": f"Bearer {token}"}).status == 200  # remembered key
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+def test_every_answered_infer_request_is_counted_with_its_final_status(secured):
+    """Refusals by the gate (401, 403 is for admin; here 401 and 429) and bad input are counted in
+    mlserve_requests_total beside the 200s, so the error-rate and shedding alerts can see them."""
+    from tests.server.http import metric_value
+
+    url = f"{secured.url}/v2/models/identity/infer"
+
+    def count(code: str) -> float:
+        return metric_value(secured.url, "mlserve_requests_total", model="identity", code=code, protocol="v2")
+
+    before = {code: count(code) for code in ("200", "400", "401")}
+    assert call(url, infer_body(X)).status == 401
+    assert call(url, infer_body(X), headers={"Authorization": "Bearer mls_nope"}).status == 401
+    assert call(url, {"inputs": []}, headers=bearer(secured, "reader")).status == 400
+    assert call(url, infer_body(X), headers=bearer(secured, "reader")).status == 200
+    assert count("401") == before["401"] + 2
+    assert count("400") == before["400"] + 1
+    assert count("200") == before["200"] + 1

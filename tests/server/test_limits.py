@@ -50,6 +50,8 @@ def _write_repository(root, outside):
     write_model(root, "oom", OutOfMemory(), max_batch_size=8, delay_us=50000, extra="warmup = { batch_sizes = [1] }\n")
     write_model(root, "spinner", Spinner(), max_batch_size=0, extra="hang_timeout_us = 500000\n")
     write_model(root, "busy", Spinner(), max_batch_size=0)
+    write_model(root, "brk", Spinner(), max_batch_size=0,
+                extra="[traffic]\nbreaker = { consecutive_failures = 2, open_s = 60.0 }\n")
     write_identity_onnx(outside / "escape" / "1" / "model.onnx", "FP32")
     (root / "escape").symlink_to(outside / "escape")
     write_identity_onnx(outside / "lone.onnx", "FP32")
@@ -130,6 +132,31 @@ def _assert_never_ran(server, model: str, batches_before: float) -> None:
     """The queue is FIFO: once a later request is answered, a timed-out one would have run by then."""
     assert call(_infer_url(server, model), infer_body(np.zeros((1, 3), np.float32))).status == 200
     assert _batch_count(server, model) == batches_before + 2
+
+
+def test_unknown_model_is_404_before_the_body_is_decoded(limited):
+    """The model is looked up first: a body that would take long to decode is never parsed for it."""
+    answer = call(_infer_url(limited, "nosuchmodel"), b"{ this is not JSON")
+    assert answer.status == 404 and "nosuchmodel" in answer.body["error"], answer.body
+
+
+def test_declared_shape_over_the_limit_is_413_before_data_is_read(limited):
+    """Limits are checked from the declared shape: the data (here far too short) is never looked at."""
+    body = {"inputs": [{"name": "x", "shape": [1_000_000, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
+    answer = call(_infer_url(limited, "identity"), body)
+    assert answer.status == 413 and "elements" in answer.body["error"], answer.body
+
+
+def test_a_deadline_that_passes_counts_against_the_version_in_its_breaker(limited):
+    """Timeouts are outcomes: two requests past their deadline open a breaker of two failures."""
+    from tests.server.http import metric_value
+
+    busy = np.full((1, 3), 300_000, np.float32)  # 0.3 s to 3 s of spinning
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: call(_infer_url(limited, "brk"), infer_body(busy, timeout=1000)), range(2)))
+    assert [a.status for a in answers] == [504, 504], [a.body for a in answers]
+    wait_for(lambda: metric_value(limited.url, "mlserve_breaker_state", model="brk", version="1") == 2,
+             "the breaker of brk/1 to open")
 
 
 def test_bad_timeout_parameter_is_400(limited):
@@ -254,6 +281,8 @@ def test_the_server_default_deadline_applies_in_the_queue(test_repo, tmp_path):
     past the default gets 504 and never runs."""
     root = tmp_path / "models"
     write_model(root, "busy", Spinner(), max_batch_size=0)
+    write_model(root, "brk", Spinner(), max_batch_size=0,
+                extra="[traffic]\nbreaker = { consecutive_failures = 2, open_s = 60.0 }\n")
     config = tmp_path / "mlserve.toml"
     config.write_text("[limits]\ndefault_timeout_s = 0.1\n")
     server = MlserveProcess(root, "--config", str(config), log_path=tmp_path / "log").wait_ready()
