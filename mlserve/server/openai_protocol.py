@@ -78,7 +78,7 @@ def _prompt(body: dict) -> tuple[str | None, tuple[int, ...] | None]:
     raise InvalidInput("prompt must be a string or a list of token ids (one prompt per request)")
 
 
-def _messages(body: dict) -> tuple[dict[str, str], ...]:
+def parse_messages(body: dict) -> tuple[dict[str, str], ...]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidInput("messages must be a non-empty list of {role, content} objects")
@@ -123,7 +123,7 @@ def parse_generation(body: Any, is_chat: bool) -> GenerationRequest:
     _check_unsupported(body)
     prompt, prompt_ids, messages = None, None, None
     if is_chat:
-        messages = _messages(body)
+        messages = parse_messages(body)
     else:
         prompt, prompt_ids = _prompt(body)
     key = "max_completion_tokens" if is_chat and body.get("max_completion_tokens") is not None else "max_tokens"

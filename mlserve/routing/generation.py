@@ -1,0 +1,102 @@
+"""The generation side of the service: which versions generate or embed, their tokenizers, model cards.
+
+Handlers ask these questions here, never of engine internals, so every protocol gets the same answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mlserve.errors import InvalidInput
+from mlserve.registry.loader import HotSwapLoader, ServedVersion
+
+if TYPE_CHECKING:
+    from mlserve.batching.llm_engine import LLMEngine
+    from mlserve.routing.router import Router
+
+EMBEDDING_PLATFORM = "mlserve_embedding"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """What /v1/models says of one model: its kind and its context length."""
+
+    name: str
+    kind: str
+    """"generate" or "embed"."""
+    max_model_len: int | None
+    version: str
+
+
+def _kind(sv: ServedVersion) -> str | None:
+    if sv.llm_engine is not None:
+        return "generate"
+    if sv.info is not None and sv.info.platform == EMBEDDING_PLATFORM:
+        return "embed"
+    return None
+
+
+def _card(name: str, sv: ServedVersion) -> ModelCard | None:
+    kind = _kind(sv)
+    if kind is None:
+        return None
+    length = sv.llm_engine.max_model_len if sv.llm_engine is not None else getattr(sv.backend, "max_seq_length", None)
+    return ModelCard(name, kind, length, str(sv.version))
+
+
+class GenerationCatalog:
+    """Looks up generation and embedding versions for the OpenAI-style routes."""
+
+    def __init__(self, loader: HotSwapLoader, router: Router) -> None:
+        self._loader = loader
+        self._router = router
+
+    def cards(self) -> list[ModelCard]:
+        cards = []
+        for name, served in sorted(self._loader.models.items()):
+            default = served.default_version()
+            card = _card(name, served.versions[default]) if default is not None else None
+            if card is not None:
+                cards.append(card)
+        return cards
+
+    async def card(self, model: str) -> ModelCard | None:
+        """The model's card; None for a model that neither generates nor embeds."""
+        await self._loader.ensure_loaded(model)
+        return _card(model, self._router.pick(model, None))
+
+    async def embedding_vocab_size(self, model: str) -> int:
+        """The default version's vocabulary size; InvalidInput when `model` does not embed."""
+        await self._loader.ensure_loaded(model)
+        served = self._router.pick(model, None)
+        if _kind(served) != "embed":
+            raise InvalidInput(f"model {model!r} is not an embedding model")
+        return served.backend.vocab_size
+
+    async def engine(self, model: str) -> LLMEngine:
+        """The default version's engine (for tokenizing: every version of a model shares its tokenizer)."""
+        await self._loader.ensure_loaded(model)
+        served = self._router.pick(model, None)
+        if served.llm_engine is None:
+            raise InvalidInput(f"model {model!r} is not a generation model; use /v2/models/{model}/infer")
+        return served.llm_engine
+
+    async def tokenize(self, model: str, prompt: str | None, messages: list[dict[str, Any]] | None,
+                       add_special_tokens: bool) -> tuple[list[int], int]:
+        """(token ids, the model's context length) for a prompt or a chat."""
+        engine = await self.engine(model)
+        tokenizer = engine.backend.tokenizer
+        if messages is not None:
+            return tokenizer.encode(tokenizer.apply_chat_template(messages), add_special_tokens=False), \
+                engine.max_model_len
+        return tokenizer.encode(prompt, add_special_tokens=add_special_tokens), engine.max_model_len
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> str:
+        engine = await self.engine(model)
+        check_token_ids(token_ids, engine.backend.tokenizer.vocab_size)
+        return engine.backend.tokenizer.decode(token_ids)
+
+
+def check_token_ids(token_ids: list[int], vocab_size: int) -> None:
+    if token_ids and (min(token_ids) < 0 or max(token_ids) >= vocab_size):
+        raise InvalidInput(f"token ids must lie in [0, {vocab_size})")
