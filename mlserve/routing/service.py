@@ -15,6 +15,7 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
 from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo
+from mlserve.routing.generate import GenerateRequest, GenerationRun, start_generation
 from mlserve.routing.generation import GenerationCatalog
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
@@ -127,6 +128,10 @@ class InferenceService:
             served.model, str(served.version), {n: outputs[n] for n in names},
             {n: datatypes[n] for n in names}, req_id,
         )
+
+    async def generate(self, request: GenerateRequest) -> GenerationRun:
+        """Start a generation on the version the router picks; iterate the run's `events()`."""
+        return await start_generation(self, request)
 
     async def _run(self, served: ServedVersion, request: InferRequest):
         info = served.info

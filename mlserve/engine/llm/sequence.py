@@ -38,10 +38,24 @@ class SamplingParams:
     logprobs: int | None = None
     """Alternatives to report per token; None = no logprobs at all."""
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    """Both subtract from the logits of tokens already generated (OpenAI's rule)."""
+    repetition_penalty: float = 1.0
+    """Divides positive and multiplies negative logits of tokens in the prompt or output (CTRL's rule)."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0
+    """EOS and stop_token_ids are masked, and stop strings not applied, until this many tokens exist."""
+    stop_token_ids: tuple[int, ...] = ()
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def changes_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.logit_bias or self.min_tokens)
 
 
 @dataclass(slots=True)
@@ -59,6 +73,8 @@ class Sequence:
     """Leading blocks of block_table already registered under their prefix hash."""
     status: SeqStatus = SeqStatus.WAITING
     num_preemptions: int = 0
+    priority: int | None = None
+    """1 = admitted first; None = after every request that names a priority."""
 
     @property
     def token_ids(self) -> list[int]:
