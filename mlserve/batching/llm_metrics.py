@@ -27,6 +27,8 @@ class LLMObserver:
         self._used = metrics.llm_kv_blocks_used.labels(*labels)
         self._free = metrics.llm_kv_blocks_free.labels(*labels)
         self._preemptions = metrics.llm_preemptions.labels(*labels)
+        self._prefix_hits = metrics.llm_prefix_cache_hits.labels(*labels)
+        self._prefix_hits_seen = 0
         self._prompt = metrics.llm_prompt_tokens.labels(*labels)
         self._generated = metrics.llm_generation_tokens.labels(*labels)
         self._slots_allocated = metrics.llm_kv_slot_steps_allocated.labels(*labels)
@@ -50,6 +52,10 @@ class LLMObserver:
         self._slots_used.inc(engine.kv_slots_used)
         if plan.preempted:
             self._preemptions.inc(len(plan.preempted))
+        hits = engine.scheduler.block_manager.num_prefix_hits
+        if hits > self._prefix_hits_seen:
+            self._prefix_hits.inc(hits - self._prefix_hits_seen)
+            self._prefix_hits_seen = hits
 
     def pool(self, engine: LLMEngine) -> None:
         if self._m is None:
@@ -67,7 +73,7 @@ class LLMObserver:
         m = self._m
         for family in (
             m.llm_ttft, m.llm_itl, m.llm_running, m.llm_waiting, m.llm_kv_blocks_used, m.llm_kv_blocks_free,
-            m.llm_preemptions, m.llm_prompt_tokens, m.llm_generation_tokens, m.llm_kv_slot_steps_allocated,
+            m.llm_preemptions, m.llm_prefix_cache_hits, m.llm_prompt_tokens, m.llm_generation_tokens, m.llm_kv_slot_steps_allocated,
             m.llm_kv_slot_steps_used,
         ):
             try:

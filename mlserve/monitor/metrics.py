@@ -174,6 +174,10 @@ class Metrics:
             "mlserve_llm_preemptions", "Sequences preempted (to be recomputed) for lack of KV blocks.",
             ["model", "version"], registry=r,
         )
+        self.llm_prefix_cache_hits = Counter(
+            "mlserve_llm_prefix_cache_hit_tokens", "Prompt tokens whose K/V came from the prefix cache, not computed.",
+            ["model", "version"], registry=r,
+        )
         self.llm_prompt_tokens = Counter(
             "mlserve_llm_prompt_tokens", "Prompt tokens received.", ["model", "version"], registry=r
         )

@@ -12,20 +12,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.server.http import call
-from tests.server.llm_repo import write_llm_repository
 from tests.server.openai_helpers import client
-from tests.server_process import serving
 
 EMBEDDER = "all-minilm-l6-v2"
 MIN_COSINE = 0.999  # the bar; float32 on the same weights lands within about 1e-6
-
-
-@pytest.fixture(scope="module")
-def llm_server(tmp_path_factory):
-    repo = write_llm_repository(tmp_path_factory.mktemp("llm-repo"))
-    with serving(repo, log_path=tmp_path_factory.mktemp("logs") / "mlserve.log") as proc:
-        proc.repo = repo
-        yield proc
 
 
 @pytest.fixture(scope="module")
