@@ -53,11 +53,27 @@ class GenerationRun:
         self.req_id = handle.req_id
         self.handle = handle
         self.prompt_ids = prompt_ids
-        self.timed_out = False
         self._service, self._served, self._routed = service, served, routed
         self._engine: LLMEngine = served.llm_engine
         self._started = time.monotonic()
         self._num_output, self._logprob_sum = 0, 0.0
+        self._source = self._receive()
+        self._first: TokenEvent | None = None
+
+    async def first(self) -> None:
+        """Wait for the first event, so a version that fails before any token can be replaced."""
+        self._first = await anext(self._source)
+
+    async def events(self) -> AsyncIterator[TokenEvent]:
+        """Every sequence's events until all have finished. Leaving early (client gone, deadline)
+        cancels the rest and frees their blocks."""
+        try:
+            if self._first is not None:
+                yield self._first
+            async for event in self._source:
+                yield event
+        finally:
+            await self._source.aclose()
 
     def prompt_text(self, index: int) -> str:
         return self._engine.backend.tokenizer.decode(self.prompt_ids[index])
@@ -65,9 +81,7 @@ class GenerationRun:
     def token_text(self, token_id: int) -> str:
         return self._engine.backend.tokenizer.token_text(token_id)
 
-    async def events(self) -> AsyncIterator[TokenEvent]:
-        """Every sequence's events until all have finished. Leaving early (client gone, deadline)
-        cancels the rest and frees their blocks."""
+    async def _receive(self) -> AsyncIterator[TokenEvent]:
         left, outcome = self.handle.num_seqs, None
         try:
             while left:
@@ -87,7 +101,7 @@ class GenerationRun:
         finally:
             if left:
                 self._engine.abort_request(self.handle)
-            self._finish(outcome if not self.timed_out else False)
+            self._finish(outcome)
 
     def _finish(self, ok: bool | None) -> None:
         """ok None: the client went away, which says nothing about the version."""
@@ -109,9 +123,38 @@ class GenerationRun:
 
 
 async def start_generation(service: InferenceService, request: GenerateRequest) -> GenerationRun:
+    """Start on the routed version and wait for its first event. A version that fails before its first
+    token is recorded as failed (its breaker counts it) and the request moves to another ready version,
+    so a client never sees the failure of a version that a fallback could answer."""
     await service.loader.ensure_loaded(request.model)  # lazy or evicted models load on first use
+    failed: set[int] = set()
+    while True:
+        served = _pick(service, request, failed)
+        run = _submit(service, served, request)
+        try:
+            await run.first()
+            return run
+        except InferenceFailed:
+            failed.add(served.version)
+            if not _other_ready(service, request.model, failed):
+                raise
+
+
+def _pick(service: InferenceService, request: GenerateRequest, failed: set[int]) -> ServedVersion:
     key = service.traffic.sticky_key(service.router.model(request.model), request.headers, {})
     served = service.router.pick(request.model, None, key, routed=True)
+    if served.version not in failed:
+        return served
+    service.traffic.release(served)
+    return service.router.pick(request.model, str(_other_ready(service, request.model, failed)), routed=True)
+
+
+def _other_ready(service: InferenceService, model: str, failed: set[int]) -> int | None:
+    ready = [v for v in service.router.model(model).ready_versions() if v not in failed]
+    return ready[-1] if ready else None
+
+
+def _submit(service: InferenceService, served: ServedVersion, request: GenerateRequest) -> GenerationRun:
     try:
         if served.llm_engine is None:
             raise InvalidInput(f"model {request.model!r} is not a generation model; "

@@ -7,7 +7,7 @@ import asyncio
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -56,12 +56,15 @@ class OpenAIHandlers:
         key = request.get(TENANT)
         seconds = timeout_s({}, limits)
         started = time.monotonic()
-        async with asyncio.timeout(seconds):
-            run = await self._service.generate(GenerateRequest(
-                req.model, req.prompts, req.messages, req.params,
-                TokenLimits(limits.max_prompt_tokens, limits.max_generation_tokens), req.max_tokens_given,
-                req.best_of or req.n, key.priority if key is not None else None, request.headers,
-            ))
+        try:
+            async with asyncio.timeout(seconds):
+                run = await self._service.generate(GenerateRequest(
+                    req.model, req.prompts, req.messages, req.params,
+                    TokenLimits(limits.max_prompt_tokens, limits.max_generation_tokens), req.max_tokens_given,
+                    req.best_of or req.n, key.priority if key is not None else None, request.headers,
+                ))
+        except TimeoutError:
+            raise errors.RequestTimeout(deadline_message(seconds)) from None
         left = None if seconds is None else max(0.0, seconds - (time.monotonic() - started))
         response = await (_stream if req.stream else _whole)(request, req, run, left)
         self._metrics.requests.labels(run.model, run.version, "openai", str(response.status)).inc()
@@ -120,20 +123,16 @@ def _best(req: GenerationRequest, choices: dict[int, _Choice]) -> list[tuple[int
 
 
 async def _stream(request: web.Request, req: GenerationRequest, run: GenerationRun, seconds: float | None):
-    """The status line goes out once the first token exists, so a deadline passed before then is a 504."""
+    """The status line goes out once the first token exists (the service waited for it), so a deadline
+    passed before then is a 504; after it, the stream runs to its end."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     head = _head(req, run, chunk=True)
     completion = 0
     async with aclosing(run.events()) as events:
         try:
-            async with asyncio.timeout(seconds):
-                first = await anext(events, None)
-        except TimeoutError:
-            raise errors.RequestTimeout(deadline_message(seconds)) from None
-        try:
             await response.prepare(request)
             await _opening(response, req, run, head)
-            completion = await _stream_events(request, req, run, response, head, _chain(first, events))
+            completion = await _stream_events(request, req, run, response, head, events)
         except ConnectionResetError:  # the client went away: its sequences are cancelled, nothing to log
             return response
         except errors.MlserveError as exc:  # the status line has gone out: report it in the stream
@@ -147,13 +146,6 @@ async def _stream(request: web.Request, req: GenerationRequest, run: GenerationR
     except ConnectionResetError:
         pass
     return response
-
-
-async def _chain(first, events) -> AsyncIterator:
-    if first is not None:
-        yield first
-    async for event in events:
-        yield event
 
 
 async def _opening(response: web.StreamResponse, req: GenerationRequest, run: GenerationRun, head: dict) -> None:

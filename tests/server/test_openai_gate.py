@@ -119,3 +119,51 @@ def metric_version(server, version: str) -> float:
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "mlserve_requests_total" and s.labels.get("version") == version
                and s.labels.get("protocol") == "openai")
+
+
+def _poisoned_copy(source, target) -> None:
+    """A copy of a tiny-llama whose output layer is NaN: it loads, and every sampled step fails."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    weights = load_file(target / "model.safetensors")
+    weights["lm_head.weight"].fill_(float("nan"))
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_a_failing_version_falls_back_without_a_failed_stream(llm_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("breaker")
+    models = root / "models" / "tiny-llama"
+    shutil.copytree(llm_server.repo / "tiny-llama" / "1", models / "1")
+    _poisoned_copy(llm_server.repo / "tiny-llama" / "1", models / "2")
+    (models / "model.toml").write_text('version_policy = { all = true }\n' + LLM_TOML
+                                       + '[traffic]\nfallback = "previous"\n')
+    server = _server(root, "")
+    try:
+        api = client(server)
+
+        def stream(i: int) -> int:
+            chunks = list(api.completions.create(model="tiny-llama", prompt=f"request {i}", max_tokens=8,
+                                                 stream=True, temperature=1.0, seed=i,
+                                                 extra_body={"ignore_eos": True}))
+            assert chunks[-1].choices[0].finish_reason == "length"
+            return sum(1 for c in chunks if c.choices[0].text or c.choices[0].finish_reason)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert all(n >= 1 for n in pool.map(stream, range(40)))
+        assert metric_labels(server, "mlserve_breaker_state", version="2") == 2  # open
+        assert metric_labels(server, "mlserve_fallback_requests_total", version="2") > 0
+        assert metric_version(server, "1") == 40 and metric_version(server, "2") == 0
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def metric_labels(server, name: str, **labels: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
