@@ -228,7 +228,7 @@ def _row(name: str, t: Timings) -> str:
             f"{np.percentile(itl, 50):>8.2f} {np.percentile(itl, 99):>8.2f} {100 * t.kv_waste:>8.2f}%")
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny-llama", "tiny-gpt2", "mid-llama"), default="tiny-llama")
     parser.add_argument("--cores", default="", help="CPU list both sides are pinned to, e.g. 0-7 (default: all)")
@@ -241,9 +241,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--kv-cache-mb", type=int, default=0, help="KV pool of the server (default: 64, mid-llama 2048)")
+    parser.add_argument("--step-only", action="store_true", help="only the in-process decode-step comparison")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser
 
+
+def main() -> None:
+    args = _parser().parse_args()
     from benchmarks.mid_llama import write_mid_llama
     from mlserve.examples_llm import write_tiny_gpt2, write_tiny_llama
 
@@ -255,18 +259,13 @@ def main() -> None:
         folder = repo / args.model / "1"
         folder.mkdir(parents=True)
         writers[args.model](folder)
-        vocab = __import__("json").loads((folder / "config.json").read_text())["vocab_size"]
-        jobs = workload(args.requests, vocab, args.seed, tuple(args.prompt_tokens), tuple(args.output_tokens),
-                        args.outputs)
-        print(f"{args.model}: {args.requests} requests from {args.clients} concurrent clients, prompts "
-              f"{args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, outputs {args.output_tokens[0]}-"
-              f"{args.output_tokens[1]} tokens ({args.outputs}, mean {sum(j.max_tokens for j in jobs) / len(jobs):.0f}), "
-              f"{args.threads} torch thread(s), cpu count {os.cpu_count()}",
-              flush=True)
-        kv_cache_mb = args.kv_cache_mb or (2048 if args.model == "mid-llama" else 64)
-        ours = run_mlserve(repo, args.model, jobs, args.clients, args.threads, args.block_size, kv_cache_mb)
-        static = run_static(folder, jobs, args.clients, args.threads)
         step = decode_steps(folder, args.clients, args.threads) if args.model != "tiny-gpt2" else None
+        if step is not None:
+            print(f"decode step at batch {args.clients}, context {step['context']}: engine {step['engine_ms']:.2f} ms, "
+                  f"HF dense {step['hf_ms']:.2f} ms, ratio {step['engine_ms'] / step['hf_ms']:.2f}x", flush=True)
+        if args.step_only:
+            return _save(args, None, None, step, None, None)
+        ours, static = _serve_both(args, repo, folder)
     print(f"{'':<28} {'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'KV waste':>9}")
     print(f"{'':<28} {'':>9} {'(ms)':>9} {'(ms)':>9} {'(ms)':>8} {'(ms)':>8}")
     print(_row("mlserve (continuous, paged)", ours))
@@ -274,10 +273,20 @@ def main() -> None:
     ratio = ours.output_tokens / ours.wall_s / (static.output_tokens / static.wall_s)
     ttft_ratio = np.percentile(ours.ttft, 99) / np.percentile(static.ttft, 99)
     print(f"throughput ratio: {ratio:.2f}x   TTFT p99 ratio: {ttft_ratio:.2f}")
-    if step is not None:
-        print(f"decode step at batch {args.clients}: engine {step['engine_ms']:.2f} ms, HF dense "
-              f"{step['hf_ms']:.2f} ms, ratio {step['engine_ms'] / step['hf_ms']:.2f}x")
     _save(args, ours, static, step, ratio, ttft_ratio)
+
+
+def _serve_both(args, repo: Path, folder: Path) -> tuple[Timings, Timings]:
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    jobs = workload(args.requests, vocab, args.seed, tuple(args.prompt_tokens), tuple(args.output_tokens),
+                    args.outputs)
+    print(f"{args.model}: {args.requests} requests from {args.clients} concurrent clients, prompts "
+          f"{args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, outputs {args.output_tokens[0]}-"
+          f"{args.output_tokens[1]} tokens ({args.outputs}, mean {sum(j.max_tokens for j in jobs) / len(jobs):.0f}), "
+          f"{args.threads} torch thread(s), cores {sorted(os.sched_getaffinity(0))}", flush=True)
+    kv_cache_mb = args.kv_cache_mb or (2048 if args.model == "mid-llama" else 64)
+    ours = run_mlserve(repo, args.model, jobs, args.clients, args.threads, args.block_size, kv_cache_mb)
+    return ours, run_static(folder, jobs, args.clients, args.threads)
 
 
 def _cpu_list(text: str) -> set[int]:
@@ -288,12 +297,12 @@ def _cpu_list(text: str) -> set[int]:
     return cores
 
 
-def _save(args, ours: Timings, static: Timings, step, ratio: float, ttft_ratio: float) -> None:
+def _save(args, ours: Timings | None, static: Timings | None, step, ratio, ttft_ratio) -> None:
     path = ROOT / "benchmarks" / "results" / "generation.json"
     runs = json.loads(path.read_text()) if path.is_file() else []
     runs.append({
         "args": vars(args), "cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
-        "mlserve": asdict(ours), "static": asdict(static), "throughput_ratio": ratio, "ttft_p99_ratio": ttft_ratio,
+        "mlserve": asdict(ours) if ours else None, "static": asdict(static) if static else None, "throughput_ratio": ratio, "ttft_p99_ratio": ttft_ratio,
         "decode_step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     path.write_text(json.dumps(runs, indent=1))
