@@ -167,3 +167,31 @@ def metric_labels(server, name: str, **labels: str) -> float:
         text = resp.read().decode()
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_generations_reach_the_prediction_log(llm_server, tmp_path_factory):
+    import json
+    import time
+
+    root = tmp_path_factory.mktemp("predlog")
+    shutil.copytree(llm_server.repo / "tiny-llama", root / "models" / "tiny-llama")
+    logs = root / "predictions"
+    server = _server(root, f'[monitor]\nprediction_log = "{logs}"\nlog_sample_rate = 1.0\n')
+    try:
+        answer = client(server).completions.create(model="tiny-llama", prompt=[5, 6, 7, 8], max_tokens=6,
+                                                    temperature=0, logprobs=0, extra_body={"ignore_eos": True})
+        req_id = answer.id.removeprefix("cmpl-")
+        deadline, line = time.monotonic() + 30, None
+        while line is None and time.monotonic() < deadline:
+            path = logs / "predictions.jsonl"
+            text = path.read_text() if path.is_file() else ""
+            line = next((json.loads(s) for s in text.splitlines() if req_id in s), None)
+            time.sleep(0.05)
+        assert line is not None, "no prediction log line for the generation"
+        assert line["model"] == "tiny-llama" and line["version"] == "1"
+        assert line["outputs"]["output_tokens"] == [[6.0]]
+        mean = sum(answer.choices[0].logprobs.token_logprobs) / 6
+        assert abs(line["outputs"]["mean_logprob"][0][0] - mean) < 1e-4
+    finally:
+        assert server.stop() == 0, server.log()
+    assert "Traceback" not in server.log()
