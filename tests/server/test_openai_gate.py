@@ -195,3 +195,49 @@ def test_generations_reach_the_prediction_log(llm_server, tmp_path_factory):
     finally:
         assert server.stop() == 0, server.log()
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("poisoned, outcome", [(False, "promoted"), (True, "rolled_back")])
+def test_a_canary_rollout_under_streaming_load_fails_no_stream(llm_server, tmp_path_factory, poisoned, outcome):
+    import threading
+    import time
+
+    from tests.server.http import call
+
+    root = tmp_path_factory.mktemp("rollout")
+    models = root / "models" / "tiny-llama"
+    shutil.copytree(llm_server.repo / "tiny-llama" / "1", models / "1")
+    (_poisoned_copy if poisoned else shutil.copytree)(llm_server.repo / "tiny-llama" / "1", models / "2")
+    (models / "model.toml").write_text('version_policy = { all = true }\n' + LLM_TOML
+                                       + '[traffic]\nsplit = { "1" = 100 }\nfallback = "previous"\n')
+    server = _server(root, "")
+    failures, done, stop = [], [0], threading.Event()
+
+    def streams() -> None:
+        api = client(server)
+        while not stop.is_set():
+            try:
+                chunks = list(api.completions.create(model="tiny-llama", prompt="canary", max_tokens=4, stream=True,
+                                                     temperature=1.0, extra_body={"ignore_eos": True}))
+                assert chunks[-1].choices[0].finish_reason == "length"
+                done[0] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is reported below
+                failures.append(repr(exc))
+
+    workers = [threading.Thread(target=streams) for _ in range(6)]
+    try:
+        for worker in workers:
+            worker.start()
+        plan = {"version": 2, "steps": [50, 100], "interval_s": 0.5, "min_requests": 5, "max_p99_ratio": 1000}
+        started = call(f"{server.url}/admin/models/tiny-llama/rollout", plan)
+        assert started.status == 202, started.body
+        deadline, status = time.monotonic() + 90, "running"
+        while status == "running" and time.monotonic() < deadline:
+            status = call(f"{server.url}/admin/models/tiny-llama/rollout").body["rollout"]["status"]
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+        assert server.stop() == 0, server.log()
+    assert status == outcome and not failures and done[0] > 10, (status, failures[:3], done)
