@@ -2,7 +2,7 @@
 sentence per request (the dynamic batcher groups them), against sentence-transformers `encode` of one
 sentence at a time in this process, on the same cores and thread count.
 
-    .venv/bin/python -m benchmarks.embeddings --clients 32 --seconds 10 --cores 0
+    .venv/bin/python -m benchmarks.embeddings --clients 32 --seconds 10 --cores 0 --client-cores 1
 
 Prints requests/s for both and their ratio; raw figures are appended to benchmarks/results/embeddings.json."""
 
@@ -54,16 +54,20 @@ async def _clients(url: str, clients: int, seconds: float) -> float:
         return done / (time.perf_counter() - started)
 
 
-def run_mlserve(clients: int, seconds: float, threads: int) -> float:
+def run_mlserve(clients: int, seconds: float, threads: int, client_cores: set[int] | None) -> float:
     from mlserve.examples import _write_embedding_example
 
     with tempfile.TemporaryDirectory() as tmp:
         _write_embedding_example(Path(tmp))
         server = MlserveProcess(tmp, log_path=Path(tmp) / "log",
                                 env={"OMP_NUM_THREADS": str(threads)}).wait_ready(timeout=300)
+        served_on = os.sched_getaffinity(0)
+        if client_cores:
+            os.sched_setaffinity(0, client_cores)  # the server keeps the cores it started on
         try:
             return asyncio.run(_clients(f"{server.url}/v1/embeddings", clients, seconds))
         finally:
+            os.sched_setaffinity(0, served_on)
             server.stop()
 
 
@@ -84,17 +88,22 @@ def run_sentence_transformers(seconds: float, threads: int) -> float:
     return done / (time.perf_counter() - started)
 
 
+def _cpus(text: str) -> set[int]:
+    low, _, high = text.partition("-")
+    return set(range(int(low), int(high or low) + 1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cores", default="", help="CPU list both sides are pinned to, e.g. 0 or 0-3")
+    parser.add_argument("--client-cores", default="", help="CPU list of the HTTP clients (default: with the server)")
     args = parser.parse_args()
     if args.cores:
-        low, _, high = args.cores.partition("-")
-        os.sched_setaffinity(0, set(range(int(low), int(high or low) + 1)))
-    ours = run_mlserve(args.clients, args.seconds, args.threads)
+        os.sched_setaffinity(0, _cpus(args.cores))
+    ours = run_mlserve(args.clients, args.seconds, args.threads, _cpus(args.client_cores) if args.client_cores else None)
     reference = run_sentence_transformers(args.seconds, args.threads)
     print(f"mlserve /v1/embeddings, {args.clients} clients: {ours:.1f} req/s")
     print(f"sentence-transformers encode, one at a time: {reference:.1f} req/s")

@@ -20,6 +20,7 @@ from mlserve.registry.spec import ModelConfig, ModelInfo, TensorSpec
 PLATFORM = "mlserve_embedding"
 TOKEN_IDS_MARK = b"\x00"
 POOLING_MODES = ("pooling_mode_mean_tokens", "pooling_mode_cls_token")
+ROWS_PER_FORWARD = 8
 
 
 def encode_token_ids(ids: list[int]) -> bytes:
@@ -78,6 +79,15 @@ class EmbeddingBackend:
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._encoder is not None, "infer before load"
         rows = [self._token_ids(element) for element in inputs["text"].reshape(-1)]
+        # Rows sorted by length and run in groups, so a short sentence is not padded to the longest one.
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        pooled = torch.empty((len(rows), self.dimensions))
+        for start in range(0, len(order), ROWS_PER_FORWARD):
+            group = order[start:start + ROWS_PER_FORWARD]
+            pooled[group] = self._embed([rows[i] for i in group])
+        return {"embedding": pooled.numpy(), "num_tokens": np.asarray([len(r) for r in rows], dtype=np.int32)}
+
+    def _embed(self, rows: list[list[int]]) -> torch.Tensor:
         longest = max(len(r) for r in rows)
         ids = torch.zeros((len(rows), longest), dtype=torch.long)
         mask = torch.zeros((len(rows), longest), dtype=torch.bool)
@@ -92,7 +102,7 @@ class EmbeddingBackend:
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         if self._normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return {"embedding": pooled.numpy(), "num_tokens": np.asarray([len(r) for r in rows], dtype=np.int32)}
+        return pooled
 
     def _token_ids(self, element: bytes | str) -> list[int]:
         if isinstance(element, str):
