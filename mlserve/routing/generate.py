@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, AsyncIterator, Mapping
 import numpy as np
 
 from mlserve.errors import InferenceFailed, InvalidInput, PayloadTooLarge
-from mlserve.engine.llm.sequence import SamplingParams
 from mlserve.monitor.hub import Observation
 from mlserve.registry.loader import ServedVersion
 from mlserve.routing.generation import check_token_ids
 
 if TYPE_CHECKING:
     from mlserve.batching.llm_engine import LLMEngine, RequestHandle, TokenEvent
+    from mlserve.engine.llm.sequence import SamplingParams
     from mlserve.routing.service import InferenceService
 
 

@@ -5,6 +5,7 @@ mid-stream (cancelled, not logged as an error), and traffic splits between two L
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import shutil
 import socket
 
@@ -12,7 +13,7 @@ import openai
 import pytest
 
 from mlserve.examples_llm import LLM_TOML
-from tests.server.openai_helpers import client, metric, wait_for_idle
+from tests.server.openai_helpers import client, wait_for_idle
 from tests.server.test_auth import make_key
 from tests.server_process import MlserveProcess
 
@@ -197,6 +198,19 @@ def test_generations_reach_the_prediction_log(llm_server, tmp_path_factory):
     assert "Traceback" not in server.log()
 
 
+def _stream_until(server, stop, done: list[int], failures: list[str]) -> None:
+    """Short streams one after another until `stop`; counts the good ones, keeps every failure."""
+    api = client(server)
+    while not stop.is_set():
+        try:
+            chunks = list(api.completions.create(model="tiny-llama", prompt="canary", max_tokens=4, stream=True,
+                                                 temperature=1.0, extra_body={"ignore_eos": True}))
+            assert chunks[-1].choices[0].finish_reason == "length"
+            done[0] += 1
+        except Exception as exc:  # noqa: BLE001 - every failure is reported by the test
+            failures.append(repr(exc))
+
+
 @pytest.mark.parametrize("poisoned, outcome", [(False, "promoted"), (True, "rolled_back")])
 def test_a_canary_rollout_under_streaming_load_fails_no_stream(llm_server, tmp_path_factory, poisoned, outcome):
     import threading
@@ -212,18 +226,7 @@ def test_a_canary_rollout_under_streaming_load_fails_no_stream(llm_server, tmp_p
                                        + '[traffic]\nsplit = { "1" = 100 }\nfallback = "previous"\n')
     server = _server(root, "")
     failures, done, stop = [], [0], threading.Event()
-
-    def streams() -> None:
-        api = client(server)
-        while not stop.is_set():
-            try:
-                chunks = list(api.completions.create(model="tiny-llama", prompt="canary", max_tokens=4, stream=True,
-                                                     temperature=1.0, extra_body={"ignore_eos": True}))
-                assert chunks[-1].choices[0].finish_reason == "length"
-                done[0] += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is reported below
-                failures.append(repr(exc))
-
+    streams = functools.partial(_stream_until, server, stop, done, failures)
     workers = [threading.Thread(target=streams) for _ in range(6)]
     try:
         for worker in workers:
