@@ -148,6 +148,8 @@ def parse_messages(body: dict) -> tuple[dict[str, str], ...]:
 def _logprobs(body: dict, is_chat: bool) -> int | None:
     if is_chat:
         if not _bool(body, "logprobs"):
+            if body.get("top_logprobs") is not None:
+                raise InvalidInput("top_logprobs needs logprobs: true")
             return None
         return _integer(body, "top_logprobs", 0, 0, 20)
     return _integer(body, "logprobs", None, 0, 20)

@@ -139,6 +139,23 @@ def test_chat_carries_refusal_and_rejects_what_it_does_not_honour(llm_server):
     for kwargs, words in ((dict(stream_options={"include_usage": True}), "stream_options"),
                           (dict(extra_body={"echo": True}), "echo"),
                           (dict(extra_body={"guided_json": {}}), "guided_json"),
+                          (dict(top_logprobs=2), "top_logprobs"),
                           (dict(logprobs=True, extra_body={"prompt_logprobs": 1}), "prompt_logprobs")):
         with pytest.raises(openai.BadRequestError, match=words):
             api.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, **kwargs)
+
+
+def test_streamed_chat_choices_and_echo_match_whole_answers(llm_server):
+    api = client(llm_server)
+    messages = [{"role": "user", "content": "tell me"}]
+    kwargs = dict(model=MODEL, messages=messages, max_tokens=6, temperature=1.0, seed=3, n=2)
+    whole = api.chat.completions.create(**kwargs)
+    chunks = list(api.chat.completions.create(stream=True, **kwargs))
+    for j in range(2):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == j]
+        assert mine[0].delta.role == "assistant"
+        assert "".join(c.delta.content or "" for c in mine) == whole.choices[j].message.content
+        assert mine[-1].finish_reason == whole.choices[j].finish_reason
+    echoed = ask(llm_server, prompt="hello world", max_tokens=5, temperature=0, echo=True)
+    pieces = list(ask(llm_server, prompt="hello world", max_tokens=5, temperature=0, echo=True, stream=True))
+    assert "".join(p.choices[0].text for p in pieces) == echoed.choices[0].text
