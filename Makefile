@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 MODELS := examples/models
 
-.PHONY: install serve test examples bench clean deps-system
+.PHONY: install serve test examples bench clean deps-system image grpc-stubs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,20 @@ examples: $(MODELS)/.stamp
 serve: install examples
 	$(BIN)/python -m mlserve start --models $(MODELS) --host $(HOST) --port $(PORT)
 
-# promtool and prometheus for the deploy/ tests; installed when missing and we are root, else those tests skip.
+# System tools some tests need, installed when missing and we are root, else those tests skip:
+# promtool and prometheus for the monitor deploy tests, kubectl and nginx for tests/deploy,
+# Chromium and its driver for the status page's browser tests.
 deps-system:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q prometheus; } || \
 	  echo "prometheus/promtool not installed: tests/monitor/test_deploy.py skips the tests that need them"
+	@command -v kubectl >/dev/null && command -v nginx >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && \
+	    apt-get install -y -q $$(command -v kubectl >/dev/null || echo kubernetes-client) $$(command -v nginx >/dev/null || echo nginx-light); } || \
+	  echo "kubectl/nginx not installed: tests/deploy skips the tests that need them"
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+	  echo "chromium/chromedriver not installed: tests/ui/test_page_browser.py skips"
 
 test: install deps-system
 	$(BIN)/python -m pytest
@@ -42,6 +51,21 @@ bench: install
 	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	@command -v wrk >/dev/null || { echo "make bench needs wrk (Debian: apt-get install -y wrk)"; exit 1; }
 	$(BIN)/python -m benchmarks.serving $(BENCH_ARGS)
+
+# The CPU image with buildah (Debian; installed when missing and we are root); the docker format keeps HEALTHCHECK. IMAGE_ARGS passes more
+# build flags, e.g. IMAGE_ARGS="--build-arg EXAMPLES=1"; docker or podman build the same Dockerfile.
+image:
+	@command -v buildah >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -q && apt-get install -y -q buildah; }
+	buildah bud --format docker $(IMAGE_ARGS) -t mlserve:cpu .
+# The committed gRPC stubs in mlserve/server/grpc_proto/ come from Triton's proto files there. protoc 6.31
+# (grpcio-tools 1.73.1) writes code that runs on protobuf 6.31 and later; the sed makes the import package-relative.
+GRPC_PROTO := mlserve/server/grpc_proto
+grpc-stubs: install
+	$(BIN)/python -m pip install -q --target $(VENV)/grpc-tools 'grpcio-tools==1.73.1'
+	cd $(GRPC_PROTO) && PYTHONPATH=$(CURDIR)/$(VENV)/grpc-tools $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. \
+	  --python_out=. --grpc_python_out=. grpc_service.proto model_config.proto
+	sed -i 's/^import \(model_config_pb2\|grpc_service_pb2\) as/from . import \1 as/' $(GRPC_PROTO)/*_pb2*.py
+	rm -f $(GRPC_PROTO)/model_config_pb2_grpc.py
 
 clean:
 	rm -rf $(VENV) $(MODELS)

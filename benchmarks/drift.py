@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlserve.examples import write_examples, write_identity_onnx
 from mlserve.monitor import features
 from mlserve.monitor.drift import DriftMonitor
-from mlserve.monitor.drift_settings import DriftSettings
+from mlserve.spec import DriftSettings
 from tests.server_process import MlserveProcess
 
 MODELS = {

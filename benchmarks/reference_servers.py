@@ -17,7 +17,10 @@ import orjson
 import uvloop
 from aiohttp import web
 
-from mlserve.server.v2 import HEADER_LENGTH, decode_infer_request
+from mlserve.config import LimitsConfig
+from mlserve.server.v2_codec import HEADER_LENGTH, decode_infer_request
+
+LIMITS = LimitsConfig()
 
 ROUTES = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
 OUTPUT_WIDTH = 10
@@ -34,7 +37,7 @@ def bare_app() -> web.Application:
 
     async def infer(request: web.Request) -> web.Response:
         body = await request.read()
-        decode_infer_request(body, request.headers.get(HEADER_LENGTH), request.match_info["model"], None)
+        decode_infer_request(body, request.headers.get(HEADER_LENGTH), request.match_info["model"], None, {}, LIMITS)
         return web.Response(body=fixed, content_type="application/json")
 
     app = web.Application()
@@ -54,7 +57,8 @@ def naive_app(model_path: str) -> web.Application:
 
     async def infer(request: web.Request) -> web.Response:
         body = await request.read()
-        decoded, _, _ = decode_infer_request(body, request.headers.get(HEADER_LENGTH), request.match_info["model"], None)
+        decoded = decode_infer_request(body, request.headers.get(HEADER_LENGTH), request.match_info["model"], None,
+                                       {}, LIMITS).request
         (y,) = session.run(["y"], {"x": decoded.inputs["x"].astype(np.float32, copy=False)})
         return web.Response(body=_encode(decoded.model, y), content_type="application/json")
 

@@ -89,7 +89,19 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
         ("p50 mlserve JSON c=1, ms", mark(json1["p50_ms"], json1["p50_ms"] < 1.5, ".2f"), "—", "< 1.5"),
         ("mlserve JSON c=256: errors other than 429", mark(other_errors, other_errors == 0, "d"),
          f"429s: {json256['statuses'].get('429', 0)}", "0"),
-    ]
+    ] + _grpc_targets(results, mark)
+
+
+def _grpc_targets(results: dict, mark) -> list[tuple[str, str, str, str]]:
+    """gRPC with raw tensors against HTTP JSON at c=64, when the run has gRPC rows."""
+    if not any(p["server"].startswith("mlserve gRPC") for p in results["points"]):
+        return []
+    grpc64 = _point(results, "mlserve gRPC (raw tensors)", "c=64")
+    json64 = _point(results, "mlserve JSON", "c=64")
+    wall = grpc64["req_per_s"] / json64["req_per_s"]
+    cpu = grpc64["per_cpu_s"] / json64["per_cpu_s"] if json64["per_cpu_s"] else 0.0
+    return [("mlserve gRPC raw / HTTP JSON at c=64", mark(wall, wall >= 1.3, ".2f"), mark(cpu, cpu >= 1.3, ".2f"),
+             ">= 1.3")]
 
 
 def table(results: dict) -> str:

@@ -60,6 +60,8 @@ class Server:
     kind: str
     url: str
     pid: int
+    grpc_target: str = ""
+    """host:port of mlserve's gRPC server (empty for the others)."""
 
 
 def bodies(work: Path) -> tuple[Body, Body]:
@@ -83,10 +85,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _command(kind: str, work: Path, port: int) -> list[str]:
+def _command(kind: str, work: Path, port: int, grpc_port: int = 0) -> list[str]:
     if kind == "mlserve":
         return [sys.executable, "-m", "mlserve", "start", "--models", str(work / "models"), "--port", str(port),
-                "--log-level", "warning"]
+                "--grpc-port", str(grpc_port), "--log-level", "warning"]
     model = work / "models" / "mlp" / "1" / "model.onnx"
     return [sys.executable, "-m", "benchmarks.reference_servers", kind, "--port", str(port), "--model", str(model)]
 
@@ -94,15 +96,15 @@ def _command(kind: str, work: Path, port: int) -> list[str]:
 @contextlib.contextmanager
 def start_server(kind: str, work: Path, core: str):
     """Run one server pinned to `core` until the block ends."""
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port() if kind == "mlserve" else 0
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     log = open(work / f"{kind}-{port}.log", "wb")
-    proc = subprocess.Popen(["taskset", "-c", core, *_command(kind, work, port)], stdout=log,
+    proc = subprocess.Popen(["taskset", "-c", core, *_command(kind, work, port, grpc_port)], stdout=log,
                             stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url, work / f"{kind}-{port}.log")
-        yield Server(kind, url, proc.pid)
+        yield Server(kind, url, proc.pid, f"127.0.0.1:{grpc_port}" if grpc_port else "")
     finally:
         proc.terminate()
         try:
@@ -181,6 +183,17 @@ def wrk_point(name: str, server: Server, body: Body, concurrency: int, seconds: 
     return Point(name, f"c={concurrency}", body.label, r["requests"] / (r["duration_us"] / 1e6),
                  r["p50_us"] / 1e3, r["p95_us"] / 1e3, r["p99_us"] / 1e3, mean_batch, cpu, errors,
                  {str(k): v for k, v in r["statuses"].items()})
+
+
+def grpc_point(name: str, server: Server, body: Body, concurrency: int, seconds: float, core: str) -> Point:
+    """Closed loop over gRPC (benchmarks.grpcload): ModelInfer with raw tensors, `concurrency` in flight."""
+    command = ["taskset", "-c", core, sys.executable, "-m", "benchmarks.grpcload", "--target", server.grpc_target,
+               "--body", str(body.path), "--concurrency", str(concurrency), "--seconds", str(seconds)]
+    out, cpu, mean_batch = _measure(server, command, {**os.environ, "PYTHONPATH": str(ROOT)})
+    r = json.loads(out.strip().splitlines()[-1])
+    return Point(name, f"c={concurrency}", body.label, r["requests"] / (r["duration_us"] / 1e6),
+                 r["p50_us"] / 1e3, r["p95_us"] / 1e3, r["p99_us"] / 1e3, mean_batch, cpu, r["errors"],
+                 r["statuses"])
 
 
 def open_loop(name: str, server: Server, body: Body, rate: float, seconds: float, core: str) -> Point:

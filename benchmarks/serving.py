@@ -8,7 +8,8 @@ prints one table: req/s, p50/p95/p99 latency, mean batch size and server CPU for
   - the raw engine with no HTTP (samples/s at batch 1, 64 and the batch size mlserve reached),
   - a bare aiohttp+uvloop server that decodes the request and answers without a model,
   - a naive server that runs one forward per request,
-  - mlserve with JSON and with the binary tensor extension.
+  - mlserve with JSON and with the binary tensor extension,
+  - mlserve over gRPC with raw tensors (benchmarks.grpcload, closed loop at c=1/16/64).
 It also writes results.json and latency_throughput.png to --out.
 """
 
@@ -27,11 +28,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.runner import Point, bodies, engine_samples_per_s, open_loop, start_server, wrk_point
+from benchmarks.runner import (
+    Body, Point, bodies, engine_samples_per_s, grpc_point, open_loop, start_server, wrk_point,
+)
 
 CONCURRENCY = (1, 16, 64, 256)
 BARE, NAIVE = "bare aiohttp (no model)", "naive (1 forward/request)"
-JSON, BINARY = "mlserve JSON", "mlserve binary"
+JSON, BINARY, GRPC = "mlserve JSON", "mlserve binary", "mlserve gRPC (raw tensors)"
+GRPC_CONCURRENCY = (1, 16, 64)
 MLP_TOML = "max_batch_size = 64\nmax_queue_delay_us = 2000\nmax_queue_size = 1024\nintra_op_threads = 1\n"
 
 
@@ -55,6 +59,7 @@ def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple
     points are interleaved (all servers at c=1, then all at c=16, ...) so drift on a shared machine
     hits every row alike."""
     json_body, binary_body = bodies(work)
+    grpc_body = _grpc_body(work)
     points: list[Point] = []
     engine: dict = {}
     with contextlib.ExitStack() as stack:
@@ -68,6 +73,9 @@ def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple
                     rounds[name].append(
                         wrk_point(name, server, body, c, args.seconds, cores[1], count_status=c == CONCURRENCY[-1])
                     )
+                if c in GRPC_CONCURRENCY:
+                    print(f"  {GRPC}: closed loop c={c}", file=sys.stderr, flush=True)
+                    rounds.setdefault(GRPC, []).append(grpc_point(GRPC, ml, grpc_body, c, args.seconds, cores[1]))
             points += [_median(runs) for runs in rounds.values()]
             if c == 64:
                 reached = next(p.mean_batch for p in points if p.server == JSON and p.load == "c=64")
@@ -79,6 +87,16 @@ def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple
                 print(f"  {name}: open loop {rate:g} req/s", file=sys.stderr, flush=True)
                 points.append(open_loop(name, server, body, rate, args.seconds, cores[1]))
     return points, engine
+
+
+def _grpc_body(work: Path) -> Body:
+    """The same row as the HTTP bodies, as a serialized ModelInferRequest with raw_input_contents."""
+    import numpy as np
+
+    from benchmarks.grpcload import write_body
+
+    x = np.random.default_rng(7).standard_normal((1, 768), dtype=np.float32)
+    return Body("grpc", write_body(work / "request.pb", "mlp", "1", x))
 
 
 def _median(runs: list[Point]) -> Point:

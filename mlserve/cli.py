@@ -1,4 +1,5 @@
-"""The command line: `mlserve start` serves a repository, `mlserve examples` writes one."""
+"""The command line: `mlserve start` serves a repository, `mlserve status` shows a running one,
+`mlserve examples` writes one."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--models", help="model repository folder (default ./models)")
     start.add_argument("--host", help="address to bind (default 127.0.0.1)")
     start.add_argument("--port", type=int, help="port to bind (default 8000)")
+    start.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 turns gRPC off)")
     start.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     start.add_argument("--config", type=Path, help="settings file (default ./mlserve.toml when present)")
     start.add_argument("--s3-endpoint", help="endpoint URL for an s3:// repository (S3-compatible servers)")
@@ -42,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--prediction-log", metavar="DIR", help="write a sampled prediction log (JSON lines) here")
     start.add_argument("--log-sample-rate", type=float, help="share of requests in the prediction log (default 0.01)")
     start.add_argument("--log-inputs", choices=LOG_INPUTS, help="prediction log keeps input hashes (default) or values")
+    status = sub.add_parser("status", help="print a running server's overview (what the page at / shows)")
+    status.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
+    status.add_argument("--key", help="API key, when the server has keys on")
+    status.add_argument("--json", action="store_true", help="print the overview JSON as GET /status gives it")
+    from mlserve.push import add_push_parser
+
+    add_push_parser(sub)
     examples = sub.add_parser("examples", help="write the example model repository (offline, deterministic)")
     examples.add_argument("dir", type=Path)
     return parser
@@ -64,8 +73,9 @@ def _add_keys_parser(sub) -> None:
     revoke.add_argument("key", help="name or id")
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT; then stop accepting, finish in-flight requests, unload."""
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; then stop accepting, finish in-flight requests, unload. Returns
+    how many hung model workers are still running."""
     from aiohttp import web
 
     from mlserve.server.app import KEYRING, LOADER, STATE, create_app
@@ -101,6 +111,7 @@ async def serve(config: Config) -> None:
     log.info("stopping: no new connections, finishing in-flight requests")
     await runner.cleanup()
     log.info("stopped")
+    return app[LOADER].num_hung_workers()
 
 
 def _tls_context(config: Config):
@@ -115,7 +126,7 @@ def _tls_context(config: Config):
 
 def _start(args: argparse.Namespace) -> int:
     overrides = {
-        "server": {"host": args.host, "port": args.port, "log_level": args.log_level},
+        "server": {"host": args.host, "port": args.port, "grpc_port": args.grpc_port, "log_level": args.log_level},
         "registry": {
             "models": args.models, "s3_endpoint": args.s3_endpoint, "poll_interval_s": args.poll_interval,
             "lazy": args.lazy, "max_loaded_models": args.max_loaded_models, "max_loaded_mb": args.max_loaded_mb,
@@ -141,8 +152,8 @@ def _start(args: argparse.Namespace) -> int:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config))
-    _exit_past_hung_models()
+        hung = runner.run(serve(config))
+    _exit_past_hung_models(hung)
     return 0
 
 
@@ -160,11 +171,8 @@ def _keys_file_ok(path: Path) -> bool:
     return True
 
 
-def _exit_past_hung_models() -> None:
+def _exit_past_hung_models(hung: int) -> None:
     """A model thread stuck in native code would abort interpreter shutdown: leave without it."""
-    from mlserve.batching.guard import num_hung_threads
-
-    hung = num_hung_threads()
     if hung:
         log.warning("exiting with %d hung model worker(s) still running", hung)
         logging.shutdown()
@@ -180,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         from mlserve.keys_cli import run_keys
 
         return run_keys(args)
+    if args.command == "status":
+        from mlserve.status_cli import run_status
+
+        return run_status(args.url, args.key, args.json)
+    if args.command == "push":
+        from mlserve.push import run_push
+
+        return run_push(args)
     if args.command == "examples":
         from mlserve.examples import write_examples
 

@@ -26,16 +26,27 @@ class ServerConfig:
     """Largest request body accepted; larger ones get 413."""
     shutdown_grace_s: float = 30.0
     """How long SIGTERM waits for in-flight requests before exiting."""
+    gc_freeze: bool = True
+    """Freeze the heap after models load and after each reload, so the cyclic collector stops walking
+    it (the p99 tail); false leaves Python's collector as it is."""
+    gc_threshold: int = 10_000
+    """Allocations between young-generation collections (Python's default is 700); 0 keeps the default."""
+    grpc_port: int = 8001
+    """TCP port of the gRPC server (KServe v2 / Triton GRPCInferenceService) on the same host; 0 = off."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not 0 <= self.grpc_port <= 65535:
+            raise ValueError(f"grpc_port must be in 0..65535 (0 = off), got {self.grpc_port}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
         if self.shutdown_grace_s < 0:
             raise ValueError("shutdown_grace_s must be >= 0")
+        if self.gc_threshold < 0:
+            raise ValueError("gc_threshold must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +164,14 @@ class MonitorConfig:
     """Measure drift for every model (a model's [drift] enabled = false turns it off for that one)."""
     drift_queue: int = 1024
     """Answered requests waiting for the drift worker before new ones are dropped (and counted)."""
+    status_interval_s: float = 5.0
+    """How often the status page's history (requests/s, latency, ...) takes a point per version."""
+    status_points: int = 60
+    """Points kept per version for the status page's sparklines (60 x 5 s = the last 5 minutes)."""
 
     def __post_init__(self) -> None:
+        if self.status_interval_s <= 0 or self.status_points < 2:
+            raise ValueError("status_interval_s must be > 0 and status_points >= 2")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if self.log_inputs not in LOG_INPUTS:

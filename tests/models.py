@@ -45,3 +45,21 @@ def write_test_repository(root: Path) -> Path:
     (root / "badtoml" / "model.toml").write_text("max_batch_size = 'many'\n")
     write_identity_onnx(bad_toml / "model.onnx", "FP32")
     return root
+
+
+def write_pooling_onnx(path: Path, vocab: int = 1000, width: int = 32, seed: int = 0) -> None:
+    """A sentence-embedding-shaped model: token ids [batch, seq] (seq varies per request) -> the
+    mean of their embedding rows, [batch, width]; what an exported BERT-style encoder looks like
+    to the batcher."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(seed).standard_normal((vocab, width)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["rows"], axis=0),
+         helper.make_node("ReduceMean", ["rows"], ["embedding"], axes=[1], keepdims=0)],
+        "pooling",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    _save(_model(graph), path)

@@ -29,6 +29,8 @@ class MlserveProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        if "--grpc-port" not in args:  # gRPC's default port is fixed: test servers take one only when asked
+            args = (*args, "--grpc-port", "0")
         command = [sys.executable, "-m", "mlserve", "start", "--models", str(models), "--port", str(self.port), *args]
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self._log = open(log_path, "wb")

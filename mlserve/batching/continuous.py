@@ -6,9 +6,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from mlserve.engine.llm.kv_cache import BlockManager
-from mlserve.engine.llm.runner import SeqChunk
-from mlserve.engine.llm.sampler import Sampled
-from mlserve.engine.llm.sequence import Sequence, SeqStatus
+from mlserve.engine.llm.sequence import SeqStatus, Sequence
+from mlserve.spec import Sampled, SeqChunk
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 
+from mlserve.batching.guard import GuardedInfer
 from mlserve.batching.queue import RequestQueue, Waiting
 from mlserve.errors import InferenceFailed, InvalidInput, Overloaded, RequestTimeout
-from mlserve.registry.spec import BatchingSpec
+from mlserve.spec import BatchingSpec, SchedulePolicy
 
 Tensors = dict[str, np.ndarray]
 SWITCH_INTERVAL_S = 0.0005
@@ -34,26 +34,22 @@ class BatchStats:
     failed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class SchedulePolicy:
-    """What one request asks of the queue: a priority level and a timeout (both optional)."""
-
-    priority: int | None = None
-    """1 = highest; None = the model's default level."""
-    timeout_us: int | None = None
-    """Longest wait in the queue; may shorten the model's default, never lengthen it."""
-
-
 _DEFAULT_POLICY = SchedulePolicy()
 
 
 class DynamicBatcher:
-    """Owns one version's bounded queue and its worker tasks; each batch runs on the version's executor.
+    """Owns one version's bounded queue and its worker tasks; each batch runs on a guarded worker thread.
 
     A batch closes as soon as it is full; when nothing more arrived during the last turn of the event
     loop and either no other batch is running (an idle server answers a lone request at once) or a
     preferred size is reached; or when the oldest waiting request's delay is up (timed from its
-    arrival, not from the end of the last batch).
+    arrival, not from the end of the last batch). Requests whose tensors differ beyond the batch
+    dimension (sentences of different lengths) are never concatenated: a batch runs as one group
+    per trailing shape.
+
+    A request's deadline is enforced here and only here: one timer per request, armed at submit;
+    past it the request leaves the queue, or, if its batch is already running, is answered 504 at
+    once and its rows are dropped when the batch returns.
     """
 
     def __init__(
@@ -64,11 +60,12 @@ class DynamicBatcher:
         instances: int = 1,
         observer: Callable[[BatchStats], None] | None = None,
     ) -> None:
-        self._infer = infer
+        self._guard = infer if isinstance(infer, GuardedInfer) else GuardedInfer(
+            infer, name, can_split=spec.max_batch_size > 0
+        )
         self._spec = spec
         self._instances = instances
         self._observer = observer
-        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"mlserve-{name}")
         self._queue = RequestQueue(spec.priority_levels, spec.max_queue_size, spec.priority_aging_us / 1e6)
         self._delay_s = spec.max_queue_delay_us / 1e6
         self._default_level = spec.default_priority_level or spec.priority_levels
@@ -111,10 +108,10 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         item = Waiting(inputs, num_rows, level, now, future=loop.create_future())
-        timeout_s = self._timeout_s(policy.timeout_us)
-        if timeout_s is not None:
-            item.deadline = now + timeout_s
-            item.timer = loop.call_at(loop.time() + timeout_s, self._expire, item)
+        item.deadline = policy.deadline
+        fire_at = self._first_deadline(policy, now)
+        if fire_at is not None:
+            item.timer = loop.call_at(loop.time() + (fire_at - now), self._expire, item)
         self._queue.push(item)
         self._idle.clear()
         self._arrived.set()
@@ -134,9 +131,14 @@ class DynamicBatcher:
             raise InvalidInput(f"priority must lie in 1..{self._spec.priority_levels} for this model, got {priority}")
         return priority
 
-    def _timeout_s(self, requested_us: int | None) -> float | None:
-        limits = [t for t in (self._spec.timeout_us, requested_us) if t]
-        return min(limits) / 1e6 if limits else None
+    def _first_deadline(self, policy: SchedulePolicy, now: float) -> float | None:
+        """The earliest of the queue limit (the model's `timeout_us`, or the request's own if shorter)
+        and the request's full deadline."""
+        limits = [t for t in (self._spec.timeout_us, policy.timeout_us) if t]
+        times = [now + min(limits) / 1e6] if limits else []
+        if policy.deadline is not None:
+            times.append(policy.deadline)
+        return min(times, default=None)
 
     def _retry_after_s(self) -> float:
         """About how long the queue takes to empty at the recent pace."""
@@ -145,10 +147,21 @@ class DynamicBatcher:
         return max(1.0, self._queue.num_rows / self._recent_rows_per_s)
 
     def _expire(self, item: Waiting) -> None:
-        if self._queue.remove(item) and not item.future.done():
-            waited_ms = (time.monotonic() - item.enqueued_at) * 1e3
+        """A queue limit or the full deadline passed: a queued request leaves the queue; a running
+        one is answered now if its full deadline passed, else watched until it does."""
+        now = time.monotonic()
+        waited_ms = (now - item.enqueued_at) * 1e3
+        if self._queue.remove(item):
             item.future.set_exception(RequestTimeout(
                 f"timeout: the request waited {waited_ms:.1f} ms in the queue, past its deadline"
+            ))
+        elif not item.future.done() and item.deadline is not None:
+            if now < item.deadline:
+                loop = asyncio.get_running_loop()
+                item.timer = loop.call_at(loop.time() + (item.deadline - now), self._expire, item)
+                return
+            item.future.set_exception(RequestTimeout(
+                f"timeout: the request's deadline passed after {waited_ms:.1f} ms, while its batch ran"
             ))
         self._set_idle_if_done()
 
@@ -167,7 +180,6 @@ class DynamicBatcher:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
-        self._executor.shutdown(wait=False)
 
     async def _work(self) -> None:
         while True:
@@ -217,25 +229,26 @@ class DynamicBatcher:
             pass
 
     async def _run(self, batch: list[Waiting]) -> None:
-        for item in batch:
-            if item.timer is not None:
-                item.timer.cancel()
         batch = [item for item in batch if not item.future.done()]
-        if not batch:
-            return
+        if len(batch) < 2:
+            groups = [batch] if batch else []
+        else:
+            groups = _by_trailing_shape(batch)
+        for group in groups:
+            await self._run_group(group)
+
+    async def _run_group(self, group: list[Waiting]) -> None:
         started = time.monotonic()
         failed = False
         try:
-            merged = batch[0].inputs if len(batch) == 1 else _concat([item.inputs for item in batch])
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, merged)
-            self._deliver(batch, outputs)
+            merged = group[0].inputs if len(group) == 1 else _concat([item.inputs for item in group])
+            self._deliver(group, await self._guard.run(merged))
         except Exception as exc:
             failed = True
             error = exc if isinstance(exc, InferenceFailed) else InferenceFailed(f"{type(exc).__name__}: {exc}")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
-        self._observe(batch, started, failed)
+            for item in group:
+                _settle(item, error=error)
+        self._observe(group, started, failed)
 
     def _observe(self, batch: list[Waiting], started: float, failed: bool) -> None:
         finished = time.monotonic()
@@ -256,8 +269,7 @@ class DynamicBatcher:
     def _deliver(self, batch: list[Waiting], outputs: Tensors) -> None:
         """Split the batch's outputs back by row ranges: views, no copies."""
         if len(batch) == 1:
-            if not batch[0].future.done():
-                batch[0].future.set_result(outputs)
+            _settle(batch[0], outputs)
             return
         total = sum(item.num_rows for item in batch)
         for name, array in outputs.items():
@@ -266,9 +278,30 @@ class DynamicBatcher:
         start = 0
         for item in batch:
             end = start + item.num_rows
-            if not item.future.done():
-                item.future.set_result({name: array[start:end] for name, array in outputs.items()})
+            _settle(item, {name: array[start:end] for name, array in outputs.items()})
             start = end
+
+
+def _settle(item: Waiting, outputs: Tensors | None = None, error: BaseException | None = None) -> None:
+    """Answer one request unless its deadline already did, and stop its deadline timer."""
+    if item.timer is not None:
+        item.timer.cancel()
+    if item.future.done():
+        return
+    if error is not None:
+        item.future.set_exception(error)
+    else:
+        item.future.set_result(outputs)
+
+
+def _by_trailing_shape(batch: list[Waiting]) -> list[list[Waiting]]:
+    """Requests grouped by the shapes and dtypes of their tensors past the batch dimension, in
+    arrival order within each group: only such requests can be concatenated row-wise."""
+    groups: dict[tuple, list[Waiting]] = {}
+    for item in batch:
+        key = tuple((name, array.shape[1:], array.dtype) for name, array in item.inputs.items())
+        groups.setdefault(key, []).append(item)
+    return list(groups.values())
 
 
 def _concat(requests: list[Tensors]) -> Tensors:

@@ -1,15 +1,18 @@
 """Fault isolation around a backend's infer: hang deadlines with worker replacement, and batches
 split in halves when they run out of memory.
 
-The batcher's executor thread calls `GuardedInfer` like the bare infer function. The call itself
-runs on one of the guard's own daemon threads and the caller waits at most `hang_timeout_s`: a
-thread that does not come back is abandoned (Python cannot kill it), a fresh one takes the next
-batch, and the requests get `ModelHung` (504). An abandoned thread that later finishes exits; while
-`max_hung` are still stuck the model answers at once with an error instead of stacking threads.
+The batcher awaits `GuardedInfer.run(inputs)` on the event loop: the batch runs on one of the
+guard's own daemon threads, which hands the result back with a single `call_soon_threadsafe` (one
+thread hop per batch). A watchdog timer on the loop fires after `hang_timeout_s`: the thread that
+did not come back is abandoned (Python cannot kill it), a fresh one takes the next batch, and the
+requests get `ModelHung` (504). An abandoned thread that later finishes exits; while `max_hung` are
+still stuck the model answers at once with an error instead of stacking threads. Calling the guard
+directly (`guard(inputs)`) runs the same way from a plain thread, for tools and tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -20,11 +23,13 @@ from typing import Callable
 import numpy as np
 
 from mlserve.errors import InferenceFailed, MlserveError, ModelHung
-from mlserve.registry.spec import ModelConfig
+from mlserve.spec import ModelConfig
 
 log = logging.getLogger("mlserve.guard")
 
 Tensors = dict[str, np.ndarray]
+Done = Callable[[Tensors | None, BaseException | None], None]
+"""Called on the worker thread with (outputs, None) or (None, error) when a job ends."""
 DEFAULT_HANG_TIMEOUT_S = 60.0
 """How long one batch may run before its worker counts as hung (model.toml `hang_timeout_us`)."""
 IDLE_EXIT_S = 30.0
@@ -46,7 +51,7 @@ class _Worker:
 
     def __init__(self, pool: GuardedInfer) -> None:
         self._pool = pool
-        self._jobs: queue.SimpleQueue[tuple[Callable[[Tensors], Tensors], Tensors, Future]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[Tensors], Tensors], Tensors, Done]] = queue.SimpleQueue()
         self.is_abandoned = False
         self._thread = threading.Thread(target=self._loop, name=f"mlserve-guard-{pool.label}", daemon=True)
         self._thread.start()
@@ -54,23 +59,23 @@ class _Worker:
     def rename(self, name: str) -> None:
         self._thread.name = name
 
-    def submit(self, fn: Callable[[Tensors], Tensors], inputs: Tensors) -> Future:
-        future: Future = Future()
-        self._jobs.put((fn, inputs, future))
-        return future
+    def submit(self, fn: Callable[[Tensors], Tensors], inputs: Tensors, done: Done) -> None:
+        self._jobs.put((fn, inputs, done))
 
     def _loop(self) -> None:
         while True:
             try:
-                fn, inputs, future = self._jobs.get(timeout=IDLE_EXIT_S)
+                fn, inputs, done = self._jobs.get(timeout=IDLE_EXIT_S)
             except queue.Empty:
                 if self._pool.retire_idle(self):
                     return
                 continue
             try:
-                future.set_result(fn(inputs))
+                result = fn(inputs)
             except BaseException as exc:  # the model's failure belongs to its caller
-                future.set_exception(exc)
+                done(None, exc)
+            else:
+                done(result, None)
             if self.is_abandoned:
                 self._pool.hung_worker_finished()
                 return
@@ -97,12 +102,56 @@ class GuardedInfer:
     @classmethod
     def for_model(cls, infer: Callable[[Tensors], Tensors], config: ModelConfig, label: str) -> GuardedInfer:
         """Hang deadline from model.toml's `hang_timeout_us` when set; batches split only when batching."""
-        timeout_us = config.extra.get("hang_timeout_us")
-        valid = isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0
-        hang_timeout_s = timeout_us / 1e6 if valid else DEFAULT_HANG_TIMEOUT_S
+        timeout_us = config.hang_timeout_us
+        hang_timeout_s = timeout_us / 1e6 if timeout_us is not None else DEFAULT_HANG_TIMEOUT_S
         return cls(infer, label, hang_timeout_s, can_split=config.batching.max_batch_size > 0)
 
     def __call__(self, inputs: Tensors) -> Tensors:
+        """Run one batch from a plain thread, waiting at most the hang deadline."""
+        worker = self._checkout()
+        future: Future = Future()
+        worker.submit(self._compute, inputs, lambda result, error: _settle_sync(future, result, error))
+        try:
+            result = future.result(timeout=self.hang_timeout_s)
+        except FutureTimeout:
+            self._abandon(worker)
+            raise self._hung_error() from None
+        self._release(worker)
+        return result
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        """Run one batch from the event loop: the worker thread computes and wakes the loop once."""
+        loop = asyncio.get_running_loop()
+        worker = self._checkout()
+        future = loop.create_future()
+
+        def done(result: Tensors | None, error: BaseException | None) -> None:  # on the worker thread
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop closed while an abandoned batch was still running
+                pass
+
+        worker.submit(self._compute, inputs, done)
+        watchdog = loop.call_later(self.hang_timeout_s, self._on_hang, worker, future)
+        try:
+            return await future
+        finally:
+            watchdog.cancel()
+            if not worker.is_abandoned:
+                self._release(worker)
+
+    def _on_hang(self, worker: _Worker, future: asyncio.Future) -> None:
+        if not future.done():
+            self._abandon(worker)
+            future.set_exception(self._hung_error())
+
+    def _hung_error(self) -> ModelHung:
+        return ModelHung(
+            f"model {self.label} did not finish a batch within {self.hang_timeout_s:g} s; its worker was replaced"
+        )
+
+    def _compute(self, inputs: Tensors) -> Tensors:
+        """On the worker thread: the model's own failures become InferenceFailed naming the model."""
         try:
             return self._run_splitting(inputs)
         except MlserveError:
@@ -112,7 +161,7 @@ class GuardedInfer:
 
     def _run_splitting(self, inputs: Tensors) -> Tensors:
         try:
-            return self._run(inputs)
+            return self._infer(inputs)
         except MlserveError:
             raise
         except Exception as exc:
@@ -128,19 +177,9 @@ class GuardedInfer:
         second = self._run_splitting({k: v[half:] for k, v in inputs.items()})
         return {name: np.concatenate([first[name], second[name]], axis=0) for name in first}
 
-    def _run(self, inputs: Tensors) -> Tensors:
-        worker = self._checkout()
-        future = worker.submit(self._infer, inputs)
-        try:
-            result = future.result(timeout=self.hang_timeout_s)
-        except FutureTimeout:
-            self._abandon(worker)
-            raise ModelHung(
-                f"model {self.label} did not finish a batch within {self.hang_timeout_s:g} s; its worker was replaced"
-            ) from None
+    def _release(self, worker: _Worker) -> None:
         with self._lock:
             self._idle.append(worker)
-        return result
 
     def _checkout(self) -> _Worker:
         with self._lock:
@@ -168,6 +207,23 @@ class GuardedInfer:
                 self._idle.remove(worker)
                 return True
             return False
+
+
+def _settle(future: asyncio.Future, result: Tensors | None, error: BaseException | None) -> None:
+    """On the loop: a batch's future gets its outcome unless the watchdog already answered it."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _settle_sync(future: Future, result: Tensors | None, error: BaseException | None) -> None:
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def num_hung_threads() -> int:

@@ -11,34 +11,42 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
-from mlserve.batching.continuous import Scheduler, SchedulerLimits, StepOutput
+from mlserve.batching.continuous import SchedulePlan, Scheduler, SchedulerLimits, StepOutput
 from mlserve.batching.detokenizer import TextState, next_delta
-from mlserve.batching.llm_metrics import LLMObserver
 from mlserve.engine.llm.backend import LLMBackend
 from mlserve.engine.llm.sampler import Sampler
-from mlserve.engine.llm.sequence import SamplingParams, Sequence, SeqStatus
+from mlserve.engine.llm.sequence import SeqStatus, Sequence
 from mlserve.errors import InvalidInput, ModelNotReady, Overloaded
+from mlserve.spec import RequestHandle, SamplingParams, TokenEvent
 
 log = logging.getLogger("mlserve.llm")
 
 
 @dataclass(frozen=True, slots=True)
-class TokenEvent:
-    """New output of one request after one step; the last one carries a finish_reason or an error."""
+class StepStats:
+    """What one engine step did, handed to the observer after every step (idle ones too), as the
+    dynamic batcher hands over BatchStats: the engine knows nothing of metrics."""
 
-    text: str
-    token_ids: tuple[int, ...]
-    logprobs: tuple[tuple[int, float, tuple[tuple[int, float], ...]], ...] = ()
-    """(token id, logprob, top alternatives) per token, when logprobs were asked for."""
-    finish_reason: str | None = None
+    num_running: int
+    num_waiting: int
+    num_used_blocks: int
+    num_free_blocks: int
     num_prompt_tokens: int = 0
-    num_output_tokens: int = 0
-    error: str | None = None
-    index: int = 0
-    """Which sequence of the request this is (prompt index * n + sample index)."""
-    logprob_sum: float = 0.0
-    """Sum of the logprobs of this event's tokens (ranks best_of candidates, feeds drift)."""
+    """Prompt tokens of the requests the engine took in before this step."""
+    num_preempted: int = 0
+    kv_slots_allocated: int = 0
+    kv_slots_used: int = 0
+    first_token_s: tuple[float, ...] = ()
+    """Time to first token of each request that got its first token this step."""
+    token_gap_s: tuple[float, ...] = ()
+    """Time since the previous token of each request that got a later token this step."""
+    num_prefix_hit_tokens: int = 0
+    """Prompt tokens whose K/V the requests admitted this step found in the prefix cache."""
+
+
+StepObserver = Callable[[StepStats], None]
 
 
 @dataclass(slots=True)
@@ -50,25 +58,10 @@ class _Stream:
     last_token_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHandle:
-    """What a caller keeps: the request id, its sequences' ids (to cancel) and the one queue all of
-    their TokenEvents arrive on."""
-
-    req_id: str
-    queue: asyncio.Queue
-    num_prompt_tokens: int
-    req_ids: tuple[str, ...] = ()
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.req_ids) or 1
-
-
 class LLMEngine:
     """Continuous batching for one loaded LLM version. `step()` reads as plan, run, update."""
 
-    def __init__(self, backend: LLMBackend, name: str, observer: LLMObserver | None = None) -> None:
+    def __init__(self, backend: LLMBackend, name: str, observer: StepObserver | None = None) -> None:
         settings = backend.settings
         self.backend = backend
         self.name = name
@@ -79,11 +72,13 @@ class LLMEngine:
             settings.max_num_batched_tokens, backend.max_model_len, backend.eos_token_id,
         ))
         self.sampler = Sampler(backend.eos_token_id)
-        self.observer = observer or LLMObserver(None)
+        self._observer = observer
+        self._num_new_prompt_tokens = 0
         self._streams: dict[str, _Stream] = {}
         self._inbox: list[tuple[Sequence, str | None]] = []
         """New sequences, each with the id of the sibling whose prompt it waits for (n > 1)."""
         self._parked: dict[str, list[Sequence]] = {}
+        self._prefix_hits_seen = 0
         self._aborts: list[str] = []
         self._cond = threading.Condition()
         self._stopping = False
@@ -108,7 +103,6 @@ class LLMEngine:
             self._cond.notify()
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
-        self.observer.forget()
 
     def submit(self, prompt_token_ids: list[int], params: SamplingParams, priority: int | None = None) -> RequestHandle:
         """Queue one sequence (call on the event loop); its tokens arrive on the returned handle's queue."""
@@ -135,12 +129,10 @@ class LLMEngine:
                     req_id = group if len(prompts) * n == 1 else f"{group}-{index}"
                     own = params if j == 0 or params.seed is None else dataclasses.replace(params, seed=params.seed + j)
                     self._streams[req_id] = _Stream(loop, queue, index)
-                    seq = Sequence(req_id, list(ids), own, arrival_s=now, priority=priority)
-                    self._inbox.append((seq, first))
+                    self._inbox.append((Sequence(req_id, list(ids), own, arrival_s=now, priority=priority), first))
                     first = first or req_id
                     req_ids.append(req_id)
             self._cond.notify()
-        self.observer.prompt_tokens(sum(len(ids) for ids in prompts) * n)
         return RequestHandle(group, queue, sum(len(ids) for ids in prompts), tuple(req_ids))
 
     def abort(self, req_id: str) -> None:
@@ -179,17 +171,30 @@ class LLMEngine:
     def step(self) -> None:
         plan = self.scheduler.schedule()
         if plan.is_empty:
-            self.observer.pool(self)
+            self._report(SchedulePlan((), (), ()), (), ())
             return
-        started = time.monotonic()
         logits = self.backend.runner.run(list(plan.chunks))
         wanted = [c for c in plan.chunks if c.needs_logits]
         seqs = [self.scheduler.get(c.req_id) for c in wanted]
         sampled = self.sampler.sample(logits, [c.req_id for c in wanted], [s.params for s in seqs], seqs)
         outputs = self.scheduler.update(plan, sampled)
         self.kv_slots_allocated, self.kv_slots_used = self.scheduler.kv_slot_usage()
-        self._emit(outputs, time.monotonic())
-        self.observer.step(self, plan, time.monotonic() - started)
+        first, gaps = self._emit(outputs, time.monotonic())
+        self._report(plan, first, gaps)
+
+    def _report(self, plan: SchedulePlan, first_token_s: tuple[float, ...], token_gap_s: tuple[float, ...]) -> None:
+        num_prompt_tokens, self._num_new_prompt_tokens = self._num_new_prompt_tokens, 0
+        if self._observer is None:
+            return
+        blocks = self.scheduler.block_manager
+        computed = not plan.is_empty
+        hits, self._prefix_hits_seen = blocks.num_prefix_hits - self._prefix_hits_seen, blocks.num_prefix_hits
+        self._observer(StepStats(
+            self.num_running, self.num_waiting, blocks.num_used_blocks, blocks.num_free_blocks,
+            num_prompt_tokens, len(plan.preempted),
+            self.kv_slots_allocated if computed else 0, self.kv_slots_used if computed else 0,
+            first_token_s, token_gap_s, hits,
+        ))
 
     def _loop(self) -> None:
         while True:
@@ -205,6 +210,7 @@ class LLMEngine:
                     self.scheduler.add(seq)
                 else:
                     self._parked.setdefault(parent, []).append(seq)
+                self._num_new_prompt_tokens += seq.num_prompt_tokens
             for req_id in aborts:
                 self._abort_now(req_id)
             self._unpark()
@@ -234,8 +240,11 @@ class LLMEngine:
                     return
         self._finish_early(req_id, SeqStatus.FINISHED_ABORTED)
 
-    def _emit(self, outputs: list[StepOutput], now: float) -> None:
+    def _emit(self, outputs: list[StepOutput], now: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Send each request its new text; returns the step's times to first token and token gaps."""
         tokenizer = self.backend.tokenizer
+        first: list[float] = []
+        gaps: list[float] = []
         for out in outputs:
             seq, stream = out.seq, self._streams.get(out.seq.req_id)
             if stream is None:
@@ -248,7 +257,10 @@ class LLMEngine:
             delta = next_delta(stream.text, tokenizer.decode, output_ids, stop, seq.is_finished)
             if delta.hit_stop and not seq.is_finished:
                 self.scheduler.finish(seq.req_id, SeqStatus.FINISHED_STOPPED)
-            self.observer.token(now - (stream.last_token_s or seq.arrival_s), is_first=stream.last_token_s is None)
+            if stream.last_token_s is None:
+                first.append(now - seq.arrival_s)
+            else:
+                gaps.append(now - stream.last_token_s)
             stream.last_token_s = now
             logprobs = ()
             if p.logprobs is not None:
@@ -257,6 +269,7 @@ class LLMEngine:
                 delta.text, (out.sampled.token_id,), logprobs, seq.finish_reason,
                 seq.num_prompt_tokens, seq.num_output_tokens, index=stream.index, logprob_sum=out.sampled.logprob,
             ))
+        return tuple(first), tuple(gaps)
 
     def _send(self, seq: Sequence, event: TokenEvent) -> None:
         """Queue an event for delivery; `_flush` hands a step's events over in one loop callback."""

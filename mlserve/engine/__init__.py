@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 from mlserve.engine.base import Backend, infer_backend_name
-from mlserve.registry.spec import ModelConfig
+from mlserve.spec import ModelConfig
 
 _BACKEND_CLASSES = {
     "onnx": ("mlserve.engine.onnx_backend", "OnnxBackend"),

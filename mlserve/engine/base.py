@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mlserve.registry.spec import ModelInfo
+from mlserve.spec import ModelInfo
 
 # Which files in a version folder mean which backend (the first match wins).
 ARTIFACT_PATTERNS: tuple[tuple[str, str], ...] = (

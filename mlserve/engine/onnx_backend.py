@@ -10,7 +10,7 @@ import onnxruntime as ort
 from mlserve.engine.base import find_artifact
 from mlserve.engine.spec_check import merge_specs
 from mlserve.errors import ModelLoadError
-from mlserve.registry.spec import ModelConfig, ModelInfo, TensorSpec
+from mlserve.spec import ModelConfig, ModelInfo, TensorSpec
 
 _ORT_TO_DATATYPE = {
     "tensor(bool)": "BOOL",

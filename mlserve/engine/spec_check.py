@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mlserve.errors import ModelLoadError
-from mlserve.registry.spec import ModelConfig, TensorSpec
+from mlserve.spec import ModelConfig, TensorSpec
 
 
 def _merge_one(declared: tuple[TensorSpec, ...], found: tuple[TensorSpec, ...], what: str) -> tuple[TensorSpec, ...]:

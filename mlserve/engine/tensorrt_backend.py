@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mlserve.errors import ModelLoadError
-from mlserve.registry.spec import ModelConfig, ModelInfo
+from mlserve.spec import ModelConfig, ModelInfo
 
 try:
     import tensorrt  # noqa: F401

@@ -11,7 +11,7 @@ import torch
 from mlserve.engine.base import find_artifact
 from mlserve.engine.spec_check import merge_specs
 from mlserve.errors import ModelLoadError
-from mlserve.registry.spec import ModelConfig, ModelInfo, TensorSpec
+from mlserve.spec import ModelConfig, ModelInfo, TensorSpec
 
 _TORCH_TO_DATATYPE = {
     torch.bool: "BOOL",

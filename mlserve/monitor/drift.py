@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from mlserve.monitor import drift_stats
-from mlserve.monitor.drift_settings import DriftSettings
+from mlserve.spec import DriftSettings
 
 log = logging.getLogger("mlserve.drift")
 
@@ -100,6 +100,20 @@ class FeatureDrift:
     def to_dict(self) -> dict:
         return {"name": self.name, "psi": self.psi, "ks_statistic": self.ks_statistic,
                 "ks_pvalue": self.ks_pvalue, "status": self.status}
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureHistogram:
+    """Counts per PSI group: group k holds values in [edges[k-1], edges[k]) (open at both ends)."""
+
+    name: str
+    edges: tuple[float, ...]
+    reference: tuple[int, ...]
+    live: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"feature": self.name, "edges": list(self.edges), "reference": list(self.reference),
+                "live": list(self.live)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +226,22 @@ class DriftMonitor:
 
     def report(self) -> DriftReport:
         return self._report
+
+    def histogram(self, feature: str) -> FeatureHistogram | None:
+        """Reference and live counts of one feature over its PSI groups (about `bins` of equal
+        reference mass), for a picture of the shift; None before the reference is frozen."""
+        ref, window = self._reference, self._window
+        if ref is None or window is None or feature not in ref.names:
+            return None
+        i = ref.names.index(feature)
+        n = ref.num_edges[i]
+        groups = ref.group_index[i, : n + 1] - ref.group_index[i, 0]
+        live = window.total[i, : n + 1].copy()  # the worker may add meanwhile: one consistent copy
+        ref_counts = np.bincount(groups, weights=ref.counts[i, : n + 1]).astype(np.int64)
+        live_counts = np.bincount(groups, weights=live, minlength=len(ref_counts)).astype(np.int64)
+        starts = np.flatnonzero(np.diff(groups)) + 1  # first fine bin of every group after the first
+        edges = tuple(float(ref.edges[i, s - 1]) for s in starts)  # bin s holds values >= edges[s-1]
+        return FeatureHistogram(feature, edges, tuple(int(c) for c in ref_counts), tuple(int(c) for c in live_counts))
 
     def update(self, features: dict[str, np.ndarray]) -> None:
         """Feed one chunk of traffic (feature -> values, equal lengths); worker thread only."""

@@ -21,9 +21,9 @@ import numpy as np
 from mlserve.config import MonitorConfig
 from mlserve.monitor import features
 from mlserve.monitor.drift import DriftMonitor, DriftReport, build_reference
-from mlserve.monitor.drift_settings import DriftSettings
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.predlog import PredictionLog, PredictionLogSettings, PredictionRecord
+from mlserve.spec import DriftSettings
 
 log = logging.getLogger("mlserve.monitor")
 
@@ -104,16 +104,16 @@ class Monitor:
             ))
 
     def add_version(
-        self, model: str, version: str, folder: Path, drift_raw: object, output_names: tuple[str, ...]
+        self, model: str, version: str, folder: Path, settings: DriftSettings, output_names: tuple[str, ...]
     ) -> None:
         """Create a version's drift monitor (reference.npz in `folder`, else the first rows it serves).
 
-        Called on the loader thread when the version has loaded; a bad [drift] table or reference
-        file is logged and leaves the version without drift statistics, serving as usual."""
+        Called on the loader thread when the version has loaded; a reference file that cannot be read
+        is logged and leaves the version without drift statistics, serving as usual ([drift] itself
+        was checked when model.toml was read)."""
         key = (model, version)
         self._drift.pop(key, None)
         try:
-            settings = DriftSettings.parse(drift_raw)
             if not (self.config.drift and settings.enabled):
                 return
             arrays = load_reference(folder / settings.reference)

@@ -200,6 +200,10 @@ class Metrics:
             self.request_latency, self.queue_latency, self.compute_latency, self.batch_size,
             self.batch_requests, self.queue_depth, self.model_ready, self.model_load_seconds,
             self.cache_hits, self.cache_misses, self.drift_dropped,
+            self.llm_ttft, self.llm_itl, self.llm_running, self.llm_waiting, self.llm_kv_blocks_used,
+            self.llm_kv_blocks_free, self.llm_preemptions, self.llm_prefix_cache_hits, self.llm_prompt_tokens,
+            self.llm_generation_tokens,
+            self.llm_kv_slot_steps_allocated, self.llm_kv_slot_steps_used,
         ):
             try:
                 family.remove(model, version)

@@ -24,19 +24,20 @@ from typing import TYPE_CHECKING, Callable
 
 from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
-from mlserve.batching.guard import GuardedInfer
+from mlserve.batching.guard import GuardedInfer, num_hung_threads
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
 from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
 from mlserve.monitor.metrics import Metrics
+from mlserve.monitor.stats import InferenceStatistics
 from mlserve.registry import repository
 from mlserve.registry.budget import Budget
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
-from mlserve.registry.spec import ModelInfo
-from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.safety import check_version_folder
+from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
+from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.warmup import warm_up, warmup_inputs
+from mlserve.spec import ModelInfo
 
 __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
 
@@ -58,6 +59,8 @@ class HotSwapLoader:
         self._config = config
         self._metrics = metrics
         self.models: dict[str, ServedModel] = {}
+        self.on_reconciled: Callable[[str], None] | None = None
+        """Called on the loop after a repository pass that changed something (the server re-freezes the heap)."""
         self.scan_errors: dict[str, str] = {}
         self.budget = Budget(config.max_loaded_models, int(config.max_loaded_mb * 2**20))
         self._executor = ThreadPoolExecutor(max_workers=_MAX_PARALLEL_LOADS, thread_name_prefix="mlserve-loader")
@@ -73,6 +76,9 @@ class HotSwapLoader:
         self.on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
         """Called on a loader thread once a version has loaded and warmed up (drift references)."""
         self.on_unloaded: list[Callable[[str, int], None]] = []
+        self.stats = InferenceStatistics()
+        """Triton-style statistics per version, fed by each version's batcher; dropped at unload."""
+        self.on_unloaded.append(lambda model, version: self.stats.reset(model, str(version)))
 
     async def start(self) -> None:
         """The first pass (with --lazy: list only), the cold-start figure, then the poll timer."""
@@ -132,9 +138,12 @@ class HotSwapLoader:
                 jobs.append(self.models[name])
         await asyncio.gather(*(self._sync_locked(served, source) for served in jobs))
         # A folder that now fails to read keeps what it serves; only a folder that is gone is removed.
-        for name in [n for n in self.models if n not in scan.models and n not in scan.errors]:
+        gone = [n for n in self.models if n not in scan.models and n not in scan.errors]
+        for name in gone:
             await self._remove_model(name, source)
         self.update_gauges()
+        if self.on_reconciled is not None and (jobs or gone):
+            self.on_reconciled(source)
         self._metrics.reconciles.labels(_label(source), "ok").inc()
         log.info("reconcile (%s): %d model(s), %d rejected, %d synced in %.2f s", source, len(scan.models),
                  len(scan.errors), len(jobs), time.monotonic() - started)
@@ -254,9 +263,9 @@ class HotSwapLoader:
 
     def _start_llm_engine(self, backend: Backend, model: str, version: int) -> LLMEngine:
         from mlserve.batching.llm_engine import LLMEngine
-        from mlserve.batching.llm_metrics import LLMObserver
+        from mlserve.batching.llm_metrics import LLMStepMetrics
 
-        engine = LLMEngine(backend, f"{model}-{version}", LLMObserver(self._metrics, model, str(version)))
+        engine = LLMEngine(backend, f"{model}-{version}", LLMStepMetrics(self._metrics, model, str(version)))
         engine.start()
         return engine
 
@@ -351,8 +360,11 @@ class HotSwapLoader:
         batch_requests = m.batch_requests.labels(model, version)
         queue = m.queue_latency.labels(model, version)
         compute = m.compute_latency.labels(model, version)
+        self.stats.reset(model, version)
+        counters = self.stats.version(model, version)
 
         def observe(stats: BatchStats) -> None:
+            counters.record(stats.num_requests, stats.num_rows, stats.queue_s, stats.compute_s, stats.failed)
             batch_size.observe(stats.num_rows)
             batch_requests.observe(stats.num_requests)
             compute.observe(stats.compute_s)
@@ -432,15 +444,16 @@ class HotSwapLoader:
             raise ModelNotFound(f"unknown model {name!r}")
         return served
 
-    async def load(self, name: str, source: str) -> ServedModel:
-        """Triton's load: read the model folder again and load what its policy wants."""
+    async def load(self, name: str, source: str, force: bool = False) -> ServedModel:
+        """Triton's load: read the model folder again and load what its policy wants; `force`
+        rebuilds unchanged versions too (after a model.toml change), each swapped in when ready."""
         await self.store.refresh(name)
         entry = await repository.read_entry(self.store, name)
         served = self.models.setdefault(name, ServedModel(entry))
         served.entry, served.is_unloaded = entry, False
         self.scan_errors.pop(name, None)
         async with served.lock:
-            await self._sync_model(served, source)
+            await self._sync_model(served, source, force)
         served.last_used = time.monotonic()
         if served.default_version() is None:
             reasons = "; ".join(f"{v}: {sv.reason}" for v, sv in sorted(served.versions.items()) if sv.reason)
@@ -497,6 +510,11 @@ class HotSwapLoader:
         if target is None:
             raise InvalidInput(f"model {name!r} has no previous version to roll back to")
         return await self.pin(name, target, source, action="rolled back")
+
+    @staticmethod
+    def num_hung_workers() -> int:
+        """Model workers abandoned as hung and still running (the process must not wait on them at exit)."""
+        return num_hung_threads()
 
     async def close(self) -> None:
         """Drain every version and free every engine (graceful shutdown)."""

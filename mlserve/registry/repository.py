@@ -8,8 +8,8 @@ import tomllib
 from dataclasses import dataclass, field
 
 from mlserve.errors import ModelLoadError
-from mlserve.registry.spec import MODEL_NAME, ModelConfig, parse_model_config
 from mlserve.registry.store import Store
+from mlserve.spec import MODEL_NAME, ModelConfig, parse_model_config
 
 log = logging.getLogger("mlserve.registry")
 

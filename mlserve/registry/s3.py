@@ -125,6 +125,15 @@ class S3Store:
         except Exception as exc:
             raise StoreError(f"cannot read s3://{self.bucket}/{obj.key}: {exc}") from exc
 
+    async def put(self, model: str, rel: str, data: bytes) -> None:
+        """Write one file of a model folder (uploads: registry/upload_s3.py)."""
+        s3 = await self._s3()
+        await s3.put_object(Bucket=self.bucket, Key=f"{self.prefix}{model}/{rel}", Body=data)
+
+    async def delete(self, model: str, rel: str) -> None:
+        s3 = await self._s3()
+        await s3.delete_object(Bucket=self.bucket, Key=f"{self.prefix}{model}/{rel}")
+
     def _version_files(self, model: str, version: int) -> dict[str, S3Object]:
         head = f"{version}/"
         files = {rel[len(head):]: obj for rel, obj in self._objects.get(model, {}).items() if rel.startswith(head)}

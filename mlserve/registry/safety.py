@@ -12,7 +12,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from mlserve.errors import InvalidInput, ModelLoadError
-from mlserve.registry.spec import MODEL_NAME
+from mlserve.spec import MODEL_NAME
 
 _SAFE_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@-]*$")
 

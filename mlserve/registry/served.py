@@ -12,7 +12,7 @@ from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import DynamicBatcher
 from mlserve.engine import Backend
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.spec import ModelInfo
+from mlserve.spec import ModelInfo
 
 if TYPE_CHECKING:
     from mlserve.batching.llm_engine import LLMEngine

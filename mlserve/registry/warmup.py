@@ -8,13 +8,12 @@ folder, one array per input), or are generated from the input spec (zeros). The 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from mlserve.engine import Backend
 from mlserve.errors import ModelLoadError
-from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelConfig, ModelInfo, TensorSpec
+from mlserve.spec import DATATYPE_TO_NUMPY, ModelConfig, ModelInfo, TensorSpec
 
 
 def warmup_inputs(info: ModelInfo, rows: int = 1) -> dict[str, np.ndarray] | None:
@@ -38,19 +37,10 @@ def _zeros(spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
     return np.zeros(shape, dtype=DATATYPE_TO_NUMPY[spec.datatype])
 
 
-def _settings(config: ModelConfig) -> dict[str, Any]:
-    raw = config.extra.get("warmup", {})
-    if not isinstance(raw, dict) or set(raw) - {"file", "batch_sizes", "enabled"}:
-        raise ModelLoadError(f"[warmup] takes file, batch_sizes and enabled, got {raw!r}")
-    return raw
-
-
 def batch_sizes(info: ModelInfo, config: ModelConfig) -> list[int]:
     """Every batch size the batcher will form for this version (just [1] when unbatched)."""
-    explicit = _settings(config).get("batch_sizes")
+    explicit = config.warmup.batch_sizes
     if explicit is not None:
-        if not isinstance(explicit, list) or not all(isinstance(s, int) and s >= 1 for s in explicit):
-            raise ModelLoadError(f"[warmup] batch_sizes must be a list of positive integers, got {explicit!r}")
         return sorted(set(explicit))
     if info.max_batch_size <= 0:
         return [1]
@@ -58,10 +48,10 @@ def batch_sizes(info: ModelInfo, config: ModelConfig) -> list[int]:
 
 
 def _sample(info: ModelInfo, config: ModelConfig, path: Path, rows: int) -> dict[str, np.ndarray] | None:
-    name = _settings(config).get("file")
+    name = config.warmup.file
     if name is None:
         return warmup_inputs(info, rows)
-    file = (path / str(name)).resolve()
+    file = (path / name).resolve()
     if path.resolve() not in file.parents or not file.is_file():
         raise ModelLoadError(f"[warmup] file {name!r} is not in the version folder")
     with np.load(file, allow_pickle=False) as data:
@@ -76,7 +66,7 @@ def _sample(info: ModelInfo, config: ModelConfig, path: Path, rows: int) -> dict
 
 def warm_up(backend: Backend, config: ModelConfig, path: Path) -> int:
     """Run every batch size once; returns how many runs were made (0 when inputs cannot be made up)."""
-    if _settings(config).get("enabled", True) is False:
+    if not config.warmup.enabled:
         return 0
     info = backend.info
     runs = 0

@@ -9,7 +9,7 @@ from collections import deque
 from enum import Enum
 from typing import Callable
 
-from mlserve.routing.split import BreakerSpec
+from mlserve.spec import BreakerSpec
 
 
 class BreakerState(Enum):

@@ -11,7 +11,7 @@ import numpy as np
 
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.routing import stats
-from mlserve.routing.split import ExperimentSpec
+from mlserve.spec import ExperimentSpec
 
 MAX_ASSIGNMENTS = 100_000
 """Routed requests remembered for feedback per model; older ones are forgotten first."""

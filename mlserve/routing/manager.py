@@ -18,6 +18,7 @@ from mlserve.routing import split as splits
 from mlserve.routing.rollout import Rollout, RolloutPlan, RolloutStatus
 from mlserve.routing.shadow import ShadowJob, ShadowRunner, ShadowStats, Tensors, compare_outputs
 from mlserve.routing.traffic import ModelTraffic
+from mlserve.spec import parse_split
 
 log = logging.getLogger("mlserve.routing")
 
@@ -48,12 +49,12 @@ class TrafficManager:
         found = self._states.get(served.name)
         if found is not None and self._entries.get(served.name) is served.entry:
             return found
-        raw = served.entry.config.extra.get("traffic")
+        spec = served.entry.config.traffic
         self._entries[served.name] = served.entry
         if found is None:
-            found = self._states[served.name] = ModelTraffic.from_raw(raw)
-        elif found.raw != raw:
-            found.reload(raw)
+            found = self._states[served.name] = ModelTraffic.from_spec(spec)
+        elif found.spec != spec:
+            found.reload(spec)
         else:
             return found
         self._publish_weights(served.name, found)
@@ -64,6 +65,11 @@ class TrafficManager:
         if served is None:
             raise ModelNotFound(f"unknown model {name!r}")
         return served
+
+    def sticky_parameter(self, served: ServedModel) -> str | None:
+        """The request parameter this model routes by, if its sticky key is a parameter."""
+        key = self.state(served).spec.sticky_key
+        return key.name if key is not None and key.source == "param" else None
 
     def sticky_key(self, served: ServedModel, headers: Mapping[str, str], parameters: Mapping[str, Any]) -> str | None:
         key = self.state(served).spec.sticky_key
@@ -166,7 +172,10 @@ class TrafficManager:
     # -- admin ---------------------------------------------------------------------------------
 
     def traffic_view(self, name: str) -> dict:
-        return {"model": name, **self.state(self._served(name)).to_dict()}
+        """The traffic in force; `error` says why model.toml's latest [traffic] is not (the file
+        failed to parse, so the last good one stays)."""
+        error = self._loader.scan_errors.get(name)
+        return {"model": name, **self.state(self._served(name)).to_dict(), "error": error}
 
     def set_split(self, name: str, body: Any) -> dict:
         """PUT /admin/models/{m}/traffic: {"split": {...}}; a running rollout is cancelled."""
@@ -174,7 +183,7 @@ class TrafficManager:
         if not isinstance(body, dict) or set(body) != {"split"}:
             raise InvalidInput('the body must be {"split": {"<version>": <percent>, ...}}')
         try:
-            weights = splits.parse_split(body["split"])
+            weights = parse_split(body["split"])
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         unknown = [v for v, _ in weights if v not in served.versions]

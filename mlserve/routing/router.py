@@ -32,16 +32,21 @@ class Router:
             raise ModelNotFound(f"model {name!r} has no version {version!r} (loaded: {known})")
         return served.versions[int(version)]
 
-    def pick(self, name: str, version: str | None, key: str | None = None, *, routed: bool = False) -> ServedVersion:
+    def pick(
+        self, name: str, version: str | None, key: str | None = None, *, routed: bool = False,
+        default: int | None = None,
+    ) -> ServedVersion:
         """`routed` is set for inference requests only: then the split, breakers and fallbacks apply
-        (metadata reads must not take breaker probes). `key` is the sticky key, None for a random draw."""
+        (metadata reads must not take breaker probes). `key` is the sticky key, None for a random draw;
+        `default` is the model's default version when the caller has just looked it up."""
         if version:
             chosen = self.version(name, version)
             if not chosen.is_ready:
                 raise ModelNotReady(f"model {name!r} version {version} is {chosen.state.name.lower()}")
             return chosen
         served = self.model(name)
-        default = served.default_version()  # newest ready, or the pinned / rolled-back one
+        if default is None or not (served.versions.get(default) and served.versions[default].is_ready):
+            default = served.default_version()  # newest ready, or the pinned / rolled-back one
         if default is None:
             raise ModelNotReady(f"model {name!r} has no ready version")
         chosen = served.versions[default]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -9,14 +10,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mlserve.batching.dynamic import SchedulePolicy
 from mlserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from mlserve.monitor.metrics import Metrics
-from mlserve.registry.loader import HotSwapLoader, ServedVersion
+from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
-from mlserve.registry.spec import DATATYPE_TO_NUMPY, ModelInfo
+from mlserve.routing.classification import check_class_counts, classify, read_labels
 from mlserve.routing.generate import GenerateRequest, GenerationRun, start_generation
 from mlserve.routing.generation import GenerationCatalog
+from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo, SchedulePolicy
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
 
@@ -35,8 +36,13 @@ class InferRequest:
     req_id: str | None = None
     outputs: tuple[str, ...] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    """Parameters not decoded into typed fields; only the routed model's sticky-key parameter may be here."""
     headers: Mapping[str, str] = field(default_factory=dict)
     """HTTP headers, for a sticky routing key taken from a header."""
+    policy: SchedulePolicy = field(default_factory=SchedulePolicy)
+    """Priority, queue timeout and deadline, decoded once by the protocol layer."""
+    class_counts: Mapping[str, int] = field(default_factory=dict)
+    """Outputs to answer as their top k classes (Triton's classification extension), by name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,38 +102,72 @@ class InferenceService:
         self.traffic = TrafficManager(loader, metrics or Metrics())
         self.router = Router(loader, self.traffic)
         self.generation = GenerationCatalog(loader, self.router)
+        self._labels: dict[tuple[str, int, str], tuple[str, ...]] = {}
         self.monitor: Monitor | None = None
         """Fed every answered request (drift, prediction log); its `observe` never blocks."""
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        await self.loader.ensure_loaded(request.model)  # lazy or evicted models load on first use
-        key = None
-        if request.version is None:
-            key = self.traffic.sticky_key(self.router.model(request.model), request.headers, request.parameters)
-        served = self.router.pick(request.model, request.version, key, routed=True)
+        model = self.router.model(request.model)
+        default = model.default_version()
+        if default is None:  # lazy or evicted models load on first use
+            await self.loader.ensure_loaded(request.model)
+        else:
+            model.last_used = time.monotonic()
+        key = self._sticky_key(model, request)
+        served = self.router.pick(request.model, request.version, key, routed=True, default=default)
         req_id = request.req_id or os.urandom(16).hex()
         started = time.monotonic()
+        routed = request.version is None
         try:
             inputs, outputs = await self._run(served, request)
         except _CLIENT_ERRORS:
             self.traffic.release(served)
             raise
-        except Exception:
-            self.traffic.record(request.model, served, req_id, time.monotonic() - started, False, request.version is None)
+        except asyncio.CancelledError:  # the client went away: nothing to judge, the probe slot is freed
+            self.traffic.release(served)
             raise
-        self.traffic.record(request.model, served, req_id, time.monotonic() - started, True, request.version is None)
-        self.traffic.shadow(self.router.model(served.model), served.version, inputs, outputs)
+        except Exception:  # model failures, hangs and deadlines alike count against the version
+            self.traffic.record(request.model, served, req_id, time.monotonic() - started, False, routed)
+            raise
+        latency_s = time.monotonic() - started
+        self.traffic.record(request.model, served, req_id, latency_s, True, routed)
+        self.traffic.shadow(model if served.model == request.model else self.router.model(served.model),
+                            served.version, inputs, outputs)
         if self.monitor is not None:
             self.monitor.observe(Observation(
-                served.model, str(served.version), req_id, inputs, outputs,
-                time.monotonic() - started, "request" if request.version else "router",
+                served.model, str(served.version), req_id, inputs, outputs, latency_s,
+                "request" if request.version else "router",
             ))
-        names = request.outputs if request.outputs is not None else tuple(s.name for s in served.info.outputs)
-        datatypes = {s.name: s.datatype for s in served.info.outputs}
-        return InferResponse(
-            served.model, str(served.version), {n: outputs[n] for n in names},
-            {n: datatypes[n] for n in names}, req_id,
-        )
+        return self._respond(served, request, outputs, req_id)
+
+    def _sticky_key(self, model: ServedModel, request: InferRequest) -> str | None:
+        """The routing key for an unversioned request; any other leftover parameter is refused by name."""
+        name = self.traffic.sticky_parameter(model)
+        unknown = [k for k in request.parameters if k != name]
+        if unknown:
+            raise InvalidInput(f"parameter(s) {sorted(unknown)} are not supported by mlserve")
+        if request.version is not None:
+            return None
+        return self.traffic.sticky_key(model, request.headers, request.parameters)
+
+    def _respond(self, served: ServedVersion, request: InferRequest, outputs: dict, req_id: str) -> InferResponse:
+        specs = served.info.outputs
+        names = request.outputs if request.outputs is not None else tuple(s.name for s in specs)
+        datatypes = {s.name: s.datatype for s in specs}
+        chosen, chosen_types = {n: outputs[n] for n in names}, {n: datatypes[n] for n in names}
+        if request.class_counts:
+            self._classify(served, request.class_counts, chosen, chosen_types)
+        return InferResponse(served.model, str(served.version), chosen, chosen_types, req_id)
+
+    def _classify(self, served: ServedVersion, class_counts, outputs: dict, datatypes: dict) -> None:
+        """Replace each classified output by its top k as BYTES (labels read once per version)."""
+        key = (served.model, served.version, served.fingerprint)
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = self._labels[key] = read_labels(served.path)
+        for name, k in class_counts.items():
+            outputs[name] = classify(outputs[name], k, labels, served.info.max_batch_size > 0)
+            datatypes[name] = "BYTES"
 
     async def generate(self, request: GenerateRequest) -> GenerationRun:
         """Start a generation on the version the router picks; iterate the run's `events()`."""
@@ -136,6 +176,7 @@ class InferenceService:
     async def _run(self, served: ServedVersion, request: InferRequest):
         info = served.info
         rows = validate_inputs(info, request)
+        check_class_counts(info, request.class_counts)
         if request.outputs is not None:
             known = {s.name for s in info.outputs}
             missing = [o for o in request.outputs if o not in known]
@@ -144,27 +185,8 @@ class InferenceService:
         inputs = {
             s.name: request.inputs[s.name].astype(DATATYPE_TO_NUMPY[s.datatype], copy=False) for s in info.inputs
         }
-        outputs = await _answer(served, inputs, rows, schedule_policy(request.parameters))
+        outputs = await _answer(served, inputs, rows, request.policy)
         return inputs, outputs
-
-
-def _non_negative_int(parameters: dict[str, Any], name: str) -> int | None:
-    value = parameters.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"parameter {name!r} must be a non-negative integer, got {value!r}")
-    return value
-
-
-_DEFAULT_POLICY = SchedulePolicy()
-
-
-def schedule_policy(parameters: dict[str, Any]) -> SchedulePolicy:
-    """Triton's schedule-policy request parameters: `priority` (1 = highest) and `timeout` in microseconds."""
-    if "priority" not in parameters and "timeout" not in parameters:
-        return _DEFAULT_POLICY
-    return SchedulePolicy(_non_negative_int(parameters, "priority"), _non_negative_int(parameters, "timeout"))
 
 
 async def _answer(served: ServedVersion, inputs: dict[str, np.ndarray], rows: int, policy: SchedulePolicy):

@@ -3,17 +3,13 @@ shadow comparison and the rollout. Plain state; the manager (manager.py) drives 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from mlserve.routing.breaker import CircuitBreaker
 from mlserve.routing.experiment import Experiment
 from mlserve.routing.rollout import Rollout, RolloutStatus
 from mlserve.routing.shadow import ShadowStats
-from mlserve.routing.split import TrafficSpec
-
-log = logging.getLogger("mlserve.routing")
+from mlserve.spec import TrafficSpec
 
 Weights = tuple[tuple[int, float], ...]
 
@@ -30,8 +26,7 @@ class ModelTraffic:
     """Everything routing knows about one model; survives repository reloads."""
 
     spec: TrafficSpec
-    raw: Any
-    """The [traffic] table as last read from model.toml, to notice when a reload changed it."""
+    """The [traffic] section as last read from model.toml; a reload that changed it is applied."""
     split: Weights = ()
     source: str = "model.toml"
     """Who set the split in force: model.toml, api, or rollout."""
@@ -41,25 +36,19 @@ class ModelTraffic:
     breakers: dict[int, CircuitBreaker] = field(default_factory=dict)
     shadow: dict[int, ShadowStats] = field(default_factory=dict)
     rollout: Rollout | None = None
-    spec_error: str = ""
 
     @classmethod
-    def from_raw(cls, raw: Any) -> ModelTraffic:
-        spec, error = _parse(raw)
-        state = cls(spec, raw, spec_error=error)
+    def from_spec(cls, spec: TrafficSpec) -> ModelTraffic:
+        state = cls(spec)
         state.set_split(spec.split, "model.toml")
         state.experiment = Experiment(spec.experiment)
         return state
 
-    def reload(self, raw: Any) -> None:
-        """model.toml changed: take its settings; its split too, unless a rollout is running.
-        A table that does not parse changes nothing; its error is shown in the traffic view."""
-        spec, error = _parse(raw)
-        if error:
-            self.raw, self.spec_error = raw, error
-            return
+    def reload(self, spec: TrafficSpec) -> None:
+        """model.toml changed: take its settings; its split too, unless a rollout is running. (A
+        model.toml that does not parse never gets here: the repository scan keeps the last good one.)"""
         old = self.spec
-        self.spec, self.raw, self.spec_error = spec, raw, error
+        self.spec = spec
         if spec.breaker != old.breaker:
             self.breakers.clear()  # new thresholds start from a closed breaker
         if self.experiment is None or self.experiment.spec != spec.experiment:
@@ -97,7 +86,6 @@ class ModelTraffic:
             "fallback": self.spec.fallback,
             "breakers": {str(v): b.to_dict() for v, b in sorted(self.breakers.items())},
             "rollout": self.rollout.to_dict() if self.rollout else None,
-            "error": self.spec_error or None,
         }
 
     def _shadow_dict(self) -> dict | None:
@@ -106,10 +94,3 @@ class ModelTraffic:
         stats = self.shadow.get(self.spec.shadow.version, ShadowStats())
         return {"version": str(self.spec.shadow.version), "percent": self.spec.shadow.percent, **stats.to_dict()}
 
-
-def _parse(raw: Any) -> tuple[TrafficSpec, str]:
-    try:
-        return TrafficSpec.parse(raw), ""
-    except ValueError as exc:
-        log.error("bad [traffic] table (the last good one stays in force, if any): %s", exc)
-        return TrafficSpec(), f"bad [traffic] table: {exc}"

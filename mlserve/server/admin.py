@@ -14,10 +14,9 @@ from aiohttp import web
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.registry.safety import check_model_name
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+from mlserve.registry.upload import current_toml, publish
+from mlserve.server.response import json_error, json_response
+from mlserve.server.triton_upload import upload_from_parameters
 
 
 def model_state(served: ServedModel) -> dict[str, Any]:
@@ -50,6 +49,22 @@ async def _pin_version(request: web.Request) -> int:
     return version
 
 
+async def _load_parameters(request: web.Request) -> dict[str, Any]:
+    body = await request.read()
+    if not body.strip():
+        return {}
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(parsed, dict) or set(parsed) - {"parameters"}:
+        raise InvalidInput('the load body must be {"parameters": {...}} or empty')
+    parameters = parsed.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be an object")
+    return parameters
+
+
 class AdminHandlers:
     """Explicit control of what each model serves."""
 
@@ -61,41 +76,38 @@ class AdminHandlers:
         return f"api {request.remote}"
 
     async def load(self, request: web.Request) -> web.Response:
-        served = await self._loader.load(_model(request), self._who(request))
-        return _json(model_state(served))
+        """Triton's load; with `parameters` (config, file:<version>/<name>) it uploads first."""
+        name = _model(request)
+        parameters = await _load_parameters(request)
+        if parameters:
+            upload = upload_from_parameters(name, parameters, await current_toml(self._loader.store, name), True)
+            served = await publish(self._loader, upload, self._who(request))
+        else:
+            served = await self._loader.load(name, self._who(request))
+        return json_response(model_state(served))
 
     async def unload(self, request: web.Request) -> web.Response:
         name = _model(request)
         await self._loader.unload(name, self._who(request))
-        return _json(model_state(self._loader.models[name]))
+        return json_response(model_state(self._loader.models[name]))
 
     async def rollback(self, request: web.Request) -> web.Response:
         served = await self._loader.rollback(_model(request), self._who(request))
-        return _json(model_state(served))
+        return json_response(model_state(served))
 
     async def pin(self, request: web.Request) -> web.Response:
         version = await _pin_version(request)
         served = await self._loader.pin(_model(request), version, self._who(request))
-        return _json(model_state(served))
+        return json_response(model_state(served))
 
     async def unpin(self, request: web.Request) -> web.Response:
         served = await self._loader.unpin(_model(request), self._who(request))
-        return _json(model_state(served))
+        return json_response(model_state(served))
 
     async def state(self, request: web.Request) -> web.Response:
         name = _model(request)
         served = self._loader.models.get(name)
         if served is None:
-            return _json({"error": f"unknown model {name!r}"}, 404)
-        return _json(model_state(served))
+            return json_error(404, f"unknown model {name!r}")
+        return json_response(model_state(served))
 
-
-def add_admin_routes(app: web.Application, loader: HotSwapLoader) -> None:
-    handlers = AdminHandlers(loader)
-    r = app.router
-    r.add_post("/v2/repository/models/{model}/load", handlers.load)
-    r.add_post("/v2/repository/models/{model}/unload", handlers.unload)
-    r.add_get("/admin/models/{model}", handlers.state)
-    r.add_post("/admin/models/{model}/rollback", handlers.rollback)
-    r.add_post("/admin/models/{model}/pin", handlers.pin)
-    r.add_post("/admin/models/{model}/unpin", handlers.unpin)

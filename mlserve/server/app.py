@@ -1,28 +1,42 @@
-"""The aiohttp application: typed app keys, the route table, and one cleanup context per resource."""
+"""The composition root: every service built here in one listed order, started in that order and
+stopped in reverse, typed app keys, and one route table per protocol (/v2, /v1 as a
+sub-application with OpenAI's error shape, admin)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from aiohttp import web
 
 from mlserve.config import Config, RegistryConfig
+from mlserve.gc_policy import GcPolicy
+from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.store import Store
 from mlserve.routing.service import InferenceService
-from mlserve.server.admin import add_admin_routes
+from mlserve.server.admin import AdminHandlers
 from mlserve.server.auth import KeyRing, PathPolicy
+from mlserve.server.grpc_server import grpc_cleanup_ctx
+from mlserve.server.grpc_server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
-from mlserve.server.middleware import Gate, error_middleware, gate_middleware
-from mlserve.server.monitor_routes import add_monitor_routes
-from mlserve.server.openai import add_openai_routes
-from mlserve.server.openapi import add_openapi_routes
+from mlserve.server.middleware import Gate, front_middleware
+from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
+from mlserve.server.openai import openai_app, vllm_routes
+from mlserve.server.openai_errors import openai_error_middleware
+from mlserve.server.openapi import openapi_handler
 from mlserve.server.ratelimit import InFlight, TenantLimiter
 from mlserve.server.state import ServerState
-from mlserve.server.traffic import add_traffic_routes
+from mlserve.server.overview import OverviewSources
+from mlserve.server.status import HistorySampler, StatusHandlers
+from mlserve.server.traffic import TrafficHandlers
+from mlserve.server.stats_routes import stats_routes
 from mlserve.server.v2 import V2Handlers
 
 log = logging.getLogger("mlserve.server")
@@ -33,6 +47,7 @@ LOADER = web.AppKey("loader", HotSwapLoader)
 SERVICE = web.AppKey("service", InferenceService)
 STATE = web.AppKey("state", ServerState)
 KEYRING = web.AppKey("keyring", KeyRing)
+MONITOR = web.AppKey("monitor", Monitor)
 
 
 def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
@@ -47,19 +62,110 @@ def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
     return LocalStore(Path(uri))
 
 
-def _add_v2_routes(app: web.Application, v2: V2Handlers) -> None:
-    r = app.router
-    r.add_get("/v2/health/live", v2.live)
-    r.add_get("/v2/health/ready", v2.ready)
-    r.add_get("/v2", v2.server_metadata)
-    r.add_post("/v2/repository/index", v2.repository_index)
-    # aiohttp tries the resources under one prefix in the order they were added: infer goes first.
-    r.add_post("/v2/models/{model}/infer", v2.infer)
-    r.add_post("/v2/models/{model}/versions/{version}/infer", v2.infer)
-    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        r.add_get(prefix, v2.model_metadata)
-        r.add_get(prefix + "/ready", v2.model_ready)
-        r.add_get(prefix + "/config", v2.model_config)
+# ---- services -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Services:
+    """Every long-lived object of the server, built once by `build_services`."""
+
+    config: Config
+    state: ServerState
+    metrics: Metrics
+    gate: Gate
+    monitor: Monitor
+    loader: HotSwapLoader
+    inference: InferenceService
+    status: HistorySampler
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One service's start and stop (either may be None; each may be sync or async)."""
+
+    name: str
+    start: Callable[[], Any] | None = None
+    stop: Callable[[], Any] | None = None
+
+
+def _gate(config: Config, state: ServerState) -> Gate:
+    """Authentication, per-key limits and the in-flight bound, from the auth and limits sections."""
+    keys_file = Path(config.auth.keys_file) if config.auth.keys_file else None
+    return Gate(
+        PathPolicy.from_config(config.auth, config.server.host), KeyRing(keys_file, TenantLimiter()),
+        InFlight(config.limits.max_in_flight), state, config.server.max_body_bytes,
+        config.limits.not_ready_when_saturated,
+    )
+
+
+def build_services(config: Config, store: Store | None = None) -> Services:
+    state = ServerState()
+    metrics = Metrics()
+    loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics)
+    inference = InferenceService(loader, metrics)
+    monitor = Monitor(config.monitor, metrics)
+    connect_monitor(monitor, metrics, loader, inference)
+    status = HistorySampler(config.monitor, metrics, loader)
+    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, status)
+
+
+def stages(s: Services) -> list[Stage]:
+    """Started top to bottom, stopped bottom to top. The monitor starts before the loader and stops
+    after it, so every request answered while the batchers drain is still logged; traffic tasks
+    (shadows, rollouts) stop before the loader drains the versions they use; the status history
+samples only once the repository is loaded and stops first; keys close last."""
+
+    gc_policy = GcPolicy(s.config.server.gc_freeze, s.config.server.gc_threshold)
+
+    async def start_loader() -> None:
+        gc_policy.apply()
+        s.loader.on_reconciled = lambda source: gc_policy.freeze_heap(f"reconcile ({source})")
+        await s.loader.start()
+        s.state.is_started = True
+        ready = sum(len(m.ready_versions()) for m in s.loader.models.values())
+        log.info("repository %s: %d model version(s) ready", s.loader.store.describe(), ready)
+
+    async def stop_loader() -> None:
+        s.state.is_stopping = True
+        await s.loader.close()
+
+    return [
+        Stage("keyring", stop=s.gate.keyring.close),
+        Stage("monitor", start=s.monitor.start, stop=s.monitor.close),
+        Stage("loader", start=start_loader, stop=stop_loader),
+        Stage("traffic", stop=s.inference.traffic.close),
+        Stage("status history", start=s.status.start, stop=s.status.stop),
+    ]
+
+
+async def _call(step: Callable[[], Any] | None) -> None:
+    if step is not None:
+        result = step()
+        if inspect.isawaitable(result):
+            await result
+
+
+def lifecycle(ordered: list[Stage]):
+    """One cleanup context for all stages: a stage that fails to start stops those before it."""
+
+    async def run(app: web.Application):
+        started: list[Stage] = []
+        try:
+            for stage in ordered:
+                await _call(stage.start)
+                started.append(stage)
+            yield
+        finally:
+            for stage in reversed(started):
+                try:
+                    await _call(stage.stop)
+                except Exception:
+                    log.exception("stopping %s failed", stage.name)
+
+    return run
+
+
+# ---- routes ---------------------------------------------------------------------------------
 
 
 async def _metrics_handler(request: web.Request) -> web.Response:
@@ -73,50 +179,90 @@ async def _metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-async def _loader_ctx(app: web.Application):
-    """Load the repository before the first request is taken; drain and unload after the last."""
-    loader = app[LOADER]
-    await loader.start()
-    app[STATE].is_started = True
-    ready = sum(len(m.ready_versions()) for m in loader.models.values())
-    log.info("repository %s: %d model version(s) ready", loader.store.describe(), ready)
-    yield
-    app[STATE].is_stopping = True
-    await loader.close()
+def v2_routes(s: Services) -> list[web.RouteDef]:
+    """Open Inference Protocol, Triton's extensions, and mlserve's own per-model views under /v2."""
+    v2 = V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits)
+    admin = AdminHandlers(s.loader)
+    drift = DriftHandlers(s.monitor, s.inference)
+    traffic = TrafficHandlers(s.inference.traffic)
+    return [
+        web.get("/v2/health/live", v2.live),
+        web.get("/v2/health/ready", v2.ready),
+        web.get("/v2", v2.server_metadata),
+        web.get("/v2/", v2.server_metadata),  # the same as /v2, as some clients ask
+        web.post("/v2/repository/index", v2.repository_index),
+        # Infer: aiohttp tries the resources under one prefix in the order they were added, so the
+        # infer routes go before the other /v2/models/{model}... resources.
+        web.post("/v2/models/{model}/infer", v2.infer),
+        web.post("/v2/models/{model}/versions/{version}/infer", v2.infer),
+        *[route for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}") for route in (
+            web.get(prefix, v2.model_metadata),
+            web.get(prefix + "/ready", v2.model_ready),
+            web.get(prefix + "/config", v2.model_config),
+            web.get(prefix + "/drift", drift.drift),
+        )],
+        web.post("/v2/models/{model}/feedback", traffic.feedback),
+        *stats_routes(s.loader, s.metrics),
+        web.post("/v2/repository/models/{model}/load", admin.load),
+        web.post("/v2/repository/models/{model}/unload", admin.unload),
+    ]
 
 
-async def _close_keyring(app: web.Application) -> None:
-    app[KEYRING].close()
+def admin_routes(s: Services) -> list[web.RouteDef]:
+    """mlserve's control of what each model serves and how traffic splits."""
+    admin = AdminHandlers(s.loader)
+    traffic = TrafficHandlers(s.inference.traffic)
+    return [
+        web.get("/admin/models/{model}", admin.state),
+        web.post("/admin/models/{model}/rollback", admin.rollback),
+        web.post("/admin/models/{model}/pin", admin.pin),
+        web.post("/admin/models/{model}/unpin", admin.unpin),
+        web.get("/admin/models/{model}/traffic", traffic.get_traffic),
+        web.put("/admin/models/{model}/traffic", traffic.put_traffic),
+        web.get("/admin/models/{model}/experiment", traffic.get_experiment),
+        web.get("/admin/models/{model}/rollout", traffic.get_rollout),
+        web.post("/admin/models/{model}/rollout", traffic.start_rollout),
+        web.delete("/admin/models/{model}/rollout", traffic.cancel_rollout),
+    ]
 
 
-def _gate(config: Config, state: ServerState) -> Gate:
-    """Authentication, per-key limits and the in-flight bound, from the auth and limits sections."""
-    keys_file = Path(config.auth.keys_file) if config.auth.keys_file else None
-    return Gate(
-        PathPolicy.from_config(config.auth, config.server.host), KeyRing(keys_file, TenantLimiter()),
-        InFlight(config.limits.max_in_flight), state, config.server.max_body_bytes,
-        config.limits.not_ready_when_saturated,
-    )
+def server_routes(s: Services) -> list[web.RouteDef]:
+    """Process-wide endpoints outside any protocol."""
+    return [
+        web.get("/metrics", _metrics_handler),
+        web.get("/openapi.json", openapi_handler(s.gate.keyring.is_enabled)),
+    ]
+
+
+def status_routes(s: Services) -> list[web.RouteDef]:
+    """The status page: its files at / and /ui/ (open), the overview and histograms it reads."""
+    sources = OverviewSources(s.loader, s.metrics, s.inference.traffic, s.monitor, s.status.history,
+                              time.time(), lambda: s.state.is_ready)
+    page = StatusHandlers(sources, s.gate.keyring.is_enabled, s.gate.policy.admin_served)
+    return [
+        web.get("/", page.page),
+        web.get("/ui/session", page.session),
+        web.get("/ui/{name}", page.asset),
+        web.get("/status", page.overview),
+        web.get("/status/models/{model}/versions/{version}/histogram", page.histogram),
+    ]
 
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
-    state = ServerState()
-    gate = _gate(config, state)
-    app = web.Application(
-        middlewares=[error_middleware, gate_middleware(gate)], client_max_size=config.server.max_body_bytes
-    )
-    app[KEYRING], app[LIMITS] = gate.keyring, config.limits
-    metrics = Metrics()
-    loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics)
-    service = InferenceService(loader, metrics)
-    app[CONFIG], app[METRICS], app[LOADER], app[SERVICE], app[STATE] = config, metrics, loader, service, state
-    _add_v2_routes(app, V2Handlers(service, app[STATE], metrics))
-    app.router.add_get("/metrics", _metrics_handler)
-    add_admin_routes(app, loader)
-    add_traffic_routes(app, service.traffic)
-    add_openai_routes(app, service, metrics)
-    add_openapi_routes(app, gate.keyring.is_enabled)
-    app.cleanup_ctx.append(_loader_ctx)
-    app.on_cleanup.append(_close_keyring)
-    add_monitor_routes(app, config.monitor, metrics, loader, service)
+    s = build_services(config, store)
+    # One middleware: the gate (auth, limits) and JSON errors; the v2 infer route does both itself.
+    # Outside the gate, OpenAI's paths get OpenAI's error shape for its refusals too (one prefix test for others).
+    app = web.Application(middlewares=[openai_error_middleware, front_middleware(s.gate)],
+                          client_max_size=config.server.max_body_bytes)
+    app[CONFIG], app[STATE], app[METRICS], app[LIMITS] = config, s.state, s.metrics, config.limits
+    app[KEYRING], app[MONITOR], app[LOADER], app[SERVICE] = s.gate.keyring, s.monitor, s.loader, s.inference
+    app.add_routes(v2_routes(s))
+    app.add_routes(admin_routes(s))
+    app.add_routes(server_routes(s))
+    app.add_routes(status_routes(s))
+    app.add_routes(vllm_routes(s.inference))
+    app.add_subapp("/v1", openai_app(s.inference, s.metrics))
+    app.cleanup_ctx.append(lifecycle(stages(s)))
+    # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
+    app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate))
     return app

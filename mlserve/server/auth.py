@@ -1,7 +1,8 @@
 """Who may call what: the path policy and the key ring the auth middleware consults.
 
 The policy works on path prefixes so routes added later are covered without being listed:
-`/v2/health/`, `/health` and `/version` are open, `/metrics` is open by setting, `/admin/` and `/v2/repository/` need the
+`/v2/health/`, vLLM's `/health` and `/version`, and the status page's static files (`/`, `/ui/`; its
+data at `/status` is not) are open, `/metrics` is open by setting, `/admin/` and `/v2/repository/` need the
 admin scope and are served only on loopback or when enabled, everything else needs `infer`.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import secrets
 from collections import OrderedDict
@@ -26,7 +26,8 @@ from mlserve.server.ratelimit import TenantLimiter
 
 log = logging.getLogger("mlserve.auth")
 
-OPEN_PREFIXES = ("/v2/health/", "/health", "/version")
+OPEN_PREFIXES = ("/v2/health/", "/ui/")
+OPEN_PATHS = ("/", "/health", "/version")
 ADMIN_PREFIXES = ("/admin", "/v2/repository")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _CACHE_SIZE = 4096
@@ -57,7 +58,7 @@ class PathPolicy:
         return cls(auth.metrics_open, auth.admin_enabled or is_loopback(host))
 
     def access(self, path: str) -> Access:
-        if path.startswith(OPEN_PREFIXES) or (self.metrics_open and path == "/metrics"):
+        if path.startswith(OPEN_PREFIXES) or path in OPEN_PATHS or (self.metrics_open and path == "/metrics"):
             return Access.OPEN
         if any(path == prefix or path.startswith(prefix + "/") for prefix in ADMIN_PREFIXES):
             return Access.ADMIN if self.admin_served else Access.DISABLED
@@ -103,7 +104,8 @@ class KeyRing:
         parts = keyfile.split_token(token)
         if parts is None or parts[0] not in self._keys:
             return None
-        memo = hmac.new(self._memo_key, token.encode(), hashlib.sha256).digest()
+        # A keyed hash names the token in memory without keeping it; blake2b is one C call.
+        memo = hashlib.blake2b(token.encode(), key=self._memo_key, digest_size=16).digest()
         if memo in self._verified:
             key_id = self._verified[memo]
             return self._keys.get(key_id) if key_id is not None else None

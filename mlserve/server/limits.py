@@ -1,21 +1,18 @@
-"""Admission of a decoded inference request: size limits, the tenant's priority, and its deadline.
+"""Limits of the generation routes: token caps and a deadline around the service call.
 
-Every protocol layer calls `admit` on its decoded request and runs the service call under
-`within_deadline`, so the limits are the same whichever route a request came by.
+The v2 infer path decodes its limits, priority and deadline in `server/v2_codec.py` and the
+batcher enforces the deadline; generation requests run under `within_deadline`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import Any, Coroutine, TypeVar
 
 from aiohttp import web
 
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, PayloadTooLarge, RequestTimeout
-from mlserve.routing.service import InferRequest
-from mlserve.server.middleware import TENANT
 
 LIMITS = web.AppKey("limits", LimitsConfig)
 T = TypeVar("T")
@@ -23,16 +20,6 @@ T = TypeVar("T")
 
 def _limits(request: web.Request) -> LimitsConfig:
     return request.app.get(LIMITS) or LimitsConfig()
-
-
-def check_tensor_limits(infer_request: InferRequest, limits: LimitsConfig) -> None:
-    for name, array in infer_request.inputs.items():
-        if array.size > limits.max_tensor_elements:
-            raise PayloadTooLarge(
-                f"input {name!r} has {array.size} elements, over the limit of {limits.max_tensor_elements}"
-            )
-        if array.ndim and array.shape[0] > limits.max_batch_rows:
-            raise PayloadTooLarge(f"input {name!r} has {array.shape[0]} rows, over the limit of {limits.max_batch_rows}")
 
 
 def check_token_limits(num_prompt_tokens: int, max_new_tokens: int, limits: LimitsConfig) -> None:
@@ -51,15 +38,6 @@ def timeout_s(parameters: dict[str, Any], limits: LimitsConfig) -> float | None:
     if not isinstance(raw, int) or isinstance(raw, bool) or raw <= 0:
         raise InvalidInput(f"parameter 'timeout' must be a positive integer of microseconds, got {raw!r}")
     return raw / 1e6
-
-
-def admit(request: web.Request, infer_request: InferRequest) -> InferRequest:
-    """Check limits and give the request its key's priority unless the client named one."""
-    check_tensor_limits(infer_request, _limits(request))
-    key = request.get(TENANT)
-    if key is None or key.priority is None or "priority" in infer_request.parameters:
-        return infer_request
-    return dataclasses.replace(infer_request, parameters={**infer_request.parameters, "priority": key.priority})
 
 
 async def within_deadline(request: web.Request, parameters: dict[str, Any], call: Coroutine[Any, Any, T]) -> T:
@@ -83,4 +61,4 @@ def _fmt(seconds: float) -> str:
     return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
 
 
-__all__ = ["LIMITS", "admit", "check_tensor_limits", "check_token_limits", "timeout_s", "within_deadline"]
+__all__ = ["LIMITS", "check_token_limits", "timeout_s", "within_deadline"]

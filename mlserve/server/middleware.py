@@ -1,4 +1,8 @@
-"""The one table from error class to HTTP status, and the middleware that applies it."""
+"""The one table from error class to HTTP status, the gate (authentication, per-key limits, the
+in-flight bound), and the one middleware that applies both to every route but the hot path.
+
+The v2 infer route is marked `one_pass`: it calls the gate and maps its own errors inside one
+coroutine, so the middleware hands it the request untouched."""
 
 from __future__ import annotations
 
@@ -7,13 +11,13 @@ import math
 import uuid
 from dataclasses import dataclass
 
-import orjson
 from aiohttp import web
 
 from mlserve import errors
 from mlserve.keys import ApiKey
 from mlserve.server.auth import Access, KeyRing, PathPolicy, bearer_token
 from mlserve.server.ratelimit import InFlight
+from mlserve.server.response import json_error
 from mlserve.server.state import ServerState
 
 log = logging.getLogger("mlserve.server")
@@ -31,6 +35,19 @@ ERROR_STATUS: tuple[tuple[type[errors.MlserveError], int], ...] = (
 )
 
 
+# The same errors as gRPC status code names (grpc.StatusCode members), for the gRPC server.
+GRPC_ERROR_STATUS: tuple[tuple[type[errors.MlserveError], str], ...] = (
+    (errors.PayloadTooLarge, "RESOURCE_EXHAUSTED"),
+    (errors.ModelNotFound, "NOT_FOUND"),
+    (errors.ModelNotReady, "UNAVAILABLE"),
+    (errors.InvalidInput, "INVALID_ARGUMENT"),
+    (errors.Overloaded, "RESOURCE_EXHAUSTED"),
+    (errors.RequestTimeout, "DEADLINE_EXCEEDED"),
+    (errors.ModelLoadError, "INVALID_ARGUMENT"),
+    (errors.InferenceFailed, "INTERNAL"),
+)
+
+
 def status_for(exc: errors.MlserveError) -> int:
     for cls, status in ERROR_STATUS:
         if isinstance(exc, cls):
@@ -38,33 +55,48 @@ def status_for(exc: errors.MlserveError) -> int:
     return 500
 
 
-def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps({"error": message}), content_type="application/json", headers=headers
-    )
+ONE_PASS = "mlserve_one_pass"
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+def one_pass(handler):
+    """Mark a handler that gates, decodes and maps its own errors in one coroutine."""
+    setattr(handler, ONE_PASS, True)
+    return handler
+
+
+def error_response(exc: errors.MlserveError) -> web.Response:
+    headers = None
+    if isinstance(exc, errors.Overloaded):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+    return json_error(status_for(exc), str(exc), headers)
+
+
+def http_error_response(exc: web.HTTPException) -> web.Response:
+    message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+    if exc.status == 413:
+        message = f"request body too large: {exc.text}"
+    return json_error(exc.status, message, {k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+
+
+def internal_error(request: web.Request) -> web.Response:
+    """Call from an `except` block: logs the traceback once, with a req_id the client also sees."""
+    req_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    log.exception("internal error on %s %s (req_id %s)", request.method, request.path, req_id)
+    return json_error(500, f"internal server error (req_id {req_id})")
+
+
+async def _answer(request: web.Request, handler) -> web.StreamResponse:
     """Every failure leaves as JSON {"error": ...}; anything unexpected is logged once with its req_id."""
     try:
         return await handler(request)
     except errors.MlserveError as exc:
-        headers = None
-        if isinstance(exc, errors.Overloaded):
-            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
-        return json_error(status_for(exc), str(exc), headers)
+        return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        if exc.status == 413:
-            message = f"request body too large: {exc.text}"
-        return json_error(exc.status, message, {k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+        return http_error_response(exc)
     except Exception:
-        req_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-        log.exception("internal error on %s %s (req_id %s)", request.method, request.path, req_id)
-        return json_error(500, f"internal server error (req_id {req_id})")
+        return internal_error(request)
 
 
 # --- Access and admission: authentication, per-key limits, server-wide bounds -------------------
@@ -83,6 +115,32 @@ class Gate:
     state: ServerState
     max_body_bytes: int
     ready_tracks_saturation: bool = False
+
+    async def enter(self, request: web.Request, access: Access = Access.INFER) -> tuple[web.Response | None, ApiKey | None]:
+        """(refusal, None), or (None, the key or None) once admitted: then `leave` must follow."""
+        refused = _content_too_long(request, self.max_body_bytes)
+        if refused is not None:
+            return refused, None
+        try:
+            outcome = await _authenticate(self, request, access)
+        except errors.MlserveError as exc:  # too many keys being verified at once: 429
+            return error_response(exc), None
+        if isinstance(outcome, web.Response):
+            return outcome, None
+        if not self.in_flight.try_acquire():
+            if outcome is not None:
+                self.keyring.limiter.release(outcome.key_id)
+            return json_error(503, f"server is at its limit of {self.in_flight.limit} requests in flight",
+                              {"Retry-After": "1"}), None
+        request[TENANT] = outcome
+        _track_saturation(self)
+        return None, outcome
+
+    def leave(self, key: ApiKey | None) -> None:
+        self.in_flight.release()
+        _track_saturation(self)
+        if key is not None:
+            self.keyring.limiter.release(key.key_id)
 
 
 def _content_too_long(request: web.Request, limit: int) -> web.Response | None:
@@ -121,43 +179,29 @@ def _route_path(request: web.Request) -> str:
     return resource.canonical if resource is not None else request.path
 
 
-def gate_middleware(gate: Gate):
-    """Open paths pass; others are size-checked, authenticated, rate-limited and counted in flight."""
+def front_middleware(gate: Gate):
+    """Open paths pass; others are size-checked, authenticated, rate-limited and counted in flight;
+    every route's errors become JSON. One-pass handlers do all of this themselves."""
 
     @web.middleware
-    async def gate_mw(request: web.Request, handler) -> web.StreamResponse:
+    async def front(request: web.Request, handler) -> web.StreamResponse:
+        if getattr(handler, ONE_PASS, False):
+            return await handler(request)
         access = gate.policy.access(_route_path(request))
         if access is Access.OPEN:
-            return await handler(request)
+            return await _answer(request, handler)
         if access is Access.DISABLED:
             return json_error(403, "admin and repository endpoints are off on this address "
                                    "(bind to loopback or set auth.admin_enabled)")
-        refused = _content_too_long(request, gate.max_body_bytes)
+        refused, key = await gate.enter(request, access)
         if refused is not None:
             return refused
-        outcome = await _authenticate(gate, request, access)
-        if isinstance(outcome, web.Response):
-            return outcome
         try:
-            return await _admitted(gate, request, handler, outcome)
+            return await _answer(request, handler)
         finally:
-            if outcome is not None:
-                gate.keyring.limiter.release(outcome.key_id)
+            gate.leave(key)
 
-    return gate_mw
-
-
-async def _admitted(gate: Gate, request: web.Request, handler, key: ApiKey | None) -> web.StreamResponse:
-    if not gate.in_flight.try_acquire():
-        return json_error(503, f"server is at its limit of {gate.in_flight.limit} requests in flight",
-                          {"Retry-After": "1"})
-    request[TENANT] = key
-    _track_saturation(gate)
-    try:
-        return await handler(request)
-    finally:
-        gate.in_flight.release()
-        _track_saturation(gate)
+    return front
 
 
 def _track_saturation(gate: Gate) -> None:

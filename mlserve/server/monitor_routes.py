@@ -1,23 +1,20 @@
-"""The drift view and the wiring that connects the monitor to the loader, the service and /metrics."""
+"""The drift view, and the hooks that connect the monitor to the loader, the service and /metrics."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 from aiohttp import web
 
-from mlserve.config import MonitorConfig
 from mlserve.errors import ModelNotFound
 from mlserve.monitor.collectors import VersionStatus
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.spec import ModelInfo
 from mlserve.routing.service import InferenceService
-
-MONITOR = web.AppKey("monitor", Monitor)
+from mlserve.server.response import json_response
+from mlserve.spec import ModelInfo
 
 
 def _version_statuses(loader: HotSwapLoader) -> list[VersionStatus]:
@@ -49,36 +46,19 @@ class DriftHandlers:
                 f"model {name!r} version {served.version} has no drift statistics "
                 "(drift is off for it, or its reference could not be read: see the server log)"
             )
-        return web.Response(body=orjson.dumps(monitor.report().to_dict()), content_type="application/json")
+        return json_response(monitor.report().to_dict())
 
 
-def add_monitor_routes(
-    app: web.Application, config: MonitorConfig, metrics: Metrics, loader: HotSwapLoader, service: InferenceService
-) -> Monitor:
-    """Create the monitor, hook it to version loads and answered requests, export its metrics and
-    route the drift view. Its cleanup runs after the loader's, so every request that was answered
-    while the batchers drained is still logged."""
-    monitor = Monitor(config, metrics)
-    app[MONITOR] = monitor
+def connect_monitor(monitor: Monitor, metrics: Metrics, loader: HotSwapLoader, service: InferenceService) -> None:
+    """Hook the monitor to version loads and answered requests, and export its metrics."""
     service.monitor = monitor
 
     def loaded(model: str, version: int, path: Path, entry: ModelEntry, info: ModelInfo) -> None:
         outputs = tuple(s.name for s in info.outputs)
-        monitor.add_version(model, str(version), path, entry.config.extra.get("drift"), outputs)
+        monitor.add_version(model, str(version), path, entry.config.drift, outputs)
 
     loader.on_loaded.append(loaded)
     loader.on_unloaded.append(lambda model, version: monitor.remove_version(model, str(version)))
     metrics.watch_versions(lambda: _version_statuses(loader))
     metrics.watch_drift(monitor.drift_reports)
     metrics.watch_gpu()
-    handlers = DriftHandlers(monitor, service)
-    app.router.add_get("/v2/models/{model}/drift", handlers.drift)
-    app.router.add_get("/v2/models/{model}/versions/{version}/drift", handlers.drift)
-
-    async def monitor_ctx(app: web.Application):
-        monitor.start()
-        yield
-        monitor.close()
-
-    app.cleanup_ctx.insert(0, monitor_ctx)
-    return monitor

@@ -52,7 +52,7 @@ class OpenAIHandlers:
 
     async def _generate(self, request: web.Request, is_chat: bool) -> web.StreamResponse:
         req = parse_generation(await read_json(request), is_chat)
-        limits = request.app.get(LIMITS) or LimitsConfig()
+        limits = request.config_dict.get(LIMITS) or LimitsConfig()
         key = request.get(TENANT)
         seconds = timeout_s({}, limits)
         started = time.monotonic()
@@ -193,16 +193,27 @@ def _json(payload: dict) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-def add_openai_routes(app: web.Application, service: InferenceService, metrics: Metrics) -> None:
+def openai_app(service: InferenceService, metrics: Metrics) -> web.Application:
+    """The /v1 sub-application: OpenAI's generation, embedding and model routes."""
     handlers = OpenAIHandlers(service, metrics)
     extras = ExtraHandlers(service.generation)
-    app.middlewares.insert(0, openai_error_middleware)  # outermost: the gate's refusals get OpenAI's shape too
-    app.router.add_get("/v1/models", extras.models)
-    app.router.add_get("/v1/models/{model}", extras.model)
-    app.router.add_post("/v1/completions", handlers.completions)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_post("/v1/embeddings", EmbeddingHandlers(service).embeddings)
-    app.router.add_get("/health", extras.health)
-    app.router.add_get("/version", extras.version)
-    app.router.add_post("/tokenize", extras.tokenize)
-    app.router.add_post("/detokenize", extras.detokenize)
+    app = web.Application(middlewares=[openai_error_middleware])
+    app.add_routes([
+        web.get("/models", extras.models),
+        web.get("/models/{model}", extras.model),
+        web.post("/completions", handlers.completions),
+        web.post("/chat/completions", handlers.chat_completions),
+        web.post("/embeddings", EmbeddingHandlers(service).embeddings),
+    ])
+    return app
+
+
+def vllm_routes(service: InferenceService) -> list[web.RouteDef]:
+    """vLLM's extras at the root: /health and /version (open), /tokenize and /detokenize."""
+    extras = ExtraHandlers(service.generation)
+    return [
+        web.get("/health", extras.health),
+        web.get("/version", extras.version),
+        web.post("/tokenize", extras.tokenize),
+        web.post("/detokenize", extras.detokenize),
+    ]

@@ -4,6 +4,7 @@ takes the same service path as /v2/.../infer (version choice, batcher, breaker, 
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import numpy as np
@@ -11,9 +12,12 @@ import orjson
 from aiohttp import web
 
 from mlserve.engine.embedding.backend import encode_token_ids
+from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, PayloadTooLarge
 from mlserve.routing.service import InferenceService, InferRequest
-from mlserve.server.limits import admit, within_deadline
+from mlserve.server.limits import LIMITS
+from mlserve.server.middleware import TENANT
+from mlserve.spec import SchedulePolicy
 
 MAX_INPUTS = 2048
 MAX_INPUT_CHARS = 100_000
@@ -70,6 +74,14 @@ def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
     return vector.tolist()
 
 
+def _policy(request: web.Request) -> SchedulePolicy:
+    """The key's priority and the server's default deadline (the batcher enforces it)."""
+    key = request.get(TENANT)
+    seconds = (request.config_dict.get(LIMITS) or LimitsConfig()).default_timeout_s
+    return SchedulePolicy(key.priority if key is not None else None, None,
+                          time.monotonic() + seconds if seconds else None)
+
+
 class EmbeddingHandlers:
     def __init__(self, service: InferenceService) -> None:
         self._service = service
@@ -85,11 +97,10 @@ class EmbeddingHandlers:
         elements = parse_inputs(body.get("input"), await self._service.generation.embedding_vocab_size(body["model"]))
         text = np.empty(len(elements), dtype=object)
         text[:] = elements
-        infer_request = admit(request, InferRequest(
+        result = await self._service.infer(InferRequest(
             body["model"], None, {"text": text}, {"text": "BYTES"}, outputs=("embedding", "num_tokens"),
-            headers=request.headers,
+            headers=request.headers, policy=_policy(request),
         ))
-        result = await within_deadline(request, infer_request.parameters, self._service.infer(infer_request))
         vectors = result.outputs["embedding"]
         if dimensions is not None and dimensions != vectors.shape[1]:
             raise InvalidInput(f"dimensions: model {body['model']!r} gives {vectors.shape[1]}-dimensional "

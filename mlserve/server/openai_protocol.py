@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from mlserve.engine.llm.sequence import SamplingParams
 from mlserve.errors import InvalidInput
+from mlserve.spec import GenerationRequest, SamplingParams
 
 MAX_STOP_STRINGS = 4
 MAX_PROMPTS = 64
@@ -20,25 +19,6 @@ _COMMON_KEYS = frozenset({
 })
 COMPLETION_KEYS = _COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"}
 CHAT_KEYS = _COMMON_KEYS | {"messages", "max_completion_tokens", "top_logprobs"}
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """One decoded /v1/completions or /v1/chat/completions body."""
-
-    model: str
-    prompts: tuple[str | tuple[int, ...], ...]
-    """Completions: one or more prompts, each text or token ids; empty for chat."""
-    messages: tuple[dict[str, str], ...] | None
-    params: SamplingParams
-    max_tokens_given: bool
-    stream: bool
-    include_usage: bool
-    is_chat: bool
-    n: int = 1
-    best_of: int | None = None
-    """Candidates per prompt when more than n; the n with the highest cumulative logprob are returned."""
-    echo: bool = False
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float) -> float:

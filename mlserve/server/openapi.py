@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from mlserve import __version__
-from mlserve.registry.spec import DATATYPE_TO_NUMPY
+from mlserve.server.response import json_response
+from mlserve.spec import DATATYPE_TO_NUMPY
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
@@ -88,10 +88,10 @@ def describe(app: web.Application, secured: bool = False) -> dict[str, Any]:
     return doc
 
 
-def add_openapi_routes(app: web.Application, secured: bool = False) -> None:
-    """Serve /openapi.json; `secured` marks every route but health as needing a bearer key."""
+def openapi_handler(secured: bool = False):
+    """GET /openapi.json; `secured` marks every route but health as needing a bearer key."""
 
     async def openapi(request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(describe(request.app, secured)), content_type="application/json")
+        return json_response(describe(request.app, secured))
 
-    app.router.add_get("/openapi.json", openapi)
+    return openapi

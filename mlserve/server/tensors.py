@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mlserve.errors import InvalidInput
-from mlserve.registry.spec import DATATYPE_TO_NUMPY
+from mlserve.spec import DATATYPE_TO_NUMPY
 
 # What numpy kinds each datatype accepts from JSON: ints may not come as floats or booleans.
 _ACCEPTED_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}
@@ -17,24 +17,31 @@ _INT_KINDS = "iu"
 _MAX_SHAPE_SPAN = 2**48
 
 
+MAX_DIMS = 64
+
+
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
+    if not isinstance(raw, list) or not all(type(d) is int and d >= 0 for d in raw):
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {raw!r}")
+    if len(raw) > MAX_DIMS:
+        raise InvalidInput(f"input {name!r}: shape has {len(raw)} dimensions, more than {MAX_DIMS}")
     # numpy refuses shapes whose non-zero dimensions overflow, even when a zero makes them empty.
     if math.prod(d for d in raw if d) > _MAX_SHAPE_SPAN:
         raise InvalidInput(f"input {name!r}: shape {raw!r} is too large")
     return tuple(raw)
 
 
-def _tensor_header(raw: Any) -> tuple[str, str, tuple[int, ...]]:
+def check_header(raw: Any) -> tuple[str, str, tuple[int, ...]]:
+    """An input's name, datatype and shape, checked before its data is looked at."""
     if not isinstance(raw, dict):
         raise InvalidInput(f"each input must be an object with name, shape, datatype and data, got {type(raw).__name__}")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidInput("an input has no name")
     datatype = raw.get("datatype")
-    if datatype not in DATATYPE_TO_NUMPY:
-        raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; one of {', '.join(DATATYPE_TO_NUMPY)}")
+    if not isinstance(datatype, str) or datatype not in DATATYPE_TO_NUMPY:
+        shown = datatype if isinstance(datatype, str) else type(datatype).__name__
+        raise InvalidInput(f"input {name!r}: unknown datatype {shown!r}; one of {', '.join(DATATYPE_TO_NUMPY)}")
     return name, datatype, _shape(raw.get("shape"), name)
 
 
@@ -45,17 +52,30 @@ def _check_count(name: str, count: int, shape: tuple[int, ...]) -> None:
 
 
 def _json_bytes(name: str, data: list, shape: tuple[int, ...]) -> np.ndarray:
-    flat = np.array(data, dtype=object).ravel() if data else np.empty(0, dtype=object)
-    _check_count(name, flat.size, shape)
-    out = np.empty(flat.size, dtype=object)
-    for i, value in enumerate(flat):
-        if isinstance(value, str):
-            out[i] = value.encode("utf-8")
-        elif isinstance(value, (bytes, bytearray)):
-            out[i] = bytes(value)
-        else:
-            raise InvalidInput(f"input {name!r}: BYTES data must be strings, got {type(value).__name__}")
+    """Strings (flat or nested) -> an object array of UTF-8 bytes; one pass, no per-element branches
+    unless something other than a string is found."""
+    flat = data if all(type(v) is str for v in data) else _flatten_strings(name, data)
+    _check_count(name, len(flat), shape)
+    out = np.empty(len(flat), dtype=object)
+    out[:] = [v.encode("utf-8") for v in flat]
     return out.reshape(shape)
+
+
+def _flatten_strings(name: str, data: list) -> list[str]:
+    flat: list[str] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if type(value) is str:
+                flat.append(value)
+            elif isinstance(value, list):
+                stack.append(iter(value))
+                break
+            else:
+                raise InvalidInput(f"input {name!r}: BYTES data must be strings, got {type(value).__name__}")
+        else:
+            stack.pop()
+    return flat
 
 
 def _json_numeric(name: str, datatype: str, data: list, shape: tuple[int, ...]) -> np.ndarray:
@@ -91,29 +111,26 @@ def _big_unsigned(name: str, data: list) -> np.ndarray:
         raise InvalidInput(f"input {name!r}: a value is out of range for UINT64") from None
 
 
-def decode_json_tensor(raw: Any) -> tuple[str, str, np.ndarray]:
-    """A v2 JSON input (flat or nested data) -> (name, datatype, array of the given shape)."""
-    name, datatype, shape = _tensor_header(raw)
-    data = raw.get("data")
+def decode_json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    """A v2 JSON input's data (flat or nested) -> an array of the given shape."""
     if not isinstance(data, list):
         raise InvalidInput(f"input {name!r}: data must be a list")
     if datatype == "BYTES":
-        return name, datatype, _json_bytes(name, data, shape)
-    return name, datatype, _json_numeric(name, datatype, data, shape)
+        return _json_bytes(name, data, shape)
+    return _json_numeric(name, datatype, data, shape)
 
 
-def decode_binary_tensor(raw: Any, chunk: memoryview) -> tuple[str, str, np.ndarray]:
+def decode_binary_tensor(name: str, datatype: str, shape: tuple[int, ...], chunk: memoryview) -> np.ndarray:
     """A v2 input whose data came in the binary part: no copy for fixed-size types."""
-    name, datatype, shape = _tensor_header(raw)
     if datatype == "BYTES":
-        return name, datatype, deserialize_bytes(name, chunk, shape)
+        return deserialize_bytes(name, chunk, shape)
     dtype = np.dtype(DATATYPE_TO_NUMPY[datatype])
     if len(chunk) != math.prod(shape) * dtype.itemsize:
         raise InvalidInput(
             f"input {name!r}: {len(chunk)} binary bytes do not fill shape {list(shape)} of {datatype} "
             f"({math.prod(shape) * dtype.itemsize} bytes)"
         )
-    return name, datatype, np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
+    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
 def deserialize_bytes(name: str, chunk: memoryview, shape: tuple[int, ...]) -> np.ndarray:

@@ -2,137 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from typing import Any, Mapping
 
-import orjson
 from aiohttp import web
 
 from mlserve import __version__
-from mlserve.errors import InvalidInput, MlserveError
+from mlserve.config import LimitsConfig
+from mlserve.errors import MlserveError
 from mlserve.monitor.metrics import Metrics
-from mlserve.routing.service import InferenceService, InferRequest, InferResponse
-from mlserve.server.limits import admit, within_deadline
-from mlserve.server.middleware import status_for
+from mlserve.routing.service import InferenceService
+from mlserve.server.middleware import Gate, error_response, http_error_response, internal_error, one_pass
+from mlserve.server.response import json_response
 from mlserve.server.state import ServerState
-from mlserve.server.tensors import decode_binary_tensor, decode_json_tensor, encode_binary, json_data
+from mlserve.server.triton_config import model_config_dict
+from mlserve.server.v2_codec import (
+    HEADER_LENGTH, Decoded, decode_infer_request, encode_infer_response, parse_json, with_key_priority,
+)
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
-VERSION_HEADER = "Mlserve-Model-Version"
-REQUEST_ID_HEADER = "Mlserve-Request-Id"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "schedule_policy"]
-_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+log = logging.getLogger("mlserve.server")
 
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "schedule_policy",
+              "statistics"]
+LARGE_BODY_BYTES = 1 << 20
+"""Bodies at least this large are decoded on a thread, so the loop keeps serving small requests."""
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body, option=_JSON_OPTIONS), status=status, content_type="application/json")
+_MAX_BOUND = 4096
+"""Metric children kept bound per (model, version, status); past this they are looked up each time."""
 
-
-def _split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryview, memoryview]:
-    if header_length is None:
-        return body, memoryview(b"")
-    if not header_length.isdigit() or int(header_length) > len(body):
-        raise InvalidInput(f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(body)} bytes")
-    view = memoryview(body)
-    return view[: int(header_length)], view[int(header_length) :]
-
-
-def _parse_json(data: bytes | memoryview) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return parsed
-
-
-def _decode_inputs(raw_inputs: Any, binary: memoryview) -> tuple[dict, dict]:
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidInput("'inputs' must be a non-empty list")
-    arrays, datatypes, offset = {}, {}, 0
-    for raw in raw_inputs:
-        params = raw.get("parameters") if isinstance(raw, dict) else None
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
-        if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise InvalidInput(f"binary_data_size {size!r} runs past the binary data ({len(binary)} bytes)")
-            name, datatype, array = decode_binary_tensor(raw, binary[offset : offset + size])
-            offset += size
-        else:
-            name, datatype, array = decode_json_tensor(raw)
-        if name in arrays:
-            raise InvalidInput(f"input {name!r} appears twice")
-        arrays[name], datatypes[name] = array, datatype
-    if offset != len(binary):
-        raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input")
-    return arrays, datatypes
-
-
-def _requested_outputs(raw: Any, default_binary: bool) -> tuple[tuple[str, ...] | None, dict[str, bool]]:
-    if raw is None:
-        return None, {}
-    if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
-        raise InvalidInput("'outputs' must be a list of objects with a name")
-    binary = {}
-    for out in raw:
-        params = out.get("parameters") or {}
-        binary[out["name"]] = bool(params.get("binary_data", default_binary)) if isinstance(params, dict) else False
-    return tuple(o["name"] for o in raw), binary
-
-
-def decode_infer_request(
-    body: bytes, header_length: str | None, model: str, version: str | None, headers: Mapping[str, str] | None = None
-):
-    """Body (JSON, or JSON header + binary tensors) -> InferRequest and per-output binary flags.
-    A request without an `id` gets one from the service, so feedback can refer to it."""
-    header, binary = _split_body(body, header_length)
-    parsed = _parse_json(header)
-    req_id = parsed.get("id")
-    if req_id is not None and not isinstance(req_id, str):
-        raise InvalidInput("'id' must be a string")
-    parameters = parsed.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidInput("'parameters' must be an object")
-    arrays, datatypes = _decode_inputs(parsed.get("inputs"), binary)
-    default_binary = bool(parameters.get("binary_data_output", False))
-    outputs, binary_flags = _requested_outputs(parsed.get("outputs"), default_binary)
-    request = InferRequest(model, version, arrays, datatypes, req_id, outputs, parameters, headers or {})
-    return request, binary_flags, default_binary
-
-
-def encode_infer_response(response: InferResponse, binary_flags: dict[str, bool], default_binary: bool) -> web.Response:
-    outputs, blobs = [], []
-    for name, array in response.outputs.items():
-        datatype = response.datatypes[name]
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary_flags.get(name, default_binary):
-            blob = encode_binary(array, datatype)
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = json_data(array, datatype)
-        outputs.append(entry)
-    body: dict[str, Any] = {"model_name": response.model, "model_version": response.version, "outputs": outputs}
-    if response.req_id is not None:
-        body["id"] = response.req_id
-    header = orjson.dumps(body, option=_JSON_OPTIONS)
-    headers = {VERSION_HEADER: response.version}
-    if response.req_id is not None:
-        headers[REQUEST_ID_HEADER] = response.req_id
-    if not blobs:
-        return web.Response(body=header, content_type="application/json", headers=headers)
-    headers[HEADER_LENGTH] = str(len(header))
-    return web.Response(body=b"".join([header, *blobs]), content_type="application/octet-stream", headers=headers)
+_json = json_response
 
 
 class V2Handlers:
     """The KServe v2 routes; each parses, calls the service, and encodes."""
 
-    def __init__(self, service: InferenceService, state: ServerState, metrics: Metrics) -> None:
+    def __init__(
+        self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate, limits: LimitsConfig
+    ) -> None:
         self._service = service
         self._state = state
         self._metrics = metrics
+        self._gate = gate
+        self._limits = limits
+        self._children: dict[tuple[str, str, int], tuple] = {}
 
     async def live(self, request: web.Request) -> web.Response:
         return _json({"live": True})
@@ -157,14 +70,8 @@ class V2Handlers:
 
     async def model_config(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")
-        info = self._service.router.pick(name, version).info
-        return _json({
-            "name": name,
-            "platform": info.platform,
-            "max_batch_size": info.max_batch_size,
-            "input": [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": list(s.shape)} for s in info.inputs],
-            "output": [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": list(s.shape)} for s in info.outputs],
-        })
+        served = self._service.router.pick(name, version)
+        return _json(model_config_dict(name, self._service.loader.models[served.model], served))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")
@@ -174,40 +81,74 @@ class V2Handlers:
             is_ready = bool(self._service.router.model(name).ready_versions())
         return _json({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 
+    @one_pass
     async def infer(self, request: web.Request) -> web.Response:
+        """The hot path in one coroutine: gate, decode, infer, encode, count; no middleware runs."""
         started = time.monotonic()
         name, version = request.match_info["model"], request.match_info.get("version")
+        refused, key = await self._gate.enter(request)
+        if refused is not None:
+            self._count(name, "", refused.status, started)
+            return refused
         answered_by = version or ""
         try:
-            body = await request.read()
-            infer_request, flags, default_binary = decode_infer_request(
-                body, request.headers.get(HEADER_LENGTH), name, version, request.headers
-            )
-            infer_request = admit(request, infer_request)
-            result = await within_deadline(request, infer_request.parameters, self._service.infer(infer_request))
+            decoded = await self._decode(request, name, version, started)
+            if key is not None:
+                decoded = with_key_priority(decoded, key.priority)
+            result = await self._service.infer(decoded.request)
             answered_by = result.version
-            response = encode_infer_response(result, flags, default_binary)
+            response = encode_infer_response(result, decoded.binary_outputs, decoded.default_binary)
         except MlserveError as exc:
-            self._count(name, answered_by, status_for(exc))
-            raise
-        self._count(name, answered_by, 200)
-        self._metrics.request_latency.labels(name, answered_by).observe(time.monotonic() - started)
+            response = error_response(exc)
+        except web.HTTPException as exc:  # the body was over the size limit as it was read
+            response = http_error_response(exc)
+        except Exception:
+            response = internal_error(request)
+        finally:
+            self._gate.leave(key)
+        self._count(name, answered_by, response.status, started)
         return response
 
-    def _count(self, model: str, version: str, code: int) -> None:
-        # Unknown model names would make label sets unbounded; they share one series.
+    async def _decode(self, request: web.Request, name: str, version: str | None, arrived: float) -> Decoded:
+        self._service.router.model(name)  # an unknown model is a 404 before the body is read
+        body = await request.read()
+        header_length = request.headers.get(HEADER_LENGTH)
+        args = (body, header_length, name, version, request.headers, self._limits, arrived)
+        if len(body) < LARGE_BODY_BYTES:
+            return decode_infer_request(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, decode_infer_request, *args)
+
+    def _count(self, model: str, version: str, code: int, started: float) -> None:
+        """Every answered infer request, once, with its final status; children bound once per label set."""
+        key = (model, version, code)
+        children = self._children.get(key)
+        if children is None:
+            children = self._bind(model, version, code)
+        children[0].inc()
+        if code == 200:
+            children[1].observe(time.monotonic() - started)
+
+    def _bind(self, model: str, version: str, code: int) -> tuple:
+        # Unknown model names would make label sets unbounded; they share one series (never cached).
         served = self._service.loader.models.get(model)
+        label_model, label_version = model, version
         if served is None:
-            model, version = "_unknown", ""
+            label_model, label_version = "_unknown", ""
         elif not version.isdigit() or int(version) not in served.versions:
-            version = ""
-        self._metrics.requests.labels(model, version, "v2", str(code)).inc()
+            label_version = ""
+        children = (
+            self._metrics.requests.labels(label_model, label_version, "v2", str(code)),
+            self._metrics.request_latency.labels(label_model, label_version),
+        )
+        if served is not None and len(self._children) < _MAX_BOUND:
+            self._children[(model, version, code)] = children
+        return children
 
     async def repository_index(self, request: web.Request) -> web.Response:
         """Triton's index. It first runs a reconcile pass (the same as SIGHUP) unless the body says
         {"reload": false}; {"ready": true} lists only ready versions."""
         body = await request.read()
-        options = _parse_json(body) if body.strip() else {}
+        options = parse_json(body) if body.strip() else {}
         loader = self._service.loader
         if options.get("reload", True) is not False:
             await loader.reconcile(f"api {request.remote}")

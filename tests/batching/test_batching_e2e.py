@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from tests.batching.conftest import SLOW_WIDTH
+from tests.server.http import num_running, wait_for
 
 
 def _client(server) -> httpclient.InferenceServerClient:
@@ -131,7 +132,7 @@ def test_priorities_order_the_queue(batching_server):
     results: dict = {}
     factory = lambda: _client(batching_server)  # noqa: E731  one client per thread
     threads = [_send_at(factory, results, "busy", 0.0, rows=24)]  # holds the engine while the rest queue
-    time.sleep(0.1)
+    wait_for(lambda: num_running(batching_server.url, "slowprio") == 1, "the busy request to run")
     for i, (key, priority) in enumerate([("low1", 2), ("low2", 2), ("high1", 1), ("high2", 1)]):
         threads.append(_send_at(factory, results, key, float(i + 1), priority=priority))
         _wait_queued(batching_server, "slowprio", i + 1)
@@ -147,7 +148,7 @@ def test_a_request_past_its_timeout_gets_504(batching_server):
     results: dict = {}
     factory = lambda: _client(batching_server)  # noqa: E731
     busy = _send_at(factory, results, "busy", 0.0, rows=24)
-    time.sleep(0.1)
+    wait_for(lambda: num_running(batching_server.url, "slowprio") == 1, "the busy request to run")
     late = _send_at(factory, results, "late", 1.0, timeout=30_000)  # 30 ms, in microseconds as in Triton
     late.join(60)
     busy.join(60)

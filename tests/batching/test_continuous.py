@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 
 from mlserve.batching.continuous import Scheduler, SchedulerLimits
-from mlserve.engine.llm.sampler import Sampled
-from mlserve.engine.llm.sequence import SamplingParams, Sequence, SeqStatus
+from mlserve.engine.llm.sequence import SeqStatus, Sequence
+from mlserve.spec import Sampled, SamplingParams
 
 EOS = 2
 

@@ -11,7 +11,7 @@ import pytest
 
 from mlserve.batching.dynamic import DynamicBatcher, SchedulePolicy
 from mlserve.errors import InferenceFailed, InvalidInput, Overloaded, RequestTimeout
-from mlserve.registry.spec import BatchingSpec
+from mlserve.spec import BatchingSpec
 
 
 class FakeEngine:

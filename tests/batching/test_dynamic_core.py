@@ -11,7 +11,7 @@ import pytest
 
 from mlserve.batching.dynamic import DynamicBatcher
 from mlserve.errors import InvalidInput, Overloaded
-from mlserve.registry.spec import BatchingSpec
+from mlserve.spec import BatchingSpec
 
 
 class RecordingModel:
@@ -102,3 +102,31 @@ def test_stop_drains_queued_requests():
         return [t.done() and not t.exception() for t in tasks]
 
     assert all(run(main()))
+
+
+def test_requests_with_different_trailing_shapes_are_never_concatenated():
+    """Token sequences of different lengths queue together; each length runs as its own group,
+    and every request gets the rows it sent (y = 2x), in the order the engine returns them."""
+
+    async def main():
+        model = RecordingModel()
+        batcher = DynamicBatcher(model, BatchingSpec(max_batch_size=16, max_queue_delay_us=200_000), "t")
+        batcher.start()
+        model.gate.clear()
+        busy = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2), np.float32)}, 1))
+        await asyncio.sleep(0.05)  # the busy batch holds the engine while the others queue
+        sent = [np.full((1, width), i, np.float32) for i, width in enumerate([8, 12, 8, 5, 12, 8])]
+        tasks = [asyncio.create_task(batcher.submit({"x": x}, 1)) for x in sent]
+        while batcher.num_queued < len(sent):
+            await asyncio.sleep(0.005)
+        model.gate.set()
+        answers = await asyncio.gather(*tasks)
+        await busy
+        await batcher.stop()
+        return sent, answers, model.batches
+
+    sent, answers, batches = run(main())
+    for x, answer in zip(sent, answers):
+        np.testing.assert_array_equal(answer["y"], x * 2)
+    # After the busy batch: one group of three (width 8), two (width 12) and one (width 5).
+    assert sorted(batches[1:]) == [1, 2, 3], batches

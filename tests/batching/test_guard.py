@@ -11,8 +11,8 @@ import pytest
 
 from mlserve.batching.guard import GuardedInfer, is_out_of_memory
 from mlserve.errors import InferenceFailed, ModelHung, RequestTimeout
-from mlserve.registry.spec import BatchingSpec, ModelConfig
 from mlserve.server.middleware import status_for
+from mlserve.spec import BatchingSpec, ModelConfig
 
 
 def double(inputs):
@@ -110,6 +110,40 @@ def test_an_unbatched_model_that_runs_out_of_memory_fails():
 
 
 def test_hang_deadline_comes_from_model_toml():
-    config = ModelConfig(extra={"hang_timeout_us": 250_000})
+    config = ModelConfig(hang_timeout_us=250_000)
     assert GuardedInfer.for_model(double, config, "m/1").hang_timeout_s == 0.25
     assert GuardedInfer.for_model(double, ModelConfig(), "m/1").hang_timeout_s == 60.0
+
+
+def test_a_hung_batch_on_the_loop_is_answered_504_and_the_next_runs_on_a_fresh_thread():
+    """The batcher's path: `run` on the event loop, a watchdog timer instead of a waiting thread."""
+    import asyncio
+
+    release = threading.Event()
+    threads: list[int] = []
+
+    def maybe_hang(inputs):
+        threads.append(threading.get_ident())
+        if inputs["x"][0, 0] < 0:
+            release.wait(10)
+        return double(inputs)
+
+    async def main():
+        guard = GuardedInfer(maybe_hang, "hang/2", hang_timeout_s=0.2)
+        started = time.monotonic()
+        with pytest.raises(ModelHung, match="did not finish a batch within 0.2 s"):
+            await guard.run({"x": -np.ones((1, 2))})
+        waited = time.monotonic() - started
+        x = np.ones((2, 2))
+        after = await guard.run({"x": x})
+        return guard, waited, after, x
+
+    guard, waited, after, x = asyncio.run(main())
+    assert waited < 2.0
+    np.testing.assert_array_equal(after["y"], x * 2)
+    assert guard.num_hung == 1 and len(set(threads)) == 2, threads
+    release.set()
+    deadline = time.monotonic() + 5
+    while guard.num_hung and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert guard.num_hung == 0

@@ -10,7 +10,7 @@ import torch
 from mlserve.engine import create_backend, infer_backend_name
 from mlserve.errors import ModelLoadError
 from mlserve.examples import write_mlp_onnx, write_mlp_torchscript
-from mlserve.registry.spec import ModelConfig, TensorSpec, parse_model_config
+from mlserve.spec import ModelConfig, TensorSpec, parse_model_config
 
 
 class TwoHeads(torch.nn.Module):

@@ -6,7 +6,7 @@ import numpy as np
 
 from mlserve.monitor import features
 from mlserve.monitor.drift import DriftMonitor, build_reference
-from mlserve.monitor.drift_settings import DriftSettings
+from mlserve.spec import DriftSettings
 
 COLUMNS = 5
 

@@ -10,7 +10,7 @@ from scipy import special, stats
 
 from mlserve.monitor import drift_stats
 from mlserve.monitor.drift import DriftMonitor, build_reference
-from mlserve.monitor.drift_settings import DriftSettings
+from mlserve.spec import DriftSettings
 
 
 def test_psi_matches_hand_computation():
@@ -98,7 +98,7 @@ def test_settings_reject_bad_values():
         DriftSettings.parse({"psi_warn": 0.5, "psi_alert": 0.2})
     with pytest.raises(ValueError, match="unknown key"):
         DriftSettings.parse({"windw": 10})
-    with pytest.raises(ValueError, match="window must be int"):
+    with pytest.raises(ValueError, match="window must be an integer"):
         DriftSettings.parse({"window": "big"})
     assert DriftSettings.parse({"window": 500, "psi_alert": 1}).psi_alert == 1
 

@@ -10,6 +10,7 @@ import numpy as np
 from mlserve.config import MonitorConfig
 from mlserve.monitor.hub import Monitor, Observation
 from mlserve.monitor.metrics import Metrics
+from mlserve.spec import DriftSettings
 from tests.server_process import ROOT
 
 
@@ -21,7 +22,7 @@ def _obs(i: int) -> Observation:
 def test_full_drift_queue_drops_and_counts(tmp_path):
     metrics = Metrics()
     monitor = Monitor(MonitorConfig(drift_queue=4), metrics)
-    monitor.add_version("m", "1", tmp_path, {"reference_rows": 5, "min_rows": 1, "window": 10}, ("y",))
+    monitor.add_version("m", "1", tmp_path, DriftSettings(reference_rows=5, min_rows=1, window=10), ("y",))
     for i in range(10):  # the worker is not started: nothing drains
         monitor.observe(_obs(i))
     labels = {"model": "m", "version": "1"}
@@ -36,9 +37,9 @@ def test_full_drift_queue_drops_and_counts(tmp_path):
 def test_bad_reference_leaves_the_version_without_drift(tmp_path):
     (tmp_path / "reference.npz").write_bytes(b"not an npz file")
     monitor = Monitor(MonitorConfig(), Metrics())
-    monitor.add_version("m", "1", tmp_path, None, ("y",))
+    monitor.add_version("m", "1", tmp_path, DriftSettings(), ("y",))
     assert monitor.drift("m", "1") is None
-    monitor.add_version("m", "2", tmp_path, {"enabled": False}, ("y",))
+    monitor.add_version("m", "2", tmp_path, DriftSettings(enabled=False), ("y",))
     assert monitor.drift("m", "2") is None
 
 

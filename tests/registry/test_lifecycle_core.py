@@ -17,9 +17,9 @@ from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.served import ServedModel, ServedVersion, VersionState
-from mlserve.registry.spec import BatchingSpec, ModelConfig, ModelInfo, TensorSpec, parse_model_config
 from mlserve.registry.store import StoreError
 from mlserve.registry.warmup import batch_sizes, warm_up
+from mlserve.spec import BatchingSpec, ModelConfig, ModelInfo, TensorSpec, parse_model_config
 from tests.registry.helpers import write_model, write_version
 
 

@@ -7,7 +7,7 @@ import pytest
 from mlserve.errors import ModelLoadError
 from mlserve.registry.local import LocalStore
 from mlserve.registry.repository import read_entry, scan
-from mlserve.registry.spec import VersionPolicy, parse_model_config
+from mlserve.spec import VersionPolicy, parse_model_config
 
 
 def test_defaults_and_full_config():
@@ -21,7 +21,7 @@ def test_defaults_and_full_config():
     assert config.backend == "torchscript" and config.device == "cuda:1"
     assert config.batching.preferred_batch_sizes == (4, 8)
     assert config.inputs[0].shape == (-1, 3)
-    assert config.extra["traffic"] == {"split": {"1": 100}}
+    assert config.traffic.split == ((1, 100.0),)
 
 
 @pytest.mark.parametrize("raw, needle", [

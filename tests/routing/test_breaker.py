@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mlserve.routing.breaker import BreakerState, CircuitBreaker
-from mlserve.routing.split import BreakerSpec
+from mlserve.spec import BreakerSpec
 
 
 class Clock:

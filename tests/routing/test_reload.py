@@ -51,7 +51,7 @@ def test_model_toml_changes_apply_on_reload_and_a_rollout_survives(tmp_path):
             (tmp_path / "m" / "model.toml").write_text(HEAD + 'split = { "1" = "lots" }\n')
             await loader.reconcile()
             view = traffic.traffic_view("m")
-            assert "bad [traffic] table" in view["error"] and view["split"] == {"1": 60.0, "2": 40.0}
+            assert "[traffic] split" in view["error"] and view["split"] == {"1": 60.0, "2": 40.0}
         finally:
             await traffic.close()
             await loader.close()

@@ -8,7 +8,8 @@ import random
 import pytest
 from scipy import stats as sps
 
-from mlserve.routing.split import NUM_BUCKETS, TrafficSpec, assign, bucket_of, boundaries, parse_split
+from mlserve.routing.split import NUM_BUCKETS, assign, boundaries, bucket_of
+from mlserve.spec import TrafficSpec, parse_split
 
 N = 10_000
 

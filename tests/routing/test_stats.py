@@ -10,7 +10,7 @@ from scipy import stats as sps
 
 from mlserve.routing import stats
 from mlserve.routing.experiment import Experiment
-from mlserve.routing.split import ExperimentSpec
+from mlserve.spec import ExperimentSpec
 
 
 def _moments(values) -> stats.Moments:

@@ -54,6 +54,23 @@ class Spinner(torch.nn.Module):
         return x * 2 + acc[0] * 0
 
 
+class WaitForFile(torch.nn.Module):
+    """y = 2x once the first byte of the file at `path` is non-zero: a model that holds every batch
+    until the test lets it go. The file is re-read each turn (its size argument depends on the loop
+    counter, so the JIT cannot hoist the read out of the loop); replace it atomically, never rewrite
+    it in place, or a turn may read it empty."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def forward(self, x):
+        turns = 0
+        while int(torch.from_file(self.path, False, 1 + turns * 0, dtype=torch.uint8)[0]) == 0:
+            turns += 1
+        return x * 2
+
+
 def write_model(root: Path, name: str, module: torch.nn.Module, max_batch_size: int = 8,
                 delay_us: int = 0, extra: str = "") -> None:
     folder = root / name / "1"

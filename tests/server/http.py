@@ -51,3 +51,33 @@ def infer_body(x: np.ndarray, **parameters: Any) -> dict[str, Any]:
 def output(answer: Answer, name: str = "y") -> np.ndarray:
     out = next(o for o in answer.body["outputs"] if o["name"] == name)
     return np.array(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def metric_value(base_url: str, name: str, **labels: str) -> float:
+    """One sample from /metrics (0 when absent), read with Prometheus's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0, interval: float = 0.02) -> None:
+    """Poll until `predicate()` is true; fail naming `what` after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def num_running(base_url: str, model: str) -> float:
+    """Requests of `model` that a worker has taken (in flight, not waiting in the queue)."""
+    in_flight = metric_value(base_url, "mlserve_in_flight_requests", model=model)
+    return in_flight - metric_value(base_url, "mlserve_queue_depth", model=model)

@@ -3,16 +3,11 @@ priority a key gives its requests."""
 
 from __future__ import annotations
 
-import numpy as np
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
+import json
 
-from mlserve.config import AuthConfig
-from mlserve.keys import ApiKey
-from mlserve.routing.service import InferRequest
+from mlserve.config import AuthConfig, LimitsConfig
 from mlserve.server.auth import Access, PathPolicy, bearer_token
-from mlserve.server.limits import admit
-from mlserve.server.middleware import TENANT
+from mlserve.server.v2_codec import decode_infer_request, with_key_priority
 from mlserve.server.ratelimit import InFlight, TenantLimiter, TokenBucket
 
 
@@ -75,21 +70,16 @@ def test_in_flight_bound():
     assert not bound.is_saturated
 
 
-def _key(priority):
-    return ApiKey("abcdefabcdef", "vip", "00", "00", ("infer",), priority=priority)
-
-
-def _request(parameters):
-    return InferRequest("m", None, {"x": np.zeros((1, 3), np.float32)}, {"x": "FP32"}, parameters=parameters)
+def _decoded(parameters):
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 0]}],
+                       "parameters": parameters}).encode()
+    return decode_infer_request(body, None, "m", None, {}, LimitsConfig())
 
 
 def test_key_priority_is_given_unless_the_client_names_one():
-    http = make_mocked_request("POST", "/v2/models/m/infer", app=web.Application())
-    http[TENANT] = _key(3)
-    assert admit(http, _request({})).parameters == {"priority": 3}
-    assert admit(http, _request({"priority": 1})).parameters == {"priority": 1}
-    http[TENANT] = _key(None)
-    assert admit(http, _request({})).parameters == {}
+    assert with_key_priority(_decoded({}), 3).request.policy.priority == 3
+    assert with_key_priority(_decoded({"priority": 1}), 3).request.policy.priority == 1
+    assert with_key_priority(_decoded({}), None).request.policy.priority is None
 
 
 def test_key_verification_is_bounded_and_remembered(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import torch
 
 from mlserve.examples import write_identity_onnx
 from tests.server.fault_models import OutOfMemory, Raiser, Spinner, reference, write_model
-from tests.server.http import call, infer_body, output
+from tests.server.http import call, infer_body, num_running, output, wait_for
 from tests.server_process import MlserveProcess
 
 MAX_BODY = 1 << 20
@@ -114,7 +114,7 @@ def test_deadline_answers_504_and_the_request_never_runs(limited):
     busy = np.full((1, 3), 300_000, np.float32)  # 0.3 s to 3 s of spinning
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         first = pool.submit(call, _infer_url(limited, "busy"), infer_body(busy))
-        time.sleep(0.05)
+        wait_for(lambda: num_running(limited.url, "busy") == 1, "the first request to run")
         started = time.monotonic()
         late = call(_infer_url(limited, "busy"), infer_body(np.zeros((1, 3), np.float32), timeout=50_000))
         waited = time.monotonic() - started
@@ -122,8 +122,13 @@ def test_deadline_answers_504_and_the_request_never_runs(limited):
     assert late.status == 504, late.body
     assert "timeout" in late.body["error"] and "deadline" in late.body["error"]
     assert waited < 0.25
-    time.sleep(0.2)
-    assert _batch_count(limited, "busy") == batches_before + 1
+    _assert_never_ran(limited, "busy", batches_before)
+
+
+def _assert_never_ran(server, model: str, batches_before: float) -> None:
+    """The queue is FIFO: once a later request is answered, a timed-out one would have run by then."""
+    assert call(_infer_url(server, model), infer_body(np.zeros((1, 3), np.float32))).status == 200
+    assert _batch_count(server, model) == batches_before + 2
 
 
 def test_bad_timeout_parameter_is_400(limited):
@@ -257,11 +262,10 @@ def test_the_server_default_deadline_applies_in_the_queue(test_repo, tmp_path):
             # The first names a generous timeout of its own, so it runs 0.3-3 s past the default.
             first = pool.submit(call, _infer_url(server, "busy"),
                                 infer_body(np.full((1, 3), 300_000, np.float32), timeout=30_000_000))
-            time.sleep(0.05)
+            wait_for(lambda: num_running(server.url, "busy") == 1, "the first request to run")
             late = call(_infer_url(server, "busy"), infer_body(np.zeros((1, 3), np.float32)))
             assert first.result().status == 200, first.result().body
         assert late.status == 504 and "timeout" in late.body["error"], late.body
-        time.sleep(0.2)
-        assert _batch_count(server, "busy") == batches_before + 1
+        _assert_never_ran(server, "busy", batches_before)
     finally:
         assert server.stop() == 0

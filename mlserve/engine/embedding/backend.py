@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from mlserve.engine.embedding.encoder import Encoder, EncoderShape
 from mlserve.errors import InvalidInput, ModelLoadError
-from mlserve.registry.spec import ModelConfig, ModelInfo, TensorSpec
+from mlserve.spec import ModelConfig, ModelInfo, TensorSpec
 
 PLATFORM = "mlserve_embedding"
 TOKEN_IDS_MARK = b"\x00"

@@ -9,10 +9,9 @@ import numpy as np
 
 from mlserve.engine.llm.memory import keep_freed_memory
 from mlserve.engine.llm.runner import ModelRunner
-from mlserve.engine.llm.settings import LLMSettings
 from mlserve.engine.llm.tokenizer import LLMTokenizer
 from mlserve.errors import InvalidInput, ModelLoadError
-from mlserve.registry.spec import ModelConfig, ModelInfo
+from mlserve.spec import LLMSettings, ModelConfig, ModelInfo
 
 PLATFORM = "mlserve_llm"
 
@@ -23,10 +22,7 @@ class LLMBackend:
     is_generative = True
 
     def __init__(self, config: ModelConfig, trust_repository: bool = False) -> None:
-        try:
-            self.settings = LLMSettings.parse(config.extra.get("llm"))
-        except (ValueError, TypeError) as exc:
-            raise ModelLoadError(str(exc)) from exc
+        self.settings: LLMSettings = config.llm
         self.tokenizer: LLMTokenizer | None = None
         self.runner: ModelRunner | None = None
         self.max_model_len = 0

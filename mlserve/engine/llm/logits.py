@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mlserve.engine.llm.sequence import SamplingParams
+from mlserve.spec import SamplingParams
 
 
 def process_row(row: torch.Tensor, p: SamplingParams, prompt_ids: list[int], output_ids: list[int],

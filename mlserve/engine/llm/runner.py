@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +10,7 @@ import torch
 from mlserve.engine.llm.attention import AttentionMetadata, PrefillChunk
 from mlserve.engine.llm.loading import load_model, read_shape
 from mlserve.engine.llm.model import ModelShape
-from mlserve.engine.llm.settings import LLMSettings
-
-
-@dataclass(frozen=True, slots=True)
-class SeqChunk:
-    """The tokens of one sequence computed in this step, from position `start`."""
-
-    req_id: str
-    token_ids: tuple[int, ...]
-    start: int
-    block_table: tuple[int, ...]
-    needs_logits: bool
-    """The chunk reaches the sequence's last token, so its next token is sampled."""
+from mlserve.spec import LLMSettings, SeqChunk
 
 
 def pick_dtype(device: torch.device) -> torch.dtype:

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from mlserve.engine.llm.logits import process_row
-from mlserve.engine.llm.sequence import SamplingParams, Sequence
-
-
-@dataclass(frozen=True, slots=True)
-class Sampled:
-    """One sampled token, with its log-probability and the top alternatives when asked for."""
-
-    token_id: int
-    logprob: float | None = None
-    top_logprobs: tuple[tuple[int, float], ...] = ()
+from mlserve.engine.llm.sequence import Sequence
+from mlserve.spec import Sampled, SamplingParams
 
 
 class Sampler:

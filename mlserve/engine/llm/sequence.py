@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
+from mlserve.spec import SamplingParams
+
 
 class SeqStatus(Enum):
     WAITING = auto()
@@ -22,40 +24,6 @@ FINISH_REASON = {
     SeqStatus.FINISHED_LENGTH: "length",
     SeqStatus.FINISHED_ABORTED: "abort",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """What the client asked of the sampler and of the stopping rules."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    """0 = no top-k cut."""
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None
-    """Alternatives to report per token; None = no logprobs at all."""
-    ignore_eos: bool = False
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    """Both subtract from the logits of tokens already generated (OpenAI's rule)."""
-    repetition_penalty: float = 1.0
-    """Divides positive and multiplies negative logits of tokens in the prompt or output (CTRL's rule)."""
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    min_tokens: int = 0
-    """EOS and stop_token_ids are masked, and stop strings not applied, until this many tokens exist."""
-    stop_token_ids: tuple[int, ...] = ()
-
-    @property
-    def is_greedy(self) -> bool:
-        return self.temperature == 0.0
-
-    @property
-    def changes_logits(self) -> bool:
-        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
-                    or self.logit_bias or self.min_tokens)
 
 
 @dataclass(slots=True)

@@ -7,19 +7,18 @@ import asyncio
 
 import pytest
 
-from mlserve.batching.llm_engine import LLMEngine
+from mlserve.batching.llm_engine import LLMEngine, StepStats
 from mlserve.engine.llm.backend import LLMBackend
-from mlserve.engine.llm.sequence import SamplingParams
-from mlserve.registry.spec import ModelConfig
+from mlserve.spec import LLMSettings, ModelConfig, SamplingParams
 from tests.reference import hf_greedy, mixed_prompts
 
 MAX_TOKENS = 24
 
 
-def _engine(test_repo, name: str, **llm) -> LLMEngine:
-    backend = LLMBackend(ModelConfig(extra={"llm": llm}))
+def _engine(test_repo, name: str, observer=None, **llm) -> LLMEngine:
+    backend = LLMBackend(ModelConfig(llm=LLMSettings(**llm)))
     backend.load(test_repo / name / "1", "cpu")
-    return LLMEngine(backend, name)
+    return LLMEngine(backend, name, observer)
 
 
 async def _run_all(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
@@ -78,7 +77,7 @@ def test_the_engine_runs_on_cuda_in_half_precision(test_repo, hf_models):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    backend = LLMBackend(ModelConfig(extra={"llm": {}}))
+    backend = LLMBackend(ModelConfig())
     backend.load(test_repo / "tiny-llama" / "1", "cuda")
     engine = LLMEngine(backend, "tiny-llama-cuda")
     prompts = mixed_prompts(backend.tokenizer.vocab_size, 16, seed=5)
@@ -89,3 +88,20 @@ def test_the_engine_runs_on_cuda_in_half_precision(test_repo, hf_models):
     agree = sum(tokens[0] == hf_greedy(hf_models["tiny-llama"], p, 1)[0] for p, tokens in zip(prompts, got))
     assert agree >= 12, f"first tokens agree with fp32 transformers for {agree} of 16 prompts"
     assert engine.scheduler.block_manager.num_used_blocks == 0
+
+
+def test_each_step_is_reported_to_the_observer(test_repo):
+    """The engine hands every step's StepStats to its observer; over a run they add up to what was
+    asked and generated, and the last one shows an empty pool."""
+    steps: list[StepStats] = []
+    engine = _engine(test_repo, "tiny-llama", steps.append, num_kv_blocks=24, max_num_batched_tokens=64)
+    prompts = mixed_prompts(engine.backend.tokenizer.vocab_size, 8, seed=3)
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    got = asyncio.run(_run_all(engine, prompts, params))
+    assert sum(s.num_prompt_tokens for s in steps) == sum(len(p) for p in prompts)
+    assert sum(len(s.first_token_s) for s in steps) == len(prompts)
+    assert sum(len(s.first_token_s) + len(s.token_gap_s) for s in steps) == sum(len(t) for t in got)
+    assert sum(s.num_preempted for s in steps) == engine.scheduler.num_preemptions
+    assert all(s.kv_slots_used <= s.kv_slots_allocated for s in steps)
+    assert steps[-1].num_running == 0 and steps[-1].num_used_blocks == 0
+    assert steps[-1].num_free_blocks == engine.scheduler.block_manager.num_free_blocks

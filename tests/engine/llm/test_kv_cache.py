@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from mlserve.engine.llm.kv_cache import BlockManager
-from mlserve.engine.llm.sequence import SamplingParams, Sequence
+from mlserve.engine.llm.sequence import Sequence
+from mlserve.spec import SamplingParams
 
 
 def _seq(req_id: str, tokens: list[int]) -> Sequence:

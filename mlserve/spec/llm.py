@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from mlserve.spec.table import parse_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +41,5 @@ class LLMSettings:
 
     @classmethod
     def parse(cls, raw: Any) -> LLMSettings:
-        if raw is None:
-            return cls()
-        if not isinstance(raw, dict):
-            raise ValueError("[llm] must be a table")
-        unknown = set(raw) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown key(s) in [llm]: {', '.join(sorted(unknown))}")
-        return cls(**raw)
+        """From model.toml's [llm] table (None = all defaults); ValueError names the bad key."""
+        return parse_table(cls, raw, "[llm]")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from mlserve.spec.table import parse_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,34 +37,16 @@ class DriftSettings:
 
     def __post_init__(self) -> None:
         if not 0 <= self.psi_warn <= self.psi_alert:
-            raise ValueError("drift: need 0 <= psi_warn <= psi_alert")
+            raise ValueError("[drift] need 0 <= psi_warn <= psi_alert")
         for name in ("reference_rows", "window", "bins", "fine_bins", "max_columns", "top"):
             if getattr(self, name) < 1:
-                raise ValueError(f"drift: {name} must be >= 1")
+                raise ValueError(f"[drift] {name} must be >= 1")
         if self.window_s < 0 or self.min_rows < 0:
-            raise ValueError("drift: window_s and min_rows must be >= 0")
+            raise ValueError("[drift] window_s and min_rows must be >= 0")
         if self.bins > self.fine_bins:
-            raise ValueError("drift: bins must be <= fine_bins")
+            raise ValueError("[drift] bins must be <= fine_bins")
 
     @classmethod
     def parse(cls, raw: Any) -> DriftSettings:
         """From model.toml's [drift] table (None = all defaults); ValueError names the bad key."""
-        if raw is None:
-            return cls()
-        if not isinstance(raw, dict):
-            raise ValueError("[drift] must be a table")
-        kinds = {f.name: f.type for f in fields(cls)}
-        unknown = set(raw) - set(kinds)
-        if unknown:
-            raise ValueError(f"[drift]: unknown key(s) {', '.join(sorted(unknown))}")
-        for key, value in raw.items():
-            kind = kinds[key]
-            ok = {
-                "bool": isinstance(value, bool),
-                "str": isinstance(value, str),
-                "int": isinstance(value, int) and not isinstance(value, bool),
-                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-            }[kind]
-            if not ok:
-                raise ValueError(f"[drift] {key} must be {kind}, got {value!r}")
-        return cls(**raw)
+        return parse_table(cls, raw, "[drift]")

@@ -1,6 +1,7 @@
-"""Plain model descriptions: tensor specs, per-model settings from model.toml, version policy.
-
-Imports nothing but errors, so every layer may use it.
+"""A model's model.toml, parsed once when the repository is scanned: top-level settings, batching,
+version policy, tensors, and every section ([llm], [drift], [traffic], [warmup]) as typed fields.
+A bad value anywhere fails the whole file with the key named, so the model is refused at load and
+never served with a silent default.
 """
 
 from __future__ import annotations
@@ -12,45 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from mlserve.errors import ModelLoadError
-
-# Open Inference Protocol datatype -> numpy dtype name (BYTES are object arrays of bytes).
-DATATYPE_TO_NUMPY: dict[str, str] = {
-    "BOOL": "bool",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "UINT8": "uint8",
-    "UINT16": "uint16",
-    "UINT32": "uint32",
-    "UINT64": "uint64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-    "BYTES": "object",
-}
-NUMPY_TO_DATATYPE: dict[str, str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
+from mlserve.spec.drift import DriftSettings
+from mlserve.spec.llm import LLMSettings
+from mlserve.spec.table import parse_table
+from mlserve.spec.tensor import TensorSpec
+from mlserve.spec.traffic import TrafficSpec
 
 BACKENDS = ("onnx", "torchscript", "torch_export", "tensorrt", "llm", "embedding")
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One named input or output: v2 datatype and full shape (-1 = any size)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if self.datatype not in DATATYPE_TO_NUMPY:
-            raise ValueError(f"tensor {self.name!r}: unknown datatype {self.datatype!r}")
-        if any(d < -1 for d in self.shape):
-            raise ValueError(f"tensor {self.name!r}: dimensions must be >= -1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +97,21 @@ class BatchingSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class WarmupSpec:
+    """The [warmup] section: which inputs and batch sizes a new version runs before it takes traffic."""
+
+    enabled: bool = True
+    file: str | None = None
+    """An .npz in the version folder, one array per input; None = zeros from the input spec."""
+    batch_sizes: tuple[int, ...] | None = None
+    """None = 1, the preferred sizes and max_batch_size."""
+
+    def __post_init__(self) -> None:
+        if self.batch_sizes is not None and not all(s >= 1 for s in self.batch_sizes):
+            raise ValueError(f"batch_sizes must be positive integers, got {list(self.batch_sizes)!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Per-model settings from model.toml; every key optional."""
 
@@ -138,8 +123,12 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Sections owned by other layers ([traffic], [drift], ...), kept as read."""
+    hang_timeout_us: int | None = None
+    """A batch running longer than this is declared hung and its worker replaced; None = the guard's default."""
+    llm: LLMSettings = field(default_factory=LLMSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    traffic: TrafficSpec = field(default_factory=TrafficSpec)
+    warmup: WarmupSpec = field(default_factory=WarmupSpec)
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKENDS:
@@ -150,69 +139,49 @@ class ModelConfig:
             raise ValueError("instances must be >= 1")
         if self.intra_op_threads < 0:
             raise ValueError("intra_op_threads must be >= 0")
+        if self.hang_timeout_us is not None and self.hang_timeout_us < 1:
+            raise ValueError(f"hang_timeout_us must be a positive integer, got {self.hang_timeout_us!r}")
 
 
 _BATCHING_KEYS = (
     "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size",
     "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size",
 )
-_TOP_KEYS = {"backend", "device", "instances", "intra_op_threads", "version_policy", "inputs", "outputs"}
-_KNOWN_SECTIONS = {"traffic", "drift", "llm", "cache_size", "warmup", "timeout_us", "hang_timeout_us"}
 
 
-def _tensor_specs(raw: Any, what: str) -> tuple[TensorSpec, ...]:
-    if not isinstance(raw, list):
-        raise ValueError(f"[[{what}]] must be a list of tables")
-    specs = []
-    for item in raw:
-        if not isinstance(item, dict) or set(item) - {"name", "datatype", "shape"} or "name" not in item:
-            raise ValueError(f"each [[{what}]] needs name, datatype and shape, got {item!r}")
-        shape = item.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
-            raise ValueError(f"[[{what}]] {item['name']!r}: shape must be a list of integers")
-        specs.append(TensorSpec(str(item["name"]), str(item.get("datatype", "")), tuple(shape)))
-    return tuple(specs)
+def _tensor_specs(what: str):
+    def parse(raw: Any) -> tuple[TensorSpec, ...]:
+        if not isinstance(raw, list):
+            raise ValueError(f"[[{what}]] must be a list of tables")
+        specs = []
+        for item in raw:
+            if not isinstance(item, dict) or set(item) - {"name", "datatype", "shape"} or "name" not in item:
+                raise ValueError(f"each [[{what}]] needs name, datatype and shape, got {item!r}")
+            shape = item.get("shape")
+            if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+                raise ValueError(f"[[{what}]] {item['name']!r}: shape must be a list of integers")
+            specs.append(TensorSpec(str(item["name"]), str(item.get("datatype", "")), tuple(shape)))
+        return tuple(specs)
+
+    return parse
 
 
-_INT_KEYS = (
-    "max_batch_size", "max_queue_delay_us", "max_queue_size", "instances", "intra_op_threads",
-    "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size",
-)
-_STR_KEYS = ("backend", "device")
-
-
-def _check_types(raw: dict[str, Any]) -> None:
-    for key in _INT_KEYS:
-        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
-            raise ValueError(f"{key} must be an integer, got {raw[key]!r}")
-    for key in _STR_KEYS:
-        if key in raw and not isinstance(raw[key], str):
-            raise ValueError(f"{key} must be a string, got {raw[key]!r}")
-    sizes = raw.get("preferred_batch_sizes", [])
-    if not isinstance(sizes, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
-        raise ValueError(f"preferred_batch_sizes must be a list of integers, got {sizes!r}")
+_SECTIONS = {
+    "version_policy": VersionPolicy.parse,
+    "inputs": _tensor_specs("inputs"),
+    "outputs": _tensor_specs("outputs"),
+    "llm": LLMSettings.parse,
+    "drift": DriftSettings.parse,
+    "traffic": TrafficSpec.parse,
+    "warmup": lambda raw: parse_table(WarmupSpec, raw, "[warmup]"),
+}
 
 
 def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
     """Turn a model.toml table into a ModelConfig; raises ValueError naming the bad key."""
-    unknown = set(raw) - _TOP_KEYS - set(_BATCHING_KEYS) - _KNOWN_SECTIONS
-    if unknown:
-        raise ValueError(f"unknown key(s): {', '.join(sorted(unknown))}")
-    _check_types(raw)
-    batching_args = {k: raw[k] for k in _BATCHING_KEYS if k in raw}
-    if "preferred_batch_sizes" in batching_args:
-        batching_args["preferred_batch_sizes"] = tuple(batching_args["preferred_batch_sizes"])
-    return ModelConfig(
-        backend=raw.get("backend"),
-        device=raw.get("device"),
-        batching=BatchingSpec(**batching_args),
-        instances=raw.get("instances", 1),
-        intra_op_threads=raw.get("intra_op_threads", 1),
-        version_policy=VersionPolicy.parse(raw.get("version_policy")),
-        inputs=_tensor_specs(raw.get("inputs", []), "inputs"),
-        outputs=_tensor_specs(raw.get("outputs", []), "outputs"),
-        extra={k: v for k, v in raw.items() if k in _KNOWN_SECTIONS},
-    )
+    batching = parse_table(BatchingSpec, {k: v for k, v in raw.items() if k in _BATCHING_KEYS}, "")
+    top = {k: v for k, v in raw.items() if k not in _BATCHING_KEYS}
+    return parse_table(ModelConfig, top, "", convert=_SECTIONS, given={"batching": batching})
 
 
 def read_model_config(path: Path) -> ModelConfig:
@@ -224,15 +193,3 @@ def read_model_config(path: Path) -> ModelConfig:
             return parse_model_config(tomllib.load(fh))
     except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """What a loaded version tells the world: its backend's platform name and tensors."""
-
-    platform: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    max_batch_size: int
-    utf8_strings: bool = False
-    """BYTES tensors must hold UTF-8 text (ONNX strings)."""

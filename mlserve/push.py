@@ -1,0 +1,96 @@
+"""`mlserve push`: write a model artifact into a repository as a new version, offline (no server).
+
+The same writer as the load API's upload: the version folder is written under a hidden name with
+its SHA256SUMS and renamed into place, so a running server's next reconcile (SIGHUP, poll, index
+call) sees either the whole version or nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tomllib
+from pathlib import Path
+
+from mlserve.errors import InvalidInput
+from mlserve.spec import MODEL_NAME, parse_model_config
+from mlserve.registry.store import StoreError
+from mlserve.registry.upload import Upload, check_file_path, write_upload
+
+
+def add_push_parser(sub) -> None:
+    push = sub.add_parser("push", help="write a model artifact into a repository as a new version")
+    push.add_argument("--models", required=True, help="model repository folder or s3://bucket/prefix")
+    push.add_argument("--s3-endpoint", help="endpoint URL for an s3:// repository (S3-compatible servers)")
+    push.add_argument("--name", required=True, help="model name")
+    push.add_argument("artifact", type=Path, help="a model file, or a folder whose files form the version")
+    push.add_argument("--version", type=int, help="version number (default: one past the highest)")
+    push.add_argument("--config", type=Path, help="a model.toml to install with it (replaces the model's)")
+
+
+def _files(artifact: Path) -> dict[str, bytes]:
+    if artifact.is_file():
+        return {artifact.name: artifact.read_bytes()}
+    if not artifact.is_dir():
+        raise InvalidInput(f"{artifact} is neither a file nor a folder")
+    return {str(p.relative_to(artifact)): p.read_bytes() for p in sorted(artifact.rglob("*")) if p.is_file()}
+
+
+def _next_version(folder: Path) -> int:
+    versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def run_push(args: argparse.Namespace) -> int:
+    try:
+        if not MODEL_NAME.fullmatch(args.name):
+            raise InvalidInput(f"{args.name!r} is not a valid model name ([a-z0-9][a-z0-9_.-]*)")
+        files = _files(args.artifact)
+        toml = None
+        if args.config is not None:
+            toml = args.config.read_text()
+            parse_model_config(tomllib.loads(toml))
+        if args.models.startswith("s3://"):
+            where = asyncio.run(_push_s3(args, files, toml))
+        else:
+            where = _push_local(args, files, toml)
+    except (InvalidInput, ValueError, OSError, tomllib.TOMLDecodeError, StoreError) as exc:
+        print(f"mlserve push: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {where} ({len(files)} file(s) and SHA256SUMS)")
+    return 0
+
+
+def _checked(version: int, files: dict[str, bytes]) -> dict[int, dict[str, bytes]]:
+    return {version: {check_file_path(f"{version}/{rel}")[1]: data for rel, data in files.items()}}
+
+
+def _push_local(args: argparse.Namespace, files: dict[str, bytes], toml: str | None) -> str:
+    root = Path(args.models)
+    if "://" in args.models or not root.is_dir():
+        raise InvalidInput(f"{args.models} is not a local repository folder (or an s3:// URI)")
+    version = args.version or _next_version(root / args.name)
+    write_upload(root, Upload(args.name, _checked(version, files)), toml)
+    return str(root / args.name / str(version))
+
+
+async def _push_s3(args: argparse.Namespace, files: dict[str, bytes], toml: str | None) -> str:
+    from mlserve.errors import ModelNotFound
+    from mlserve.registry.s3 import S3Store
+    from mlserve.registry.upload_s3 import write_upload_s3
+
+    store = S3Store(args.models, Path.home() / ".cache" / "mlserve", args.s3_endpoint or None)
+    try:
+        version = args.version
+        if version is None:
+            await store.refresh(args.name)
+            try:
+                existing = [int(v) for v in await store.list_versions(args.name) if v.isdigit()]
+            except ModelNotFound:
+                existing = []
+            version = max(existing, default=0) + 1
+        await write_upload_s3(store, args.name, _checked(version, files), toml)
+    finally:
+        await store.close()
+    return f"{args.models.rstrip('/')}/{args.name}/{version}"

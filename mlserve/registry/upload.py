@@ -1,0 +1,239 @@
+"""New versions and model.toml changes written into the repository, then loaded through the
+loader's normal hot-swap path; a version or config that does not load is taken back out.
+
+In a local folder each version is written under a hidden name with its SHA256SUMS, then renamed
+into place (atomic on one filesystem), so a reconcile pass never sees half a version; model.toml is
+replaced the same way. S3 uploads are in upload_s3.py. A version that already exists is never
+overwritten: versions are immutable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlserve.errors import InvalidInput, ModelLoadError
+from mlserve.registry.local import LocalStore
+from mlserve.registry.served import ServedModel
+from mlserve.spec import MODEL_NAME, parse_model_config
+from mlserve.registry.store import CHECKSUM_FILE, sha256_file
+
+log = logging.getLogger("mlserve.registry")
+TOML_FILE = "model.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """What one load-with-contents asks for: files by version, and the new model.toml table."""
+
+    model: str
+    files: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    toml: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Undo:
+    """How to take an upload back out: the folders it made and the model.toml it replaced."""
+
+    model_folder: Path
+    created_model: bool = False
+    versions: list[Path] = field(default_factory=list)
+    old_toml: bytes | None = None
+    wrote_toml: bool = False
+
+
+def check_file_path(spec: str) -> tuple[int, str]:
+    """'<version>/<relative path>' -> (version, path), refusing anything that could leave the folder."""
+    version, _, rel = spec.partition("/")
+    if not version.isdigit() or int(version) < 1 or str(int(version)) != version:
+        raise InvalidInput(f"file:{spec}: the path must start with a version folder (a positive integer)")
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") or p.startswith(".") for p in parts) \
+            or "\\" in rel or rel == CHECKSUM_FILE:
+        raise InvalidInput(f"file:{spec}: not a plain relative file path inside the version folder")
+    return int(version), rel
+
+
+def toml_text(table: dict[str, Any], path: tuple[str, ...] = ()) -> str:
+    """A model.toml table back to TOML: plain keys first, then [tables] and [[arrays of tables]]."""
+    lines, sections = [], []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            sections.append((f"[{_dotted(path + (key,))}]", key, value))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            sections.extend((f"[[{_dotted(path + (key,))}]]", key, v) for v in value)
+        else:
+            lines.append(f"{json.dumps(key)} = {_value(value)}")
+    for header, key, value in sections:
+        lines.extend(["", header, *toml_text(value, path + (key,)).splitlines()])
+    return "\n".join(lines) + "\n"
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(json.dumps(k) for k in path)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_value(v)}" for k, v in value.items()) + " }"
+    raise InvalidInput(f"cannot write {value!r} into model.toml")
+
+
+def checked_toml(table: dict[str, Any]) -> str:
+    """The TOML text of a table that parses back to itself and is a valid model config."""
+    text = toml_text(table)
+    try:
+        parse_model_config(tomllib.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"config: {exc}") from None
+    return text
+
+
+def write_upload(root: Path, upload: Upload, toml: str | None) -> Undo:
+    """Blocking: write the versions (hidden, then renamed into place) and model.toml."""
+    folder = root / upload.model
+    undo = Undo(folder, created_model=not folder.exists())
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for version, files in sorted(upload.files.items()):
+            undo.versions.append(_write_version(folder, version, files))
+        if toml is not None:
+            path = folder / TOML_FILE
+            undo.old_toml = path.read_bytes() if path.is_file() else None
+            _replace(path, toml.encode())
+            undo.wrote_toml = True
+    except BaseException:
+        take_back(undo)
+        raise
+    return undo
+
+
+def _write_version(folder: Path, version: int, files: dict[str, bytes]) -> Path:
+    final = folder / str(version)
+    if final.exists():
+        raise InvalidInput(f"model {folder.name!r} already has version {version}; versions are never overwritten")
+    staging = folder / f".upload-{version}-{secrets.token_hex(4)}"
+    try:
+        for rel, data in files.items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        sums = "".join(f"{sha256_file(staging / rel)}  {rel}\n" for rel in sorted(files))
+        (staging / CHECKSUM_FILE).write_text(sums)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def take_back(undo: Undo) -> None:
+    """Blocking: remove what an upload wrote and put the old model.toml back."""
+    for folder in undo.versions:
+        shutil.rmtree(folder, ignore_errors=True)
+    if undo.wrote_toml:
+        path = undo.model_folder / TOML_FILE
+        if undo.old_toml is None:
+            path.unlink(missing_ok=True)
+        else:
+            _replace(path, undo.old_toml)
+    if undo.created_model:
+        shutil.rmtree(undo.model_folder, ignore_errors=True)
+
+
+async def current_toml(store: Any, model: str) -> dict[str, Any]:
+    """The model's model.toml as a table (empty for a new model or one without it)."""
+    if not MODEL_NAME.fullmatch(model) or ".." in model:
+        raise InvalidInput(f"{model!r} is not a valid model name ([a-z0-9][a-z0-9_.-]*, no '..')")
+    try:
+        text = await store.read_text(model, TOML_FILE)
+    except Exception:  # a model folder that does not exist yet
+        return {}
+    try:
+        return tomllib.loads(text) if text else {}
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{model}/{TOML_FILE} does not parse, so a config cannot be merged into it: {exc}") from None
+
+
+async def publish(loader: Any, upload: Upload, source: str) -> ServedModel:
+    """Write the upload, load it with the hot-swap path, and take it back out if it does not load."""
+    if not upload.files and upload.toml is None:
+        raise InvalidInput("load: nothing to write")
+    toml = checked_toml(upload.toml) if upload.toml is not None else None
+    before = dict(loader.models[upload.model].versions) if upload.model in loader.models else {}
+    undo = await _write(loader.store, upload, toml)
+    try:
+        served = await loader.load(upload.model, source, force=toml is not None)
+        failed = _failed_versions(served, upload, before, toml is not None)
+    except ModelLoadError as exc:
+        failed = {0: str(exc)}
+    if failed:
+        await _roll_back(loader, undo, upload.model, source)
+        reasons = "; ".join(f"version {v}: {r}" if v else r for v, r in sorted(failed.items()))
+        raise ModelLoadError(f"upload to {upload.model!r} refused, nothing changed: {reasons}")
+    log.info("model %s: uploaded version(s) %s%s (%s)", upload.model, sorted(upload.files) or "none",
+             " and model.toml" if toml else "", source)
+    return served
+
+
+def _failed_versions(served: ServedModel, upload: Upload, before: dict, forced: bool) -> dict[int, str]:
+    """New versions that are not ready, and (after a config change) versions whose rebuild failed."""
+    failed = {}
+    for version in upload.files:
+        sv = served.versions.get(version)
+        if sv is None or not sv.is_ready:
+            failed[version] = sv.reason if sv is not None else "not served by the model's version policy"
+    if forced:
+        for version, sv in served.versions.items():
+            old = before.get(version)
+            if version not in upload.files and old is not None and old.is_ready and (sv is old or not sv.is_ready):
+                failed[version] = sv.reason or "did not load with the new config"
+    return failed
+
+
+async def _write(store: Any, upload: Upload, toml: str | None):
+    if isinstance(store, LocalStore):
+        return await asyncio.to_thread(write_upload, store.root, upload, toml)
+    from mlserve.registry.s3 import S3Store
+    from mlserve.registry.upload_s3 import write_upload_s3
+
+    if isinstance(store, S3Store):
+        return await write_upload_s3(store, upload.model, upload.files, toml)
+    raise InvalidInput(f"uploads are not supported into {store.describe()}")
+
+
+async def _take_back(store: Any, undo) -> None:
+    if isinstance(undo, Undo):
+        await asyncio.to_thread(take_back, undo)
+    else:
+        from mlserve.registry.upload_s3 import take_back_s3
+
+        await take_back_s3(store, undo)
+
+
+async def _roll_back(loader: Any, undo, model: str, source: str) -> None:
+    await _take_back(loader.store, undo)
+    if undo.created_model:
+        await loader.reconcile(source)
+    else:
+        await loader.load(model, source, force=undo.wrote_toml)

@@ -1,0 +1,71 @@
+"""The HTTP gate's rules for gRPC calls: the same path policy, key ring, per-key limits and in-flight
+bound, reached through the `Gate` object only. Each RPC is judged as the HTTP path that does the
+same thing, so a policy change covers both protocols."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from mlserve.keys import ApiKey
+from mlserve.server.auth import Access, bearer_token
+from mlserve.server.middleware import Gate
+
+HEALTH_PATH = "/v2/health/live"
+MODEL_PATH = "/v2/models/_/infer"
+REPOSITORY_PATH = "/v2/repository/index"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused(Exception):
+    """A call the gate turned away: the gRPC status code name, the message, and when to retry."""
+
+    code: str
+    message: str
+    retry_after_s: float | None = None
+
+
+async def authorize(gate: Gate, path: str, authorization: str | None) -> ApiKey | None:
+    """The caller's key (None when authentication is off or the path is open), else Refused."""
+    access = gate.policy.access(path)
+    if access is Access.OPEN:
+        return None
+    if access is Access.DISABLED:
+        raise Refused("PERMISSION_DENIED", "admin and repository calls are off on this address "
+                                           "(bind to loopback or set auth.admin_enabled)")
+    if not gate.keyring.is_enabled:
+        return None
+    token = bearer_token(authorization)
+    if token is None:
+        raise Refused("UNAUTHENTICATED", "an API key is required: send metadata 'authorization: Bearer <key>'")
+    key = await gate.keyring.authenticate(token)
+    if key is None:
+        raise Refused("UNAUTHENTICATED", "the API key is not valid (unknown, malformed or revoked)")
+    scope = "admin" if access is Access.ADMIN else "infer"
+    if not key.has_scope(scope):
+        raise Refused("PERMISSION_DENIED", f"key {key.name!r} lacks the {scope!r} scope this call needs")
+    return key
+
+
+@contextlib.asynccontextmanager
+async def admitted(gate: Gate, key: ApiKey | None, is_open: bool) -> AsyncIterator[None]:
+    """Hold the key's rate/concurrency slot and one of the server's in-flight slots for the block."""
+    if is_open:
+        yield
+        return
+    if key is not None:
+        refusal = gate.keyring.limiter.acquire(key.key_id)
+        if refusal is not None:
+            raise Refused("RESOURCE_EXHAUSTED", refusal.reason, max(1.0, math.ceil(refusal.retry_after_s)))
+    try:
+        if not gate.in_flight.try_acquire():
+            raise Refused("UNAVAILABLE", f"server is at its limit of {gate.in_flight.limit} requests in flight", 1.0)
+        try:
+            yield
+        finally:
+            gate.in_flight.release()
+    finally:
+        if key is not None:
+            gate.keyring.limiter.release(key.key_id)

@@ -1,0 +1,268 @@
+"""KServe v2 / Triton GRPCInferenceService on grpcio's asyncio server, on the HTTP server's event loop.
+
+Every RPC passes the same gate as HTTP (grpc_gate.py), inference goes through the same
+`InferenceService.infer`, and errors leave with the gRPC code of GRPC_ERROR_STATUS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from mlserve import __version__, errors
+from mlserve.config import Config, LimitsConfig
+from mlserve.keys import ApiKey
+from mlserve.monitor.metrics import Metrics
+from mlserve.routing.service import InferenceService, InferRequest, InferResponse
+from mlserve.server import grpc_codec
+from mlserve.server.grpc_gate import HEALTH_PATH, MODEL_PATH, Refused, admitted, authorize
+from mlserve.server.grpc_proto import grpc_service_pb2 as pb
+from mlserve.server.grpc_proto import grpc_service_pb2_grpc as pb_grpc
+from mlserve.server.grpc_repository import RepositoryCalls
+from mlserve.server.middleware import GRPC_ERROR_STATUS, Gate, status_for
+from mlserve.server.state import ServerState
+from mlserve.server.stats_routes import statistics_message
+from mlserve.server.triton_config import model_config_message
+from mlserve.server.v2 import EXTENSIONS
+
+log = logging.getLogger("mlserve.grpc")
+
+
+def grpc_code(exc: errors.MlserveError) -> grpc.StatusCode:
+    for cls, name in GRPC_ERROR_STATUS:
+        if isinstance(exc, cls):
+            return grpc.StatusCode[name]
+    return grpc.StatusCode.INTERNAL
+
+
+def _headers(context: grpc.aio.ServicerContext) -> CIMultiDictProxy[str]:
+    """The call's text metadata, case-insensitive like HTTP headers (for header-based sticky keys)."""
+    metadata = context.invocation_metadata() or ()
+    return CIMultiDictProxy(CIMultiDict((k, v) for k, v in metadata if isinstance(v, str)))
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
+                 retry_after_s: float | None = None) -> None:
+    trailing = (("retry-after", str(round(retry_after_s))),) if retry_after_s else ()
+    await context.abort(code, message, trailing_metadata=trailing)
+
+
+def with_priority(request: InferRequest, key: ApiKey | None) -> InferRequest:
+    """The key's priority unless the client named one (as the HTTP path does)."""
+    if key is None or key.priority is None or request.policy.priority is not None:
+        return request
+    return dataclasses.replace(request, policy=dataclasses.replace(request.policy, priority=key.priority))
+
+
+class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
+    """The RPCs: each passes the gate, parses, calls the service, and encodes."""
+
+    def __init__(self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate,
+                 limits: LimitsConfig) -> None:
+        self._service = service
+        self._state = state
+        self._metrics = metrics
+        self._gate = gate
+        self._limits = limits
+        self.loader = service.loader
+
+    async def _call(self, context: grpc.aio.ServicerContext, path: str, work: Callable[[ApiKey | None], Awaitable]):
+        """Gate, run, map errors. Anything unexpected is logged once and becomes INTERNAL."""
+        try:
+            key = await authorize(self._gate, path, _metadata(context, "authorization"))
+            async with admitted(self._gate, key, path == HEALTH_PATH):
+                return await work(key)
+        except Refused as refused:
+            await _abort(context, grpc.StatusCode[refused.code], refused.message, refused.retry_after_s)
+        except errors.MlserveError as exc:
+            retry = exc.retry_after_s if isinstance(exc, errors.Overloaded) else None
+            await _abort(context, grpc_code(exc), str(exc), retry)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            req_id = os.urandom(8).hex()
+            log.exception("internal error on gRPC %s (req_id %s)", path, req_id)
+            await _abort(context, grpc.StatusCode.INTERNAL, f"internal server error (req_id {req_id})")
+
+    # --- health and metadata -----------------------------------------------------------------
+
+    async def ServerLive(self, request, context):
+        return await self._call(context, HEALTH_PATH, lambda key: _done(pb.ServerLiveResponse(live=True)))
+
+    async def ServerReady(self, request, context):
+        return await self._call(
+            context, HEALTH_PATH, lambda key: _done(pb.ServerReadyResponse(ready=self._state.is_ready))
+        )
+
+    async def ServerMetadata(self, request, context):
+        answer = pb.ServerMetadataResponse(name="mlserve", version=__version__, extensions=EXTENSIONS)
+        return await self._call(context, MODEL_PATH, lambda key: _done(answer))
+
+    async def ModelReady(self, request, context):
+        return await self._call(context, MODEL_PATH, lambda key: _done(self._model_ready(request)))
+
+    def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        router = self._service.router
+        if request.version:
+            return pb.ModelReadyResponse(ready=router.version(request.name, request.version).is_ready)
+        return pb.ModelReadyResponse(ready=bool(router.model(request.name).ready_versions()))
+
+    async def ModelMetadata(self, request, context):
+        return await self._call(context, MODEL_PATH, lambda key: _done(self._model_metadata(request)))
+
+    def _model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        router = self._service.router
+        info = router.pick(request.name, request.version or None).info
+        answer = pb.ModelMetadataResponse(
+            name=request.name, platform=info.platform,
+            versions=[str(v) for v in router.model(request.name).ready_versions()],
+        )
+        for specs, target in ((info.inputs, answer.inputs), (info.outputs, answer.outputs)):
+            for spec in specs:
+                target.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        return answer
+
+    async def ModelConfig(self, request, context):
+        return await self._call(context, MODEL_PATH, lambda key: _done(self._model_config(request)))
+
+    def _model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+        served = self._service.router.pick(request.name, request.version or None)
+        config = model_config_message(request.name, self.loader.models[served.model], served)
+        return pb.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(self, request, context):
+        def answer(key):
+            return _done(statistics_message(self.loader, self._metrics, request.name, request.version))
+
+        return await self._call(context, MODEL_PATH, answer)
+
+    # --- inference ---------------------------------------------------------------------------
+
+    async def ModelInfer(self, request, context):
+        return await self._call(context, MODEL_PATH, lambda key: self._infer(request, context, key))
+
+    async def _infer(self, message: pb.ModelInferRequest, context, key: ApiKey | None) -> pb.ModelInferResponse:
+        started = time.monotonic()
+        answered_by = message.model_version
+        try:
+            decoded = grpc_codec.decode_infer_request(
+                message, _headers(context), self._limits, started, context.time_remaining()
+            )
+            result = await self._service.infer(with_priority(decoded, key))
+            answered_by = result.version
+            answer = grpc_codec.encode_infer_response(result)
+        except errors.MlserveError as exc:
+            self._count(message.model_name, answered_by, status_for(exc))
+            raise
+        self._count(message.model_name, answered_by, 200)
+        self._metrics.request_latency.labels(message.model_name, answered_by).observe(time.monotonic() - started)
+        return answer
+
+    def _count(self, model: str, version: str, code: int) -> None:
+        """Counted as HTTP counts (the HTTP status the outcome maps to), with protocol="grpc"."""
+        served = self.loader.models.get(model)
+        if served is None:
+            model, version = "_unknown", ""
+        elif not version.isdigit() or int(version) not in served.versions:
+            version = ""
+        self._metrics.requests.labels(model, version, "grpc", str(code)).inc()
+
+    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request on the stream is answered on its own as soon as it is done, in any order
+        (ids tell them apart); a failed one answers with `error_message` and the stream goes on."""
+        try:
+            key = await authorize(self._gate, MODEL_PATH, _metadata(context, "authorization"))
+        except Refused as refused:
+            await _abort(context, grpc.StatusCode[refused.code], refused.message, refused.retry_after_s)
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read_stream(request_iterator, context, key, answers))
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+
+    async def _read_stream(self, request_iterator, context, key, answers: asyncio.Queue) -> None:
+        tasks: set[asyncio.Task] = set()
+        try:
+            async for message in request_iterator:
+                task = asyncio.create_task(self._stream_one(message, context, key, answers))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            answers.put_nowait(None)
+
+    async def _stream_one(self, message, context, key, answers: asyncio.Queue) -> None:
+        try:
+            async with admitted(self._gate, key, False):
+                answer = pb.ModelStreamInferResponse(infer_response=await self._infer(message, context, key))
+        except (Refused, errors.MlserveError) as exc:
+            text = exc.message if isinstance(exc, Refused) else str(exc)
+            answer = pb.ModelStreamInferResponse(error_message=text, infer_response=_echo(message))
+        except Exception:
+            log.exception("internal error on a gRPC stream request (id %r)", message.id)
+            answer = pb.ModelStreamInferResponse(error_message="internal server error", infer_response=_echo(message))
+        answers.put_nowait(answer)
+
+
+def _echo(message: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    return pb.ModelInferResponse(model_name=message.model_name, model_version=message.model_version, id=message.id)
+
+
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
+async def _done(value):
+    return value
+
+
+def _listen(server: grpc.aio.Server, address: str, config: Config) -> None:
+    """TLS with the HTTP server's certificate when it has one (then gRPC speaks TLS only)."""
+    if not config.auth.tls_cert:
+        server.add_insecure_port(address)
+        return
+    with open(config.auth.tls_key, "rb") as key, open(config.auth.tls_cert, "rb") as cert:
+        server.add_secure_port(address, grpc.ssl_server_credentials([(key.read(), cert.read())]))
+
+
+def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate):
+    """An aiohttp cleanup context: the gRPC server starts after the repository's first pass and
+    stops, finishing in-flight calls within the shutdown grace, before the models are unloaded."""
+
+    async def ctx(app) -> AsyncIterator[None]:
+        if config.server.grpc_port == 0:
+            yield
+            return
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", config.server.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+        ])
+        servicer = InferenceServicer(service, state, metrics, gate, config.limits)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        address = f"{config.server.host}:{config.server.grpc_port}"
+        try:
+            _listen(server, address, config)
+        except (RuntimeError, OSError) as exc:  # a port in use: say so in one line and stop
+            log.error("gRPC cannot listen on %s (%s); choose another --grpc-port (0 = off)", address, exc)
+            raise SystemExit(2) from None
+        await server.start()
+        log.info("gRPC listening on %s", address)
+        yield
+        await server.stop(config.server.shutdown_grace_s)
+
+    return ctx

@@ -1,0 +1,93 @@
+"""Triton's statistics extension: `/v2/models[/{m}[/versions/{v}]]/stats` and the gRPC ModelStatistics
+call, one JSON shape for both (gRPC parses it into ModelStatisticsResponse)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from google.protobuf import json_format
+
+from mlserve.errors import ModelNotFound
+from mlserve.monitor.metrics import Metrics
+from mlserve.monitor.stats import VersionStats
+from mlserve.registry.loader import HotSwapLoader
+from mlserve.registry.served import VersionState
+from mlserve.server.grpc_proto import grpc_service_pb2 as pb
+
+def _cache_counts(metrics: Metrics | None) -> dict[tuple[str, str, str], int]:
+    """Response-cache hits and misses by (model, version, "hit"|"miss"), from the Prometheus counters."""
+    counts: dict[tuple[str, str, str], int] = {}
+    if metrics is None:
+        return counts
+    for counter, kind in ((metrics.cache_hits, "hit"), (metrics.cache_misses, "miss")):
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[(sample.labels["model"], sample.labels["version"], kind)] = int(sample.value)
+    return counts
+
+
+def version_stats_dict(model: str, version: str, stats: VersionStats,
+                       cache: dict[tuple[str, str, str], int] | None = None) -> dict[str, Any]:
+    """Cache hits never reach the batcher: they are counted (without time) apart from success."""
+    cache = cache or {}
+    compute_infer = stats.compute_infer.to_dict()
+    untimed = {"count": compute_infer["count"], "ns": 0}  # see mlserve/monitor/stats.py
+    return {
+        "name": model,
+        "version": version,
+        "last_inference": stats.last_inference_ms,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": {
+            "success": stats.success.to_dict(), "fail": stats.fail.to_dict(), "queue": stats.queue.to_dict(),
+            "compute_input": untimed, "compute_infer": compute_infer, "compute_output": untimed,
+            "cache_hit": {"count": cache.get((model, version, "hit"), 0), "ns": 0},
+            "cache_miss": {"count": cache.get((model, version, "miss"), 0), "ns": 0},
+        },
+        "batch_stats": [
+            {"batch_size": size, "compute_input": {"count": d.count, "ns": 0}, "compute_infer": d.to_dict(),
+             "compute_output": {"count": d.count, "ns": 0}}
+            for size, d in sorted(stats.batches.items())
+        ],
+    }
+
+
+def model_stats(loader: HotSwapLoader, metrics: Metrics | None, name: str = "", version: str = "") -> list[dict]:
+    """Every ready version's statistics, or one model's, or one version's (404 when unknown)."""
+    if name and name not in loader.models:
+        raise ModelNotFound(f"unknown model {name!r}")
+    cache, rows = _cache_counts(metrics), []
+    for model_name, served in sorted(loader.models.items()):
+        if name and model_name != name:
+            continue
+        for number, sv in sorted(served.versions.items()):
+            if sv.state is VersionState.READY and (not version or str(number) == version):
+                stats = loader.stats.get(model_name, str(number))
+                rows.append(version_stats_dict(model_name, str(number), stats, cache))
+    if version and not rows:
+        raise ModelNotFound(f"model {name!r} has no ready version {version!r}")
+    return rows
+
+
+def statistics_message(loader: HotSwapLoader, metrics: Metrics | None, name: str,
+                       version: str) -> pb.ModelStatisticsResponse:
+    rows = model_stats(loader, metrics, name, version)
+    return json_format.ParseDict({"model_stats": rows}, pb.ModelStatisticsResponse())
+
+
+def stats_routes(loader: HotSwapLoader, metrics: Metrics | None = None) -> list[web.RouteDef]:
+    """`/v2/models/stats` is a plain path, matched before `/v2/models/{model}` whatever the order."""
+
+    async def stats(request: web.Request) -> web.Response:
+        match = request.match_info
+        rows = model_stats(loader, metrics, match.get("model", ""), match.get("version", ""))
+        return web.Response(body=orjson.dumps({"model_stats": rows}), content_type="application/json")
+
+    return [
+        web.get("/v2/models/stats", stats),
+        web.get("/v2/models/{model}/stats", stats),
+        web.get("/v2/models/{model}/versions/{version}/stats", stats),
+    ]

@@ -1,0 +1,23 @@
+"""Plain descriptions every layer may import: tensors, model.toml and its sections, generation
+requests. Imports nothing of mlserve but `errors`, and nothing heavy (no torch, no aiohttp)."""
+
+from mlserve.spec.drift import DriftSettings
+from mlserve.spec.generation import (
+    GenerationRequest, RequestHandle, Sampled, SamplingParams, SeqChunk, TokenEvent,
+)
+from mlserve.spec.llm import LLMSettings
+from mlserve.spec.model import (
+    BACKENDS, MODEL_NAME, BatchingSpec, ModelConfig, VersionPolicy, WarmupSpec, parse_model_config,
+    read_model_config,
+)
+from mlserve.spec.schedule import SchedulePolicy
+from mlserve.spec.table import check_value, parse_table
+from mlserve.spec.tensor import DATATYPE_TO_NUMPY, ModelInfo, NUMPY_TO_DATATYPE, TensorSpec
+from mlserve.spec.traffic import BreakerSpec, ExperimentSpec, ShadowSpec, StickyKey, TrafficSpec, parse_split
+
+__all__ = [
+    "BACKENDS", "DATATYPE_TO_NUMPY", "MODEL_NAME", "NUMPY_TO_DATATYPE", "BatchingSpec", "BreakerSpec",
+    "DriftSettings", "ExperimentSpec", "GenerationRequest", "RequestHandle", "TokenEvent", "LLMSettings", "ModelConfig", "ModelInfo", "Sampled", "SamplingParams",
+    "SchedulePolicy", "SeqChunk", "ShadowSpec", "StickyKey", "TensorSpec", "TrafficSpec", "VersionPolicy", "WarmupSpec",
+    "check_value", "parse_model_config", "parse_split", "parse_table", "read_model_config",
+]

@@ -1,0 +1,136 @@
+"""The [traffic] section of model.toml: split, sticky key, shadow, fallback, experiment and breaker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from mlserve.spec.table import parse_table
+
+OUTCOME_KINDS = ("binary", "numeric")
+
+
+@dataclass(frozen=True, slots=True)
+class StickyKey:
+    """Where a request's assignment key comes from: a header, or a v2 request parameter."""
+
+    source: str
+    name: str
+
+    @classmethod
+    def parse(cls, raw: Any) -> StickyKey:
+        source, _, name = str(raw).partition(":")
+        if source not in ("header", "param") or not name:
+            raise ValueError(f"sticky_key must be 'header:NAME' or 'param:NAME', got {raw!r}")
+        return cls(source, name)
+
+    def extract(self, headers: Mapping[str, str], parameters: Mapping[str, Any]) -> str | None:
+        value = headers.get(self.name) if self.source == "header" else parameters.get(self.name)
+        return None if value is None or value == "" else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSpec:
+    """A version that gets a copy of `percent` of the traffic; its answers are only compared."""
+
+    version: int
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentSpec:
+    """How outcomes are judged: kind, significance, power and the smallest effect worth finding."""
+
+    outcome: str = "binary"
+    alpha: float = 0.05
+    power: float = 0.8
+    mde: float = 0.02
+    """Minimum detectable effect, absolute, in the outcome's units (0.02 = two points of conversion)."""
+    min_samples: int = 100
+    """Outcomes per arm before the sequential test may decide (its variance estimate needs them)."""
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOME_KINDS:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOME_KINDS)}, got {self.outcome!r}")
+        if not 0 < self.alpha < 1 or not 0 < self.power < 1:
+            raise ValueError("alpha and power must lie strictly between 0 and 1")
+        if self.mde <= 0:
+            raise ValueError("mde must be positive")
+        if self.min_samples < 2:
+            raise ValueError("min_samples must be >= 2")
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSpec:
+    """When a version's breaker opens, and how it probes its way back."""
+
+    consecutive_failures: int = 5
+    error_rate: float = 0.5
+    window: int = 20
+    """Requests in the error-rate window; the rate is judged once the window is full."""
+    open_s: float = 5.0
+    """Time an open breaker waits before letting one probe through (half-open)."""
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures < 1 or self.window < 1 or self.open_s < 0:
+            raise ValueError("consecutive_failures and window must be >= 1, open_s >= 0")
+        if not 0 < self.error_rate <= 1:
+            raise ValueError("error_rate must lie in (0, 1]")
+
+
+def _weights(raw: Any) -> tuple[tuple[int, float], ...]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise ValueError(f"split must be a table of version = percent, got {raw!r}")
+    out = []
+    for version, weight in raw.items():
+        if not str(version).isdigit() or int(version) < 1:
+            raise ValueError(f"split: {version!r} is not a version number")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"split: weight of version {version} must be a number >= 0, got {weight!r}")
+        out.append((int(version), float(weight)))
+    if sum(w for _, w in out) <= 0:
+        raise ValueError("split: the weights must not all be zero")
+    return tuple(sorted(out))
+
+
+def parse_split(raw: Any) -> tuple[tuple[int, float], ...]:
+    """{"1": 90, "2": 10} -> ((1, 90.0), (2, 10.0)); raises ValueError naming the problem."""
+    return _weights(raw)
+
+
+def _shadow(raw: Any) -> ShadowSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or "version" not in raw or set(raw) - {"version", "percent"}:
+        raise ValueError(f"shadow must be {{ version = \"N\", percent = P }}, got {raw!r}")
+    if not str(raw["version"]).isdigit():
+        raise ValueError(f"shadow: {raw['version']!r} is not a version number")
+    percent = raw.get("percent", 100)
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+        raise ValueError(f"shadow: percent must lie in 0..100, got {percent!r}")
+    return ShadowSpec(int(raw["version"]), float(percent))
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSpec:
+    """A model's `[traffic]` table, checked."""
+
+    split: tuple[tuple[int, float], ...] = ()
+    sticky_key: StickyKey | None = None
+    shadow: ShadowSpec | None = None
+    fallback: str = "previous"
+    """"previous" (the previous stable version) or the name of another model."""
+    salt: str = ""
+    experiment: ExperimentSpec = field(default_factory=ExperimentSpec)
+    breaker: BreakerSpec = field(default_factory=BreakerSpec)
+
+    @classmethod
+    def parse(cls, raw: Any) -> TrafficSpec:
+        """From model.toml's [traffic] table (None = all defaults); ValueError names the bad key."""
+        return parse_table(cls, raw, "[traffic]", convert={
+            "split": _weights,
+            "sticky_key": StickyKey.parse,
+            "shadow": _shadow,
+            "experiment": lambda t: parse_table(ExperimentSpec, t, "[traffic.experiment]"),
+            "breaker": lambda t: parse_table(BreakerSpec, t, "[traffic.breaker]"),
+        })

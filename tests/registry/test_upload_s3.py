@@ -1,0 +1,72 @@
+"""Uploads through Triton's load API into an S3 repository (a real moto server and a real mlserve
+process): the new version lands with its SHA256SUMS and serves; a broken one is deleted again."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.registry.helpers import infer, post, reference, write_model, write_version
+from tests.registry.s3util import upload
+from tests.server_process import ROOT, MlserveProcess
+
+
+def _push(endpoint: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mlserve", "push", "--models", "s3://models/prod", "--s3-endpoint", endpoint, *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def _keys(endpoint: str, prefix: str) -> dict[str, bytes]:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("s3", endpoint_url=endpoint, region_name="us-east-1") as s3:
+        listed = await s3.list_objects_v2(Bucket="models", Prefix=prefix)
+        out = {}
+        for item in listed.get("Contents", []):
+            response = await s3.get_object(Bucket="models", Key=item["Key"])
+            async with response["Body"] as body:
+                out[item["Key"]] = await body.read()
+        return out
+
+
+def test_upload_into_s3_serves_and_a_broken_one_is_taken_back(moto_server, s3_env, tmp_path):
+    repo = tmp_path / "repo"
+    write_model(repo, "m", [1])
+    upload(moto_server, "models", "prod", repo, create=True)
+    artifact = write_version(tmp_path / "staging", "m", 2)
+    server = MlserveProcess(
+        "s3://models/prod", "--s3-endpoint", moto_server, log_path=tmp_path / "mlserve.log",
+        env={**s3_env, "HOME": str(tmp_path / "home")},
+    ).wait_ready(60)
+    try:
+        content = artifact.read_bytes()
+        status, body = post(f"{server.url}/v2/repository/models/m/load",
+                            f'{{"parameters": {{"file:2/model.onnx": "{base64.b64encode(content).decode()}"}}}}')
+        assert status == 200, body
+        x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+        status, answer = infer(server.url, "m", x)
+        assert status == 200 and answer["model_version"] == "2"
+        got = np.asarray(answer["outputs"][0]["data"], np.float32).reshape(2, 4)
+        np.testing.assert_allclose(got, reference(tmp_path / "staging", "m", 2, x), rtol=1e-6)
+        keys = asyncio.run(_keys(moto_server, "prod/m/2/"))
+        assert keys["prod/m/2/SHA256SUMS"] == f"{hashlib.sha256(content).hexdigest()}  model.onnx\n".encode()
+        status, body = post(f"{server.url}/v2/repository/models/m/load",
+                            '{"parameters": {"file:3/model.onnx": "bm90IG9ubng="}}')
+        assert status == 400 and "version 3" in body["error"], body
+        assert asyncio.run(_keys(moto_server, "prod/m/3/")) == {}
+        assert infer(server.url, "m", x)[1]["model_version"] == "2"
+        pushed = _push(moto_server, s3_env, "--name", "m", str(artifact))
+        assert pushed.returncode == 0 and "s3://models/prod/m/3" in pushed.stdout, pushed.stderr
+        status, body = post(f"{server.url}/v2/repository/models/m/load")
+        assert status == 200, body
+        assert infer(server.url, "m", x)[1]["model_version"] == "3"
+    finally:
+        assert server.stop() == 0, server.log()

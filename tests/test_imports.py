@@ -1,0 +1,147 @@
+"""DESIGN.md's import rules, checked over every module's import statements (lazy ones included).
+
+Layers point one way: server -> routing -> (registry, beside routing) -> batching -> engine. `spec`,
+`monitor`, `config` and `errors` are importable from anywhere; `spec` imports nothing but `errors`,
+and `monitor` calls nobody. Nothing imports `server` but the command line. Only `engine` imports
+torch, onnxruntime or tensorrt; only `server` (and the command line that starts it) imports aiohttp.
+
+Run alone: python -m pytest -q tests/test_imports.py (or python tests/test_imports.py to list).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mlserve"
+
+# Which mlserve groups each group may import, besides itself and the groups usable from anywhere.
+ANYWHERE = {"spec", "monitor", "config", "errors", "version", "gc_policy"}
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "spec": {"errors"},
+    "config": {"errors"},
+    "gc_policy": set(),
+    "monitor": {"spec", "config", "errors"},
+    "engine": ANYWHERE,
+    "batching": ANYWHERE | {"engine"},
+    "registry": ANYWHERE | {"batching", "engine"},
+    "routing": ANYWHERE | {"registry", "batching"},
+    "server": ANYWHERE | {"routing", "registry", "keys"},
+    "keys": ANYWHERE,
+    "tools": ANYWHERE,
+    "cli": ANYWHERE | {"server", "registry", "keys", "tools"},
+    "version": set(),
+}
+HEAVY = ("torch", "onnxruntime", "tensorrt", "safetensors")
+# `mlserve examples` writes example models: a development tool beside the command line that nothing
+# on the serving path imports, so it may build TorchScript files.
+HEAVY_ALLOWED = {"engine", "tools"}
+AIOHTTP_ALLOWED = {"server", "cli"}
+
+
+def group_of(module: str) -> str:
+    """mlserve.routing.split -> routing; mlserve.cli -> cli; mlserve.examples -> tools."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "version"
+    name = parts[1]
+    if name in ("cli", "__main__", "status_cli", "push"):
+        return "cli"
+    if name in ("examples", "examples_llm"):
+        return "tools"
+    if name in ("keys", "keys_cli"):
+        return "keys"
+    return name
+
+
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    rel = path.relative_to(package.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path, module: str) -> list[tuple[int, str]]:
+    """(line, absolute module) for every import statement in the file, at any depth (lazy imports and
+    TYPE_CHECKING blocks included); relative imports are resolved against `module`."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.append((node.lineno, base))
+    return found
+
+
+def violations(package: Path = PACKAGE) -> list[str]:
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        module = module_name(path, package)
+        here = group_of(module)
+        for line, target in imports_of(path, module):
+            where = f"{path.relative_to(package.parent)}:{line} imports {target}"
+            top = target.split(".")[0]
+            if top == "mlserve":
+                there = group_of(target)
+                if there != here and there not in ALLOWED[here]:
+                    out.append(f"{where}: {here} may not import {there}")
+            elif top in HEAVY and here not in HEAVY_ALLOWED:
+                out.append(f"{where}: only engine imports {top}")
+            elif top == "aiohttp" and here not in AIOHTTP_ALLOWED:
+                out.append(f"{where}: only server imports aiohttp")
+    return out
+
+
+def test_every_group_is_known():
+    groups = {group_of(module_name(p)) for p in PACKAGE.rglob("*.py")}
+    assert groups <= set(ALLOWED), f"modules outside the layer table: {groups - set(ALLOWED)}"
+
+
+def test_import_rules_hold_with_no_exceptions():
+    found = violations()
+    assert not found, "import rules broken:\n" + "\n".join(found)
+
+
+def test_the_checker_names_each_kind_of_broken_rule(tmp_path):
+    """The checker itself, on a made-up package: a routing module importing torch and server, a spec
+    module importing routing through a relative import, a lazy import inside a function."""
+    fake = tmp_path / "mlserve"
+    for folder in ("routing", "spec", "engine"):
+        (fake / folder).mkdir(parents=True)
+        (fake / folder / "__init__.py").write_text("")
+    (fake / "routing" / "bad.py").write_text("import torch\nfrom mlserve.server.app import create_app\n")
+    (fake / "spec" / "bad.py").write_text("from ..routing import split\n")
+    (fake / "engine" / "bad.py").write_text("def f():\n    import aiohttp\n    import torch\n")
+    found = violations(fake)
+    assert found == [
+        "mlserve/engine/bad.py:2 imports aiohttp: only server imports aiohttp",
+        "mlserve/routing/bad.py:1 imports torch: only engine imports torch",
+        "mlserve/routing/bad.py:2 imports mlserve.server.app: routing may not import server",
+        "mlserve/spec/bad.py:1 imports mlserve.routing: spec may not import routing",
+    ]
+
+
+def test_plain_generation_types_import_without_torch():
+    """The scheduler and the OpenAI protocol need no torch: spec, the scheduler and the protocol
+    modules load in a fresh interpreter without importing torch or onnxruntime."""
+    code = (
+        "import sys; import mlserve.spec, mlserve.batching.continuous, mlserve.server.openai_protocol;"
+        "import mlserve.routing.generation;"
+        "heavy = sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules); print(heavy); sys.exit(bool(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+if __name__ == "__main__":
+    print("\n".join(violations()) or "import rules hold")
