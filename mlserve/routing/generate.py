@@ -19,7 +19,7 @@ from mlserve.routing.generation import check_token_ids
 
 if TYPE_CHECKING:
     from mlserve.batching.llm_engine import LLMEngine, RequestHandle, TokenEvent
-    from mlserve.engine.llm.sequence import SamplingParams
+    from mlserve.spec import SamplingParams
     from mlserve.routing.service import InferenceService
 
 

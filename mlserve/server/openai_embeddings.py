@@ -11,13 +11,13 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from mlserve.engine.embedding.backend import encode_token_ids
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, PayloadTooLarge
 from mlserve.routing.service import InferenceService, InferRequest
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import TENANT
 from mlserve.spec import SchedulePolicy
+from mlserve.spec.embedding import encode_token_ids
 
 MAX_INPUTS = 2048
 MAX_INPUT_CHARS = 100_000

@@ -16,16 +16,11 @@ from tokenizers import Tokenizer
 from mlserve.engine.embedding.encoder import Encoder, EncoderShape
 from mlserve.errors import InvalidInput, ModelLoadError
 from mlserve.spec import ModelConfig, ModelInfo, TensorSpec
+from mlserve.spec.embedding import TOKEN_IDS_MARK
 
 PLATFORM = "mlserve_embedding"
-TOKEN_IDS_MARK = b"\x00"
 POOLING_MODES = ("pooling_mode_mean_tokens", "pooling_mode_cls_token")
 ROWS_PER_FORWARD = 8
-
-
-def encode_token_ids(ids: list[int]) -> bytes:
-    """A `text` element that carries token ids instead of text."""
-    return TOKEN_IDS_MARK + np.asarray(ids, dtype="<i4").tobytes()
 
 
 class EmbeddingBackend:
