@@ -1,5 +1,7 @@
 """The embedding backend: a sentence-transformers folder (BERT encoder, pooling, normalize) behind the
-Backend protocol, so the dynamic batcher, v2 infer and /v1/embeddings all serve it.
+Backend protocol, so the dynamic batcher, v2 infer and /v1/embeddings all serve it. The encoder runs
+from `encoder.onnx` with ONNX Runtime when the folder has one (about 2x faster on CPU), else as
+mlserve's own PyTorch forward from the safetensors.
 
 One BYTES input `text`: each element is UTF-8 text, or token ids given as a 0x00 byte followed by
 little-endian int32 ids (what /v1/embeddings sends for token-array inputs; ids are used as given)."""
@@ -14,6 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from mlserve.engine.embedding.encoder import Encoder, EncoderShape
+from mlserve.engine.embedding.onnx_export import ONNX_NAME
 from mlserve.errors import InvalidInput, ModelLoadError
 from mlserve.spec import ModelConfig, ModelInfo, TensorSpec
 from mlserve.spec.embedding import TOKEN_IDS_MARK
@@ -42,7 +45,8 @@ class EmbeddingBackend:
         try:
             shape = EncoderShape.read(path)
             self._read_sentence_config(path, shape)
-            self._encoder = Encoder(path, shape)
+            self._encoder = _OnnxEncoder(path / ONNX_NAME, self._config.intra_op_threads) \
+                if (path / ONNX_NAME).is_file() else Encoder(path, shape)
             self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         except (ValueError, KeyError, FileNotFoundError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from exc
@@ -124,3 +128,19 @@ class EmbeddingBackend:
             (TensorSpec("embedding", "FP32", (-1, self.dimensions)), TensorSpec("num_tokens", "INT32", (-1,))),
             self._config.batching.max_batch_size,
         )
+
+
+class _OnnxEncoder:
+    """The exported encoder (`encoder.onnx`, written by `mlserve examples`) run by ONNX Runtime."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(threads, 0)
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        feed = {"input_ids": input_ids.numpy(), "attention_mask": mask.to(torch.long).numpy()}
+        return torch.from_numpy(self._session.run(None, feed)[0])

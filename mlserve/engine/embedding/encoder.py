@@ -52,23 +52,23 @@ class Encoder:
         positions = torch.arange(input_ids.shape[1])
         x = (w["embeddings.word_embeddings.weight"][input_ids] + w["embeddings.position_embeddings.weight"][positions]
              + w["embeddings.token_type_embeddings.weight"][0])
-        x = F.layer_norm(x, x.shape[-1:], w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+        x = F.layer_norm(x, (self.shape.hidden,), w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
         # Additive mask [B, 1, 1, T]: padded keys get -inf-like scores.
-        bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, torch.finfo(x.dtype).min)[:, None, None, :]
+        bias = torch.zeros_like(mask, dtype=x.dtype).masked_fill(~mask, torch.finfo(x.dtype).min)[:, None, None, :]
         for i in range(self.shape.num_layers):
             x = self._layer(x, bias, f"encoder.layer.{i}.")
         return x
 
     def _layer(self, x: torch.Tensor, bias: torch.Tensor, p: str) -> torch.Tensor:
-        w, eps, heads = self.w, self.shape.layer_norm_eps, self.shape.num_heads
-        batch, length, hidden = x.shape
+        w, eps, heads, hidden = self.w, self.shape.layer_norm_eps, self.shape.num_heads, self.shape.hidden
+        batch = x.shape[0]
 
         def project(name: str) -> torch.Tensor:  # [B, T, H] -> [B, heads, T, H / heads]
             y = F.linear(x, w[f"{p}attention.self.{name}.weight"], w[f"{p}attention.self.{name}.bias"])
-            return y.view(batch, length, heads, hidden // heads).transpose(1, 2)
+            return y.view(batch, -1, heads, hidden // heads).transpose(1, 2)
 
         attn = F.scaled_dot_product_attention(project("query"), project("key"), project("value"), attn_mask=bias)
-        attn = attn.transpose(1, 2).reshape(batch, length, hidden)
+        attn = attn.transpose(1, 2).reshape(batch, -1, hidden)
         attn = F.linear(attn, w[f"{p}attention.output.dense.weight"], w[f"{p}attention.output.dense.bias"])
         x = F.layer_norm(attn + x, (hidden,), w[f"{p}attention.output.LayerNorm.weight"],
                          w[f"{p}attention.output.LayerNorm.bias"], eps)
