@@ -33,7 +33,9 @@ def write_body(path: Path, model: str, version: str, x: np.ndarray) -> Path:
     return path
 
 
-async def _run(target: str, body: bytes, concurrency: int, seconds: float, num_channels: int = 1) -> dict:
+async def _run(target: str, body: bytes, concurrency: int, seconds: float, num_channels: int = 1,
+               token: str = "") -> dict:
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -49,7 +51,7 @@ async def _run(target: str, body: bytes, concurrency: int, seconds: float, num_c
             while time.monotonic() < stop_at:
                 sent = time.monotonic()
                 try:
-                    await call(body, timeout=10)
+                    await call(body, timeout=10, metadata=metadata)
                     statuses["OK"] += 1
                     latencies.append(time.monotonic() - sent)
                 except grpc.aio.AioRpcError as error:
@@ -76,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--channels", type=int, default=1, help="connections the calls are spread over")
+    parser.add_argument("--token", default="", help="API key sent as 'authorization' metadata")
     args = parser.parse_args(argv)
-    result = asyncio.run(_run(args.target, args.body.read_bytes(), args.concurrency, args.seconds, args.channels))
+    result = asyncio.run(_run(args.target, args.body.read_bytes(), args.concurrency, args.seconds, args.channels,
+                              args.token))
     print(json.dumps(result))
     return 0
 

@@ -7,6 +7,7 @@ local body = file:read("*a")
 file:close()
 local header_length = os.getenv("BENCH_HEADER_LENGTH") or ""
 local count_status = os.getenv("BENCH_COUNT_STATUS") == "1"
+local token = os.getenv("BENCH_TOKEN") or ""
 
 wrk.method = "POST"
 wrk.body = body
@@ -15,6 +16,9 @@ if header_length ~= "" then
   wrk.headers["Inference-Header-Content-Length"] = header_length
 else
   wrk.headers["Content-Type"] = "application/json"
+end
+if token ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. token
 end
 
 local threads = {}

@@ -121,9 +121,11 @@ class OpenLoop:
         }
 
 
-def _request_bytes(url: str, body: bytes, header_length: str | None) -> tuple[str, int, bytes]:
+def _request_bytes(url: str, body: bytes, header_length: str | None, token: str = "") -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     headers = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}"]
+    if token:
+        headers.append(f"Authorization: Bearer {token}")
     if header_length:
         headers += ["Content-Type: application/octet-stream", f"Inference-Header-Content-Length: {header_length}"]
     else:
@@ -138,9 +140,10 @@ def main() -> None:
     parser.add_argument("--header-length")
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--token", default="", help="API key sent as a bearer token")
     args = parser.parse_args()
     with open(args.body, "rb") as fh:
-        host, port, request = _request_bytes(args.url, fh.read(), args.header_length)
+        host, port, request = _request_bytes(args.url, fh.read(), args.header_length, args.token)
     result = uvloop.run(OpenLoop(host, port, request).run(args.rate, args.seconds))
     print(orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode())
 

@@ -71,6 +71,7 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
     cpu = _ratios(results, "per_cpu_s", "per_cpu_s")
     json64 = _point(results, "mlserve JSON", "c=64")
     json1 = _point(results, "mlserve JSON", "c=1")
+    naive1 = _point(results, "naive (1 forward/request)", "c=1")
     json256 = _point(results, "mlserve JSON", "c=256")
     other_errors = json256["errors"] - json256["statuses"].get("429", 0)
 
@@ -86,10 +87,29 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
         ("mlserve binary / JSON at c=64", mark(wall[3], wall[3] >= 1.5, ".2f"), mark(cpu[3], cpu[3] >= 1.5, ".2f"),
          ">= 1.5"),
         ("p99 mlserve JSON c=64, ms", mark(json64["p99_ms"], json64["p99_ms"] <= 10, ".2f"), "—", "<= 10"),
+        *_tail_targets(results, mark),
         ("p50 mlserve JSON c=1, ms", mark(json1["p50_ms"], json1["p50_ms"] < 1.5, ".2f"), "—", "< 1.5"),
+        ("p50 at c=1: mlserve JSON minus naive, ms", mark(json1["p50_ms"] - naive1["p50_ms"],
+                                                           json1["p50_ms"] - naive1["p50_ms"] <= 0.1, "+.2f"), "—",
+         "<= +0.1"),
         ("mlserve JSON c=256: errors other than 429", mark(other_errors, other_errors == 0, "d"),
          f"429s: {json256['statuses'].get('429', 0)}", "0"),
     ] + _grpc_targets(results, mark)
+
+
+def _tail_targets(results: dict, mark) -> list[tuple[str, str, str, str]]:
+    """p99 / p50 of mlserve JSON at c=16 and c=64, with the GC policy on (and off, for reference)."""
+    rows = []
+    for server in ("mlserve JSON", "mlserve JSON, Python's GC"):
+        for load in ("c=16", "c=64"):
+            point = _point(results, server, load)
+            if point is None or not point["p50_ms"]:
+                continue
+            ratio = point["p99_ms"] / point["p50_ms"]
+            figure = f"p99 / p50 {server} {load}"
+            rows.append((figure, mark(ratio, ratio <= 2.5, ".1f") if server == "mlserve JSON" else f"{ratio:.1f}",
+                         "—", "<= 2.5" if server == "mlserve JSON" else "reference"))
+    return rows
 
 
 def _grpc_targets(results: dict, mark) -> list[tuple[str, str, str, str]]:

@@ -62,6 +62,8 @@ class Server:
     pid: int
     grpc_target: str = ""
     """host:port of mlserve's gRPC server (empty for the others)."""
+    token: str = ""
+    """The API key every request carries (mlserve serves with keys required, as a user runs it)."""
 
 
 def bodies(work: Path) -> tuple[Body, Body]:
@@ -88,23 +90,33 @@ def _free_port() -> int:
 def _command(kind: str, work: Path, port: int, grpc_port: int = 0) -> list[str]:
     if kind == "mlserve":
         return [sys.executable, "-m", "mlserve", "start", "--models", str(work / "models"), "--port", str(port),
-                "--grpc-port", str(grpc_port), "--log-level", "warning"]
+                "--grpc-port", str(grpc_port), "--log-level", "warning", "--auth-keys", str(work / "keys.json")]
     model = work / "models" / "mlp" / "1" / "model.onnx"
     return [sys.executable, "-m", "benchmarks.reference_servers", kind, "--port", str(port), "--model", str(model)]
 
 
+def bench_key(work: Path) -> str:
+    """An infer-scope key in work/keys.json (created once); every server is sent it, mlserve checks it."""
+    from mlserve.keys import create_key
+
+    token_file = work / "bench.token"
+    if not token_file.exists():
+        token_file.write_text(create_key(work / "keys.json", "bench", ("infer",)))
+    return token_file.read_text().strip()
+
+
 @contextlib.contextmanager
-def start_server(kind: str, work: Path, core: str):
-    """Run one server pinned to `core` until the block ends."""
+def start_server(kind: str, work: Path, core: str, env: dict[str, str] | None = None):
+    """Run one server pinned to `core` until the block ends; `env` adds settings (MLSERVE_*)."""
     port, grpc_port = _free_port(), _free_port() if kind == "mlserve" else 0
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     log = open(work / f"{kind}-{port}.log", "wb")
     proc = subprocess.Popen(["taskset", "-c", core, *_command(kind, work, port, grpc_port)], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                            stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url, work / f"{kind}-{port}.log")
-        yield Server(kind, url, proc.pid, f"127.0.0.1:{grpc_port}" if grpc_port else "")
+        yield Server(kind, url, proc.pid, f"127.0.0.1:{grpc_port}" if grpc_port else "", bench_key(work))
     finally:
         proc.terminate()
         try:
@@ -173,7 +185,7 @@ def wrk_point(name: str, server: Server, body: Body, concurrency: int, seconds: 
               count_status: bool = False) -> Point:
     """Closed loop: `concurrency` connections, each sending its next request when the last came back."""
     env = {**os.environ, "BENCH_BODY": str(body.path), "BENCH_HEADER_LENGTH": body.header_length or "",
-           "BENCH_COUNT_STATUS": "1" if count_status else "0"}
+           "BENCH_COUNT_STATUS": "1" if count_status else "0", "BENCH_TOKEN": server.token}
     command = ["taskset", "-c", core, "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                "-s", str(LUA), server.url + INFER_PATH]
     out, cpu, mean_batch = _measure(server, command, env)
@@ -188,7 +200,8 @@ def wrk_point(name: str, server: Server, body: Body, concurrency: int, seconds: 
 def grpc_point(name: str, server: Server, body: Body, concurrency: int, seconds: float, core: str) -> Point:
     """Closed loop over gRPC (benchmarks.grpcload): ModelInfer with raw tensors, `concurrency` in flight."""
     command = ["taskset", "-c", core, sys.executable, "-m", "benchmarks.grpcload", "--target", server.grpc_target,
-               "--body", str(body.path), "--concurrency", str(concurrency), "--seconds", str(seconds)]
+               "--body", str(body.path), "--concurrency", str(concurrency), "--seconds", str(seconds),
+               "--token", server.token]
     out, cpu, mean_batch = _measure(server, command, {**os.environ, "PYTHONPATH": str(ROOT)})
     r = json.loads(out.strip().splitlines()[-1])
     return Point(name, f"c={concurrency}", body.label, r["requests"] / (r["duration_us"] / 1e6),
@@ -199,7 +212,7 @@ def grpc_point(name: str, server: Server, body: Body, concurrency: int, seconds:
 def open_loop(name: str, server: Server, body: Body, rate: float, seconds: float, core: str) -> Point:
     """Open loop: requests leave at `rate` per second whatever the server does."""
     command = ["taskset", "-c", core, sys.executable, "-m", "benchmarks.openloop", "--url", server.url + INFER_PATH,
-               "--body", str(body.path), "--rate", str(rate), "--seconds", str(seconds)]
+               "--body", str(body.path), "--rate", str(rate), "--seconds", str(seconds), "--token", server.token]
     if body.header_length:
         command += ["--header-length", body.header_length]
     out, cpu, mean_batch = _measure(server, command, {**os.environ, "PYTHONPATH": str(ROOT)})

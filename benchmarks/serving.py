@@ -8,7 +8,9 @@ prints one table: req/s, p50/p95/p99 latency, mean batch size and server CPU for
   - the raw engine with no HTTP (samples/s at batch 1, 64 and the batch size mlserve reached),
   - a bare aiohttp+uvloop server that decodes the request and answers without a model,
   - a naive server that runs one forward per request,
-  - mlserve with JSON and with the binary tensor extension,
+  - mlserve with JSON and with the binary tensor extension, serving as a user runs it: an API key
+    required on every request, the traffic manager, drift statistics and the hang guard on,
+  - the same mlserve JSON with its GC policy off (Python's collector as it comes), at c=16 and 64,
   - mlserve over gRPC with raw tensors (benchmarks.grpcload, closed loop at c=1/16/64).
 It also writes results.json and latency_throughput.png to --out.
 """
@@ -29,11 +31,15 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.runner import (
-    Body, Point, bodies, engine_samples_per_s, grpc_point, open_loop, start_server, wrk_point,
+    Body, Point, bench_key, bodies, engine_samples_per_s, grpc_point, open_loop, start_server, wrk_point,
 )
 
 CONCURRENCY = (1, 16, 64, 256)
 BARE, NAIVE = "bare aiohttp (no model)", "naive (1 forward/request)"
+JSON_GC = "mlserve JSON, Python's GC"
+GC_CONCURRENCY = (16, 64)
+GC_DEFAULT_ENV = {"MLSERVE_SERVER_GC_FREEZE": "false", "MLSERVE_SERVER_GC_THRESHOLD": "0"}
+"""The same mlserve with its collector policy off: the GC rows show what the policy does to the tail."""
 JSON, BINARY, GRPC = "mlserve JSON", "mlserve binary", "mlserve gRPC (raw tensors)"
 GRPC_CONCURRENCY = (1, 16, 64)
 MLP_TOML = "max_batch_size = 64\nmax_queue_delay_us = 2000\nmax_queue_size = 1024\nintra_op_threads = 1\n"
@@ -64,11 +70,13 @@ def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple
     engine: dict = {}
     with contextlib.ExitStack() as stack:
         bare, naive, ml = (stack.enter_context(start_server(kind, work, cores[0])) for kind in ("bare", "naive", "mlserve"))
+        ml_gc = stack.enter_context(start_server("mlserve", work, cores[0], GC_DEFAULT_ENV))
         closed = [(BARE, bare, json_body), (NAIVE, naive, json_body), (JSON, ml, json_body), (BINARY, ml, binary_body)]
         for c in CONCURRENCY:
-            rounds: dict[str, list[Point]] = {name: [] for name, _, _ in closed}
+            with_gc = [(JSON_GC, ml_gc, json_body)] if c in GC_CONCURRENCY else []
+            rounds: dict[str, list[Point]] = {name: [] for name, _, _ in closed + with_gc}
             for _ in range(args.repeats):
-                for name, server, body in closed:
+                for name, server, body in closed + with_gc:
                     print(f"  {name}: closed loop c={c}", file=sys.stderr, flush=True)
                     rounds[name].append(
                         wrk_point(name, server, body, c, args.seconds, cores[1], count_status=c == CONCURRENCY[-1])
@@ -112,6 +120,7 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="mlserve-bench-"))
     try:
         model = _write_repository(work / "models")
+        bench_key(work)  # mlserve serves with an API key required; every load generator sends it
         points, engine = _measure_all(args, work, model, cores)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -36,14 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--max-loaded-mb", type=float, help="evict idle models past N MiB of loaded artifacts")
     start.add_argument("--auth-keys", metavar="FILE", help="API keys file: every endpoint but health needs a key")
     start.add_argument("--trust-repository", action="store_true", default=None,
-                       help="allow model artifacts that unpickle Python objects")
+                       help="load TorchScript and torch.export artifacts, which can run code when read")
     start.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     start.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    start.add_argument("--batch-dir", metavar="DIR", help="allow in-server batch jobs on files under DIR")
     _add_keys_parser(sub)
     start.add_argument("--log-format", choices=LOG_FORMATS, help="server log lines: plain (default) or json")
     start.add_argument("--prediction-log", metavar="DIR", help="write a sampled prediction log (JSON lines) here")
     start.add_argument("--log-sample-rate", type=float, help="share of requests in the prediction log (default 0.01)")
     start.add_argument("--log-inputs", choices=LOG_INPUTS, help="prediction log keeps input hashes (default) or values")
+    from mlserve.optimize.cli import add_optimize_parser
+
+    add_optimize_parser(sub)
     status = sub.add_parser("status", help="print a running server's overview (what the page at / shows)")
     status.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
     status.add_argument("--key", help="API key, when the server has keys on")
@@ -51,9 +55,53 @@ def _parser() -> argparse.ArgumentParser:
     from mlserve.push import add_push_parser
 
     add_push_parser(sub)
+    _add_batch_parser(sub)
     examples = sub.add_parser("examples", help="write the example model repository (offline, deterministic)")
     examples.add_argument("dir", type=Path)
     return parser
+
+
+def _add_batch_parser(sub) -> None:
+    batch = sub.add_parser("batch", help="run a model over a file (npz, jsonl, parquet), no server needed")
+    batch.add_argument("--models", required=True, help="model repository folder or s3://bucket/prefix")
+    batch.add_argument("--model", required=True)
+    batch.add_argument("--version", type=int, help="default: the newest served version (or the one a run resumes)")
+    batch.add_argument("--input", type=Path, required=True, help="data.npz, data.jsonl or data.parquet")
+    batch.add_argument("--output", type=Path, required=True, help="out.npz, out.jsonl or out.parquet")
+    batch.add_argument("--errors", type=Path, help="failed rows as JSON lines (default OUTPUT.errors.jsonl)")
+    batch.add_argument("--chunk-rows", type=int, default=0, help="rows read and checkpointed at a time (~4096)")
+    batch.add_argument("--overwrite", action="store_true", help="start over even if an output or checkpoint exists")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    batch.add_argument("--s3-endpoint", help="endpoint URL for an s3:// repository")
+    batch.add_argument("--config", type=Path, help="settings file (default ./mlserve.toml when present)")
+    batch.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from mlserve.errors import MlserveError
+    from mlserve.jobs.offline import OfflineArgs, run_offline
+    from mlserve.server.openai_protocol import parse_generation
+
+    try:
+        config = load_config(args.config, overrides={
+            "server": {"log_level": args.log_level},
+            "registry": {"models": args.models, "s3_endpoint": args.s3_endpoint},
+        })
+    except (ValueError, OSError) as exc:
+        print(f"mlserve: bad settings: {exc}", file=sys.stderr)
+        return 2
+    if args.chunk_rows < 0:
+        print("mlserve: --chunk-rows must be >= 0", file=sys.stderr)
+        return 2
+    setup_logging(config.server.log_level, config.monitor.log_format)
+    offline = OfflineArgs(args.models, args.model, args.version, args.input, args.output, args.errors,
+                          args.chunk_rows, args.overwrite, not args.no_progress)
+    try:
+        failed = asyncio.run(run_offline(offline, config, parse_generation))
+    except (MlserveError, ValueError, OSError) as exc:
+        log.error("batch run failed: %s", exc)
+        return 1
+    return 3 if failed else 0
 
 
 def _add_keys_parser(sub) -> None:
@@ -137,6 +185,7 @@ def _start(args: argparse.Namespace) -> int:
             "log_format": args.log_format, "prediction_log": args.prediction_log,
             "log_sample_rate": args.log_sample_rate, "log_inputs": args.log_inputs,
         },
+        "jobs": {"allowed_dir": args.batch_dir},
     }
     try:
         config = load_config(args.config, overrides=overrides)
@@ -184,10 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "start":
         return _start(args)
+    if args.command == "batch":
+        return _batch(args)
     if args.command == "keys":
         from mlserve.keys_cli import run_keys
 
         return run_keys(args)
+    if args.command == "optimize":
+        from mlserve.optimize.cli import run_optimize
+
+        return run_optimize(args)
     if args.command == "status":
         from mlserve.status_cli import run_status
 

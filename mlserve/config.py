@@ -58,7 +58,7 @@ class RegistryConfig:
     default_device: str = "cpu"
     """Device for models whose model.toml names none."""
     trust_repository: bool = False
-    """Allow artifacts that unpickle Python objects."""
+    """Load TorchScript and torch.export artifacts (they can run code when read) for every model."""
     s3_endpoint: str = ""
     """S3 endpoint URL for s3:// repositories (empty = AWS); region and credentials come from the
     standard AWS settings (AWS_REGION, AWS_ACCESS_KEY_ID, ~/.aws)."""
@@ -66,6 +66,8 @@ class RegistryConfig:
     """S3 region (empty = the standard AWS settings decide)."""
     cache_dir: str = ""
     """Where s3:// versions are downloaded to (empty = ~/.cache/mlserve)."""
+    cache_versions: int = 4
+    """Downloaded version folders kept per model in cache_dir; the least recently fetched go first."""
     poll_interval_s: float = 0.0
     """Reconcile with the repository every this many seconds (0 = only on SIGHUP or the API)."""
     lazy: bool = False
@@ -82,6 +84,8 @@ class RegistryConfig:
             raise ValueError("models must name a repository")
         if self.poll_interval_s < 0:
             raise ValueError("poll_interval_s must be >= 0")
+        if self.cache_versions < 1:
+            raise ValueError("cache_versions must be >= 1")
         if self.max_loaded_models < 0 or self.max_loaded_mb < 0:
             raise ValueError("max_loaded_models and max_loaded_mb must be >= 0")
 
@@ -100,10 +104,16 @@ class AuthConfig:
     """PEM certificate chain; with tls_key, the server speaks HTTPS only."""
     tls_key: str = ""
     """PEM private key for tls_cert."""
+    failed_auth_burst: int = 20
+    """Failed API key checks one client address may make in a burst before it gets 429."""
+    failed_auth_per_s: float = 1.0
+    """Rate at which an address earns failed checks back (a key that checks out costs nothing)."""
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.failed_auth_burst < 1 or self.failed_auth_per_s <= 0:
+            raise ValueError("failed_auth_burst must be >= 1 and failed_auth_per_s > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +195,26 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JobsConfig:
+    """In-server batch jobs (`/v2/batch/jobs`): which files they may touch and where they are recorded."""
+
+    allowed_dir: str = ""
+    """Folder every job's input, output and errors file must lie under; empty = in-server jobs are off."""
+    state_dir: str = ""
+    """Where job records are kept so unfinished jobs resume after a restart (empty = <allowed_dir>/.mlserve-jobs)."""
+    max_running: int = 1
+    """Jobs running at once; later ones wait their turn."""
+    chunk_rows: int = 0
+    """Rows read and checkpointed at a time (0 = about 4096, a multiple of the model's batch size)."""
+
+    def __post_init__(self) -> None:
+        if self.max_running < 1:
+            raise ValueError("max_running must be >= 1")
+        if self.chunk_rows < 0:
+            raise ValueError("chunk_rows must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """All of mlserve's settings; each component takes only its own section."""
 
@@ -193,30 +223,66 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
 
 
 _SECTIONS = {
     "server": ServerConfig, "registry": RegistryConfig, "auth": AuthConfig, "limits": LimitsConfig,
-    "monitor": MonitorConfig,
+    "monitor": MonitorConfig, "jobs": JobsConfig,
 }
 
 
-def _coerce(value: str, kind: Any) -> Any:
-    if kind in (int, "int"):
-        return int(value)
-    if kind in (float, "float"):
-        return float(value)
-    if kind in (bool, "bool"):
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(value: str, kind: str, key: str) -> Any:
+    """An environment string as the field's type; ValueError naming `key` when it is not one."""
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError:
+        raise ValueError(f"{key} must be {_type_word(kind)}, got {value!r}") from None
+    if kind == "bool":
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"not a boolean: {value!r}")
+        raise ValueError(f"{key} must be a boolean (true/false, 1/0, yes/no, on/off), got {value!r}")
     return value
 
 
-def _field_types(section: type) -> dict[str, Any]:
-    return {f.name: f.type for f in fields(section)}
+def _type_word(kind: str) -> str:
+    return {"int": "an integer", "float": "a number", "bool": "a boolean", "str": "a string"}[kind]
+
+
+def _check_type(key: str, value: Any, kind: str) -> Any:
+    """A value from mlserve.toml or a flag, held to the field's type: no string where a boolean
+    belongs (`"false"` is truthy), no boolean where a number belongs. An int is a valid float."""
+    expected = _TYPES.get(kind)
+    if expected is None:
+        return value  # a field type with its own check in __post_init__
+    is_ok = isinstance(value, expected) and (kind == "bool" or not isinstance(value, bool))
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not is_ok:
+        raise ValueError(f"{key} must be {_type_word(kind)}, got {value!r}")
+    return value
+
+
+def _typed(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Each known key's value checked against its field's type (unknown keys are reported later)."""
+    kinds = _field_types(_SECTIONS[section])
+    return {
+        name: _check_type(f"[{section}] {name}", value, kinds[name]) if name in kinds else value
+        for name, value in values.items()
+    }
+
+
+def _field_types(section: type) -> dict[str, str]:
+    """Field name -> type name; the dataclasses' annotations are strings (postponed evaluation)."""
+    return {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in fields(section)}
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -226,7 +292,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         for name, kind in _field_types(cls).items():
             key = f"MLSERVE_{section.upper()}_{name.upper()}"
             if key in environ:
-                out.setdefault(section, {})[name] = _coerce(environ[key], kind)
+                out.setdefault(section, {})[name] = _coerce(environ[key], kind, key)
     if "MLSERVE_MODELS" in environ:
         out.setdefault("registry", {})["models"] = environ["MLSERVE_MODELS"]
     return out
@@ -247,7 +313,9 @@ def load_config(
         for section, values in data.items():
             if section not in _SECTIONS:
                 raise ValueError(f"{file}: unknown section [{section}]")
-            merged[section].update(values)
+            if not isinstance(values, dict):
+                raise ValueError(f"{file}: {section} must be a table ([{section}]), got {values!r}")
+            merged[section].update(_typed(section, values))
     for section, values in _env_overrides(os.environ if environ is None else environ).items():
         merged[section].update(values)
     for section, values in (overrides or {}).items():
@@ -258,7 +326,7 @@ def load_config(
         unknown = set(merged[section]) - known
         if unknown:
             raise ValueError(f"unknown setting(s) in [{section}]: {', '.join(sorted(unknown))}")
-        built[section] = cls(**merged[section])
+        built[section] = cls(**_typed(section, merged[section]))
     return Config(**built)
 
 

@@ -21,6 +21,14 @@ class PayloadTooLarge(InvalidInput):
     """The request body or a tensor in it is over a configured limit."""
 
 
+class JobNotFound(MlserveError):
+    """No batch job has this id."""
+
+
+class Forbidden(MlserveError):
+    """The request names something this server may not touch (a path outside the allowed folder)."""
+
+
 class Overloaded(MlserveError):
     """A queue is full; the client should retry later."""
 

@@ -27,3 +27,60 @@ def test_bad_settings_are_named(tmp_path, text, needle):
     file.write_text(text)
     with pytest.raises(ValueError, match=needle):
         load_config(file, environ={})
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[auth]\nadmin_enabled = "false"\n', "[auth] admin_enabled must be a boolean"),
+    ('[server]\nport = "9000"\n', "[server] port must be an integer"),
+    ('[server]\nport = true\n', "[server] port must be an integer"),
+    ('[server]\nshutdown_grace_s = "5"\n', "[server] shutdown_grace_s must be a number"),
+    ('[registry]\nmodels = 3\n', "[registry] models must be a string"),
+    ('server = 3\n', "server must be a table"),
+])
+def test_settings_from_the_file_are_type_checked(tmp_path, text, needle):
+    file = tmp_path / "mlserve.toml"
+    file.write_text(text)
+    with pytest.raises(ValueError) as caught:
+        load_config(file, environ={})
+    assert needle in str(caught.value)
+
+
+def test_an_int_is_a_valid_float_setting(tmp_path):
+    file = tmp_path / "mlserve.toml"
+    file.write_text("[server]\nshutdown_grace_s = 5\n")
+    assert load_config(file, environ={}).server.shutdown_grace_s == 5.0
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"MLSERVE_SERVER_PORT": "nine"}, "MLSERVE_SERVER_PORT must be an integer"),
+    ({"MLSERVE_AUTH_ADMIN_ENABLED": "nope"}, "MLSERVE_AUTH_ADMIN_ENABLED must be a boolean"),
+    ({"MLSERVE_LIMITS_DEFAULT_TIMEOUT_S": "soon"}, "MLSERVE_LIMITS_DEFAULT_TIMEOUT_S must be a number"),
+])
+def test_settings_from_the_environment_are_type_checked(env, needle):
+    with pytest.raises(ValueError, match=needle):
+        load_config(None, environ=env)
+
+
+@pytest.mark.parametrize("text, env, needle", [
+    ('[auth]\nadmin_enabled = "false"\n', {}, "[auth] admin_enabled"),
+    ('[server]\nport = "9000"\n', {}, "[server] port"),
+    ("", {"MLSERVE_SERVER_PORT": "x9000"}, "MLSERVE_SERVER_PORT"),
+])
+def test_start_refuses_a_mistyped_setting_in_one_line_with_exit_2(tmp_path, text, env, needle):
+    import os
+    import subprocess
+    import sys
+
+    from tests.server_process import ROOT
+
+    (tmp_path / "models").mkdir()
+    file = tmp_path / "mlserve.toml"
+    file.write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlserve", "start", "--models", str(tmp_path / "models"), "--config", str(file),
+         "--host", "0.0.0.0", "--port", "0"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr

@@ -29,16 +29,20 @@ ALLOWED: dict[str, set[str]] = {
     "batching": ANYWHERE | {"engine"},
     "registry": ANYWHERE | {"batching", "engine"},
     "routing": ANYWHERE | {"registry", "batching"},
-    "server": ANYWHERE | {"routing", "registry", "keys"},
+    "jobs": ANYWHERE | {"routing", "registry", "batching", "engine"},
+    "optimize": ANYWHERE | {"registry", "engine"},
+    "server": ANYWHERE | {"routing", "registry", "keys", "jobs", "optimize"},
     "keys": ANYWHERE,
     "tools": ANYWHERE,
-    "cli": ANYWHERE | {"server", "registry", "keys", "tools"},
+    "cli": ANYWHERE | {"server", "registry", "keys", "tools", "jobs", "optimize"},
     "version": set(),
 }
 HEAVY = ("torch", "onnxruntime", "tensorrt", "safetensors")
 # `mlserve examples` writes example models: a development tool beside the command line that nothing
 # on the serving path imports, so it may build TorchScript files.
-HEAVY_ALLOWED = {"engine", "tools"}
+# `mlserve optimize` exports, quantizes and compiles models off the serving path (a CLI command, or
+# a child process of the server): its passes call torch's exporters and onnxruntime's quantizer.
+HEAVY_ALLOWED = {"engine", "tools", "optimize"}
 AIOHTTP_ALLOWED = {"server", "cli"}
 
 

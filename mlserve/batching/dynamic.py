@@ -10,6 +10,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from mlserve.batching.deadline import DeadlineWatch
 from mlserve.batching.guard import GuardedInfer
 from mlserve.batching.queue import RequestQueue, Waiting
 from mlserve.errors import InferenceFailed, InvalidInput, Overloaded, RequestTimeout
@@ -47,9 +48,9 @@ class DynamicBatcher:
     dimension (sentences of different lengths) are never concatenated: a batch runs as one group
     per trailing shape.
 
-    A request's deadline is enforced here and only here: one timer per request, armed at submit;
-    past it the request leaves the queue, or, if its batch is already running, is answered 504 at
-    once and its rows are dropped when the batch returns.
+    A request's deadline is enforced here and only here (batching/deadline.py: one timer for the
+    whole queue); past it the request leaves the queue, or, if its batch is already running, is
+    answered 504 at once and its rows are dropped when the batch returns.
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class DynamicBatcher:
         self._arrived: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
+        self._deadlines = DeadlineWatch(self._expire)
         self._num_running = 0
         self._recent_rows_per_s = 0.0
 
@@ -109,9 +111,11 @@ class DynamicBatcher:
         now = time.monotonic()
         item = Waiting(inputs, num_rows, level, now, future=loop.create_future())
         item.deadline = policy.deadline
-        fire_at = self._first_deadline(policy, now)
-        if fire_at is not None:
-            item.timer = loop.call_at(loop.time() + (fire_at - now), self._expire, item)
+        queue_limit = self._queue_limit(policy, now)
+        if queue_limit is not None and (item.deadline is None or queue_limit < item.deadline):
+            item.timer = loop.call_at(loop.time() + (queue_limit - now), self._expire, item)
+        if item.deadline is not None:
+            self._deadlines.watch(item, loop)
         self._queue.push(item)
         self._idle.clear()
         self._arrived.set()
@@ -131,14 +135,10 @@ class DynamicBatcher:
             raise InvalidInput(f"priority must lie in 1..{self._spec.priority_levels} for this model, got {priority}")
         return priority
 
-    def _first_deadline(self, policy: SchedulePolicy, now: float) -> float | None:
-        """The earliest of the queue limit (the model's `timeout_us`, or the request's own if shorter)
-        and the request's full deadline."""
+    def _queue_limit(self, policy: SchedulePolicy, now: float) -> float | None:
+        """When the request must leave the queue: the model's `timeout_us`, or the request's own if shorter."""
         limits = [t for t in (self._spec.timeout_us, policy.timeout_us) if t]
-        times = [now + min(limits) / 1e6] if limits else []
-        if policy.deadline is not None:
-            times.append(policy.deadline)
-        return min(times, default=None)
+        return now + min(limits) / 1e6 if limits else None
 
     def _retry_after_s(self) -> float:
         """About how long the queue takes to empty at the recent pace."""
@@ -148,18 +148,14 @@ class DynamicBatcher:
 
     def _expire(self, item: Waiting) -> None:
         """A queue limit or the full deadline passed: a queued request leaves the queue; a running
-        one is answered now if its full deadline passed, else watched until it does."""
+        one is answered now if its full deadline passed (the deadline watch comes back for it)."""
         now = time.monotonic()
         waited_ms = (now - item.enqueued_at) * 1e3
         if self._queue.remove(item):
             item.future.set_exception(RequestTimeout(
                 f"timeout: the request waited {waited_ms:.1f} ms in the queue, past its deadline"
             ))
-        elif not item.future.done() and item.deadline is not None:
-            if now < item.deadline:
-                loop = asyncio.get_running_loop()
-                item.timer = loop.call_at(loop.time() + (item.deadline - now), self._expire, item)
-                return
+        elif not item.future.done() and item.deadline is not None and now >= item.deadline:
             item.future.set_exception(RequestTimeout(
                 f"timeout: the request's deadline passed after {waited_ms:.1f} ms, while its batch ran"
             ))
@@ -180,6 +176,7 @@ class DynamicBatcher:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        self._deadlines.close()
 
     async def _work(self) -> None:
         while True:
@@ -248,6 +245,7 @@ class DynamicBatcher:
             error = exc if isinstance(exc, InferenceFailed) else InferenceFailed(f"{type(exc).__name__}: {exc}")
             for item in group:
                 _settle(item, error=error)
+        self._deadlines.prune()
         self._observe(group, started, failed)
 
     def _observe(self, batch: list[Waiting], started: float, failed: bool) -> None:

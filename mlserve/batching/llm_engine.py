@@ -161,6 +161,11 @@ class LLMEngine:
             )
 
     @property
+    def num_active(self) -> int:
+        """Requests submitted and not yet finished (waiting, running or streaming out)."""
+        return len(self._streams)
+
+    @property
     def num_running(self) -> int:
         return len(self.scheduler.running)
 

@@ -15,6 +15,7 @@ _BACKEND_CLASSES = {
     "tensorrt": ("mlserve.engine.tensorrt_backend", "TensorRTBackend"),
     "llm": ("mlserve.engine.llm.backend", "LLMBackend"),
     "embedding": ("mlserve.engine.embedding.backend", "EmbeddingBackend"),
+    "aoti": ("mlserve.engine.aoti_backend", "AotInductorBackend"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +37,23 @@ class Backend(Protocol):
     @property
     def info(self) -> ModelInfo:
         """Platform name and tensor specs, known after load."""
+
+
+VERSION_BACKEND_FILE = "optimization.json"
+"""Written by `mlserve optimize` into the versions it publishes; its "backend" key names the engine
+for that version alone (an ONNX or AOTInductor version of a model whose model.toml names another)."""
+
+
+def version_backend(version_dir: Path) -> str | None:
+    """The backend a version folder names for itself, if any."""
+    marker = version_dir / VERSION_BACKEND_FILE
+    if not marker.is_file():
+        return None
+    try:
+        backend = json.loads(marker.read_text()).get("backend")
+    except (ValueError, AttributeError, OSError):
+        return None
+    return backend if isinstance(backend, str) else None
 
 
 def infer_backend_name(version_dir: Path) -> str | None:

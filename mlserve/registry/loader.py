@@ -15,6 +15,7 @@ version that fails anywhere leaves the old one serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -27,13 +28,14 @@ from mlserve.batching.dynamic import BatchStats, DynamicBatcher
 from mlserve.batching.guard import GuardedInfer, num_hung_threads
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
-from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
+from mlserve.engine.base import version_backend
+from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound, Overloaded
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import InferenceStatistics
 from mlserve.registry import repository
 from mlserve.registry.budget import Budget
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.safety import check_version_folder
+from mlserve.registry.safety import check_trusted, check_version_folder
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
 from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.warmup import warm_up, warmup_inputs
@@ -133,8 +135,9 @@ class HotSwapLoader:
             served = self.models.setdefault(entry.name, ServedModel(entry))
             served.entry = entry
         jobs: list[ServedModel] = []
+        planned: dict[str, int] = {}
         for name in scan.models:
-            if self._should_sync(self.models[name], is_new[name], jobs):
+            if await self._should_sync(self.models[name], is_new[name], planned):
                 jobs.append(self.models[name])
         await asyncio.gather(*(self._sync_locked(served, source) for served in jobs))
         # A folder that now fails to read keeps what it serves; only a folder that is gone is removed.
@@ -149,7 +152,9 @@ class HotSwapLoader:
                  len(scan.errors), len(jobs), time.monotonic() - started)
         return True
 
-    def _should_sync(self, served: ServedModel, is_new: bool, planned: list[ServedModel]) -> bool:
+    async def _should_sync(self, served: ServedModel, is_new: bool, planned: dict[str, int]) -> bool:
+        """Whether this pass loads the model; a new one planned within the budget is added to `planned`
+        (name -> estimated bytes) so the models after it see the room it takes."""
         if served.is_unloaded:
             return False
         if served.is_resident or served.pinned is not None:
@@ -159,7 +164,11 @@ class HotSwapLoader:
         if not self.budget.is_limited:
             return True
         # eager within the budget; the rest load on their first request
-        return self.budget.has_room(self.models.values(), served, 0, {m.name: 0 for m in planned})
+        incoming = await self._estimate_bytes(served)
+        if not self.budget.has_room(self.models.values(), served, incoming, planned):
+            return False
+        planned[served.name] = incoming
+        return True
 
     async def _sync_locked(self, served: ServedModel, source: str) -> None:
         async with served.lock:
@@ -275,16 +284,18 @@ class HotSwapLoader:
 
     async def _fetch(self, served: ServedModel, version: int, fingerprint: str):
         artifact = served.artifacts.get(version)
-        if version not in served.entry.versions and artifact is not None and artifact.fingerprint == fingerprint:
+        if (version not in served.entry.versions and artifact is not None and artifact.fingerprint == fingerprint
+                and artifact.path.is_dir()):
             return artifact.path  # gone from the repository: load again from where it was fetched to
         return await self.store.fetch(served.name, version)
 
     def _load_backend(self, entry: ModelEntry, version: int, path) -> Backend:
         """Runs on a loader thread, so the loop never waits on it."""
         check_version_folder(path, self._config.max_artifact_bytes)
-        name = entry.config.backend or infer_backend_name(path)
+        name = version_backend(path) or entry.config.backend or infer_backend_name(path)
         if name is None:
             raise ModelLoadError(f"{entry.name}/{version}: no model file found and no backend set in model.toml")
+        check_trusted(name, self._config.trust_repository or entry.config.trusted)
         backend = create_backend(name, entry.config, trust_repository=self._config.trust_repository)
         backend.load(path, entry.config.device or self._config.default_device)
         return backend
@@ -396,17 +407,24 @@ class HotSwapLoader:
             served.num_waiting -= 1  # the caller routes and queues before the loop runs anything else
 
     async def _first_load(self, served: ServedModel) -> None:
-        incoming = await self._estimate_bytes(served)
-        async with self._room_lock:
-            await self._make_room(served, incoming)
-            self._reserved[served.name] = incoming
         try:
-            async with served.lock:
-                if served.default_version() is None and not served.is_unloaded:
-                    await self._sync_model(served, "request")
+            async with self._room(served, await self._estimate_bytes(served), is_strict=False):
+                async with served.lock:
+                    if served.default_version() is None and not served.is_unloaded:
+                        await self._sync_model(served, "request")
+        finally:
+            served.last_used = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def _room(self, served: ServedModel, incoming_bytes: int, is_strict: bool):
+        """Make room for `served` within the budget and hold it (reserved) while the block loads."""
+        async with self._room_lock:
+            await self._make_room(served, incoming_bytes, is_strict)
+            self._reserved[served.name] = incoming_bytes
+        try:
+            yield
         finally:
             self._reserved.pop(served.name, None)
-            served.last_used = time.monotonic()
 
     async def _estimate_bytes(self, served: ServedModel) -> int:
         total = 0
@@ -417,12 +435,21 @@ class HotSwapLoader:
                 pass  # the load itself will report it
         return total
 
-    async def _make_room(self, incoming: ServedModel, incoming_bytes: int) -> None:
+    async def _make_room(self, incoming: ServedModel, incoming_bytes: int, is_strict: bool = False) -> None:
         """Evict least recently used idle models until `incoming` fits. When every resident model is
-        busy, wait for one to go idle (requests finish); past the wait limit, load over the budget."""
+        busy, wait for one to go idle (requests finish); past the wait limit, load over the budget.
+        Strict (admin load and pin): refuse at once, saying why, instead of waiting or going over."""
+        if is_strict and self.budget.max_bytes and incoming_bytes > self.budget.max_bytes:
+            raise ModelLoadError(
+                f"model {incoming.name!r} needs {incoming_bytes / 2**20:.3f} MiB, more than the whole "
+                f"--max-loaded-mb budget of {self.budget.max_bytes / 2**20:.3f} MiB")
         waited_since = None
         while not self.budget.has_room(self.models.values(), incoming, incoming_bytes, self._reserved):
             victim = self.budget.victim(self.models.values(), incoming, self._reserved)
+            if victim is None and is_strict:
+                busy = sorted(m.name for m in self.models.values() if m.is_resident and m.name != incoming.name)
+                raise Overloaded(f"no room for model {incoming.name!r} within the memory budget: every other "
+                                 f"resident model is busy ({', '.join(busy)}); retry when one is idle")
             if victim is None:
                 waited_since = waited_since or time.monotonic()
                 if time.monotonic() - waited_since > _ROOM_WAIT_S:
@@ -450,10 +477,12 @@ class HotSwapLoader:
         await self.store.refresh(name)
         entry = await repository.read_entry(self.store, name)
         served = self.models.setdefault(name, ServedModel(entry))
-        served.entry, served.is_unloaded = entry, False
-        self.scan_errors.pop(name, None)
-        async with served.lock:
-            await self._sync_model(served, source, force)
+        served.entry = entry
+        async with self._room(served, await self._estimate_bytes(served), is_strict=True):
+            served.is_unloaded = False
+            self.scan_errors.pop(name, None)
+            async with served.lock:
+                await self._sync_model(served, source, force)
         served.last_used = time.monotonic()
         if served.default_version() is None:
             reasons = "; ".join(f"{v}: {sv.reason}" for v, sv in sorted(served.versions.items()) if sv.reason)
@@ -475,9 +504,21 @@ class HotSwapLoader:
         served = self._model(name)
         if served.is_unloaded:
             raise InvalidInput(f"model {name!r} is unloaded; load it first")
+        if version not in served.entry.versions and version not in served.artifacts:
+            raise ModelNotFound(f"model {name!r} has no version {version}")
+        async with self._room(served, await self._bytes_with(served, version), is_strict=True):
+            return await self._pin_locked(served, version, source, action)
+
+    async def _bytes_with(self, served: ServedModel, version: int) -> int:
+        """What `served` holds once `version` is loaded beside what it has resident."""
+        current = served.versions.get(version)
+        if current is not None and current.is_ready:
+            return served.resident_bytes
+        return served.resident_bytes + (await self._stat(served, version)).num_bytes
+
+    async def _pin_locked(self, served: ServedModel, version: int, source: str, action: str) -> ServedModel:
+        name = served.name
         async with served.lock:
-            if version not in served.entry.versions and version not in served.artifacts:
-                raise ModelNotFound(f"model {name!r} has no version {version}")
             previous = served.pinned
             served.pinned = version
             await self._ensure_version(served, version, source, force=False)

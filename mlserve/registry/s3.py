@@ -5,6 +5,10 @@ time in 1 MiB chunks (written and hashed on a thread, never held whole in memory
 (size, the MD5 that a single-part ETag is, and SHA256SUMS when the version has one), and only
 then renamed into place. A half-downloaded version is therefore never visible to the loader,
 and a cached one is reused as long as its fingerprint (keys, sizes, ETags) is unchanged.
+
+The cache keeps `keep_versions` folders per model: every fetch marks its folder as just used, and
+the least recently used others are removed. A loaded version does not need its folder (engines
+read their files at load); only reloading it (rollback, pin) fetches it again.
 """
 
 from __future__ import annotations
@@ -57,8 +61,10 @@ class S3Store:
     endpoint URL may be given for S3-compatible servers.
     """
 
-    def __init__(self, uri: str, cache_dir: Path, endpoint_url: str | None = None, region: str | None = None) -> None:
+    def __init__(self, uri: str, cache_dir: Path, endpoint_url: str | None = None, region: str | None = None,
+                 keep_versions: int = 4) -> None:
         self.uri = uri
+        self.keep_versions = keep_versions
         self.bucket, self.prefix = parse_s3_uri(uri)
         self._endpoint_url = endpoint_url
         self._region = region
@@ -150,6 +156,7 @@ class S3Store:
         stat = fingerprint_of({rel: (obj.size, obj.etag) for rel, obj in files.items()})
         final = self._cache / model / f"{version}-{stat.fingerprint[:16]}"
         if final.is_dir():
+            await asyncio.to_thread(prune_cache, final, self.keep_versions)
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}-partial-"))
@@ -162,6 +169,7 @@ class S3Store:
                 await self._download(obj, staging / rel)
             await asyncio.to_thread(verify_checksums, staging)
             await asyncio.to_thread(_publish, staging, final)
+            await asyncio.to_thread(prune_cache, final, self.keep_versions)
         finally:
             if staging.exists():
                 await asyncio.to_thread(shutil.rmtree, staging, True)
@@ -188,6 +196,16 @@ class S3Store:
         if _MD5_ETAG.match(obj.etag) and md5.hexdigest() != obj.etag:
             raise StoreError(f"s3://{self.bucket}/{obj.key}: MD5 {md5.hexdigest()} does not match ETag {obj.etag}")
 
+    async def put(self, model: str, rel: str, body: bytes) -> None:
+        """Write one file of a model folder (`mlserve optimize` publishing a version)."""
+        key = f"{self.prefix}{model}/{rel}"
+        check_object_key(key, self.prefix)
+        s3 = await self._s3()
+        try:
+            await s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+        except Exception as exc:
+            raise StoreError(f"upload of s3://{self.bucket}/{key} failed: {type(exc).__name__}: {exc}") from exc
+
     def describe(self) -> str:
         return self.uri + (f" at {self._endpoint_url}" if self._endpoint_url else "")
 
@@ -195,6 +213,20 @@ class S3Store:
         if self._stack is not None:
             await self._stack.aclose()
         self._client = self._stack = None
+
+
+def prune_cache(current: Path, keep: int) -> list[Path]:
+    """Mark `current` (a model's cached version folder) as just used, then remove the least
+    recently used of its siblings past `keep` folders in all. Staging folders (hidden) are left to
+    the fetch that owns them. Returns what was removed."""
+    os.utime(current)
+    folders = [p for p in current.parent.iterdir() if p.is_dir() and not p.name.startswith(".") and p != current]
+    folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = folders[max(0, keep - 1):]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("S3 cache: removed %s (more than %d version folders of this model cached)", folder, keep)
+    return removed
 
 
 def _write_chunk(fh, md5, chunk: bytes) -> None:

@@ -1,9 +1,11 @@
 """Checks a version folder passes before any engine reads it: no file that leaves the repository
-through a symlink, nothing over the size limit, and only safe names.
+through a symlink, nothing over the size limit, only safe names, and no artifact that can run code
+unless the repository or the model is trusted.
 
-Engines never unpickle arbitrary Python objects: TorchScript and torch.export archives are read by
-torch's own restricted loaders, and any engine that would need full pickle must ask
-`trust_repository` first.
+TorchScript archives carry code that runs when they are read and called, and torch.export archives
+fall back to full pickle (`torch.load(weights_only=False)`) for weights marked as pickled: both
+can run anything. They load only with --trust-repository or `trusted = true` in the model's
+model.toml; ONNX, TensorRT plans read by their own runtimes and safetensors stay allowed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ def check_version_folder(path: Path, max_bytes: int) -> int:
         if total > max_bytes:
             raise ModelLoadError(f"{path}: artifacts are over the limit of {max_bytes} bytes; not loaded")
     return total
+
+
+CODE_RUNNING_BACKENDS = {"torchscript": "TorchScript", "torch_export": "torch.export (.pt2)",
+                         "aoti": "AOTInductor (compiled native code)"}
+
+
+def check_trusted(backend: str, is_trusted: bool) -> None:
+    """Refuse, before any file is opened, a backend whose artifacts can run code when untrusted."""
+    kind = CODE_RUNNING_BACKENDS.get(backend)
+    if kind is not None and not is_trusted:
+        raise ModelLoadError(
+            f"{kind} artifacts can run code when loaded and this model is not trusted; "
+            "start with --trust-repository or set trusted = true in its model.toml"
+        )
 
 
 def check_object_key(key: str, prefix: str = "") -> str:

@@ -56,6 +56,9 @@ class ServedVersion:
 
     @property
     def is_idle(self) -> bool:
+        """Nothing queued or running: no batch in flight and no generation streaming."""
+        if self.llm_engine is not None and self.llm_engine.num_active > 0:
+            return False
         return self.batcher is None or self.batcher.num_in_flight == 0
 
 

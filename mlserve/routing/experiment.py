@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.spec.request_id import is_request_id
 from mlserve.routing import stats
 from mlserve.spec import ExperimentSpec
 
 MAX_ASSIGNMENTS = 100_000
 """Routed requests remembered for feedback per model; older ones are forgotten first."""
+MAX_ASSIGNMENT_CHARS = 4_000_000
+"""Characters of request ids remembered per model (100,000 server-made ids fit; long client ids fewer)."""
 LATENCY_WINDOW = 2000
 
 
@@ -52,6 +55,7 @@ class Experiment:
         self.spec = spec
         self._assigned: OrderedDict[str, int] = OrderedDict()
         self._answered: set[str] = set()
+        self._num_chars = 0
         self.outcomes: dict[int, stats.Moments] = {}
         self.health: dict[int, VersionHealth] = {}
         self._tests: dict[tuple[int, int], stats.SequentialTest] = {}
@@ -61,11 +65,28 @@ class Experiment:
         return self.spec.outcome == "binary"
 
     def assign(self, req_id: str, version: int) -> None:
+        """Remember which version answered `req_id`, within both bounds; an id that is not a valid
+        request id (over 128 characters, not printable) is not kept, so feedback cannot name it."""
+        if not is_request_id(req_id):
+            return
+        if req_id in self._assigned:
+            self._assigned.move_to_end(req_id)
+        else:
+            self._num_chars += len(req_id)
         self._assigned[req_id] = version
-        self._assigned.move_to_end(req_id)
-        while len(self._assigned) > MAX_ASSIGNMENTS:
+        while len(self._assigned) > MAX_ASSIGNMENTS or self._num_chars > MAX_ASSIGNMENT_CHARS:
             old, _ = self._assigned.popitem(last=False)
+            self._num_chars -= len(old)
             self._answered.discard(old)
+
+    @property
+    def num_assigned(self) -> int:
+        return len(self._assigned)
+
+    @property
+    def num_assigned_chars(self) -> int:
+        """Characters of the request ids kept for feedback (what bounds their memory)."""
+        return self._num_chars
 
     def observe(self, version: int, latency_s: float, ok: bool) -> None:
         self.health.setdefault(version, VersionHealth()).observe(latency_s, ok)

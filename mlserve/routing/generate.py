@@ -160,16 +160,16 @@ def _submit(service: InferenceService, served: ServedVersion, request: GenerateR
             raise InvalidInput(f"model {request.model!r} is not a generation model; "
                                f"use /v2/models/{request.model}/infer")
         engine = served.llm_engine
-        prompt_ids = [_tokenize(engine, request, p) for p in (request.prompts or (None,))]
-        params = _bounded(engine, request, prompt_ids)
-        handle = engine.submit_many(prompt_ids, params, request.num_seqs_per_prompt, request.priority)
+        ids = [prompt_ids(engine, request, p) for p in (request.prompts or (None,))]
+        params = bounded_params(engine, request, ids)
+        handle = engine.submit_many(ids, params, request.num_seqs_per_prompt, request.priority)
     except Exception:
         service.traffic.release(served)  # refused before it ran: nothing to judge
         raise
-    return GenerationRun(service, served, handle, prompt_ids, routed=True)
+    return GenerationRun(service, served, handle, ids, routed=True)
 
 
-def _tokenize(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[int, ...] | None) -> list[int]:
+def prompt_ids(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[int, ...] | None) -> list[int]:
     tokenizer = engine.backend.tokenizer
     if isinstance(prompt, tuple):
         ids = list(prompt)
@@ -183,7 +183,7 @@ def _tokenize(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[i
     return ids
 
 
-def _bounded(engine: LLMEngine, request: GenerateRequest, prompt_ids: list[list[int]]) -> SamplingParams:
+def bounded_params(engine: LLMEngine, request: GenerateRequest, prompt_ids: list[list[int]]) -> SamplingParams:
     """Token ids the params name must exist; a chat with no max_tokens gets the room left, within the
     server's max_generation_tokens."""
     params, cap = request.params, request.limits.max_generation_tokens

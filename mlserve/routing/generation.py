@@ -1,14 +1,16 @@
-"""The generation side of the service: which versions generate or embed, their tokenizers, model cards.
-
-Handlers ask these questions here, never of engine internals, so every protocol gets the same answers."""
+"""The generation side of the service: which versions generate or embed, their tokenizers, model cards,
+and the batch jobs' way in. Handlers ask these questions here, never of engine internals, so every
+protocol gets the same answers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
+from mlserve.spec import GenerationRequest, RequestHandle
 
 if TYPE_CHECKING:
     from mlserve.batching.llm_engine import LLMEngine
@@ -100,3 +102,59 @@ class GenerationCatalog:
 def check_token_ids(token_ids: list[int], vocab_size: int) -> None:
     if token_ids and (min(token_ids) < 0 or max(token_ids) >= vocab_size):
         raise InvalidInput(f"token ids must lie in [0, {vocab_size})")
+
+
+class Generation:
+    """One submitted batch-job request: which version answers, where its TokenEvents arrive, how to cancel it."""
+
+    __slots__ = ("model", "version", "handle", "_engine")
+
+    def __init__(self, model: str, version: str, handle: RequestHandle, engine: LLMEngine) -> None:
+        self.model = model
+        self.version = version
+        self.handle = handle
+        self._engine = engine
+
+    @property
+    def req_id(self) -> str:
+        return self.handle.req_id
+
+    def abort(self) -> None:
+        """The job was cancelled: the engine frees the request's blocks before its next step."""
+        self._engine.abort_request(self.handle)
+
+    def token_text(self, token_id: int) -> str:
+        return self._engine.backend.tokenizer.token_text(token_id)
+
+
+class GenerationService:
+    """Batch jobs' path into a generation version (pinned by the job, so no split or breaker applies):
+    the same tokenizing and limits as InferenceService.generate, one sequence per line."""
+
+    def __init__(self, loader: HotSwapLoader, router: Router, limits: LimitsConfig) -> None:
+        self._loader = loader
+        self._router = router
+        self._limits = limits
+
+    def model_names(self) -> list[str]:
+        """Models with a ready generation version, sorted."""
+        return [
+            name for name, served in sorted(self._loader.models.items())
+            if any(sv.llm_engine is not None for sv in served.versions.values() if sv.is_ready)
+        ]
+
+    async def submit(self, req: GenerationRequest) -> Generation:
+        from mlserve.routing.generate import GenerateRequest, TokenLimits, bounded_params, prompt_ids
+
+        if len(req.prompts) > 1 or req.n != 1 or req.best_of or req.echo:
+            raise InvalidInput("a batch line takes one prompt and n = 1, without best_of or echo")
+        await self._loader.ensure_loaded(req.model)  # lazy or evicted models load on first use
+        served = self._router.pick(req.model, None)
+        engine = served.llm_engine
+        if engine is None:
+            raise InvalidInput(f"model {req.model!r} is not a generation model; use /v2/models/{req.model}/infer")
+        limits = TokenLimits(self._limits.max_prompt_tokens, self._limits.max_generation_tokens)
+        request = GenerateRequest(req.model, req.prompts, req.messages, req.params, limits, req.max_tokens_given)
+        ids = [prompt_ids(engine, request, p) for p in (req.prompts or (None,))]
+        handle = engine.submit(ids[0], bounded_params(engine, request, ids))
+        return Generation(req.model, str(served.version), handle, engine)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
+from mlserve.spec.request_id import check_request_id
 from mlserve.routing import split as splits
 from mlserve.routing.rollout import Rollout, RolloutPlan, RolloutStatus
 from mlserve.routing.shadow import ShadowJob, ShadowRunner, ShadowStats, Tensors, compare_outputs
@@ -209,6 +210,7 @@ class TrafficManager:
         served = self._served(name)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or "value" not in body:
             raise InvalidInput('the body must be {"id": "<request id>", "value": <number>}')
+        check_request_id(body["id"])
         state = self.state(served)
         version = state.experiment.feedback(body["id"], body["value"], self._control(served, state))
         return {"id": body["id"], "model": name, "version": str(version)}

@@ -17,13 +17,15 @@ from mlserve.config import Config, RegistryConfig
 from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
+from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.store import Store
+from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
 from mlserve.server.auth import KeyRing, PathPolicy
-from mlserve.server.grpc_server import grpc_cleanup_ctx
+from mlserve.server.batch_jobs import add_batch_job_routes
 from mlserve.server.grpc_server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, front_middleware
@@ -31,7 +33,8 @@ from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
 from mlserve.server.openai import openai_app, vllm_routes
 from mlserve.server.openai_errors import openai_error_middleware
 from mlserve.server.openapi import openapi_handler
-from mlserve.server.ratelimit import InFlight, TenantLimiter
+from mlserve.server.optimize_routes import optimize_jobs, optimize_routes
+from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
 from mlserve.server.state import ServerState
 from mlserve.server.overview import OverviewSources
 from mlserve.server.status import HistorySampler, StatusHandlers
@@ -56,7 +59,8 @@ def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
 
         registry = registry or RegistryConfig(models=uri)
         cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
-        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None)
+        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None,
+                       keep_versions=registry.cache_versions)
     if "://" in uri:
         raise ValueError(f"unsupported model repository {uri!r}: give a local folder or s3://bucket/prefix")
     return LocalStore(Path(uri))
@@ -76,7 +80,9 @@ class Services:
     monitor: Monitor
     loader: HotSwapLoader
     inference: InferenceService
+    generation: GenerationService
     status: HistorySampler
+    optimize_jobs: OptimizeJobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,8 @@ def _gate(config: Config, state: ServerState) -> Gate:
     """Authentication, per-key limits and the in-flight bound, from the auth and limits sections."""
     keys_file = Path(config.auth.keys_file) if config.auth.keys_file else None
     return Gate(
-        PathPolicy.from_config(config.auth, config.server.host), KeyRing(keys_file, TenantLimiter()),
+        PathPolicy.from_config(config.auth, config.server.host),
+        KeyRing(keys_file, TenantLimiter(), FailureThrottle(config.auth.failed_auth_burst, config.auth.failed_auth_per_s)),
         InFlight(config.limits.max_in_flight), state, config.server.max_body_bytes,
         config.limits.not_ready_when_saturated,
     )
@@ -105,8 +112,10 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     inference = InferenceService(loader, metrics)
     monitor = Monitor(config.monitor, metrics)
     connect_monitor(monitor, metrics, loader, inference)
+    generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
-    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, status)
+    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
+                    optimize_jobs(loader, inference.traffic))
 
 
 def stages(s: Services) -> list[Stage]:
@@ -135,6 +144,7 @@ samples only once the repository is loaded and stops first; keys close last."""
         Stage("loader", start=start_loader, stop=stop_loader),
         Stage("traffic", stop=s.inference.traffic.close),
         Stage("status history", start=s.status.start, stop=s.status.stop),
+        Stage("optimize jobs", stop=s.optimize_jobs.close),  # their publishing uses the loader and traffic
     ]
 
 
@@ -223,6 +233,7 @@ def admin_routes(s: Services) -> list[web.RouteDef]:
         web.get("/admin/models/{model}/rollout", traffic.get_rollout),
         web.post("/admin/models/{model}/rollout", traffic.start_rollout),
         web.delete("/admin/models/{model}/rollout", traffic.cancel_rollout),
+        *optimize_routes(s.optimize_jobs, s.loader, s.config.registry.trust_repository),
     ]
 
 
@@ -265,4 +276,5 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.cleanup_ctx.append(lifecycle(stages(s)))
     # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
     app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate))
+    add_batch_job_routes(app, s)  # after the lifecycle: jobs start once models load, stop before they unload
     return app

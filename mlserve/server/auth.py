@@ -2,8 +2,9 @@
 
 The policy works on path prefixes so routes added later are covered without being listed:
 `/v2/health/`, vLLM's `/health` and `/version`, and the status page's static files (`/`, `/ui/`; its
-data at `/status` is not) are open, `/metrics` is open by setting, `/admin/` and `/v2/repository/` need the
-admin scope and are served only on loopback or when enabled, everything else needs `infer`.
+data at `/status` is not) are open, `/metrics` is open by setting, `/admin/`, `/v2/repository/` and
+`/v2/batch/` (jobs read and write server files) need the admin scope and are served only on loopback
+or when enabled, everything else needs `infer`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import secrets
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +24,13 @@ from mlserve import keys as keyfile
 from mlserve.config import AuthConfig
 from mlserve.errors import Overloaded
 from mlserve.keys import ApiKey
-from mlserve.server.ratelimit import TenantLimiter
+from mlserve.server.ratelimit import FailureThrottle, TenantLimiter
 
 log = logging.getLogger("mlserve.auth")
 
 OPEN_PREFIXES = ("/v2/health/", "/ui/")
 OPEN_PATHS = ("/", "/health", "/version")
-ADMIN_PREFIXES = ("/admin", "/v2/repository")
+ADMIN_PREFIXES = ("/admin", "/v2/repository", "/v2/batch")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _CACHE_SIZE = 4096
 MAX_VERIFYING = 32
@@ -65,16 +67,35 @@ class PathPolicy:
         return Access.INFER
 
 
-class KeyRing:
-    """The live keys, reloadable; verifies bearer tokens and keeps per-key limits in step."""
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """What a key check found: the live key (None when the token is not one), or that the client
+    address has failed too often and must wait `retry_after_s` (nothing was checked then)."""
 
-    def __init__(self, path: Path | None, limiter: TenantLimiter) -> None:
+    key: ApiKey | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def is_throttled(self) -> bool:
+        return self.retry_after_s is not None
+
+
+class KeyRing:
+    """The live keys, reloadable; verifies bearer tokens and keeps per-key limits in step.
+
+    Verified tokens are remembered in an LRU under a keyed digest (wrong ones never are, so a flood
+    of bad tokens cannot push good ones out). A reload keeps what it remembered for keys whose
+    record is unchanged. Checks that need a hash are throttled per client address."""
+
+    def __init__(self, path: Path | None, limiter: TenantLimiter, throttle: FailureThrottle | None = None) -> None:
         self.path = path
         self.limiter = limiter
+        self.throttle = throttle or FailureThrottle()
         self._keys: dict[str, ApiKey] = {}
         self._memo_key = secrets.token_bytes(32)
-        self._verified: OrderedDict[bytes, str | None] = OrderedDict()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlserve-auth")
+        self._verified: OrderedDict[bytes, str] = OrderedDict()
+        workers = max(1, min(4, os.cpu_count() or 1))
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlserve-auth")
         self._num_verifying = 0
         if path is not None:
             self.reload()
@@ -82,6 +103,10 @@ class KeyRing:
     @property
     def is_enabled(self) -> bool:
         return self.path is not None
+
+    @property
+    def num_remembered(self) -> int:
+        return len(self._verified)
 
     def reload(self) -> None:
         """Re-read the keys file; a bad file keeps the previous keys (and says so)."""
@@ -91,40 +116,60 @@ class KeyRing:
         except (ValueError, OSError) as exc:
             log.error("keys file not reloaded, keeping %d key(s): %s", len(self._keys), exc)
             return
-        self._keys = {k: v for k, v in loaded.items() if not v.revoked}
-        self._verified.clear()
+        old, self._keys = self._keys, {k: v for k, v in loaded.items() if not v.revoked}
+        self._verified = OrderedDict(
+            (memo, key_id) for memo, key_id in self._verified.items()
+            if _same_secret(old.get(key_id), self._keys.get(key_id))
+        )
         for key in self._keys.values():
             self.limiter.configure(key.key_id, key.rps, key.concurrency)
         self.limiter.forget_others(set(self._keys))
         log.info("keys file %s: %d live key(s)", self.path, len(self._keys))
 
-    async def authenticate(self, token: str) -> ApiKey | None:
-        """The live key a token belongs to, or None. The hash runs off the event loop, a bounded
-        number at a time; a token seen before (right or wrong) is answered from memory."""
+    async def authenticate(self, token: str, client_addr: str = "") -> AuthResult:
+        """The live key a token belongs to. A remembered token is answered from memory; any other
+        check costs its client address one failed attempt unless it succeeds, and an address out of
+        attempts is told to wait. Hashes run off the event loop, a bounded number at a time."""
         parts = keyfile.split_token(token)
-        if parts is None or parts[0] not in self._keys:
-            return None
         # A keyed hash names the token in memory without keeping it; blake2b is one C call.
-        memo = hashlib.blake2b(token.encode(), key=self._memo_key, digest_size=16).digest()
-        if memo in self._verified:
-            key_id = self._verified[memo]
-            return self._keys.get(key_id) if key_id is not None else None
-        key = self._keys[parts[0]]
+        memo = hashlib.blake2b(token.encode(), key=self._memo_key, digest_size=16).digest() if parts else b""
+        key_id = self._verified.get(memo)
+        if key_id is not None and key_id in self._keys:
+            self._verified.move_to_end(memo)
+            return AuthResult(self._keys[key_id])
+        wait = self.throttle.try_attempt(client_addr)
+        if wait is not None:
+            return AuthResult(None, wait)
+        if parts is None or parts[0] not in self._keys:
+            return AuthResult(None)
+        try:
+            ok = await self._verify(self._keys[parts[0]], parts[1])
+        except Overloaded:
+            self.throttle.refund(client_addr)
+            raise
+        if not ok:
+            return AuthResult(None)
+        self.throttle.refund(client_addr)
+        self._verified[memo] = parts[0]
+        while len(self._verified) > _CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return AuthResult(self._keys.get(parts[0]))
+
+    async def _verify(self, key: ApiKey, secret: str) -> bool:
         if self._num_verifying >= MAX_VERIFYING:
             raise Overloaded(f"{self._num_verifying} API keys are being verified; retry shortly")
         self._num_verifying += 1
         try:
-            loop = asyncio.get_running_loop()
-            ok = await loop.run_in_executor(self._executor, keyfile.verify, key, parts[1])
+            return await asyncio.get_running_loop().run_in_executor(self._executor, keyfile.verify, key, secret)
         finally:
             self._num_verifying -= 1
-        self._verified[memo] = key.key_id if ok else None
-        if len(self._verified) > _CACHE_SIZE:
-            self._verified.popitem(last=False)
-        return self._keys.get(key.key_id) if ok else None
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
+
+
+def _same_secret(old: ApiKey | None, new: ApiKey | None) -> bool:
+    return old is not None and new is not None and (old.salt, old.hash) == (new.salt, new.hash)
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -27,7 +27,7 @@ class Refused(Exception):
     retry_after_s: float | None = None
 
 
-async def authorize(gate: Gate, path: str, authorization: str | None) -> ApiKey | None:
+async def authorize(gate: Gate, path: str, authorization: str | None, peer: str = "") -> ApiKey | None:
     """The caller's key (None when authentication is off or the path is open), else Refused."""
     access = gate.policy.access(path)
     if access is Access.OPEN:
@@ -40,13 +40,24 @@ async def authorize(gate: Gate, path: str, authorization: str | None) -> ApiKey 
     token = bearer_token(authorization)
     if token is None:
         raise Refused("UNAUTHENTICATED", "an API key is required: send metadata 'authorization: Bearer <key>'")
-    key = await gate.keyring.authenticate(token)
+    result = await gate.keyring.authenticate(token, _address(peer))
+    if result.is_throttled:
+        raise Refused("RESOURCE_EXHAUSTED", "too many failed API key checks from this address; retry later",
+                      result.retry_after_s)
+    key = result.key
     if key is None:
         raise Refused("UNAUTHENTICATED", "the API key is not valid (unknown, malformed or revoked)")
     scope = "admin" if access is Access.ADMIN else "infer"
     if not key.has_scope(scope):
         raise Refused("PERMISSION_DENIED", f"key {key.name!r} lacks the {scope!r} scope this call needs")
     return key
+
+
+def _address(peer: str) -> str:
+    """gRPC's peer ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000") -> the client address alone."""
+    _, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0] if rest else peer
+    return host.strip("[]")
 
 
 @contextlib.asynccontextmanager

@@ -76,7 +76,7 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
     async def _call(self, context: grpc.aio.ServicerContext, path: str, work: Callable[[ApiKey | None], Awaitable]):
         """Gate, run, map errors. Anything unexpected is logged once and becomes INTERNAL."""
         try:
-            key = await authorize(self._gate, path, _metadata(context, "authorization"))
+            key = await authorize(self._gate, path, _metadata(context, "authorization"), context.peer())
             async with admitted(self._gate, key, path == HEALTH_PATH):
                 return await work(key)
         except Refused as refused:
@@ -178,7 +178,7 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
         """Each request on the stream is answered on its own as soon as it is done, in any order
         (ids tell them apart); a failed one answers with `error_message` and the stream goes on."""
         try:
-            key = await authorize(self._gate, MODEL_PATH, _metadata(context, "authorization"))
+            key = await authorize(self._gate, MODEL_PATH, _metadata(context, "authorization"), context.peer())
         except Refused as refused:
             await _abort(context, grpc.StatusCode[refused.code], refused.message, refused.retry_after_s)
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()

@@ -26,8 +26,10 @@ log = logging.getLogger("mlserve.server")
 ERROR_STATUS: tuple[tuple[type[errors.MlserveError], int], ...] = (
     (errors.PayloadTooLarge, 413),
     (errors.ModelNotFound, 404),
+    (errors.JobNotFound, 404),
     (errors.ModelNotReady, 503),
     (errors.InvalidInput, 400),
+    (errors.Forbidden, 403),
     (errors.Overloaded, 429),
     (errors.RequestTimeout, 504),
     (errors.ModelLoadError, 400),
@@ -161,7 +163,11 @@ async def _authenticate(gate: Gate, request: web.Request, access: Access) -> web
     challenge = {"WWW-Authenticate": 'Bearer realm="mlserve"'}
     if token is None:
         return json_error(401, "an API key is required: send 'Authorization: Bearer <key>'", challenge)
-    key = await gate.keyring.authenticate(token)
+    result = await gate.keyring.authenticate(token, request.remote or "")
+    if result.is_throttled:
+        return json_error(429, "too many failed API key checks from this address; retry later",
+                          {"Retry-After": str(max(1, math.ceil(result.retry_after_s)))})
+    key = result.key
     if key is None:
         return json_error(401, "the API key is not valid (unknown, malformed or revoked)", challenge)
     scope = "admin" if access is Access.ADMIN else "infer"

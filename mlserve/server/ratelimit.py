@@ -4,6 +4,7 @@ state with an injectable clock; the middleware calls it."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -86,6 +87,42 @@ class TenantLimiter:
         tenant = self._tenants.get(key_id)
         if tenant is not None and tenant.num_in_flight > 0:
             tenant.num_in_flight -= 1
+
+
+MAX_THROTTLED_CLIENTS = 10_000
+"""Client addresses whose failed key checks are remembered; the least recently seen are forgotten."""
+
+
+@dataclass(slots=True)
+class FailureThrottle:
+    """Key checks per client address: each check that needs a hash takes a token from the address's
+    bucket and a check that succeeds gives it back, so only failures (and checks in progress)
+    spend the budget. Bounded: at most MAX_THROTTLED_CLIENTS addresses are remembered."""
+
+    burst: float = 20.0
+    rate: float = 1.0
+    clock: Clock = time.monotonic
+    _buckets: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict)
+
+    def try_attempt(self, client: str) -> float | None:
+        """None when the address may have a key checked now, else seconds until it may."""
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            bucket = self._buckets[client] = TokenBucket(self.rate, self.burst)
+            while len(self._buckets) > MAX_THROTTLED_CLIENTS:
+                self._buckets.popitem(last=False)
+        self._buckets.move_to_end(client)
+        return bucket.try_take(self.clock())
+
+    def refund(self, client: str) -> None:
+        """The check succeeded (or never ran): the attempt costs the address nothing."""
+        bucket = self._buckets.get(client)
+        if bucket is not None:
+            bucket.tokens = min(bucket.burst, bucket.tokens + 1.0)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self._buckets)
 
 
 @dataclass(slots=True)

@@ -21,12 +21,12 @@ from mlserve.errors import InvalidInput, PayloadTooLarge
 from mlserve.routing.classification import class_counts_from
 from mlserve.routing.service import InferRequest, InferResponse
 from mlserve.spec import SchedulePolicy
+from mlserve.spec.request_id import check_request_id as check_id
 from mlserve.server.tensors import check_header, decode_binary_tensor, decode_json_tensor, encode_binary, json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION_HEADER = "Mlserve-Model-Version"
 REQUEST_ID_HEADER = "Mlserve-Request-Id"
-MAX_REQUEST_ID = 128
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 # Parameters mlserve honours, by where they stand in the request. Others are refused by name; a
@@ -46,14 +46,8 @@ class Decoded:
 
 
 def check_request_id(value: Any) -> str | None:
-    """A client's request id: at most 128 printable ASCII characters (it is echoed in a header)."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput("'id' must be a string")
-    if len(value) > MAX_REQUEST_ID or not value.isascii() or not value.isprintable():
-        raise InvalidInput(f"'id' must be at most {MAX_REQUEST_ID} printable ASCII characters")
-    return value
+    """A client's request id (None when it sent none): see `mlserve.spec.request_id`."""
+    return None if value is None else check_id(value)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryview, memoryview]:

@@ -14,10 +14,14 @@ class LLMSettings:
 
     block_size: int = 16
     """Token slots per KV block."""
-    kv_cache_mb: float = 64.0
-    """Memory budget of the KV pool; the number of blocks follows from it and the model's shape."""
+    kv_memory_fraction: float = 0.5
+    """Share of the device's free memory, once the weights are in, the KV pool may take; the pool
+    never grows past max_num_seqs sequences of max_model_len. Used unless kv_cache_mb or
+    num_kv_blocks is set."""
+    kv_cache_mb: float | None = None
+    """Memory budget of the KV pool in MiB (overrides kv_memory_fraction)."""
     num_kv_blocks: int | None = None
-    """Set the pool size in blocks directly (overrides kv_cache_mb)."""
+    """Set the pool size in blocks directly (overrides kv_cache_mb and kv_memory_fraction)."""
     max_num_seqs: int = 64
     """Sequences in the running batch at most."""
     max_num_batched_tokens: int = 512
@@ -36,8 +40,11 @@ class LLMSettings:
             raise ValueError(f"[llm] num_kv_blocks must be a positive integer, got {self.num_kv_blocks!r}")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
             raise ValueError(f"[llm] max_model_len must be an integer >= 2, got {self.max_model_len!r}")
-        if not isinstance(self.kv_cache_mb, (int, float)) or self.kv_cache_mb <= 0:
+        if self.kv_cache_mb is not None and (not isinstance(self.kv_cache_mb, (int, float)) or self.kv_cache_mb <= 0):
             raise ValueError(f"[llm] kv_cache_mb must be a positive number, got {self.kv_cache_mb!r}")
+        fraction = self.kv_memory_fraction
+        if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
+            raise ValueError(f"[llm] kv_memory_fraction must be a number in (0, 1], got {fraction!r}")
 
     @classmethod
     def parse(cls, raw: Any) -> LLMSettings:

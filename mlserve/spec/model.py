@@ -129,6 +129,9 @@ class ModelConfig:
     drift: DriftSettings = field(default_factory=DriftSettings)
     traffic: TrafficSpec = field(default_factory=TrafficSpec)
     warmup: WarmupSpec = field(default_factory=WarmupSpec)
+    trusted: bool = False
+    """Artifacts that can run code when read (TorchScript, torch.export) may load for this model.
+    The repository is the operator's: no route without the admin scope writes model.toml."""
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKENDS:

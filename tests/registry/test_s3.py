@@ -156,3 +156,35 @@ def test_unreachable_repository_changes_nothing_and_the_next_reload_retries(s3_e
 
 def _post_reload(server):
     return post(f"{server.url}/v2/repository/index", "")
+
+
+def test_the_download_cache_keeps_a_bounded_number_of_versions_per_model(moto_server, s3_env, tmp_path):
+    repo = tmp_path / "repo"
+    write_model(repo, "m", [1, 2, 3])
+    write_model(repo, "other", [1])
+    upload(moto_server, "models", "prod", repo, create=True)
+
+    def cached(model: str) -> list[str]:
+        folder = tmp_path / "cache" / "models" / "prod" / model
+        return sorted(p.name.split("-")[0] for p in folder.iterdir())
+
+    async def run():
+        store = S3Store("s3://models/prod", tmp_path / "cache", endpoint_url=moto_server, region="us-east-1",
+                        keep_versions=2)
+        try:
+            await store.refresh()
+            await store.fetch("other", 1)
+            seen = []
+            for version in (1, 2, 3):
+                await store.fetch("m", version)
+                seen.append(cached("m"))
+            await store.fetch("m", 2)  # a cache hit counts as a use: 3 is now the oldest
+            await store.fetch("m", 1)
+            seen.append(cached("m"))
+            return seen
+        finally:
+            await store.close()
+
+    seen = asyncio.run(run())
+    assert seen == [["1"], ["1", "2"], ["2", "3"], ["1", "2"]]
+    assert cached("other") == ["1"]  # another model's folders are not this model's budget

@@ -8,6 +8,7 @@ import torch
 
 TS_TOML = """\
 backend = "torchscript"
+trusted = true
 max_batch_size = {max_batch_size}
 max_queue_delay_us = {delay_us}
 {extra}

@@ -183,3 +183,22 @@ def test_fuzzing_with_and_without_a_key_finds_no_server_error(secured):
                 assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.text}"
 
         no_5xx()
+
+
+def test_failed_key_checks_from_one_address_get_429_with_retry_after(tmp_path):
+    write_identity_onnx(tmp_path / "repo" / "identity" / "1" / "model.onnx", "FP32")
+    keys_file = tmp_path / "keys.json"
+    token = make_key(keys_file, "reader", "--scopes", "infer")
+    forged = f"mls_{token.split('_')[1]}_" + "C" * 43
+    env = {"MLSERVE_AUTH_FAILED_AUTH_BURST": "3", "MLSERVE_AUTH_FAILED_AUTH_PER_S": "0.05"}
+    proc = MlserveProcess(tmp_path / "repo", "--auth-keys", str(keys_file), log_path=tmp_path / "log", env=env)
+    try:
+        proc.wait_ready()
+        url = f"{proc.url}/v2/models/identity/infer"
+        assert call(url, infer_body(X), {"Authorization": f"Bearer {token}"}).status == 200
+        statuses = [call(url, infer_body(X), {"Authorization": f"Bearer {forged}"}) for _ in range(5)]
+        assert [a.status for a in statuses] == [401, 401, 401, 429, 429]
+        assert int(statuses[3].headers["Retry-After"]) >= 1 and "failed API key checks" in statuses[3].body["error"]
+        assert call(url, infer_body(X), {"Authorization": f"Bearer {token}"}).status == 200  # remembered key
+    finally:
+        assert proc.stop() == 0, proc.log()

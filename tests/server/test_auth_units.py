@@ -97,12 +97,126 @@ def test_key_verification_is_bounded_and_remembered(tmp_path, monkeypatch):
     ring = KeyRing(tmp_path / "keys.json", TenantLimiter())
 
     async def main():
-        assert (await ring.authenticate(token)).name == "a"
+        assert (await ring.authenticate(token)).key.name == "a"
         forged = [f"mls_{key_id}_{i:043d}" for i in range(4 + 8)]
         results = await asyncio.gather(*(ring.authenticate(t) for t in forged), return_exceptions=True)
         assert sum(isinstance(r, Overloaded) for r in results) == 8
-        assert all(r is None for r in results if not isinstance(r, Overloaded))
-        assert (await ring.authenticate(token)).name == "a"  # remembered: no hash, no queue
+        assert all(r.key is None for r in results if not isinstance(r, Overloaded))
+        assert (await ring.authenticate(token)).key.name == "a"  # remembered: no hash, no queue
 
     asyncio.run(main())
     ring.close()
+
+
+class _CountingVerify:
+    """Wraps keys.verify to count the hashes actually computed."""
+
+    def __init__(self, monkeypatch) -> None:
+        from mlserve import keys
+
+        self.calls, self._real = 0, keys.verify
+        monkeypatch.setattr(keys, "verify", self)
+
+    def __call__(self, key, secret):
+        self.calls += 1
+        return self._real(key, secret)
+
+
+def test_verified_keys_survive_a_reload_unless_their_record_changed(tmp_path, monkeypatch):
+    import asyncio
+
+    from mlserve import keys
+    from mlserve.server.auth import KeyRing
+
+    path = tmp_path / "keys.json"
+    token_a, token_b = keys.create_key(path, "a", ("infer",)), keys.create_key(path, "b", ("infer",))
+    ring = KeyRing(path, TenantLimiter())
+    verify = _CountingVerify(monkeypatch)
+
+    async def main():
+        assert (await ring.authenticate(token_a)).key.name == "a"
+        assert (await ring.authenticate(token_b)).key.name == "b"
+        forged = f"mls_{keys.split_token(token_a)[0]}_{'0' * 43}"
+        assert (await ring.authenticate(forged)).key is None
+        assert ring.num_remembered == 2  # a wrong token is never remembered
+        keys.create_key(path, "c", ("infer",))
+        ring.reload()  # SIGHUP with a and b unchanged
+        assert ring.num_remembered == 2
+        calls = verify.calls
+        assert (await ring.authenticate(token_a)).key.name == "a"
+        assert verify.calls == calls  # answered from memory after the reload
+        keys.revoke_key(path, "b")
+        ring.reload()
+        assert ring.num_remembered == 1
+        assert (await ring.authenticate(token_b)).key is None
+
+    asyncio.run(main())
+    ring.close()
+
+
+def test_the_verified_memory_is_least_recently_used(tmp_path, monkeypatch):
+    import asyncio
+
+    from mlserve import keys
+    from mlserve.server import auth
+    from mlserve.server.auth import KeyRing
+
+    monkeypatch.setattr(auth, "_CACHE_SIZE", 2)
+    path = tmp_path / "keys.json"
+    tokens = [keys.create_key(path, name, ("infer",)) for name in ("a", "b", "c")]
+    ring = KeyRing(path, TenantLimiter())
+    verify = _CountingVerify(monkeypatch)
+
+    async def main():
+        await ring.authenticate(tokens[0])
+        await ring.authenticate(tokens[1])
+        await ring.authenticate(tokens[0])  # a is now the most recently used
+        await ring.authenticate(tokens[2])  # evicts b, not a
+        calls = verify.calls
+        await ring.authenticate(tokens[0])
+        assert verify.calls == calls
+        await ring.authenticate(tokens[1])
+        assert verify.calls == calls + 1
+
+    asyncio.run(main())
+    ring.close()
+
+
+def test_failed_checks_are_throttled_per_client_address(tmp_path):
+    import asyncio
+
+    from mlserve import keys
+    from mlserve.server.auth import KeyRing
+    from mlserve.server.ratelimit import FailureThrottle
+
+    now = [100.0]
+    path = tmp_path / "keys.json"
+    token = keys.create_key(path, "a", ("infer",))
+    ring = KeyRing(path, TenantLimiter(), FailureThrottle(burst=2, rate=0.5, clock=lambda: now[0]))
+    forged = f"mls_{keys.split_token(token)[0]}_{'0' * 43}"
+
+    async def main():
+        assert (await ring.authenticate(token, "10.0.0.1")).key.name == "a"  # success costs nothing
+        assert (await ring.authenticate(forged, "10.0.0.1")).key is None
+        assert (await ring.authenticate("garbage", "10.0.0.1")).key is None
+        throttled = await ring.authenticate(forged, "10.0.0.1")
+        assert throttled.is_throttled and throttled.key is None and throttled.retry_after_s == 2.0
+        assert (await ring.authenticate(token, "10.0.0.1")).key.name == "a"  # remembered: never throttled
+        assert not (await ring.authenticate(forged, "10.0.0.2")).is_throttled  # another address
+        now[0] += 2.0
+        assert not (await ring.authenticate(forged, "10.0.0.1")).is_throttled
+
+    asyncio.run(main())
+    ring.close()
+
+
+def test_the_throttle_remembers_a_bounded_number_of_addresses(monkeypatch):
+    from mlserve.server import ratelimit
+    from mlserve.server.ratelimit import FailureThrottle
+
+    monkeypatch.setattr(ratelimit, "MAX_THROTTLED_CLIENTS", 5)
+    throttle = FailureThrottle(burst=1, rate=1.0, clock=lambda: 0.0)
+    for i in range(50):
+        assert throttle.try_attempt(f"10.0.{i}.1") is None
+    assert throttle.num_clients == 5
+    assert throttle.try_attempt("10.0.49.1") is not None  # the most recent are the ones kept

@@ -57,7 +57,8 @@ def _write_repository(root, outside):
     (root / "linkfile" / "1" / "model.onnx").symlink_to(outside / "lone.onnx")
     (root / "pickled" / "1").mkdir(parents=True)
     torch.save({"weights": RunsCode(str(outside / MARKER))}, str(root / "pickled" / "1" / "model.pt"))
-    (root / "pickled" / "model.toml").write_text((root / "raiser" / "model.toml").read_text())
+    untrusted = (root / "raiser" / "model.toml").read_text().replace("trusted = true\n", "")
+    (root / "pickled" / "model.toml").write_text(untrusted)
     write_identity_onnx(root / "huge" / "1" / "model.onnx", "FP32")
     (root / "huge" / "1" / "blob.bin").write_bytes(b"\0" * 300_000)
 
@@ -161,7 +162,7 @@ def test_folders_that_escape_or_would_unpickle_or_are_too_big_do_not_load(limite
     assert index["linkfile"]["state"] == "UNAVAILABLE"
     assert "outside the model repository" in index["linkfile"]["reason"]
     assert index["huge"]["state"] == "UNAVAILABLE" and "over the limit of 200000 bytes" in index["huge"]["reason"]
-    assert index["pickled"]["state"] == "UNAVAILABLE"
+    assert index["pickled"]["state"] == "UNAVAILABLE" and "not trusted" in index["pickled"]["reason"]
     assert not (limited.outside / MARKER).exists(), "loading the repository ran code from a pickle"
     assert index["identity"]["state"] == "READY"
 

@@ -19,6 +19,7 @@ SMALL_POOL_TOML = """\
 [llm]
 block_size = 16
 num_kv_blocks = 24
+max_model_len = 384
 max_num_seqs = 32
 max_num_batched_tokens = 96
 """

@@ -3,6 +3,7 @@ Generation itself is driven by the continuous batcher (mlserve/batching/llm_engi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from mlserve.errors import InvalidInput, ModelLoadError
 from mlserve.spec import LLMSettings, ModelConfig, ModelInfo
 
 PLATFORM = "mlserve_llm"
+
+log = logging.getLogger("mlserve.llm")
 
 
 class LLMBackend:
@@ -38,10 +41,25 @@ class LLMBackend:
             self.runner = ModelRunner(path, device, self.settings)
         except (ValueError, KeyError, FileNotFoundError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from exc
-        context = self.settings.max_model_len or self.runner.shape.max_position
-        pool_slots = self.runner.num_blocks * self.settings.block_size
-        # One sequence alone must always fit in the pool, or preemption could never make room.
-        self.max_model_len = min(context, self.runner.shape.max_position, pool_slots)
+        self.max_model_len = self._check_context(path)
+
+    def _check_context(self, path: Path) -> int:
+        """One sequence of max_model_len must fit in the pool alone, or preemption could never make
+        room for it: refuse rather than serve a shorter context than the one configured."""
+        runner, settings = self.runner, self.settings
+        context = settings.max_model_len or runner.shape.max_position
+        if context > runner.shape.max_position:
+            raise ModelLoadError(f"{path}: [llm] max_model_len {context} is over the model's context of "
+                                 f"{runner.shape.max_position} tokens")
+        pool_slots = runner.num_blocks * settings.block_size
+        if pool_slots < context:
+            raise ModelLoadError(
+                f"{path}: the KV pool holds {pool_slots} tokens ({runner.num_blocks} blocks, "
+                f"{runner.kv_bytes / 2**20:.1f} MiB), less than one sequence of max_model_len {context}; "
+                "give [llm] kv_memory_fraction, kv_cache_mb or num_kv_blocks more, or set a smaller max_model_len")
+        log.info("%s: KV pool of %d blocks (%d tokens, %.1f MiB): max context %d tokens, %d such sequences at once",
+                 path, runner.num_blocks, pool_slots, runner.kv_bytes / 2**20, context, pool_slots // context)
+        return context
 
     @property
     def eos_token_id(self) -> int | None:

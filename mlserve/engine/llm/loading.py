@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from mlserve.engine.llm.checkpoint import check_unused
 from mlserve.engine.llm.gpt2 import GPT2LMHeadModel
 from mlserve.engine.llm.model import LlamaForCausalLM, ModelShape
 
@@ -29,8 +30,10 @@ def load_model(version_dir: Path, device: torch.device, dtype: torch.dtype) -> t
     if shape.arch == "gpt2":
         state = {k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}": t for k, t in state.items()}
     wanted = {k for k in model.state_dict()}
-    if shape.tie_embeddings or "lm_head.weight" not in state:
+    if shape.tie_embeddings:
         wanted.discard("lm_head.weight")
+        _check_tied_head(state)
+    check_unused(state, wanted, shape.arch)
     missing = wanted - set(state)
     if missing:
         raise ValueError(f"checkpoint lacks {len(missing)} tensor(s), e.g. {sorted(missing)[:3]}")
@@ -41,6 +44,15 @@ def load_model(version_dir: Path, device: torch.device, dtype: torch.dtype) -> t
         if buffer.is_meta:
             _rebuild_buffer(model, name, shape)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _check_tied_head(state: dict[str, torch.Tensor]) -> None:
+    """A tied checkpoint may still store lm_head.weight; it must then equal the embedding it is tied to."""
+    head = state.pop("lm_head.weight", None)
+    embedding = state.get("model.embed_tokens.weight", state.get("transformer.wte.weight"))
+    if head is not None and (embedding is None or not torch.equal(head, embedding)):
+        raise ValueError("tie_word_embeddings is true but lm_head.weight differs from the embedding; "
+                         "this engine would compute a different model")
 
 
 def _rebuild_buffer(model: torch.nn.Module, name: str, shape: ModelShape) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 
 log = logging.getLogger("mlserve.llm")
 
@@ -31,3 +32,19 @@ def keep_freed_memory() -> bool:
     if not done:
         log.warning("could not raise malloc thresholds; CPU decoding will be slower")
     return done
+
+
+def free_memory_bytes(device: str) -> int:
+    """Memory a new allocation on `device` may take now: CUDA's free bytes, else MemAvailable."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

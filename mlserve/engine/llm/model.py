@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlserve.engine.llm.attention import AttentionMetadata, paged_attention
+from mlserve.engine.llm.checkpoint import (
+    LLAMA_FAMILY, attention_window, check_gpt2_config, check_llama_config, rope_theta,
+)
 
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -33,28 +36,38 @@ class ModelShape:
     rope_theta: float
     tie_embeddings: bool
     eos_token_id: int | None
+    qkv_bias: bool = False
+    """q, k and v projections carry biases (Qwen2; Llama with attention_bias)."""
+    o_bias: bool = False
+    """The output projection carries a bias (Llama with attention_bias)."""
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> ModelShape:
+        """Refuses (ValueError naming the key) any setting that changes the math and is not implemented."""
         model_type = config.get("model_type")
-        if model_type in ("llama", "mistral", "qwen2"):
+        if model_type in LLAMA_FAMILY:
+            check_llama_config(config)
             heads = config["num_attention_heads"]
+            max_position = config.get("max_position_embeddings", 2048)
+            window = attention_window(config)
+            attention_bias = bool(config.get("attention_bias"))
             return cls(
                 "llama", config["vocab_size"], config["hidden_size"], config["num_hidden_layers"], heads,
                 config.get("num_key_value_heads") or heads,
                 config.get("head_dim") or config["hidden_size"] // heads, config["intermediate_size"],
-                config.get("max_position_embeddings", 2048), config.get("rms_norm_eps", 1e-6),
-                config.get("rope_theta", 10000.0), bool(config.get("tie_word_embeddings", False)),
-                _first(config.get("eos_token_id")),
+                min(max_position, window) if window else max_position, config.get("rms_norm_eps", 1e-6),
+                rope_theta(config), bool(config.get("tie_word_embeddings", False)),
+                _first(config.get("eos_token_id")), model_type == "qwen2" or attention_bias, attention_bias,
             )
         if model_type == "gpt2":
+            check_gpt2_config(config)
             hidden, heads = config["n_embd"], config["n_head"]
             return cls(
                 "gpt2", config["vocab_size"], hidden, config["n_layer"], heads, heads, hidden // heads,
                 config.get("n_inner") or 4 * hidden, config["n_positions"], config.get("layer_norm_epsilon", 1e-5),
                 0.0, True, _first(config.get("eos_token_id")),
             )
-        raise ValueError(f"unsupported model_type {model_type!r}: this engine runs llama and gpt2")
+        raise ValueError(f"unsupported model_type {model_type!r}: this engine runs {', '.join(LLAMA_FAMILY)} and gpt2")
 
 
 def _first(value: Any) -> int | None:
@@ -96,10 +109,10 @@ class LlamaAttention(nn.Module):
     def __init__(self, s: ModelShape) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = s.num_heads, s.num_kv_heads, s.head_dim
-        self.q_proj = nn.Linear(s.hidden_size, s.num_heads * s.head_dim, bias=False)
-        self.k_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=False)
-        self.v_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=False)
-        self.o_proj = nn.Linear(s.num_heads * s.head_dim, s.hidden_size, bias=False)
+        self.q_proj = nn.Linear(s.hidden_size, s.num_heads * s.head_dim, bias=s.qkv_bias)
+        self.k_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=s.qkv_bias)
+        self.v_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=s.qkv_bias)
+        self.o_proj = nn.Linear(s.num_heads * s.head_dim, s.hidden_size, bias=s.o_bias)
 
     def forward(self, x, cos, sin, kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata):
         tokens = x.shape[0]
@@ -146,7 +159,7 @@ class LlamaBody(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Llama, Mistral-style and Qwen2-style checkpoints without attention biases."""
+    """Llama, Mistral and Qwen2 checkpoints (attention biases and sliding windows as ModelShape says)."""
 
     def __init__(self, s: ModelShape) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ import torch
 
 from mlserve.engine.llm.attention import AttentionMetadata, PrefillChunk
 from mlserve.engine.llm.loading import load_model, read_shape
+from mlserve.engine.llm.memory import free_memory_bytes
 from mlserve.engine.llm.model import ModelShape
 from mlserve.spec import LLMSettings, SeqChunk
 
@@ -19,13 +20,22 @@ def pick_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def num_blocks_for(shape: ModelShape, settings: LLMSettings, dtype: torch.dtype) -> int:
-    """Blocks that fit in the memory budget: K and V, every layer, `block_size` slots each."""
+def bytes_per_block(shape: ModelShape, block_size: int, dtype: torch.dtype) -> int:
+    """K and V, every layer, `block_size` slots each."""
+    return 2 * shape.num_layers * block_size * shape.num_kv_heads * shape.head_dim * (torch.finfo(dtype).bits // 8)
+
+
+def num_blocks_for(shape: ModelShape, settings: LLMSettings, dtype: torch.dtype, free_bytes: int) -> int:
+    """Blocks in the pool: as set (num_kv_blocks, kv_cache_mb), else kv_memory_fraction of
+    `free_bytes`, but never more than max_num_seqs sequences of the full context need."""
     if settings.num_kv_blocks is not None:
         return settings.num_kv_blocks
-    bytes_per_block = 2 * shape.num_layers * settings.block_size * shape.num_kv_heads * shape.head_dim
-    bytes_per_block *= torch.finfo(dtype).bits // 8
-    return max(1, int(settings.kv_cache_mb * 2**20) // bytes_per_block)
+    per_block = bytes_per_block(shape, settings.block_size, dtype)
+    if settings.kv_cache_mb is not None:
+        return max(1, int(settings.kv_cache_mb * 2**20) // per_block)
+    context = settings.max_model_len or shape.max_position
+    needed = settings.max_num_seqs * -(-context // settings.block_size)
+    return max(1, min(needed, int(free_bytes * settings.kv_memory_fraction) // per_block))
 
 
 class ModelRunner:
@@ -37,7 +47,10 @@ class ModelRunner:
         self.shape = read_shape(version_dir)
         self.block_size = settings.block_size
         self.model = load_model(version_dir, self.device, self.dtype)
-        self.num_blocks = num_blocks_for(self.shape, settings, self.dtype)
+        is_sized_by_fraction = settings.num_kv_blocks is None and settings.kv_cache_mb is None
+        free = free_memory_bytes(str(self.device)) if is_sized_by_fraction else 0
+        self.num_blocks = num_blocks_for(self.shape, settings, self.dtype, free)
+        self.kv_bytes = self.num_blocks * bytes_per_block(self.shape, self.block_size, self.dtype)
         slots = self.num_blocks * self.block_size
         kv_shape = (slots, self.shape.num_kv_heads, self.shape.head_dim)
         self.kv_caches = [

@@ -41,7 +41,8 @@ async def _run_all(engine: LLMEngine, prompts: list[list[int]], params: Sampling
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
-@pytest.mark.parametrize("llm", [{}, {"num_kv_blocks": 24, "max_num_batched_tokens": 64}], ids=["roomy", "preempting"])
+@pytest.mark.parametrize("llm", [{}, {"num_kv_blocks": 24, "max_num_batched_tokens": 64, "max_model_len": 384}],
+                         ids=["roomy", "preempting"])
 def test_greedy_matches_transformers_generate(test_repo, hf_models, name, llm):
     engine = _engine(test_repo, name, **llm)
     prompts = mixed_prompts(engine.backend.tokenizer.vocab_size, 18, seed=len(name))
@@ -94,7 +95,8 @@ def test_each_step_is_reported_to_the_observer(test_repo):
     """The engine hands every step's StepStats to its observer; over a run they add up to what was
     asked and generated, and the last one shows an empty pool."""
     steps: list[StepStats] = []
-    engine = _engine(test_repo, "tiny-llama", steps.append, num_kv_blocks=24, max_num_batched_tokens=64)
+    engine = _engine(test_repo, "tiny-llama", steps.append, num_kv_blocks=24, max_num_batched_tokens=64,
+                     max_model_len=384)
     prompts = mixed_prompts(engine.backend.tokenizer.vocab_size, 8, seed=3)
     params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
     got = asyncio.run(_run_all(engine, prompts, params))

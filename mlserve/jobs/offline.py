@@ -1,0 +1,178 @@
+"""`mlserve batch`: one model over one file, no server; the model's engine runs on one worker thread
+at the model's max batch size."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlserve.config import Config, RegistryConfig
+from mlserve.engine import Backend, create_backend, infer_backend_name
+from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
+from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
+from mlserve.jobs.progress import ProgressBar
+from mlserve.jobs.runner import BatchRun, JobPlan
+from mlserve.registry import repository
+from mlserve.registry.safety import check_version_folder
+from mlserve.registry.store import Store
+from mlserve.spec import ModelConfig
+
+if TYPE_CHECKING:
+    from mlserve.jobs.generate import Parse
+
+log = logging.getLogger("mlserve.batch")
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineArgs:
+    """The command line of `mlserve batch`."""
+
+    models: str
+    model: str
+    version: int | None
+    input: Path
+    output: Path
+    errors: Path | None = None
+    chunk_rows: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _open_store(registry: RegistryConfig) -> Store:
+    uri = registry.models
+    if uri.startswith("s3://"):
+        from mlserve.registry.s3 import S3Store
+
+        cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
+        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None)
+    from mlserve.registry.local import LocalStore
+
+    return LocalStore(Path(uri))
+
+
+def _pick_version(args: OfflineArgs, versions: tuple[int, ...], served: list[int]) -> int:
+    """The asked version; else the one an unfinished run of this output used; else the newest served."""
+    if args.version is not None:
+        if args.version not in versions:
+            raise ModelNotFound(f"model {args.model!r} has no version {args.version} (found {list(versions)})")
+        return args.version
+    stored = None if args.overwrite else load_checkpoint(checkpoint_path(args.output))
+    if stored is not None and stored.model == args.model and stored.version in versions:
+        return stored.version
+    return max(served or versions)
+
+
+@dataclass(frozen=True, slots=True)
+class _Located:
+    """The version a run uses: its folder and which backend reads it."""
+
+    config: ModelConfig
+    version: int
+    path: Path
+    backend: str
+
+
+async def _locate(store: Store, args: OfflineArgs, registry: RegistryConfig) -> _Located:
+    await store.refresh(args.model)  # a remote store lists what it holds first
+    entry = await repository.read_entry(store, args.model)
+    version = _pick_version(args, entry.versions, entry.served_versions)
+    path = await store.fetch(args.model, version)
+    check_version_folder(path, registry.max_artifact_bytes)
+    name = entry.config.backend or infer_backend_name(path)
+    if name is None:
+        raise ModelLoadError(f"{args.model}/{version}: no model file found and no backend set in model.toml")
+    return _Located(entry.config, version, path, name)
+
+
+async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = None) -> int:
+    """Returns the number of failed rows (all of them in the errors file). `parse` decodes OpenAI
+    request bodies for generation models (the protocol layer's decoder)."""
+    store = _open_store(config.registry)
+    try:
+        found = await _locate(store, args, config.registry)
+    except BaseException:
+        await store.close()
+        raise
+    if found.backend == "llm" and parse is not None:
+        return await _run_generation(args, store, config, found.version, parse)
+    await store.close()
+    if found.backend == "llm":
+        raise InvalidInput(f"model {args.model!r} generates text: batch files for it need the OpenAI decoder")
+    backend = create_backend(found.backend, found.config, trust_repository=config.registry.trust_repository)
+    await asyncio.to_thread(backend.load, found.path, found.config.device or config.registry.default_device)
+    try:
+        return await _run_tensors(args, backend, found.version)
+    finally:
+        backend.unload()
+
+
+async def _run_tensors(args: OfflineArgs, backend: Backend, version: int) -> int:
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlserve-batch")
+    loop = asyncio.get_running_loop()
+
+    async def infer(inputs, num_rows):
+        return await loop.run_in_executor(executor, backend.infer, inputs)
+
+    plan = JobPlan(args.model, version, backend.info, args.input, args.output, args.errors, args.chunk_rows)
+    try:
+        return await _run(BatchRun(plan, infer), args)
+    finally:
+        executor.shutdown(wait=True)
+
+
+async def _run_generation(args: OfflineArgs, store: Store, config: Config, version: int, parse: Parse) -> int:
+    """OpenAI batch files through the same loader, engine and GenerationService the server uses."""
+    from mlserve.jobs.generate import BatchGenerator
+    from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
+    from mlserve.monitor.metrics import Metrics
+    from mlserve.registry.loader import HotSwapLoader
+    from mlserve.routing.generation import GenerationService
+    from mlserve.routing.router import Router
+
+    loader = HotSwapLoader(store, config.registry, Metrics())
+    try:
+        await loader.load(args.model, "batch")
+        served = await loader.pin(args.model, version, "batch")
+        engine = served.versions[version].llm_engine
+        generation = GenerationService(loader, Router(loader), config.limits)
+        plan = JobPlan(args.model, version, batch_info(engine), args.input, args.output, args.errors,
+                       args.chunk_rows)
+        generate = BatchGenerator(args.model, parse, generation.submit)
+        return await _run(BatchRun(plan, generate, OPENAI_FORMATS), args)
+    finally:
+        await loader.close()
+
+
+async def _run(run: BatchRun, args: OfflineArgs) -> int:
+    try:
+        checkpoint = await asyncio.to_thread(run.prepare, args.overwrite)
+        if checkpoint.is_done:
+            log.info("%s is already complete (%d rows, %d failed)", args.output, checkpoint.rows_ok,
+                     checkpoint.rows_failed)
+            return checkpoint.rows_failed
+        if checkpoint.rows_done:
+            log.info("resuming %s at row %d", args.output, checkpoint.rows_done)
+        checkpoint = await _with_bar(run, args.progress)
+    finally:
+        run.close()
+    log.info("%s: %d rows written, %d failed (see %s)", args.output, checkpoint.rows_ok, checkpoint.rows_failed,
+             run.plan.errors_path)
+    return checkpoint.rows_failed
+
+
+async def _with_bar(run: BatchRun, show: bool):
+    if not show:
+        return await run.run()
+    bar = ProgressBar(run.progress)
+    task = asyncio.ensure_future(run.run())
+    try:
+        while not task.done():
+            bar.draw()
+            await asyncio.wait([task], timeout=0.1)
+        return task.result()
+    finally:
+        bar.close()

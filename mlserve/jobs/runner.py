@@ -1,0 +1,238 @@
+"""One batch run: read chunks, run them through the model a batch at a time, commit each chunk
+with its checkpoint, and turn the committed parts into the output at the end.
+
+The same run serves the offline command (the model's engine on an executor thread) and in-server
+jobs (the version's own batcher at the lowest priority): only the `infer` callable differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from mlserve.errors import InvalidInput, MlserveError, ModelNotFound, ModelNotReady
+from mlserve.jobs.checkpoint import (
+    DONE, Checkpoint, checkpoint_path, load_checkpoint, mismatch, save_checkpoint,
+)
+from mlserve.jobs.formats import FORMATS, format_of, open_reader, open_writer
+from mlserve.jobs.jsonl import ErrorsFile
+from mlserve.jobs.progress import Progress
+from mlserve.jobs.rows import Chunk, Reader, RowFailure, Writer, check_output_names
+from mlserve.spec import ModelInfo, TensorSpec
+
+Tensors = dict[str, np.ndarray]
+InferFn = Callable[[Tensors, int], Awaitable[Tensors]]
+
+# Errors that say the model cannot serve at all: the run stops (and resumes later) instead of
+# recording every remaining row as failed.
+_FATAL = (ModelNotFound, ModelNotReady)
+CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class JobPlan:
+    """What one batch run reads, runs and writes."""
+
+    model: str
+    version: int
+    info: ModelInfo
+    input: Path
+    output: Path
+    errors: Path | None = None
+    """Failed rows, as JSON lines; default `<output>.errors.jsonl`."""
+    chunk_rows: int = 0
+    """Rows read and committed at a time (a multiple of the batch size); 0 = about 4096."""
+
+    @property
+    def batch_rows(self) -> int:
+        return self.info.max_batch_size
+
+    @property
+    def errors_path(self) -> Path:
+        return self.errors or self.output.with_name(self.output.name + ".errors.jsonl")
+
+    @property
+    def rows_per_chunk(self) -> int:
+        wanted = self.chunk_rows or CHUNK_ROWS
+        return max(1, -(-wanted // self.batch_rows)) * self.batch_rows
+
+
+def check_plan(plan: JobPlan, suffixes: tuple[str, ...] = FORMATS) -> None:
+    """Refuse what no run could do, before anything is touched."""
+    if plan.info.max_batch_size <= 0:
+        raise InvalidInput(f"model {plan.model!r} has max_batch_size 0 (no batch dimension): batch runs need one")
+    format_of(plan.input, suffixes)
+    format_of(plan.output, suffixes)
+    if not plan.input.is_file():
+        raise InvalidInput(f"input {plan.input} is not a file")
+    check_output_names([s.name for s in plan.info.outputs])
+    if plan.input.resolve() in (plan.output.resolve(), plan.errors_path.resolve()):
+        raise InvalidInput("the output and errors files must differ from the input")
+
+
+def _fresh_checkpoint(plan: JobPlan) -> Checkpoint:
+    stat = os.stat(plan.input)
+    return Checkpoint(plan.model, plan.version, str(plan.input.resolve()), str(plan.output.resolve()),
+                      str(plan.errors_path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+async def _to_thread_to_the_end(fn, *args) -> None:
+    """Run `fn` on a thread; a cancel waits for it to finish, so no file is closed under a commit."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class RowFormats:
+    """How a run opens its input and output; by file suffix unless a mode (OpenAI batch) says otherwise."""
+
+    open_reader: Callable[[Path, tuple[TensorSpec, ...]], Reader] = open_reader
+    open_writer: Callable[[Path, tuple[TensorSpec, ...]], Writer] = open_writer
+    suffixes: tuple[str, ...] = FORMATS
+
+
+def _choose(plan: JobPlan, overwrite: bool) -> tuple[Checkpoint, bool]:
+    """The checkpoint to go on from and whether it is a resume. Refuses to touch another run's
+    checkpoint or an output no checkpoint explains, unless told to start over."""
+    path = checkpoint_path(plan.output)
+    fresh, stored = _fresh_checkpoint(plan), load_checkpoint(path)
+    if overwrite:
+        return fresh, False
+    if stored is None:
+        if plan.output.exists():
+            raise InvalidInput(f"output {plan.output} exists; start over with overwrite")
+        return fresh, False
+    differs = mismatch(stored, fresh)
+    if differs:
+        raise InvalidInput(f"{path} records another run ({differs}); start over with overwrite")
+    if stored.is_done and not plan.output.exists():
+        raise InvalidInput(f"{path} records a finished run but {plan.output} is gone; start over with overwrite")
+    return stored, True
+
+
+def preflight(plan: JobPlan, overwrite: bool = False, formats: RowFormats | None = None) -> None:
+    """The refusals prepare() would make, checked before a job is accepted (nothing is written)."""
+    check_plan(plan, (formats or RowFormats()).suffixes)
+    _choose(plan, overwrite)
+
+
+class BatchRun:
+    """Owns one run's reader, writers and checkpoint; `prepare()` then `await run()`."""
+
+    def __init__(self, plan: JobPlan, infer: InferFn, formats: RowFormats | None = None) -> None:
+        self._formats = formats or RowFormats()
+        check_plan(plan, self._formats.suffixes)
+        self.plan = plan
+        self._infer = infer
+        self._path = checkpoint_path(plan.output)
+        self.checkpoint: Checkpoint | None = None
+        self.progress = Progress(None)
+        self._reader = self._writer = self._errors = None
+
+    def prepare(self, overwrite: bool = False) -> Checkpoint:
+        """Resume from the checkpoint when it records this same run; start afresh otherwise (only
+        with `overwrite` when an output or another run's checkpoint is there). Blocking file work."""
+        checkpoint, resumed = _choose(self.plan, overwrite)
+        self._reader = self._formats.open_reader(self.plan.input, self.plan.info.inputs)
+        checkpoint.rows_total = self._reader.num_rows
+        self.checkpoint = checkpoint
+        self.progress = Progress(checkpoint.rows_total)
+        self.progress.start(checkpoint.rows_done, checkpoint.rows_failed)
+        if checkpoint.is_done:
+            return checkpoint
+        self._writer = self._formats.open_writer(self.plan.output, self.plan.info.outputs)
+        self._errors = ErrorsFile(self.plan.errors_path)
+        self._writer.restore(checkpoint.writer if resumed else None)
+        self._errors.restore(checkpoint.errors_state if resumed else None)
+        self._reader.seek(checkpoint.reader)
+        if not resumed:
+            save_checkpoint(self._path, checkpoint)
+        return checkpoint
+
+    async def run(self) -> Checkpoint:
+        """Every remaining chunk, then the output file. Reading the next chunk overlaps the model."""
+        assert self.checkpoint is not None, "run before prepare"
+        if self.checkpoint.is_done:
+            return self.checkpoint
+        rows = self.plan.rows_per_chunk
+        pending = asyncio.ensure_future(asyncio.to_thread(self._reader.read, rows))
+        try:
+            while (chunk := await pending) is not None:
+                pending = asyncio.ensure_future(asyncio.to_thread(self._reader.read, rows))
+                answered, outputs, failures = await self._infer_chunk(chunk)
+                await _to_thread_to_the_end(self._commit, chunk, answered, outputs, failures)
+            await _to_thread_to_the_end(self._finish)
+        finally:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait([pending])  # no reader thread left behind a closed file
+        return self.checkpoint
+
+    async def _infer_chunk(self, chunk: Chunk) -> tuple[np.ndarray, Tensors, list[RowFailure]]:
+        parts: list[tuple[np.ndarray, Tensors]] = []
+        failures = list(chunk.failures)
+        step = self.plan.batch_rows
+        for start in range(0, len(chunk.rows), step):
+            span = slice(start, start + step)
+            await self._infer_span({n: a[span] for n, a in chunk.inputs.items()}, chunk.rows[span], parts, failures)
+        failures.sort(key=lambda f: f.row)
+        if not parts:
+            return np.empty(0, np.int64), {}, failures
+        rows = np.concatenate([p[0] for p in parts])
+        outputs = {n: np.concatenate([p[1][n] for p in parts]) for n in parts[0][1]}
+        return rows, outputs, failures
+
+    async def _infer_span(self, inputs: Tensors, rows: np.ndarray, parts: list, failures: list[RowFailure]) -> None:
+        """One batch; when it fails, halves of it, down to the single rows that fail on their own."""
+        try:
+            outputs = await self._infer(inputs, len(rows))
+            names = [s.name for s in self.plan.info.outputs]
+            bad = [n for n in names if n not in outputs or outputs[n].shape[:1] != (len(rows),)]
+            if bad:
+                raise MlserveError(f"output(s) {bad} missing or without one row per input row")
+            parts.append((rows, {n: outputs[n] for n in names}))
+        except _FATAL:
+            raise
+        except Exception as exc:
+            if len(rows) == 1:
+                failures.append(RowFailure(int(rows[0]), f"{type(exc).__name__}: {exc}"))
+                return
+            half = len(rows) // 2
+            for span in (slice(0, half), slice(half, None)):
+                await self._infer_span({n: a[span] for n, a in inputs.items()}, rows[span], parts, failures)
+
+    def _commit(self, chunk: Chunk, rows: np.ndarray, outputs: Tensors, failures: list[RowFailure]) -> None:
+        """Output and errors synced first, checkpoint replaced last: the order exactly-once rests on."""
+        cp = self.checkpoint
+        if len(rows):
+            self._writer.write(rows, outputs)
+        self._errors.write(failures)
+        cp.writer = self._writer.commit()
+        cp.errors_state = self._errors.commit()
+        cp.reader = chunk.state
+        cp.rows_done += chunk.num_rows
+        cp.rows_ok += len(rows)
+        cp.rows_failed += len(failures)
+        save_checkpoint(self._path, cp)
+        self.progress.update(cp.rows_done, cp.rows_failed)
+
+    def _finish(self) -> None:
+        self._writer.finish()
+        self._errors.close()
+        self.checkpoint.state = DONE
+        save_checkpoint(self._path, self.checkpoint)
+        self._writer.cleanup()
+
+    def close(self) -> None:
+        for part in (self._reader, self._writer, self._errors):
+            if part is not None:
+                part.close()

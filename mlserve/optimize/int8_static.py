@@ -1,0 +1,40 @@
+"""INT8 static quantization in QDQ form: activation ranges calibrated once on validation rows, so no
+range is computed per batch at run time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlserve.optimize import onnx_graph
+from mlserve.optimize.base import Artifact, Options, Source, onnx_chain, onnx_source
+
+
+class _Rows:
+    """onnxruntime's CalibrationDataReader over the first validation rows, a batch at a time."""
+
+    def __init__(self, source: Source, num_rows: int, batch: int = 32) -> None:
+        stop = min(num_rows, source.num_rows)
+        self._feeds = iter([source.rows(i, min(i + batch, stop)) for i in range(0, stop, batch)])
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+
+class Int8StaticPass:
+    """FP32 ONNX -> QuantizeLinear/DequantizeLinear around MatMul, Gemm and Conv, per-channel weights."""
+
+    name = "int8_static"
+
+    def run(self, source: Source, options: Options, out: Path) -> Artifact:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        with onnx_graph.quiet_quantizer():
+            quantize_static(
+                onnx_source(source), out / "model.onnx", _Rows(source, options.calibration_rows),
+                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+            )
+        for leftover in out.glob("*augmented*"):
+            leftover.unlink()
+        return Artifact(self.name, out, "onnx", onnx_chain(source, self.name),
+                        {"calibration_rows": min(options.calibration_rows, source.num_rows)})

@@ -1,0 +1,183 @@
+"""In-server optimize jobs: each runs in a child process at low priority, so serving keeps its CPU
+and a crash in a compiler or quantizer never takes the server down.
+
+The job folder holds the request, the child's progress lines and its report; the child's scratch
+lives inside it, and the whole folder is removed when the child is done (the job's figures stay in
+memory for GET). A published version is handed to `on_published`, which the server wires to the
+loader (and to the rollout API when the job asked for a canary).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.optimize.pipeline import OptimizeRequest
+from mlserve.optimize.request import to_json
+
+log = logging.getLogger("mlserve.optimize")
+
+OnPublished = Callable[[str, int, "dict | None"], Awaitable[dict]]
+_STOP_GRACE_S = 10.0
+MAX_FINISHED_JOBS = 100
+"""Finished jobs kept for GET; the oldest go first."""
+
+
+class JobState(Enum):
+    RUNNING = auto()
+    SUCCEEDED = auto()
+    FAILED = auto()
+    CANCELLED = auto()
+
+
+FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass(slots=True)
+class Job:
+    """One optimize job as GET /admin/jobs/{id} reports it."""
+
+    job_id: str
+    model: str
+    folder: Path
+    rollout: dict | None
+    state: JobState = JobState.RUNNING
+    progress: list[dict] = field(default_factory=list)
+    report: dict | None = None
+    error: str = ""
+    deployment: dict | None = None
+    """What happened after publishing: the load, and the rollout when one was asked for."""
+    process: asyncio.subprocess.Process | None = None
+    task: asyncio.Task | None = None
+
+    def to_dict(self) -> dict:
+        if self.state is JobState.RUNNING:
+            self.progress = _read_progress(self.folder / "progress.jsonl")
+        report = self.report or {}
+        pid = self.process.pid if self.process is not None else None
+        return {"id": self.job_id, "kind": "optimize", "model": self.model, "state": self.state.name.lower(),
+                "pid": pid,
+                "progress": self.progress, "rows": report.get("rows", [r["row"] for r in self.progress
+                                                                         if r.get("event") == "row"]),
+                "winner": report.get("winner"), "published_version": report.get("published_version"),
+                "reason": report.get("reason", ""), "error": self.error, "deployment": self.deployment}
+
+
+def _read_progress(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+class OptimizeJobs:
+    """Starts, tracks and cancels optimize jobs; one child process each."""
+
+    def __init__(self, on_published: OnPublished) -> None:
+        self._on_published = on_published
+        self.jobs: dict[str, Job] = {}
+
+    async def start(self, request: OptimizeRequest, rollout: dict | None) -> Job:
+        """One running job per model: two would race for the next version number."""
+        running = [j for j in self.jobs.values() if j.model == request.model and j.state is JobState.RUNNING]
+        if running:
+            raise InvalidInput(f"model {request.model!r} already has optimize job {running[0].job_id} running")
+        self._forget_old()
+        folder = Path(tempfile.mkdtemp(prefix="mlserve-job-"))
+        (folder / "request.json").write_text(json.dumps(to_json(request)))
+        job = Job(uuid.uuid4().hex[:16], request.model, folder, rollout)
+        with open(folder / "stderr.log", "wb") as stderr:
+            job.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mlserve.optimize.worker", str(folder),
+                stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env=_child_env(),
+            )
+        job.task = asyncio.get_running_loop().create_task(self._watch(job))
+        self.jobs[job.job_id] = job
+        log.info("optimize job %s for model %s started (pid %d)", job.job_id, job.model, job.process.pid)
+        return job
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self.jobs.values() if j.state in FINISHED]
+        for job in finished[:max(0, len(finished) - MAX_FINISHED_JOBS + 1)]:
+            del self.jobs[job.job_id]
+
+    def get(self, job_id: str) -> Job:
+        if job_id not in self.jobs:
+            raise ModelNotFound(f"no job {job_id!r}")
+        return self.jobs[job_id]
+
+    async def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        is_publishing = any(e.get("event") == "publishing" for e in _read_progress(job.folder / "progress.jsonl"))
+        if job.state is JobState.RUNNING and job.process is not None and job.process.returncode is None \
+                and not is_publishing:  # too late once publishing: the job finishes and says so
+            job.state = JobState.CANCELLED
+            await _stop(job.process)
+        if job.task is not None:
+            await asyncio.shield(job.task)
+        return job
+
+    async def close(self) -> None:
+        for job in list(self.jobs.values()):
+            await self.cancel(job.job_id)
+
+    async def _watch(self, job: Job) -> None:
+        assert job.process is not None
+        code = await job.process.wait()
+        job.progress = _read_progress(job.folder / "progress.jsonl")
+        try:
+            # A cancel that raced the start of publishing loses: the version is there, so say so.
+            if job.state is not JobState.CANCELLED or (job.folder / "report.json").is_file():
+                await self._finish(job, code)
+        except Exception as exc:  # a failed load or rollout is the job's outcome, not the server's
+            job.state, job.error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
+        finally:
+            shutil.rmtree(job.folder, ignore_errors=True)
+        log.info("optimize job %s: %s %s", job.job_id, job.state.name.lower(), job.error)
+
+    async def _finish(self, job: Job, code: int) -> None:
+        report_path, error_path = job.folder / "report.json", job.folder / "error.json"
+        if code != 0 or not report_path.is_file():
+            job.state = JobState.FAILED
+            job.error = (json.loads(error_path.read_text())["error"] if error_path.is_file()
+                         else f"exit code {code}: {_tail(job.folder / 'stderr.log')}")
+            return
+        job.report = json.loads(report_path.read_text())
+        version = job.report.get("published_version")
+        if version is not None:
+            job.deployment = await self._on_published(job.model, version, job.rollout)
+        job.state = JobState.SUCCEEDED
+
+
+def _child_env() -> dict[str, str]:
+    """One OpenMP thread for the libraries' own defaults (quantizer calibration sessions, the
+    exporter); the measured sessions set the model's intra_op_threads themselves."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), _STOP_GRACE_S)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+def _tail(path: Path, num_chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-num_chars:]
+    except OSError:
+        return ""

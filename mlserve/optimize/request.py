@@ -1,0 +1,94 @@
+"""The admin route's JSON body to an OptimizeRequest, and the request to and from the file a job's
+child process reads. Every key is checked: an unknown one is refused by name."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from mlserve.errors import InvalidInput
+from mlserve.optimize import parse_passes
+from mlserve.optimize.base import Options
+from mlserve.optimize.evaluate import Budget
+from mlserve.optimize.gate import GateSettings
+from mlserve.optimize.pipeline import OptimizeRequest
+
+_KEYS = {"version", "passes", "data", "objective", "max_top1_drop", "max_abs_diff", "max_metric_drop", "min_gain",
+         "min_cosine",
+         "sparsity", "calibration_rows", "timing_s", "publish", "rollout"}
+
+
+def _number(raw: dict, key: str, default, low: float = 0.0):
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low:
+        raise InvalidInput(f"optimize: {key!r} must be a number >= {low}")
+    return value
+
+
+def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = False) -> tuple[OptimizeRequest, dict | None]:
+    """The request, and the rollout plan body (for the rollout API) when one was asked for."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise InvalidInput("optimize takes a JSON object")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise InvalidInput(f"optimize: unknown key(s) {', '.join(sorted(unknown))}")
+    version = raw.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise InvalidInput("optimize: 'version' must be a positive integer")
+    data = raw.get("data")
+    if data is not None and (not isinstance(data, str) or "/" in data or data.startswith(".")):
+        raise InvalidInput("optimize: 'data' names an .npz file in the source version folder")
+    if not isinstance(raw.get("publish", True), bool):
+        raise InvalidInput("optimize: 'publish' must be true or false")
+    try:
+        gate = GateSettings(_number(raw, "max_top1_drop", 0.01), _number(raw, "max_abs_diff", None),
+                            _number(raw, "max_metric_drop", 0.01), raw.get("objective", "throughput"),
+                            _number(raw, "min_gain", 1.05, 1.0), _number(raw, "min_cosine", None, -1.0))
+        passes = parse_passes(raw.get("passes"))
+    except ValueError as exc:
+        raise InvalidInput(f"optimize: {exc}") from None
+    sparsity = _number(raw, "sparsity", 0.3)
+    if not 0 < sparsity < 1:
+        raise InvalidInput("optimize: 'sparsity' must lie in (0, 1)")
+    options = Options(sparsity=sparsity, calibration_rows=int(_number(raw, "calibration_rows", 256, 1)))
+    if data is not None:
+        from mlserve.optimize.source import version_numbers
+
+        numbers = version_numbers(models / model) if (models / model).is_dir() else []
+        chosen = version or (numbers[-1] if numbers else 1)
+        data = models / model / str(chosen) / data
+    request = OptimizeRequest(model, models, version, None, data, passes, options, gate,
+                              Budget(latency_s=_number(raw, "timing_s", 1.0, 0.01)), raw.get("publish", True),
+                              trust_repository)
+    return request, _rollout(raw.get("rollout"))
+
+
+def _rollout(raw: Any) -> dict | None:
+    if raw is None:
+        return None
+    if isinstance(raw, list):
+        return {"steps": raw}
+    if isinstance(raw, dict) and "version" not in raw:
+        return raw
+    raise InvalidInput("optimize: 'rollout' is a list of percents or a rollout plan without 'version'")
+
+
+def to_json(request: OptimizeRequest) -> dict:
+    body = asdict(request)
+    for key in ("models", "file", "data"):
+        body[key] = None if body[key] is None else str(body[key])
+    body["passes"] = list(request.passes)
+    return body
+
+
+def from_json(body: dict) -> OptimizeRequest:
+    paths = {k: (None if body[k] is None else Path(body[k])) for k in ("models", "file", "data")}
+    return OptimizeRequest(
+        model=body["model"], version=body["version"], passes=tuple(body["passes"]),
+        options=Options(**body["options"]), gate=GateSettings(**body["gate"]), budget=Budget(**body["budget"]),
+        publish=body["publish"], **paths,
+    )

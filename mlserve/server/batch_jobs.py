@@ -1,0 +1,68 @@
+"""`/v2/batch/jobs`: start, list, show and cancel in-server batch jobs (mlserve/jobs runs them and
+shares each version with live traffic)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+
+from mlserve.errors import InvalidInput
+from mlserve.jobs.manager import JobManager
+from mlserve.jobs.metrics import JobsCollector
+from mlserve.jobs.sharing import resolver
+from mlserve.server.openai_protocol import parse_generation
+from mlserve.server.response import json_response
+
+if TYPE_CHECKING:
+    from mlserve.server.app import Services
+
+JOBS = web.AppKey("batch_jobs", JobManager)
+
+class BatchJobHandlers:
+    """Parse, call the manager, encode."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self._manager = manager
+
+    async def create(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+        record = await self._manager.submit(body)
+        return json_response(self._manager.view(record), 201)
+
+    async def list(self, request: web.Request) -> web.Response:
+        if not self._manager.is_enabled:
+            return json_response({"jobs": [], "enabled": False})
+        return json_response({"jobs": [self._manager.view(r) for r in self._manager.jobs.values()], "enabled": True})
+
+    async def show(self, request: web.Request) -> web.Response:
+        return json_response(self._manager.view(self._manager.get(request.match_info["job_id"])))
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        return json_response(self._manager.view(await self._manager.cancel(request.match_info["job_id"])))
+
+
+def add_batch_job_routes(app: web.Application, s: Services) -> None:
+    """Routes, the manager's start and stop (a cleanup context added after the services' own, so jobs
+    start once models are loaded and stop before they unload), and its metrics."""
+    manager = JobManager(s.config.jobs, resolver(s.inference, s.generation, parse_generation))
+    app[JOBS] = manager
+    handlers = BatchJobHandlers(manager)
+    app.add_routes([
+        web.post("/v2/batch/jobs", handlers.create),
+        web.get("/v2/batch/jobs", handlers.list),
+        web.get("/v2/batch/jobs/{job_id}", handlers.show),
+        web.delete("/v2/batch/jobs/{job_id}", handlers.cancel),
+    ])
+    s.metrics.registry.register(JobsCollector(manager))
+
+    async def lifetime(app: web.Application):
+        await manager.start()
+        yield
+        await manager.close()
+
+    app.cleanup_ctx.append(lifetime)

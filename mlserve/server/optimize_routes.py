@@ -1,0 +1,87 @@
+"""Optimize jobs over HTTP: POST /admin/models/{m}/optimize starts one, GET /admin/jobs/{id}
+reports its progress, results table and published version, DELETE cancels it.
+
+A published version is loaded through the loader like any other; with `rollout` in the body it
+becomes the canary of a rollout through the traffic manager. The source version is pinned while
+the new one loads, so it takes no traffic before the rollout's first step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.optimize.jobs import OptimizeJobs
+from mlserve.optimize.request import parse_body
+from mlserve.registry.loader import HotSwapLoader
+from mlserve.registry.local import LocalStore
+from mlserve.registry.safety import check_model_name
+from mlserve.server.response import json_response
+
+
+def optimize_jobs(loader: HotSwapLoader, traffic) -> OptimizeJobs:
+    """The job manager, with publishing wired to the loader and the rollout API."""
+
+    async def deploy(model: str, version: int, rollout: dict | None) -> dict:
+        """Load the new version; with a rollout, keep the source serving until the canary's first step."""
+        who = "optimize"
+        if rollout is None:
+            served = await loader.load(model, who)
+            return {"loaded": version in served.ready_versions(), "serving": served.default_version()}
+        current = loader.models[model].default_version()
+        await loader.pin(model, current, who)
+        try:
+            await loader.load(model, who)
+            view = traffic.start_rollout(model, {**rollout, "version": version})
+        finally:
+            await loader.unpin(model, who)
+        return {"loaded": True, "rollout": view.get("rollout")}
+
+    return OptimizeJobs(deploy)
+
+
+class OptimizeHandlers:
+    """Parses, calls the job manager, answers with the job."""
+
+    def __init__(self, jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool) -> None:
+        self._jobs, self._loader, self._trust_repository = jobs, loader, trust_repository
+
+    def _root(self) -> Path:
+        store = self._loader.store
+        if not isinstance(store, LocalStore):
+            raise InvalidInput("the optimize route publishes into a local model repository; this one is "
+                               f"{store.describe()} (run `mlserve optimize --models s3://...` instead)")
+        return store.root
+
+    async def start(self, request: web.Request) -> web.Response:
+        name = check_model_name(request.match_info["model"])
+        body = await request.read()
+        try:
+            raw = orjson.loads(body) if body.strip() else None
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"malformed JSON: {exc}") from None
+        root = self._root()
+        if name not in self._loader.models:
+            raise ModelNotFound(f"unknown model {name!r}")
+        job_request, rollout = parse_body(raw, name, root, self._trust_repository)
+        job = await self._jobs.start(job_request, rollout)
+        return json_response(job.to_dict(), 202)
+
+    async def get(self, request: web.Request) -> web.Response:
+        return json_response(self._jobs.get(request.match_info["job"]).to_dict())
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        return json_response((await self._jobs.cancel(request.match_info["job"])).to_dict())
+
+
+def optimize_routes(jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool) -> list[web.RouteDef]:
+    """`trust_repository`: the server's own setting; a model's `trusted = true` counts too."""
+    handlers = OptimizeHandlers(jobs, loader, trust_repository)
+    return [
+        web.post("/admin/models/{model}/optimize", handlers.start),
+        web.get("/admin/jobs/{job}", handlers.get),
+        web.delete("/admin/jobs/{job}", handlers.cancel),
+    ]

@@ -1,0 +1,94 @@
+"""The admin route runs an optimize job in a child process: progress while it runs, the table and
+the published version after, a canary rollout when asked, cancel that leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+
+from tests.optimize.models import write_data, write_torchscript
+from tests.server.http import call, infer_body, output
+from tests.server_process import serving
+
+
+def _repo(tmp_path):
+    repo = tmp_path / "models"
+    folder = write_torchscript(repo)
+    shutil.copy(write_data(tmp_path / "val.npz"), folder / "val.npz")
+    return repo
+
+
+def _wait(url: str, job_id: str, done, timeout: float = 240.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = call(f"{url}/admin/jobs/{job_id}").body
+        if done(job):
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s: {job}")
+
+
+def _start(url: str, **body) -> dict:
+    answer = call(f"{url}/admin/models/tiny/optimize", body)
+    assert answer.status == 202, answer.body
+    return answer.body
+
+
+def test_job_reports_progress_publishes_and_rolls_out_a_canary(tmp_path):
+    repo = _repo(tmp_path)
+    with serving(repo, log_path=tmp_path / "server.log") as server:
+        job = _start(server.url, passes=["int8_dynamic"], data="val.npz", timing_s=0.1, max_top1_drop=0.05)
+        assert job["state"] == "running" and job["model"] == "tiny"
+        seen = _wait(server.url, job["id"], lambda j: j["progress"])
+        assert seen["progress"][0] == {"event": "pass", "name": "source", "state": "measuring"}
+        done = _wait(server.url, job["id"], lambda j: j["state"] != "running")
+        assert done["state"] == "succeeded", done
+        assert [r["name"] for r in done["rows"]] == ["source", "export", "int8_dynamic"]
+        assert done["published_version"] == 2 and done["deployment"]["loaded"] is True
+        x = np.load(tmp_path / "val.npz")["x"][:8]
+        answer = call(f"{server.url}/v2/models/tiny/versions/2/infer", infer_body(x))
+        assert answer.status == 200 and output(answer).shape == (8, 4)
+
+        canary = _start(server.url, passes=["graph_opt"], data="val.npz", timing_s=0.1, version=1,
+                        rollout={"steps": [10, 100], "interval_s": 3600})
+        done = _wait(server.url, canary["id"], lambda j: j["state"] != "running")
+        assert done["state"] == "succeeded" and done["published_version"] == 3, done
+        rollout = call(f"{server.url}/admin/models/tiny/rollout").body["rollout"]
+        assert rollout["version"] == "3" and rollout["status"] == "running" and rollout["percent"] == 10
+    assert not list(repo.joinpath("tiny").glob(".optimize-*"))
+
+
+def test_cancel_stops_the_child_and_leaves_nothing(tmp_path):
+    repo = _repo(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with serving(repo, log_path=tmp_path / "server.log", env={"TMPDIR": str(scratch)}) as server:
+        job = _start(server.url, passes=["int8_dynamic", "int8_static"], data="val.npz", timing_s=30)
+        _wait(server.url, job["id"], lambda j: j["progress"])
+        second = call(f"{server.url}/admin/models/tiny/optimize", {"passes": ["graph_opt"], "data": "val.npz"})
+        assert second.status == 400 and job["id"] in second.body["error"]
+        cancelled = call(f"{server.url}/admin/jobs/{job['id']}", method="DELETE")
+        assert cancelled.status == 200 and cancelled.body["state"] == "cancelled"
+        assert call(f"{server.url}/admin/jobs/{job['id']}").body["state"] == "cancelled"
+        try:
+            os.kill(job["pid"], 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive
+        assert list(scratch.iterdir()) == []
+    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "model.toml"]
+
+
+def test_bad_requests_are_refused_by_name(tmp_path):
+    repo = _repo(tmp_path)
+    with serving(repo, log_path=tmp_path / "server.log") as server:
+        unknown_key = call(f"{server.url}/admin/models/tiny/optimize", {"passes": ["export"], "speed": "max"})
+        assert unknown_key.status == 400 and "speed" in unknown_key.body["error"]
+        bad_pass = call(f"{server.url}/admin/models/tiny/optimize", {"passes": ["warp"]})
+        assert bad_pass.status == 400 and "warp" in bad_pass.body["error"]
+        assert call(f"{server.url}/admin/models/nope/optimize", {}).status == 404
+        assert call(f"{server.url}/admin/jobs/0123456789abcdef").status == 404
