@@ -183,8 +183,8 @@ def decode_steps(folder: Path, batch: int, threads: int, context: int = 128, rep
     import torch
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    from mlserve.engine.llm.runner import ModelRunner, SeqChunk
-    from mlserve.engine.llm.settings import LLMSettings
+    from mlserve.engine.llm.runner import ModelRunner
+    from mlserve.spec import LLMSettings, SeqChunk
 
     torch.set_num_threads(threads)
     block = 16
