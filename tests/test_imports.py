@@ -54,7 +54,7 @@ def group_of(module: str) -> str:
     name = parts[1]
     if name in ("cli", "__main__", "status_cli", "push"):
         return "cli"
-    if name in ("examples", "examples_llm"):
+    if name in ("examples", "examples_llm", "examples_embedding"):
         return "tools"
     if name in ("keys", "keys_cli"):
         return "keys"

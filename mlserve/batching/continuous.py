@@ -66,7 +66,13 @@ class Scheduler:
         assert seq.req_id not in self._seqs, f"duplicate req_id {seq.req_id}"
         seq.status = SeqStatus.WAITING
         self._seqs[seq.req_id] = seq
-        self.waiting.append(seq)
+        rank = _rank(seq)
+        if not self.waiting or _rank(self.waiting[-1]) <= rank:
+            self.waiting.append(seq)
+            return
+        # Behind every waiting request of the same or a higher priority, ahead of the lower ones.
+        index = next(i for i, other in enumerate(self.waiting) if _rank(other) > rank)
+        self.waiting.insert(index, seq)
 
     def get(self, req_id: str) -> Sequence | None:
         return self._seqs.get(req_id)
@@ -181,6 +187,8 @@ class Scheduler:
     def _stop_status(self, seq: Sequence, token_id: int) -> SeqStatus | None:
         if token_id == self.limits.eos_token_id and not seq.params.ignore_eos:
             return SeqStatus.FINISHED_STOPPED
+        if token_id in seq.params.stop_token_ids and seq.num_output_tokens > seq.params.min_tokens:
+            return SeqStatus.FINISHED_STOPPED
         if seq.num_output_tokens >= seq.params.max_tokens or seq.num_tokens >= self.limits.max_model_len:
             return SeqStatus.FINISHED_LENGTH
         return None
@@ -189,3 +197,11 @@ class Scheduler:
         self.block_manager.free(seq)
         seq.status = status
         del self._seqs[seq.req_id]
+
+
+_LOWEST = 2**31
+
+
+def _rank(seq: Sequence) -> int:
+    """Admission rank: priority 1 first; requests that name none come after every level."""
+    return seq.priority if seq.priority else _LOWEST

@@ -5,6 +5,7 @@ loop.call_soon_threadsafe, so the event loop never runs model code and never blo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -41,6 +42,8 @@ class StepStats:
     """Time to first token of each request that got its first token this step."""
     token_gap_s: tuple[float, ...] = ()
     """Time since the previous token of each request that got a later token this step."""
+    num_prefix_hit_tokens: int = 0
+    """Prompt tokens whose K/V the requests admitted this step found in the prefix cache."""
 
 
 StepObserver = Callable[[StepStats], None]
@@ -50,6 +53,7 @@ StepObserver = Callable[[StepStats], None]
 class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
+    index: int = 0
     text: TextState = field(default_factory=TextState)
     last_token_s: float | None = None
 
@@ -67,11 +71,14 @@ class LLMEngine:
             backend.runner.num_blocks, settings.block_size, settings.max_num_seqs,
             settings.max_num_batched_tokens, backend.max_model_len, backend.eos_token_id,
         ))
-        self.sampler = Sampler()
+        self.sampler = Sampler(backend.eos_token_id)
         self._observer = observer
         self._num_new_prompt_tokens = 0
         self._streams: dict[str, _Stream] = {}
-        self._inbox: list[Sequence] = []
+        self._inbox: list[tuple[Sequence, str | None]] = []
+        """New sequences, each with the id of the sibling whose prompt it waits for (n > 1)."""
+        self._parked: dict[str, list[Sequence]] = {}
+        self._prefix_hits_seen = 0
         self._aborts: list[str] = []
         self._cond = threading.Condition()
         self._stopping = False
@@ -97,27 +104,47 @@ class LLMEngine:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
-    def submit(self, prompt_token_ids: list[int], params: SamplingParams) -> RequestHandle:
-        """Queue a request (call on the event loop); its tokens arrive on the returned handle's queue."""
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams, priority: int | None = None) -> RequestHandle:
+        """Queue one sequence (call on the event loop); its tokens arrive on the returned handle's queue."""
+        return self.submit_many([prompt_token_ids], params, 1, priority)
+
+    def submit_many(self, prompts: list[list[int]], params: SamplingParams, n: int,
+                    priority: int | None = None) -> RequestHandle:
+        """Queue `n` sequences per prompt, all reporting to one queue. The n - 1 siblings of a prompt
+        wait until the first has computed it, then claim its full KV blocks from the prefix cache
+        instead of computing them again. A seeded request gives sibling j the seed + j."""
         if not self._accepting:
             raise ModelNotReady(f"{self.name} is being unloaded")
-        self.check_lengths(len(prompt_token_ids), params.max_tokens)
+        for ids in prompts:
+            self.check_lengths(len(ids), params.max_tokens)
+        group, queue, loop, now = uuid.uuid4().hex, asyncio.Queue(), asyncio.get_running_loop(), time.monotonic()
+        req_ids = []
         with self._cond:
-            if len(self._inbox) + len(self.scheduler.waiting) >= self.max_waiting:
+            if len(self._inbox) + len(self.scheduler.waiting) + len(prompts) * n > self.max_waiting:
                 raise Overloaded(f"{self.max_waiting} generation requests already waiting")
-            req_id = uuid.uuid4().hex
-            stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-            self._streams[req_id] = stream
-            self._inbox.append(Sequence(req_id, list(prompt_token_ids), params, arrival_s=time.monotonic()))
+            for p_index, ids in enumerate(prompts):
+                first = None
+                for j in range(n):
+                    index = p_index * n + j
+                    req_id = group if len(prompts) * n == 1 else f"{group}-{index}"
+                    own = params if j == 0 or params.seed is None else dataclasses.replace(params, seed=params.seed + j)
+                    self._streams[req_id] = _Stream(loop, queue, index)
+                    self._inbox.append((Sequence(req_id, list(ids), own, arrival_s=now, priority=priority), first))
+                    first = first or req_id
+                    req_ids.append(req_id)
             self._cond.notify()
-        return RequestHandle(req_id, stream.queue, len(prompt_token_ids))
+        return RequestHandle(group, queue, sum(len(ids) for ids in prompts), tuple(req_ids))
 
     def abort(self, req_id: str) -> None:
-        """Cancel a request (its client went away); its blocks are freed before the next step."""
+        """Cancel a sequence (its client went away); its blocks are freed before the next step."""
         with self._cond:
             if req_id in self._streams:
                 self._aborts.append(req_id)
                 self._cond.notify()
+
+    def abort_request(self, handle: RequestHandle) -> None:
+        for req_id in handle.req_ids or (handle.req_id,):
+            self.abort(req_id)
 
     def check_lengths(self, num_prompt_tokens: int, max_tokens: int) -> None:
         if num_prompt_tokens < 1:
@@ -154,7 +181,7 @@ class LLMEngine:
         logits = self.backend.runner.run(list(plan.chunks))
         wanted = [c for c in plan.chunks if c.needs_logits]
         seqs = [self.scheduler.get(c.req_id) for c in wanted]
-        sampled = self.sampler.sample(logits, [c.req_id for c in wanted], [s.params for s in seqs])
+        sampled = self.sampler.sample(logits, [c.req_id for c in wanted], [s.params for s in seqs], seqs)
         outputs = self.scheduler.update(plan, sampled)
         self.kv_slots_allocated, self.kv_slots_used = self.scheduler.kv_slot_usage()
         first, gaps = self._emit(outputs, time.monotonic())
@@ -166,27 +193,32 @@ class LLMEngine:
             return
         blocks = self.scheduler.block_manager
         computed = not plan.is_empty
+        hits, self._prefix_hits_seen = blocks.num_prefix_hits - self._prefix_hits_seen, blocks.num_prefix_hits
         self._observer(StepStats(
             self.num_running, self.num_waiting, blocks.num_used_blocks, blocks.num_free_blocks,
             num_prompt_tokens, len(plan.preempted),
             self.kv_slots_allocated if computed else 0, self.kv_slots_used if computed else 0,
-            first_token_s, token_gap_s,
+            first_token_s, token_gap_s, hits,
         ))
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._inbox or self._aborts or self._stopping or self.scheduler.has_work):
+                while not (self._inbox or self._aborts or self._stopping or self.scheduler.has_work or self._parked):
                     self._cond.wait()
                 if self._stopping:
                     break
                 inbox, self._inbox = self._inbox, []
                 aborts, self._aborts = self._aborts, []
-            for seq in inbox:
-                self.scheduler.add(seq)
+            for seq, parent in inbox:
+                if parent is None:
+                    self.scheduler.add(seq)
+                else:
+                    self._parked.setdefault(parent, []).append(seq)
                 self._num_new_prompt_tokens += seq.num_prompt_tokens
             for req_id in aborts:
-                self._finish_early(req_id, SeqStatus.FINISHED_ABORTED)
+                self._abort_now(req_id)
+            self._unpark()
             try:
                 self.step()
             except Exception as exc:
@@ -195,6 +227,23 @@ class LLMEngine:
             self._flush()
         self._fail_all("the model is being unloaded")
         self._flush()
+
+    def _unpark(self) -> None:
+        """Admit the siblings of every first sequence that has computed its prompt (or has ended)."""
+        for parent_id in [p for p in self._parked if (self.scheduler.get(p) is None
+                                                      or self.scheduler.get(p).num_output_tokens > 0)]:
+            for seq in self._parked.pop(parent_id):
+                self.scheduler.add(seq)
+
+    def _abort_now(self, req_id: str) -> None:
+        for siblings in self._parked.values():
+            for seq in siblings:
+                if seq.req_id == req_id:
+                    siblings.remove(seq)
+                    seq.status = SeqStatus.FINISHED_ABORTED
+                    self._send(seq, TokenEvent("", (), (), seq.finish_reason, seq.num_prompt_tokens, 0))
+                    return
+        self._finish_early(req_id, SeqStatus.FINISHED_ABORTED)
 
     def _emit(self, outputs: list[StepOutput], now: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Send each request its new text; returns the step's times to first token and token gaps."""
@@ -205,7 +254,12 @@ class LLMEngine:
             seq, stream = out.seq, self._streams.get(out.seq.req_id)
             if stream is None:
                 continue
-            delta = next_delta(stream.text, tokenizer.decode, seq.output_token_ids, seq.params.stop, seq.is_finished)
+            p = seq.params
+            output_ids = seq.output_token_ids
+            if seq.status is SeqStatus.FINISHED_STOPPED and output_ids[-1] in p.stop_token_ids:
+                output_ids = output_ids[:-1]  # a stop token's text is not part of the answer
+            stop = p.stop if seq.num_output_tokens >= p.min_tokens else ()
+            delta = next_delta(stream.text, tokenizer.decode, output_ids, stop, seq.is_finished)
             if delta.hit_stop and not seq.is_finished:
                 self.scheduler.finish(seq.req_id, SeqStatus.FINISHED_STOPPED)
             if stream.last_token_s is None:
@@ -214,11 +268,11 @@ class LLMEngine:
                 gaps.append(now - stream.last_token_s)
             stream.last_token_s = now
             logprobs = ()
-            if out.sampled.logprob is not None:
+            if p.logprobs is not None:
                 logprobs = ((out.sampled.token_id, out.sampled.logprob, out.sampled.top_logprobs),)
             self._send(seq, TokenEvent(
                 delta.text, (out.sampled.token_id,), logprobs, seq.finish_reason,
-                seq.num_prompt_tokens, seq.num_output_tokens,
+                seq.num_prompt_tokens, seq.num_output_tokens, index=stream.index, logprob_sum=out.sampled.logprob,
             ))
         return tuple(first), tuple(gaps)
 
@@ -227,6 +281,8 @@ class LLMEngine:
         stream = self._streams.get(seq.req_id)
         if stream is None:
             return
+        if event.index != stream.index:
+            event = dataclasses.replace(event, index=stream.index)
         if event.finish_reason is not None or event.error is not None:
             with self._cond:
                 self._streams.pop(seq.req_id, None)
@@ -253,7 +309,9 @@ class LLMEngine:
             self.scheduler.finish(seq.req_id, SeqStatus.FINISHED_ABORTED)
             self._send(seq, TokenEvent("", (), (), None, seq.num_prompt_tokens, seq.num_output_tokens, error=message))
         with self._cond:
-            pending, self._inbox = self._inbox, []
+            pending, self._inbox = [seq for seq, _ in self._inbox], []
+        pending += [seq for siblings in self._parked.values() for seq in siblings]
+        self._parked.clear()
         for seq in pending:
             self._send(seq, TokenEvent("", (), (), None, seq.num_prompt_tokens, 0, error=message))
 

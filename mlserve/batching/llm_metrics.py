@@ -19,6 +19,7 @@ class LLMStepMetrics:
         self._used = metrics.llm_kv_blocks_used.labels(*labels)
         self._free = metrics.llm_kv_blocks_free.labels(*labels)
         self._preemptions = metrics.llm_preemptions.labels(*labels)
+        self._prefix_hits = metrics.llm_prefix_cache_hits.labels(*labels)
         self._prompt = metrics.llm_prompt_tokens.labels(*labels)
         self._generated = metrics.llm_generation_tokens.labels(*labels)
         self._slots_allocated = metrics.llm_kv_slot_steps_allocated.labels(*labels)
@@ -33,6 +34,8 @@ class LLMStepMetrics:
             self._prompt.inc(stats.num_prompt_tokens)
         if stats.num_preempted:
             self._preemptions.inc(stats.num_preempted)
+        if stats.num_prefix_hit_tokens:
+            self._prefix_hits.inc(stats.num_prefix_hit_tokens)
         if stats.kv_slots_allocated:
             self._slots_allocated.inc(stats.kv_slots_allocated)
             self._slots_used.inc(stats.kv_slots_used)

@@ -14,6 +14,7 @@ _BACKEND_CLASSES = {
     "torch_export": ("mlserve.engine.torch_backend", "TorchExportBackend"),
     "tensorrt": ("mlserve.engine.tensorrt_backend", "TensorRTBackend"),
     "llm": ("mlserve.engine.llm.backend", "LLMBackend"),
+    "embedding": ("mlserve.engine.embedding.backend", "EmbeddingBackend"),
     "aoti": ("mlserve.engine.aoti_backend", "AotInductorBackend"),
 }
 

@@ -12,6 +12,7 @@ from mlserve.spec import ModelInfo
 
 # Which files in a version folder mean which backend (the first match wins).
 ARTIFACT_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("modules.json", "embedding"),  # a sentence-transformers folder, even with its encoder.onnx beside it
     ("*.onnx", "onnx"),
     ("*.pt2", "torch_export"),
     ("*.pt", "torchscript"),

@@ -174,6 +174,10 @@ class Metrics:
             "mlserve_llm_preemptions", "Sequences preempted (to be recomputed) for lack of KV blocks.",
             ["model", "version"], registry=r,
         )
+        self.llm_prefix_cache_hits = Counter(
+            "mlserve_llm_prefix_cache_hit_tokens", "Prompt tokens whose K/V came from the prefix cache, not computed.",
+            ["model", "version"], registry=r,
+        )
         self.llm_prompt_tokens = Counter(
             "mlserve_llm_prompt_tokens", "Prompt tokens received.", ["model", "version"], registry=r
         )
@@ -197,7 +201,8 @@ class Metrics:
             self.batch_requests, self.queue_depth, self.model_ready, self.model_load_seconds,
             self.cache_hits, self.cache_misses, self.drift_dropped,
             self.llm_ttft, self.llm_itl, self.llm_running, self.llm_waiting, self.llm_kv_blocks_used,
-            self.llm_kv_blocks_free, self.llm_preemptions, self.llm_prompt_tokens, self.llm_generation_tokens,
+            self.llm_kv_blocks_free, self.llm_preemptions, self.llm_prefix_cache_hits, self.llm_prompt_tokens,
+            self.llm_generation_tokens,
             self.llm_kv_slot_steps_allocated, self.llm_kv_slot_steps_used,
         ):
             try:

@@ -1,24 +1,111 @@
-"""The protocol-neutral core of generation: pick the version, tokenize, check lengths and limits,
-submit to the version's engine; cancel; name tokens. Protocol layers (OpenAI today) decode a
-request, call this, and encode what comes back, never touching the engine or its tokenizer."""
+"""The generation side of the service: which versions generate or embed, their tokenizers, model cards,
+and the batch jobs' way in. Handlers ask these questions here, never of engine internals, so every
+protocol gets the same answers."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from mlserve.config import LimitsConfig
-from mlserve.errors import InvalidInput, PayloadTooLarge
-from mlserve.registry.loader import HotSwapLoader
-from mlserve.routing.router import Router
-from mlserve.spec import GenerationRequest, RequestHandle, SamplingParams
+from mlserve.errors import InvalidInput
+from mlserve.registry.loader import HotSwapLoader, ServedVersion
+from mlserve.spec import GenerationRequest, RequestHandle
 
 if TYPE_CHECKING:
     from mlserve.batching.llm_engine import LLMEngine
+    from mlserve.routing.router import Router
+
+EMBEDDING_PLATFORM = "mlserve_embedding"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """What /v1/models says of one model: its kind and its context length."""
+
+    name: str
+    kind: str
+    """"generate" or "embed"."""
+    max_model_len: int | None
+    version: str
+
+
+def _kind(sv: ServedVersion) -> str | None:
+    if sv.llm_engine is not None:
+        return "generate"
+    if sv.info is not None and sv.info.platform == EMBEDDING_PLATFORM:
+        return "embed"
+    return None
+
+
+def _card(name: str, sv: ServedVersion) -> ModelCard | None:
+    kind = _kind(sv)
+    if kind is None:
+        return None
+    length = sv.llm_engine.max_model_len if sv.llm_engine is not None else getattr(sv.backend, "max_seq_length", None)
+    return ModelCard(name, kind, length, str(sv.version))
+
+
+class GenerationCatalog:
+    """Looks up generation and embedding versions for the OpenAI-style routes."""
+
+    def __init__(self, loader: HotSwapLoader, router: Router) -> None:
+        self._loader = loader
+        self._router = router
+
+    def cards(self) -> list[ModelCard]:
+        cards = []
+        for name, served in sorted(self._loader.models.items()):
+            default = served.default_version()
+            card = _card(name, served.versions[default]) if default is not None else None
+            if card is not None:
+                cards.append(card)
+        return cards
+
+    async def card(self, model: str) -> ModelCard | None:
+        """The model's card; None for a model that neither generates nor embeds."""
+        await self._loader.ensure_loaded(model)
+        return _card(model, self._router.pick(model, None))
+
+    async def embedding_vocab_size(self, model: str) -> int:
+        """The default version's vocabulary size; InvalidInput when `model` does not embed."""
+        await self._loader.ensure_loaded(model)
+        served = self._router.pick(model, None)
+        if _kind(served) != "embed":
+            raise InvalidInput(f"model {model!r} is not an embedding model")
+        return served.backend.vocab_size
+
+    async def engine(self, model: str) -> LLMEngine:
+        """The default version's engine (for tokenizing: every version of a model shares its tokenizer)."""
+        await self._loader.ensure_loaded(model)
+        served = self._router.pick(model, None)
+        if served.llm_engine is None:
+            raise InvalidInput(f"model {model!r} is not a generation model; use /v2/models/{model}/infer")
+        return served.llm_engine
+
+    async def tokenize(self, model: str, prompt: str | None, messages: list[dict[str, Any]] | None,
+                       add_special_tokens: bool) -> tuple[list[int], int]:
+        """(token ids, the model's context length) for a prompt or a chat."""
+        engine = await self.engine(model)
+        tokenizer = engine.backend.tokenizer
+        if messages is not None:
+            return tokenizer.encode(tokenizer.apply_chat_template(messages), add_special_tokens=False), \
+                engine.max_model_len
+        return tokenizer.encode(prompt, add_special_tokens=add_special_tokens), engine.max_model_len
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> str:
+        engine = await self.engine(model)
+        check_token_ids(token_ids, engine.backend.tokenizer.vocab_size)
+        return engine.backend.tokenizer.decode(token_ids)
+
+
+def check_token_ids(token_ids: list[int], vocab_size: int) -> None:
+    if token_ids and (min(token_ids) < 0 or max(token_ids) >= vocab_size):
+        raise InvalidInput(f"token ids must lie in [0, {vocab_size})")
 
 
 class Generation:
-    """One submitted request: which version answers, where its TokenEvents arrive, how to cancel it."""
+    """One submitted batch-job request: which version answers, where its TokenEvents arrive, how to cancel it."""
 
     __slots__ = ("model", "version", "handle", "_engine")
 
@@ -33,15 +120,16 @@ class Generation:
         return self.handle.req_id
 
     def abort(self) -> None:
-        """The client went away: the engine frees the request's blocks before its next step."""
-        self._engine.abort(self.handle.req_id)
+        """The job was cancelled: the engine frees the request's blocks before its next step."""
+        self._engine.abort_request(self.handle)
 
     def token_text(self, token_id: int) -> str:
         return self._engine.backend.tokenizer.token_text(token_id)
 
 
 class GenerationService:
-    """Every generation protocol's one path into the LLM engines of the served versions."""
+    """Batch jobs' path into a generation version (pinned by the job, so no split or breaker applies):
+    the same tokenizing and limits as InferenceService.generate, one sequence per line."""
 
     def __init__(self, loader: HotSwapLoader, router: Router, limits: LimitsConfig) -> None:
         self._loader = loader
@@ -56,34 +144,17 @@ class GenerationService:
         ]
 
     async def submit(self, req: GenerationRequest) -> Generation:
+        from mlserve.routing.generate import GenerateRequest, TokenLimits, bounded_params, prompt_ids
+
+        if len(req.prompts) > 1 or req.n != 1 or req.best_of or req.echo:
+            raise InvalidInput("a batch line takes one prompt and n = 1, without best_of or echo")
         await self._loader.ensure_loaded(req.model)  # lazy or evicted models load on first use
         served = self._router.pick(req.model, None)
         engine = served.llm_engine
         if engine is None:
             raise InvalidInput(f"model {req.model!r} is not a generation model; use /v2/models/{req.model}/infer")
-        ids = _prompt_ids(engine, req)
-        params = req.params
-        if not req.max_tokens_given and req.is_chat:
-            params = dataclasses.replace(params, max_tokens=max(1, engine.max_model_len - len(ids)))
-        self._check_limits(len(ids), params, req.max_tokens_given)
-        return Generation(req.model, str(served.version), engine.submit(ids, params), engine)
-
-    def _check_limits(self, num_prompt_tokens: int, params: SamplingParams, max_tokens_given: bool) -> None:
-        limits = self._limits
-        if num_prompt_tokens > limits.max_prompt_tokens:
-            raise PayloadTooLarge(f"prompt has {num_prompt_tokens} tokens, over the limit of {limits.max_prompt_tokens}")
-        if max_tokens_given and params.max_tokens > limits.max_generation_tokens:
-            raise InvalidInput(f"max_tokens {params.max_tokens} is over the limit of {limits.max_generation_tokens}")
-
-
-def _prompt_ids(engine: LLMEngine, req: GenerationRequest) -> list[int]:
-    tokenizer = engine.backend.tokenizer
-    if req.prompt_token_ids is not None:
-        ids = list(req.prompt_token_ids)
-        vocab_size = engine.backend.runner.shape.vocab_size
-        if max(ids) >= vocab_size or min(ids) < 0:
-            raise InvalidInput(f"prompt token ids must lie in [0, {vocab_size})")
-        return ids
-    if req.is_chat:
-        return tokenizer.encode(tokenizer.apply_chat_template(list(req.messages)), add_special_tokens=False)
-    return tokenizer.encode(req.prompt)
+        limits = TokenLimits(self._limits.max_prompt_tokens, self._limits.max_generation_tokens)
+        request = GenerateRequest(req.model, req.prompts, req.messages, req.params, limits, req.max_tokens_given)
+        ids = [prompt_ids(engine, request, p) for p in (req.prompts or (None,))]
+        handle = engine.submit(ids[0], bounded_params(engine, request, ids))
+        return Generation(req.model, str(served.version), handle, engine)

@@ -15,6 +15,8 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
 from mlserve.routing.classification import check_class_counts, classify, read_labels
+from mlserve.routing.generate import GenerateRequest, GenerationRun, start_generation
+from mlserve.routing.generation import GenerationCatalog
 from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo, SchedulePolicy
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
@@ -99,6 +101,7 @@ class InferenceService:
         self.loader = loader
         self.traffic = TrafficManager(loader, metrics or Metrics())
         self.router = Router(loader, self.traffic)
+        self.generation = GenerationCatalog(loader, self.router)
         self._labels: dict[tuple[str, int, str], tuple[str, ...]] = {}
         self.monitor: Monitor | None = None
         """Fed every answered request (drift, prediction log); its `observe` never blocks."""
@@ -165,6 +168,10 @@ class InferenceService:
         for name, k in class_counts.items():
             outputs[name] = classify(outputs[name], k, labels, served.info.max_batch_size > 0)
             datatypes[name] = "BYTES"
+
+    async def generate(self, request: GenerateRequest) -> GenerationRun:
+        """Start a generation on the version the router picks; iterate the run's `events()`."""
+        return await start_generation(self, request)
 
     async def _run(self, served: ServedVersion, request: InferRequest):
         info = served.info

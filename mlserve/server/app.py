@@ -30,7 +30,8 @@ from mlserve.server.grpc_server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, front_middleware
 from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
-from mlserve.server.openai import openai_app
+from mlserve.server.openai import openai_app, vllm_routes
+from mlserve.server.openai_errors import openai_error_middleware
 from mlserve.server.openapi import openapi_handler
 from mlserve.server.optimize_routes import optimize_jobs, optimize_routes
 from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
@@ -261,14 +262,17 @@ def status_routes(s: Services) -> list[web.RouteDef]:
 def create_app(config: Config, store: Store | None = None) -> web.Application:
     s = build_services(config, store)
     # One middleware: the gate (auth, limits) and JSON errors; the v2 infer route does both itself.
-    app = web.Application(middlewares=[front_middleware(s.gate)], client_max_size=config.server.max_body_bytes)
+    # Outside the gate, OpenAI's paths get OpenAI's error shape for its refusals too (one prefix test for others).
+    app = web.Application(middlewares=[openai_error_middleware, front_middleware(s.gate)],
+                          client_max_size=config.server.max_body_bytes)
     app[CONFIG], app[STATE], app[METRICS], app[LIMITS] = config, s.state, s.metrics, config.limits
     app[KEYRING], app[MONITOR], app[LOADER], app[SERVICE] = s.gate.keyring, s.monitor, s.loader, s.inference
     app.add_routes(v2_routes(s))
     app.add_routes(admin_routes(s))
     app.add_routes(server_routes(s))
     app.add_routes(status_routes(s))
-    app.add_subapp("/v1", openai_app(s.generation, s.metrics))
+    app.add_routes(vllm_routes(s.inference))
+    app.add_subapp("/v1", openai_app(s.inference, s.metrics))
     app.cleanup_ctx.append(lifecycle(stages(s)))
     # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
     app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate))

@@ -1,10 +1,10 @@
 """Who may call what: the path policy and the key ring the auth middleware consults.
 
 The policy works on path prefixes so routes added later are covered without being listed:
-`/v2/health/` and the status page's static files (`/`, `/ui/`; its data at `/status` is not) are
-open, `/metrics` is open by setting, `/admin/`, `/v2/repository/` and `/v2/batch/` (jobs read and
-write server files) need the admin scope and are served only on loopback or when enabled,
-everything else needs `infer`.
+`/v2/health/`, vLLM's `/health` and `/version`, and the status page's static files (`/`, `/ui/`; its
+data at `/status` is not) are open, `/metrics` is open by setting, `/admin/`, `/v2/repository/` and
+`/v2/batch/` (jobs read and write server files) need the admin scope and are served only on loopback
+or when enabled, everything else needs `infer`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from mlserve.server.ratelimit import FailureThrottle, TenantLimiter
 log = logging.getLogger("mlserve.auth")
 
 OPEN_PREFIXES = ("/v2/health/", "/ui/")
-OPEN_PATHS = ("/",)
+OPEN_PATHS = ("/", "/health", "/version")
 ADMIN_PREFIXES = ("/admin", "/v2/repository", "/v2/batch")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _CACHE_SIZE = 4096

@@ -1,57 +1,48 @@
-"""OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions (streaming as SSE)."""
+"""OpenAI-compatible generation routes: /v1/completions and /v1/chat/completions (streaming as SSE).
+Handlers decode the body, start the generation through the InferenceService and encode its events."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import aclosing
-from typing import Any, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from mlserve import errors
+from mlserve.config import LimitsConfig
 from mlserve.monitor.metrics import Metrics
-from mlserve.routing.generation import Generation, GenerationService
-from mlserve.server.middleware import status_for
-from mlserve.server.openai_protocol import parse_generation
-from mlserve.server.response import json_response
-from mlserve.spec import GenerationRequest, TokenEvent
-
-ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error", 503: "service_unavailable"}
-
-
-def openai_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
-    body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": None,
-                      "code": "model_not_found" if status == 404 else None}}
-    return json_response(body, status, headers)
+from mlserve.routing.generate import GenerateRequest, GenerationRun, TokenLimits
+from mlserve.routing.service import InferenceService
+from mlserve.server.limits import LIMITS, timeout_s
+from mlserve.server.middleware import TENANT
+from mlserve.server.openai_embeddings import EmbeddingHandlers
+from mlserve.server.openai_errors import openai_error_middleware
+from mlserve.server.openai_extras import ExtraHandlers, read_json
+from mlserve.server.openai_format import choice_logprobs, deadline_message, usage
+from mlserve.server.openai_protocol import GenerationRequest, parse_generation
 
 
-@web.middleware
-async def openai_error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Under /v1/ errors keep OpenAI's shape, so its clients raise their own typed errors."""
-    try:
-        return await handler(request)
-    except errors.MlserveError as exc:
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, errors.Overloaded) else None
-        return openai_error(status_for(exc), str(exc), headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return openai_error(exc.status, exc.reason)
+@dataclass(slots=True)
+class _Choice:
+    """What one sequence produced, gathered from its events."""
+
+    text: list[str] = field(default_factory=list)
+    events: list = field(default_factory=list)
+    finish_reason: str | None = None
+    num_tokens: int = 0
+    logprob_sum: float = 0.0
 
 
 class OpenAIHandlers:
-    """Parse the body, call the generation service, encode the answer (whole or streamed)."""
+    """Parse the body, start the generation through the service, encode the answer (whole or streamed)."""
 
-    def __init__(self, generation: GenerationService, metrics: Metrics) -> None:
-        self._generation = generation
+    def __init__(self, service: InferenceService, metrics: Metrics) -> None:
+        self._service = service
         self._metrics = metrics
-
-    async def models(self, request: web.Request) -> web.Response:
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "mlserve"}
-                for name in self._generation.model_names()]
-        return json_response({"object": "list", "data": data})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, is_chat=False)
@@ -60,133 +51,169 @@ class OpenAIHandlers:
         return await self._generate(request, is_chat=True)
 
     async def _generate(self, request: web.Request, is_chat: bool) -> web.StreamResponse:
+        req = parse_generation(await read_json(request), is_chat)
+        limits = request.config_dict.get(LIMITS) or LimitsConfig()
+        key = request.get(TENANT)
+        seconds = timeout_s({}, limits)
+        started = time.monotonic()
         try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            raise errors.InvalidInput(f"the request body is not valid JSON: {exc}") from None
-        req = parse_generation(body, is_chat)
-        gen = await self._generation.submit(req)
-        self._metrics.requests.labels(gen.model, gen.version, "openai", "200").inc()
-        if req.stream:
-            return await self._stream(request, req, gen)
-        return await self._whole(request, req, gen)
-
-    async def _whole(self, request, req: GenerationRequest, gen: Generation) -> web.Response:
-        text, events = [], []
-        async with aclosing(_events(request, gen)) as stream:
-            async for event in stream:
-                text.append(event.text)
-                events.append(event)
-        if not events:
-            return web.Response(status=204)  # the client went away; nobody reads this
-        last = events[-1]
-        choice: dict[str, Any] = {"index": 0, "finish_reason": last.finish_reason,
-                                  "logprobs": _logprobs(gen, req, events)}
-        if req.is_chat:
-            choice["message"] = {"role": "assistant", "content": "".join(text)}
-        else:
-            choice["text"] = "".join(text)
-        return json_response({**_head(req, gen), "choices": [choice], "usage": _usage(last)})
-
-    async def _stream(self, request, req: GenerationRequest, gen: Generation):
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
-        head = _head(req, gen, chunk=True)
-        if req.is_chat:
-            await _send(response, {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                        "logprobs": None, "finish_reason": None}]})
-        last = None
-        try:
-            last = await self._stream_events(request, req, gen, response, head)
-        except errors.MlserveError as exc:  # the status line has gone out: report it in the stream
-            await _send(response, {"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
-        if req.include_usage and last is not None:
-            await _send(response, {**head, "choices": [], "usage": _usage(last)})
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+            async with asyncio.timeout(seconds):
+                run = await self._service.generate(GenerateRequest(
+                    req.model, req.prompts, req.messages, req.params,
+                    TokenLimits(limits.max_prompt_tokens, limits.max_generation_tokens), req.max_tokens_given,
+                    req.best_of or req.n, key.priority if key is not None else None, request.headers,
+                ))
+        except TimeoutError:
+            raise errors.RequestTimeout(deadline_message(seconds)) from None
+        left = None if seconds is None else max(0.0, seconds - (time.monotonic() - started))
+        response = await (_stream if req.stream else _whole)(request, req, run, left)
+        self._metrics.requests.labels(run.model, run.version, "openai", str(response.status)).inc()
         return response
 
-    @staticmethod
-    async def _stream_events(request, req: GenerationRequest, gen: Generation,
-                             response: web.StreamResponse, head: dict[str, Any]) -> TokenEvent | None:
-        last = None
-        async with aclosing(_events(request, gen)) as events:  # a failed write cancels
-            async for event in events:
-                last = event
-                if not event.token_ids and event.finish_reason is None:
-                    continue
-                choice: dict[str, Any] = {"index": 0, "finish_reason": event.finish_reason,
-                                          "logprobs": _logprobs(gen, req, [event])}
-                if req.is_chat:
-                    choice["delta"] = {"content": event.text} if event.text else {}
-                else:
-                    choice["text"] = event.text
-                await _send(response, {**head, "choices": [choice]})
-        return last
 
-
-async def _events(request: web.Request, gen: Generation) -> AsyncIterator[TokenEvent]:
-    """The request's events up to its last; a client that went away cancels it, freeing its blocks."""
-    finished = False
+async def _whole(request: web.Request, req: GenerationRequest, run: GenerationRun, seconds: float | None):
+    choices: dict[int, _Choice] = {}
     try:
-        while True:
-            event = await gen.handle.queue.get()
-            if event.error is not None:
-                finished = True
-                raise errors.InferenceFailed(event.error)
-            if request.transport is None or request.transport.is_closing():
-                break
-            yield event
-            if event.finish_reason is not None:
-                finished = True
-                return
-    finally:
-        if not finished:
-            gen.abort()
+        async with asyncio.timeout(seconds):
+            async with aclosing(run.events()) as events:
+                async for event in events:
+                    if request.transport is None or request.transport.is_closing():
+                        return web.Response(status=204)  # the client went away; nobody reads this
+                    _gather(choices.setdefault(event.index, _Choice()), event)
+    except TimeoutError:
+        raise errors.RequestTimeout(deadline_message(seconds)) from None
+    kept = _best(req, choices)
+    out = []
+    for index, (seq_index, choice) in enumerate(kept):
+        entry: dict[str, Any] = {"index": index, "finish_reason": choice.finish_reason,
+                                 "logprobs": choice_logprobs(run.token_text, req, choice.events)}
+        if req.is_chat:
+            entry["message"] = {"role": "assistant", "content": "".join(choice.text), "refusal": None}
+        else:
+            prefix = run.prompt_text(seq_index // run_width(req)) if req.echo else ""
+            entry["text"] = prefix + "".join(choice.text)
+        out.append(entry)
+    completion = sum(c.num_tokens for c in choices.values())
+    return _json({**_head(req, run), "choices": out, "usage": usage(run, completion)})
+
+
+def run_width(req: GenerationRequest) -> int:
+    return req.best_of or req.n
+
+
+def _gather(choice: _Choice, event) -> None:
+    choice.text.append(event.text)
+    choice.events.append(event)
+    choice.num_tokens += len(event.token_ids)
+    choice.logprob_sum += event.logprob_sum
+    if event.finish_reason is not None:
+        choice.finish_reason = event.finish_reason
+
+
+def _best(req: GenerationRequest, choices: dict[int, _Choice]) -> list[tuple[int, _Choice]]:
+    """Per prompt, the n sequences to return: all of them, or with best_of the n of highest cumulative logprob."""
+    width = run_width(req)
+    kept = []
+    for start in range(0, len(choices), width):
+        group = [(i, choices[i]) for i in range(start, start + width)]
+        if req.best_of:
+            group = sorted(group, key=lambda item: item[1].logprob_sum, reverse=True)[: req.n]
+        kept += group
+    return kept
+
+
+async def _stream(request: web.Request, req: GenerationRequest, run: GenerationRun, seconds: float | None):
+    """The status line goes out once the first token exists (the service waited for it), so a deadline
+    passed before then is a 504; after it, the stream runs to its end."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    head = _head(req, run, chunk=True)
+    completion = 0
+    async with aclosing(run.events()) as events:
+        try:
+            await response.prepare(request)
+            await _opening(response, req, run, head)
+            completion = await _stream_events(request, req, run, response, head, events)
+        except ConnectionResetError:  # the client went away: its sequences are cancelled, nothing to log
+            return response
+        except errors.MlserveError as exc:  # the status line has gone out: report it in the stream
+            await _send(response, {"error": {"message": str(exc), "type": "server_error", "param": None,
+                                             "code": None}})
+    try:
+        if req.include_usage:
+            await _send(response, {**head, "choices": [], "usage": usage(run, completion)})
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        pass
+    return response
+
+
+async def _opening(response: web.StreamResponse, req: GenerationRequest, run: GenerationRun, head: dict) -> None:
+    """Chat: each choice opens with the assistant role; completions with echo: each with its prompt."""
+    for index in range(len(run.prompt_ids) * req.n):
+        if req.is_chat:
+            delta = {"role": "assistant", "content": ""}
+            await _send(response, {**head, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                                        "finish_reason": None}]})
+        elif req.echo:
+            await _send(response, {**head, "choices": [{"index": index, "text": run.prompt_text(index // req.n),
+                                                        "logprobs": None, "finish_reason": None}]})
+
+
+async def _stream_events(request, req: GenerationRequest, run: GenerationRun, response: web.StreamResponse,
+                         head: dict[str, Any], events) -> int:
+    completion = 0
+    async for event in events:
+        completion += len(event.token_ids)
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        if not event.token_ids and event.finish_reason is None:
+            continue
+        choice: dict[str, Any] = {"index": event.index, "finish_reason": event.finish_reason,
+                                  "logprobs": choice_logprobs(run.token_text, req, [event])}
+        if req.is_chat:
+            choice["delta"] = {"content": event.text} if event.text else {}
+        else:
+            choice["text"] = event.text
+        await _send(response, {**head, "choices": [choice]})
+    return completion
 
 
 async def _send(response: web.StreamResponse, chunk: dict) -> None:
     await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
 
-def _head(req: GenerationRequest, gen: Generation, chunk: bool = False) -> dict[str, Any]:
+def _head(req: GenerationRequest, run: GenerationRun, chunk: bool = False) -> dict[str, Any]:
     kind = ("chat.completion.chunk" if chunk else "chat.completion") if req.is_chat else "text_completion"
     prefix = "chatcmpl-" if req.is_chat else "cmpl-"
-    return {"id": prefix + gen.req_id, "object": kind, "created": int(time.time()), "model": gen.model}
+    return {"id": prefix + run.req_id, "object": kind, "created": int(time.time()), "model": req.model}
 
 
-def _usage(last: TokenEvent) -> dict[str, int]:
-    return {"prompt_tokens": last.num_prompt_tokens, "completion_tokens": last.num_output_tokens,
-            "total_tokens": last.num_prompt_tokens + last.num_output_tokens}
+def _json(payload: dict) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-def _logprobs(gen: Generation, req: GenerationRequest, events: list[TokenEvent]) -> dict[str, Any] | None:
-    if req.params.logprobs is None:
-        return None
-    token_text = gen.token_text
-    entries = [entry for event in events for entry in event.logprobs]
-    if req.is_chat:
-        return {"content": [
-            {"token": token_text(t), "logprob": lp, "bytes": list(token_text(t).encode()),
-             "top_logprobs": [{"token": token_text(i), "logprob": v, "bytes": list(token_text(i).encode())}
-                              for i, v in top]}
-            for t, lp, top in entries
-        ]}
-    offsets, offset = [], 0
-    for t, _, _ in entries:
-        offsets.append(offset)
-        offset += len(token_text(t))
-    return {"tokens": [token_text(t) for t, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
-            "top_logprobs": [{token_text(i): v for i, v in top} for _, _, top in entries], "text_offset": offsets}
-
-
-def openai_app(generation: GenerationService, metrics: Metrics) -> web.Application:
-    """The /v1 sub-application: its own route table, and OpenAI's error shape for every failure."""
-    handlers = OpenAIHandlers(generation, metrics)
+def openai_app(service: InferenceService, metrics: Metrics) -> web.Application:
+    """The /v1 sub-application: OpenAI's generation, embedding and model routes."""
+    handlers = OpenAIHandlers(service, metrics)
+    extras = ExtraHandlers(service.generation)
     app = web.Application(middlewares=[openai_error_middleware])
     app.add_routes([
-        web.get("/models", handlers.models),
+        web.get("/models", extras.models),
+        web.get("/models/{model}", extras.model),
         web.post("/completions", handlers.completions),
         web.post("/chat/completions", handlers.chat_completions),
+        web.post("/embeddings", EmbeddingHandlers(service).embeddings),
     ])
     return app
+
+
+def vllm_routes(service: InferenceService) -> list[web.RouteDef]:
+    """vLLM's extras at the root: /health and /version (open), /tokenize and /detokenize."""
+    extras = ExtraHandlers(service.generation)
+    return [
+        web.get("/health", extras.health),
+        web.get("/version", extras.version),
+        web.post("/tokenize", extras.tokenize),
+        web.post("/detokenize", extras.detokenize),
+    ]

@@ -8,7 +8,17 @@ from mlserve.errors import InvalidInput
 from mlserve.spec import GenerationRequest, SamplingParams
 
 MAX_STOP_STRINGS = 4
-UNSUPPORTED_TRUE = ("echo",)
+MAX_PROMPTS = 64
+MAX_CHOICES = 16
+MAX_LOGIT_BIAS = 300
+_COMMON_KEYS = frozenset({
+    "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "presence_penalty",
+    "frequency_penalty", "logit_bias", "user", "seed", "logprobs",
+    # vLLM's sampling extras
+    "top_k", "repetition_penalty", "min_tokens", "stop_token_ids", "ignore_eos", "prompt_logprobs",
+})
+COMPLETION_KEYS = _COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"}
+CHAT_KEYS = _COMMON_KEYS | {"messages", "max_completion_tokens", "top_logprobs"}
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float) -> float:
@@ -50,19 +60,55 @@ def _stop(body: dict) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _prompt(body: dict) -> tuple[str | None, tuple[int, ...] | None]:
-    """A string, a list of token ids, or a one-element list of either."""
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def _prompts(body: dict) -> tuple[str | tuple[int, ...], ...]:
+    """A string, a list of token ids, or a list of either (several prompts in one request)."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        return prompt, None
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return None, tuple(prompt)
-    raise InvalidInput("prompt must be a string or a list of token ids (one prompt per request)")
+    if isinstance(prompt, str) or _token_ids(prompt):
+        prompt = [prompt]
+    if not isinstance(prompt, list) or not prompt:
+        raise InvalidInput("prompt must be a string, a list of token ids, or a non-empty list of those")
+    if len(prompt) > MAX_PROMPTS:
+        raise InvalidInput(f"prompt: at most {MAX_PROMPTS} prompts per request, got {len(prompt)}")
+    out: list[str | tuple[int, ...]] = []
+    for i, item in enumerate(prompt):
+        if isinstance(item, str):
+            out.append(item)
+        elif _token_ids(item):
+            out.append(tuple(item))
+        else:
+            raise InvalidInput(f"prompt[{i}] must be a string or a non-empty list of token ids")
+    return tuple(out)
 
 
-def _messages(body: dict) -> tuple[dict[str, str], ...]:
+def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
+    value = body.get("logit_bias")
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS:
+        raise InvalidInput(f"logit_bias must be an object of up to {MAX_LOGIT_BIAS} token id -> bias entries")
+    out = []
+    for key, bias in value.items():
+        if not str(key).isdigit() or isinstance(bias, bool) or not isinstance(bias, (int, float)) \
+                or not -100 <= bias <= 100:
+            raise InvalidInput(f"logit_bias: {key!r} -> {bias!r}; keys are token ids, biases numbers in [-100, 100]")
+        out.append((int(key), float(bias)))
+    return tuple(out)
+
+
+def _stop_token_ids(body: dict) -> tuple[int, ...]:
+    value = body.get("stop_token_ids")
+    if value is None or value == []:
+        return ()
+    if not _token_ids(value) or min(value) < 0:
+        raise InvalidInput("stop_token_ids must be a list of non-negative token ids")
+    return tuple(value)
+
+
+def parse_messages(body: dict) -> tuple[dict[str, str], ...]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidInput("messages must be a non-empty list of {role, content} objects")
@@ -82,20 +128,57 @@ def _messages(body: dict) -> tuple[dict[str, str], ...]:
 def _logprobs(body: dict, is_chat: bool) -> int | None:
     if is_chat:
         if not _bool(body, "logprobs"):
+            if body.get("top_logprobs") is not None:
+                raise InvalidInput("top_logprobs needs logprobs: true")
             return None
         return _integer(body, "top_logprobs", 0, 0, 20)
     return _integer(body, "logprobs", None, 0, 20)
 
 
-def _check_unsupported(body: dict) -> None:
-    if _integer(body, "n", 1, 1) != 1:
-        raise InvalidInput("n must be 1: one choice per request")
-    for key in UNSUPPORTED_TRUE:
-        if body.get(key):
-            raise InvalidInput(f"{key} is not supported")
-    for key in ("presence_penalty", "frequency_penalty"):
-        if _number(body, key, 0.0, -2.0, 2.0) != 0.0:
-            raise InvalidInput(f"{key} is not supported; leave it at 0")
+def _check_keys(body: dict, is_chat: bool) -> None:
+    known = CHAT_KEYS if is_chat else COMPLETION_KEYS
+    unknown = sorted(k for k in body if k not in known)
+    if unknown:
+        raise InvalidInput(f"unsupported parameter(s): {', '.join(unknown)}")
+    if body.get("prompt_logprobs") is not None:
+        raise InvalidInput("prompt_logprobs is not supported; leave it out")
+    if body.get("suffix"):
+        raise InvalidInput("suffix is not supported; leave it out")
+    if body.get("echo") and body.get("logprobs") is not None:
+        raise InvalidInput("echo with logprobs needs prompt logprobs, which are not supported")
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise InvalidInput("stream_options is only allowed with stream: true")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise InvalidInput("user must be a string")
+
+
+def _choices(body: dict, stream: bool) -> tuple[int, int | None]:
+    n = _integer(body, "n", 1, 1, MAX_CHOICES)
+    best_of = _integer(body, "best_of", None, 1, MAX_CHOICES)
+    if best_of is not None and best_of < n:
+        raise InvalidInput(f"best_of ({best_of}) must be >= n ({n})")
+    if best_of is not None and best_of > n and stream:
+        raise InvalidInput("best_of > n cannot be streamed: the best are known only at the end")
+    return n, (best_of if best_of is not None and best_of > n else None)
+
+
+def _sampling(body: dict, is_chat: bool, max_tokens: int | None) -> SamplingParams:
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidInput(f"seed must be an integer, got {seed!r}")
+    top_k = _integer(body, "top_k", 0, -1)
+    min_tokens = _integer(body, "min_tokens", 0, 0, max_tokens)
+    max_tokens = max_tokens if max_tokens is not None else 16
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0), top_p=_number(body, "top_p", 1.0, 1e-9, 1.0),
+        top_k=max(top_k, 0), seed=seed, stop=_stop(body), logprobs=_logprobs(body, is_chat),
+        ignore_eos=_bool(body, "ignore_eos"),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.01, 10.0),
+        logit_bias=_logit_bias(body), min_tokens=min_tokens, stop_token_ids=_stop_token_ids(body),
+    )
 
 
 def parse_generation(body: Any, is_chat: bool) -> GenerationRequest:
@@ -104,28 +187,20 @@ def parse_generation(body: Any, is_chat: bool) -> GenerationRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidInput("model must be a non-empty string")
-    _check_unsupported(body)
-    prompt, prompt_ids, messages = None, None, None
+    _check_keys(body, is_chat)
+    stream = _bool(body, "stream")
+    n, best_of = _choices(body, stream)
+    prompts, messages = (), None
     if is_chat:
-        messages = _messages(body)
+        messages = parse_messages(body)
     else:
-        prompt, prompt_ids = _prompt(body)
+        prompts = _prompts(body)
     key = "max_completion_tokens" if is_chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _integer(body, key, None, 1)
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise InvalidInput(f"seed must be an integer, got {seed!r}")
-    top_k = _integer(body, "top_k", 0, -1)
-    params = SamplingParams(
-        max_tokens=max_tokens if max_tokens is not None else 16,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0), top_p=_number(body, "top_p", 1.0, 1e-9, 1.0),
-        top_k=max(top_k, 0), seed=seed, stop=_stop(body), logprobs=_logprobs(body, is_chat),
-        ignore_eos=_bool(body, "ignore_eos"),
-    )
     options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise InvalidInput("stream_options must be an object")
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise InvalidInput("stream_options must be an object with at most include_usage")
     return GenerationRequest(
-        model, prompt, prompt_ids, messages, params, max_tokens is not None, _bool(body, "stream"),
-        bool(options.get("include_usage")), is_chat,
+        model, prompts, messages, _sampling(body, is_chat, max_tokens), max_tokens is not None, stream,
+        bool(options.get("include_usage")), is_chat, n, best_of, _bool(body, "echo"),
     )

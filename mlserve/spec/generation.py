@@ -22,10 +22,24 @@ class SamplingParams:
     logprobs: int | None = None
     """Alternatives to report per token; None = no logprobs at all."""
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    """Both subtract from the logits of tokens already generated (OpenAI's rule)."""
+    repetition_penalty: float = 1.0
+    """Divides positive and multiplies negative logits of tokens in the prompt or output (CTRL's rule)."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0
+    """EOS and stop_token_ids are masked, and stop strings not applied, until this many tokens exist."""
+    stop_token_ids: tuple[int, ...] = ()
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def changes_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.logit_bias or self.min_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +75,25 @@ class TokenEvent:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     error: str | None = None
+    index: int = 0
+    """Which sequence of the request this is (prompt index * n + sample index)."""
+    logprob_sum: float = 0.0
+    """Sum of the logprobs of this event's tokens (ranks best_of candidates, feeds drift)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RequestHandle:
-    """What a caller keeps: the request id (to cancel) and the queue its TokenEvents arrive on."""
+    """What a caller keeps: the request id, its sequences' ids (to cancel) and the one queue all of
+    their TokenEvents arrive on."""
 
     req_id: str
     queue: asyncio.Queue
     num_prompt_tokens: int
+    req_ids: tuple[str, ...] = ()
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.req_ids) or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +101,15 @@ class GenerationRequest:
     """One decoded /v1/completions or /v1/chat/completions body."""
 
     model: str
-    prompt: str | None
-    prompt_token_ids: tuple[int, ...] | None
+    prompts: tuple[str | tuple[int, ...], ...]
+    """Completions: one or more prompts, each text or token ids; empty for chat."""
     messages: tuple[dict[str, str], ...] | None
     params: SamplingParams
     max_tokens_given: bool
     stream: bool
     include_usage: bool
     is_chat: bool
+    n: int = 1
+    best_of: int | None = None
+    """Candidates per prompt when more than n; the n with the highest cumulative logprob are returned."""
+    echo: bool = False

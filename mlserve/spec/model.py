@@ -19,7 +19,7 @@ from mlserve.spec.table import parse_table
 from mlserve.spec.tensor import TensorSpec
 from mlserve.spec.traffic import TrafficSpec
 
-BACKENDS = ("onnx", "torchscript", "torch_export", "tensorrt", "llm")
+BACKENDS = ("onnx", "torchscript", "torch_export", "tensorrt", "llm", "embedding")
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 

@@ -123,3 +123,13 @@ def test_eos_and_max_model_len_end_a_sequence():
     scheduler.update(scheduler.schedule(), [Sampled(EOS)])
     assert eos.status is SeqStatus.FINISHED_STOPPED and eos.finish_reason == "stop"
     assert scheduler.block_manager.num_used_blocks == 0
+
+
+def test_waiting_sequences_are_admitted_by_key_priority_then_arrival():
+    scheduler = Scheduler(_limits(max_num_seqs=1))
+    arrivals = [("plain-a", None), ("low", 3), ("plain-b", None), ("high", 1), ("low-2", 3), ("high-2", 1)]
+    for req_id, priority in arrivals:
+        seq = _seq(req_id, 4, 1)
+        seq.priority = priority
+        scheduler.add(seq)
+    assert [s.req_id for s in scheduler.waiting] == ["high", "high-2", "low", "low-2", "plain-a", "plain-b"]

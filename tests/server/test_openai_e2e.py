@@ -123,7 +123,10 @@ def test_seed_stop_and_max_tokens(server):
     (dict(model="tiny-llama", prompt="hello " * 600), 400, "context"),
     (dict(model="tiny-llama", prompt="hi", temperature="hot"), 400, "temperature"),
     (dict(model="tiny-llama", prompt=7), 400, "prompt"),
-    (dict(model="tiny-llama", prompt="hi", n=2), 400, "n must be 1"),
+    (dict(model="tiny-llama", prompt="hi", n=0), 400, "n must be"),
+    (dict(model="tiny-llama", prompt="hi", extra_body={"min_p": 0.1}), 400, "min_p"),
+    (dict(model="tiny-llama", prompt="hi", extra_body={"prompt_logprobs": 1}), 400, "prompt_logprobs"),
+    (dict(model="tiny-llama", prompt="hi", logit_bias={"999999": 5}), 400, "token ids"),
     (dict(model="tiny-llama", prompt="hi", stop=[""]), 400, "stop"),
 ])
 def test_bad_requests_get_openai_errors(server, kwargs, status, words):

@@ -4,25 +4,37 @@ from __future__ import annotations
 
 import torch
 
+from mlserve.engine.llm.logits import process_row
+from mlserve.engine.llm.sequence import Sequence
 from mlserve.spec import Sampled, SamplingParams
 
 
 class Sampler:
     """Samples one token per row of logits; each seeded request keeps its own generator."""
 
-    def __init__(self) -> None:
+    def __init__(self, eos_token_id: int | None = None) -> None:
         self._generators: dict[str, torch.Generator] = {}
+        self._eos_token_id = eos_token_id
 
     def forget(self, req_id: str) -> None:
         self._generators.pop(req_id, None)
 
-    def sample(self, logits: torch.Tensor, req_ids: list[str], params: list[SamplingParams]) -> list[Sampled]:
-        """logits [S, vocab] fp32 -> one Sampled per row."""
+    def sample(self, logits: torch.Tensor, req_ids: list[str], params: list[SamplingParams],
+               seqs: list[Sequence] | None = None) -> list[Sampled]:
+        """logits [S, vocab] fp32 -> one Sampled per row. Rows whose params change logits need their
+        sequence (`seqs`, same order) for its token history."""
         greedy = logits.argmax(-1).tolist()  # one call for the whole batch; most rows are usually greedy
+        log_norms = logits.logsumexp(-1).tolist()  # the sampled token's logprob is kept for every row
         out = []
-        for row, req_id, p, best in zip(logits, req_ids, params, greedy):
-            token = best if p.is_greedy else self._draw(row, req_id, p)
-            out.append(self._with_logprobs(row, token, p) if p.logprobs is not None else Sampled(token))
+        for i, (row, req_id, p, best) in enumerate(zip(logits, req_ids, params, greedy)):
+            chosen_from = row
+            if p.changes_logits:
+                seq = seqs[i]
+                chosen_from = process_row(row, p, seq.prompt_token_ids, seq.output_token_ids, self._eos_token_id)
+                best = int(chosen_from.argmax())
+            token = best if p.is_greedy else self._draw(chosen_from, req_id, p)
+            logprob = float(row[token]) - log_norms[i]
+            out.append(self._with_logprobs(row, token, p) if p.logprobs else Sampled(token, logprob))
         return out
 
     def _draw(self, row: torch.Tensor, req_id: str, p: SamplingParams) -> int:

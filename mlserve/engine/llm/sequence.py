@@ -41,6 +41,8 @@ class Sequence:
     """Leading blocks of block_table already registered under their prefix hash."""
     status: SeqStatus = SeqStatus.WAITING
     num_preemptions: int = 0
+    priority: int | None = None
+    """1 = admitted first; None = after every request that names a priority."""
 
     @property
     def token_ids(self) -> list[int]:

