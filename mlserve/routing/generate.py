@@ -169,14 +169,29 @@ def _submit(service: InferenceService, served: ServedVersion, request: GenerateR
     return GenerationRun(service, served, handle, ids, routed=True)
 
 
+MAX_CHARS_PER_TOKEN = 64
+"""No tokenizer mlserve serves merges more characters than this into one token: a prompt longer than
+max_prompt_tokens times this is refused before tokenizing (which costs time in proportion to length)."""
+
+
+def _check_prompt_chars(num_chars: int, max_prompt_tokens: int) -> None:
+    limit = max_prompt_tokens * MAX_CHARS_PER_TOKEN
+    if num_chars > limit:
+        raise PayloadTooLarge(f"prompt has {num_chars} characters, over the limit of {limit} "
+                              f"({max_prompt_tokens} tokens of at most {MAX_CHARS_PER_TOKEN} characters)")
+
+
 def prompt_ids(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[int, ...] | None) -> list[int]:
     tokenizer = engine.backend.tokenizer
     if isinstance(prompt, tuple):
         ids = list(prompt)
         check_token_ids(ids, engine.backend.runner.shape.vocab_size)
     elif prompt is None:
-        ids = tokenizer.encode(tokenizer.apply_chat_template(list(request.messages)), add_special_tokens=False)
+        text = tokenizer.apply_chat_template(list(request.messages))
+        _check_prompt_chars(len(text), request.limits.max_prompt_tokens)
+        ids = tokenizer.encode(text, add_special_tokens=False)
     else:
+        _check_prompt_chars(len(prompt), request.limits.max_prompt_tokens)
         ids = tokenizer.encode(prompt)
     if len(ids) > request.limits.max_prompt_tokens:
         raise PayloadTooLarge(f"prompt has {len(ids)} tokens, over the limit of {request.limits.max_prompt_tokens}")

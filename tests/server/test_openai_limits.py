@@ -36,3 +36,14 @@ def test_prompt_tokens_over_the_cap_get_413(capped):
     with pytest.raises(openai.APIStatusError) as caught:
         _client(capped).completions.create(model="tiny-llama", prompt=list(range(3, 13)), max_tokens=1)
     assert caught.value.status_code == 413 and "over the limit of 6" in str(caught.value)
+
+
+def test_a_prompt_too_long_to_be_within_the_token_cap_is_refused_before_tokenizing(capped):
+    """6 tokens of at most 64 characters: 385 characters can never fit, whatever they tokenize to."""
+    with pytest.raises(openai.APIStatusError) as caught:
+        _client(capped).completions.create(model="tiny-llama", prompt="a" * 385, max_tokens=1)
+    assert caught.value.status_code == 413 and "385 characters" in str(caught.value)
+    with pytest.raises(openai.APIStatusError) as caught:
+        _client(capped).chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "b" * 400}], max_tokens=1)
+    assert caught.value.status_code == 413 and "characters" in str(caught.value)
