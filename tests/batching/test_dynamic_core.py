@@ -114,7 +114,8 @@ def test_requests_with_different_trailing_shapes_are_never_concatenated():
         batcher.start()
         model.gate.clear()
         busy = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2), np.float32)}, 1))
-        await asyncio.sleep(0.05)  # the busy batch holds the engine while the others queue
+        while batcher.num_in_flight == 0 or batcher.num_queued:  # until a worker took it (the model holds it)
+            await asyncio.sleep(0.005)
         sent = [np.full((1, width), i, np.float32) for i, width in enumerate([8, 12, 8, 5, 12, 8])]
         tasks = [asyncio.create_task(batcher.submit({"x": x}, 1)) for x in sent]
         while batcher.num_queued < len(sent):
