@@ -26,6 +26,7 @@ from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
 from mlserve.server.auth import KeyRing, PathPolicy
 from mlserve.server.batch_jobs import add_batch_job_routes
+from mlserve.server.decode_pool import DecodePool
 from mlserve.server.grpc_server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, front_middleware
@@ -83,6 +84,7 @@ class Services:
     generation: GenerationService
     status: HistorySampler
     optimize_jobs: OptimizeJobs
+    decode_pool: DecodePool
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
     return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
-                    optimize_jobs(loader, inference.traffic))
+                    optimize_jobs(loader, inference.traffic), DecodePool(config.limits))
 
 
 def stages(s: Services) -> list[Stage]:
@@ -140,6 +142,7 @@ samples only once the repository is loaded and stops first; keys close last."""
 
     return [
         Stage("keyring", stop=s.gate.keyring.close),
+        Stage("decode pool", stop=s.decode_pool.close),
         Stage("monitor", start=s.monitor.start, stop=s.monitor.close),
         Stage("loader", start=start_loader, stop=stop_loader),
         Stage("traffic", stop=s.inference.traffic.close),
@@ -191,7 +194,7 @@ async def _metrics_handler(request: web.Request) -> web.Response:
 
 def v2_routes(s: Services) -> list[web.RouteDef]:
     """Open Inference Protocol, Triton's extensions, and mlserve's own per-model views under /v2."""
-    v2 = V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits)
+    v2 = V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits, s.decode_pool)
     admin = AdminHandlers(s.loader)
     drift = DriftHandlers(s.monitor, s.inference)
     traffic = TrafficHandlers(s.inference.traffic)

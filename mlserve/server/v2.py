@@ -13,6 +13,7 @@ from mlserve.config import LimitsConfig
 from mlserve.errors import MlserveError
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService
+from mlserve.server.decode_pool import LARGE_JSON_BYTES, DecodePool
 from mlserve.server.middleware import Gate, error_response, http_error_response, internal_error, one_pass
 from mlserve.server.response import json_response
 from mlserve.server.state import ServerState
@@ -25,8 +26,6 @@ log = logging.getLogger("mlserve.server")
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "schedule_policy",
               "statistics"]
-LARGE_BODY_BYTES = 1 << 20
-"""Bodies at least this large are decoded on a thread, so the loop keeps serving small requests."""
 
 _MAX_BOUND = 4096
 """Metric children kept bound per (model, version, status); past this they are looked up each time."""
@@ -38,13 +37,15 @@ class V2Handlers:
     """The KServe v2 routes; each parses, calls the service, and encodes."""
 
     def __init__(
-        self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate, limits: LimitsConfig
+        self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate, limits: LimitsConfig,
+        decode_pool: DecodePool,
     ) -> None:
         self._service = service
         self._state = state
         self._metrics = metrics
         self._gate = gate
         self._limits = limits
+        self._decode_pool = decode_pool
         self._children: dict[tuple[str, str, int], tuple] = {}
 
     async def live(self, request: web.Request) -> web.Response:
@@ -113,10 +114,10 @@ class V2Handlers:
         self._service.router.model(name)  # an unknown model is a 404 before the body is read
         body = await request.read()
         header_length = request.headers.get(HEADER_LENGTH)
-        args = (body, header_length, name, version, request.headers, self._limits, arrived)
-        if len(body) < LARGE_BODY_BYTES:
-            return decode_infer_request(*args)
-        return await asyncio.get_running_loop().run_in_executor(None, decode_infer_request, *args)
+        json_bytes = len(body) if header_length is None else (int(header_length) if header_length.isdigit() else 0)
+        if json_bytes >= LARGE_JSON_BYTES:
+            return await self._decode_pool.decode(body, header_length, name, version, request.headers, arrived)
+        return decode_infer_request(body, header_length, name, version, request.headers, self._limits, arrived)
 
     def _count(self, model: str, version: str, code: int, started: float) -> None:
         """Every answered infer request, once, with its final status; children bound once per label set."""

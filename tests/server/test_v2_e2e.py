@@ -300,3 +300,31 @@ def test_metrics_parse_and_count_requests(server):
                if s.name.endswith("_count") and s.labels == {"model": "mlp", "version": "2"}]
     assert latency and latency[0].value >= 1
     assert "mlserve_batch_size" in families
+
+
+def _child_pids(pid: int) -> list[int]:
+    from pathlib import Path
+
+    children = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:
+            continue
+        if any(line == f"PPid:\t{pid}" for line in lines):
+            children.append(int(status.parent.name))
+    return children
+
+
+def test_a_large_json_body_is_decoded_in_a_child_process_and_answers_the_same(server, test_repo):
+    """A JSON body over 1 MiB is parsed off this process (orjson would hold the GIL for all of it)."""
+    x = np.random.default_rng(11).standard_normal((64, 768)).astype(np.float32)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [64, 768], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    body = body + " " * (1 << 20)  # JSON allows trailing white space: the body is over 1 MiB either way
+    req = urllib.request.Request(f"{server.url}/v2/models/mlp/versions/1/infer", data=body.encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        answer = json.loads(resp.read())
+    expected = _reference(test_repo, "mlp", 1, {"x": x})[0]
+    got = np.array(answer["outputs"][0]["data"], np.float32).reshape(expected.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert _child_pids(server.proc.pid), "no decoding child process was started"
