@@ -173,6 +173,9 @@ class MonitorConfig:
     drift: bool = True
     """Measure drift for every model (a model's [drift] enabled = false turns it off for that one)."""
     drift_queue: int = 1024
+    drift_sample_per_s: int = 2000
+    """At most this many answered requests a second feed drift statistics (the first of each 100 ms
+    share); 0 = every request."""
     """Answered requests waiting for the drift worker before new ones are dropped (and counted)."""
     status_interval_s: float = 5.0
     """How often the status page's history (requests/s, latency, ...) takes a point per version."""
@@ -190,6 +193,8 @@ class MonitorConfig:
             raise ValueError(f"log_sample_rate must be in 0..1, got {self.log_sample_rate}")
         if self.prediction_log_max_bytes < 1024 or self.prediction_log_max_files < 1:
             raise ValueError("prediction_log_max_bytes must be >= 1024 and prediction_log_max_files >= 1")
+        if self.drift_sample_per_s < 0:
+            raise ValueError("drift_sample_per_s must be >= 0")
         if self.prediction_log_queue < 1 or self.drift_queue < 1:
             raise ValueError("prediction_log_queue and drift_queue must be >= 1")
 

@@ -53,3 +53,22 @@ def test_bad_monitor_flags_are_refused_before_serving(tmp_path):
             capture_output=True, text=True, cwd=ROOT, timeout=60,
         )
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_drift_is_fed_a_capped_sample_of_requests(tmp_path):
+    """drift_sample_per_s = 100: at most 10 requests per 100 ms feed drift, none counted as dropped."""
+    import time
+
+    metrics = Metrics()
+    monitor = Monitor(MonitorConfig(drift_sample_per_s=100), metrics)
+    monitor.add_version("m", "1", tmp_path, DriftSettings(reference_rows=1000, min_rows=1, window=1000), ("y",))
+    started = time.monotonic()
+    for i in range(50):  # the worker is not started: nothing drains
+        monitor.observe(_obs(i))
+    windows = int((time.monotonic() - started) / 0.1) + 1  # feed intervals the loop spanned
+    monitor.start()
+    monitor.close()
+    taken = monitor.drift("m", "1").report().reference_rows
+    assert 10 <= taken <= 10 * windows and taken < 50, (taken, windows)
+    labels = {"model": "m", "version": "1"}
+    assert not metrics.registry.get_sample_value("mlserve_drift_dropped_observations_total", labels)
