@@ -174,8 +174,8 @@ class MonitorConfig:
     """Measure drift for every model (a model's [drift] enabled = false turns it off for that one)."""
     drift_queue: int = 1024
     drift_sample_per_s: int = 2000
-    """At most this many answered requests a second feed drift statistics (the first of each 100 ms
-    share); 0 = every request."""
+    """At most this many answered requests a second feed drift statistics (bursts of up to one
+    second's worth pass whole); 0 = every request."""
     """Answered requests waiting for the drift worker before new ones are dropped (and counted)."""
     status_interval_s: float = 5.0
     """How often the status page's history (requests/s, latency, ...) takes a point per version."""
