@@ -3,45 +3,63 @@
 from __future__ import annotations
 
 import concurrent.futures
-import time
+import os
+import signal
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.http import call
+from tests.server.fault_models import WaitForFile, write_model
+from tests.server.http import call, wait_for
 from tests.server_process import MlserveProcess, free_port
 
 
 def _queued(url: str) -> float:
     for family in text_string_to_metric_families(call(f"{url}/metrics").body):
         for sample in family.samples:
-            if sample.name == "mlserve_queue_depth" and sample.labels.get("model") == "slow":
+            if sample.name == "mlserve_queue_depth" and sample.labels.get("model") == "held":
                 return sample.value
     return 0.0
 
 
-def test_sigterm_finishes_in_flight_grpc_calls(test_repo, tmp_path):
+def _set_flag(path, value: bytes) -> None:
+    staged = path.with_suffix(".staged")
+    staged.write_bytes(value)
+    os.replace(staged, path)
+
+
+def test_sigterm_finishes_in_flight_grpc_calls(tmp_path):
+    """The model holds every call until the test releases it after SIGTERM: one runs and three wait
+    when the signal arrives, and all four are still answered."""
+    flag = tmp_path / "release"
+    _set_flag(flag, b"\x00")
+    write_model(tmp_path / "repo", "held", WaitForFile(str(flag)), max_batch_size=0)
     port = free_port()
-    server = MlserveProcess(test_repo, "--grpc-port", str(port), log_path=tmp_path / "log").wait_ready()
+    server = MlserveProcess(tmp_path / "repo", "--grpc-port", str(port), log_path=tmp_path / "log").wait_ready()
     target = f"127.0.0.1:{port}"
+    x = np.arange(3, dtype=np.float32).reshape(1, 3)
 
-    def infer_slow() -> np.ndarray:
-        inp = grpcclient.InferInput("x", [1, 1024], "FP32")
-        inp.set_data_from_numpy(np.ones((1, 1024), np.float32))
-        return grpcclient.InferenceServerClient(target).infer("slow", [inp], client_timeout=120).as_numpy("y")
+    def infer_held() -> np.ndarray:
+        inp = grpcclient.InferInput("x", [1, 3], "FP32")
+        inp.set_data_from_numpy(x)
+        return grpcclient.InferenceServerClient(target).infer("held", [inp], client_timeout=120).as_numpy("y")
 
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(infer_slow) for _ in range(4)]
-        deadline = time.monotonic() + 30
-        while _queued(server.url) < 2:  # one running, the others waiting behind it
-            assert time.monotonic() < deadline, "the slow calls never queued"
-            time.sleep(0.02)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(infer_held) for _ in range(4)]
+            wait_for(lambda: _queued(server.url) == 3, "one call running and three queued")
+            server.signal(signal.SIGTERM)
+            wait_for(lambda: "stopping: not ready" in server.log(), "the server to act on SIGTERM")
+            assert not any(f.done() for f in futures), "a call was answered while the model was held"
+            _set_flag(flag, b"\x01")
+            results = [f.result(timeout=120) for f in futures]
+    finally:
+        _set_flag(flag, b"\x01")
         code = server.stop()
-        results = [f.result(timeout=120) for f in futures]
     assert code == 0, server.log()
     for y in results:
-        np.testing.assert_allclose(y, np.ones((1, 1024), np.float32))  # the slow model is x @ I, repeated
+        np.testing.assert_array_equal(y, x * 2)
     assert "stopped" in server.log()
 
 
