@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -70,6 +71,13 @@ class WaitForFile(torch.nn.Module):
         while int(torch.from_file(self.path, False, 1 + turns * 0, dtype=torch.uint8)[0]) == 0:
             turns += 1
         return x * 2
+
+
+def set_flag(path: Path, value: bytes) -> None:
+    """Replace the WaitForFile flag atomically (a turn of the model must never read it empty)."""
+    staged = path.with_suffix(".staged")
+    staged.write_bytes(value)
+    os.replace(staged, path)
 
 
 def write_model(root: Path, name: str, module: torch.nn.Module, max_batch_size: int = 8,

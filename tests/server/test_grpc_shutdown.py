@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import signal
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.fault_models import WaitForFile, write_model
+from tests.server.fault_models import WaitForFile, set_flag, write_model
 from tests.server.http import call, wait_for
 from tests.server_process import MlserveProcess, free_port
 
@@ -23,17 +22,12 @@ def _queued(url: str) -> float:
     return 0.0
 
 
-def _set_flag(path, value: bytes) -> None:
-    staged = path.with_suffix(".staged")
-    staged.write_bytes(value)
-    os.replace(staged, path)
-
 
 def test_sigterm_finishes_in_flight_grpc_calls(tmp_path):
     """The model holds every call until the test releases it after SIGTERM: one runs and three wait
     when the signal arrives, and all four are still answered."""
     flag = tmp_path / "release"
-    _set_flag(flag, b"\x00")
+    set_flag(flag, b"\x00")
     write_model(tmp_path / "repo", "held", WaitForFile(str(flag)), max_batch_size=0)
     port = free_port()
     server = MlserveProcess(tmp_path / "repo", "--grpc-port", str(port), log_path=tmp_path / "log").wait_ready()
@@ -52,10 +46,10 @@ def test_sigterm_finishes_in_flight_grpc_calls(tmp_path):
             server.signal(signal.SIGTERM)
             wait_for(lambda: "stopping: not ready" in server.log(), "the server to act on SIGTERM")
             assert not any(f.done() for f in futures), "a call was answered while the model was held"
-            _set_flag(flag, b"\x01")
+            set_flag(flag, b"\x01")
             results = [f.result(timeout=120) for f in futures]
     finally:
-        _set_flag(flag, b"\x01")
+        set_flag(flag, b"\x01")
         code = server.stop()
     assert code == 0, server.log()
     for y in results:
