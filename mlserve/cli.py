@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--lazy", action="store_true", default=None, help="load each model on its first request")
     start.add_argument("--max-loaded-models", type=int, help="evict the least recently used idle model past N")
     start.add_argument("--max-loaded-mb", type=float, help="evict idle models past N MiB of loaded artifacts")
+    start.add_argument("--device", help="device of models whose model.toml names none: cpu (default), cuda, "
+                       "cuda:N or auto")
+    start.add_argument("--gpu-memory-fraction", type=float,
+                       help="share of each GPU's memory the models may hold together (default 0.9)")
     start.add_argument("--auth-keys", metavar="FILE", help="API keys file: every endpoint but health needs a key")
     start.add_argument("--trust-repository", action="store_true", default=None,
                        help="load TorchScript and torch.export artifacts, which can run code when read")
@@ -178,7 +182,8 @@ def _start(args: argparse.Namespace) -> int:
         "registry": {
             "models": args.models, "s3_endpoint": args.s3_endpoint, "poll_interval_s": args.poll_interval,
             "lazy": args.lazy, "max_loaded_models": args.max_loaded_models, "max_loaded_mb": args.max_loaded_mb,
-            "trust_repository": args.trust_repository,
+            "trust_repository": args.trust_repository, "default_device": args.device,
+            "gpu_memory_fraction": args.gpu_memory_fraction,
         },
         "auth": {"keys_file": args.auth_keys, "tls_cert": args.tls_cert, "tls_key": args.tls_key},
         "monitor": {

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEVICE_PATTERN = r"cpu|auto|cuda(:\d+)?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,11 @@ class RegistryConfig:
     models: str = "./models"
     """Model repository: a local folder (s3:// URIs come with the S3 store)."""
     default_device: str = "cpu"
-    """Device for models whose model.toml names none."""
+    """Device for models whose model.toml names none: cpu, cuda, cuda:N or auto (the GPU with the
+    most room, else the CPU)."""
+    gpu_memory_fraction: float = 0.9
+    """Share of each GPU's memory mlserve's models may hold together; a version that does not fit
+    evicts idle ones (least recently used) when a request waits for it, else is UNAVAILABLE."""
     trust_repository: bool = False
     """Load TorchScript and torch.export artifacts (they can run code when read) for every model."""
     s3_endpoint: str = ""
@@ -88,6 +94,10 @@ class RegistryConfig:
             raise ValueError("cache_versions must be >= 1")
         if self.max_loaded_models < 0 or self.max_loaded_mb < 0:
             raise ValueError("max_loaded_models and max_loaded_mb must be >= 0")
+        if not re.fullmatch(DEVICE_PATTERN, self.default_device):
+            raise ValueError(f"default_device must be cpu, cuda, cuda:N or auto, got {self.default_device!r}")
+        if not 0 < self.gpu_memory_fraction <= 1:
+            raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
 
 
 @dataclass(frozen=True, slots=True)

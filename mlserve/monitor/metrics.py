@@ -88,6 +88,10 @@ class Metrics:
             "mlserve_loaded_model_bytes", "Artifact bytes of the versions in memory (the budget's measure).",
             registry=r,
         )
+        self.model_gpu_memory = Gauge(
+            "mlserve_model_gpu_memory_bytes", "GPU memory a loaded version holds (measured at load, else "
+            "declared or estimated).", ["model", "version", "device"], registry=r,
+        )
         self.model_evictions = Counter(
             "mlserve_model_evictions", "Idle models unloaded to stay within the budget.", registry=r
         )

@@ -29,11 +29,13 @@ from mlserve.batching.guard import GuardedInfer, num_hung_threads
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
 from mlserve.engine.base import version_backend
+from mlserve.engine.devices import CudaInventory, Inventory, empty_cache
 from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound, Overloaded
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import InferenceStatistics
 from mlserve.registry import repository
 from mlserve.registry.budget import Budget
+from mlserve.registry.placement import GpuLedger, gpu_need, place
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.safety import check_trusted, check_version_folder
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
@@ -56,7 +58,8 @@ _ROOM_POLL_S = 0.005
 class HotSwapLoader:
     """Owns the served table: which versions of which models are loaded, routable, pinned."""
 
-    def __init__(self, store: Store, config: RegistryConfig, metrics: Metrics) -> None:
+    def __init__(self, store: Store, config: RegistryConfig, metrics: Metrics,
+                 inventory: Inventory | None = None) -> None:
         self.store = store
         self._config = config
         self._metrics = metrics
@@ -65,6 +68,8 @@ class HotSwapLoader:
         """Called on the loop after a repository pass that changed something (the server re-freezes the heap)."""
         self.scan_errors: dict[str, str] = {}
         self.budget = Budget(config.max_loaded_models, int(config.max_loaded_mb * 2**20))
+        self.ledger = GpuLedger(inventory or CudaInventory(), config.gpu_memory_fraction)
+        """GPU memory each loaded version holds, and the device each one was placed on."""
         self._executor = ThreadPoolExecutor(max_workers=_MAX_PARALLEL_LOADS, thread_name_prefix="mlserve-loader")
         self._pass_lock = asyncio.Lock()
         self._load_slots = asyncio.Semaphore(_MAX_PARALLEL_LOADS)
@@ -73,6 +78,8 @@ class HotSwapLoader:
         self._tasks: set[asyncio.Task] = set()
         self._first_loads: dict[str, asyncio.Task] = {}
         self._room_lock = asyncio.Lock()
+        self._gpu_lock = asyncio.Lock()
+        """Held while a version is placed on a device (and idle models leave a GPU for it)."""
         self._reserved: dict[str, int] = {}
         self._created = time.monotonic()
         self.on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
@@ -234,25 +241,32 @@ class HotSwapLoader:
             await self._retire(old)
 
     async def _build(self, served: ServedModel, fresh: ServedVersion, source: str) -> bool:
-        """Fetch, load, warm up, start the batcher. On failure: UNAVAILABLE with the reason, False."""
+        """Fetch, place, load, warm up, start the batcher. On failure: UNAVAILABLE with the reason, False."""
         name, version, entry = served.name, fresh.version, served.entry
         loop = asyncio.get_running_loop()
         stage, started = "fetch", time.monotonic()
         try:
             fresh.path = await self._fetch(served, version, fresh.fingerprint)
+            stage = "placement"
+            cap = await self._place(served, fresh, may_evict=source == "request")
             stage = "load"
-            backend = await loop.run_in_executor(self._executor, self._load_backend, entry, version, fresh.path)
-            loaded = time.monotonic()
-            stage = "warmup"
-            try:
-                runs = await loop.run_in_executor(self._executor, warm_up, backend, entry.config, fresh.path)
-            except Exception:
-                await loop.run_in_executor(self._executor, backend.unload)
-                raise
+            async with self.ledger.measuring(fresh.device) as taken:
+                backend = await loop.run_in_executor(
+                    self._executor, self._load_backend, entry, version, fresh.path, fresh.device, cap)
+                loaded = time.monotonic()
+                stage = "warmup"
+                try:
+                    runs = await loop.run_in_executor(self._executor, warm_up, backend, entry.config, fresh.path)
+                except Exception:
+                    await loop.run_in_executor(self._executor, backend.unload)
+                    raise
+                measured = await loop.run_in_executor(self._executor, taken)
         except Exception as exc:
+            self._release_gpu(fresh)
             self._fail(fresh, stage, exc, source)
             return False
         warmed = time.monotonic()
+        self._settle_gpu(fresh, measured)
         await loop.run_in_executor(self._executor, self._call_loaded_hooks, entry, version, fresh.path, backend.info)
         fresh.backend, fresh.info = backend, backend.info
         fresh.batcher = DynamicBatcher(
@@ -266,8 +280,8 @@ class HotSwapLoader:
             fresh.llm_engine = self._start_llm_engine(backend, name, version)
         fresh.state, fresh.reason = VersionState.READY, ""
         self._record_load(fresh, loaded - started, warmed - loaded)
-        log.info("model %s version %d ready (%s; %s, load %.3f s, warm-up %.3f s over %d run(s))", name, version,
-                 source, fresh.info.platform, loaded - started, warmed - loaded, runs)
+        log.info("model %s version %d ready (%s; %s on %s, load %.3f s, warm-up %.3f s over %d run(s))", name,
+                 version, source, fresh.info.platform, fresh.device, loaded - started, warmed - loaded, runs)
         return True
 
     def _start_llm_engine(self, backend: Backend, model: str, version: int) -> LLMEngine:
@@ -289,20 +303,82 @@ class HotSwapLoader:
             return artifact.path  # gone from the repository: load again from where it was fetched to
         return await self.store.fetch(served.name, version)
 
-    def _load_backend(self, entry: ModelEntry, version: int, path) -> Backend:
-        """Runs on a loader thread, so the loop never waits on it."""
+    def _backend_name(self, entry: ModelEntry, version: int, path: Path) -> str:
+        """Runs on a loader thread: reads the version folder."""
         check_version_folder(path, self._config.max_artifact_bytes)
         name = version_backend(path) or entry.config.backend or infer_backend_name(path)
         if name is None:
             raise ModelLoadError(f"{entry.name}/{version}: no model file found and no backend set in model.toml")
+        return name
+
+    def _load_backend(self, entry: ModelEntry, version: int, path: Path, device: str, cap: int | None) -> Backend:
+        """Runs on a loader thread, so the loop never waits on it. `cap`: the most GPU memory it may take."""
+        name = self._backend_name(entry, version, path)
         check_trusted(name, self._config.trust_repository or entry.config.trusted)
         backend = create_backend(name, entry.config, trust_repository=self._config.trust_repository)
-        backend.load(path, entry.config.device or self._config.default_device)
+        if cap is not None and hasattr(backend, "memory_cap_bytes"):
+            backend.memory_cap_bytes = cap
+        backend.load(path, device)
         return backend
+
+    # ---- GPU placement -------------------------------------------------------------------------
+
+    async def _place(self, served: ServedModel, fresh: ServedVersion, may_evict: bool) -> int | None:
+        """Choose the version's device and reserve its GPU memory; returns the most it may take there.
+        A load a request waits for may evict idle models from the GPU; other loads report no room."""
+        entry = served.entry
+        backend = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._backend_name, entry, fresh.version, fresh.path)
+        requested = entry.config.device or self._config.default_device
+        need, source = gpu_need(entry.config, fresh.num_bytes)
+
+        async def evict(device: str | None) -> bool:
+            return may_evict and await self._evict_from_gpu(served, device)
+
+        async with self._gpu_lock:
+            fresh.device = await place(self.ledger, requested, backend, need, source, evict)
+            cap = self.ledger.share_left(fresh.device)
+            self.ledger.reserve(id(fresh), served.name, f"{served.name}/{fresh.version}", fresh.device, need)
+        return cap
+
+    async def _evict_from_gpu(self, incoming: ServedModel, device: str | None) -> bool:
+        """Unload the least recently used idle model holding memory on `device` (None: any GPU)."""
+        holders = {h.model for h in self.ledger.holdings.values()
+                   if not h.is_loading and (device is None or h.device == device)}
+        victim = min((m for name, m in self.models.items()
+                      if name in holders and name != incoming.name and m.is_idle and not m.lock.locked()),
+                     key=lambda m: m.last_used, default=None)
+        if victim is None:
+            return False
+        async with victim.lock:
+            for version in list(victim.versions):
+                await self._unload_version(victim, version, "evict")
+        self._metrics.model_evictions.inc()
+        log.info("model %s evicted (least recently used) to make room on %s for %s", victim.name,
+                 device or "a GPU", incoming.name)
+        return True
+
+    def _settle_gpu(self, fresh: ServedVersion, measured: int | None) -> None:
+        holding = self.ledger.settle(id(fresh), measured, fresh.device != "cpu" and self._declares_gpu(fresh))
+        if holding is not None:
+            fresh.gpu_bytes = holding.num_bytes
+            self._metrics.model_gpu_memory.labels(fresh.model, str(fresh.version), fresh.device).set(holding.num_bytes)
+
+    def _declares_gpu(self, fresh: ServedVersion) -> bool:
+        served = self.models.get(fresh.model)
+        return served is not None and served.entry.config.gpu_memory_mb is not None
+
+    def _release_gpu(self, served_version: ServedVersion) -> None:
+        holding = self.ledger.release(id(served_version))
+        if holding is None:
+            return
+        empty_cache(holding.device)
+        with contextlib.suppress(KeyError):
+            self._metrics.model_gpu_memory.remove(served_version.model, str(served_version.version), holding.device)
 
     def _fail(self, fresh: ServedVersion, stage: str, exc: Exception, source: str) -> None:
         fresh.state, fresh.reason = VersionState.UNAVAILABLE, f"{stage} failed: {exc}"
-        fresh.is_retryable = stage == "fetch"
+        fresh.is_retryable = stage == "fetch" or getattr(exc, "is_retryable", False)
         self._metrics.model_load_failures.labels(fresh.model).inc()
         self._metrics.load_failures_by_reason.labels(fresh.model, stage).inc()
         log.error("model %s version %d rejected (%s): %s", fresh.model, fresh.version, source, fresh.reason)
@@ -323,6 +399,7 @@ class HotSwapLoader:
         if served_version.backend is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, served_version.backend.unload)
         served_version.backend = served_version.batcher = None
+        self._release_gpu(served_version)
 
     async def _unload_version(self, served: ServedModel, version: int, source: str) -> None:
         served_version = served.versions[version]

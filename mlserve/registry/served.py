@@ -47,6 +47,10 @@ class ServedVersion:
     """The local folder the version was loaded from (for a remote store: its cache folder)."""
     num_bytes: int = 0
     """Size of the version's files: the estimate the memory budget counts."""
+    device: str = ""
+    """Where it runs (cpu, cuda:N), once placed."""
+    gpu_bytes: int = 0
+    """GPU memory it holds: measured at load, else declared or estimated (0 on the CPU)."""
     is_retryable: bool = False
     """A failure the next reconcile should try again (the store was unreachable), not a bad artifact."""
 

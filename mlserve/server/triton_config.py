@@ -87,7 +87,7 @@ def model_config_dict(name: str, model: ServedModel, version: ServedVersion) -> 
     info = version.info
     assert info is not None, "only a loaded version has a config to show"
     config = model.entry.config
-    device = config.device or "cpu"
+    device = version.device or config.device or "cpu"  # where placement put it (auto resolves at load)
     body: dict[str, Any] = {
         "name": name,
         "platform": info.platform,

@@ -117,6 +117,10 @@ class ModelConfig:
 
     backend: str | None = None
     device: str | None = None
+    """cpu, cuda, cuda:N or auto; None = the server's default_device."""
+    gpu_memory_mb: float | None = None
+    """GPU memory a version takes (weights, workspace, KV pool), MiB; None = estimated from its files
+    for placement, then measured at load."""
     batching: BatchingSpec = field(default_factory=BatchingSpec)
     instances: int = 1
     intra_op_threads: int = 1
@@ -136,8 +140,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.device is not None and not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        if self.gpu_memory_mb is not None:
+            if isinstance(self.gpu_memory_mb, bool) or not isinstance(self.gpu_memory_mb, (int, float)) \
+                    or self.gpu_memory_mb <= 0:
+                raise ValueError(f"gpu_memory_mb must be a positive number, got {self.gpu_memory_mb!r}")
+            if self.device == "cpu":
+                raise ValueError("gpu_memory_mb is set but device is cpu: remove it, or set device to cuda or auto")
         if self.instances < 1:
             raise ValueError("instances must be >= 1")
         if self.intra_op_threads < 0:

@@ -29,6 +29,8 @@ class LLMBackend:
         self.tokenizer: LLMTokenizer | None = None
         self.runner: ModelRunner | None = None
         self.max_model_len = 0
+        self.memory_cap_bytes: int | None = None
+        """Set by placement before load on a GPU: the most this version may take there, KV pool included."""
 
     def load(self, path: Path, device: str) -> None:
         for name in ("config.json", "tokenizer.json"):
@@ -38,7 +40,7 @@ class LLMBackend:
             keep_freed_memory()
         try:
             self.tokenizer = LLMTokenizer(path)
-            self.runner = ModelRunner(path, device, self.settings)
+            self.runner = ModelRunner(path, device, self.settings, self.memory_cap_bytes)
         except (ValueError, KeyError, FileNotFoundError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from exc
         self.max_model_len = self._check_context(path)

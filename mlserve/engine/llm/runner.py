@@ -41,14 +41,14 @@ def num_blocks_for(shape: ModelShape, settings: LLMSettings, dtype: torch.dtype,
 class ModelRunner:
     """Owns the model and the KV cache tensors of one loaded version."""
 
-    def __init__(self, version_dir: Path, device: str, settings: LLMSettings) -> None:
+    def __init__(self, version_dir: Path, device: str, settings: LLMSettings, memory_cap_bytes: int | None = None) -> None:
         self.device = torch.device(device)
         self.dtype = pick_dtype(self.device)
         self.shape = read_shape(version_dir)
         self.block_size = settings.block_size
         self.model = load_model(version_dir, self.device, self.dtype)
         is_sized_by_fraction = settings.num_kv_blocks is None and settings.kv_cache_mb is None
-        free = free_memory_bytes(str(self.device)) if is_sized_by_fraction else 0
+        free = self._free_bytes(memory_cap_bytes) if is_sized_by_fraction else 0
         self.num_blocks = num_blocks_for(self.shape, settings, self.dtype, free)
         self.kv_bytes = self.num_blocks * bytes_per_block(self.shape, self.block_size, self.dtype)
         slots = self.num_blocks * self.block_size
@@ -58,6 +58,14 @@ class ModelRunner:
              torch.zeros(kv_shape, dtype=self.dtype, device=self.device))
             for _ in range(self.shape.num_layers)
         ]
+
+    def _free_bytes(self, memory_cap_bytes: int | None) -> int:
+        """Free memory on the device now, within what placement allows this version (the weights count)."""
+        free = free_memory_bytes(str(self.device))
+        if memory_cap_bytes is None:
+            return free
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return max(0, min(free, memory_cap_bytes - weights))
 
     @torch.inference_mode()
     def run(self, chunks: list[SeqChunk]) -> torch.Tensor:

@@ -57,3 +57,18 @@ def test_a_pool_that_cannot_hold_one_full_sequence_is_refused(test_repo, llm, ne
 
 def test_a_pool_that_holds_the_configured_context_loads(test_repo):
     assert _load(test_repo, num_kv_blocks=8, max_model_len=128).max_model_len == 128
+
+
+def test_the_pool_stays_within_the_memory_placement_allows_the_version(test_repo):
+    """On a GPU placement hands the backend the most it may take (mlserve's share left on the device);
+    the weights count against it and the pool takes kv_memory_fraction of the rest."""
+    free = _load(test_repo)
+    weights = sum(p.numel() * p.element_size() for p in free.runner.model.parameters())
+    per_block = free.runner.kv_bytes // free.runner.num_blocks
+    backend = LLMBackend(ModelConfig(backend="llm", llm=LLMSettings()))
+    backend.memory_cap_bytes = weights + 2 * 64 * per_block  # room for 128 blocks; half of it is the pool's
+    backend.load(test_repo / "tiny-llama" / "1", "cpu")
+    assert backend.runner.num_blocks == 64 < free.runner.num_blocks
+    backend.memory_cap_bytes = weights + 2 * 16 * per_block  # 16 blocks: 256 tokens, less than one sequence
+    with pytest.raises(ModelLoadError, match="less than one sequence of max_model_len 512"):
+        backend.load(test_repo / "tiny-llama" / "1", "cpu")
