@@ -63,3 +63,19 @@ def write_pooling_onnx(path: Path, vocab: int = 1000, width: int = 32, seed: int
         [numpy_helper.from_array(table, "table")],
     )
     _save(_model(graph), path)
+
+
+def write_doubling_onnx(path: Path, datatype: str, width: int = 3) -> None:
+    """`y` = x + x (BOOL: `y` = not x) for input `x` of the given v2 datatype, shape [-1, width]:
+    a model that computes in every datatype, so an answer that merely echoes its input fails."""
+    from onnx import TensorProto, helper
+
+    kind = getattr(TensorProto, ONNX_TYPES[datatype])
+    node = (helper.make_node("Not", ["x"], ["y"]) if datatype == "BOOL"
+            else helper.make_node("Add", ["x", "x"], ["y"]))
+    graph = helper.make_graph(
+        [node], f"doubling_{datatype.lower()}",
+        [helper.make_tensor_value_info("x", kind, ["batch", width])],
+        [helper.make_tensor_value_info("y", kind, ["batch", width])],
+    )
+    _save(_model(graph), path)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib
 
 from mlserve.engine.base import Backend, infer_backend_name
+from mlserve.errors import ModelLoadError
 from mlserve.spec import ModelConfig
+from mlserve.spec.precision import TORCH_BACKENDS
 
 _BACKEND_CLASSES = {
     "onnx": ("mlserve.engine.onnx_backend", "OnnxBackend"),
@@ -22,6 +24,11 @@ _BACKEND_CLASSES = {
 def create_backend(name: str, config: ModelConfig, trust_repository: bool = False) -> Backend:
     if name not in _BACKEND_CLASSES:
         raise ValueError(f"no backend named {name!r}; known: {', '.join(sorted(_BACKEND_CLASSES))}")
+    if config.torch.is_set and name not in TORCH_BACKENDS:
+        raise ModelLoadError(
+            f"model.toml sets [torch] precision, which only {' and '.join(TORCH_BACKENDS)} models read; "
+            f"this version's backend is {name}"
+        )
     module_name, class_name = _BACKEND_CLASSES[name]
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(config, trust_repository=trust_repository)

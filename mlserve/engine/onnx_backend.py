@@ -1,7 +1,15 @@
-"""ONNX Runtime backend: CPU, or the CUDA execution provider when asked for and present."""
+"""ONNX Runtime backend: CPU, or the CUDA execution provider when asked for and present.
+
+On CUDA a batch runs through IO binding: inputs are bound from the host arrays, outputs are bound
+to the device, so ORT copies each input in once, keeps every intermediate and output on the GPU,
+and the outputs come out in one copy at the end. session.run would instead let ORT choose where
+outputs land and copy them per call through its own staging. On CPU plain session.run is the
+default: IO binding gives the same answers there but costs more per call (benchmarks/onnx_binding.py).
+"""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,29 +44,58 @@ def _spec(node: ort.NodeArg) -> TensorSpec:
     return TensorSpec(node.name, _ORT_TO_DATATYPE[node.type], shape)
 
 
-class OnnxBackend:
-    """One ONNX model version in an onnxruntime InferenceSession."""
+class IoBindingRunner:
+    """Runs batches of one session through IO binding: inputs from host arrays, outputs allocated by
+    ORT on (`device_type`, `device_id`) and copied to fresh host arrays once per batch. Each worker
+    thread reuses its own binding object; bindings are cleared after every run so no batch's
+    arrays outlive it."""
 
-    def __init__(self, config: ModelConfig, trust_repository: bool = False) -> None:
+    def __init__(self, session: ort.InferenceSession, output_names: list[str], device_type: str,
+                 device_id: int) -> None:
+        self._session = session
+        self._output_names = output_names
+        self._device_type = device_type
+        self._device_id = device_id
+        self._local = threading.local()
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        binding = getattr(self._local, "binding", None)
+        if binding is None:
+            binding = self._local.binding = self._session.io_binding()
+        try:
+            for name, array in feed.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            for name in self._output_names:
+                binding.bind_output(name, self._device_type, self._device_id)
+            self._session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()
+        finally:
+            binding.clear_binding_inputs()
+            binding.clear_binding_outputs()
+
+
+class OnnxBackend:
+    """One ONNX model version in an onnxruntime InferenceSession.
+
+    `io_binding`: None = IO binding on CUDA, plain session.run on CPU; True or False forces it
+    (models with string tensors always use session.run: ORT binds strings on the host only)."""
+
+    def __init__(self, config: ModelConfig, trust_repository: bool = False, io_binding: bool | None = None) -> None:
         self._config = config
         self._session: ort.InferenceSession | None = None
         self._info: ModelInfo | None = None
         self._string_inputs: frozenset[str] = frozenset()
+        self._io_binding = io_binding
+        self._binder: IoBindingRunner | None = None
 
     def load(self, path: Path, device: str) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._config.intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers: list = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ModelLoadError("device is cuda but this onnxruntime has no CUDAExecutionProvider")
-            index = int(device.partition(":")[2] or 0)
-            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         artifact = find_artifact(path, ("*.onnx",))
         try:
-            self._session = ort.InferenceSession(str(artifact), options, providers=providers)
+            self._session = ort.InferenceSession(str(artifact), options, providers=_providers(device))
         except Exception as exc:  # onnxruntime raises several private exception types
             raise ModelLoadError(f"{artifact}: {exc}") from exc
         inputs = tuple(_spec(n) for n in self._session.get_inputs())
@@ -68,6 +105,12 @@ class OnnxBackend:
             "onnxruntime_onnx", inputs, outputs, self._config.batching.max_batch_size, utf8_strings=True
         )
         self._string_inputs = frozenset(s.name for s in inputs if s.datatype == "BYTES")
+        on_cuda = device.startswith("cuda")
+        has_strings = any(s.datatype == "BYTES" for s in (*inputs, *outputs))
+        if (on_cuda if self._io_binding is None else self._io_binding) and not has_strings:
+            index = int(device.partition(":")[2] or 0)
+            names = [o.name for o in outputs]
+            self._binder = IoBindingRunner(self._session, names, "cuda" if on_cuda else "cpu", index)
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None, "infer before load"
@@ -76,16 +119,31 @@ class OnnxBackend:
             for name, array in inputs.items()
         }
         names = [o.name for o in self._info.outputs]
-        results = self._session.run(names, feed)
+        results = self._binder.run(feed) if self._binder is not None else self._session.run(names, feed)
         return {name: (_str_to_bytes(r) if r.dtype == object else r) for name, r in zip(names, results)}
 
     def unload(self) -> None:
+        self._binder = None
         self._session = None
+
+    @property
+    def is_io_bound(self) -> bool:
+        """Whether batches run through IO binding (see the module note)."""
+        return self._binder is not None
 
     @property
     def info(self) -> ModelInfo:
         assert self._info is not None, "info before load"
         return self._info
+
+
+def _providers(device: str) -> list:
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ModelLoadError("device is cuda but this onnxruntime has no CUDAExecutionProvider")
+    index = int(device.partition(":")[2] or 0)
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
 
 def _bytes_to_str(array: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from mlserve.engine.base import find_artifact
+from mlserve.engine.pinned import DeviceCopier
 from mlserve.engine.spec_check import merge_specs
 from mlserve.errors import ModelLoadError
 from mlserve.spec import ModelConfig, ModelInfo, TensorSpec
@@ -24,6 +26,7 @@ _TORCH_TO_DATATYPE = {
     torch.float32: "FP32",
     torch.float64: "FP64",
 }
+_DATATYPE_TO_TORCH = {v: k for k, v in _TORCH_TO_DATATYPE.items()}
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -43,6 +46,10 @@ class _TorchBackend:
         self._module: Callable[..., Any] | None = None
         self._device = torch.device("cpu")
         self._info: ModelInfo | None = None
+        self._copier: DeviceCopier | None = None
+        """Pinned staging for the copies in and out; None on CPU."""
+        dtype_name = config.torch.autocast_dtype_name
+        self._autocast_dtype: torch.dtype | None = getattr(torch, dtype_name) if dtype_name else None
 
     def _read(self, artifact: Path) -> tuple[Callable[..., Any], tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         raise NotImplementedError
@@ -66,15 +73,29 @@ class _TorchBackend:
                 raise ModelLoadError(f"tensor {spec.name!r}: torch cannot take datatype {spec.datatype}")
         self._module = module
         self._info = ModelInfo(self.platform, inputs, outputs, self._config.batching.max_batch_size)
+        if self._device.type == "cuda":
+            self._copier = DeviceCopier(self._device, pin_memory=True)
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._module is not None and self._info is not None, "infer before load"
-        on_cuda = self._device.type == "cuda"
-        args = [
-            torch.from_numpy(np.ascontiguousarray(inputs[s.name])).to(self._device, non_blocking=on_cuda)
-            for s in self._info.inputs
-        ]
-        with torch.inference_mode():
+        if self._copier is None:  # CPU: torch reads the numpy arrays in place, no staging
+            args = [torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in self._info.inputs]
+            return {name: t.detach().numpy() for name, t in self._forward(args).items()}
+        try:
+            args = [self._copier.to_device(s.name, inputs[s.name]) for s in self._info.inputs]
+            return self._copier.to_host(self._forward(args))
+        finally:
+            self._copier.sync()
+
+    def _forward(self, args: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run the module (under autocast when [torch] precision asks) and name its outputs; with
+        autocast, each output comes back in its declared datatype."""
+        assert self._module is not None and self._info is not None
+        autocast = (
+            torch.autocast(self._device.type, dtype=self._autocast_dtype)
+            if self._autocast_dtype is not None else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
             result = self._module(*args)
         if isinstance(result, torch.Tensor):
             result = (result,)
@@ -82,10 +103,13 @@ class _TorchBackend:
             result = tuple(result[s.name] for s in self._info.outputs)
         if len(result) != len(self._info.outputs):
             raise RuntimeError(f"model returned {len(result)} outputs, {len(self._info.outputs)} declared")
-        return {s.name: t.detach().cpu().numpy() for s, t in zip(self._info.outputs, result)}
+        if self._autocast_dtype is None:
+            return {s.name: t for s, t in zip(self._info.outputs, result)}
+        return {s.name: t.to(_DATATYPE_TO_TORCH[s.datatype]) for s, t in zip(self._info.outputs, result)}
 
     def unload(self) -> None:
         self._module = None
+        self._copier = None
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
 

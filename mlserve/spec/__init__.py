@@ -10,6 +10,7 @@ from mlserve.spec.model import (
     BACKENDS, MODEL_NAME, BatchingSpec, ModelConfig, VersionPolicy, WarmupSpec, parse_model_config,
     read_model_config,
 )
+from mlserve.spec.precision import TorchSettings
 from mlserve.spec.schedule import SchedulePolicy
 from mlserve.spec.table import check_value, parse_table
 from mlserve.spec.tensor import DATATYPE_TO_NUMPY, ModelInfo, NUMPY_TO_DATATYPE, TensorSpec
@@ -18,6 +19,6 @@ from mlserve.spec.traffic import BreakerSpec, ExperimentSpec, ShadowSpec, Sticky
 __all__ = [
     "BACKENDS", "DATATYPE_TO_NUMPY", "MODEL_NAME", "NUMPY_TO_DATATYPE", "BatchingSpec", "BreakerSpec",
     "DriftSettings", "ExperimentSpec", "GenerationRequest", "RequestHandle", "TokenEvent", "LLMSettings", "ModelConfig", "ModelInfo", "Sampled", "SamplingParams",
-    "SchedulePolicy", "SeqChunk", "ShadowSpec", "StickyKey", "TensorSpec", "TrafficSpec", "VersionPolicy", "WarmupSpec",
+    "SchedulePolicy", "SeqChunk", "ShadowSpec", "StickyKey", "TensorSpec", "TorchSettings", "TrafficSpec", "VersionPolicy", "WarmupSpec",
     "check_value", "parse_model_config", "parse_split", "parse_table", "read_model_config",
 ]

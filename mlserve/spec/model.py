@@ -15,6 +15,7 @@ from typing import Any
 from mlserve.errors import ModelLoadError
 from mlserve.spec.drift import DriftSettings
 from mlserve.spec.llm import LLMSettings
+from mlserve.spec.precision import TorchSettings
 from mlserve.spec.table import parse_table
 from mlserve.spec.tensor import TensorSpec
 from mlserve.spec.traffic import TrafficSpec
@@ -133,6 +134,8 @@ class ModelConfig:
     drift: DriftSettings = field(default_factory=DriftSettings)
     traffic: TrafficSpec = field(default_factory=TrafficSpec)
     warmup: WarmupSpec = field(default_factory=WarmupSpec)
+    torch: TorchSettings = field(default_factory=TorchSettings)
+    """The [torch] section (autocast precision); only TorchScript and torch.export models may set it."""
     trusted: bool = False
     """Artifacts that can run code when read (TorchScript, torch.export) may load for this model.
     The repository is the operator's: no route without the admin scope writes model.toml."""
@@ -187,6 +190,7 @@ _SECTIONS = {
     "drift": DriftSettings.parse,
     "traffic": TrafficSpec.parse,
     "warmup": lambda raw: parse_table(WarmupSpec, raw, "[warmup]"),
+    "torch": TorchSettings.parse,
 }
 
 
