@@ -5,6 +5,10 @@ graph uses, without the graph), on CUDA with real CUDA graphs."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,6 +160,29 @@ def test_graph_settings_are_checked_and_capped():
 def test_a_cpu_model_decodes_eagerly_whatever_the_setting(test_repo):
     backend = _backend(test_repo, "tiny-llama", cuda_graphs=True)
     assert backend.runner.graphs is None
+
+
+def test_the_gpu_benchmark_dry_runs_on_cpu(test_repo, tmp_path):
+    """benchmarks/llm_gpu.py with a tiny model on CPU: both modes, every point stepped to its tokens,
+    the graph mode's decode steps all replayed and the eager mode's none."""
+    out = tmp_path / "llm_gpu.json"
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.llm_gpu", "--model", str(test_repo / "tiny-llama" / "1"), "--device", "cpu",
+         "--seqs", "1", "4", "--tokens", "8", "--out", str(out)],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result
+    assert result["graphs"]["graph_kind"] == "static" and result["graphs"]["captured_sizes"] == [1, 2, 4]
+    for mode, graph_steps in (("eager", 0), ("graphs", 7)):
+        points = result[mode]["points"]
+        assert [p["seqs"] for p in points] == [1, 4]
+        for point in points:
+            assert point["decode_steps"] == 7 and point["decode_tok_s"] > 0 and point["ttft_s_mean"] > 0
+            assert point["graph_steps"] == graph_steps and point["eager_steps"] == 8 - graph_steps
+    assert set(result["decode_speedup_graphs_over_eager"]) == {"1", "4"}
 
 
 @pytest.mark.gpu
