@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, auto
+from functools import partial
 from typing import Callable
 
 import torch
@@ -59,7 +60,9 @@ class _CudaReplay:
         self.graph, self.logits = graph, logits
 
     def __call__(self) -> torch.Tensor:
-        self.graph.replay()
+        # A graph launches on the current stream of the current device: make that the model's device.
+        with torch.cuda.device(self.logits.device):
+            self.graph.replay()
         return self.logits
 
 
@@ -91,11 +94,14 @@ class DecodeGraphs:
         """Capture every size, largest first, so the smaller graphs reuse the larger ones' pool memory.
         The buffers hold padding only, so warm-up and capture write nothing but the reserved block."""
         self._fill([], self.sizes[-1])
+        if self.kind is GraphKind.STATIC:
+            self._steps = {size: partial(self._step, size) for size in self.sizes}
+            return
         self._device_buf.copy_(self._host_buf)
-        pool = torch.cuda.graph_pool_handle() if self.kind is GraphKind.CUDA else None
-        for size in reversed(self.sizes):
-            self._steps[size] = self._capture_one(size, pool)
-        if self.kind is GraphKind.CUDA:
+        with torch.cuda.device(self.device):
+            pool, stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(self.device)
+            for size in reversed(self.sizes):
+                self._steps[size] = self._capture_one(size, pool, stream)
             torch.cuda.synchronize(self.device)
 
     def can_run(self, chunks: list[SeqChunk]) -> bool:
@@ -114,7 +120,7 @@ class DecodeGraphs:
         wanted = [i for i, c in enumerate(chunks) if c.needs_logits]
         if len(wanted) == len(chunks):
             return logits[:len(chunks)].cpu()
-        return logits[torch.tensor(wanted, device=self.device)].cpu()
+        return logits[torch.tensor(wanted, dtype=torch.long, device=self.device)].cpu()
 
     def _fill(self, chunks: list[SeqChunk], size: int) -> None:
         """Rows [0, len(chunks)) get the chunks, rows up to `size` padding (token 0 at position 0)."""
@@ -137,22 +143,16 @@ class DecodeGraphs:
         )
         return self._forward(self._ids[:size], positions, meta)
 
-    def _capture_one(self, size: int, pool) -> Callable[[], torch.Tensor]:
-        def step() -> torch.Tensor:
-            return self._step(size)
-
-        if self.kind is GraphKind.STATIC:
-            return step
-        # Warm-up outside the capture (lazy kernel and workspace set-up), on a side stream as torch asks.
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
+    def _capture_one(self, size: int, pool, stream: torch.cuda.Stream) -> _CudaReplay:
+        """Warm up outside the capture (lazy kernel and workspace set-up), on the capture's side stream
+        as torch asks; capture thread_local, since other models keep serving from other threads."""
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self._step(size)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: other models keep serving on other threads while this one captures.
-        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-            logits = step()
+        with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+            logits = self._step(size)
         return _CudaReplay(graph, logits)
 
 
