@@ -12,6 +12,7 @@ positions, so table entries past a sequence's end, filled with the reserved bloc
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from enum import Enum, auto
 from functools import partial
@@ -24,6 +25,10 @@ from mlserve.spec import SeqChunk
 
 DecodeForward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
 """(input_ids [B], positions [B], metadata) -> logits [B, vocab]: the model's forward and head."""
+
+
+# CUDA allows one capture underway per process; models load on several loader threads at once.
+_CAPTURE_LOCK = threading.Lock()
 
 
 class GraphKind(Enum):
@@ -98,7 +103,7 @@ class DecodeGraphs:
             self._steps = {size: partial(self._step, size) for size in self.sizes}
             return
         self._device_buf.copy_(self._host_buf)
-        with torch.cuda.device(self.device):
+        with _CAPTURE_LOCK, torch.cuda.device(self.device):
             pool, stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(self.device)
             for size in reversed(self.sizes):
                 self._steps[size] = self._capture_one(size, pool, stream)
