@@ -16,6 +16,7 @@ from typing import Callable
 from mlserve.batching.continuous import SchedulePlan, Scheduler, SchedulerLimits, StepOutput
 from mlserve.batching.detokenizer import TextState, next_delta
 from mlserve.engine.llm.backend import LLMBackend
+from mlserve.engine.llm.graphs import StepMode
 from mlserve.engine.llm.sampler import Sampler
 from mlserve.engine.llm.sequence import SeqStatus, Sequence
 from mlserve.errors import InvalidInput, ModelNotReady, Overloaded
@@ -44,6 +45,8 @@ class StepStats:
     """Time since the previous token of each request that got a later token this step."""
     num_prefix_hit_tokens: int = 0
     """Prompt tokens whose K/V the requests admitted this step found in the prefix cache."""
+    step_mode: StepMode | None = None
+    """How the step's forward ran (a captured decode graph or eagerly); None for an idle step."""
 
 
 StepObserver = Callable[[StepStats], None]
@@ -178,16 +181,18 @@ class LLMEngine:
         if plan.is_empty:
             self._report(SchedulePlan((), (), ()), (), ())
             return
-        logits = self.backend.runner.run(list(plan.chunks))
+        runner = self.backend.runner
+        logits = runner.run(list(plan.chunks))
         wanted = [c for c in plan.chunks if c.needs_logits]
         seqs = [self.scheduler.get(c.req_id) for c in wanted]
         sampled = self.sampler.sample(logits, [c.req_id for c in wanted], [s.params for s in seqs], seqs)
         outputs = self.scheduler.update(plan, sampled)
         self.kv_slots_allocated, self.kv_slots_used = self.scheduler.kv_slot_usage()
         first, gaps = self._emit(outputs, time.monotonic())
-        self._report(plan, first, gaps)
+        self._report(plan, first, gaps, runner.last_step_mode)
 
-    def _report(self, plan: SchedulePlan, first_token_s: tuple[float, ...], token_gap_s: tuple[float, ...]) -> None:
+    def _report(self, plan: SchedulePlan, first_token_s: tuple[float, ...], token_gap_s: tuple[float, ...],
+                step_mode: StepMode | None = None) -> None:
         num_prompt_tokens, self._num_new_prompt_tokens = self._num_new_prompt_tokens, 0
         if self._observer is None:
             return
@@ -198,7 +203,7 @@ class LLMEngine:
             self.num_running, self.num_waiting, blocks.num_used_blocks, blocks.num_free_blocks,
             num_prompt_tokens, len(plan.preempted),
             self.kv_slots_allocated if computed else 0, self.kv_slots_used if computed else 0,
-            first_token_s, token_gap_s, hits,
+            first_token_s, token_gap_s, hits, step_mode,
         ))
 
     def _loop(self) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from mlserve.batching.llm_engine import StepStats
+from mlserve.engine.llm.graphs import StepMode
 from mlserve.monitor.metrics import Metrics
 
 
@@ -24,12 +25,15 @@ class LLMStepMetrics:
         self._generated = metrics.llm_generation_tokens.labels(*labels)
         self._slots_allocated = metrics.llm_kv_slot_steps_allocated.labels(*labels)
         self._slots_used = metrics.llm_kv_slot_steps_used.labels(*labels)
+        self._steps = {mode: metrics.llm_steps.labels(*labels, mode.value) for mode in StepMode}
 
     def __call__(self, stats: StepStats) -> None:
         self._running.set(stats.num_running)
         self._waiting.set(stats.num_waiting)
         self._used.set(stats.num_used_blocks)
         self._free.set(stats.num_free_blocks)
+        if stats.step_mode is not None:
+            self._steps[stats.step_mode].inc()
         if stats.num_prompt_tokens:
             self._prompt.inc(stats.num_prompt_tokens)
         if stats.num_preempted:

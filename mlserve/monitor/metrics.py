@@ -197,6 +197,10 @@ class Metrics:
             "mlserve_llm_kv_slot_steps_used", "KV token slots holding a token, summed over engine steps.",
             ["model", "version"], registry=r,
         )
+        self.llm_steps = Counter(
+            "mlserve_llm_steps", "Engine steps that computed tokens, by how the forward ran (mode: graph = a "
+            "captured decode graph replayed, eager = everything else).", ["model", "version", "mode"], registry=r,
+        )
 
     def forget_version(self, model: str, version: str) -> None:
         """Drop the per-version series of an unloaded version so label sets stay bounded."""
@@ -211,6 +215,11 @@ class Metrics:
         ):
             try:
                 family.remove(model, version)
+            except KeyError:
+                pass
+        for mode in ("graph", "eager"):
+            try:
+                self.llm_steps.remove(model, version, mode)
             except KeyError:
                 pass
 

@@ -30,6 +30,13 @@ class LLMSettings:
     """Prompt plus output tokens per sequence at most; defaults to the model's context length."""
     max_waiting: int = 1024
     """Requests waiting for a place in the running batch before new ones get 429."""
+    cuda_graphs: bool = True
+    """On a CUDA device, capture a decode step per size of cuda_graph_batch_sizes as a CUDA graph at
+    load and replay it for decode-only steps of up to that many sequences; steps with prompt tokens
+    and larger batches run eagerly. CPU devices always run eagerly."""
+    cuda_graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+    """Decode batch sizes to capture, each capped at max_num_seqs; a step of n sequences replays the
+    smallest captured size >= n, the extra rows being padding."""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting"):
@@ -42,11 +49,30 @@ class LLMSettings:
             raise ValueError(f"[llm] max_model_len must be an integer >= 2, got {self.max_model_len!r}")
         if self.kv_cache_mb is not None and (not isinstance(self.kv_cache_mb, (int, float)) or self.kv_cache_mb <= 0):
             raise ValueError(f"[llm] kv_cache_mb must be a positive number, got {self.kv_cache_mb!r}")
+        self._check_graphs()
         fraction = self.kv_memory_fraction
         if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
             raise ValueError(f"[llm] kv_memory_fraction must be a number in (0, 1], got {fraction!r}")
+
+    def _check_graphs(self) -> None:
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"[llm] cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        sizes = self.cuda_graph_batch_sizes
+        if not isinstance(sizes, (tuple, list)) or not sizes or not all(_is_positive_int(s) for s in sizes):
+            shown = list(sizes) if isinstance(sizes, (tuple, list)) else sizes
+            raise ValueError(f"[llm] cuda_graph_batch_sizes must be a non-empty list of positive integers "
+                             f"(cuda_graphs = false turns graphs off), got {shown!r}")
+
+    @property
+    def graph_batch_sizes(self) -> tuple[int, ...]:
+        """cuda_graph_batch_sizes capped at max_num_seqs, ascending, without repeats."""
+        return tuple(sorted({min(s, self.max_num_seqs) for s in self.cuda_graph_batch_sizes}))
 
     @classmethod
     def parse(cls, raw: Any) -> LLMSettings:
         """From model.toml's [llm] table (None = all defaults); ValueError names the bad key."""
         return parse_table(cls, raw, "[llm]")
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -21,6 +21,10 @@ BAD_SECTIONS = [
     ("llm", "[llm]\nblock_size = 0", "[llm] block_size must be a positive integer"),
     ("llm-type", '[llm]\nkv_cache_mb = "lots"', "[llm] kv_cache_mb must be a number"),
     ("llm-unknown", "[llm]\nblocksize = 16", "[llm] unknown key(s) blocksize"),
+    ("llm-graphs", '[llm]\ncuda_graphs = "on"', "[llm] cuda_graphs must be true or false"),
+    ("llm-graph-sizes", "[llm]\ncuda_graph_batch_sizes = [8, 0]",
+     "[llm] cuda_graph_batch_sizes must be a non-empty list of positive integers"),
+    ("llm-graph-sizes-type", "[llm]\ncuda_graph_batch_sizes = 8", "[llm] cuda_graph_batch_sizes must be a list of ints"),
     ("drift", "[drift]\npsi_warn = 0.5\npsi_alert = 0.2", "[drift] need 0 <= psi_warn <= psi_alert"),
     ("drift-type", '[drift]\nwindow = "big"', "[drift] window must be an integer"),
     ("traffic", '[traffic]\nsplit = { "1" = "lots" }', "[traffic] split: weight of version 1"),
@@ -61,7 +65,7 @@ def test_every_section_set_well_loads(tmp_path):
     (tmp_path / "full" / "model.toml").write_text(
         "max_batch_size = 8\nhang_timeout_us = 5000000\nversion_policy = { latest = 1 }\n"
         '[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [-1, 3]\n'
-        "[llm]\nblock_size = 16\n[drift]\nwindow = 500\nmin_rows = 100\n"
+        "[llm]\nblock_size = 16\ncuda_graphs = true\ncuda_graph_batch_sizes = [1, 8]\n[drift]\nwindow = 500\nmin_rows = 100\n"
         '[traffic]\nsplit = { "1" = 100 }\n[traffic.breaker]\nerror_rate = 0.5\n'
         "[warmup]\nbatch_sizes = [1, 8]\nenabled = true\n"
     )

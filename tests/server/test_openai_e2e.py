@@ -151,6 +151,7 @@ def test_generation_metrics_are_exported(server):
     assert metric(server, "mlserve_llm_inter_token_latency_seconds_count", "tiny-llama") >= 4
     assert metric(server, "mlserve_llm_generation_tokens_total", "tiny-llama") >= 5
     assert metric(server, "mlserve_llm_prompt_tokens_total", "tiny-llama") >= 2
+    assert metric(server, "mlserve_llm_steps_total", "tiny-llama") >= 5  # a prefill and 4 decodes, graph or eager
     wait_for_idle(server, "tiny-llama")
     assert metric(server, "mlserve_llm_kv_blocks_free", "tiny-llama") > 0
 

@@ -4,10 +4,12 @@ Generation itself is driven by the continuous batcher (mlserve/batching/llm_engi
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
+from mlserve.engine.llm.graphs import GraphKind
 from mlserve.engine.llm.memory import keep_freed_memory
 from mlserve.engine.llm.runner import ModelRunner
 from mlserve.engine.llm.tokenizer import LLMTokenizer
@@ -44,6 +46,20 @@ class LLMBackend:
         except (ValueError, KeyError, FileNotFoundError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from exc
         self.max_model_len = self._check_context(path)
+        if self.settings.cuda_graphs and self.runner.device.type == "cuda":
+            self._capture_graphs(path)
+
+    def _capture_graphs(self, path: Path) -> None:
+        """After the weights and the pool are on the device, so graph memory comes out of what is left."""
+        sizes = self.settings.graph_batch_sizes
+        started = time.perf_counter()
+        try:
+            self.runner.capture_decode_graphs(sizes, GraphKind.CUDA)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{path}: capturing CUDA graphs for decode batch sizes {list(sizes)} failed "
+                                 f"({exc}); set [llm] cuda_graphs = false to decode eagerly") from exc
+        log.info("%s: captured CUDA graphs for decode batch sizes %s in %.2f s", path, list(sizes),
+                 time.perf_counter() - started)
 
     def _check_context(self, path: Path) -> int:
         """One sequence of max_model_len must fit in the pool alone, or preemption could never make

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mlserve.engine.llm.attention import AttentionMetadata, PrefillChunk
+from mlserve.engine.llm.graphs import DecodeGraphs, GraphKind, GraphLayout, StepMode
 from mlserve.engine.llm.loading import load_model, read_shape
 from mlserve.engine.llm.memory import free_memory_bytes
 from mlserve.engine.llm.model import ModelShape
@@ -39,7 +40,7 @@ def num_blocks_for(shape: ModelShape, settings: LLMSettings, dtype: torch.dtype,
 
 
 class ModelRunner:
-    """Owns the model and the KV cache tensors of one loaded version."""
+    """Owns the model, the KV cache tensors and the captured decode steps of one loaded version."""
 
     def __init__(self, version_dir: Path, device: str, settings: LLMSettings, memory_cap_bytes: int | None = None) -> None:
         self.device = torch.device(device)
@@ -51,13 +52,32 @@ class ModelRunner:
         free = self._free_bytes(memory_cap_bytes) if is_sized_by_fraction else 0
         self.num_blocks = num_blocks_for(self.shape, settings, self.dtype, free)
         self.kv_bytes = self.num_blocks * bytes_per_block(self.shape, self.block_size, self.dtype)
-        slots = self.num_blocks * self.block_size
+        self.context_len = settings.max_model_len or self.shape.max_position
+        # One block more than the pool: never handed out, it takes the padding rows of a graph replay.
+        slots = (self.num_blocks + 1) * self.block_size
         kv_shape = (slots, self.shape.num_kv_heads, self.shape.head_dim)
         self.kv_caches = [
             (torch.zeros(kv_shape, dtype=self.dtype, device=self.device),
              torch.zeros(kv_shape, dtype=self.dtype, device=self.device))
             for _ in range(self.shape.num_layers)
         ]
+        self.graphs: DecodeGraphs | None = None
+        self.last_step_mode = StepMode.EAGER
+        self.num_graph_steps = 0
+        self.num_eager_steps = 0
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, sizes: tuple[int, ...], kind: GraphKind) -> None:
+        """Capture a decode step per batch size in `sizes` (after the model and the pool exist);
+        from then on decode-only steps of up to max(sizes) sequences replay them."""
+        layout = GraphLayout(tuple(sorted(set(sizes))), -(-self.context_len // self.block_size), self.block_size,
+                             self.num_blocks)
+        graphs = DecodeGraphs(self._decode_forward, layout, self.device, kind)
+        graphs.capture()
+        self.graphs = graphs
+
+    def _decode_forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
+        return self.model.logits(self.model(input_ids, positions, self.kv_caches, meta))
 
     def _free_bytes(self, memory_cap_bytes: int | None) -> int:
         """Free memory on the device now, within what placement allows this version (the weights count)."""
@@ -70,6 +90,15 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """One forward step over every chunk; logits [chunks needing them, vocab] in chunk order."""
+        if self.graphs is not None and self.graphs.can_run(chunks):
+            self.last_step_mode = StepMode.GRAPH
+            self.num_graph_steps += 1
+            return self.graphs.run(chunks)
+        self.last_step_mode = StepMode.EAGER
+        self.num_eager_steps += 1
+        return self._run_eager(chunks)
+
+    def _run_eager(self, chunks: list[SeqChunk]) -> torch.Tensor:
         input_ids = torch.tensor([t for c in chunks for t in c.token_ids], dtype=torch.long)
         positions = torch.from_numpy(np.concatenate([
             np.arange(c.start, c.start + len(c.token_ids)) for c in chunks
