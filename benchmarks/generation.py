@@ -36,7 +36,10 @@ sys.path.insert(0, str(ROOT))
 from tests.server_process import MlserveProcess  # noqa: E402
 
 MODEL_TOML = """\
+device = "{device}"
+
 [llm]
+max_model_len = {max_model_len}
 block_size = {block_size}
 kv_cache_mb = {kv_cache_mb}
 max_num_seqs = 64
@@ -141,8 +144,11 @@ async def _drive_mlserve(url: str, model: str, jobs: list[Job], clients: int) ->
 
 
 def run_mlserve(repo: Path, model: str, jobs: list[Job], clients: int, threads: int, block_size: int,
-                kv_cache_mb: int) -> Timings:
-    (repo / model / "model.toml").write_text(MODEL_TOML.format(block_size=block_size, kv_cache_mb=kv_cache_mb))
+                kv_cache_mb: int, device: str = "cpu") -> Timings:
+    """The server with the context the workload needs (decode graphs on CUDA attend over all of it)."""
+    longest = max(len(j.prompt) + j.max_tokens for j in jobs)
+    (repo / model / "model.toml").write_text(MODEL_TOML.format(
+        block_size=block_size, kv_cache_mb=kv_cache_mb, device=device, max_model_len=-(-longest // 64) * 64))
     env = {"OMP_NUM_THREADS": str(threads), "MLSERVE_SERVER_LOG_LEVEL": "warning"}
     server = MlserveProcess(repo, log_path=repo / "mlserve.log", env=env).wait_ready(timeout=600)
     try:
@@ -151,16 +157,26 @@ def run_mlserve(repo: Path, model: str, jobs: list[Job], clients: int, threads: 
         server.stop()
 
 
-def run_static(folder: Path, jobs: list[Job], batch_size: int, threads: int) -> Timings:
+def _hf_model(folder: Path, device: str):
+    """The HF model in the dtype mlserve's engine picks on `device` (fp32 on CPU, bf16 on CUDA)."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from mlserve.engine.llm.runner import pick_dtype
+
+    dtype = pick_dtype(torch.device(device))
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+
+
+def run_static(folder: Path, jobs: list[Job], batch_size: int, threads: int, device: str = "cpu") -> Timings:
+    import torch
 
     from benchmarks.static_batching import StaticBatchServer
     from mlserve.engine.llm.memory import keep_freed_memory
 
     keep_freed_memory()  # the allocator setting the server uses, so both sides get it
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = _hf_model(folder, device)
 
     async def go() -> Timings:
         server = StaticBatchServer(model, batch_size, model.config.eos_token_id)
@@ -177,11 +193,12 @@ def run_static(folder: Path, jobs: list[Job], batch_size: int, threads: int) -> 
     return asyncio.run(go())
 
 
-def decode_steps(folder: Path, batch: int, threads: int, context: int = 128, repeats: int = 20) -> dict:
+def decode_steps(folder: Path, batch: int, threads: int, context: int = 128, repeats: int = 20,
+                 device: str = "cpu") -> dict:
     """One decode step at `batch` sequences of `context` tokens, in-process: mlserve's engine runner over
     paged blocks against the HF model's dense step with its cache, the same weights, threads and cores."""
     import torch
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers import DynamicCache
 
     from mlserve.engine.llm.runner import ModelRunner
     from mlserve.spec import LLMSettings, SeqChunk
@@ -189,22 +206,24 @@ def decode_steps(folder: Path, batch: int, threads: int, context: int = 128, rep
     torch.set_num_threads(threads)
     block = 16
     settings = LLMSettings.parse({"block_size": block, "num_kv_blocks": batch * (context // block + 1)})
-    runner = ModelRunner(folder, "cpu", settings)
+    runner = ModelRunner(folder, device, settings)
     per_seq = context // block + 1
     tables = [tuple(range(i * per_seq, (i + 1) * per_seq)) for i in range(batch)]
     runner.run([SeqChunk(str(i), tuple([5] * context), 0, tables[i], True) for i in range(batch)])
     chunks = [SeqChunk(str(i), (7,), context, tables[i], True) for i in range(batch)]
     engine_s = _best_of(lambda: runner.run(chunks), repeats)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = _hf_model(folder, device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.no_grad():
         cache = DynamicCache()
-        ids = torch.full((batch, context), 5)
+        ids = torch.full((batch, context), 5, device=device)
         model(ids, past_key_values=cache, use_cache=True)
-        step_ids = torch.full((batch, 1), 7)
-        position = torch.full((batch, 1), context)
+        step_ids = torch.full((batch, 1), 7, device=device)
+        position = torch.full((batch, 1), context, device=device)
 
         def hf_step():
             model(step_ids, past_key_values=cache, use_cache=True, position_ids=position)
+            sync()
 
         hf_s = _best_of(hf_step, repeats, after=lambda: cache.crop(-1))  # the same context every time
     return {"batch": batch, "context": context, "engine_ms": engine_s * 1000, "hf_ms": hf_s * 1000}
@@ -243,6 +262,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--kv-cache-mb", type=int, default=0, help="KV pool of the server (default: 64, mid-llama 2048)")
     parser.add_argument("--step-only", action="store_true", help="only the in-process decode-step comparison")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where both sides run: cpu, or cuda (bf16 on both)")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "generation.json",
+                        help="JSON file the run is appended to")
     return parser
 
 
@@ -259,7 +281,8 @@ def main() -> None:
         folder = repo / args.model / "1"
         folder.mkdir(parents=True)
         writers[args.model](folder)
-        step = decode_steps(folder, args.clients, args.threads) if args.model != "tiny-gpt2" else None
+        step = (decode_steps(folder, args.clients, args.threads, device=args.device)
+                if args.model != "tiny-gpt2" else None)
         if step is not None:
             print(f"decode step at batch {args.clients}, context {step['context']}: engine {step['engine_ms']:.2f} ms, "
                   f"HF dense {step['hf_ms']:.2f} ms, ratio {step['engine_ms'] / step['hf_ms']:.2f}x", flush=True)
@@ -285,8 +308,8 @@ def _serve_both(args, repo: Path, folder: Path) -> tuple[Timings, Timings]:
           f"{args.output_tokens[1]} tokens ({args.outputs}, mean {sum(j.max_tokens for j in jobs) / len(jobs):.0f}), "
           f"{args.threads} torch thread(s), cores {sorted(os.sched_getaffinity(0))}", flush=True)
     kv_cache_mb = args.kv_cache_mb or (2048 if args.model == "mid-llama" else 64)
-    ours = run_mlserve(repo, args.model, jobs, args.clients, args.threads, args.block_size, kv_cache_mb)
-    return ours, run_static(folder, jobs, args.clients, args.threads)
+    ours = run_mlserve(repo, args.model, jobs, args.clients, args.threads, args.block_size, kv_cache_mb, args.device)
+    return ours, run_static(folder, jobs, args.clients, args.threads, args.device)
 
 
 def _cpu_list(text: str) -> set[int]:
@@ -298,15 +321,15 @@ def _cpu_list(text: str) -> set[int]:
 
 
 def _save(args, ours: Timings | None, static: Timings | None, step, ratio, ttft_ratio) -> None:
-    path = ROOT / "benchmarks" / "results" / "generation.json"
+    path = args.results
     runs = json.loads(path.read_text()) if path.is_file() else []
     runs.append({
-        "args": vars(args), "cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
         "mlserve": asdict(ours) if ours else None, "static": asdict(static) if static else None, "throughput_ratio": ratio, "ttft_p99_ratio": ttft_ratio,
         "decode_step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     path.write_text(json.dumps(runs, indent=1))
-    print(f"raw results appended to {path.relative_to(ROOT)}")
+    print(f"raw results appended to {path}")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ class StaticBatchServer:
             def end(self) -> None:
                 pass
 
+        ids, mask = ids.to(self._model.device), mask.to(self._model.device)
         with torch.no_grad():
             self._model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
                                  do_sample=False, pad_token_id=self._pad, eos_token_id=None, streamer=_Steps())

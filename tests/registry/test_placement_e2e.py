@@ -1,11 +1,16 @@
-"""Placement through a real server on a machine without a GPU: a model asking for cuda is UNAVAILABLE
-with the reason, `auto` runs on the CPU (and says so in /status and in Triton's model config), and a
-model.toml that sets GPU memory for a CPU model is refused naming the key."""
+"""Placement through a real server. Without a GPU: a model asking for cuda is UNAVAILABLE with the
+reason, `auto` runs on the CPU (and says so in /status and in Triton's model config), and a model.toml
+that sets GPU memory for a CPU model is refused naming the key. With one (marked gpu): `auto` lands on
+the GPU, its memory is measured and exported, and a model larger than mlserve's share is refused with
+the figures."""
 
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
 
 import numpy as np
 import pytest
@@ -15,9 +20,7 @@ import tritonclient.http as httpclient
 from tests.registry.helpers import MODEL_TOML, WIDTH, index, infer, reference, write_model
 from tests.server_process import serving
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine-without-a-GPU answers")
-
-
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine-without-a-GPU answers")
 def test_device_requests_are_honoured_or_refused_with_the_reason(tmp_path):
     repo = tmp_path / "repo"
     write_model(repo, "on_gpu", [1], 'device = "cuda:1"\n' + MODEL_TOML)
@@ -47,3 +50,39 @@ def test_device_requests_are_honoured_or_refused_with_the_reason(tmp_path):
         assert config["instance_group"][0]["kind"] == "KIND_CPU"
         assert config["parameters"]["device"]["string_value"] == "cpu"
         assert "model anywhere version 1 ready (startup; onnxruntime_onnx on cpu" in server.log()
+
+
+def _gpu_memory(url: str) -> dict[tuple[str, str], float]:
+    with urllib.request.urlopen(f"{url}/metrics") as resp:
+        text = resp.read().decode()
+    return {(s.labels["model"], s.labels["device"]): s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "mlserve_model_gpu_memory_bytes"}
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_auto_places_measures_and_refuses_what_does_not_fit(tmp_path):
+    from mlserve.examples import MLP_TS_TOML, write_mlp_torchscript
+
+    repo = tmp_path / "repo"
+    total_mb = torch.cuda.mem_get_info(0)[1] / 2**20
+    write_mlp_torchscript(repo / "anywhere" / "1" / "model.pt", seed=1)
+    (repo / "anywhere" / "model.toml").write_text('device = "auto"\n' + MLP_TS_TOML)
+    write_mlp_torchscript(repo / "too_big" / "1" / "model.pt", seed=1)
+    (repo / "too_big" / "model.toml").write_text(f'device = "cuda"\ngpu_memory_mb = {total_mb * 0.6:.0f}\n' + MLP_TS_TOML)
+    with serving(repo, "--gpu-memory-fraction", "0.5", log_path=tmp_path / "log") as server:
+        rows = {row["name"]: row for row in index(server.url)}
+        assert rows["anywhere"]["state"] == "READY", rows
+        assert rows["too_big"]["state"] == "UNAVAILABLE"
+        assert "more than mlserve's share of any GPU" in rows["too_big"]["reason"]
+        assert "cuda:0 has" in rows["too_big"]["reason"]
+        x = np.random.default_rng(5).standard_normal((3, 768)).astype(np.float32)
+        status, body = infer(server.url, "anywhere", x)
+        assert status == 200, body
+        module = torch.jit.load(str(repo / "anywhere" / "1" / "model.pt"))
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(np.asarray(body["outputs"][0]["data"], np.float32).reshape(3, -1), expected,
+                                   rtol=1e-4, atol=1e-4)
+        memory = _gpu_memory(server.url)
+        assert memory.get(("anywhere", "cuda:0"), 0) > 0, memory
+        assert re.search(r"model anywhere version 1 ready \(startup; \w+ on cuda:0", server.log())
