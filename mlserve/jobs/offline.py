@@ -17,6 +17,7 @@ from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.progress import ProgressBar
 from mlserve.jobs.runner import BatchRun, JobPlan
 from mlserve.registry import repository
+from mlserve.registry.placement import device_alone
 from mlserve.registry.safety import check_version_folder
 from mlserve.registry.store import Store
 from mlserve.spec import ModelConfig
@@ -103,7 +104,8 @@ async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = N
     if found.backend == "llm":
         raise InvalidInput(f"model {args.model!r} generates text: batch files for it need the OpenAI decoder")
     backend = create_backend(found.backend, found.config, trust_repository=config.registry.trust_repository)
-    await asyncio.to_thread(backend.load, found.path, found.config.device or config.registry.default_device)
+    device = device_alone(found.config.device or config.registry.default_device, found.backend)
+    await asyncio.to_thread(backend.load, found.path, device)
     try:
         return await _run_tensors(args, backend, found.version)
     finally:

@@ -20,6 +20,7 @@ from mlserve.optimize.evaluate import Budget, Figures, measure
 from mlserve.optimize.gate import GateSettings, gain, rejection
 from mlserve.optimize.publish import publish
 from mlserve.optimize.source import open_source
+from mlserve.registry.placement import device_alone
 
 log = logging.getLogger("mlserve.optimize")
 
@@ -97,7 +98,8 @@ def run(request: OptimizeRequest, progress: Progress = lambda event: None,
 def _run(request: OptimizeRequest, work: Path, progress: Progress, is_cancelled: Callable[[], bool]) -> Report:
     source = open_source(request.models, request.model, request.version, request.file, request.data, work,
                          request.trust_repository)
-    options = replace(request.options, device=source.config.device or request.options.device)
+    options = replace(request.options,
+                      device=device_alone(source.config.device or request.options.device, source.backend))
     report = Report(source_version=source.version)
     progress({"event": "pass", "name": "source", "state": "measuring"})
     source_figures, reference = measure(source.folder, source.backend, source, None, request.budget,

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
-from mlserve.engine.devices import DeviceMemory, Inventory, canonical
+from mlserve.engine.devices import CudaInventory, DeviceMemory, Inventory, canonical
 from mlserve.errors import ModelLoadError
 from mlserve.spec import ModelConfig
 
@@ -174,3 +174,16 @@ async def place(ledger: GpuLedger, requested: str, backend: str, need: int, sour
                              is_retryable=False) from None
             if not await evict(None if requested == "auto" else canonical(requested)):
                 raise
+
+
+def device_alone(requested: str, backend: str, inventory: Inventory | None = None) -> str:
+    """Where a model run by itself goes (a batch file, an optimization run): `auto` resolved as the
+    server would with nothing else loaded (the GPU with the most free memory, else the CPU); cpu,
+    cuda and cuda:N as written."""
+    if requested != "auto":
+        return requested
+    inventory = inventory or CudaInventory()
+    gpus = inventory.gpus()
+    if not gpus or not inventory.runs_on_gpu(backend):
+        return "cpu"
+    return max(gpus, key=lambda g: g.free).name

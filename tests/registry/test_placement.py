@@ -197,3 +197,12 @@ def test_a_version_that_does_not_fit_is_unavailable_with_the_figures_until_a_req
     huge_state, huge_reason = states["huge"]
     assert huge_state is VersionState.UNAVAILABLE and "more than mlserve's share of any GPU" in huge_reason
     assert still and used == 5 * GIB
+
+
+def test_a_model_run_alone_resolves_auto_as_the_server_would_with_nothing_loaded():
+    from mlserve.registry.placement import device_alone
+
+    assert device_alone("auto", "onnx", _gpus(3, 9)) == "cuda:1"
+    assert device_alone("auto", "embedding", _gpus(3, 9)) == "cpu"
+    assert device_alone("auto", "onnx", StaticInventory([])) == "cpu"
+    assert device_alone("cuda:0", "onnx", StaticInventory([])) == "cuda:0"  # the backend's load says why not
