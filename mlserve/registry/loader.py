@@ -29,13 +29,15 @@ from mlserve.batching.guard import GuardedInfer, num_hung_threads
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend, create_backend, infer_backend_name
 from mlserve.engine.base import version_backend
-from mlserve.engine.devices import CudaInventory, Inventory, empty_cache
-from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound, Overloaded
+from mlserve.engine.devices import CudaInventory, Inventory
+from mlserve.errors import ModelLoadError, ModelNotFound, Overloaded
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import InferenceStatistics
 from mlserve.registry import repository
 from mlserve.registry.budget import Budget
-from mlserve.registry.placement import GpuLedger, gpu_need, place
+from mlserve.registry.control import ExplicitControl, label
+from mlserve.registry.gpu_placer import GpuPlacer
+from mlserve.registry.placement import GpuLedger
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.safety import check_trusted, check_version_folder
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
@@ -55,7 +57,7 @@ _ROOM_WAIT_S = 30.0
 _ROOM_POLL_S = 0.005
 
 
-class HotSwapLoader:
+class HotSwapLoader(ExplicitControl):
     """Owns the served table: which versions of which models are loaded, routable, pinned."""
 
     def __init__(self, store: Store, config: RegistryConfig, metrics: Metrics,
@@ -70,6 +72,7 @@ class HotSwapLoader:
         self.budget = Budget(config.max_loaded_models, int(config.max_loaded_mb * 2**20))
         self.ledger = GpuLedger(inventory or CudaInventory(), config.gpu_memory_fraction)
         """GPU memory each loaded version holds, and the device each one was placed on."""
+        self.placer = GpuPlacer(self.ledger, self.models, self._evict, metrics)
         self._executor = ThreadPoolExecutor(max_workers=_MAX_PARALLEL_LOADS, thread_name_prefix="mlserve-loader")
         self._pass_lock = asyncio.Lock()
         self._load_slots = asyncio.Semaphore(_MAX_PARALLEL_LOADS)
@@ -78,8 +81,6 @@ class HotSwapLoader:
         self._tasks: set[asyncio.Task] = set()
         self._first_loads: dict[str, asyncio.Task] = {}
         self._room_lock = asyncio.Lock()
-        self._gpu_lock = asyncio.Lock()
-        """Held while a version is placed on a device (and idle models leave a GPU for it)."""
         self._reserved: dict[str, int] = {}
         self._created = time.monotonic()
         self.on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
@@ -134,7 +135,7 @@ class HotSwapLoader:
         except Exception as exc:
             log.error("reconcile (%s): repository %s unreadable, nothing changed: %s", source,
                       self.store.describe(), exc)
-            self._metrics.reconciles.labels(_label(source), "unreachable").inc()
+            self._metrics.reconciles.labels(label(source), "unreachable").inc()
             return False
         self.scan_errors = scan.errors
         is_new = {name: name not in self.models for name in scan.models}
@@ -154,7 +155,7 @@ class HotSwapLoader:
         self.update_gauges()
         if self.on_reconciled is not None and (jobs or gone):
             self.on_reconciled(source)
-        self._metrics.reconciles.labels(_label(source), "ok").inc()
+        self._metrics.reconciles.labels(label(source), "ok").inc()
         log.info("reconcile (%s): %d model(s), %d rejected, %d synced in %.2f s", source, len(scan.models),
                  len(scan.errors), len(jobs), time.monotonic() - started)
         return True
@@ -250,7 +251,7 @@ class HotSwapLoader:
             stage = "placement"
             cap = await self._place(served, fresh, may_evict=source == "request")
             stage = "load"
-            async with self.ledger.measuring(fresh.device) as taken:
+            async with self.placer.measuring(fresh.device) as taken:
                 backend = await loop.run_in_executor(
                     self._executor, self._load_backend, entry, version, fresh.path, fresh.device, cap)
                 loaded = time.monotonic()
@@ -262,11 +263,11 @@ class HotSwapLoader:
                     raise
                 measured = await loop.run_in_executor(self._executor, taken)
         except Exception as exc:
-            self._release_gpu(fresh)
+            self.placer.release(fresh)
             self._fail(fresh, stage, exc, source)
             return False
         warmed = time.monotonic()
-        self._settle_gpu(fresh, measured)
+        self.placer.settle(served, fresh, measured)
         await loop.run_in_executor(self._executor, self._call_loaded_hooks, entry, version, fresh.path, backend.info)
         fresh.backend, fresh.info = backend, backend.info
         fresh.batcher = DynamicBatcher(
@@ -321,60 +322,12 @@ class HotSwapLoader:
         backend.load(path, device)
         return backend
 
-    # ---- GPU placement -------------------------------------------------------------------------
-
     async def _place(self, served: ServedModel, fresh: ServedVersion, may_evict: bool) -> int | None:
-        """Choose the version's device and reserve its GPU memory; returns the most it may take there.
-        A load a request waits for may evict idle models from the GPU; other loads report no room."""
-        entry = served.entry
+        """The version's device (fresh.device) and the most GPU memory it may take there."""
         backend = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._backend_name, entry, fresh.version, fresh.path)
-        requested = entry.config.device or self._config.default_device
-        need, source = gpu_need(entry.config, fresh.num_bytes)
-
-        async def evict(device: str | None) -> bool:
-            return may_evict and await self._evict_from_gpu(served, device)
-
-        async with self._gpu_lock:
-            fresh.device = await place(self.ledger, requested, backend, need, source, evict)
-            cap = self.ledger.share_left(fresh.device)
-            self.ledger.reserve(id(fresh), served.name, f"{served.name}/{fresh.version}", fresh.device, need)
-        return cap
-
-    async def _evict_from_gpu(self, incoming: ServedModel, device: str | None) -> bool:
-        """Unload the least recently used idle model holding memory on `device` (None: any GPU)."""
-        holders = {h.model for h in self.ledger.holdings.values()
-                   if not h.is_loading and (device is None or h.device == device)}
-        victim = min((m for name, m in self.models.items()
-                      if name in holders and name != incoming.name and m.is_idle and not m.lock.locked()),
-                     key=lambda m: m.last_used, default=None)
-        if victim is None:
-            return False
-        async with victim.lock:
-            for version in list(victim.versions):
-                await self._unload_version(victim, version, "evict")
-        self._metrics.model_evictions.inc()
-        log.info("model %s evicted (least recently used) to make room on %s for %s", victim.name,
-                 device or "a GPU", incoming.name)
-        return True
-
-    def _settle_gpu(self, fresh: ServedVersion, measured: int | None) -> None:
-        holding = self.ledger.settle(id(fresh), measured, fresh.device != "cpu" and self._declares_gpu(fresh))
-        if holding is not None:
-            fresh.gpu_bytes = holding.num_bytes
-            self._metrics.model_gpu_memory.labels(fresh.model, str(fresh.version), fresh.device).set(holding.num_bytes)
-
-    def _declares_gpu(self, fresh: ServedVersion) -> bool:
-        served = self.models.get(fresh.model)
-        return served is not None and served.entry.config.gpu_memory_mb is not None
-
-    def _release_gpu(self, served_version: ServedVersion) -> None:
-        holding = self.ledger.release(id(served_version))
-        if holding is None:
-            return
-        empty_cache(holding.device)
-        with contextlib.suppress(KeyError):
-            self._metrics.model_gpu_memory.remove(served_version.model, str(served_version.version), holding.device)
+            self._executor, self._backend_name, served.entry, fresh.version, fresh.path)
+        requested = served.entry.config.device or self._config.default_device
+        return await self.placer.place(served, fresh, requested, backend, may_evict)
 
     def _fail(self, fresh: ServedVersion, stage: str, exc: Exception, source: str) -> None:
         fresh.state, fresh.reason = VersionState.UNAVAILABLE, f"{stage} failed: {exc}"
@@ -399,7 +352,7 @@ class HotSwapLoader:
         if served_version.backend is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, served_version.backend.unload)
         served_version.backend = served_version.batcher = None
-        self._release_gpu(served_version)
+        self.placer.release(served_version)
 
     async def _unload_version(self, served: ServedModel, version: int, source: str) -> None:
         served_version = served.versions[version]
@@ -534,100 +487,15 @@ class HotSwapLoader:
                     return
                 await asyncio.sleep(_ROOM_POLL_S)
                 continue
-            async with victim.lock:
-                for version in list(victim.versions):
-                    await self._unload_version(victim, version, "evict")
-            self._metrics.model_evictions.inc()
-            log.info("model %s evicted (least recently used) to make room for %s", victim.name, incoming.name)
+            await self._evict(victim, f"to make room for {incoming.name}")
 
-    # ---- explicit control ----------------------------------------------------------------------
-
-    def _model(self, name: str) -> ServedModel:
-        served = self.models.get(name)
-        if served is None:
-            raise ModelNotFound(f"unknown model {name!r}")
-        return served
-
-    async def load(self, name: str, source: str, force: bool = False) -> ServedModel:
-        """Triton's load: read the model folder again and load what its policy wants; `force`
-        rebuilds unchanged versions too (after a model.toml change), each swapped in when ready."""
-        await self.store.refresh(name)
-        entry = await repository.read_entry(self.store, name)
-        served = self.models.setdefault(name, ServedModel(entry))
-        served.entry = entry
-        async with self._room(served, await self._estimate_bytes(served), is_strict=True):
-            served.is_unloaded = False
-            self.scan_errors.pop(name, None)
-            async with served.lock:
-                await self._sync_model(served, source, force)
-        served.last_used = time.monotonic()
-        if served.default_version() is None:
-            reasons = "; ".join(f"{v}: {sv.reason}" for v, sv in sorted(served.versions.items()) if sv.reason)
-            raise ModelLoadError(f"model {name!r} failed to load: {reasons or 'no version'}")
-        log.info("model %s loaded (%s)", name, source)
-        return served
-
-    async def unload(self, name: str, source: str) -> None:
-        """Triton's unload: every version drains and is freed; reconcile leaves it unloaded."""
-        served = self._model(name)
-        async with served.lock:
-            served.is_unloaded, served.pinned = True, None
-            for version in list(served.versions):
-                await self._unload_version(served, version, source)
-        log.info("model %s unloaded (%s)", name, source)
-
-    async def pin(self, name: str, version: int, source: str, action: str = "pinned") -> ServedModel:
-        """Route unversioned requests to `version` (loaded first if needed) until unpinned."""
-        served = self._model(name)
-        if served.is_unloaded:
-            raise InvalidInput(f"model {name!r} is unloaded; load it first")
-        if version not in served.entry.versions and version not in served.artifacts:
-            raise ModelNotFound(f"model {name!r} has no version {version}")
-        async with self._room(served, await self._bytes_with(served, version), is_strict=True):
-            return await self._pin_locked(served, version, source, action)
-
-    async def _bytes_with(self, served: ServedModel, version: int) -> int:
-        """What `served` holds once `version` is loaded beside what it has resident."""
-        current = served.versions.get(version)
-        if current is not None and current.is_ready:
-            return served.resident_bytes
-        return served.resident_bytes + (await self._stat(served, version)).num_bytes
-
-    async def _pin_locked(self, served: ServedModel, version: int, source: str, action: str) -> ServedModel:
-        name = served.name
-        async with served.lock:
-            previous = served.pinned
-            served.pinned = version
-            await self._ensure_version(served, version, source, force=False)
-            chosen = served.versions.get(version)
-            if chosen is None or not chosen.is_ready:
-                served.pinned = previous
-                await self._sync_model(served, source)
-                raise ModelLoadError(f"model {name!r} version {version} cannot serve: "
-                                     f"{chosen.reason if chosen else 'not found'}")
-            await self._sync_model(served, source)
-        self._metrics.transitions.labels(action, _label(source)).inc()
-        log.info("model %s %s to version %d (%s)", name, action, version, source)
-        return served
-
-    async def unpin(self, name: str, source: str) -> ServedModel:
-        served = self._model(name)
-        async with served.lock:
-            served.pinned = None
-            if not served.is_unloaded:
-                await self._sync_model(served, source)
-        self._metrics.transitions.labels("unpinned", _label(source)).inc()
-        log.info("model %s unpinned; its version policy decides again (%s)", name, source)
-        return served
-
-    async def rollback(self, name: str, source: str) -> ServedModel:
-        """Serve the version that answered before the current one again (kept warm, or reloaded
-        from where it was fetched), pinned so the next reconcile does not undo it."""
-        served = self._model(name)
-        target = served.previous_version()
-        if target is None:
-            raise InvalidInput(f"model {name!r} has no previous version to roll back to")
-        return await self.pin(name, target, source, action="rolled back")
+    async def _evict(self, victim: ServedModel, why: str) -> None:
+        """Unload every version of an idle model (it loads again on its next request)."""
+        async with victim.lock:
+            for version in list(victim.versions):
+                await self._unload_version(victim, version, "evict")
+        self._metrics.model_evictions.inc()
+        log.info("model %s evicted (least recently used) %s", victim.name, why)
 
     @staticmethod
     def num_hung_workers() -> int:
@@ -650,11 +518,6 @@ def _is_rejected(served: ServedModel) -> bool:
     return bool(served.versions) and all(
         sv.state is VersionState.UNAVAILABLE and not sv.is_retryable for sv in served.versions.values()
     )
-
-
-def _label(source: str) -> str:
-    """The kind of trigger (signal, api, poll, ...) without who asked, for bounded metric labels."""
-    return source.split(" ", 1)[0]
 
 
 def _process_age_s(fallback_start: float) -> float:
