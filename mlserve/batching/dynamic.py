@@ -240,6 +240,13 @@ class DynamicBatcher:
         try:
             merged = group[0].inputs if len(group) == 1 else _concat([item.inputs for item in group])
             self._deliver(group, await self._guard.run(merged))
+        except InvalidInput as exc:
+            if len(group) > 1:  # one request's data: run each alone, so only that one gets the 400
+                for item in group:
+                    await self._run_group([item])
+                return
+            failed = True
+            _settle(group[0], error=exc)
         except Exception as exc:
             failed = True
             error = exc if isinstance(exc, InferenceFailed) else InferenceFailed(f"{type(exc).__name__}: {exc}")

@@ -131,3 +131,43 @@ def test_requests_with_different_trailing_shapes_are_never_concatenated():
         np.testing.assert_array_equal(answer["y"], x * 2)
     # After the busy batch: one group of three (width 8), two (width 12) and one (width 5).
     assert sorted(batches[1:]) == [1, 2, 3], batches
+
+
+class PickyModel(RecordingModel):
+    """y = 2x, but a batch with any negative value is bad input (as a model that checks ids does)."""
+
+    def __call__(self, inputs):
+        self.gate.wait(10)
+        self.batches.append(inputs["x"].shape[0])
+        if (inputs["x"] < 0).any():
+            raise InvalidInput("x must not be negative")
+        return {"y": inputs["x"] * 2}
+
+
+def test_one_request_with_bad_data_in_a_batch_gets_400_and_its_batch_mates_their_answers():
+    async def main():
+        model = PickyModel()
+        batcher = DynamicBatcher(model, BatchingSpec(max_batch_size=8, max_queue_delay_us=1000), "t")
+        batcher.start()
+        model.gate.clear()
+        values = [1.0, 2.0, -3.0, 4.0]
+
+        async def submit_and_wait(chosen, queued):
+            tasks = [asyncio.create_task(batcher.submit({"x": np.full((1, 1), v, np.float32)}, 1)) for v in chosen]
+            for _ in range(2000):
+                if batcher.num_in_flight == 1 + queued and batcher.num_queued == queued:
+                    return tasks
+                await asyncio.sleep(0.005)
+            raise TimeoutError("the batcher never reached the state")
+
+        tasks = await submit_and_wait(values[:1], 0)  # the first runs alone, held
+        tasks += await submit_and_wait(values[1:], 3)  # the other three queue behind it
+        model.gate.set()
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return answers, model.batches
+
+    answers, batches = run(main())
+    assert batches == [1, 3, 1, 1, 1]  # the batch of three failed on bad input and ran again one by one
+    assert [float(a["y"][0, 0]) for i, a in enumerate(answers) if i != 2] == [2.0, 4.0, 8.0]
+    assert isinstance(answers[2], InvalidInput) and "must not be negative" in str(answers[2])
