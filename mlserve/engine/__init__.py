@@ -7,7 +7,7 @@ import importlib
 
 from mlserve.engine.base import Backend, infer_backend_name
 from mlserve.errors import ModelLoadError
-from mlserve.spec import ModelConfig
+from mlserve.spec import LLMSettings, ModelConfig
 from mlserve.spec.precision import TORCH_BACKENDS
 
 _BACKEND_CLASSES = {
@@ -29,6 +29,9 @@ def create_backend(name: str, config: ModelConfig, trust_repository: bool = Fals
             f"model.toml sets [torch] precision, which only {' and '.join(TORCH_BACKENDS)} models read; "
             f"this version's backend is {name}"
         )
+    if name != "llm" and config.llm != LLMSettings():
+        raise ModelLoadError(f"model.toml sets [llm], which only generation models (backend llm) read; "
+                             f"this version's backend is {name}")
     module_name, class_name = _BACKEND_CLASSES[name]
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(config, trust_repository=trust_repository)

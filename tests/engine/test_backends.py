@@ -86,3 +86,12 @@ def test_onnx_on_cuda_matches_cpu(tmp_path):
     x = np.ones((3, 768), np.float32)
     expected = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"x": x})[0]
     np.testing.assert_allclose(backend.infer({"x": x})["y"], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torchscript", "torch_export", "embedding", "aoti"])
+def test_an_llm_section_on_a_model_that_does_not_generate_is_refused_naming_it(backend):
+    config = parse_model_config({"llm": {"max_num_seqs": 8}})
+    with pytest.raises(ModelLoadError, match=r"model.toml sets \[llm\], which only generation models"):
+        create_backend(backend, config)
+    create_backend(backend, parse_model_config({"llm": {}}))  # an empty section asks for nothing
+    assert create_backend("llm", config) is not None
