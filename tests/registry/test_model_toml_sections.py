@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from mlserve.spec import parse_model_config
 from tests.routing.models import write_scale_onnx
 from tests.server.inproc import app_client, config_for
 
@@ -65,9 +66,12 @@ def test_every_section_set_well_loads(tmp_path):
     (tmp_path / "full" / "model.toml").write_text(
         "max_batch_size = 8\nhang_timeout_us = 5000000\nversion_policy = { latest = 1 }\n"
         '[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [-1, 3]\n'
-        "[llm]\nblock_size = 16\ncuda_graphs = true\ncuda_graph_batch_sizes = [1, 8]\n[drift]\nwindow = 500\nmin_rows = 100\n"
+        "[drift]\nwindow = 500\nmin_rows = 100\n"
         '[traffic]\nsplit = { "1" = 100 }\n[traffic.breaker]\nerror_rate = 0.5\n'
         "[warmup]\nbatch_sizes = [1, 8]\nenabled = true\n"
     )
     rows = asyncio.run(_index(tmp_path))
     assert [(r["version"], r["state"]) for r in rows["full"]] == [("1", "READY")]
+    # [llm] is read by generation models alone (an ONNX model refuses it): its good values parse
+    llm = parse_model_config({"llm": {"block_size": 16, "cuda_graphs": True, "cuda_graph_batch_sizes": [1, 8]}}).llm
+    assert llm.block_size == 16 and llm.cuda_graphs and llm.cuda_graph_batch_sizes == (1, 8)
