@@ -18,7 +18,7 @@ from mlserve.engine.pinned import DeviceCopier
 from mlserve.examples import write_mlp_onnx, write_mlp_torchscript
 from mlserve.spec import ModelConfig, parse_model_config
 from tests.engine.test_onnx_binding import BATCH_SIZES, NUMERIC, _values
-from tests.engine.test_torch_precision import MLP_TENSORS, TOLERANCE, ScaleAndCount
+from tests.engine.test_torch_precision import MLP_TENSORS, TOLERANCE, save_scale_and_count
 from tests.models import write_doubling_onnx
 
 pytestmark = pytest.mark.gpu
@@ -77,12 +77,7 @@ def test_cuda_answers_survive_the_next_batch(tmp_path):
 
 
 def test_torch_export_bf16_on_cuda_matches_cpu(tmp_path):
-    torch.manual_seed(0)
-    module = ScaleAndCount().eval()
-    batch = torch.export.Dim("batch")
-    example = (torch.zeros(2, 16), torch.zeros(2, 1, dtype=torch.int64))
-    program = torch.export.export(module, example, dynamic_shapes=({0: batch}, {0: batch}))
-    torch.export.save(program, str(tmp_path / "model.pt2"))
+    save_scale_and_count(tmp_path)
     cpu = create_backend("torch_export", ModelConfig())
     cpu.load(tmp_path, "cpu")
     cuda = create_backend("torch_export", parse_model_config({"torch": {"precision": "bf16"}}))

@@ -16,7 +16,7 @@ import torch
 
 from mlserve.engine import create_backend
 from mlserve.errors import ModelLoadError
-from mlserve.examples import write_mlp_onnx, write_mlp_torchscript
+from mlserve.examples import MLP_TS_TOML, write_mlp_onnx, write_mlp_torchscript
 from mlserve.spec import parse_model_config
 from tests.server.inproc import app_client, config_for
 
@@ -25,16 +25,6 @@ MLP_TENSORS = {
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 10]}],
 }
 TOLERANCE = {"bf16": 2e-2, "fp16": 3e-3}
-MLP_TS_TOML = """trusted = true
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1, 768]
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1, 10]
-"""
 
 
 class ScaleAndCount(torch.nn.Module):
@@ -81,13 +71,19 @@ def test_fp32_is_the_plain_forward(tmp_path):
         np.testing.assert_array_equal(y, _mlp_reference(tmp_path, x))
 
 
-def test_torch_export_autocast_casts_outputs_back_to_their_declared_dtypes(tmp_path):
+def save_scale_and_count(folder) -> ScaleAndCount:
+    """ScaleAndCount exported with a dynamic batch to folder/model.pt2; returns the module."""
     torch.manual_seed(0)
     module = ScaleAndCount().eval()
     batch = torch.export.Dim("batch")
     example = (torch.zeros(2, 16), torch.zeros(2, 1, dtype=torch.int64))
     program = torch.export.export(module, example, dynamic_shapes=({0: batch}, {0: batch}))
-    torch.export.save(program, str(tmp_path / "model.pt2"))
+    torch.export.save(program, str(folder / "model.pt2"))
+    return module
+
+
+def test_torch_export_autocast_casts_outputs_back_to_their_declared_dtypes(tmp_path):
+    module = save_scale_and_count(tmp_path)
     backend = _backend("torch_export", tmp_path, "bf16")
     x = np.random.default_rng(3).standard_normal((5, 16), dtype=np.float32)
     n = np.arange(5, dtype=np.int64).reshape(5, 1)

@@ -10,6 +10,7 @@ import pytest
 from mlserve.batching.llm_engine import LLMEngine, StepStats
 from mlserve.engine.llm.backend import LLMBackend
 from mlserve.spec import LLMSettings, ModelConfig, SamplingParams
+from tests.engine.llm.streams import run_each
 from tests.reference import hf_greedy, mixed_prompts
 
 MAX_TOKENS = 24
@@ -22,22 +23,7 @@ def _engine(test_repo, name: str, observer=None, **llm) -> LLMEngine:
 
 
 async def _run_all(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
-    engine.start()
-    try:
-        handles = [engine.submit(p, params) for p in prompts]
-        results = []
-        for handle in handles:
-            tokens = []
-            while True:
-                event = await handle.queue.get()
-                assert event.error is None, event.error
-                tokens += event.token_ids
-                if event.finish_reason is not None:
-                    break
-            results.append(tokens)
-        return results
-    finally:
-        await engine.stop()
+    return await run_each(engine, [(p, params) for p in prompts])
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])

@@ -21,6 +21,7 @@ from mlserve.engine.llm.backend import LLMBackend
 from mlserve.engine.llm.graphs import GraphKind, StepMode
 from mlserve.monitor.metrics import Metrics
 from mlserve.spec import LLMSettings, ModelConfig, SamplingParams, SeqChunk
+from tests.engine.llm.streams import run_each
 from tests.reference import hf_greedy
 
 # Six sequences with different prompt lengths and output lengths: decode batches shrink 6, 5, 4, 3, 2, 1,
@@ -41,23 +42,8 @@ def _prompts(vocab_size: int) -> list[list[int]]:
 
 
 async def _generate(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
-    engine.start()
-    try:
-        handles = [engine.submit(p, SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True))
-                   for p, m in zip(prompts, MAX_TOKENS)]
-        results = []
-        for handle in handles:
-            tokens = []
-            while True:
-                event = await handle.queue.get()
-                assert event.error is None, event.error
-                tokens += event.token_ids
-                if event.finish_reason is not None:
-                    break
-            results.append(tokens)
-        return results
-    finally:
-        await engine.stop()
+    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for m in MAX_TOKENS]
+    return await run_each(engine, list(zip(prompts, params)))
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
