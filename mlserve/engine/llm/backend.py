@@ -58,8 +58,9 @@ class LLMBackend:
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: capturing CUDA graphs for decode batch sizes {list(sizes)} failed "
                                  f"({exc}); set [llm] cuda_graphs = false to decode eagerly") from exc
-        log.info("%s: captured CUDA graphs for decode batch sizes %s in %.2f s", path, list(sizes),
-                 time.perf_counter() - started)
+        graphs = self.runner.graphs
+        log.info("%s: captured %d CUDA graphs for decode (batch sizes %s, block-table widths %s) in %.2f s", path,
+                 graphs.num_graphs, list(sizes), list(graphs.layout.widths), time.perf_counter() - started)
 
     def _check_context(self, path: Path) -> int:
         """One sequence of max_model_len must fit in the pool alone, or preemption could never make

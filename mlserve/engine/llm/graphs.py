@@ -6,9 +6,14 @@ A decode-only step (every chunk one token at a position > 0) of n sequences, n n
 largest captured size, is padded up to the next captured size. Padding rows read and write only the
 reserved block the runner keeps past the end of the pool (the BlockManager never hands it out) and
 attend to its first slot alone, so they change no real row: every op of the forward is row-wise
-except attention, and attention reads each row's own blocks. The block-table width is fixed by
-max_model_len; the mask (key position <= query position) is computed inside the step from the
-positions, so table entries past a sequence's end, filled with the reserved block, are never read."""
+except attention, and attention reads each row's own blocks.
+
+Attention gathers every key slot a row's block table names, so a step's cost grows with the table's
+width. Each batch size is captured at several widths (powers of two from 4 blocks, then the width of
+max_model_len) and a step replays the narrowest that holds its longest sequence: a long max_model_len
+does not make every short decode attend over all of it. The mask (key position <= query position) is
+computed inside the step from the positions, so table entries past a sequence's end, filled with the
+reserved block, are never read."""
 
 from __future__ import annotations
 
@@ -52,10 +57,19 @@ class GraphLayout:
     sizes: tuple[int, ...]
     """Captured batch sizes, ascending."""
     max_blocks: int
-    """Block-table width: max_model_len in blocks."""
+    """Widest block table: max_model_len in blocks."""
     block_size: int
     reserved_block: int
     """A block past the pool's last one; padding rows write and read only this block."""
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Block-table widths captured per size: powers of two from 4 blocks, then max_blocks."""
+        widths, width = [], 4
+        while width < self.max_blocks:
+            widths.append(width)
+            width *= 2
+        return (*widths, self.max_blocks)
 
 
 class _CudaReplay:
@@ -87,27 +101,36 @@ class DecodeGraphs:
         self._ids, self._positions, self._slots, self._tables = _Views(self._device_buf, rows, width).parts()
         self._key_positions = torch.arange(width * layout.block_size, device=device)  # [L]
         self._rows = torch.arange(rows, device=device)
-        self._steps: dict[int, Callable[[], torch.Tensor]] = {}
+        self._steps: dict[tuple[int, int], Callable[[], torch.Tensor]] = {}
+        """(batch size, block-table width) -> the captured step."""
         self.num_padded_rows = 0
         """Padding rows computed so far (the cost of replaying a size above the batch)."""
+        self.last_width = 0
+        """Block-table width of the last replayed step."""
 
     @property
     def sizes(self) -> tuple[int, ...]:
         return self.layout.sizes
 
     def capture(self) -> None:
-        """Capture every size, largest first, so the smaller graphs reuse the larger ones' pool memory.
-        The buffers hold padding only, so warm-up and capture write nothing but the reserved block."""
+        """Capture every size at every width, largest first, so the smaller graphs reuse the larger ones'
+        pool memory. The buffers hold padding only, so warm-up and capture write nothing but the
+        reserved block."""
         self._fill([], self.sizes[-1])
+        shapes = [(size, width) for size in reversed(self.sizes) for width in reversed(self.layout.widths)]
         if self.kind is GraphKind.STATIC:
-            self._steps = {size: partial(self._step, size) for size in self.sizes}
+            self._steps = {shape: partial(self._step, *shape) for shape in shapes}
             return
         self._device_buf.copy_(self._host_buf)
         with _CAPTURE_LOCK, torch.cuda.device(self.device):
             pool, stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(self.device)
-            for size in reversed(self.sizes):
-                self._steps[size] = self._capture_one(size, pool, stream)
+            for shape in shapes:
+                self._steps[shape] = self._capture_one(*shape, pool, stream)
             torch.cuda.synchronize(self.device)
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self._steps)
 
     def can_run(self, chunks: list[SeqChunk]) -> bool:
         return bool(self._steps) and 0 < len(chunks) <= self.sizes[-1] and all(
@@ -117,11 +140,14 @@ class DecodeGraphs:
     def run(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """Logits [chunks needing them, vocab] on the CPU, in chunk order, as the eager step returns them."""
         size = next(s for s in self.sizes if s >= len(chunks))
+        bs = self.layout.block_size
+        needed = max(c.start // bs + 1 for c in chunks)  # blocks up to each row's own position
+        self.last_width = next(w for w in self.layout.widths if w >= needed)
         self.num_padded_rows += size - len(chunks)
         self._fill(chunks, size)
         if self._host_buf is not self._device_buf:
             self._device_buf.copy_(self._host_buf, non_blocking=True)
-        logits = self._steps[size]()  # [size, vocab]
+        logits = self._steps[(size, self.last_width)]()  # [size, vocab]
         wanted = [i for i, c in enumerate(chunks) if c.needs_logits]
         if len(wanted) == len(chunks):
             return logits[:len(chunks)].cpu()
@@ -138,26 +164,27 @@ class DecodeGraphs:
             slots[row] = table[chunk.start // bs] * bs + chunk.start % bs
             tables[row, :len(table)] = table
 
-    def _step(self, size: int) -> torch.Tensor:
-        """The forward over the first `size` rows of the static buffers."""
+    def _step(self, size: int, width: int) -> torch.Tensor:
+        """The forward over the first `size` rows of the static buffers, their tables cut to `width` blocks."""
         positions = self._positions[:size]
-        mask = self._key_positions[None, :] <= positions[:, None]  # [size, L]
+        keys = self._key_positions[:width * self.layout.block_size]  # [L]
+        mask = keys[None, :] <= positions[:, None]  # [size, L]
         meta = AttentionMetadata(
-            self._slots[:size], self._rows[:size], self._tables[:size], mask[:, None, None, :], (),
+            self._slots[:size], self._rows[:size], self._tables[:size, :width], mask[:, None, None, :], (),
             self.layout.block_size,
         )
         return self._forward(self._ids[:size], positions, meta)
 
-    def _capture_one(self, size: int, pool, stream: torch.cuda.Stream) -> _CudaReplay:
+    def _capture_one(self, size: int, width: int, pool, stream: torch.cuda.Stream) -> _CudaReplay:
         """Warm up outside the capture (lazy kernel and workspace set-up), on the capture's side stream
         as torch asks; capture thread_local, since other models keep serving from other threads."""
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            self._step(size)
+            self._step(size, width)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
-            logits = self._step(size)
+            logits = self._step(size, width)
         return _CudaReplay(graph, logits)
 
 

@@ -64,12 +64,13 @@ def test_padded_static_decode_matches_eager_token_for_token(test_repo, hf_models
 
 
 def _prefilled(test_repo, prompts: list[list[int]], sizes: tuple[int, ...] | None, device: str = "cpu",
-               kind: GraphKind = GraphKind.STATIC):
+               kind: GraphKind = GraphKind.STATIC, blocks_per_seq: int = 4):
     """A tiny-llama runner with `prompts` computed into its pool, and the decode chunks that follow them."""
     backend = _backend(test_repo, "tiny-llama", device, num_kv_blocks=32, cuda_graphs=False)
     if sizes:
         backend.runner.capture_decode_graphs(sizes, kind)
-    tables = [tuple(range(4 * i, 4 * i + 4)) for i in range(len(prompts))]
+    n = blocks_per_seq
+    tables = [tuple(range(n * i, n * i + n)) for i in range(len(prompts))]
     backend.runner.run([SeqChunk(str(i), tuple(p), 0, tables[i], True) for i, p in enumerate(prompts)])
     decode = [SeqChunk(str(i), (11 + i,), len(p), tables[i], True) for i, p in enumerate(prompts)]
     return backend.runner, decode
@@ -90,6 +91,19 @@ def test_padding_rows_touch_only_the_reserved_block(test_repo):
         torch.testing.assert_close(k_g[:pool_slots], k_e[:pool_slots], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(v_g[:pool_slots], v_e[:pool_slots], rtol=1e-6, atol=1e-6)
         assert k_g[pool_slots:].abs().sum() > 0, "the padding row's K went to the reserved block"
+
+
+def test_a_step_replays_the_narrowest_block_table_width_that_holds_its_longest_sequence(test_repo):
+    """tiny-llama's 512-token context is 32 blocks of 16: widths 4, 8, 16 and 32 are captured per size.
+    Short sequences attend over 4 blocks, not 32; a 100-token one needs 7 blocks, so 8."""
+    short, long = [[5, 6, 7], [9] * 20], [[5, 6, 7], [8] * 100]
+    for prompts, width in ((short, 4), (long, 8)):
+        graphed, decode = _prefilled(test_repo, prompts, (2,), blocks_per_seq=8)
+        eager, _ = _prefilled(test_repo, prompts, None, blocks_per_seq=8)
+        got, want = graphed.run(decode), eager.run(decode)
+        assert graphed.graphs.layout.widths == (4, 8, 16, 32) and graphed.graphs.num_graphs == 4
+        assert graphed.last_step_mode is StepMode.GRAPH and graphed.graphs.last_width == width
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_steps_the_graphs_cannot_take_run_eagerly(test_repo):
