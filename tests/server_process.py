@@ -32,7 +32,9 @@ class MlserveProcess:
         if "--grpc-port" not in args:  # gRPC's default port is fixed: test servers take one only when asked
             args = (*args, "--grpc-port", "0")
         command = [sys.executable, "-m", "mlserve", "start", "--models", str(models), "--port", str(self.port), *args]
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        # the checkout first, then whatever the caller's path adds (the GPU check's carried packages)
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
 
