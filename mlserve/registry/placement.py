@@ -108,8 +108,9 @@ class GpuLedger:
             f"{_mib(g.free)} free on the device)"
             for g in gpus
         ]
-        return (f"needs {_mib(need)} of GPU memory ({source}; set gpu_memory_mb in model.toml to declare it) "
-                f"and no GPU has room: {'; '.join(parts)}")
+        why = ("declared in model.toml" if source == "declared"
+               else f"{source} from its files; set gpu_memory_mb in model.toml to declare it")
+        return f"needs {_mib(need)} of GPU memory ({why}) and no GPU has room: {'; '.join(parts)}"
 
     def share_left(self, device: str) -> int | None:
         """What a version placed on `device` may take at most (the LLM engine sizes its KV pool within
