@@ -69,7 +69,7 @@ step() {  # step NAME LIMIT_S COMMAND...: run it, its output appended to steps.l
   shift 2
   started=$(date +%s)
   echo "=== $name: $*" >>"$STEPS"
-  timeout --kill-after=10 "$limit" bash -c '"$@"' step "$@" >>"$STEPS" 2>&1  # bash -c: functions too
+  timeout --kill-after=5 "$limit" bash -c '"$@"' step "$@" >>"$STEPS" 2>&1  # bash -c: functions too
   rc=$?
   echo "=== $name: exit $rc after $(( $(date +%s) - started )) s" >>"$STEPS"
   echo "$name: exit $rc after $(( $(date +%s) - started )) s"
@@ -100,7 +100,7 @@ gpu_tests() {
   local files
   files=$(grep -rl --include='test_*.py' 'mark.gpu' tests | sort)
   # shellcheck disable=SC2086
-  "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts= --timeout 300 \
+  "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts= --timeout 120 \
     --junitxml="$OUT/tests.xml" $files >"$OUT/tests.log" 2>&1
   local rc=$?
   tail -3 "$OUT/tests.log"
@@ -118,19 +118,21 @@ if [ "$MODE" = dry ]; then
   LLM_ARGS=(--seqs 1 2 --tokens 4 --prompt 8)
   HF_ARGS=(--model tiny-llama --requests 4 --clients 2 --prompt-tokens 4 8 --output-tokens 4 8)
 else
-  MLP_ARGS=(--rows 1 64 256 --clients 64 --seconds 8)
+  MLP_ARGS=(--rows 1 64 256 --clients 64 --seconds 6)
   LLM_ARGS=(--seqs 1 32 128 --tokens 64 --prompt 32)
-  HF_ARGS=(--model mid-llama --requests 128 --clients 32)
+  HF_ARGS=(--model mid-llama --requests 96 --clients 32)
 fi
 
-step env 60 env_report
-step tests 240 gpu_tests
-step mlp 150 "$PY" -m benchmarks.gpu_serving --device "$DEVICE" "${MLP_ARGS[@]}" --json "$OUT/mlp_serving.json"
-step llama 60 write_llama
-step llm 120 "$PY" -m benchmarks.llm_gpu --model "$WORK/repo/llama/1" --device "$DEVICE" "${LLM_ARGS[@]}" \
+# The limits add up to 470 s (and 5 s each to kill a stuck step): under 8.5 minutes if every step runs out;
+# about 4-5 minutes expected on an H200.
+step env 20 env_report
+step tests 140 gpu_tests
+step mlp 90 "$PY" -m benchmarks.gpu_serving --device "$DEVICE" "${MLP_ARGS[@]}" --json "$OUT/mlp_serving.json"
+step llama 40 write_llama
+step llm 80 "$PY" -m benchmarks.llm_gpu --model "$WORK/repo/llama/1" --device "$DEVICE" "${LLM_ARGS[@]}" \
   --out "$OUT/llm_gpu.json"
-step vs_hf 150 "$PY" -m benchmarks.generation "${HF_ARGS[@]}" --device "$DEVICE" --results "$OUT/generation.json"
-step summary 30 "$PY" -m benchmarks.gpu_summary "$OUT"
+step vs_hf 90 "$PY" -m benchmarks.generation "${HF_ARGS[@]}" --device "$DEVICE" --results "$OUT/generation.json"
+step summary 10 "$PY" -m benchmarks.gpu_summary "$OUT"
 
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "failed steps: ${FAILED[*]} (see $OUT/steps.log)"
