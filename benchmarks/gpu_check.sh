@@ -124,7 +124,7 @@ else
 fi
 
 # The limits add up to 470 s (and 5 s each to kill a stuck step): under 8.5 minutes if every step runs out;
-# about 4-5 minutes expected on an H200.
+# how long it takes on a GPU has not been timed yet.
 step env 20 env_report
 step tests 140 gpu_tests
 step mlp 90 "$PY" -m benchmarks.gpu_serving --device "$DEVICE" "${MLP_ARGS[@]}" --json "$OUT/mlp_serving.json"
