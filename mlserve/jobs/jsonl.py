@@ -141,14 +141,31 @@ def _text(value: Any) -> Any:
     return value
 
 
-class JsonlWriter:
-    """One line per answered row: its input row index and every output, in input order."""
+class LinesWriter:
+    """A writer of JSON lines into one partial file, renamed when the run finishes; a format supplies
+    write()."""
 
     def __init__(self, path: Path) -> None:
         self._file = AppendFile(path, path.with_name(path.name + ".partial"))
 
     def restore(self, state: dict[str, Any] | None) -> None:
         self._file.restore(state)
+
+    def commit(self) -> dict[str, Any]:
+        return self._file.commit()
+
+    def finish(self) -> None:
+        self._file.finish()
+
+    def cleanup(self) -> None:
+        """Nothing to remove: finish() renamed the one partial file."""
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class JsonlWriter(LinesWriter):
+    """One line per answered row: its input row index and every output, in input order."""
 
     def write(self, rows: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
         option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
@@ -162,18 +179,6 @@ class JsonlWriter:
                 record[name] = value
             lines.append(orjson.dumps(record, option=option))
         self._file.append(b"".join(lines))
-
-    def commit(self) -> dict[str, Any]:
-        return self._file.commit()
-
-    def finish(self) -> None:
-        self._file.finish()
-
-    def cleanup(self) -> None:
-        """Nothing to remove: finish() renamed the one partial file."""
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class ErrorsFile:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from mlserve.jobs.jsonl import AppendFile, count_lines
+from mlserve.jobs.jsonl import LinesWriter, count_lines
 from mlserve.jobs.rows import Chunk, RowFailure
 from mlserve.jobs.runner import RowFormats
 from mlserve.spec import ModelInfo, TensorSpec
@@ -87,29 +87,14 @@ class OpenAIBatchReader:
         self._fh.close()
 
 
-class OpenAIBatchWriter:
+class OpenAIBatchWriter(LinesWriter):
     """One response line per request, in input order."""
 
     def __init__(self, path: Path, specs: tuple[TensorSpec, ...] = ()) -> None:
-        self._file = AppendFile(path, path.with_name(path.name + ".partial"))
-
-    def restore(self, state: dict[str, Any] | None) -> None:
-        self._file.restore(state)
+        super().__init__(path)
 
     def write(self, rows: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
         self._file.append(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in outputs["response"]))
-
-    def commit(self) -> dict[str, Any]:
-        return self._file.commit()
-
-    def finish(self) -> None:
-        self._file.finish()
-
-    def cleanup(self) -> None:
-        """finish() renamed the one partial file."""
-
-    def close(self) -> None:
-        self._file.close()
 
 
 OPENAI_FORMATS = RowFormats(OpenAIBatchReader, OpenAIBatchWriter, (".jsonl",))

@@ -9,26 +9,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from tests.optimize.models import write_data, write_torchscript
-from tests.registry.conftest import S3_ENV, reset_moto
+from tests.registry.conftest import S3_ENV, moto_server  # noqa: F401 - the S3 store tests' fixture
 from tests.registry.s3util import upload
 from tests.server.http import call, infer_body
-from tests.server_process import ROOT, free_port, serving
-
-
-@pytest.fixture()
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    reset_moto(endpoint)
-    yield endpoint
-    server.stop()
+from tests.server_process import ROOT, serving
 
 
 async def _keys(endpoint: str, prefix: str) -> list[str]:
@@ -39,7 +25,7 @@ async def _keys(endpoint: str, prefix: str) -> list[str]:
         return sorted(item["Key"] for item in listed.get("Contents", []))
 
 
-def test_publishes_into_an_s3_repository(tmp_path, moto_endpoint, monkeypatch):
+def test_publishes_into_an_s3_repository(tmp_path, moto_server, monkeypatch):
     local = tmp_path / "local"
     folder = write_torchscript(local)
     write_data(folder / "reference.npz")
@@ -48,17 +34,17 @@ def test_publishes_into_an_s3_repository(tmp_path, moto_endpoint, monkeypatch):
         env.pop(key, None)
     for key, value in S3_ENV.items():
         monkeypatch.setenv(key, value)
-    upload(moto_endpoint, "models", "repo", local, create=True)
+    upload(moto_server, "models", "repo", local, create=True)
     done = subprocess.run(
-        [sys.executable, "-m", "mlserve", "optimize", "--models", "s3://models/repo", "--s3-endpoint", moto_endpoint,
+        [sys.executable, "-m", "mlserve", "optimize", "--models", "s3://models/repo", "--s3-endpoint", moto_server,
          "--model", "tiny", "--passes", "graph_opt", "--timing-s", "0.1"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    keys = asyncio.run(_keys(moto_endpoint, "repo/tiny/2/"))
+    keys = asyncio.run(_keys(moto_server, "repo/tiny/2/"))
     assert keys == [f"repo/tiny/2/{n}" for n in ("SHA256SUMS", "model.onnx", "optimization.json", "reference.npz")]
     x = np.load(folder / "reference.npz")["x"][:4]
-    with serving("s3://models/repo", "--s3-endpoint", moto_endpoint, log_path=tmp_path / "server.log",
+    with serving("s3://models/repo", "--s3-endpoint", moto_server, log_path=tmp_path / "server.log",
                  env={**S3_ENV, "MLSERVE_REGISTRY_CACHE_DIR": str(tmp_path / "cache")}) as server:
         answer = call(f"{server.url}/v2/models/tiny/versions/2/infer", infer_body(x))
         assert answer.status == 200, answer.body

@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 
 from tests.models import DATATYPES
 from tests.server.http import call
+from tests.server.test_v2_e2e import datatype_sample
 from tests.server_process import free_port, serving
 
 # Typed-contents field per datatype, as the proto defines them (FP16 has none).
@@ -44,19 +45,6 @@ def _client(server) -> grpcclient.InferenceServerClient:
 
 def _http(server) -> httpclient.InferenceServerClient:
     return httpclient.InferenceServerClient(server.url.removeprefix("http://"))
-
-
-def _sample(datatype: str) -> np.ndarray:
-    rng = np.random.default_rng(7)
-    if datatype == "BYTES":
-        return np.array([[b"a", b"", b"\x00bin\x01"], [b"xyz", "\u00e9".encode(), b"q"]], dtype=object)
-    if datatype == "BOOL":
-        return rng.integers(0, 2, (2, 3)).astype(bool)
-    dtype = np.dtype(triton_to_np_dtype(datatype))
-    if dtype.kind == "f":
-        return (rng.standard_normal((2, 3)) * 100).astype(dtype)
-    info = np.iinfo(dtype)
-    return np.array([[info.min, info.max, 0], [1, info.max - 1, info.min + 1]], dtype=dtype)
 
 
 def _reference(test_repo, datatype: str, sample: np.ndarray) -> np.ndarray:
@@ -97,7 +85,7 @@ def test_health_metadata_and_config_match_http(grpc_server):
 
 @pytest.mark.parametrize("datatype", DATATYPES)
 def test_every_datatype_equals_http_and_onnxruntime(grpc_server, test_repo, datatype):
-    sample = _sample(datatype)
+    sample = datatype_sample(datatype)
     expected = _reference(test_repo, datatype, sample)
     model = f"identity_{datatype.lower()}"
     inp = grpcclient.InferInput("x", list(sample.shape), datatype)

@@ -141,7 +141,8 @@ def test_mixed_inputs_and_output_choice(server, test_repo, binary):
     assert [o["name"] for o in chosen.get_response()["outputs"]] == ["b_times_3"]
 
 
-def _datatype_sample(datatype: str) -> np.ndarray:
+def datatype_sample(datatype: str) -> np.ndarray:
+    """Two rows of three values of `datatype`, its extremes included (the gRPC tests send the same)."""
     rng = np.random.default_rng(3)
     if datatype == "BYTES":
         return np.array([[b"a", b"", b"\x00bin\x01"], [b"xyz", "\u00e9".encode(), b"q"]], dtype=object)
@@ -162,7 +163,7 @@ def test_every_datatype_round_trips(server, datatype, binary):
     if datatype == "BYTES" and not binary:
         sample = np.array([[b"a", b"", b"caf\xc3\xa9"], [b"xyz", b"12", b"q"]], dtype=object)  # JSON carries text
     else:
-        sample = _datatype_sample(datatype)
+        sample = datatype_sample(datatype)
     inp = httpclient.InferInput("x", list(sample.shape), datatype)
     inp.set_data_from_numpy(sample, binary_data=binary)
     out = httpclient.InferRequestedOutput("y", binary_data=binary)
