@@ -32,6 +32,13 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def until(predicate, timeout_s: float = 10.0) -> None:
+    """Wait for a state of the batcher (the loop keeps running its workers meanwhile)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("the batcher never reached the state")
+        await asyncio.sleep(0.005)
 
 
 def test_batches_never_exceed_max_rows():
@@ -41,7 +48,7 @@ def test_batches_never_exceed_max_rows():
         batcher.start()
         model.gate.clear()
         tasks = [asyncio.create_task(batcher.submit({"x": np.ones((n, 1), np.float32)}, n)) for n in (3, 2, 2, 1, 4)]
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher.num_in_flight == 5)
         model.gate.set()
         await asyncio.gather(*tasks)
         await batcher.stop()
@@ -59,9 +66,9 @@ def test_full_queue_is_refused_and_oversized_requests_rejected():
         batcher.start()
         model.gate.clear()
         running = asyncio.create_task(batcher.submit({"x": np.ones((1, 1))}, 1))
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher.num_in_flight == 1 and batcher.num_queued == 0)  # a worker holds it
         queued = [asyncio.create_task(batcher.submit({"x": np.ones((1, 1))}, 1)) for _ in range(2)]
-        await asyncio.sleep(0.01)
+        await until(lambda: batcher.num_queued == 2)
         with pytest.raises(Overloaded):
             await batcher.submit({"x": np.ones((1, 1))}, 1)
         with pytest.raises(InvalidInput, match="max_batch_size"):
@@ -80,7 +87,7 @@ def test_unbatched_model_runs_one_request_at_a_time():
         batcher.start()
         model.gate.clear()
         tasks = [asyncio.create_task(batcher.submit({"x": np.ones((2, 1))}, 1)) for _ in range(4)]
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher.num_in_flight == 4)
         model.gate.set()
         await asyncio.gather(*tasks)
         await batcher.stop()
@@ -96,8 +103,8 @@ def test_stop_drains_queued_requests():
         batcher.start()
         model.gate.clear()
         tasks = [asyncio.create_task(batcher.submit({"x": np.ones((1, 1))}, 1)) for _ in range(5)]
-        await asyncio.sleep(0.02)
-        asyncio.get_running_loop().call_later(0.1, model.gate.set)
+        await until(lambda: batcher.num_in_flight == 5)
+        asyncio.get_running_loop().call_later(0.1, model.gate.set)  # released while stop() drains
         await batcher.stop()
         return [t.done() and not t.exception() for t in tasks]
 
@@ -114,12 +121,10 @@ def test_requests_with_different_trailing_shapes_are_never_concatenated():
         batcher.start()
         model.gate.clear()
         busy = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2), np.float32)}, 1))
-        while batcher.num_in_flight == 0 or batcher.num_queued:  # until a worker took it (the model holds it)
-            await asyncio.sleep(0.005)
+        await until(lambda: batcher.num_in_flight == 1 and batcher.num_queued == 0)  # a worker holds it
         sent = [np.full((1, width), i, np.float32) for i, width in enumerate([8, 12, 8, 5, 12, 8])]
         tasks = [asyncio.create_task(batcher.submit({"x": x}, 1)) for x in sent]
-        while batcher.num_queued < len(sent):
-            await asyncio.sleep(0.005)
+        await until(lambda: batcher.num_queued == len(sent))
         model.gate.set()
         answers = await asyncio.gather(*tasks)
         await busy
@@ -153,11 +158,8 @@ def test_one_request_with_bad_data_in_a_batch_gets_400_and_its_batch_mates_their
 
         async def submit_and_wait(chosen, queued):
             tasks = [asyncio.create_task(batcher.submit({"x": np.full((1, 1), v, np.float32)}, 1)) for v in chosen]
-            for _ in range(2000):
-                if batcher.num_in_flight == 1 + queued and batcher.num_queued == queued:
-                    return tasks
-                await asyncio.sleep(0.005)
-            raise TimeoutError("the batcher never reached the state")
+            await until(lambda: batcher.num_in_flight == 1 + queued and batcher.num_queued == queued)
+            return tasks
 
         tasks = await submit_and_wait(values[:1], 0)  # the first runs alone, held
         tasks += await submit_and_wait(values[1:], 3)  # the other three queue behind it
