@@ -87,8 +87,8 @@ class CudaInventory:
 
 
 class StaticInventory:
-    """A fixed set of GPUs whose free memory is what was given, less what `take` recorded: for
-    exercising placement where there is no GPU, and for dry runs."""
+    """A fixed set of GPUs whose free memory is what was given, less what `take` recorded: placement
+    exercised where there is no GPU (tests/registry/test_placement.py)."""
 
     def __init__(self, gpus: list[DeviceMemory]) -> None:
         self._gpus = {g.name: g for g in gpus}

@@ -31,9 +31,10 @@ class LLMSettings:
     max_waiting: int = 1024
     """Requests waiting for a place in the running batch before new ones get 429."""
     cuda_graphs: bool = True
-    """On a CUDA device, capture a decode step per size of cuda_graph_batch_sizes as a CUDA graph at
-    load and replay it for decode-only steps of up to that many sequences; steps with prompt tokens
-    and larger batches run eagerly. CPU devices always run eagerly."""
+    """On a CUDA device, capture decode steps as CUDA graphs at load (per size of
+    cuda_graph_batch_sizes and per block-table width) and replay them for decode-only steps of up to
+    that many sequences; steps with prompt tokens and larger batches run eagerly. CPU devices always
+    run eagerly."""
     cuda_graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
     """Decode batch sizes to capture, each capped at max_num_seqs; a step of n sequences replays the
     smallest captured size >= n, the extra rows being padding."""

@@ -151,6 +151,9 @@ class ModelConfig:
                 raise ValueError(f"gpu_memory_mb must be a positive number, got {self.gpu_memory_mb!r}")
             if self.device == "cpu":
                 raise ValueError("gpu_memory_mb is set but device is cpu: remove it, or set device to cuda or auto")
+        if self.device == "cpu" and self.llm.cuda_graph_batch_sizes != LLMSettings().cuda_graph_batch_sizes:
+            raise ValueError("[llm] cuda_graph_batch_sizes is set but device is cpu, which decodes without graphs: "
+                             "remove it, or set device to cuda or auto")
         if self.instances < 1:
             raise ValueError("instances must be >= 1")
         if self.intra_op_threads < 0:

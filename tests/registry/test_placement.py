@@ -206,3 +206,11 @@ def test_a_model_run_alone_resolves_auto_as_the_server_would_with_nothing_loaded
     assert device_alone("auto", "embedding", _gpus(3, 9)) == "cpu"
     assert device_alone("auto", "onnx", StaticInventory([])) == "cpu"
     assert device_alone("cuda:0", "onnx", StaticInventory([])) == "cuda:0"  # the backend's load says why not
+
+
+def test_cuda_graph_sizes_on_a_model_pinned_to_the_cpu_are_refused_naming_the_key():
+    from mlserve.spec import LLMSettings
+
+    with pytest.raises(ValueError, match=r"\[llm\] cuda_graph_batch_sizes is set but device is cpu"):
+        ModelConfig(device="cpu", llm=LLMSettings(cuda_graph_batch_sizes=(1, 8)))
+    assert ModelConfig(device="auto", llm=LLMSettings(cuda_graph_batch_sizes=(1, 8))).device == "auto"
