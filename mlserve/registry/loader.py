@@ -248,12 +248,14 @@ class HotSwapLoader(ExplicitControl):
         stage, started = "fetch", time.monotonic()
         try:
             fresh.path = await self._fetch(served, version, fresh.fingerprint)
+            stage = "load"
+            kind = await loop.run_in_executor(self._executor, self._backend_name, entry, version, fresh.path)
             stage = "placement"
-            cap = await self._place(served, fresh, may_evict=source == "request")
+            cap = await self._place(served, fresh, kind, may_evict=source == "request")
             stage = "load"
             async with self.placer.measuring(fresh.device) as taken:
                 backend = await loop.run_in_executor(
-                    self._executor, self._load_backend, entry, version, fresh.path, fresh.device, cap)
+                    self._executor, self._load_backend, entry, kind, fresh.path, fresh.device, cap)
                 loaded = time.monotonic()
                 stage = "warmup"
                 try:
@@ -312,9 +314,8 @@ class HotSwapLoader(ExplicitControl):
             raise ModelLoadError(f"{entry.name}/{version}: no model file found and no backend set in model.toml")
         return name
 
-    def _load_backend(self, entry: ModelEntry, version: int, path: Path, device: str, cap: int | None) -> Backend:
+    def _load_backend(self, entry: ModelEntry, name: str, path: Path, device: str, cap: int | None) -> Backend:
         """Runs on a loader thread, so the loop never waits on it. `cap`: the most GPU memory it may take."""
-        name = self._backend_name(entry, version, path)
         check_trusted(name, self._config.trust_repository or entry.config.trusted)
         backend = create_backend(name, entry.config, trust_repository=self._config.trust_repository)
         if cap is not None and hasattr(backend, "memory_cap_bytes"):
@@ -322,10 +323,8 @@ class HotSwapLoader(ExplicitControl):
         backend.load(path, device)
         return backend
 
-    async def _place(self, served: ServedModel, fresh: ServedVersion, may_evict: bool) -> int | None:
+    async def _place(self, served: ServedModel, fresh: ServedVersion, backend: str, may_evict: bool) -> int | None:
         """The version's device (fresh.device) and the most GPU memory it may take there."""
-        backend = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._backend_name, served.entry, fresh.version, fresh.path)
         requested = served.entry.config.device or self._config.default_device
         return await self.placer.place(served, fresh, requested, backend, may_evict)
 

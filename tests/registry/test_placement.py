@@ -119,10 +119,10 @@ class _Loader(HotSwapLoader):
         super().__init__(LocalStore(root), RegistryConfig(models=str(root), **config), Metrics(), inventory)
         self.inventory, self.takes, self.devices, self.caps = inventory, takes, [], {}
 
-    def _load_backend(self, entry, version, path, device, cap):
+    def _load_backend(self, entry, name, path, device, cap):
         self.devices.append((entry.name, device))
         self.caps[entry.name] = cap
-        inner = super()._load_backend(entry, version, path, "cpu", None)
+        inner = super()._load_backend(entry, name, path, "cpu", None)
         return _OnFakeGpu(inner, self.inventory, device, self.takes.get(entry.name, 0))
 
 
