@@ -37,9 +37,4 @@ def create_backend(name: str, config: ModelConfig, trust_repository: bool = Fals
     return cls(config, trust_repository=trust_repository)
 
 
-def register_backend(name: str, module_name: str, class_name: str) -> None:
-    """Make another backend (the LLM engine, a test backend) known by name."""
-    _BACKEND_CLASSES[name] = (module_name, class_name)
-
-
-__all__ = ["Backend", "create_backend", "infer_backend_name", "register_backend"]
+__all__ = ["Backend", "create_backend", "infer_backend_name"]

@@ -25,11 +25,6 @@ def quantile_edges(values: np.ndarray, num_bins: int) -> np.ndarray:
     return edges
 
 
-def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin of each value: the number of edges <= value (searchsorted, side right)."""
-    return np.searchsorted(edges, values, side="right")
-
-
 def psi_groups(reference_counts: np.ndarray, num_groups: int) -> np.ndarray:
     """Merge neighbouring fine bins until each group holds about 1/num_groups of the reference;
     returns the group of each fine bin. PSI is taken over these groups, KS over the fine bins."""

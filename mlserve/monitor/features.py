@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-SUMMARIES = ("mean", "std", "norm")
-
 
 def _is_numeric(array: np.ndarray) -> bool:
     return array.dtype.kind in "biuf"

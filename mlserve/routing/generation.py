@@ -136,13 +136,6 @@ class GenerationService:
         self._router = router
         self._limits = limits
 
-    def model_names(self) -> list[str]:
-        """Models with a ready generation version, sorted."""
-        return [
-            name for name, served in sorted(self._loader.models.items())
-            if any(sv.llm_engine is not None for sv in served.versions.values() if sv.is_ready)
-        ]
-
     async def submit(self, req: GenerationRequest) -> Generation:
         from mlserve.routing.generate import GenerateRequest, TokenLimits, bounded_params, prompt_ids
 
