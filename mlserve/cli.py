@@ -77,6 +77,8 @@ def _add_batch_parser(sub) -> None:
     batch.add_argument("--overwrite", action="store_true", help="start over even if an output or checkpoint exists")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     batch.add_argument("--s3-endpoint", help="endpoint URL for an s3:// repository")
+    batch.add_argument("--trust-repository", action="store_true", default=None,
+                       help="load TorchScript and .pt2 (they can run code) without trusted = true in model.toml")
     batch.add_argument("--config", type=Path, help="settings file (default ./mlserve.toml when present)")
     batch.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
 
@@ -89,7 +91,8 @@ def _batch(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides={
             "server": {"log_level": args.log_level},
-            "registry": {"models": args.models, "s3_endpoint": args.s3_endpoint},
+            "registry": {"models": args.models, "s3_endpoint": args.s3_endpoint,
+                         "trust_repository": args.trust_repository},
         })
     except (ValueError, OSError) as exc:
         print(f"mlserve: bad settings: {exc}", file=sys.stderr)

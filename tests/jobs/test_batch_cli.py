@@ -182,3 +182,23 @@ def test_a_model_repository_on_s3_works_too(jobs_repo, tmp_path, moto_server, s3
     assert done.returncode == 0, done.stderr
     np.testing.assert_allclose(read_output(tmp_path / "out.npz")[1],
                                reference(jobs_repo / "mlp" / "2" / "model.onnx", x), **TOL)
+
+
+def test_batch_refuses_torchscript_from_an_untrusted_repository_and_runs_it_when_trusted(tmp_path):
+    """TorchScript can run code when loaded: `mlserve batch` applies the server's trust rule."""
+    from mlserve.examples import MLP_TS_TOML, write_mlp_torchscript
+
+    repo = tmp_path / "repo"
+    write_mlp_torchscript(repo / "mlp_ts" / "1" / "model.pt", seed=1)
+    (repo / "mlp_ts" / "model.toml").write_text(MLP_TS_TOML.replace("trusted = true\n", ""))
+    src, dst = tmp_path / "in.npz", tmp_path / "out.npz"
+    write_input(src, mlp_rows(10))
+
+    refused = run_batch(repo, "mlp_ts", src, dst)
+    assert refused.returncode == 1
+    assert "not trusted" in refused.stderr and "--trust-repository" in refused.stderr
+    assert not dst.exists() and not (tmp_path / "out.npz.partial").exists()
+
+    trusted = run_batch(repo, "mlp_ts", src, dst, "--trust-repository")
+    assert trusted.returncode == 0, trusted.stderr
+    assert read_output(dst)[1].shape == (10, 10)
