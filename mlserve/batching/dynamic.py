@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -13,6 +14,7 @@ import numpy as np
 from mlserve.batching.deadline import DeadlineWatch
 from mlserve.batching.guard import GuardedInfer
 from mlserve.batching.queue import RequestQueue, Waiting
+from mlserve.batching.share import BackgroundShare
 from mlserve.errors import InferenceFailed, InvalidInput, Overloaded, RequestTimeout
 from mlserve.spec import BatchingSpec, SchedulePolicy
 
@@ -48,6 +50,10 @@ class DynamicBatcher:
     dimension (sentences of different lengths) are never concatenated: a batch runs as one group
     per trailing shape.
 
+    Background work (in-server jobs) waits apart from live requests, in `submit_background`, and
+    gets its rows by the rule in batching/share.py: spare rows of live batches, a guaranteed floor,
+    and short batches of its own while live traffic is about.
+
     A request's deadline is enforced here and only here (batching/deadline.py: one timer for the
     whole queue); past it the request leaves the queue, or, if its batch is already running, is
     answered 504 at once and its rows are dropped when the batch returns.
@@ -76,6 +82,8 @@ class DynamicBatcher:
         self._deadlines = DeadlineWatch(self._expire)
         self._num_running = 0
         self._recent_rows_per_s = 0.0
+        self._background: deque[Waiting] = deque()
+        self.share = BackgroundShare(spec.background_share)
 
     @property
     def num_queued(self) -> int:
@@ -84,6 +92,15 @@ class DynamicBatcher:
     @property
     def num_in_flight(self) -> int:
         return self._queue.num_requests + self._num_running
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._spec.max_batch_size
+
+    @property
+    def num_background(self) -> int:
+        """Background requests waiting (not counted in num_queued or num_in_flight)."""
+        return len(self._background)
 
     def start(self) -> None:
         """Create the loop-bound objects and workers; call from inside the running loop."""
@@ -128,6 +145,24 @@ class DynamicBatcher:
             self._set_idle_if_done()
             raise
 
+    async def submit_background(self, inputs: Tensors, num_rows: int) -> Tensors:
+        """Queue rows of background work (a job's, at most max_batch_size of them); they run by the
+        share rule, never ahead of live requests beyond its floor."""
+        assert self._arrived is not None and self._idle is not None, "submit before start"
+        if self._spec.max_batch_size > 0 and num_rows > self._spec.max_batch_size:
+            raise InvalidInput(f"background work of {num_rows} rows exceeds max_batch_size {self._spec.max_batch_size}")
+        item = Waiting(inputs, num_rows, 0, time.monotonic(), future=asyncio.get_running_loop().create_future())
+        self._background.append(item)
+        self._idle.clear()
+        self._arrived.set()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            if item in self._background:
+                self._background.remove(item)
+            self._set_idle_if_done()
+            raise
+
     def _level(self, priority: int | None) -> int:
         if priority is None or priority == 0:
             return self._default_level
@@ -164,7 +199,7 @@ class DynamicBatcher:
     async def drain(self) -> None:
         """Wait until nothing is queued or running."""
         assert self._idle is not None, "drain before start"
-        while self._queue.num_requests or self._num_running:
+        while self._queue.num_requests or self._background or self._num_running:
             self._idle.clear()
             await self._idle.wait()
 
@@ -189,15 +224,18 @@ class DynamicBatcher:
                 self._set_idle_if_done()
 
     def _set_idle_if_done(self) -> None:
-        if not self._queue.num_requests and not self._num_running and self._idle is not None:
+        if not self._queue.num_requests and not self._background and not self._num_running and self._idle is not None:
             self._idle.set()
 
     async def _next_batch(self) -> list[Waiting]:
-        while not self._queue.num_requests:
+        while not self._queue.num_requests and not self._background:
             self._arrived.clear()
             await self._arrived.wait()
-        if self._spec.max_batch_size == 0:
-            return self._queue.take(1, time.monotonic())
+        max_rows, now = self._spec.max_batch_size, time.monotonic()
+        if not self._queue.num_requests:  # background work alone (share rule 4)
+            return self._take_background(max(1, self.share.alone_rows(max_rows, now)) if max_rows else 1, now, [])
+        if max_rows == 0:
+            return self._account(self._queue.take(1, now), now)
         deadline = self._queue.oldest_enqueued_at() + self._delay_s
         while self._queue.num_requests and not self._should_close(deadline):
             seen = self._queue.num_pushed
@@ -206,7 +244,28 @@ class DynamicBatcher:
                 break
             if self._queue.num_pushed == seen:
                 await self._wait_arrival(deadline)
-        return self._queue.take(self._spec.max_batch_size, time.monotonic())
+        now = time.monotonic()
+        if not self._background:
+            return self._account(self._queue.take(max_rows, now), now)
+        held = self.share.held_rows(max_rows, now)  # share rule 3
+        live = self._queue.take(max_rows - held, now) if self._queue.num_requests else []
+        return self._take_background(max_rows - sum(item.num_rows for item in live), now, live)  # rule 2
+
+    def _account(self, live: list[Waiting], now: float) -> list[Waiting]:
+        self.share.ran(sum(item.num_rows for item in live), 0, now)
+        return live
+
+    def _take_background(self, max_rows: int, now: float, batch: list[Waiting]) -> list[Waiting]:
+        """`batch` plus the background requests that fit in `max_rows` more rows (at least one when
+        the batch is otherwise empty)."""
+        live_rows = sum(item.num_rows for item in batch)
+        rows = 0
+        while self._background and (not batch or rows + self._background[0].num_rows <= max_rows):
+            item = self._background.popleft()
+            batch.append(item)
+            rows += item.num_rows
+        self.share.ran(live_rows, rows, now)
+        return batch
 
     def _should_close(self, deadline: float) -> bool:
         return self._queue.num_rows >= self._spec.max_batch_size or time.monotonic() >= deadline

@@ -32,6 +32,8 @@ class Target:
     infer: InferFn
     formats: RowFormats | None = None
     """How to read and write the job's files when not by suffix (OpenAI batch files)."""
+    status: Callable[[], str] | None = None
+    """Why a running job is slow right now ("waiting: live load"), or ""."""
 
 
 Resolver = Callable[[str, "int | None", "int | None"], Awaitable[Target]]
@@ -50,6 +52,7 @@ class JobManager:
         self.jobs: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._runs: dict[str, BatchRun] = {}
+        self._status: dict[str, Callable[[], str]] = {}
         self._slots: asyncio.Semaphore | None = None
 
     async def start(self) -> None:
@@ -131,6 +134,8 @@ class JobManager:
                 target = await self._resolve(record.model, record.version, record.priority)
                 run = BatchRun(self._plan(record, target), target.infer, target.formats)
                 self._runs[record.job_id] = run
+                if target.status is not None:
+                    self._status[record.job_id] = target.status
                 await asyncio.to_thread(run.prepare, record.overwrite)
                 record.overwrite, record.state = False, JobState.RUNNING  # a resume never starts over
                 await asyncio.to_thread(save_record, self._state_dir, record)
@@ -144,6 +149,7 @@ class JobManager:
                 log.error("batch job %s failed: %s", record.job_id, exc)
                 await self._finish(record, JobState.FAILED, f"{type(exc).__name__}: {exc}")
             finally:
+                self._status.pop(record.job_id, None)
                 if run is not None:
                     run.close()
 
@@ -183,12 +189,14 @@ class JobManager:
             except ValueError:
                 checkpoint = None
         running = run is not None and record.state is JobState.RUNNING
+        status = self._status.get(record.job_id)
+        reason = status() if running and status is not None else record.reason
         progress = run.progress if run is not None else None
         return {
             "id": record.job_id, "model": record.model,
             "version": str(record.version) if record.version is not None else None,
             "input": record.input, "output": record.output, "errors": record.errors,
-            "priority": record.priority, "state": record.state.name.lower(), "reason": record.reason,
+            "priority": record.priority, "state": record.state.name.lower(), "reason": reason,
             "created": record.created,
             "rows_total": checkpoint.rows_total if checkpoint else None,
             "rows_done": checkpoint.rows_done if checkpoint else 0,

@@ -23,12 +23,16 @@ class JobsCollector:
                                  labels=["job", "model"])
         state = GaugeMetricFamily("mlserve_batch_job_state", "1 for the current state of a batch job.",
                                   labels=["job", "model", "state"])
+        waiting = GaugeMetricFamily("mlserve_batch_job_waiting", "1 while live load holds a running batch job to "
+                                    "its floor share of the engine.", labels=["job", "model"])
         for record in list(self._manager.jobs.values()):
             view = self._manager.view(record)
             labels = [record.job_id, record.model]
             done.add_metric(labels, view["rows_done"])
             failed.add_metric(labels, view["rows_failed"])
             rate.add_metric(labels, view["rows_per_s"])
+            waiting.add_metric(labels, 1.0 if record.state is JobState.RUNNING and view["reason"].startswith("waiting")
+                               else 0.0)
             for member in JobState:
                 state.add_metric([*labels, member.name.lower()], 1.0 if member is record.state else 0.0)
-        yield from (done, failed, rate, state)
+        yield from (done, failed, rate, state, waiting)

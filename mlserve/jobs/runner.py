@@ -160,21 +160,29 @@ class BatchRun:
         return checkpoint
 
     async def run(self) -> Checkpoint:
-        """Every remaining chunk, then the output file. Reading the next chunk overlaps the model."""
+        """Every remaining chunk, then the output file. Reading the next chunk and writing the last one
+        overlap the model: the engine never waits on the files. Commits stay in chunk order."""
         assert self.checkpoint is not None, "run before prepare"
         if self.checkpoint.is_done:
             return self.checkpoint
         rows = self.plan.rows_per_chunk
         pending = asyncio.ensure_future(asyncio.to_thread(self._reader.read, rows))
+        committing: asyncio.Future | None = None
         try:
             while (chunk := await pending) is not None:
                 pending = asyncio.ensure_future(asyncio.to_thread(self._reader.read, rows))
                 answered, outputs, failures = await self._infer_chunk(chunk)
-                await _to_thread_to_the_end(self._commit, chunk, answered, outputs, failures)
+                if committing is not None:
+                    await committing
+                committing = asyncio.ensure_future(
+                    _to_thread_to_the_end(self._commit, chunk, answered, outputs, failures))
+            if committing is not None:
+                await committing
             await _to_thread_to_the_end(self._finish)
         finally:
             with contextlib.suppress(BaseException):
-                await asyncio.wait([pending])  # no reader thread left behind a closed file
+                # no reader or writer thread left behind a closed file
+                await asyncio.wait([f for f in (pending, committing) if f is not None])
         return self.checkpoint
 
     async def _infer_chunk(self, chunk: Chunk) -> tuple[np.ndarray, Tensors, list[RowFailure]]:

@@ -1,9 +1,10 @@
 """How an in-server job shares a version with live traffic, and how a job finds its version.
 
-A job queues its rows on the version's own batcher at the lowest priority level, one batch at a
-time; it submits when nothing else is queued or running (waiting at most 100 ms, so it never
-starves), and while live requests keep coming it leaves the worker idle as long as its last batch
-ran. On a generation model it hands the engine a few requests at a time, behind waiting live ones.
+A job with no priority of its own is background work: it hands its rows to the version's batcher in
+small pieces through `submit_background`, and the batcher's share rule (batching/share.py) decides
+when they run: in the spare rows of live batches, with a guaranteed floor under any load, and in short
+batches of their own while live traffic is about. A job given a `priority` queues as live requests of
+that level. On a generation model it hands the engine a few requests at a time, behind waiting live ones.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
+
 from mlserve.batching.dynamic import SchedulePolicy
-from mlserve.errors import InvalidInput, ModelNotReady, Overloaded, RequestTimeout
+from mlserve.errors import InvalidInput, ModelNotReady
 from mlserve.jobs.generate import BatchGenerator, Parse
 from mlserve.jobs.manager import Target
 from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
@@ -22,45 +25,54 @@ from mlserve.routing.service import InferenceService
 
 _YIELD_POLL_S = 0.001
 _YIELD_MAX_S = 0.1
-"""A job waits for live requests ahead of it at most this long per batch, so it never starves."""
+"""A job on a generation model waits for live requests ahead of it at most this long per batch."""
 _LLM_REQUESTS_PER_BATCH = 8
 """Requests a job on a generation model hands the engine at once: live requests never queue behind many."""
-_LIVE_WINDOW_S = 1.0
-"""Live requests seen this recently make the job leave the worker idle as long as its last batch ran."""
+_PIECES_PER_BATCH = 8
+"""A job's batch goes to the batcher in this many pieces, so spare rows of live batches can take them."""
+WAITING_FOR_LIVE = "waiting: live load"
 
 
-class LiveFirst:
-    """How a job shares a version's batcher with live traffic: it submits only when nothing else is
-    queued or running (or after a bounded wait), and while live requests keep coming it runs at most
-    half the time, so live requests find the worker, and the CPU, free."""
+def _check_ready(served: ServedVersion) -> None:
+    if not served.is_ready:
+        raise ModelNotReady(f"model {served.model!r} version {served.version} is {served.state.name.lower()}")
+
+
+class BackgroundRows:
+    """A job's rows as background work on one version's batcher (the share rule decides when they run)."""
+
+    def __init__(self, served: ServedVersion) -> None:
+        self._served = served
+        max_rows = served.batcher.max_batch_size
+        self._piece_rows = max(1, max_rows // _PIECES_PER_BATCH) if max_rows else 0
+
+    async def __call__(self, inputs, num_rows):
+        _check_ready(self._served)
+        batcher = self._served.batcher
+        if not self._piece_rows or num_rows <= self._piece_rows:
+            return await batcher.submit_background(inputs, num_rows)
+        spans = [slice(i, i + self._piece_rows) for i in range(0, num_rows, self._piece_rows)]
+        parts = await asyncio.gather(*(
+            batcher.submit_background({n: a[span] for n, a in inputs.items()}, len(range(num_rows)[span]))
+            for span in spans
+        ))
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def status(self) -> str:
+        """`waiting: live load` while live traffic holds the job to its floor share."""
+        return WAITING_FOR_LIVE if self._served.batcher.share.is_held_to_floor(time.monotonic()) else ""
+
+
+class AtLevel:
+    """A job given a priority: its rows queue as live requests of that level."""
 
     def __init__(self, served: ServedVersion, policy: SchedulePolicy) -> None:
         self._served = served
         self._policy = policy
-        self._live_seen_at = -_LIVE_WINDOW_S
 
     async def __call__(self, inputs, num_rows):
-        while True:
-            served = self._served
-            if not served.is_ready:
-                raise ModelNotReady(f"model {served.model!r} version {served.version} is {served.state.name.lower()}")
-            await self._wait_for_quiet(served.batcher)
-            started = time.monotonic()
-            try:
-                outputs = await served.batcher.submit(inputs, num_rows, self._policy)
-            except (Overloaded, RequestTimeout):
-                self._live_seen_at = time.monotonic()
-                await asyncio.sleep(_YIELD_MAX_S)  # the queue is full of live work: try again shortly
-                continue
-            if time.monotonic() - self._live_seen_at < _LIVE_WINDOW_S:
-                await asyncio.sleep(time.monotonic() - started)
-            return outputs
-
-    async def _wait_for_quiet(self, batcher) -> None:
-        give_up_at = time.monotonic() + _YIELD_MAX_S
-        while batcher.num_in_flight and time.monotonic() < give_up_at:
-            self._live_seen_at = time.monotonic()
-            await asyncio.sleep(_YIELD_POLL_S)
+        _check_ready(self._served)
+        return await self._served.batcher.submit(inputs, num_rows, self._policy)
 
 
 class LLMLiveFirst:
@@ -99,7 +111,9 @@ def resolver(service: InferenceService, generation: GenerationService, parse: Pa
         levels = service.router.model(model).entry.config.batching.priority_levels
         if priority is not None and not 1 <= priority <= levels:
             raise InvalidInput(f"priority must lie in 1..{levels} for model {model!r}, got {priority}")
-        policy = SchedulePolicy(priority=priority or levels)
-        return Target(served.version, served.info, LiveFirst(served, policy))
+        if priority is None:
+            rows = BackgroundRows(served)
+            return Target(served.version, served.info, rows, status=rows.status)
+        return Target(served.version, served.info, AtLevel(served, SchedulePolicy(priority=priority)))
 
     return resolve

@@ -79,6 +79,9 @@ class BatchingSpec:
     """A request that has waited this long is taken ahead of every level, so low levels never starve."""
     cache_size: int = 0
     """Responses kept in this version's LRU cache, keyed by a hash of the input bytes; 0 = off."""
+    background_share: float = 0.1
+    """The least share of this version's rows that waiting background work (in-server jobs) gets
+    under any live load (batching/share.py); 0 = only what live traffic leaves."""
 
     def __post_init__(self) -> None:
         if self.timeout_us < 0 or self.priority_aging_us < 0 or self.cache_size < 0:
@@ -91,6 +94,8 @@ class BatchingSpec:
             raise ValueError("max_batch_size must be >= 0")
         if self.max_queue_delay_us < 0:
             raise ValueError("max_queue_delay_us must be >= 0")
+        if not 0.0 <= self.background_share <= 0.5:
+            raise ValueError("background_share must lie in 0..0.5")
         if self.max_queue_size < 1:
             raise ValueError("max_queue_size must be >= 1")
         if any(s < 1 or (self.max_batch_size and s > self.max_batch_size) for s in self.preferred_batch_sizes):

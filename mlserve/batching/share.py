@@ -1,0 +1,81 @@
+"""How one version's batches are split between live requests and background work (in-server jobs
+and the optimize runs that use a served version).
+
+The rule, applied each time a batch is formed:
+
+1. Live first: a batch takes the waiting live requests first (by level, as always).
+2. Spare rows: rows a batch has left after its live requests are filled with background rows. The
+   batch runs anyway, so this costs live requests only the few extra rows' compute.
+3. A floor: while background work waits and its share of the rows run over the last `window_s` is
+   below `min_share`, a batch holds `ceil(min_share * max_rows)` rows for it even when live requests
+   could fill them. Background work therefore progresses at no less than that share under any live
+   load; at that floor a job reports `waiting: live load`.
+4. Idle: with no live request waiting, background rows run on their own, at most `max_rows // 4`
+   rows a batch while live requests were seen within the window (one arriving then waits for a short
+   batch at most), a full batch otherwise.
+
+Pure bookkeeping with no clock of its own: callers pass `now`. Not thread-safe; the batcher's
+event loop owns it.
+"""
+
+from __future__ import annotations
+
+import math
+
+DEFAULT_MIN_SHARE = 0.1
+DEFAULT_WINDOW_S = 1.0
+
+
+class BackgroundShare:
+    """Decayed counts of live and background rows run, and what the next batch owes background work."""
+
+    def __init__(self, min_share: float = DEFAULT_MIN_SHARE, window_s: float = DEFAULT_WINDOW_S) -> None:
+        if not 0.0 <= min_share <= 0.5:
+            raise ValueError(f"the background share floor must lie in 0..0.5, got {min_share}")
+        self.min_share = min_share
+        self._window_s = window_s
+        self._live = 0.0
+        self._background = 0.0
+        self._at = 0.0
+        self._live_seen_at = -math.inf
+        self._floor_used_at = -math.inf
+
+    def _decay(self, now: float) -> None:
+        if now > self._at:
+            factor = math.exp(-(now - self._at) / self._window_s)
+            self._live *= factor
+            self._background *= factor
+            self._at = now
+
+    def share(self, now: float) -> float:
+        """Background rows over all rows run in about the last window (0 when nothing ran)."""
+        self._decay(now)
+        total = self._live + self._background
+        return self._background / total if total > 0 else 0.0
+
+    def note_live_waiting(self, now: float) -> None:
+        self._live_seen_at = now
+
+    def held_rows(self, max_rows: int, now: float) -> int:
+        """Rows the next batch keeps for waiting background work although live requests wait (rule 3)."""
+        if self.min_share <= 0 or self.share(now) >= self.min_share:
+            return 0
+        self._floor_used_at = now
+        return max(1, math.ceil(self.min_share * max_rows))
+
+    def alone_rows(self, max_rows: int, now: float) -> int:
+        """The most background rows a batch with no live request in it takes (rule 4)."""
+        if now - self._live_seen_at < self._window_s:
+            return max(1, max_rows // 4)
+        return max_rows
+
+    def ran(self, live_rows: int, background_rows: int, now: float) -> None:
+        self._decay(now)
+        self._live += live_rows
+        self._background += background_rows
+        if live_rows:
+            self._live_seen_at = now
+
+    def is_held_to_floor(self, now: float) -> bool:
+        """Background work got only its floor within the window: live load fills the engine."""
+        return now - self._floor_used_at < self._window_s
