@@ -169,7 +169,7 @@ class ModelConfig:
 
 _BATCHING_KEYS = (
     "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size",
-    "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size",
+    "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size", "background_share",
 )
 
 

@@ -15,6 +15,7 @@ from tests.server.inproc import app_client, config_for
 BAD_SECTIONS = [
     ("top-level", 'max_batch_size = "many"', "max_batch_size must be an integer"),
     ("top-level-unknown", "max_batch = 8", "unknown key(s) max_batch"),
+    ("background-share", "background_share = 0.9", "background_share must lie in 0..0.5"),
     ("guard", "hang_timeout_us = 0", "hang_timeout_us must be a positive integer"),
     ("guard-type", 'hang_timeout_us = "1s"', "hang_timeout_us must be an integer"),
     ("version-policy", "version_policy = { latest = 0 }", "version_policy"),
