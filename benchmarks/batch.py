@@ -3,6 +3,7 @@
 1. offline rows/s over raw onnxruntime at the same batch size (in-process, same thread count) [>= 0.8]
 2. live p99 with an in-server job running / without, live load at half of capacity [<= 1.2]
 3. job rows/s while that live load runs / job alone [>= 0.4]
+3b. job rows/s beside live load at full capacity (32 closed-loop clients) [> 0, reason "waiting: live load"]
 4. peak RSS of `mlserve batch` over a large .npz minus its peak over a tiny one [< 500 MiB]
 
     .venv/bin/python -m benchmarks.batch [--rows 20000] [--rounds 3] [--round-s 3] [--big-mb 256]
@@ -101,8 +102,12 @@ async def capacity(session: aiohttp.ClientSession, url: str, body: bytes, second
 
 
 async def job_rows(session: aiohttp.ClientSession, url: str) -> int:
+    return (await job_view(session, url))["rows_done"]
+
+
+async def job_view(session: aiohttp.ClientSession, url: str) -> dict:
     async with session.get(url) as resp:
-        return (await resp.json())["rows_done"]
+        return await resp.json()
 
 
 async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
@@ -112,7 +117,7 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
               for _ in range(64)]
     infer = f"{server.url}/v2/models/mlp/infer"
     job = {"model": "mlp", "input": "job.npz", "output": "job.npz.out.npz"}
-    results = {"without": [], "with": [], "job_live": [], "job_alone": []}
+    results = {"without": [], "with": [], "job_live": [], "job_alone": [], "job_full": [], "reasons": []}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
         await drive(session, infer, bodies, 100, 1.0)  # warm-up
         rate = await capacity(session, infer, bodies[0]) / 2
@@ -126,6 +131,12 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
             before, started = await job_rows(session, job_url), time.perf_counter()
             results["with"].append(await drive(session, infer, bodies, rate, args.round_s))
             results["job_live"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
+            before, started = await job_rows(session, job_url), time.perf_counter()
+            full = asyncio.ensure_future(capacity(session, infer, bodies[0], args.round_s))
+            await asyncio.sleep(args.round_s / 2)
+            results["reasons"].append((await job_view(session, job_url))["reason"])
+            await full
+            results["job_full"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
             async with session.delete(job_url) as resp:
                 await resp.read()  # the next round's resubmit resumes from the checkpoint
     results["rate"] = rate
@@ -166,6 +177,8 @@ def main() -> None:
               f"(p50 {_pct(without, .5):.2f} / {_pct(with_job, .5):.2f} ms)")
         alone, beside = float(np.median(live["job_alone"])), float(np.median(live["job_live"]))
         print(f"3. job {beside:,.0f} rows/s beside live load, {alone:,.0f} rows/s alone: ratio {beside / alone:.2f}")
+        print(f"3b. job {float(np.median(live['job_full'])):,.0f} rows/s beside live load at full capacity; "
+              f"its reason mid-round: {sorted(set(live['reasons']))}")
 
         memory(args, repo, root, x)
 
