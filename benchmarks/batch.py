@@ -3,7 +3,7 @@
 1. offline rows/s over raw onnxruntime at the same batch size (in-process, same thread count) [>= 0.8]
 2. live p99 with an in-server job running / without, live load at half of capacity [<= 1.2]
 3. job rows/s while that live load runs / job alone [>= 0.4]
-3b. job rows/s beside live load at full capacity (32 closed-loop clients) [> 0, reason "waiting: live load"]
+3b. job rows/s beside live load at full capacity (192 closed-loop clients: live rows fill every batch) [> 0, reason "waiting: live load"]
 4. peak RSS of `mlserve batch` over a large .npz minus its peak over a tiny one [< 500 MiB]
 
     .venv/bin/python -m benchmarks.batch [--rows 20000] [--rounds 3] [--round-s 3] [--big-mb 256]
@@ -86,7 +86,8 @@ def write_big_npz(path: Path, megabytes: int) -> int:
     return rows
 
 
-async def capacity(session: aiohttp.ClientSession, url: str, body: bytes, seconds: float = 2.0) -> float:
+async def capacity(session: aiohttp.ClientSession, url: str, body: bytes, seconds: float = 2.0,
+                   clients: int = 32) -> float:
     done, stop_at = 0, time.perf_counter() + seconds
 
     async def client() -> None:
@@ -97,7 +98,7 @@ async def capacity(session: aiohttp.ClientSession, url: str, body: bytes, second
                 done += resp.status == 200
 
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(32)))
+    await asyncio.gather(*(client() for _ in range(clients)))
     return done / (time.perf_counter() - started)
 
 
@@ -118,7 +119,7 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
     infer = f"{server.url}/v2/models/mlp/infer"
     job = {"model": "mlp", "input": "job.npz", "output": "job.npz.out.npz"}
     results = {"without": [], "with": [], "job_live": [], "job_alone": [], "job_full": [], "reasons": []}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
         await drive(session, infer, bodies, 100, 1.0)  # warm-up
         rate = await capacity(session, infer, bodies[0]) / 2
         for _ in range(args.rounds):
@@ -132,7 +133,7 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
             results["with"].append(await drive(session, infer, bodies, rate, args.round_s))
             results["job_live"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
             before, started = await job_rows(session, job_url), time.perf_counter()
-            full = asyncio.ensure_future(capacity(session, infer, bodies[0], args.round_s))
+            full = asyncio.ensure_future(capacity(session, infer, bodies[0], args.round_s, clients=192))
             await asyncio.sleep(args.round_s / 2)
             results["reasons"].append((await job_view(session, job_url))["reason"])
             await full
