@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 MODELS := examples/models
 
-.PHONY: install serve test examples bench clean deps-system image grpc-stubs
+.PHONY: install serve test lint examples bench clean deps-system image grpc-stubs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ deps-system:
 
 test: install deps-system
 	$(BIN)/python -m pytest
+
+# ruff over the whole tree, mypy over the packages pyproject.toml's [tool.mypy] lists.
+lint: install
+	$(BIN)/ruff check mlserve tests benchmarks deploy
+	$(BIN)/mypy
 
 # BENCH_ARGS="--seconds 20" for longer points; wrk comes from Debian and is installed when we are root.
 bench: install

@@ -53,7 +53,9 @@ def parse_table(
         raw = {}
     if not isinstance(raw, Mapping):
         raise ValueError(f"{section or 'model.toml'} must be a table, got {raw!r}")
-    kinds = {f.name: f.type for f in fields(cls) if f.init and f.name not in (given or {})}
+    # annotations are strings here (`from __future__ import annotations`)
+    kinds: dict[str, str] = {f.name: str(f.type) for f in fields(cls)  # type: ignore[arg-type]
+                             if f.init and f.name not in (given or {})}
     unknown = set(raw) - set(kinds)
     if unknown:
         raise ValueError(_prefix(section, f"unknown key(s) {', '.join(sorted(unknown))}"))

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from mlserve.batching.dynamic import DynamicBatcher, SchedulePolicy
+from mlserve.batching.dynamic import DynamicBatcher
 from mlserve.errors import ModelNotReady
 from mlserve.registry.served import ServedVersion, VersionState
 from mlserve.spec import BatchingSpec
