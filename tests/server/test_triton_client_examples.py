@@ -116,10 +116,10 @@ def test_an_override_on_a_model_without_model_toml_writes_nothing(server, protoc
 def test_unknown_model_in_tritons_words_with_mlserves_statuses(server):
     """simple_{http,grpc}_health_metadata.py and the infer examples look for "Request for unknown model"."""
     for client in _clients(server):
-        for read in (lambda: client.get_model_metadata("wrong_model_name"),
-                     lambda: client.get_model_config("wrong_model_name")):
-            assert _message(read).message().startswith("Request for unknown model: 'wrong_model_name' is not found")
-        versioned = _message(lambda: client.get_model_metadata("simple", model_version="99")).message()
+        for read in (client.get_model_metadata, client.get_model_config):
+            found = _message(lambda read=read: read("wrong_model_name")).message()
+            assert found.startswith("Request for unknown model: 'wrong_model_name' is not found")
+        versioned = _message(lambda client=client: client.get_model_metadata("simple", model_version="99")).message()
         assert versioned.startswith("Request for unknown model: 'simple' version 99 is not found")
     http, grpc = _clients(server)
     inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"), httpclient.InferInput("INPUT1", [1, 16], "INT32")]
@@ -175,3 +175,35 @@ def test_an_internal_error_on_a_grpc_load_names_the_rpc(server):
     assert failed.status() == "StatusCode.INTERNAL" and "req_id" in failed.message()
     lines = [line for line in server.log().splitlines() if "internal error on gRPC" in line]
     assert lines and "RepositoryModelLoad" in lines[-1] and "/v2/repository" not in lines[-1]
+
+
+def test_content_type_is_taken_where_it_changes_nothing(server):
+    """MLServer's and KServe's codecs tag tensors with `content_type`; "np" (and "str" on BYTES) say
+    what mlserve does anyway, another value asks for a decoding it does not do: a 400 naming it."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    def body(input_type, request_type=None):
+        tensor = {"shape": [1, 16], "datatype": "INT32", "data": list(range(16))}
+        inputs = [{"name": n, **tensor, "parameters": {"content_type": input_type}} for n in ("INPUT0", "INPUT1")]
+        return {"inputs": inputs, **({"parameters": {"content_type": request_type}} if request_type else {})}
+
+    url = f"{server.url}/v2/models/simple/infer"
+    taken = call(url, body("np", "np"))
+    assert taken.status == 200 and taken.body["outputs"][0]["data"] == [2 * i for i in range(16)]
+    for refused, what in ((body("pd"), "'pd'"), (body("str"), "'str'"), (body("np", "pd"), "'pd'")):
+        answer = call(url, refused)
+        assert answer.status == 400 and "content_type" in answer.body["error"] and what in answer.body["error"]
+
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_target))
+    request = service_pb2.ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        tensor = request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        tensor.contents.int_contents.extend(range(16))
+        tensor.parameters["content_type"].string_param = "np"
+    assert np.frombuffer(stub.ModelInfer(request).raw_output_contents[0], np.int32).tolist() == \
+        [2 * i for i in range(16)]
+    request.inputs[0].parameters["content_type"].string_param = "base64"
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'base64'" in caught.value.details()
