@@ -183,7 +183,7 @@ async def publish(loader: Any, upload: Upload, source: str) -> ServedModel:
     if not upload.files and upload.toml is None:
         raise InvalidInput("load: nothing to write")
     if upload.toml is not None:
-        checked_toml(upload.toml)
+        checked_toml(upload.toml)  # a valid model.toml table, though it is never written
     previous = loader.overrides.get(upload.model)
     before = dict(loader.models[upload.model].versions) if upload.model in loader.models else {}
     undo = await _write(loader.store, upload, None) if upload.files else None
