@@ -1,5 +1,7 @@
 """The error hierarchy. Errors carry messages; server/middleware.py maps them to HTTP statuses."""
 
+from __future__ import annotations
+
 
 class MlserveError(Exception):
     """Base of every error mlserve raises on purpose."""
@@ -7,6 +9,12 @@ class MlserveError(Exception):
 
 class ModelNotFound(MlserveError):
     """The model or version is not in the repository."""
+
+    @classmethod
+    def unknown(cls, model: str, version: str | int | None = None, detail: str = "") -> ModelNotFound:
+        """Triton's wording, which its clients look for: "Request for unknown model: 'm' is not found"."""
+        shown = f" version {version}" if version not in (None, "") else ""
+        return cls(f"Request for unknown model: {model!r}{shown} is not found{detail}")
 
 
 class ModelNotReady(MlserveError):

@@ -25,7 +25,8 @@ def free_port() -> int:
 class MlserveProcess:
     """A live server: `url`, `port`, `log()`; `stop()` sends SIGTERM and returns the exit code."""
 
-    def __init__(self, models: str | Path, *args: str, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, models: str | Path, *args: str, log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -36,7 +37,7 @@ class MlserveProcess:
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
 
     def wait_ready(self, timeout: float = 120.0) -> MlserveProcess:
         deadline = time.monotonic() + timeout
@@ -73,9 +74,9 @@ class MlserveProcess:
 
 
 @contextlib.contextmanager
-def serving(models: str | Path, *args: str, log_path: Path, env: dict[str, str] | None = None):
-    """A ready server for the block; on leaving it gets SIGTERM and must exit 0."""
-    proc = MlserveProcess(models, *args, log_path=log_path, env=env).wait_ready()
+def serving(models: str | Path, *args: str, log_path: Path, env: dict[str, str] | None = None, cwd: Path = ROOT):
+    """A ready server for the block (started in `cwd`); on leaving it gets SIGTERM and must exit 0."""
+    proc = MlserveProcess(models, *args, log_path=log_path, env=env, cwd=cwd).wait_ready()
     try:
         yield proc
     finally:

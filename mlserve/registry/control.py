@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
 from mlserve.registry import repository
@@ -23,17 +23,24 @@ class ExplicitControl:
     def _model(self: HotSwapLoader, name: str) -> ServedModel:
         served = self.models.get(name)
         if served is None:
-            raise ModelNotFound(f"unknown model {name!r}")
+            raise ModelNotFound.unknown(name)
         return served
 
-    async def load(self: HotSwapLoader, name: str, source: str, force: bool = False) -> ServedModel:
+    async def load(self: HotSwapLoader, name: str, source: str, force: bool = False,
+                   override: dict[str, Any] | None = None) -> ServedModel:
         """Triton's load: read the model folder again and load what its policy wants; `force`
-        rebuilds unchanged versions too (after a model.toml change), each swapped in when ready."""
+        rebuilds unchanged versions too, each swapped in when ready. `override` (a model.toml
+        table) stands in for the folder's model.toml from this load until the next load without
+        one or an unload; it is never written. Setting or clearing one rebuilds every version."""
         await self.store.refresh(name)
-        entry = await repository.read_entry(self.store, name)
+        entry = await repository.read_entry(self.store, name, override)
         served = self.models.setdefault(name, ServedModel(entry))
         served.entry = entry
         async with self._room(served, await self._estimate_bytes(served), is_strict=True):
+            had_override = self.overrides.pop(name, None) is not None
+            if override is not None:
+                self.overrides[name] = override
+            force = force or had_override or override is not None
             served.is_unloaded = False
             self.scan_errors.pop(name, None)
             async with served.lock:
@@ -41,13 +48,14 @@ class ExplicitControl:
         served.last_used = time.monotonic()
         if served.default_version() is None:
             reasons = "; ".join(f"{v}: {sv.reason}" for v, sv in sorted(served.versions.items()) if sv.reason)
-            raise ModelLoadError(f"model {name!r} failed to load: {reasons or 'no version'}")
+            raise ModelLoadError(f"model {name!r} failed to load: {reasons or 'no version is available'}")
         log.info("model %s loaded (%s)", name, source)
         return served
 
     async def unload(self: HotSwapLoader, name: str, source: str) -> None:
         """Triton's unload: every version drains and is freed; reconcile leaves it unloaded."""
         served = self._model(name)
+        self.overrides.pop(name, None)
         async with served.lock:
             served.is_unloaded, served.pinned = True, None
             for version in list(served.versions):

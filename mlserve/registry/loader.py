@@ -21,7 +21,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
@@ -69,6 +69,9 @@ class HotSwapLoader(ExplicitControl):
         self.on_reconciled: Callable[[str], None] | None = None
         """Called on the loop after a repository pass that changed something (the server re-freezes the heap)."""
         self.scan_errors: dict[str, str] = {}
+        self.overrides: dict[str, dict[str, Any]] = {}
+        """Per model, the config sent with its last load (a model.toml table), used instead of its
+        model.toml until a load without one or an unload; held in memory only, as Triton does."""
         self.budget = Budget(config.max_loaded_models, int(config.max_loaded_mb * 2**20))
         self.ledger = GpuLedger(inventory or CudaInventory(), config.gpu_memory_fraction)
         """GPU memory each loaded version holds, and the device each one was placed on."""
@@ -131,7 +134,7 @@ class HotSwapLoader(ExplicitControl):
     async def _reconcile_pass(self, source: str) -> bool:
         started = time.monotonic()
         try:
-            scan = await repository.scan(self.store)
+            scan = await repository.scan(self.store, self.overrides)
         except Exception as exc:
             log.error("reconcile (%s): repository %s unreadable, nothing changed: %s", source,
                       self.store.describe(), exc)
@@ -329,7 +332,11 @@ class HotSwapLoader(ExplicitControl):
         return await self.placer.place(served, fresh, requested, backend, may_evict)
 
     def _fail(self, fresh: ServedVersion, stage: str, exc: Exception, source: str) -> None:
-        fresh.state, fresh.reason = VersionState.UNAVAILABLE, f"{stage} failed: {exc}"
+        # The reason goes to clients (index, load errors): it names the version, not the server's folders.
+        reason = str(exc)
+        if fresh.path is not None:
+            reason = reason.replace(str(fresh.path), f"{fresh.model}/{fresh.version}")
+        fresh.state, fresh.reason = VersionState.UNAVAILABLE, f"{stage} failed: {reason}"
         fresh.is_retryable = stage == "fetch" or getattr(exc, "is_retryable", False)
         self._metrics.model_load_failures.labels(fresh.model).inc()
         self._metrics.load_failures_by_reason.labels(fresh.model, stage).inc()
@@ -374,6 +381,7 @@ class HotSwapLoader(ExplicitControl):
             for version in list(served.versions):
                 await self._unload_version(served, version, source)
         self.models.pop(name, None)
+        self.overrides.pop(name, None)
         log.info("model %s removed (%s)", name, source)
 
     def _note_default(self, served: ServedModel, source: str) -> None:

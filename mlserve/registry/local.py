@@ -18,7 +18,7 @@ class LocalStore:
     def _inside(self, path: Path) -> Path:
         resolved = path.resolve()
         if resolved != self.root and self.root not in resolved.parents:
-            raise ModelNotFound(f"{path} leaves the model repository")
+            raise ModelNotFound(f"{path.relative_to(self.root)} leaves the model repository")
         return resolved
 
     async def refresh(self, model: str | None = None) -> None:
@@ -32,7 +32,7 @@ class LocalStore:
     async def list_versions(self, model: str) -> list[str]:
         folder = self._inside(self.root / model)
         if not folder.is_dir():
-            raise ModelNotFound(f"no model folder {model!r} in {self.root}")
+            raise ModelNotFound(f"no model folder {model!r} in the repository")
         return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
     async def read_text(self, model: str, name: str) -> str | None:
@@ -60,7 +60,7 @@ class LocalStore:
     def _folder(self, model: str, version: int) -> Path:
         folder = self._inside(self.root / model / str(version))
         if not folder.is_dir():
-            raise ModelNotFound(f"model {model!r} has no version folder {version} in {self.root}")
+            raise ModelNotFound(f"model {model!r} has no version folder {version} in the repository")
         return folder
 
     def describe(self) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import tomllib
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from mlserve.errors import ModelLoadError
 from mlserve.registry.store import Store
@@ -45,31 +46,38 @@ async def _versions(store: Store, name: str) -> tuple[int, ...]:
     return tuple(sorted(numbers))
 
 
-async def read_entry(store: Store, name: str) -> ModelEntry:
-    """One model folder from the store's current snapshot."""
+async def read_entry(store: Store, name: str, override: Mapping[str, Any] | None = None) -> ModelEntry:
+    """One model folder from the store's current snapshot. `override`: a model.toml table that
+    stands in for the folder's own model.toml (a config sent with a load; never written)."""
     if not MODEL_NAME.fullmatch(name):
         raise ModelLoadError(f"model folder {name!r} is not a valid model name ([a-z0-9][a-z0-9_.-]*)")
-    text = await store.read_text(name, "model.toml")
     try:
-        config = parse_model_config(tomllib.loads(text)) if text is not None else ModelConfig()
+        if override is not None:
+            config = parse_model_config(dict(override))
+        else:
+            text = await store.read_text(name, "model.toml")
+            config = parse_model_config(tomllib.loads(text)) if text is not None else ModelConfig()
     except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
-        raise ModelLoadError(f"{name}/model.toml: {exc}") from exc
+        where = "the config sent with its load" if override is not None else "model.toml"
+        raise ModelLoadError(f"{name}/{where}: {exc}") from exc
     versions = await _versions(store, name)
     if not versions:
         raise ModelLoadError(f"model {name!r} has no version folders (positive integers such as 1/)")
     return ModelEntry(name, config, versions)
 
 
-async def scan(store: Store) -> Scan:
+async def scan(store: Store, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Scan:
     """Snapshot the store and read every model folder; a bad one is logged and reported, and never
-    stops the others. An unreachable store raises, so the caller changes nothing."""
+    stops the others. An unreachable store raises, so the caller changes nothing. `overrides`: the
+    in-memory configs that stand in for some models' model.toml (see `read_entry`)."""
+    overrides = overrides or {}
     await store.refresh()
     names = await store.list_models()
     limit = asyncio.Semaphore(_MAX_PARALLEL_READS)
 
     async def read(name: str) -> ModelEntry:
         async with limit:
-            return await read_entry(store, name)
+            return await read_entry(store, name, overrides.get(name))
 
     entries = await asyncio.gather(*(read(n) for n in names), return_exceptions=True)
     result = Scan()

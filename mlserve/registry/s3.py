@@ -116,7 +116,7 @@ class S3Store:
     async def list_versions(self, model: str) -> list[str]:
         files = self._objects.get(model)
         if not files:
-            raise ModelNotFound(f"no model folder {model!r} in {self.uri}")
+            raise ModelNotFound(f"no model folder {model!r} in the repository")
         return sorted({rel.partition("/")[0] for rel in files if "/" in rel})
 
     async def read_text(self, model: str, name: str) -> str | None:
@@ -144,7 +144,7 @@ class S3Store:
         head = f"{version}/"
         files = {rel[len(head):]: obj for rel, obj in self._objects.get(model, {}).items() if rel.startswith(head)}
         if not files:
-            raise ModelNotFound(f"model {model!r} has no version {version} in {self.uri}")
+            raise ModelNotFound(f"model {model!r} has no version {version} in the repository")
         return files
 
     async def stat(self, model: str, version: int) -> VersionStat:

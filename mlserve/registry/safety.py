@@ -28,11 +28,11 @@ def check_version_folder(path: Path, max_bytes: int) -> int:
     for item in sorted(path.rglob("*")):
         resolved = item.resolve()
         if resolved != repository and repository not in resolved.parents:
-            raise ModelLoadError(f"{item} resolves to {resolved}, outside the model repository")
+            raise ModelLoadError(f"{item.relative_to(path)} resolves outside the model repository")
         if resolved.is_file():
             total += resolved.stat().st_size
         if total > max_bytes:
-            raise ModelLoadError(f"{path}: artifacts are over the limit of {max_bytes} bytes; not loaded")
+            raise ModelLoadError(f"artifacts are over the limit of {max_bytes} bytes; not loaded")
     return total
 
 

@@ -89,9 +89,9 @@ def verify_checksums(folder: Path) -> None:
         rel = rel.strip().lstrip("*")
         target = (folder / rel).resolve()
         if not rel or folder.resolve() not in target.parents:
-            raise StoreError(f"{sums}:{line_no}: bad entry {line!r}")
+            raise StoreError(f"{CHECKSUM_FILE}:{line_no}: bad entry {line!r}")
         if not target.is_file():
-            raise StoreError(f"{sums} names {rel}, which is missing")
+            raise StoreError(f"{CHECKSUM_FILE} names {rel}, which is missing")
         actual = sha256_file(target)
         if actual != expected.lower():
             raise StoreError(f"{rel}: sha256 {actual} does not match {CHECKSUM_FILE} ({expected})")

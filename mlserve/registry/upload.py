@@ -1,5 +1,6 @@
-"""New versions and model.toml changes written into the repository, then loaded through the
-loader's normal hot-swap path; a version or config that does not load is taken back out.
+"""New versions written into the repository and loaded through the loader's normal hot-swap path,
+with the config sent beside them held in memory for that load (never written into model.toml, as
+Triton does); a version or config that does not load is taken back out.
 
 In a local folder each version is written under a hidden name with its SHA256SUMS, then renamed
 into place (atomic on one filesystem), so a reconcile pass never sees half a version; model.toml is
@@ -32,7 +33,8 @@ TOML_FILE = "model.toml"
 
 @dataclass(frozen=True, slots=True)
 class Upload:
-    """What one load-with-contents asks for: files by version, and the new model.toml table."""
+    """What one load-with-contents asks for: files by version, and the config (a model.toml table)
+    that stands in for the model's model.toml from this load on."""
 
     model: str
     files: dict[int, dict[str, bytes]] = field(default_factory=dict)
@@ -176,23 +178,26 @@ async def current_toml(store: Any, model: str) -> dict[str, Any]:
 
 
 async def publish(loader: Any, upload: Upload, source: str) -> ServedModel:
-    """Write the upload, load it with the hot-swap path, and take it back out if it does not load."""
+    """Write the upload's files, load with its config (in memory only) through the hot-swap path,
+    and take both back (files removed, the config held before restored) if it does not load."""
     if not upload.files and upload.toml is None:
         raise InvalidInput("load: nothing to write")
-    toml = checked_toml(upload.toml) if upload.toml is not None else None
+    if upload.toml is not None:
+        checked_toml(upload.toml)  # a valid model.toml table, though it is never written
+    previous = loader.overrides.get(upload.model)
     before = dict(loader.models[upload.model].versions) if upload.model in loader.models else {}
-    undo = await _write(loader.store, upload, toml)
+    undo = await _write(loader.store, upload, None) if upload.files else None
     try:
-        served = await loader.load(upload.model, source, force=toml is not None)
-        failed = _failed_versions(served, upload, before, toml is not None)
+        served = await loader.load(upload.model, source, override=upload.toml)
+        failed = _failed_versions(served, upload, before, upload.toml is not None or previous is not None)
     except ModelLoadError as exc:
         failed = {0: str(exc)}
     if failed:
-        await _roll_back(loader, undo, upload.model, source)
+        await _roll_back(loader, undo, upload.model, source, previous)
         reasons = "; ".join(f"version {v}: {r}" if v else r for v, r in sorted(failed.items()))
         raise ModelLoadError(f"upload to {upload.model!r} refused, nothing changed: {reasons}")
     log.info("model %s: uploaded version(s) %s%s (%s)", upload.model, sorted(upload.files) or "none",
-             " and model.toml" if toml else "", source)
+             " with a config for this load" if upload.toml is not None else "", source)
     return served
 
 
@@ -231,9 +236,10 @@ async def _take_back(store: Any, undo) -> None:
         await take_back_s3(store, undo)
 
 
-async def _roll_back(loader: Any, undo, model: str, source: str) -> None:
-    await _take_back(loader.store, undo)
-    if undo.created_model:
+async def _roll_back(loader: Any, undo, model: str, source: str, previous: dict[str, Any] | None) -> None:
+    if undo is not None:
+        await _take_back(loader.store, undo)
+    if undo is not None and undo.created_model:
         await loader.reconcile(source)
     else:
-        await loader.load(model, source, force=undo.wrote_toml)
+        await loader.load(model, source, override=previous)

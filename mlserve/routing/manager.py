@@ -64,7 +64,7 @@ class TrafficManager:
     def _served(self, name: str) -> ServedModel:
         served = self._loader.models.get(name)
         if served is None:
-            raise ModelNotFound(f"unknown model {name!r}")
+            raise ModelNotFound.unknown(name)
         return served
 
     def sticky_parameter(self, served: ServedModel) -> str | None:

@@ -22,14 +22,14 @@ class Router:
     def model(self, name: str) -> ServedModel:
         served = self._loader.models.get(name)
         if served is None:
-            raise ModelNotFound(f"unknown model {name!r}")
+            raise ModelNotFound.unknown(name)
         return served
 
     def version(self, name: str, version: str) -> ServedVersion:
         served = self.model(name)
         if not version.isdigit() or int(version) not in served.versions:
             known = ", ".join(str(v) for v in sorted(served.versions)) or "none"
-            raise ModelNotFound(f"model {name!r} has no version {version!r} (loaded: {known})")
+            raise ModelNotFound.unknown(name, version, f" (loaded: {known})")
         return served.versions[int(version)]
 
     def pick(

@@ -11,12 +11,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from mlserve.errors import InvalidInput
+from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.registry.safety import check_model_name
-from mlserve.registry.upload import current_toml, publish
-from mlserve.server.response import json_error, json_response
-from mlserve.server.triton_upload import upload_from_parameters
+from mlserve.server.response import json_response
+from mlserve.server.triton_upload import check_unload_parameters, load_model
 
 
 def model_state(served: ServedModel) -> dict[str, Any]:
@@ -49,7 +48,8 @@ async def _pin_version(request: web.Request) -> int:
     return version
 
 
-async def _load_parameters(request: web.Request) -> dict[str, Any]:
+async def _parameters(request: web.Request) -> dict[str, Any]:
+    """The `parameters` of a repository load or unload body (an empty body has none)."""
     body = await request.read()
     if not body.strip():
         return {}
@@ -58,7 +58,7 @@ async def _load_parameters(request: web.Request) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
     if not isinstance(parsed, dict) or set(parsed) - {"parameters"}:
-        raise InvalidInput('the load body must be {"parameters": {...}} or empty')
+        raise InvalidInput('the body must be {"parameters": {...}} or empty')
     parameters = parsed.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
@@ -78,16 +78,14 @@ class AdminHandlers:
     async def load(self, request: web.Request) -> web.Response:
         """Triton's load; with `parameters` (config, file:<version>/<name>) it uploads first."""
         name = _model(request)
-        parameters = await _load_parameters(request)
-        if parameters:
-            upload = upload_from_parameters(name, parameters, await current_toml(self._loader.store, name), True)
-            served = await publish(self._loader, upload, self._who(request))
-        else:
-            served = await self._loader.load(name, self._who(request))
+        served = await load_model(self._loader, name, await _parameters(request), True, self._who(request))
         return json_response(model_state(served))
 
     async def unload(self, request: web.Request) -> web.Response:
+        """Triton's unload; `unload_dependents` is taken (mlserve has no ensembles, so no model has
+        dependents), any other parameter is refused."""
         name = _model(request)
+        check_unload_parameters(await _parameters(request))
         await self._loader.unload(name, self._who(request))
         return json_response(model_state(self._loader.models[name]))
 
@@ -108,6 +106,6 @@ class AdminHandlers:
         name = _model(request)
         served = self._loader.models.get(name)
         if served is None:
-            return json_error(404, f"unknown model {name!r}")
+            raise ModelNotFound.unknown(name)
         return json_response(model_state(served))
 

@@ -19,7 +19,9 @@ from mlserve.routing.service import InferRequest, InferResponse
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 from mlserve.config import LimitsConfig
 from mlserve.server.tensors import decode_binary_tensor, encode_binary
-from mlserve.server.v2_codec import check_request_id, check_shape_limits, schedule_policy, unhandled_parameters
+from mlserve.server.v2_codec import (
+    check_content_type, check_request_id, check_shape_limits, schedule_policy, unhandled_parameters,
+)
 
 # Which typed-contents field carries each datatype (FP16 has none: it travels raw only).
 CONTENTS_FIELD = {
@@ -90,8 +92,12 @@ def _decode_inputs(message: pb.ModelInferRequest) -> tuple[dict[str, np.ndarray]
     for i, tensor in enumerate(message.inputs):
         if not tensor.name:
             raise InvalidInput("an input has no name")
-        if tensor.parameters:
-            raise InvalidInput(f"input {tensor.name!r}: parameter(s) {sorted(tensor.parameters)} are not supported")
+        unknown = sorted(set(tensor.parameters) - {"content_type"})
+        if unknown:
+            raise InvalidInput(f"input {tensor.name!r}: parameter(s) {unknown} are not supported")
+        if "content_type" in tensor.parameters:
+            check_content_type(parameter_value(tensor.parameters["content_type"]), (tensor.datatype,),
+                               f"input {tensor.name!r}")
         if tensor.datatype not in DATATYPE_TO_NUMPY:
             raise InvalidInput(
                 f"input {tensor.name!r}: unknown datatype {tensor.datatype!r}; one of {', '.join(DATATYPE_TO_NUMPY)}"
@@ -134,6 +140,7 @@ def decode_infer_request(
     arrays, datatypes = _decode_inputs(message)
     outputs, class_counts = _requested_outputs(message)
     parameters = parameters_dict(message.parameters)
+    check_content_type(parameters.get("content_type"), datatypes.values(), "the request")
     policy = schedule_policy(parameters, limits, arrived, max_seconds)
     return InferRequest(
         message.model_name, message.model_version or None, arrays, datatypes, check_request_id(message.id or None),

@@ -16,6 +16,13 @@ from mlserve.server.middleware import Gate
 HEALTH_PATH = "/v2/health/live"
 MODEL_PATH = "/v2/models/_/infer"
 REPOSITORY_PATH = "/v2/repository/index"
+RPC_PATHS = {
+    "ServerLive": HEALTH_PATH, "ServerReady": HEALTH_PATH, "ServerMetadata": MODEL_PATH, "ModelReady": MODEL_PATH,
+    "ModelMetadata": MODEL_PATH, "ModelConfig": MODEL_PATH, "ModelStatistics": MODEL_PATH, "ModelInfer": MODEL_PATH,
+    "RepositoryIndex": REPOSITORY_PATH, "RepositoryModelLoad": REPOSITORY_PATH,
+    "RepositoryModelUnload": REPOSITORY_PATH,
+}
+"""Each unary RPC -> the HTTP path whose policy judges it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,9 @@ from typing import Any
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.safety import check_model_name
-from mlserve.registry.upload import current_toml, publish
-from mlserve.server.grpc_codec import parameter_value
-from mlserve.server.grpc_gate import REPOSITORY_PATH
+from mlserve.server.grpc_codec import parameters_dict
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
-from mlserve.server.triton_upload import upload_from_parameters
+from mlserve.server.triton_upload import check_unload_parameters, load_model
 
 
 def index_rows(loader: HotSwapLoader, ready_only: bool) -> list[dict[str, Any]]:
@@ -26,11 +24,6 @@ def index_rows(loader: HotSwapLoader, ready_only: bool) -> list[dict[str, Any]]:
     for name, reason in sorted(loader.scan_errors.items()):
         rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason})
     return [row for row in rows if row["state"] == "READY"] if ready_only else rows
-
-
-def _no_parameters(call: str, parameters) -> None:
-    if parameters:
-        raise InvalidInput(f"{call}: parameter(s) {sorted(parameters)} are not supported")
 
 
 class RepositoryCalls:
@@ -48,30 +41,24 @@ class RepositoryCalls:
                 answer.models.add(**row)
             return answer
 
-        return await self._call(context, REPOSITORY_PATH, work)
+        return await self._call(context, "RepositoryIndex", work)
 
     async def RepositoryModelLoad(self, request, context):
         async def work(key):
             if request.repository_name:
                 raise InvalidInput(f"unknown repository {request.repository_name!r}: mlserve serves one")
-            name, who = check_model_name(request.model_name), f"grpc {context.peer()}"
-            if request.parameters:
-                parameters = {k: parameter_value(v) for k, v in request.parameters.items()}
-                upload = upload_from_parameters(name, parameters, await current_toml(self.loader.store, name), False)
-                await publish(self.loader, upload, who)
-            else:
-                await self.loader.load(name, who)
+            name = check_model_name(request.model_name)
+            await load_model(self.loader, name, parameters_dict(request.parameters), False, f"grpc {context.peer()}")
             return pb.RepositoryModelLoadResponse()
 
-        return await self._call(context, REPOSITORY_PATH, work)
+        return await self._call(context, "RepositoryModelLoad", work)
 
     async def RepositoryModelUnload(self, request, context):
         async def work(key):
             if request.repository_name:
                 raise InvalidInput(f"unknown repository {request.repository_name!r}: mlserve serves one")
-            # mlserve has no ensembles, so a model has no dependents to unload with it either way.
-            _no_parameters("unload", {k for k in request.parameters if k != "unload_dependents"})
+            check_unload_parameters(parameters_dict(request.parameters))
             await self.loader.unload(check_model_name(request.model_name), f"grpc {context.peer()}")
             return pb.RepositoryModelUnloadResponse()
 
-        return await self._call(context, REPOSITORY_PATH, work)
+        return await self._call(context, "RepositoryModelUnload", work)

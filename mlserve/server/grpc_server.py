@@ -22,7 +22,7 @@ from mlserve.keys import ApiKey
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService, InferRequest, InferResponse
 from mlserve.server import grpc_codec
-from mlserve.server.grpc_gate import HEALTH_PATH, MODEL_PATH, Refused, admitted, authorize
+from mlserve.server.grpc_gate import HEALTH_PATH, MODEL_PATH, RPC_PATHS, Refused, admitted, authorize
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 from mlserve.server.grpc_proto import grpc_service_pb2_grpc as pb_grpc
 from mlserve.server.grpc_repository import RepositoryCalls
@@ -61,7 +61,30 @@ def with_priority(request: InferRequest, key: ApiKey | None) -> InferRequest:
     return dataclasses.replace(request, policy=dataclasses.replace(request.policy, priority=key.priority))
 
 
-class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
+def _unsupported(what: str):
+    """An RPC mlserve does not serve: UNIMPLEMENTED, quietly (the generated base class raises
+    NotImplementedError, which grpcio logs as an error with a traceback on every call)."""
+
+    async def rpc(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by mlserve")
+
+    return rpc
+
+
+class UnsupportedCalls:
+    """Triton's RPCs that mlserve does not implement (shared memory, trace and log settings)."""
+
+    SystemSharedMemoryStatus = _unsupported("system shared memory")
+    SystemSharedMemoryRegister = _unsupported("system shared memory")
+    SystemSharedMemoryUnregister = _unsupported("system shared memory")
+    CudaSharedMemoryStatus = _unsupported("CUDA shared memory")
+    CudaSharedMemoryRegister = _unsupported("CUDA shared memory")
+    CudaSharedMemoryUnregister = _unsupported("CUDA shared memory")
+    TraceSetting = _unsupported("trace setting")
+    LogSettings = _unsupported("log settings")
+
+
+class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInferenceServiceServicer):
     """The RPCs: each passes the gate, parses, calls the service, and encodes."""
 
     def __init__(self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate,
@@ -73,8 +96,10 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
         self._limits = limits
         self.loader = service.loader
 
-    async def _call(self, context: grpc.aio.ServicerContext, path: str, work: Callable[[ApiKey | None], Awaitable]):
-        """Gate, run, map errors. Anything unexpected is logged once and becomes INTERNAL."""
+    async def _call(self, context: grpc.aio.ServicerContext, rpc: str, work: Callable[[ApiKey | None], Awaitable]):
+        """Gate `rpc` as its HTTP path, run, map errors. Anything unexpected is logged once, naming
+        the RPC, and becomes INTERNAL."""
+        path = RPC_PATHS[rpc]
         try:
             key = await authorize(self._gate, path, _metadata(context, "authorization"), context.peer())
             async with admitted(self._gate, key, path == HEALTH_PATH):
@@ -88,25 +113,25 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
             raise
         except Exception:
             req_id = os.urandom(8).hex()
-            log.exception("internal error on gRPC %s (req_id %s)", path, req_id)
+            log.exception("internal error on gRPC %s (req_id %s)", rpc, req_id)
             await _abort(context, grpc.StatusCode.INTERNAL, f"internal server error (req_id {req_id})")
 
     # --- health and metadata -----------------------------------------------------------------
 
     async def ServerLive(self, request, context):
-        return await self._call(context, HEALTH_PATH, lambda key: _done(pb.ServerLiveResponse(live=True)))
+        return await self._call(context, "ServerLive", lambda key: _done(pb.ServerLiveResponse(live=True)))
 
     async def ServerReady(self, request, context):
         return await self._call(
-            context, HEALTH_PATH, lambda key: _done(pb.ServerReadyResponse(ready=self._state.is_ready))
+            context, "ServerReady", lambda key: _done(pb.ServerReadyResponse(ready=self._state.is_ready))
         )
 
     async def ServerMetadata(self, request, context):
         answer = pb.ServerMetadataResponse(name="mlserve", version=__version__, extensions=EXTENSIONS)
-        return await self._call(context, MODEL_PATH, lambda key: _done(answer))
+        return await self._call(context, "ServerMetadata", lambda key: _done(answer))
 
     async def ModelReady(self, request, context):
-        return await self._call(context, MODEL_PATH, lambda key: _done(self._model_ready(request)))
+        return await self._call(context, "ModelReady", lambda key: _done(self._model_ready(request)))
 
     def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         router = self._service.router
@@ -115,7 +140,7 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=bool(router.model(request.name).ready_versions()))
 
     async def ModelMetadata(self, request, context):
-        return await self._call(context, MODEL_PATH, lambda key: _done(self._model_metadata(request)))
+        return await self._call(context, "ModelMetadata", lambda key: _done(self._model_metadata(request)))
 
     def _model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         router = self._service.router
@@ -130,7 +155,7 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
         return answer
 
     async def ModelConfig(self, request, context):
-        return await self._call(context, MODEL_PATH, lambda key: _done(self._model_config(request)))
+        return await self._call(context, "ModelConfig", lambda key: _done(self._model_config(request)))
 
     def _model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         served = self._service.router.pick(request.name, request.version or None)
@@ -141,12 +166,12 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
         def answer(key):
             return _done(statistics_message(self.loader, self._metrics, request.name, request.version))
 
-        return await self._call(context, MODEL_PATH, answer)
+        return await self._call(context, "ModelStatistics", answer)
 
     # --- inference ---------------------------------------------------------------------------
 
     async def ModelInfer(self, request, context):
-        return await self._call(context, MODEL_PATH, lambda key: self._infer(request, context, key))
+        return await self._call(context, "ModelInfer", lambda key: self._infer(request, context, key))
 
     async def _infer(self, message: pb.ModelInferRequest, context, key: ApiKey | None) -> pb.ModelInferResponse:
         started = time.monotonic()

@@ -28,10 +28,13 @@ def choice_logprobs(token_text: Callable[[int], str], req: GenerationRequest, ev
              "top_logprobs": [{"token": token_text(i), "logprob": v, "bytes": list(token_text(i).encode())}
                               for i, v in top]}
             for t, lp, top in entries
-        ]}
+        ], "refusal": None}
     offsets, offset = [], 0
     for t, _, _ in entries:
         offsets.append(offset)
         offset += len(token_text(t))
+    # As OpenAI and vLLM: the sampled token is always among its top_logprobs (so up to logprobs + 1
+    # entries, and exactly its own with logprobs 0).
+    tops = [{**{token_text(i): v for i, v in top}, token_text(t): lp} for t, lp, top in entries]
     return {"tokens": [token_text(t) for t, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
-            "top_logprobs": [{token_text(i): v for i, v in top} for _, _, top in entries], "text_offset": offsets}
+            "top_logprobs": tops, "text_offset": offsets}

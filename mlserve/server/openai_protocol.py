@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from mlserve.errors import InvalidInput
 from mlserve.spec import GenerationRequest, SamplingParams
 
@@ -19,6 +21,11 @@ _COMMON_KEYS = frozenset({
 })
 COMPLETION_KEYS = _COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"}
 CHAT_KEYS = _COMMON_KEYS | {"messages", "max_completion_tokens", "top_logprobs"}
+CHAT_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none",), "parallel_tool_calls": (True,),
+}
+"""Chat parameters mlserve does not implement, taken only as null or the value that changes
+nothing (clients send these); any other value is refused by name."""
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float) -> float:
@@ -135,8 +142,18 @@ def _logprobs(body: dict, is_chat: bool) -> int | None:
     return _integer(body, "logprobs", None, 0, 20)
 
 
+def _check_defaults(body: dict) -> None:
+    for key, defaults in CHAT_DEFAULTS.items():
+        value = body.get(key)
+        if value is not None and value not in defaults:
+            shown = " or ".join(orjson.dumps(d).decode() for d in defaults)
+            raise InvalidInput(f"{key} is not supported: only null or {shown} (the default) is taken")
+
+
 def _check_keys(body: dict, is_chat: bool) -> None:
-    known = CHAT_KEYS if is_chat else COMPLETION_KEYS
+    known = CHAT_KEYS | CHAT_DEFAULTS.keys() if is_chat else COMPLETION_KEYS
+    if is_chat:
+        _check_defaults(body)
     unknown = sorted(k for k in body if k not in known)
     if unknown:
         raise InvalidInput(f"unsupported parameter(s): {', '.join(unknown)}")

@@ -65,7 +65,7 @@ class OptimizeHandlers:
             raise InvalidInput(f"malformed JSON: {exc}") from None
         root = self._root()
         if name not in self._loader.models:
-            raise ModelNotFound(f"unknown model {name!r}")
+            raise ModelNotFound.unknown(name)
         job_request, rollout = parse_body(raw, name, root, self._trust_repository)
         job = await self._jobs.start(job_request, rollout)
         return json_response(job.to_dict(), 202)

@@ -58,7 +58,7 @@ def version_stats_dict(model: str, version: str, stats: VersionStats,
 def model_stats(loader: HotSwapLoader, metrics: Metrics | None, name: str = "", version: str = "") -> list[dict]:
     """Every ready version's statistics, or one model's, or one version's (404 when unknown)."""
     if name and name not in loader.models:
-        raise ModelNotFound(f"unknown model {name!r}")
+        raise ModelNotFound.unknown(name)
     cache, rows = _cache_counts(metrics), []
     for model_name, served in sorted(loader.models.items()):
         if name and model_name != name:
@@ -68,7 +68,7 @@ def model_stats(loader: HotSwapLoader, metrics: Metrics | None, name: str = "", 
                 stats = loader.stats.get(model_name, str(number))
                 rows.append(version_stats_dict(model_name, str(number), stats, cache))
     if version and not rows:
-        raise ModelNotFound(f"model {name!r} has no ready version {version!r}")
+        raise ModelNotFound.unknown(name, version, " (or not ready)")
     return rows
 
 

@@ -1,8 +1,9 @@
 """Triton's load API with contents: `parameters.config` (a ModelConfig as JSON) becomes model.toml
-keys, and `file:<version>/<path>` parameters become a new version's files.
+keys held in memory for that load (as Triton does, the repository's model.toml is never
+written), and `file:<version>/<path>` parameters become a new version's files.
 
 Only what mlserve honours is taken; any other ModelConfig field is a 400 that names it, never
-dropped. Keys of the current model.toml that the config does not mention stay as they are.
+dropped. Keys of the repository's model.toml that the config does not mention stay as they are.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any, Mapping
 
 from google.protobuf import json_format
 
-from mlserve.errors import InvalidInput
-from mlserve.registry.upload import Upload, check_file_path
+from mlserve.errors import InvalidInput, MlserveError
+from mlserve.registry.loader import HotSwapLoader, ServedModel
+from mlserve.registry.upload import Upload, check_file_path, current_toml, publish
 from mlserve.server.grpc_proto import model_config_pb2
 
 _PLATFORMS = {"onnxruntime_onnx": "onnx", "onnxruntime": "onnx", "pytorch_libtorch": "torchscript",
@@ -144,9 +146,36 @@ def toml_from_config(model: str, text: str, current: Mapping[str, Any]) -> dict[
     return out
 
 
+async def load_model(loader: HotSwapLoader, name: str, parameters: Mapping[str, Any], is_base64: bool,
+                     who: str) -> ServedModel:
+    """Triton's load over HTTP and gRPC alike: with parameters it uploads (files written, the config
+    held for this load), without it loads the repository's folder. Every error it raises says
+    "failed to load 'name'", the words Triton's clients and examples look for."""
+    try:
+        if parameters:
+            upload = upload_from_parameters(name, parameters, await current_toml(loader.store, name), is_base64)
+            return await publish(loader, upload, who)
+        return await loader.load(name, who)
+    except MlserveError as exc:
+        if "failed to load" not in str(exc):
+            exc.args = (f"failed to load {name!r}, {exc}",)
+        raise
+
+
+def check_unload_parameters(parameters: Mapping[str, Any]) -> None:
+    """Triton's unload takes `unload_dependents`; mlserve has no ensembles, so no model has
+    dependents and the flag changes nothing either way. Any other parameter is refused."""
+    unknown = sorted(k for k in parameters if k != "unload_dependents")
+    if unknown:
+        raise InvalidInput(f"unload: parameter(s) {unknown} are not supported (unload_dependents is)")
+    if not isinstance(parameters.get("unload_dependents", False), bool):
+        raise InvalidInput("unload: parameter 'unload_dependents' must be true or false")
+
+
 def upload_from_parameters(model: str, parameters: Mapping[str, Any], current_toml: Mapping[str, Any],
                            is_base64: bool) -> Upload:
-    """Load parameters -> what to write: files by version (base64 text over HTTP, bytes over gRPC)."""
+    """Load parameters -> what to upload: files by version (base64 text over HTTP, bytes over gRPC),
+    and the config's model.toml table (for this load only)."""
     unknown = sorted(k for k in parameters if k != "config" and not k.startswith("file:"))
     if unknown:
         raise InvalidInput(f"load: parameter(s) {unknown} are not supported (config and file:<version>/<name> are)")

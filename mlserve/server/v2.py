@@ -24,8 +24,9 @@ from mlserve.server.v2_codec import (
 
 log = logging.getLogger("mlserve.server")
 
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "schedule_policy",
-              "statistics"]
+# As Triton names them; `model_repository(unload_dependents)` says unload takes that parameter.
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository",
+              "model_repository(unload_dependents)", "schedule_policy", "statistics"]
 
 _MAX_BOUND = 4096
 """Metric children kept bound per (model, version, status); past this they are looked up each time."""

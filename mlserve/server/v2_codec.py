@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import orjson
 from aiohttp import web
@@ -31,8 +31,8 @@ _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 # Parameters mlserve honours, by where they stand in the request. Others are refused by name; a
 # request's other parameters go on to the service, which allows only the routed model's sticky key.
-REQUEST_PARAMETERS = frozenset({"priority", "timeout", "binary_data_output"})
-INPUT_PARAMETERS = frozenset({"binary_data_size"})
+REQUEST_PARAMETERS = frozenset({"priority", "timeout", "binary_data_output", "content_type"})
+INPUT_PARAMETERS = frozenset({"binary_data_size", "content_type"})
 OUTPUT_PARAMETERS = frozenset({"binary_data", "classification"})
 
 
@@ -82,6 +82,15 @@ def _parameters(raw: Any, where: str, allowed: frozenset[str] | None) -> dict[st
     return raw
 
 
+def check_content_type(value: Any, datatypes: Iterable[str], where: str) -> None:
+    """`content_type`, which MLServer's and KServe's codecs send, is taken where it names what
+    mlserve does anyway: "np" (the tensor as it is) and "str" on BYTES (UTF-8 text). Any other value
+    asks for a decoding mlserve does not do (it decodes by datatype) and is refused by name."""
+    if value is None or value == "np" or (value == "str" and all(d == "BYTES" for d in datatypes)):
+        return
+    raise InvalidInput(f"{where}: content_type {value!r} is not supported (\"np\", or \"str\" on BYTES tensors)")
+
+
 def _non_negative_int(parameters: dict[str, Any], name: str) -> int | None:
     value = parameters.get(name)
     if value is None:
@@ -122,6 +131,7 @@ def _decode_inputs(raw_inputs: Any, binary: memoryview, limits: LimitsConfig) ->
         name, datatype, shape = check_header(raw)
         check_shape_limits(name, shape, limits)
         params = _parameters(raw.get("parameters"), f"input {name!r}", INPUT_PARAMETERS)
+        check_content_type(params.get("content_type"), (datatype,), f"input {name!r}")
         size = params.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
@@ -185,6 +195,7 @@ def decode_infer_request(
         raise InvalidInput("parameter 'binary_data_output' must be true or false")
     policy = schedule_policy(parameters, limits, time.monotonic() if arrived is None else arrived)
     arrays, datatypes = _decode_inputs(parsed.get("inputs"), binary, limits)
+    check_content_type(parameters.get("content_type"), datatypes.values(), "the request")
     outputs, binary_flags, class_counts = _requested_outputs(parsed.get("outputs"), default_binary)
     extra = unhandled_parameters(parameters)
     request = InferRequest(model, version, arrays, datatypes, req_id, outputs, extra, headers, policy, class_counts)

@@ -77,7 +77,7 @@ def test_v2_answers_and_errors_in_its_own_shape(repo):
             assert infer.status == 200
             assert (await infer.json())["outputs"][0]["data"] == [3.0, 6.0, 9.0]
             missing = await client.get("/v2/models/nope")
-            assert missing.status == 404 and (await missing.json()) == {"error": "unknown model 'nope'"}
+            assert missing.status == 404 and (await missing.json()) == {"error": "Request for unknown model: 'nope' is not found"}
             bad = await client.post("/v2/models/mlp/infer", data=b"{not json")
             assert bad.status == 400 and isinstance((await bad.json())["error"], str)
 

@@ -254,7 +254,7 @@ def test_bad_requests_get_a_clear_4xx_and_change_nothing(server, case):
 
 def test_unknown_version_and_route(server):
     status, body = _get(f"{server.url}/v2/models/mlp/versions/9")
-    assert status == 404 and "version '9'" in body["error"]
+    assert status == 404 and "'mlp' version 9 is not found" in body["error"]
     status, body = _get(f"{server.url}/v2/nothing/here")
     assert status == 404 and "error" in body
     with pytest.raises(InferenceServerException, match="unknown model"):
