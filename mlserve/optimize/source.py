@@ -12,7 +12,7 @@ from mlserve.engine import create_backend
 from mlserve.engine.base import find_artifact, infer_backend_name, version_backend
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.optimize.base import Source
-from mlserve.registry.safety import check_trusted
+from mlserve.registry.safety import check_version_trusted
 from mlserve.spec import DATATYPE_TO_NUMPY, ModelConfig, read_model_config
 
 SOURCE_BACKENDS = ("onnx", "torchscript", "torch_export")
@@ -47,7 +47,8 @@ def open_source(models: Path | None, model: str, version: int | None, file: Path
     backend = version_backend(folder) or config.backend or infer_backend_name(folder)
     if backend not in SOURCE_BACKENDS:
         raise InvalidInput(f"optimize takes ONNX, TorchScript or torch.export models, not {backend!r}")
-    check_trusted(backend, trust_repository or config.trusted)  # the same rule as serving
+    # the same rule as serving, except that an uploaded code-bearing version is never optimized
+    check_version_trusted(backend, folder, trust_repository or config.trusted, trust_uploads=False)
     info = _probe(backend, config, folder)
     values = _read_npz(data if data is not None else _default_data(folder))
     labels = values.pop("labels", None)

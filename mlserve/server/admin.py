@@ -14,7 +14,7 @@ from aiohttp import web
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.registry.safety import check_model_name
-from mlserve.registry.upload import current_toml, publish
+from mlserve.registry.upload import publish
 from mlserve.server.response import json_error, json_response
 from mlserve.server.triton_upload import upload_from_parameters
 
@@ -80,8 +80,9 @@ class AdminHandlers:
         name = _model(request)
         parameters = await _load_parameters(request)
         if parameters:
-            upload = upload_from_parameters(name, parameters, await current_toml(self._loader.store, name), True)
-            served = await publish(self._loader, upload, self._who(request))
+            served = await publish(self._loader, name,
+                                   lambda toml: upload_from_parameters(name, parameters, toml, True),
+                                   self._who(request))
         else:
             served = await self._loader.load(name, self._who(request))
         return json_response(model_state(served))

@@ -8,7 +8,7 @@ from typing import Any
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.safety import check_model_name
-from mlserve.registry.upload import current_toml, publish
+from mlserve.registry.upload import publish
 from mlserve.server.grpc_codec import parameter_value
 from mlserve.server.grpc_gate import REPOSITORY_PATH
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
@@ -57,8 +57,8 @@ class RepositoryCalls:
             name, who = check_model_name(request.model_name), f"grpc {context.peer()}"
             if request.parameters:
                 parameters = {k: parameter_value(v) for k, v in request.parameters.items()}
-                upload = upload_from_parameters(name, parameters, await current_toml(self.loader.store, name), False)
-                await publish(self.loader, upload, who)
+                await publish(self.loader, name, lambda toml: upload_from_parameters(name, parameters, toml, False),
+                              who)
             else:
                 await self.loader.load(name, who)
             return pb.RepositoryModelLoadResponse()

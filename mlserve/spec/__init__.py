@@ -7,8 +7,8 @@ from mlserve.spec.generation import (
 )
 from mlserve.spec.llm import LLMSettings
 from mlserve.spec.model import (
-    BACKENDS, MODEL_NAME, BatchingSpec, ModelConfig, VersionPolicy, WarmupSpec, parse_model_config,
-    read_model_config,
+    BACKENDS, MAX_VERSION, MODEL_NAME, BatchingSpec, ModelConfig, VersionPolicy, WarmupSpec, parse_model_config,
+    parse_version, read_model_config,
 )
 from mlserve.spec.precision import TorchSettings
 from mlserve.spec.schedule import SchedulePolicy
@@ -17,8 +17,8 @@ from mlserve.spec.tensor import DATATYPE_TO_NUMPY, ModelInfo, NUMPY_TO_DATATYPE,
 from mlserve.spec.traffic import BreakerSpec, ExperimentSpec, ShadowSpec, StickyKey, TrafficSpec, parse_split
 
 __all__ = [
-    "BACKENDS", "DATATYPE_TO_NUMPY", "MODEL_NAME", "NUMPY_TO_DATATYPE", "BatchingSpec", "BreakerSpec",
+    "BACKENDS", "DATATYPE_TO_NUMPY", "MAX_VERSION", "MODEL_NAME", "NUMPY_TO_DATATYPE", "BatchingSpec", "BreakerSpec",
     "DriftSettings", "ExperimentSpec", "GenerationRequest", "RequestHandle", "TokenEvent", "LLMSettings", "ModelConfig", "ModelInfo", "Sampled", "SamplingParams",
     "SchedulePolicy", "SeqChunk", "ShadowSpec", "StickyKey", "TensorSpec", "TorchSettings", "TrafficSpec", "VersionPolicy", "WarmupSpec",
-    "check_value", "parse_model_config", "parse_split", "parse_table", "read_model_config",
+    "check_value", "parse_model_config", "parse_split", "parse_version", "parse_table", "read_model_config",
 ]

@@ -22,6 +22,16 @@ from mlserve.spec.traffic import TrafficSpec
 
 BACKENDS = ("onnx", "torchscript", "torch_export", "tensorrt", "llm", "embedding")
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+MAX_VERSION = 2**63 - 1
+"""Largest version number: it must fit the int64 that Triton's protocols and the metrics carry."""
+
+
+def parse_version(text: str) -> int | None:
+    """A version folder's name as its number: ASCII digits written plainly, 1..MAX_VERSION; else None."""
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_VERSION)):
+        return None
+    number = int(text)
+    return number if 1 <= number <= MAX_VERSION and str(number) == text else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,9 @@ def test_upload_into_s3_serves_and_a_broken_one_is_taken_back(moto_server, s3_en
         got = np.asarray(answer["outputs"][0]["data"], np.float32).reshape(2, 4)
         np.testing.assert_allclose(got, reference(tmp_path / "staging", "m", 2, x), rtol=1e-6)
         keys = asyncio.run(_keys(moto_server, "prod/m/2/"))
-        assert keys["prod/m/2/SHA256SUMS"] == f"{hashlib.sha256(content).hexdigest()}  model.onnx\n".encode()
+        marker = keys["prod/m/2/mlserve-upload.json"]
+        assert keys["prod/m/2/SHA256SUMS"] == (f"{hashlib.sha256(marker).hexdigest()}  mlserve-upload.json\n"
+                                               f"{hashlib.sha256(content).hexdigest()}  model.onnx\n").encode()
         status, body = post(f"{server.url}/v2/repository/models/m/load",
                             '{"parameters": {"file:3/model.onnx": "bm90IG9ubng="}}')
         assert status == 400 and "version 3" in body["error"], body

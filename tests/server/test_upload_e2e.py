@@ -81,8 +81,10 @@ def test_upload_serves_the_new_version_with_no_failed_request(server, artifacts)
     assert set(outcomes) <= {"1", "2"}
     np.testing.assert_allclose(_infer_mlp(_http(server), x)[1], _reference(artifacts / "mlp2.onnx", x),
                                rtol=1e-5, atol=1e-5)
-    sums = (server.root / "up" / "2" / "SHA256SUMS").read_text()
-    assert sums == f"{hashlib.sha256(content).hexdigest()}  model.onnx\n"
+    sums = (server.root / "up" / "2" / "SHA256SUMS").read_text().splitlines()
+    marker = (server.root / "up" / "2" / "mlserve-upload.json").read_bytes()
+    assert sums == [f"{hashlib.sha256(marker).hexdigest()}  mlserve-upload.json",
+                    f"{hashlib.sha256(content).hexdigest()}  model.onnx"]
 
 
 def test_broken_artifact_is_refused_and_the_old_version_serves(server):
@@ -106,13 +108,16 @@ def test_broken_artifact_is_refused_and_the_old_version_serves(server):
     ({"config": '{"sequence_batching": {}}'}, "sequence_batching not supported"),
     ({"config": '{"max_batch_size": "many"}'}, "not a Triton ModelConfig"),
     ({"config": '{"name": "other"}'}, "names model 'other'"),
+    ({"file:99999999999999999999999/model.onnx": "AAAA"}, "version folder"),
+    ({"file:1/mlserve-upload.json": "AAAA"}, "not a plain relative file path"),
     ({"file:1/model.onnx": "AAAA"}, "already has version 1"),
 ])
-def test_bad_uploads_are_400_with_the_reason(server, parameters, text):
+def test_bad_uploads_are_4xx_with_the_reason(server, parameters, text):
     toml = server.root / "up" / "model.toml"
     toml_before = toml.read_bytes() if toml.exists() else None
     answer = call(f"{server.url}/v2/repository/models/up/load", {"parameters": parameters})
-    assert answer.status == 400 and text in answer.body["error"], answer.body
+    expected = 409 if "already has" in text else 400  # a version that exists is a conflict
+    assert answer.status == expected and text in answer.body["error"], answer.body
     assert (toml.read_bytes() if toml.exists() else None) == toml_before and not (server.root / "up" / "7").exists()
 
 
