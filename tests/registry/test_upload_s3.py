@@ -72,3 +72,44 @@ def test_upload_into_s3_serves_and_a_broken_one_is_taken_back(moto_server, s3_en
         assert infer(server.url, "m", x)[1]["model_version"] == "3"
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_two_writers_of_one_s3_version_one_wins_whole(moto_server, s3_env, tmp_path):
+    """Two stores (two replicas) upload version 2 at once: the conditional put of SHA256SUMS lets
+    exactly one write files, the other gets Conflict having written nothing; the version holds
+    the winner's files and a SHA256SUMS that matches them."""
+    from mlserve.errors import Conflict
+    from mlserve.registry.s3 import S3Store
+    from mlserve.registry.upload_s3 import write_upload_s3
+
+    write_model(tmp_path / "repo", "m", [1])
+    upload(moto_server, "models", "prod", tmp_path / "repo", create=True)
+
+    async def race() -> list:
+        stores = [S3Store("s3://models/prod", tmp_path / f"cache{n}", moto_server) for n in range(2)]
+        try:
+            uploads = [{2: {"model.onnx": bytes([n]) * 4096, f"only{n}.txt": b"x"}} for n in range(2)]
+            outcomes = await asyncio.gather(*(write_upload_s3(s, "m", u, None, uploaded_by=f"replica {n}")
+                                              for n, (s, u) in enumerate(zip(stores, uploads))),
+                                            return_exceptions=True)
+            await stores[0].put("m", "claim-test", b"1", if_absent=True)
+            second = await asyncio.gather(stores[1].put("m", "claim-test", b"2", if_absent=True),
+                                          return_exceptions=True)
+            return [*outcomes, *second]
+        finally:
+            for store in stores:
+                await store.close()
+
+    first, second, claim = asyncio.run(race())
+    assert isinstance(claim, Conflict), claim
+    won = [n for n, o in enumerate((first, second)) if not isinstance(o, Exception)]
+    lost = [o for o in (first, second) if isinstance(o, Exception)]
+    assert len(won) == 1 and len(lost) == 1 and isinstance(lost[0], Conflict), (first, second)
+    keys = asyncio.run(_keys(moto_server, "prod/m/2/"))
+    n = won[0]
+    assert sorted(keys) == sorted(f"prod/m/2/{rel}" for rel in
+                                  ("SHA256SUMS", "mlserve-upload.json", "model.onnx", f"only{n}.txt"))
+    assert keys["prod/m/2/model.onnx"] == bytes([n]) * 4096
+    sums = {rel: digest for digest, rel in (line.split("  ") for line in keys["prod/m/2/SHA256SUMS"].decode().splitlines())}
+    assert sums == {key.removeprefix("prod/m/2/"): hashlib.sha256(data).hexdigest()
+                    for key, data in keys.items() if not key.endswith("SHA256SUMS")}
