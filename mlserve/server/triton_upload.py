@@ -100,7 +100,7 @@ def _parameters(raw: Mapping[str, Any], out: dict[str, Any]) -> None:
         if key in _STR_PARAMETERS:
             if text:
                 out[key] = text
-        elif not text.isdigit():
+        elif not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise InvalidInput(f"config parameters: {key} must be a whole number, got {text!r}")
         else:
             out[key] = int(text)

@@ -7,9 +7,10 @@ from mlserve.spec.generation import (
 )
 from mlserve.spec.llm import LLMSettings
 from mlserve.spec.model import (
-    BACKENDS, MAX_VERSION, MODEL_NAME, BatchingSpec, ModelConfig, VersionPolicy, WarmupSpec, parse_model_config,
-    parse_version, read_model_config,
+    BACKENDS, MODEL_NAME, BatchingSpec, ModelConfig, VersionPolicy, WarmupSpec, parse_model_config,
+    read_model_config,
 )
+from mlserve.spec.version import MAX_VERSION, parse_version
 from mlserve.spec.precision import TorchSettings
 from mlserve.spec.schedule import SchedulePolicy
 from mlserve.spec.table import check_value, parse_table

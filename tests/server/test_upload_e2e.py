@@ -114,6 +114,11 @@ def test_broken_artifact_is_refused_and_the_old_version_serves(server):
     ({"config": '{"max_batch_size": "many"}'}, "not a Triton ModelConfig"),
     ({"config": '{"name": "other"}'}, "names model 'other'"),
     ({"file:99999999999999999999999/model.onnx": "AAAA"}, "version folder"),
+    ({"config": '{"parameters": {"intra_op_threads": {"string_value": "2000"}}}'}, "intra_op_threads must lie in 0..256"),
+    ({"config": '{"parameters": {"intra_op_threads": {"string_value": "²"}}}'}, "must be a whole number"),
+    ({"config": '{"instance_group": [{"count": 100000, "kind": "KIND_CPU"}]}'}, "instances must lie in 1..64"),
+    ({"config": '{"dynamic_batching": {"default_queue_policy": {"max_queue_size": 100000000}}}'},
+     "max_queue_size must lie in 1..1000000"),
     ({"file:1/mlserve-upload.json": "AAAA"}, "not a plain relative file path"),
     ({"file:1/model.onnx": "AAAA"}, "already has version 1"),
 ])
