@@ -11,6 +11,7 @@ import numpy as np
 from mlserve.engine import create_backend
 from mlserve.engine.base import find_artifact, infer_backend_name, version_backend
 from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.monitor.npz import read_npz
 from mlserve.optimize.base import Source
 from mlserve.registry.safety import check_version_trusted
 from mlserve.spec import DATATYPE_TO_NUMPY, ModelConfig, read_model_config
@@ -85,8 +86,7 @@ def _default_data(folder: Path) -> Path:
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+        return read_npz(path)  # capped: reference.npz may have come by upload
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"{path}: not a readable .npz ({exc})") from None
 
