@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import zipfile
+from collections.abc import Collection
 from pathlib import Path
-from typing import Collection
 
 import numpy as np
 

@@ -14,15 +14,20 @@ from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.monitor.npz import read_npz
 from mlserve.optimize.base import Source
 from mlserve.registry.safety import check_version_trusted
-from mlserve.spec import DATATYPE_TO_NUMPY, ModelConfig, read_model_config
+from mlserve.spec import (
+    DATATYPE_TO_NUMPY,
+    ModelConfig,
+    parse_version,
+    read_model_config,
+)
 
 SOURCE_BACKENDS = ("onnx", "torchscript", "torch_export")
 _DEFAULT_DATA = ("reference.npz", "warmup.npz")
 
 
 def version_numbers(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.is_dir() and p.name.isdigit() and str(int(p.name)) == p.name and int(p.name) > 0)
+    """The model's version folders as numbers (the repository scan's rule: registry/repository.py)."""
+    return sorted(n for p in model_dir.iterdir() if p.is_dir() and (n := parse_version(p.name)) is not None)
 
 
 def open_source(models: Path | None, model: str, version: int | None, file: Path | None,

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 
 from mlserve.errors import ModelLoadError
 from mlserve.registry.store import Store
-from mlserve.spec import MAX_VERSION, MODEL_NAME, ModelConfig, parse_model_config, parse_version
+from mlserve.spec import (
+    MAX_VERSION,
+    MODEL_NAME,
+    ModelConfig,
+    parse_model_config,
+    parse_version,
+)
 
 log = logging.getLogger("mlserve.registry")
 

@@ -206,6 +206,10 @@ class S3Store:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
             if if_absent and code in _CONDITION_FAILED:
                 raise Conflict(f"s3://{self.bucket}/{key} exists or is being written by another upload") from None
+            if if_absent and code == "NotImplemented":  # an S3-compatible server without conditional writes
+                log.warning("%s does not support conditional writes; %s was written unconditionally, so two "
+                            "uploads of one version from two replicas could race", self.describe(), key)
+                return await self.put(model, rel, body)
             raise StoreError(f"upload of s3://{self.bucket}/{key} failed: {type(exc).__name__}: {exc}") from exc
 
     def describe(self) -> str:

@@ -25,16 +25,17 @@ import os
 import secrets
 import shutil
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlserve.errors import Conflict, InvalidInput, ModelLoadError
 from mlserve.registry.local import LocalStore
 from mlserve.registry.safety import UPLOAD_MARKER, upload_marker
 from mlserve.registry.served import ServedModel
-from mlserve.spec import MAX_VERSION, MODEL_NAME, parse_model_config, parse_version
 from mlserve.registry.store import CHECKSUM_FILE, sha256_file
+from mlserve.spec import MAX_VERSION, MODEL_NAME, parse_model_config, parse_version
 
 log = logging.getLogger("mlserve.registry")
 TOML_FILE = "model.toml"

@@ -10,12 +10,12 @@ from mlserve.spec.model import (
     BACKENDS, MODEL_NAME, BatchingSpec, ModelConfig, VersionPolicy, WarmupSpec, parse_model_config,
     read_model_config,
 )
-from mlserve.spec.version import MAX_VERSION, parse_version
 from mlserve.spec.precision import TorchSettings
 from mlserve.spec.schedule import SchedulePolicy
 from mlserve.spec.table import check_value, parse_table
 from mlserve.spec.tensor import DATATYPE_TO_NUMPY, ModelInfo, NUMPY_TO_DATATYPE, TensorSpec
 from mlserve.spec.traffic import BreakerSpec, ExperimentSpec, ShadowSpec, StickyKey, TrafficSpec, parse_split
+from mlserve.spec.version import MAX_VERSION, parse_version
 
 __all__ = [
     "BACKENDS", "DATATYPE_TO_NUMPY", "MAX_VERSION", "MODEL_NAME", "NUMPY_TO_DATATYPE", "BatchingSpec", "BreakerSpec",

@@ -26,23 +26,22 @@ def write_bomb(path: Path, name: str = "x") -> Path:
     """A deflated .npz of zeros that inflates past MAX_NPZ_BYTES from well under a megabyte."""
     header = {"descr": "<f4", "fortran_order": False, "shape": (BOMB_ROWS, 4)}
     block = bytes(1 << 20)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open(f"{name}.npy", "w", force_zip64=True) as out:
-            np.lib.format.write_array_header_1_0(out, header)
-            remaining = BOMB_ROWS * 16
-            while remaining:
-                out.write(block[:min(len(block), remaining)])
-                remaining -= min(len(block), remaining)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, \
+            archive.open(f"{name}.npy", "w", force_zip64=True) as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        remaining = BOMB_ROWS * 16
+        while remaining:
+            out.write(block[:min(len(block), remaining)])
+            remaining -= min(len(block), remaining)
     assert path.stat().st_size < 1 << 20
     return path
 
 
 def write_liar(path: Path) -> Path:
     """A stored .npz whose one member holds 64 bytes of data but whose header declares 4 GiB."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        with archive.open("x.npy", "w") as out:
-            np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (2**30,)})
-            out.write(bytes(64))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive, archive.open("x.npy", "w") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (2**30,)})
+        out.write(bytes(64))
     return path
 
 

@@ -113,3 +113,39 @@ def test_two_writers_of_one_s3_version_one_wins_whole(moto_server, s3_env, tmp_p
     sums = {rel: digest for digest, rel in (line.split("  ") for line in keys["prod/m/2/SHA256SUMS"].decode().splitlines())}
     assert sums == {key.removeprefix("prod/m/2/"): hashlib.sha256(data).hexdigest()
                     for key, data in keys.items() if not key.endswith("SHA256SUMS")}
+
+
+def test_racing_uploads_through_the_server_into_s3(moto_server, s3_env, tmp_path):
+    """Two clients upload version 2 at once through one server: one 200, one 409, and the version
+    on S3 is the winner's whole, with a SHA256SUMS that matches it."""
+    import threading
+
+    write_model(tmp_path / "repo", "m", [1])
+    upload(moto_server, "models", "prod", tmp_path / "repo", create=True)
+    contents = [write_version(tmp_path / f"staging{n}", "m", n + 2).read_bytes() for n in range(2)]
+    server = MlserveProcess(
+        "s3://models/prod", "--s3-endpoint", moto_server, log_path=tmp_path / "mlserve.log",
+        env={**s3_env, "HOME": str(tmp_path / "home")},
+    ).wait_ready(60)
+    barrier, answers = threading.Barrier(2), [None, None]
+
+    def send(n: int) -> None:
+        body = f'{{"parameters": {{"file:2/model.onnx": "{base64.b64encode(contents[n]).decode()}"}}}}'
+        barrier.wait()
+        answers[n] = post(f"{server.url}/v2/repository/models/m/load", body, timeout=120)
+
+    try:
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(180)
+        assert sorted(status for status, _ in answers) == [200, 409], answers
+        winner = contents[[status for status, _ in answers].index(200)]
+        keys = asyncio.run(_keys(moto_server, "prod/m/2/"))
+        assert keys["prod/m/2/model.onnx"] == winner
+        sums = keys["prod/m/2/SHA256SUMS"].decode().splitlines()
+        assert f"{hashlib.sha256(winner).hexdigest()}  model.onnx" in sums and len(sums) == 2
+        assert infer(server.url, "m", np.ones((1, 4), np.float32))[1]["model_version"] == "2"
+    finally:
+        assert server.stop() == 0, server.log()

@@ -89,7 +89,7 @@ def test_of_racing_writers_of_one_version_exactly_one_wins(tmp_path):
     winners = [o for o in outcomes if o != "conflict"]
     assert len(outcomes) == 8 and len(winners) == 1, outcomes
     folder = tmp_path / "m" / "1"
-    assert sorted(p.name for p in folder.iterdir()) == ["SHA256SUMS", "extra%d.txt" % winners[0], "model.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["SHA256SUMS", f"extra{winners[0]}.txt", "model.onnx"]
     verify_checksums(folder)
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["1"]  # no staging folder left
 
