@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from tests.registry.helpers import infer, post, reference, write_model, write_version
+from tests.registry.s3util import read_keys as _keys
 from tests.registry.s3util import upload
 from tests.server_process import ROOT, MlserveProcess
 
@@ -22,19 +23,6 @@ def _push(endpoint: str, env: dict, *args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "mlserve", "push", "--models", "s3://models/prod", "--s3-endpoint", endpoint, *args],
         capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
     )
-
-
-async def _keys(endpoint: str, prefix: str) -> dict[str, bytes]:
-    from aiobotocore.session import get_session
-
-    async with get_session().create_client("s3", endpoint_url=endpoint, region_name="us-east-1") as s3:
-        listed = await s3.list_objects_v2(Bucket="models", Prefix=prefix)
-        out = {}
-        for item in listed.get("Contents", []):
-            response = await s3.get_object(Bucket="models", Key=item["Key"])
-            async with response["Body"] as body:
-                out[item["Key"]] = await body.read()
-        return out
 
 
 def test_upload_into_s3_serves_and_a_broken_one_is_taken_back(moto_server, s3_env, tmp_path):

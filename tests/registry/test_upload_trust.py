@@ -14,8 +14,7 @@ import torch
 
 from mlserve.registry.safety import UPLOAD_MARKER
 from tests.registry.helpers import index, post
-from tests.registry.s3util import upload
-from tests.registry.test_upload_s3 import _keys
+from tests.registry.s3util import read_keys, upload
 from tests.server_process import MlserveProcess, serving
 
 TS_TOML = """\
@@ -92,7 +91,7 @@ def test_uploaded_torchscript_into_a_trusted_model_on_s3_is_refused(moto_server,
     try:
         status, body = upload_ts(server.url, "ts", 2)
         assert status == 400 and "trust_uploads" in body["error"], body
-        assert asyncio.run(_keys(moto_server, "prod/ts/2/")) == {}
+        assert asyncio.run(read_keys(moto_server, "prod/ts/2/")) == {}
         assert served_version(server.url, "ts") == "1"
         x = np.ones((1, 3), np.float32)  # the model still computes version 1's answer
         status, answer = post(f"{server.url}/v2/models/ts/infer", json.dumps(
