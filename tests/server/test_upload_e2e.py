@@ -159,6 +159,9 @@ def test_grpc_upload_of_a_new_model(server, artifacts):
     inp.set_data_from_numpy(x)
     np.testing.assert_array_equal(client.infer("fresh", [inp]).as_numpy("y"), x)
     with pytest.raises(InferenceServerException) as excinfo:
+        client.load_model("fresh", files={"file:1/model.onnx": (artifacts / "identity.onnx").read_bytes()})
+    assert excinfo.value.status() == "StatusCode.ALREADY_EXISTS" and "already has version 1" in excinfo.value.message()
+    with pytest.raises(InferenceServerException) as excinfo:
         client.load_model("broken_new", files={"file:1/model.onnx": b"garbage"})
     assert excinfo.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert not (server.root / "broken_new").exists()
