@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--auth-keys", metavar="FILE", help="API keys file: every endpoint but health needs a key")
     start.add_argument("--trust-repository", action="store_true", default=None,
                        help="load TorchScript and torch.export artifacts, which can run code when read")
+    start.add_argument("--trust-uploads", action="store_true", default=None,
+                       help="also load such artifacts from uploaded versions: an admin key can then run code")
     start.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     start.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     start.add_argument("--batch-dir", metavar="DIR", help="allow in-server batch jobs on files under DIR")
@@ -185,7 +187,8 @@ def _start(args: argparse.Namespace) -> int:
         "registry": {
             "models": args.models, "s3_endpoint": args.s3_endpoint, "poll_interval_s": args.poll_interval,
             "lazy": args.lazy, "max_loaded_models": args.max_loaded_models, "max_loaded_mb": args.max_loaded_mb,
-            "trust_repository": args.trust_repository, "default_device": args.device,
+            "trust_repository": args.trust_repository, "trust_uploads": args.trust_uploads,
+            "default_device": args.device,
             "gpu_memory_fraction": args.gpu_memory_fraction,
         },
         "auth": {"keys_file": args.auth_keys, "tls_cert": args.tls_cert, "tls_key": args.tls_key},

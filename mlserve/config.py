@@ -65,6 +65,10 @@ class RegistryConfig:
     evicts idle ones (least recently used) when a request waits for it, else is UNAVAILABLE."""
     trust_repository: bool = False
     """Load TorchScript and torch.export artifacts (they can run code when read) for every model."""
+    trust_uploads: bool = False
+    """Load code-bearing artifacts (TorchScript, torch.export, AOTInductor) in versions that arrived
+    by upload (Triton's load API with file: contents). Neither trust_repository nor a model's
+    `trusted = true` covers them: with this on, an admin key can run code in the server."""
     s3_endpoint: str = ""
     """S3 endpoint URL for s3:// repositories (empty = AWS); region and credentials come from the
     standard AWS settings (AWS_REGION, AWS_ACCESS_KEY_ID, ~/.aws)."""

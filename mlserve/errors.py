@@ -29,6 +29,10 @@ class PayloadTooLarge(InvalidInput):
     """The request body or a tensor in it is over a configured limit."""
 
 
+class Conflict(InvalidInput):
+    """The request would overwrite something that exists or is being written (a version upload)."""
+
+
 class JobNotFound(MlserveError):
     """No batch job has this id."""
 

@@ -18,7 +18,7 @@ from mlserve.jobs.progress import ProgressBar
 from mlserve.jobs.runner import BatchRun, JobPlan
 from mlserve.registry import repository
 from mlserve.registry.placement import device_alone
-from mlserve.registry.safety import check_trusted, check_version_folder
+from mlserve.registry.safety import check_version_folder, check_version_trusted
 from mlserve.registry.store import Store
 from mlserve.spec import ModelConfig
 
@@ -86,7 +86,8 @@ async def _locate(store: Store, args: OfflineArgs, registry: RegistryConfig) -> 
     name = entry.config.backend or infer_backend_name(path)
     if name is None:
         raise ModelLoadError(f"{args.model}/{version}: no model file found and no backend set in model.toml")
-    check_trusted(name, registry.trust_repository or entry.config.trusted)  # the same rule as serving
+    check_version_trusted(name, path, registry.trust_repository or entry.config.trusted,  # the serving rule
+                          registry.trust_uploads)
     return _Located(entry.config, version, path, name)
 
 

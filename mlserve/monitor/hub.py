@@ -22,6 +22,7 @@ from mlserve.config import MonitorConfig
 from mlserve.monitor import features
 from mlserve.monitor.drift import DriftMonitor, DriftReport, build_reference
 from mlserve.monitor.metrics import Metrics
+from mlserve.monitor.npz import read_npz
 from mlserve.monitor.predlog import PredictionLog, PredictionLogSettings, PredictionRecord
 from mlserve.spec import DriftSettings
 
@@ -50,9 +51,7 @@ def load_reference(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of a version's reference.npz, or None when the file is absent."""
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
-    return arrays
+    return read_npz(path)  # capped: the file may have come by upload
 
 
 class Monitor:

@@ -11,17 +11,23 @@ import numpy as np
 from mlserve.engine import create_backend
 from mlserve.engine.base import find_artifact, infer_backend_name, version_backend
 from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.monitor.npz import read_npz
 from mlserve.optimize.base import Source
-from mlserve.registry.safety import check_trusted
-from mlserve.spec import DATATYPE_TO_NUMPY, ModelConfig, read_model_config
+from mlserve.registry.safety import check_version_trusted
+from mlserve.spec import (
+    DATATYPE_TO_NUMPY,
+    ModelConfig,
+    parse_version,
+    read_model_config,
+)
 
 SOURCE_BACKENDS = ("onnx", "torchscript", "torch_export")
 _DEFAULT_DATA = ("reference.npz", "warmup.npz")
 
 
 def version_numbers(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.is_dir() and p.name.isdigit() and str(int(p.name)) == p.name and int(p.name) > 0)
+    """The model's version folders as numbers (the repository scan's rule: registry/repository.py)."""
+    return sorted(n for p in model_dir.iterdir() if p.is_dir() and (n := parse_version(p.name)) is not None)
 
 
 def open_source(models: Path | None, model: str, version: int | None, file: Path | None,
@@ -47,7 +53,8 @@ def open_source(models: Path | None, model: str, version: int | None, file: Path
     backend = version_backend(folder) or config.backend or infer_backend_name(folder)
     if backend not in SOURCE_BACKENDS:
         raise InvalidInput(f"optimize takes ONNX, TorchScript or torch.export models, not {backend!r}")
-    check_trusted(backend, trust_repository or config.trusted)  # the same rule as serving
+    # the same rule as serving, except that an uploaded code-bearing version is never optimized
+    check_version_trusted(backend, folder, trust_repository or config.trusted, trust_uploads=False)
     info = _probe(backend, config, folder)
     values = _read_npz(data if data is not None else _default_data(folder))
     labels = values.pop("labels", None)
@@ -84,8 +91,7 @@ def _default_data(folder: Path) -> Path:
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+        return read_npz(path)  # capped: reference.npz may have come by upload
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"{path}: not a readable .npz ({exc})") from None
 

@@ -39,9 +39,10 @@ from mlserve.registry.control import ExplicitControl, label
 from mlserve.registry.gpu_placer import GpuPlacer
 from mlserve.registry.placement import GpuLedger
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.safety import check_trusted, check_version_folder
+from mlserve.registry.safety import check_version_folder, check_version_trusted
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
 from mlserve.registry.store import Store, VersionStat
+from mlserve.registry.upload import UploadLocks
 from mlserve.registry.warmup import warm_up, warmup_inputs
 from mlserve.spec import ModelInfo
 
@@ -84,6 +85,8 @@ class HotSwapLoader(ExplicitControl):
         self._tasks: set[asyncio.Task] = set()
         self._first_loads: dict[str, asyncio.Task] = {}
         self._room_lock = asyncio.Lock()
+        self.upload_locks = UploadLocks()
+        """Uploads to one model run one at a time (registry/upload.py)."""
         self._reserved: dict[str, int] = {}
         self._created = time.monotonic()
         self.on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
@@ -319,7 +322,8 @@ class HotSwapLoader(ExplicitControl):
 
     def _load_backend(self, entry: ModelEntry, name: str, path: Path, device: str, cap: int | None) -> Backend:
         """Runs on a loader thread, so the loop never waits on it. `cap`: the most GPU memory it may take."""
-        check_trusted(name, self._config.trust_repository or entry.config.trusted)
+        check_version_trusted(name, path, self._config.trust_repository or entry.config.trusted,
+                              self._config.trust_uploads)
         backend = create_backend(name, entry.config, trust_repository=self._config.trust_repository)
         if cap is not None and hasattr(backend, "memory_cap_bytes"):
             backend.memory_cap_bytes = cap

@@ -10,7 +10,13 @@ from typing import Any, Mapping
 
 from mlserve.errors import ModelLoadError
 from mlserve.registry.store import Store
-from mlserve.spec import MODEL_NAME, ModelConfig, parse_model_config
+from mlserve.spec import (
+    MAX_VERSION,
+    MODEL_NAME,
+    ModelConfig,
+    parse_model_config,
+    parse_version,
+)
 
 log = logging.getLogger("mlserve.registry")
 
@@ -39,10 +45,15 @@ class Scan:
 
 
 async def _versions(store: Store, name: str) -> tuple[int, ...]:
+    """Version numbers of a model folder; a digits-only name out of range (0, leading zeros, past
+    MAX_VERSION, non-ASCII digits) is skipped with a warning, never loaded."""
     numbers = []
     for entry in await store.list_versions(name):
-        if entry.isdigit() and int(entry) > 0 and str(int(entry)) == entry:
-            numbers.append(int(entry))
+        number = parse_version(entry)
+        if number is not None:
+            numbers.append(number)
+        elif entry.isdigit():
+            log.warning("model %s: folder %r skipped: a version is a plain number in 1..%d", name, entry, MAX_VERSION)
     return tuple(sorted(numbers))
 
 

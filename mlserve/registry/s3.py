@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlserve.errors import ModelLoadError, ModelNotFound
+from mlserve.errors import Conflict, ModelLoadError, ModelNotFound
 from mlserve.registry.safety import check_object_key
 from mlserve.registry.store import StoreError, VersionStat, fingerprint_of, verify_checksums
 
@@ -32,6 +32,7 @@ log = logging.getLogger("mlserve.registry.s3")
 
 _CHUNK_BYTES = 1 << 20
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+_CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +132,6 @@ class S3Store:
         except Exception as exc:
             raise StoreError(f"cannot read s3://{self.bucket}/{obj.key}: {exc}") from exc
 
-    async def put(self, model: str, rel: str, data: bytes) -> None:
-        """Write one file of a model folder (uploads: registry/upload_s3.py)."""
-        s3 = await self._s3()
-        await s3.put_object(Bucket=self.bucket, Key=f"{self.prefix}{model}/{rel}", Body=data)
-
     async def delete(self, model: str, rel: str) -> None:
         s3 = await self._s3()
         await s3.delete_object(Bucket=self.bucket, Key=f"{self.prefix}{model}/{rel}")
@@ -196,14 +192,24 @@ class S3Store:
         if _MD5_ETAG.match(obj.etag) and md5.hexdigest() != obj.etag:
             raise StoreError(f"s3://{self.bucket}/{obj.key}: MD5 {md5.hexdigest()} does not match ETag {obj.etag}")
 
-    async def put(self, model: str, rel: str, body: bytes) -> None:
-        """Write one file of a model folder (`mlserve optimize` publishing a version)."""
+    async def put(self, model: str, rel: str, body: bytes, if_absent: bool = False) -> None:
+        """Write one file of a model folder (uploads: registry/upload_s3.py). `if_absent`: a
+        conditional put (If-None-Match: *) that raises Conflict when the key exists, so of two
+        writers exactly one creates it."""
         key = f"{self.prefix}{model}/{rel}"
         check_object_key(key, self.prefix)
         s3 = await self._s3()
+        condition = {"IfNoneMatch": "*"} if if_absent else {}
         try:
-            await s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+            await s3.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)
         except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if if_absent and code in _CONDITION_FAILED:
+                raise Conflict(f"s3://{self.bucket}/{key} exists or is being written by another upload") from None
+            if if_absent and code == "NotImplemented":  # an S3-compatible server without conditional writes
+                log.warning("%s does not support conditional writes; %s was written unconditionally, so two "
+                            "uploads of one version from two replicas could race", self.describe(), key)
+                return await self.put(model, rel, body)
             raise StoreError(f"upload of s3://{self.bucket}/{key} failed: {type(exc).__name__}: {exc}") from exc
 
     def describe(self) -> str:

@@ -6,11 +6,19 @@ TorchScript archives carry code that runs when they are read and called, and tor
 fall back to full pickle (`torch.load(weights_only=False)`) for weights marked as pickled: both
 can run anything. They load only with --trust-repository or `trusted = true` in the model's
 model.toml; ONNX, TensorRT plans read by their own runtimes and safetensors stay allowed.
+
+A version that arrived by upload (Triton's load API with `file:` contents) carries UPLOAD_MARKER,
+written by the upload path and listed in its SHA256SUMS. Its code-bearing artifacts are not
+covered by the model's or the repository's trust: they load only with `[registry] trust_uploads`
+(--trust-uploads), because with it any admin key can run code in the server.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import time
 from pathlib import Path, PurePosixPath
 
 from mlserve.errors import InvalidInput, ModelLoadError
@@ -38,6 +46,34 @@ def check_version_folder(path: Path, max_bytes: int) -> int:
 
 CODE_RUNNING_BACKENDS = {"torchscript": "TorchScript", "torch_export": "torch.export (.pt2)",
                          "aoti": "AOTInductor (compiled native code)"}
+
+
+UPLOAD_MARKER = "mlserve-upload.json"
+"""Written into every version the upload path writes (locally and on S3): who uploaded it."""
+
+
+def upload_marker(source: str) -> bytes:
+    """UPLOAD_MARKER's contents: who uploaded the version, and when."""
+    return json.dumps({"source": source, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
+
+
+def is_uploaded(folder: Path) -> bool:
+    """The version folder arrived by upload (its marker is there; a symlink counts too)."""
+    return os.path.lexists(folder / UPLOAD_MARKER)
+
+
+def check_version_trusted(backend: str, folder: Path, is_model_trusted: bool, trust_uploads: bool) -> None:
+    """check_trusted for one version folder: an uploaded one needs trust_uploads, whatever the
+    model's `trusted` or --trust-repository say."""
+    kind = CODE_RUNNING_BACKENDS.get(backend)
+    if kind is not None and is_uploaded(folder) and not trust_uploads:
+        raise ModelLoadError(
+            f"{kind} artifacts can run code when loaded and this version arrived by upload; uploaded code "
+            "loads only with [registry] trust_uploads = true (--trust-uploads), whatever the model's "
+            "trusted setting says"
+        )
+    if not is_uploaded(folder):
+        check_trusted(backend, is_model_trusted)
 
 
 def check_trusted(backend: str, is_trusted: bool) -> None:

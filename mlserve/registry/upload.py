@@ -3,29 +3,40 @@ with the config sent beside them held in memory for that load (never written int
 Triton does); a version or config that does not load is taken back out.
 
 In a local folder each version is written under a hidden name with its SHA256SUMS, then renamed
-into place (atomic on one filesystem), so a reconcile pass never sees half a version; model.toml is
-replaced the same way. S3 uploads are in upload_s3.py. A version that already exists is never
-overwritten: versions are immutable.
+into place in one os.rename (atomic on one filesystem, and refused when the version folder exists
+and is not empty), so a reconcile pass never sees half a version and of two uploads of one version
+exactly one wins; model.toml is replaced the same way. S3 uploads are in upload_s3.py. A version
+that already exists is never overwritten (409): versions are immutable.
+
+Uploads to one model run one at a time in this process (UploadLocks, held from reading model.toml
+to the end of the load or the rollback); a rollback removes only what its own upload wrote, so a
+model folder another upload wrote into is never deleted. Every version written by the server's
+upload path carries UPLOAD_MARKER (registry/safety.py), which keeps the model's trust from
+covering it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
 import os
 import secrets
 import shutil
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlserve.errors import InvalidInput, ModelLoadError
+from mlserve.errors import Conflict, InvalidInput, ModelLoadError
 from mlserve.registry.local import LocalStore
+from mlserve.registry.safety import UPLOAD_MARKER, upload_marker
 from mlserve.registry.served import ServedModel
-from mlserve.spec import MODEL_NAME, parse_model_config
 from mlserve.registry.store import CHECKSUM_FILE, sha256_file
+from mlserve.spec import MAX_VERSION, MODEL_NAME, parse_model_config, parse_version
 
 log = logging.getLogger("mlserve.registry")
 TOML_FILE = "model.toml"
@@ -52,16 +63,41 @@ class Undo:
     wrote_toml: bool = False
 
 
+class UploadLocks:
+    """One asyncio lock per model name, held by every upload to that model; an entry lives only
+    while someone holds or waits for it, so names that were tried once cost nothing after."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, model: str):
+        lock, users = self._locks.get(model, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[model] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[model]
+            if users == 1:
+                del self._locks[model]
+            else:
+                self._locks[model] = (lock, users - 1)
+
+
 def check_file_path(spec: str) -> tuple[int, str]:
     """'<version>/<relative path>' -> (version, path), refusing anything that could leave the folder."""
-    version, _, rel = spec.partition("/")
-    if not version.isdigit() or int(version) < 1 or str(int(version)) != version:
-        raise InvalidInput(f"file:{spec}: the path must start with a version folder (a positive integer)")
+    text, _, rel = spec.partition("/")
+    version = parse_version(text)
+    if version is None:
+        raise InvalidInput(f"file:{spec}: the path must start with a version folder (a plain number "
+                           f"in 1..{MAX_VERSION})")
     parts = rel.split("/")
     if not rel or rel.startswith("/") or any(p in ("", ".", "..") or p.startswith(".") for p in parts) \
-            or "\\" in rel or rel == CHECKSUM_FILE:
+            or "\\" in rel or rel in (CHECKSUM_FILE, UPLOAD_MARKER):
         raise InvalidInput(f"file:{spec}: not a plain relative file path inside the version folder")
-    return int(version), rel
+    return version, rel
 
 
 def toml_text(table: dict[str, Any], path: tuple[str, ...] = ()) -> str:
@@ -105,14 +141,16 @@ def checked_toml(table: dict[str, Any]) -> str:
     return text
 
 
-def write_upload(root: Path, upload: Upload, toml: str | None) -> Undo:
-    """Blocking: write the versions (hidden, then renamed into place) and model.toml."""
+def write_upload(root: Path, upload: Upload, toml: str | None, uploaded_by: str | None = None) -> Undo:
+    """Blocking: write the versions (hidden, then renamed into place) and model.toml. `uploaded_by`
+    (the server's upload path) marks each version as uploaded; `mlserve push` (the operator) does not."""
     folder = root / upload.model
     undo = Undo(folder, created_model=not folder.exists())
     folder.mkdir(parents=True, exist_ok=True)
+    marker = {} if uploaded_by is None else {UPLOAD_MARKER: upload_marker(uploaded_by)}
     try:
         for version, files in sorted(upload.files.items()):
-            undo.versions.append(_write_version(folder, version, files))
+            undo.versions.append(_write_version(folder, version, {**files, **marker}))
         if toml is not None:
             path = folder / TOML_FILE
             undo.old_toml = path.read_bytes() if path.is_file() else None
@@ -127,7 +165,7 @@ def write_upload(root: Path, upload: Upload, toml: str | None) -> Undo:
 def _write_version(folder: Path, version: int, files: dict[str, bytes]) -> Path:
     final = folder / str(version)
     if final.exists():
-        raise InvalidInput(f"model {folder.name!r} already has version {version}; versions are never overwritten")
+        raise _taken(folder.name, version)
     staging = folder / f".upload-{version}-{secrets.token_hex(4)}"
     try:
         for rel, data in files.items():
@@ -136,11 +174,20 @@ def _write_version(folder: Path, version: int, files: dict[str, bytes]) -> Path:
             target.write_bytes(data)
         sums = "".join(f"{sha256_file(staging / rel)}  {rel}\n" for rel in sorted(files))
         (staging / CHECKSUM_FILE).write_text(sums)
-        os.rename(staging, final)
+        try:
+            os.rename(staging, final)  # fails when another writer's version folder got there first
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise _taken(folder.name, version) from None
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _taken(model: str, version: int) -> Conflict:
+    return Conflict(f"model {model!r} already has version {version}; versions are never overwritten")
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -160,7 +207,8 @@ def take_back(undo: Undo) -> None:
         else:
             _replace(path, undo.old_toml)
     if undo.created_model:
-        shutil.rmtree(undo.model_folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: another upload wrote into it, so it stays
+            undo.model_folder.rmdir()
 
 
 async def current_toml(store: Any, model: str) -> dict[str, Any]:
@@ -177,16 +225,23 @@ async def current_toml(store: Any, model: str) -> dict[str, Any]:
         raise InvalidInput(f"{model}/{TOML_FILE} does not parse, so a config cannot be merged into it: {exc}") from None
 
 
-async def publish(loader: Any, upload: Upload, source: str) -> ServedModel:
-    """Write the upload's files, load with its config (in memory only) through the hot-swap path,
-    and take both back (files removed, the config held before restored) if it does not load."""
+async def publish(loader: Any, model: str, build: Callable[[dict[str, Any]], Upload], source: str) -> ServedModel:
+    """Under the model's upload lock: read its model.toml, `build` the upload from it, write its
+    files, load with its config (in memory only) through the hot-swap path, and take both back
+    (files removed, the config held before restored) if it does not load."""
+    async with loader.upload_locks.hold(model):
+        upload = build(await current_toml(loader.store, model))
+        return await _publish_locked(loader, upload, source)
+
+
+async def _publish_locked(loader: Any, upload: Upload, source: str) -> ServedModel:
     if not upload.files and upload.toml is None:
         raise InvalidInput("load: nothing to write")
     if upload.toml is not None:
         checked_toml(upload.toml)  # a valid model.toml table, though it is never written
     previous = loader.overrides.get(upload.model)
     before = dict(loader.models[upload.model].versions) if upload.model in loader.models else {}
-    undo = await _write(loader.store, upload, None) if upload.files else None
+    undo = await _write(loader.store, upload, None, source) if upload.files else None
     try:
         served = await loader.load(upload.model, source, override=upload.toml)
         failed = _failed_versions(served, upload, before, upload.toml is not None or previous is not None)
@@ -216,14 +271,14 @@ def _failed_versions(served: ServedModel, upload: Upload, before: dict, forced: 
     return failed
 
 
-async def _write(store: Any, upload: Upload, toml: str | None):
+async def _write(store: Any, upload: Upload, toml: str | None, source: str):
     if isinstance(store, LocalStore):
-        return await asyncio.to_thread(write_upload, store.root, upload, toml)
+        return await asyncio.to_thread(write_upload, store.root, upload, toml, source)
     from mlserve.registry.s3 import S3Store
     from mlserve.registry.upload_s3 import write_upload_s3
 
     if isinstance(store, S3Store):
-        return await write_upload_s3(store, upload.model, upload.files, toml)
+        return await write_upload_s3(store, upload.model, upload.files, toml, uploaded_by=source)
     raise InvalidInput(f"uploads are not supported into {store.describe()}")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from mlserve.engine import Backend
 from mlserve.errors import ModelLoadError
+from mlserve.monitor.npz import read_npz
 from mlserve.spec import DATATYPE_TO_NUMPY, ModelConfig, ModelInfo, TensorSpec
 
 
@@ -54,8 +55,10 @@ def _sample(info: ModelInfo, config: ModelConfig, path: Path, rows: int) -> dict
     file = (path / name).resolve()
     if path.resolve() not in file.parents or not file.is_file():
         raise ModelLoadError(f"[warmup] file {name!r} is not in the version folder")
-    with np.load(file, allow_pickle=False) as data:
-        arrays = {spec.name: data[spec.name] for spec in info.inputs if spec.name in data}
+    try:
+        arrays = read_npz(file, names={spec.name for spec in info.inputs})
+    except ValueError as exc:
+        raise ModelLoadError(f"[warmup] file {name!r}: {exc}") from None
     missing = [s.name for s in info.inputs if s.name not in arrays]
     if missing:
         raise ModelLoadError(f"[warmup] file {name!r} lacks input(s) {missing}")

@@ -22,9 +22,10 @@ from mlserve.server.state import ServerState
 
 log = logging.getLogger("mlserve.server")
 
-# Most specific first: PayloadTooLarge is an InvalidInput.
+# Most specific first: PayloadTooLarge and Conflict are InvalidInputs.
 ERROR_STATUS: tuple[tuple[type[errors.MlserveError], int], ...] = (
     (errors.PayloadTooLarge, 413),
+    (errors.Conflict, 409),
     (errors.ModelNotFound, 404),
     (errors.JobNotFound, 404),
     (errors.ModelNotReady, 503),
@@ -40,6 +41,7 @@ ERROR_STATUS: tuple[tuple[type[errors.MlserveError], int], ...] = (
 # The same errors as gRPC status code names (grpc.StatusCode members), for the gRPC server.
 GRPC_ERROR_STATUS: tuple[tuple[type[errors.MlserveError], str], ...] = (
     (errors.PayloadTooLarge, "RESOURCE_EXHAUSTED"),
+    (errors.Conflict, "ALREADY_EXISTS"),
     (errors.ModelNotFound, "NOT_FOUND"),
     (errors.ModelNotReady, "UNAVAILABLE"),
     (errors.InvalidInput, "INVALID_ARGUMENT"),

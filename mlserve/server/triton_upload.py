@@ -17,7 +17,7 @@ from google.protobuf import json_format
 
 from mlserve.errors import InvalidInput, MlserveError
 from mlserve.registry.loader import HotSwapLoader, ServedModel
-from mlserve.registry.upload import Upload, check_file_path, current_toml, publish
+from mlserve.registry.upload import Upload, check_file_path, publish
 from mlserve.server.grpc_proto import model_config_pb2
 
 _PLATFORMS = {"onnxruntime_onnx": "onnx", "onnxruntime": "onnx", "pytorch_libtorch": "torchscript",
@@ -102,7 +102,7 @@ def _parameters(raw: Mapping[str, Any], out: dict[str, Any]) -> None:
         if key in _STR_PARAMETERS:
             if text:
                 out[key] = text
-        elif not text.isdigit():
+        elif not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise InvalidInput(f"config parameters: {key} must be a whole number, got {text!r}")
         else:
             out[key] = int(text)
@@ -153,8 +153,8 @@ async def load_model(loader: HotSwapLoader, name: str, parameters: Mapping[str, 
     "failed to load 'name'", the words Triton's clients and examples look for."""
     try:
         if parameters:
-            upload = upload_from_parameters(name, parameters, await current_toml(loader.store, name), is_base64)
-            return await publish(loader, upload, who)
+            return await publish(loader, name, lambda toml: upload_from_parameters(name, parameters, toml, is_base64),
+                                 who)
         return await loader.load(name, who)
     except MlserveError as exc:
         if "failed to load" not in str(exc):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from mlserve.spec.table import parse_table
+from mlserve.spec.table import between, parse_table
+
+_MAX_ROWS = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,24 +17,24 @@ class DriftSettings:
     enabled: bool = True
     reference: str = "reference.npz"
     """File in the version folder: arrays named like the model's inputs (and optionally outputs)."""
-    reference_rows: int = 1000
+    reference_rows: int = field(default=1000, metadata=between(1, _MAX_ROWS))
     """Without that file, the first this many rows served become the reference."""
-    window: int = 10000
+    window: int = field(default=10000, metadata=between(1, _MAX_ROWS))
     """Live rows compared with the reference (a count window)."""
-    window_s: float = 0.0
+    window_s: float = field(default=0.0, metadata=between(0, 30 * 86400))
     """When > 0, a time window of this many seconds instead of a row count."""
-    psi_warn: float = 0.1
-    psi_alert: float = 0.25
-    bins: int = 10
+    psi_warn: float = field(default=0.1, metadata=between(0, 1000))
+    psi_alert: float = field(default=0.25, metadata=between(0, 1000))
+    bins: int = field(default=10, metadata=between(1, 1000))
     """PSI bins (reference deciles by default)."""
-    fine_bins: int = 100
+    fine_bins: int = field(default=100, metadata=between(1, 10_000))
     """KS bins: the reference's percentiles."""
-    max_columns: int = 32
+    max_columns: int = field(default=32, metadata=between(1, 4096))
     """2-D tensors up to this many columns get one feature per column; wider ones are summarised."""
-    min_rows: int = 1000
+    min_rows: int = field(default=1000, metadata=between(0, _MAX_ROWS))
     """Live rows needed before a status other than 'collecting' (at most the count window). PSI over
     ten bins of n same-distribution rows is about 9/n by chance alone, so small windows cry wolf."""
-    top: int = 5
+    top: int = field(default=5, metadata=between(1, 1000))
     """How many of the most drifting features the report names."""
 
     def __post_init__(self) -> None:

@@ -2,40 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from mlserve.spec.table import parse_table
+from mlserve.spec.table import between, parse_table
 
 
 @dataclass(frozen=True, slots=True)
 class LLMSettings:
     """Sizes of the KV pool and of each engine step."""
 
-    block_size: int = 16
+    block_size: int = field(default=16, metadata=between(1, 1024))
     """Token slots per KV block."""
-    kv_memory_fraction: float = 0.5
+    kv_memory_fraction: float = field(default=0.5, metadata=between(0, 1))
     """Share of the device's free memory, once the weights are in, the KV pool may take; the pool
     never grows past max_num_seqs sequences of max_model_len. Used unless kv_cache_mb or
     num_kv_blocks is set."""
-    kv_cache_mb: float | None = None
+    kv_cache_mb: float | None = field(default=None, metadata=between(0, 16 * 2**20))
     """Memory budget of the KV pool in MiB (overrides kv_memory_fraction)."""
-    num_kv_blocks: int | None = None
+    num_kv_blocks: int | None = field(default=None, metadata=between(1, 2**24))
     """Set the pool size in blocks directly (overrides kv_cache_mb and kv_memory_fraction)."""
-    max_num_seqs: int = 64
+    max_num_seqs: int = field(default=64, metadata=between(1, 4096))
     """Sequences in the running batch at most."""
-    max_num_batched_tokens: int = 512
+    max_num_batched_tokens: int = field(default=512, metadata=between(1, 2**20))
     """Tokens computed per step at most (decodes count one each; prefills are chunked to fit)."""
-    max_model_len: int | None = None
+    max_model_len: int | None = field(default=None, metadata=between(2, 2**20))
     """Prompt plus output tokens per sequence at most; defaults to the model's context length."""
-    max_waiting: int = 1024
+    max_waiting: int = field(default=1024, metadata=between(1, 1_000_000))
     """Requests waiting for a place in the running batch before new ones get 429."""
     cuda_graphs: bool = True
     """On a CUDA device, capture decode steps as CUDA graphs at load (per size of
     cuda_graph_batch_sizes and per block-table width) and replay them for decode-only steps of up to
     that many sequences; steps with prompt tokens and larger batches run eagerly. CPU devices always
     run eagerly."""
-    cuda_graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+    cuda_graph_batch_sizes: tuple[int, ...] = field(default=(1, 2, 4, 8, 16, 32, 64, 128), metadata=between(1, 4096))
     """Decode batch sizes to capture, each capped at max_num_seqs; a step of n sequences replays the
     smallest captured size >= n, the extra rows being padding."""
 

@@ -16,12 +16,17 @@ from mlserve.errors import ModelLoadError
 from mlserve.spec.drift import DriftSettings
 from mlserve.spec.llm import LLMSettings
 from mlserve.spec.precision import TorchSettings
-from mlserve.spec.table import parse_table
+from mlserve.spec.table import MAX_LIST_ITEMS, between, parse_table
 from mlserve.spec.tensor import TensorSpec
 from mlserve.spec.traffic import TrafficSpec
+from mlserve.spec.version import MAX_VERSION
 
 BACKENDS = ("onnx", "torchscript", "torch_export", "tensorrt", "llm", "embedding")
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_HOUR_US = 3600 * 1_000_000
+MAX_LATEST_VERSIONS = 256
+MAX_TENSOR_RANK = 32
+MAX_TENSOR_DIM = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,37 +52,39 @@ class VersionPolicy:
         if not isinstance(raw, dict) or len(raw) != 1:
             raise ValueError("version_policy must be one of {latest = N}, {all = true}, {specific = [..]}")
         (key, value), = raw.items()
-        if key == "latest" and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        if key == "latest" and isinstance(value, int) and not isinstance(value, bool) \
+                and 1 <= value <= MAX_LATEST_VERSIONS:
             return cls(latest=value)
         if key == "all" and value is True:
             return cls(latest=None, all=True)
-        if key == "specific" and isinstance(value, list) and value and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+        if key == "specific" and isinstance(value, list) and 0 < len(value) <= MAX_LIST_ITEMS and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_VERSION for v in value
         ):
             return cls(latest=None, specific=tuple(value))
-        raise ValueError(f"bad version_policy {raw!r}")
+        raise ValueError(f"bad version_policy {raw!r}: latest in 1..{MAX_LATEST_VERSIONS}, or specific: "
+                         f"1..{MAX_LIST_ITEMS} versions in 1..{MAX_VERSION}")
 
 
 @dataclass(frozen=True, slots=True)
 class BatchingSpec:
     """How requests to one model version are grouped into batches."""
 
-    max_batch_size: int = 64
+    max_batch_size: int = field(default=64, metadata=between(0, 65536))
     """Rows per batch; 0 = no batching, one request per run and shapes are taken as given."""
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = field(default=2000, metadata=between(0, 10_000_000))
     """Longest a queued request waits for company once others are waiting."""
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = 1024
+    preferred_batch_sizes: tuple[int, ...] = field(default=(), metadata=between(1, 65536))
+    max_queue_size: int = field(default=1024, metadata=between(1, 1_000_000))
     """Requests waiting per version before new ones get 429."""
-    timeout_us: int = 0
+    timeout_us: int = field(default=0, metadata=between(0, _HOUR_US))
     """Default longest wait in the queue before a 504; 0 = none. A request's `timeout` may only shorten it."""
-    priority_levels: int = 1
+    priority_levels: int = field(default=1, metadata=between(1, 1000))
     """Priority levels a request may name in its `priority` parameter; 1 is the highest."""
     default_priority_level: int | None = None
     """Level of a request that names none; None = the lowest level."""
-    priority_aging_us: int = 1_000_000
+    priority_aging_us: int = field(default=1_000_000, metadata=between(0, _HOUR_US))
     """A request that has waited this long is taken ahead of every level, so low levels never starve."""
-    cache_size: int = 0
+    cache_size: int = field(default=0, metadata=between(0, 1_000_000))
     """Responses kept in this version's LRU cache, keyed by a hash of the input bytes; 0 = off."""
     background_share: float = 0.1
     """The least share of this version's rows that waiting background work (in-server jobs) gets
@@ -109,7 +116,7 @@ class WarmupSpec:
     enabled: bool = True
     file: str | None = None
     """An .npz in the version folder, one array per input; None = zeros from the input spec."""
-    batch_sizes: tuple[int, ...] | None = None
+    batch_sizes: tuple[int, ...] | None = field(default=None, metadata=between(1, 65536))
     """None = 1, the preferred sizes and max_batch_size."""
 
     def __post_init__(self) -> None:
@@ -124,16 +131,18 @@ class ModelConfig:
     backend: str | None = None
     device: str | None = None
     """cpu, cuda, cuda:N or auto; None = the server's default_device."""
-    gpu_memory_mb: float | None = None
+    gpu_memory_mb: float | None = field(default=None, metadata=between(0, 16 * 2**20))
     """GPU memory a version takes (weights, workspace, KV pool), MiB; None = estimated from its files
     for placement, then measured at load."""
     batching: BatchingSpec = field(default_factory=BatchingSpec)
-    instances: int = 1
-    intra_op_threads: int = 1
+    instances: int = field(default=1, metadata=between(1, 64))
+    """Worker threads (or CUDA streams) for each version."""
+    intra_op_threads: int = field(default=1, metadata=between(0, 256))
+    """Threads the engine computes one batch with (0 = the engine's default)."""
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
-    hang_timeout_us: int | None = None
+    hang_timeout_us: int | None = field(default=None, metadata=between(1, 24 * _HOUR_US))
     """A batch running longer than this is declared hung and its worker replaced; None = the guard's default."""
     llm: LLMSettings = field(default_factory=LLMSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
@@ -175,8 +184,8 @@ _BATCHING_KEYS = (
 
 def _tensor_specs(what: str):
     def parse(raw: Any) -> tuple[TensorSpec, ...]:
-        if not isinstance(raw, list):
-            raise ValueError(f"[[{what}]] must be a list of tables")
+        if not isinstance(raw, list) or len(raw) > MAX_LIST_ITEMS:
+            raise ValueError(f"[[{what}]] must be a list of at most {MAX_LIST_ITEMS} tables")
         specs = []
         for item in raw:
             if not isinstance(item, dict) or set(item) - {"name", "datatype", "shape"} or "name" not in item:
@@ -184,6 +193,9 @@ def _tensor_specs(what: str):
             shape = item.get("shape")
             if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
                 raise ValueError(f"[[{what}]] {item['name']!r}: shape must be a list of integers")
+            if len(shape) > MAX_TENSOR_RANK or any(d > MAX_TENSOR_DIM for d in shape):
+                raise ValueError(f"[[{what}]] {item['name']!r}: shape may have at most {MAX_TENSOR_RANK} "
+                                 f"dimensions, each at most {MAX_TENSOR_DIM}")
             specs.append(TensorSpec(str(item["name"]), str(item.get("datatype", "")), tuple(shape)))
         return tuple(specs)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from mlserve.spec.table import parse_table
+from mlserve.spec.table import MAX_LIST_ITEMS, between, parse_table
+from mlserve.spec.version import MAX_VERSION, parse_version
 
 OUTCOME_KINDS = ("binary", "numeric")
 
@@ -46,7 +47,7 @@ class ExperimentSpec:
     power: float = 0.8
     mde: float = 0.02
     """Minimum detectable effect, absolute, in the outcome's units (0.02 = two points of conversion)."""
-    min_samples: int = 100
+    min_samples: int = field(default=100, metadata=between(2, 10**9))
     """Outcomes per arm before the sequential test may decide (its variance estimate needs them)."""
 
     def __post_init__(self) -> None:
@@ -64,11 +65,11 @@ class ExperimentSpec:
 class BreakerSpec:
     """When a version's breaker opens, and how it probes its way back."""
 
-    consecutive_failures: int = 5
+    consecutive_failures: int = field(default=5, metadata=between(1, 1_000_000))
     error_rate: float = 0.5
-    window: int = 20
+    window: int = field(default=20, metadata=between(1, 1_000_000))
     """Requests in the error-rate window; the rate is judged once the window is full."""
-    open_s: float = 5.0
+    open_s: float = field(default=5.0, metadata=between(0, 86400))
     """Time an open breaker waits before letting one probe through (half-open)."""
 
     def __post_init__(self) -> None:
@@ -79,15 +80,16 @@ class BreakerSpec:
 
 
 def _weights(raw: Any) -> tuple[tuple[int, float], ...]:
-    if not isinstance(raw, Mapping) or not raw:
-        raise ValueError(f"split must be a table of version = percent, got {raw!r}")
+    if not isinstance(raw, Mapping) or not raw or len(raw) > MAX_LIST_ITEMS:
+        raise ValueError(f"split must be a table of 1..{MAX_LIST_ITEMS} version = percent, got {raw!r}")
     out = []
     for version, weight in raw.items():
-        if not str(version).isdigit() or int(version) < 1:
-            raise ValueError(f"split: {version!r} is not a version number")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(f"split: weight of version {version} must be a number >= 0, got {weight!r}")
-        out.append((int(version), float(weight)))
+        number = parse_version(str(version))
+        if number is None:
+            raise ValueError(f"split: {version!r} is not a version number (1..{MAX_VERSION})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1e9:
+            raise ValueError(f"split: weight of version {version} must be a number in 0..1e9, got {weight!r}")
+        out.append((number, float(weight)))
     if sum(w for _, w in out) <= 0:
         raise ValueError("split: the weights must not all be zero")
     return tuple(sorted(out))
@@ -103,12 +105,13 @@ def _shadow(raw: Any) -> ShadowSpec | None:
         return None
     if not isinstance(raw, Mapping) or "version" not in raw or set(raw) - {"version", "percent"}:
         raise ValueError(f"shadow must be {{ version = \"N\", percent = P }}, got {raw!r}")
-    if not str(raw["version"]).isdigit():
-        raise ValueError(f"shadow: {raw['version']!r} is not a version number")
+    version = parse_version(str(raw["version"]))
+    if version is None:
+        raise ValueError(f"shadow: {raw['version']!r} is not a version number (1..{MAX_VERSION})")
     percent = raw.get("percent", 100)
     if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
         raise ValueError(f"shadow: percent must lie in 0..100, got {percent!r}")
-    return ShadowSpec(int(raw["version"]), float(percent))
+    return ShadowSpec(version, float(percent))
 
 
 @dataclass(frozen=True, slots=True)

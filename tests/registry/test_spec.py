@@ -74,3 +74,30 @@ def test_symlink_leaving_the_repository_is_refused(tmp_path):
     with pytest.raises(Exception, match="leaves the model repository"):
         asyncio.run(read_entry(LocalStore(repo), "sneaky"))
     assert isinstance(ModelLoadError("x"), Exception)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"intra_op_threads": 2000}, "intra_op_threads must lie in 0..256, got 2000"),
+    ({"intra_op_threads": 100000}, "intra_op_threads must lie in 0..256"),
+    ({"instances": 100000}, "instances must lie in 1..64"),
+    ({"max_batch_size": 10**7}, "max_batch_size must lie in 0..65536"),
+    ({"max_queue_size": 10**9}, "max_queue_size must lie in 1..1000000"),
+    ({"max_queue_delay_us": 10**12}, "max_queue_delay_us must lie in 0..10000000"),
+    ({"preferred_batch_sizes": [1] * 300}, "preferred_batch_sizes may hold at most 256 items"),
+    ({"cache_size": 10**9}, "cache_size must lie in 0..1000000"),
+    ({"gpu_memory_mb": 1e300}, "gpu_memory_mb must lie in"),
+    ({"warmup": {"batch_sizes": [10**9]}}, "[warmup] batch_sizes must lie in 1..65536"),
+    ({"llm": {"num_kv_blocks": 10**10}}, "[llm] num_kv_blocks must lie in 1..16777216"),
+    ({"llm": {"max_num_seqs": 10**6}}, "[llm] max_num_seqs must lie in 1..4096"),
+    ({"llm": {"block_size": 10**6}}, "[llm] block_size must lie in 1..1024"),
+    ({"drift": {"window": 10**10}}, "[drift] window must lie in 1..10000000"),
+    ({"drift": {"window_s": float("inf")}}, "[drift] window_s must be a finite number"),
+    ({"traffic": {"breaker": {"window": 10**9}}}, "[traffic.breaker] window must lie in 1..1000000"),
+    ({"traffic": {"split": {"99999999999999999999999": 100}}}, "is not a version number"),
+    ({"version_policy": {"latest": 10**6}}, "latest in 1..256"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1] * 40}]}, "at most 32 dimensions"),
+])
+def test_every_number_in_model_toml_is_bounded_and_the_key_named(raw, message):
+    with pytest.raises(ValueError) as excinfo:
+        parse_model_config(raw)
+    assert message in str(excinfo.value)

@@ -126,3 +126,18 @@ def test_untrusted_torch_artifacts_are_never_read(tmp_path):
     got = np.asarray(output["data"], np.float32).reshape(output["shape"])
     expected = module(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "torch_export", "aoti"])
+def test_an_uploaded_version_needs_trust_uploads_whatever_the_model_says(tmp_path, backend):
+    from mlserve.registry.safety import UPLOAD_MARKER, check_version_trusted
+
+    repository_version, uploaded = tmp_path / "1", tmp_path / "2"
+    repository_version.mkdir()
+    uploaded.mkdir()
+    (uploaded / UPLOAD_MARKER).write_text('{"source": "api 127.0.0.1"}')
+    check_version_trusted(backend, repository_version, is_model_trusted=True, trust_uploads=False)
+    with pytest.raises(ModelLoadError, match="trust_uploads"):
+        check_version_trusted(backend, uploaded, is_model_trusted=True, trust_uploads=False)
+    check_version_trusted(backend, uploaded, is_model_trusted=False, trust_uploads=True)
+    check_version_trusted("onnx", uploaded, is_model_trusted=False, trust_uploads=False)

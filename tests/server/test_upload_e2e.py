@@ -4,6 +4,7 @@ and a broken artifact or config is refused with the reason while the old version
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -46,9 +47,13 @@ def _http(server) -> httpclient.InferenceServerClient:
 
 
 def _infer_mlp(client, x: np.ndarray, version: str = "") -> tuple[str, np.ndarray]:
+    return _infer_mlp_model(client, "up", x, version)
+
+
+def _infer_mlp_model(client, model: str, x: np.ndarray, version: str = "") -> tuple[str, np.ndarray]:
     inp = httpclient.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
-    result = client.infer("up", [inp], model_version=version)
+    result = client.infer(model, [inp], model_version=version)
     return result.get_response()["model_version"], result.as_numpy("y")
 
 
@@ -81,8 +86,10 @@ def test_upload_serves_the_new_version_with_no_failed_request(server, artifacts)
     assert set(outcomes) <= {"1", "2"}
     np.testing.assert_allclose(_infer_mlp(_http(server), x)[1], _reference(artifacts / "mlp2.onnx", x),
                                rtol=1e-5, atol=1e-5)
-    sums = (server.root / "up" / "2" / "SHA256SUMS").read_text()
-    assert sums == f"{hashlib.sha256(content).hexdigest()}  model.onnx\n"
+    sums = (server.root / "up" / "2" / "SHA256SUMS").read_text().splitlines()
+    marker = (server.root / "up" / "2" / "mlserve-upload.json").read_bytes()
+    assert sums == [f"{hashlib.sha256(marker).hexdigest()}  mlserve-upload.json",
+                    f"{hashlib.sha256(content).hexdigest()}  model.onnx"]
 
 
 def test_broken_artifact_is_refused_and_the_old_version_serves(server):
@@ -106,13 +113,21 @@ def test_broken_artifact_is_refused_and_the_old_version_serves(server):
     ({"config": '{"sequence_batching": {}}'}, "sequence_batching not supported"),
     ({"config": '{"max_batch_size": "many"}'}, "not a Triton ModelConfig"),
     ({"config": '{"name": "other"}'}, "names model 'other'"),
+    ({"file:99999999999999999999999/model.onnx": "AAAA"}, "version folder"),
+    ({"config": '{"parameters": {"intra_op_threads": {"string_value": "2000"}}}'}, "intra_op_threads must lie in 0..256"),
+    ({"config": '{"parameters": {"intra_op_threads": {"string_value": "²"}}}'}, "must be a whole number"),
+    ({"config": '{"instance_group": [{"count": 100000, "kind": "KIND_CPU"}]}'}, "instances must lie in 1..64"),
+    ({"config": '{"dynamic_batching": {"default_queue_policy": {"max_queue_size": 100000000}}}'},
+     "max_queue_size must lie in 1..1000000"),
+    ({"file:1/mlserve-upload.json": "AAAA"}, "not a plain relative file path"),
     ({"file:1/model.onnx": "AAAA"}, "already has version 1"),
 ])
-def test_bad_uploads_are_400_with_the_reason(server, parameters, text):
+def test_bad_uploads_are_4xx_with_the_reason(server, parameters, text):
     toml = server.root / "up" / "model.toml"
     toml_before = toml.read_bytes() if toml.exists() else None
     answer = call(f"{server.url}/v2/repository/models/up/load", {"parameters": parameters})
-    assert answer.status == 400 and text in answer.body["error"], answer.body
+    expected = 409 if "already has" in text else 400  # a version that exists is a conflict
+    assert answer.status == expected and text in answer.body["error"], answer.body
     assert (toml.read_bytes() if toml.exists() else None) == toml_before and not (server.root / "up" / "7").exists()
 
 
@@ -143,6 +158,9 @@ def test_grpc_upload_of_a_new_model(server, artifacts):
     inp = grpcclient.InferInput("x", [2, 4], "FP32")
     inp.set_data_from_numpy(x)
     np.testing.assert_array_equal(client.infer("fresh", [inp]).as_numpy("y"), x)
+    with pytest.raises(InferenceServerException) as excinfo:
+        client.load_model("fresh", files={"file:1/model.onnx": (artifacts / "identity.onnx").read_bytes()})
+    assert excinfo.value.status() == "StatusCode.ALREADY_EXISTS" and "already has version 1" in excinfo.value.message()
     with pytest.raises(InferenceServerException) as excinfo:
         client.load_model("broken_new", files={"file:1/model.onnx": b"garbage"})
     assert excinfo.value.status() == "StatusCode.INVALID_ARGUMENT"
@@ -180,3 +198,48 @@ def test_push_command_writes_a_version_a_running_server_loads(server, artifacts,
     got = _http(server).infer("pushed", [inp]).as_numpy("y")
     np.testing.assert_allclose(got, _reference(artifacts / "mlp3.onnx", x), rtol=1e-5, atol=1e-5)
     assert _http(server).get_model_config("pushed")["max_batch_size"] == 16
+
+
+def _race(*uploads) -> list:
+    """Send the uploads at the same moment from one thread each: [(status, body)] in order."""
+    barrier, answers = threading.Barrier(len(uploads)), [None] * len(uploads)
+
+    def send(n: int, url: str, parameters: dict) -> None:
+        barrier.wait()
+        answer = call(url, {"parameters": parameters}, timeout=120)
+        answers[n] = (answer.status, answer.body)
+
+    threads = [threading.Thread(target=send, args=(n, *u)) for n, u in enumerate(uploads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    return answers
+
+
+def test_racing_uploads_to_a_new_model_keep_the_one_that_loaded(server, artifacts):
+    """A broken and a good upload race into a model that does not exist yet: the broken one's
+    rollback takes back only its own version, so the good one keeps its folder and serves."""
+    url = f"{server.url}/v2/repository/models/raced/load"
+    good = {"file:2/model.onnx": base64.b64encode((artifacts / "mlp1.onnx").read_bytes()).decode()}
+    broken = {"file:1/model.onnx": base64.b64encode(b"not an onnx file").decode()}
+    (ok_status, ok_body), (bad_status, bad_body) = _race((url, good), (url, broken))
+    assert ok_status == 200 and bad_status == 400, (ok_body, bad_body)
+    assert (server.root / "raced" / "2" / "model.onnx").is_file() and not (server.root / "raced" / "1").exists()
+    version, _ = _infer_mlp_model(_http(server), "raced", np.ones((1, 768), np.float32))
+    assert version == "2"
+
+
+def test_racing_uploads_of_one_version_one_wins_and_the_other_is_409(server, artifacts):
+    url = f"{server.url}/v2/repository/models/twice/load"
+    contents = [(artifacts / f"mlp{n}.onnx").read_bytes() for n in (1, 2)]
+    answers = _race(*((url, {"file:1/model.onnx": base64.b64encode(c).decode()}) for c in contents))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200, 409], answers
+    winner = contents[[status for status, _ in answers].index(200)]
+    folder = server.root / "twice" / "1"
+    assert (folder / "model.onnx").read_bytes() == winner
+    assert f"{hashlib.sha256(winner).hexdigest()}  model.onnx" in (folder / "SHA256SUMS").read_text().splitlines()
+    x = np.ones((1, 768), np.float32)
+    np.testing.assert_allclose(_infer_mlp_model(_http(server), "twice", x)[1],
+                               ort.InferenceSession(winner).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
