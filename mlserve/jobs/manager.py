@@ -17,7 +17,7 @@ from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.record import (
     JobRecord, JobState, allowed_path, check_request, load_records, parse_version, save_record,
 )
-from mlserve.jobs.runner import BatchRun, InferFn, JobPlan, RowFormats, preflight
+from mlserve.jobs.runner import BatchRun, InferFn, JobPlan, RowFormats, output_files, preflight
 from mlserve.spec import ModelInfo
 
 log = logging.getLogger("mlserve.jobs")
@@ -46,7 +46,7 @@ class JobManager:
         self._resolve = resolve
         self.is_enabled = bool(config.allowed_dir)
         self._root = Path(config.allowed_dir).resolve() if self.is_enabled else Path()
-        self._state_dir = Path(config.state_dir) if config.state_dir else self._root / ".mlserve-jobs"
+        self._state_dir = (Path(config.state_dir) if config.state_dir else self._root / ".mlserve-jobs").resolve()
         self.jobs: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._runs: dict[str, BatchRun] = {}
@@ -79,13 +79,12 @@ class JobManager:
         """Check everything a run would refuse, then record and queue the job."""
         self._check_enabled()
         body = check_request(body)
-        output = allowed_path(self._root, body["output"], "output")
+        output = self._path(body["output"], "output")
         errors_raw = body.get("errors") or str(output.with_name(output.name + ".errors.jsonl"))
         record = JobRecord(
             secrets.token_hex(8), body["model"], parse_version(body.get("version")),
-            str(allowed_path(self._root, body["input"], "input")), str(output),
-            str(allowed_path(self._root, errors_raw, "errors")), body.get("priority"),
-            body.get("overwrite", False), time.time(),
+            str(self._path(body["input"], "input")), str(output), str(self._path(errors_raw, "errors")),
+            body.get("priority"), body.get("overwrite", False), time.time(),
         )
         self._check_free(record)
         target = await self._resolve(record.model, record.version, record.priority)
@@ -104,13 +103,22 @@ class JobManager:
                  record.input, record.output)
         return record
 
+    def _path(self, raw: Any, what: str) -> Path:
+        """A job's file under the batch folder, never in the folder holding the job records."""
+        path = allowed_path(self._root, raw, what)
+        if path.is_relative_to(self._state_dir):
+            raise Forbidden(f"{what} {raw!r} lies in the folder holding the batch job records")
+        return path
+
     def _check_free(self, record: JobRecord) -> None:
-        """No two unfinished jobs write the same file, or read a file another one writes."""
+        """No two unfinished jobs write the same file (output, its partial and checkpoint, errors),
+        or read a file another one writes."""
+        writes = _written(record)
         for other in self.jobs.values():
             if other.is_finished:
                 continue
-            clash = ({record.output, record.errors} & {other.output, other.errors, other.input}) | (
-                {record.input} & {other.output, other.errors})
+            others = _written(other)
+            clash = (writes & (others | {other.input})) | ({record.input} & others)
             if clash:
                 raise InvalidInput(f"batch job {other.job_id} is still using {sorted(clash)[0]}")
 
@@ -196,3 +204,7 @@ class JobManager:
             "rows_per_s": round(progress.rows_per_s(), 1) if running else 0.0,
             "eta_s": progress.eta_s() if running else None,
         }
+
+
+def _written(record: JobRecord) -> set[str]:
+    return {str(p) for p in output_files(Path(record.output))} | {record.errors}

@@ -111,6 +111,40 @@ def test_bad_requests_are_refused_and_change_nothing(jobs_server, batch_dir, tmp
     assert not (batch_dir / "o.jsonl").exists() and (batch_dir / "taken.jsonl").read_text() == ""
 
 
+def test_errors_path_truncates_no_file_the_job_was_not_given(jobs_server, jobs_repo, batch_dir):
+    """The errors file follows the output's rules: no overwrite unless asked, never a job record,
+    never a file a running job writes (its output, partial, checkpoint), created exclusively."""
+    url = f"{jobs_server.url}/v2/batch/jobs"
+    x = mlp_rows(20000, seed=14)
+    write_input(batch_dir / "e.npz", x)
+    (batch_dir / "kept.txt").write_text("keep me")
+    running = call(url, {"model": "mlp", "version": 1, "input": "e.npz", "output": "e.jsonl"}).body["id"]
+    wait_job(jobs_server.url, running, lambda j: j["rows_done"] > 0)
+    record = batch_dir / ".mlserve-jobs" / f"{running}.json"
+    record_bytes = record.read_bytes()
+    base = {"model": "mlp", "input": "e.npz", "output": "f.jsonl"}
+    cases = [
+        ({"errors": "kept.txt"}, 400, "errors"),
+        ({"errors": f".mlserve-jobs/{running}.json", "overwrite": True}, 403, "batch job records"),
+        ({"errors": "e.jsonl.checkpoint.json", "overwrite": True}, 400, f"batch job {running} is still using"),
+        ({"errors": "e.jsonl.partial", "overwrite": True}, 400, f"batch job {running} is still using"),
+        ({"output": "g.jsonl", "errors": "g.jsonl.checkpoint.json"}, 400, "the output g.jsonl writes itself"),
+    ]
+    for extra, status, message in cases:
+        answer = call(url, {**base, **extra})
+        assert (answer.status, message in answer.body["error"]) == (status, True), (extra, answer.body)
+    assert "exists; start over with overwrite" in call(url, {**base, "errors": "kept.txt"}).body["error"]
+    assert (batch_dir / "kept.txt").read_text() == "keep me" and record.read_bytes() == record_bytes
+    assert not (batch_dir / "f.jsonl.partial").exists()
+    done = wait_job(jobs_server.url, running, finished)
+    assert (done["rows_done"], done["rows_failed"]) == (20000, 0)
+    assert [r["row"] for r in read_jsonl(batch_dir / "e.jsonl")] == list(range(20000))
+    replaced = call(url, {**base, "errors": "kept.txt", "overwrite": True})
+    assert replaced.status == 201, replaced.body
+    wait_job(jobs_server.url, replaced.body["id"], finished)
+    assert (batch_dir / "kept.txt").read_text() == ""
+
+
 def test_cancel_stops_the_job_and_a_resubmit_resumes_it(jobs_server, jobs_repo, batch_dir):
     num_rows = 20000
     x = mlp_rows(num_rows, seed=13)
