@@ -22,7 +22,8 @@ from enum import Enum, auto
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.config import JobsConfig
+from mlserve.errors import InvalidInput, ModelNotFound, Overloaded
 from mlserve.optimize.pipeline import OptimizeRequest
 from mlserve.optimize.request import to_json
 
@@ -83,17 +84,24 @@ def _read_progress(path: Path) -> list[dict]:
 
 
 class OptimizeJobs:
-    """Starts, tracks and cancels optimize jobs; one child process each."""
+    """Starts, tracks and cancels optimize jobs; one child process each, at most
+    `optimize_max_running` at once, each stopped after `optimize_timeout_s`."""
 
-    def __init__(self, on_published: OnPublished) -> None:
+    def __init__(self, on_published: OnPublished, config: JobsConfig) -> None:
         self._on_published = on_published
+        self._config = config
         self.jobs: dict[str, Job] = {}
 
     async def start(self, request: OptimizeRequest, rollout: dict | None) -> Job:
-        """One running job per model: two would race for the next version number."""
-        running = [j for j in self.jobs.values() if j.model == request.model and j.state is JobState.RUNNING]
-        if running:
-            raise InvalidInput(f"model {request.model!r} already has optimize job {running[0].job_id} running")
+        """One running job per model (two would race for the next version number), and a cap on
+        the children the whole server runs."""
+        running = [j for j in self.jobs.values() if j.state is JobState.RUNNING]
+        same = [j for j in running if j.model == request.model]
+        if same:
+            raise InvalidInput(f"model {request.model!r} already has optimize job {same[0].job_id} running")
+        if len(running) >= self._config.optimize_max_running:
+            raise Overloaded(f"{len(running)} optimize jobs are running, the server's limit ([jobs] "
+                             "optimize_max_running); start this one when one of them finishes", retry_after_s=30)
         self._forget_old()
         folder = Path(tempfile.mkdtemp(prefix="mlserve-job-"))
         (folder / "request.json").write_text(json.dumps(to_json(request)))
@@ -120,9 +128,8 @@ class OptimizeJobs:
 
     async def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
-        is_publishing = any(e.get("event") == "publishing" for e in _read_progress(job.folder / "progress.jsonl"))
         if job.state is JobState.RUNNING and job.process is not None and job.process.returncode is None \
-                and not is_publishing:  # too late once publishing: the job finishes and says so
+                and not _is_publishing(job):  # too late once publishing: the job finishes and says so
             job.state = JobState.CANCELLED
             await _stop(job.process)
         if job.task is not None:
@@ -135,17 +142,33 @@ class OptimizeJobs:
 
     async def _watch(self, job: Job) -> None:
         assert job.process is not None
-        code = await job.process.wait()
+        code = await self._wait(job)
         job.progress = _read_progress(job.folder / "progress.jsonl")
         try:
-            # A cancel that raced the start of publishing loses: the version is there, so say so.
-            if job.state is not JobState.CANCELLED or (job.folder / "report.json").is_file():
+            # A cancel (or the time limit) that raced the start of publishing loses: the version is
+            # there, so say so.
+            if job.state is JobState.RUNNING or (job.folder / "report.json").is_file():
                 await self._finish(job, code)
         except Exception as exc:  # a failed load or rollout is the job's outcome, not the server's
             job.state, job.error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
         finally:
             shutil.rmtree(job.folder, ignore_errors=True)
         log.info("optimize job %s: %s %s", job.job_id, job.state.name.lower(), job.error)
+
+    async def _wait(self, job: Job) -> int:
+        """The child's exit code; past the time limit it is stopped, unless it is already publishing."""
+        assert job.process is not None
+        limit = self._config.optimize_timeout_s
+        try:
+            return await asyncio.wait_for(job.process.wait(), limit)
+        except asyncio.TimeoutError:
+            pass
+        if job.state is JobState.RUNNING and not _is_publishing(job):
+            await _stop(job.process)
+            if job.state is JobState.RUNNING:  # not cancelled meanwhile
+                job.state = JobState.FAILED
+                job.error = f"stopped: ran past the optimize time limit of {limit:g} s ([jobs] optimize_timeout_s)"
+        return await job.process.wait()
 
     async def _finish(self, job: Job, code: int) -> None:
         report_path, error_path = job.folder / "report.json", job.folder / "error.json"
@@ -159,6 +182,10 @@ class OptimizeJobs:
         if version is not None:
             job.deployment = await self._on_published(job.model, version, job.rollout)
         job.state = JobState.SUCCEEDED
+
+
+def _is_publishing(job: Job) -> bool:
+    return any(e.get("event") == "publishing" for e in _read_progress(job.folder / "progress.jsonl"))
 
 
 def _child_env() -> dict[str, str]:

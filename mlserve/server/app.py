@@ -117,7 +117,7 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
     return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
-                    optimize_jobs(loader, inference.traffic), DecodePool(config.limits))
+                    optimize_jobs(loader, inference.traffic, config.jobs), DecodePool(config.limits))
 
 
 def stages(s: Services) -> list[Stage]:
