@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlserve.config import JobsConfig
-from mlserve.errors import Forbidden, InvalidInput, JobNotFound
+from mlserve.errors import Forbidden, InvalidInput, JobNotFound, Overloaded
 from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.record import (
-    JobRecord, JobState, allowed_path, check_request, load_records, parse_version, save_record,
+    JobRecord, JobState, allowed_path, check_request, load_records, parse_version, remove_record, save_record,
 )
 from mlserve.jobs.runner import BatchRun, InferFn, JobPlan, RowFormats, output_files, preflight
 from mlserve.spec import ModelInfo
@@ -39,7 +39,8 @@ Resolver = Callable[[str, "int | None", "int | None"], Awaitable[Target]]
 
 
 class JobManager:
-    """Owns every in-server job: records in `state_dir`, one task per job, a slot limit."""
+    """Owns every in-server job: records in `state_dir` (at most `max_jobs`, finished ones kept for
+    `retention_s`), one task per job, a slot limit."""
 
     def __init__(self, config: JobsConfig, resolve: Resolver) -> None:
         self._config = config
@@ -60,6 +61,8 @@ class JobManager:
         self._state_dir.mkdir(parents=True, exist_ok=True)
         for record in await asyncio.to_thread(load_records, self._state_dir):
             self.jobs[record.job_id] = record
+        await self.prune()
+        for record in list(self.jobs.values()):
             if not record.is_finished:
                 log.info("batch job %s resumes (%s -> %s)", record.job_id, record.input, record.output)
                 self._schedule(record)
@@ -79,6 +82,8 @@ class JobManager:
         """Check everything a run would refuse, then record and queue the job."""
         self._check_enabled()
         body = check_request(body)
+        await self.prune(room=1)
+        self._check_room()
         output = self._path(body["output"], "output")
         errors_raw = body.get("errors") or str(output.with_name(output.name + ".errors.jsonl"))
         record = JobRecord(
@@ -91,6 +96,7 @@ class JobManager:
         plan = self._plan(record, target)
         await asyncio.to_thread(preflight, plan, record.overwrite, target.formats)
         self._check_free(record)  # again: another job may have taken a file while this one was checked
+        self._check_room()
         record.version = target.version
         self.jobs[record.job_id] = record
         try:
@@ -102,6 +108,24 @@ class JobManager:
         log.info("batch job %s accepted: %s/%d, %s -> %s", record.job_id, record.model, record.version,
                  record.input, record.output)
         return record
+
+    async def prune(self, room: int = 0) -> None:
+        """Forget finished jobs older than `retention_s`, then the oldest finished ones while more
+        than `max_jobs - room` are kept; their records are deleted (their files stay)."""
+        now, limit = time.time(), self._config.max_jobs - room
+        finished = sorted((r for r in self.jobs.values() if r.is_finished), key=_finished_at)
+        expired = [r for r in finished if now - _finished_at(r) >= self._config.retention_s]
+        crowded = finished[len(expired):][:max(0, len(self.jobs) - len(expired) - limit)]
+        for record in expired + crowded:
+            del self.jobs[record.job_id]
+            self._runs.pop(record.job_id, None)
+            await asyncio.to_thread(remove_record, self._state_dir, record.job_id)
+            log.info("batch job %s: record pruned", record.job_id)
+
+    def _check_room(self) -> None:
+        if len(self.jobs) >= self._config.max_jobs:
+            raise Overloaded(f"{len(self.jobs)} batch jobs are queued or running, the server's limit ([jobs] "
+                             "max_jobs); submit again when one finishes", retry_after_s=30)
 
     def _path(self, raw: Any, what: str) -> Path:
         """A job's file under the batch folder, never in the folder holding the job records."""
@@ -156,7 +180,7 @@ class JobManager:
                     run.close()
 
     async def _finish(self, record: JobRecord, state: JobState, reason: str) -> None:
-        record.state, record.reason = state, reason
+        record.state, record.reason, record.finished = state, reason, time.time()
         await asyncio.to_thread(save_record, self._state_dir, record)
         log.info("batch job %s %s", record.job_id, state.name.lower())
 
@@ -172,7 +196,7 @@ class JobManager:
         record = self.get(job_id)
         if record.is_finished:
             raise InvalidInput(f"batch job {job_id} is already {record.state.name.lower()}")
-        record.state, record.reason = JobState.CANCELLED, "cancelled on request"
+        record.state, record.reason, record.finished = JobState.CANCELLED, "cancelled on request", time.time()
         task = self._tasks.get(job_id)
         if task is not None:
             task.cancel()
@@ -208,3 +232,7 @@ class JobManager:
 
 def _written(record: JobRecord) -> set[str]:
     return {str(p) for p in output_files(Path(record.output))} | {record.errors}
+
+
+def _finished_at(record: JobRecord) -> float:
+    return record.finished if record.finished is not None else record.created

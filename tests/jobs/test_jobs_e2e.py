@@ -208,3 +208,32 @@ def test_server_stopped_mid_job_finishes_it_after_restart(jobs_repo, tmp_path, s
     rows, y = read_output(batch / "k.npz.out.npz")
     assert rows.tolist() == list(range(num_rows))
     np.testing.assert_allclose(y, reference(jobs_repo / "mlp" / "2" / "model.onnx", x), **TOL)
+
+
+def test_job_records_are_capped_and_finished_ones_pruned(jobs_repo, tmp_path):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    write_input(folder / "big.npz", mlp_rows(20000, seed=15))
+    write_input(folder / "small.npz", mlp_rows(8, seed=16))
+    env = {"MLSERVE_JOBS_MAX_JOBS": "2", "MLSERVE_JOBS_RETENTION_S": "5"}
+    records = folder / ".mlserve-jobs"
+    with serving(jobs_repo, "--batch-dir", str(folder), log_path=tmp_path / "m.log", env=env) as proc:
+        url = f"{proc.url}/v2/batch/jobs"
+        first, second = (call(url, {"model": "mlp", "input": "big.npz", "output": f"big{i}.jsonl"}) for i in (1, 2))
+        assert (first.status, second.status) == (201, 201), (first.body, second.body)
+        small = {"model": "mlp", "input": "small.npz", "output": "s.jsonl"}
+        refused = call(url, small)
+        assert refused.status == 429 and "max_jobs" in refused.body["error"], refused.body
+        assert not (folder / "s.jsonl.checkpoint.json").exists()
+        for job in (first, second):
+            assert call(f"{url}/{job.body['id']}", method="DELETE").status == 200
+        third = call(url, small)
+        assert third.status == 201, third.body
+        assert first.body["id"] not in [j["id"] for j in call(url).body["jobs"]]  # the oldest finished went
+        assert not (records / f"{first.body['id']}.json").exists()
+        wait_job(proc.url, third.body["id"], finished)
+        deadline = time.monotonic() + 60
+        while third.body["id"] in [j["id"] for j in call(url).body["jobs"]]:
+            assert time.monotonic() < deadline, "a finished job outlived its retention"
+            time.sleep(0.2)
+        assert list(records.glob("*.json")) == [] and len(read_jsonl(folder / "s.jsonl")) == 8
