@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from typing import Awaitable, Callable
 
 from mlserve.config import JobsConfig
 from mlserve.errors import InvalidInput, ModelNotFound, Overloaded
+from mlserve.lifeline import is_alive
 from mlserve.optimize.pipeline import OptimizeRequest
 from mlserve.optimize.request import to_json
 
@@ -33,6 +35,9 @@ OnPublished = Callable[[str, int, "dict | None"], Awaitable[dict]]
 _STOP_GRACE_S = 10.0
 MAX_FINISHED_JOBS = 100
 """Finished jobs kept for GET; the oldest go first."""
+JOB_FOLDER_PREFIX = "mlserve-job-"
+"""Job folders are `<tmp>/mlserve-job-<server pid>-<random>`: the pid says when one is debris."""
+_JOB_FOLDER = re.compile(re.escape(JOB_FOLDER_PREFIX) + r"(\d+)-")
 
 
 class JobState(Enum):
@@ -103,12 +108,12 @@ class OptimizeJobs:
             raise Overloaded(f"{len(running)} optimize jobs are running, the server's limit ([jobs] "
                              "optimize_max_running); start this one when one of them finishes", retry_after_s=30)
         self._forget_old()
-        folder = Path(tempfile.mkdtemp(prefix="mlserve-job-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{JOB_FOLDER_PREFIX}{os.getpid()}-"))
         (folder / "request.json").write_text(json.dumps(to_json(request)))
         job = Job(uuid.uuid4().hex[:16], request.model, folder, rollout)
         with open(folder / "stderr.log", "wb") as stderr:
             job.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mlserve.optimize.worker", str(folder),
+                sys.executable, "-m", "mlserve.optimize.worker", str(folder), str(os.getpid()),
                 stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env=_child_env(),
             )
         job.task = asyncio.get_running_loop().create_task(self._watch(job))
@@ -135,6 +140,11 @@ class OptimizeJobs:
         if job.task is not None:
             await asyncio.shield(job.task)
         return job
+
+    async def sweep(self) -> None:
+        """At start: remove the job folders of servers that are gone (killed before cleaning up)."""
+        for folder in await asyncio.to_thread(sweep_job_folders, Path(tempfile.gettempdir())):
+            log.info("removed the folder of an optimize job whose server is gone: %s", folder)
 
     async def close(self) -> None:
         for job in list(self.jobs.values()):
@@ -182,6 +192,17 @@ class OptimizeJobs:
         if version is not None:
             job.deployment = await self._on_published(job.model, version, job.rollout)
         job.state = JobState.SUCCEEDED
+
+
+def sweep_job_folders(tmp: Path) -> list[Path]:
+    """Blocking: remove `mlserve-job-<pid>-*` folders whose server pid no longer runs; returns them."""
+    removed = []
+    for folder in tmp.glob(JOB_FOLDER_PREFIX + "*"):
+        match = _JOB_FOLDER.match(folder.name)
+        if match and folder.is_dir() and not folder.is_symlink() and not is_alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _is_publishing(job: Job) -> bool:

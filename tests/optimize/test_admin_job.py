@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 
 from tests.optimize.models import write_data, write_torchscript
 from tests.server.http import call, infer_body, output
-from tests.server_process import serving
+from tests.processes import wait_gone
+from tests.server_process import MlserveProcess, serving
 
 
 def _repo(tmp_path):
@@ -119,4 +121,31 @@ def test_runs_have_a_time_limit_and_a_server_wide_cap(tmp_path):
         other = call(f"{server.url}/admin/models/other/optimize", {"passes": ["graph_opt"], "data": "val.npz"})
         assert other.status == 202, other.body
         call(f"{server.url}/admin/jobs/{other.body['id']}", method="DELETE")
+    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "model.toml"]
+
+
+def test_a_killed_server_leaves_no_worker_and_the_next_start_sweeps_its_job_folder(tmp_path):
+    """kill -9 of the server mid-job: the worker dies with it (it could otherwise still publish);
+    the job folder it left in TMPDIR is removed when the next server starts."""
+    repo = _repo(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
+    first = MlserveProcess(repo, log_path=tmp_path / "first.log", env=env).wait_ready()
+    worker = None
+    try:
+        job = _start(first.url, passes=["int8_dynamic", "int8_static"], data="val.npz", timing_s=30)
+        worker = job["pid"]
+        _wait(first.url, job["id"], lambda j: j["progress"])
+        first.signal(signal.SIGKILL)
+        first.proc.wait(30)
+        assert wait_gone([worker]) == [], "the optimize worker outlived the server"
+    finally:
+        first.stop()
+        if worker is not None and wait_gone([worker], 0):
+            os.kill(worker, signal.SIGKILL)
+    left = [p.name for p in scratch.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f"mlserve-job-{first.proc.pid}-"), left
+    with serving(repo, log_path=tmp_path / "second.log", env=env):
+        assert not [p for p in scratch.iterdir() if p.name.startswith("mlserve-job-")]
     assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "model.toml"]
