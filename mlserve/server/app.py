@@ -149,7 +149,8 @@ samples only once the repository is loaded and stops first; keys close last."""
         Stage("loader", start=start_loader, stop=stop_loader),
         Stage("traffic", stop=s.inference.traffic.close),
         Stage("status history", start=s.status.start, stop=s.status.stop),
-        Stage("optimize jobs", start=s.optimize_jobs.sweep, stop=s.optimize_jobs.close),  # their publishing uses the loader and traffic
+        # Optimize jobs publish through the loader and traffic; at start, dead servers' job folders go.
+        Stage("optimize jobs", start=s.optimize_jobs.sweep, stop=s.optimize_jobs.close),
     ]
 
 
