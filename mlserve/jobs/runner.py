@@ -74,6 +74,8 @@ def check_plan(plan: JobPlan, suffixes: tuple[str, ...] = FORMATS) -> None:
     check_output_names([s.name for s in plan.info.outputs])
     if plan.input.resolve() in (plan.output.resolve(), plan.errors_path.resolve()):
         raise InvalidInput("the output and errors files must differ from the input")
+    if plan.errors_path.is_dir():
+        raise InvalidInput(f"errors {plan.errors_path} is a folder")
     if plan.errors_path.resolve() in {p.resolve() for p in output_files(plan.output)}:
         raise InvalidInput(f"errors {plan.errors_path} is a file the output {plan.output.name} writes itself")
 

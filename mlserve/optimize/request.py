@@ -55,11 +55,15 @@ def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = Fals
         raise InvalidInput("optimize: 'data' names an .npz file in the source version folder")
     if not isinstance(raw.get("publish", True), bool):
         raise InvalidInput("optimize: 'publish' must be true or false")
+    passes = raw.get("passes")
+    if passes is not None and not (isinstance(passes, str) or (
+            isinstance(passes, list) and all(isinstance(p, str) for p in passes))):
+        raise InvalidInput("optimize: 'passes' must be a list of pass names (or one comma-separated string)")
     try:
         gate = GateSettings(_number(raw, "max_top1_drop", 0.01), _number(raw, "max_abs_diff", None),
                             _number(raw, "max_metric_drop", 0.01), raw.get("objective", "throughput"),
                             _number(raw, "min_gain", 1.05), _number(raw, "min_cosine", None))
-        passes = parse_passes(raw.get("passes"))
+        passes = parse_passes(passes)
     except ValueError as exc:
         raise InvalidInput(f"optimize: {exc}") from None
     sparsity = _number(raw, "sparsity", 0.3)

@@ -118,6 +118,7 @@ def test_errors_path_truncates_no_file_the_job_was_not_given(jobs_server, jobs_r
     x = mlp_rows(20000, seed=14)
     write_input(batch_dir / "e.npz", x)
     (batch_dir / "kept.txt").write_text("keep me")
+    (batch_dir / "errdir").mkdir()
     running = call(url, {"model": "mlp", "version": 1, "input": "e.npz", "output": "e.jsonl"}).body["id"]
     wait_job(jobs_server.url, running, lambda j: j["rows_done"] > 0)
     record = batch_dir / ".mlserve-jobs" / f"{running}.json"
@@ -129,6 +130,7 @@ def test_errors_path_truncates_no_file_the_job_was_not_given(jobs_server, jobs_r
         ({"errors": "e.jsonl.checkpoint.json", "overwrite": True}, 400, f"batch job {running} is still using"),
         ({"errors": "e.jsonl.partial", "overwrite": True}, 400, f"batch job {running} is still using"),
         ({"output": "g.jsonl", "errors": "g.jsonl.checkpoint.json"}, 400, "the output g.jsonl writes itself"),
+        ({"errors": "errdir", "overwrite": True}, 400, "is a folder"),
     ]
     for extra, status, message in cases:
         answer = call(url, {**base, **extra})

@@ -93,6 +93,8 @@ def test_bad_requests_are_refused_by_name(tmp_path):
         assert unknown_key.status == 400 and "speed" in unknown_key.body["error"]
         bad_pass = call(f"{server.url}/admin/models/tiny/optimize", {"passes": ["warp"]})
         assert bad_pass.status == 400 and "warp" in bad_pass.body["error"]
+        not_names = call(f"{server.url}/admin/models/tiny/optimize", {"passes": [1]})
+        assert not_names.status == 400 and "'passes'" in not_names.body["error"], not_names.body
         assert call(f"{server.url}/admin/models/nope/optimize", {}).status == 404
         assert call(f"{server.url}/admin/jobs/0123456789abcdef").status == 404
         unbounded = [("timing_s", 1e308), ("timing_s", 0.001), ("calibration_rows", 10**9),
