@@ -32,13 +32,20 @@ def is_alive(pid: int) -> bool:
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """End this process with SIGKILL as soon as `parent_pid` is no longer its parent."""
+    """End this process with SIGKILL as soon as `parent_pid` is no longer its parent (with its whole
+    process group when it leads one, so what it started goes too)."""
     if os.getppid() != parent_pid:  # the parent died before the child got here
-        os.kill(os.getpid(), signal.SIGKILL)
+        _end()
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(POLL_S)
-        os.kill(os.getpid(), signal.SIGKILL)
+        _end()
 
     threading.Thread(target=watch, name="mlserve-lifeline", daemon=True).start()
+
+
+def _end() -> None:
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)

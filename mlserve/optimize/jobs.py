@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
@@ -114,7 +115,7 @@ class OptimizeJobs:
         with open(folder / "stderr.log", "wb") as stderr:
             job.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mlserve.optimize.worker", str(folder), str(os.getpid()),
-                stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env=_child_env(),
+                stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env=_child_env(), start_new_session=True,
             )
         job.task = asyncio.get_running_loop().create_task(self._watch(job))
         self.jobs[job.job_id] = job
@@ -216,12 +217,21 @@ def _child_env() -> dict[str, str]:
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
-    process.terminate()
+    """SIGTERM to the worker's process group (the worker and whatever it started), SIGKILL after
+    the grace period."""
+    _signal_group(process, signal.SIGTERM)
     try:
         await asyncio.wait_for(process.wait(), _STOP_GRACE_S)
     except asyncio.TimeoutError:
-        process.kill()
+        _signal_group(process, signal.SIGKILL)
         await process.wait()
+
+
+def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)  # the worker leads its own group (start_new_session)
+    except ProcessLookupError:
+        pass
 
 
 def _tail(path: Path, num_chars: int = 2000) -> str:
