@@ -116,11 +116,13 @@ class JobManager:
         finished = sorted((r for r in self.jobs.values() if r.is_finished), key=_finished_at)
         expired = [r for r in finished if now - _finished_at(r) >= self._config.retention_s]
         crowded = finished[len(expired):][:max(0, len(self.jobs) - len(expired) - limit)]
-        for record in expired + crowded:
-            del self.jobs[record.job_id]
-            self._runs.pop(record.job_id, None)
-            await asyncio.to_thread(remove_record, self._state_dir, record.job_id)
-            log.info("batch job %s: record pruned", record.job_id)
+        gone = [r.job_id for r in expired + crowded]
+        for job_id in gone:  # all before the first await: a prune running beside this one sees them gone
+            self.jobs.pop(job_id, None)
+            self._runs.pop(job_id, None)
+        for job_id in gone:
+            await asyncio.to_thread(remove_record, self._state_dir, job_id)
+            log.info("batch job %s: record pruned", job_id)
 
     def _check_room(self) -> None:
         if len(self.jobs) >= self._config.max_jobs:
