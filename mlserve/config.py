@@ -215,7 +215,9 @@ class MonitorConfig:
 
 @dataclass(frozen=True, slots=True)
 class JobsConfig:
-    """In-server batch jobs (`/v2/batch/jobs`): which files they may touch and where they are recorded."""
+    """In-server jobs: batch jobs (`/v2/batch/jobs`: which files they may touch, where they are
+    recorded, how many are kept) and optimize runs (`/admin/models/{m}/optimize`: how many at once,
+    for how long)."""
 
     allowed_dir: str = ""
     """Folder every job's input, output and errors file must lie under; empty = in-server jobs are off."""
@@ -225,12 +227,29 @@ class JobsConfig:
     """Jobs running at once; later ones wait their turn."""
     chunk_rows: int = 0
     """Rows read and checkpointed at a time (0 = about 4096, a multiple of the model's batch size)."""
+    max_jobs: int = 1000
+    """Batch job records kept (queued, running and finished); at the cap the oldest finished go,
+    and a job beyond that many unfinished ones is a 429."""
+    retention_s: float = 7 * 24 * 3600.0
+    """How long a finished batch job's record is kept (its output files stay)."""
+    optimize_max_running: int = 2
+    """Optimize runs (child processes) at once across the server; one more is a 429."""
+    optimize_timeout_s: float = 3600.0
+    """Wall-clock limit of one optimize run; past it the child is stopped and the job fails."""
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
             raise ValueError("max_running must be >= 1")
         if self.chunk_rows < 0:
             raise ValueError("chunk_rows must be >= 0")
+        if self.max_jobs < 1:
+            raise ValueError("max_jobs must be >= 1")
+        if not 0 <= self.retention_s < float("inf"):
+            raise ValueError("retention_s must be a number of seconds >= 0")
+        if self.optimize_max_running < 1:
+            raise ValueError("optimize_max_running must be >= 1")
+        if not 0 < self.optimize_timeout_s < float("inf"):
+            raise ValueError("optimize_timeout_s must be a positive number of seconds")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import stat
 import sys
 import tomllib
 from pathlib import Path
@@ -30,11 +32,30 @@ def add_push_parser(sub) -> None:
 
 
 def _files(artifact: Path) -> dict[str, bytes]:
+    """The artifact's files. In a folder, a symbolic link (to a file or a folder) or anything but a
+    plain file is refused by name: a link could carry a file from outside the folder into the
+    repository (and on to S3), and a FIFO or device would hang or stream forever."""
     if artifact.is_file():
         return {artifact.name: artifact.read_bytes()}
     if not artifact.is_dir():
         raise InvalidInput(f"{artifact} is neither a file nor a folder")
-    return {str(p.relative_to(artifact)): p.read_bytes() for p in sorted(artifact.rglob("*")) if p.is_file()}
+    files = {}
+    for folder, dirs, names in os.walk(artifact):
+        for name in sorted(dirs + names):
+            path = Path(folder) / name
+            if path.is_symlink():
+                raise InvalidInput(f"{path} is a symbolic link; push copies only the folder's own files")
+            if name in names:
+                files[str(path.relative_to(artifact))] = _read_plain(path)
+    return dict(sorted(files.items()))
+
+
+def _read_plain(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"{path} is not a plain file")
+        return fh.read()
 
 
 def _next_version(folder: Path) -> int:

@@ -18,12 +18,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "mlserve"
 
 # Which mlserve groups each group may import, besides itself and the groups usable from anywhere.
-ANYWHERE = {"spec", "monitor", "config", "errors", "version", "gc_policy"}
+ANYWHERE = {"spec", "monitor", "config", "errors", "version", "gc_policy", "lifeline"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "spec": {"errors"},
     "config": {"errors"},
     "gc_policy": set(),
+    "lifeline": set(),
     "monitor": {"spec", "config", "errors"},
     "engine": ANYWHERE,
     "batching": ANYWHERE | {"engine"},

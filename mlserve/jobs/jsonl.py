@@ -9,6 +9,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
+from mlserve.errors import InvalidInput
 from mlserve.jobs.rows import ROW_COLUMN, Chunk, RowFailure, empty_inputs, replace_durably, to_row
 from mlserve.spec import TensorSpec
 
@@ -100,6 +101,15 @@ class AppendFile:
         self.partial = partial or final
         self._fh: BinaryIO | None = None
 
+    def create(self, replace: bool) -> None:
+        """A new, empty partial file, created exclusively (O_EXCL follows no link); `replace` removes
+        what is at its path first."""
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        if replace:
+            self.partial.unlink(missing_ok=True)
+        fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fh = os.fdopen(fd, "wb")
+
     def restore(self, state: dict[str, Any] | None) -> None:
         if state is None:
             self.partial.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +197,12 @@ class ErrorsFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file = AppendFile(path)
+
+    def create(self, replace: bool) -> None:
+        try:
+            self._file.create(replace)
+        except FileExistsError:
+            raise InvalidInput(f"errors {self.path} exists; start over with overwrite") from None
 
     def restore(self, state: dict[str, Any] | None) -> None:
         self._file.restore(state)

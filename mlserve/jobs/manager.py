@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlserve.config import JobsConfig
-from mlserve.errors import Forbidden, InvalidInput, JobNotFound
+from mlserve.errors import Forbidden, InvalidInput, JobNotFound, Overloaded
 from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.record import (
-    JobRecord, JobState, allowed_path, check_request, load_records, parse_version, save_record,
+    JobRecord, JobState, allowed_path, check_request, load_records, parse_version, remove_record, save_record,
 )
-from mlserve.jobs.runner import BatchRun, InferFn, JobPlan, RowFormats, preflight
+from mlserve.jobs.runner import BatchRun, InferFn, JobPlan, RowFormats, output_files, preflight
 from mlserve.spec import ModelInfo
 
 log = logging.getLogger("mlserve.jobs")
@@ -41,14 +41,15 @@ Resolver = Callable[[str, "int | None", "int | None"], Awaitable[Target]]
 
 
 class JobManager:
-    """Owns every in-server job: records in `state_dir`, one task per job, a slot limit."""
+    """Owns every in-server job: records in `state_dir` (at most `max_jobs`, finished ones kept for
+    `retention_s`), one task per job, a slot limit."""
 
     def __init__(self, config: JobsConfig, resolve: Resolver) -> None:
         self._config = config
         self._resolve = resolve
         self.is_enabled = bool(config.allowed_dir)
         self._root = Path(config.allowed_dir).resolve() if self.is_enabled else Path()
-        self._state_dir = Path(config.state_dir) if config.state_dir else self._root / ".mlserve-jobs"
+        self._state_dir = (Path(config.state_dir) if config.state_dir else self._root / ".mlserve-jobs").resolve()
         self.jobs: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._runs: dict[str, BatchRun] = {}
@@ -63,6 +64,8 @@ class JobManager:
         self._state_dir.mkdir(parents=True, exist_ok=True)
         for record in await asyncio.to_thread(load_records, self._state_dir):
             self.jobs[record.job_id] = record
+        await self.prune()
+        for record in list(self.jobs.values()):
             if not record.is_finished:
                 log.info("batch job %s resumes (%s -> %s)", record.job_id, record.input, record.output)
                 self._schedule(record)
@@ -82,19 +85,21 @@ class JobManager:
         """Check everything a run would refuse, then record and queue the job."""
         self._check_enabled()
         body = check_request(body)
-        output = allowed_path(self._root, body["output"], "output")
+        await self.prune(room=1)
+        self._check_room()
+        output = self._path(body["output"], "output")
         errors_raw = body.get("errors") or str(output.with_name(output.name + ".errors.jsonl"))
         record = JobRecord(
             secrets.token_hex(8), body["model"], parse_version(body.get("version")),
-            str(allowed_path(self._root, body["input"], "input")), str(output),
-            str(allowed_path(self._root, errors_raw, "errors")), body.get("priority"),
-            body.get("overwrite", False), time.time(),
+            str(self._path(body["input"], "input")), str(output), str(self._path(errors_raw, "errors")),
+            body.get("priority"), body.get("overwrite", False), time.time(),
         )
         self._check_free(record)
         target = await self._resolve(record.model, record.version, record.priority)
         plan = self._plan(record, target)
         await asyncio.to_thread(preflight, plan, record.overwrite, target.formats)
         self._check_free(record)  # again: another job may have taken a file while this one was checked
+        self._check_room()
         record.version = target.version
         self.jobs[record.job_id] = record
         try:
@@ -107,13 +112,42 @@ class JobManager:
                  record.input, record.output)
         return record
 
+    async def prune(self, room: int = 0) -> None:
+        """Forget finished jobs older than `retention_s`, then the oldest finished ones while more
+        than `max_jobs - room` are kept; their records are deleted (their files stay)."""
+        now, limit = time.time(), self._config.max_jobs - room
+        finished = sorted((r for r in self.jobs.values() if r.is_finished), key=_finished_at)
+        expired = [r for r in finished if now - _finished_at(r) >= self._config.retention_s]
+        crowded = finished[len(expired):][:max(0, len(self.jobs) - len(expired) - limit)]
+        gone = [r.job_id for r in expired + crowded]
+        for job_id in gone:  # all before the first await: a prune running beside this one sees them gone
+            self.jobs.pop(job_id, None)
+            self._runs.pop(job_id, None)
+        for job_id in gone:
+            await asyncio.to_thread(remove_record, self._state_dir, job_id)
+            log.info("batch job %s: record pruned", job_id)
+
+    def _check_room(self) -> None:
+        if len(self.jobs) >= self._config.max_jobs:
+            raise Overloaded(f"{len(self.jobs)} batch jobs are queued or running, the server's limit ([jobs] "
+                             "max_jobs); submit again when one finishes", retry_after_s=30)
+
+    def _path(self, raw: Any, what: str) -> Path:
+        """A job's file under the batch folder, never in the folder holding the job records."""
+        path = allowed_path(self._root, raw, what)
+        if path.is_relative_to(self._state_dir):
+            raise Forbidden(f"{what} {raw!r} lies in the folder holding the batch job records")
+        return path
+
     def _check_free(self, record: JobRecord) -> None:
-        """No two unfinished jobs write the same file, or read a file another one writes."""
+        """No two unfinished jobs write the same file (output, its partial and checkpoint, errors),
+        or read a file another one writes."""
+        writes = _written(record)
         for other in self.jobs.values():
             if other.is_finished:
                 continue
-            clash = ({record.output, record.errors} & {other.output, other.errors, other.input}) | (
-                {record.input} & {other.output, other.errors})
+            others = _written(other)
+            clash = (writes & (others | {other.input})) | ({record.input} & others)
             if clash:
                 raise InvalidInput(f"batch job {other.job_id} is still using {sorted(clash)[0]}")
 
@@ -154,7 +188,7 @@ class JobManager:
                     run.close()
 
     async def _finish(self, record: JobRecord, state: JobState, reason: str) -> None:
-        record.state, record.reason = state, reason
+        record.state, record.reason, record.finished = state, reason, time.time()
         await asyncio.to_thread(save_record, self._state_dir, record)
         log.info("batch job %s %s", record.job_id, state.name.lower())
 
@@ -170,7 +204,7 @@ class JobManager:
         record = self.get(job_id)
         if record.is_finished:
             raise InvalidInput(f"batch job {job_id} is already {record.state.name.lower()}")
-        record.state, record.reason = JobState.CANCELLED, "cancelled on request"
+        record.state, record.reason, record.finished = JobState.CANCELLED, "cancelled on request", time.time()
         task = self._tasks.get(job_id)
         if task is not None:
             task.cancel()
@@ -204,3 +238,11 @@ class JobManager:
             "rows_per_s": round(progress.rows_per_s(), 1) if running else 0.0,
             "eta_s": progress.eta_s() if running else None,
         }
+
+
+def _written(record: JobRecord) -> set[str]:
+    return {str(p) for p in output_files(Path(record.output))} | {record.errors}
+
+
+def _finished_at(record: JobRecord) -> float:
+    return record.finished if record.finished is not None else record.created

@@ -45,6 +45,8 @@ class JobRecord:
     created: float
     state: JobState = JobState.QUEUED
     reason: str = ""
+    finished: float | None = None
+    """When it finished (wall clock), for pruning old records."""
 
     @property
     def is_finished(self) -> bool:
@@ -69,6 +71,10 @@ def save_record(folder: Path, record: JobRecord) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     replace_durably(tmp, folder / f"{record.job_id}.json")
+
+
+def remove_record(folder: Path, job_id: str) -> None:
+    (folder / f"{job_id}.json").unlink(missing_ok=True)
 
 
 def load_records(folder: Path) -> list[JobRecord]:

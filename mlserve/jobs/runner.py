@@ -74,6 +74,17 @@ def check_plan(plan: JobPlan, suffixes: tuple[str, ...] = FORMATS) -> None:
     check_output_names([s.name for s in plan.info.outputs])
     if plan.input.resolve() in (plan.output.resolve(), plan.errors_path.resolve()):
         raise InvalidInput("the output and errors files must differ from the input")
+    if plan.errors_path.is_dir():
+        raise InvalidInput(f"errors {plan.errors_path} is a folder")
+    if plan.errors_path.resolve() in {p.resolve() for p in output_files(plan.output)}:
+        raise InvalidInput(f"errors {plan.errors_path} is a file the output {plan.output.name} writes itself")
+
+
+def output_files(output: Path) -> tuple[Path, ...]:
+    """Every file a run writes for its output: the output, its partial and its checkpoint."""
+    checkpoint = checkpoint_path(output)
+    return (output, output.with_name(output.name + ".partial"), checkpoint,
+            checkpoint.with_name(checkpoint.name + ".tmp"))
 
 
 def _fresh_checkpoint(plan: JobPlan) -> Checkpoint:
@@ -109,8 +120,9 @@ def _choose(plan: JobPlan, overwrite: bool) -> tuple[Checkpoint, bool]:
     if overwrite:
         return fresh, False
     if stored is None:
-        if plan.output.exists():
-            raise InvalidInput(f"output {plan.output} exists; start over with overwrite")
+        for what, path in (("output", plan.output), ("errors", plan.errors_path)):
+            if path.exists() or path.is_symlink():
+                raise InvalidInput(f"{what} {path} exists; start over with overwrite")
         return fresh, False
     differs = mismatch(stored, fresh)
     if differs:
@@ -153,7 +165,10 @@ class BatchRun:
         self._writer = self._formats.open_writer(self.plan.output, self.plan.info.outputs)
         self._errors = ErrorsFile(self.plan.errors_path)
         self._writer.restore(checkpoint.writer if resumed else None)
-        self._errors.restore(checkpoint.errors_state if resumed else None)
+        if resumed:
+            self._errors.restore(checkpoint.errors_state)
+        else:  # created exclusively: a file that appeared since the check is never truncated
+            self._errors.create(replace=overwrite)
         self._reader.seek(checkpoint.reader)
         if not resumed:
             save_checkpoint(self._path, checkpoint)

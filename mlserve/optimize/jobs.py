@@ -13,7 +13,9 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
@@ -22,7 +24,9 @@ from enum import Enum, auto
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.config import JobsConfig
+from mlserve.errors import InvalidInput, ModelNotFound, Overloaded
+from mlserve.lifeline import is_alive
 from mlserve.optimize.pipeline import OptimizeRequest
 from mlserve.optimize.request import to_json
 
@@ -32,6 +36,9 @@ OnPublished = Callable[[str, int, "dict | None"], Awaitable[dict]]
 _STOP_GRACE_S = 10.0
 MAX_FINISHED_JOBS = 100
 """Finished jobs kept for GET; the oldest go first."""
+JOB_FOLDER_PREFIX = "mlserve-job-"
+"""Job folders are `<tmp>/mlserve-job-<server pid>-<random>`: the pid says when one is debris."""
+_JOB_FOLDER = re.compile(re.escape(JOB_FOLDER_PREFIX) + r"(\d+)-")
 
 
 class JobState(Enum):
@@ -83,25 +90,32 @@ def _read_progress(path: Path) -> list[dict]:
 
 
 class OptimizeJobs:
-    """Starts, tracks and cancels optimize jobs; one child process each."""
+    """Starts, tracks and cancels optimize jobs; one child process each, at most
+    `optimize_max_running` at once, each stopped after `optimize_timeout_s`."""
 
-    def __init__(self, on_published: OnPublished) -> None:
+    def __init__(self, on_published: OnPublished, config: JobsConfig) -> None:
         self._on_published = on_published
+        self._config = config
         self.jobs: dict[str, Job] = {}
 
     async def start(self, request: OptimizeRequest, rollout: dict | None) -> Job:
-        """One running job per model: two would race for the next version number."""
-        running = [j for j in self.jobs.values() if j.model == request.model and j.state is JobState.RUNNING]
-        if running:
-            raise InvalidInput(f"model {request.model!r} already has optimize job {running[0].job_id} running")
+        """One running job per model (two would race for the next version number), and a cap on
+        the children the whole server runs."""
+        running = [j for j in self.jobs.values() if j.state is JobState.RUNNING]
+        same = [j for j in running if j.model == request.model]
+        if same:
+            raise InvalidInput(f"model {request.model!r} already has optimize job {same[0].job_id} running")
+        if len(running) >= self._config.optimize_max_running:
+            raise Overloaded(f"{len(running)} optimize jobs are running, the server's limit ([jobs] "
+                             "optimize_max_running); start this one when one of them finishes", retry_after_s=30)
         self._forget_old()
-        folder = Path(tempfile.mkdtemp(prefix="mlserve-job-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{JOB_FOLDER_PREFIX}{os.getpid()}-"))
         (folder / "request.json").write_text(json.dumps(to_json(request)))
         job = Job(uuid.uuid4().hex[:16], request.model, folder, rollout)
         with open(folder / "stderr.log", "wb") as stderr:
             job.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mlserve.optimize.worker", str(folder),
-                stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env=_child_env(),
+                sys.executable, "-m", "mlserve.optimize.worker", str(folder), str(os.getpid()),
+                stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env=_child_env(), start_new_session=True,
             )
         job.task = asyncio.get_running_loop().create_task(self._watch(job))
         self.jobs[job.job_id] = job
@@ -120,14 +134,18 @@ class OptimizeJobs:
 
     async def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
-        is_publishing = any(e.get("event") == "publishing" for e in _read_progress(job.folder / "progress.jsonl"))
         if job.state is JobState.RUNNING and job.process is not None and job.process.returncode is None \
-                and not is_publishing:  # too late once publishing: the job finishes and says so
+                and not _is_publishing(job):  # too late once publishing: the job finishes and says so
             job.state = JobState.CANCELLED
             await _stop(job.process)
         if job.task is not None:
             await asyncio.shield(job.task)
         return job
+
+    async def sweep(self) -> None:
+        """At start: remove the job folders of servers that are gone (killed before cleaning up)."""
+        for folder in await asyncio.to_thread(sweep_job_folders, Path(tempfile.gettempdir())):
+            log.info("removed the folder of an optimize job whose server is gone: %s", folder)
 
     async def close(self) -> None:
         for job in list(self.jobs.values()):
@@ -135,17 +153,33 @@ class OptimizeJobs:
 
     async def _watch(self, job: Job) -> None:
         assert job.process is not None
-        code = await job.process.wait()
+        code = await self._wait(job)
         job.progress = _read_progress(job.folder / "progress.jsonl")
         try:
-            # A cancel that raced the start of publishing loses: the version is there, so say so.
-            if job.state is not JobState.CANCELLED or (job.folder / "report.json").is_file():
+            # A cancel (or the time limit) that raced the start of publishing loses: the version is
+            # there, so say so.
+            if job.state is JobState.RUNNING or (job.folder / "report.json").is_file():
                 await self._finish(job, code)
         except Exception as exc:  # a failed load or rollout is the job's outcome, not the server's
             job.state, job.error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
         finally:
             shutil.rmtree(job.folder, ignore_errors=True)
         log.info("optimize job %s: %s %s", job.job_id, job.state.name.lower(), job.error)
+
+    async def _wait(self, job: Job) -> int:
+        """The child's exit code; past the time limit it is stopped, unless it is already publishing."""
+        assert job.process is not None
+        limit = self._config.optimize_timeout_s
+        try:
+            return await asyncio.wait_for(job.process.wait(), limit)
+        except asyncio.TimeoutError:
+            pass
+        if job.state is JobState.RUNNING and not _is_publishing(job):
+            await _stop(job.process)
+            if job.state is JobState.RUNNING:  # not cancelled meanwhile
+                job.state = JobState.FAILED
+                job.error = f"stopped: ran past the optimize time limit of {limit:g} s ([jobs] optimize_timeout_s)"
+        return await job.process.wait()
 
     async def _finish(self, job: Job, code: int) -> None:
         report_path, error_path = job.folder / "report.json", job.folder / "error.json"
@@ -161,6 +195,21 @@ class OptimizeJobs:
         job.state = JobState.SUCCEEDED
 
 
+def sweep_job_folders(tmp: Path) -> list[Path]:
+    """Blocking: remove `mlserve-job-<pid>-*` folders whose server pid no longer runs; returns them."""
+    removed = []
+    for folder in tmp.glob(JOB_FOLDER_PREFIX + "*"):
+        match = _JOB_FOLDER.match(folder.name)
+        if match and folder.is_dir() and not folder.is_symlink() and not is_alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _is_publishing(job: Job) -> bool:
+    return any(e.get("event") == "publishing" for e in _read_progress(job.folder / "progress.jsonl"))
+
+
 def _child_env() -> dict[str, str]:
     """One OpenMP thread for the libraries' own defaults (quantizer calibration sessions, the
     exporter); the measured sessions set the model's intra_op_threads themselves."""
@@ -168,12 +217,21 @@ def _child_env() -> dict[str, str]:
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
-    process.terminate()
+    """SIGTERM to the worker's process group (the worker and whatever it started), SIGKILL after
+    the grace period."""
+    _signal_group(process, signal.SIGTERM)
     try:
         await asyncio.wait_for(process.wait(), _STOP_GRACE_S)
     except asyncio.TimeoutError:
-        process.kill()
+        _signal_group(process, signal.SIGKILL)
         await process.wait()
+
+
+def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)  # the worker leads its own group (start_new_session)
+    except ProcessLookupError:
+        pass
 
 
 def _tail(path: Path, num_chars: int = 2000) -> str:

@@ -19,12 +19,22 @@ _KEYS = {"version", "passes", "data", "objective", "max_top1_drop", "max_abs_dif
          "sparsity", "calibration_rows", "timing_s", "publish", "rollout"}
 
 
-def _number(raw: dict, key: str, default, low: float = 0.0):
+# Every number the body may set, with the range a run can honour in bounded time and memory.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "max_top1_drop": (0.0, 1.0), "max_abs_diff": (0.0, 1e6), "max_metric_drop": (0.0, 1.0),
+    "min_gain": (1.0, 100.0), "min_cosine": (-1.0, 1.0), "sparsity": (0.0, 1.0),
+    "calibration_rows": (1, 100_000), "timing_s": (0.01, 60.0),
+}
+MAX_VERSION = 2**31 - 1
+
+
+def _number(raw: dict, key: str, default):
     value = raw.get(key, default)
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low:
-        raise InvalidInput(f"optimize: {key!r} must be a number >= {low}")
+    low, high = BOUNDS[key]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidInput(f"optimize: {key!r} must be a number in [{low}, {high}], got {value!r}")
     return value
 
 
@@ -37,24 +47,32 @@ def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = Fals
     if unknown:
         raise InvalidInput(f"optimize: unknown key(s) {', '.join(sorted(unknown))}")
     version = raw.get("version")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
-        raise InvalidInput("optimize: 'version' must be a positive integer")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)
+                                or not 1 <= version <= MAX_VERSION):
+        raise InvalidInput(f"optimize: 'version' must be an integer in [1, {MAX_VERSION}]")
     data = raw.get("data")
     if data is not None and (not isinstance(data, str) or "/" in data or data.startswith(".")):
         raise InvalidInput("optimize: 'data' names an .npz file in the source version folder")
     if not isinstance(raw.get("publish", True), bool):
         raise InvalidInput("optimize: 'publish' must be true or false")
+    passes = raw.get("passes")
+    if passes is not None and not (isinstance(passes, str) or (
+            isinstance(passes, list) and all(isinstance(p, str) for p in passes))):
+        raise InvalidInput("optimize: 'passes' must be a list of pass names (or one comma-separated string)")
     try:
         gate = GateSettings(_number(raw, "max_top1_drop", 0.01), _number(raw, "max_abs_diff", None),
                             _number(raw, "max_metric_drop", 0.01), raw.get("objective", "throughput"),
-                            _number(raw, "min_gain", 1.05, 1.0), _number(raw, "min_cosine", None, -1.0))
-        passes = parse_passes(raw.get("passes"))
+                            _number(raw, "min_gain", 1.05), _number(raw, "min_cosine", None))
+        passes = parse_passes(passes)
     except ValueError as exc:
         raise InvalidInput(f"optimize: {exc}") from None
     sparsity = _number(raw, "sparsity", 0.3)
     if not 0 < sparsity < 1:
         raise InvalidInput("optimize: 'sparsity' must lie in (0, 1)")
-    options = Options(sparsity=sparsity, calibration_rows=int(_number(raw, "calibration_rows", 256, 1)))
+    calibration_rows = _number(raw, "calibration_rows", 256)
+    if calibration_rows != int(calibration_rows):
+        raise InvalidInput(f"optimize: 'calibration_rows' must be a whole number, got {calibration_rows!r}")
+    options = Options(sparsity=sparsity, calibration_rows=int(calibration_rows))
     if data is not None:
         from mlserve.optimize.source import version_numbers
 
@@ -62,7 +80,7 @@ def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = Fals
         chosen = version or (numbers[-1] if numbers else 1)
         data = models / model / str(chosen) / data
     request = OptimizeRequest(model, models, version, None, data, passes, options, gate,
-                              Budget(latency_s=_number(raw, "timing_s", 1.0, 0.01)), raw.get("publish", True),
+                              Budget(latency_s=_number(raw, "timing_s", 1.0)), raw.get("publish", True),
                               trust_repository)
     return request, _rollout(raw.get("rollout"))
 

@@ -1,4 +1,5 @@
-"""The child process an in-server optimize job runs in: `python -m mlserve.optimize.worker JOB_DIR`.
+"""The child process an in-server optimize job runs in: `python -m mlserve.optimize.worker JOB_DIR
+[SERVER_PID]` (with the server's pid it dies with the server: mlserve/lifeline.py).
 
 It lowers its own priority first (SCHED_IDLE, nice 19), so serving keeps the CPU it needs, then runs the job, appending
 each progress event to JOB_DIR/progress.jsonl and writing JOB_DIR/report.json (or error.json).
@@ -31,7 +32,11 @@ def _stop(signum, frame) -> None:
     raise SystemExit(143)
 
 
-def main(job_dir: Path) -> int:
+def main(job_dir: Path, parent_pid: int | None = None) -> int:
+    if parent_pid is not None:
+        from mlserve.lifeline import die_with_parent
+
+        die_with_parent(parent_pid)  # nothing is published once the server is gone
     _lower_priority()
     signal.signal(signal.SIGTERM, _stop)
     from mlserve.errors import MlserveError
@@ -58,4 +63,4 @@ def main(job_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None))

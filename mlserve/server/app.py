@@ -21,6 +21,7 @@ from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.store import Store
+from mlserve.registry.sweep import sweep_store
 from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
@@ -117,7 +118,7 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
     return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
-                    optimize_jobs(loader, inference.traffic), DecodePool(config.limits))
+                    optimize_jobs(loader, inference.traffic, config.jobs), DecodePool(config.limits))
 
 
 def stages(s: Services) -> list[Stage]:
@@ -144,10 +145,12 @@ samples only once the repository is loaded and stops first; keys close last."""
         Stage("keyring", stop=s.gate.keyring.close),
         Stage("decode pool", stop=s.decode_pool.close),
         Stage("monitor", start=s.monitor.start, stop=s.monitor.close),
+        Stage("repository sweep", start=lambda: sweep_store(s.loader.store)),  # a crash's debris, before the scan
         Stage("loader", start=start_loader, stop=stop_loader),
         Stage("traffic", stop=s.inference.traffic.close),
         Stage("status history", start=s.status.start, stop=s.status.stop),
-        Stage("optimize jobs", stop=s.optimize_jobs.close),  # their publishing uses the loader and traffic
+        # Optimize jobs publish through the loader and traffic; at start, dead servers' job folders go.
+        Stage("optimize jobs", start=s.optimize_jobs.sweep, stop=s.optimize_jobs.close),
     ]
 
 

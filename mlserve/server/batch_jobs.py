@@ -37,6 +37,7 @@ class BatchJobHandlers:
     async def list(self, request: web.Request) -> web.Response:
         if not self._manager.is_enabled:
             return json_response({"jobs": [], "enabled": False})
+        await self._manager.prune()
         return json_response({"jobs": [self._manager.view(r) for r in self._manager.jobs.values()], "enabled": True})
 
     async def show(self, request: web.Request) -> web.Response:

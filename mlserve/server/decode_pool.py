@@ -6,7 +6,8 @@ would still freeze every other request. A child process parses it instead and se
 decoded arrays (a memcpy to unpickle). Binary-tensor bodies never come here: their JSON header is
 small and their tensors are views of the body. The body reaches the child through a file in
 /dev/shm (written with os.write, which releases the GIL), not a pickle. The child starts on first use ("spawn": the server
-process has engine threads, which a fork would copy in an unknown state).
+process has engine threads, which a fork would copy in an unknown state) and dies with the server
+(mlserve/lifeline.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Mapping
 
 from mlserve.config import LimitsConfig
+from mlserve.lifeline import die_with_parent
 from mlserve.server.v2_codec import Decoded, decode_infer_request
 
 LARGE_JSON_BYTES = 1 << 20
@@ -58,7 +60,8 @@ class DecodePool:
     async def decode(self, body: bytes, header_length: str | None, model: str, version: str | None,
                      headers: Mapping[str, str], arrived: float) -> Decoded:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=die_with_parent, initargs=(os.getpid(),))
         loop = asyncio.get_running_loop()
         path = await loop.run_in_executor(None, _write, self._directory, body)
         try:

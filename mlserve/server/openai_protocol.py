@@ -13,6 +13,11 @@ MAX_STOP_STRINGS = 4
 MAX_PROMPTS = 64
 MAX_CHOICES = 16
 MAX_LOGIT_BIAS = 300
+MAX_ECHO_CHARS = 1 << 20
+"""Most prompt text `echo` may copy into one answer (every prompt, once per returned choice), so a
+small body cannot ask for a response many times its size."""
+ECHO_CHARS_PER_TOKEN = 16
+"""What a token-id prompt counts per token against MAX_ECHO_CHARS (its text is known only later)."""
 _COMMON_KEYS = frozenset({
     "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "presence_penalty",
     "frequency_penalty", "logit_bias", "user", "seed", "logprobs",
@@ -89,6 +94,13 @@ def _prompts(body: dict) -> tuple[str | tuple[int, ...], ...]:
         else:
             raise InvalidInput(f"prompt[{i}] must be a string or a non-empty list of token ids")
     return tuple(out)
+
+
+def _check_echo(prompts: tuple[str | tuple[int, ...], ...], n: int) -> None:
+    num_chars = n * sum(len(p) if isinstance(p, str) else len(p) * ECHO_CHARS_PER_TOKEN for p in prompts)
+    if num_chars > MAX_ECHO_CHARS:
+        raise InvalidInput(f"echo: {len(prompts)} prompt(s) x n {n} would echo about {num_chars} characters, over "
+                           f"the limit of {MAX_ECHO_CHARS}; send fewer or shorter prompts, a lower n, or no echo")
 
 
 def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
@@ -212,6 +224,8 @@ def parse_generation(body: Any, is_chat: bool) -> GenerationRequest:
         messages = parse_messages(body)
     else:
         prompts = _prompts(body)
+        if _bool(body, "echo"):
+            _check_echo(prompts, n)
     key = "max_completion_tokens" if is_chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _integer(body, key, None, 1)
     options = body.get("stream_options") or {}

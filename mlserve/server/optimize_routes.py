@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+from mlserve.config import JobsConfig
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.optimize.request import parse_body
@@ -22,7 +23,7 @@ from mlserve.registry.safety import check_model_name
 from mlserve.server.response import json_response
 
 
-def optimize_jobs(loader: HotSwapLoader, traffic) -> OptimizeJobs:
+def optimize_jobs(loader: HotSwapLoader, traffic, config: JobsConfig) -> OptimizeJobs:
     """The job manager, with publishing wired to the loader and the rollout API."""
 
     async def deploy(model: str, version: int, rollout: dict | None) -> dict:
@@ -40,7 +41,7 @@ def optimize_jobs(loader: HotSwapLoader, traffic) -> OptimizeJobs:
             await loader.unpin(model, who)
         return {"loaded": True, "rollout": view.get("rollout")}
 
-    return OptimizeJobs(deploy)
+    return OptimizeJobs(deploy, config)
 
 
 class OptimizeHandlers:

@@ -111,6 +111,42 @@ def test_bad_requests_are_refused_and_change_nothing(jobs_server, batch_dir, tmp
     assert not (batch_dir / "o.jsonl").exists() and (batch_dir / "taken.jsonl").read_text() == ""
 
 
+def test_errors_path_truncates_no_file_the_job_was_not_given(jobs_server, jobs_repo, batch_dir):
+    """The errors file follows the output's rules: no overwrite unless asked, never a job record,
+    never a file a running job writes (its output, partial, checkpoint), created exclusively."""
+    url = f"{jobs_server.url}/v2/batch/jobs"
+    x = mlp_rows(20000, seed=14)
+    write_input(batch_dir / "e.npz", x)
+    (batch_dir / "kept.txt").write_text("keep me")
+    (batch_dir / "errdir").mkdir()
+    running = call(url, {"model": "mlp", "version": 1, "input": "e.npz", "output": "e.jsonl"}).body["id"]
+    wait_job(jobs_server.url, running, lambda j: j["rows_done"] > 0)
+    record = batch_dir / ".mlserve-jobs" / f"{running}.json"
+    record_bytes = record.read_bytes()
+    base = {"model": "mlp", "input": "e.npz", "output": "f.jsonl"}
+    cases = [
+        ({"errors": "kept.txt"}, 400, "errors"),
+        ({"errors": f".mlserve-jobs/{running}.json", "overwrite": True}, 403, "batch job records"),
+        ({"errors": "e.jsonl.checkpoint.json", "overwrite": True}, 400, f"batch job {running} is still using"),
+        ({"errors": "e.jsonl.partial", "overwrite": True}, 400, f"batch job {running} is still using"),
+        ({"output": "g.jsonl", "errors": "g.jsonl.checkpoint.json"}, 400, "the output g.jsonl writes itself"),
+        ({"errors": "errdir", "overwrite": True}, 400, "is a folder"),
+    ]
+    for extra, status, message in cases:
+        answer = call(url, {**base, **extra})
+        assert (answer.status, message in answer.body["error"]) == (status, True), (extra, answer.body)
+    assert "exists; start over with overwrite" in call(url, {**base, "errors": "kept.txt"}).body["error"]
+    assert (batch_dir / "kept.txt").read_text() == "keep me" and record.read_bytes() == record_bytes
+    assert not (batch_dir / "f.jsonl.partial").exists()
+    done = wait_job(jobs_server.url, running, finished)
+    assert (done["rows_done"], done["rows_failed"]) == (20000, 0)
+    assert [r["row"] for r in read_jsonl(batch_dir / "e.jsonl")] == list(range(20000))
+    replaced = call(url, {**base, "errors": "kept.txt", "overwrite": True})
+    assert replaced.status == 201, replaced.body
+    wait_job(jobs_server.url, replaced.body["id"], finished)
+    assert (batch_dir / "kept.txt").read_text() == ""
+
+
 def test_cancel_stops_the_job_and_a_resubmit_resumes_it(jobs_server, jobs_repo, batch_dir):
     num_rows = 20000
     x = mlp_rows(num_rows, seed=13)
@@ -174,3 +210,32 @@ def test_server_stopped_mid_job_finishes_it_after_restart(jobs_repo, tmp_path, s
     rows, y = read_output(batch / "k.npz.out.npz")
     assert rows.tolist() == list(range(num_rows))
     np.testing.assert_allclose(y, reference(jobs_repo / "mlp" / "2" / "model.onnx", x), **TOL)
+
+
+def test_job_records_are_capped_and_finished_ones_pruned(jobs_repo, tmp_path):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    write_input(folder / "big.npz", mlp_rows(20000, seed=15))
+    write_input(folder / "small.npz", mlp_rows(8, seed=16))
+    env = {"MLSERVE_JOBS_MAX_JOBS": "2", "MLSERVE_JOBS_RETENTION_S": "5"}
+    records = folder / ".mlserve-jobs"
+    with serving(jobs_repo, "--batch-dir", str(folder), log_path=tmp_path / "m.log", env=env) as proc:
+        url = f"{proc.url}/v2/batch/jobs"
+        first, second = (call(url, {"model": "mlp", "input": "big.npz", "output": f"big{i}.jsonl"}) for i in (1, 2))
+        assert (first.status, second.status) == (201, 201), (first.body, second.body)
+        small = {"model": "mlp", "input": "small.npz", "output": "s.jsonl"}
+        refused = call(url, small)
+        assert refused.status == 429 and "max_jobs" in refused.body["error"], refused.body
+        assert not (folder / "s.jsonl.checkpoint.json").exists()
+        for job in (first, second):
+            assert call(f"{url}/{job.body['id']}", method="DELETE").status == 200
+        third = call(url, small)
+        assert third.status == 201, third.body
+        assert first.body["id"] not in [j["id"] for j in call(url).body["jobs"]]  # the oldest finished went
+        assert not (records / f"{first.body['id']}.json").exists()
+        wait_job(proc.url, third.body["id"], finished)
+        deadline = time.monotonic() + 60
+        while third.body["id"] in [j["id"] for j in call(url).body["jobs"]]:
+            assert time.monotonic() < deadline, "a finished job outlived its retention"
+            time.sleep(0.2)
+        assert list(records.glob("*.json")) == [] and len(read_jsonl(folder / "s.jsonl")) == 8

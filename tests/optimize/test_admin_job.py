@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 
 import numpy as np
+import pytest
 
 from tests.optimize.models import write_data, write_torchscript
 from tests.server.http import call, infer_body, output
-from tests.server_process import serving
+from tests.processes import wait_gone
+from tests.server_process import MlserveProcess, serving
 
 
 def _repo(tmp_path):
@@ -90,5 +93,61 @@ def test_bad_requests_are_refused_by_name(tmp_path):
         assert unknown_key.status == 400 and "speed" in unknown_key.body["error"]
         bad_pass = call(f"{server.url}/admin/models/tiny/optimize", {"passes": ["warp"]})
         assert bad_pass.status == 400 and "warp" in bad_pass.body["error"]
+        not_names = call(f"{server.url}/admin/models/tiny/optimize", {"passes": [1]})
+        assert not_names.status == 400 and "'passes'" in not_names.body["error"], not_names.body
         assert call(f"{server.url}/admin/models/nope/optimize", {}).status == 404
         assert call(f"{server.url}/admin/jobs/0123456789abcdef").status == 404
+        unbounded = [("timing_s", 1e308), ("timing_s", 0.001), ("calibration_rows", 10**9),
+                     ("calibration_rows", 2.5), ("min_gain", 1e308), ("max_abs_diff", 1e300),
+                     ("max_top1_drop", 2), ("min_cosine", 1.5), ("sparsity", 1), ("version", 2**40)]
+        for key, value in unbounded:
+            answer = call(f"{server.url}/admin/models/tiny/optimize", {"passes": ["export"], key: value})
+            assert answer.status == 400 and repr(key) in answer.body["error"], (key, value, answer.body)
+        assert call(f"{server.url}/admin/jobs/0123456789abcdef").status == 404
+        assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "model.toml"]
+
+
+def test_runs_have_a_time_limit_and_a_server_wide_cap(tmp_path):
+    repo = _repo(tmp_path)
+    shutil.copy(tmp_path / "val.npz", write_torchscript(repo, "other") / "val.npz")
+    env = {"MLSERVE_JOBS_OPTIMIZE_TIMEOUT_S": "4", "MLSERVE_JOBS_OPTIMIZE_MAX_RUNNING": "1"}
+    with serving(repo, log_path=tmp_path / "server.log", env=env) as server:
+        slow = _start(server.url, passes=["int8_dynamic", "int8_static"], data="val.npz", timing_s=60)
+        capped = call(f"{server.url}/admin/models/other/optimize", {"passes": ["graph_opt"], "data": "val.npz"})
+        assert capped.status == 429 and "optimize_max_running" in capped.body["error"], capped.body
+        assert capped.headers["Retry-After"]
+        failed = _wait(server.url, slow["id"], lambda j: j["state"] != "running", timeout=60)
+        assert failed["state"] == "failed" and "time limit of 4 s" in failed["error"], failed
+        with pytest.raises(ProcessLookupError):
+            os.kill(slow["pid"], 0)
+        other = call(f"{server.url}/admin/models/other/optimize", {"passes": ["graph_opt"], "data": "val.npz"})
+        assert other.status == 202, other.body
+        call(f"{server.url}/admin/jobs/{other.body['id']}", method="DELETE")
+    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "model.toml"]
+
+
+def test_a_killed_server_leaves_no_worker_and_the_next_start_sweeps_its_job_folder(tmp_path):
+    """kill -9 of the server mid-job: the worker dies with it (it could otherwise still publish);
+    the job folder it left in TMPDIR is removed when the next server starts."""
+    repo = _repo(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
+    first = MlserveProcess(repo, log_path=tmp_path / "first.log", env=env).wait_ready()
+    worker = None
+    try:
+        job = _start(first.url, passes=["int8_dynamic", "int8_static"], data="val.npz", timing_s=30)
+        worker = job["pid"]
+        _wait(first.url, job["id"], lambda j: j["progress"])
+        first.signal(signal.SIGKILL)
+        first.proc.wait(30)
+        assert wait_gone([worker]) == [], "the optimize worker outlived the server"
+    finally:
+        first.stop()
+        if worker is not None and wait_gone([worker], 0):
+            os.kill(worker, signal.SIGKILL)
+    left = [p.name for p in scratch.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f"mlserve-job-{first.proc.pid}-"), left
+    with serving(repo, log_path=tmp_path / "second.log", env=env):
+        assert not [p for p in scratch.iterdir() if p.name.startswith("mlserve-job-")]
+    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "model.toml"]

@@ -130,6 +130,17 @@ def test_prompt_lists_and_echo(llm_server):
     assert echoed.choices[0].text == prompt_text + together.choices[0].text
 
 
+def test_echo_cannot_amplify_a_small_body_into_a_large_answer(llm_server):
+    """64 prompts x n 16 x echo: the echoed text alone would be many times the body; refused by name."""
+    prompts = [list(range(10, 110))] * 64
+    with pytest.raises(openai.BadRequestError, match="echo: 64 prompt"):
+        ask(llm_server, prompt=prompts, max_tokens=1, n=16, echo=True)
+    with pytest.raises(openai.BadRequestError, match="over the limit of 1048576"):
+        ask(llm_server, prompt=["ab" * 600] * 64, max_tokens=1, n=16, echo=True)
+    answer = ask(llm_server, prompt=prompts[:4], max_tokens=1, temperature=0, echo=True)
+    assert len(answer.choices) == 4 and all(len(c.text) > 100 for c in answer.choices)
+
+
 def test_chat_carries_refusal_and_rejects_what_it_does_not_honour(llm_server):
     api = client(llm_server)
     messages = [{"role": "user", "content": "hi"}]
