@@ -249,9 +249,7 @@ class LaneConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._front.connections.discard(self)
         self._front.lane_closed.inc()
-        self._transport = None
-        if self._task is not None:
-            self._task.cancel()
+        self._transport = None  # a request being served runs to its end (aiohttp does not cancel either)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -362,7 +360,8 @@ class LaneConnection(asyncio.Protocol):
         self._timeout_status = status
 
     def check_deadline(self, now: float) -> None:
-        if self._is_busy or not self._deadline or now < self._deadline or self._transport is None:
+        if (self._is_busy or self._is_write_paused or not self._deadline or now < self._deadline
+                or self._transport is None):
             return
         if self._timeout_status:
             what = "request head" if self._head is None else "request body"

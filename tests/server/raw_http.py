@@ -28,8 +28,12 @@ def request_bytes(method: str, path: str, body: bytes = b"", headers: dict[str, 
 class RawConnection:
     """One client connection; `read_answer` reads exactly one response off it."""
 
-    def __init__(self, port: int, timeout: float = 30.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 30.0, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket()
+        if rcvbuf is not None:  # before connecting, so the window the server sees is small from the start
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
         self._pending = b""
 
     def send(self, data: bytes) -> None:
