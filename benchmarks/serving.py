@@ -6,11 +6,14 @@ Writes the seed MLP (768-1024-1024-10, ONNX) to a temporary repository, pins eve
 core and the load generator (wrk, closed loop; benchmarks.openloop, open loop) to another, and
 prints one table: req/s, p50/p95/p99 latency, mean batch size and server CPU for
   - the raw engine with no HTTP (samples/s at batch 1, 64 and the batch size mlserve reached),
-  - a bare aiohttp+uvloop server that decodes the request and answers without a model,
+  - three bare fronts that decode the request and answer without a model: aiohttp's
+    web.Application, aiohttp's low-level web.Server, and asyncio.Protocol + httptools (the HTTP
+    limit of a Python front, and the front of mlserve's fast lane),
   - a naive server that runs one forward per request,
   - mlserve with JSON and with the binary tensor extension, serving as a user runs it: an API key
     required on every request, the traffic manager, drift statistics and the hang guard on,
   - the same mlserve JSON with its GC policy off (Python's collector as it comes), at c=16 and 64,
+  - the same mlserve JSON with the fast lane off (`[server] fast_lane = false`: aiohttp serves it),
   - mlserve over gRPC with raw tensors (benchmarks.grpcload, closed loop at c=1/16/64).
 It also writes results.json and latency_throughput.png to --out.
 """
@@ -41,6 +44,9 @@ GC_CONCURRENCY = (16, 64)
 GC_DEFAULT_ENV = {"MLSERVE_SERVER_GC_FREEZE": "false", "MLSERVE_SERVER_GC_THRESHOLD": "0"}
 """The same mlserve with its collector policy off: the GC rows show what the policy does to the tail."""
 JSON, BINARY, GRPC = "mlserve JSON", "mlserve binary", "mlserve gRPC (raw tensors)"
+LOWLEVEL, HTTPTOOLS = "bare aiohttp low-level web.Server (no model)", "bare httptools Protocol (no model)"
+JSON_NO_LANE = "mlserve JSON, aiohttp only (fast_lane = false)"
+NO_LANE_ENV = {"MLSERVE_SERVER_FAST_LANE": "false"}
 GRPC_CONCURRENCY = (1, 16, 64)
 MLP_TOML = "max_batch_size = 64\nmax_queue_delay_us = 2000\nmax_queue_size = 1024\nintra_op_threads = 1\n"
 
@@ -71,7 +77,11 @@ def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple
     with contextlib.ExitStack() as stack:
         bare, naive, ml = (stack.enter_context(start_server(kind, work, cores[0])) for kind in ("bare", "naive", "mlserve"))
         ml_gc = stack.enter_context(start_server("mlserve", work, cores[0], GC_DEFAULT_ENV))
-        closed = [(BARE, bare, json_body), (NAIVE, naive, json_body), (JSON, ml, json_body), (BINARY, ml, binary_body)]
+        ml_aiohttp = stack.enter_context(start_server("mlserve", work, cores[0], NO_LANE_ENV))
+        lowlevel, httptools = (stack.enter_context(start_server(kind, work, cores[0])) for kind in ("lowlevel", "httptools"))
+        closed = [(BARE, bare, json_body), (LOWLEVEL, lowlevel, json_body), (HTTPTOOLS, httptools, json_body),
+                  (NAIVE, naive, json_body), (JSON, ml, json_body), (JSON_NO_LANE, ml_aiohttp, json_body),
+                  (BINARY, ml, binary_body)]
         for c in CONCURRENCY:
             with_gc = [(JSON_GC, ml_gc, json_body)] if c in GC_CONCURRENCY else []
             rounds: dict[str, list[Point]] = {name: [] for name, _, _ in closed + with_gc}
@@ -140,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each load point (default 4)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="closed-loop rounds per point, interleaved across servers; the median is kept (default 3)")
-    parser.add_argument("--rates", type=float, nargs="+", default=[1000, 2500, 4000],
-                        help="open-loop arrival rates in req/s")
+    parser.add_argument("--rates", type=float, nargs="*", default=[1000, 2500, 4000],
+                        help="open-loop arrival rates in req/s (none: no open-loop points)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
