@@ -120,7 +120,7 @@ def parse_head(data: bytes) -> _Served | None:
     parser = httptools.HttpRequestParser(head)
     try:
         parser.feed_data(data)
-    except httptools.HttpParserError:
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # llhttp stops at an upgrade
         return None
     if not head.is_complete or parser.get_method() != b"POST" or parser.get_http_version() != "1.1":
         return None
