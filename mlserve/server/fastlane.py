@@ -28,7 +28,6 @@ import logging
 import re
 import socket
 import time
-import weakref
 from typing import Any
 
 import httptools
@@ -86,18 +85,23 @@ class LaneRequest:
 class _Head:
     """httptools callbacks for one request head: path, headers, version, keep-alive."""
 
-    __slots__ = ("url", "headers", "is_complete")
+    __slots__ = ("url", "raw_headers", "is_complete")
 
     def __init__(self) -> None:
         self.url = b""
-        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.is_complete = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        self.raw_headers.append((name, value))
+
+    def headers(self) -> CIMultiDict[str]:
+        """Decoded as aiohttp decodes them, built in one call."""
+        return CIMultiDict([(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                            for name, value in self.raw_headers])
 
     def on_headers_complete(self) -> None:
         self.is_complete = True
@@ -122,14 +126,15 @@ def parse_head(data: bytes) -> _Served | None:
         parser.feed_data(data)
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # llhttp stops at an upgrade
         return None
-    if not head.is_complete or parser.get_method() != b"POST" or parser.get_http_version() != "1.1":
+    if (not head.is_complete or parser.get_method() != b"POST" or parser.get_http_version() != "1.1"
+            or not head.url.isascii()):
         return None
     url = head.url.decode("latin-1")
     path, _, _ = url.partition("?")
     route = INFER_PATH.fullmatch(path)
-    headers = head.headers
     if route is None or "%" in path or {route[1], route[2]} & {".", ".."}:  # aiohttp would resolve these
         return None
+    headers = head.headers()
     length = headers.get("Content-Length")
     if (length is None or not length.isdigit() or len(headers.getall("Content-Length")) != 1
             or "Transfer-Encoding" in headers or "Expect" in headers or "Upgrade" in headers):
@@ -171,7 +176,7 @@ class LaneFront:
         self.max_body_bytes = config.max_body_bytes
         self.max_head_bytes = max_head_bytes
         self.clock = _Clock()
-        self.connections: weakref.WeakSet[LaneConnection] = weakref.WeakSet()
+        self.connections: set[LaneConnection] = set()
         self.is_closing = False
         self._sweeper: asyncio.Task | None = None
 

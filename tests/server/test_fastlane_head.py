@@ -42,7 +42,8 @@ def test_connection_close_is_kept():
     "POST /v2/models/../infer HTTP/1.1\r\nContent-Length: 2\r\n",
     "POST /v2/models/mlp/versions/./infer HTTP/1.1\r\nContent-Length: 2\r\n",
     "POST /v2/models/mlp/infer HTTP/1.1\r\nBad Header\r\n",
+    "POST /v2/models/ml\u00e9p/infer HTTP/1.1\r\nContent-Length: 2\r\n",
 ], ids=["GET", "other route", "HTTP/1.0", "no length", "chunked", "expect", "upgrade", "odd Connection",
-        "two lengths", "signed length", "percent-encoded", "dot-dot", "dot", "malformed"])
+        "two lengths", "signed length", "percent-encoded", "dot-dot", "dot", "malformed", "not ASCII"])
 def test_everything_else_is_handed_over(text):
     assert parse_head(head(text)) is None
