@@ -66,11 +66,14 @@ class RawConnection:
         return self.read_answer()
 
     def is_closed_by_server(self) -> bool:
-        """True once the server closed its side (reads return nothing)."""
+        """Waits (up to the socket's timeout) for the server to close its side: True when it did,
+        False when bytes came instead or nothing happened in time."""
         try:
             return not self._fill() and not self._pending
-        except (ConnectionResetError, TimeoutError):
+        except ConnectionResetError:
             return True
+        except TimeoutError:
+            return False
 
     def close(self) -> None:
         self.sock.close()

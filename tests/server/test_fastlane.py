@@ -184,7 +184,7 @@ def test_sigterm_answers_in_flight_lane_requests_and_closes_idle_connections(tmp
     write_model(repo, "held", WaitForFile(str(flag)), max_batch_size=0)
     server = MlserveProcess(repo, log_path=tmp_path / "log").wait_ready()
     try:
-        idle = RawConnection(server.port)
+        idle = RawConnection(server.port, timeout=10)
         busy = RawConnection(server.port)
         body = json.dumps({"id": "held", "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
                                                       "data": [1.0, 2.0, 3.0]}]}).encode()

@@ -111,6 +111,8 @@ def _valid_and_error_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
     cases += [
         ("version path", "/v2/models/identity_fp32/versions/1/infer", _json({"id": "v", "inputs": [X3]}), {}),
         ("query string", FP32 + "?a=1", _json({"id": "q", "inputs": [X3]}), {}),
+        ("connection close", FP32, _json({"id": "cc", "inputs": [X3]}), {"Connection": "close"}),
+        ("sticky header", FP32, _json({"id": "s", "inputs": [X3]}), {"X-User-Id": "u1", "X-Request-Id": "r1"}),
         ("binary_data_output", FP32, _json({"id": "b", "inputs": [X3], "parameters": {"binary_data_output": True}}), {}),
         ("classification", FP32, _json({"id": "c", "inputs": [X3],
                                         "outputs": [{"name": "y", "parameters": {"classification": 2}}]}), {}),
