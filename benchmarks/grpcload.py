@@ -1,8 +1,10 @@
 """Closed-loop gRPC load generator (wrk has no gRPC): `--concurrency` calls in flight on one channel,
 each sending the next ModelInfer when the last came back. The request is serialized once and sent
-as bytes, so the generator spends its time on the wire, not on protobuf.
+as bytes, so the generator spends its time on the wire, not on protobuf. With `--stream` the same
+requests go over one ModelStreamInfer stream (how Triton's clients get throughput), `--concurrency`
+of them outstanding on it.
 
-    python -m benchmarks.grpcload --target 127.0.0.1:8001 --body request.pb --concurrency 64 --seconds 4
+    python -m benchmarks.grpcload --target 127.0.0.1:8001 --body request.pb --concurrency 64 --seconds 4 [--stream]
 
 Prints one JSON line: requests, duration_us, p50/p95/p99_us, errors and statuses by gRPC code.
 """
@@ -20,6 +22,7 @@ import grpc
 import numpy as np
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
+STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 def write_body(path: Path, model: str, version: str, x: np.ndarray) -> Path:
@@ -71,6 +74,49 @@ async def _run(target: str, body: bytes, concurrency: int, seconds: float, num_c
     }
 
 
+async def _run_stream(target: str, body: bytes, concurrency: int, seconds: float, token: str = "") -> dict:
+    """One bidirectional stream; a new request leaves each time an answer comes back."""
+    from collections import deque
+
+    from mlserve.server.grpc_proto import grpc_service_pb2 as pb
+
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    sent_at: deque[float] = deque()
+    async with grpc.aio.insecure_channel(target) as channel:
+        await channel.channel_ready()
+        call = channel.stream_stream(STREAM_METHOD)(metadata=metadata)  # bytes in, bytes out
+        started = time.monotonic()
+        stop_at = started + seconds
+        for _ in range(concurrency):
+            sent_at.append(time.monotonic())
+            await call.write(body)
+        while sent_at:
+            answer = await call.read()
+            if answer is grpc.aio.EOF:
+                statuses["EOF"] += len(sent_at)
+                break
+            latency = time.monotonic() - sent_at.popleft()
+            if pb.ModelStreamInferResponse.FromString(answer).error_message:
+                statuses["STREAM_ERROR"] += 1
+            else:
+                statuses["OK"] += 1
+                latencies.append(latency)
+            if time.monotonic() < stop_at:
+                sent_at.append(time.monotonic())
+                await call.write(body)
+        duration = time.monotonic() - started
+        await call.done_writing()
+    ordered = np.sort(np.array(latencies or [0.0])) * 1e6
+    return {
+        "requests": len(latencies), "duration_us": duration * 1e6,
+        "p50_us": float(np.percentile(ordered, 50)), "p95_us": float(np.percentile(ordered, 95)),
+        "p99_us": float(np.percentile(ordered, 99)),
+        "errors": sum(v for k, v in statuses.items() if k != "OK"), "statuses": dict(statuses),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", required=True)
@@ -79,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--channels", type=int, default=1, help="connections the calls are spread over")
     parser.add_argument("--token", default="", help="API key sent as 'authorization' metadata")
+    parser.add_argument("--stream", action="store_true", help="ModelStreamInfer on one stream instead of unary calls")
     args = parser.parse_args(argv)
+    if args.stream:
+        result = asyncio.run(_run_stream(args.target, args.body.read_bytes(), args.concurrency, args.seconds, args.token))
+        print(json.dumps(result))
+        return 0
     result = asyncio.run(_run(args.target, args.body.read_bytes(), args.concurrency, args.seconds, args.channels,
                               args.token))
     print(json.dumps(result))

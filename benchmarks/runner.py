@@ -197,11 +197,13 @@ def wrk_point(name: str, server: Server, body: Body, concurrency: int, seconds: 
                  {str(k): v for k, v in r["statuses"].items()})
 
 
-def grpc_point(name: str, server: Server, body: Body, concurrency: int, seconds: float, core: str) -> Point:
-    """Closed loop over gRPC (benchmarks.grpcload): ModelInfer with raw tensors, `concurrency` in flight."""
+def grpc_point(name: str, server: Server, body: Body, concurrency: int, seconds: float, core: str,
+               stream: bool = False) -> Point:
+    """Closed loop over gRPC (benchmarks.grpcload): ModelInfer with raw tensors, `concurrency` in flight
+    (unary calls, or outstanding on one ModelStreamInfer stream)."""
     command = ["taskset", "-c", core, sys.executable, "-m", "benchmarks.grpcload", "--target", server.grpc_target,
                "--body", str(body.path), "--concurrency", str(concurrency), "--seconds", str(seconds),
-               "--token", server.token]
+               "--token", server.token, *(["--stream"] if stream else [])]
     out, cpu, mean_batch = _measure(server, command, {**os.environ, "PYTHONPATH": str(ROOT)})
     r = json.loads(out.strip().splitlines()[-1])
     return Point(name, f"c={concurrency}", body.label, r["requests"] / (r["duration_us"] / 1e6),

@@ -6,12 +6,16 @@ Writes the seed MLP (768-1024-1024-10, ONNX) to a temporary repository, pins eve
 core and the load generator (wrk, closed loop; benchmarks.openloop, open loop) to another, and
 prints one table: req/s, p50/p95/p99 latency, mean batch size and server CPU for
   - the raw engine with no HTTP (samples/s at batch 1, 64 and the batch size mlserve reached),
-  - a bare aiohttp+uvloop server that decodes the request and answers without a model,
+  - three bare fronts that decode the request and answer without a model: aiohttp's
+    web.Application, aiohttp's low-level web.Server, and asyncio.Protocol + httptools (the HTTP
+    limit of a Python front, and the front of mlserve's fast lane),
   - a naive server that runs one forward per request,
   - mlserve with JSON and with the binary tensor extension, serving as a user runs it: an API key
     required on every request, the traffic manager, drift statistics and the hang guard on,
   - the same mlserve JSON with its GC policy off (Python's collector as it comes), at c=16 and 64,
-  - mlserve over gRPC with raw tensors (benchmarks.grpcload, closed loop at c=1/16/64).
+  - the same mlserve JSON with the fast lane off (`[server] fast_lane = false`: aiohttp serves it),
+  - mlserve over gRPC with raw tensors (benchmarks.grpcload, closed loop at c=1/16/64), unary
+    ModelInfer and ModelStreamInfer (that many outstanding on one stream).
 It also writes results.json and latency_throughput.png to --out.
 """
 
@@ -41,6 +45,10 @@ GC_CONCURRENCY = (16, 64)
 GC_DEFAULT_ENV = {"MLSERVE_SERVER_GC_FREEZE": "false", "MLSERVE_SERVER_GC_THRESHOLD": "0"}
 """The same mlserve with its collector policy off: the GC rows show what the policy does to the tail."""
 JSON, BINARY, GRPC = "mlserve JSON", "mlserve binary", "mlserve gRPC (raw tensors)"
+GRPC_STREAM = "mlserve gRPC stream (raw tensors)"
+LOWLEVEL, HTTPTOOLS = "bare aiohttp low-level web.Server (no model)", "bare httptools Protocol (no model)"
+JSON_NO_LANE = "mlserve JSON, aiohttp only (fast_lane = false)"
+NO_LANE_ENV = {"MLSERVE_SERVER_FAST_LANE": "false"}
 GRPC_CONCURRENCY = (1, 16, 64)
 MLP_TOML = "max_batch_size = 64\nmax_queue_delay_us = 2000\nmax_queue_size = 1024\nintra_op_threads = 1\n"
 
@@ -71,7 +79,11 @@ def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple
     with contextlib.ExitStack() as stack:
         bare, naive, ml = (stack.enter_context(start_server(kind, work, cores[0])) for kind in ("bare", "naive", "mlserve"))
         ml_gc = stack.enter_context(start_server("mlserve", work, cores[0], GC_DEFAULT_ENV))
-        closed = [(BARE, bare, json_body), (NAIVE, naive, json_body), (JSON, ml, json_body), (BINARY, ml, binary_body)]
+        ml_aiohttp = stack.enter_context(start_server("mlserve", work, cores[0], NO_LANE_ENV))
+        lowlevel, httptools = (stack.enter_context(start_server(kind, work, cores[0])) for kind in ("lowlevel", "httptools"))
+        closed = [(BARE, bare, json_body), (LOWLEVEL, lowlevel, json_body), (HTTPTOOLS, httptools, json_body),
+                  (NAIVE, naive, json_body), (JSON, ml, json_body), (JSON_NO_LANE, ml_aiohttp, json_body),
+                  (BINARY, ml, binary_body)]
         for c in CONCURRENCY:
             with_gc = [(JSON_GC, ml_gc, json_body)] if c in GC_CONCURRENCY else []
             rounds: dict[str, list[Point]] = {name: [] for name, _, _ in closed + with_gc}
@@ -82,8 +94,10 @@ def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple
                         wrk_point(name, server, body, c, args.seconds, cores[1], count_status=c == CONCURRENCY[-1])
                     )
                 if c in GRPC_CONCURRENCY:
-                    print(f"  {GRPC}: closed loop c={c}", file=sys.stderr, flush=True)
-                    rounds.setdefault(GRPC, []).append(grpc_point(GRPC, ml, grpc_body, c, args.seconds, cores[1]))
+                    for name, stream in ((GRPC, False), (GRPC_STREAM, True)):
+                        print(f"  {name}: closed loop c={c}", file=sys.stderr, flush=True)
+                        rounds.setdefault(name, []).append(
+                            grpc_point(name, ml, grpc_body, c, args.seconds, cores[1], stream))
             points += [_median(runs) for runs in rounds.values()]
             if c == 64:
                 reached = next(p.mean_batch for p in points if p.server == JSON and p.load == "c=64")
@@ -140,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each load point (default 4)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="closed-loop rounds per point, interleaved across servers; the median is kept (default 3)")
-    parser.add_argument("--rates", type=float, nargs="+", default=[1000, 2500, 4000],
-                        help="open-loop arrival rates in req/s")
+    parser.add_argument("--rates", type=float, nargs="*", default=[1000, 2500, 4000],
+                        help="open-loop arrival rates in req/s (none: no open-loop points)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:

@@ -141,9 +141,10 @@ async def serve(config: Config) -> int:
     runner = web.AppRunner(
         app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace_s,
         max_line_size=config.limits.max_header_bytes, max_field_size=config.limits.max_header_bytes,
+        keepalive_timeout=config.server.keepalive_timeout_s,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=_tls_context(config))
+    site = _site(runner, app, config)
     await site.start()
     address = site._server.sockets[0].getsockname() if site._server and site._server.sockets else None
     scheme = "https" if config.auth.tls_cert else "http"
@@ -169,6 +170,19 @@ async def serve(config: Config) -> int:
     await runner.cleanup()
     log.info("stopped")
     return app[LOADER].num_hung_workers()
+
+
+def _site(runner, app, config: Config):
+    """The fast lane in front of aiohttp on the port, or aiohttp alone (fast_lane off, or TLS)."""
+    from aiohttp import web
+
+    if not config.server.fast_lane or config.auth.tls_cert:
+        return web.TCPSite(runner, config.server.host, config.server.port, ssl_context=_tls_context(config))
+    from mlserve.server.app import METRICS, V2
+    from mlserve.server.fastlane import LaneFront, LaneSite
+
+    front = LaneFront(app[V2], runner.server, config.server, config.limits.max_header_bytes, app[METRICS])
+    return LaneSite(runner, front, config.server.host, config.server.port, config.server.shutdown_grace_s)
 
 
 def _tls_context(config: Config):

@@ -35,8 +35,24 @@ class ServerConfig:
     """Allocations between young-generation collections (Python's default is 700); 0 keeps the default."""
     grpc_port: int = 8001
     """TCP port of the gRPC server (KServe v2 / Triton GRPCInferenceService) on the same host; 0 = off."""
+    fast_lane: bool = True
+    """Serve v2 infer on the fast lane (httptools) in front of aiohttp, on the same port; false = aiohttp
+    serves everything. Off with TLS (aiohttp serves HTTPS)."""
+    max_connections: int = 10_000
+    """Open HTTP connections at once (fast lane on); more are answered 503 and closed."""
+    header_timeout_s: float = 10.0
+    """Time a request head may take to arrive once begun (fast lane on); then 408 and close."""
+    body_timeout_s: float = 30.0
+    """Longest gap between reads of a request body the fast lane serves; then 408 and close."""
+    keepalive_timeout_s: float = 75.0
+    """An idle keep-alive connection closes after this long (aiohttp's own default)."""
 
     def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not 0 <= self.grpc_port <= 65535:

@@ -28,6 +28,10 @@ class Metrics:
             "mlserve_request_duration_seconds", "Time from request decoded to response encoded.",
             ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.http_connections = Counter(
+            "mlserve_http_connections", "HTTP connections by front: lane (closed while the fast lane owned it) or "
+            "aiohttp (handed over by the lane to aiohttp).", ["front"], registry=r,
+        )
         self.queue_latency = Histogram(
             "mlserve_queue_duration_seconds", "Time a request waited in its version's queue.",
             ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,

@@ -53,6 +53,7 @@ SERVICE = web.AppKey("service", InferenceService)
 STATE = web.AppKey("state", ServerState)
 KEYRING = web.AppKey("keyring", KeyRing)
 MONITOR = web.AppKey("monitor", Monitor)
+V2 = web.AppKey("v2", V2Handlers)  # the infer handler the fast lane calls too (server/fastlane.py)
 
 
 def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
@@ -195,9 +196,12 @@ async def _metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def v2_routes(s: Services) -> list[web.RouteDef]:
+def v2_handlers(s: Services) -> V2Handlers:
+    return V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits, s.decode_pool)
+
+
+def v2_routes(s: Services, v2: V2Handlers) -> list[web.RouteDef]:
     """Open Inference Protocol, Triton's extensions, and mlserve's own per-model views under /v2."""
-    v2 = V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits, s.decode_pool)
     admin = AdminHandlers(s.loader)
     drift = DriftHandlers(s.monitor, s.inference)
     traffic = TrafficHandlers(s.inference.traffic)
@@ -273,7 +277,8 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
                           client_max_size=config.server.max_body_bytes)
     app[CONFIG], app[STATE], app[METRICS], app[LIMITS] = config, s.state, s.metrics, config.limits
     app[KEYRING], app[MONITOR], app[LOADER], app[SERVICE] = s.gate.keyring, s.monitor, s.loader, s.inference
-    app.add_routes(v2_routes(s))
+    app[V2] = v2_handlers(s)
+    app.add_routes(v2_routes(s, app[V2]))
     app.add_routes(admin_routes(s))
     app.add_routes(server_routes(s))
     app.add_routes(status_routes(s))
