@@ -21,7 +21,7 @@ _BACKEND_CLASSES = {
 }
 
 
-def create_backend(name: str, config: ModelConfig, trust_repository: bool = False) -> Backend:
+def create_backend(name: str, config: ModelConfig) -> Backend:
     if name not in _BACKEND_CLASSES:
         raise ValueError(f"no backend named {name!r}; known: {', '.join(sorted(_BACKEND_CLASSES))}")
     if config.torch.is_set and name not in TORCH_BACKENDS:
@@ -34,7 +34,7 @@ def create_backend(name: str, config: ModelConfig, trust_repository: bool = Fals
                              f"this version's backend is {name}")
     module_name, class_name = _BACKEND_CLASSES[name]
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(config, trust_repository=trust_repository)
+    return cls(config)
 
 
 __all__ = ["Backend", "create_backend", "infer_backend_name"]

@@ -80,7 +80,7 @@ class OnnxBackend:
     `io_binding`: None = IO binding on CUDA, plain session.run on CPU; True or False forces it
     (models with string tensors always use session.run: ORT binds strings on the host only)."""
 
-    def __init__(self, config: ModelConfig, trust_repository: bool = False, io_binding: bool | None = None) -> None:
+    def __init__(self, config: ModelConfig, io_binding: bool | None = None) -> None:
         self._config = config
         self._session: ort.InferenceSession | None = None
         self._info: ModelInfo | None = None

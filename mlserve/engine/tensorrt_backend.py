@@ -21,7 +21,7 @@ except ImportError:
 class TensorRTBackend:
     """A TensorRT engine plan on one CUDA device."""
 
-    def __init__(self, config: ModelConfig, trust_repository: bool = False) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         self._config = config
 
     def load(self, path: Path, device: str) -> None:

@@ -41,7 +41,7 @@ class _TorchBackend:
     platform = "pytorch"
     patterns: tuple[str, ...] = ()
 
-    def __init__(self, config: ModelConfig, trust_repository: bool = False) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         self._config = config
         self._module: Callable[..., Any] | None = None
         self._device = torch.device("cpu")

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlserve.config import Config, RegistryConfig
-from mlserve.engine import Backend, create_backend, infer_backend_name
-from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
+from mlserve.engine import Backend
+from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.progress import ProgressBar
 from mlserve.jobs.runner import BatchRun, JobPlan
 from mlserve.registry import repository
 from mlserve.registry.placement import device_alone
-from mlserve.registry.safety import check_version_folder, check_version_trusted
+from mlserve.registry.opening import Trust, open_backend, version_backend_name
 from mlserve.registry.store import Store
 from mlserve.spec import ModelConfig
 
@@ -75,6 +75,7 @@ class _Located:
     version: int
     path: Path
     backend: str
+    trust: Trust
 
 
 async def _locate(store: Store, args: OfflineArgs, registry: RegistryConfig) -> _Located:
@@ -82,13 +83,10 @@ async def _locate(store: Store, args: OfflineArgs, registry: RegistryConfig) -> 
     entry = await repository.read_entry(store, args.model)
     version = _pick_version(args, entry.versions, entry.served_versions)
     path = await store.fetch(args.model, version)
-    check_version_folder(path, registry.max_artifact_bytes)
-    name = entry.config.backend or infer_backend_name(path)
-    if name is None:
-        raise ModelLoadError(f"{args.model}/{version}: no model file found and no backend set in model.toml")
-    check_version_trusted(name, path, registry.trust_repository or entry.config.trusted,  # the serving rule
-                          registry.trust_uploads)
-    return _Located(entry.config, version, path, name)
+    name = await asyncio.to_thread(version_backend_name, f"{args.model}/{version}", entry.config, path,
+                                   registry.max_artifact_bytes)
+    trust = Trust(registry.trust_repository or entry.config.trusted, registry.trust_uploads)
+    return _Located(entry.config, version, path, name, trust)
 
 
 async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = None) -> int:
@@ -105,9 +103,8 @@ async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = N
     await store.close()
     if found.backend == "llm":
         raise InvalidInput(f"model {args.model!r} generates text: batch files for it need the OpenAI decoder")
-    backend = create_backend(found.backend, found.config, trust_repository=config.registry.trust_repository)
     device = device_alone(found.config.device or config.registry.default_device, found.backend)
-    await asyncio.to_thread(backend.load, found.path, device)
+    backend = await asyncio.to_thread(open_backend, found.backend, found.config, found.path, device, found.trust)
     try:
         return await _run_tensors(args, backend, found.version)
     finally:

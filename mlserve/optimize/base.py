@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mlserve.registry.opening import Trust
 from mlserve.spec import ModelConfig, TensorSpec
 
 
@@ -60,6 +61,8 @@ class Source:
     onnx_path: Path | None = None
     """The FP32 ONNX form of the source: the artifact itself for ONNX, else set by the export pass."""
     work: Path = field(default_factory=Path)
+    trust: Trust = field(default_factory=Trust)
+    """What opening the source folder took (registry/opening.py): measuring it again takes the same."""
     """Scratch folder; each candidate gets a subfolder."""
 
     @property

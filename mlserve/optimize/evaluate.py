@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlserve.engine import create_backend
+from mlserve.registry.opening import Trust, open_backend
 from mlserve.optimize.base import Source
 
 
@@ -116,10 +116,9 @@ def _timings(backend, feed: dict[str, np.ndarray], budget: Budget) -> list[float
 
 
 def measure(folder: Path, backend_name: str, source: Source, reference: dict[str, np.ndarray] | None,
-            budget: Budget, num_bytes: int, is_trusted: bool = False) -> tuple[Figures, dict[str, np.ndarray]]:
+            budget: Budget, num_bytes: int, trust: Trust) -> tuple[Figures, dict[str, np.ndarray]]:
     """Load the artifact as the server would and measure it; returns its figures and its outputs."""
-    backend = create_backend(backend_name, source.config, trust_repository=is_trusted)
-    backend.load(folder, "cpu")
+    backend = open_backend(backend_name, source.config, folder, "cpu", trust)
     try:
         outputs = predict(backend, source)
         single = _timings(backend, source.rows(0, 1), budget)

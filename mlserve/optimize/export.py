@@ -68,11 +68,11 @@ def _export_program(source: Source, sample, names_in, names_out, path: Path) -> 
 
 def _check(source: Source, path: Path) -> None:
     """The export answers like the source on the first validation rows, or the pass fails."""
-    from mlserve.engine import create_backend
+    from mlserve.registry.opening import Trust, open_backend
 
     feed = source.rows(0, min(_CHECK_ROWS, source.num_rows))
-    expected = _run(create_backend(source.backend, source.config), source.folder, feed)
-    actual = _run(create_backend("onnx", source.config), path.parent, feed)
+    expected = _run(open_backend(source.backend, source.config, source.folder, "cpu", source.trust), feed)
+    actual = _run(open_backend("onnx", source.config, path.parent, "cpu", Trust()), feed)
     for name, want in expected.items():
         got = actual[name]
         if got.shape != want.shape or not np.allclose(got, want, atol=ATOL, rtol=RTOL):
@@ -80,8 +80,7 @@ def _check(source: Source, path: Path) -> None:
             raise PassFailed(f"exported output {name!r} differs from the source (max abs diff {worst:.3g})")
 
 
-def _run(backend, folder: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    backend.load(folder, "cpu")
+def _run(backend, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     try:
         return backend.infer(feed)
     finally:

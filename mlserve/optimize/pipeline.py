@@ -20,6 +20,7 @@ from mlserve.optimize.evaluate import Budget, Figures, measure
 from mlserve.optimize.gate import GateSettings, gain, rejection
 from mlserve.optimize.publish import publish
 from mlserve.optimize.source import open_source
+from mlserve.registry.opening import Trust
 from mlserve.registry.placement import device_alone
 
 log = logging.getLogger("mlserve.optimize")
@@ -103,7 +104,7 @@ def _run(request: OptimizeRequest, work: Path, progress: Progress, is_cancelled:
     report = Report(source_version=source.version)
     progress({"event": "pass", "name": "source", "state": "measuring"})
     source_figures, reference = measure(source.folder, source.backend, source, None, request.budget,
-                                        _artifact_bytes(source.folder))
+                                        _artifact_bytes(source.folder), source.trust)
     report.rows.append(Row("source", "source", (), source.backend, source_figures))
     progress({"event": "row", "row": report.rows[-1].to_dict()})
     artifacts: dict[str, Artifact] = {}
@@ -147,7 +148,7 @@ def _candidate(name: str, source: Source, request: OptimizeRequest, options: Opt
         return Row(name, "failed", reason=f"{type(exc).__name__}: {exc}"), None
     try:
         figures, _ = measure(artifact.folder, artifact.backend, source, reference, request.budget,
-                             artifact.num_bytes, is_trusted=True)  # made by this job, not read from outside
+                             artifact.num_bytes, Trust(model=True))  # made by this job, not read from outside
     except Exception as exc:
         log.warning("candidate %s could not be measured: %s", name, exc, exc_info=True)
         return Row(name, "failed", artifact.passes, artifact.backend, reason=f"measuring: {exc}"), None

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mlserve.engine import create_backend
-from mlserve.engine.base import find_artifact, infer_backend_name, version_backend
+from mlserve.config import RegistryConfig
+from mlserve.engine.base import find_artifact
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.monitor.npz import read_npz
 from mlserve.optimize.base import Source
-from mlserve.registry.safety import check_version_trusted
+from mlserve.registry.opening import Trust, open_backend, version_backend_name
 from mlserve.spec import (
     DATATYPE_TO_NUMPY,
     ModelConfig,
@@ -50,17 +50,18 @@ def open_source(models: Path | None, model: str, version: int | None, file: Path
         if version not in numbers:
             raise ModelNotFound(f"model {model!r} has no version {version}")
         folder, config = model_dir / str(version), read_model_config(model_dir / "model.toml")
-    backend = version_backend(folder) or config.backend or infer_backend_name(folder)
+    backend = version_backend_name(f"{model}/{version}", config, folder, RegistryConfig().max_artifact_bytes)
     if backend not in SOURCE_BACKENDS:
         raise InvalidInput(f"optimize takes ONNX, TorchScript or torch.export models, not {backend!r}")
     # the same rule as serving, except that an uploaded code-bearing version is never optimized
-    check_version_trusted(backend, folder, trust_repository or config.trusted, trust_uploads=False)
-    info = _probe(backend, config, folder)
+    trust = Trust(model=trust_repository or config.trusted, uploads=False)
+    info = _probe(backend, config, folder, trust)
     values = _read_npz(data if data is not None else _default_data(folder))
     labels = values.pop("labels", None)
     _check_data(values, info.inputs)
     return Source(model, None if file else version, folder, backend, config, info.inputs, info.outputs,
-                  values, labels, onnx_path=_onnx_file(folder) if backend == "onnx" else None, work=work)
+                  values, labels, onnx_path=_onnx_file(folder) if backend == "onnx" else None, work=work,
+                  trust=trust)
 
 
 def _file_config(models: Path | None, model: str) -> ModelConfig:
@@ -69,9 +70,8 @@ def _file_config(models: Path | None, model: str) -> ModelConfig:
     return ModelConfig()
 
 
-def _probe(backend: str, config: ModelConfig, folder: Path):
-    runner = create_backend(backend, config)
-    runner.load(folder, "cpu")
+def _probe(backend: str, config: ModelConfig, folder: Path, trust: Trust):
+    runner = open_backend(backend, config, folder, "cpu", trust)
     try:
         return runner.info
     finally:

@@ -27,8 +27,7 @@ from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
 from mlserve.batching.guard import GuardedInfer, num_hung_threads
 from mlserve.config import RegistryConfig
-from mlserve.engine import Backend, create_backend, infer_backend_name
-from mlserve.engine.base import version_backend
+from mlserve.engine import Backend
 from mlserve.engine.devices import CudaInventory, Inventory
 from mlserve.errors import ModelLoadError, ModelNotFound, Overloaded
 from mlserve.monitor.metrics import Metrics
@@ -39,7 +38,7 @@ from mlserve.registry.control import ExplicitControl, label
 from mlserve.registry.gpu_placer import GpuPlacer
 from mlserve.registry.placement import GpuLedger
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.safety import check_version_folder, check_version_trusted
+from mlserve.registry.opening import Trust, open_backend, version_backend_name
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
 from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.upload import UploadLocks
@@ -255,13 +254,15 @@ class HotSwapLoader(ExplicitControl):
         try:
             fresh.path = await self._fetch(served, version, fresh.fingerprint)
             stage = "load"
-            kind = await loop.run_in_executor(self._executor, self._backend_name, entry, version, fresh.path)
+            kind = await loop.run_in_executor(self._executor, version_backend_name, f"{name}/{version}",
+                                              entry.config, fresh.path, self._config.max_artifact_bytes)
             stage = "placement"
             cap = await self._place(served, fresh, kind, may_evict=source == "request")
             stage = "load"
             async with self.placer.measuring(fresh.device) as taken:
+                trust = Trust(self._config.trust_repository or entry.config.trusted, self._config.trust_uploads)
                 backend = await loop.run_in_executor(
-                    self._executor, self._load_backend, entry, kind, fresh.path, fresh.device, cap)
+                    self._executor, open_backend, kind, entry.config, fresh.path, fresh.device, trust, cap)
                 loaded = time.monotonic()
                 stage = "warmup"
                 try:
@@ -311,24 +312,6 @@ class HotSwapLoader(ExplicitControl):
                 and artifact.path.is_dir()):
             return artifact.path  # gone from the repository: load again from where it was fetched to
         return await self.store.fetch(served.name, version)
-
-    def _backend_name(self, entry: ModelEntry, version: int, path: Path) -> str:
-        """Runs on a loader thread: reads the version folder."""
-        check_version_folder(path, self._config.max_artifact_bytes)
-        name = version_backend(path) or entry.config.backend or infer_backend_name(path)
-        if name is None:
-            raise ModelLoadError(f"{entry.name}/{version}: no model file found and no backend set in model.toml")
-        return name
-
-    def _load_backend(self, entry: ModelEntry, name: str, path: Path, device: str, cap: int | None) -> Backend:
-        """Runs on a loader thread, so the loop never waits on it. `cap`: the most GPU memory it may take."""
-        check_version_trusted(name, path, self._config.trust_repository or entry.config.trusted,
-                              self._config.trust_uploads)
-        backend = create_backend(name, entry.config, trust_repository=self._config.trust_repository)
-        if cap is not None and hasattr(backend, "memory_cap_bytes"):
-            backend.memory_cap_bytes = cap
-        backend.load(path, device)
-        return backend
 
     async def _place(self, served: ServedModel, fresh: ServedVersion, backend: str, may_evict: bool) -> int | None:
         """The version's device (fresh.device) and the most GPU memory it may take there."""

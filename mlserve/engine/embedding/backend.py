@@ -30,7 +30,7 @@ ROWS_PER_FORWARD = 8
 class EmbeddingBackend:
     """Tokenizer, encoder weights, pooling mode and the normalize flag of one loaded version."""
 
-    def __init__(self, config: ModelConfig, trust_repository: bool = False) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         self._config = config
         self._encoder: Encoder | None = None
         self._tokenizer: Tokenizer | None = None

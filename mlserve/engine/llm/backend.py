@@ -26,7 +26,7 @@ class LLMBackend:
 
     is_generative = True
 
-    def __init__(self, config: ModelConfig, trust_repository: bool = False) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         self.settings: LLMSettings = config.llm
         self.tokenizer: LLMTokenizer | None = None
         self.runner: ModelRunner | None = None
