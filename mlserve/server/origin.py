@@ -24,7 +24,7 @@ gRPC needs HTTP/2 with trailers, which no browser API can send, so it is not gat
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from mlserve.config import ServerConfig
@@ -40,6 +40,8 @@ EXPOSED_HEADERS = ("Inference-Header-Content-Length, Mlserve-Model-Version, Mlse
 PREFLIGHT_MAX_AGE_S = 600
 MAX_REQUESTED_HEADERS = 1024
 """Longest Access-Control-Request-Headers echoed back in a preflight answer."""
+MAX_REMEMBERED_HOSTS = 1024
+"""Host header values whose verdict is remembered (the hot path then does one dict look-up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +124,16 @@ class BrowserGate:
     """Bound to every address: a Host that is an IP address passes (rebinding needs a name)."""
     origins: frozenset[str]
     any_origin: bool
+    _verdicts: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, server: ServerConfig) -> BrowserGate:
         entries = [host_name(h) if not h.startswith(".") else h.lower().rstrip(".") for h in server.allowed_hosts]
         bound = host_name(server.host) if server.host not in WILDCARD_BINDS else ""
-        hosts = {e for e in entries if not e.startswith(".") and e != "*"} | {bound} - {""}
+        # Loopback names and addresses in the set too: the usual Host is one set look-up.
+        hosts = {e for e in entries if not e.startswith(".") and e != "*"} | {bound} | LOOPBACK_NAMES | {
+            "127.0.0.1", "::1"}
+        hosts.discard("")
         origins = {o.lower().rstrip("/") for o in server.cors_origins if o != "*"}
         return cls(frozenset(hosts), tuple(e for e in entries if e.startswith(".")), "*" in entries,
                    server.host in WILDCARD_BINDS, frozenset(origins), "*" in server.cors_origins)
@@ -151,6 +157,14 @@ class BrowserGate:
         return None
 
     def is_allowed_host(self, host: str) -> bool:
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            verdict = self._judge_host(host)
+            if len(self._verdicts) < MAX_REMEMBERED_HOSTS:
+                self._verdicts[host] = verdict
+        return verdict
+
+    def _judge_host(self, host: str) -> bool:
         name = host_name(host)
         if self.any_host or name in self.hosts or is_loopback_name(name):
             return True
@@ -195,6 +209,8 @@ class BrowserGate:
 
 def _body_type_refusal(path: str, headers: Mapping[str, str]) -> BrowserRefusal | None:
     content_type = headers.get("Content-Type")
+    if content_type == "application/json":
+        return None
     if content_type is None:
         if not any(headers.get(name) is not None for name in BROWSER_HEADERS):
             return None  # not a browser: tritonclient.http sends its JSON with no type

@@ -148,3 +148,12 @@ def test_list_settings_come_from_the_file_the_environment_and_flags(tmp_path):
     file.write_text('[server]\nallowed_hosts = "a.example"\ncors_origins = [1]\n')
     with pytest.raises(ValueError, match=r"\[server\] cors_origins must be a list of strings"):
         load_config(file, environ={})
+
+
+def test_remembered_host_verdicts_are_bounded_and_stay_right():
+    from mlserve.server import origin
+
+    g = gate()
+    for i in range(origin.MAX_REMEMBERED_HOSTS + 50):
+        assert check(g, Host=f"evil{i}.example") is not None
+    assert check(g, Host="localhost:8000") is None and check(g, Host="evil1.example") is not None
