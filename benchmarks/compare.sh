@@ -18,7 +18,7 @@ for TREE in "$@"; do
   PORT=$($PY -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
   (cd "$TREE" && OMP_NUM_THREADS=1 PYTHONPATH=$TREE exec taskset -c 0 $PY -m mlserve start --models "$W/models" --port "$PORT" --log-level warning --auth-keys "$W/keys.json" > "$W/server.log" 2>&1) &
   SPID=$!
-  for _ in $(seq 600); do curl -sf -o /dev/null -H "Authorization: Bearer $KEY" -d @"$W/body.json" "localhost:$PORT/v2/models/mlp/infer" && break; sleep 0.2; done
+  for _ in $(seq 600); do curl -sf -o /dev/null -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" -d @"$W/body.json" "localhost:$PORT/v2/models/mlp/infer" && break; sleep 0.2; done
   printf 'wrk.method = "POST"\nlocal f = io.open("%s", "rb"); wrk.body = f:read("*a"); f:close()\nwrk.headers["Content-Type"] = "application/json"\nwrk.headers["Authorization"] = "Bearer %s"\n' "$W/body.json" "$KEY" > "$W/post.lua"
   taskset -c 1 wrk -t1 -c"$C" -d2s -s "$W/post.lua" "http://127.0.0.1:$PORT/v2/models/mlp/infer" > /dev/null
   PID=$(pgrep -f -- "--port $PORT" | head -1)

@@ -86,7 +86,8 @@ def start_server(repo: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def _index(url: str) -> list[dict]:
-    request = urllib.request.Request(f"{url}/v2/repository/index", data=b"{}", method="POST")
+    request = urllib.request.Request(f"{url}/v2/repository/index", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as resp:
         return orjson.loads(resp.read())
 

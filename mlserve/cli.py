@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
                        "cuda:N or auto")
     start.add_argument("--gpu-memory-fraction", type=float,
                        help="share of each GPU's memory the models may hold together (default 0.9)")
+    start.add_argument("--allowed-hosts", metavar="NAMES", help="Host names answered besides loopback and the "
+                       "bound address, comma-separated (.example.com = a domain, * = any)")
+    start.add_argument("--cors-origins", metavar="ORIGINS", help="origins whose pages may call the server "
+                       "(CORS), comma-separated, e.g. https://app.example")
+    start.add_argument("--trusted-proxies", metavar="CIDRS", help="proxies whose X-Forwarded-For names the client")
     start.add_argument("--auth-keys", metavar="FILE", help="API keys file: every endpoint but health needs a key")
     start.add_argument("--trust-repository", action="store_true", default=None,
                        help="load TorchScript and torch.export artifacts, which can run code when read")
@@ -197,7 +202,9 @@ def _tls_context(config: Config):
 
 def _start(args: argparse.Namespace) -> int:
     overrides = {
-        "server": {"host": args.host, "port": args.port, "grpc_port": args.grpc_port, "log_level": args.log_level},
+        "server": {"host": args.host, "port": args.port, "grpc_port": args.grpc_port, "log_level": args.log_level,
+                   "allowed_hosts": args.allowed_hosts, "cors_origins": args.cors_origins,
+                   "trusted_proxies": args.trusted_proxies},
         "registry": {
             "models": args.models, "s3_endpoint": args.s3_endpoint, "poll_interval_s": args.poll_interval,
             "lazy": args.lazy, "max_loaded_models": args.max_loaded_models, "max_loaded_mb": args.max_loaded_mb,

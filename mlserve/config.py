@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -46,6 +47,16 @@ class ServerConfig:
     """Longest gap between reads of a request body the fast lane serves; then 408 and close."""
     keepalive_timeout_s: float = 75.0
     """An idle keep-alive connection closes after this long (aiohttp's own default)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names the server answers to besides loopback names and the bound address (and any IP
+    address when bound to all): exact names, ".example.com" for a domain and its subdomains, or "*"
+    for any (turns the DNS-rebinding check off). Another Host header gets 403."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins (scheme://host[:port]) whose pages may call the server from a browser, with CORS;
+    "*" = any. A request from another origin gets 403."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client (the failed-key
+    throttle's address); X-Forwarded-For from anyone else is ignored."""
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -53,6 +64,15 @@ class ServerConfig:
         for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        for entry in self.allowed_hosts:
+            _check_host_entry(entry)
+        for entry in self.cors_origins:
+            _check_origin_entry(entry)
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or CIDR") from None
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not 0 <= self.grpc_port <= 65535:
@@ -65,6 +85,20 @@ class ServerConfig:
             raise ValueError("shutdown_grace_s must be >= 0")
         if self.gc_threshold < 0:
             raise ValueError("gc_threshold must be >= 0")
+
+
+_HOST_ENTRY = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?|\[?[0-9a-f:.]+\]?")
+_ORIGIN_ENTRY = re.compile(r"\*|null|https?://[a-z0-9_.-]+(:\d{1,5})?|https?://\[[0-9a-f:.]+\](:\d{1,5})?")
+
+
+def _check_host_entry(entry: str) -> None:
+    if not isinstance(entry, str) or not _HOST_ENTRY.fullmatch(entry.lower()):
+        raise ValueError(f"allowed_hosts: {entry!r} is not a host name, .domain, IP address or \"*\" (no scheme or port)")
+
+
+def _check_origin_entry(entry: str) -> None:
+    if not isinstance(entry, str) or not _ORIGIN_ENTRY.fullmatch(entry.lower().rstrip("/")):
+        raise ValueError(f"cors_origins: {entry!r} is not an origin like https://app.example:8443 (or \"*\")")
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,10 +321,22 @@ _SECTIONS = {
 
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+_STRINGS = "tuple[str, ...]"
+"""A list setting: an array of strings in mlserve.toml, comma-separated in the environment and flags."""
+
+
+def _strings(value: Any, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"{key} must be a list of strings (comma-separated in the environment), got {value!r}")
 
 
 def _coerce(value: str, kind: str, key: str) -> Any:
     """An environment string as the field's type; ValueError naming `key` when it is not one."""
+    if kind == _STRINGS:
+        return _strings(value, key)
     try:
         if kind == "int":
             return int(value)
@@ -314,6 +360,8 @@ def _type_word(kind: str) -> str:
 def _check_type(key: str, value: Any, kind: str) -> Any:
     """A value from mlserve.toml or a flag, held to the field's type: no string where a boolean
     belongs (`"false"` is truthy), no boolean where a number belongs. An int is a valid float."""
+    if kind == _STRINGS:
+        return _strings(value, key)
     expected = _TYPES.get(kind)
     if expected is None:
         return value  # a field type with its own check in __post_init__

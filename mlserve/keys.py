@@ -9,12 +9,15 @@ keyed digest that never leaves the process).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,13 +91,32 @@ def read_keys(path: Path) -> dict[str, ApiKey]:
 
 
 def write_keys(path: Path, keys: dict[str, ApiKey]) -> None:
-    """Atomic rewrite, readable by the owner only."""
+    """Atomic rewrite, readable by the owner only: a new temp file of its own (created exclusively,
+    so never a link someone left there), written and synced, then renamed over the file."""
     records = [{**asdict(k), "scopes": list(k.scopes)} for k in keys.values()]
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"keys": records}, fh, indent=2)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"keys": records}, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on `<path>.lock` for a read-modify-write of the keys file, so two
+    `mlserve keys` runs at once do not lose each other's change (the server only reads)."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def create_key(
@@ -102,26 +124,27 @@ def create_key(
     priority: int | None = None,
 ) -> str:
     """Add a key to the file and return the token, which is stored nowhere in clear."""
-    keys = read_keys(path)
-    if any(k.name == name and not k.revoked for k in keys.values()):
-        raise ValueError(f"a key named {name!r} already exists")
     key_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_bytes(16)
-    keys[key_id] = ApiKey(
-        key_id, name, salt.hex(), hash_secret(secret, salt).hex(), scopes, rps, concurrency, priority
-    )
-    write_keys(path, keys)
+    key = ApiKey(key_id, name, salt.hex(), hash_secret(secret, salt).hex(), scopes, rps, concurrency, priority)
+    with locked(path):
+        keys = read_keys(path)
+        if any(k.name == name and not k.revoked for k in keys.values()):
+            raise ValueError(f"a key named {name!r} already exists")
+        keys[key_id] = key
+        write_keys(path, keys)
     return f"{PREFIX}_{key_id}_{secret}"
 
 
 def revoke_key(path: Path, name_or_id: str) -> ApiKey:
-    keys = read_keys(path)
-    for key in keys.values():
-        if not key.revoked and name_or_id in (key.name, key.key_id):
-            keys[key.key_id] = _replace(key, revoked=True)
-            write_keys(path, keys)
-            return keys[key.key_id]
+    with locked(path):
+        keys = read_keys(path)
+        for key in keys.values():
+            if not key.revoked and name_or_id in (key.name, key.key_id):
+                keys[key.key_id] = _replace(key, revoked=True)
+                write_keys(path, keys)
+                return keys[key.key_id]
     raise ValueError(f"no live key named {name_or_id!r}")
 
 

@@ -61,7 +61,9 @@ class Replica:
 
     def start(self) -> None:
         cache = self.workdir / f"cache-{self.index}"
-        env = {**os.environ, "MLSERVE_REGISTRY_CACHE_DIR": str(cache), **self.env}
+        # nginx on this machine is the proxy: its X-Forwarded-For names the client (the failed-key throttle).
+        env = {**os.environ, "MLSERVE_REGISTRY_CACHE_DIR": str(cache), "MLSERVE_SERVER_TRUSTED_PROXIES": "127.0.0.1",
+               **self.env}
         command = [sys.executable, "-m", "mlserve", "start", *self.args,
                    "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.workdir / f"replica-{self.index}.log", "ab") as log:

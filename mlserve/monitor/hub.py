@@ -47,6 +47,14 @@ class Observation:
     routed_by: str
 
 
+def reference_path(folder: Path, name: str) -> Path:
+    """The reference file inside the version folder; ValueError when it (through a link) is outside."""
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"[drift] reference {name!r} lies outside the version folder {folder}")
+    return path
+
+
 def load_reference(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of a version's reference.npz, or None when the file is absent."""
     if not path.is_file():
@@ -132,7 +140,7 @@ class Monitor:
         try:
             if not (self.config.drift and settings.enabled):
                 return
-            arrays = load_reference(folder / settings.reference)
+            arrays = load_reference(reference_path(folder, settings.reference))
             reference = None
             if arrays is not None:
                 outputs = {n: a for n, a in arrays.items() if n in output_names}

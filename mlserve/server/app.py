@@ -25,17 +25,18 @@ from mlserve.registry.sweep import sweep_store
 from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
-from mlserve.server.auth import KeyRing, PathPolicy
+from mlserve.server.auth import AdminAudit, KeyRing, PathPolicy, TrustedProxies, warn_if_admin_open
 from mlserve.server.batch_jobs import add_batch_job_routes
 from mlserve.server.decode_pool import DecodePool
 from mlserve.server.grpc_server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
-from mlserve.server.middleware import Gate, front_middleware
+from mlserve.server.middleware import Gate, cors_signal, front_middleware
 from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
 from mlserve.server.openai import openai_app, vllm_routes
 from mlserve.server.openai_errors import openai_error_middleware
 from mlserve.server.openapi import openapi_handler
 from mlserve.server.optimize_routes import optimize_jobs, optimize_routes
+from mlserve.server.origin import BrowserGate
 from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
 from mlserve.server.state import ServerState
 from mlserve.server.overview import OverviewSources
@@ -99,12 +100,14 @@ class Stage:
 
 
 def _gate(config: Config, state: ServerState) -> Gate:
-    """Authentication, per-key limits and the in-flight bound, from the auth and limits sections."""
+    """The browser checks, authentication, per-key limits and the in-flight bound, from the server,
+    auth and limits sections."""
     keys_file = Path(config.auth.keys_file) if config.auth.keys_file else None
     return Gate(
         PathPolicy.from_config(config.auth, config.server.host),
         KeyRing(keys_file, TenantLimiter(), FailureThrottle(config.auth.failed_auth_burst, config.auth.failed_auth_per_s)),
         InFlight(config.limits.max_in_flight), state, config.server.max_body_bytes,
+        BrowserGate.from_config(config.server), TrustedProxies.parse(config.server.trusted_proxies), AdminAudit(),
         config.limits.not_ready_when_saturated,
     )
 
@@ -143,7 +146,7 @@ samples only once the repository is loaded and stops first; keys close last."""
         await s.loader.close()
 
     return [
-        Stage("keyring", stop=s.gate.keyring.close),
+        Stage("keyring", start=lambda: warn_if_admin_open(s.gate.policy, s.gate.keyring), stop=s.gate.keyring.close),
         Stage("decode pool", stop=s.decode_pool.close),
         Stage("monitor", start=s.monitor.start, stop=s.monitor.close),
         Stage("repository sweep", start=lambda: sweep_store(s.loader.store)),  # a crash's debris, before the scan
@@ -275,6 +278,8 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     # Outside the gate, OpenAI's paths get OpenAI's error shape for its refusals too (one prefix test for others).
     app = web.Application(middlewares=[openai_error_middleware, front_middleware(s.gate)],
                           client_max_size=config.server.max_body_bytes)
+    if s.gate.browser.is_cors_on:
+        app.on_response_prepare.append(cors_signal(s.gate.browser))
     app[CONFIG], app[STATE], app[METRICS], app[LIMITS] = config, s.state, s.metrics, config.limits
     app[KEYRING], app[MONITOR], app[LOADER], app[SERVICE] = s.gate.keyring, s.monitor, s.loader, s.inference
     app[V2] = v2_handlers(s)

@@ -5,15 +5,21 @@ The policy works on path prefixes so routes added later are covered without bein
 data at `/status` is not) are open, `/metrics` is open by setting, `/admin/`, `/v2/repository/` and
 `/v2/batch/` (jobs read and write server files) need the admin scope and are served only on loopback
 or when enabled, everything else needs `infer`.
+
+Failed key checks are throttled per (client address, key id): only a token naming a live key costs a
+hash, so only such tokens are counted, and failures against one key never lock out another. The
+client address is the socket's peer, or the X-Forwarded-For hop a trusted proxy names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import os
 import secrets
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +30,7 @@ from mlserve import keys as keyfile
 from mlserve.config import AuthConfig
 from mlserve.errors import Overloaded
 from mlserve.keys import ApiKey
-from mlserve.server.ratelimit import FailureThrottle, TenantLimiter
+from mlserve.server.ratelimit import Clock, FailureThrottle, TenantLimiter, TokenBucket
 
 log = logging.getLogger("mlserve.auth")
 
@@ -74,6 +80,7 @@ class AuthResult:
 
     key: ApiKey | None = None
     retry_after_s: float | None = None
+    """Set when this address has failed too often with the key the token names."""
 
     @property
     def is_throttled(self) -> bool:
@@ -85,7 +92,7 @@ class KeyRing:
 
     Verified tokens are remembered in an LRU under a keyed digest (wrong ones never are, so a flood
     of bad tokens cannot push good ones out). A reload keeps what it remembered for keys whose
-    record is unchanged. Checks that need a hash are throttled per client address."""
+    record is unchanged. Checks that need a hash are throttled per (client address, key id)."""
 
     def __init__(self, path: Path | None, limiter: TenantLimiter, throttle: FailureThrottle | None = None) -> None:
         self.path = path
@@ -127,29 +134,31 @@ class KeyRing:
         log.info("keys file %s: %d live key(s)", self.path, len(self._keys))
 
     async def authenticate(self, token: str, client_addr: str = "") -> AuthResult:
-        """The live key a token belongs to. A remembered token is answered from memory; any other
-        check costs its client address one failed attempt unless it succeeds, and an address out of
-        attempts is told to wait. Hashes run off the event loop, a bounded number at a time."""
+        """The live key a token belongs to. A remembered token is answered from memory; a malformed
+        one, or one naming no live key, is refused at once (no hash: nothing to throttle). Any other
+        check costs (client address, key id) one failed attempt unless it succeeds, and a pair out of
+        attempts is told to wait, so a flood of bad tokens from an address (a proxy all clients
+        share) cannot lock out a valid key. Hashes run off the event loop, a bounded number at a time."""
         parts = keyfile.split_token(token)
-        # A keyed hash names the token in memory without keeping it; blake2b is one C call.
-        memo = hashlib.blake2b(token.encode(), key=self._memo_key, digest_size=16).digest() if parts else b""
-        key_id = self._verified.get(memo)
-        if key_id is not None and key_id in self._keys:
-            self._verified.move_to_end(memo)
-            return AuthResult(self._keys[key_id])
-        wait = self.throttle.try_attempt(client_addr)
-        if wait is not None:
-            return AuthResult(None, wait)
         if parts is None or parts[0] not in self._keys:
             return AuthResult(None)
+        # A keyed hash names the token in memory without keeping it; blake2b is one C call.
+        memo = hashlib.blake2b(token.encode(), key=self._memo_key, digest_size=16).digest()
+        key_id = self._verified.get(memo)
+        if key_id is not None:
+            self._verified.move_to_end(memo)
+            return AuthResult(self._keys[key_id])
+        wait = self.throttle.try_attempt(client_addr, parts[0])
+        if wait is not None:
+            return AuthResult(None, wait)
         try:
             ok = await self._verify(self._keys[parts[0]], parts[1])
         except Overloaded:
-            self.throttle.refund(client_addr)
+            self.throttle.refund(client_addr, parts[0])
             raise
         if not ok:
             return AuthResult(None)
-        self.throttle.refund(client_addr)
+        self.throttle.refund(client_addr, parts[0])
         self._verified[memo] = parts[0]
         while len(self._verified) > _CACHE_SIZE:
             self._verified.popitem(last=False)
@@ -177,3 +186,76 @@ def bearer_token(header: str | None) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedProxies:
+    """The reverse proxies whose X-Forwarded-For is believed (`[server] trusted_proxies`)."""
+
+    networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def parse(cls, entries: tuple[str, ...]) -> TrustedProxies:
+        return cls(tuple(ipaddress.ip_network(entry, strict=False) for entry in entries))
+
+    def is_trusted(self, text: str) -> bool:
+        address = _address(text)
+        return address is not None and any(address in network for network in self.networks)
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        """The peer itself, unless it is a trusted proxy: then the nearest X-Forwarded-For hop that
+        is not one (each proxy appends its peer, so hops further left are the client's to invent).
+        A hop that is not an address stops the walk at the last trusted one."""
+        if not forwarded_for or not self.networks or not self.is_trusted(peer):
+            return peer
+        nearest = peer
+        for hop in reversed(forwarded_for.split(",")):
+            address = _address(hop)
+            if address is None:
+                return nearest
+            if not self.is_trusted(hop):
+                return str(address)
+            nearest = str(address)
+        return nearest
+
+
+ADMIN_LOG_BURST = 10.0
+ADMIN_LOG_PER_S = 1.0
+
+
+class AdminAudit:
+    """Logs admin requests served with no API keys configured: each one, up to a burst and then one
+    a second, so a flood costs a bounded number of lines (the ones left out are counted)."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._bucket = TokenBucket(ADMIN_LOG_PER_S, ADMIN_LOG_BURST)
+        self._num_skipped = 0
+
+    def record(self, method: str, route: str, client: str) -> None:
+        if self._bucket.try_take(self._clock()) is not None:
+            self._num_skipped += 1
+            return
+        skipped = f" ({self._num_skipped} more not logged)" if self._num_skipped else ""
+        self._num_skipped = 0
+        log.warning("admin request served without an API key: %s %s from %s%s", method, route[:200], client, skipped)
+
+
+def warn_if_admin_open(policy: PathPolicy, keyring: KeyRing) -> None:
+    """At start: say loudly when anyone who reaches the port may load models and change traffic."""
+    if policy.admin_served and not keyring.is_enabled:
+        log.warning("admin routes (%s) are served WITHOUT API keys: anything that can reach this port can "
+                    "load and run models and change traffic; set [auth] keys_file (`mlserve keys create`)",
+                    ", ".join(ADMIN_PREFIXES))

@@ -43,13 +43,15 @@ async def authorize(gate: Gate, path: str, authorization: str | None, peer: str 
         raise Refused("PERMISSION_DENIED", "admin and repository calls are off on this address "
                                            "(bind to loopback or set auth.admin_enabled)")
     if not gate.keyring.is_enabled:
+        if access is Access.ADMIN:
+            gate.audit.record("gRPC", path, _address(peer))
         return None
     token = bearer_token(authorization)
     if token is None:
         raise Refused("UNAUTHENTICATED", "an API key is required: send metadata 'authorization: Bearer <key>'")
     result = await gate.keyring.authenticate(token, _address(peer))
     if result.is_throttled:
-        raise Refused("RESOURCE_EXHAUSTED", "too many failed API key checks from this address; retry later",
+        raise Refused("RESOURCE_EXHAUSTED", "too many failed checks of this API key from this address; retry later",
                       result.retry_after_s)
     key = result.key
     if key is None:

@@ -1,8 +1,9 @@
-"""The one table from error class to HTTP status, the gate (authentication, per-key limits, the
-in-flight bound), and the one middleware that applies both to every route but the hot path.
+"""The one table from error class to HTTP status, the gate (the browser checks, authentication,
+per-key limits, the in-flight bound), and the one middleware that applies both to every route.
 
-The v2 infer route is marked `one_pass`: it calls the gate and maps its own errors inside one
-coroutine, so the middleware hands it the request untouched."""
+The browser checks (Host, Origin, Content-Type: `origin.BrowserGate`) run first on every request,
+open routes and the hot path included. The v2 infer route is then marked `one_pass`: it calls the
+gate and maps its own errors inside one coroutine, so the middleware hands it the request untouched."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from aiohttp import web
 
 from mlserve import errors
 from mlserve.keys import ApiKey
-from mlserve.server.auth import Access, KeyRing, PathPolicy, bearer_token
+from mlserve.server.auth import Access, AdminAudit, KeyRing, PathPolicy, TrustedProxies, bearer_token
+from mlserve.server.origin import BrowserGate
 from mlserve.server.ratelimit import InFlight
 from mlserve.server.response import json_error
 from mlserve.server.state import ServerState
@@ -118,6 +120,9 @@ class Gate:
     in_flight: InFlight
     state: ServerState
     max_body_bytes: int
+    browser: BrowserGate
+    proxies: TrustedProxies
+    audit: AdminAudit
     ready_tracks_saturation: bool = False
 
     async def enter(self, request: web.Request, access: Access = Access.INFER) -> tuple[web.Response | None, ApiKey | None]:
@@ -140,6 +145,11 @@ class Gate:
         _track_saturation(self)
         return None, outcome
 
+    def client_address(self, request: web.Request) -> str:
+        """The socket's peer, or the client a trusted proxy names in X-Forwarded-For."""
+        forwarded = request.headers.getall("X-Forwarded-For", None)
+        return self.proxies.client_address(request.remote or "", ",".join(forwarded) if forwarded else None)
+
     def leave(self, key: ApiKey | None) -> None:
         self.in_flight.release()
         _track_saturation(self)
@@ -160,14 +170,16 @@ def _content_too_long(request: web.Request, limit: int) -> web.Response | None:
 async def _authenticate(gate: Gate, request: web.Request, access: Access) -> web.Response | ApiKey | None:
     """The ApiKey, None when authentication is off, or the 401/403/429 response to send."""
     if not gate.keyring.is_enabled:
+        if access is Access.ADMIN:
+            gate.audit.record(request.method, _route_path(request), gate.client_address(request))
         return None
     token = bearer_token(request.headers.get("Authorization"))
     challenge = {"WWW-Authenticate": 'Bearer realm="mlserve"'}
     if token is None:
         return json_error(401, "an API key is required: send 'Authorization: Bearer <key>'", challenge)
-    result = await gate.keyring.authenticate(token, request.remote or "")
+    result = await gate.keyring.authenticate(token, gate.client_address(request))
     if result.is_throttled:
-        return json_error(429, "too many failed API key checks from this address; retry later",
+        return json_error(429, "too many failed checks of this API key from this address; retry later",
                           {"Retry-After": str(max(1, math.ceil(result.retry_after_s)))})
     key = result.key
     if key is None:
@@ -188,11 +200,17 @@ def _route_path(request: web.Request) -> str:
 
 
 def front_middleware(gate: Gate):
-    """Open paths pass; others are size-checked, authenticated, rate-limited and counted in flight;
-    every route's errors become JSON. One-pass handlers do all of this themselves."""
+    """The browser checks first, for every route (a listed origin's preflight is answered here);
+    then open paths pass, others are size-checked, authenticated, rate-limited and counted in
+    flight; every route's errors become JSON. One-pass handlers do the second part themselves."""
 
     @web.middleware
     async def front(request: web.Request, handler) -> web.StreamResponse:
+        refusal = gate.browser.check(request.method, request.path, request.headers)
+        if refusal is not None:
+            return json_error(refusal.status, refusal.message)
+        if gate.browser.is_preflight(request.method, request.headers):
+            return web.Response(status=204, headers=gate.browser.preflight_headers(request.headers))
         if getattr(handler, ONE_PASS, False):
             return await handler(request)
         access = gate.policy.access(_route_path(request))
@@ -210,6 +228,18 @@ def front_middleware(gate: Gate):
             gate.leave(key)
 
     return front
+
+
+def cors_signal(browser: BrowserGate):
+    """An on_response_prepare hook: CORS headers on every response, streamed ones included."""
+
+    async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in browser.cors_headers(request.headers).items():
+            if name == "Vary" and response.headers.get("Vary"):
+                value = f"{response.headers['Vary']}, {value}"
+            response.headers[name] = value
+
+    return add_cors_headers
 
 
 def _track_saturation(gate: Gate) -> None:

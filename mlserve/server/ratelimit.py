@@ -90,33 +90,36 @@ class TenantLimiter:
 
 
 MAX_THROTTLED_CLIENTS = 10_000
-"""Client addresses whose failed key checks are remembered; the least recently seen are forgotten."""
+"""(client address, key id) pairs whose failed key checks are remembered; the least recently seen
+are forgotten."""
 
 
 @dataclass(slots=True)
 class FailureThrottle:
-    """Key checks per client address: each check that needs a hash takes a token from the address's
-    bucket and a check that succeeds gives it back, so only failures (and checks in progress)
-    spend the budget. Bounded: at most MAX_THROTTLED_CLIENTS addresses are remembered."""
+    """Key checks per (client address, key id): each check that needs a hash takes a token from the
+    pair's bucket and a check that succeeds gives it back, so only failures (and checks in progress)
+    spend the budget, and failures against one key never cost another key anything. Bounded: at
+    most MAX_THROTTLED_CLIENTS pairs are remembered."""
 
     burst: float = 20.0
     rate: float = 1.0
     clock: Clock = time.monotonic
-    _buckets: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict)
+    _buckets: OrderedDict[tuple[str, str], TokenBucket] = field(default_factory=OrderedDict)
 
-    def try_attempt(self, client: str) -> float | None:
-        """None when the address may have a key checked now, else seconds until it may."""
-        bucket = self._buckets.get(client)
+    def try_attempt(self, client: str, key_id: str = "") -> float | None:
+        """None when the address may have this key checked now, else seconds until it may."""
+        pair = (client, key_id)
+        bucket = self._buckets.get(pair)
         if bucket is None:
-            bucket = self._buckets[client] = TokenBucket(self.rate, self.burst)
+            bucket = self._buckets[pair] = TokenBucket(self.rate, self.burst)
             while len(self._buckets) > MAX_THROTTLED_CLIENTS:
                 self._buckets.popitem(last=False)
-        self._buckets.move_to_end(client)
+        self._buckets.move_to_end(pair)
         return bucket.try_take(self.clock())
 
-    def refund(self, client: str) -> None:
-        """The check succeeded (or never ran): the attempt costs the address nothing."""
-        bucket = self._buckets.get(client)
+    def refund(self, client: str, key_id: str = "") -> None:
+        """The check succeeded (or never ran): the attempt costs the pair nothing."""
+        bucket = self._buckets.get((client, key_id))
         if bucket is not None:
             bucket.tokens = min(bucket.burst, bucket.tokens + 1.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from mlserve.spec.table import between, parse_table
@@ -16,7 +17,8 @@ class DriftSettings:
 
     enabled: bool = True
     reference: str = "reference.npz"
-    """File in the version folder: arrays named like the model's inputs (and optionally outputs)."""
+    """File in the version folder: arrays named like the model's inputs (and optionally outputs). A
+    relative path that stays inside the folder: no absolute path, no `..` (links are checked on load)."""
     reference_rows: int = field(default=1000, metadata=between(1, _MAX_ROWS))
     """Without that file, the first this many rows served become the reference."""
     window: int = field(default=10000, metadata=between(1, _MAX_ROWS))
@@ -38,6 +40,9 @@ class DriftSettings:
     """How many of the most drifting features the report names."""
 
     def __post_init__(self) -> None:
+        parts = PurePosixPath(self.reference.replace("\\", "/")).parts
+        if not parts or parts[0] == "/" or ".." in parts or "\0" in self.reference or ":" in parts[0]:
+            raise ValueError(f"[drift] reference must be a file path inside the version folder, got {self.reference!r}")
         if not 0 <= self.psi_warn <= self.psi_alert:
             raise ValueError("[drift] need 0 <= psi_warn <= psi_alert")
         for name in ("reference_rows", "window", "bins", "fine_bins", "max_columns", "top"):

@@ -160,7 +160,7 @@ def test_a_request_past_its_timeout_gets_504(batching_server):
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict, dict]:
-    req = urllib.request.Request(url, data=body, method="POST")
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, dict(resp.headers), json.loads(resp.read())

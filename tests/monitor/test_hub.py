@@ -73,3 +73,30 @@ def test_drift_is_fed_a_capped_sample_of_requests(tmp_path):
     assert 100 <= taken <= 100 + elapsed * 100 + 1 and taken < 300, (taken, elapsed)
     labels = {"model": "m", "version": "1"}
     assert not metrics.registry.get_sample_value("mlserve_drift_dropped_observations_total", labels)
+
+
+def test_a_reference_path_must_stay_inside_the_version_folder(tmp_path):
+    """Absolute paths and `..` are refused when model.toml is read, naming the key; a link that leads
+    out of the folder is refused when the version loads (it serves, without drift statistics)."""
+    import pytest
+
+    for bad in ("/etc/passwd", "../other/reference.npz", "data/../../x.npz", "..", "", "C:/x.npz", "..\\x.npz"):
+        with pytest.raises(ValueError, match=r"\[drift\] reference"):
+            DriftSettings.parse({"reference": bad})
+    assert DriftSettings.parse({"reference": "data/ref.npz"}).reference == "data/ref.npz"
+
+    reference = np.random.default_rng(0).standard_normal((200, 3)).astype(np.float32)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    np.savez(outside / "secret.npz", x=reference)
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    (version / "reference.npz").symlink_to(outside / "secret.npz")
+    monitor = Monitor(MonitorConfig(), Metrics())
+    monitor.add_version("m", "1", version, DriftSettings(reference_rows=5), ("y",))
+    assert monitor.drift("m", "1") is None  # the old code read the file the link points to
+
+    np.savez(version / "inside.npz", x=reference)
+    (version / "linked.npz").symlink_to(version / "inside.npz")
+    monitor.add_version("m", "2", version, DriftSettings(reference="linked.npz"), ("y",))
+    assert monitor.drift("m", "2").report().reference_source == "linked.npz"

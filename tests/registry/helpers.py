@@ -69,7 +69,7 @@ def infer_body(x: np.ndarray) -> bytes:
 
 def post(url: str, body: bytes | str = b"", timeout: float = 60) -> tuple[int, dict | list]:
     data = body.encode() if isinstance(body, str) else body
-    req = urllib.request.Request(url, data=data, method="POST")
+    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())

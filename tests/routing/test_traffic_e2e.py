@@ -21,6 +21,7 @@ from scipy import stats as sps
 
 def _call(url: str, body=None, method: str = "POST", headers: dict | None = None):
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    headers = {"Content-Type": "application/json", **(headers or {})} if data is not None else headers
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:

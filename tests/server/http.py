@@ -24,6 +24,8 @@ def call(url: str, body: Any = None, headers: dict[str, str] | None = None, meth
         data = body  # an iterator goes out chunked, with no Content-Length
     else:
         data = json.dumps(body).encode()
+    if data is not None:  # urllib would say form-urlencoded, which the server refuses (415)
+        headers = {"Content-Type": "application/json", **(headers or {})}
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
                                  headers=headers or {})
     try:

@@ -198,8 +198,55 @@ def test_failed_key_checks_from_one_address_get_429_with_retry_after(tmp_path):
         assert call(url, infer_body(X), {"Authorization": f"Bearer {token}"}).status == 200
         statuses = [call(url, infer_body(X), {"Authorization": f"Bearer {forged}"}) for _ in range(5)]
         assert [a.status for a in statuses] == [401, 401, 401, 429, 429]
-        assert int(statuses[3].headers["Retry-After"]) >= 1 and "failed API key checks" in statuses[3].body["error"]
+        assert int(statuses[3].headers["Retry-After"]) >= 1 and "failed checks of this API key" in statuses[3].body["error"]
         assert call(url, infer_body(X), {"Authorization": f"Bearer {token}"}).status == 200  # remembered key
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+def test_bad_tokens_behind_a_shared_proxy_address_cannot_lock_out_a_valid_key(tmp_path):
+    """Every client of an nginx in front shares its address. A flood of bad tokens from it used to
+    spend that address's budget before any key was looked up, so a valid key seen for the first
+    time got 429. Now only tokens naming a live key are counted, per (address, key id), and behind
+    a trusted proxy the address is the X-Forwarded-For client."""
+    write_identity_onnx(tmp_path / "repo" / "identity" / "1" / "model.onnx", "FP32")
+    keys_file = tmp_path / "keys.json"
+    token = make_key(keys_file, "reader", "--scopes", "infer")
+    victim = make_key(keys_file, "victim", "--scopes", "infer")
+    forged = f"mls_{token.split('_')[1]}_" + "C" * 43
+    env = {"MLSERVE_AUTH_FAILED_AUTH_BURST": "3", "MLSERVE_AUTH_FAILED_AUTH_PER_S": "0.01"}
+    proc = MlserveProcess(tmp_path / "repo", "--auth-keys", str(keys_file), "--trusted-proxies", "127.0.0.1/32",
+                          log_path=tmp_path / "log", env=env)
+    try:
+        proc.wait_ready()
+        url = f"{proc.url}/v2/models/identity/infer"
+
+        def infer(tok: str, client: str) -> int:
+            return call(url, infer_body(X), {"Authorization": f"Bearer {tok}", "X-Forwarded-For": client}).status
+
+        for bad in ("garbage", "mls_000000000000_" + "A" * 43, "mls_zzzzzzzzzzzz_" + "B" * 43) * 10:
+            assert infer(bad, "198.51.100.7") == 401
+        assert infer(victim, "198.51.100.7") == 200  # first use of this key, after 30 bad tokens
+        assert [infer(forged, "198.51.100.7") for _ in range(4)] == [401, 401, 401, 429]
+        assert infer(token, "203.0.113.9") == 200  # another client behind the proxy: its own budget
+        assert infer(forged, "198.51.100.8") == 401
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_does_not_escape_the_throttle(tmp_path):
+    write_identity_onnx(tmp_path / "repo" / "identity" / "1" / "model.onnx", "FP32")
+    keys_file = tmp_path / "keys.json"
+    token = make_key(keys_file, "reader", "--scopes", "infer")
+    forged = f"mls_{token.split('_')[1]}_" + "C" * 43
+    env = {"MLSERVE_AUTH_FAILED_AUTH_BURST": "2", "MLSERVE_AUTH_FAILED_AUTH_PER_S": "0.01"}
+    proc = MlserveProcess(tmp_path / "repo", "--auth-keys", str(keys_file), log_path=tmp_path / "log", env=env)
+    try:
+        proc.wait_ready()
+        url = f"{proc.url}/v2/models/identity/infer"
+        statuses = [call(url, infer_body(X), {"Authorization": f"Bearer {forged}",
+                                              "X-Forwarded-For": f"203.0.113.{i}"}).status for i in range(4)]
+        assert statuses == [401, 401, 429, 429]
     finally:
         assert proc.stop() == 0, proc.log()
 

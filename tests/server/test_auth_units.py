@@ -182,7 +182,7 @@ def test_the_verified_memory_is_least_recently_used(tmp_path, monkeypatch):
     ring.close()
 
 
-def test_failed_checks_are_throttled_per_client_address(tmp_path):
+def test_failed_checks_are_throttled_per_client_address_and_key(tmp_path):
     import asyncio
 
     from mlserve import keys
@@ -192,22 +192,65 @@ def test_failed_checks_are_throttled_per_client_address(tmp_path):
     now = [100.0]
     path = tmp_path / "keys.json"
     token = keys.create_key(path, "a", ("infer",))
+    other = keys.create_key(path, "b", ("infer",))
     ring = KeyRing(path, TenantLimiter(), FailureThrottle(burst=2, rate=0.5, clock=lambda: now[0]))
     forged = f"mls_{keys.split_token(token)[0]}_{'0' * 43}"
 
     async def main():
         assert (await ring.authenticate(token, "10.0.0.1")).key.name == "a"  # success costs nothing
         assert (await ring.authenticate(forged, "10.0.0.1")).key is None
-        assert (await ring.authenticate("garbage", "10.0.0.1")).key is None
+        assert (await ring.authenticate(forged, "10.0.0.1")).key is None
         throttled = await ring.authenticate(forged, "10.0.0.1")
         assert throttled.is_throttled and throttled.key is None and throttled.retry_after_s == 2.0
         assert (await ring.authenticate(token, "10.0.0.1")).key.name == "a"  # remembered: never throttled
+        assert (await ring.authenticate(other, "10.0.0.1")).key.name == "b"  # another key: its own budget
         assert not (await ring.authenticate(forged, "10.0.0.2")).is_throttled  # another address
         now[0] += 2.0
         assert not (await ring.authenticate(forged, "10.0.0.1")).is_throttled
 
     asyncio.run(main())
     ring.close()
+
+
+def test_a_flood_of_bad_tokens_from_a_shared_address_cannot_lock_out_a_valid_key(tmp_path):
+    """Behind a proxy every client has one address. Tokens that name no live key cost no hash and no
+    attempt, so a valid key checked for the first time after the flood still gets in (on the old
+    code the address's budget was spent before the key was even looked up: 429)."""
+    import asyncio
+
+    from mlserve import keys
+    from mlserve.server.auth import KeyRing
+    from mlserve.server.ratelimit import FailureThrottle
+
+    path = tmp_path / "keys.json"
+    token = keys.create_key(path, "a", ("infer",))
+    ring = KeyRing(path, TenantLimiter(), FailureThrottle(burst=3, rate=0.01, clock=lambda: 0.0))
+    bad = ["garbage", "mls_000000000000_" + "A" * 43, f"mls_{'z' * 12}_" + "B" * 43, "Bearer x" * 50]
+
+    async def main():
+        for i in range(100):
+            assert (await ring.authenticate(bad[i % len(bad)], "10.0.0.1")).key is None
+        result = await ring.authenticate(token, "10.0.0.1")
+        assert not result.is_throttled and result.key.name == "a"
+
+    asyncio.run(main())
+    ring.close()
+
+
+def test_the_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_proxy():
+    from mlserve.server.auth import TrustedProxies
+
+    none = TrustedProxies.parse(())
+    assert none.client_address("10.0.0.1", "203.0.113.9") == "10.0.0.1"  # anyone can write the header
+    proxies = TrustedProxies.parse(("127.0.0.1", "10.0.0.0/8"))
+    assert proxies.client_address("127.0.0.1", "203.0.113.9") == "203.0.113.9"
+    assert proxies.client_address("::ffff:127.0.0.1", "203.0.113.9") == "203.0.113.9"
+    assert proxies.client_address("127.0.0.1", None) == "127.0.0.1"
+    # Each proxy appends its peer: the nearest hop that is not a proxy is the client, whatever it wrote.
+    assert proxies.client_address("127.0.0.1", "1.1.1.1, 203.0.113.9, 10.1.1.1") == "203.0.113.9"
+    assert proxies.client_address("127.0.0.1", "10.2.2.2, 10.1.1.1") == "10.2.2.2"
+    assert proxies.client_address("127.0.0.1", "203.0.113.9, not-an-address") == "127.0.0.1"
+    assert proxies.client_address("192.0.2.1", "203.0.113.9") == "192.0.2.1"  # an untrusted peer
 
 
 def test_the_throttle_remembers_a_bounded_number_of_addresses(monkeypatch):

@@ -160,7 +160,8 @@ def test_the_llms_are_ready_in_the_v2_repository_index(server):
     import json
     import urllib.request
 
-    req = urllib.request.Request(f"{server.url}/v2/repository/index", data=b"{}", method="POST")
+    req = urllib.request.Request(f"{server.url}/v2/repository/index", data=b"{}", method="POST",
+                                 headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         rows = json.loads(resp.read())
     states = {(r["name"], r.get("version")): r["state"] for r in rows}

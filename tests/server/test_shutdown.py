@@ -18,7 +18,8 @@ NUM_REQUESTS = 4
 
 def _infer(url: str) -> tuple[int, float]:
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]})
-    req = urllib.request.Request(f"{url}/v2/models/held/infer", data=body.encode(), method="POST")
+    req = urllib.request.Request(f"{url}/v2/models/held/infer", data=body.encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, time.monotonic()

@@ -26,7 +26,8 @@ def _client(server) -> httpclient.InferenceServerClient:
 
 def _post(url: str, body: bytes | str, headers: dict | None = None) -> tuple[int, dict]:
     data = body.encode() if isinstance(body, str) else body
-    req = urllib.request.Request(url, data=data, method="POST", headers=headers or {})
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -322,7 +323,8 @@ def test_a_large_json_body_is_decoded_in_a_child_process_and_answers_the_same(se
     x = np.random.default_rng(11).standard_normal((64, 768)).astype(np.float32)
     body = json.dumps({"inputs": [{"name": "x", "shape": [64, 768], "datatype": "FP32", "data": x.ravel().tolist()}]})
     body = body + " " * (1 << 20)  # JSON allows trailing white space: the body is over 1 MiB either way
-    req = urllib.request.Request(f"{server.url}/v2/models/mlp/versions/1/infer", data=body.encode(), method="POST")
+    req = urllib.request.Request(f"{server.url}/v2/models/mlp/versions/1/infer", data=body.encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as resp:
         answer = json.loads(resp.read())
     expected = _reference(test_repo, "mlp", 1, {"x": x})[0]
