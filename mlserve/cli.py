@@ -183,10 +183,11 @@ def _site(runner, app, config: Config):
 
     if not config.server.fast_lane or config.auth.tls_cert:
         return web.TCPSite(runner, config.server.host, config.server.port, ssl_context=_tls_context(config))
-    from mlserve.server.app import METRICS, V2
+    from mlserve.server.app import BROWSER, METRICS, V2
     from mlserve.server.fastlane import LaneFront, LaneSite
 
-    front = LaneFront(app[V2], runner.server, config.server, config.limits.max_header_bytes, app[METRICS])
+    front = LaneFront(app[V2], app[BROWSER], runner.server, config.server, config.limits.max_header_bytes,
+                      app[METRICS])
     return LaneSite(runner, front, config.server.host, config.server.port, config.server.shutdown_grace_s)
 
 

@@ -55,6 +55,7 @@ STATE = web.AppKey("state", ServerState)
 KEYRING = web.AppKey("keyring", KeyRing)
 MONITOR = web.AppKey("monitor", Monitor)
 V2 = web.AppKey("v2", V2Handlers)  # the infer handler the fast lane calls too (server/fastlane.py)
+BROWSER = web.AppKey("browser", BrowserGate)  # the browser checks, which the fast lane applies too
 
 
 def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
@@ -283,6 +284,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app[CONFIG], app[STATE], app[METRICS], app[LIMITS] = config, s.state, s.metrics, config.limits
     app[KEYRING], app[MONITOR], app[LOADER], app[SERVICE] = s.gate.keyring, s.monitor, s.loader, s.inference
     app[V2] = v2_handlers(s)
+    app[BROWSER] = s.gate.browser
     app.add_routes(v2_routes(s, app[V2]))
     app.add_routes(admin_routes(s))
     app.add_routes(server_routes(s))

@@ -38,6 +38,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from mlserve.config import ServerConfig
 from mlserve.monitor.metrics import Metrics
 from mlserve.server.response import json_error
+from mlserve.server.origin import BrowserGate
 from mlserve.server.v2 import V2Handlers
 
 log = logging.getLogger("mlserve.server")
@@ -166,9 +167,10 @@ class LaneFront:
     """What every lane connection shares: the infer handler, aiohttp's connection factory, the
     settings, the open connections (for the bound, the timeouts and the drain)."""
 
-    def __init__(self, v2: V2Handlers, aiohttp_server: web.Server, config: ServerConfig, max_head_bytes: int,
-                 metrics: Metrics) -> None:
+    def __init__(self, v2: V2Handlers, browser: BrowserGate, aiohttp_server: web.Server, config: ServerConfig,
+                 max_head_bytes: int, metrics: Metrics) -> None:
         self.v2 = v2
+        self.browser = browser
         self.lane_closed = metrics.http_connections.labels("lane")
         self.handed_over = metrics.http_connections.labels("aiohttp")
         self.aiohttp_server = aiohttp_server
@@ -182,6 +184,12 @@ class LaneFront:
 
     def __call__(self) -> LaneConnection:
         return LaneConnection(self)
+
+    def is_for_aiohttp(self, head: _Served) -> bool:
+        """A request the browser checks refuse, or one from a page (an Origin to answer with CORS):
+        aiohttp's front middleware answers it, so both fronts refuse and allow exactly alike."""
+        headers = CIMultiDictProxy(head.headers)
+        return "Origin" in headers or self.browser.check("POST", head.path, headers) is not None
 
     @property
     def num_connections(self) -> int:
@@ -290,6 +298,9 @@ class LaneConnection(asyncio.Protocol):
                 return
             head = parse_head(bytes(self._buffer[: end + 4]))
             if head is None:
+                self._hand_over()
+                return
+            if self._front.is_for_aiohttp(head):
                 self._hand_over()
                 return
             self._head, self._head_size = head, end + 4

@@ -252,8 +252,11 @@ def test_the_lane_answers_as_a_server_without_it_does_with_keys_off(open_pair):
 
 
 def test_failed_key_throttling_holds_across_both_fronts(secured):
-    """Bad keys tried on the lane use up the address's attempts for aiohttp too, and the reverse."""
-    bad = request_bytes("POST", FP32, _json({"inputs": [X3]}), {"Authorization": "Bearer mls_abcdefghijkl_wrong"})
+    """Wrong secrets for a live key tried on the lane use up the (address, key) attempts for aiohttp
+    too, and the reverse."""
+    key_id = secured.tokens["reader"].split("_")[1]
+    wrong = f"mls_{key_id}_{'x' * 43}"
+    bad = request_bytes("POST", FP32, _json({"inputs": [X3]}), {"Authorization": f"Bearer {wrong}"})
     aiohttp_path = _AiohttpPath(secured.port)
     statuses = []
     for i in range(30):
