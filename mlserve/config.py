@@ -138,6 +138,9 @@ class LimitsConfig:
     """Longest prompt a generation request may send."""
     max_generation_tokens: int = 4096
     """Most tokens a generation request may ask for."""
+    generation_budget_tokens: int = 16384
+    """Most tokens one generation request may generate in all: prompts x sequences per prompt (n or
+    best_of) x max_tokens; more gets 400 naming the product."""
     max_header_bytes: int = 8190
     """Longest request line or header field; longer gets 400 before any handler runs."""
     default_timeout_s: float = 60.0
@@ -151,7 +154,7 @@ class LimitsConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_tensor_elements", "max_batch_rows", "max_prompt_tokens", "max_generation_tokens",
-                     "max_header_bytes", "max_in_flight"):
+                     "generation_budget_tokens", "max_header_bytes", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.default_timeout_s < 0 or self.shutdown_delay_s < 0:
