@@ -147,6 +147,9 @@ class LimitsConfig:
     """Deadline of an inference request that names none (`timeout` parameter, microseconds); 0 = none."""
     max_in_flight: int = 1024
     """Inference requests the whole server holds at once; more get 503 at once."""
+    grpc_stream_window: int = 64
+    """Requests one gRPC stream holds at once, from read until its answer is written to the client;
+    while it is full the server reads no more of that stream (a client that never reads holds this many)."""
     not_ready_when_saturated: bool = False
     """Report /v2/health/ready 503 while max_in_flight is reached, so a load balancer steers away."""
     shutdown_delay_s: float = 0.0
@@ -154,7 +157,7 @@ class LimitsConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_tensor_elements", "max_batch_rows", "max_prompt_tokens", "max_generation_tokens",
-                     "generation_budget_tokens", "max_header_bytes", "max_in_flight"):
+                     "generation_budget_tokens", "max_header_bytes", "max_in_flight", "grpc_stream_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.default_timeout_s < 0 or self.shutdown_delay_s < 0:
