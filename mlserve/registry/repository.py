@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from mlserve.errors import ModelLoadError
 from mlserve.registry.store import Store
 from mlserve.spec import MODEL_NAME, ModelConfig, parse_model_config
+from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.registry")
 
@@ -40,7 +41,7 @@ class Scan:
 async def _versions(store: Store, name: str) -> tuple[int, ...]:
     numbers = []
     for entry in await store.list_versions(name):
-        if entry.isdigit() and int(entry) > 0 and str(int(entry)) == entry:
+        if version_number(entry) is not None:
             numbers.append(int(entry))
     return tuple(sorted(numbers))
 

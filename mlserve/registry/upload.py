@@ -25,6 +25,7 @@ from mlserve.registry.local import LocalStore
 from mlserve.registry.served import ServedModel
 from mlserve.spec import MODEL_NAME, parse_model_config
 from mlserve.registry.store import CHECKSUM_FILE, sha256_file
+from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.registry")
 TOML_FILE = "model.toml"
@@ -51,14 +52,21 @@ class Undo:
 
 
 def check_file_path(spec: str) -> tuple[int, str]:
-    """'<version>/<relative path>' -> (version, path), refusing anything that could leave the folder."""
+    """'<version>/<relative path>' -> (version, path), refusing anything that could leave the folder
+    or that no file system takes: control characters (NUL included), a part over 255 bytes, more
+    than 16 parts, a path over 1024 bytes."""
+    shown = spec if len(spec) <= 80 else spec[:80] + "..."
     version, _, rel = spec.partition("/")
-    if not version.isdigit() or int(version) < 1 or str(int(version)) != version:
-        raise InvalidInput(f"file:{spec}: the path must start with a version folder (a positive integer)")
+    if version_number(version) is None:
+        raise InvalidInput(f"file:{shown!r}: the path must start with a version folder (a positive integer)")
     parts = rel.split("/")
     if not rel or rel.startswith("/") or any(p in ("", ".", "..") or p.startswith(".") for p in parts) \
             or "\\" in rel or rel == CHECKSUM_FILE:
-        raise InvalidInput(f"file:{spec}: not a plain relative file path inside the version folder")
+        raise InvalidInput(f"file:{shown!r}: not a plain relative file path inside the version folder")
+    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        raise InvalidInput(f"file:{shown!r}: a file name may not hold control characters")
+    if len(parts) > 16 or len(rel.encode()) > 1024 or any(len(p.encode()) > 255 for p in parts):
+        raise InvalidInput(f"file:{shown!r}: too long (at most 16 folders deep, 255 bytes a name, 1024 in all)")
     return int(version), rel
 
 

@@ -22,7 +22,8 @@ from mlserve.keys import ApiKey
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService, InferRequest, InferResponse
 from mlserve.server import grpc_codec
-from mlserve.server.grpc_gate import HEALTH_PATH, MODEL_PATH, Refused, admitted, authorize
+from mlserve.server.grpc_gate import (HEALTH_PATH, MODEL_PATH, Malformed, MalformedRequests, Refused, admitted,
+                                      authorize, malformed_message)
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 from mlserve.server.grpc_proto import grpc_service_pb2_grpc as pb_grpc
 from mlserve.server.grpc_repository import RepositoryCalls
@@ -31,6 +32,7 @@ from mlserve.server.state import ServerState
 from mlserve.server.stats_routes import statistics_message
 from mlserve.server.triton_config import model_config_message
 from mlserve.server.v2 import EXTENSIONS
+from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.grpc")
 
@@ -170,7 +172,7 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
         served = self.loader.models.get(model)
         if served is None:
             model, version = "_unknown", ""
-        elif not version.isdigit() or int(version) not in served.versions:
+        elif version_number(version) not in served.versions:
             version = ""
         self._metrics.requests.labels(model, version, "grpc", str(code)).inc()
 
@@ -217,6 +219,8 @@ class InferenceServicer(RepositoryCalls, pb_grpc.GRPCInferenceServiceServicer):
                 message = await anext(messages, None)
                 if message is None:
                     break
+                if isinstance(message, Malformed):
+                    raise Refused("INVALID_ARGUMENT", malformed_message(message))
                 if keyring.generation != generation:
                     generation = keyring.generation
                     key = await authorize(self._gate, MODEL_PATH, _metadata(context, "authorization"), context.peer())
@@ -294,7 +298,7 @@ def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerSta
         if config.server.grpc_port == 0:
             yield
             return
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[MalformedRequests()], options=[
             ("grpc.max_receive_message_length", config.server.max_body_bytes),
             ("grpc.max_send_message_length", -1),
         ])

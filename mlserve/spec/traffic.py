@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from mlserve.spec.table import parse_table
+from mlserve.spec.version import version_number
 
 OUTCOME_KINDS = ("binary", "numeric")
 
@@ -83,7 +84,7 @@ def _weights(raw: Any) -> tuple[tuple[int, float], ...]:
         raise ValueError(f"split must be a table of version = percent, got {raw!r}")
     out = []
     for version, weight in raw.items():
-        if not str(version).isdigit() or int(version) < 1:
+        if version_number(str(version)) is None:
             raise ValueError(f"split: {version!r} is not a version number")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f"split: weight of version {version} must be a number >= 0, got {weight!r}")
@@ -103,7 +104,7 @@ def _shadow(raw: Any) -> ShadowSpec | None:
         return None
     if not isinstance(raw, Mapping) or "version" not in raw or set(raw) - {"version", "percent"}:
         raise ValueError(f"shadow must be {{ version = \"N\", percent = P }}, got {raw!r}")
-    if not str(raw["version"]).isdigit():
+    if version_number(str(raw["version"])) is None:
         raise ValueError(f"shadow: {raw['version']!r} is not a version number")
     percent = raw.get("percent", 100)
     if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
