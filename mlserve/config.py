@@ -192,12 +192,18 @@ class LimitsConfig:
     """Longest prompt a generation request may send."""
     max_generation_tokens: int = 4096
     """Most tokens a generation request may ask for."""
+    generation_budget_tokens: int = 16384
+    """Most tokens one generation request may generate in all: prompts x sequences per prompt (n or
+    best_of) x max_tokens; more gets 400 naming the product."""
     max_header_bytes: int = 8190
     """Longest request line or header field; longer gets 400 before any handler runs."""
     default_timeout_s: float = 60.0
     """Deadline of an inference request that names none (`timeout` parameter, microseconds); 0 = none."""
     max_in_flight: int = 1024
     """Inference requests the whole server holds at once; more get 503 at once."""
+    grpc_stream_window: int = 64
+    """Requests one gRPC stream holds at once, from read until its answer is written to the client;
+    while it is full the server reads no more of that stream (a client that never reads holds this many)."""
     not_ready_when_saturated: bool = False
     """Report /v2/health/ready 503 while max_in_flight is reached, so a load balancer steers away."""
     shutdown_delay_s: float = 0.0
@@ -205,7 +211,7 @@ class LimitsConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_tensor_elements", "max_batch_rows", "max_prompt_tokens", "max_generation_tokens",
-                     "max_header_bytes", "max_in_flight"):
+                     "generation_budget_tokens", "max_header_bytes", "max_in_flight", "grpc_stream_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.default_timeout_s < 0 or self.shutdown_delay_s < 0:

@@ -57,21 +57,30 @@ class Scheduler:
         self.running: list[Sequence] = []
         self._seqs: dict[str, Sequence] = {}
         self.num_preemptions = 0
+        self._virtual_tag = 0
+        """The fair tag of the latest admitted sequence."""
+        self._last_tag: dict[str, int] = {}
+        """Each tenant's latest fair tag, while it is ahead of _virtual_tag."""
 
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
     def add(self, seq: Sequence) -> None:
+        """Queue by priority, then by fair tag: a tenant's k-th waiting sequence gets round k counted
+        from the latest admission (start-time fair queueing), so one tenant's thousand sequences
+        interleave with another's one instead of holding it back, and within a tenant order is kept."""
         assert seq.req_id not in self._seqs, f"duplicate req_id {seq.req_id}"
         seq.status = SeqStatus.WAITING
         self._seqs[seq.req_id] = seq
-        rank = _rank(seq)
-        if not self.waiting or _rank(self.waiting[-1]) <= rank:
+        seq.fair_tag = max(self._virtual_tag, self._last_tag.get(seq.tenant, 0)) + 1
+        self._last_tag[seq.tenant] = seq.fair_tag
+        order = _order(seq)
+        if not self.waiting or _order(self.waiting[-1]) <= order:
             self.waiting.append(seq)
             return
-        # Behind every waiting request of the same or a higher priority, ahead of the lower ones.
-        index = next(i for i, other in enumerate(self.waiting) if _rank(other) > rank)
+        # Behind every waiting request of the same or a higher priority and an earlier round.
+        index = next(i for i, other in enumerate(self.waiting) if _order(other) > order)
         self.waiting.insert(index, seq)
 
     def get(self, req_id: str) -> Sequence | None:
@@ -95,8 +104,8 @@ class Scheduler:
         Running sequences go first, in admission order, each taking min(uncomputed tokens, budget
         left). When the pool cannot hold a sequence's next tokens, the most recently admitted
         running sequence is preempted (blocks freed, requeued at the front of waiting, recomputed
-        later) until it fits. Waiting sequences are admitted in arrival order only when nothing was
-        preempted this step, while the token budget, max_num_seqs and the pool allow; a prompt
+        later) until it fits. Waiting sequences are admitted in queue order (priority, then fair
+        round between tenants, then arrival) only when nothing was preempted this step, while the token budget, max_num_seqs and the pool allow; a prompt
         longer than the budget left is computed in chunks over several steps."""
         budget = self.limits.max_num_batched_tokens
         chunks: list[SeqChunk] = []
@@ -170,11 +179,18 @@ class Scheduler:
                 self.block_manager.free(seq)
                 return
             self.waiting.popleft()
+            self._advance(seq.fair_tag)
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
             new_blocks += self.block_manager.append(seq, num_new)
             chunks.append(self._chunk(seq, num_new))
             budget -= num_new
+
+    def _advance(self, tag: int) -> None:
+        """Admission moves the virtual round on; tenants whose last tag it passed are forgotten."""
+        self._virtual_tag = max(self._virtual_tag, tag)
+        if len(self._last_tag) > 2 * len(self.waiting) + 64:
+            self._last_tag = {t: g for t, g in self._last_tag.items() if g > self._virtual_tag}
 
     @staticmethod
     def _chunk(seq: Sequence, num_new: int) -> SeqChunk:
@@ -205,3 +221,7 @@ _LOWEST = 2**31
 def _rank(seq: Sequence) -> int:
     """Admission rank: priority 1 first; requests that name none come after every level."""
     return seq.priority if seq.priority else _LOWEST
+
+
+def _order(seq: Sequence) -> tuple[int, int]:
+    return _rank(seq), seq.fair_tag

@@ -112,10 +112,11 @@ class LLMEngine:
         return self.submit_many([prompt_token_ids], params, 1, priority)
 
     def submit_many(self, prompts: list[list[int]], params: SamplingParams, n: int,
-                    priority: int | None = None) -> RequestHandle:
+                    priority: int | None = None, tenant: str | None = None) -> RequestHandle:
         """Queue `n` sequences per prompt, all reporting to one queue. The n - 1 siblings of a prompt
         wait until the first has computed it, then claim its full KV blocks from the prefix cache
-        instead of computing them again. A seeded request gives sibling j the seed + j."""
+        instead of computing them again. A seeded request gives sibling j the seed + j. `tenant`
+        (an API key) shares admission fairly with other tenants; None: the request is its own."""
         if not self._accepting:
             raise ModelNotReady(f"{self.name} is being unloaded")
         for ids in prompts:
@@ -132,7 +133,8 @@ class LLMEngine:
                     req_id = group if len(prompts) * n == 1 else f"{group}-{index}"
                     own = params if j == 0 or params.seed is None else dataclasses.replace(params, seed=params.seed + j)
                     self._streams[req_id] = _Stream(loop, queue, index)
-                    self._inbox.append((Sequence(req_id, list(ids), own, arrival_s=now, priority=priority), first))
+                    seq = Sequence(req_id, list(ids), own, arrival_s=now, priority=priority, tenant=tenant or group)
+                    self._inbox.append((seq, first))
                     first = first or req_id
                     req_ids.append(req_id)
             self._cond.notify()

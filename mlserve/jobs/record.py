@@ -13,6 +13,7 @@ import orjson
 
 from mlserve.errors import Forbidden, InvalidInput
 from mlserve.jobs.rows import replace_durably
+from mlserve.spec.version import parse_version as check_version
 
 log = logging.getLogger("mlserve.jobs")
 
@@ -104,11 +105,7 @@ def allowed_path(root: Path, raw: Any, what: str) -> Path:
 def parse_version(raw: Any) -> int | None:
     if raw is None:
         return None
-    if isinstance(raw, str) and raw.isdigit():
-        raw = int(raw)
-    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
-        raise InvalidInput(f"'version' must be a positive integer, got {raw!r}")
-    return raw
+    return check_version(raw, "'version'")
 
 
 def check_request(body: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from mlserve.registry.opening import Trust, open_backend, version_backend_name
 from mlserve.spec import (
     DATATYPE_TO_NUMPY,
     ModelConfig,
-    parse_version,
+    version_number,
     read_model_config,
 )
 
@@ -27,7 +27,7 @@ _DEFAULT_DATA = ("reference.npz", "warmup.npz")
 
 def version_numbers(model_dir: Path) -> list[int]:
     """The model's version folders as numbers (the repository scan's rule: registry/repository.py)."""
-    return sorted(n for p in model_dir.iterdir() if p.is_dir() and (n := parse_version(p.name)) is not None)
+    return sorted(n for p in model_dir.iterdir() if p.is_dir() and (n := version_number(p.name)) is not None)
 
 
 def open_source(models: Path | None, model: str, version: int | None, file: Path | None,

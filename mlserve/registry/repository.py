@@ -10,13 +10,8 @@ from typing import Any, Mapping
 
 from mlserve.errors import ModelLoadError
 from mlserve.registry.store import Store
-from mlserve.spec import (
-    MAX_VERSION,
-    MODEL_NAME,
-    ModelConfig,
-    parse_model_config,
-    parse_version,
-)
+from mlserve.spec import MAX_VERSION, MODEL_NAME, ModelConfig, parse_model_config
+from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.registry")
 
@@ -49,7 +44,7 @@ async def _versions(store: Store, name: str) -> tuple[int, ...]:
     MAX_VERSION, non-ASCII digits) is skipped with a warning, never loaded."""
     numbers = []
     for entry in await store.list_versions(name):
-        number = parse_version(entry)
+        number = version_number(entry)
         if number is not None:
             numbers.append(number)
         elif entry.isdigit():

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from mlserve.errors import InvalidInput, ModelLoadError
 from mlserve.spec import MODEL_NAME
+from mlserve.spec.version import MAX_VERSION, version_number
 
 _SAFE_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@-]*$")
 
@@ -110,6 +111,7 @@ def check_model_name(name: str) -> str:
 
 def check_version_name(version: str) -> int:
     """A version from a request: a positive integer written plainly."""
-    if not version.isdigit() or not version.isascii() or int(version) < 1 or str(int(version)) != version:
-        raise InvalidInput(f"{version!r} is not a valid version (a positive integer)")
+    if version_number(version) is None:
+        raise InvalidInput(f"{version!r} is not a valid version (a positive integer of at most "
+                           f"{MAX_VERSION} in ASCII digits)")
     return int(version)

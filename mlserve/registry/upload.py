@@ -36,7 +36,8 @@ from mlserve.registry.local import LocalStore
 from mlserve.registry.safety import UPLOAD_MARKER, upload_marker
 from mlserve.registry.served import ServedModel
 from mlserve.registry.store import CHECKSUM_FILE, sha256_file
-from mlserve.spec import MAX_VERSION, MODEL_NAME, parse_model_config, parse_version
+from mlserve.spec import MODEL_NAME, parse_model_config
+from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.registry")
 TOML_FILE = "model.toml"
@@ -87,17 +88,22 @@ class UploadLocks:
 
 
 def check_file_path(spec: str) -> tuple[int, str]:
-    """'<version>/<relative path>' -> (version, path), refusing anything that could leave the folder."""
-    text, _, rel = spec.partition("/")
-    version = parse_version(text)
-    if version is None:
-        raise InvalidInput(f"file:{spec}: the path must start with a version folder (a plain number "
-                           f"in 1..{MAX_VERSION})")
+    """'<version>/<relative path>' -> (version, path), refusing anything that could leave the folder
+    or that no file system takes: control characters (NUL included), a part over 255 bytes, more
+    than 16 parts, a path over 1024 bytes."""
+    shown = spec if len(spec) <= 80 else spec[:80] + "..."
+    version, _, rel = spec.partition("/")
+    if version_number(version) is None:
+        raise InvalidInput(f"file:{shown!r}: the path must start with a version folder (a positive integer)")
     parts = rel.split("/")
     if not rel or rel.startswith("/") or any(p in ("", ".", "..") or p.startswith(".") for p in parts) \
             or "\\" in rel or rel in (CHECKSUM_FILE, UPLOAD_MARKER):
-        raise InvalidInput(f"file:{spec}: not a plain relative file path inside the version folder")
-    return version, rel
+        raise InvalidInput(f"file:{shown!r}: not a plain relative file path inside the version folder")
+    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        raise InvalidInput(f"file:{shown!r}: a file name may not hold control characters")
+    if len(parts) > 16 or len(rel.encode()) > 1024 or any(len(p.encode()) > 255 for p in parts):
+        raise InvalidInput(f"file:{shown!r}: too long (at most 16 folders deep, 255 bytes a name, 1024 in all)")
+    return int(version), rel
 
 
 def toml_text(table: dict[str, Any], path: tuple[str, ...] = ()) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Mapping
 
 import numpy as np
 
+from mlserve.config import LimitsConfig
 from mlserve.errors import InferenceFailed, InvalidInput, PayloadTooLarge
 from mlserve.monitor.hub import Observation
 from mlserve.registry.loader import ServedVersion
@@ -25,8 +26,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class TokenLimits:
+    """The `[limits]` a generation request is held to."""
+
     max_prompt_tokens: int
     max_generation_tokens: int
+    budget_tokens: int
+    """Tokens one request may generate in all: prompts x sequences per prompt x max_tokens."""
+
+    @classmethod
+    def of(cls, limits: LimitsConfig) -> TokenLimits:
+        return cls(limits.max_prompt_tokens, limits.max_generation_tokens, limits.generation_budget_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +51,8 @@ class GenerateRequest:
     num_seqs_per_prompt: int = 1
     priority: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    tenant: str | None = None
+    """Whose share of the engine the sequences take (the API key); None = the request's own."""
 
 
 class GenerationRun:
@@ -130,7 +141,7 @@ async def start_generation(service: InferenceService, request: GenerateRequest) 
     failed: set[int] = set()
     while True:
         served = _pick(service, request, failed)
-        run = _submit(service, served, request)
+        run = await _submit(service, served, request)
         try:
             await run.first()
             return run
@@ -154,16 +165,19 @@ def _other_ready(service: InferenceService, model: str, failed: set[int]) -> int
     return ready[-1] if ready else None
 
 
-def _submit(service: InferenceService, served: ServedVersion, request: GenerateRequest) -> GenerationRun:
+async def _submit(service: InferenceService, served: ServedVersion, request: GenerateRequest) -> GenerationRun:
+    """Tokenizing runs on a thread (the tokenizer releases the GIL for long texts), so a long prompt
+    does not hold the event loop."""
     try:
         if served.llm_engine is None:
             raise InvalidInput(f"model {request.model!r} is not a generation model; "
                                f"use /v2/models/{request.model}/infer")
         engine = served.llm_engine
-        ids = [prompt_ids(engine, request, p) for p in (request.prompts or (None,))]
+        check_text_chars(request.prompts, request.messages, request.limits.max_prompt_tokens)
+        ids = await asyncio.to_thread(lambda: [prompt_ids(engine, request, p) for p in (request.prompts or (None,))])
         params = bounded_params(engine, request, ids)
-        handle = engine.submit_many(ids, params, request.num_seqs_per_prompt, request.priority)
-    except Exception:
+        handle = engine.submit_many(ids, params, request.num_seqs_per_prompt, request.priority, request.tenant)
+    except BaseException:  # a refusal, or the deadline cancelled the tokenizing
         service.traffic.release(served)  # refused before it ran: nothing to judge
         raise
     return GenerationRun(service, served, handle, ids, routed=True)
@@ -174,11 +188,22 @@ MAX_CHARS_PER_TOKEN = 64
 max_prompt_tokens times this is refused before tokenizing (which costs time in proportion to length)."""
 
 
-def _check_prompt_chars(num_chars: int, max_prompt_tokens: int) -> None:
+def check_prompt_chars(num_chars: int, max_prompt_tokens: int) -> None:
     limit = max_prompt_tokens * MAX_CHARS_PER_TOKEN
     if num_chars > limit:
         raise PayloadTooLarge(f"prompt has {num_chars} characters, over the limit of {limit} "
                               f"({max_prompt_tokens} tokens of at most {MAX_CHARS_PER_TOKEN} characters)")
+
+
+def check_text_chars(prompts: tuple[str | tuple[int, ...], ...], messages: tuple[dict[str, str], ...] | None,
+                     max_prompt_tokens: int) -> None:
+    """Every text prompt, and a chat's contents together, within the character cap: checked before a
+    template is rendered or any text tokenized."""
+    for text in prompts:
+        if isinstance(text, str):
+            check_prompt_chars(len(text), max_prompt_tokens)
+    if messages:
+        check_prompt_chars(sum(len(m["content"]) for m in messages), max_prompt_tokens)
 
 
 def prompt_ids(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[int, ...] | None) -> list[int]:
@@ -188,10 +213,10 @@ def prompt_ids(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[
         check_token_ids(ids, engine.backend.runner.shape.vocab_size)
     elif prompt is None:
         text = tokenizer.apply_chat_template(list(request.messages))
-        _check_prompt_chars(len(text), request.limits.max_prompt_tokens)
+        check_prompt_chars(len(text), request.limits.max_prompt_tokens)
         ids = tokenizer.encode(text, add_special_tokens=False)
     else:
-        _check_prompt_chars(len(prompt), request.limits.max_prompt_tokens)
+        check_prompt_chars(len(prompt), request.limits.max_prompt_tokens)
         ids = tokenizer.encode(prompt)
     if len(ids) > request.limits.max_prompt_tokens:
         raise PayloadTooLarge(f"prompt has {len(ids)} tokens, over the limit of {request.limits.max_prompt_tokens}")
@@ -200,13 +225,22 @@ def prompt_ids(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[
 
 def bounded_params(engine: LLMEngine, request: GenerateRequest, prompt_ids: list[list[int]]) -> SamplingParams:
     """Token ids the params name must exist; a chat with no max_tokens gets the room left, within the
-    server's max_generation_tokens."""
-    params, cap = request.params, request.limits.max_generation_tokens
+    server's max_generation_tokens and its share of the request's budget. The budget bounds what the
+    whole request may generate (prompts x sequences x max_tokens), which no single limit does."""
+    params, cap, budget = request.params, request.limits.max_generation_tokens, request.limits.budget_tokens
     vocab = engine.backend.runner.shape.vocab_size
     check_token_ids([i for i, _ in params.logit_bias] + list(params.stop_token_ids), vocab)
+    num_seqs = len(prompt_ids) * request.num_seqs_per_prompt
     if not request.max_tokens_given and request.messages is not None:
         room = engine.max_model_len - max(len(ids) for ids in prompt_ids)
-        params = dataclasses.replace(params, max_tokens=max(1, min(room, cap)))
+        params = dataclasses.replace(params, max_tokens=max(1, min(room, cap, budget // num_seqs)))
     elif params.max_tokens > cap:
         raise InvalidInput(f"max_tokens {params.max_tokens} is over the limit of {cap}")
+    total = num_seqs * params.max_tokens
+    if total > budget:
+        raise InvalidInput(
+            f"this request may generate {len(prompt_ids)} prompt(s) x {request.num_seqs_per_prompt} sequence(s) "
+            f"x {params.max_tokens} max_tokens = {total} tokens, over the generation budget of {budget} tokens "
+            "per request ([limits] generation_budget_tokens)"
+        )
     return params

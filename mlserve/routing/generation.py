@@ -4,6 +4,7 @@ protocol gets the same answers."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,14 +85,21 @@ class GenerationCatalog:
         return served.llm_engine
 
     async def tokenize(self, model: str, prompt: str | None, messages: list[dict[str, Any]] | None,
-                       add_special_tokens: bool) -> tuple[list[int], int]:
-        """(token ids, the model's context length) for a prompt or a chat."""
+                       add_special_tokens: bool, max_prompt_tokens: int) -> tuple[list[int], int]:
+        """(token ids, the model's context length) for a prompt or a chat, within the character cap the
+        generation routes apply; tokenized on a thread, as a generation's prompt is."""
+        from mlserve.routing.generate import check_text_chars
+
+        check_text_chars((prompt,) if prompt is not None else (), tuple(messages or ()), max_prompt_tokens)
         engine = await self.engine(model)
         tokenizer = engine.backend.tokenizer
-        if messages is not None:
-            return tokenizer.encode(tokenizer.apply_chat_template(messages), add_special_tokens=False), \
-                engine.max_model_len
-        return tokenizer.encode(prompt, add_special_tokens=add_special_tokens), engine.max_model_len
+
+        def encode() -> list[int]:
+            if messages is not None:
+                return tokenizer.encode(tokenizer.apply_chat_template(messages), add_special_tokens=False)
+            return tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+
+        return await asyncio.to_thread(encode), engine.max_model_len
 
     async def detokenize(self, model: str, token_ids: list[int]) -> str:
         engine = await self.engine(model)
@@ -137,7 +145,8 @@ class GenerationService:
         self._limits = limits
 
     async def submit(self, req: GenerationRequest) -> Generation:
-        from mlserve.routing.generate import GenerateRequest, TokenLimits, bounded_params, prompt_ids
+        from mlserve.routing.generate import (GenerateRequest, TokenLimits, bounded_params, check_text_chars,
+                                              prompt_ids)
 
         if len(req.prompts) > 1 or req.n != 1 or req.best_of or req.echo:
             raise InvalidInput("a batch line takes one prompt and n = 1, without best_of or echo")
@@ -146,8 +155,9 @@ class GenerationService:
         engine = served.llm_engine
         if engine is None:
             raise InvalidInput(f"model {req.model!r} is not a generation model; use /v2/models/{req.model}/infer")
-        limits = TokenLimits(self._limits.max_prompt_tokens, self._limits.max_generation_tokens)
+        limits = TokenLimits.of(self._limits)
         request = GenerateRequest(req.model, req.prompts, req.messages, req.params, limits, req.max_tokens_given)
-        ids = [prompt_ids(engine, request, p) for p in (req.prompts or (None,))]
+        check_text_chars(request.prompts, request.messages, limits.max_prompt_tokens)
+        ids = await asyncio.to_thread(lambda: [prompt_ids(engine, request, p) for p in (req.prompts or (None,))])
         handle = engine.submit(ids[0], bounded_params(engine, request, ids))
         return Generation(req.model, str(served.version), handle, engine)

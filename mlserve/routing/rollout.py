@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from mlserve.errors import InvalidInput
 from mlserve.routing.experiment import VersionHealth
+from mlserve.spec.version import version_number
 
 
 class RolloutStatus(Enum):
@@ -46,7 +47,7 @@ class RolloutPlan:
         unknown = set(raw) - {"version", "steps", "interval_s", "max_error_rate_increase", "max_p99_ratio", "min_requests"}
         if unknown:
             raise InvalidInput(f"rollout: unknown key(s) {', '.join(sorted(unknown))}")
-        if not str(raw["version"]).isdigit():
+        if version_number(str(raw["version"])) is None:
             raise InvalidInput(f"rollout: {raw['version']!r} is not a version number")
         steps = raw.get("steps", [5, 25, 50, 100])
         if not isinstance(steps, list) or not steps or not all(_number(s) and 0 < s <= 100 for s in steps):

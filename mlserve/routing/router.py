@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from mlserve.errors import ModelNotFound, ModelNotReady
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
+from mlserve.spec.version import parse_version
 
 if TYPE_CHECKING:
     from mlserve.routing.manager import TrafficManager
@@ -27,10 +28,11 @@ class Router:
 
     def version(self, name: str, version: str) -> ServedVersion:
         served = self.model(name)
-        if not version.isdigit() or int(version) not in served.versions:
+        number = parse_version(version)
+        if number not in served.versions:
             known = ", ".join(str(v) for v in sorted(served.versions)) or "none"
             raise ModelNotFound.unknown(name, version, f" (loaded: {known})")
-        return served.versions[int(version)]
+        return served.versions[number]
 
     def pick(
         self, name: str, version: str | None, key: str | None = None, *, routed: bool = False,

@@ -16,6 +16,7 @@ from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.registry.safety import check_model_name
 from mlserve.server.response import json_response
 from mlserve.server.triton_upload import check_unload_parameters, load_model
+from mlserve.spec.version import parse_version
 
 
 def model_state(served: ServedModel) -> dict[str, Any]:
@@ -41,11 +42,9 @@ async def _pin_version(request: web.Request) -> int:
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
     version = parsed.get("version") if isinstance(parsed, dict) else None
-    if isinstance(version, str) and version.isdigit():
-        version = int(version)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    if version is None:
         raise InvalidInput('the body must be {"version": N} with N a positive integer')
-    return version
+    return parse_version(version)
 
 
 async def _parameters(request: web.Request) -> dict[str, Any]:

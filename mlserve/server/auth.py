@@ -104,6 +104,8 @@ class KeyRing:
         workers = max(1, min(4, os.cpu_count() or 1))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlserve-auth")
         self._num_verifying = 0
+        self.generation = 0
+        """Counts reloads, so a long-lived caller (a gRPC stream) knows when to check its key again."""
         if path is not None:
             self.reload()
 
@@ -128,6 +130,7 @@ class KeyRing:
             (memo, key_id) for memo, key_id in self._verified.items()
             if _same_secret(old.get(key_id), self._keys.get(key_id))
         )
+        self.generation += 1
         for key in self._keys.values():
             self.limiter.configure(key.key_id, key.rps, key.concurrency)
         self.limiter.forget_others(set(self._keys))

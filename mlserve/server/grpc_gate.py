@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+import grpc
+
 from mlserve.keys import ApiKey
 from mlserve.server.auth import Access, bearer_token
 from mlserve.server.middleware import Gate
@@ -89,3 +91,45 @@ async def admitted(gate: Gate, key: ApiKey | None, is_open: bool) -> AsyncIterat
     finally:
         if key is not None:
             gate.keyring.limiter.release(key.key_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request whose bytes are not the protobuf message its method takes."""
+
+    error: str
+
+
+def _tolerant(deserialize):
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as exc:  # protobuf's DecodeError, or whatever a broken message raises
+            return Malformed(str(exc) or type(exc).__name__)
+
+    return parse
+
+
+class MalformedRequests(grpc.aio.ServerInterceptor):
+    """A unary request that does not parse answers INVALID_ARGUMENT (grpc's own answer would be
+    UNKNOWN); on a stream the Malformed message reaches the servicer, which ends the stream so."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = _tolerant(handler.request_deserializer)
+        if handler.unary_unary is None:
+            return handler._replace(request_deserializer=parse)
+        inner = handler.unary_unary
+
+        async def unary(request, context):
+            if isinstance(request, Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed_message(request))
+            return await inner(request, context)
+
+        return handler._replace(request_deserializer=parse, unary_unary=unary)
+
+
+def malformed_message(request: Malformed) -> str:
+    return f"the request is not a valid protobuf message of this method: {request.error}"

@@ -22,7 +22,8 @@ from mlserve.keys import ApiKey
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService, InferRequest, InferResponse
 from mlserve.server import grpc_codec
-from mlserve.server.grpc_gate import HEALTH_PATH, MODEL_PATH, RPC_PATHS, Refused, admitted, authorize
+from mlserve.server.grpc_gate import (HEALTH_PATH, MODEL_PATH, RPC_PATHS, Malformed, MalformedRequests, Refused,
+                                      admitted, authorize, malformed_message)
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 from mlserve.server.grpc_proto import grpc_service_pb2_grpc as pb_grpc
 from mlserve.server.grpc_repository import RepositoryCalls
@@ -31,6 +32,7 @@ from mlserve.server.state import ServerState
 from mlserve.server.stats_routes import statistics_message
 from mlserve.server.triton_config import model_config_message
 from mlserve.server.v2 import EXTENSIONS
+from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.grpc")
 
@@ -195,50 +197,98 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
         served = self.loader.models.get(model)
         if served is None:
             model, version = "_unknown", ""
-        elif not version.isdigit() or int(version) not in served.versions:
+        elif version_number(version) not in served.versions:
             version = ""
         self._metrics.requests.labels(model, version, "grpc", str(code)).inc()
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request on the stream is answered on its own as soon as it is done, in any order
-        (ids tell them apart); a failed one answers with `error_message` and the stream goes on."""
+        (ids tell them apart); a failed one answers with `error_message` and the stream goes on.
+
+        A request holds its in-flight slot and its place in the stream's window until its answer has
+        been written, and the stream is read no further while the window is full, so a client that
+        sends without reading holds a bounded amount of server memory (gRPC's flow control then stops
+        its sends). The key is checked again after every keys-file reload: a revoked key ends the
+        stream with UNAUTHENTICATED at its next request."""
         try:
             key = await authorize(self._gate, MODEL_PATH, _metadata(context, "authorization"), context.peer())
         except Refused as refused:
             await _abort(context, grpc.StatusCode[refused.code], refused.message, refused.retry_after_s)
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        window = self._limits.grpc_stream_window
+        # At most one answer per request in the window, then a refusal and the end.
+        answers: asyncio.Queue[_Written | Refused | None] = asyncio.Queue(maxsize=window + 2)
         reader = asyncio.create_task(self._read_stream(request_iterator, context, key, answers))
         try:
-            while (answer := await answers.get()) is not None:
-                yield answer
+            while (item := await answers.get()) is not None:
+                if isinstance(item, Refused):
+                    await _abort(context, grpc.StatusCode[item.code], item.message, item.retry_after_s)
+                yield item.answer
+                item.written.set()
         finally:
             reader.cancel()
 
     async def _read_stream(self, request_iterator, context, key, answers: asyncio.Queue) -> None:
+        window = asyncio.Semaphore(self._limits.grpc_stream_window)
+        keyring = self._gate.keyring
+        generation = keyring.generation
+        messages = aiter(request_iterator)
         tasks: set[asyncio.Task] = set()
+
+        def settled(task: asyncio.Task) -> None:
+            tasks.discard(task)
+            window.release()
+
         try:
-            async for message in request_iterator:
+            while True:
+                await window.acquire()  # a full window: the stream is not read until an answer is written
+                message = await anext(messages, None)
+                if message is None:
+                    break
+                if isinstance(message, Malformed):
+                    raise Refused("INVALID_ARGUMENT", malformed_message(message))
+                if keyring.generation != generation:
+                    generation = keyring.generation
+                    key = await authorize(self._gate, MODEL_PATH, _metadata(context, "authorization"), context.peer())
                 task = asyncio.create_task(self._stream_one(message, context, key, answers))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(settled)
             if tasks:
                 await asyncio.gather(*tasks)
+        except Refused as refused:
+            await answers.put(refused)
         finally:
             for task in tasks:
                 task.cancel()
             answers.put_nowait(None)
 
     async def _stream_one(self, message, context, key, answers: asyncio.Queue) -> None:
+        written = asyncio.Event()
         try:
             async with admitted(self._gate, key, False):
-                answer = pb.ModelStreamInferResponse(infer_response=await self._infer(message, context, key))
-        except (Refused, errors.MlserveError) as exc:
-            text = exc.message if isinstance(exc, Refused) else str(exc)
-            answer = pb.ModelStreamInferResponse(error_message=text, infer_response=_echo(message))
+                await answers.put(_Written(await self._stream_answer(message, context, key), written))
+                await written.wait()  # the slot is held until the client has been sent the answer
+                return
+        except Refused as refused:
+            answer = pb.ModelStreamInferResponse(error_message=refused.message, infer_response=_echo(message))
+        await answers.put(_Written(answer, written))
+        await written.wait()
+
+    async def _stream_answer(self, message, context, key) -> pb.ModelStreamInferResponse:
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(message, context, key))
+        except errors.MlserveError as exc:
+            return pb.ModelStreamInferResponse(error_message=str(exc), infer_response=_echo(message))
         except Exception:
             log.exception("internal error on a gRPC stream request (id %r)", message.id)
-            answer = pb.ModelStreamInferResponse(error_message="internal server error", infer_response=_echo(message))
-        answers.put_nowait(answer)
+            return pb.ModelStreamInferResponse(error_message="internal server error", infer_response=_echo(message))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Written:
+    """A stream's answer and the event its writer sets once the answer has gone to the client."""
+
+    answer: pb.ModelStreamInferResponse
+    written: asyncio.Event
 
 
 def _echo(message: pb.ModelInferRequest) -> pb.ModelInferResponse:
@@ -273,7 +323,7 @@ def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerSta
         if config.server.grpc_port == 0:
             yield
             return
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[MalformedRequests()], options=[
             ("grpc.max_receive_message_length", config.server.max_body_bytes),
             ("grpc.max_send_message_length", -1),
         ])

@@ -60,8 +60,9 @@ class OpenAIHandlers:
             async with asyncio.timeout(seconds):
                 run = await self._service.generate(GenerateRequest(
                     req.model, req.prompts, req.messages, req.params,
-                    TokenLimits(limits.max_prompt_tokens, limits.max_generation_tokens), req.max_tokens_given,
-                    req.best_of or req.n, key.priority if key is not None else None, request.headers,
+                    TokenLimits.of(limits), req.max_tokens_given, req.best_of or req.n,
+                    key.priority if key is not None else None, request.headers,
+                    key.key_id if key is not None else None,
                 ))
         except TimeoutError:
             raise errors.RequestTimeout(deadline_message(seconds)) from None

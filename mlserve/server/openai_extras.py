@@ -8,8 +8,10 @@ import orjson
 from aiohttp import web
 
 from mlserve import __version__
+from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.routing.generation import GenerationCatalog, ModelCard
+from mlserve.server.limits import LIMITS
 from mlserve.server.openai_protocol import parse_messages
 
 
@@ -68,10 +70,11 @@ class ExtraHandlers:
         special = body.get("add_special_tokens", True)
         if not isinstance(special, bool):
             raise InvalidInput("add_special_tokens must be true or false")
+        cap = (request.config_dict.get(LIMITS) or LimitsConfig()).max_prompt_tokens
         if "messages" in body:
-            ids, length = await self._catalog.tokenize(body["model"], None, list(parse_messages(body)), special)
+            ids, length = await self._catalog.tokenize(body["model"], None, list(parse_messages(body)), special, cap)
         elif isinstance(body.get("prompt"), str):
-            ids, length = await self._catalog.tokenize(body["model"], body["prompt"], None, special)
+            ids, length = await self._catalog.tokenize(body["model"], body["prompt"], None, special, cap)
         else:
             raise InvalidInput("give prompt (a string) or messages")
         return _json({"count": len(ids), "max_model_len": length, "tokens": ids, "token_strs": None})

@@ -184,11 +184,21 @@ def upload_from_parameters(model: str, parameters: Mapping[str, Any], current_to
         if key.startswith("file:"):
             version, rel = check_file_path(key.removeprefix("file:"))
             files.setdefault(version, {})[rel] = _contents(key, value, is_base64)
+    for version, named in files.items():
+        _check_no_collision(version, named)
     config = parameters.get("config")
     if config is not None and not isinstance(config, str):
         raise InvalidInput("load: parameter 'config' must be a JSON string")
     toml = toml_from_config(model, config, current_toml) if config else None
     return Upload(model, files, toml)
+
+
+def _check_no_collision(version: int, named: Mapping[str, bytes]) -> None:
+    """A path that is a file and also the folder of another ("a" and "a/b") cannot both be written."""
+    folders = {"/".join(rel.split("/")[:i]) for rel in named for i in range(1, rel.count("/") + 1)}
+    both = sorted(folders & set(named))
+    if both:
+        raise InvalidInput(f"load: file:{version}/{both[0]} is named both as a file and as a folder")
 
 
 def _contents(key: str, value: Any, is_base64: bool) -> bytes:

@@ -21,6 +21,7 @@ from mlserve.server.triton_config import model_config_dict
 from mlserve.server.v2_codec import (
     HEADER_LENGTH, Decoded, decode_infer_request, encode_infer_response, parse_json, with_key_priority,
 )
+from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.server")
 
@@ -136,7 +137,7 @@ class V2Handlers:
         label_model, label_version = model, version
         if served is None:
             label_model, label_version = "_unknown", ""
-        elif not version.isdigit() or int(version) not in served.versions:
+        elif version_number(version) not in served.versions:
             label_version = ""
         children = (
             self._metrics.requests.labels(label_model, label_version, "v2", str(code)),

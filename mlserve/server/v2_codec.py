@@ -148,8 +148,14 @@ def _decode_inputs(raw_inputs: Any, binary: memoryview, limits: LimitsConfig) ->
     return arrays, datatypes
 
 
+MAX_DIMS = 32
+"""Most dimensions a tensor may have (numpy's own limit is 64; no served model takes more than a few)."""
+
+
 def check_shape_limits(name: str, shape: tuple[int, ...], limits: LimitsConfig) -> None:
     """From the declared shape alone, before any data is decoded."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input {name!r} has {len(shape)} dimensions, over the limit of {MAX_DIMS}")
     count = 1
     for dim in shape:
         count *= dim

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from mlserve.spec.table import MAX_LIST_ITEMS, between, parse_table
-from mlserve.spec.version import MAX_VERSION, parse_version
+from mlserve.spec.version import version_number
 
 OUTCOME_KINDS = ("binary", "numeric")
 
@@ -84,9 +84,9 @@ def _weights(raw: Any) -> tuple[tuple[int, float], ...]:
         raise ValueError(f"split must be a table of 1..{MAX_LIST_ITEMS} version = percent, got {raw!r}")
     out = []
     for version, weight in raw.items():
-        number = parse_version(str(version))
+        number = version_number(str(version))
         if number is None:
-            raise ValueError(f"split: {version!r} is not a version number (1..{MAX_VERSION})")
+            raise ValueError(f"split: {version!r} is not a version number ")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1e9:
             raise ValueError(f"split: weight of version {version} must be a number in 0..1e9, got {weight!r}")
         out.append((number, float(weight)))
@@ -105,9 +105,9 @@ def _shadow(raw: Any) -> ShadowSpec | None:
         return None
     if not isinstance(raw, Mapping) or "version" not in raw or set(raw) - {"version", "percent"}:
         raise ValueError(f"shadow must be {{ version = \"N\", percent = P }}, got {raw!r}")
-    version = parse_version(str(raw["version"]))
+    version = version_number(str(raw["version"]))
     if version is None:
-        raise ValueError(f"shadow: {raw['version']!r} is not a version number (1..{MAX_VERSION})")
+        raise ValueError(f"shadow: {raw['version']!r} is not a version number")
     percent = raw.get("percent", 100)
     if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
         raise ValueError(f"shadow: percent must lie in 0..100, got {percent!r}")

@@ -133,3 +133,58 @@ def test_waiting_sequences_are_admitted_by_key_priority_then_arrival():
         seq.priority = priority
         scheduler.add(seq)
     assert [s.req_id for s in scheduler.waiting] == ["high", "high-2", "low", "low-2", "plain-a", "plain-b"]
+
+
+def _tenant_seq(req_id: str, tenant: str, priority: int | None = None) -> Sequence:
+    seq = _seq(req_id, 4, 1)
+    seq.tenant, seq.priority = tenant, priority
+    return seq
+
+
+def _admitted(scheduler: Scheduler, steps: int) -> list[str]:
+    order = []
+    for _ in range(steps):
+        plan, _ = _step(scheduler)
+        order += [c.req_id for c in plan.chunks if c.start == 0]
+    return order
+
+
+def test_one_tenants_backlog_does_not_hold_back_another_tenants_sequence():
+    """Key A queues 100 sequences; key B's one, added after them, is admitted next, not 100th."""
+    scheduler = Scheduler(_limits(max_num_seqs=1))
+    for i in range(100):
+        scheduler.add(_tenant_seq(f"a{i}", "A"))
+    assert _admitted(scheduler, 2) == ["a0", "a1"]
+    scheduler.add(_tenant_seq("b0", "B"))
+    assert _admitted(scheduler, 3) == ["a2", "b0", "a3"]
+
+
+def test_tenants_take_turns_and_each_keeps_its_own_order():
+    scheduler = Scheduler(_limits(max_num_seqs=1))
+    for i in range(3):
+        scheduler.add(_tenant_seq(f"a{i}", "A"))
+    for i in range(3):
+        scheduler.add(_tenant_seq(f"b{i}", "B"))
+    scheduler.add(_tenant_seq("c0", "C"))
+    assert _admitted(scheduler, 7) == ["a0", "b0", "c0", "a1", "b1", "a2", "b2"]
+
+
+def test_priority_still_comes_before_the_fair_share():
+    scheduler = Scheduler(_limits(max_num_seqs=1))
+    for i in range(3):
+        scheduler.add(_tenant_seq(f"a{i}", "A", priority=1))
+    scheduler.add(_tenant_seq("b0", "B"))
+    assert _admitted(scheduler, 4) == ["a0", "a1", "a2", "b0"]
+
+
+def test_thousands_of_one_request_tenants_pass_through_and_the_pool_drains():
+    """Keyless requests are each their own tenant; the fair share forgets a tenant once it is served."""
+    scheduler = Scheduler(_limits(max_num_seqs=4, num_blocks=256))
+    for i in range(3000):
+        scheduler.add(_tenant_seq(f"r{i}", f"req-{i}"))
+        _step(scheduler)
+    while scheduler.has_work:
+        _step(scheduler)
+    scheduler.add(_tenant_seq("last", "req-last"))
+    assert _admitted(scheduler, 1) == ["last"]
+    assert len(scheduler.waiting) == 0 and scheduler.block_manager.num_free_blocks == 256

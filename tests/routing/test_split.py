@@ -69,7 +69,7 @@ def test_salt_changes_the_assignment():
 
 @pytest.mark.parametrize("raw, message", [
     ({"split": {"one": 50}}, "not a version number"),
-    ({"split": {"1": -1}}, ">= 0"),
+    ({"split": {"1": -1}}, "a number in 0..1e9"),
     ({"split": {"1": 0}}, "all be zero"),
     ({"sticky_key": "cookie:x"}, "sticky_key"),
     ({"shadow": {"version": "2", "percent": 150}}, "percent"),

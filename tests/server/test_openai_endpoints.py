@@ -130,3 +130,24 @@ def test_tokenize_and_detokenize_agree_with_transformers(llm_server):
     assert refused.status == 400 and "token ids" in refused.body["error"]["message"]
     odd = call(f"{llm_server.url}/tokenize", {"model": "tiny-llama", "prompt": "x", "return_token_strs": True})
     assert odd.status == 400 and "return_token_strs" in odd.body["error"]["message"]
+
+
+def test_a_token_payload_of_broken_ids_is_a_400_and_leaves_the_breaker_closed(llm_server):
+    """A token-id element (mark byte + INT32 ids) whose length is not a whole number of ids is the
+    client's error: 400 naming the input, 40 times over, and the version's breaker stays closed."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from tests.server.http import metric_value
+
+    client_ = httpclient.InferenceServerClient(llm_server.url.removeprefix("http://"))
+    for _ in range(40):
+        bad = httpclient.InferInput("text", [1], "BYTES")
+        bad.set_data_from_numpy(np.array([b"\x00\x01\x02\x03\x04\x05"], dtype=object), binary_data=True)
+        with pytest.raises(InferenceServerException) as caught:
+            client_.infer(EMBEDDER, [bad])
+        assert caught.value.status() == "400" and "input 'text'" in caught.value.message(), caught.value
+    assert metric_value(llm_server.url, "mlserve_breaker_state", model=EMBEDDER, version="1") == 0
+    good = httpclient.InferInput("text", [1], "BYTES")
+    good.set_data_from_numpy(np.array([b"still served"], dtype=object), binary_data=True)
+    assert client_.infer(EMBEDDER, [good]).as_numpy("embedding").shape == (1, 384)

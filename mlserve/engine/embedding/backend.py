@@ -108,6 +108,9 @@ class EmbeddingBackend:
         if isinstance(element, str):
             return self._tokenizer.encode(element).ids
         if element[:1] == TOKEN_IDS_MARK:
+            if (len(element) - 1) % 4:
+                raise InvalidInput(f"input 'text': a token-id element holds little-endian INT32 ids (4 bytes "
+                                   f"each) after its mark; {len(element) - 1} bytes is not a whole number of ids")
             ids = np.frombuffer(element[1:], dtype="<i4")
             if ids.size == 0 or ids.min() < 0 or ids.max() >= self.vocab_size:
                 raise InvalidInput(f"token ids must be a non-empty list of integers in [0, {self.vocab_size})")

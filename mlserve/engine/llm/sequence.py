@@ -43,6 +43,10 @@ class Sequence:
     num_preemptions: int = 0
     priority: int | None = None
     """1 = admitted first; None = after every request that names a priority."""
+    tenant: str = ""
+    """Whose fair share of admission this sequence takes (an API key, or its own request)."""
+    fair_tag: int = 0
+    """Admission round within its priority, given by the scheduler when it queues the sequence."""
 
     @property
     def token_ids(self) -> list[int]:

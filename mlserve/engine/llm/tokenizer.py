@@ -9,6 +9,10 @@ from typing import Any
 from tokenizers import Tokenizer
 
 
+_LONG_TEXT_CHARS = 4096
+"""Texts this long are encoded with the GIL released; shorter ones cost less than the release."""
+
+
 class LLMTokenizer:
     """The model's tokenizer.json plus its special tokens and chat template."""
 
@@ -25,8 +29,11 @@ class LLMTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`, with the BOS the tokenizer's post-processor adds unless told not to
-        (a rendered chat template carries its own)."""
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        (a rendered chat template carries its own). `encode_batch` releases the GIL while it runs
+        (`encode` holds it throughout), so a long text tokenized on a thread leaves the event loop free."""
+        if len(text) < _LONG_TEXT_CHARS:
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, token_ids: list[int]) -> str:
         return self._tok.decode(token_ids, skip_special_tokens=True)
