@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="load TorchScript and torch.export artifacts, which can run code when read")
     start.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     start.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    start.add_argument("--state", metavar="URL", help="shared control state: memory (default) or "
+                       "redis://[:password@]host:6379/0 (rediss:// for TLS) for replicas that act as one server")
     start.add_argument("--batch-dir", metavar="DIR", help="allow in-server batch jobs on files under DIR")
     _add_keys_parser(sub)
     start.add_argument("--log-format", choices=LOG_FORMATS, help="server log lines: plain (default) or json")
@@ -191,6 +193,7 @@ def _start(args: argparse.Namespace) -> int:
             "log_sample_rate": args.log_sample_rate, "log_inputs": args.log_inputs,
         },
         "jobs": {"allowed_dir": args.batch_dir},
+        "state": {"url": args.state},
     }
     try:
         config = load_config(args.config, overrides=overrides)
