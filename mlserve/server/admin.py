@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.registry.safety import check_model_name
@@ -66,10 +67,12 @@ async def _load_parameters(request: web.Request) -> dict[str, Any]:
 
 
 class AdminHandlers:
-    """Explicit control of what each model serves."""
+    """Explicit control of what each model serves; every change goes through ModelControl, which
+    shares it with the other replicas."""
 
-    def __init__(self, loader: HotSwapLoader) -> None:
+    def __init__(self, loader: HotSwapLoader, control: ModelControl) -> None:
         self._loader = loader
+        self._control = control
 
     @staticmethod
     def _who(request: web.Request) -> str:
@@ -79,29 +82,28 @@ class AdminHandlers:
         """Triton's load; with `parameters` (config, file:<version>/<name>) it uploads first."""
         name = _model(request)
         parameters = await _load_parameters(request)
+        run = None
         if parameters:
             upload = upload_from_parameters(name, parameters, await current_toml(self._loader.store, name), True)
-            served = await publish(self._loader, upload, self._who(request))
-        else:
-            served = await self._loader.load(name, self._who(request))
+            run = lambda: publish(self._loader, upload, self._who(request))  # noqa: E731
+        served = await self._control.load(name, self._who(request), run)
         return json_response(model_state(served))
 
     async def unload(self, request: web.Request) -> web.Response:
-        name = _model(request)
-        await self._loader.unload(name, self._who(request))
-        return json_response(model_state(self._loader.models[name]))
+        served = await self._control.unload(_model(request), self._who(request))
+        return json_response(model_state(served))
 
     async def rollback(self, request: web.Request) -> web.Response:
-        served = await self._loader.rollback(_model(request), self._who(request))
+        served = await self._control.rollback(_model(request), self._who(request))
         return json_response(model_state(served))
 
     async def pin(self, request: web.Request) -> web.Response:
         version = await _pin_version(request)
-        served = await self._loader.pin(_model(request), version, self._who(request))
+        served = await self._control.pin(_model(request), version, self._who(request))
         return json_response(model_state(served))
 
     async def unpin(self, request: web.Request) -> web.Response:
-        served = await self._loader.unpin(_model(request), self._who(request))
+        served = await self._control.unpin(_model(request), self._who(request))
         return json_response(model_state(served))
 
     async def state(self, request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from mlserve.config import Config, RegistryConfig
+from mlserve.dataplane.control import ModelControl
 from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
@@ -42,6 +43,7 @@ from mlserve.server.status import HistorySampler, StatusHandlers
 from mlserve.server.traffic import TrafficHandlers
 from mlserve.server.stats_routes import stats_routes
 from mlserve.server.v2 import V2Handlers
+from mlserve.state import StateStore, open_state
 
 log = logging.getLogger("mlserve.server")
 
@@ -85,6 +87,8 @@ class Services:
     status: HistorySampler
     optimize_jobs: OptimizeJobs
     decode_pool: DecodePool
+    state_store: StateStore
+    control: ModelControl
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,15 +120,28 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
+    store = _state_store(config, metrics)
     return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
-                    optimize_jobs(loader, inference.traffic), DecodePool(config.limits))
+                    optimize_jobs(loader, inference.traffic), DecodePool(config.limits), store,
+                    ModelControl(store, loader, inference.traffic))
+
+
+def _state_store(config: Config, metrics: Metrics) -> StateStore:
+    """The shared control state; its gauge follows the store's health (loss and return are logged there)."""
+    store = open_state(config.state.url, config.state.prefix)
+    gauge = metrics.state_backend_up.labels("memory" if config.state.url == "memory" else "redis")
+    gauge.set(1 if store.is_up else 0)
+    store.on_health(lambda is_up: gauge.set(1 if is_up else 0))
+    return store
 
 
 def stages(s: Services) -> list[Stage]:
     """Started top to bottom, stopped bottom to top. The monitor starts before the loader and stops
     after it, so every request answered while the batchers drain is still logged; traffic tasks
     (shadows, rollouts) stop before the loader drains the versions they use; the status history
-samples only once the repository is loaded and stops first; keys close last."""
+samples only once the repository is loaded and stops first; keys close last. The state store connects
+before the loader and closes after everything that writes to it; the control door takes the shared
+state once the models are loaded, and stops before they unload."""
 
     gc_policy = GcPolicy(s.config.server.gc_freeze, s.config.server.gc_threshold)
 
@@ -136,6 +153,10 @@ samples only once the repository is loaded and stops first; keys close last."""
         ready = sum(len(m.ready_versions()) for m in s.loader.models.values())
         log.info("repository %s: %d model version(s) ready", s.loader.store.describe(), ready)
 
+    async def start_state() -> None:
+        await s.state_store.start()
+        log.info("shared state: %s (%s)", s.state_store.describe(), "up" if s.state_store.is_up else "not reachable")
+
     async def stop_loader() -> None:
         s.state.is_stopping = True
         await s.loader.close()
@@ -144,7 +165,9 @@ samples only once the repository is loaded and stops first; keys close last."""
         Stage("keyring", stop=s.gate.keyring.close),
         Stage("decode pool", stop=s.decode_pool.close),
         Stage("monitor", start=s.monitor.start, stop=s.monitor.close),
+        Stage("state store", start=start_state, stop=s.state_store.close),
         Stage("loader", start=start_loader, stop=stop_loader),
+        Stage("model control", start=s.control.start, stop=s.control.close),
         Stage("traffic", stop=s.inference.traffic.close),
         Stage("status history", start=s.status.start, stop=s.status.stop),
         Stage("optimize jobs", stop=s.optimize_jobs.close),  # their publishing uses the loader and traffic
@@ -195,9 +218,9 @@ async def _metrics_handler(request: web.Request) -> web.Response:
 def v2_routes(s: Services) -> list[web.RouteDef]:
     """Open Inference Protocol, Triton's extensions, and mlserve's own per-model views under /v2."""
     v2 = V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits, s.decode_pool)
-    admin = AdminHandlers(s.loader)
+    admin = AdminHandlers(s.loader, s.control)
     drift = DriftHandlers(s.monitor, s.inference)
-    traffic = TrafficHandlers(s.inference.traffic)
+    traffic = TrafficHandlers(s.inference.traffic, s.control)
     return [
         web.get("/v2/health/live", v2.live),
         web.get("/v2/health/ready", v2.ready),
@@ -223,8 +246,8 @@ def v2_routes(s: Services) -> list[web.RouteDef]:
 
 def admin_routes(s: Services) -> list[web.RouteDef]:
     """mlserve's control of what each model serves and how traffic splits."""
-    admin = AdminHandlers(s.loader)
-    traffic = TrafficHandlers(s.inference.traffic)
+    admin = AdminHandlers(s.loader, s.control)
+    traffic = TrafficHandlers(s.inference.traffic, s.control)
     return [
         web.get("/admin/models/{model}", admin.state),
         web.post("/admin/models/{model}/rollback", admin.rollback),
