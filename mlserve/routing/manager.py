@@ -18,9 +18,11 @@ from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 from mlserve.spec.request_id import check_request_id
 from mlserve.routing import split as splits
 from mlserve.routing.rollout import Rollout, RolloutPlan, RolloutStatus
+from mlserve.routing.shared import SharedExperiments, moments_from, versions_in
 from mlserve.routing.shadow import ShadowJob, ShadowRunner, ShadowStats, Tensors, compare_outputs
 from mlserve.routing.traffic import ModelTraffic
 from mlserve.spec import TrafficSpec, parse_split
+from mlserve.state import MemoryStore, StateStore
 
 log = logging.getLogger("mlserve.routing")
 
@@ -34,8 +36,9 @@ class TrafficManager:
     """Owns every model's ModelTraffic, the shadow runner and the rollout tasks."""
 
     def __init__(self, loader: HotSwapLoader, metrics: Metrics, rng: random.Random | None = None,
-                 shadow_queue: int = SHADOW_QUEUE) -> None:
+                 shadow_queue: int = SHADOW_QUEUE, store: StateStore | None = None) -> None:
         self._loader = loader
+        self._shared = SharedExperiments(store or MemoryStore())
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._states: dict[str, ModelTraffic] = {}
@@ -139,6 +142,7 @@ class TrafficManager:
         if state.split and state.experiment is not None:
             state.experiment.assign(req_id, answered.version)
             state.experiment.observe(answered.version, latency_s, ok)
+            self._shared.note(model, req_id, answered.version, ok)
         if state.is_rolling_out:
             state.rollout.observe(answered.version, latency_s, ok)
 
@@ -246,14 +250,50 @@ class TrafficManager:
         view = state.experiment.view(control, [v for v, _ in state.split]) if state.experiment else {}
         return {"model": name, **view, "shadow": state.to_dict()["shadow"]}
 
-    def feedback(self, name: str, body: Any) -> dict:
+    async def feedback(self, name: str, body: Any) -> dict:
+        """Credit an outcome to the version that answered the request, whichever replica that was:
+        each request's first outcome counts, cluster-wide."""
         served = self._served(name)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or "value" not in body:
             raise InvalidInput('the body must be {"id": "<request id>", "value": <number>}')
-        check_request_id(body["id"])
-        state = self.state(served)
-        version = state.experiment.feedback(body["id"], body["value"], self._control(served, state))
-        return {"id": body["id"], "model": name, "version": str(version)}
+        req_id = check_request_id(body["id"])
+        experiment = self.state(served).experiment
+        value = experiment.check_value(body["value"])
+        version = experiment.assigned(req_id)
+        if version is None:
+            version = await self._shared.lookup(name, req_id)
+        if version is None:
+            raise ModelNotFound(f"no routed request with id {req_id!r} (unknown, explicit-version, or too old)")
+        is_first = await self._shared.claim(name, req_id)
+        if is_first is False or (is_first is None and experiment.is_answered(req_id)):
+            raise InvalidInput(f"request {req_id!r} already has an outcome")
+        experiment.mark_answered(req_id)
+        sums = await self._shared.credit(name, version, value)
+        state = self.state(served)  # the same unless a reload replaced it while this waited
+        control = self._control(served, state)
+        shared = None if sums is None else {v: moments_from(sums, v) for v in versions_in(sums)}
+        state.experiment.credit(version, value, control, shared)
+        for (base, other), p_value in state.experiment.test_p_values().items():
+            await self._shared.lower_p_value(name, base, other, p_value)
+        return {"id": req_id, "model": name, "version": str(version)}
+
+    async def refresh_experiment(self, name: str) -> None:
+        """Take every replica's counts into this one's experiment view (kept when the store is away)."""
+        state = self.state(self._served(name))
+        snapshot = await self._shared.snapshot(name)
+        if snapshot is None or state.experiment is None:
+            return
+        sums, counts, tests = snapshot
+        p_values = {}
+        for field_name, p_value in tests.items():
+            kind, _, pair = field_name.partition(":")
+            base, _, other = pair.partition(":")
+            if kind == "p" and base.isdigit() and other.isdigit():
+                p_values[(int(base), int(other))] = p_value
+        state.experiment.take_shared(
+            {v: moments_from(sums, v) for v in versions_in(sums)},
+            {v: (int(counts.get(f"r:{v}", 0)), int(counts.get(f"e:{v}", 0))) for v in versions_in(counts)},
+            p_values)
 
     @staticmethod
     def _control(served: ServedModel, state: ModelTraffic) -> int:
@@ -343,6 +383,7 @@ class TrafficManager:
             self._metrics.rollout_percent.labels(*labels).set(rollout.percent)
 
     async def close(self) -> None:
+        await self._shared.close()
         await self._shadow.close()
         for task in self._rollout_tasks.values():
             task.cancel()

@@ -115,12 +115,12 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     state = ServerState()
     metrics = Metrics()
     loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics)
-    inference = InferenceService(loader, metrics)
+    store = _state_store(config, metrics)
+    inference = InferenceService(loader, metrics, store)
     monitor = Monitor(config.monitor, metrics)
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
-    store = _state_store(config, metrics)
     return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
                     optimize_jobs(loader, inference.traffic), DecodePool(config.limits), store,
                     ModelControl(store, loader, inference.traffic))

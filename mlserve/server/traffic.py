@@ -35,10 +35,11 @@ class TrafficHandlers:
         return json_response(await self._control.set_traffic(request.match_info["model"], await _body(request)))
 
     async def get_experiment(self, request: web.Request) -> web.Response:
+        await self._traffic.refresh_experiment(request.match_info["model"])
         return json_response(self._traffic.experiment_view(request.match_info["model"]))
 
     async def feedback(self, request: web.Request) -> web.Response:
-        return json_response(self._traffic.feedback(request.match_info["model"], await _body(request)))
+        return json_response(await self._traffic.feedback(request.match_info["model"], await _body(request)))
 
     async def get_rollout(self, request: web.Request) -> web.Response:
         return json_response(self._traffic.rollout_view(request.match_info["model"]))
