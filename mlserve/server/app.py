@@ -100,12 +100,12 @@ class Stage:
     stop: Callable[[], Any] | None = None
 
 
-def _gate(config: Config, state: ServerState) -> Gate:
+def _gate(config: Config, state: ServerState, store: StateStore) -> Gate:
     """Authentication, per-key limits and the in-flight bound, from the auth and limits sections."""
     keys_file = Path(config.auth.keys_file) if config.auth.keys_file else None
     return Gate(
         PathPolicy.from_config(config.auth, config.server.host),
-        KeyRing(keys_file, TenantLimiter(), FailureThrottle(config.auth.failed_auth_burst, config.auth.failed_auth_per_s)),
+        KeyRing(keys_file, TenantLimiter(store=store), FailureThrottle(config.auth.failed_auth_burst, config.auth.failed_auth_per_s)),
         InFlight(config.limits.max_in_flight), state, config.server.max_body_bytes,
         config.limits.not_ready_when_saturated,
     )
@@ -114,16 +114,16 @@ def _gate(config: Config, state: ServerState) -> Gate:
 def build_services(config: Config, store: Store | None = None) -> Services:
     state = ServerState()
     metrics = Metrics()
+    shared = _state_store(config, metrics)
     loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics)
-    store = _state_store(config, metrics)
-    inference = InferenceService(loader, metrics, store)
+    inference = InferenceService(loader, metrics, shared)
     monitor = Monitor(config.monitor, metrics)
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
-    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
-                    optimize_jobs(loader, inference.traffic), DecodePool(config.limits), store,
-                    ModelControl(store, loader, inference.traffic))
+    return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, generation, status,
+                    optimize_jobs(loader, inference.traffic), DecodePool(config.limits), shared,
+                    ModelControl(shared, loader, inference.traffic))
 
 
 def _state_store(config: Config, metrics: Metrics) -> StateStore:
@@ -208,6 +208,9 @@ async def _metrics_handler(request: web.Request) -> web.Response:
     app = request.app
     loader, metrics = app[LOADER], app[METRICS]
     loader.update_gauges()
+    for key_id, quota in app[KEYRING].limiter.usage().items():
+        metrics.key_quota_used.labels(key_id).set(quota["used"])
+        metrics.key_quota_limit.labels(key_id).set(quota["limit"])
     for served in loader.models.values():
         for version, sv in served.versions.items():
             if sv.batcher is not None:

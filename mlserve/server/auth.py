@@ -122,7 +122,7 @@ class KeyRing:
             if _same_secret(old.get(key_id), self._keys.get(key_id))
         )
         for key in self._keys.values():
-            self.limiter.configure(key.key_id, key.rps, key.concurrency)
+            self.limiter.configure(key.key_id, key.rps, key.concurrency, key.quota, key.quota_period)
         self.limiter.forget_others(set(self._keys))
         log.info("keys file %s: %d live key(s)", self.path, len(self._keys))
 
