@@ -86,8 +86,13 @@ class SharedExperiments:
                 return
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(FLUSH_S)
-        await self.flush()
+        """Flush until nothing is pending (what arrived during a flush goes in the next), or until the
+        store is lost (its return schedules the next flush)."""
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            await self.flush()
+            if not (self._assign or self._stats) or not self._store.is_up:
+                return
 
     async def flush(self) -> None:
         """Write the pending batches; a store that is away keeps them for its return."""
@@ -145,8 +150,8 @@ class SharedExperiments:
                 return None
             if found is not None:
                 return int(found) if found.isdigit() else None
-            if time.monotonic() >= deadline:
-                return None
+            if time.monotonic() >= deadline or not self._store.is_shared:
+                return None  # in one process, nothing is on its way
             await asyncio.sleep(0.05)
 
     async def claim(self, model: str, req_id: str) -> bool | None:

@@ -119,7 +119,16 @@ def test_redis_killed_under_load_fails_no_inference_and_the_replicas_agree_once_
         load.wait_for(50)
     assert not load.failures and load.answers[200] == load.total, load.failures[:5]
     # Every request was counted once, locally while Redis was away, and the counts reach Redis on its return.
-    poll(lambda: all(_requests_seen(r, "cv") == load.total for r in cluster.replicas), timeout=10)
+    seen: list[int] = []
+
+    def agreed() -> bool:
+        seen[:] = [_requests_seen(r, "cv") for r in cluster.replicas]
+        return seen == [load.total] * 3
+
+    try:
+        poll(agreed, timeout=10)
+    except AssertionError:
+        raise AssertionError(f"requests counted by each replica {seen}, answered {load.total}") from None
     status, _ = _call(cluster.url + "/admin/models/cv/traffic", {"split": {"1": 20, "2": 80}}, "PUT")
     assert status == 200 and _in_force_everywhere(cluster, "cv", {"1": 20.0, "2": 80.0}) < 1.0
     assert infer(cluster.url, "cv").status == 200
