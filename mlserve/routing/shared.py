@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import OrderedDict
 
 from mlserve.routing.stats import Moments
@@ -56,6 +57,9 @@ class SharedExperiments:
         self._clock = clock
         self._assign: OrderedDict[str, str] = OrderedDict()
         self._stats: dict[str, dict[str, float]] = {}
+        self._retry: list[tuple[str, dict[str, float], str]] = []
+        """Batches a failed flush tried: retried first, with the same ids (bounded: one flush's worth,
+        as no flush runs while the store is away, plus one per outcome credited meanwhile)."""
         self._flush_task: asyncio.Task | None = None
         store.on_health(self._on_health)
 
@@ -91,28 +95,36 @@ class SharedExperiments:
         while True:
             await asyncio.sleep(FLUSH_S)
             await self.flush()
-            if not (self._assign or self._stats) or not self._store.is_up:
+            if not (self._assign or self._stats or self._retry) or not self._store.is_up:
                 return
 
     async def flush(self) -> None:
-        """Write the pending batches; a store that is away keeps them for its return."""
+        """Write the pending batches; a store that is away keeps them for its return. Each batch of
+        counts carries an id, kept across retries, so a write whose reply was lost counts once."""
+        if not self._store.is_up:
+            return  # the store's return schedules the next flush; until then the counts merge
         assign, self._assign = self._assign, OrderedDict()
-        stats, self._stats = self._stats, {}
+        batches = self._retry + [(key, increments, uuid.uuid4().hex) for key, increments in self._stats.items()]
+        self._retry, self._stats = [], {}
+        done = 0
         try:
             await self._write_assignments(assign)
-            for key, increments in list(stats.items()):
-                try:
-                    await self._store.hincr(key, increments, ASSIGN_TTL_S * 24)
-                except BadStateData as exc:
-                    log.error("experiment statistics refused: %s", exc)
-                del stats[key]
+            for key, increments, batch_id in batches:
+                await self._hincr(key, increments, batch_id)
+                done += 1
         except StateUnavailable:
-            for key, increments in stats.items():
-                self._add(key, increments)
+            self._retry = batches[done:] + self._retry
             assign.update(self._assign)
             self._assign = assign
             while len(self._assign) > MAX_PENDING:
                 self._assign.popitem(last=False)
+
+    async def _hincr(self, key: str, increments: dict[str, float], batch_id: str) -> dict[str, float] | None:
+        try:
+            return await self._store.hincr(key, increments, ASSIGN_TTL_S * 24, once=f"exp:batch:{batch_id}")
+        except BadStateData as exc:
+            log.error("experiment statistics refused: %s", exc)
+            return None
 
     async def _write_assignments(self, assign: OrderedDict[str, str]) -> None:
         if not assign:
@@ -128,7 +140,7 @@ class SharedExperiments:
         assign.clear()
 
     def _on_health(self, is_up: bool) -> None:
-        if is_up and (self._assign or self._stats):
+        if is_up and (self._assign or self._stats or self._retry):
             self._schedule()
 
     async def close(self) -> None:
@@ -163,16 +175,16 @@ class SharedExperiments:
 
     async def credit(self, model: str, version: int, value: float) -> dict[str, float] | None:
         """Add an outcome to the arm; returns every arm's sums after it (None: the store is away,
-        the outcome waits in the pending batch)."""
+        the outcome waits, with its batch id, for the store's return)."""
         increments = {f"n:{version}": 1.0, f"s:{version}": value, f"q:{version}": value * value}
-        key = self._key(model, "o")
+        batch = (self._key(model, "o"), increments, uuid.uuid4().hex)
         try:
-            return await self._store.hincr(key, increments, ASSIGN_TTL_S * 24)
+            return await self._hincr(*batch)
         except StateUnavailable:
-            self._add(key, increments)
-            return None
-        except BadStateData as exc:
-            log.error("experiment statistics refused: %s", exc)
+            if len(self._retry) < MAX_PENDING:
+                self._retry.append(batch)
+            else:
+                self._add(batch[0], increments)  # past the bound: still counted, merged with the rest
             return None
 
     async def lower_p_value(self, model: str, control: int, version: int, p_value: float) -> float:

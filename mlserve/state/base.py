@@ -24,6 +24,9 @@ from mlserve.errors import ModelNotReady
 SCHEMA = 1
 """Schema of every document mlserve writes; a document of another schema is refused by name."""
 
+ONCE_TTL_S = 86400.0
+"""How long a batch id given to `hincr(once=...)` is remembered."""
+
 Handler = Callable[[str], Any]
 """Called with each message published on a subscribed channel (on the event loop)."""
 HealthObserver = Callable[[bool], Any]
@@ -79,8 +82,11 @@ class StateStore(Protocol):
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int: ...
 
-    async def hincr(self, key: str, increments: Mapping[str, float], ttl_s: float | None = None) -> dict[str, float]:
-        """Add each increment to its field; returns the whole hash after the change (one snapshot)."""
+    async def hincr(self, key: str, increments: Mapping[str, float], ttl_s: float | None = None,
+                    once: str | None = None) -> dict[str, float]:
+        """Add each increment to its field; returns the whole hash after the change (one snapshot).
+        With `once` (a batch id), a batch already applied is not applied again: a retry after a lost
+        reply counts nothing twice."""
         ...
 
     async def hgetall(self, key: str) -> dict[str, float]: ...

@@ -10,7 +10,7 @@ import copy
 import time
 from typing import Any, Callable, Mapping
 
-from mlserve.state.base import BadStateData, Document, Handler, HealthObserver
+from mlserve.state.base import ONCE_TTL_S, BadStateData, Document, Handler, HealthObserver
 
 
 class MemoryStore:
@@ -100,8 +100,11 @@ class MemoryStore:
             self._set_ttl(key, ttl_s)
         return self._counters[key]
 
-    async def hincr(self, key: str, increments: Mapping[str, float], ttl_s: float | None = None) -> dict[str, float]:
+    async def hincr(self, key: str, increments: Mapping[str, float], ttl_s: float | None = None,
+                    once: str | None = None) -> dict[str, float]:
         self._kind(key, self._hashes)
+        if once is not None and not await self.set_once(once, "1", ONCE_TTL_S):
+            return dict(self._hashes.get(key, {}))
         table = self._hashes.setdefault(key, {})
         for name, amount in increments.items():
             table[name] = table.get(name, 0.0) + float(amount)

@@ -20,7 +20,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rex
 
-from mlserve.state.base import SCHEMA, BadStateData, Document, Handler, HealthObserver, StateUnavailable, check_document
+from mlserve.state.base import ONCE_TTL_S, SCHEMA, BadStateData, Document, Handler, HealthObserver, StateUnavailable, check_document
 from mlserve.state.url import redacted
 
 log = logging.getLogger("mlserve.state")
@@ -50,7 +50,10 @@ if ARGV[2] ~= '' and redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', 
 return n
 """
 _HINCR = """
-for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #KEYS > 1 and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then
+  return redis.call('HGETALL', KEYS[1])
+end
+for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[1] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return redis.call('HGETALL', KEYS[1])
 """
@@ -234,11 +237,13 @@ class RedisStore:
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         return int(await self._run(key, self._scripts["incr"](keys=[self.key(key)], args=[amount, _ms(ttl_s)])))
 
-    async def hincr(self, key: str, increments: Mapping[str, float], ttl_s: float | None = None) -> dict[str, float]:
-        args: list[Any] = [_ms(ttl_s)]
+    async def hincr(self, key: str, increments: Mapping[str, float], ttl_s: float | None = None,
+                    once: str | None = None) -> dict[str, float]:
+        args: list[Any] = [_ms(ttl_s), _ms(ONCE_TTL_S)]
         for name, amount in increments.items():
             args += [name, repr(float(amount))]
-        flat = await self._run(key, self._scripts["hincr"](keys=[self.key(key)], args=args))
+        keys = [self.key(key)] + ([self.key(once)] if once is not None else [])
+        flat = await self._run(key, self._scripts["hincr"](keys=keys, args=args))
         return self._floats(key, dict(zip(flat[::2], flat[1::2])))
 
     async def hgetall(self, key: str) -> dict[str, float]:

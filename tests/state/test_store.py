@@ -82,6 +82,8 @@ def test_counters_hashes_values_and_leases(make_store):
         assert snapshot == {"n:1": 1.0, "s:1": 0.5}
         assert (await store.hincr("h", {"n:1": 1}))["n:1"] == 2.0
         assert await store.hgetall("h") == {"n:1": 2.0, "s:1": 0.5}
+        assert (await store.hincr("h", {"n:1": 1}, once="batch-7"))["n:1"] == 3.0
+        assert (await store.hincr("h", {"n:1": 1}, once="batch-7"))["n:1"] == 3.0  # a retry counts once
         assert await store.hgetall("none") == {}
         assert await store.hset_min("h", "p", 0.4) == 0.4
         assert await store.hset_min("h", "p", 0.9) == 0.4
