@@ -1,7 +1,8 @@
 """Three real replicas behind nginx sharing one real redis-server (deploy/local/replicas.py --state
 redis): an admin change is in force on every replica within a second, feedback sent through the load
-balancer is credited whichever replica answered, and a Redis killed under load fails no inference
-and the replicas agree again once it is back. Each replica is read directly, not through nginx."""
+balancer is credited whichever replica answered, a rolling restart of every replica keeps the
+experiment, and a Redis killed under load fails no inference and the replicas agree again once it
+is back. Each replica is read directly, not through nginx."""
 
 from __future__ import annotations
 
@@ -132,3 +133,20 @@ def test_redis_killed_under_load_fails_no_inference_and_the_replicas_agree_once_
     status, _ = _call(cluster.url + "/admin/models/cv/traffic", {"split": {"1": 20, "2": 80}}, "PUT")
     assert status == 200 and _in_force_everywhere(cluster, "cv", {"1": 20.0, "2": 80.0}) < 1.0
     assert infer(cluster.url, "cv").status == 200
+
+
+def test_a_rolling_restart_of_every_replica_keeps_the_experiment(cluster):
+    before = _call(f"{cluster.replicas[0].url}/admin/models/ab/experiment")[1]["versions"]
+    body = {"id": "before-restart", "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    status, answer = _call(cluster.url + "/v2/models/ab/infer", body, "POST")
+    assert status == 200
+    assert cluster.rolling_restart() == [0, 0, 0]
+    # Feedback for a request answered before any replica restarted is still credited.
+    status, ack = _call(cluster.url + "/v2/models/ab/feedback", {"id": "before-restart", "value": 1}, "POST")
+    assert status == 200 and ack["version"] == answer["model_version"]
+    for replica in cluster.replicas:
+        after = _call(f"{replica.url}/admin/models/ab/experiment")[1]["versions"]
+        for version, row in before.items():
+            credited = int(version == answer["model_version"])
+            assert after[version]["outcomes"] == row["outcomes"] + credited
+            assert after[version]["requests"] == row["requests"] + credited
