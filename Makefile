@@ -39,6 +39,9 @@ deps-system:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && \
 	    apt-get install -y -q $$(command -v kubectl >/dev/null || echo kubernetes-client) $$(command -v nginx >/dev/null || echo nginx-light); } || \
 	  echo "kubectl/nginx not installed: tests/deploy skips the tests that need them"
+	@command -v redis-server >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q redis-server; } || \
+	  echo "redis-server not installed: tests/state and the shared-state replica tests skip"
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
 	  echo "chromium/chromedriver not installed: tests/ui/test_page_browser.py skips"

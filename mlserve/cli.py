@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="also load such artifacts from uploaded versions: an admin key can then run code")
     start.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     start.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    start.add_argument("--state", metavar="URL", help="shared control state: memory (default) or "
+                       "redis://[:password@]host:6379/0 (rediss:// for TLS) for replicas that act as one server")
     start.add_argument("--batch-dir", metavar="DIR", help="allow in-server batch jobs on files under DIR")
     _add_keys_parser(sub)
     start.add_argument("--log-format", choices=LOG_FORMATS, help="server log lines: plain (default) or json")
@@ -128,6 +130,9 @@ def _add_keys_parser(sub) -> None:
     create.add_argument("--rps", type=float, default=0.0, help="requests per second (0 = unlimited)")
     create.add_argument("--concurrency", type=int, default=0, help="requests in flight (0 = unlimited)")
     create.add_argument("--priority", type=int, help="batcher priority class for this key's requests")
+    create.add_argument("--quota", type=int, default=0,
+                        help="requests per --quota-period across every replica sharing --state (0 = unlimited)")
+    create.add_argument("--quota-period", choices=("day", "month"), default="day", help="UTC day (default) or month")
     listing = actions.add_parser("list", help="show the keys (never their secrets)")
     listing.add_argument("--file", type=Path, required=True)
     revoke = actions.add_parser("revoke", help="revoke a key by name or id")
@@ -219,6 +224,7 @@ def _start(args: argparse.Namespace) -> int:
             "log_sample_rate": args.log_sample_rate, "log_inputs": args.log_inputs,
         },
         "jobs": {"allowed_dir": args.batch_dir},
+        "state": {"url": args.state},
     }
     try:
         config = load_config(args.config, overrides=overrides)

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -308,6 +309,56 @@ class JobsConfig:
             raise ValueError("optimize_timeout_s must be a positive number of seconds")
 
 
+STATE_SCHEMES = ("redis", "rediss")
+STATE_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+
+
+def check_state_url(url: str) -> str:
+    """The URL as given when it is "memory" or a well-formed Redis URL; ValueError naming what is wrong.
+    The message never repeats a password."""
+    if url == "memory":
+        return url
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"[state] url is not a valid URL ({exc})") from None
+    if parts.scheme not in STATE_SCHEMES:
+        raise ValueError(f"[state] url must be 'memory' or redis://host:port/db (rediss:// for TLS), "
+                         f"got scheme {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError("[state] url names no host (redis://host:6379/0)")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"[state] url port must be in 1..65535, got {port}")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"[state] url database must be a number (redis://host:6379/0), got {db!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("[state] url takes no query or fragment: give the password as redis://:PASSWORD@host")
+    return url
+
+
+def check_state_prefix(prefix: str) -> str:
+    if not prefix or len(prefix) > 64 or set(prefix) - STATE_PREFIX_CHARS:
+        raise ValueError(f"[state] prefix must be 1..64 characters of letters, digits and _-.:, got {prefix!r}")
+    return prefix
+
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Where the control state that replicas share lives (mlserve/state/)."""
+
+    url: str = "memory"
+    """memory (one process) or redis://[:password@]host:6379/0 (rediss:// for TLS): replicas that share it act as one server."""
+    prefix: str = "mlserve"
+    """Prefix of every key, so several deployments can share one Redis."""
+
+    def __post_init__(self) -> None:
+        check_state_url(self.url)
+        check_state_prefix(self.prefix)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """All of mlserve's settings; each component takes only its own section."""
@@ -318,11 +369,12 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
 
 _SECTIONS = {
     "server": ServerConfig, "registry": RegistryConfig, "auth": AuthConfig, "limits": LimitsConfig,
-    "monitor": MonitorConfig, "jobs": JobsConfig,
+    "monitor": MonitorConfig, "jobs": JobsConfig, "state": StateConfig,
 }
 
 

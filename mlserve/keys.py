@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 SCOPES = ("infer", "admin")
+QUOTA_PERIODS = ("day", "month")
 PREFIX = "mls"
 _TOKEN = re.compile(r"^mls_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -46,6 +47,10 @@ class ApiKey:
     """Batcher priority class given to this key's requests unless they name one."""
     created: float = field(default_factory=time.time)
     revoked: bool = False
+    quota: int = 0
+    """Requests per quota_period across every replica; 0 = unlimited."""
+    quota_period: str = "day"
+    """day or month (UTC calendar windows)."""
 
     def __post_init__(self) -> None:
         bad = set(self.scopes) - set(SCOPES)
@@ -53,6 +58,10 @@ class ApiKey:
             raise ValueError(f"key {self.name!r}: scopes must be among {', '.join(SCOPES)}, got {list(self.scopes)}")
         if self.rps < 0 or self.concurrency < 0:
             raise ValueError(f"key {self.name!r}: rps and concurrency must be >= 0")
+        if isinstance(self.quota, bool) or not isinstance(self.quota, int) or self.quota < 0:
+            raise ValueError(f"key {self.name!r}: quota must be a whole number >= 0, got {self.quota!r}")
+        if self.quota_period not in QUOTA_PERIODS:
+            raise ValueError(f"key {self.name!r}: quota_period must be day or month, got {self.quota_period!r}")
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
@@ -121,13 +130,14 @@ def locked(path: Path):
 
 def create_key(
     path: Path, name: str, scopes: tuple[str, ...], rps: float = 0.0, concurrency: int = 0,
-    priority: int | None = None,
+    priority: int | None = None, quota: int = 0, quota_period: str = "day",
 ) -> str:
     """Add a key to the file and return the token, which is stored nowhere in clear."""
     key_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_bytes(16)
-    key = ApiKey(key_id, name, salt.hex(), hash_secret(secret, salt).hex(), scopes, rps, concurrency, priority)
+    key = ApiKey(key_id, name, salt.hex(), hash_secret(secret, salt).hex(), scopes, rps, concurrency, priority,
+                 quota=quota, quota_period=quota_period)
     with locked(path):
         keys = read_keys(path)
         if any(k.name == name and not k.revoked for k in keys.values()):
@@ -152,7 +162,8 @@ def describe(key: ApiKey) -> dict[str, Any]:
     """What `keys list` prints: everything but the salt and hash."""
     return {
         "id": key.key_id, "name": key.name, "scopes": ",".join(key.scopes), "rps": key.rps,
-        "concurrency": key.concurrency, "priority": key.priority, "revoked": key.revoked,
+        "concurrency": key.concurrency, "priority": key.priority,
+        "quota": f"{key.quota}/{key.quota_period}" if key.quota else 0, "revoked": key.revoked,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.created)),
     }
 

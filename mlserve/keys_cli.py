@@ -12,7 +12,8 @@ def run_keys(args: argparse.Namespace) -> int:
     try:
         if args.action == "create":
             scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip())
-            token = keys.create_key(args.file, args.name, scopes, args.rps, args.concurrency, args.priority)
+            token = keys.create_key(args.file, args.name, scopes, args.rps, args.concurrency, args.priority,
+                                    args.quota, args.quota_period)
             print(token)
             print(f"key {args.name!r} added to {args.file}; the key above is shown only once", file=sys.stderr)
         elif args.action == "list":

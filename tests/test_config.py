@@ -21,6 +21,10 @@ def test_order_defaults_file_env_flags(tmp_path):
     ("[server]\nlog_level = 'loud'\n", "log_level"),
     ("[nope]\nx = 1\n", "unknown section"),
     ("[server]\nprot = 1\n", "unknown setting"),
+    ("[state]\nurl = 'http://redis:6379'\n", "scheme 'http'"),
+    ("[state]\nurl = 'redis://:pw@'\n", "names no host"),
+    ("[state]\nprefix = 'a b'\n", r"\[state\] prefix"),
+    ("[state]\nhost = 'redis'\n", r"unknown setting\(s\) in \[state\]: host"),
 ])
 def test_bad_settings_are_named(tmp_path, text, needle):
     file = tmp_path / "mlserve.toml"
@@ -65,6 +69,7 @@ def test_settings_from_the_environment_are_type_checked(env, needle):
     ('[auth]\nadmin_enabled = "false"\n', {}, "[auth] admin_enabled"),
     ('[server]\nport = "9000"\n', {}, "[server] port"),
     ("", {"MLSERVE_SERVER_PORT": "x9000"}, "MLSERVE_SERVER_PORT"),
+    ("[state]\nurl = 'redis://h:6379/zero'\n", {}, "[state] url database must be a number"),
 ])
 def test_start_refuses_a_mistyped_setting_in_one_line_with_exit_2(tmp_path, text, env, needle):
     import os

@@ -1,7 +1,8 @@
 """DESIGN.md's import rules, checked over every module's import statements (lazy ones included).
 
-Layers point one way: server -> routing -> (registry, beside routing) -> batching -> engine. `spec`,
-`monitor`, `config` and `errors` are importable from anywhere; `spec` imports nothing but `errors`,
+Layers point one way: server -> dataplane -> routing -> (registry, beside routing) -> batching -> engine.
+`spec`, `state`, `monitor`, `config` and `errors` are importable from anywhere (`state` itself uses only
+`config` and `errors`); `spec` imports nothing but `errors`,
 and `monitor` calls nobody. Nothing imports `server` but the command line. Only `engine` imports
 torch, onnxruntime or tensorrt; only `server` (and the command line that starts it) imports aiohttp.
 
@@ -18,7 +19,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "mlserve"
 
 # Which mlserve groups each group may import, besides itself and the groups usable from anywhere.
-ANYWHERE = {"spec", "monitor", "config", "errors", "version", "gc_policy", "lifeline"}
+ANYWHERE = {"spec", "monitor", "config", "errors", "version", "gc_policy", "lifeline", "state"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "spec": {"errors"},
@@ -26,16 +27,18 @@ ALLOWED: dict[str, set[str]] = {
     "gc_policy": set(),
     "lifeline": set(),
     "monitor": {"spec", "config", "errors"},
+    "state": {"config", "errors"},
     "engine": ANYWHERE,
     "batching": ANYWHERE | {"engine"},
     "registry": ANYWHERE | {"batching", "engine"},
     "routing": ANYWHERE | {"registry", "batching"},
     "jobs": ANYWHERE | {"routing", "registry", "batching", "engine"},
     "optimize": ANYWHERE | {"registry", "engine"},
-    "server": ANYWHERE | {"routing", "registry", "keys", "jobs", "optimize"},
+    "dataplane": ANYWHERE | {"routing", "registry"},
+    "server": ANYWHERE | {"dataplane", "routing", "registry", "keys", "jobs", "optimize"},
     "keys": ANYWHERE,
     "tools": ANYWHERE,
-    "cli": ANYWHERE | {"server", "registry", "keys", "tools", "jobs", "optimize"},
+    "cli": ANYWHERE | {"dataplane", "server", "registry", "keys", "tools", "jobs", "optimize"},
     "version": set(),
 }
 HEAVY = ("torch", "onnxruntime", "tensorrt", "safetensors")

@@ -5,7 +5,9 @@
         --s3-endpoint http://127.0.0.1:9000 --poll-interval 5
 
 Everything after `--` goes to each `mlserve start`. Each replica gets its own port and S3 cache folder
-under --workdir. SIGHUP to this script restarts the replicas one at a time (a rolling restart: SIGTERM,
+under --workdir. `--state redis` also starts a redis-server (Debian: apt-get install redis-server) on a
+free port, its append-only file under --workdir, and gives every replica `--state redis://...`: the
+replicas then share admin changes, experiments and their counts (README, "Replicas and shared state"). SIGHUP to this script restarts the replicas one at a time (a rolling restart: SIGTERM,
 wait for the exit, start again, wait for readiness); nginx sends requests around the one that is down.
 Ctrl-C or SIGTERM stops nginx and every replica. Needs nginx (Debian: apt-get install nginx-light).
 """
@@ -97,6 +99,44 @@ class Replica:
 
 
 @dataclass(slots=True)
+class RedisProcess:
+    """redis-server on a loopback port with an append-only file (fsync always), so a restart keeps its data."""
+
+    workdir: Path
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.port = self.port or free_port()
+        server = shutil.which("redis-server") or "/usr/bin/redis-server"
+        command = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                   "--appendfsync", "always", "--dir", str(self.workdir)]
+        with open(self.workdir / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: see {self.workdir / 'redis.log'}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@dataclass(slots=True)
 class Replicas:
     """The replicas and the nginx in front of them; `url` is nginx's address."""
 
@@ -107,6 +147,9 @@ class Replicas:
     env: dict[str, str] = field(default_factory=dict)
     replicas: list[Replica] = field(default_factory=list)
     nginx: subprocess.Popen | None = None
+    state: str = "memory"
+    """memory (each replica its own) or redis (a redis-server started here, shared by every replica)."""
+    redis: RedisProcess | None = None
 
     @property
     def url(self) -> str:
@@ -115,8 +158,13 @@ class Replicas:
     def start(self, timeout: float = 120.0) -> Replicas:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
+        args = list(self.mlserve_args)
+        if self.state == "redis":
+            self.redis = RedisProcess(self.workdir)
+            self.redis.start()
+            args += ["--state", self.redis.url]
         self.replicas = [
-            Replica(i, free_port(), list(self.mlserve_args), self.workdir, dict(self.env))
+            Replica(i, free_port(), list(args), self.workdir, dict(self.env))
             for i in range(self.num_replicas)
         ]
         for replica in self.replicas:
@@ -169,7 +217,10 @@ class Replicas:
             except subprocess.TimeoutExpired:
                 self.nginx.kill()
                 self.nginx.wait()
-        return [replica.stop() for replica in self.replicas]
+        codes = [replica.stop() for replica in self.replicas]
+        if self.redis is not None:
+            self.redis.kill()
+        return codes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--port", type=int, default=8080, help="nginx listens on 127.0.0.1:PORT")
     parser.add_argument("--workdir", type=Path, help="logs, nginx.conf and S3 caches (default: a new temp folder)")
+    parser.add_argument("--state", choices=("memory", "redis"), default="memory",
+                        help="redis: start a redis-server and share control state through it (default memory)")
     args = parser.parse_args(own)
-    replicas = Replicas(mlserve_args, args.replicas, args.port, **({"workdir": args.workdir} if args.workdir else {}))
+    replicas = Replicas(mlserve_args, args.replicas, args.port, state=args.state,
+                        **({"workdir": args.workdir} if args.workdir else {}))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, lambda *_: print("rolling restart:", replicas.rolling_restart(), flush=True))
     try:

@@ -109,6 +109,18 @@ class Metrics:
             "mlserve_breaker_state", "Circuit breaker of a version: 0 closed, 1 half-open, 2 open.",
             ["model", "version"], registry=r,
         )
+        self.key_quota_used = Gauge(
+            "mlserve_key_quota_used", "Requests of a key's quota taken cluster-wide in the current day or month "
+            "(as this replica last leased).", ["key_id"], registry=r,
+        )
+        self.key_quota_limit = Gauge(
+            "mlserve_key_quota_limit", "A key's quota: requests per day or month across every replica.", ["key_id"],
+            registry=r,
+        )
+        self.state_backend_up = Gauge(
+            "mlserve_state_backend_up", "1 while the shared state store (memory or redis) answers, 0 while it is "
+            "lost (replicas keep their last state and count locally).", ["backend"], registry=r,
+        )
         self.fallback_requests = Counter(
             "mlserve_fallback_requests", "Requests routed away from a version that was refused (breaker open "
             "or not ready).", ["model", "version"], registry=r,

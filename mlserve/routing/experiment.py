@@ -113,6 +113,49 @@ class Experiment:
         self._update_tests(control)
         return version
 
+    # -- shared across replicas (mlserve/routing/shared.py feeds these) ---------------------------
+
+    def assigned(self, req_id: str) -> int | None:
+        """The version this process answered `req_id` with, if it still remembers it."""
+        return self._assigned.get(req_id)
+
+    def is_answered(self, req_id: str) -> bool:
+        return req_id in self._answered
+
+    def mark_answered(self, req_id: str) -> None:
+        if req_id in self._assigned:
+            self._answered.add(req_id)
+
+    def credit(self, version: int, value: float, control: int, shared: dict[int, stats.Moments] | None) -> None:
+        """An outcome credited to `version`: `shared` holds every arm's moments after it (the store's
+        snapshot), or None when this process counts alone (the store away: added locally)."""
+        if shared is None:
+            self.outcomes.setdefault(version, stats.Moments()).add(value)
+        else:
+            self.outcomes = shared
+        self._update_tests(control)
+
+    def take_shared(self, outcomes: dict[int, stats.Moments], counts: dict[int, tuple[int, int]],
+                    p_values: dict[tuple[int, int], float]) -> None:
+        """Every replica's view: the store's outcomes, request and error counts and test p-values
+        (latency quantiles stay this process's own)."""
+        self.outcomes = outcomes
+        for version, (num_requests, num_errors) in counts.items():
+            health = self.health.setdefault(version, VersionHealth())
+            health.num_requests, health.num_errors = num_requests, num_errors
+        for pair, p_value in p_values.items():
+            test = self._tests.get(pair)
+            if test is None:
+                test = self._tests[pair] = stats.SequentialTest(self.spec.alpha, self.spec.mde ** 2,
+                                                                self.spec.min_samples)
+            test.p_value = min(test.p_value, p_value)
+            if test.p_value <= self.spec.alpha and test.decided_at is None:
+                base, other = outcomes.get(pair[0], stats.Moments()), outcomes.get(pair[1], stats.Moments())
+                test.decided_at, test.decided_diff = base.n + other.n, other.mean - base.mean
+
+    def test_p_values(self) -> dict[tuple[int, int], float]:
+        return {pair: test.p_value for pair, test in self._tests.items()}
+
     def _update_tests(self, control: int) -> None:
         base = self.outcomes.get(control)
         if base is None:

@@ -7,6 +7,7 @@ Everything here runs on the event loop thread, so the per-model state needs no l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from typing import Any, Mapping
@@ -17,9 +18,11 @@ from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 from mlserve.spec.request_id import check_request_id
 from mlserve.routing import split as splits
 from mlserve.routing.rollout import Rollout, RolloutPlan, RolloutStatus
+from mlserve.routing.shared import SharedExperiments, moments_from, versions_in
 from mlserve.routing.shadow import ShadowJob, ShadowRunner, ShadowStats, Tensors, compare_outputs
 from mlserve.routing.traffic import ModelTraffic
-from mlserve.spec import parse_split
+from mlserve.spec import TrafficSpec, parse_split
+from mlserve.state import MemoryStore, StateStore
 
 log = logging.getLogger("mlserve.routing")
 
@@ -33,8 +36,9 @@ class TrafficManager:
     """Owns every model's ModelTraffic, the shadow runner and the rollout tasks."""
 
     def __init__(self, loader: HotSwapLoader, metrics: Metrics, rng: random.Random | None = None,
-                 shadow_queue: int = SHADOW_QUEUE) -> None:
+                 shadow_queue: int = SHADOW_QUEUE, store: StateStore | None = None) -> None:
         self._loader = loader
+        self._shared = SharedExperiments(store or MemoryStore())
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._states: dict[str, ModelTraffic] = {}
@@ -42,6 +46,9 @@ class TrafficManager:
         self._shadow = ShadowRunner(shadow_queue, self._shadow_done)
         self._rollout_tasks: dict[str, asyncio.Task] = {}
         self._published: dict[str, set[int]] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}
+        """Per model, the [traffic] keys set through the API (checked JSON, as the control document
+        holds them): they hold over model.toml's until set to null."""
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -50,12 +57,20 @@ class TrafficManager:
         found = self._states.get(served.name)
         if found is not None and self._entries.get(served.name) is served.entry:
             return found
-        spec = served.entry.config.traffic
         self._entries[served.name] = served.entry
+        return self._refresh(served, found)
+
+    def _refresh(self, served: ServedModel, found: ModelTraffic | None) -> ModelTraffic:
+        override = self._overrides.get(served.name, {})
+        spec = _with_override(served.entry.config.traffic, override)
+        source = "api" if override.get("split") else "model.toml"
         if found is None:
-            found = self._states[served.name] = ModelTraffic.from_spec(spec)
+            found = self._states[served.name] = ModelTraffic.from_spec(spec, source)
         elif found.spec != spec:
-            found.reload(spec)
+            if spec.split != found.spec.split and found.is_rolling_out and source == "api":
+                found.rollout.cancel("split set by the API")
+                self._publish_rollout(served.name, found)
+            found.reload(spec, source)
         else:
             return found
         self._publish_weights(served.name, found)
@@ -127,6 +142,7 @@ class TrafficManager:
         if state.split and state.experiment is not None:
             state.experiment.assign(req_id, answered.version)
             state.experiment.observe(answered.version, latency_s, ok)
+            self._shared.note(model, req_id, answered.version, ok)
         if state.is_rolling_out:
             state.rollout.observe(answered.version, latency_s, ok)
 
@@ -178,25 +194,53 @@ class TrafficManager:
         error = self._loader.scan_errors.get(name)
         return {"model": name, **self.state(self._served(name)).to_dict(), "error": error}
 
-    def set_split(self, name: str, body: Any) -> dict:
-        """PUT /admin/models/{m}/traffic: {"split": {...}}; a running rollout is cancelled."""
+    def check_override(self, name: str, body: Any) -> dict[str, Any]:
+        """PUT /admin/models/{m}/traffic's body, checked: any of split, stable, shadow, fallback and
+        breaker (null drops the API's value: model.toml's holds again). Returns the keys as the
+        control document holds them; InvalidInput names what is wrong and nothing changes."""
         served = self._served(name)
-        if not isinstance(body, dict) or set(body) != {"split"}:
-            raise InvalidInput('the body must be {"split": {"<version>": <percent>, ...}}')
+        if not isinstance(body, dict) or not body or set(body) - set(OVERRIDE_KEYS):
+            raise InvalidInput(f"the body must be an object with any of {', '.join(OVERRIDE_KEYS)} "
+                               '(e.g. {"split": {"1": 90, "2": 10}})')
+        spec_keys = {k: v for k, v in body.items() if k != "stable" and v is not None}
         try:
-            weights = parse_split(body["split"])
+            parsed = TrafficSpec.parse(spec_keys)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        unknown = [v for v, _ in weights if v not in served.versions]
+        named = [v for v, _ in parsed.split] if "split" in spec_keys else []
+        named += [parsed.shadow.version] if "shadow" in spec_keys else []
+        stable = body.get("stable")
+        if stable is not None:
+            if not str(stable).isdigit() or isinstance(stable, bool):
+                raise InvalidInput(f"stable: {stable!r} is not a version number")
+            named.append(int(stable))
+        unknown = sorted({v for v in named if v not in served.versions})
         if unknown:
             raise InvalidInput(f"model {name!r} has no version(s) {unknown} loaded")
-        state = self.state(served)
-        if state.is_rolling_out:
-            state.rollout.cancel("split set by the API")
-            self._publish_rollout(name, state)
-        state.set_split(weights, "api")
-        self._publish_weights(name, state)
-        log.info("model %s: split set to %s by the API", name, dict(weights))
+        return {key: _override_json(key, body[key]) for key in body}
+
+    def override(self, name: str) -> dict[str, Any]:
+        return dict(self._overrides.get(name, {}))
+
+    def apply_override(self, name: str, override: dict[str, Any]) -> None:
+        """Make `override` (a control document's traffic keys) the API's [traffic] keys in force here.
+        Raises ValueError naming a key that does not parse (bad data in the store)."""
+        _with_override(TrafficSpec(), override)  # checked before anything changes
+        served = self._served(name)
+        before = self._overrides.get(name, {})
+        self._overrides[name] = {k: v for k, v in override.items() if v is not None}
+        state = self._refresh(served, self._states.get(name))
+        stable = self._overrides[name].get("stable")
+        if stable is not None and stable != before.get("stable"):
+            state.promote(int(stable))
+        if override.get("split") and override.get("split") != before.get("split"):
+            log.info("model %s: split set to %s by the API", name, override["split"])
+
+    def set_split(self, name: str, body: Any) -> dict:
+        """This process only (the control door, mlserve/dataplane/control.py, shares it): apply an
+        API change; a split cancels a running rollout."""
+        merged = {**self.override(name), **self.check_override(name, body)}
+        self.apply_override(name, merged)
         return self.traffic_view(name)
 
     def experiment_view(self, name: str) -> dict:
@@ -206,14 +250,50 @@ class TrafficManager:
         view = state.experiment.view(control, [v for v, _ in state.split]) if state.experiment else {}
         return {"model": name, **view, "shadow": state.to_dict()["shadow"]}
 
-    def feedback(self, name: str, body: Any) -> dict:
+    async def feedback(self, name: str, body: Any) -> dict:
+        """Credit an outcome to the version that answered the request, whichever replica that was:
+        each request's first outcome counts, cluster-wide."""
         served = self._served(name)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or "value" not in body:
             raise InvalidInput('the body must be {"id": "<request id>", "value": <number>}')
-        check_request_id(body["id"])
-        state = self.state(served)
-        version = state.experiment.feedback(body["id"], body["value"], self._control(served, state))
-        return {"id": body["id"], "model": name, "version": str(version)}
+        req_id = check_request_id(body["id"])
+        experiment = self.state(served).experiment
+        value = experiment.check_value(body["value"])
+        version = experiment.assigned(req_id)
+        if version is None:
+            version = await self._shared.lookup(name, req_id)
+        if version is None:
+            raise ModelNotFound(f"no routed request with id {req_id!r} (unknown, explicit-version, or too old)")
+        is_first = await self._shared.claim(name, req_id)
+        if is_first is False or (is_first is None and experiment.is_answered(req_id)):
+            raise InvalidInput(f"request {req_id!r} already has an outcome")
+        experiment.mark_answered(req_id)
+        sums = await self._shared.credit(name, version, value)
+        state = self.state(served)  # the same unless a reload replaced it while this waited
+        control = self._control(served, state)
+        shared = None if sums is None else {v: moments_from(sums, v) for v in versions_in(sums)}
+        state.experiment.credit(version, value, control, shared)
+        for (base, other), p_value in state.experiment.test_p_values().items():
+            await self._shared.lower_p_value(name, base, other, p_value)
+        return {"id": req_id, "model": name, "version": str(version)}
+
+    async def refresh_experiment(self, name: str) -> None:
+        """Take every replica's counts into this one's experiment view (kept when the store is away)."""
+        state = self.state(self._served(name))
+        snapshot = await self._shared.snapshot(name)
+        if snapshot is None or state.experiment is None:
+            return
+        sums, counts, tests = snapshot
+        p_values = {}
+        for field_name, p_value in tests.items():
+            kind, _, pair = field_name.partition(":")
+            base, _, other = pair.partition(":")
+            if kind == "p" and base.isdigit() and other.isdigit():
+                p_values[(int(base), int(other))] = p_value
+        state.experiment.take_shared(
+            {v: moments_from(sums, v) for v in versions_in(sums)},
+            {v: (int(counts.get(f"r:{v}", 0)), int(counts.get(f"e:{v}", 0))) for v in versions_in(counts)},
+            p_values)
 
     @staticmethod
     def _control(served: ServedModel, state: ModelTraffic) -> int:
@@ -303,7 +383,34 @@ class TrafficManager:
             self._metrics.rollout_percent.labels(*labels).set(rollout.percent)
 
     async def close(self) -> None:
+        await self._shared.close()
         await self._shadow.close()
         for task in self._rollout_tasks.values():
             task.cancel()
         self._rollout_tasks.clear()
+
+
+OVERRIDE_KEYS = ("split", "stable", "shadow", "fallback", "breaker")
+
+
+def _override_json(key: str, value: Any) -> Any:
+    """One checked API key as the control document keeps it (plain JSON, numbers as numbers)."""
+    if value is None:
+        return None
+    if key == "split":
+        return {str(v): w for v, w in parse_split(value)}
+    if key == "stable":
+        return str(value)
+    return value
+
+
+def _with_override(spec: TrafficSpec, override: Mapping[str, Any]) -> TrafficSpec:
+    """model.toml's [traffic] with the API's keys over it; ValueError names a key that does not parse."""
+    keys = {k: v for k, v in override.items() if k in ("split", "shadow", "fallback", "breaker") and v is not None}
+    unknown = set(override) - set(OVERRIDE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown traffic key(s) {', '.join(sorted(unknown))}")
+    if not keys:
+        return spec
+    parsed = TrafficSpec.parse(keys)
+    return dataclasses.replace(spec, **{k: getattr(parsed, k) for k in keys})

@@ -18,6 +18,7 @@ from mlserve.routing.classification import check_class_counts, classify, read_la
 from mlserve.routing.generate import GenerateRequest, GenerationRun, start_generation
 from mlserve.routing.generation import GenerationCatalog
 from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo, SchedulePolicy
+from mlserve.state import StateStore
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
 
@@ -97,9 +98,9 @@ def validate_inputs(info: ModelInfo, request: InferRequest) -> int:
 class InferenceService:
     """Routes a request to a version, queues it on that version's batcher, returns the chosen outputs."""
 
-    def __init__(self, loader: HotSwapLoader, metrics: Metrics | None = None) -> None:
+    def __init__(self, loader: HotSwapLoader, metrics: Metrics | None = None, store: StateStore | None = None) -> None:
         self.loader = loader
-        self.traffic = TrafficManager(loader, metrics or Metrics())
+        self.traffic = TrafficManager(loader, metrics or Metrics(), store=store)
         self.router = Router(loader, self.traffic)
         self.generation = GenerationCatalog(loader, self.router)
         self._labels: dict[tuple[str, int, str], tuple[str, ...]] = {}

@@ -38,15 +38,16 @@ class ModelTraffic:
     rollout: Rollout | None = None
 
     @classmethod
-    def from_spec(cls, spec: TrafficSpec) -> ModelTraffic:
+    def from_spec(cls, spec: TrafficSpec, source: str = "model.toml") -> ModelTraffic:
         state = cls(spec)
-        state.set_split(spec.split, "model.toml")
+        state.set_split(spec.split, source)
         state.experiment = Experiment(spec.experiment)
         return state
 
-    def reload(self, spec: TrafficSpec) -> None:
-        """model.toml changed: take its settings; its split too, unless a rollout is running. (A
-        model.toml that does not parse never gets here: the repository scan keeps the last good one.)"""
+    def reload(self, spec: TrafficSpec, source: str = "model.toml") -> None:
+        """model.toml or the API's keys changed: take the settings; the split too, unless a rollout
+        is running. (A model.toml that does not parse never gets here: the repository scan keeps the
+        last good one.)"""
         old = self.spec
         self.spec = spec
         if spec.breaker != old.breaker:
@@ -54,7 +55,7 @@ class ModelTraffic:
         if self.experiment is None or self.experiment.spec != spec.experiment:
             self.experiment = Experiment(spec.experiment)
         if spec.split != old.split and not self.is_rolling_out:
-            self.set_split(spec.split, "model.toml")
+            self.set_split(spec.split, source)
 
     def set_split(self, weights: Weights, source: str) -> None:
         self.split, self.source = weights, source

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.registry.safety import check_model_name
@@ -65,10 +66,12 @@ async def _parameters(request: web.Request) -> dict[str, Any]:
 
 
 class AdminHandlers:
-    """Explicit control of what each model serves."""
+    """Explicit control of what each model serves; every change goes through ModelControl, which
+    shares it with the other replicas."""
 
-    def __init__(self, loader: HotSwapLoader) -> None:
+    def __init__(self, loader: HotSwapLoader, control: ModelControl) -> None:
         self._loader = loader
+        self._control = control
 
     @staticmethod
     def _who(request: web.Request) -> str:
@@ -77,7 +80,8 @@ class AdminHandlers:
     async def load(self, request: web.Request) -> web.Response:
         """Triton's load; with `parameters` (config, file:<version>/<name>) it uploads first."""
         name = _model(request)
-        served = await load_model(self._loader, name, await _parameters(request), True, self._who(request))
+        parameters, who = await _parameters(request), self._who(request)
+        served = await self._control.load(name, who, lambda: load_model(self._loader, name, parameters, True, who))
         return json_response(model_state(served))
 
     async def unload(self, request: web.Request) -> web.Response:
@@ -85,20 +89,20 @@ class AdminHandlers:
         dependents), any other parameter is refused."""
         name = _model(request)
         check_unload_parameters(await _parameters(request))
-        await self._loader.unload(name, self._who(request))
-        return json_response(model_state(self._loader.models[name]))
+        served = await self._control.unload(name, self._who(request))
+        return json_response(model_state(served))
 
     async def rollback(self, request: web.Request) -> web.Response:
-        served = await self._loader.rollback(_model(request), self._who(request))
+        served = await self._control.rollback(_model(request), self._who(request))
         return json_response(model_state(served))
 
     async def pin(self, request: web.Request) -> web.Response:
         version = await _pin_version(request)
-        served = await self._loader.pin(_model(request), version, self._who(request))
+        served = await self._control.pin(_model(request), version, self._who(request))
         return json_response(model_state(served))
 
     async def unpin(self, request: web.Request) -> web.Response:
-        served = await self._loader.unpin(_model(request), self._who(request))
+        served = await self._control.unpin(_model(request), self._who(request))
         return json_response(model_state(served))
 
     async def state(self, request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from mlserve.config import Config, RegistryConfig
+from mlserve.dataplane.control import ModelControl
 from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
@@ -44,6 +45,7 @@ from mlserve.server.status import HistorySampler, StatusHandlers
 from mlserve.server.traffic import TrafficHandlers
 from mlserve.server.stats_routes import stats_routes
 from mlserve.server.v2 import V2Handlers
+from mlserve.state import StateStore, open_state
 
 log = logging.getLogger("mlserve.server")
 
@@ -89,6 +91,8 @@ class Services:
     status: HistorySampler
     optimize_jobs: OptimizeJobs
     decode_pool: DecodePool
+    state_store: StateStore
+    control: ModelControl
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +104,13 @@ class Stage:
     stop: Callable[[], Any] | None = None
 
 
-def _gate(config: Config, state: ServerState) -> Gate:
+def _gate(config: Config, state: ServerState, store: StateStore) -> Gate:
     """The browser checks, authentication, per-key limits and the in-flight bound, from the server,
-    auth and limits sections."""
+    auth and limits sections; per-key limits count through the shared state store."""
     keys_file = Path(config.auth.keys_file) if config.auth.keys_file else None
     return Gate(
         PathPolicy.from_config(config.auth, config.server.host),
-        KeyRing(keys_file, TenantLimiter(), FailureThrottle(config.auth.failed_auth_burst, config.auth.failed_auth_per_s)),
+        KeyRing(keys_file, TenantLimiter(store=store), FailureThrottle(config.auth.failed_auth_burst, config.auth.failed_auth_per_s)),
         InFlight(config.limits.max_in_flight), state, config.server.max_body_bytes,
         BrowserGate.from_config(config.server), TrustedProxies.parse(config.server.trusted_proxies), AdminAudit(),
         config.limits.not_ready_when_saturated,
@@ -116,21 +120,34 @@ def _gate(config: Config, state: ServerState) -> Gate:
 def build_services(config: Config, store: Store | None = None) -> Services:
     state = ServerState()
     metrics = Metrics()
+    shared = _state_store(config, metrics)
     loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics)
-    inference = InferenceService(loader, metrics)
+    inference = InferenceService(loader, metrics, shared)
     monitor = Monitor(config.monitor, metrics)
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
-    return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
-                    optimize_jobs(loader, inference.traffic, config.jobs), DecodePool(config.limits))
+    return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, generation, status,
+                    optimize_jobs(loader, inference.traffic, config.jobs), DecodePool(config.limits), shared,
+                    ModelControl(shared, loader, inference.traffic))
+
+
+def _state_store(config: Config, metrics: Metrics) -> StateStore:
+    """The shared control state; its gauge follows the store's health (loss and return are logged there)."""
+    store = open_state(config.state.url, config.state.prefix)
+    gauge = metrics.state_backend_up.labels("memory" if config.state.url == "memory" else "redis")
+    gauge.set(1 if store.is_up else 0)
+    store.on_health(lambda is_up: gauge.set(1 if is_up else 0))
+    return store
 
 
 def stages(s: Services) -> list[Stage]:
     """Started top to bottom, stopped bottom to top. The monitor starts before the loader and stops
     after it, so every request answered while the batchers drain is still logged; traffic tasks
     (shadows, rollouts) stop before the loader drains the versions they use; the status history
-samples only once the repository is loaded and stops first; keys close last."""
+samples only once the repository is loaded and stops first; keys close last. The state store connects
+before the loader and closes after everything that writes to it; the control door takes the shared
+state once the models are loaded, and stops before they unload."""
 
     gc_policy = GcPolicy(s.config.server.gc_freeze, s.config.server.gc_threshold)
 
@@ -142,6 +159,10 @@ samples only once the repository is loaded and stops first; keys close last."""
         ready = sum(len(m.ready_versions()) for m in s.loader.models.values())
         log.info("repository %s: %d model version(s) ready", s.loader.store.describe(), ready)
 
+    async def start_state() -> None:
+        await s.state_store.start()
+        log.info("shared state: %s (%s)", s.state_store.describe(), "up" if s.state_store.is_up else "not reachable")
+
     async def stop_loader() -> None:
         s.state.is_stopping = True
         await s.loader.close()
@@ -151,7 +172,9 @@ samples only once the repository is loaded and stops first; keys close last."""
         Stage("decode pool", stop=s.decode_pool.close),
         Stage("monitor", start=s.monitor.start, stop=s.monitor.close),
         Stage("repository sweep", start=lambda: sweep_store(s.loader.store)),  # a crash's debris, before the scan
+        Stage("state store", start=start_state, stop=s.state_store.close),
         Stage("loader", start=start_loader, stop=stop_loader),
+        Stage("model control", start=s.control.start, stop=s.control.close),
         Stage("traffic", stop=s.inference.traffic.close),
         Stage("status history", start=s.status.start, stop=s.status.stop),
         # Optimize jobs publish through the loader and traffic; at start, dead servers' job folders go.
@@ -193,6 +216,9 @@ async def _metrics_handler(request: web.Request) -> web.Response:
     app = request.app
     loader, metrics = app[LOADER], app[METRICS]
     loader.update_gauges()
+    for key_id, quota in app[KEYRING].limiter.usage().items():
+        metrics.key_quota_used.labels(key_id).set(quota["used"])
+        metrics.key_quota_limit.labels(key_id).set(quota["limit"])
     for served in loader.models.values():
         for version, sv in served.versions.items():
             if sv.batcher is not None:
@@ -206,9 +232,9 @@ def v2_handlers(s: Services) -> V2Handlers:
 
 def v2_routes(s: Services, v2: V2Handlers) -> list[web.RouteDef]:
     """Open Inference Protocol, Triton's extensions, and mlserve's own per-model views under /v2."""
-    admin = AdminHandlers(s.loader)
+    admin = AdminHandlers(s.loader, s.control)
     drift = DriftHandlers(s.monitor, s.inference)
-    traffic = TrafficHandlers(s.inference.traffic)
+    traffic = TrafficHandlers(s.inference.traffic, s.control)
     return [
         web.get("/v2/health/live", v2.live),
         web.get("/v2/health/ready", v2.ready),
@@ -234,8 +260,8 @@ def v2_routes(s: Services, v2: V2Handlers) -> list[web.RouteDef]:
 
 def admin_routes(s: Services) -> list[web.RouteDef]:
     """mlserve's control of what each model serves and how traffic splits."""
-    admin = AdminHandlers(s.loader)
-    traffic = TrafficHandlers(s.inference.traffic)
+    admin = AdminHandlers(s.loader, s.control)
+    traffic = TrafficHandlers(s.inference.traffic, s.control)
     return [
         web.get("/admin/models/{model}", admin.state),
         web.post("/admin/models/{model}/rollback", admin.rollback),
@@ -293,6 +319,6 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.add_subapp("/v1", openai_app(s.inference, s.metrics))
     app.cleanup_ctx.append(lifecycle(stages(s)))
     # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
-    app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate))
+    app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate, s.control))
     add_batch_job_routes(app, s)  # after the lifecycle: jobs start once models load, stop before they unload
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.safety import check_model_name
@@ -27,9 +28,11 @@ def index_rows(loader: HotSwapLoader, ready_only: bool) -> list[dict[str, Any]]:
 
 
 class RepositoryCalls:
-    """Mixed into the servicer, which provides `loader` and `_call`."""
+    """Mixed into the servicer, which provides `loader`, `control` and `_call`. Loads and unloads
+    pass through ModelControl, which shares them with the other replicas."""
 
     loader: HotSwapLoader
+    control: ModelControl
 
     async def RepositoryIndex(self, request, context):
         async def work(key):
@@ -48,7 +51,8 @@ class RepositoryCalls:
             if request.repository_name:
                 raise InvalidInput(f"unknown repository {request.repository_name!r}: mlserve serves one")
             name = check_model_name(request.model_name)
-            await load_model(self.loader, name, parameters_dict(request.parameters), False, f"grpc {context.peer()}")
+            parameters, who = parameters_dict(request.parameters), f"grpc {context.peer()}"
+            await self.control.load(name, who, lambda: load_model(self.loader, name, parameters, False, who))
             return pb.RepositoryModelLoadResponse()
 
         return await self._call(context, "RepositoryModelLoad", work)
@@ -58,7 +62,7 @@ class RepositoryCalls:
             if request.repository_name:
                 raise InvalidInput(f"unknown repository {request.repository_name!r}: mlserve serves one")
             check_unload_parameters(parameters_dict(request.parameters))
-            await self.loader.unload(check_model_name(request.model_name), f"grpc {context.peer()}")
+            await self.control.unload(check_model_name(request.model_name), f"grpc {context.peer()}")
             return pb.RepositoryModelUnloadResponse()
 
         return await self._call(context, "RepositoryModelUnload", work)

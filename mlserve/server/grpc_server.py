@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -20,7 +20,8 @@ from mlserve import __version__, errors
 from mlserve.config import Config, LimitsConfig
 from mlserve.keys import ApiKey
 from mlserve.monitor.metrics import Metrics
-from mlserve.routing.service import InferenceService, InferRequest, InferResponse
+from mlserve.dataplane.control import ModelControl
+from mlserve.routing.service import InferenceService, InferRequest
 from mlserve.server import grpc_codec
 from mlserve.server.grpc_gate import (HEALTH_PATH, MODEL_PATH, RPC_PATHS, Malformed, MalformedRequests, Refused,
                                       admitted, authorize, malformed_message)
@@ -90,8 +91,9 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
     """The RPCs: each passes the gate, parses, calls the service, and encodes."""
 
     def __init__(self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate,
-                 limits: LimitsConfig) -> None:
+                 limits: LimitsConfig, control: ModelControl) -> None:
         self._service = service
+        self.control = control
         self._state = state
         self._metrics = metrics
         self._gate = gate
@@ -315,7 +317,8 @@ def _listen(server: grpc.aio.Server, address: str, config: Config) -> None:
         server.add_secure_port(address, grpc.ssl_server_credentials([(key.read(), cert.read())]))
 
 
-def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate):
+def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate,
+                     control: ModelControl):
     """An aiohttp cleanup context: the gRPC server starts after the repository's first pass and
     stops, finishing in-flight calls within the shutdown grace, before the models are unloaded."""
 
@@ -327,7 +330,7 @@ def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerSta
             ("grpc.max_receive_message_length", config.server.max_body_bytes),
             ("grpc.max_send_message_length", -1),
         ])
-        servicer = InferenceServicer(service, state, metrics, gate, config.limits)
+        servicer = InferenceServicer(service, state, metrics, gate, config.limits, control)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         address = f"{config.server.host}:{config.server.grpc_port}"
         try:

@@ -3,10 +3,14 @@ state with an injectable clock; the middleware calls it."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
+
+from mlserve.state import MemoryStore, StateStore
+from mlserve.state.budget import LeasedBudget
 
 Clock = Callable[[], float]
 
@@ -45,6 +49,8 @@ class _Tenant:
     bucket: TokenBucket | None
     max_concurrency: int
     num_in_flight: int = 0
+    budgets: tuple[LeasedBudget, ...] = ()
+    """Cluster-wide limits (requests per second across replicas, the quota), spent from leased blocks."""
 
 
 @dataclass(slots=True)
@@ -53,16 +59,48 @@ class TenantLimiter:
 
     clock: Clock = time.monotonic
     _tenants: dict[str, _Tenant] = field(default_factory=dict)
+    store: StateStore = field(default_factory=MemoryStore)
+    """Where cluster-wide budgets are counted (shared when replicas share a Redis)."""
+    wall_clock: Clock = time.time
+    """Unix time, for the budgets' windows (second, UTC day, UTC month)."""
 
-    def configure(self, key_id: str, rps: float, concurrency: int) -> None:
+    def configure(self, key_id: str, rps: float, concurrency: int, quota: int = 0, quota_period: str = "day") -> None:
         tenant = self._tenants.get(key_id)
         bucket = TokenBucket(rps, max(1.0, rps)) if rps > 0 else None
+        budgets = self._budgets(key_id, rps, quota, quota_period)
         if tenant is None:
-            self._tenants[key_id] = _Tenant(bucket, concurrency)
+            self._tenants[key_id] = _Tenant(bucket, concurrency, budgets=budgets)
             return
         if bucket is None or tenant.bucket is None or tenant.bucket.rate != rps:
             tenant.bucket = bucket
         tenant.max_concurrency = concurrency
+        if [(b.limit, b.period) for b in budgets] != [(b.limit, b.period) for b in tenant.budgets]:
+            tenant.budgets = budgets
+
+    def _budgets(self, key_id: str, rps: float, quota: int, quota_period: str) -> tuple[LeasedBudget, ...]:
+        """The quota always; the per-second budget only where replicas share the store (one process
+        has its token bucket, which also bounds bursts)."""
+        out = []
+        if rps > 0 and self.store.is_shared:
+            out.append(LeasedBudget(f"rps:{key_id}", max(1, math.floor(rps)), "second", self.wall_clock))
+        if quota > 0:
+            out.append(LeasedBudget(f"quota:{key_id}", quota, quota_period, self.wall_clock))
+        return tuple(out)
+
+    async def prepare(self, key_id: str) -> None:
+        """Lease a block for each cluster-wide budget this key has spent locally (a store call once
+        per block; nothing when tokens are left). Call before `acquire`."""
+        tenant = self._tenants.get(key_id)
+        if tenant is None:
+            return
+        for budget in tenant.budgets:
+            if budget.needs_refill():
+                await budget.refill(self.store)
+
+    def usage(self) -> dict[str, dict[str, int]]:
+        """Per key id, the quota leased cluster-wide in its current window (as last seen here)."""
+        return {key_id: {"used": b.used, "limit": b.limit} for key_id, t in self._tenants.items()
+                for b in t.budgets if b.period != "second"}
 
     def forget_others(self, key_ids: set[str]) -> None:
         for key_id in [k for k, t in self._tenants.items() if k not in key_ids and not t.num_in_flight]:
@@ -80,6 +118,11 @@ class TenantLimiter:
             wait = tenant.bucket.try_take(self.clock())
             if wait is not None:
                 return Refusal(f"this key is limited to {tenant.bucket.rate:g} requests per second", wait)
+        for budget in tenant.budgets:
+            if not budget.try_take():
+                what = "requests per second across replicas" if budget.period == "second" else \
+                    f"requests per {budget.period} (quota used up)"
+                return Refusal(f"this key is limited to {budget.limit} {what}", budget.retry_after_s())
         tenant.num_in_flight += 1
         return None
 

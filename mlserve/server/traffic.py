@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput
 from mlserve.routing.manager import TrafficManager
 from mlserve.server.response import json_response
@@ -21,22 +22,24 @@ async def _body(request: web.Request) -> Any:
 
 
 class TrafficHandlers:
-    """Each handler parses, calls one TrafficManager method, and encodes."""
+    """Each handler parses, calls one TrafficManager (or, for changes, ModelControl) method, and encodes."""
 
-    def __init__(self, traffic: TrafficManager) -> None:
+    def __init__(self, traffic: TrafficManager, control: ModelControl) -> None:
         self._traffic = traffic
+        self._control = control
 
     async def get_traffic(self, request: web.Request) -> web.Response:
         return json_response(self._traffic.traffic_view(request.match_info["model"]))
 
     async def put_traffic(self, request: web.Request) -> web.Response:
-        return json_response(self._traffic.set_split(request.match_info["model"], await _body(request)))
+        return json_response(await self._control.set_traffic(request.match_info["model"], await _body(request)))
 
     async def get_experiment(self, request: web.Request) -> web.Response:
+        await self._traffic.refresh_experiment(request.match_info["model"])
         return json_response(self._traffic.experiment_view(request.match_info["model"]))
 
     async def feedback(self, request: web.Request) -> web.Response:
-        return json_response(self._traffic.feedback(request.match_info["model"], await _body(request)))
+        return json_response(await self._traffic.feedback(request.match_info["model"], await _body(request)))
 
     async def get_rollout(self, request: web.Request) -> web.Response:
         return json_response(self._traffic.rollout_view(request.match_info["model"]))

@@ -1,0 +1,234 @@
+"""ModelControl: the one door admin changes pass through, and where they are shared with the other
+replicas.
+
+Each change (traffic keys; load, unload, pin, unpin, rollback) is written to the state store as the
+model's control document `control:<model>` (compare-and-set, retried on a concurrent write, so two
+admins racing both land and the later write of a key wins), applied here, and announced on the
+`control` channel. Every replica re-reads the document on the notice, when it starts, and when the
+store comes back after a loss, and applies what is newer than what it applied last.
+
+All of it runs on the event loop; one lock per model keeps a replica's applies in version order.
+A store that is away refuses the change (503, nothing changed) rather than let replicas drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any, Awaitable, Callable
+
+from mlserve.registry.loader import HotSwapLoader, ServedModel
+from mlserve.routing.manager import TrafficManager
+from mlserve.state import BadStateData, Document, StateStore, StateUnavailable
+
+log = logging.getLogger("mlserve.control")
+
+CHANNEL = "control"
+MAX_TRIES = 8
+"""Compare-and-set attempts before a write gives up (each loses only to a concurrent writer)."""
+
+
+def replica_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def doc_key(model: str) -> str:
+    return f"control:{model}"
+
+
+class ModelControl:
+    """Writes admin changes to the store and applies every replica's changes here."""
+
+    def __init__(self, store: StateStore, loader: HotSwapLoader, traffic: TrafficManager) -> None:
+        self._store = store
+        self._loader = loader
+        self._traffic = traffic
+        self._id = replica_id()
+        self._applied: dict[str, int] = {}
+        self._loads: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._is_started = False
+        store.subscribe(CHANNEL, self._on_notice)
+        store.on_health(self._on_health)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take the current state of every model (a replica that starts joins the others)."""
+        self._is_started = True
+        await self.sync_all()
+
+    async def close(self) -> None:
+        self._is_started = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def sync_all(self) -> None:
+        for name in list(self._loader.models):
+            await self.sync(name)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_notice(self, message: str) -> None:
+        name, _, _ = message.rpartition(":")
+        if self._is_started and name in self._loader.models:
+            self._spawn(self.sync(name))
+
+    def _on_health(self, is_up: bool) -> None:
+        if is_up and self._is_started:
+            self._spawn(self.sync_all())
+
+    # -- reading and applying ----------------------------------------------------------------------
+
+    async def sync(self, name: str) -> None:
+        """Apply the model's control document if it is newer than the one applied here; a store that
+        is away or a document that does not parse leaves the state in force (logged by name)."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            try:
+                doc = await self._store.get(doc_key(name))
+            except StateUnavailable:
+                return
+            except BadStateData as exc:
+                log.error("model %s: control state refused: %s", name, exc)
+                return
+            if doc is not None and doc.version > self._applied.get(name, 0):
+                await self._apply(name, doc)
+
+    async def _apply(self, name: str, doc: Document) -> None:
+        first = name not in self._applied
+        self._applied[name] = doc.version
+        try:
+            traffic = doc.data.get("traffic", {})
+            if not isinstance(traffic, dict):
+                raise ValueError("'traffic' is not an object")
+            if traffic != self._traffic.override(name):
+                self._traffic.apply_override(name, traffic)
+            model = doc.data.get("model", {})
+            if not isinstance(model, dict):
+                raise ValueError("'model' is not an object")
+            await self._apply_model(name, model, first)
+        except (ValueError, TypeError) as exc:
+            log.error("model %s: control document version %d refused: %s", name, doc.version, exc)
+        except Exception as exc:  # a load or pin that fails here: this replica keeps what it serves
+            log.warning("model %s: control document version %d not applied here: %s", name, doc.version, exc)
+
+    async def _apply_model(self, name: str, model: dict[str, Any], first: bool) -> None:
+        served = self._loader.models.get(name)
+        if served is None or not model:
+            return
+        source = "replica (shared state)"
+        loads = int(model.get("loads", 0))
+        if model.get("unloaded"):
+            if not served.is_unloaded:
+                await self._loader.unload(name, source)
+            self._loads[name] = loads
+            return
+        if served.is_unloaded or (not first and loads > self._loads.get(name, 0)):
+            await self._loader.load(name, source)
+        self._loads[name] = loads
+        pinned = model.get("pinned")
+        if pinned is not None and (not isinstance(pinned, int) or isinstance(pinned, bool) or pinned < 1):
+            raise ValueError(f"'pinned' must be a version number, got {pinned!r}")
+        if pinned != served.pinned:
+            if pinned is None:
+                await self._loader.unpin(name, source)
+            else:
+                await self._loader.pin(name, pinned, source)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def _write(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Document:
+        """Read, change, compare-and-set: a concurrent writer makes this read again, never lose."""
+        key = doc_key(name)
+        for _ in range(MAX_TRIES):
+            try:
+                current = await self._store.get(key)
+            except BadStateData as exc:
+                log.error("model %s: control state refused, written anew: %s", name, exc)
+                current = None
+                written = await self._store.put(key, change({}))
+            else:
+                data = dict(current.data) if current else {}
+                written = await self._store.put(key, change(data), expect=current.version if current else 0)
+            if written is not None:
+                try:
+                    await self._store.publish(CHANNEL, f"{name}:{written.version}")
+                except StateUnavailable:
+                    pass  # written; the others read it when they reconnect
+                return written
+        raise StateUnavailable(f"model {name!r}: the control document kept changing under {MAX_TRIES} writes")
+
+    async def _record(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """A change already made here: write it and mark it applied (this replica is in that state)."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            written = await self._write(name, change)
+            self._applied[name] = written.version
+            self._loads[name] = int(written.data.get("model", {}).get("loads", 0))
+
+    async def set_traffic(self, name: str, body: Any) -> dict:
+        """PUT /admin/models/{m}/traffic: checked here, written, then applied on every replica."""
+        keys = self._traffic.check_override(name, body)
+
+        def change(data: dict[str, Any]) -> dict[str, Any]:
+            traffic = {**data.get("traffic", {}), **keys}
+            return {**data, "traffic": {k: v for k, v in traffic.items() if v is not None}, "by": self._id}
+
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            written = await self._write(name, change)
+            await self._apply(name, written)
+        return self._traffic.traffic_view(name)
+
+    @staticmethod
+    def _model_change(**fields: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        def change(data: dict[str, Any]) -> dict[str, Any]:
+            updates = dict(fields)
+            model = dict(data.get("model", {}))
+            if updates.pop("load", False):
+                model["loads"] = int(model.get("loads", 0)) + 1
+            model.update(updates)
+            return {**data, "model": model}
+
+        return change
+
+    async def _check_up(self) -> None:
+        if not self._store.is_up:
+            raise StateUnavailable("shared state store unavailable: admin changes wait until it is back")
+
+    async def load(self, name: str, source: str, run: Callable[[], Awaitable[ServedModel]] | None = None) -> ServedModel:
+        """Load here (or `run`, an upload that publishes then loads), then on every replica."""
+        await self._check_up()
+        served = await (run() if run is not None else self._loader.load(name, source))
+        await self._record(name, self._model_change(load=True, unloaded=False, pinned=served.pinned))
+        return served
+
+    async def unload(self, name: str, source: str) -> ServedModel:
+        await self._check_up()
+        await self._loader.unload(name, source)
+        await self._record(name, self._model_change(unloaded=True, pinned=None))
+        return self._loader.models[name]
+
+    async def pin(self, name: str, version: int, source: str) -> ServedModel:
+        await self._check_up()
+        served = await self._loader.pin(name, version, source)
+        await self._record(name, self._model_change(unloaded=False, pinned=served.pinned))
+        return served
+
+    async def unpin(self, name: str, source: str) -> ServedModel:
+        await self._check_up()
+        served = await self._loader.unpin(name, source)
+        await self._record(name, self._model_change(pinned=None))
+        return served
+
+    async def rollback(self, name: str, source: str) -> ServedModel:
+        """Roll back here (pins the previous version), then pin that version on every replica."""
+        await self._check_up()
+        served = await self._loader.rollback(name, source)
+        await self._record(name, self._model_change(unloaded=False, pinned=served.pinned))
+        return served

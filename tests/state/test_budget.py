@@ -1,0 +1,117 @@
+"""Cluster-wide key limits: three TenantLimiters (three replicas) on one real redis-server admit a
+quota exactly once between them and a per-second rate within one block of it, paying the store once
+per leased block; with the store away a replica goes on with its own share."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from mlserve.server.ratelimit import TenantLimiter
+from mlserve.state import MemoryStore
+from mlserve.state.budget import LeasedBudget, window_of
+from mlserve.state.redis_store import RedisStore
+
+
+class CountingStore(RedisStore):
+    """RedisStore that counts its incr calls (the round trips the budgets pay)."""
+
+    num_incr = 0
+
+    async def incr(self, key, amount=1, ttl_s=None):
+        self.num_incr += 1
+        return await super().incr(key, amount, ttl_s)
+
+
+async def _admit(limiters: list[TenantLimiter], key: str, count: int) -> list[bool]:
+    admitted = []
+    for i in range(count):
+        limiter = limiters[i % len(limiters)]
+        await limiter.prepare(key)
+        refusal = limiter.acquire(key)
+        admitted.append(refusal is None)
+        if refusal is None:
+            limiter.release(key)
+    return admitted
+
+
+def _replicas(url: str, prefix: str, clock, **limits) -> list[TenantLimiter]:
+    limiters = [TenantLimiter(clock=clock, store=CountingStore(url, prefix), wall_clock=clock) for _ in range(3)]
+    for limiter in limiters:
+        limiter.configure("k1", **limits)
+    return limiters
+
+
+def test_a_quota_admits_exactly_its_count_across_three_replicas_then_refuses_with_a_reason(redis_server):
+    prefix, now = f"q-{uuid.uuid4().hex[:8]}", [1_800_000_000.0]
+
+    async def scenario():
+        limiters = _replicas(redis_server.url, prefix, lambda: now[0], rps=0, concurrency=0, quota=1000)
+        for limiter in limiters:
+            await limiter.store.start()
+        try:
+            admitted = await _admit(limiters, "k1", 1300)
+            assert sum(admitted) == 1000 and admitted[-100:] == [False] * 100  # at most a block per replica straggles
+            refusal = limiters[0].acquire("k1")
+            assert "1000 requests per day (quota used up)" in refusal.reason
+            assert sum(limiter.store.num_incr for limiter in limiters) <= 1000 // 10 + 6  # blocks of 10
+            assert limiters[0].usage()["k1"] == {"used": 1000, "limit": 1000}
+            now[0] += 86400  # the next UTC day starts afresh
+            assert sum(await _admit(limiters, "k1", 30)) == 30
+        finally:
+            for limiter in limiters:
+                await limiter.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_requests_per_second_hold_across_replicas(redis_server):
+    prefix, now = f"r-{uuid.uuid4().hex[:8]}", [1_800_000_000.25]
+
+    async def scenario():
+        limiters = _replicas(redis_server.url, prefix, lambda: now[0], rps=100, concurrency=0)
+        for limiter in limiters:
+            await limiter.store.start()
+        try:
+            # Three replicas, 3x the demand in one second: the cluster admits the limit (each replica's
+            # own bucket would admit 100 on its own: 300 in all).
+            assert sum(await _admit(limiters, "k1", 300)) == 100
+            now[0] += 1.0
+            assert sum(await _admit(limiters, "k1", 300)) == 100
+        finally:
+            for limiter in limiters:
+                await limiter.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_one_process_keeps_its_token_bucket_and_a_lost_store_leaves_a_local_share():
+    limiter = TenantLimiter(store=MemoryStore())
+    limiter.configure("k1", rps=5, concurrency=0)
+    assert asyncio.run(_admit([limiter], "k1", 20)).count(True) == 5  # burst of rps, as before
+
+    class Away(MemoryStore):
+        async def incr(self, key, amount=1, ttl_s=None):
+            from mlserve.state import StateUnavailable
+
+            raise StateUnavailable("away")
+
+    budget = LeasedBudget("quota:k", 50, "day")
+    admitted = 0
+
+    async def spend():
+        nonlocal admitted
+        for _ in range(80):
+            if budget.needs_refill():
+                await budget.refill(Away())
+            admitted += budget.try_take()
+
+    asyncio.run(spend())
+    assert admitted == 50
+
+
+@pytest.mark.parametrize("period, expected", [("second", "1800000000"), ("day", "2027-01-15"), ("month", "2027-01")])
+def test_windows(period, expected):
+    assert window_of(period, 1_800_000_000.5) == expected
