@@ -21,7 +21,8 @@ class _Rows:
 
 
 class Int8StaticPass:
-    """FP32 ONNX -> QuantizeLinear/DequantizeLinear around MatMul, Gemm and Conv, per-channel weights."""
+    """FP32 ONNX -> QuantizeLinear/DequantizeLinear around MatMul, Gemm and Conv, per-channel weights (7 bits
+    used, see onnx_graph.INT8_REDUCE_RANGE)."""
 
     name = "int8_static"
 
@@ -32,7 +33,8 @@ class Int8StaticPass:
             quantize_static(
                 onnx_source(source), out / "model.onnx", _Rows(source, options.calibration_rows),
                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                per_channel=True, reduce_range=onnx_graph.INT8_REDUCE_RANGE, calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
         for leftover in out.glob("*augmented*"):
             leftover.unlink()
