@@ -104,3 +104,33 @@ def gemm_to_matmul(model) -> int:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return rewritten
+
+
+def float_graph_outputs(model) -> int:
+    """Drop the QuantizeLinear -> DequantizeLinear pair that QDQ quantization puts on each graph output,
+    so the last MatMul/Gemm/Conv writes FP32 itself. A quantized output is clipped to the range seen in
+    the calibration rows and rounded to 255 steps; the caller gets neither, at no cost (the fused QGemm
+    and QLinearConv kernels write FP32 directly). Returns how many outputs were freed."""
+    producer = {name: node for node in model.graph.node for name in node.output}
+    users = consumers(model)
+    graph_outputs = {o.name for o in model.graph.output}
+    dropped: set[int] = set()
+    for name in graph_outputs:
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or len(users.get(q.output[0], [])) != 1:
+            continue
+        inner = q.input[0]
+        source = producer.get(inner)
+        if source is None or len(users.get(inner, [])) != 1 or inner in graph_outputs:
+            continue
+        source.output[list(source.output).index(inner)] = name
+        dropped.update((id(q), id(dq)))
+    kept = [node for node in model.graph.node if id(node) not in dropped]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    read = {name for node in model.graph.node for name in node.input}
+    unread = [t for t in model.graph.initializer if t.name not in read]
+    for tensor in unread:
+        model.graph.initializer.remove(tensor)
+    return len(dropped) // 2

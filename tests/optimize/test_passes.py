@@ -119,6 +119,21 @@ def test_int8_weights_cannot_saturate_the_avx2_kernel(source, tmp_path, name):
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
 
 
+def test_int8_static_outputs_are_not_clipped_to_the_calibrated_range(source, tmp_path):
+    """Calibration reads the first 256 rows; the other rows reach outputs beyond that range, which a
+    quantized graph output would clip. The output stays FP32, so they come through."""
+    _exported(source, tmp_path)
+    path = _run("int8_static", source, tmp_path).folder / "model.onnx"
+    model = onnx.load(str(path))
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producers["y"] != "DequantizeLinear"
+    x = source.data["x"]
+    got, want = _ort_outputs(path, x), _torch_outputs(x)
+    calibrated, beyond = want[:256].max(), want[256:].max()
+    assert beyond > calibrated  # the data has rows past the calibrated range
+    assert got[256:].max() > calibrated + (beyond - calibrated) / 2
+
+
 def test_fp16_is_for_cuda_and_converts_the_weights(source, tmp_path):
     _exported(source, tmp_path)
     with pytest.raises(PassUnavailable, match="CUDA"):
