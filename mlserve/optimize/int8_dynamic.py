@@ -10,7 +10,8 @@ from mlserve.optimize.base import Artifact, Options, PassUnavailable, Source, on
 
 
 class Int8DynamicPass:
-    """FP32 ONNX -> MatMulInteger / DynamicQuantizeMatMul with per-channel INT8 weights."""
+    """FP32 ONNX -> MatMulInteger / DynamicQuantizeMatMul with per-channel INT8 weights (7 bits used, see
+    onnx_graph.INT8_REDUCE_RANGE)."""
 
     name = "int8_dynamic"
 
@@ -25,6 +26,10 @@ class Int8DynamicPass:
         staged = out / "fp32.onnx"
         onnx_graph.save(model, staged)
         with onnx_graph.quiet_quantizer():
-            quantize_dynamic(staged, out / "model.onnx", weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(
+                staged, out / "model.onnx", weight_type=QuantType.QInt8, per_channel=True,
+                reduce_range=onnx_graph.INT8_REDUCE_RANGE,
+                extra_options={"WeightSymmetric": True, "MatMulConstBOnly": True},
+            )
         staged.unlink()
         return Artifact(self.name, out, "onnx", onnx_chain(source, self.name))

@@ -100,6 +100,40 @@ def test_int8_passes_quantize_and_stay_close(source, tmp_path, name, op):
     assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.9
 
 
+@pytest.mark.parametrize("name", ["int8_dynamic", "int8_static"])
+def test_int8_weights_cannot_saturate_the_avx2_kernel(source, tmp_path, name):
+    """x86 without VNNI sums pairs of u8 x s8 products in an int16 (VPMADDUBSW), which saturates past
+    32767: the weights must stay within 7 bits, and the fast path must agree with ORT's exact one."""
+    _exported(source, tmp_path)
+    path = _run(name, source, tmp_path).folder / "model.onnx"
+    weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and t.name.endswith("weight_quantized")]
+    assert weights and all(2 * 255 * int(np.abs(w.astype(np.int32)).max()) <= 32767 for w in weights)
+    x = source.data["x"]
+    outputs = []
+    for exact in ("0", "1"):
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.x64quantprecision", exact)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {"x": x})[0])
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+
+
+def test_int8_static_outputs_are_not_clipped_to_the_calibrated_range(source, tmp_path):
+    """Calibration reads the first 256 rows; the other rows reach outputs beyond that range, which a
+    quantized graph output would clip. The output stays FP32, so they come through."""
+    _exported(source, tmp_path)
+    path = _run("int8_static", source, tmp_path).folder / "model.onnx"
+    model = onnx.load(str(path))
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producers["y"] != "DequantizeLinear"
+    x = source.data["x"]
+    got, want = _ort_outputs(path, x), _torch_outputs(x)
+    calibrated, beyond = want[:256].max(), want[256:].max()
+    assert beyond > calibrated  # the data has rows past the calibrated range
+    assert got[256:].max() > calibrated + (beyond - calibrated) / 2
+
+
 def test_fp16_is_for_cuda_and_converts_the_weights(source, tmp_path):
     _exported(source, tmp_path)
     with pytest.raises(PassUnavailable, match="CUDA"):
