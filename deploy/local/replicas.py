@@ -7,7 +7,7 @@
 Everything after `--` goes to each `mlserve start`. Each replica gets its own port and S3 cache folder
 under --workdir. `--state redis` also starts a redis-server (Debian: apt-get install redis-server) on a
 free port, its append-only file under --workdir, and gives every replica `--state redis://...`: the
-replicas then share admin changes, experiments and their counts (README, "Replicas and shared state"). SIGHUP to this script restarts the replicas one at a time (a rolling restart: SIGTERM,
+replicas then share admin changes, experiments and their counts (docs/deploy.md, "Replicas and shared state"). SIGHUP to this script restarts the replicas one at a time (a rolling restart: SIGTERM,
 wait for the exit, start again, wait for readiness); nginx sends requests around the one that is down.
 Ctrl-C or SIGTERM stops nginx and every replica. Needs nginx (Debian: apt-get install nginx-light).
 """
