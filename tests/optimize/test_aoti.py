@@ -48,7 +48,7 @@ def _want(x: np.ndarray) -> np.ndarray:
 
 def test_package_runs_in_the_backend_for_every_batch_size(compiled):
     _, source, artifact = compiled
-    backend = create_backend("aoti", source.config, trust_repository=True)
+    backend = create_backend("aoti", source.config)
     backend.load(artifact.folder, "cpu")
     for rows in (1, 7, 32):
         x = source.data["x"][:rows]
