@@ -38,6 +38,8 @@ _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 class S3Object:
     """One object as listed."""
 
+    kind = "s3"
+
     key: str
     size: int
     etag: str
