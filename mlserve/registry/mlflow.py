@@ -177,6 +177,8 @@ class MlflowStore:
         self._note_success()
         if model is None:
             self._models = found
+            self._listings = {key: listing for key, listing in self._listings.items()
+                              if key[0] in found and key[1] in found[key[0]].versions}
         else:
             self._models.pop(model, None)
             self._models.update(found)
@@ -437,8 +439,12 @@ def _tensor_table(key: str, spec: TensorSpec) -> str:
 
 
 def flatten_flavor(folder: Path, mlmodel: MlModel) -> None:
-    """Move a flavor's model files up beside MLmodel, where the engines look (blocking)."""
-    flavor, conf = mlmodel.flavor, mlmodel.flavor_conf()
+    """Move a flavor's model files up beside MLmodel, where the engines look (blocking). A flavor
+    mlserve does not serve is left as it is: the load names it, once (not retried per poll)."""
+    try:
+        flavor, conf = mlmodel.flavor, mlmodel.flavor_conf()
+    except ModelLoadError:
+        return
     if flavor == "pytorch":
         data = folder / str(conf.get("model_data", "data")) / "model.pth"
         if data.is_file():

@@ -83,6 +83,18 @@ class MlflowServer:
             raise RuntimeError(f"mlflow client failed:\n{done.stdout}\n{done.stderr}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
+    def register_missing(self, name: str) -> int:
+        """A new model version of `name` pointing at a folder with no artifacts (inside version 1's
+        run, which MLflow requires of an mlflow-artifacts: source), through the REST API."""
+        with urllib.request.urlopen(f"{self.url}/api/2.0/mlflow/model-versions/get?name={name}&version=1",
+                                    timeout=30) as resp:
+            first = json.loads(resp.read())["model_version"]
+        body = json.dumps({"name": name, "source": f"{first['source']}/gone", "run_id": first["run_id"]}).encode()
+        request = urllib.request.Request(f"{self.url}/api/2.0/mlflow/model-versions/create", data=body,
+                                         method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return int(json.loads(resp.read())["model_version"]["version"])
+
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Move an alias through the REST API, as any MLflow client or the UI does."""
         body = json.dumps({"name": name, "alias": alias, "version": str(version)}).encode()

@@ -195,6 +195,13 @@ def test_tracking_server_killed_mid_poll_serving_continues_and_recovery_is_logge
         assert {a.version for a in load.answers} == {1}
         server.set_alias("outage", "champion", 2)  # polling goes on after the outage
         wait_until(lambda: _states(proc.url, "outage") == {"2": ("READY", "")}, timeout=60)
+        # an alias moved to a version whose artifacts cannot be read: named, and version 2 serves on
+        unreadable = server.register_missing("outage")
+        server.set_alias("outage", "champion", unreadable)
+        wait_until(lambda: f"outage version {unreadable}: no MLmodel" in _states(proc.url, "outage").get(None, ("", ""))[1],
+                   timeout=60)
+        assert _states(proc.url, "outage")["2"][0] == "READY"
+        assert infer(proc.url, "outage", X)[1]["model_version"] == "2"
     finally:
         assert proc.stop() == 0, proc.log()
 
@@ -235,6 +242,16 @@ def test_model_toml_from_the_alias_version_and_its_tag():
     assert config.batching.max_batch_size == 4
     with pytest.raises(ModelLoadError, match="version_policy is not allowed"):
         model_toml(3, "version_policy = { latest = 1 }", mlmodel, "tag")
+
+
+def test_token_from_mlflow_tracking_token_and_the_alias_is_checked():
+    from mlserve.config import load_config
+
+    assert load_config(environ={"MLFLOW_TRACKING_TOKEN": "t0k"}).registry.mlflow_token == "t0k"
+    both = {"MLFLOW_TRACKING_TOKEN": "t0k", "MLSERVE_REGISTRY_MLFLOW_TOKEN": "mine"}
+    assert load_config(environ=both).registry.mlflow_token == "mine"
+    with pytest.raises(ValueError, match="mlflow_alias"):
+        load_config(environ={}, overrides={"registry": {"mlflow_alias": "no spaces"}})
 
 
 def test_only_artifact_proxy_locations_are_read():
