@@ -38,8 +38,6 @@ _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 class S3Object:
     """One object as listed."""
 
-    kind = "s3"
-
     key: str
     size: int
     etag: str
@@ -62,6 +60,8 @@ class S3Store:
     Region and credentials come from the standard AWS settings (environment, ~/.aws); the
     endpoint URL may be given for S3-compatible servers.
     """
+
+    kind = "s3"
 
     def __init__(self, uri: str, cache_dir: Path, endpoint_url: str | None = None, region: str | None = None,
                  keep_versions: int = 4) -> None:
