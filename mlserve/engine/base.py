@@ -51,7 +51,7 @@ def version_backend(version_dir: Path) -> str | None:
     marker = version_dir / VERSION_BACKEND_FILE
     if not marker.is_file():
         mlmodel = read_mlmodel(version_dir)
-        return mlmodel.backend if mlmodel is not None else None
+        return mlmodel.backend_in(version_dir) if mlmodel is not None else None
     try:
         backend = json.loads(marker.read_text()).get("backend")
     except (ValueError, AttributeError, OSError):

@@ -445,10 +445,11 @@ def flatten_flavor(folder: Path, mlmodel: MlModel) -> None:
         flavor, conf = mlmodel.flavor, mlmodel.flavor_conf()
     except ModelLoadError:
         return
-    if flavor == "pytorch":
-        data = folder / str(conf.get("model_data", "data")) / "model.pth"
-        if data.is_file():
-            _move(data, folder / "model.pt")
+    if flavor == "pytorch":  # data/model.pth (pickle or TorchScript) or data/model.pt2 (torch.export)
+        data = folder / str(conf.get("model_data", "data"))
+        for saved, served in (("model.pth", "model.pt"), ("model.pt2", "model.pt2")):
+            if (data / saved).is_file():
+                _move(data / saved, folder / served)
     elif flavor == "sentence_transformers":
         _move_children(folder / "model.sentence_transformer", folder)
     elif flavor == "transformers":

@@ -62,6 +62,13 @@ class MlModel:
     def backend(self) -> str:
         return FLAVOR_BACKENDS[self.flavor]
 
+    def backend_in(self, folder: Path) -> str:
+        """The backend for the files in `folder`: a pytorch flavor saved as pt2 (torch.export) is
+        torch_export, which runs code when read too."""
+        if self.flavor == "pytorch" and (folder / "model.pt2").is_file():
+            return "torch_export"
+        return self.backend
+
     def flavor_conf(self) -> dict[str, Any]:
         return self.flavors[self.flavor]
 

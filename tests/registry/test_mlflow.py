@@ -254,6 +254,29 @@ def test_token_from_mlflow_tracking_token_and_the_alias_is_checked():
         load_config(environ={}, overrides={"registry": {"mlflow_alias": "no spaces"}})
 
 
+def test_flavor_files_move_beside_mlmodel_and_pt2_is_torch_export(tmp_path):
+    from mlserve.engine.base import version_backend
+    from mlserve.registry.mlflow import flatten_flavor
+
+    folder = tmp_path / "v"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "model.pt2").write_bytes(b"pt2")
+    (folder / "MLmodel").write_text("flavors: {pytorch: {model_data: data}, python_function: {}}\n")
+    flatten_flavor(folder, parse_mlmodel((folder / "MLmodel").read_text()))
+    assert (folder / "model.pt2").read_bytes() == b"pt2"
+    assert version_backend(folder) == "torch_export"
+    (folder / "model.pt2").unlink()
+    assert version_backend(folder) == "torchscript"
+    (folder / "MLmodel").write_text("flavors: {sentence_transformers: {}}\n")
+    (folder / "model.sentence_transformer").mkdir()
+    (folder / "model.sentence_transformer" / "modules.json").write_text("[]")
+    flatten_flavor(folder, parse_mlmodel((folder / "MLmodel").read_text()))
+    assert (folder / "modules.json").is_file() and version_backend(folder) == "embedding"
+    (folder / "MLmodel").write_text("flavors: {sklearn: {}, python_function: {}}\n")
+    with pytest.raises(ModelLoadError, match="MLflow flavor sklearn cannot be served"):
+        version_backend(folder)
+
+
 def test_only_artifact_proxy_locations_are_read():
     assert proxy_path("mlflow-artifacts:/1/abc/artifacts/model") == "1/abc/artifacts/model"
     assert proxy_path("mlflow-artifacts://h:5000/1/x") == "1/x"
