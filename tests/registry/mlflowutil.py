@@ -95,6 +95,13 @@ class MlflowServer:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return int(json.loads(resp.read())["model_version"]["version"])
 
+    def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
+        body = json.dumps({"name": name, "version": str(version), "key": key, "value": value}).encode()
+        request = urllib.request.Request(f"{self.url}/api/2.0/mlflow/model-versions/set-tag", data=body,
+                                         method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert resp.status == 200
+
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Move an alias through the REST API, as any MLflow client or the UI does."""
         body = json.dumps({"name": name, "alias": alias, "version": str(version)}).encode()

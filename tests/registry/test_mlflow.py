@@ -68,6 +68,7 @@ def registry(tmp_path_factory):
         versions = server.log_models(models)
         assert versions == [1, 2, 1, 2, 1, 2, 1, 1], versions
         server.set_alias("mlp", "champion", 1)  # the older one: the alias, not the newest, is served
+        server.set_version_tag("mlp", 1, "mlserve.toml", "max_batch_size = 4\nmax_queue_delay_us = 100\n")
         yield Registry(server, files)
     finally:
         server.kill()
@@ -106,7 +107,8 @@ def _reference(registry: Registry, model: str, version: int, x: np.ndarray) -> n
 @pytest.mark.timeout(900)
 def test_serves_the_champion_and_answers_equal_onnxruntime(registry, tmp_path):
     """Two versions registered, @champion on the older one: that one is served, by its number, and
-    its answers equal onnxruntime's on the same file; the signature gave the tensors."""
+    its answers equal onnxruntime's on the same file; the signature gave the tensors and the
+    version's mlserve.toml tag the batching."""
     proc = _serve(registry.server, tmp_path, "mlp")
     try:
         assert _states(proc.url, "mlp") == {"1": ("READY", "")}
@@ -120,6 +122,8 @@ def test_serves_the_champion_and_answers_equal_onnxruntime(registry, tmp_path):
             meta = json.loads(resp.read())
         assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("x", "FP32", [-1, 768])]
         assert _metric(proc.url, "mlserve_repository_up", {"kind": "mlflow"}) == 1.0
+        with urllib.request.urlopen(f"{proc.url}/v2/models/mlp/config", timeout=10) as resp:
+            assert json.loads(resp.read())["max_batch_size"] == 4  # from the version's mlserve.toml tag
     finally:
         assert proc.stop() == 0, proc.log()
 
