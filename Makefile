@@ -7,7 +7,14 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 MODELS := examples/models
 
-.PHONY: install serve test lint examples bench clean deps-system image grpc-stubs
+.PHONY: install serve test lint examples bench clean deps-system image grpc-stubs mlflow-server
+
+# The MLflow tracking server that tests/registry/test_mlflow.py runs (and logs models through), in a
+# venv of its own: its dependencies (sqlalchemy, pandas, flask...) stay out of mlserve's. The stamp
+# names the version, so changing it installs again.
+MLFLOW_VERSION := 3.17.2
+MLFLOW_VENV    := .venv-mlflow
+MLFLOW_STAMP   := $(MLFLOW_VENV)/.installed-$(MLFLOW_VERSION)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +25,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(MLFLOW_STAMP):
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install -q 'mlflow==$(MLFLOW_VERSION)'
+	touch $@
+
+mlflow-server: $(MLFLOW_STAMP)
 
 $(MODELS)/.stamp: $(STAMP) mlserve/examples.py mlserve/examples_llm.py
 	$(BIN)/python -m mlserve examples $(MODELS)
@@ -46,7 +60,7 @@ deps-system:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
 	  echo "chromium/chromedriver not installed: tests/ui/test_page_browser.py skips"
 
-test: install deps-system
+test: install deps-system mlflow-server
 	$(BIN)/python -m pytest
 
 # ruff over the whole tree, mypy over the packages pyproject.toml's [tool.mypy] lists.
@@ -76,4 +90,4 @@ grpc-stubs: install
 	rm -f $(GRPC_PROTO)/model_config_pb2_grpc.py
 
 clean:
-	rm -rf $(VENV) $(MODELS)
+	rm -rf $(VENV) $(MLFLOW_VENV) $(MODELS)

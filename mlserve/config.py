@@ -107,7 +107,8 @@ class RegistryConfig:
     """Where models come from and how they are loaded."""
 
     models: str = "./models"
-    """Model repository: a local folder (s3:// URIs come with the S3 store)."""
+    """Model repository: a local folder, s3://bucket/prefix, or an MLflow model registry
+    (mlflow://host:port, mlflows:// for HTTPS; ?models=a,b or ?tag=key[=value] to choose models)."""
     default_device: str = "cpu"
     """Device for models whose model.toml names none: cpu, cuda, cuda:N or auto (the GPU with the
     most room, else the CPU)."""
@@ -139,6 +140,10 @@ class RegistryConfig:
     """Most artifact megabytes (MiB) in memory at once, evicting as above (0 = no cap)."""
     max_artifact_bytes: int = 32 * 1024**3
     """A version folder larger than this is not loaded (UNAVAILABLE with the reason)."""
+    mlflow_token: str = ""
+    """Bearer token for an mlflow:// repository (MLFLOW_TRACKING_TOKEN sets it too; empty = none)."""
+    mlflow_alias: str = "champion"
+    """The MLflow model alias whose version is served (moving it swaps versions at the next poll)."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -153,6 +158,8 @@ class RegistryConfig:
             raise ValueError(f"default_device must be cpu, cuda, cuda:N or auto, got {self.default_device!r}")
         if not 0 < self.gpu_memory_fraction <= 1:
             raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", self.mlflow_alias):
+            raise ValueError(f"mlflow_alias must be letters, digits, '_' or '-', got {self.mlflow_alias!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +462,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
                 out.setdefault(section, {})[name] = _coerce(environ[key], kind, key)
     if "MLSERVE_MODELS" in environ:
         out.setdefault("registry", {})["models"] = environ["MLSERVE_MODELS"]
+    if environ.get("MLFLOW_TRACKING_TOKEN") and "mlflow_token" not in out.get("registry", {}):
+        out.setdefault("registry", {})["mlflow_token"] = environ["MLFLOW_TRACKING_TOKEN"]  # MLflow's own name
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from mlserve.spec import ModelInfo
+from mlserve.spec.mlmodel import read_mlmodel
 
 # Which files in a version folder mean which backend (the first match wins).
 ARTIFACT_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -45,10 +46,12 @@ for that version alone (an ONNX or AOTInductor version of a model whose model.to
 
 
 def version_backend(version_dir: Path) -> str | None:
-    """The backend a version folder names for itself, if any."""
+    """The backend a version folder names for itself, if any: its optimization.json, else the flavor
+    of an MLflow `MLmodel` file (ModelLoadError naming a flavor mlserve does not serve)."""
     marker = version_dir / VERSION_BACKEND_FILE
     if not marker.is_file():
-        return None
+        mlmodel = read_mlmodel(version_dir)
+        return mlmodel.backend_in(version_dir) if mlmodel is not None else None
     try:
         backend = json.loads(marker.read_text()).get("backend")
     except (ValueError, AttributeError, OSError):

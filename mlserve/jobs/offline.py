@@ -50,6 +50,11 @@ def _open_store(registry: RegistryConfig) -> Store:
 
         cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
         return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None)
+    if uri.startswith(("mlflow://", "mlflows://")):
+        from mlserve.registry.mlflow import MlflowStore
+
+        cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
+        return MlflowStore(uri, cache, registry)
     from mlserve.registry.local import LocalStore
 
     return LocalStore(Path(uri))

@@ -84,6 +84,10 @@ class Metrics:
             "mlserve_repository_reconciles", "Reconcile passes by trigger and outcome.", ["source", "outcome"],
             registry=r,
         )
+        self.repository_up = Gauge(
+            "mlserve_repository_up", "1 when the last repository pass could read the store (local, s3, mlflow).",
+            ["kind"], registry=r,
+        )
         self.transitions = Counter(
             "mlserve_model_transitions", "Pin, unpin and rollback requests served.", ["action", "source"], registry=r
         )

@@ -141,7 +141,9 @@ class HotSwapLoader(ExplicitControl):
             log.error("reconcile (%s): repository %s unreadable, nothing changed: %s", source,
                       self.store.describe(), exc)
             self._metrics.reconciles.labels(label(source), "unreachable").inc()
+            self._metrics.repository_up.labels(self.store.kind).set(0)
             return False
+        self._metrics.repository_up.labels(self.store.kind).set(1)
         self.scan_errors = scan.errors
         is_new = {name: name not in self.models for name in scan.models}
         for entry in scan.models.values():

@@ -12,6 +12,8 @@ from mlserve.registry.store import VersionStat, fingerprint_of, verify_checksums
 class LocalStore:
     """A model repository in a folder on this machine. Symlinks that leave it are not followed."""
 
+    kind = "local"
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 

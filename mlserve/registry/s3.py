@@ -62,6 +62,8 @@ class S3Store:
     endpoint URL may be given for S3-compatible servers.
     """
 
+    kind = "s3"
+
     def __init__(self, uri: str, cache_dir: Path, endpoint_url: str | None = None, region: str | None = None,
                  keep_versions: int = 4) -> None:
         self.uri = uri

@@ -35,6 +35,9 @@ class VersionStat:
 class Store(Protocol):
     """Lists models and versions, and fetches a version's files into a local folder."""
 
+    kind: str
+    """local, s3 or mlflow: the `kind` label of mlserve_repository_up."""
+
     async def refresh(self, model: str | None = None) -> None:
         """Take a new snapshot of the listing (the whole repository, or one model's folder)."""
 

@@ -1,0 +1,290 @@
+"""The mlflow:// store against a real MLflow tracking server (mlflow 3.17.2 from its own venv, SQLite
+backend, local artifact root behind the artifact proxy): models logged and registered with MLflow's
+own client, the @champion alias served and followed live, flavors refused by name, and an outage
+that changes nothing served."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from mlserve.errors import ModelLoadError
+from mlserve.examples import write_mlp_onnx
+from mlserve.registry.mlflow import model_toml, parse_mlflow_uri, proxy_path
+from mlserve.spec.mlmodel import parse_mlmodel
+from tests.registry.helpers import WIDTH, LoadGenerator, index, infer, wait_until, write_version
+from tests.registry.mlflowutil import MlflowServer, require_mlflow_venv
+from tests.registry.test_hot_swap import _metric
+from tests.server_process import MlserveProcess
+
+SIGNATURE = f"x:float32:-1,{WIDTH};y:float32:-1,{WIDTH}"
+X = np.random.default_rng(3).standard_normal((2, WIDTH)).astype(np.float32)
+
+
+@dataclass
+class Registry:
+    """The tracking server, and the files each logged version was made from."""
+
+    server: MlflowServer
+    files: dict[tuple[str, int], Path]
+
+
+MLP_SIGNATURE = "x:float32:-1,768;y:float32:-1,10"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """One tracking server for the module, every model logged by one run of MLflow's client:
+    mlp 1, 2 (@champion -> 1); swap and outage 1, 2 (@champion -> 1); torchy 1 (pytorch flavor, a
+    TorchScript file as data/model.pth); sk 1 (sklearn flavor)."""
+    require_mlflow_venv()
+    root = tmp_path_factory.mktemp("mlflow")
+    server = MlflowServer(root).start()
+    files, models = {}, []
+    for seed in (1, 2):
+        folder = root / f"src-mlp-{seed}"
+        write_mlp_onnx(folder / "model.onnx", seed)
+        files["mlp", seed] = folder / "model.onnx"
+        models.append({"name": "mlp", "flavor": "onnx", "folder": str(folder), "signature": MLP_SIGNATURE,
+                       "alias": "champion" if seed == 2 else ""})
+    for name in ("swap", "outage"):
+        for version in (1, 2):
+            files[name, version] = write_version(root / "src", name, version)
+            models.append({"name": name, "flavor": "onnx", "folder": str(files[name, version].parent),
+                           "signature": SIGNATURE, "alias": "champion" if version == 1 else ""})
+    models.append({"name": "torchy", "flavor": "pytorch", "folder": str(_torchscript_folder(root / "torchy")),
+                   "signature": SIGNATURE, "alias": "champion"})
+    (root / "sk").mkdir()
+    (root / "sk" / "model.pkl").write_bytes(b"never read")
+    models.append({"name": "sk", "flavor": "sklearn", "folder": str(root / "sk"), "alias": "champion"})
+    try:
+        versions = server.log_models(models)
+        assert versions == [1, 2, 1, 2, 1, 2, 1, 1], versions
+        server.set_alias("mlp", "champion", 1)  # the older one: the alias, not the newest, is served
+        server.set_version_tag("mlp", 1, "mlserve.toml", "max_batch_size = 4\nmax_queue_delay_us = 100\n")
+        yield Registry(server, files)
+    finally:
+        server.kill()
+
+
+def _torchscript_folder(folder: Path) -> Path:
+    """data/model.pth holding a TorchScript module computing x + 1 (what mlflow.pytorch saves for one)."""
+    import torch
+
+    class AddOne(torch.nn.Module):
+        def forward(self, x):
+            return x + 1.0
+
+    (folder / "data").mkdir(parents=True)
+    torch.jit.save(torch.jit.script(AddOne()), str(folder / "data" / "model.pth"))
+    return folder
+
+
+def _serve(server: MlflowServer, tmp_path, models: str, *args: str) -> MlserveProcess:
+    uri = f"mlflow://127.0.0.1:{server.port}?models={models}"
+    env = {"MLSERVE_REGISTRY_CACHE_DIR": str(tmp_path / "cache")}
+    return MlserveProcess(uri, *args, log_path=tmp_path / "mlserve.log", env=env).wait_ready(120)
+
+
+def _states(url: str, model: str) -> dict[str, tuple[str, str]]:
+    return {r.get("version"): (r["state"], r.get("reason", "")) for r in index(url) if r["name"] == model}
+
+
+def _reference(registry: Registry, model: str, version: int, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(registry.files[model, version])).run(None, {"x": x})[0]
+
+
+# ---- against a real tracking server ------------------------------------------------------------
+
+
+@pytest.mark.timeout(900)
+def test_serves_the_champion_and_answers_equal_onnxruntime(registry, tmp_path):
+    """Two versions registered, @champion on the older one: that one is served, by its number, and
+    its answers equal onnxruntime's on the same file; the signature gave the tensors and the
+    version's mlserve.toml tag the batching."""
+    proc = _serve(registry.server, tmp_path, "mlp")
+    try:
+        assert _states(proc.url, "mlp") == {"1": ("READY", "")}
+        x = np.random.default_rng(0).standard_normal((3, 768)).astype(np.float32)
+        status, body = infer(proc.url, "mlp", x)
+        assert status == 200, body
+        assert body["model_version"] == "1"
+        got = np.asarray(body["outputs"][0]["data"], np.float32).reshape(body["outputs"][0]["shape"])
+        np.testing.assert_allclose(got, _reference(registry, "mlp", 1, x), rtol=1e-5, atol=1e-5)
+        with urllib.request.urlopen(f"{proc.url}/v2/models/mlp", timeout=10) as resp:
+            meta = json.loads(resp.read())
+        assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("x", "FP32", [-1, 768])]
+        assert _metric(proc.url, "mlserve_repository_up", {"kind": "mlflow"}) == 1.0
+        with urllib.request.urlopen(f"{proc.url}/v2/models/mlp/config", timeout=10) as resp:
+            assert json.loads(resp.read())["max_batch_size"] == 4  # from the version's mlserve.toml tag
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+@pytest.mark.timeout(600)
+def test_moving_champion_under_load_swaps_with_zero_failed_requests(registry, tmp_path):
+    poll_s = 0.5
+    references = {v: _reference(registry, "swap", v, X) for v in (1, 2)}
+    proc = _serve(registry.server, tmp_path, "swap", "--poll-interval", str(poll_s))
+    try:
+        with LoadGenerator(proc.port, "swap", X, num_threads=4) as load:
+            wait_until(lambda: len(load.answers_live()) > 50, timeout=30)
+            registry.server.set_alias("swap", "champion", 2)
+            alias_set = time.monotonic()
+            wait_until(lambda: _states(proc.url, "swap") == {"2": ("READY", "")}, timeout=60, interval=0.02)
+            swapped = time.monotonic()
+            wait_until(lambda: any(a.version == 2 for a in load.answers_live()), timeout=10)
+            time.sleep(0.5)  # some answers from version 2 alone
+        answers = load.answers
+        failed = [a for a in answers if a.status != 200]
+        assert not failed, f"{len(failed)} of {len(answers)} failed, first: {failed[0]}"
+        for answer in answers:
+            np.testing.assert_array_equal(answer.output, references[answer.version])
+        first_v2 = min(a.done_at for a in answers if a.version == 2)
+        load_s = _metric(proc.url, "mlserve_model_load_seconds", {"model": "swap", "version": "2"})
+        warm_s = _metric(proc.url, "mlserve_model_warmup_seconds", {"model": "swap", "version": "2"})
+        # the poll interval, one pass's listing and download, load and warm-up; slack for shared cores
+        assert first_v2 - alias_set <= poll_s + load_s + warm_s + 5.0, (first_v2 - alias_set, load_s, warm_s)
+        assert not [a for a in answers if a.version == 1 and a.sent_at > swapped], "version 1 answered after the swap"
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+@pytest.mark.timeout(600)
+def test_flavors_pytorch_needs_trust_and_unknown_flavors_are_named(registry, tmp_path):
+    proc = _serve(registry.server, tmp_path, "torchy,sk")
+    try:
+        state, reason = _states(proc.url, "torchy")["1"]
+        assert state == "UNAVAILABLE" and "can run code" in reason and "not trusted" in reason, reason
+        state, reason = _states(proc.url, "sk")["1"]
+        assert state == "UNAVAILABLE" and "MLflow flavor sklearn cannot be served" in reason, reason
+        assert infer(proc.url, "torchy", X)[0] == 503
+    finally:
+        assert proc.stop() == 0, proc.log()
+    (tmp_path / "trusted").mkdir()
+    trusted = _serve(registry.server, tmp_path / "trusted", "torchy", "--trust-repository")
+    try:
+        assert _states(trusted.url, "torchy") == {"1": ("READY", "")}
+        status, body = infer(trusted.url, "torchy", X)  # its inputs came from the MLmodel signature
+        assert status == 200, body
+        np.testing.assert_allclose(np.asarray(body["outputs"][0]["data"], np.float32).reshape(X.shape), X + 1)
+    finally:
+        assert trusted.stop() == 0, trusted.log()
+
+
+@pytest.mark.timeout(900)
+def test_tracking_server_killed_mid_poll_serving_continues_and_recovery_is_logged(registry, tmp_path):
+    server = registry.server
+    proc = _serve(server, tmp_path, "outage", "--poll-interval", "0.3")
+    try:
+        with LoadGenerator(proc.port, "outage", X, num_threads=2) as load:
+            wait_until(lambda: len(load.answers_live()) > 20, timeout=30)
+            server.kill()
+            wait_until(lambda: "unreachable" in proc.log(), timeout=30)
+            wait_until(lambda: _metric(proc.url, "mlserve_repository_up", {"kind": "mlflow"}) == 0.0, timeout=30)
+            during = len(load.answers_live())
+            wait_until(lambda: len(load.answers_live()) > during + 50, timeout=30)  # still answering
+            server.start()
+            wait_until(lambda: "reachable again" in proc.log(), timeout=120)
+            wait_until(lambda: _metric(proc.url, "mlserve_repository_up", {"kind": "mlflow"}) == 1.0, timeout=30)
+        failed = [a for a in load.answers if a.status != 200]
+        assert not failed, f"{len(failed)} of {len(load.answers)} failed, first: {failed[0]}"
+        assert {a.version for a in load.answers} == {1}
+        server.set_alias("outage", "champion", 2)  # polling goes on after the outage
+        wait_until(lambda: _states(proc.url, "outage") == {"2": ("READY", "")}, timeout=60)
+        # an alias moved to a version whose artifacts cannot be read: named, and version 2 serves on
+        unreadable = server.register_missing("outage")
+        server.set_alias("outage", "champion", unreadable)
+        wait_until(lambda: f"outage version {unreadable}: no MLmodel" in _states(proc.url, "outage").get(None, ("", ""))[1],
+                   timeout=60)
+        assert _states(proc.url, "outage")["2"][0] == "READY"
+        assert infer(proc.url, "outage", X)[1]["model_version"] == "2"
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+# ---- the parts that need no server ---------------------------------------------------------------
+
+
+def test_mlflow_uri_is_parsed_and_unknown_parts_are_refused():
+    target = parse_mlflow_uri("mlflows://host:8443/sub/?models=a,b")
+    assert (target.base_url, target.models, target.tag) == ("https://host:8443/sub", ("a", "b"), "")
+    assert parse_mlflow_uri("mlflow://h:5000?tag=serve=yes").wants("m", {"serve": "yes"})
+    assert not parse_mlflow_uri("mlflow://h:5000?tag=serve=yes").wants("m", {"serve": "no"})
+    for bad, words in [("mlflow://h?model=a", "unknown query parameter(s) model"),
+                       ("mlflow://user:pw@h", "MLFLOW_TRACKING_TOKEN"), ("mlflow://", "not an mlflow")]:
+        with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            parse_mlflow_uri(bad)
+
+
+def test_signature_dtypes_map_to_v2_and_unknown_ones_are_refused_by_name():
+    text = ("flavors: {{onnx: {{data: model.onnx}}}}\nsignature:\n  inputs: '[{{\"type\": \"tensor\", \"name\": \"x\", "
+            "\"tensor-spec\": {{\"dtype\": \"{dtype}\", \"shape\": [-1, 2]}}}}]'\n")
+    assert parse_mlmodel(text.format(dtype="float16")).inputs[0].datatype == "FP16"
+    assert parse_mlmodel(text.format(dtype="int64")).inputs[0].datatype == "INT64"
+    with pytest.raises(ModelLoadError, match="dtype 'complex64' has no v2 datatype"):
+        parse_mlmodel(text.format(dtype="complex64"))
+
+
+def test_model_toml_from_the_alias_version_and_its_tag():
+    mlmodel = parse_mlmodel("flavors: {onnx: {}}\nsignature:\n  inputs: '[{\"type\": \"tensor\", \"name\": \"x\", "
+                            "\"tensor-spec\": {\"dtype\": \"float32\", \"shape\": [-1, 4]}}]'\n")
+    text = model_toml(3, "max_batch_size = 4\n[traffic]\nfallback = \"previous\"\n", mlmodel, "tag")
+    from mlserve.spec import parse_model_config
+    import tomllib
+
+    config = parse_model_config(tomllib.loads(text))
+    assert config.version_policy.specific == (3,)
+    assert [(s.name, s.datatype, s.shape) for s in config.inputs] == [("x", "FP32", (-1, 4))]
+    assert config.batching.max_batch_size == 4
+    with pytest.raises(ModelLoadError, match="version_policy is not allowed"):
+        model_toml(3, "version_policy = { latest = 1 }", mlmodel, "tag")
+
+
+def test_token_from_mlflow_tracking_token_and_the_alias_is_checked():
+    from mlserve.config import load_config
+
+    assert load_config(environ={"MLFLOW_TRACKING_TOKEN": "t0k"}).registry.mlflow_token == "t0k"
+    both = {"MLFLOW_TRACKING_TOKEN": "t0k", "MLSERVE_REGISTRY_MLFLOW_TOKEN": "mine"}
+    assert load_config(environ=both).registry.mlflow_token == "mine"
+    with pytest.raises(ValueError, match="mlflow_alias"):
+        load_config(environ={}, overrides={"registry": {"mlflow_alias": "no spaces"}})
+
+
+def test_flavor_files_move_beside_mlmodel_and_pt2_is_torch_export(tmp_path):
+    from mlserve.engine.base import version_backend
+    from mlserve.registry.mlflow import flatten_flavor
+
+    folder = tmp_path / "v"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "model.pt2").write_bytes(b"pt2")
+    (folder / "MLmodel").write_text("flavors: {pytorch: {model_data: data}, python_function: {}}\n")
+    flatten_flavor(folder, parse_mlmodel((folder / "MLmodel").read_text()))
+    assert (folder / "model.pt2").read_bytes() == b"pt2"
+    assert version_backend(folder) == "torch_export"
+    (folder / "model.pt2").unlink()
+    assert version_backend(folder) == "torchscript"
+    (folder / "MLmodel").write_text("flavors: {sentence_transformers: {}}\n")
+    (folder / "model.sentence_transformer").mkdir()
+    (folder / "model.sentence_transformer" / "modules.json").write_text("[]")
+    flatten_flavor(folder, parse_mlmodel((folder / "MLmodel").read_text()))
+    assert (folder / "modules.json").is_file() and version_backend(folder) == "embedding"
+    (folder / "MLmodel").write_text("flavors: {sklearn: {}, python_function: {}}\n")
+    with pytest.raises(ModelLoadError, match="MLflow flavor sklearn cannot be served"):
+        version_backend(folder)
+
+
+def test_only_artifact_proxy_locations_are_read():
+    assert proxy_path("mlflow-artifacts:/1/abc/artifacts/model") == "1/abc/artifacts/model"
+    assert proxy_path("mlflow-artifacts://h:5000/1/x") == "1/x"
+    with pytest.raises(ModelLoadError, match="artifact proxy"):
+        proxy_path("s3://bucket/1/x")
+    with pytest.raises(ModelLoadError, match="unsafe part"):
+        proxy_path("mlflow-artifacts:/1/../etc")
