@@ -21,14 +21,33 @@ MLFLOW_VENV = Path(os.environ.get("MLSERVE_MLFLOW_VENV", ROOT / ".venv-mlflow"))
 CLIENT = Path(__file__).with_name("mlflow_client.py")
 
 
+INSTALL_WAIT_S = 1800.0
+"""`make test` installs the venv beside the suite: how long its tests wait for that install at most."""
+
+
 def require_mlflow_venv() -> None:
-    """Skip when the MLflow venv is missing, except under CI (CI=true), where that is a failure."""
-    if (MLFLOW_VENV / "bin" / "mlflow").is_file():
+    """Skip when the MLflow venv is missing, except under CI (CI=true), where that is a failure.
+    While `make test` is still installing it (MLSERVE_MLFLOW_INSTALLING), wait for the install's
+    stamp, or its failure marker, first."""
+    if os.environ.get("MLSERVE_MLFLOW_INSTALLING"):
+        _wait_for_install()
+    if any(MLFLOW_VENV.glob(".installed-*")) and (MLFLOW_VENV / "bin" / "mlflow").is_file():
         return
     message = f"no MLflow venv at {MLFLOW_VENV}: run `make mlflow-server` (installs mlflow 3.17.2 there)"
     if os.environ.get("CI") == "true":
         pytest.fail(message + " (CI=true: the MLflow store's tests must run)")
     pytest.skip(message)
+
+
+def _wait_for_install() -> None:
+    failed, log = MLFLOW_VENV.with_name(MLFLOW_VENV.name + ".failed"), MLFLOW_VENV.with_name(MLFLOW_VENV.name + ".log")
+    deadline = time.monotonic() + INSTALL_WAIT_S
+    while not any(MLFLOW_VENV.glob(".installed-*")):
+        if failed.exists():
+            pytest.fail(f"installing the MLflow venv failed:\n{log.read_text(errors='replace')[-4000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the MLflow venv was not installed within {INSTALL_WAIT_S:.0f} s")
+        time.sleep(1.0)
 
 
 class MlflowServer:
