@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 MODELS := examples/models
 
-.PHONY: install serve test lint examples bench clean deps-system image grpc-stubs mlflow-server mlflow-server
+.PHONY: install serve test lint examples bench clean deps-system image grpc-stubs mlflow-server
 
 # The MLflow tracking server that tests/registry/test_mlflow.py runs (and logs models through), in a
 # venv of its own: its dependencies (sqlalchemy, pandas, flask...) stay out of mlserve's. The stamp
