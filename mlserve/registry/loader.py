@@ -262,9 +262,8 @@ class HotSwapLoader(ExplicitControl):
             cap = await self._place(served, fresh, kind, may_evict=source == "request")
             stage = "load"
             async with self.placer.measuring(fresh.device) as taken:
-                trust = Trust(self._config.trust_repository or entry.config.trusted, self._config.trust_uploads)
                 backend = await loop.run_in_executor(
-                    self._executor, open_backend, kind, entry.config, fresh.path, fresh.device, trust, cap)
+                    self._executor, self._load_backend, entry, kind, fresh.path, fresh.device, cap)
                 loaded = time.monotonic()
                 stage = "warmup"
                 try:
@@ -314,6 +313,11 @@ class HotSwapLoader(ExplicitControl):
                 and artifact.path.is_dir()):
             return artifact.path  # gone from the repository: load again from where it was fetched to
         return await self.store.fetch(served.name, version)
+
+    def _load_backend(self, entry: ModelEntry, name: str, path: Path, device: str, cap: int | None) -> Backend:
+        """Runs on a loader thread, so the loop never waits on it. `cap`: the most GPU memory it may take."""
+        trust = Trust(self._config.trust_repository or entry.config.trusted, self._config.trust_uploads)
+        return open_backend(name, entry.config, path, device, trust, cap)
 
     async def _place(self, served: ServedModel, fresh: ServedVersion, backend: str, may_evict: bool) -> int | None:
         """The version's device (fresh.device) and the most GPU memory it may take there."""
