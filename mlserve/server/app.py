@@ -17,6 +17,7 @@ from mlserve.config import Config, RegistryConfig
 from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
+from mlserve.optimize.auto import AutoOptimizer
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
@@ -35,7 +36,7 @@ from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
 from mlserve.server.openai import openai_app, vllm_routes
 from mlserve.server.openai_errors import openai_error_middleware
 from mlserve.server.openapi import openapi_handler
-from mlserve.server.optimize_routes import optimize_jobs, optimize_routes
+from mlserve.server.optimize_routes import auto_optimizer, optimize_jobs, optimize_routes
 from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
 from mlserve.server.state import ServerState
 from mlserve.server.overview import OverviewSources
@@ -87,6 +88,8 @@ class Services:
     status: HistorySampler
     optimize_jobs: OptimizeJobs
     decode_pool: DecodePool
+    auto_optimizer: AutoOptimizer | None = None
+    """Optimizes each new version of a model whose model.toml asks for it ([optimize] on_new_version)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +121,9 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
+    jobs = optimize_jobs(loader, inference.traffic, config.jobs)
     return Services(config, state, metrics, _gate(config, state), monitor, loader, inference, generation, status,
-                    optimize_jobs(loader, inference.traffic, config.jobs), DecodePool(config.limits))
+                    jobs, DecodePool(config.limits), auto_optimizer(jobs, loader, config))
 
 
 def stages(s: Services) -> list[Stage]:
@@ -152,6 +156,9 @@ samples only once the repository is loaded and stops first; keys close last."""
         Stage("status history", start=s.status.start, stop=s.status.stop),
         # Optimize jobs publish through the loader and traffic; at start, dead servers' job folders go.
         Stage("optimize jobs", start=s.optimize_jobs.sweep, stop=s.optimize_jobs.close),
+        # After the jobs it starts; stops first, so a run the shutdown cancels stays queued for the next start.
+        Stage("automatic optimization", start=s.auto_optimizer.start if s.auto_optimizer else None,
+              stop=s.auto_optimizer.close if s.auto_optimizer else None),
     ]
 
 
@@ -243,7 +250,8 @@ def admin_routes(s: Services) -> list[web.RouteDef]:
         web.get("/admin/models/{model}/rollout", traffic.get_rollout),
         web.post("/admin/models/{model}/rollout", traffic.start_rollout),
         web.delete("/admin/models/{model}/rollout", traffic.cancel_rollout),
-        *optimize_routes(s.optimize_jobs, s.loader, s.config.registry.trust_repository),
+        *optimize_routes(s.optimize_jobs, s.loader, s.config.registry.trust_repository, s.auto_optimizer,
+                         s.inference.traffic),
     ]
 
 
@@ -258,7 +266,8 @@ def server_routes(s: Services) -> list[web.RouteDef]:
 def status_routes(s: Services) -> list[web.RouteDef]:
     """The status page: its files at / and /ui/ (open), the overview and histograms it reads."""
     sources = OverviewSources(s.loader, s.metrics, s.inference.traffic, s.monitor, s.status.history,
-                              time.time(), lambda: s.state.is_ready)
+                              time.time(), lambda: s.state.is_ready,
+                              s.auto_optimizer.views if s.auto_optimizer else None)
     page = StatusHandlers(sources, s.gate.keyring.is_enabled, s.gate.policy.admin_served)
     return [
         web.get("/", page.page),
