@@ -83,9 +83,11 @@ class AutoOptimizer:
     """Owns the ledger of automatic runs and the queue of those waiting for a job slot."""
 
     def __init__(self, jobs: OptimizeJobs, loader: HotSwapLoader, models_root: Path | None, ledger: Path | None,
-                 trust_repository: bool) -> None:
+                 trust_repository: bool, trust_uploads: bool = False) -> None:
+        """The trust settings are the server's: a version it serves is one the optimizer may open."""
         self._jobs, self._loader = jobs, loader
-        self._root, self._ledger, self._trust = models_root, ledger, trust_repository
+        self._root, self._ledger = models_root, ledger
+        self._trust, self._trust_uploads = trust_repository, trust_uploads
         self.runs: dict[tuple[str, int], AutoRun] = {}
         self._arrived: collections.deque[tuple[str, int]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -187,7 +189,8 @@ class AutoOptimizer:
             return  # a job of this model runs, or the server's job limit is reached: the next round tries
         try:
             assert self._root is not None
-            request, rollout = parse_body(settings.to_body(run.source_version), run.model, self._root, self._trust)
+            request, rollout = parse_body(settings.to_body(run.source_version), run.model, self._root, self._trust,
+                                         self._trust_uploads)
             run.attempts += 1
             job = await self._jobs.start(request, rollout, trigger="new_version")
         except Exception as exc:  # a bad section or a failed start is this run's outcome, not the server's

@@ -38,7 +38,8 @@ def _number(raw: dict, key: str, default):
     return value
 
 
-def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = False) -> tuple[OptimizeRequest, dict | None]:
+def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = False,
+               trust_uploads: bool = False) -> tuple[OptimizeRequest, dict | None]:
     """The request, and the rollout plan body (for the rollout API) when one was asked for."""
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -81,7 +82,7 @@ def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = Fals
         data = models / model / str(chosen) / data
     request = OptimizeRequest(model, models, version, None, data, passes, options, gate,
                               Budget(latency_s=_number(raw, "timing_s", 1.0)), raw.get("publish", True),
-                              trust_repository)
+                              trust_repository, trust_uploads)
     return request, _rollout(raw.get("rollout"))
 
 
@@ -108,5 +109,6 @@ def from_json(body: dict) -> OptimizeRequest:
     return OptimizeRequest(
         model=body["model"], version=body["version"], passes=tuple(body["passes"]),
         options=Options(**body["options"]), gate=GateSettings(**body["gate"]), budget=Budget(**body["budget"]),
-        publish=body["publish"], **paths,
+        publish=body["publish"], trust_repository=body.get("trust_repository", False),
+        trust_uploads=body.get("trust_uploads", False), **paths,
     )

@@ -49,7 +49,7 @@ def auto_optimizer(jobs: OptimizeJobs, loader: HotSwapLoader, config: Config) ->
     """Automatic runs publish into a local repository; their ledger sits beside the job records."""
     root = loader.store.root if isinstance(loader.store, LocalStore) else None
     return AutoOptimizer(jobs, loader, root, ledger_dir(config.jobs.state_dir, root),
-                         config.registry.trust_repository)
+                         config.registry.trust_repository, config.registry.trust_uploads)
 
 
 class OptimizeHandlers:

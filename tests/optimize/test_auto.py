@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from mlserve.optimize import PASSES
 from mlserve.spec import parse_model_config
 from mlserve.spec.optimize import PASS_NAMES
-from tests.optimize.models import write_data, write_onnx
+from tests.optimize.models import write_data, write_onnx, write_torchscript
 from tests.server.http import call, infer_body, output
 from tests.server_process import serving
 
@@ -44,9 +44,9 @@ def _repo(tmp_path: Path, section: str) -> Path:
     return repo
 
 
-def _upload(url: str, version: int, model: bytes, data: bytes) -> None:
+def _upload(url: str, version: int, model: bytes, data: bytes, file: str = "model.onnx") -> None:
     client = httpclient.InferenceServerClient(url.removeprefix("http://"))
-    client.load_model("auto", files={f"file:{version}/model.onnx": model, f"file:{version}/val.npz": data})
+    client.load_model("auto", files={f"file:{version}/{file}": model, f"file:{version}/val.npz": data})
 
 
 def _runs(url: str) -> dict:
@@ -155,3 +155,55 @@ def test_optimize_section_is_typed_and_bounded():
         with pytest.raises(ValueError, match=named):
             parse_model_config({"optimize": bad})
     assert set(PASS_NAMES) == set(PASSES)
+
+
+def test_with_rollout_steps_the_winner_becomes_a_canary(tmp_path):
+    model, data = _artifacts(tmp_path)
+    repo = _repo(tmp_path, SECTION + "rollout = [10, 100]\nrollout_interval_s = 3600\n")
+    with serving(repo, log_path=tmp_path / "server.log") as server:
+        _upload(server.url, 1, model, data)
+        run = _wait_finished(server.url)
+        assert run["state"] == "published" and run["published_version"] == 2, run
+        rollout = _runs(server.url)["rollout"]
+        assert rollout["version"] == "2" and rollout["status"] == "running" and rollout["percent"] == 10, rollout
+        assert run["deployment"]["rollout"]["version"] == "2"
+
+
+TS_SECTION = """
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1, 16]
+
+[[outputs]]
+name = "y"
+datatype = "FP32"
+shape = [-1, 4]
+""" + SECTION
+
+
+def _torchscript(tmp_path: Path) -> bytes:
+    return (write_torchscript(tmp_path / "made_ts", "mlp") / "model.pt").read_bytes()
+
+
+def test_pytorch_upload_is_exported_and_optimized_where_the_server_trusts_uploads(tmp_path):
+    model, data = _torchscript(tmp_path), write_data(tmp_path / "val.npz").read_bytes()
+    repo = _repo(tmp_path, TS_SECTION)
+    with serving(repo, "--trust-uploads", log_path=tmp_path / "server.log") as server:
+        _upload(server.url, 1, model, data, "model.pt")
+        run = _wait_finished(server.url)
+        assert run["state"] == "published" and run["published_version"] == 2, run
+        assert [r["name"] for r in run["rows"]] == ["source", "export", "int8_dynamic"]
+        assert run["winner"] == "int8_dynamic"
+
+
+def test_a_version_present_at_start_is_optimized_under_trust_repository(tmp_path):
+    """model.toml does not say trusted: the server's --trust-repository reaches the job's child."""
+    repo = _repo(tmp_path, TS_SECTION)
+    folder = repo / "auto" / "1"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(_torchscript(tmp_path))
+    write_data(folder / "val.npz")
+    with serving(repo, "--trust-repository", log_path=tmp_path / "server.log") as server:
+        run = _wait_finished(server.url)
+        assert run["state"] == "published" and run["published_version"] == 2, run
