@@ -20,7 +20,7 @@ from typing import Any
 
 from mlserve.spec.table import between, parse_table
 
-PASS_NAMES = ("export", "graph_opt", "int8_dynamic", "int8_static", "fp16", "prune", "aoti")
+PASS_NAMES = ("export", "graph_opt", "int8_dynamic", "int8_static", "fp16", "prune", "aoti", "distill")
 """Every pass `mlserve optimize` knows (mlserve/optimize/__init__.py PASSES; a test keeps them equal)."""
 OBJECTIVES = ("throughput", "latency", "size")
 MAX_PASSES = len(PASS_NAMES)
@@ -46,6 +46,11 @@ class OptimizeSettings:
     min_cosine: float | None = field(default=None, metadata=between(-1, 1))
     sparsity: float = field(default=0.3, metadata=between(0.01, 0.99))
     calibration_rows: int = field(default=256, metadata=between(1, 100_000))
+    distill_width: float = field(default=0.5, metadata=between(0.01, 0.99))
+    """Share of each hidden layer's channels the distilled student keeps."""
+    distill_steps: int = field(default=2000, metadata=between(1, 1_000_000))
+    distill_time_s: float = field(default=60.0, metadata=between(1, 3600))
+    distill_seed: int = field(default=0, metadata=between(0, 2**31 - 1))
     timing_s: float = field(default=1.0, metadata=between(0.01, 60))
     """Wall time spent timing each candidate."""
     rollout: tuple[float, ...] = field(default=(), metadata=between(0.01, 100))
@@ -77,7 +82,8 @@ class OptimizeSettings:
             "version": version, "objective": self.objective, "max_top1_drop": self.max_top1_drop,
             "max_abs_diff": self.max_abs_diff, "max_metric_drop": self.max_metric_drop, "min_gain": self.min_gain,
             "min_cosine": self.min_cosine, "sparsity": self.sparsity, "calibration_rows": self.calibration_rows,
-            "timing_s": self.timing_s,
+            "timing_s": self.timing_s, "distill_width": self.distill_width, "distill_steps": self.distill_steps,
+            "distill_time_s": self.distill_time_s, "distill_seed": self.distill_seed,
         }
         if self.passes:
             body["passes"] = list(self.passes)
