@@ -251,7 +251,7 @@ def admin_routes(s: Services) -> list[web.RouteDef]:
         web.post("/admin/models/{model}/rollout", traffic.start_rollout),
         web.delete("/admin/models/{model}/rollout", traffic.cancel_rollout),
         *optimize_routes(s.optimize_jobs, s.loader, s.config.registry.trust_repository, s.auto_optimizer,
-                         s.inference.traffic),
+                         s.inference.traffic, s.config.registry.trust_uploads),
     ]
 
 

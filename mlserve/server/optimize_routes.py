@@ -56,9 +56,9 @@ class OptimizeHandlers:
     """Parses, calls the job manager, answers with the job."""
 
     def __init__(self, jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool,
-                 auto: AutoOptimizer | None = None, traffic=None) -> None:
+                 auto: AutoOptimizer | None = None, traffic=None, trust_uploads: bool = False) -> None:
         self._jobs, self._loader, self._trust_repository = jobs, loader, trust_repository
-        self._auto, self._traffic = auto, traffic
+        self._auto, self._traffic, self._trust_uploads = auto, traffic, trust_uploads
 
     def _root(self) -> Path:
         store = self._loader.store
@@ -77,7 +77,7 @@ class OptimizeHandlers:
         root = self._root()
         if name not in self._loader.models:
             raise ModelNotFound.unknown(name)
-        job_request, rollout = parse_body(raw, name, root, self._trust_repository)
+        job_request, rollout = parse_body(raw, name, root, self._trust_repository, self._trust_uploads)
         job = await self._jobs.start(job_request, rollout)
         return json_response(job.to_dict(), 202)
 
@@ -99,9 +99,10 @@ class OptimizeHandlers:
 
 
 def optimize_routes(jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool,
-                    auto: AutoOptimizer | None = None, traffic=None) -> list[web.RouteDef]:
-    """`trust_repository`: the server's own setting; a model's `trusted = true` counts too."""
-    handlers = OptimizeHandlers(jobs, loader, trust_repository, auto, traffic)
+                    auto: AutoOptimizer | None = None, traffic=None, trust_uploads: bool = False) -> list[web.RouteDef]:
+    """`trust_repository`: the server's own setting; a model's `trusted = true` counts too.
+    `trust_uploads`: the server's; an uploaded TorchScript or .pt2 version is optimized only with it."""
+    handlers = OptimizeHandlers(jobs, loader, trust_repository, auto, traffic, trust_uploads)
     return [
         web.get("/admin/models/{model}/optimize", handlers.runs),
         web.post("/admin/models/{model}/optimize", handlers.start),

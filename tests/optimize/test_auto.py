@@ -6,6 +6,7 @@ repeats a finished run nor loses an interrupted one; the published version never
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -59,7 +60,12 @@ def _wait_finished(url: str, timeout: float = 240.0) -> dict:
     deadline = time.monotonic() + timeout
     body = {}
     while time.monotonic() < deadline:
-        body = _runs(url)
+        answer = call(f"{url}/admin/models/auto/optimize")
+        body = answer.body
+        if answer.status == 404:  # not listed until a reload finds its first version
+            time.sleep(0.1)
+            continue
+        assert answer.status == 200, body
         if body["runs"] and body["runs"][0]["state"] not in ("queued", "running"):
             return body["runs"][0]
         time.sleep(0.1)
@@ -205,5 +211,38 @@ def test_a_version_present_at_start_is_optimized_under_trust_repository(tmp_path
     (folder / "model.pt").write_bytes(_torchscript(tmp_path))
     write_data(folder / "val.npz")
     with serving(repo, "--trust-repository", log_path=tmp_path / "server.log") as server:
+        run = _wait_finished(server.url)
+        assert run["state"] == "published" and run["published_version"] == 2, run
+
+
+def test_a_stop_mid_run_leaves_it_queued_and_the_next_start_finishes_it_once(tmp_path):
+    model, data = _artifacts(tmp_path)
+    repo = _repo(tmp_path, SECTION.replace("timing_s = 0.05", "timing_s = 5.0"))
+    with serving(repo, log_path=tmp_path / "server.log") as server:
+        _upload(server.url, 1, model, data)
+        deadline = time.monotonic() + 60
+        while _runs(server.url)["runs"][0]["state"] != "running":
+            assert time.monotonic() < deadline, _runs(server.url)
+            time.sleep(0.05)
+    record = json.loads((repo / ".mlserve-optimize" / "auto" / "1.json").read_text())
+    assert record["state"] == "running" and record["attempts"] == 1, record
+    assert sorted(p.name for p in (repo / "auto").iterdir() if p.name.isdigit()) == ["1"]
+    with serving(repo, log_path=tmp_path / "again.log") as server:
+        run = _wait_finished(server.url)
+        assert run["state"] == "published" and run["attempts"] == 2 and run["published_version"] == 2, run
+    assert sorted(p.name for p in (repo / "auto").iterdir() if p.name.isdigit()) == ["1", "2"]
+
+
+def test_a_version_a_reload_finds_is_optimized(tmp_path):
+    """`mlserve push` or a copy into the repository, then SIGHUP: the same arrival as an upload."""
+    model, data = _artifacts(tmp_path)
+    repo = _repo(tmp_path, SECTION)
+    with serving(repo, log_path=tmp_path / "server.log") as server:
+        staging = repo / "auto" / ".incoming"
+        staging.mkdir()
+        (staging / "model.onnx").write_bytes(model)
+        (staging / "val.npz").write_bytes(data)
+        staging.rename(repo / "auto" / "1")
+        server.proc.send_signal(signal.SIGHUP)
         run = _wait_finished(server.url)
         assert run["state"] == "published" and run["published_version"] == 2, run
