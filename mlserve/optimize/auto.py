@@ -143,12 +143,17 @@ class AutoOptimizer:
                 continue
             run = AutoRun(name, version)
             self.runs[(name, version)] = run
-            log.info("model %s version %d arrived: automatic optimization queued", name, version)
-            self._spawn(self._save_and_wake(run))
+            self._spawn(self._claim(run))
 
-    async def _save_and_wake(self, run: AutoRun) -> None:
-        await self._save(run)
-        assert self._wake is not None
+    async def _claim(self, run: AutoRun) -> None:
+        """The record is created exclusively: of servers sharing the ledger, one runs it."""
+        assert self._ledger is not None and self._wake is not None
+        if not await asyncio.to_thread(claim_run, self._ledger, run):
+            del self.runs[(run.model, run.source_version)]
+            log.info("model %s version %d: automatic optimization already recorded by another server; not run",
+                     run.model, run.source_version)
+            return
+        log.info("model %s version %d arrived: automatic optimization queued", run.model, run.source_version)
         self._wake.set()
 
     async def _resume(self, run: AutoRun) -> None:
@@ -245,6 +250,22 @@ def save_run(ledger: Path, run: AutoRun) -> None:
     tmp = folder / f".{run.source_version}.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(run.to_dict()))
     os.replace(tmp, folder / f"{run.source_version}.json")
+
+
+def claim_run(ledger: Path, run: AutoRun) -> bool:
+    """Create the run's record unless one exists (written whole, then linked into place: a link
+    fails where the name exists); False when it did."""
+    folder = ledger / run.model
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{run.source_version}.json.{os.getpid()}.claim"
+    tmp.write_text(json.dumps(run.to_dict()))
+    try:
+        os.link(tmp, folder / f"{run.source_version}.json")
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def load_runs(ledger: Path) -> list[AutoRun]:

@@ -246,3 +246,18 @@ def test_a_version_a_reload_finds_is_optimized(tmp_path):
         server.proc.send_signal(signal.SIGHUP)
         run = _wait_finished(server.url)
         assert run["state"] == "published" and run["published_version"] == 2, run
+
+
+def test_a_run_another_server_recorded_is_not_run_again(tmp_path):
+    """Servers sharing a repository (and so the ledger): the one that records a run first runs it."""
+    model, data = _artifacts(tmp_path)
+    repo = _repo(tmp_path, SECTION)
+    with serving(repo, log_path=tmp_path / "server.log") as server:
+        _interrupted(repo, 1)  # what the other server wrote while this one was already up
+        _upload(server.url, 1, model, data)
+        deadline = time.monotonic() + 30
+        while "already recorded by another server" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        assert _runs(server.url)["runs"] == []
+    assert sorted(p.name for p in (repo / "auto").iterdir() if p.name.isdigit()) == ["1"]
