@@ -94,6 +94,8 @@ class AutoOptimizer:
         self._wake: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()
         self._is_closing = False
+        self._claiming: set[tuple[str, int]] = set()
+        """Arrivals whose record is being created; not startable until it is."""
         loader.on_loaded.append(self.on_loaded)
 
     # ---- the loader's thread -----------------------------------------------------------------
@@ -135,24 +137,27 @@ class AutoOptimizer:
     def _take_arrivals(self) -> None:
         while self._arrived:
             name, version = self._arrived.popleft()
-            if (name, version) in self.runs:
+            if (name, version) in self.runs or (name, version) in self._claiming:
                 continue  # one run per source version, ever
             if self._ledger is None or self._root is None:
                 log.warning("model %s version %d: [optimize] on_new_version needs a local model repository; "
                             "not run", name, version)
                 continue
-            run = AutoRun(name, version)
-            self.runs[(name, version)] = run
-            self._spawn(self._claim(run))
+            self._claiming.add((name, version))
+            self._spawn(self._claim(AutoRun(name, version)))
 
     async def _claim(self, run: AutoRun) -> None:
         """The record is created exclusively: of servers sharing the ledger, one runs it."""
         assert self._ledger is not None and self._wake is not None
-        if not await asyncio.to_thread(claim_run, self._ledger, run):
-            del self.runs[(run.model, run.source_version)]
+        try:
+            is_ours = await asyncio.to_thread(claim_run, self._ledger, run)
+        finally:
+            self._claiming.discard((run.model, run.source_version))
+        if not is_ours:
             log.info("model %s version %d: automatic optimization already recorded by another server; not run",
                      run.model, run.source_version)
             return
+        self.runs[(run.model, run.source_version)] = run
         log.info("model %s version %d arrived: automatic optimization queued", run.model, run.source_version)
         self._wake.set()
 
@@ -204,15 +209,19 @@ class AutoOptimizer:
         run.state, run.job_id = RunState.RUNNING, job.job_id
         await self._save(run)
         assert job.task is not None
-        job.task.add_done_callback(lambda _done: self._spawn(self._job_done(run, job)))
+        job.task.add_done_callback(lambda _done: self._on_job_done(run, job))
 
     def _settings(self, model: str) -> OptimizeSettings | None:
         served = self._loader.models.get(model)
         return served.entry.config.optimize if served is not None else None
 
+    def _on_job_done(self, run: AutoRun, job: Job) -> None:
+        """While the server stops, the record stays RUNNING: the next start queues the run again (or
+        finds the version it published before the stop)."""
+        if not self._is_closing:
+            self._spawn(self._job_done(run, job))
+
     async def _job_done(self, run: AutoRun, job: Job) -> None:
-        if self._is_closing and job.state is JobState.CANCELLED:
-            return  # the server is stopping: the record stays RUNNING, and the next start queues it again
         view = job.to_dict()
         run.rows, run.winner, run.deployment = view["rows"], view["winner"], view["deployment"]
         run.published_version = view["published_version"]
