@@ -60,3 +60,15 @@ def test_a_graph_that_is_not_an_mlp_chain_is_unavailable(source, tmp_path):
     source.onnx_path = path
     with pytest.raises(PassUnavailable, match="Softmax"):
         _distill(source, tmp_path / "out")
+
+
+@pytest.mark.parametrize("body, named", [({"distill_width": 2}, "distill_width"), ({"distill_steps": 1.5}, "distill_steps"),
+                                         ({"distill_seed": -1}, "distill_seed"), ({"distill_time_s": 0}, "distill_time_s")])
+def test_the_route_body_bounds_every_distillation_knob(tmp_path, body, named):
+    from mlserve.errors import InvalidInput
+    from mlserve.optimize.request import parse_body
+
+    with pytest.raises(InvalidInput, match=named):
+        parse_body(body, "mlp", tmp_path)
+    request, _ = parse_body({"distill_width": 0.25, "distill_steps": 10, "passes": ["distill"]}, "mlp", tmp_path)
+    assert (request.options.distill_width, request.options.distill_steps, request.passes) == (0.25, 10, ("distill",))
