@@ -48,9 +48,9 @@ def test_int8_and_distillation_on_a_trained_digits_mlp(tmp_path):
     root = tmp_path / "models"
     data = _trained_digits_mlp(root)
     request = OptimizeRequest("digits", root, 1, None, data, ("int8_dynamic", "distill"),
-                              Options(distill_width=0.25, distill_steps=1500, distill_time_s=60),
+                              Options(distill_width=0.25, distill_steps=600, distill_time_s=60),
                               GateSettings(max_top1_drop=0.02, max_metric_drop=0.01, min_gain=1.0),
-                              Budget(latency_s=0.2), publish=False)
+                              Budget(latency_s=0.1), publish=False)
     report = run(request)
     rows = {r.name: r for r in report.rows}
     source = rows["source"].figures
@@ -68,4 +68,4 @@ def test_int8_and_distillation_on_a_trained_digits_mlp(tmp_path):
     assert int8.top1_agreement >= 0.98 and source.metric - int8.metric <= 0.01
     distill = rows["distill"]
     assert distill.figures is not None and distill.figures.num_bytes < source.num_bytes / 3
-    assert source.metric - distill.figures.metric <= 0.03  # measured 0.0013 (a quarter of the width)
+    assert source.metric - distill.figures.metric <= 0.03  # measured -0.0013 (600 steps) and +0.0013 (1500)
