@@ -261,3 +261,25 @@ def test_a_run_another_server_recorded_is_not_run_again(tmp_path):
             time.sleep(0.05)
         assert _runs(server.url)["runs"] == []
     assert sorted(p.name for p in (repo / "auto").iterdir() if p.name.isdigit()) == ["1"]
+
+
+def test_the_status_page_shows_the_outcome(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from tests.ui.browser import chromium, console_errors
+
+    model, data = _artifacts(tmp_path)
+    repo = _repo(tmp_path, SECTION + "min_gain = 100.0\n")
+    with serving(repo, log_path=tmp_path / "server.log") as server:
+        _upload(server.url, 1, model, data)
+        _wait_finished(server.url)
+        with chromium() as driver:
+            driver.get(server.url + "/")
+            deadline = time.monotonic() + 20
+            found = []
+            while not found:
+                assert time.monotonic() < deadline, driver.page_source[-2000:]
+                found = driver.find_elements(By.CSS_SELECTOR, "section[data-model=auto] .optimize [data-source-version='1']")
+                time.sleep(0.1)
+            assert "no winner" in found[0].text and "min-gain 100" in found[0].text
+            assert console_errors(driver) == []
