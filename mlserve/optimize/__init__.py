@@ -18,6 +18,7 @@ PASSES: dict[str, tuple[str, str]] = {
     "fp16": ("mlserve.optimize.fp16", "Fp16Pass"),
     "prune": ("mlserve.optimize.prune", "PrunePass"),
     "aoti": ("mlserve.optimize.aoti", "AotInductorPass"),
+    "distill": ("mlserve.optimize.distill", "DistillPass"),
 }
 DEFAULT_PASSES = ("export", "graph_opt", "int8_dynamic", "int8_static", "prune")
 

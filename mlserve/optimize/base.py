@@ -37,6 +37,13 @@ class Options:
     """Largest batch an artifact must accept (AOTInductor compiles for 1..this)."""
     device: str = "cpu"
     """Where the candidates will serve; FP16 and TensorRT need cuda."""
+    distill_width: float = 0.5
+    """Share of each hidden layer's channels the distilled student keeps."""
+    distill_steps: int = 2000
+    """Training steps of the student (batches of 256 noisy validation rows)."""
+    distill_time_s: float = 60.0
+    """Wall-time cap on the training; a run it cuts short says so in the candidate's notes."""
+    distill_seed: int = 0
     allow_cpu_fp16: bool = False
     """Build the FP16 candidate on CPU too (for tests of the conversion; it measures slower there)."""
 

@@ -39,6 +39,11 @@ def add_optimize_parser(sub) -> None:
                    help="publish only a winner this many times better than the source (default 1.05)")
     p.add_argument("--sparsity", type=float, default=0.3, help="share of channels pruning removes (default 0.3)")
     p.add_argument("--calibration-rows", type=int, default=256, help="rows static INT8 calibrates on")
+    p.add_argument("--distill-width", type=float, default=0.5,
+                   help="share of each hidden layer the distilled student keeps (default 0.5)")
+    p.add_argument("--distill-steps", type=int, default=2000, help="student training steps (default 2000)")
+    p.add_argument("--distill-time-s", type=float, default=60.0, help="cap on the student's training time")
+    p.add_argument("--distill-seed", type=int, default=0)
     p.add_argument("--timing-s", type=float, default=1.0, help="seconds each latency figure is timed for")
     p.add_argument("--no-publish", action="store_true", help="measure and gate only")
     p.add_argument("--trust-repository", action="store_true",
@@ -63,11 +68,17 @@ def request_from_args(args: argparse.Namespace) -> OptimizeRequest:
             raise ValueError("--rollout needs --server, a repository version as the source, and publishing")
     if args.calibration_rows < 1 or args.timing_s <= 0:
         raise ValueError("--calibration-rows and --timing-s must be positive")
+    if not 0.0 < args.distill_width < 1.0 or args.distill_steps < 1 or args.distill_time_s <= 0 \
+            or args.distill_seed < 0:
+        raise ValueError("--distill-width must lie in (0, 1); --distill-steps and --distill-time-s must be "
+                         "positive and --distill-seed >= 0")
     return OptimizeRequest(
         model=args.model, models=Path(args.models) if args.models else None, version=args.version,
         file=args.file, data=args.data,
         passes=parse_passes(args.passes),
-        options=Options(sparsity=args.sparsity, calibration_rows=args.calibration_rows),
+        options=Options(sparsity=args.sparsity, calibration_rows=args.calibration_rows,
+                        distill_width=args.distill_width, distill_steps=args.distill_steps,
+                        distill_time_s=args.distill_time_s, distill_seed=args.distill_seed),
         gate=GateSettings(args.max_top1_drop, args.max_abs_diff, args.max_metric_drop, args.objective,
                           args.min_gain, args.min_cosine),
         budget=Budget(latency_s=args.timing_s), publish=not args.no_publish,

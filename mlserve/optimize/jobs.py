@@ -65,6 +65,8 @@ class Job:
     error: str = ""
     deployment: dict | None = None
     """What happened after publishing: the load, and the rollout when one was asked for."""
+    trigger: str = "api"
+    """api (POST /admin/models/{m}/optimize) or new_version ([optimize] on_new_version)."""
     process: asyncio.subprocess.Process | None = None
     task: asyncio.Task | None = None
 
@@ -74,6 +76,7 @@ class Job:
         report = self.report or {}
         pid = self.process.pid if self.process is not None else None
         return {"id": self.job_id, "kind": "optimize", "model": self.model, "state": self.state.name.lower(),
+                "trigger": self.trigger,
                 "pid": pid,
                 "progress": self.progress, "rows": report.get("rows", [r["row"] for r in self.progress
                                                                          if r.get("event") == "row"]),
@@ -98,7 +101,12 @@ class OptimizeJobs:
         self._config = config
         self.jobs: dict[str, Job] = {}
 
-    async def start(self, request: OptimizeRequest, rollout: dict | None) -> Job:
+    def is_busy(self, model: str) -> bool:
+        """Whether a start for `model` would be refused for now: one of its jobs runs, or the server's limit is reached."""
+        running = [j for j in self.jobs.values() if j.state is JobState.RUNNING]
+        return any(j.model == model for j in running) or len(running) >= self._config.optimize_max_running
+
+    async def start(self, request: OptimizeRequest, rollout: dict | None, trigger: str = "api") -> Job:
         """One running job per model (two would race for the next version number), and a cap on
         the children the whole server runs."""
         running = [j for j in self.jobs.values() if j.state is JobState.RUNNING]
@@ -111,7 +119,7 @@ class OptimizeJobs:
         self._forget_old()
         folder = Path(tempfile.mkdtemp(prefix=f"{JOB_FOLDER_PREFIX}{os.getpid()}-"))
         (folder / "request.json").write_text(json.dumps(to_json(request)))
-        job = Job(uuid.uuid4().hex[:16], request.model, folder, rollout)
+        job = Job(uuid.uuid4().hex[:16], request.model, folder, rollout, trigger=trigger)
         with open(folder / "stderr.log", "wb") as stderr:
             job.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mlserve.optimize.worker", str(folder), str(os.getpid()),

@@ -48,6 +48,8 @@ class OptimizeRequest:
     publish: bool = True
     trust_repository: bool = False
     """Load TorchScript and .pt2 sources (they can run code) even where model.toml does not say trusted."""
+    trust_uploads: bool = False
+    """Load such a source that arrived by upload too (the server's [registry] trust_uploads)."""
 
 
 @dataclass(slots=True)
@@ -98,7 +100,7 @@ def run(request: OptimizeRequest, progress: Progress = lambda event: None,
 
 def _run(request: OptimizeRequest, work: Path, progress: Progress, is_cancelled: Callable[[], bool]) -> Report:
     source = open_source(request.models, request.model, request.version, request.file, request.data, work,
-                         request.trust_repository)
+                         request.trust_repository, request.trust_uploads)
     options = replace(request.options,
                       device=device_alone(source.config.device or request.options.device, source.backend))
     report = Report(source_version=source.version)

@@ -16,7 +16,8 @@ from mlserve.optimize.pipeline import OptimizeRequest
 
 _KEYS = {"version", "passes", "data", "objective", "max_top1_drop", "max_abs_diff", "max_metric_drop", "min_gain",
          "min_cosine",
-         "sparsity", "calibration_rows", "timing_s", "publish", "rollout"}
+         "sparsity", "calibration_rows", "timing_s", "publish", "rollout",
+         "distill_width", "distill_steps", "distill_time_s", "distill_seed"}
 
 
 # Every number the body may set, with the range a run can honour in bounded time and memory.
@@ -24,6 +25,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_top1_drop": (0.0, 1.0), "max_abs_diff": (0.0, 1e6), "max_metric_drop": (0.0, 1.0),
     "min_gain": (1.0, 100.0), "min_cosine": (-1.0, 1.0), "sparsity": (0.0, 1.0),
     "calibration_rows": (1, 100_000), "timing_s": (0.01, 60.0),
+    "distill_width": (0.01, 0.99), "distill_steps": (1, 1_000_000), "distill_time_s": (1.0, 3600.0),
+    "distill_seed": (0, 2**31 - 1),
 }
 MAX_VERSION = 2**31 - 1
 
@@ -38,7 +41,8 @@ def _number(raw: dict, key: str, default):
     return value
 
 
-def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = False) -> tuple[OptimizeRequest, dict | None]:
+def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = False,
+               trust_uploads: bool = False) -> tuple[OptimizeRequest, dict | None]:
     """The request, and the rollout plan body (for the rollout API) when one was asked for."""
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -72,7 +76,13 @@ def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = Fals
     calibration_rows = _number(raw, "calibration_rows", 256)
     if calibration_rows != int(calibration_rows):
         raise InvalidInput(f"optimize: 'calibration_rows' must be a whole number, got {calibration_rows!r}")
-    options = Options(sparsity=sparsity, calibration_rows=int(calibration_rows))
+    whole = {k: _number(raw, k, d) for k, d in (("distill_steps", 2000), ("distill_seed", 0))}
+    for key, value in whole.items():
+        if value != int(value):
+            raise InvalidInput(f"optimize: {key!r} must be a whole number, got {value!r}")
+    options = Options(sparsity=sparsity, calibration_rows=int(calibration_rows),
+                      distill_width=_number(raw, "distill_width", 0.5), distill_steps=int(whole["distill_steps"]),
+                      distill_time_s=_number(raw, "distill_time_s", 60.0), distill_seed=int(whole["distill_seed"]))
     if data is not None:
         from mlserve.optimize.source import version_numbers
 
@@ -81,7 +91,7 @@ def parse_body(raw: Any, model: str, models: Path, trust_repository: bool = Fals
         data = models / model / str(chosen) / data
     request = OptimizeRequest(model, models, version, None, data, passes, options, gate,
                               Budget(latency_s=_number(raw, "timing_s", 1.0)), raw.get("publish", True),
-                              trust_repository)
+                              trust_repository, trust_uploads)
     return request, _rollout(raw.get("rollout"))
 
 
@@ -108,5 +118,6 @@ def from_json(body: dict) -> OptimizeRequest:
     return OptimizeRequest(
         model=body["model"], version=body["version"], passes=tuple(body["passes"]),
         options=Options(**body["options"]), gate=GateSettings(**body["gate"]), budget=Budget(**body["budget"]),
-        publish=body["publish"], **paths,
+        publish=body["publish"], trust_repository=body.get("trust_repository", False),
+        trust_uploads=body.get("trust_uploads", False), **paths,
     )

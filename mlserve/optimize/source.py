@@ -31,7 +31,7 @@ def version_numbers(model_dir: Path) -> list[int]:
 
 
 def open_source(models: Path | None, model: str, version: int | None, file: Path | None,
-                data: Path | None, work: Path, trust_repository: bool = False) -> Source:
+                data: Path | None, work: Path, trust_repository: bool = False, trust_uploads: bool = False) -> Source:
     """The source version (the newest unless `version` is given), loaded once to learn its tensors."""
     if file is not None:
         folder, config = work / "source", _file_config(models, model)
@@ -53,8 +53,8 @@ def open_source(models: Path | None, model: str, version: int | None, file: Path
     backend = version_backend_name(f"{model}/{version}", config, folder, RegistryConfig().max_artifact_bytes)
     if backend not in SOURCE_BACKENDS:
         raise InvalidInput(f"optimize takes ONNX, TorchScript or torch.export models, not {backend!r}")
-    # the same rule as serving, except that an uploaded code-bearing version is never optimized
-    trust = Trust(model=trust_repository or config.trusted, uploads=False)
+    # the same rule as serving: an uploaded code-bearing version only where the server loads uploaded code
+    trust = Trust(model=trust_repository or config.trusted, uploads=trust_uploads)
     info = _probe(backend, config, folder, trust)
     values = _read_npz(data if data is not None else _default_data(folder))
     labels = values.pop("labels", None)

@@ -18,6 +18,7 @@ from mlserve.dataplane.control import ModelControl
 from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
+from mlserve.optimize.auto import AutoOptimizer
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
@@ -36,7 +37,7 @@ from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
 from mlserve.server.openai import openai_app, vllm_routes
 from mlserve.server.openai_errors import openai_error_middleware
 from mlserve.server.openapi import openapi_handler
-from mlserve.server.optimize_routes import optimize_jobs, optimize_routes
+from mlserve.server.optimize_routes import auto_optimizer, optimize_jobs, optimize_routes
 from mlserve.server.origin import BrowserGate
 from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
 from mlserve.server.state import ServerState
@@ -100,6 +101,8 @@ class Services:
     decode_pool: DecodePool
     state_store: StateStore
     control: ModelControl
+    auto_optimizer: AutoOptimizer | None = None
+    """Optimizes each new version of a model whose model.toml asks for it ([optimize] on_new_version)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +137,10 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
+    jobs = optimize_jobs(loader, inference.traffic, config.jobs)
     return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, generation, status,
-                    optimize_jobs(loader, inference.traffic, config.jobs), DecodePool(config.limits), shared,
-                    ModelControl(shared, loader, inference.traffic))
+                    jobs, DecodePool(config.limits), shared, ModelControl(shared, loader, inference.traffic),
+                    auto_optimizer(jobs, loader, config))
 
 
 def _state_store(config: Config, metrics: Metrics) -> StateStore:
@@ -186,6 +190,9 @@ state once the models are loaded, and stops before they unload."""
         Stage("status history", start=s.status.start, stop=s.status.stop),
         # Optimize jobs publish through the loader and traffic; at start, dead servers' job folders go.
         Stage("optimize jobs", start=s.optimize_jobs.sweep, stop=s.optimize_jobs.close),
+        # After the jobs it starts; stops first, so a run the shutdown cancels stays queued for the next start.
+        Stage("automatic optimization", start=s.auto_optimizer.start if s.auto_optimizer else None,
+              stop=s.auto_optimizer.close if s.auto_optimizer else None),
     ]
 
 
@@ -280,7 +287,8 @@ def admin_routes(s: Services) -> list[web.RouteDef]:
         web.get("/admin/models/{model}/rollout", traffic.get_rollout),
         web.post("/admin/models/{model}/rollout", traffic.start_rollout),
         web.delete("/admin/models/{model}/rollout", traffic.cancel_rollout),
-        *optimize_routes(s.optimize_jobs, s.loader, s.config.registry.trust_repository),
+        *optimize_routes(s.optimize_jobs, s.loader, s.config.registry.trust_repository, s.auto_optimizer,
+                         s.inference.traffic, s.config.registry.trust_uploads),
     ]
 
 
@@ -295,7 +303,8 @@ def server_routes(s: Services) -> list[web.RouteDef]:
 def status_routes(s: Services) -> list[web.RouteDef]:
     """The status page: its files at / and /ui/ (open), the overview and histograms it reads."""
     sources = OverviewSources(s.loader, s.metrics, s.inference.traffic, s.monitor, s.status.history,
-                              time.time(), lambda: s.state.is_ready)
+                              time.time(), lambda: s.state.is_ready,
+                              s.auto_optimizer.views if s.auto_optimizer else None)
     page = StatusHandlers(sources, s.gate.keyring.is_enabled, s.gate.policy.admin_served)
     return [
         web.get("/", page.page),

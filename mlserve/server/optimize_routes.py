@@ -13,8 +13,9 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from mlserve.config import JobsConfig
+from mlserve.config import Config, JobsConfig
 from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.optimize.auto import AutoOptimizer, ledger_dir
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.optimize.request import parse_body
 from mlserve.registry.loader import HotSwapLoader
@@ -44,11 +45,20 @@ def optimize_jobs(loader: HotSwapLoader, traffic, config: JobsConfig) -> Optimiz
     return OptimizeJobs(deploy, config)
 
 
+def auto_optimizer(jobs: OptimizeJobs, loader: HotSwapLoader, config: Config) -> AutoOptimizer:
+    """Automatic runs publish into a local repository; their ledger sits beside the job records."""
+    root = loader.store.root if isinstance(loader.store, LocalStore) else None
+    return AutoOptimizer(jobs, loader, root, ledger_dir(config.jobs.state_dir, root),
+                         config.registry.trust_repository, config.registry.trust_uploads)
+
+
 class OptimizeHandlers:
     """Parses, calls the job manager, answers with the job."""
 
-    def __init__(self, jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool) -> None:
+    def __init__(self, jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool,
+                 auto: AutoOptimizer | None = None, traffic=None, trust_uploads: bool = False) -> None:
         self._jobs, self._loader, self._trust_repository = jobs, loader, trust_repository
+        self._auto, self._traffic, self._trust_uploads = auto, traffic, trust_uploads
 
     def _root(self) -> Path:
         store = self._loader.store
@@ -67,9 +77,19 @@ class OptimizeHandlers:
         root = self._root()
         if name not in self._loader.models:
             raise ModelNotFound.unknown(name)
-        job_request, rollout = parse_body(raw, name, root, self._trust_repository)
+        job_request, rollout = parse_body(raw, name, root, self._trust_repository, self._trust_uploads)
         job = await self._jobs.start(job_request, rollout)
         return json_response(job.to_dict(), 202)
+
+    async def runs(self, request: web.Request) -> web.Response:
+        """The model's automatic runs (queued, running, published, no_winner, failed, cancelled) with
+        the rollout the last published one started (its status says promoted or rolled back)."""
+        name = check_model_name(request.match_info["model"])
+        if name not in self._loader.models:
+            raise ModelNotFound.unknown(name)
+        rollout = self._traffic.rollout_view(name)["rollout"] if self._traffic is not None else None
+        runs = self._auto.views(name) if self._auto is not None else []
+        return json_response({"model": name, "runs": runs, "rollout": rollout})
 
     async def get(self, request: web.Request) -> web.Response:
         return json_response(self._jobs.get(request.match_info["job"]).to_dict())
@@ -78,10 +98,13 @@ class OptimizeHandlers:
         return json_response((await self._jobs.cancel(request.match_info["job"])).to_dict())
 
 
-def optimize_routes(jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool) -> list[web.RouteDef]:
-    """`trust_repository`: the server's own setting; a model's `trusted = true` counts too."""
-    handlers = OptimizeHandlers(jobs, loader, trust_repository)
+def optimize_routes(jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool,
+                    auto: AutoOptimizer | None = None, traffic=None, trust_uploads: bool = False) -> list[web.RouteDef]:
+    """`trust_repository`: the server's own setting; a model's `trusted = true` counts too.
+    `trust_uploads`: the server's; an uploaded TorchScript or .pt2 version is optimized only with it."""
+    handlers = OptimizeHandlers(jobs, loader, trust_repository, auto, traffic, trust_uploads)
     return [
+        web.get("/admin/models/{model}/optimize", handlers.runs),
         web.post("/admin/models/{model}/optimize", handlers.start),
         web.get("/admin/jobs/{job}", handlers.get),
         web.delete("/admin/jobs/{job}", handlers.cancel),

@@ -46,6 +46,8 @@ class OverviewSources:
     started: float
     is_ready: Callable[[], bool]
     """Whether the server takes traffic now."""
+    optimize_runs: Callable[[str], list[dict]] | None = None
+    """A model's automatic optimization runs ([optimize] on_new_version), newest first."""
 
 
 def build_overview(src: OverviewSources, caller: Caller) -> dict:
@@ -80,6 +82,7 @@ def _model(src: OverviewSources, served: ServedModel, load_times: dict[tuple[str
         "versions": versions,
         "traffic": traffic,
         "experiment": experiment if experiment and experiment.get("versions") else None,
+        "optimize": src.optimize_runs(name) if src.optimize_runs is not None else [],
     }
 
 

@@ -10,6 +10,7 @@ from mlserve.spec.model import (
     BACKENDS, MODEL_NAME, BatchingSpec, ModelConfig, VersionPolicy, WarmupSpec, parse_model_config,
     read_model_config,
 )
+from mlserve.spec.optimize import OptimizeSettings
 from mlserve.spec.precision import TorchSettings
 from mlserve.spec.schedule import SchedulePolicy
 from mlserve.spec.table import check_value, parse_table
@@ -19,7 +20,7 @@ from mlserve.spec.version import MAX_VERSION, parse_version, version_number
 
 __all__ = [
     "BACKENDS", "DATATYPE_TO_NUMPY", "MAX_VERSION", "MODEL_NAME", "NUMPY_TO_DATATYPE", "BatchingSpec", "BreakerSpec",
-    "DriftSettings", "ExperimentSpec", "GenerationRequest", "RequestHandle", "TokenEvent", "LLMSettings", "ModelConfig", "ModelInfo", "Sampled", "SamplingParams",
+    "DriftSettings", "ExperimentSpec", "GenerationRequest", "RequestHandle", "TokenEvent", "LLMSettings", "ModelConfig", "ModelInfo", "OptimizeSettings", "Sampled", "SamplingParams",
     "SchedulePolicy", "SeqChunk", "ShadowSpec", "StickyKey", "TensorSpec", "TorchSettings", "TrafficSpec", "VersionPolicy", "WarmupSpec",
     "check_value", "parse_model_config", "parse_split", "parse_version", "parse_table", "read_model_config",
     "version_number",

@@ -15,6 +15,7 @@ from typing import Any
 from mlserve.errors import ModelLoadError
 from mlserve.spec.drift import DriftSettings
 from mlserve.spec.llm import LLMSettings
+from mlserve.spec.optimize import OptimizeSettings
 from mlserve.spec.precision import TorchSettings
 from mlserve.spec.table import MAX_LIST_ITEMS, between, parse_table
 from mlserve.spec.tensor import TensorSpec
@@ -149,6 +150,8 @@ class ModelConfig:
     traffic: TrafficSpec = field(default_factory=TrafficSpec)
     warmup: WarmupSpec = field(default_factory=WarmupSpec)
     torch: TorchSettings = field(default_factory=TorchSettings)
+    optimize: OptimizeSettings = field(default_factory=OptimizeSettings)
+    """The [optimize] section: automatic optimization of each new version."""
     """The [torch] section (autocast precision); only TorchScript and torch.export models may set it."""
     trusted: bool = False
     """Artifacts that can run code when read (TorchScript, torch.export) may load for this model.
@@ -211,6 +214,7 @@ _SECTIONS = {
     "traffic": TrafficSpec.parse,
     "warmup": lambda raw: parse_table(WarmupSpec, raw, "[warmup]"),
     "torch": TorchSettings.parse,
+    "optimize": OptimizeSettings.parse,
 }
 
 

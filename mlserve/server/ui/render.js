@@ -22,6 +22,7 @@ export function renderModel(model, access, ui) {
   const blocks = h("div", { class: "blocks" });
   if (model.traffic) blocks.append(trafficBlock(model));
   if (model.experiment) blocks.append(experimentBlock(model.experiment));
+  if (model.optimize && model.optimize.length) blocks.append(optimizeBlock(model.optimize));
   const drifting = model.versions.filter((v) => v.drift);
   if (drifting.length) blocks.append(h("div", { class: "block drift" }, h("h3", {}, "Drift"),
     ...drifting.map((v) => driftBlock(model.name, v, ui))));
@@ -90,6 +91,17 @@ function rolloutLine(r) {
   return h("div", { class: "rollout" }, "rollout of ", h("b", {}, `v${r.version}`), ` over v${r.stable}: `,
     badge(r.status.replace("_", " "), kind), ` step ${r.step + 1}/${r.steps.length} at ${r.percent}% `,
     bar(r.percent / 100, "rollout-bar"), r.reason ? h("span", { class: "muted" }, ` ${r.reason}`) : null);
+}
+
+const RUN_KIND = { published: "ok", no_winner: "muted", failed: "bad", cancelled: "muted" };
+
+function optimizeBlock(runs) {
+  // Automatic optimization ([optimize] on_new_version): the newest runs, the reason when nothing was published.
+  return h("div", { class: "block optimize" }, h("h3", {}, "Automatic optimization"),
+    ...runs.slice(0, 5).map((r) => h("div", { "data-source-version": String(r.source_version) },
+      `v${r.source_version} `, badge(r.state.replace("_", " "), RUN_KIND[r.state] || "warn"),
+      r.published_version ? ` → v${r.published_version} (${r.winner})` : "",
+      r.reason ? h("span", { class: "muted" }, ` ${r.reason}`) : null)));
 }
 
 function experimentBlock(exp) {
