@@ -82,7 +82,7 @@ def _infer_url(server, model: str) -> str:
 
 def test_declared_huge_body_gets_413_before_it_is_read(limited):
     with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
-        sock.sendall(b"POST /v2/models/identity/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v2/models/identity/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 10737418240\r\n\r\n" + b"[" * 65536)
         started = time.monotonic()
         reply = sock.recv(65536).decode(errors="replace")

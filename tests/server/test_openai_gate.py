@@ -78,7 +78,7 @@ def test_a_client_that_leaves_mid_stream_is_cancelled_quietly(llm_server):
     body = (b'{"model": "tiny-llama", "prompt": "hello", "max_tokens": 480, "stream": true, '
             b'"ignore_eos": true, "temperature": 0}')
     with socket.create_connection(("127.0.0.1", llm_server.port), timeout=30) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert b"200 OK" in sock.recv(4096)
     wait_for_idle(llm_server, "tiny-llama")
