@@ -4,23 +4,29 @@ mlserve's own settings (drain timing, probe paths, selectors, metric names)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import re
+import secrets
 import signal
+import socket
 import urllib.error
 import urllib.request
 from functools import cache
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 
-from mlserve.config import load_config
+from mlserve.config import check_state_url, load_config
 from mlserve.examples import write_identity_onnx
+from mlserve.state import open_state
 from tests.deploy.cluster import poll
 from tests.deploy.manifests import (
     CRD_KINDS, NO_KUBECTL, OVERLAYS, adapter_rules, container, find, has_kubectl, kinds, render, selects,
 )
 from tests.server_process import ROOT, MlserveProcess
+from tests.state.redis_server import NO_REDIS, RedisServer, has_redis
 
 pytestmark = pytest.mark.skipif(not has_kubectl(), reason=NO_KUBECTL)
 # The oldest and newest Kubernetes the manifests are meant for.
@@ -214,3 +220,79 @@ def test_shipped_config_and_keys_serve_and_drain(tmp_path):
     finally:
         server.stop()
     assert "closing the listener in 2.0 s" in server.log()
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion of a container's args and env values."""
+    return re.sub(r"\$\(([A-Z_]+)\)", lambda m: env[m.group(1)], value)
+
+
+def _secret_ref(container_spec: dict, name: str) -> tuple[str, str]:
+    (entry,) = [e for e in container_spec["env"] if e["name"] == name]
+    ref = entry["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=overlay_id)
+def test_every_replica_is_pointed_at_the_state_redis_with_its_password(overlay):
+    objects = rendered(overlay)
+    redis = find(objects, "StatefulSet", "state-redis")
+    redis_service = find(objects, "Service", "state-redis")
+    server_service = find(objects, "Service", "mlserve")
+    redis_pod_labels = redis["spec"]["template"]["metadata"]["labels"]
+    server_pod_labels = find(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert selects(redis_service["spec"]["selector"], redis_pod_labels)
+    assert not selects(redis_service["spec"]["selector"], server_pod_labels)
+    assert not selects(server_service["spec"]["selector"], redis_pod_labels)
+    assert redis["spec"]["serviceName"] == redis_service["metadata"]["name"]
+    redis_container = container(redis)
+    main = container(find(objects, "Deployment"))
+    assert _secret_ref(main, "REDIS_PASSWORD") == _secret_ref(redis_container, "REDIS_PASSWORD")
+    find(objects, "Secret", _secret_ref(main, "REDIS_PASSWORD")[0])  # the Secret ships in the overlay
+    (url,) = [e["value"] for e in main["env"] if e["name"] == "MLSERVE_STATE_URL"]
+    expanded = _expand(url, {"REDIS_PASSWORD": "pw"})
+    parts = urlsplit(check_state_url(expanded))
+    assert parts.hostname == redis_service["metadata"]["name"] and parts.password == "pw"
+    assert parts.port == redis_service["spec"]["ports"][0]["port"]
+    assert redis_service["spec"]["ports"][0]["targetPort"] == redis_container["ports"][0]["name"]
+    mounts = {m["name"]: m["mountPath"] for m in redis_container["volumeMounts"]}
+    args = redis_container["args"]
+    assert mounts[redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]] == args[args.index("--dir") + 1]
+    # The pod's environment reaches mlserve's own settings: the store it opens is that Redis.
+    config = load_config(None, environ={"MLSERVE_STATE_URL": expanded})
+    assert config.state.url == expanded
+
+
+@pytest.mark.skipif(not has_redis(), reason=NO_REDIS)
+def test_the_state_redis_arguments_run_a_redis_that_keeps_mlserve_state_across_a_restart(tmp_path):
+    """The StatefulSet's own arguments, given to a real redis-server: it asks mlserve for the password,
+    and a document mlserve wrote is there after Redis restarts (the append-only file on its volume)."""
+    redis_container = container(find(rendered("cpu"), "StatefulSet", "state-redis"))
+    password = secrets.token_hex(8)
+    args = [_expand(a, {"REDIS_PASSWORD": password}) for a in redis_container["args"]]
+    args[args.index("--dir") + 1] = str(tmp_path)
+    server = RedisServer(tmp_path, password=password)
+    server.start(extra_args=args)
+
+    async def write_then_read(expect_written: bool):
+        store = open_state(server.url, "mlserve")
+        await store.start()
+        try:
+            if expect_written:
+                return await store.get("control:m")
+            return await store.put("control:m", {"split": {"1": 10, "2": 90}}, expect=0)
+        finally:
+            await store.close()
+
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"PING\r\n")
+            assert sock.recv(64).startswith(b"-NOAUTH")  # a client without the password gets nothing
+        assert asyncio.run(write_then_read(False)).version == 1
+        server.stop(graceful=True)
+        server.start(extra_args=args)
+        kept = asyncio.run(write_then_read(True))
+        assert kept is not None and kept.data == {"split": {"1": 10, "2": 90}}
+    finally:
+        server.stop()
+

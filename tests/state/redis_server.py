@@ -31,11 +31,13 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def start(self, timeout: float = 10.0, extra_args: list[str] | None = None) -> RedisServer:
+        """Start it; `extra_args` (after the defaults, so they win) e.g. a deployment's own arguments."""
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", str(self.workdir)]
         if self.password:
             args += ["--requirepass", self.password]
+        args += extra_args or []
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:
@@ -50,7 +52,11 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.05)
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = False) -> None:
+        """Kill it; `graceful` lets it shut down as SIGTERM asks (it writes its append-only file)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            if graceful:
+                self.proc.terminate()
+            else:
+                self.proc.kill()
             self.proc.wait(10)
