@@ -101,6 +101,9 @@ class KeyRing:
         self._keys: dict[str, ApiKey] = {}
         self._memo_key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, str] = OrderedDict()
+        self._checking: dict[bytes, asyncio.Future[bool]] = {}
+        """Checks under way, by token digest: requests that bring the same token meanwhile (a client
+        opening many connections at once) wait for that one check instead of each spending an attempt."""
         workers = max(1, min(4, os.cpu_count() or 1))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlserve-auth")
         self._num_verifying = 0
@@ -151,14 +154,25 @@ class KeyRing:
         if key_id is not None:
             self._verified.move_to_end(memo)
             return AuthResult(self._keys[key_id])
+        under_way = self._checking.get(memo)
+        if under_way is not None:
+            ok = await asyncio.shield(under_way)
+            return AuthResult(self._keys.get(parts[0]) if ok else None)
         wait = self.throttle.try_attempt(client_addr, parts[0])
         if wait is not None:
             return AuthResult(None, wait)
+        check = self._checking[memo] = asyncio.get_running_loop().create_future()
         try:
             ok = await self._verify(self._keys[parts[0]], parts[1])
-        except Overloaded:
-            self.throttle.refund(client_addr, parts[0])
+        except BaseException as exc:
+            if isinstance(exc, Overloaded):
+                self.throttle.refund(client_addr, parts[0])
+            check.set_exception(exc if isinstance(exc, Exception) else Overloaded("key check cancelled; retry"))
+            check.exception()  # retrieved: waiters re-raise it, nobody is left to log it unread
             raise
+        finally:
+            del self._checking[memo]
+        check.set_result(ok)
         if not ok:
             return AuthResult(None)
         self.throttle.refund(client_addr, parts[0])

@@ -212,6 +212,36 @@ def test_failed_checks_are_throttled_per_client_address_and_key(tmp_path):
     ring.close()
 
 
+def test_a_client_opening_many_connections_at_once_is_checked_once_and_never_throttled(tmp_path, monkeypatch):
+    """64 requests bring a valid token before its first check ends (wrk -c64 on a cold server). They
+    wait for that one check: one hash, 64 admitted. On the old code each spent an attempt of the
+    (address, key) budget while in progress, and past the burst the rest were told 429."""
+    import asyncio
+
+    from mlserve import keys
+    from mlserve.server.auth import KeyRing
+    from mlserve.server.ratelimit import FailureThrottle
+
+    path = tmp_path / "keys.json"
+    token = keys.create_key(path, "a", ("infer",))
+    forged = f"mls_{keys.split_token(token)[0]}_{'0' * 43}"
+    hashes = []
+    real_verify = keys.verify
+    monkeypatch.setattr(keys, "verify", lambda key, secret: hashes.append(secret) or real_verify(key, secret))
+    ring = KeyRing(path, TenantLimiter(), FailureThrottle(burst=20, rate=0.01, clock=lambda: 0.0))
+
+    async def main():
+        results = await asyncio.gather(*(ring.authenticate(token, "10.0.0.1") for _ in range(64)))
+        assert [r.key.name if r.key else r.retry_after_s for r in results] == ["a"] * 64
+        assert len(hashes) == 1
+        wrong = await asyncio.gather(*(ring.authenticate(forged, "10.0.0.1") for _ in range(64)))
+        assert all(r.key is None for r in wrong)  # a wrong token waits for its check too, and fails
+        assert len(hashes) == 2
+
+    asyncio.run(main())
+    ring.close()
+
+
 def test_a_flood_of_bad_tokens_from_a_shared_address_cannot_lock_out_a_valid_key(tmp_path):
     """Behind a proxy every client has one address. Tokens that name no live key cost no hash and no
     attempt, so a valid key checked for the first time after the flood still gets in (on the old
