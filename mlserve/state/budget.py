@@ -68,8 +68,9 @@ class LeasedBudget:
         return self.tokens <= 0 and not self.is_exhausted
 
     def try_take(self) -> bool:
-        """Spend one token (no store call); False when this window's limit is used up cluster-wide."""
-        self._roll()
+        """Spend one token (no store call); False when the leased tokens are spent. A request prepared
+        in one window and admitted in the next spends the token it was prepared with (the window rolls
+        in `needs_refill`): a second that turns between the two is no reason to refuse."""
         if self.tokens <= 0:
             return False
         self.tokens -= 1

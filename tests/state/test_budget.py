@@ -112,6 +112,26 @@ def test_one_process_keeps_its_token_bucket_and_a_lost_store_leaves_a_local_shar
     assert admitted == 50
 
 
+def test_a_second_that_turns_between_lease_and_admission_refuses_nothing():
+    """Prepared at the end of one second, admitted in the next: the request spends the token it was
+    prepared with (on the old code the window rolled in between and a key limited to a million
+    requests per second was told 429), and the next request leases the new second's block."""
+    now = [1_800_000_000.999]
+    budget = LeasedBudget("rps:k", 1000, "second", clock=lambda: now[0])
+    store = MemoryStore()
+
+    async def scenario():
+        assert budget.needs_refill()
+        await budget.refill(store)
+        now[0] = 1_800_000_001.0001
+        assert budget.try_take()
+        assert budget.needs_refill()  # the new second: its own block
+        await budget.refill(store)
+        assert budget.try_take() and budget.window == "1800000001"
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("period, expected", [("second", "1800000000"), ("day", "2027-01-15"), ("month", "2027-01")])
 def test_windows(period, expected):
     assert window_of(period, 1_800_000_000.5) == expected
