@@ -182,12 +182,12 @@ def _measure(server: Server, command: list[str], env: dict[str, str]) -> tuple[s
 
 
 def wrk_point(name: str, server: Server, body: Body, concurrency: int, seconds: float, core: str,
-              count_status: bool = False) -> Point:
+              count_status: bool = False, path: str = INFER_PATH) -> Point:
     """Closed loop: `concurrency` connections, each sending its next request when the last came back."""
     env = {**os.environ, "BENCH_BODY": str(body.path), "BENCH_HEADER_LENGTH": body.header_length or "",
            "BENCH_COUNT_STATUS": "1" if count_status else "0", "BENCH_TOKEN": server.token}
     command = ["taskset", "-c", core, "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-               "-s", str(LUA), server.url + INFER_PATH]
+               "-s", str(LUA), server.url + path]
     out, cpu, mean_batch = _measure(server, command, env)
     line = next(x for x in out.splitlines() if x.startswith("BENCH_JSON "))
     r = json.loads(line.removeprefix("BENCH_JSON "))

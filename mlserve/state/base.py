@@ -91,6 +91,13 @@ class StateStore(Protocol):
 
     async def hgetall(self, key: str) -> dict[str, float]: ...
 
+    async def hadd_capped(self, key: str, values: Mapping[str, float], cap: int, ttl_s: float) -> bool:
+        """Set the fields unless the hash already holds `cap` or more (then nothing is written: False).
+        The hash expires `ttl_s` after the write that created it. One round trip for any number of fields."""
+        ...
+
+    async def hget(self, key: str, field: str) -> float | None: ...
+
     async def hset_min(self, key: str, field: str, value: float) -> float:
         """Keep the smaller of the stored value and `value`; returns what is stored."""
         ...

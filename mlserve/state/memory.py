@@ -115,6 +115,21 @@ class MemoryStore:
         self._kind(key, self._hashes)
         return dict(self._hashes.get(key, {}))
 
+    async def hadd_capped(self, key: str, values: Mapping[str, float], cap: int, ttl_s: float) -> bool:
+        self._kind(key, self._hashes)
+        table = self._hashes.get(key)
+        if table is not None and len(table) >= cap:
+            return False
+        if table is None:
+            table = self._hashes[key] = {}
+            self._set_ttl(key, ttl_s)
+        table.update({name: float(value) for name, value in values.items()})
+        return True
+
+    async def hget(self, key: str, field: str) -> float | None:
+        self._kind(key, self._hashes)
+        return self._hashes.get(key, {}).get(field)
+
     async def hset_min(self, key: str, field: str, value: float) -> float:
         self._kind(key, self._hashes)
         table = self._hashes.setdefault(key, {})

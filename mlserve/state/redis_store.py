@@ -57,6 +57,13 @@ for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
 if ARGV[1] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return redis.call('HGETALL', KEYS[1])
 """
+_HADD_CAPPED = """
+local n = redis.call('HLEN', KEYS[1])
+if n >= tonumber(ARGV[1]) then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if n == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
 _HSET_MIN = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur or tonumber(ARGV[2]) < tonumber(cur) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
@@ -88,7 +95,7 @@ class RedisStore:
             url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
             retry_on_timeout=False, decode_responses=False)
         self._scripts = {name: self._client.register_script(body) for name, body in
-                         (("put", _PUT), ("incr", _INCR), ("hincr", _HINCR), ("hset_min", _HSET_MIN),
+                         (("put", _PUT), ("incr", _INCR), ("hincr", _HINCR), ("hadd_capped", _HADD_CAPPED), ("hset_min", _HSET_MIN),
                           ("lease", _LEASE), ("release", _RELEASE))}
         self._is_up = False
         self._observers: list[HealthObserver] = []
@@ -255,6 +262,21 @@ class RedisStore:
             return {k.decode(): float(v) for k, v in raw.items()}
         except (ValueError, UnicodeDecodeError):
             raise BadStateData(f"state key {key!r} holds a field that is not a number") from None
+
+    async def hadd_capped(self, key: str, values: Mapping[str, float], cap: int, ttl_s: float) -> bool:
+        args: list[Any] = [cap, _ms(ttl_s)]
+        for name, value in values.items():
+            args += [name, repr(float(value))]
+        return bool(await self._run(key, self._scripts["hadd_capped"](keys=[self.key(key)], args=args)))
+
+    async def hget(self, key: str, field: str) -> float | None:
+        raw = await self._run(key, self._client.hget(self.key(key), field))
+        if raw is None:
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise BadStateData(f"state key {key!r} field {field!r} is not a number") from None
 
     async def hset_min(self, key: str, field: str, value: float) -> float:
         raw = await self._run(key, self._scripts["hset_min"](keys=[self.key(key)], args=[field, repr(float(value))]))

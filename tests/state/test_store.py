@@ -93,6 +93,11 @@ def test_counters_hashes_values_and_leases(make_store):
         assert await store.get_value("v") == "1"
         await store.set_many({"a": "x", "b": "y"}, ttl_s=60)
         assert [await store.get_value(k) for k in ("a", "b", "zz")] == ["x", "y", None]
+        assert await store.hadd_capped("ha", {"r1": 1, "r2": 2}, cap=3, ttl_s=60) is True
+        assert await store.hadd_capped("ha", {"r3": 2, "r4": 1}, cap=3, ttl_s=60) is True  # under the cap: all
+        assert await store.hadd_capped("ha", {"r5": 1}, cap=3, ttl_s=60) is False  # at the cap: nothing
+        assert [await store.hget("ha", f) for f in ("r1", "r4", "r5")] == [1.0, 1.0, None]
+        assert await store.hget("none", "r1") is None
         assert await store.lease("l", "me", 5) is True
         assert await store.lease("l", "you", 5) is False
         assert await store.lease("l", "me", 5) is True  # renewed by its holder
