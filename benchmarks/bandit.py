@@ -85,9 +85,12 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=100)
     parser.add_argument("--per-update", type=int, default=100)
     args = parser.parse_args()
+    if args.runs < 2 or args.updates < 1 or args.per_update < 1:
+        parser.error("--runs must be >= 2 (for a spread), --updates and --per-update >= 1")
     started = time.perf_counter()
     print(f"{args.runs} runs x {args.updates} updates x {args.per_update} requests "
-          f"({args.updates * args.per_update} requests a run); regret = sum over requests of best rate - chosen rate\n")
+          f"({args.updates * args.per_update} requests a run); "
+          "regret = sum over requests of best rate - chosen rate\n")
     print("| arms (success rates) | policy | regret, mean ± sd | / fixed split | worst run | best arm's share, last 10% |")
     print("|---|---|---:|---:|---:|---:|")
     for scenario, rates in SCENARIOS.items():
@@ -98,7 +101,8 @@ def main() -> None:
             mean = float(regrets.mean())
             baseline = mean if baseline is None else baseline
             share = float(np.mean([r.best_share_last for r in results]))
-            print(f"| {scenario} | {name} | {mean:.1f} ± {regrets.std(ddof=1):.1f} | {mean / baseline:.2f} | {regrets.max():.1f} | {share:.3f} |")
+            print(f"| {scenario} | {name} | {mean:.1f} ± {regrets.std(ddof=1):.1f} | {mean / baseline:.2f} "
+                  f"| {regrets.max():.1f} | {share:.3f} |")
     print(f"\n{time.perf_counter() - started:.1f} s")
 
 

@@ -15,7 +15,8 @@ from mlserve.spec.precision import TorchSettings
 from mlserve.spec.schedule import SchedulePolicy
 from mlserve.spec.table import check_value, parse_table
 from mlserve.spec.tensor import DATATYPE_TO_NUMPY, ModelInfo, NUMPY_TO_DATATYPE, TensorSpec
-from mlserve.spec.traffic import BanditSpec, BreakerSpec, ExperimentSpec, ShadowSpec, StickyKey, TrafficSpec, parse_split
+from mlserve.spec.traffic import (BanditSpec, BreakerSpec, ExperimentSpec, ShadowSpec, StickyKey, TrafficSpec,
+                                  parse_split)
 from mlserve.spec.version import MAX_VERSION, parse_version, version_number
 
 __all__ = [

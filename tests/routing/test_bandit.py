@@ -78,7 +78,8 @@ def test_numeric_outcomes_use_a_normal_posterior():
 def test_epsilon_greedy_spreads_epsilon_and_gives_the_rest_to_the_best_mean():
     spec = BanditSpec(policy="epsilon_greedy", epsilon=0.2, min_share=0.0)
     rng = np.random.default_rng(0)
-    shares = allocate(spec, [1, 2, 3], {1: _moments([1, 0]), 2: _moments([1, 1, 0]), 3: _moments([0])}, True, rng).shares
+    outcomes = {1: _moments([1, 0]), 2: _moments([1, 1, 0]), 3: _moments([0])}
+    shares = allocate(spec, [1, 2, 3], outcomes, True, rng).shares
     assert shares == pytest.approx({1: 0.2 / 3, 2: 0.8 + 0.2 / 3, 3: 0.2 / 3})
     # An arm with no outcomes yet is tried first.
     shares = allocate(spec, [1, 2], {1: _moments([1, 1])}, True, rng).shares
