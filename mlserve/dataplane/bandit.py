@@ -77,7 +77,11 @@ class BanditDriver:
 
     async def _run(self) -> None:
         while True:
-            soonest = await self.tick()
+            try:
+                soonest = await self.tick()
+            except Exception:  # a bug here must not end every model's updates for good
+                log.exception("bandit updates failed; trying again")
+                soonest = self._clock() + MAX_SLEEP_S
             await asyncio.sleep(max(0.01, min(MAX_SLEEP_S, soonest - self._clock())))
 
     async def tick(self) -> float:

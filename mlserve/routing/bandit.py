@@ -9,7 +9,8 @@
   with no outcomes yet counts as the best (it must be tried).
 
 Either way every arm keeps at least `min_share` (water-filling: an arm below the floor is lifted to
-it, the others share what is left in proportion), and the shares sum to 1.
+it, the others share what is left in proportion; with more arms than 1/min_share, as can happen
+when the arms are every ready version, the floor is 1/num_arms), and the shares sum to 1.
 
 Pure functions of their inputs: no clock, no store, no global random state, so a simulation with a
 fixed seed is reproducible (benchmarks/bandit.py, tests/routing/test_bandit.py).
@@ -50,7 +51,7 @@ def allocate(spec: BanditSpec, arms: Sequence[int], outcomes: Mapping[int, Momen
         best = _best_mean(moments)
         p_best = [1.0 if i == best else 0.0 for i in range(len(arms))]
         raw = [spec.explore / len(arms) + (1 - spec.explore) * p for p in p_best]
-    shares = floor_shares(raw, spec.min_share)
+    shares = floor_shares(raw, min(spec.min_share, 1 / len(arms)))  # more ready arms than load checked for
     return Allocation(dict(zip(arms, shares)), dict(zip(arms, p_best)))
 
 

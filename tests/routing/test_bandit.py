@@ -158,3 +158,11 @@ def test_a_model_toml_with_a_bad_bandit_does_not_load_and_says_which_key(tmp_pat
     path.write_text('[traffic.bandit]\npolicy = "thompson"\nupdate_s = 0\n')
     with pytest.raises(ModelLoadError, match=r"\[traffic.bandit\] update_s must be > 0"):
         read_model_config(path)
+
+
+def test_more_ready_arms_than_the_floor_allows_share_evenly():
+    """No split: the arms are every ready version, so a floor checked against two arms (0.5) can meet
+    three; each then gets 1/3 rather than an impossible half."""
+    shares = allocate(BanditSpec(min_share=0.5), [1, 2, 3], {1: _moments([1] * 20)}, True,
+                      np.random.default_rng(2)).shares
+    assert shares == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 1 / 3})
