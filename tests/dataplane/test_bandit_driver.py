@@ -131,3 +131,20 @@ def test_in_one_process_the_driver_moves_the_split_keeps_it_over_a_reload_and_ha
             await r.close()
 
     asyncio.run(scenario())
+
+
+def test_without_a_split_the_arms_are_the_ready_versions(tmp_path):
+    root = _repo(tmp_path, 'version_policy = { all = true }\n\n[traffic]\nbandit = { update_s = 0.05 }\n')
+
+    async def scenario():
+        r = await Replica(root, MemoryStore()).start()
+        try:
+            assert r.traffic.traffic_view("m")["split"] == {}  # until the first update
+            assert await r.bandit.update("m", r.traffic.bandits()["m"]) is True
+            view = r.traffic.traffic_view("m")
+            assert set(view["split"]) == {"1", "2"} and view["source"] == "bandit"
+            assert sum(view["split"].values()) == pytest.approx(100.0)
+        finally:
+            await r.close()
+
+    asyncio.run(scenario())
