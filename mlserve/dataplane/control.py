@@ -1,7 +1,7 @@
 """ModelControl: the one door admin changes pass through, and where they are shared with the other
 replicas.
 
-Each change (traffic keys; load, unload, pin, unpin, rollback) is written to the state store as the
+Each change (traffic keys; a bandit's split; load, unload, pin, unpin, rollback) is written to the state store as the
 model's control document `control:<model>` (compare-and-set, retried on a concurrent write, so two
 admins racing both land and the later write of a key wins), applied here, and announced on the
 `control` channel. Every replica re-reads the document on the notice, when it starts, and when the
@@ -20,6 +20,7 @@ import socket
 from typing import Any, Awaitable, Callable
 
 from mlserve.registry.loader import HotSwapLoader, ServedModel
+from mlserve.routing.bandit import BanditRecord
 from mlserve.routing.manager import TrafficManager
 from mlserve.state import BadStateData, Document, StateStore, StateUnavailable
 
@@ -118,6 +119,12 @@ class ModelControl:
             log.error("model %s: control document version %d refused: %s", name, doc.version, exc)
         except Exception as exc:  # a load or pin that fails here: this replica keeps what it serves
             log.warning("model %s: control document version %d not applied here: %s", name, doc.version, exc)
+        bandit = doc.data.get("bandit")
+        if bandit is not None and bandit != self._traffic.bandit_record(name):
+            try:
+                self._traffic.apply_bandit(name, bandit)
+            except ValueError as exc:
+                log.error("model %s: control document version %d: bandit refused: %s", name, doc.version, exc)
 
     async def _apply_model(self, name: str, model: dict[str, Any], first: bool) -> None:
         served = self._loader.models.get(name)
@@ -184,6 +191,20 @@ class ModelControl:
             written = await self._write(name, change)
             await self._apply(name, written)
         return self._traffic.traffic_view(name)
+
+    async def set_bandit(self, name: str, record: BanditRecord) -> None:
+        """A bandit's new split (mlserve/dataplane/bandit.py, the replica holding its lease): written
+        beside the admin's keys, counted, then applied on every replica like an admin change."""
+
+        def change(data: dict[str, Any]) -> dict[str, Any]:
+            previous = data.get("bandit")
+            updates = previous.get("updates", 0) if isinstance(previous, dict) else 0
+            updates = updates + 1 if isinstance(updates, int) else 1
+            return {**data, "bandit": record.with_updates(updates).to_json()}
+
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            written = await self._write(name, change)
+            await self._apply(name, written)
 
     @staticmethod
     def _model_change(**fields: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:

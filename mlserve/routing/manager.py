@@ -12,16 +12,18 @@ import logging
 import random
 from typing import Any, Mapping
 
-from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.errors import Conflict, InvalidInput, ModelNotFound
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 from mlserve.spec.request_id import check_request_id
 from mlserve.routing import split as splits
+from mlserve.routing.bandit import BanditRecord, bandit_view
 from mlserve.routing.rollout import Rollout, RolloutPlan, RolloutStatus
 from mlserve.routing.shared import SharedExperiments, moments_from, versions_in
 from mlserve.routing.shadow import ShadowJob, ShadowRunner, ShadowStats, Tensors, compare_outputs
 from mlserve.routing.traffic import ModelTraffic
-from mlserve.spec import TrafficSpec, parse_split
+from mlserve.routing.stats import Moments
+from mlserve.spec import BanditSpec, TrafficSpec, parse_split
 from mlserve.state import MemoryStore, StateStore
 
 log = logging.getLogger("mlserve.routing")
@@ -49,6 +51,8 @@ class TrafficManager:
         self._overrides: dict[str, dict[str, Any]] = {}
         """Per model, the [traffic] keys set through the API (checked JSON, as the control document
         holds them): they hold over model.toml's until set to null."""
+        self._bandits: dict[str, BanditRecord] = {}
+        """Per model, the split its bandit last wrote (through the control door, from any replica)."""
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -73,8 +77,18 @@ class TrafficManager:
             found.reload(spec, source)
         else:
             return found
+        self._keep_bandit_split(served.name, found)
         self._publish_weights(served.name, found)
         return found
+
+    def _keep_bandit_split(self, name: str, state: ModelTraffic) -> None:
+        """A bandit owns the split across reloads; a bandit taken out of model.toml hands it back."""
+        record = self._bandits.get(name)
+        if state.spec.bandit is not None and record is not None and not state.is_rolling_out:
+            state.set_split(record.split, "bandit")
+        elif state.spec.bandit is None and state.source == "bandit":
+            override = self._overrides.get(name, {})
+            state.set_split(state.spec.split, "api" if override.get("split") else "model.toml")
 
     def _served(self, name: str) -> ServedModel:
         served = self._loader.models.get(name)
@@ -207,6 +221,9 @@ class TrafficManager:
             parsed = TrafficSpec.parse(spec_keys)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
+        if "split" in spec_keys and self.state(served).spec.bandit is not None:
+            raise Conflict(f"model {name!r} has a bandit ([traffic] bandit in its model.toml): the bandit owns "
+                           "the split; remove the bandit from model.toml to set the split by hand")
         named = [v for v, _ in parsed.split] if "split" in spec_keys else []
         named += [parsed.shadow.version] if "shadow" in spec_keys else []
         stable = body.get("stable")
@@ -248,7 +265,49 @@ class TrafficManager:
         state = self.state(served)
         control = self._control(served, state)
         view = state.experiment.view(control, [v for v, _ in state.split]) if state.experiment else {}
-        return {"model": name, **view, "shadow": state.to_dict()["shadow"]}
+        return {"model": name, **view, "shadow": state.to_dict()["shadow"], "bandit": bandit_view(
+            state.spec.bandit, self._bandits.get(name), state.split, state.is_rolling_out)}
+
+    # -- bandit (mlserve/routing/bandit.py computes, mlserve/dataplane/bandit.py drives) ---------
+
+    def bandits(self) -> dict[str, BanditSpec]:
+        """Every loaded model whose [traffic] has a bandit, with its settings."""
+        found = {}
+        for name, served in list(self._loader.models.items()):
+            spec = self.state(served).spec.bandit
+            if spec is not None:
+                found[name] = spec
+        return found
+
+    async def bandit_inputs(self, name: str) -> tuple[list[int], dict[int, Moments], bool] | None:
+        """(arms, every replica's outcome moments per arm, binary?) for the bandit's next update; None
+        while it must not move the split: a rollout runs, fewer than two arms are ready, the store is away."""
+        served = self._served(name)
+        state = self.state(served)
+        if state.spec.bandit is None or state.is_rolling_out:
+            return None
+        wanted = [v for v, _ in state.spec.split] or served.ready_versions()
+        arms = [v for v in wanted if v in served.versions and served.versions[v].is_ready]
+        snapshot = await self._shared.snapshot(name)
+        if len(arms) < 2 or snapshot is None:
+            return None
+        sums = snapshot[0]
+        return arms, {v: moments_from(sums, v) for v in versions_in(sums)}, state.spec.experiment.outcome == "binary"
+
+    def bandit_record(self, name: str) -> dict | None:
+        record = self._bandits.get(name)
+        return record.to_json() if record is not None else None
+
+    def apply_bandit(self, name: str, raw: Any) -> None:
+        """Make a bandit's split (a control document's "bandit" entry) the split in force here, while
+        this model's [traffic] has a bandit. Raises ValueError naming what does not parse."""
+        record = BanditRecord.from_json(raw)
+        served = self._served(name)
+        self._bandits[name] = record
+        state = self.state(served)
+        if state.spec.bandit is not None and not state.is_rolling_out:
+            state.set_split(record.split, "bandit")
+            self._publish_weights(name, state)
 
     async def feedback(self, name: str, body: Any) -> dict:
         """Credit an outcome to the version that answered the request, whichever replica that was:
@@ -308,6 +367,9 @@ class TrafficManager:
         served = self._served(name)
         plan = RolloutPlan.parse(body)
         state = self.state(served)
+        if state.spec.bandit is not None:
+            raise Conflict(f"model {name!r} has a bandit ([traffic] bandit in its model.toml): the bandit owns "
+                           "the split; remove the bandit from model.toml to roll out by hand")
         if state.is_rolling_out:
             raise InvalidInput(f"model {name!r} is already rolling out version {state.rollout.plan.version}")
         canary = served.versions.get(plan.version)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from mlserve.config import Config, RegistryConfig
+from mlserve.dataplane.bandit import BanditDriver
 from mlserve.dataplane.control import ModelControl
 from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
@@ -103,6 +104,8 @@ class Services:
     control: ModelControl
     auto_optimizer: AutoOptimizer | None = None
     """Optimizes each new version of a model whose model.toml asks for it ([optimize] on_new_version)."""
+    bandit: BanditDriver | None = None
+    """Moves the split of every model whose [traffic] has a bandit (under a lease, through `control`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +141,10 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
     jobs = optimize_jobs(loader, inference.traffic, config.jobs)
+    control = ModelControl(shared, loader, inference.traffic)
     return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, generation, status,
-                    jobs, DecodePool(config.limits), shared, ModelControl(shared, loader, inference.traffic),
-                    auto_optimizer(jobs, loader, config))
+                    jobs, DecodePool(config.limits), shared, control, auto_optimizer(jobs, loader, config),
+                    BanditDriver(shared, inference.traffic, control))
 
 
 def _state_store(config: Config, metrics: Metrics) -> StateStore:
@@ -186,6 +190,8 @@ state once the models are loaded, and stops before they unload."""
         Stage("state store", start=start_state, stop=s.state_store.close),
         Stage("loader", start=start_loader, stop=stop_loader),
         Stage("model control", start=s.control.start, stop=s.control.close),
+        # Writes through the control door, so it starts once that has the shared state, and stops before it.
+        Stage("bandit", start=s.bandit.start if s.bandit else None, stop=s.bandit.close if s.bandit else None),
         Stage("traffic", stop=s.inference.traffic.close),
         Stage("status history", start=s.status.start, stop=s.status.stop),
         # Optimize jobs publish through the loader and traffic; at start, dead servers' job folders go.

@@ -1,4 +1,4 @@
-"""The [traffic] section of model.toml: split, sticky key, shadow, fallback, experiment and breaker."""
+"""The [traffic] section of model.toml: split, sticky key, shadow, fallback, experiment, breaker and bandit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from mlserve.spec.table import MAX_LIST_ITEMS, between, parse_table
 from mlserve.spec.version import version_number
 
 OUTCOME_KINDS = ("binary", "numeric")
+BANDIT_POLICIES = ("thompson", "epsilon_greedy")
+DEFAULT_EPSILON = 0.1
+MIN_UPDATE_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,33 @@ class BreakerSpec:
             raise ValueError("error_rate must lie in (0, 1]")
 
 
+@dataclass(frozen=True, slots=True)
+class BanditSpec:
+    """A bandit that owns the split: every `update_s` it gives each arm its posterior probability of
+    being the best (thompson) or (1 - epsilon) to the best mean (epsilon_greedy), never under `min_share`."""
+
+    policy: str = "thompson"
+    min_share: float = field(default=0.05, metadata=between(0, 0.5))
+    """Smallest share of the traffic any arm keeps (so a worse-looking arm still gets outcomes)."""
+    update_s: float = field(default=10.0, metadata=between(MIN_UPDATE_S, 86400))
+    """Seconds between two reallocations of the split (each is one write to the state store)."""
+    epsilon: float | None = field(default=None, metadata=between(0, 1))
+    """epsilon_greedy only: the share spread evenly over all arms (default 0.1)."""
+
+    def __post_init__(self) -> None:
+        if self.policy not in BANDIT_POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(BANDIT_POLICIES)}, got {self.policy!r}")
+        if not self.update_s > 0:
+            raise ValueError(f"update_s must be > 0, got {self.update_s!r}")
+        if self.epsilon is not None and self.policy != "epsilon_greedy":
+            raise ValueError(f"epsilon applies only to policy = \"epsilon_greedy\", not {self.policy!r}")
+
+    @property
+    def explore(self) -> float:
+        """epsilon_greedy's exploration share (its default when not set)."""
+        return DEFAULT_EPSILON if self.epsilon is None else self.epsilon
+
+
 def _weights(raw: Any) -> tuple[tuple[int, float], ...]:
     if not isinstance(raw, Mapping) or not raw or len(raw) > MAX_LIST_ITEMS:
         raise ValueError(f"split must be a table of 1..{MAX_LIST_ITEMS} version = percent, got {raw!r}")
@@ -126,6 +156,19 @@ class TrafficSpec:
     salt: str = ""
     experiment: ExperimentSpec = field(default_factory=ExperimentSpec)
     breaker: BreakerSpec = field(default_factory=BreakerSpec)
+    bandit: BanditSpec | None = None
+    """When set, the bandit owns the split: its arms are the split's versions (every ready version
+    when there is no split) and the split is where they start."""
+
+    def __post_init__(self) -> None:
+        if self.bandit is None:
+            return
+        if len(self.split) == 1:
+            raise ValueError(f"bandit needs 2 or more arms, but split names only version {self.split[0][0]}")
+        num_arms = len(self.split) or 2
+        if self.bandit.min_share > 1 / num_arms:
+            raise ValueError(f"bandit min_share must lie in 0..1/{num_arms} (one share for each of "
+                             f"{num_arms} arms), got {self.bandit.min_share!r}")
 
     @classmethod
     def parse(cls, raw: Any) -> TrafficSpec:
@@ -136,4 +179,5 @@ class TrafficSpec:
             "shadow": _shadow,
             "experiment": lambda t: parse_table(ExperimentSpec, t, "[traffic.experiment]"),
             "breaker": lambda t: parse_table(BreakerSpec, t, "[traffic.breaker]"),
+            "bandit": lambda t: parse_table(BanditSpec, t, "[traffic.bandit]"),
         })
