@@ -13,6 +13,7 @@ store is back.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,17 @@ def window_of(period: str, now: float) -> str:
     return time.strftime("%Y-%m-%d" if period == "day" else "%Y-%m", stamp)
 
 
+def window_end(period: str, now: float) -> float:
+    """When the window `now` falls in ends (Unix seconds)."""
+    if period == "second":
+        return math.floor(now) + 1.0
+    if period == "day":
+        return (math.floor(now / 86400) + 1) * 86400.0
+    stamp = time.gmtime(now)
+    year, month = (stamp.tm_year + 1, 1) if stamp.tm_mon == 12 else (stamp.tm_year, stamp.tm_mon + 1)
+    return float(calendar.timegm((year, month, 1, 0, 0, 0)))
+
+
 def window_ttl_s(period: str) -> float:
     return {"second": 5.0, "day": 2 * 86400.0, "month": 32 * 86400.0}[period]
 
@@ -52,13 +64,19 @@ class LeasedBudget:
     used: int = 0
     """Cluster-wide tokens leased in this window, as last seen (what `/metrics` shows)."""
     _lock: asyncio.Lock | None = field(default=None, repr=False)
+    _ends_at: float = field(default=0.0, repr=False)
+    """When the current window ends: the request path formats no date until then."""
 
     @property
     def block(self) -> int:
         return max(1, min(MAX_BLOCK, math.floor(self.limit * BLOCK_SHARE[self.period])))
 
     def _roll(self) -> str:
-        window = window_of(self.period, self.clock())
+        now = self.clock()
+        if now < self._ends_at and now >= self._ends_at - 32 * 86400:  # inside the window (a clock set back rolls)
+            return self.window
+        window = window_of(self.period, now)
+        self._ends_at = window_end(self.period, now)
         if window != self.window:
             self.window, self.tokens, self.is_exhausted, self.used = window, 0, False, 0
         return window

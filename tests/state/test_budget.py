@@ -11,7 +11,7 @@ import pytest
 
 from mlserve.server.ratelimit import TenantLimiter
 from mlserve.state import MemoryStore
-from mlserve.state.budget import LeasedBudget, window_of
+from mlserve.state.budget import LeasedBudget, window_end, window_of
 from mlserve.state.redis_store import RedisStore
 
 
@@ -135,3 +135,10 @@ def test_a_second_that_turns_between_lease_and_admission_refuses_nothing():
 @pytest.mark.parametrize("period, expected", [("second", "1800000000"), ("day", "2027-01-15"), ("month", "2027-01")])
 def test_windows(period, expected):
     assert window_of(period, 1_800_000_000.5) == expected
+
+
+@pytest.mark.parametrize("period", ["second", "day", "month"])
+@pytest.mark.parametrize("now", [1_800_000_000.5, 1_798_761_599.9, 1_796_083_200.0])  # mid-day, New Year's Eve, a month's first second
+def test_a_window_ends_where_the_next_begins(period, now):
+    end = window_end(period, now)
+    assert window_of(period, end - 0.001) == window_of(period, now) != window_of(period, end)
