@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from mlserve import __version__
+from mlserve import process
 from mlserve.config import LOG_FORMATS, LOG_INPUTS, LOG_LEVELS, Config, load_config
 from mlserve.monitor.logs import setup_logging
 
@@ -110,6 +111,7 @@ def _batch(args: argparse.Namespace) -> int:
         print("mlserve: --chunk-rows must be >= 0", file=sys.stderr)
         return 2
     setup_logging(config.server.log_level, config.monitor.log_format)
+    process.apply(config.server.process)
     offline = OfflineArgs(args.models, args.model, args.version, args.input, args.output, args.errors,
                           args.chunk_rows, args.overwrite, not args.no_progress)
     try:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from mlserve.process import ProcessSettings
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEVICE_PATTERN = r"cpu|auto|cuda(:\d+)?"
 
@@ -35,6 +37,12 @@ class ServerConfig:
     it (the p99 tail); false leaves Python's collector as it is."""
     gc_threshold: int = 10_000
     """Allocations between young-generation collections (Python's default is 700); 0 keeps the default."""
+    torch_threads: int = 1
+    """torch's intra-op threads, for every torch model in the process (0 = one per core); torch keeps
+    one pool per process, so a model cannot set its own."""
+    switch_interval_us: int = 500
+    """Python's thread switch interval in microseconds (its default is 5,000): how long a batch
+    worker with a finished batch can wait for the event loop to hand over."""
     grpc_port: int = 8001
     """TCP port of the gRPC server (KServe v2 / Triton GRPCInferenceService) on the same host; 0 = off."""
     fast_lane: bool = True
@@ -86,6 +94,14 @@ class ServerConfig:
             raise ValueError("shutdown_grace_s must be >= 0")
         if self.gc_threshold < 0:
             raise ValueError("gc_threshold must be >= 0")
+        if not 0 <= self.torch_threads <= 1024:
+            raise ValueError(f"torch_threads must be in 0..1024 (0 = one per core), got {self.torch_threads}")
+        if not 50 <= self.switch_interval_us <= 100_000:
+            raise ValueError(f"switch_interval_us must be in 50..100000, got {self.switch_interval_us}")
+
+    @property
+    def process(self) -> ProcessSettings:
+        return ProcessSettings(self.torch_threads, self.switch_interval_us)
 
 
 _HOST_ENTRY = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?|\[?[0-9a-f:.]+\]?")

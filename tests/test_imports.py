@@ -19,15 +19,16 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "mlserve"
 
 # Which mlserve groups each group may import, besides itself and the groups usable from anywhere.
-ANYWHERE = {"spec", "monitor", "config", "errors", "version", "gc_policy", "lifeline", "state"}
+ANYWHERE = {"spec", "monitor", "config", "errors", "version", "gc_policy", "lifeline", "state", "process"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "spec": {"errors"},
-    "config": {"errors"},
+    "config": {"errors", "process"},
     "gc_policy": set(),
+    "process": set(),
     "lifeline": set(),
-    "monitor": {"spec", "config", "errors"},
-    "state": {"config", "errors"},
+    "monitor": {"spec", "config", "errors", "process"},
+    "state": {"config", "errors", "process"},
     "engine": ANYWHERE,
     "batching": ANYWHERE | {"engine"},
     "registry": ANYWHERE | {"batching", "engine"},

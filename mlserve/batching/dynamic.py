@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from mlserve.errors import InferenceFailed, InvalidInput, Overloaded, RequestTim
 from mlserve.spec import BatchingSpec, SchedulePolicy
 
 Tensors = dict[str, np.ndarray]
-SWITCH_INTERVAL_S = 0.0005
 
 
 class InferFn(Protocol):
@@ -104,9 +102,6 @@ class DynamicBatcher:
 
     def start(self) -> None:
         """Create the loop-bound objects and workers; call from inside the running loop."""
-        # A worker thread woken with a finished batch waits for the GIL while the loop decodes
-        # requests; Python's default 5 ms switch interval would add up to that to every batch.
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()

@@ -12,6 +12,7 @@ import torch
 from mlserve.engine.base import find_artifact
 from mlserve.engine.pinned import DeviceCopier
 from mlserve.engine.spec_check import merge_specs
+from mlserve.engine.threads import use_process_threads
 from mlserve.errors import ModelLoadError
 from mlserve.spec import ModelConfig, ModelInfo, TensorSpec
 
@@ -56,8 +57,7 @@ class _TorchBackend:
 
     def load(self, path: Path, device: str) -> None:
         self._device = _resolve_device(device)
-        if self._config.intra_op_threads > 0:
-            torch.set_num_threads(self._config.intra_op_threads)
+        use_process_threads(self._config.intra_op_threads, str(path))
         artifact = find_artifact(path, self.patterns)
         try:
             module, inputs, outputs = self._read(artifact)

@@ -16,6 +16,7 @@ from aiohttp import web
 from mlserve.config import Config, RegistryConfig
 from mlserve.dataplane.bandit import BanditDriver
 from mlserve.dataplane.control import ModelControl
+from mlserve import process
 from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
@@ -168,6 +169,7 @@ state once the models are loaded, and stops before they unload."""
 
     async def start_loader() -> None:
         gc_policy.apply()
+        process.apply(s.config.server.process)  # before any model loads: torch's pool, the switch interval
         s.loader.on_reconciled = lambda source: gc_policy.freeze_heap(f"reconcile ({source})")
         await s.loader.start()
         s.state.is_started = True

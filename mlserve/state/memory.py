@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import heapq
 import time
 from typing import Any, Callable, Mapping
 
@@ -23,6 +24,8 @@ class MemoryStore:
         self._values: dict[str, str] = {}
         self._counters: dict[str, int] = {}
         self._expiry: dict[str, float] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        """(deadline, key) of every TTL set, oldest first: the sweep's work list."""
         self._leases: dict[str, tuple[str, float]] = {}
         self._subscribers: dict[str, list[Handler]] = {}
 
@@ -90,7 +93,24 @@ class MemoryStore:
 
     def _set_ttl(self, key: str, ttl_s: float | None) -> None:
         if ttl_s is not None:
-            self._expiry[key] = self._clock() + ttl_s
+            now = self._clock()
+            if key not in self._expiry:  # one entry per key; a later deadline is found when it comes up
+                heapq.heappush(self._deadlines, (now + ttl_s, key))
+            self._expiry[key] = now + ttl_s
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Drop keys whose time has passed, though nobody reads them again (a batch id, a window's
+        counter): a few per write, so a long-running process holds only what is live."""
+        for _ in range(4):
+            if not self._deadlines or self._deadlines[0][0] > now:
+                return
+            _, key = heapq.heappop(self._deadlines)
+            deadline = self._expiry.get(key)
+            if deadline is not None and deadline > now:
+                heapq.heappush(self._deadlines, (deadline, key))  # its TTL was renewed: look again then
+            else:
+                self._expire(key)
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         self._kind(key, self._counters)

@@ -228,3 +228,21 @@ def test_malformed_urls_are_refused_by_name(url, message):
 def test_passwords_are_redacted():
     assert redacted("rediss://:pw@host:6380/1") == "rediss://:***@host:6380/1"
     assert redacted("redis://user:pw@host/0") == "redis://user:***@host/0"
+
+
+def test_the_memory_store_forgets_expired_keys_nobody_reads_again():
+    """A long-running process writes a batch id per flush and never reads it back: expired ones must
+    go, or memory grows by one key per flush forever (on the old code all 10,000 stayed)."""
+    now = [0.0]
+    store = MemoryStore(clock=lambda: now[0])
+
+    async def scenario():
+        for i in range(10_000):
+            now[0] += 0.05
+            await store.set_once(f"exp:batch:{i}", "1", ttl_s=60)
+            await store.hincr("exp:m:h", {"r:1": 1}, ttl_s=3600)  # renewed each time: stays
+        assert len(store._values) <= 60 / 0.05 + 10
+        assert len(store._deadlines) <= len(store._expiry) + 1
+        assert (await store.hgetall("exp:m:h"))["r:1"] == 10_000
+
+    asyncio.run(scenario())

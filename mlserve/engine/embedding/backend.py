@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from mlserve.engine.embedding.encoder import Encoder, EncoderShape
+from mlserve.engine.threads import use_process_threads
 from mlserve.errors import InvalidInput, ModelLoadError
 from mlserve.spec import ModelConfig, ModelInfo, TensorSpec
 from mlserve.spec.embedding import TOKEN_IDS_MARK
@@ -55,8 +56,8 @@ class EmbeddingBackend:
         self._tokenizer.enable_truncation(self.max_seq_length)
         self.vocab_size = self._tokenizer.get_vocab_size()
         self.dimensions = shape.hidden
-        if self._config.intra_op_threads > 0:
-            torch.set_num_threads(self._config.intra_op_threads)
+        if not isinstance(self._encoder, _OnnxEncoder):  # an ONNX encoder has its own session threads
+            use_process_threads(self._config.intra_op_threads, str(path))
 
     def _read_sentence_config(self, path: Path, shape: EncoderShape) -> None:
         modules = json.loads((path / "modules.json").read_text())
