@@ -77,6 +77,21 @@ class SharedExperiments:
         self._add(self._key(model, "h"), {f"r:{version}": 1.0, **({} if ok else {f"e:{version}": 1.0})})
         self._schedule()
 
+    def count(self, key: str, increments: dict[str, float]) -> None:
+        """Add to any shared hash of counts (a rollout step's) in the next flush: same batches, same ids."""
+        self._add(key, increments)
+        self._schedule()
+
+    async def counts(self, key: str) -> dict[str, float] | None:
+        """A shared hash of counts, every replica's flushed batches summed (None: the store is away)."""
+        try:
+            return await self._store.hgetall(key)
+        except StateUnavailable:
+            return None
+        except BadStateData as exc:
+            log.error("shared counts refused: %s", exc)
+            return None
+
     def _add(self, key: str, increments: dict[str, float]) -> None:
         pending = self._stats.setdefault(key, {})
         for name, amount in increments.items():
