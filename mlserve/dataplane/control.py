@@ -48,11 +48,13 @@ def doc_key(model: str) -> str:
 class ModelControl:
     """Writes admin changes to the store and applies every replica's changes here."""
 
-    def __init__(self, store: StateStore, loader: HotSwapLoader, traffic: TrafficManager) -> None:
+    def __init__(self, store: StateStore, loader: HotSwapLoader, traffic: TrafficManager,
+                 replica: str | None = None) -> None:
         self._store = store
         self._loader = loader
         self._traffic = traffic
-        self._id = replica_id()
+        self._id = replica or replica_id()
+        """This replica's name in the store (writer of a change, owner of a lease): host:pid by default."""
         self._applied: dict[str, int] = {}
         self._loads: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -63,6 +65,10 @@ class ModelControl:
         self._driver = RolloutDriver(store, traffic, self._id, self._update_rollout)
         store.subscribe(CHANNEL, self._on_notice)
         store.on_health(self._on_health)
+
+    @property
+    def replica(self) -> str:
+        return self._id
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

@@ -181,6 +181,7 @@ class Rollout:
             "id": self.id, "driver": self.driver or None,
             "version": str(self.plan.version), "stable": str(self.stable), "status": self.status.name.lower(),
             "step": self.step, "steps": list(self.plan.steps), "percent": self.percent, "reason": self.reason,
+            "step_started_at": self.step_started_at,
             "interval_s": self.plan.interval_s, "max_error_rate_increase": self.plan.max_error_rate_increase,
             "max_p99_ratio": self.plan.max_p99_ratio, "min_requests": self.plan.min_requests,
             "current_step": {
