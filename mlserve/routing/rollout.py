@@ -222,6 +222,6 @@ class Rollout:
             raise ValueError("rollout 'history' must be a list and 'id' a string")
         rollout = cls(plan, stable, clock)
         rollout.status, rollout.step, rollout.step_started_at = status, step, float(started)
-        rollout.reason, rollout.history = str(raw.get("reason", "")), history
+        rollout.reason, rollout.history = str(raw.get("reason", "")), list(history)
         rollout.id, rollout.driver = rollout_id, str(raw.get("driver", ""))
         return rollout
