@@ -142,8 +142,8 @@ def test_a_driver_that_died_holding_its_lease_is_replaced_once_the_lease_runs_ou
         try:
             view = await a.control.start_rollout("m", {"version": "2", "steps": [50, 100], "interval_s": 60})
             rollout_id = view["rollout"]["id"]
-            # Replica A dies with the lease (as a killed process would: no hand-over): its driver
-            # stops, and the lease stays in Redis until it runs out.
+            # Replica A stops driving; the lease it held is put back as a killed A would have left
+            # it in Redis (no hand-over), with 1.5 s left to run.
             await until(lambda: a.rollout()["driver"] == "replica-a")
             await a.close()
             client.set(f"{prefix}:{lease_key('m', rollout_id)}", "replica-a", px=1500)
