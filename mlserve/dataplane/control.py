@@ -7,6 +7,10 @@ admins racing both land and the later write of a key wins), applied here, and an
 `control` channel. Every replica re-reads the document on the notice, when it starts, and when the
 store comes back after a loss, and applies what is newer than what it applied last.
 
+A canary rollout's state (plan, step, step start, status, reason, driver) is the document's
+`rollout` key; `split_by` says whether the rollout's split or the API's is in force (an API split
+after a rollout wins). One replica drives it under a lease (rollout_driver.py).
+
 All of it runs on the event loop; one lock per model keeps a replica's applies in version order.
 A store that is away refuses the change (503, nothing changed) rather than let replicas drift.
 """
@@ -19,9 +23,12 @@ import os
 import socket
 from typing import Any, Awaitable, Callable
 
+from mlserve.dataplane.rollout_driver import RolloutDriver, Update
+from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.routing.bandit import BanditRecord
 from mlserve.routing.manager import TrafficManager
+from mlserve.routing.rollout import Rollout, RolloutStatus
 from mlserve.state import BadStateData, Document, StateStore, StateUnavailable
 
 log = logging.getLogger("mlserve.control")
@@ -42,18 +49,27 @@ def doc_key(model: str) -> str:
 class ModelControl:
     """Writes admin changes to the store and applies every replica's changes here."""
 
-    def __init__(self, store: StateStore, loader: HotSwapLoader, traffic: TrafficManager) -> None:
+    def __init__(self, store: StateStore, loader: HotSwapLoader, traffic: TrafficManager,
+                 replica: str | None = None) -> None:
         self._store = store
         self._loader = loader
         self._traffic = traffic
-        self._id = replica_id()
+        self._id = replica or replica_id()
+        """This replica's name in the store (writer of a change, owner of a lease): host:pid by default."""
         self._applied: dict[str, int] = {}
         self._loads: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._rollouts: dict[str, tuple[Any, bool]] = {}
+        """Per model, the rollout state and split owner last applied here."""
         self._tasks: set[asyncio.Task] = set()
         self._is_started = False
+        self._driver = RolloutDriver(store, traffic, self._id, self._update_rollout)
         store.subscribe(CHANNEL, self._on_notice)
         store.on_health(self._on_health)
+
+    @property
+    def replica(self) -> str:
+        return self._id
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -61,9 +77,11 @@ class ModelControl:
         """Take the current state of every model (a replica that starts joins the others)."""
         self._is_started = True
         await self.sync_all()
+        self._spawn(self._driver.run())
 
     async def close(self) -> None:
         self._is_started = False
+        await self._driver.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -102,7 +120,9 @@ class ModelControl:
             if doc is not None and doc.version > self._applied.get(name, 0):
                 await self._apply(name, doc)
 
-    async def _apply(self, name: str, doc: Document) -> None:
+    async def _apply(self, name: str, doc: Document, with_model: bool = True) -> None:
+        """Apply a control document here; without `with_model` its traffic and rollout only (a rollout
+        write leaves what this replica serves alone: an optimize job may hold a pin of its own)."""
         first = name not in self._applied
         self._applied[name] = doc.version
         try:
@@ -114,7 +134,9 @@ class ModelControl:
             model = doc.data.get("model", {})
             if not isinstance(model, dict):
                 raise ValueError("'model' is not an object")
-            await self._apply_model(name, model, first)
+            if with_model:
+                await self._apply_model(name, model, first)
+            self._apply_rollout(name, doc.data)
         except (ValueError, TypeError) as exc:
             log.error("model %s: control document version %d refused: %s", name, doc.version, exc)
         except Exception as exc:  # a load or pin that fails here: this replica keeps what it serves
@@ -125,6 +147,14 @@ class ModelControl:
                 self._traffic.apply_bandit(name, bandit)
             except ValueError as exc:
                 log.error("model %s: control document version %d: bandit refused: %s", name, doc.version, exc)
+
+    def _apply_rollout(self, name: str, data: dict[str, Any]) -> None:
+        raw, owns_split = data.get("rollout"), data.get("split_by", "rollout") == "rollout"
+        if raw is None or self._rollouts.get(name) == (raw, owns_split):
+            return
+        rollout = Rollout.from_state(raw)  # ValueError names what does not parse
+        self._traffic.put_rollout(name, rollout, owns_split, is_own_change=data.get("by") == self._id)
+        self._rollouts[name] = (raw, owns_split)
 
     async def _apply_model(self, name: str, model: dict[str, Any], first: bool) -> None:
         served = self._loader.models.get(name)
@@ -185,7 +215,8 @@ class ModelControl:
 
         def change(data: dict[str, Any]) -> dict[str, Any]:
             traffic = {**data.get("traffic", {}), **keys}
-            return {**data, "traffic": {k: v for k, v in traffic.items() if v is not None}, "by": self._id}
+            return {**data, "traffic": {k: v for k, v in traffic.items() if v is not None}, "by": self._id,
+                    **_split_over_rollout(data, keys)}
 
         async with self._locks.setdefault(name, asyncio.Lock()):
             written = await self._write(name, change)
@@ -253,3 +284,78 @@ class ModelControl:
         served = await self._loader.rollback(name, source)
         await self._record(name, self._model_change(unloaded=False, pinned=served.pinned))
         return served
+
+    # -- rollouts ----------------------------------------------------------------------------------
+
+    async def start_rollout(self, name: str, body: Any) -> dict:
+        """POST /admin/models/{m}/rollout: checked here, written, applied on every replica, then driven
+        by whichever replica holds its lease."""
+        await self._check_up()
+        rollout = self._traffic.new_rollout(name, body)
+
+        def start(current: Rollout | None) -> Rollout:
+            if current is not None and current.status is RolloutStatus.RUNNING:
+                raise InvalidInput(f"model {name!r} is already rolling out version {current.plan.version}")
+            return rollout
+
+        await self._update_rollout(name, start, split_by="rollout")
+        return self._traffic.rollout_view(name)
+
+    async def cancel_rollout(self, name: str) -> dict:
+        await self._check_up()
+
+        def cancel(current: Rollout | None) -> Rollout:
+            if current is None or current.status is not RolloutStatus.RUNNING:
+                raise InvalidInput(f"model {name!r} has no rollout running")
+            current.cancel("cancelled by the API")
+            return current
+
+        await self._update_rollout(name, cancel)
+        return self._traffic.rollout_view(name)
+
+    async def _update_rollout(self, name: str, update: Update, split_by: str | None = None) -> Rollout | None:
+        """Write the document's rollout as `update` changes the stored one, and apply it here; None
+        (nothing written) when `update` leaves it. Raises what `update` raises."""
+        changed: list[Rollout] = []
+
+        def change(data: dict[str, Any]) -> dict[str, Any]:
+            try:
+                stored = Rollout.from_state(data["rollout"]) if data.get("rollout") is not None else None
+            except ValueError as exc:
+                log.error("model %s: stored rollout refused: %s", name, exc)
+                stored = None
+            after = update(stored)
+            if after is None:
+                raise _Unchanged
+            changed.append(after)
+            return {**data, "rollout": after.to_state(), "by": self._id,
+                    **({"split_by": split_by} if split_by else {})}
+
+        try:
+            async with self._locks.setdefault(name, asyncio.Lock()):
+                written = await self._write(name, change)
+                await self._apply(name, written, with_model=False)
+        except _Unchanged:
+            return None
+        return changed[-1]
+
+
+class _Unchanged(Exception):
+    """A rollout update that had nothing to write (the stored rollout moved on)."""
+
+
+def _split_over_rollout(data: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
+    """An API split after a rollout: a running one is cancelled (a null split leaves it running), and
+    the API's split is in force from then on, on every replica, even one that starts later."""
+    stored = data.get("rollout")
+    if "split" not in keys or stored is None:
+        return {}
+    try:
+        rollout = Rollout.from_state(stored)
+    except ValueError:
+        return {"split_by": "api"}
+    if rollout.status is RolloutStatus.RUNNING:
+        if keys["split"] is None:
+            return {}
+        rollout.cancel("split set by the API")
+    return {"rollout": rollout.to_state(), "split_by": "api"}

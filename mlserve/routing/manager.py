@@ -6,7 +6,6 @@ Everything here runs on the event loop thread, so the per-model state needs no l
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import random
@@ -19,6 +18,7 @@ from mlserve.spec.request_id import check_request_id
 from mlserve.routing import split as splits
 from mlserve.routing.bandit import BanditRecord, bandit_view
 from mlserve.routing.rollout import Rollout, RolloutPlan, RolloutStatus
+from mlserve.routing.rollout_stats import StepHealth, increments, stats_key
 from mlserve.routing.shared import SharedExperiments, moments_from, versions_in
 from mlserve.routing.shadow import ShadowJob, ShadowRunner, ShadowStats, Tensors, compare_outputs
 from mlserve.routing.traffic import ModelTraffic
@@ -29,7 +29,6 @@ from mlserve.state import MemoryStore, StateStore
 log = logging.getLogger("mlserve.routing")
 
 SHADOW_QUEUE = 64
-ROLLOUT_TICK_S = 0.1
 _ROLLOUT_GAUGE = {RolloutStatus.RUNNING: 1, RolloutStatus.PROMOTED: 2, RolloutStatus.ROLLED_BACK: 3,
                   RolloutStatus.CANCELLED: 4}
 
@@ -46,7 +45,6 @@ class TrafficManager:
         self._states: dict[str, ModelTraffic] = {}
         self._entries: dict[str, object] = {}
         self._shadow = ShadowRunner(shadow_queue, self._shadow_done)
-        self._rollout_tasks: dict[str, asyncio.Task] = {}
         self._published: dict[str, set[int]] = {}
         self._overrides: dict[str, dict[str, Any]] = {}
         """Per model, the [traffic] keys set through the API (checked JSON, as the control document
@@ -157,8 +155,9 @@ class TrafficManager:
             state.experiment.assign(req_id, answered.version)
             state.experiment.observe(answered.version, latency_s, ok)
             self._shared.note(model, req_id, answered.version, ok)
-        if state.is_rolling_out:
-            state.rollout.observe(answered.version, latency_s, ok)
+        rollout = state.rollout
+        if state.is_rolling_out and answered.version in (rollout.plan.version, rollout.stable):
+            self._shared.count(stats_key(model, rollout.id, rollout.step), increments(answered.version, latency_s, ok))
 
     def release(self, answered: ServedVersion) -> None:
         """A request ended on the client's error: nothing to judge, but a half-open probe slot is freed."""
@@ -363,7 +362,8 @@ class TrafficManager:
 
     # -- rollouts ------------------------------------------------------------------------------
 
-    def start_rollout(self, name: str, body: Any) -> dict:
+    def new_rollout(self, name: str, body: Any) -> Rollout:
+        """POST /admin/models/{m}/rollout's rollout, checked against what is loaded (nothing changes)."""
         served = self._served(name)
         plan = RolloutPlan.parse(body)
         state = self.state(served)
@@ -375,12 +375,11 @@ class TrafficManager:
         canary = served.versions.get(plan.version)
         if canary is None or not canary.is_ready:
             raise InvalidInput(f"model {name!r} version {plan.version} is not loaded and ready")
-        stable = self._stable_for(served, state, plan.version)
-        state.rollout = Rollout(plan, stable)
-        self._apply_rollout(name, state)
-        self._rollout_tasks[name] = asyncio.get_running_loop().create_task(self._drive(name, state.rollout))
-        log.info("model %s: rollout of version %d over %d started (steps %s)", name, plan.version, stable,
-                 list(plan.steps))
+        return Rollout(plan, self._stable_for(served, state, plan.version))
+
+    def start_rollout(self, name: str, body: Any) -> dict:
+        """This process only: ModelControl (mlserve/dataplane/control.py) shares a rollout and drives it."""
+        self.put_rollout(name, self.new_rollout(name, body))
         return self.rollout_view(name)
 
     def _stable_for(self, served: ServedModel, state: ModelTraffic, canary: int) -> int:
@@ -395,37 +394,68 @@ class TrafficManager:
         state = self.state(self._served(name))
         return {"model": name, "rollout": state.rollout.to_dict() if state.rollout else None}
 
+    def running_rollout(self, name: str) -> Rollout | None:
+        state = self._states.get(name)
+        return state.rollout if state is not None and state.is_rolling_out else None
+
+    def rolling_out(self) -> list[str]:
+        return [name for name, state in self._states.items() if state.is_rolling_out]
+
     def cancel_rollout(self, name: str) -> dict:
+        """This process only, like start_rollout."""
         state = self.state(self._served(name))
         if not state.is_rolling_out:
             raise InvalidInput(f"model {name!r} has no rollout running")
         state.rollout.cancel("cancelled by the API")
-        self._apply_rollout(name, state)
+        self.put_rollout(name, state.rollout)
         return self.rollout_view(name)
 
-    async def _drive(self, name: str, rollout: Rollout) -> None:
-        """Judges a rollout every ROLLOUT_TICK_S (breaches included), off the request path: a p99
-        over thousands of latencies is too dear to compute per request."""
-        while rollout.status is RolloutStatus.RUNNING:
-            await asyncio.sleep(min(ROLLOUT_TICK_S, rollout.plan.interval_s / 4 or ROLLOUT_TICK_S))
-            state = self._states.get(name)
-            if state is None or state.rollout is not rollout:
-                return
-            if rollout.tick():
-                self._apply_rollout(name, state)
-
-    def _apply_rollout(self, name: str, state: ModelTraffic) -> None:
-        rollout = state.rollout
-        assert rollout is not None
-        if rollout.status is RolloutStatus.PROMOTED:
+    def put_rollout(self, name: str, rollout: Rollout, owns_split: bool = True, is_own_change: bool = True) -> None:
+        """Make `rollout` (a new one, or a later state of the one in force) this model's here: its split
+        (unless an API split came after it: `owns_split` False), a promotion, logs and metrics. A
+        rollback is counted by the replica whose change it was (`is_own_change`), once cluster-wide."""
+        state = self.state(self._served(name))
+        before, state.rollout = state.rollout, rollout
+        is_new = before is None or before.id != rollout.id
+        if is_new and rollout.status is RolloutStatus.RUNNING:
+            log.info("model %s: rollout of version %d over %d started (steps %s)", name, rollout.plan.version,
+                     rollout.stable, list(rollout.plan.steps))
+        was_running = is_new or before.status is RolloutStatus.RUNNING
+        if was_running and rollout.status is RolloutStatus.PROMOTED:
             state.promote(rollout.plan.version)
             log.info("model %s: version %d promoted to stable (%s)", name, rollout.plan.version, rollout.reason)
-        elif rollout.status is RolloutStatus.ROLLED_BACK:
-            self._metrics.rollout_rollbacks.labels(name, str(rollout.plan.version)).inc()
+        elif was_running and rollout.status is RolloutStatus.ROLLED_BACK:
+            if is_own_change:
+                self._metrics.rollout_rollbacks.labels(name, str(rollout.plan.version)).inc()
             log.warning("model %s: version %d rolled back: %s", name, rollout.plan.version, rollout.reason)
-        state.set_split(tuple(sorted(rollout.weights().items())), "rollout")
-        self._publish_weights(name, state)
+        if owns_split:
+            state.set_split(tuple(sorted(rollout.weights().items())), "rollout")
+            self._publish_weights(name, state)
         self._publish_rollout(name, state)
+
+    async def judge_rollout(self, name: str) -> Rollout | None:
+        """The running rollout's next state, judged on every replica's counts of its step; None while
+        nothing changes, and while the counts cannot be read (the store is away: hold the step)."""
+        rollout = self.running_rollout(name)
+        if rollout is None or not await self._take_rollout_counts(name, rollout):
+            return None
+        candidate = Rollout.from_state(rollout.to_state())
+        candidate.take_counts(rollout.canary_health, rollout.stable_health)
+        return candidate if candidate.tick() else None
+
+    async def refresh_rollout(self, name: str) -> None:
+        """Take every replica's counts of the current step into this one's rollout view."""
+        state = self.state(self._served(name))
+        if state.rollout is not None and state.rollout.status is RolloutStatus.RUNNING:
+            await self._take_rollout_counts(name, state.rollout)
+
+    async def _take_rollout_counts(self, name: str, rollout: Rollout) -> bool:
+        fields = await self._shared.counts(stats_key(name, rollout.id, rollout.step))
+        if fields is None:
+            return False
+        rollout.take_counts(StepHealth.from_fields(fields, rollout.plan.version),
+                            StepHealth.from_fields(fields, rollout.stable))
+        return True
 
     # -- metrics -------------------------------------------------------------------------------
 
@@ -447,9 +477,6 @@ class TrafficManager:
     async def close(self) -> None:
         await self._shared.close()
         await self._shadow.close()
-        for task in self._rollout_tasks.values():
-            task.cancel()
-        self._rollout_tasks.clear()
 
 
 OVERRIDE_KEYS = ("split", "stable", "shadow", "fallback", "breaker")

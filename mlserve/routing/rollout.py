@@ -3,18 +3,24 @@
 At each step the canary's error rate and p99 latency since the step began are compared with the
 stable version's over the same time. A breach rolls back at once (canary weight 0); a step whose
 dwell time is over and that saw enough canary requests moves to the next share; the last step
-promotes the canary to 100% and makes it the stable version. The clock is injected.
+promotes the canary to 100% and makes it the stable version. The clock is injected (wall time by
+default: behind replicas a step's start is compared with another process's clock).
+
+A rollout is plain state (`to_state` / `from_state`, what the control document holds), so any
+replica can rebuild it and carry on from the same step; the counts it judges are handed in by
+`take_counts` (every replica's, summed: rollout_stats.py) or fed one by one by `observe`.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any, Callable
 
 from mlserve.errors import InvalidInput
-from mlserve.routing.experiment import VersionHealth
+from mlserve.routing.rollout_stats import StepHealth
 from mlserve.spec.version import version_number
 
 
@@ -59,6 +65,11 @@ class RolloutPlan:
             raise InvalidInput("rollout: interval_s, max_error_rate_increase, max_p99_ratio, min_requests must be numbers >= 0")
         return cls(int(raw["version"]), tuple(float(s) for s in steps), **numbers)
 
+    def to_json(self) -> dict:
+        return {"version": str(self.version), "steps": list(self.steps), "interval_s": self.interval_s,
+                "max_error_rate_increase": self.max_error_rate_increase, "max_p99_ratio": self.max_p99_ratio,
+                "min_requests": self.min_requests}
+
 
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
@@ -70,14 +81,17 @@ class Rollout:
 
     plan: RolloutPlan
     stable: int
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.time
     status: RolloutStatus = RolloutStatus.RUNNING
     step: int = 0
     reason: str = ""
     step_started_at: float = 0.0
     history: list[dict] = field(default_factory=list)
-    _canary: VersionHealth = field(default_factory=VersionHealth)
-    _stable: VersionHealth = field(default_factory=VersionHealth)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    driver: str = ""
+    """The replica that drives it (holds its lease), as last recorded; empty in one process."""
+    _canary: StepHealth = field(default_factory=StepHealth)
+    _stable: StepHealth = field(default_factory=StepHealth)
 
     def __post_init__(self) -> None:
         self._begin_step(0)
@@ -103,6 +117,18 @@ class Rollout:
             self._canary.observe(latency_s, ok)
         elif version == self.stable:
             self._stable.observe(latency_s, ok)
+
+    @property
+    def canary_health(self) -> StepHealth:
+        return self._canary
+
+    @property
+    def stable_health(self) -> StepHealth:
+        return self._stable
+
+    def take_counts(self, canary: StepHealth, stable: StepHealth) -> None:
+        """This step's counts so far, summed over every replica: what the next `tick` judges."""
+        self._canary, self._stable = canary, stable
 
     def tick(self) -> bool:
         """Judge the current step; returns True when the rollout's weights changed."""
@@ -142,7 +168,7 @@ class Rollout:
     def _begin_step(self, step: int) -> None:
         self.step = step
         self.step_started_at = self.clock()
-        self._canary, self._stable = VersionHealth(), VersionHealth()
+        self._canary, self._stable = StepHealth(), StepHealth()
         self.history.append({"event": "step", "percent": self.plan.steps[step]})
 
     def _finish(self, status: RolloutStatus, reason: str) -> None:
@@ -152,8 +178,10 @@ class Rollout:
     def to_dict(self) -> dict:
         canary, stable = self._canary, self._stable
         return {
+            "id": self.id, "driver": self.driver or None,
             "version": str(self.plan.version), "stable": str(self.stable), "status": self.status.name.lower(),
             "step": self.step, "steps": list(self.plan.steps), "percent": self.percent, "reason": self.reason,
+            "step_started_at": self.step_started_at,
             "interval_s": self.plan.interval_s, "max_error_rate_increase": self.plan.max_error_rate_increase,
             "max_p99_ratio": self.plan.max_p99_ratio, "min_requests": self.plan.min_requests,
             "current_step": {
@@ -163,3 +191,37 @@ class Rollout:
             },
             "history": self.history,
         }
+
+    # -- stored state ------------------------------------------------------------------------------
+
+    def to_state(self) -> dict:
+        """What the control document keeps: enough for another replica to carry on from this step."""
+        return {"id": self.id, "plan": self.plan.to_json(), "stable": self.stable, "status": self.status.name,
+                "step": self.step, "step_started_at": self.step_started_at, "reason": self.reason,
+                "history": list(self.history), "driver": self.driver}
+
+    @classmethod
+    def from_state(cls, raw: Any, clock: Callable[[], float] = time.time) -> Rollout:
+        """A rollout rebuilt from `to_state`'s dict; ValueError names what does not parse."""
+        if not isinstance(raw, dict):
+            raise ValueError("'rollout' is not an object")
+        try:
+            plan = RolloutPlan.parse(raw.get("plan"))
+        except InvalidInput as exc:
+            raise ValueError(f"rollout plan: {exc}") from None
+        status = RolloutStatus.__members__.get(str(raw.get("status")))
+        step, started, stable = raw.get("step"), raw.get("step_started_at"), raw.get("stable")
+        if status is None:
+            raise ValueError(f"rollout status {raw.get('status')!r} is not one of {', '.join(RolloutStatus.__members__)}")
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < len(plan.steps):
+            raise ValueError(f"rollout step {step!r} is not a step of the plan")
+        if not _number(started) or not isinstance(stable, int) or isinstance(stable, bool):
+            raise ValueError("rollout 'step_started_at' and 'stable' must be numbers")
+        history, rollout_id = raw.get("history", []), raw.get("id")
+        if not isinstance(history, list) or not isinstance(rollout_id, str) or not rollout_id:
+            raise ValueError("rollout 'history' must be a list and 'id' a string")
+        rollout = cls(plan, stable, clock)
+        rollout.status, rollout.step, rollout.step_started_at = status, step, float(started)
+        rollout.reason, rollout.history = str(raw.get("reason", "")), list(history)
+        rollout.id, rollout.driver = rollout_id, str(raw.get("driver", ""))
+        return rollout

@@ -80,6 +80,21 @@ class SharedExperiments:
         self._add(self._key(model, "h"), {f"r:{version}": 1.0, **({} if ok else {f"e:{version}": 1.0})})
         self._schedule()
 
+    def count(self, key: str, increments: dict[str, float]) -> None:
+        """Add to any shared hash of counts (a rollout step's) in the next flush: same batches, same ids."""
+        self._add(key, increments)
+        self._schedule()
+
+    async def counts(self, key: str) -> dict[str, float] | None:
+        """A shared hash of counts, every replica's flushed batches summed (None: the store is away)."""
+        try:
+            return await self._store.hgetall(key)
+        except StateUnavailable:
+            return None
+        except BadStateData as exc:
+            log.error("shared counts refused: %s", exc)
+            return None
+
     def _add(self, key: str, increments: dict[str, float]) -> None:
         pending = self._stats.setdefault(key, {})
         for name, amount in increments.items():
@@ -200,7 +215,9 @@ class SharedExperiments:
             return p_value
 
     async def snapshot(self, model: str) -> tuple[dict[str, float], dict[str, float], dict[str, float]] | None:
-        """(outcome sums, request and error counts, test p-values), or None when the store is away."""
+        """(outcome sums, request and error counts, test p-values), or None when the store is away.
+        This replica's pending counts go out first, so its own answers are in the view it gives."""
+        await self.flush()
         try:
             return (await self._store.hgetall(self._key(model, "o")), await self._store.hgetall(self._key(model, "h")),
                     await self._store.hgetall(self._key(model, "t")))

@@ -141,8 +141,8 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
-    jobs = optimize_jobs(loader, inference.traffic, config.jobs)
     control = ModelControl(shared, loader, inference.traffic)
+    jobs = optimize_jobs(loader, control, config.jobs)
     return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, generation, status,
                     jobs, DecodePool(config.limits), shared, control, auto_optimizer(jobs, loader, config),
                     BanditDriver(shared, inference.traffic, control))

@@ -24,8 +24,9 @@ from mlserve.registry.safety import check_model_name
 from mlserve.server.response import json_response
 
 
-def optimize_jobs(loader: HotSwapLoader, traffic, config: JobsConfig) -> OptimizeJobs:
-    """The job manager, with publishing wired to the loader and the rollout API."""
+def optimize_jobs(loader: HotSwapLoader, control, config: JobsConfig) -> OptimizeJobs:
+    """The job manager, with publishing wired to the loader and the rollout API (the control door,
+    so a rollout it starts is shared and driven like one started by hand)."""
 
     async def deploy(model: str, version: int, rollout: dict | None) -> dict:
         """Load the new version; with a rollout, keep the source serving until the canary's first step."""
@@ -37,7 +38,7 @@ def optimize_jobs(loader: HotSwapLoader, traffic, config: JobsConfig) -> Optimiz
         await loader.pin(model, current, who)
         try:
             await loader.load(model, who)
-            view = traffic.start_rollout(model, {**rollout, "version": version})
+            view = await control.start_rollout(model, {**rollout, "version": version})
         finally:
             await loader.unpin(model, who)
         return {"loaded": True, "rollout": view.get("rollout")}

@@ -42,11 +42,12 @@ class TrafficHandlers:
         return json_response(await self._traffic.feedback(request.match_info["model"], await _body(request)))
 
     async def get_rollout(self, request: web.Request) -> web.Response:
+        await self._traffic.refresh_rollout(request.match_info["model"])
         return json_response(self._traffic.rollout_view(request.match_info["model"]))
 
     async def start_rollout(self, request: web.Request) -> web.Response:
-        return json_response(self._traffic.start_rollout(request.match_info["model"], await _body(request)), 202)
+        return json_response(await self._control.start_rollout(request.match_info["model"], await _body(request)), 202)
 
     async def cancel_rollout(self, request: web.Request) -> web.Response:
-        return json_response(self._traffic.cancel_rollout(request.match_info["model"]))
+        return json_response(await self._control.cancel_rollout(request.match_info["model"]))
 
