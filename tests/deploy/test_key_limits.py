@@ -1,7 +1,8 @@
 """A key's limits held across three real replicas behind nginx sharing one redis-server
 (deploy/local/replicas.py --state redis, every replica reading the same keys file): `--rps 30`
-admits 30 a second across the cluster under 3x demand, and a quota of 100 admits exactly 100
-whichever replica answers, then 429 with the reason; `mlserve keys list --state` shows its use."""
+admits 30 a second across the cluster under 3x demand, a quota of 100 admits exactly 100
+whichever replica answers, then 429 with the reason (`mlserve keys list --state` shows its use),
+and `--concurrency 2` holds 2 requests in flight across the cluster, not 2 per replica."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import urllib.request
 from collections import Counter
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mlserve.examples import write_identity_onnx
-from tests.deploy.cluster import load_replicas_module
+from tests.deploy.cluster import load_replicas_module, poll
+from tests.server.fault_models import WaitForFile, set_flag, write_model
 from tests.server.test_auth import keys_cli, make_key
 from tests.server_process import ROOT
 
@@ -32,10 +35,14 @@ BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
 def cluster(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     write_identity_onnx(repo / "identity" / "1" / "model.onnx", "FP32")
+    flag = tmp_path_factory.mktemp("flag") / "release"
+    set_flag(flag, b"\x01")  # open while the replicas warm the model up
+    write_model(repo, "held", WaitForFile(str(flag)), max_batch_size=0)
     keys_file = tmp_path_factory.mktemp("keys") / "keys.json"
     tokens = {
         "rate": make_key(keys_file, "rate", "--rps", "30"),
         "quota": make_key(keys_file, "quota", "--quota", "100", "--quota-period", "day"),
+        "conc": make_key(keys_file, "conc", "--concurrency", "2"),
     }
     replicas = load_replicas_module().Replicas(
         ["--models", str(repo), "--auth-keys", str(keys_file)], num_replicas=3,
@@ -44,14 +51,14 @@ def cluster(tmp_path_factory):
     )
     try:
         replicas.start()
-        yield replicas, tokens, keys_file
+        yield replicas, tokens, keys_file, flag
     finally:
         codes = replicas.stop()
     assert codes == [0, 0, 0], "\n".join(p.read_text(errors="replace")[-3000:] for p in replicas.workdir.glob("*.log"))
 
 
-def _infer(url: str, token: str) -> tuple[int, str, str | None]:
-    req = urllib.request.Request(f"{url}/v2/models/identity/infer", BODY,
+def _infer(url: str, token: str, model: str = "identity") -> tuple[int, str, str | None]:
+    req = urllib.request.Request(f"{url}/v2/models/{model}/infer", BODY,
                                  {"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
@@ -62,7 +69,7 @@ def _infer(url: str, token: str) -> tuple[int, str, str | None]:
 
 
 def test_rps_30_admits_30_a_second_across_replicas_under_3x_demand(cluster):
-    replicas, tokens, _ = cluster
+    replicas, tokens, _, _ = cluster
     rate, seconds, num_threads = 90, 10, 15
     start = math.ceil(time.time()) + 1.02  # exactly ten per-second windows, not eleven partial ones
     statuses: Counter = Counter()
@@ -91,7 +98,7 @@ def test_rps_30_admits_30_a_second_across_replicas_under_3x_demand(cluster):
 
 
 def test_a_quota_of_100_admits_exactly_100_across_replicas_then_429_with_the_reason(cluster):
-    replicas, tokens, keys_file = cluster
+    replicas, tokens, keys_file, _ = cluster
     answers = [_infer(replicas.url, tokens["quota"]) for _ in range(130)]
     statuses = [status for status, _, _ in answers]
     assert statuses.count(200) == 100 and statuses[:100] == [200] * 100, Counter(statuses)
@@ -102,3 +109,37 @@ def test_a_quota_of_100_admits_exactly_100_across_replicas_then_429_with_the_rea
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if "name=quota" in line)
     assert "quota=100/day" in row and "quota_used=100" in row, row
+
+
+def _held(url: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) if fam.name == "mlserve_in_flight_requests"
+               for s in fam.samples if s.labels.get("model") == "held")
+
+
+def test_concurrency_2_holds_two_requests_in_flight_across_replicas(cluster):
+    replicas, tokens, _, flag = cluster
+    set_flag(flag, b"\x00")  # the model now holds every request until the flag opens
+    answers: list = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        answer = _infer(replicas.url, tokens["conc"], "held")
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=client) for _ in range(12)]
+    try:
+        for thread in threads:
+            thread.start()
+        # Each replica alone would hold 2 (6 in all): across the cluster 2 are held, 10 refused at once.
+        # All 12 accounted for: 10 answered, 2 held by the model (read on each replica directly).
+        poll(lambda: len(answers) >= 10 and sum(_held(r.url) for r in replicas.replicas) == 2, timeout=30)
+        assert len(answers) == 10 and {status for status, _, _ in answers} == {429}, answers
+        assert "limited to 2 requests in flight across replicas" in answers[0][1]
+    finally:
+        set_flag(flag, b"\x01")
+        for thread in threads:
+            thread.join(60)
+    assert Counter(status for status, _, _ in answers) == {200: 2, 429: 10}
