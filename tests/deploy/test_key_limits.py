@@ -91,6 +91,7 @@ def test_rps_30_admits_30_a_second_across_replicas_under_3x_demand(cluster):
         thread.start()
     for thread in threads:
         thread.join(120)
+    print(f"--rps 30, {rate} req/s for {seconds} s over 3 replicas: {dict(statuses)}, by replica {dict(upstreams)}")
     assert set(statuses) <= {200, 429}, statuses
     assert sum(statuses.values()) == rate * seconds
     assert 30 * seconds * 0.95 <= statuses[200] <= 30 * seconds * 1.05, statuses
