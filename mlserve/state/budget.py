@@ -177,6 +177,8 @@ class SharedSlots:
                 return
             want = min(self.limit, in_flight() + self.block)
             try:
+                if not store.is_up:  # known lost: no wait for a call that would fail
+                    raise StateUnavailable("state store lost")
                 share = await store.claim_share(f"slots:{self.name}", self.owner, want, self.limit, SLOT_TTL_S)
                 self.held, self.num_owners = share.granted, share.num_owners
             except (StateUnavailable, BadStateData):
