@@ -137,6 +137,9 @@ def _add_keys_parser(sub) -> None:
     create.add_argument("--quota-period", choices=("day", "month"), default="day", help="UTC day (default) or month")
     listing = actions.add_parser("list", help="show the keys (never their secrets)")
     listing.add_argument("--file", type=Path, required=True)
+    listing.add_argument("--state", metavar="URL", help="shared state store to read quota use from "
+                         "(default: [state] url of mlserve.toml or MLSERVE_STATE_URL; memory = not shown)")
+    listing.add_argument("--config", type=Path, help="settings file (default ./mlserve.toml when present)")
     revoke = actions.add_parser("revoke", help="revoke a key by name or id")
     revoke.add_argument("--file", type=Path, required=True)
     revoke.add_argument("key", help="name or id")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+import time
 
 from mlserve import keys
+from mlserve.config import StateConfig, load_config
+from mlserve.state import BadStateData, StateUnavailable, open_state
+from mlserve.state.budget import window_of
 
 
 def run_keys(args: argparse.Namespace) -> int:
@@ -17,8 +22,12 @@ def run_keys(args: argparse.Namespace) -> int:
             print(token)
             print(f"key {args.name!r} added to {args.file}; the key above is shown only once", file=sys.stderr)
         elif args.action == "list":
-            for key in keys.read_keys(args.file).values():
+            listed = list(keys.read_keys(args.file).values())
+            usage = quota_usage(args, listed)
+            for key in listed:
                 row = keys.describe(key)
+                if usage is not None and key.quota:
+                    row["quota_used"] = usage.get(key.key_id, "?")
                 print("  ".join(f"{k}={v}" for k, v in row.items()))
         elif args.action == "revoke":
             key = keys.revoke_key(args.file, args.key)
@@ -27,3 +36,32 @@ def run_keys(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"mlserve keys: {exc}", file=sys.stderr)
         return 2
+
+
+def quota_usage(args: argparse.Namespace, listed: list[keys.ApiKey]) -> dict[str, int] | None:
+    """Each quota's use in its current UTC day or month, read from the shared state store that
+    `--state` (or mlserve.toml's [state] url, or MLSERVE_STATE_URL) names; None with no shared store
+    (one server counts in its own memory: read its /metrics)."""
+    state = load_config(getattr(args, "config", None), overrides={"state": {"url": getattr(args, "state", None)}}).state
+    if state.url == "memory" or not any(key.quota for key in listed):
+        return None
+    try:
+        return asyncio.run(_read_usage(state, listed))
+    except (StateUnavailable, BadStateData, ValueError) as exc:
+        print(f"mlserve keys: quota use not shown: {exc}", file=sys.stderr)
+        return None
+
+
+async def _read_usage(state: StateConfig, listed: list[keys.ApiKey]) -> dict[str, int]:
+    """The blocks the replicas leased in the current window (budget.py): what `/metrics` shows as
+    mlserve_key_quota_used, at most one unspent block per replica above the requests served."""
+    store = open_state(state.url, state.prefix)
+    try:
+        usage = {}
+        for key in listed:
+            if key.quota:
+                raw = await store.get_value(f"budget:quota:{key.key_id}:{window_of(key.quota_period, time.time())}")
+                usage[key.key_id] = min(key.quota, int(raw)) if raw is not None else 0
+        return usage
+    finally:
+        await store.close()

@@ -61,11 +61,15 @@ class Metrics:
             "mlserve_model_load_failures", "Model version loads that failed.", ["model"], registry=r
         )
         # Response cache (model.toml cache_size): hits never reach the batcher.
+        # level: "local" (this process's LRU) or "shared" (the state store's level, asked on a local miss).
         self.cache_hits = Counter(
-            "mlserve_cache_hits", "Requests answered from a version's response cache.", ["model", "version"], registry=r
+            "mlserve_cache_hits", "Requests answered from a version's response cache, by level.",
+            ["model", "version", "level"], registry=r
         )
         self.cache_misses = Counter(
-            "mlserve_cache_misses", "Cache lookups that went on to the batcher.", ["model", "version"], registry=r
+            "mlserve_cache_misses", "Cache lookups that found nothing at this level (a local miss goes on to "
+            "the shared level where there is one, a shared miss to the batcher).", ["model", "version", "level"],
+            registry=r
         )
 
         # --- model lifecycle (registry/loader.py): warm-up, cold start, failures by stage, swaps ---
@@ -227,7 +231,7 @@ class Metrics:
         for family in (
             self.request_latency, self.queue_latency, self.compute_latency, self.batch_size,
             self.batch_requests, self.queue_depth, self.model_ready, self.model_load_seconds,
-            self.cache_hits, self.cache_misses, self.drift_dropped,
+            self.drift_dropped,
             self.llm_ttft, self.llm_itl, self.llm_running, self.llm_waiting, self.llm_kv_blocks_used,
             self.llm_kv_blocks_free, self.llm_preemptions, self.llm_prefix_cache_hits, self.llm_prompt_tokens,
             self.llm_generation_tokens,
@@ -237,9 +241,11 @@ class Metrics:
                 family.remove(model, version)
             except KeyError:
                 pass
-        for mode in ("graph", "eager"):
+        for family, value in ((self.llm_steps, "graph"), (self.llm_steps, "eager"),
+                              (self.cache_hits, "local"), (self.cache_hits, "shared"),
+                              (self.cache_misses, "local"), (self.cache_misses, "shared")):
             try:
-                self.llm_steps.remove(model, version, mode)
+                family.remove(model, version, value)
             except KeyError:
                 pass
 

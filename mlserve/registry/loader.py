@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from mlserve.batching.cache import ResponseCache
+from mlserve.batching.cache import ResponseCache, SharedLevel
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
 from mlserve.batching.guard import GuardedInfer, num_hung_threads
 from mlserve.config import RegistryConfig
@@ -44,6 +44,8 @@ from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.upload import UploadLocks
 from mlserve.registry.warmup import warm_up, warmup_inputs
 from mlserve.spec import ModelInfo
+from mlserve.spec.model import BatchingSpec
+from mlserve.state import StateStore
 
 __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
 
@@ -61,8 +63,10 @@ class HotSwapLoader(ExplicitControl):
     """Owns the served table: which versions of which models are loaded, routable, pinned."""
 
     def __init__(self, store: Store, config: RegistryConfig, metrics: Metrics,
-                 inventory: Inventory | None = None) -> None:
+                 inventory: Inventory | None = None, state_store: StateStore | None = None) -> None:
         self.store = store
+        self._state_store = state_store
+        """The shared state store, for the response cache's shared level (None or memory: none)."""
         self._config = config
         self._metrics = metrics
         self.models: dict[str, ServedModel] = {}
@@ -286,7 +290,7 @@ class HotSwapLoader(ExplicitControl):
             instances=entry.config.instances, observer=self._observer(name, str(version)),
         )
         fresh.batcher.start()
-        fresh.cache = self._cache(name, str(version), entry.config.batching.cache_size)
+        fresh.cache = self._cache(name, str(version), fresh.fingerprint, entry.config.batching)
         if getattr(backend, "is_generative", False):
             fresh.llm_engine = self._start_llm_engine(backend, name, version)
         fresh.state, fresh.reason = VersionState.READY, ""
@@ -389,11 +393,18 @@ class HotSwapLoader(ExplicitControl):
         self._metrics.loaded_models.set(self.budget.num_resident(self.models.values()))
         self._metrics.loaded_bytes.set(self.budget.resident_bytes(self.models.values()))
 
-    def _cache(self, model: str, version: str, size: int) -> ResponseCache | None:
-        if size <= 0:
+    def _cache(self, model: str, version: str, fingerprint: str, spec: BatchingSpec) -> ResponseCache | None:
+        """The local LRU, and the shared level where the state store is shared and the TTL is not 0."""
+        if spec.cache_size <= 0:
             return None
         m = self._metrics
-        return ResponseCache(model, version, size, m.cache_hits.labels(model, version), m.cache_misses.labels(model, version))
+        shared = None
+        if self._state_store is not None and self._state_store.is_shared and spec.shared_cache_ttl_s > 0:
+            shared = SharedLevel(self._state_store, model, version, fingerprint, spec,
+                                 m.cache_hits.labels(model, version, "shared"),
+                                 m.cache_misses.labels(model, version, "shared"))
+        return ResponseCache(model, version, spec.cache_size, m.cache_hits.labels(model, version, "local"),
+                             m.cache_misses.labels(model, version, "local"), shared)
 
     def _observer(self, model: str, version: str):
         m = self._metrics

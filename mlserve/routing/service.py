@@ -191,12 +191,15 @@ class InferenceService:
 
 
 async def _answer(served: ServedVersion, inputs: dict[str, np.ndarray], rows: int, policy: SchedulePolicy):
-    """The version's response cache when it has one (a hit never reaches the batcher), else the batcher."""
+    """The version's response cache when it has one (local level, then the shared level on a local
+    miss; a hit never reaches the batcher), else the batcher."""
     cache = served.cache
     if cache is None:
         return await served.batcher.submit(inputs, rows, policy)
     key = cache.key(inputs)
     outputs = cache.get(key)
+    if outputs is None and cache.shared is not None:
+        outputs = await cache.get_shared(key)
     if outputs is None:
         outputs = await served.batcher.submit(inputs, rows, policy)
         cache.put(key, outputs)

@@ -135,7 +135,8 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     state = ServerState()
     metrics = Metrics()
     shared = _state_store(config, metrics)
-    loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics)
+    loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics,
+                           state_store=shared)
     inference = InferenceService(loader, metrics, shared)
     monitor = Monitor(config.monitor, metrics)
     connect_monitor(monitor, metrics, loader, inference)

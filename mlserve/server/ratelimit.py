@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
 from mlserve.state import MemoryStore, StateStore
-from mlserve.state.budget import LeasedBudget
+from mlserve.state.budget import LeasedBudget, SharedSlots
 
 Clock = Callable[[], float]
 
@@ -51,6 +52,8 @@ class _Tenant:
     num_in_flight: int = 0
     budgets: tuple[LeasedBudget, ...] = ()
     """Cluster-wide limits (requests per second across replicas, the quota), spent from leased blocks."""
+    slots: SharedSlots | None = None
+    """This replica's share of the key's concurrency limit, where replicas share the store."""
 
 
 @dataclass(slots=True)
@@ -63,16 +66,22 @@ class TenantLimiter:
     """Where cluster-wide budgets are counted (shared when replicas share a Redis)."""
     wall_clock: Clock = time.time
     """Unix time, for the budgets' windows (second, UTC day, UTC month)."""
+    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    """Names this replica's share of each key's concurrency in the store."""
 
     def configure(self, key_id: str, rps: float, concurrency: int, quota: int = 0, quota_period: str = "day") -> None:
         tenant = self._tenants.get(key_id)
         bucket = TokenBucket(rps, max(1.0, rps)) if rps > 0 else None
         budgets = self._budgets(key_id, rps, quota, quota_period)
+        slots = SharedSlots(key_id, concurrency, self.replica_id, self.clock) \
+            if concurrency > 0 and self.store.is_shared else None
         if tenant is None:
-            self._tenants[key_id] = _Tenant(bucket, concurrency, budgets=budgets)
+            self._tenants[key_id] = _Tenant(bucket, concurrency, budgets=budgets, slots=slots)
             return
         if bucket is None or tenant.bucket is None or tenant.bucket.rate != rps:
             tenant.bucket = bucket
+        if slots is None or tenant.slots is None or tenant.slots.limit != concurrency:
+            tenant.slots = slots
         tenant.max_concurrency = concurrency
         if [(b.limit, b.period) for b in budgets] != [(b.limit, b.period) for b in tenant.budgets]:
             tenant.budgets = budgets
@@ -88,11 +97,14 @@ class TenantLimiter:
         return tuple(out)
 
     async def prepare(self, key_id: str) -> None:
-        """Lease a block for each cluster-wide budget this key has spent locally (a store call once
-        per block; nothing when tokens are left). Call before `acquire`."""
+        """Lease a block for each cluster-wide budget this key has spent locally, and claim room in
+        the key's concurrency share when it is full or due (a store call once per block or renewal;
+        nothing otherwise). Call right before `acquire`."""
         tenant = self._tenants.get(key_id)
         if tenant is None:
             return
+        if tenant.slots is not None and tenant.slots.needs_claim(tenant.num_in_flight):
+            await tenant.slots.claim(self.store, lambda: tenant.num_in_flight)
         for budget in tenant.budgets:
             if budget.needs_refill():
                 await budget.refill(self.store)
@@ -114,6 +126,9 @@ class TenantLimiter:
         if tenant.max_concurrency and tenant.num_in_flight >= tenant.max_concurrency:
             return Refusal(f"this key already has {tenant.num_in_flight} requests in flight "
                            f"(limit {tenant.max_concurrency})", 1.0)
+        if tenant.slots is not None and not tenant.slots.can_admit(tenant.num_in_flight):
+            return Refusal(f"this key is limited to {tenant.max_concurrency} requests in flight across replicas "
+                           f"({tenant.num_in_flight} on this one, the rest in use on others)", 1.0)
         if tenant.bucket is not None:
             wait = tenant.bucket.try_take(self.clock())
             if wait is not None:
@@ -130,6 +145,8 @@ class TenantLimiter:
         tenant = self._tenants.get(key_id)
         if tenant is not None and tenant.num_in_flight > 0:
             tenant.num_in_flight -= 1
+            if tenant.num_in_flight == 0 and tenant.slots is not None:
+                tenant.slots.on_idle(self.store, lambda: tenant.num_in_flight)
 
 
 MAX_THROTTLED_CLIENTS = 10_000

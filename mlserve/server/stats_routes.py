@@ -17,15 +17,25 @@ from mlserve.registry.served import VersionState
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 
 def _cache_counts(metrics: Metrics | None) -> dict[tuple[str, str, str], int]:
-    """Response-cache hits and misses by (model, version, "hit"|"miss"), from the Prometheus counters."""
-    counts: dict[tuple[str, str, str], int] = {}
+    """Response-cache hits and misses by (model, version, "hit"|"miss"), from the Prometheus counters:
+    hits at either level; misses are the lookups that reached the batcher (local misses that the
+    shared level did not answer)."""
+    by_level: dict[tuple[str, str, str, str], int] = {}
     if metrics is None:
-        return counts
+        return {}
     for counter, kind in ((metrics.cache_hits, "hit"), (metrics.cache_misses, "miss")):
         for family in counter.collect():
             for sample in family.samples:
                 if sample.name.endswith("_total"):
-                    counts[(sample.labels["model"], sample.labels["version"], kind)] = int(sample.value)
+                    labels = sample.labels
+                    by_level[(labels["model"], labels["version"], kind, labels["level"])] = int(sample.value)
+    counts: dict[tuple[str, str, str], int] = {}
+    for (model, version, kind, level), value in by_level.items():
+        if kind == "hit":
+            counts[(model, version, "hit")] = counts.get((model, version, "hit"), 0) + value
+        elif level == "local":
+            shared_hits = by_level.get((model, version, "hit", "shared"), 0)
+            counts[(model, version, "miss")] = value - shared_hits
     return counts
 
 

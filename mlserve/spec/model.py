@@ -87,6 +87,13 @@ class BatchingSpec:
     """A request that has waited this long is taken ahead of every level, so low levels never starve."""
     cache_size: int = field(default=0, metadata=between(0, 1_000_000))
     """Responses kept in this version's LRU cache, keyed by a hash of the input bytes; 0 = off."""
+    shared_cache_ttl_s: float = field(default=300.0, metadata=between(0, 86400))
+    """With cache_size on and a shared state store (redis): how long a computed response stays in the
+    second, shared cache level that every replica reads; 0 = no shared level."""
+    shared_cache_entries: int = field(default=10_000, metadata=between(1, 10_000_000))
+    """Most responses of one version kept in the shared level; the oldest written go first."""
+    shared_cache_max_bytes: int = field(default=1 << 20, metadata=between(1, 64 << 20))
+    """Largest response (its output tensors' bytes) put in the shared level; a larger one is not stored."""
     background_share: float = 0.1
     """The least share of this version's rows that waiting background work (in-server jobs) gets
     under any live load (batching/share.py); 0 = only what live traffic leaves."""
@@ -182,6 +189,7 @@ class ModelConfig:
 _BATCHING_KEYS = (
     "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size",
     "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size", "background_share",
+    "shared_cache_ttl_s", "shared_cache_entries", "shared_cache_max_bytes",
 )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlserve.state.base import SCHEMA, BadStateData, Document, StateStore, StateUnavailable
+from mlserve.state.base import SCHEMA, BadStateData, Document, Share, StateStore, StateUnavailable
 from mlserve.state.memory import MemoryStore
 
 
@@ -15,4 +15,4 @@ def open_state(url: str, prefix: str) -> StateStore:
     return RedisStore(url, prefix)
 
 
-__all__ = ["SCHEMA", "BadStateData", "Document", "MemoryStore", "StateStore", "StateUnavailable", "open_state"]
+__all__ = ["SCHEMA", "BadStateData", "Document", "MemoryStore", "Share", "StateStore", "StateUnavailable", "open_state"]

@@ -7,7 +7,9 @@ that act as one server). Callers see the same contract from both:
   per write; `put(expect=None)` is last writer wins;
 - change notices: `publish` on a channel, `subscribe` hands each message to a callback on the loop;
 - atomic counters with a TTL (`incr`), hashes of floats for statistics (`hincr`, `hgetall`,
-  `hset_min`), write-once values with a TTL (`set_once`, `set_many`, `get_value`), and short leases.
+  `hset_min`), write-once values with a TTL (`set_once`, `set_many`, `get_value`), and short leases;
+- bytes with a TTL under a capped index (`set_bytes`, `get_bytes`: the shared response cache) and
+  per-owner shares of a limit that expire unless renewed (`claim_share`: cluster-wide concurrency).
 
 Every value a store hands back was checked: a key holding the wrong type or a document from another
 schema raises `BadStateData` naming the key, never a crash further on. A store that cannot be reached
@@ -39,6 +41,14 @@ class StateUnavailable(ModelNotReady):
 
 class BadStateData(ValueError):
     """A key in the store holds something mlserve did not write (wrong type, other schema)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """What `claim_share` granted this owner, and how many owners (this one included) hold a live share."""
+
+    granted: int
+    num_owners: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,19 @@ class StateStore(Protocol):
         ...
 
     async def release(self, key: str, owner: str) -> None: ...
+
+    async def get_bytes(self, key: str) -> bytes | None: ...
+
+    async def set_bytes(self, key: str, value: bytes, ttl_s: float, index: str | None = None,
+                        max_entries: int = 0) -> None:
+        """Keep `value` for `ttl_s`. With `index`, at most `max_entries` keys written under that index
+        stay: the oldest written are dropped first."""
+        ...
+
+    async def claim_share(self, key: str, owner: str, want: int, limit: int, ttl_s: float) -> Share:
+        """Set `owner`'s share of `limit` to `want`, cut to what the other owners' live shares leave.
+        A share lasts `ttl_s` unless claimed again, so a dead owner's share comes back by itself."""
+        ...
 
 
 def check_document(key: str, raw: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Cluster-wide limits spent locally: a key's requests per second and per day or month, counted in
 the StateStore in blocks, so the request path pays a store round trip once per block, never per
-request.
+request; and a key's concurrency, held as per-replica shares of its slots (`SharedSlots`).
 
 Each `LeasedBudget` leases a block of tokens for the current window (`incr` on the window's counter
 returns the cluster's total leased; the part of the block under the limit is granted) and spends it
@@ -119,3 +119,87 @@ class LeasedBudget:
         if self.period == "second":
             return math.ceil(now) - now or 1.0
         return 60.0
+
+
+SLOT_BLOCK_SHARE = 0.1
+"""A replica claims room for this share of a key's concurrency limit (at least one slot) beyond its
+requests in flight, so a burst pays one claim per block, not one per request."""
+SLOT_RENEW_S = 1.0
+"""How often a replica with requests of the key re-claims its share: slots it no longer needs go back."""
+SLOT_IDLE_S = 1.0
+"""A replica with no request of the key in flight for this long gives its whole share back."""
+SLOT_TTL_S = 15.0
+"""A share not claimed again for this long lapses: a dead replica's slots come back by themselves."""
+
+
+@dataclass(slots=True)
+class SharedSlots:
+    """One key's concurrency limit held across replicas: this replica's share of the slots.
+
+    Each replica claims a share in the store (`claim_share`: its in-flight count plus a block of room,
+    cut to what the other replicas' live shares leave) and admits locally while its in-flight count
+    is under its share; the sum of the shares never exceeds the limit, so neither does the sum of
+    requests in flight. A replica claims again only when it runs out of room or SLOT_RENEW_S has
+    passed (then it also gives back what it no longer needs), and gives everything back after
+    SLOT_IDLE_S with nothing in flight (so a replica's share follows its traffic, and a steady stream
+    of one request at a time costs no claim per request). With the store away it goes on with its
+    local share: the limit split evenly between the replicas it last saw (all of it, if it never saw
+    the store), never less than what it already holds.
+    """
+
+    name: str
+    limit: int
+    owner: str
+    clock: Callable[[], float] = time.monotonic
+    held: int = 0
+    num_owners: int = 1
+    claimed_at: float | None = None
+    _lock: asyncio.Lock | None = field(default=None, repr=False)
+    _idle: asyncio.Task | None = field(default=None, repr=False)
+
+    @property
+    def block(self) -> int:
+        return max(1, math.floor(self.limit * SLOT_BLOCK_SHARE))
+
+    def on_idle(self, store: StateStore, in_flight: Callable[[], int]) -> None:
+        """Nothing in flight now: give the share back unless a request comes within SLOT_IDLE_S."""
+        if self.held > 0 and (self._idle is None or self._idle.done()):
+            self._idle = asyncio.get_running_loop().create_task(self._give_back_later(store, in_flight))
+
+    async def _give_back_later(self, store: StateStore, in_flight: Callable[[], int]) -> None:
+        await asyncio.sleep(SLOT_IDLE_S)
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if in_flight() or self.held == 0:
+                return
+            try:
+                await store.claim_share(f"slots:{self.name}", self.owner, 0, self.limit, SLOT_TTL_S)
+            except (StateUnavailable, BadStateData):
+                return  # kept; it lapses in the store after SLOT_TTL_S anyway
+            self.held, self.claimed_at = 0, self.clock()
+
+    def can_admit(self, num_in_flight: int) -> bool:
+        return num_in_flight < self.held
+
+    def needs_claim(self, num_in_flight: int) -> bool:
+        if self.claimed_at is None or self.clock() - self.claimed_at >= SLOT_RENEW_S:
+            return True
+        return num_in_flight >= self.held and self.held < self.limit
+
+    async def claim(self, store: StateStore, in_flight: Callable[[], int]) -> None:
+        """Claim room for the next requests (one store call; callers queued behind it re-check first)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self.needs_claim(in_flight()):
+                return
+            want = min(self.limit, in_flight() + self.block)
+            try:
+                if not store.is_up:  # known lost: no wait for a call that would fail
+                    raise StateUnavailable("state store lost")
+                share = await store.claim_share(f"slots:{self.name}", self.owner, want, self.limit, SLOT_TTL_S)
+                self.held, self.num_owners = share.granted, share.num_owners
+            except (StateUnavailable, BadStateData):
+                self.held = max(self.held, math.ceil(self.limit / max(1, self.num_owners)))
+            self.claimed_at = self.clock()

@@ -9,9 +9,10 @@ import asyncio
 import copy
 import heapq
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
-from mlserve.state.base import ONCE_TTL_S, BadStateData, Document, Handler, HealthObserver
+from mlserve.state.base import ONCE_TTL_S, BadStateData, Document, Handler, HealthObserver, Share
 
 
 class MemoryStore:
@@ -28,6 +29,9 @@ class MemoryStore:
         """(deadline, key) of every TTL set, oldest first: the sweep's work list."""
         self._leases: dict[str, tuple[str, float]] = {}
         self._subscribers: dict[str, list[Handler]] = {}
+        self._blobs: dict[str, bytes] = {}
+        self._indexes: dict[str, OrderedDict[str, None]] = {}
+        self._shares: dict[str, dict[str, tuple[int, float]]] = {}
 
     @property
     def is_up(self) -> bool:
@@ -81,13 +85,13 @@ class MemoryStore:
         deadline = self._expiry.get(key)
         if deadline is not None and self._clock() >= deadline:
             self._expiry.pop(key)
-            for table in (self._hashes, self._values, self._counters):
+            for table in (self._hashes, self._values, self._counters, self._blobs):
                 table.pop(key, None)
 
     def _kind(self, key: str, table: dict) -> None:
         """BadStateData when `key` already holds another kind of value (Redis's WRONGTYPE)."""
         self._expire(key)
-        for other in (self._docs, self._hashes, self._values, self._counters):
+        for other in (self._docs, self._hashes, self._values, self._counters, self._blobs, self._shares):
             if other is not table and key in other:
                 raise BadStateData(f"state key {key!r} holds another kind of value")
 
@@ -188,3 +192,37 @@ class MemoryStore:
         held = self._leases.get(key)
         if held is not None and held[0] == owner:
             del self._leases[key]
+
+    # -- bytes under a capped index, shares of a limit ---------------------------------------------
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        self._kind(key, self._blobs)
+        return self._blobs.get(key)
+
+    async def set_bytes(self, key: str, value: bytes, ttl_s: float, index: str | None = None,
+                        max_entries: int = 0) -> None:
+        self._kind(key, self._blobs)
+        self._blobs[key] = bytes(value)
+        self._set_ttl(key, ttl_s)
+        if index is None:
+            return
+        keys = self._indexes.setdefault(index, OrderedDict())
+        for old in [k for k in keys if k not in self._blobs or self._expiry.get(k, float("inf")) <= self._clock()]:
+            del keys[old]
+        keys[key] = None
+        keys.move_to_end(key)
+        while len(keys) > max_entries:
+            old, _ = keys.popitem(last=False)
+            self._blobs.pop(old, None)
+            self._expiry.pop(old, None)
+
+    async def claim_share(self, key: str, owner: str, want: int, limit: int, ttl_s: float) -> Share:
+        self._kind(key, self._shares)
+        now = self._clock()
+        shares = self._shares.setdefault(key, {})
+        for other in [o for o, (_, until) in shares.items() if until <= now]:
+            del shares[other]
+        others = sum(held for o, (held, _) in shares.items() if o != owner)
+        granted = max(0, min(want, limit - others))
+        shares[owner] = (granted, now + ttl_s)
+        return Share(granted, len(shares))

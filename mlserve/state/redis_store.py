@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Mapping
 
 import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rex
 
-from mlserve.state.base import ONCE_TTL_S, SCHEMA, BadStateData, Document, Handler, HealthObserver, StateUnavailable, check_document
+from mlserve.state.base import ONCE_TTL_S, SCHEMA, BadStateData, Document, Handler, HealthObserver, Share, StateUnavailable, check_document
 from mlserve.state.url import redacted
 
 log = logging.getLogger("mlserve.state")
@@ -81,6 +82,45 @@ return 0
 """
 
 
+_SET_BYTES = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if #KEYS > 1 then
+  local now = tonumber(ARGV[3])
+  redis.call('ZADD', KEYS[2], now, KEYS[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
+  local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+  if over > 0 then
+    local old = redis.call('ZRANGE', KEYS[2], 0, over - 1)
+    for _, k in ipairs(old) do redis.call('DEL', k) end
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 1
+"""
+_CLAIM_SHARE = """
+local now, want, limit, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local others, owners = 0, 1
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    local held, untl = string.match(all[i + 1], '^(%d+):(%d+)$')
+    if not held then return redis.error_reply('BADSHARE not an mlserve share') end
+    if tonumber(untl) <= now then
+      redis.call('HDEL', KEYS[1], all[i])
+    else
+      others = others + tonumber(held)
+      owners = owners + 1
+    end
+  end
+end
+local granted = math.max(0, math.min(want, limit - others))
+redis.call('HSET', KEYS[1], ARGV[1], granted .. ':' .. (now + ttl))
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {granted, owners}
+"""
+
+
 def _ms(ttl_s: float | None) -> str:
     return "" if ttl_s is None else str(max(1, int(ttl_s * 1000)))
 
@@ -95,8 +135,9 @@ class RedisStore:
             url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
             retry_on_timeout=False, decode_responses=False)
         self._scripts = {name: self._client.register_script(body) for name, body in
-                         (("put", _PUT), ("incr", _INCR), ("hincr", _HINCR), ("hadd_capped", _HADD_CAPPED), ("hset_min", _HSET_MIN),
-                          ("lease", _LEASE), ("release", _RELEASE))}
+                         (("put", _PUT), ("incr", _INCR), ("hincr", _HINCR), ("hadd_capped", _HADD_CAPPED),
+                          ("hset_min", _HSET_MIN), ("lease", _LEASE), ("release", _RELEASE), ("set_bytes", _SET_BYTES),
+                          ("claim_share", _CLAIM_SHARE))}
         self._is_up = False
         self._observers: list[HealthObserver] = []
         self._handlers: dict[str, list[Handler]] = {}
@@ -303,3 +344,18 @@ class RedisStore:
 
     async def release(self, key: str, owner: str) -> None:
         await self._run(key, self._scripts["release"](keys=[self.key(key)], args=[owner]))
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        return await self._run(key, self._client.get(self.key(key)))
+
+    async def set_bytes(self, key: str, value: bytes, ttl_s: float, index: str | None = None,
+                        max_entries: int = 0) -> None:
+        """One script: the value, its place in the index (scored by write time) and the index's cap."""
+        keys = [self.key(key)] + ([self.key(index)] if index is not None else [])
+        args = [value, _ms(ttl_s), int(time.time() * 1000), max_entries]
+        await self._run(key, self._scripts["set_bytes"](keys=keys, args=args))
+
+    async def claim_share(self, key: str, owner: str, want: int, limit: int, ttl_s: float) -> Share:
+        args = [owner, int(time.time() * 1000), want, limit, _ms(ttl_s)]
+        granted, owners = await self._run(key, self._scripts["claim_share"](keys=[self.key(key)], args=args))
+        return Share(int(granted), int(owners))

@@ -142,3 +142,59 @@ def test_windows(period, expected):
 def test_a_window_ends_where_the_next_begins(period, now):
     end = window_end(period, now)
     assert window_of(period, end - 0.001) == window_of(period, now) != window_of(period, end)
+
+
+def test_a_keys_concurrency_holds_across_replicas_and_follows_the_traffic(redis_server):
+    prefix, now = f"c-{uuid.uuid4().hex[:8]}", [1_800_000_000.0]
+
+    async def hold(limiters: list[TenantLimiter], count: int) -> list[TenantLimiter]:
+        """`count` requests spread over the replicas, none released: the replicas that admitted each."""
+        holders = []
+        for i in range(count):
+            limiter = limiters[i % len(limiters)]
+            await limiter.prepare("k1")
+            if limiter.acquire("k1") is None:
+                holders.append(limiter)
+        return holders
+
+    async def scenario():
+        limiters = _replicas(redis_server.url, prefix, lambda: now[0], rps=0, concurrency=4)
+        for limiter in limiters:
+            await limiter.store.start()
+        try:
+            holders = await hold(limiters, 12)
+            assert len(holders) == 4  # each replica alone would admit 4: 12 in all
+            refusal = limiters[1].acquire("k1")
+            assert refusal is not None and "4 requests in flight across replicas" in refusal.reason
+            for limiter in holders:
+                limiter.release("k1")
+            # Idle replicas give their slots back: one replica alone may then take all four.
+            await asyncio.sleep(1.5)
+            assert len(await hold(limiters[:1], 6)) == 4
+            assert len(await hold(limiters[1:], 4)) == 0
+        finally:
+            for limiter in limiters:
+                await limiter.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_with_the_store_away_a_replica_keeps_its_local_share_of_the_concurrency():
+    from mlserve.state import StateUnavailable
+
+    class Away(MemoryStore):
+        is_shared = True
+
+        async def claim_share(self, key, owner, want, limit, ttl_s):
+            raise StateUnavailable("away")
+
+    async def scenario():
+        limiter = TenantLimiter(store=Away())
+        limiter.configure("k1", rps=0, concurrency=6)
+        admitted = 0
+        for _ in range(10):
+            await limiter.prepare("k1")
+            admitted += limiter.acquire("k1") is None
+        return admitted
+
+    assert asyncio.run(scenario()) == 6  # never saw other replicas: the whole limit, as one process

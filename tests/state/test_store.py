@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from mlserve.state import BadStateData, MemoryStore, StateUnavailable, open_state
+from mlserve.state import BadStateData, MemoryStore, Share, StateUnavailable, open_state
 from mlserve.state.redis_store import RedisStore
 from mlserve.config import check_state_url as check_url
 from mlserve.state.url import redacted
@@ -130,6 +130,39 @@ def test_a_key_of_the_wrong_kind_is_refused_by_name(make_store):
         await store.set_once("text", "hello", ttl_s=60)
         with pytest.raises(BadStateData, match="text"):
             await store.hgetall("text")
+
+    run(make_store, scenario)
+
+
+def test_bytes_live_for_their_ttl_and_an_index_keeps_the_newest(make_store):
+    async def scenario(store):
+        assert await store.get_bytes("blob") is None
+        await store.set_bytes("blob", b"\x00\xffraw", ttl_s=60)
+        assert await store.get_bytes("blob") == b"\x00\xffraw"
+        for i in range(5):
+            await store.set_bytes(f"c:{i}", bytes([i]), ttl_s=60, index="c-index", max_entries=3)
+            await asyncio.sleep(0.002)  # distinct write times
+        assert [await store.get_bytes(f"c:{i}") for i in range(5)] == [None, None, b"\x02", b"\x03", b"\x04"]
+        await store.set_bytes("short", b"x", ttl_s=0.05)
+        await asyncio.sleep(0.2)
+        assert await store.get_bytes("short") is None
+        await store.hincr("stats", {"n": 1})
+        with pytest.raises(BadStateData, match="stats"):
+            await store.get_bytes("stats")
+
+    run(make_store, scenario)
+
+
+def test_shares_of_a_limit_add_up_and_a_silent_owner_s_share_expires(make_store):
+    async def scenario(store):
+        assert await store.claim_share("conc", "a", 3, 4, ttl_s=60) == Share(3, 1)
+        assert await store.claim_share("conc", "b", 3, 4, ttl_s=60) == Share(1, 2)  # only 1 left
+        assert await store.claim_share("conc", "a", 1, 4, ttl_s=60) == Share(1, 2)  # a gives 2 back
+        assert await store.claim_share("conc", "b", 3, 4, ttl_s=60) == Share(3, 2)
+        assert await store.claim_share("conc", "c", 2, 4, ttl_s=0.05) == Share(0, 3)
+        assert await store.claim_share("conc", "a", 0, 4, ttl_s=0.05) == Share(0, 3)
+        await asyncio.sleep(0.2)  # a and c fall silent: their shares expire
+        assert await store.claim_share("conc", "b", 4, 4, ttl_s=60) == Share(4, 1)
 
     run(make_store, scenario)
 
