@@ -138,7 +138,10 @@ def test_concurrency_2_holds_two_requests_in_flight_across_replicas(cluster):
         # All 12 accounted for: 10 answered, 2 held by the model (read on each replica directly).
         poll(lambda: len(answers) >= 10 and sum(_held(r.url) for r in replicas.replicas) == 2, timeout=30)
         assert len(answers) == 10 and {status for status, _, _ in answers} == {429}, answers
-        assert "limited to 2 requests in flight across replicas" in answers[0][1]
+        # A replica that holds both says so; one that holds none (there is always one) names the cluster.
+        reasons = [answer[1] for answer in answers]
+        assert all("2 requests in flight" in r for r in reasons), reasons
+        assert any("limited to 2 requests in flight across replicas" in r for r in reasons), reasons
     finally:
         set_flag(flag, b"\x01")
         for thread in threads:
