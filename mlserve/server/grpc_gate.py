@@ -78,8 +78,7 @@ async def admitted(gate: Gate, key: ApiKey | None, is_open: bool) -> AsyncIterat
         yield
         return
     if key is not None:
-        await gate.keyring.limiter.prepare(key.key_id)  # a store call once per leased block, not per request
-        refusal = gate.keyring.limiter.acquire(key.key_id)
+        refusal = await gate.keyring.limiter.admit(key.key_id)  # a store call once per leased block, not per request
         if refusal is not None:
             raise Refused("RESOURCE_EXHAUSTED", refusal.reason, max(1.0, math.ceil(refusal.retry_after_s)))
     try:

@@ -187,8 +187,7 @@ async def _authenticate(gate: Gate, request: web.Request, access: Access) -> web
     scope = "admin" if access is Access.ADMIN else "infer"
     if not key.has_scope(scope):
         return json_error(403, f"key {key.name!r} lacks the {scope!r} scope this endpoint needs")
-    await gate.keyring.limiter.prepare(key.key_id)  # a store call once per leased block, not per request
-    refusal = gate.keyring.limiter.acquire(key.key_id)
+    refusal = await gate.keyring.limiter.admit(key.key_id)  # a store call once per leased block, not per request
     if refusal is not None:
         return json_error(429, refusal.reason, {"Retry-After": str(max(1, math.ceil(refusal.retry_after_s)))})
     return key

@@ -37,12 +37,17 @@ class TokenBucket:
         return (1.0 - self.tokens) / self.rate
 
 
+MAX_LEASE_TRIES = 4
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a request was not admitted, and when to come back."""
 
     reason: str
     retry_after_s: float
+    may_lease: bool = False
+    """The local block is spent but the limit is not: leasing the next block may admit it (`admit`)."""
 
 
 @dataclass(slots=True)
@@ -109,6 +114,18 @@ class TenantLimiter:
             if budget.needs_refill():
                 await budget.refill(self.store)
 
+    async def admit(self, key_id: str) -> Refusal | None:
+        """`prepare` then `acquire`. Leasing one budget's block can wait on the store while other
+        requests spend another budget's last tokens; such a request leases again (a few times at
+        most) instead of being refused while the limit still has room."""
+        refusal = None
+        for _ in range(MAX_LEASE_TRIES):
+            await self.prepare(key_id)
+            refusal = self.acquire(key_id)
+            if refusal is None or not refusal.may_lease:
+                return refusal
+        return refusal
+
     def usage(self) -> dict[str, dict[str, int]]:
         """Per key id, the quota leased cluster-wide in its current window (as last seen here)."""
         return {key_id: {"used": b.used, "limit": b.limit} for key_id, t in self._tenants.items()
@@ -137,7 +154,8 @@ class TenantLimiter:
             if not budget.try_take():
                 what = "requests per second across replicas" if budget.period == "second" else \
                     f"requests per {budget.period} (quota used up)"
-                return Refusal(f"this key is limited to {budget.limit} {what}", budget.retry_after_s())
+                return Refusal(f"this key is limited to {budget.limit} {what}", budget.retry_after_s(),
+                               may_lease=budget.needs_refill())
         tenant.num_in_flight += 1
         return None
 

@@ -198,3 +198,31 @@ def test_with_the_store_away_a_replica_keeps_its_local_share_of_the_concurrency(
         return admitted
 
     assert asyncio.run(scenario()) == 6  # never saw other replicas: the whole limit, as one process
+
+
+def test_a_request_whose_lease_waited_while_others_spent_the_rate_leases_again_instead_of_a_429():
+    """Five requests arrive when the rate budget has 2 tokens left and the quota's block is spent.
+    The first leases the quota's next block (a store round trip: the others wait for it); then all
+    five spend the rate budget's tokens, and the three that find it empty lease its next block and
+    are admitted, since the limit (100 a second) has room (on the old code they got 429)."""
+
+    class Yielding(MemoryStore):
+        is_shared = True
+
+        async def incr(self, key, amount=1, ttl_s=None):
+            await asyncio.sleep(0)  # a store round trip: other requests run meanwhile
+            return await super().incr(key, amount, ttl_s)
+
+    limiter = TenantLimiter(store=Yielding(), wall_clock=lambda: 1_800_000_000.5)
+    limiter.configure("k1", rps=100, concurrency=0, quota=1000)
+
+    async def scenario():
+        assert await limiter.admit("k1") is None
+        limiter.release("k1")
+        rate, quota = limiter._tenants["k1"].budgets
+        assert (rate.period, quota.period) == ("second", "day")
+        rate.tokens, quota.tokens = 2, 0
+        return await asyncio.gather(*(limiter.admit("k1") for _ in range(5)))
+
+    refusals = asyncio.run(scenario())
+    assert [r.reason if r else None for r in refusals] == [None] * 5
