@@ -48,6 +48,18 @@ class JobRecord:
     reason: str = ""
     finished: float | None = None
     """When it finished (wall clock), for pruning old records."""
+    owner: str = ""
+    """The replica that runs it (holds its lease); empty in one process."""
+    cancel_requested: bool = False
+    """Set by a replica that does not run the job; the owner cancels it when it sees this."""
+    updated: float | None = None
+    """When the owner last wrote its progress (wall clock)."""
+    rows_total: int | None = None
+    rows_done: int = 0
+    rows_failed: int = 0
+    rows_per_s: float = 0.0
+    eta_s: float | None = None
+    """Progress as the owner last wrote it, for replicas that read the record from the state store."""
 
     @property
     def is_finished(self) -> bool:
