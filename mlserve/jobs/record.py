@@ -106,7 +106,8 @@ def allowed_path(root: Path, raw: Any, what: str) -> Path:
     if not isinstance(raw, str) or not raw:
         raise InvalidInput(f"{what!r} must be a non-empty path")
     if "://" in raw:
-        raise InvalidInput(f"{what!r}: only paths under the server's batch folder are supported, got {raw!r}")
+        raise InvalidInput(f"{what!r}: paths under the server's batch folder or s3://bucket/key are supported, "
+                           f"got {raw!r}")
     path = Path(raw)
     resolved = (path if path.is_absolute() else root / path).resolve()
     if not resolved.is_relative_to(root):
