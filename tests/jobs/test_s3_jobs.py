@@ -9,7 +9,6 @@ import uuid
 
 import numpy as np
 import orjson
-import pytest
 
 from mlserve.config import JobsConfig
 from mlserve.jobs.manager import JobManager
