@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -29,14 +28,14 @@ from typing import Any, Awaitable, Callable
 from mlserve.config import JobsConfig
 from mlserve.errors import Forbidden, InvalidInput, JobNotFound, MlserveError, Overloaded
 from mlserve.jobs.book import CHANNEL, StoreBook, lease_key
-from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
+from mlserve.jobs.checkpoint import checkpoint_path
 from mlserve.jobs.record import (
     JobRecord, JobState, allowed_path, check_request, load_records, parse_version, remove_record, save_record,
 )
-from mlserve.jobs.formats import format_of
-from mlserve.jobs.rows import check_output_names
 from mlserve.jobs.runner import BatchRun, InferFn, JobPlan, RowFormats, output_files, preflight
-from mlserve.jobs.s3files import S3Files, StageMirror, is_s3, reset_folder, split_uri, stage_uri
+from mlserve.jobs.s3files import S3Files, is_s3, stage_uri
+from mlserve.jobs.s3stage import S3Jobs, s3_files
+from mlserve.jobs.view import copy_progress, progress_from_checkpoint, progress_of
 from mlserve.spec import ModelInfo
 from mlserve.state import BadStateData, StateStore, StateUnavailable
 
@@ -83,7 +82,7 @@ class JobManager:
         self._root = Path(config.allowed_dir).resolve() if self.is_enabled else Path()
         self._state_dir = (Path(config.state_dir) if config.state_dir else self._root / ".mlserve-jobs").resolve()
         self.replica = replica or replica_name()
-        self._s3 = s3 or S3Files()
+        self._s3 = S3Jobs(s3 or S3Files(), self._state_dir)
         self._store = store if store is not None and store.is_shared else None
         self._book = StoreBook(self._store, self.checkpoint_of) if self._store is not None else None
         self.jobs: dict[str, JobRecord] = {}
@@ -159,7 +158,7 @@ class JobManager:
         body = check_request(body)
         await self.prune(room=1)
         await self._check_room()
-        files = _s3_files(body) if is_s3(body["input"]) or is_s3(body["output"]) else self._local_files(body)
+        files = s3_files(body) if is_s3(body["input"]) or is_s3(body["output"]) else self._local_files(body)
         record = JobRecord(
             secrets.token_hex(8), body["model"], parse_version(body.get("version")), *files,
             body.get("priority"), body.get("overwrite", False), time.time(), owner=self.replica,
@@ -167,7 +166,7 @@ class JobManager:
         await self._check_free(record)
         target = await self._resolve(record.model, record.version, record.priority)
         if is_s3(record.input):
-            await self._preflight_s3(record, target)
+            await self._s3.preflight(record, target.info, (target.formats or RowFormats()).suffixes)
         else:
             await asyncio.to_thread(preflight, self._plan(record, target), record.overwrite, target.formats)
         await self._check_free(record)  # again: another job may have taken a file while this one was checked
@@ -244,23 +243,6 @@ class JobManager:
         errors_raw = body.get("errors") or str(output.with_name(output.name + ".errors.jsonl"))
         return str(self._path(body["input"], "input")), str(output), str(self._path(errors_raw, "errors"))
 
-    async def _preflight_s3(self, record: JobRecord, target: Target) -> None:
-        """What BatchRun would refuse, for s3:// files: formats, the model, the input there, an output
-        or errors object there only with overwrite (or when this job's mirror explains it)."""
-        suffixes = (target.formats or RowFormats()).suffixes
-        format_of(Path(split_uri(record.input, "input")[1]), suffixes)
-        format_of(Path(split_uri(record.output, "output")[1]), suffixes)
-        if target.info.max_batch_size <= 0:
-            raise InvalidInput(f"model {record.model!r} has max_batch_size 0 (no batch dimension): batch runs need one")
-        check_output_names([s.name for s in target.info.outputs])
-        if record.input in (record.output, record.errors) or record.output == record.errors:
-            raise InvalidInput("the input, output and errors objects must differ")
-        if await self._s3.stat(record.input) is None:
-            raise InvalidInput(f"input {record.input} does not exist")
-        for what, uri in (("output", record.output), ("errors", record.errors)):
-            if not record.overwrite and await self._s3.stat(uri) is not None:
-                raise InvalidInput(f"{what} {uri} exists; start over with overwrite")
-
     def _path(self, raw: Any, what: str) -> Path:
         """A job's file under the batch folder, never in the folder holding the job records."""
         path = allowed_path(self._root, raw, what)
@@ -292,34 +274,8 @@ class JobManager:
                 raise InvalidInput(f"batch job {other.job_id} is still using {sorted(clash)[0]}")
 
     def _plan(self, record: JobRecord, target: Target) -> JobPlan:
-        paths = self._working(record) if is_s3(record.input) else (record.input, record.output, record.errors)
+        paths = self._s3.working(record) if is_s3(record.input) else (record.input, record.output, record.errors)
         return JobPlan(record.model, target.version, target.info, *(Path(p) for p in paths), self._config.chunk_rows)
-
-    def _working(self, record: JobRecord) -> tuple[str, str, str]:
-        """The local working copies of an s3:// job's files, on the replica that runs it."""
-        folder = self._state_dir / "s3" / record.job_id
-        return (str(folder / ("input" + Path(record.input).suffix)), str(folder / ("output" + Path(record.output).suffix)),
-                str(folder / "errors.jsonl"))
-
-    async def _stage_in(self, record: JobRecord) -> StageMirror:
-        """Download the input, and rebuild the working files from the mirror when the job ran before."""
-        local_in, local_out, local_errors = (Path(p) for p in self._working(record))
-        await asyncio.to_thread(reset_folder, local_in.parent)
-        await self._s3.download(record.input, local_in)
-        mirror = StageMirror(self._s3, local_in.parent, stage_uri(record.output), checkpoint_path(local_out), local_in)
-        if record.overwrite:
-            await self._s3.delete_prefix(stage_uri(record.output))
-        elif await mirror.restore({"input": str(local_in.resolve()), "output": str(local_out.resolve()),
-                                   "errors": str(local_errors.resolve())}):
-            log.info("batch job %s: working files rebuilt from %s", record.job_id, stage_uri(record.output))
-        return mirror
-
-    async def _stage_out(self, record: JobRecord) -> None:
-        _, local_out, local_errors = (Path(p) for p in self._working(record))
-        await self._s3.upload(local_out, record.output)
-        await self._s3.upload(local_errors, record.errors)
-        await self._s3.delete_prefix(stage_uri(record.output))
-        await asyncio.to_thread(shutil.rmtree, local_out.parent, True)
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -336,7 +292,7 @@ class JobManager:
                 target = await self._resolve(record.model, record.version, record.priority)
                 after_commit = None
                 if is_s3(record.input):
-                    mirror, loop = await self._stage_in(record), asyncio.get_running_loop()
+                    mirror, loop = await self._s3.stage_in(record), asyncio.get_running_loop()
                     after_commit = lambda: asyncio.run_coroutine_threadsafe(mirror.push(), loop).result()  # noqa: E731
                 run = BatchRun(self._plan(record, target), target.infer, target.formats, after_commit)
                 self._runs[record.job_id] = run
@@ -347,7 +303,7 @@ class JobManager:
                 await self._save(record)
                 await run.run()
                 if is_s3(record.input):
-                    await self._stage_out(record)
+                    await self._s3.stage_out(record)
                 await self._finish(record, JobState.DONE, "")
             except asyncio.CancelledError:
                 if record.state is JobState.CANCELLED:
@@ -368,7 +324,7 @@ class JobManager:
 
     async def _save(self, record: JobRecord) -> None:
         """On disk, or to the store (one that is away gets it when it is back)."""
-        _copy_progress(record, self._runs.get(record.job_id))
+        copy_progress(record, self._runs.get(record.job_id))
         if not self.is_shared:
             await asyncio.to_thread(save_record, self._state_dir, record)
             return
@@ -475,9 +431,9 @@ class JobManager:
     def view(self, record: JobRecord) -> dict[str, Any]:
         """The job as the API shows it: what was asked, its state, rows, rate and ETA."""
         run = self._runs.get(record.job_id) if not self.is_shared or self._is_mine(record) else None
-        progress = _progress(record, run, self._status.get(record.job_id))
+        progress = progress_of(record, run, self._status.get(record.job_id))
         if (run is None or run.checkpoint is None) and not self.is_shared and not is_s3(record.output):
-            progress = _progress_from_checkpoint(record)
+            progress = progress_from_checkpoint(record)
         return {
             "id": record.job_id, "model": record.model,
             "version": str(record.version) if record.version is not None else None,
@@ -550,7 +506,7 @@ class JobManager:
                 record.cancel_requested = True
                 await self._cancel_here(record)  # which syncs again
                 return
-            _copy_progress(record, self._runs.get(record.job_id))
+            copy_progress(record, self._runs.get(record.job_id))
             record.updated = time.time()
             if not await self._book.put(record, expect=stored.version):
                 self._unsynced.add(record.job_id)
@@ -563,7 +519,7 @@ class JobManager:
             self._unsynced.add(record.job_id)
 
     async def _rewrite(self, record: JobRecord) -> None:
-        _copy_progress(record, self._runs.get(record.job_id))
+        copy_progress(record, self._runs.get(record.job_id))
         record.updated = time.time()
         if not await self._book.put(record, expect=0):
             return  # written meanwhile: the next sync reads it
@@ -660,54 +616,6 @@ class JobManager:
         if record.rows_done > 0 and not checkpoint.is_file():
             return f"its checkpoint {checkpoint} is not visible on replica {self.replica}: {tail}"
         return ""
-
-
-def _s3_files(body: dict) -> tuple[str, str, str]:
-    """An s3:// job's input, output and errors: all three s3://bucket/key (errors beside the output by default)."""
-    for what in ("input", "output", "errors"):
-        raw = body.get(what)
-        if raw is not None and not is_s3(raw):
-            raise InvalidInput(f"{what!r} must be s3://bucket/key too: a job's files are all on S3 or all under "
-                               f"the batch folder, got {raw!r}")
-        if raw is not None:
-            split_uri(raw, what)
-    return body["input"], body["output"], body.get("errors") or body["output"] + ".errors.jsonl"
-
-
-def _progress(record: JobRecord, run: BatchRun | None, status: Callable[[], str] | None) -> dict[str, Any]:
-    """Rows, rate, ETA and reason: from the run when it is here, else as the owner last recorded."""
-    if run is None or run.checkpoint is None:
-        return {"reason": record.reason, "rows_total": record.rows_total, "rows_done": record.rows_done,
-                "rows_failed": record.rows_failed,
-                "rows_per_s": record.rows_per_s if record.state is JobState.RUNNING else 0.0,
-                "eta_s": record.eta_s if record.state is JobState.RUNNING else None}
-    running = record.state is JobState.RUNNING
-    checkpoint = run.checkpoint
-    return {"reason": status() if running and status is not None else record.reason,
-            "rows_total": checkpoint.rows_total, "rows_done": checkpoint.rows_done,
-            "rows_failed": checkpoint.rows_failed,
-            "rows_per_s": round(run.progress.rows_per_s(), 1) if running else 0.0,
-            "eta_s": run.progress.eta_s() if running else None}
-
-
-def _progress_from_checkpoint(record: JobRecord) -> dict[str, Any]:
-    try:
-        checkpoint = load_checkpoint(checkpoint_path(Path(record.output)))
-    except ValueError:
-        checkpoint = None
-    return {"reason": record.reason, "rows_total": checkpoint.rows_total if checkpoint else None,
-            "rows_done": checkpoint.rows_done if checkpoint else 0,
-            "rows_failed": checkpoint.rows_failed if checkpoint else 0, "rows_per_s": 0.0, "eta_s": None}
-
-
-def _copy_progress(record: JobRecord, run: BatchRun | None) -> None:
-    if run is None or run.checkpoint is None:
-        return
-    record.rows_total, record.rows_done = run.checkpoint.rows_total, run.checkpoint.rows_done
-    record.rows_failed = run.checkpoint.rows_failed
-    running = record.state is JobState.RUNNING
-    record.rows_per_s = round(run.progress.rows_per_s(), 1) if running else 0.0
-    record.eta_s = run.progress.eta_s() if running else None
 
 
 def _mark_finished(record: JobRecord):
