@@ -393,10 +393,7 @@ class JobManager:
 
     async def _cancel_here(self, record: JobRecord) -> JobRecord:
         record.state, record.reason, record.finished = JobState.CANCELLED, "cancelled on request", time.time()
-        task = self._tasks.get(record.job_id)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._stop_task(record.job_id)
         await self._save(record)
         log.info("batch job %s cancelled", record.job_id)
         return record
@@ -539,9 +536,16 @@ class JobManager:
         log.warning("batch job %s: stopped here, %s", record.job_id, why)
         self.jobs.pop(record.job_id, None)
         self._unsynced.discard(record.job_id)
-        task = self._tasks.get(record.job_id)
-        if task is not None:
-            task.cancel()
+        await self._stop_task(record.job_id)
+
+    async def _stop_task(self, job_id: str) -> None:
+        """Cancel the job's task and wait for it, unless this is that task (a record write inside the
+        run found a cancel request): then it stops at its next await."""
+        task = self._tasks.get(job_id)
+        if task is None:
+            return
+        task.cancel()
+        if task is not asyncio.current_task():
             await asyncio.gather(task, return_exceptions=True)
 
     async def _scan(self) -> None:
