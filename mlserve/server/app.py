@@ -137,7 +137,7 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     connect_monitor(monitor, metrics, loader, inference)
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
-    jobs = optimize_jobs(loader, inference.traffic, config.jobs)
+    jobs = optimize_jobs(loader, inference.traffic, config.jobs, shared)
     return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, generation, status,
                     jobs, DecodePool(config.limits), shared, ModelControl(shared, loader, inference.traffic),
                     auto_optimizer(jobs, loader, config))

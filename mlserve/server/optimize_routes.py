@@ -22,9 +22,10 @@ from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.safety import check_model_name
 from mlserve.server.response import json_response
+from mlserve.state import StateStore
 
 
-def optimize_jobs(loader: HotSwapLoader, traffic, config: JobsConfig) -> OptimizeJobs:
+def optimize_jobs(loader: HotSwapLoader, traffic, config: JobsConfig, store: StateStore | None = None) -> OptimizeJobs:
     """The job manager, with publishing wired to the loader and the rollout API."""
 
     async def deploy(model: str, version: int, rollout: dict | None) -> dict:
@@ -42,7 +43,7 @@ def optimize_jobs(loader: HotSwapLoader, traffic, config: JobsConfig) -> Optimiz
             await loader.unpin(model, who)
         return {"loaded": True, "rollout": view.get("rollout")}
 
-    return OptimizeJobs(deploy, config)
+    return OptimizeJobs(deploy, config, store)
 
 
 def auto_optimizer(jobs: OptimizeJobs, loader: HotSwapLoader, config: Config) -> AutoOptimizer:
@@ -92,10 +93,10 @@ class OptimizeHandlers:
         return json_response({"model": name, "runs": runs, "rollout": rollout})
 
     async def get(self, request: web.Request) -> web.Response:
-        return json_response(self._jobs.get(request.match_info["job"]).to_dict())
+        return json_response(await self._jobs.view(request.match_info["job"]))
 
     async def cancel(self, request: web.Request) -> web.Response:
-        return json_response((await self._jobs.cancel(request.match_info["job"])).to_dict())
+        return json_response(await self._jobs.cancel_anywhere(request.match_info["job"]))
 
 
 def optimize_routes(jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool,
