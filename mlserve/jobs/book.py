@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from mlserve.errors import Overloaded
 from mlserve.jobs.record import JobRecord, JobState
 from mlserve.state import BadStateData, StateStore
 
@@ -123,7 +124,7 @@ class StoreBook:
             body = {"jobs": {k: [c, f] for k, (c, f) in entries.items()}}
             if await self._store.put(INDEX_KEY, body, expect=0 if doc is None else doc.version) is not None:
                 return entries
-        raise BadStateData(f"state key {INDEX_KEY!r}: {MAX_TRIES} concurrent writers in a row")
+        raise Overloaded(f"state key {INDEX_KEY!r}: {MAX_TRIES} concurrent writers in a row; try again", retry_after_s=1)
 
     async def notify(self, job_id: str) -> None:
         await self._store.publish(CHANNEL, job_id)

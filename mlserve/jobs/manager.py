@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -68,6 +69,20 @@ def replica_name() -> str:
 
 class JobRecordRefused(MlserveError):
     """A job record in the shared state store is not one mlserve wrote (named by its key)."""
+
+
+def _refusing(method):
+    """A public method whose reads of the store may meet data mlserve did not write: refused by name."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except BadStateData as exc:
+            log.error("batch jobs: state refused: %s", exc)
+            raise JobRecordRefused(f"batch job state refused: {exc}") from None
+
+    return wrapper
 
 
 class JobManager:
@@ -152,6 +167,7 @@ class JobManager:
 
     # -- submit ------------------------------------------------------------------------------------
 
+    @_refusing
     async def submit(self, body: Any) -> JobRecord:
         """Check everything a run would refuse, then record and queue the job."""
         self._check_enabled()
@@ -197,9 +213,16 @@ class JobManager:
             entries[record.job_id] = (record.created, None)
             return True
 
-        await self._book.update_index(add)
+        try:
+            await self._book.update_index(add)
+        except (StateUnavailable, BadStateData):
+            with contextlib.suppress(StateUnavailable):  # no record left that no index lists
+                await self._book.delete(record.job_id)
+                await self._store.release(lease_key(record.job_id), self.replica)
+            raise
         self.jobs[record.job_id] = record
 
+    @_refusing
     async def prune(self, room: int = 0) -> None:
         """Forget finished jobs older than `retention_s`, then the oldest finished ones while more
         than `max_jobs - room` are kept; their records are deleted (their files stay)."""
@@ -333,6 +356,7 @@ class JobManager:
 
     # -- reading and cancelling --------------------------------------------------------------------
 
+    @_refusing
     async def get(self, job_id: str) -> JobRecord:
         """The job from this replica when it runs it, else from the store (StateUnavailable: 503)."""
         self._check_enabled()
@@ -353,6 +377,7 @@ class JobManager:
             log.error("batch job %s: record refused: %s", job_id, exc)
             raise JobRecordRefused(f"batch job record refused: {exc}") from None
 
+    @_refusing
     async def list(self) -> list[JobRecord]:
         """Every job, oldest first (with a shared store, every replica's; a record that does not
         parse is logged by name and left out)."""
@@ -371,6 +396,7 @@ class JobManager:
                     records.append(stored.record)
         return records
 
+    @_refusing
     async def cancel(self, job_id: str) -> JobRecord:
         """Stop a queued or running job; what it committed stays, with its checkpoint. A job another
         replica runs is asked to stop through its record (and a notice), and the answer waits a little

@@ -185,6 +185,11 @@ def test_a_bad_job_record_in_redis_is_refused_by_name(folder, redis_server, pref
             raw.set(key, b"not json")
             with pytest.raises(JobRecordRefused, match="does not hold JSON"):
                 await a.jobs.get(job.job_id)
+            raw.set(f"{prefix}:jobs:index", orjson.dumps({"schema": 1, "version": 3, "data": {"jobs": [1, 2]}}))
+            with pytest.raises(JobRecordRefused, match="'jobs:index' has no 'jobs' object"):
+                await a.jobs.list()
+            with pytest.raises(JobRecordRefused, match="'jobs:index'"):
+                await a.jobs.submit({"model": "m", "input": "in.jsonl", "output": "out2.jsonl"})
         finally:
             await a.close()
 
