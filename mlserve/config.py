@@ -316,6 +316,11 @@ class JobsConfig:
     """Optimize runs (child processes) at once across the server; one more is a 429."""
     optimize_timeout_s: float = 3600.0
     """Wall-clock limit of one optimize run; past it the child is stopped and the job fails."""
+    lease_s: float = 10.0
+    """With a shared state store: how long a replica's hold on a batch job lasts unless renewed (it
+    renews every third of it); a job whose replica died is taken over this long after its last renewal."""
+    scan_s: float = 2.0
+    """With a shared state store: how often a replica looks for batch jobs whose lease ran out."""
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
@@ -330,6 +335,10 @@ class JobsConfig:
             raise ValueError("optimize_max_running must be >= 1")
         if not 0 < self.optimize_timeout_s < float("inf"):
             raise ValueError("optimize_timeout_s must be a positive number of seconds")
+        if not 0.1 <= self.lease_s <= 3600:
+            raise ValueError("lease_s must be a number of seconds in 0.1..3600")
+        if not 0.05 <= self.scan_s <= 3600:
+            raise ValueError("scan_s must be a number of seconds in 0.05..3600")
 
 
 STATE_SCHEMES = ("redis", "rediss")

@@ -48,6 +48,18 @@ class JobRecord:
     reason: str = ""
     finished: float | None = None
     """When it finished (wall clock), for pruning old records."""
+    owner: str = ""
+    """The replica that runs it (holds its lease); empty in one process."""
+    cancel_requested: bool = False
+    """Set by a replica that does not run the job; the owner cancels it when it sees this."""
+    updated: float | None = None
+    """When the owner last wrote its progress (wall clock)."""
+    rows_total: int | None = None
+    rows_done: int = 0
+    rows_failed: int = 0
+    rows_per_s: float = 0.0
+    eta_s: float | None = None
+    """Progress as the owner last wrote it, for replicas that read the record from the state store."""
 
     @property
     def is_finished(self) -> bool:
@@ -94,7 +106,8 @@ def allowed_path(root: Path, raw: Any, what: str) -> Path:
     if not isinstance(raw, str) or not raw:
         raise InvalidInput(f"{what!r} must be a non-empty path")
     if "://" in raw:
-        raise InvalidInput(f"{what!r}: only paths under the server's batch folder are supported, got {raw!r}")
+        raise InvalidInput(f"{what!r}: paths under the server's batch folder or s3://bucket/key are supported, "
+                           f"got {raw!r}")
     path = Path(raw)
     resolved = (path if path.is_absolute() else root / path).resolve()
     if not resolved.is_relative_to(root):

@@ -141,8 +141,11 @@ def preflight(plan: JobPlan, overwrite: bool = False, formats: RowFormats | None
 class BatchRun:
     """Owns one run's reader, writers and checkpoint; `prepare()` then `await run()`."""
 
-    def __init__(self, plan: JobPlan, infer: InferFn, formats: RowFormats | None = None) -> None:
+    def __init__(self, plan: JobPlan, infer: InferFn, formats: RowFormats | None = None,
+                 after_commit: Callable[[], None] | None = None) -> None:
         self._formats = formats or RowFormats()
+        self._after_commit = after_commit
+        """Called on the commit thread once a checkpoint is saved (the S3 mirror of a job's files)."""
         check_plan(plan, self._formats.suffixes)
         self.plan = plan
         self._infer = infer
@@ -246,6 +249,8 @@ class BatchRun:
         cp.rows_ok += len(rows)
         cp.rows_failed += len(failures)
         save_checkpoint(self._path, cp)
+        if self._after_commit is not None:
+            self._after_commit()
         self.progress.update(cp.rows_done, cp.rows_failed)
 
     def _finish(self) -> None:

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import uuid
@@ -25,10 +26,12 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from mlserve.config import JobsConfig
-from mlserve.errors import InvalidInput, ModelNotFound, Overloaded
+from mlserve.errors import InvalidInput, MlserveError, ModelNotFound, Overloaded
 from mlserve.lifeline import is_alive
 from mlserve.optimize.pipeline import OptimizeRequest
+from mlserve.optimize.records import OptimizeRecords
 from mlserve.optimize.request import to_json
+from mlserve.state import BadStateData, StateStore
 
 log = logging.getLogger("mlserve.optimize")
 
@@ -96,10 +99,17 @@ class OptimizeJobs:
     """Starts, tracks and cancels optimize jobs; one child process each, at most
     `optimize_max_running` at once, each stopped after `optimize_timeout_s`."""
 
-    def __init__(self, on_published: OnPublished, config: JobsConfig) -> None:
+    def __init__(self, on_published: OnPublished, config: JobsConfig, store: StateStore | None = None,
+                 replica: str = "") -> None:
         self._on_published = on_published
         self._config = config
         self.jobs: dict[str, Job] = {}
+        self._records = None
+        """With a shared store: every job's record there, for GET and DELETE through any replica."""
+        if store is not None and store.is_shared:
+            self._records = OptimizeRecords(store, replica or f"{socket.gethostname()}:{os.getpid()}",
+                                            self._on_cancel_notice)
+        self._spawned: set[asyncio.Task] = set()
 
     def is_busy(self, model: str) -> bool:
         """Whether a start for `model` would be refused for now: one of its jobs runs, or the server's limit is reached."""
@@ -128,7 +138,46 @@ class OptimizeJobs:
         job.task = asyncio.get_running_loop().create_task(self._watch(job))
         self.jobs[job.job_id] = job
         log.info("optimize job %s for model %s started (pid %d)", job.job_id, job.model, job.process.pid)
+        await self._write(job)
         return job
+
+    async def _write(self, job: Job) -> None:
+        if self._records is not None:
+            await self._records.write(job.to_dict())
+
+    def _on_cancel_notice(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None and job.state is JobState.RUNNING:
+            task = asyncio.get_running_loop().create_task(self.cancel(job_id))
+            self._spawned.add(task)
+            task.add_done_callback(self._spawned.discard)
+
+    async def view(self, job_id: str) -> dict:
+        """The job from this replica, or (shared store) as the replica running it recorded it."""
+        if job_id in self.jobs or self._records is None:
+            return self.get(job_id).to_dict()
+        try:
+            view = await self._records.read(job_id)
+        except BadStateData as exc:
+            log.error("optimize job %s: record refused: %s", job_id, exc)
+            raise MlserveError(f"optimize job record refused: {exc}") from None
+        if view is None:
+            raise ModelNotFound(f"no job {job_id!r}")
+        return view
+
+    async def cancel_anywhere(self, job_id: str) -> dict:
+        """Cancel here, or ask the replica running the job (a notice) and wait up to 3 s to see it stop."""
+        if job_id in self.jobs or self._records is None:
+            return (await self.cancel(job_id)).to_dict()
+        view = await self.view(job_id)
+        if view["state"] != "running":
+            return view
+        await self._records.request_cancel(job_id)
+        deadline = asyncio.get_running_loop().time() + 3.0
+        while view["state"] == "running" and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            view = await self.view(job_id)
+        return view
 
     def _forget_old(self) -> None:
         finished = [j for j in self.jobs.values() if j.state in FINISHED]
@@ -173,6 +222,7 @@ class OptimizeJobs:
         finally:
             shutil.rmtree(job.folder, ignore_errors=True)
         log.info("optimize job %s: %s %s", job.job_id, job.state.name.lower(), job.error)
+        await self._write(job)
 
     async def _wait(self, job: Job) -> int:
         """The child's exit code; past the time limit it is stopped, unless it is already publishing."""

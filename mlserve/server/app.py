@@ -143,7 +143,7 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, loader)
     control = ModelControl(shared, loader, inference.traffic)
-    jobs = optimize_jobs(loader, control, config.jobs)
+    jobs = optimize_jobs(loader, control, config.jobs, shared)
     return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, generation, status,
                     jobs, DecodePool(config.limits), shared, control, auto_optimizer(jobs, loader, config),
                     BanditDriver(shared, inference.traffic, control))

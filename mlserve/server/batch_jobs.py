@@ -11,6 +11,7 @@ from aiohttp import web
 from mlserve.errors import InvalidInput
 from mlserve.jobs.manager import JobManager
 from mlserve.jobs.metrics import JobsCollector
+from mlserve.jobs.s3files import S3Files
 from mlserve.jobs.sharing import resolver
 from mlserve.server.openai_protocol import parse_generation
 from mlserve.server.response import json_response
@@ -37,11 +38,11 @@ class BatchJobHandlers:
     async def list(self, request: web.Request) -> web.Response:
         if not self._manager.is_enabled:
             return json_response({"jobs": [], "enabled": False})
-        await self._manager.prune()
-        return json_response({"jobs": [self._manager.view(r) for r in self._manager.jobs.values()], "enabled": True})
+        records = await self._manager.list()
+        return json_response({"jobs": [self._manager.view(r) for r in records], "enabled": True})
 
     async def show(self, request: web.Request) -> web.Response:
-        return json_response(self._manager.view(self._manager.get(request.match_info["job_id"])))
+        return json_response(self._manager.view(await self._manager.get(request.match_info["job_id"])))
 
     async def cancel(self, request: web.Request) -> web.Response:
         return json_response(self._manager.view(await self._manager.cancel(request.match_info["job_id"])))
@@ -50,7 +51,8 @@ class BatchJobHandlers:
 def add_batch_job_routes(app: web.Application, s: Services) -> None:
     """Routes, the manager's start and stop (a cleanup context added after the services' own, so jobs
     start once models are loaded and stop before they unload), and its metrics."""
-    manager = JobManager(s.config.jobs, resolver(s.inference, s.generation, parse_generation))
+    s3 = S3Files(s.config.registry.s3_endpoint or None, s.config.registry.s3_region or None)
+    manager = JobManager(s.config.jobs, resolver(s.inference, s.generation, parse_generation), s.state_store, s3=s3)
     app[JOBS] = manager
     handlers = BatchJobHandlers(manager)
     app.add_routes([

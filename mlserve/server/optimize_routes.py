@@ -22,9 +22,10 @@ from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.safety import check_model_name
 from mlserve.server.response import json_response
+from mlserve.state import StateStore
 
 
-def optimize_jobs(loader: HotSwapLoader, control, config: JobsConfig) -> OptimizeJobs:
+def optimize_jobs(loader: HotSwapLoader, control, config: JobsConfig, store: StateStore | None = None) -> OptimizeJobs:
     """The job manager, with publishing wired to the loader and the rollout API (the control door,
     so a rollout it starts is shared and driven like one started by hand)."""
 
@@ -43,7 +44,7 @@ def optimize_jobs(loader: HotSwapLoader, control, config: JobsConfig) -> Optimiz
             await loader.unpin(model, who)
         return {"loaded": True, "rollout": view.get("rollout")}
 
-    return OptimizeJobs(deploy, config)
+    return OptimizeJobs(deploy, config, store)
 
 
 def auto_optimizer(jobs: OptimizeJobs, loader: HotSwapLoader, config: Config) -> AutoOptimizer:
@@ -93,10 +94,10 @@ class OptimizeHandlers:
         return json_response({"model": name, "runs": runs, "rollout": rollout})
 
     async def get(self, request: web.Request) -> web.Response:
-        return json_response(self._jobs.get(request.match_info["job"]).to_dict())
+        return json_response(await self._jobs.view(request.match_info["job"]))
 
     async def cancel(self, request: web.Request) -> web.Response:
-        return json_response((await self._jobs.cancel(request.match_info["job"])).to_dict())
+        return json_response(await self._jobs.cancel_anywhere(request.match_info["job"]))
 
 
 def optimize_routes(jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool,

@@ -4,7 +4,7 @@ Two implementations hold it: `MemoryStore` (one process, the default) and `Redis
 that act as one server). Callers see the same contract from both:
 
 - versioned documents: `get` and `put` with compare-and-set (`expect`), the version rising by one
-  per write; `put(expect=None)` is last writer wins;
+  per write; `put(expect=None)` is last writer wins; `delete` removes one;
 - change notices: `publish` on a channel, `subscribe` hands each message to a callback on the loop;
 - atomic counters with a TTL (`incr`), hashes of floats for statistics (`hincr`, `hgetall`,
   `hset_min`), write-once values with a TTL (`set_once`, `set_many`, `get_value`), and short leases;
@@ -82,6 +82,10 @@ class StateStore(Protocol):
 
     async def put(self, key: str, data: Mapping[str, Any], expect: int | None = None) -> Document | None:
         """Write `data`; with `expect`, only when the stored version is `expect` (0 = absent), else None."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove a document (or any value) at `key`; nothing happens when it is absent."""
         ...
 
     async def publish(self, channel: str, message: str) -> None: ...

@@ -69,6 +69,11 @@ class MemoryStore:
         written = self._docs[key] = Document(version + 1, copy.deepcopy(dict(data)))
         return written
 
+    async def delete(self, key: str) -> None:
+        self._expiry.pop(key, None)
+        for table in (self._docs, self._hashes, self._values, self._counters):
+            table.pop(key, None)
+
     # -- notices -----------------------------------------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:

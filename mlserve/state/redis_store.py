@@ -275,6 +275,9 @@ class RedisStore:
         version = await self._run(key, self._scripts["put"](keys=[self.key(key)], args=args))
         return None if version < 0 else Document(int(version), dict(data))
 
+    async def delete(self, key: str) -> None:
+        await self._run(key, self._client.delete(self.key(key)))
+
     async def publish(self, channel: str, message: str) -> None:
         await self._run(channel, self._client.publish(self.key(channel), message))
 

@@ -1,4 +1,5 @@
 from __future__ import annotations
+from tests.state.conftest import redis_server  # noqa: F401  (one real redis-server for the replica tests)
 
 import pytest
 

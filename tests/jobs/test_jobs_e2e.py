@@ -100,7 +100,9 @@ def test_bad_requests_are_refused_and_change_nothing(jobs_server, batch_dir, tmp
         ({"model": "mlp", "input": "ok.npz", "output": "o.csv"}, 400, "must end in .npz, .jsonl, .parquet"),
         ({"model": "mlp", "input": "ok.npz", "output": "taken.jsonl"}, 400, "exists; start over with overwrite"),
         ({"model": "mlp", "input": "ok.npz", "output": "o.jsonl", "priority": 2}, 400, "priority must lie in 1..1"),
-        ({"model": "mlp", "input": "s3://b/k.npz", "output": "o.jsonl"}, 400, "only paths under"),
+        ({"model": "mlp", "input": "s3://b/k.npz", "output": "o.jsonl"}, 400, "'output' must be s3://bucket/key too"),
+        ({"model": "mlp", "input": "http://h/k.npz", "output": "o.jsonl"}, 400, "or s3://bucket/key are supported"),
+        ({"model": "mlp", "input": "s3://b/", "output": "s3://b/o.jsonl"}, 400, "must be s3://bucket/key naming one"),
     ]
     for body, status, message in cases:
         answer = call(url, body)

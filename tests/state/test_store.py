@@ -50,6 +50,10 @@ def test_documents_version_and_compare_and_set(make_store):
         assert (await store.put("doc", {"split": {"1": 80}})).version == 3  # last writer wins
         got = await store.get("doc")
         assert got.version == 3 and got.data == {"split": {"1": 80}}
+        await store.delete("doc")
+        assert await store.get("doc") is None
+        await store.delete("doc")  # absent: nothing happens
+        assert (await store.put("doc", {"a": 1}, expect=0)).version == 1  # a deleted document starts over
 
     run(make_store, scenario)
 
