@@ -3,6 +3,7 @@ state with an injectable clock; the middleware calls it."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -73,6 +74,8 @@ class TenantLimiter:
     """Unix time, for the budgets' windows (second, UTC day, UTC month)."""
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     """Names this replica's share of each key's concurrency in the store."""
+    _leasing: set[asyncio.Task] = field(default_factory=set)
+    """Blocks being leased ahead, in the background (kept so they are not collected mid-flight)."""
 
     def configure(self, key_id: str, rps: float, concurrency: int, quota: int = 0, quota_period: str = "day") -> None:
         tenant = self._tenants.get(key_id)
@@ -113,6 +116,16 @@ class TenantLimiter:
         for budget in tenant.budgets:
             if budget.needs_refill():
                 await budget.refill(self.store)
+            elif budget.wants_refill():
+                self._lease_ahead(budget)
+
+    def _lease_ahead(self, budget: LeasedBudget) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(budget.refill(self.store, ahead=True))
+        except RuntimeError:
+            return  # no loop: the next request leases in line
+        self._leasing.add(task)
+        task.add_done_callback(self._leasing.discard)
 
     async def admit(self, key_id: str) -> Refusal | None:
         """`prepare` then `acquire`. Leasing one budget's block can wait on the store while other

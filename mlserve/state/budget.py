@@ -4,7 +4,8 @@ request; and a key's concurrency, held as per-replica shares of its slots (`Shar
 
 Each `LeasedBudget` leases a block of tokens for the current window (`incr` on the window's counter
 returns the cluster's total leased; the part of the block under the limit is granted) and spends it
-locally. Leased tokens a replica does not spend in the window are lost to the others, so blocks are
+locally; the next block is leased in the background once a quarter of a block is left, so requests
+wait for the store only when a window opens or a burst outruns the lease. Leased tokens a replica does not spend in the window are lost to the others, so blocks are
 small against the limit (BLOCK_SHARE). A store that is away grants the replica blocks of its own up to
 what it last saw left of the limit (the documented local share); the counts are its own until the
 store is back.
@@ -85,6 +86,12 @@ class LeasedBudget:
         self._roll()
         return self.tokens <= 0 and not self.is_exhausted
 
+    def wants_refill(self) -> bool:
+        """Tokens are running low (under a quarter of a block) and no lease is under way: lease the
+        next block now, in the background, so no request waits for the store's round trip."""
+        return 0 < self.tokens < max(1, self.block // 4) and not self.is_exhausted and \
+            (self._lock is None or not self._lock.locked())
+
     def try_take(self) -> bool:
         """Spend one token (no store call); False when the leased tokens are spent. A request prepared
         in one window and admitted in the next spends the token it was prepared with (the window rolls
@@ -94,13 +101,14 @@ class LeasedBudget:
         self.tokens -= 1
         return True
 
-    async def refill(self, store: StateStore) -> None:
-        """Lease the next block of this window (one store call; concurrent callers share it)."""
+    async def refill(self, store: StateStore, ahead: bool = False) -> None:
+        """Lease the next block of this window (one store call; concurrent callers share it); `ahead`
+        leases it while tokens are still left (see `wants_refill`)."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             window = self._roll()
-            if self.tokens > 0 or self.is_exhausted:
+            if self.is_exhausted or self.tokens >= (max(1, self.block // 4) if ahead else 1):
                 return
             block = self.block
             try:

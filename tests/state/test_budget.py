@@ -226,3 +226,37 @@ def test_a_request_whose_lease_waited_while_others_spent_the_rate_leases_again_i
 
     refusals = asyncio.run(scenario())
     assert [r.reason if r else None for r in refusals] == [None] * 5
+
+
+def test_the_next_block_is_leased_in_the_background_before_the_last_one_runs_out():
+    """Under a quarter of a block left, one lease starts off the request path: requests go on spending
+    what is left without waiting for the store, and the new block joins when the store answers."""
+
+    class Held(MemoryStore):
+        def __init__(self):
+            super().__init__()
+            self.gate, self.calls = asyncio.Event(), 0
+
+        async def incr(self, key, amount=1, ttl_s=None):
+            self.calls += 1
+            if self.calls > 1:
+                await self.gate.wait()  # the store is slow to answer the second lease
+            return await super().incr(key, amount, ttl_s)
+
+    store = Held()
+    limiter = TenantLimiter(store=store, wall_clock=lambda: 1_800_000_000.5)
+    limiter.configure("k1", rps=0, concurrency=0, quota=10_000)  # blocks of 100
+
+    async def scenario():
+        assert await limiter.admit("k1") is None
+        (quota,) = limiter._tenants["k1"].budgets
+        quota.tokens = 26
+        for _ in range(26):  # the lease starts at 24 left; none of these waits for it
+            assert await asyncio.wait_for(limiter.admit("k1"), timeout=5) is None
+        assert store.calls == 2 and quota.tokens == 0
+        store.gate.set()
+        while limiter._leasing:
+            await asyncio.sleep(0.01)
+        assert quota.tokens == 100 and quota.used == 200
+
+    asyncio.run(scenario())
