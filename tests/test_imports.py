@@ -5,6 +5,7 @@ Layers point one way: server -> dataplane -> routing -> (registry, beside routin
 `config` and `errors`); `spec` imports nothing but `errors`,
 and `monitor` calls nobody. Nothing imports `server` but the command line. Only `engine` imports
 torch, onnxruntime or tensorrt; only `server` (and the command line that starts it) imports aiohttp.
+Only the registry and the data plane read the loader's model table (`loader.models`).
 
 Run alone: python -m pytest -q tests/test_imports.py (or python tests/test_imports.py to list).
 """
@@ -114,6 +115,33 @@ def violations(package: Path = PACKAGE) -> list[str]:
     return out
 
 
+# The loader's model table is read by the registry, which owns it, and the data plane, the door every
+# protocol handler reads models through. Routing and the automatic optimizer sit below the data plane
+# (they may not import it) and still read the table: allowed for now, each named here.
+MODEL_TABLE_GROUPS = {"registry", "dataplane"}
+MODEL_TABLE_MODULES_FOR_NOW = {"mlserve.routing.generation", "mlserve.routing.manager", "mlserve.routing.router",
+                               "mlserve.optimize.auto"}
+
+
+def _is_loader(node: ast.expr) -> bool:
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+    return name.lower().endswith("loader")
+
+
+def model_table_reads(package: Path = PACKAGE) -> list[str]:
+    """file:line for every `<...loader>.models` outside the modules allowed to read the loader's table."""
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        module = module_name(path, package)
+        if group_of(module) in MODEL_TABLE_GROUPS or module in MODEL_TABLE_MODULES_FOR_NOW:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        lines = sorted({node.lineno for node in ast.walk(tree)
+                        if isinstance(node, ast.Attribute) and node.attr == "models" and _is_loader(node.value)})
+        out += [f"{path.relative_to(package.parent)}:{line} reads loader.models" for line in lines]
+    return out
+
+
 def test_every_group_is_known():
     groups = {group_of(module_name(p)) for p in PACKAGE.rglob("*.py")}
     assert groups <= set(ALLOWED), f"modules outside the layer table: {groups - set(ALLOWED)}"
@@ -143,6 +171,30 @@ def test_the_checker_names_each_kind_of_broken_rule(tmp_path):
     ]
 
 
+def test_only_the_registry_and_the_data_plane_read_the_loaders_models():
+    found = model_table_reads()
+    assert not found, "read the models through DataPlane (mlserve/dataplane/plane.py):\n" + "\n".join(found)
+
+
+def test_the_model_table_checker_names_each_read(tmp_path):
+    """On a made-up package: reads through a name, `self._loader` and `s.loader` are named in a
+    server module; the data plane's own read and `plane.models()` are not."""
+    fake = tmp_path / "mlserve"
+    for folder in ("server", "dataplane"):
+        (fake / folder).mkdir(parents=True)
+    (fake / "server" / "bad.py").write_text(
+        "def f(loader, s, self, plane):\n"
+        "    plane.models()\n"
+        "    x = loader.models['m']\n"
+        "    return self._loader.models.get('m'), sorted(s.loader.models.items())\n"
+    )
+    (fake / "dataplane" / "plane.py").write_text("def f(self):\n    return self._loader.models\n")
+    assert model_table_reads(fake) == [
+        "mlserve/server/bad.py:3 reads loader.models",
+        "mlserve/server/bad.py:4 reads loader.models",
+    ]
+
+
 def test_plain_generation_types_import_without_torch():
     """The scheduler and the OpenAI protocol need no torch: spec, the scheduler and the protocol
     modules load in a fresh interpreter without importing torch or onnxruntime."""
@@ -156,4 +208,4 @@ def test_plain_generation_types_import_without_torch():
 
 
 if __name__ == "__main__":
-    print("\n".join(violations()) or "import rules hold")
+    print("\n".join(violations() + model_table_reads()) or "import rules hold")

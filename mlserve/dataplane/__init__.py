@@ -1,1 +1,5 @@
-"""The doors every protocol goes through; `ModelControl` is the one for admin changes."""
+"""The doors every protocol goes through: `DataPlane` for reads, `ModelControl` for admin changes."""
+
+from mlserve.dataplane.plane import DataPlane
+
+__all__ = ["DataPlane"]

@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from mlserve.dataplane import DataPlane
 from mlserve.dataplane.control import ModelControl
-from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.registry.safety import check_model_name
 from mlserve.server.response import json_response
@@ -69,9 +70,10 @@ class AdminHandlers:
     """Explicit control of what each model serves; every change goes through ModelControl, which
     shares it with the other replicas."""
 
-    def __init__(self, loader: HotSwapLoader, control: ModelControl) -> None:
+    def __init__(self, loader: HotSwapLoader, control: ModelControl, plane: DataPlane) -> None:
         self._loader = loader
         self._control = control
+        self._plane = plane
 
     @staticmethod
     def _who(request: web.Request) -> str:
@@ -106,9 +108,5 @@ class AdminHandlers:
         return json_response(model_state(served))
 
     async def state(self, request: web.Request) -> web.Response:
-        name = _model(request)
-        served = self._loader.models.get(name)
-        if served is None:
-            raise ModelNotFound.unknown(name)
-        return json_response(model_state(served))
+        return json_response(model_state(self._plane.model(_model(request))))
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from mlserve.config import Config, RegistryConfig
+from mlserve.dataplane import DataPlane
 from mlserve.dataplane.bandit import BanditDriver
 from mlserve.dataplane.control import ModelControl
 from mlserve import process
@@ -55,6 +56,7 @@ log = logging.getLogger("mlserve.server")
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 LOADER = web.AppKey("loader", HotSwapLoader)
+PLANE = web.AppKey("plane", DataPlane)
 SERVICE = web.AppKey("service", InferenceService)
 STATE = web.AppKey("state", ServerState)
 KEYRING = web.AppKey("keyring", KeyRing)
@@ -103,6 +105,8 @@ class Services:
     decode_pool: DecodePool
     state_store: StateStore
     control: ModelControl
+    plane: DataPlane
+    """The read side of the models, which handlers use instead of the loader's table."""
     auto_optimizer: AutoOptimizer | None = None
     """Optimizes each new version of a model whose model.toml asks for it ([optimize] on_new_version)."""
     bandit: BanditDriver | None = None
@@ -137,15 +141,16 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     shared = _state_store(config, metrics)
     loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics,
                            state_store=shared)
+    plane = DataPlane(loader)
     inference = InferenceService(loader, metrics, shared)
     monitor = Monitor(config.monitor, metrics)
-    connect_monitor(monitor, metrics, loader, inference)
+    connect_monitor(monitor, metrics, loader, inference, plane)
     generation = GenerationService(loader, inference.router, config.limits)
-    status = HistorySampler(config.monitor, metrics, loader)
+    status = HistorySampler(config.monitor, metrics, plane)
     control = ModelControl(shared, loader, inference.traffic)
-    jobs = optimize_jobs(loader, control, config.jobs, shared)
+    jobs = optimize_jobs(loader, plane, control, config.jobs, shared)
     return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, generation, status,
-                    jobs, DecodePool(config.limits), shared, control, auto_optimizer(jobs, loader, config),
+                    jobs, DecodePool(config.limits), shared, control, plane, auto_optimizer(jobs, loader, config),
                     BanditDriver(shared, inference.traffic, control))
 
 
@@ -174,7 +179,7 @@ state once the models are loaded, and stops before they unload."""
         s.loader.on_reconciled = lambda source: gc_policy.freeze_heap(f"reconcile ({source})")
         await s.loader.start()
         s.state.is_started = True
-        ready = sum(len(m.ready_versions()) for m in s.loader.models.values())
+        ready = s.plane.num_ready_versions()
         log.info("repository %s: %d model version(s) ready", s.loader.store.describe(), ready)
 
     async def start_state() -> None:
@@ -242,7 +247,7 @@ async def _metrics_handler(request: web.Request) -> web.Response:
     for key_id, quota in app[KEYRING].limiter.usage().items():
         metrics.key_quota_used.labels(key_id).set(quota["used"])
         metrics.key_quota_limit.labels(key_id).set(quota["limit"])
-    for served in loader.models.values():
+    for served in app[PLANE].served():
         for version, sv in served.versions.items():
             if sv.batcher is not None:
                 metrics.queue_depth.labels(served.name, str(version)).set(sv.batcher.num_queued)
@@ -250,12 +255,12 @@ async def _metrics_handler(request: web.Request) -> web.Response:
 
 
 def v2_handlers(s: Services) -> V2Handlers:
-    return V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits, s.decode_pool)
+    return V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits, s.decode_pool, s.plane)
 
 
 def v2_routes(s: Services, v2: V2Handlers) -> list[web.RouteDef]:
     """Open Inference Protocol, Triton's extensions, and mlserve's own per-model views under /v2."""
-    admin = AdminHandlers(s.loader, s.control)
+    admin = AdminHandlers(s.loader, s.control, s.plane)
     drift = DriftHandlers(s.monitor, s.inference)
     traffic = TrafficHandlers(s.inference.traffic, s.control)
     return [
@@ -275,7 +280,7 @@ def v2_routes(s: Services, v2: V2Handlers) -> list[web.RouteDef]:
             web.get(prefix + "/drift", drift.drift),
         )],
         web.post("/v2/models/{model}/feedback", traffic.feedback),
-        *stats_routes(s.loader, s.metrics),
+        *stats_routes(s.plane, s.metrics),
         web.post("/v2/repository/models/{model}/load", admin.load),
         web.post("/v2/repository/models/{model}/unload", admin.unload),
     ]
@@ -283,7 +288,7 @@ def v2_routes(s: Services, v2: V2Handlers) -> list[web.RouteDef]:
 
 def admin_routes(s: Services) -> list[web.RouteDef]:
     """mlserve's control of what each model serves and how traffic splits."""
-    admin = AdminHandlers(s.loader, s.control)
+    admin = AdminHandlers(s.loader, s.control, s.plane)
     traffic = TrafficHandlers(s.inference.traffic, s.control)
     return [
         web.get("/admin/models/{model}", admin.state),
@@ -296,7 +301,7 @@ def admin_routes(s: Services) -> list[web.RouteDef]:
         web.get("/admin/models/{model}/rollout", traffic.get_rollout),
         web.post("/admin/models/{model}/rollout", traffic.start_rollout),
         web.delete("/admin/models/{model}/rollout", traffic.cancel_rollout),
-        *optimize_routes(s.optimize_jobs, s.loader, s.config.registry.trust_repository, s.auto_optimizer,
+        *optimize_routes(s.optimize_jobs, s.loader, s.plane, s.config.registry.trust_repository, s.auto_optimizer,
                          s.inference.traffic, s.config.registry.trust_uploads),
     ]
 
@@ -311,7 +316,7 @@ def server_routes(s: Services) -> list[web.RouteDef]:
 
 def status_routes(s: Services) -> list[web.RouteDef]:
     """The status page: its files at / and /ui/ (open), the overview and histograms it reads."""
-    sources = OverviewSources(s.loader, s.metrics, s.inference.traffic, s.monitor, s.status.history,
+    sources = OverviewSources(s.plane, s.metrics, s.inference.traffic, s.monitor, s.status.history,
                               time.time(), lambda: s.state.is_ready,
                               s.auto_optimizer.views if s.auto_optimizer else None)
     page = StatusHandlers(sources, s.gate.keyring.is_enabled, s.gate.policy.admin_served)
@@ -334,6 +339,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
         app.on_response_prepare.append(cors_signal(s.gate.browser))
     app[CONFIG], app[STATE], app[METRICS], app[LIMITS] = config, s.state, s.metrics, config.limits
     app[KEYRING], app[MONITOR], app[LOADER], app[SERVICE] = s.gate.keyring, s.monitor, s.loader, s.inference
+    app[PLANE] = s.plane
     app[V2] = v2_handlers(s)
     app[BROWSER] = s.gate.browser
     app.add_routes(v2_routes(s, app[V2]))
@@ -344,6 +350,6 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.add_subapp("/v1", openai_app(s.inference, s.metrics))
     app.cleanup_ctx.append(lifecycle(stages(s)))
     # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
-    app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate, s.control))
+    app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate, s.control, s.plane))
     add_batch_job_routes(app, s)  # after the lifecycle: jobs start once models load, stop before they unload
     return app

@@ -3,8 +3,7 @@ as `/v2/repository/...` (admin scope; served on loopback or when admin routes ar
 
 from __future__ import annotations
 
-from typing import Any
-
+from mlserve.dataplane import DataPlane
 from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader
@@ -14,24 +13,12 @@ from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 from mlserve.server.triton_upload import check_unload_parameters, load_model
 
 
-def index_rows(loader: HotSwapLoader, ready_only: bool) -> list[dict[str, Any]]:
-    """Every model version and its state, and the folders that could not be read."""
-    rows = []
-    for name, served in sorted(loader.models.items()):
-        for version, sv in sorted(served.versions.items()):
-            rows.append({"name": name, "version": str(version), "state": sv.state.name, "reason": sv.reason})
-        if not served.versions:
-            rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": served.status_reason()})
-    for name, reason in sorted(loader.scan_errors.items()):
-        rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason})
-    return [row for row in rows if row["state"] == "READY"] if ready_only else rows
-
-
 class RepositoryCalls:
-    """Mixed into the servicer, which provides `loader`, `control` and `_call`. Loads and unloads
+    """Mixed into the servicer, which provides `loader`, `plane`, `control` and `_call`. Loads and unloads
     pass through ModelControl, which shares them with the other replicas."""
 
     loader: HotSwapLoader
+    plane: DataPlane
     control: ModelControl
 
     async def RepositoryIndex(self, request, context):
@@ -40,7 +27,7 @@ class RepositoryCalls:
                 raise InvalidInput(f"unknown repository {request.repository_name!r}: mlserve serves one")
             await self.loader.reconcile(f"grpc {context.peer()}")
             answer = pb.RepositoryIndexResponse()
-            for row in index_rows(self.loader, request.ready):
+            for row in self.plane.index(request.ready):
                 answer.models.add(**row)
             return answer
 

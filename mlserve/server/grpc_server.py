@@ -20,6 +20,7 @@ from mlserve import __version__, errors
 from mlserve.config import Config, LimitsConfig
 from mlserve.keys import ApiKey
 from mlserve.monitor.metrics import Metrics
+from mlserve.dataplane import DataPlane
 from mlserve.dataplane.control import ModelControl
 from mlserve.routing.service import InferenceService, InferRequest
 from mlserve.server import grpc_codec
@@ -91,9 +92,10 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
     """The RPCs: each passes the gate, parses, calls the service, and encodes."""
 
     def __init__(self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate,
-                 limits: LimitsConfig, control: ModelControl) -> None:
+                 limits: LimitsConfig, control: ModelControl, plane: DataPlane) -> None:
         self._service = service
         self.control = control
+        self.plane = plane
         self._state = state
         self._metrics = metrics
         self._gate = gate
@@ -163,12 +165,12 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
 
     def _model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         served = self._service.router.pick(request.name, request.version or None)
-        config = model_config_message(request.name, self.loader.models[served.model], served)
+        config = model_config_message(request.name, self.plane.model(served.model), served)
         return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, request, context):
         def answer(key):
-            return _done(statistics_message(self.loader, self._metrics, request.name, request.version))
+            return _done(statistics_message(self.plane, self._metrics, request.name, request.version))
 
         return await self._call(context, "ModelStatistics", answer)
 
@@ -196,7 +198,7 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
 
     def _count(self, model: str, version: str, code: int) -> None:
         """Counted as HTTP counts (the HTTP status the outcome maps to), with protocol="grpc"."""
-        served = self.loader.models.get(model)
+        served = self.plane.find(model)
         if served is None:
             model, version = "_unknown", ""
         elif version_number(version) not in served.versions:
@@ -318,7 +320,7 @@ def _listen(server: grpc.aio.Server, address: str, config: Config) -> None:
 
 
 def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate,
-                     control: ModelControl):
+                     control: ModelControl, plane: DataPlane):
     """An aiohttp cleanup context: the gRPC server starts after the repository's first pass and
     stops, finishing in-flight calls within the shutdown grace, before the models are unloaded."""
 
@@ -330,7 +332,7 @@ def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerSta
             ("grpc.max_receive_message_length", config.server.max_body_bytes),
             ("grpc.max_send_message_length", -1),
         ])
-        servicer = InferenceServicer(service, state, metrics, gate, config.limits, control)
+        servicer = InferenceServicer(service, state, metrics, gate, config.limits, control, plane)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         address = f"{config.server.host}:{config.server.grpc_port}"
         try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from mlserve.dataplane import DataPlane
 from mlserve.errors import ModelNotFound
 from mlserve.monitor.collectors import VersionStatus
 from mlserve.monitor.hub import Monitor
@@ -17,9 +18,9 @@ from mlserve.server.response import json_response
 from mlserve.spec import ModelInfo
 
 
-def _version_statuses(loader: HotSwapLoader) -> list[VersionStatus]:
+def _version_statuses(plane: DataPlane) -> list[VersionStatus]:
     out = []
-    for served in list(loader.models.values()):
+    for served in plane.served():
         for version, sv in list(served.versions.items()):
             in_flight = sv.batcher.num_in_flight if sv.batcher is not None else 0
             capacity = served.entry.config.batching.max_queue_size
@@ -49,7 +50,8 @@ class DriftHandlers:
         return json_response(monitor.report().to_dict())
 
 
-def connect_monitor(monitor: Monitor, metrics: Metrics, loader: HotSwapLoader, service: InferenceService) -> None:
+def connect_monitor(monitor: Monitor, metrics: Metrics, loader: HotSwapLoader, service: InferenceService,
+                    plane: DataPlane) -> None:
     """Hook the monitor to version loads and answered requests, and export its metrics."""
     service.monitor = monitor
 
@@ -59,6 +61,6 @@ def connect_monitor(monitor: Monitor, metrics: Metrics, loader: HotSwapLoader, s
 
     loader.on_loaded.append(loaded)
     loader.on_unloaded.append(lambda model, version: monitor.remove_version(model, str(version)))
-    metrics.watch_versions(lambda: _version_statuses(loader))
+    metrics.watch_versions(lambda: _version_statuses(plane))
     metrics.watch_drift(monitor.drift_reports)
     metrics.watch_gpu()

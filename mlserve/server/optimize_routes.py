@@ -14,7 +14,8 @@ import orjson
 from aiohttp import web
 
 from mlserve.config import Config, JobsConfig
-from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.dataplane import DataPlane
+from mlserve.errors import InvalidInput
 from mlserve.optimize.auto import AutoOptimizer, ledger_dir
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.optimize.request import parse_body
@@ -25,7 +26,8 @@ from mlserve.server.response import json_response
 from mlserve.state import StateStore
 
 
-def optimize_jobs(loader: HotSwapLoader, control, config: JobsConfig, store: StateStore | None = None) -> OptimizeJobs:
+def optimize_jobs(loader: HotSwapLoader, plane: DataPlane, control, config: JobsConfig,
+                  store: StateStore | None = None) -> OptimizeJobs:
     """The job manager, with publishing wired to the loader and the rollout API (the control door,
     so a rollout it starts is shared and driven like one started by hand)."""
 
@@ -35,7 +37,7 @@ def optimize_jobs(loader: HotSwapLoader, control, config: JobsConfig, store: Sta
         if rollout is None:
             served = await loader.load(model, who)
             return {"loaded": version in served.ready_versions(), "serving": served.default_version()}
-        current = loader.models[model].default_version()
+        current = plane.model(model).default_version()
         await loader.pin(model, current, who)
         try:
             await loader.load(model, who)
@@ -57,9 +59,9 @@ def auto_optimizer(jobs: OptimizeJobs, loader: HotSwapLoader, config: Config) ->
 class OptimizeHandlers:
     """Parses, calls the job manager, answers with the job."""
 
-    def __init__(self, jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool,
+    def __init__(self, jobs: OptimizeJobs, loader: HotSwapLoader, plane: DataPlane, trust_repository: bool,
                  auto: AutoOptimizer | None = None, traffic=None, trust_uploads: bool = False) -> None:
-        self._jobs, self._loader, self._trust_repository = jobs, loader, trust_repository
+        self._jobs, self._loader, self._plane, self._trust_repository = jobs, loader, plane, trust_repository
         self._auto, self._traffic, self._trust_uploads = auto, traffic, trust_uploads
 
     def _root(self) -> Path:
@@ -77,8 +79,7 @@ class OptimizeHandlers:
         except orjson.JSONDecodeError as exc:
             raise InvalidInput(f"malformed JSON: {exc}") from None
         root = self._root()
-        if name not in self._loader.models:
-            raise ModelNotFound.unknown(name)
+        self._plane.model(name)
         job_request, rollout = parse_body(raw, name, root, self._trust_repository, self._trust_uploads)
         job = await self._jobs.start(job_request, rollout)
         return json_response(job.to_dict(), 202)
@@ -87,8 +88,7 @@ class OptimizeHandlers:
         """The model's automatic runs (queued, running, published, no_winner, failed, cancelled) with
         the rollout the last published one started (its status says promoted or rolled back)."""
         name = check_model_name(request.match_info["model"])
-        if name not in self._loader.models:
-            raise ModelNotFound.unknown(name)
+        self._plane.model(name)
         rollout = self._traffic.rollout_view(name)["rollout"] if self._traffic is not None else None
         runs = self._auto.views(name) if self._auto is not None else []
         return json_response({"model": name, "runs": runs, "rollout": rollout})
@@ -100,11 +100,11 @@ class OptimizeHandlers:
         return json_response(await self._jobs.cancel_anywhere(request.match_info["job"]))
 
 
-def optimize_routes(jobs: OptimizeJobs, loader: HotSwapLoader, trust_repository: bool,
+def optimize_routes(jobs: OptimizeJobs, loader: HotSwapLoader, plane: DataPlane, trust_repository: bool,
                     auto: AutoOptimizer | None = None, traffic=None, trust_uploads: bool = False) -> list[web.RouteDef]:
     """`trust_repository`: the server's own setting; a model's `trusted = true` counts too.
     `trust_uploads`: the server's; an uploaded TorchScript or .pt2 version is optimized only with it."""
-    handlers = OptimizeHandlers(jobs, loader, trust_repository, auto, traffic, trust_uploads)
+    handlers = OptimizeHandlers(jobs, loader, plane, trust_repository, auto, traffic, trust_uploads)
     return [
         web.get("/admin/models/{model}/optimize", handlers.runs),
         web.post("/admin/models/{model}/optimize", handlers.start),

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mlserve import __version__
+from mlserve.dataplane import DataPlane
 from mlserve.monitor.history import MetricsHistory
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
-from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
+from mlserve.registry.loader import ServedModel, ServedVersion
 from mlserve.routing.manager import TrafficManager
 
 TOP_FEATURES = 8
@@ -38,7 +39,7 @@ class Caller:
 class OverviewSources:
     """Everything the overview reads."""
 
-    loader: HotSwapLoader
+    plane: DataPlane
     metrics: Metrics
     traffic: TrafficManager
     monitor: Monitor | None
@@ -52,9 +53,9 @@ class OverviewSources:
 
 def build_overview(src: OverviewSources, caller: Caller) -> dict:
     load_times = _load_times(src.metrics)
-    models = [_model(src, served, load_times) for _, served in sorted(src.loader.models.items())]
+    models = [_model(src, served, load_times) for _, served in src.plane.items()]
     failed = [{"name": name, "versions": [], "reason": reason, "serving": None}
-              for name, reason in sorted(src.loader.scan_errors.items())]
+              for name, reason in src.plane.scan_errors()]
     return {
         "server": {"version": __version__, "ready": bool(src.is_ready()), "uptime_s": time.time() - src.started,
                    "time": time.time(), "interval_s": src.history.interval_s},

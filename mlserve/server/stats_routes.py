@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from mlserve.errors import ModelNotFound
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import VersionStats
-from mlserve.registry.loader import HotSwapLoader
+from mlserve.dataplane import DataPlane
 from mlserve.registry.served import VersionState
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 
@@ -65,35 +65,35 @@ def version_stats_dict(model: str, version: str, stats: VersionStats,
     }
 
 
-def model_stats(loader: HotSwapLoader, metrics: Metrics | None, name: str = "", version: str = "") -> list[dict]:
+def model_stats(plane: DataPlane, metrics: Metrics | None, name: str = "", version: str = "") -> list[dict]:
     """Every ready version's statistics, or one model's, or one version's (404 when unknown)."""
-    if name and name not in loader.models:
-        raise ModelNotFound.unknown(name)
+    if name:
+        plane.model(name)
     cache, rows = _cache_counts(metrics), []
-    for model_name, served in sorted(loader.models.items()):
+    for model_name, served in plane.items():
         if name and model_name != name:
             continue
         for number, sv in sorted(served.versions.items()):
             if sv.state is VersionState.READY and (not version or str(number) == version):
-                stats = loader.stats.get(model_name, str(number))
+                stats = plane.stats(model_name, str(number))
                 rows.append(version_stats_dict(model_name, str(number), stats, cache))
     if version and not rows:
         raise ModelNotFound.unknown(name, version, " (or not ready)")
     return rows
 
 
-def statistics_message(loader: HotSwapLoader, metrics: Metrics | None, name: str,
+def statistics_message(plane: DataPlane, metrics: Metrics | None, name: str,
                        version: str) -> pb.ModelStatisticsResponse:
-    rows = model_stats(loader, metrics, name, version)
+    rows = model_stats(plane, metrics, name, version)
     return json_format.ParseDict({"model_stats": rows}, pb.ModelStatisticsResponse())
 
 
-def stats_routes(loader: HotSwapLoader, metrics: Metrics | None = None) -> list[web.RouteDef]:
+def stats_routes(plane: DataPlane, metrics: Metrics | None = None) -> list[web.RouteDef]:
     """`/v2/models/stats` is a plain path, matched before `/v2/models/{model}` whatever the order."""
 
     async def stats(request: web.Request) -> web.Response:
         match = request.match_info
-        rows = model_stats(loader, metrics, match.get("model", ""), match.get("version", ""))
+        rows = model_stats(plane, metrics, match.get("model", ""), match.get("version", ""))
         return web.Response(body=orjson.dumps({"model_stats": rows}), content_type="application/json")
 
     return [

@@ -18,10 +18,10 @@ import orjson
 from aiohttp import web
 
 from mlserve.config import MonitorConfig
+from mlserve.dataplane import DataPlane
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.monitor.history import MetricsHistory
 from mlserve.monitor.metrics import Metrics
-from mlserve.registry.loader import HotSwapLoader
 from mlserve.server.middleware import TENANT
 from mlserve.server.overview import Caller, OverviewSources, build_overview
 
@@ -97,11 +97,11 @@ class StatusHandlers:
         return _json({"model": model, "version": version, **histogram.to_dict()})
 
 
-def _queue_depths(loader: HotSwapLoader) -> dict[tuple[str, str], int]:
+def _queue_depths(plane: DataPlane) -> dict[tuple[str, str], int]:
     """Every ready version and the requests waiting in its queue now."""
     return {
         (served.name, str(v)): sv.batcher.num_queued if sv.batcher is not None else 0
-        for served in list(loader.models.values()) for v, sv in list(served.versions.items())
+        for served in plane.served() for v, sv in list(served.versions.items())
         if sv.is_ready
     }
 
@@ -110,9 +110,9 @@ class HistorySampler:
     """Owns the metrics history and the task that adds a point every interval; the reading runs
     on a worker thread (it walks every per-version family), the queue depths on the loop."""
 
-    def __init__(self, config: MonitorConfig, metrics: Metrics, loader: HotSwapLoader) -> None:
+    def __init__(self, config: MonitorConfig, metrics: Metrics, plane: DataPlane) -> None:
         self.history = MetricsHistory(metrics, config.status_interval_s, config.status_points)
-        self._loader = loader
+        self._plane = plane
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -128,7 +128,7 @@ class HistorySampler:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await loop.run_in_executor(None, self.history.sample, _queue_depths(self._loader))
+                await loop.run_in_executor(None, self.history.sample, _queue_depths(self._plane))
             except Exception:  # one failed reading must not end the history
                 log.exception("status history: a metrics reading failed")
             await asyncio.sleep(self.history.interval_s)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from mlserve import __version__
 from mlserve.config import LimitsConfig
+from mlserve.dataplane import DataPlane
 from mlserve.errors import MlserveError
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService
@@ -39,9 +40,10 @@ class V2Handlers:
 
     def __init__(
         self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate, limits: LimitsConfig,
-        decode_pool: DecodePool,
+        decode_pool: DecodePool, plane: DataPlane,
     ) -> None:
         self._service = service
+        self._plane = plane
         self._state = state
         self._metrics = metrics
         self._gate = gate
@@ -73,7 +75,7 @@ class V2Handlers:
     async def model_config(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")
         served = self._service.router.pick(name, version)
-        return _json(model_config_dict(name, self._service.loader.models[served.model], served))
+        return _json(model_config_dict(name, self._plane.model(served.model), served))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")
@@ -132,7 +134,7 @@ class V2Handlers:
 
     def _bind(self, model: str, version: str, code: int) -> tuple:
         # Unknown model names would make label sets unbounded; they share one series (never cached).
-        served = self._service.loader.models.get(model)
+        served = self._plane.find(model)
         label_model, label_version = model, version
         if served is None:
             label_model, label_version = "_unknown", ""
@@ -151,17 +153,8 @@ class V2Handlers:
         {"reload": false}; {"ready": true} lists only ready versions."""
         body = await request.read()
         options = parse_json(body) if body.strip() else {}
-        loader = self._service.loader
         if options.get("reload", True) is not False:
-            await loader.reconcile(f"api {request.remote}")
-        rows = []
-        for name, served in sorted(loader.models.items()):
-            for version, sv in sorted(served.versions.items()):
-                rows.append({"name": name, "version": str(version), "state": sv.state.name, "reason": sv.reason})
-            if not served.versions:
-                rows.append({"name": name, "state": "UNAVAILABLE", "reason": served.status_reason()})
-        for name, reason in sorted(loader.scan_errors.items()):
-            rows.append({"name": name, "state": "UNAVAILABLE", "reason": reason})
-        if options.get("ready") is True:
-            rows = [row for row in rows if row["state"] == "READY"]
-        return _json(rows)
+            await self._service.loader.reconcile(f"api {request.remote}")
+        rows = self._plane.index(options.get("ready") is True)
+        # Over HTTP a row with no version has no `version` key (over gRPC it is "").
+        return _json([{k: v for k, v in row.items() if k != "version" or v} for row in rows])
