@@ -253,6 +253,13 @@ def test_bad_requests_get_a_clear_4xx_and_change_nothing(server, case):
     assert ok_status == 200
 
 
+def test_an_unknown_model_is_a_404_in_tritons_words_on_each_model_read(server):
+    """Admin state, optimize runs and statistics read the model through the data plane: the same 404."""
+    expected = {"error": "Request for unknown model: 'nope' is not found"}
+    for path in ("/admin/models/nope", "/admin/models/nope/optimize", "/v2/models/nope/stats"):
+        assert _get(server.url + path) == (404, expected), path
+
+
 def test_unknown_version_and_route(server):
     status, body = _get(f"{server.url}/v2/models/mlp/versions/9")
     assert status == 404 and "'mlp' version 9 is not found" in body["error"]
