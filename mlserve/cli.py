@@ -134,6 +134,9 @@ def _add_keys_parser(sub) -> None:
     create.add_argument("--priority", type=int, help="batcher priority class for this key's requests")
     create.add_argument("--quota", type=int, default=0,
                         help="requests per --quota-period across every replica sharing --state (0 = unlimited)")
+    create.add_argument("--token-quota", type=int, default=0,
+                        help="generation tokens (prompt and completion) per --quota-period across every replica "
+                             "sharing --state (0 = unlimited)")
     create.add_argument("--quota-period", choices=("day", "month"), default="day", help="UTC day (default) or month")
     listing = actions.add_parser("list", help="show the keys (never their secrets)")
     listing.add_argument("--file", type=Path, required=True)

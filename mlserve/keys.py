@@ -51,6 +51,8 @@ class ApiKey:
     """Requests per quota_period across every replica; 0 = unlimited."""
     quota_period: str = "day"
     """day or month (UTC calendar windows)."""
+    token_quota: int = 0
+    """Generation tokens (prompt and completion) per quota_period across every replica; 0 = unlimited."""
 
     def __post_init__(self) -> None:
         bad = set(self.scopes) - set(SCOPES)
@@ -60,6 +62,8 @@ class ApiKey:
             raise ValueError(f"key {self.name!r}: rps and concurrency must be >= 0")
         if isinstance(self.quota, bool) or not isinstance(self.quota, int) or self.quota < 0:
             raise ValueError(f"key {self.name!r}: quota must be a whole number >= 0, got {self.quota!r}")
+        if isinstance(self.token_quota, bool) or not isinstance(self.token_quota, int) or self.token_quota < 0:
+            raise ValueError(f"key {self.name!r}: token_quota must be a whole number >= 0, got {self.token_quota!r}")
         if self.quota_period not in QUOTA_PERIODS:
             raise ValueError(f"key {self.name!r}: quota_period must be day or month, got {self.quota_period!r}")
 
@@ -130,14 +134,14 @@ def locked(path: Path):
 
 def create_key(
     path: Path, name: str, scopes: tuple[str, ...], rps: float = 0.0, concurrency: int = 0,
-    priority: int | None = None, quota: int = 0, quota_period: str = "day",
+    priority: int | None = None, quota: int = 0, quota_period: str = "day", token_quota: int = 0,
 ) -> str:
     """Add a key to the file and return the token, which is stored nowhere in clear."""
     key_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_bytes(16)
     key = ApiKey(key_id, name, salt.hex(), hash_secret(secret, salt).hex(), scopes, rps, concurrency, priority,
-                 quota=quota, quota_period=quota_period)
+                 quota=quota, quota_period=quota_period, token_quota=token_quota)
     with locked(path):
         keys = read_keys(path)
         if any(k.name == name and not k.revoked for k in keys.values()):
@@ -163,7 +167,8 @@ def describe(key: ApiKey) -> dict[str, Any]:
     return {
         "id": key.key_id, "name": key.name, "scopes": ",".join(key.scopes), "rps": key.rps,
         "concurrency": key.concurrency, "priority": key.priority,
-        "quota": f"{key.quota}/{key.quota_period}" if key.quota else 0, "revoked": key.revoked,
+        "quota": f"{key.quota}/{key.quota_period}" if key.quota else 0,
+        "token_quota": f"{key.token_quota}/{key.quota_period}" if key.token_quota else 0, "revoked": key.revoked,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.created)),
     }
 

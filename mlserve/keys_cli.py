@@ -18,7 +18,7 @@ def run_keys(args: argparse.Namespace) -> int:
         if args.action == "create":
             scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip())
             token = keys.create_key(args.file, args.name, scopes, args.rps, args.concurrency, args.priority,
-                                    args.quota, args.quota_period)
+                                    args.quota, args.quota_period, args.token_quota)
             print(token)
             print(f"key {args.name!r} added to {args.file}; the key above is shown only once", file=sys.stderr)
         elif args.action == "list":
@@ -27,7 +27,9 @@ def run_keys(args: argparse.Namespace) -> int:
             for key in listed:
                 row = keys.describe(key)
                 if usage is not None and key.quota:
-                    row["quota_used"] = usage.get(key.key_id, "?")
+                    row["quota_used"] = usage.get(f"quota:{key.key_id}", "?")
+                if usage is not None and key.token_quota:
+                    row["token_quota_used"] = usage.get(f"tokens:{key.key_id}", "?")
                 print("  ".join(f"{k}={v}" for k, v in row.items()))
         elif args.action == "revoke":
             key = keys.revoke_key(args.file, args.key)
@@ -39,11 +41,11 @@ def run_keys(args: argparse.Namespace) -> int:
 
 
 def quota_usage(args: argparse.Namespace, listed: list[keys.ApiKey]) -> dict[str, int] | None:
-    """Each quota's use in its current UTC day or month, read from the shared state store that
+    """Each quota's use (by "quota:<key id>" and "tokens:<key id>") in its current UTC day or month, read from the shared state store that
     `--state` (or mlserve.toml's [state] url, or MLSERVE_STATE_URL) names; None with no shared store
     (one server counts in its own memory: read its /metrics)."""
     state = load_config(getattr(args, "config", None), overrides={"state": {"url": getattr(args, "state", None)}}).state
-    if state.url == "memory" or not any(key.quota for key in listed):
+    if state.url == "memory" or not any(key.quota or key.token_quota for key in listed):
         return None
     try:
         return asyncio.run(_read_usage(state, listed))
@@ -58,10 +60,12 @@ async def _read_usage(state: StateConfig, listed: list[keys.ApiKey]) -> dict[str
     store = open_state(state.url, state.prefix)
     try:
         usage = {}
+        window = {period: window_of(period, time.time()) for period in ("day", "month")}
         for key in listed:
-            if key.quota:
-                raw = await store.get_value(f"budget:quota:{key.key_id}:{window_of(key.quota_period, time.time())}")
-                usage[key.key_id] = min(key.quota, int(raw)) if raw is not None else 0
+            for kind, limit in (("quota", key.quota), ("tokens", key.token_quota)):
+                if limit:
+                    raw = await store.get_value(f"budget:{kind}:{key.key_id}:{window[key.quota_period]}")
+                    usage[f"{kind}:{key.key_id}"] = min(limit, int(raw)) if raw is not None else 0
         return usage
     finally:
         await store.close()

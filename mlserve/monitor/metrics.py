@@ -125,6 +125,14 @@ class Metrics:
             "mlserve_key_quota_limit", "A key's quota: requests per day or month across every replica.", ["key_id"],
             registry=r,
         )
+        self.key_token_quota_used = Gauge(
+            "mlserve_key_token_quota_used", "Generation tokens (prompt and completion) of a key's token quota taken "
+            "cluster-wide in the current day or month (as this replica last leased).", ["key_id"], registry=r,
+        )
+        self.key_token_quota_limit = Gauge(
+            "mlserve_key_token_quota_limit", "A key's token quota: generation tokens per day or month across every "
+            "replica.", ["key_id"], registry=r,
+        )
         self.state_backend_up = Gauge(
             "mlserve_state_backend_up", "1 while the shared state store (memory or redis) answers, 0 while it is "
             "lost (replicas keep their last state and count locally).", ["backend"], registry=r,

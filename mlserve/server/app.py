@@ -247,6 +247,9 @@ async def _metrics_handler(request: web.Request) -> web.Response:
     for key_id, quota in app[KEYRING].limiter.usage().items():
         metrics.key_quota_used.labels(key_id).set(quota["used"])
         metrics.key_quota_limit.labels(key_id).set(quota["limit"])
+    for key_id, quota in app[KEYRING].limiter.token_usage().items():
+        metrics.key_token_quota_used.labels(key_id).set(quota["used"])
+        metrics.key_token_quota_limit.labels(key_id).set(quota["limit"])
     for served in app[PLANE].served():
         for version, sv in served.versions.items():
             if sv.batcher is not None:
@@ -347,7 +350,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.add_routes(server_routes(s))
     app.add_routes(status_routes(s))
     app.add_routes(vllm_routes(s.inference))
-    app.add_subapp("/v1", openai_app(s.inference, s.metrics))
+    app.add_subapp("/v1", openai_app(s.inference, s.metrics, s.gate.keyring.limiter))
     app.cleanup_ctx.append(lifecycle(stages(s)))
     # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
     app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate, s.control, s.plane))

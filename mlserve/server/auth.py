@@ -135,7 +135,7 @@ class KeyRing:
         )
         self.generation += 1
         for key in self._keys.values():
-            self.limiter.configure(key.key_id, key.rps, key.concurrency, key.quota, key.quota_period)
+            self.limiter.configure(key.key_id, key.rps, key.concurrency, key.quota, key.quota_period, key.token_quota)
         self.limiter.forget_others(set(self._keys))
         log.info("keys file %s: %d live key(s)", self.path, len(self._keys))
 

@@ -24,6 +24,7 @@ from mlserve.server.openai_errors import openai_error_middleware
 from mlserve.server.openai_extras import ExtraHandlers, read_json
 from mlserve.server.openai_format import choice_logprobs, deadline_message, usage
 from mlserve.server.openai_protocol import GenerationRequest, parse_generation
+from mlserve.server.ratelimit import TenantLimiter
 
 
 @dataclass(slots=True)
@@ -40,9 +41,11 @@ class _Choice:
 class OpenAIHandlers:
     """Parse the body, start the generation through the service, encode the answer (whole or streamed)."""
 
-    def __init__(self, service: InferenceService, metrics: Metrics) -> None:
+    def __init__(self, service: InferenceService, metrics: Metrics, limiter: TenantLimiter | None = None) -> None:
         self._service = service
         self._metrics = metrics
+        self._limiter = limiter
+        """Where keys' generation token quotas are counted (None: no keys)."""
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, is_chat=False)
@@ -54,6 +57,11 @@ class OpenAIHandlers:
         req = parse_generation(await read_json(request), is_chat)
         limits = request.config_dict.get(LIMITS) or LimitsConfig()
         key = request.get(TENANT)
+        limiter = self._limiter if key is not None else None
+        if limiter is not None:
+            refusal = await limiter.check_tokens(key.key_id)
+            if refusal is not None:
+                raise errors.Overloaded(refusal.reason, refusal.retry_after_s)
         seconds = timeout_s({}, limits)
         started = time.monotonic()
         try:
@@ -67,7 +75,9 @@ class OpenAIHandlers:
         except TimeoutError:
             raise errors.RequestTimeout(deadline_message(seconds)) from None
         left = None if seconds is None else max(0.0, seconds - (time.monotonic() - started))
-        response = await (_stream if req.stream else _whole)(request, req, run, left)
+        response, completion = await (_stream if req.stream else _whole)(request, req, run, left)
+        if limiter is not None:  # the key's token quota: prompt and completion tokens, as usage reports them
+            await limiter.spend_tokens(key.key_id, usage(run, completion)["total_tokens"])
         self._metrics.requests.labels(run.model, run.version, "openai", str(response.status)).inc()
         return response
 
@@ -78,8 +88,8 @@ async def _whole(request: web.Request, req: GenerationRequest, run: GenerationRu
         async with asyncio.timeout(seconds):
             async with aclosing(run.events()) as events:
                 async for event in events:
-                    if request.transport is None or request.transport.is_closing():
-                        return web.Response(status=204)  # the client went away; nobody reads this
+                    if request.transport is None or request.transport.is_closing():  # the client went away
+                        return web.Response(status=204), sum(c.num_tokens for c in choices.values())
                     _gather(choices.setdefault(event.index, _Choice()), event)
     except TimeoutError:
         raise errors.RequestTimeout(deadline_message(seconds)) from None
@@ -95,7 +105,7 @@ async def _whole(request: web.Request, req: GenerationRequest, run: GenerationRu
             entry["text"] = prefix + "".join(choice.text)
         out.append(entry)
     completion = sum(c.num_tokens for c in choices.values())
-    return _json({**_head(req, run), "choices": out, "usage": usage(run, completion)})
+    return _json({**_head(req, run), "choices": out, "usage": usage(run, completion)}), completion
 
 
 def run_width(req: GenerationRequest) -> int:
@@ -135,7 +145,7 @@ async def _stream(request: web.Request, req: GenerationRequest, run: GenerationR
             await _opening(response, req, run, head)
             completion = await _stream_events(request, req, run, response, head, events)
         except ConnectionResetError:  # the client went away: its sequences are cancelled, nothing to log
-            return response
+            return response, completion
         except errors.MlserveError as exc:  # the status line has gone out: report it in the stream
             await _send(response, {"error": {"message": str(exc), "type": "server_error", "param": None,
                                              "code": None}})
@@ -146,7 +156,7 @@ async def _stream(request: web.Request, req: GenerationRequest, run: GenerationR
         await response.write_eof()
     except ConnectionResetError:
         pass
-    return response
+    return response, completion
 
 
 async def _opening(response: web.StreamResponse, req: GenerationRequest, run: GenerationRun, head: dict) -> None:
@@ -194,9 +204,9 @@ def _json(payload: dict) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-def openai_app(service: InferenceService, metrics: Metrics) -> web.Application:
+def openai_app(service: InferenceService, metrics: Metrics, limiter: TenantLimiter | None = None) -> web.Application:
     """The /v1 sub-application: OpenAI's generation, embedding and model routes."""
-    handlers = OpenAIHandlers(service, metrics)
+    handlers = OpenAIHandlers(service, metrics, limiter)
     extras = ExtraHandlers(service.generation)
     app = web.Application(middlewares=[openai_error_middleware])
     app.add_routes([

@@ -60,6 +60,8 @@ class _Tenant:
     """Cluster-wide limits (requests per second across replicas, the quota), spent from leased blocks."""
     slots: SharedSlots | None = None
     """This replica's share of the key's concurrency limit, where replicas share the store."""
+    tokens: LeasedBudget | None = None
+    """The generation token quota (prompt and completion tokens per day or month), cluster-wide."""
 
 
 @dataclass(slots=True)
@@ -77,15 +79,19 @@ class TenantLimiter:
     _leasing: set[asyncio.Task] = field(default_factory=set)
     """Blocks being leased ahead, in the background (kept so they are not collected mid-flight)."""
 
-    def configure(self, key_id: str, rps: float, concurrency: int, quota: int = 0, quota_period: str = "day") -> None:
+    def configure(self, key_id: str, rps: float, concurrency: int, quota: int = 0, quota_period: str = "day",
+                  token_quota: int = 0) -> None:
         tenant = self._tenants.get(key_id)
+        tokens = LeasedBudget(f"tokens:{key_id}", token_quota, quota_period, self.wall_clock) if token_quota else None
         bucket = TokenBucket(rps, max(1.0, rps)) if rps > 0 else None
         budgets = self._budgets(key_id, rps, quota, quota_period)
         slots = SharedSlots(key_id, concurrency, self.replica_id, self.clock) \
             if concurrency > 0 and self.store.is_shared else None
         if tenant is None:
-            self._tenants[key_id] = _Tenant(bucket, concurrency, budgets=budgets, slots=slots)
+            self._tenants[key_id] = _Tenant(bucket, concurrency, budgets=budgets, slots=slots, tokens=tokens)
             return
+        if tokens is None or tenant.tokens is None or (tenant.tokens.limit, tenant.tokens.period) != (token_quota, quota_period):
+            tenant.tokens = tokens
         if bucket is None or tenant.bucket is None or tenant.bucket.rate != rps:
             tenant.bucket = bucket
         if slots is None or tenant.slots is None or tenant.slots.limit != concurrency:
@@ -143,6 +149,40 @@ class TenantLimiter:
         """Per key id, the quota leased cluster-wide in its current window (as last seen here)."""
         return {key_id: {"used": b.used, "limit": b.limit} for key_id, t in self._tenants.items()
                 for b in t.budgets if b.period != "second"}
+
+    def token_usage(self) -> dict[str, dict[str, int]]:
+        """Per key id, the generation tokens leased cluster-wide in the current window (as last seen here)."""
+        return {key_id: {"used": t.tokens.used, "limit": t.tokens.limit}
+                for key_id, t in self._tenants.items() if t.tokens is not None}
+
+    async def check_tokens(self, key_id: str) -> Refusal | None:
+        """Before a generation: refused once the key's token quota is used up cluster-wide (as far as
+        this replica has seen; a generation admitted is never cut short, its tokens count in full)."""
+        tenant = self._tenants.get(key_id)
+        budget = tenant.tokens if tenant is not None else None
+        if budget is None:
+            return None
+        if budget.needs_refill():
+            await budget.refill(self.store)  # no token left here: does the cluster have any?
+        if budget.tokens > 0 or not budget.is_exhausted:
+            return None
+        return Refusal(f"this key is limited to {budget.limit} generation tokens per {budget.period} "
+                       "(token quota used up)", budget.retry_after_s())
+
+    async def spend_tokens(self, key_id: str, count: int) -> None:
+        """A generation used `count` tokens: spend them from leased blocks, leasing more as needed
+        (what is over the quota still counts, so the next generation is refused)."""
+        tenant = self._tenants.get(key_id)
+        budget = tenant.tokens if tenant is not None else None
+        while budget is not None and count > 0:
+            if budget.needs_refill():
+                await budget.refill(self.store)
+            if budget.tokens <= 0:
+                budget.used = budget.limit  # exhausted: the rest is over the quota
+                return
+            taken = min(count, budget.tokens)
+            budget.tokens -= taken
+            count -= taken
 
     def forget_others(self, key_ids: set[str]) -> None:
         for key_id in [k for k, t in self._tenants.items() if k not in key_ids and not t.num_in_flight]:

@@ -260,3 +260,31 @@ def test_the_next_block_is_leased_in_the_background_before_the_last_one_runs_out
         assert quota.tokens == 100 and quota.used == 200
 
     asyncio.run(scenario())
+
+
+def test_a_token_quota_is_one_budget_across_replicas(redis_server):
+    """Three replicas spend generations' tokens from one token quota of 1,000: once the cluster's sum
+    reaches it, every replica refuses the next generation, naming the token quota."""
+    prefix, now = f"t-{uuid.uuid4().hex[:8]}", [1_800_000_000.0]
+
+    async def scenario():
+        limiters = _replicas(redis_server.url, prefix, lambda: now[0], rps=0, concurrency=0, token_quota=1000)
+        for limiter in limiters:
+            await limiter.store.start()
+        try:
+            spent = 0
+            while spent < 1000:
+                limiter = limiters[spent % 3]
+                assert await limiter.check_tokens("k1") is None
+                await limiter.spend_tokens("k1", 70)
+                spent += 70
+            refusals = [await limiter.check_tokens("k1") for limiter in limiters]
+            assert all(r is not None and "1000 generation tokens per day (token quota used up)" in r.reason
+                       for r in refusals)
+            now[0] += 86400  # the next UTC day: a fresh quota
+            assert await limiters[0].check_tokens("k1") is None
+        finally:
+            for limiter in limiters:
+                await limiter.store.close()
+
+    asyncio.run(scenario())
