@@ -30,6 +30,7 @@ from pathlib import Path
 
 from benchmarks import runner
 from benchmarks.runner import Point, bodies, start_server, wrk_point
+from benchmarks.serving import _median as median_round
 
 ROUTED_PATH = "/v2/models/mlp/infer"
 SPLIT_TOML = ('max_batch_size = 64\nmax_queue_delay_us = 2000\nmax_queue_size = 1024\nintra_op_threads = 1\n'
@@ -71,13 +72,6 @@ def _redis_server(work: Path, core: str):
         proc.wait()
 
 
-def _median(runs: list[Point]) -> Point:
-    ordered = sorted(runs, key=lambda p: p.req_per_s)
-    chosen = ordered[len(ordered) // 2]
-    chosen.repeats = [round(p.req_per_s) for p in runs]
-    return chosen
-
-
 def run(args: argparse.Namespace) -> dict:
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
@@ -100,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
                         print(f"  {name}: closed loop c={c}", file=sys.stderr, flush=True)
                         rounds[name].append(wrk_point(name, server, json_body, c, args.seconds, load_core,
                                                       count_status=True, path=ROUTED_PATH))
-                points += [_median(r) for r in rounds.values()]
+                points += [median_round(r) for r in rounds.values()]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds_per_point": args.seconds,

@@ -3,6 +3,7 @@ moto server, steady client load through nginx, and small HTTP helpers."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.server_process import ROOT
 
@@ -111,3 +113,32 @@ def poll(predicate, timeout: float, interval: float = 0.1) -> float:
         assert time.monotonic() - start < timeout, f"not true after {timeout} s"
         time.sleep(interval)
     return time.monotonic() - start
+
+
+def call_json(url: str, body=None, method: str = "GET") -> tuple[int, dict]:
+    """(status, JSON body) of one call; (0, {}) when nothing answers (a replica just killed)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, {}
+
+
+@contextlib.contextmanager
+def redis_replicas(args: list[str], workdir: Path, num_replicas: int = 3, env: dict[str, str] | None = None):
+    """`num_replicas` replicas behind nginx sharing one real redis-server (replicas.py --state redis);
+    every replica must exit 0 at the end, else the failure shows each one's log."""
+    replicas = load_replicas_module().Replicas(
+        args, num_replicas=num_replicas, workdir=workdir, state="redis",
+        env={"PYTHONPATH": str(ROOT), "MLSERVE_LIMITS_SHUTDOWN_DELAY_S": "0.2", **(env or {})},
+    )
+    try:
+        yield replicas.start()
+    finally:
+        codes = replicas.stop()
+    logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(replicas.workdir.glob("*.log")))
+    assert codes == [0] * num_replicas, logs

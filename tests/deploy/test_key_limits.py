@@ -19,10 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlserve.examples import write_identity_onnx
-from tests.deploy.cluster import load_replicas_module, poll
+from tests.deploy.cluster import poll, redis_replicas
 from tests.server.fault_models import WaitForFile, set_flag, write_model
 from tests.server.test_auth import keys_cli, make_key
-from tests.server_process import ROOT
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (Debian package nginx-light)"),
@@ -44,17 +43,9 @@ def cluster(tmp_path_factory):
         "quota": make_key(keys_file, "quota", "--quota", "100", "--quota-period", "day"),
         "conc": make_key(keys_file, "conc", "--concurrency", "2"),
     }
-    replicas = load_replicas_module().Replicas(
-        ["--models", str(repo), "--auth-keys", str(keys_file)], num_replicas=3,
-        workdir=tmp_path_factory.mktemp("replicas"), state="redis",
-        env={"PYTHONPATH": str(ROOT), "MLSERVE_LIMITS_SHUTDOWN_DELAY_S": "0.2"},
-    )
-    try:
-        replicas.start()
+    with redis_replicas(["--models", str(repo), "--auth-keys", str(keys_file)],
+                        tmp_path_factory.mktemp("replicas")) as replicas:
         yield replicas, tokens, keys_file, flag
-    finally:
-        codes = replicas.stop()
-    assert codes == [0, 0, 0], "\n".join(p.read_text(errors="replace")[-3000:] for p in replicas.workdir.glob("*.log"))
 
 
 def _infer(url: str, token: str, model: str = "identity") -> tuple[int, str, str | None]:

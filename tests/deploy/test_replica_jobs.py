@@ -4,19 +4,16 @@ finished by another from the checkpoint, every output row once."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mlserve.examples import write_identity_onnx
-from tests.deploy.cluster import load_replicas_module, poll
+from tests.deploy.cluster import call_json, load_replicas_module, poll
 from tests.jobs.helpers import read_jsonl, write_jsonl
 from tests.server_process import ROOT
 
@@ -25,18 +22,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (Debian package redis-server)"),
 ]
 ROWS = 6000
-
-
-def _call(url: str, body=None, method: str = "GET"):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, {}
 
 
 def test_a_job_whose_replica_is_killed_completes_on_another(tmp_path):
@@ -54,12 +39,12 @@ def test_a_job_whose_replica_is_killed_completes_on_another(tmp_path):
     replicas.start()
     killed = None
     try:
-        status, job = _call(f"{replicas.url}/v2/batch/jobs", {"model": "one", "input": "in.jsonl",
+        status, job = call_json(f"{replicas.url}/v2/batch/jobs", {"model": "one", "input": "in.jsonl",
                                                              "output": "out.jsonl"}, "POST")
         assert status == 201, job
         url = f"/v2/batch/jobs/{job['id']}"
-        poll(lambda: _call(replicas.url + url)[1].get("rows_done", 0) >= 200, timeout=60)
-        views = [_call(r.url + url) for r in replicas.replicas]  # every replica sees it, from the store
+        poll(lambda: call_json(replicas.url + url)[1].get("rows_done", 0) >= 200, timeout=60)
+        views = [call_json(r.url + url) for r in replicas.replicas]  # every replica sees it, from the store
         assert all(s == 200 and v["state"] == "running" for s, v in views), views
         owner_pid = int(views[0][1]["owner"].rpartition(":")[2])
         killed = next(r for r in replicas.replicas if r.proc.pid == owner_pid)
@@ -67,8 +52,8 @@ def test_a_job_whose_replica_is_killed_completes_on_another(tmp_path):
         killed.proc.send_signal(signal.SIGKILL)
         killed.proc.wait(10)
         started = time.monotonic()
-        poll(lambda: _call(replicas.url + url)[1].get("state") == "done", timeout=120, interval=0.3)
-        status, done = _call(replicas.url + url)
+        poll(lambda: call_json(replicas.url + url)[1].get("state") == "done", timeout=120, interval=0.3)
+        status, done = call_json(replicas.url + url)
         assert done["owner"] != views[0][1]["owner"] and done["rows_done"] == ROWS, done
         print(f"taken over and finished {time.monotonic() - started:.1f} s after the kill")
     finally:

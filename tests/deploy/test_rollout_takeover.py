@@ -5,17 +5,13 @@ included, shows the same final state. Its own small cluster (one model), so its 
 
 from __future__ import annotations
 
-import json
 import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from mlserve.examples import write_identity_onnx
-from tests.deploy.cluster import SteadyLoad, load_replicas_module, poll
-from tests.server_process import ROOT
+from tests.deploy.cluster import SteadyLoad, call_json, poll, redis_replicas
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (Debian package nginx-light)"),
@@ -24,14 +20,6 @@ pytestmark = [
 TOML = 'version_policy = { all = true }\n[traffic]\nsplit = { "1" = 100 }\n'
 
 
-def _call(url: str, body=None, method: str = "GET"):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def _repository(root: Path) -> Path:
@@ -43,25 +31,18 @@ def _repository(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    replicas = load_replicas_module().Replicas(
-        ["--models", str(_repository(tmp_path_factory.mktemp("repo")))], num_replicas=3,
-        workdir=tmp_path_factory.mktemp("replicas"), state="redis",
-        env={"PYTHONPATH": str(ROOT), "MLSERVE_LIMITS_SHUTDOWN_DELAY_S": "0.2"},
-    )
-    try:
-        yield replicas.start()
-    finally:
-        codes = replicas.stop()
-    assert codes == [0, 0, 0], "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(replicas.workdir.glob("*.log")))
+    with redis_replicas(["--models", str(_repository(tmp_path_factory.mktemp("repo")))],
+                        tmp_path_factory.mktemp("replicas")) as replicas:
+        yield replicas
 
 
 def _rollout(replica) -> dict:
     """The replica's view of the rollout ({} before the start has reached it)."""
-    return _call(f"{replica.url}/admin/models/ro/rollout")[1]["rollout"] or {}
+    return call_json(f"{replica.url}/admin/models/ro/rollout")[1]["rollout"] or {}
 
 
 def _final(replica) -> tuple:
-    rollout, traffic = _rollout(replica), _call(f"{replica.url}/admin/models/ro/traffic")[1]
+    rollout, traffic = _rollout(replica), call_json(f"{replica.url}/admin/models/ro/traffic")[1]
     return rollout["id"], rollout["status"], rollout["step"], traffic["split"], traffic["stable"]
 
 
@@ -70,7 +51,7 @@ def test_a_rollout_whose_driver_is_killed_completes_on_another_replica(cluster):
             "max_error_rate_increase": 0.5, "max_p99_ratio": 100}
     with SteadyLoad(cluster.url, "ro", num_threads=3, pause_s=0.02, max_s=60) as load:
         load.wait_for(10)
-        status, view = _call(cluster.url + "/admin/models/ro/rollout", plan, "POST")
+        status, view = call_json(cluster.url + "/admin/models/ro/rollout", plan, "POST")
         assert status == 202 and view["rollout"]["status"] == "running", view
         first = cluster.replicas[0]
         poll(lambda: _rollout(first).get("driver") is not None, timeout=5, interval=0.05)
@@ -79,7 +60,7 @@ def test_a_rollout_whose_driver_is_killed_completes_on_another_replica(cluster):
         driver = next(r for suffix, r in by_pid.items() if driver_id.endswith(suffix))
         survivors = [r for r in cluster.replicas if r is not driver]
         for replica in survivors:  # the rollout's split is in force on every replica
-            assert _call(f"{replica.url}/admin/models/ro/traffic")[1]["split"] == {"1": 50.0, "2": 50.0}
+            assert call_json(f"{replica.url}/admin/models/ro/traffic")[1]["split"] == {"1": 50.0, "2": 50.0}
         driver.proc.kill()  # no hand-over: the lease runs out and another replica takes it
         driver.proc.wait(10)
         poll(lambda: _rollout(survivors[0])["driver"] not in (None, driver_id), timeout=10)

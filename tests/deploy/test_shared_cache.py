@@ -12,8 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlserve.examples import write_identity_onnx
-from tests.deploy.cluster import load_replicas_module, poll
-from tests.server_process import ROOT
+from tests.deploy.cluster import poll, redis_replicas
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (Debian package nginx-light)"),
@@ -26,15 +25,8 @@ def cluster(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     write_identity_onnx(repo / "cached" / "1" / "model.onnx", "FP32")
     (repo / "cached" / "model.toml").write_text("cache_size = 16\nshared_cache_ttl_s = 60\n")
-    replicas = load_replicas_module().Replicas(
-        ["--models", str(repo)], num_replicas=2, workdir=tmp_path_factory.mktemp("replicas"), state="redis",
-        env={"PYTHONPATH": str(ROOT), "MLSERVE_LIMITS_SHUTDOWN_DELAY_S": "0.2"},
-    )
-    try:
-        yield replicas.start()
-    finally:
-        codes = replicas.stop()
-    assert codes == [0, 0], "\n".join(p.read_text(errors="replace")[-3000:] for p in replicas.workdir.glob("*.log"))
+    with redis_replicas(["--models", str(repo)], tmp_path_factory.mktemp("replicas"), num_replicas=2) as replicas:
+        yield replicas
 
 
 def _infer(url: str, data: list[float]) -> list[float]:

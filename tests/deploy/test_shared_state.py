@@ -6,7 +6,6 @@ is back. Each replica is read directly, not through nginx."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import urllib.error
 import urllib.request
@@ -15,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlserve.examples import write_identity_onnx
-from tests.deploy.cluster import SteadyLoad, infer, load_replicas_module, poll
-from tests.server_process import ROOT
+from tests.deploy.cluster import SteadyLoad, call_json, infer, poll, redis_replicas
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (Debian package nginx-light)"),
@@ -28,14 +26,6 @@ split = { "1" = 50, "2" = 50 }
 """
 
 
-def _call(url: str, body=None, method: str = "GET"):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def _repository(root: Path) -> Path:
@@ -48,33 +38,22 @@ def _repository(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    replicas = load_replicas_module().Replicas(
-        ["--models", str(_repository(tmp_path_factory.mktemp("repo")))], num_replicas=3,
-        workdir=tmp_path_factory.mktemp("replicas"), state="redis",
-        env={"PYTHONPATH": str(ROOT), "MLSERVE_LIMITS_SHUTDOWN_DELAY_S": "0.2"},
-    )
-    try:
-        yield replicas.start()
-    finally:
-        codes = replicas.stop()
-    assert codes == [0, 0, 0], _logs(replicas)
-
-
-def _logs(replicas) -> str:
-    return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(replicas.workdir.glob("*.log")))
+    with redis_replicas(["--models", str(_repository(tmp_path_factory.mktemp("repo")))],
+                        tmp_path_factory.mktemp("replicas")) as replicas:
+        yield replicas
 
 
 def _in_force_everywhere(cluster, model: str, split: dict) -> float:
     """Seconds until every replica, read directly, has `split` in force."""
-    return poll(lambda: all(_call(f"{r.url}/admin/models/{model}/traffic")[1]["split"] == split
+    return poll(lambda: all(call_json(f"{r.url}/admin/models/{model}/traffic")[1]["split"] == split
                             for r in cluster.replicas), timeout=5, interval=0.02)
 
 
 def test_an_admin_change_through_nginx_is_in_force_on_every_replica_within_a_second(cluster):
-    status, view = _call(cluster.url + "/admin/models/ab/traffic", {"split": {"1": 10, "2": 90}}, "PUT")
+    status, view = call_json(cluster.url + "/admin/models/ab/traffic", {"split": {"1": 10, "2": 90}}, "PUT")
     assert status == 200 and view["split"] == {"1": 10.0, "2": 90.0}
     assert _in_force_everywhere(cluster, "ab", {"1": 10.0, "2": 90.0}) < 1.0
-    status, _ = _call(cluster.url + "/admin/models/ab/traffic", {"split": {"1": 50, "2": 50}}, "PUT")
+    status, _ = call_json(cluster.url + "/admin/models/ab/traffic", {"split": {"1": 50, "2": 50}}, "PUT")
     assert status == 200 and _in_force_everywhere(cluster, "ab", {"1": 50.0, "2": 50.0}) < 1.0
 
 
@@ -82,14 +61,14 @@ def test_300_feedbacks_through_nginx_are_all_credited_and_every_replica_shows_on
     credited: dict[str, list[int]] = {"1": [], "2": []}
     for i in range(300):
         body = {"id": f"fb{i}", "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
-        status, answer = _call(cluster.url + "/v2/models/ab/infer", body, "POST")
+        status, answer = call_json(cluster.url + "/v2/models/ab/infer", body, "POST")
         assert status == 200, answer
         value = i % 3 == 0
-        status, ack = _call(cluster.url + "/v2/models/ab/feedback", {"id": f"fb{i}", "value": int(value)}, "POST")
+        status, ack = call_json(cluster.url + "/v2/models/ab/feedback", {"id": f"fb{i}", "value": int(value)}, "POST")
         assert status == 200 and ack["version"] == answer["model_version"], ack
         credited[answer["model_version"]].append(int(value))
-    assert _call(cluster.url + "/v2/models/ab/feedback", {"id": "fb0", "value": 1}, "POST")[0] == 400  # once only
-    views = [_call(f"{r.url}/admin/models/ab/experiment")[1] for r in cluster.replicas]
+    assert call_json(cluster.url + "/v2/models/ab/feedback", {"id": "fb0", "value": 1}, "POST")[0] == 400  # once only
+    views = [call_json(f"{r.url}/admin/models/ab/experiment")[1] for r in cluster.replicas]
     for view in views:
         for version, values in credited.items():
             row = view["versions"][version]
@@ -101,7 +80,7 @@ def test_300_feedbacks_through_nginx_are_all_credited_and_every_replica_shows_on
 
 
 def _requests_seen(replica, model: str) -> int:
-    view = _call(f"{replica.url}/admin/models/{model}/experiment")[1]
+    view = call_json(f"{replica.url}/admin/models/{model}/experiment")[1]
     return sum(row["requests"] for row in view["versions"].values())
 
 
@@ -113,7 +92,7 @@ def test_redis_killed_under_load_fails_no_inference_and_the_replicas_agree_once_
         poll(lambda: all(b"mlserve_state_backend_up{backend=\"redis\"} 0.0" in urllib.request.urlopen(
             f"{r.url}/metrics", timeout=10).read() for r in cluster.replicas), timeout=10)
         load.wait_for(100)  # serving on the last state, counting locally
-        status, reply = _call(cluster.url + "/admin/models/cv/traffic", {"split": {"1": 20, "2": 80}}, "PUT")
+        status, reply = call_json(cluster.url + "/admin/models/cv/traffic", {"split": {"1": 20, "2": 80}}, "PUT")
         assert status == 503 and "state store" in reply["error"]  # refused, so no replica drifts
         redis.start()
         load.wait_for(50)
@@ -129,22 +108,22 @@ def test_redis_killed_under_load_fails_no_inference_and_the_replicas_agree_once_
         poll(agreed, timeout=10)
     except AssertionError:
         raise AssertionError(f"requests counted by each replica {seen}, answered {load.total}") from None
-    status, _ = _call(cluster.url + "/admin/models/cv/traffic", {"split": {"1": 20, "2": 80}}, "PUT")
+    status, _ = call_json(cluster.url + "/admin/models/cv/traffic", {"split": {"1": 20, "2": 80}}, "PUT")
     assert status == 200 and _in_force_everywhere(cluster, "cv", {"1": 20.0, "2": 80.0}) < 1.0
     assert infer(cluster.url, "cv").status == 200
 
 
 def test_a_rolling_restart_of_every_replica_keeps_the_experiment(cluster):
-    before = _call(f"{cluster.replicas[0].url}/admin/models/ab/experiment")[1]["versions"]
+    before = call_json(f"{cluster.replicas[0].url}/admin/models/ab/experiment")[1]["versions"]
     body = {"id": "before-restart", "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
-    status, answer = _call(cluster.url + "/v2/models/ab/infer", body, "POST")
+    status, answer = call_json(cluster.url + "/v2/models/ab/infer", body, "POST")
     assert status == 200
     assert cluster.rolling_restart() == [0, 0, 0]
     # Feedback for a request answered before any replica restarted is still credited.
-    status, ack = _call(cluster.url + "/v2/models/ab/feedback", {"id": "before-restart", "value": 1}, "POST")
+    status, ack = call_json(cluster.url + "/v2/models/ab/feedback", {"id": "before-restart", "value": 1}, "POST")
     assert status == 200 and ack["version"] == answer["model_version"]
     for replica in cluster.replicas:
-        after = _call(f"{replica.url}/admin/models/ab/experiment")[1]["versions"]
+        after = call_json(f"{replica.url}/admin/models/ab/experiment")[1]["versions"]
         for version, row in before.items():
             credited = int(version == answer["model_version"])
             assert after[version]["outcomes"] == row["outcomes"] + credited
