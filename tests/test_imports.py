@@ -207,5 +207,78 @@ def test_plain_generation_types_import_without_torch():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """mlserve module -> the mlserve modules it imports (any statement, lazy and TYPE_CHECKING included).
+    `from mlserve.x import y` counts as importing mlserve.x.y where that is a module, else mlserve.x."""
+    modules = {module_name(p, package): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for _, target in imports_of(path, module):
+            if target in modules and target != module:
+                graph[module].add(target)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    if sub in modules and sub != module:
+                        graph[module].add(sub)
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    circles.append(sorted(component))
+    return sorted(circles)
+
+
+def test_no_import_circles():
+    circles = import_circles(import_graph())
+    assert not circles, "import circles (lazy and TYPE_CHECKING imports count):\n" + "\n".join(
+        " <-> ".join(c) for c in circles)
+
+
+def test_the_circle_finder_names_each_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "e"}, "e": {"d"}, "f": {"f"}, "g": set()}
+    assert import_circles(graph) == [["a", "b", "c"], ["d", "e"]]
+
+
 if __name__ == "__main__":
-    print("\n".join(violations() + model_table_reads()) or "import rules hold")
+    circles = [" <-> ".join(c) for c in import_circles(import_graph())]
+    print("\n".join(violations() + model_table_reads() + circles) or "import rules hold")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
+from mlserve.routing.generate import check_token_ids
 from mlserve.spec import GenerationRequest, RequestHandle
 
 if TYPE_CHECKING:
@@ -105,11 +106,6 @@ class GenerationCatalog:
         engine = await self.engine(model)
         check_token_ids(token_ids, engine.backend.tokenizer.vocab_size)
         return engine.backend.tokenizer.decode(token_ids)
-
-
-def check_token_ids(token_ids: list[int], vocab_size: int) -> None:
-    if token_ids and (min(token_ids) < 0 or max(token_ids) >= vocab_size):
-        raise InvalidInput(f"token ids must lie in [0, {vocab_size})")
 
 
 class Generation:
