@@ -279,6 +279,54 @@ def test_the_circle_finder_names_each_circle():
     assert import_circles(graph) == [["a", "b", "c"], ["d", "e"]]
 
 
+# Code outside the engine and the registry asks a version (or its LLMEngine) for what it needs instead of
+# reaching through `.backend.<attr>`. Left for now, each with its reason:
+BACKEND_REACH_FOR_NOW = {
+    # The LLMEngine owns its backend: it drives the runner and detokenizes with the backend's tokenizer.
+    "mlserve/batching/llm_engine.py",
+    # An embedding version's vocabulary size (GenerationCatalog.embedding_vocab_size): no typed field yet.
+    "mlserve/routing/generation.py:78",
+    # Shadow traffic runs the shadow version's backend directly, past its batcher (ShadowJob's infer).
+    "mlserve/routing/manager.py:178",
+}
+
+
+def backend_reaches(package: Path = PACKAGE) -> list[str]:
+    """file:line for every `<x>.backend.<name>` outside mlserve/engine and mlserve/registry."""
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        if group_of(module_name(path, package)) in ("engine", "registry"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        lines = sorted({node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                        and isinstance(node.value, ast.Attribute) and node.value.attr == "backend"})
+        out += [f"{path.relative_to(package.parent)}:{line} reaches .backend.<attr>" for line in lines]
+    return out
+
+
+def test_nothing_outside_engine_and_registry_reaches_through_backend():
+    found = [f for f in backend_reaches()
+             if f.split(" ")[0] not in BACKEND_REACH_FOR_NOW and f.split(":")[0] not in BACKEND_REACH_FOR_NOW]
+    assert not found, "ask the version or its LLMEngine instead of reaching through .backend:\n" + "\n".join(found)
+
+
+def test_the_backend_checker_names_each_reach(tmp_path):
+    fake = tmp_path / "mlserve"
+    for folder in ("server", "engine"):
+        (fake / folder).mkdir(parents=True)
+    (fake / "server" / "bad.py").write_text(
+        "def f(served, engine):\n"
+        "    served.backend\n"
+        "    x = engine.backend.tokenizer.decode([1])\n"
+        "    return served.backend.info\n"
+    )
+    (fake / "engine" / "fine.py").write_text("def f(self):\n    return self.backend.runner\n")
+    assert backend_reaches(fake) == [
+        "mlserve/server/bad.py:3 reaches .backend.<attr>",
+        "mlserve/server/bad.py:4 reaches .backend.<attr>",
+    ]
+
+
 if __name__ == "__main__":
     circles = [" <-> ".join(c) for c in import_circles(import_graph())]
     print("\n".join(violations() + model_table_reads() + circles) or "import rules hold")

@@ -106,10 +106,10 @@ class GenerationRun:
             await self._source.aclose()
 
     def prompt_text(self, index: int) -> str:
-        return self._engine.backend.tokenizer.decode(self.prompt_ids[index])
+        return self._engine.tokenizer.decode(self.prompt_ids[index])
 
     def token_text(self, token_id: int) -> str:
-        return self._engine.backend.tokenizer.token_text(token_id)
+        return self._engine.tokenizer.token_text(token_id)
 
     async def _receive(self) -> AsyncIterator[TokenEvent]:
         left, outcome = self.handle.num_seqs, None
@@ -226,10 +226,10 @@ def check_text_chars(prompts: tuple[str | tuple[int, ...], ...], messages: tuple
 
 
 def prompt_ids(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[int, ...] | None) -> list[int]:
-    tokenizer = engine.backend.tokenizer
+    tokenizer = engine.tokenizer
     if isinstance(prompt, tuple):
         ids = list(prompt)
-        check_token_ids(ids, engine.backend.runner.shape.vocab_size)
+        check_token_ids(ids, engine.vocab_size)
     elif prompt is None:
         text = tokenizer.apply_chat_template(list(request.messages))
         check_prompt_chars(len(text), request.limits.max_prompt_tokens)
@@ -247,7 +247,7 @@ def bounded_params(engine: LLMEngine, request: GenerateRequest, prompt_ids: list
     server's max_generation_tokens and its share of the request's budget. The budget bounds what the
     whole request may generate (prompts x sequences x max_tokens), which no single limit does."""
     params, cap, budget = request.params, request.limits.max_generation_tokens, request.limits.budget_tokens
-    vocab = engine.backend.runner.shape.vocab_size
+    vocab = engine.vocab_size
     check_token_ids([i for i, _ in params.logit_bias] + list(params.stop_token_ids), vocab)
     num_seqs = len(prompt_ids) * request.num_seqs_per_prompt
     if not request.max_tokens_given and request.messages is not None:

@@ -93,7 +93,7 @@ class GenerationCatalog:
 
         check_text_chars((prompt,) if prompt is not None else (), tuple(messages or ()), max_prompt_tokens)
         engine = await self.engine(model)
-        tokenizer = engine.backend.tokenizer
+        tokenizer = engine.tokenizer
 
         def encode() -> list[int]:
             if messages is not None:
@@ -104,8 +104,8 @@ class GenerationCatalog:
 
     async def detokenize(self, model: str, token_ids: list[int]) -> str:
         engine = await self.engine(model)
-        check_token_ids(token_ids, engine.backend.tokenizer.vocab_size)
-        return engine.backend.tokenizer.decode(token_ids)
+        check_token_ids(token_ids, engine.tokenizer.vocab_size)
+        return engine.tokenizer.decode(token_ids)
 
 
 class Generation:
@@ -128,7 +128,7 @@ class Generation:
         self._engine.abort_request(self.handle)
 
     def token_text(self, token_id: int) -> str:
-        return self._engine.backend.tokenizer.token_text(token_id)
+        return self._engine.tokenizer.token_text(token_id)
 
 
 class GenerationService:
