@@ -284,8 +284,6 @@ def test_the_circle_finder_names_each_circle():
 BACKEND_REACH_FOR_NOW = {
     # The LLMEngine owns its backend: it drives the runner and detokenizes with the backend's tokenizer.
     "mlserve/batching/llm_engine.py",
-    # An embedding version's vocabulary size (GenerationCatalog.embedding_vocab_size): no typed field yet.
-    "mlserve/routing/generation.py:78",
     # Shadow traffic runs the shadow version's backend directly, past its batcher (ShadowJob's infer).
     "mlserve/routing/manager.py:178",
 }

@@ -44,8 +44,7 @@ def _card(name: str, sv: ServedVersion) -> ModelCard | None:
     kind = _kind(sv)
     if kind is None:
         return None
-    length = sv.llm_engine.max_model_len if sv.llm_engine is not None else getattr(sv.backend, "max_seq_length", None)
-    return ModelCard(name, kind, length, str(sv.version))
+    return ModelCard(name, kind, sv.max_seq_length, str(sv.version))
 
 
 class GenerationCatalog:
@@ -75,7 +74,8 @@ class GenerationCatalog:
         served = self._router.pick(model, None)
         if _kind(served) != "embed":
             raise InvalidInput(f"model {model!r} is not an embedding model")
-        return served.backend.vocab_size
+        assert served.vocab_size is not None, "an embedding version has a vocabulary"
+        return served.vocab_size
 
     async def engine(self, model: str) -> LLMEngine:
         """The default version's engine (for tokenizing: every version of a model shares its tokenizer)."""
