@@ -28,7 +28,7 @@ class ExplicitControl:
     overrides: dict[str, dict[str, Any]]
     _metrics: Metrics
     _sync_model: Callable[..., Awaitable[None]]
-    _ensure_version: Callable[[ServedModel, int, str, bool], Awaitable[None]]
+    _ensure_version: Callable[..., Awaitable[None]]
     _unload_version: Callable[[ServedModel, int, str], Awaitable[None]]
     _stat: Callable[[ServedModel, int], Awaitable[VersionStat]]
     _estimate_bytes: Callable[[ServedModel], Awaitable[int]]
