@@ -207,5 +207,124 @@ def test_plain_generation_types_import_without_torch():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """mlserve module -> the mlserve modules it imports (any statement, lazy and TYPE_CHECKING included).
+    `from mlserve.x import y` counts as importing mlserve.x.y where that is a module, else mlserve.x."""
+    modules = {module_name(p, package): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for _, target in imports_of(path, module):
+            if target in modules and target != module:
+                graph[module].add(target)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    if sub in modules and sub != module:
+                        graph[module].add(sub)
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    circles.append(sorted(component))
+    return sorted(circles)
+
+
+def test_no_import_circles():
+    circles = import_circles(import_graph())
+    assert not circles, "import circles (lazy and TYPE_CHECKING imports count):\n" + "\n".join(
+        " <-> ".join(c) for c in circles)
+
+
+def test_the_circle_finder_names_each_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "e"}, "e": {"d"}, "f": {"f"}, "g": set()}
+    assert import_circles(graph) == [["a", "b", "c"], ["d", "e"]]
+
+
+# Code outside the engine and the registry asks a version (or its LLMEngine) for what it needs instead of
+# reaching through `.backend.<attr>`. Left for now, each with its reason:
+BACKEND_REACH_FOR_NOW = {
+    # The LLMEngine owns its backend: it drives the runner and detokenizes with the backend's tokenizer.
+    "mlserve/batching/llm_engine.py",
+    # Shadow traffic runs the shadow version's backend directly, past its batcher (ShadowJob's infer).
+    "mlserve/routing/manager.py:178",
+}
+
+
+def backend_reaches(package: Path = PACKAGE) -> list[str]:
+    """file:line for every `<x>.backend.<name>` outside mlserve/engine and mlserve/registry."""
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        if group_of(module_name(path, package)) in ("engine", "registry"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        lines = sorted({node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                        and isinstance(node.value, ast.Attribute) and node.value.attr == "backend"})
+        out += [f"{path.relative_to(package.parent)}:{line} reaches .backend.<attr>" for line in lines]
+    return out
+
+
+def test_nothing_outside_engine_and_registry_reaches_through_backend():
+    found = [f for f in backend_reaches()
+             if f.split(" ")[0] not in BACKEND_REACH_FOR_NOW and f.split(":")[0] not in BACKEND_REACH_FOR_NOW]
+    assert not found, "ask the version or its LLMEngine instead of reaching through .backend:\n" + "\n".join(found)
+
+
+def test_the_backend_checker_names_each_reach(tmp_path):
+    fake = tmp_path / "mlserve"
+    for folder in ("server", "engine"):
+        (fake / folder).mkdir(parents=True)
+    (fake / "server" / "bad.py").write_text(
+        "def f(served, engine):\n"
+        "    served.backend\n"
+        "    x = engine.backend.tokenizer.decode([1])\n"
+        "    return served.backend.info\n"
+    )
+    (fake / "engine" / "fine.py").write_text("def f(self):\n    return self.backend.runner\n")
+    assert backend_reaches(fake) == [
+        "mlserve/server/bad.py:3 reaches .backend.<attr>",
+        "mlserve/server/bad.py:4 reaches .backend.<attr>",
+    ]
+
+
 if __name__ == "__main__":
-    print("\n".join(violations() + model_table_reads()) or "import rules hold")
+    circles = [" <-> ".join(c) for c in import_circles(import_graph())]
+    print("\n".join(violations() + model_table_reads() + circles) or "import rules hold")

@@ -5,28 +5,42 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, AsyncContextManager, Awaitable, Callable
 
 from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
+from mlserve.monitor.metrics import Metrics
 from mlserve.registry import repository
 from mlserve.registry.served import ServedModel
-
-if TYPE_CHECKING:
-    from mlserve.registry.loader import HotSwapLoader
+from mlserve.registry.store import Store, VersionStat
 
 log = logging.getLogger("mlserve.loader")
 
 
 class ExplicitControl:
-    """The admin half of HotSwapLoader (mixed into it): what the repository API and the admin routes call."""
+    """The admin half of HotSwapLoader (mixed into it): what the repository API and the admin routes call.
 
-    def _model(self: HotSwapLoader, name: str) -> ServedModel:
+    The annotations below name what it uses of its host, so this module need not import the loader
+    (which imports it): the loader sets each of them in its constructor or defines it as a method."""
+
+    store: Store
+    models: dict[str, ServedModel]
+    scan_errors: dict[str, str]
+    overrides: dict[str, dict[str, Any]]
+    _metrics: Metrics
+    _sync_model: Callable[..., Awaitable[None]]
+    _ensure_version: Callable[..., Awaitable[None]]
+    _unload_version: Callable[[ServedModel, int, str], Awaitable[None]]
+    _stat: Callable[[ServedModel, int], Awaitable[VersionStat]]
+    _estimate_bytes: Callable[[ServedModel], Awaitable[int]]
+    _room: Callable[..., AsyncContextManager[None]]
+
+    def _model(self, name: str) -> ServedModel:
         served = self.models.get(name)
         if served is None:
             raise ModelNotFound.unknown(name)
         return served
 
-    async def load(self: HotSwapLoader, name: str, source: str, force: bool = False,
+    async def load(self, name: str, source: str, force: bool = False,
                    override: dict[str, Any] | None = None) -> ServedModel:
         """Triton's load: read the model folder again and load what its policy wants; `force`
         rebuilds unchanged versions too, each swapped in when ready. `override` (a model.toml
@@ -52,7 +66,7 @@ class ExplicitControl:
         log.info("model %s loaded (%s)", name, source)
         return served
 
-    async def unload(self: HotSwapLoader, name: str, source: str) -> None:
+    async def unload(self, name: str, source: str) -> None:
         """Triton's unload: every version drains and is freed; reconcile leaves it unloaded."""
         served = self._model(name)
         self.overrides.pop(name, None)
@@ -62,7 +76,7 @@ class ExplicitControl:
                 await self._unload_version(served, version, source)
         log.info("model %s unloaded (%s)", name, source)
 
-    async def pin(self: HotSwapLoader, name: str, version: int, source: str, action: str = "pinned") -> ServedModel:
+    async def pin(self, name: str, version: int, source: str, action: str = "pinned") -> ServedModel:
         """Route unversioned requests to `version` (loaded first if needed) until unpinned."""
         served = self._model(name)
         if served.is_unloaded:
@@ -72,14 +86,14 @@ class ExplicitControl:
         async with self._room(served, await self._bytes_with(served, version), is_strict=True):
             return await self._pin_locked(served, version, source, action)
 
-    async def _bytes_with(self: HotSwapLoader, served: ServedModel, version: int) -> int:
+    async def _bytes_with(self, served: ServedModel, version: int) -> int:
         """What `served` holds once `version` is loaded beside what it has resident."""
         current = served.versions.get(version)
         if current is not None and current.is_ready:
             return served.resident_bytes
         return served.resident_bytes + (await self._stat(served, version)).num_bytes
 
-    async def _pin_locked(self: HotSwapLoader, served: ServedModel, version: int, source: str, action: str) -> ServedModel:
+    async def _pin_locked(self, served: ServedModel, version: int, source: str, action: str) -> ServedModel:
         name = served.name
         async with served.lock:
             previous = served.pinned
@@ -96,7 +110,7 @@ class ExplicitControl:
         log.info("model %s %s to version %d (%s)", name, action, version, source)
         return served
 
-    async def unpin(self: HotSwapLoader, name: str, source: str) -> ServedModel:
+    async def unpin(self, name: str, source: str) -> ServedModel:
         served = self._model(name)
         async with served.lock:
             served.pinned = None
@@ -106,7 +120,7 @@ class ExplicitControl:
         log.info("model %s unpinned; its version policy decides again (%s)", name, source)
         return served
 
-    async def rollback(self: HotSwapLoader, name: str, source: str) -> ServedModel:
+    async def rollback(self, name: str, source: str) -> ServedModel:
         """Serve the version that answered before the current one again (kept warm, or reloaded
         from where it was fetched), pinned so the next reconcile does not undo it."""
         served = self._model(name)

@@ -65,6 +65,22 @@ class ServedVersion:
             return False
         return self.batcher is None or self.batcher.num_in_flight == 0
 
+    # The two below are read here, once, so that routing asks the version instead of its backend. An
+    # embedding backend's fields are still probed by name: the Backend protocol does not carry them.
+    @property
+    def max_seq_length(self) -> int | None:
+        """Longest input in tokens: an LLM's context length, an embedding model's max_seq_length; else None."""
+        if self.llm_engine is not None:
+            return self.llm_engine.max_model_len
+        return getattr(self.backend, "max_seq_length", None)
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Token ids must lie below this: an LLM's or an embedding model's vocabulary size; else None."""
+        if self.llm_engine is not None:
+            return self.llm_engine.vocab_size
+        return getattr(self.backend, "vocab_size", None)
+
 
 @dataclass(frozen=True, slots=True)
 class Artifact:

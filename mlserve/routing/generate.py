@@ -8,20 +8,39 @@ import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, AsyncIterator, Mapping, Protocol
 
 import numpy as np
 
 from mlserve.config import LimitsConfig
 from mlserve.errors import InferenceFailed, InvalidInput, PayloadTooLarge
-from mlserve.monitor.hub import Observation
-from mlserve.registry.loader import ServedVersion
-from mlserve.routing.generation import check_token_ids
+from mlserve.monitor.hub import Monitor, Observation
+from mlserve.registry.loader import HotSwapLoader, ServedVersion
+from mlserve.routing.manager import TrafficManager
+from mlserve.routing.router import Router
 
 if TYPE_CHECKING:
     from mlserve.batching.llm_engine import LLMEngine, RequestHandle, TokenEvent
     from mlserve.spec import SamplingParams
-    from mlserve.routing.service import InferenceService
+
+
+class GenerationRoutes(Protocol):
+    """What generation uses of `InferenceService` (which satisfies it): named here so this module need
+    not import the service, which imports it."""
+
+    @property
+    def loader(self) -> HotSwapLoader: ...
+    @property
+    def traffic(self) -> TrafficManager: ...
+    @property
+    def router(self) -> Router: ...
+    @property
+    def monitor(self) -> Monitor | None: ...
+
+
+def check_token_ids(token_ids: list[int], vocab_size: int) -> None:
+    if token_ids and (min(token_ids) < 0 or max(token_ids) >= vocab_size):
+        raise InvalidInput(f"token ids must lie in [0, {vocab_size})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +77,7 @@ class GenerateRequest:
 class GenerationRun:
     """A generation in flight on one version: its events, then one outcome for the traffic record."""
 
-    def __init__(self, service: InferenceService, served: ServedVersion, handle: RequestHandle,
+    def __init__(self, service: GenerationRoutes, served: ServedVersion, handle: RequestHandle,
                  prompt_ids: list[list[int]], routed: bool) -> None:
         self.model, self.version = served.model, str(served.version)
         self.req_id = handle.req_id
@@ -87,10 +106,10 @@ class GenerationRun:
             await self._source.aclose()
 
     def prompt_text(self, index: int) -> str:
-        return self._engine.backend.tokenizer.decode(self.prompt_ids[index])
+        return self._engine.tokenizer.decode(self.prompt_ids[index])
 
     def token_text(self, token_id: int) -> str:
-        return self._engine.backend.tokenizer.token_text(token_id)
+        return self._engine.tokenizer.token_text(token_id)
 
     async def _receive(self) -> AsyncIterator[TokenEvent]:
         left, outcome = self.handle.num_seqs, None
@@ -133,7 +152,7 @@ class GenerationRun:
             ))
 
 
-async def start_generation(service: InferenceService, request: GenerateRequest) -> GenerationRun:
+async def start_generation(service: GenerationRoutes, request: GenerateRequest) -> GenerationRun:
     """Start on the routed version and wait for its first event. A version that fails before its first
     token is recorded as failed (its breaker counts it) and the request moves to another ready version,
     so a client never sees the failure of a version that a fallback could answer."""
@@ -151,7 +170,7 @@ async def start_generation(service: InferenceService, request: GenerateRequest) 
                 raise
 
 
-def _pick(service: InferenceService, request: GenerateRequest, failed: set[int]) -> ServedVersion:
+def _pick(service: GenerationRoutes, request: GenerateRequest, failed: set[int]) -> ServedVersion:
     key = service.traffic.sticky_key(service.router.model(request.model), request.headers, {})
     served = service.router.pick(request.model, None, key, routed=True)
     if served.version not in failed:
@@ -160,12 +179,12 @@ def _pick(service: InferenceService, request: GenerateRequest, failed: set[int])
     return service.router.pick(request.model, str(_other_ready(service, request.model, failed)), routed=True)
 
 
-def _other_ready(service: InferenceService, model: str, failed: set[int]) -> int | None:
+def _other_ready(service: GenerationRoutes, model: str, failed: set[int]) -> int | None:
     ready = [v for v in service.router.model(model).ready_versions() if v not in failed]
     return ready[-1] if ready else None
 
 
-async def _submit(service: InferenceService, served: ServedVersion, request: GenerateRequest) -> GenerationRun:
+async def _submit(service: GenerationRoutes, served: ServedVersion, request: GenerateRequest) -> GenerationRun:
     """Tokenizing runs on a thread (the tokenizer releases the GIL for long texts), so a long prompt
     does not hold the event loop."""
     try:
@@ -207,10 +226,10 @@ def check_text_chars(prompts: tuple[str | tuple[int, ...], ...], messages: tuple
 
 
 def prompt_ids(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[int, ...] | None) -> list[int]:
-    tokenizer = engine.backend.tokenizer
+    tokenizer = engine.tokenizer
     if isinstance(prompt, tuple):
         ids = list(prompt)
-        check_token_ids(ids, engine.backend.runner.shape.vocab_size)
+        check_token_ids(ids, engine.vocab_size)
     elif prompt is None:
         text = tokenizer.apply_chat_template(list(request.messages))
         check_prompt_chars(len(text), request.limits.max_prompt_tokens)
@@ -228,7 +247,7 @@ def bounded_params(engine: LLMEngine, request: GenerateRequest, prompt_ids: list
     server's max_generation_tokens and its share of the request's budget. The budget bounds what the
     whole request may generate (prompts x sequences x max_tokens), which no single limit does."""
     params, cap, budget = request.params, request.limits.max_generation_tokens, request.limits.budget_tokens
-    vocab = engine.backend.runner.shape.vocab_size
+    vocab = engine.vocab_size
     check_token_ids([i for i, _ in params.logit_bias] + list(params.stop_token_ids), vocab)
     num_seqs = len(prompt_ids) * request.num_seqs_per_prompt
     if not request.max_tokens_given and request.messages is not None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
+from mlserve.routing.generate import check_token_ids
 from mlserve.spec import GenerationRequest, RequestHandle
 
 if TYPE_CHECKING:
@@ -43,8 +44,7 @@ def _card(name: str, sv: ServedVersion) -> ModelCard | None:
     kind = _kind(sv)
     if kind is None:
         return None
-    length = sv.llm_engine.max_model_len if sv.llm_engine is not None else getattr(sv.backend, "max_seq_length", None)
-    return ModelCard(name, kind, length, str(sv.version))
+    return ModelCard(name, kind, sv.max_seq_length, str(sv.version))
 
 
 class GenerationCatalog:
@@ -74,7 +74,8 @@ class GenerationCatalog:
         served = self._router.pick(model, None)
         if _kind(served) != "embed":
             raise InvalidInput(f"model {model!r} is not an embedding model")
-        return served.backend.vocab_size
+        assert served.vocab_size is not None, "an embedding version has a vocabulary"
+        return served.vocab_size
 
     async def engine(self, model: str) -> LLMEngine:
         """The default version's engine (for tokenizing: every version of a model shares its tokenizer)."""
@@ -92,7 +93,7 @@ class GenerationCatalog:
 
         check_text_chars((prompt,) if prompt is not None else (), tuple(messages or ()), max_prompt_tokens)
         engine = await self.engine(model)
-        tokenizer = engine.backend.tokenizer
+        tokenizer = engine.tokenizer
 
         def encode() -> list[int]:
             if messages is not None:
@@ -103,13 +104,8 @@ class GenerationCatalog:
 
     async def detokenize(self, model: str, token_ids: list[int]) -> str:
         engine = await self.engine(model)
-        check_token_ids(token_ids, engine.backend.tokenizer.vocab_size)
-        return engine.backend.tokenizer.decode(token_ids)
-
-
-def check_token_ids(token_ids: list[int], vocab_size: int) -> None:
-    if token_ids and (min(token_ids) < 0 or max(token_ids) >= vocab_size):
-        raise InvalidInput(f"token ids must lie in [0, {vocab_size})")
+        check_token_ids(token_ids, engine.tokenizer.vocab_size)
+        return engine.tokenizer.decode(token_ids)
 
 
 class Generation:
@@ -132,7 +128,7 @@ class Generation:
         self._engine.abort_request(self.handle)
 
     def token_text(self, token_id: int) -> str:
-        return self._engine.backend.tokenizer.token_text(token_id)
+        return self._engine.tokenizer.token_text(token_id)
 
 
 class GenerationService:

@@ -354,5 +354,6 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.cleanup_ctx.append(lifecycle(stages(s)))
     # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
     app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate, s.control, s.plane))
-    add_batch_job_routes(app, s)  # after the lifecycle: jobs start once models load, stop before they unload
+    # After the lifecycle: jobs start once models load, stop before they unload.
+    add_batch_job_routes(app, s.config, s.inference, s.generation, s.state_store, s.metrics)
     return app

@@ -3,21 +3,21 @@ shares each version with live traffic)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import orjson
 from aiohttp import web
 
+from mlserve.config import Config
 from mlserve.errors import InvalidInput
 from mlserve.jobs.manager import JobManager
 from mlserve.jobs.metrics import JobsCollector
 from mlserve.jobs.s3files import S3Files
 from mlserve.jobs.sharing import resolver
+from mlserve.monitor.metrics import Metrics
+from mlserve.routing.generation import GenerationService
+from mlserve.routing.service import InferenceService
 from mlserve.server.openai_protocol import parse_generation
 from mlserve.server.response import json_response
-
-if TYPE_CHECKING:
-    from mlserve.server.app import Services
+from mlserve.state import StateStore
 
 JOBS = web.AppKey("batch_jobs", JobManager)
 
@@ -48,11 +48,13 @@ class BatchJobHandlers:
         return json_response(self._manager.view(await self._manager.cancel(request.match_info["job_id"])))
 
 
-def add_batch_job_routes(app: web.Application, s: Services) -> None:
+def add_batch_job_routes(app: web.Application, config: Config, inference: InferenceService,
+                         generation: GenerationService, state_store: StateStore, metrics: Metrics) -> None:
     """Routes, the manager's start and stop (a cleanup context added after the services' own, so jobs
-    start once models are loaded and stop before they unload), and its metrics."""
-    s3 = S3Files(s.config.registry.s3_endpoint or None, s.config.registry.s3_region or None)
-    manager = JobManager(s.config.jobs, resolver(s.inference, s.generation, parse_generation), s.state_store, s3=s3)
+    start once models are loaded and stop before they unload), and its metrics. It takes the services
+    it uses one by one (not app.py's `Services`), so it need not import the module that imports it."""
+    s3 = S3Files(config.registry.s3_endpoint or None, config.registry.s3_region or None)
+    manager = JobManager(config.jobs, resolver(inference, generation, parse_generation), state_store, s3=s3)
     app[JOBS] = manager
     handlers = BatchJobHandlers(manager)
     app.add_routes([
@@ -61,7 +63,7 @@ def add_batch_job_routes(app: web.Application, s: Services) -> None:
         web.get("/v2/batch/jobs/{job_id}", handlers.show),
         web.delete("/v2/batch/jobs/{job_id}", handlers.cancel),
     ])
-    s.metrics.registry.register(JobsCollector(manager))
+    metrics.registry.register(JobsCollector(manager))
 
     async def lifetime(app: web.Application):
         await manager.start()
