@@ -8,8 +8,9 @@ through the unversioned route (so every request is routed, assigned and counted 
 with an API key that carries a rate limit and a daily quota high enough never to refuse (so every
 request also spends from the cluster-wide budgets). The only difference is where that state lives:
 the process's memory, or a real redis-server (Debian's, on loopback). Servers share one core, the
-load generator (wrk, closed loop) and redis-server the other; points are interleaved (memory, redis,
-memory, ...) and the median round of each is kept.
+load generator (wrk, closed loop) and redis-server the other; points are interleaved, which server
+goes first alternating by round (memory, redis, redis, memory, ...), and the median round of each is
+kept.
 
 Goal (issue 28): redis >= 0.95x memory in req/s at c=64, and p99 <= 1.1x.
 """
@@ -89,8 +90,9 @@ def run(args: argparse.Namespace) -> dict:
             shared = stack.enter_context(start_server("mlserve", work, server_core, {"MLSERVE_STATE_URL": url}))
             for c in args.concurrency:
                 rounds: dict[str, list[Point]] = {MEMORY: [], REDIS: []}
-                for _ in range(args.repeats):
-                    for name, server in ((MEMORY, memory), (REDIS, shared)):
+                for round_ in range(args.repeats):
+                    order = ((MEMORY, memory), (REDIS, shared))  # which goes first alternates by round
+                    for name, server in order if round_ % 2 == 0 else order[::-1]:
                         print(f"  {name}: closed loop c={c}", file=sys.stderr, flush=True)
                         rounds[name].append(wrk_point(name, server, json_body, c, args.seconds, load_core,
                                                       count_status=True, path=ROUTED_PATH))
@@ -116,7 +118,7 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each load point (default 4)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per point; the median is kept")
+    parser.add_argument("--repeats", type=int, default=4, help="interleaved rounds per point; the median is kept")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
