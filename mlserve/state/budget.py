@@ -64,7 +64,8 @@ class LeasedBudget:
     is_exhausted: bool = False
     used: int = 0
     """Cluster-wide tokens leased in this window, as last seen (what `/metrics` shows)."""
-    _lock: asyncio.Lock | None = field(default=None, repr=False)
+    _pending: asyncio.Future | None = field(default=None, repr=False)
+    """The lease under way, if any: later callers wait for it instead of leasing again."""
     _ends_at: float = field(default=0.0, repr=False)
     """When the current window ends: the request path formats no date until then."""
 
@@ -89,8 +90,7 @@ class LeasedBudget:
     def wants_refill(self) -> bool:
         """Tokens are running low (under a quarter of a block) and no lease is under way: lease the
         next block now, in the background, so no request waits for the store's round trip."""
-        return 0 < self.tokens < max(1, self.block // 4) and not self.is_exhausted and \
-            (self._lock is None or not self._lock.locked())
+        return 0 < self.tokens < max(1, self.block // 4) and not self.is_exhausted and self._pending is None
 
     def try_take(self) -> bool:
         """Spend one token (no store call); False when the leased tokens are spent. A request prepared
@@ -102,25 +102,34 @@ class LeasedBudget:
         return True
 
     async def refill(self, store: StateStore, ahead: bool = False) -> None:
-        """Lease the next block of this window (one store call; concurrent callers share it); `ahead`
-        leases it while tokens are still left (see `wants_refill`)."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            window = self._roll()
-            if self.is_exhausted or self.tokens >= (max(1, self.block // 4) if ahead else 1):
+        """Lease the next block of this window (one store call); `ahead` leases it while tokens are
+        still left (see `wants_refill`). Callers that come while a lease is under way wait for that
+        one and all wake together when it ends (a lock would hand over one waiter per turn of the
+        event loop: under load, a convoy of tens of milliseconds at the start of every window)."""
+        while self._pending is not None:
+            await asyncio.shield(self._pending)
+            if ahead:
                 return
+        window = self._roll()
+        if self.is_exhausted or self.tokens >= (max(1, self.block // 4) if ahead else 1):
+            return
+        done = self._pending = asyncio.get_running_loop().create_future()
+        try:
             block = self.block
             try:
                 total = await store.incr(f"budget:{self.name}:{window}", block, window_ttl_s(self.period))
             except (StateUnavailable, BadStateData):
                 total = self.used + block  # the local share: blocks of our own, up to what was left
             granted = max(0, min(block, self.limit - (total - block)))
-            self.used = min(self.limit, total)
-            self.tokens += granted
-            if granted < block:
-                self.is_exhausted = True
-            self.window = window
+            if window == self.window or not self.window:
+                self.used = min(self.limit, total)
+                self.tokens += granted
+                if granted < block:
+                    self.is_exhausted = True
+                self.window = window
+        finally:
+            self._pending = None
+            done.set_result(None)
 
     def retry_after_s(self) -> float:
         now = self.clock()

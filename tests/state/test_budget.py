@@ -288,3 +288,34 @@ def test_a_token_quota_is_one_budget_across_replicas(redis_server):
                 await limiter.store.close()
 
     asyncio.run(scenario())
+
+
+def test_requests_waiting_for_a_lease_all_wake_when_it_ends():
+    """50 requests find the block spent while one lease is under way: one store call, and when it
+    answers every waiter goes on within a couple of turns of the event loop (with a lock they were
+    handed over one per turn: under load, tens of milliseconds at the start of every rate window)."""
+
+    class Slow(MemoryStore):
+        def __init__(self):
+            super().__init__()
+            self.gate, self.calls = asyncio.Event(), 0
+
+        async def incr(self, key, amount=1, ttl_s=None):
+            self.calls += 1
+            await self.gate.wait()
+            return await super().incr(key, amount, ttl_s)
+
+    store = Slow()
+    budget = LeasedBudget("rps:k", 10_000, "second", clock=lambda: 1_800_000_000.5)
+
+    async def scenario():
+        waiters = [asyncio.ensure_future(budget.refill(store)) for _ in range(50)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert store.calls == 1 and not any(w.done() for w in waiters)
+        store.gate.set()
+        for _ in range(4):
+            await asyncio.sleep(0)
+        assert sum(w.done() for w in waiters) == 50 and budget.tokens == budget.block
+
+    asyncio.run(scenario())
