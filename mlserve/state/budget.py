@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from mlserve.state.base import BadStateData, StateStore, StateUnavailable
 
@@ -26,6 +27,39 @@ PERIODS = ("second", "day", "month")
 BLOCK_SHARE = {"second": 0.05, "day": 0.01, "month": 0.01}
 """Block size as a share of the limit (at least one token): the error a replica's unspent block can cause."""
 MAX_BLOCK = 1000
+
+
+class SingleFlight:
+    """At most one store call of a kind under way. Callers that come meanwhile wait for that one and
+    all wake together when it ends, then look again at what it changed (an asyncio.Lock would hand
+    over one waiter per turn of the event loop: under load, a convoy of tens of milliseconds)."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future | None = None
+
+    @property
+    def is_busy(self) -> bool:
+        return self._pending is not None
+
+    async def settled(self) -> bool:
+        """Wait until no call is under way; True when one was."""
+        waited = False
+        while self._pending is not None:
+            waited = True
+            await asyncio.shield(self._pending)
+        return waited
+
+    @contextlib.contextmanager
+    def flying(self) -> Iterator[None]:
+        """The block is the call under way (no await between `settled()` and entering it)."""
+        done = self._pending = asyncio.get_running_loop().create_future()
+        try:
+            yield
+        finally:
+            self._pending = None
+            done.set_result(None)
 
 
 def window_of(period: str, now: float) -> str:
@@ -64,7 +98,7 @@ class LeasedBudget:
     is_exhausted: bool = False
     used: int = 0
     """Cluster-wide tokens leased in this window, as last seen (what `/metrics` shows)."""
-    _pending: asyncio.Future | None = field(default=None, repr=False)
+    _lease: SingleFlight = field(default_factory=SingleFlight, repr=False)
     """The lease under way, if any: later callers wait for it instead of leasing again."""
     _ends_at: float = field(default=0.0, repr=False)
     """When the current window ends: the request path formats no date until then."""
@@ -90,7 +124,7 @@ class LeasedBudget:
     def wants_refill(self) -> bool:
         """Tokens are running low (under a quarter of a block) and no lease is under way: lease the
         next block now, in the background, so no request waits for the store's round trip."""
-        return 0 < self.tokens < max(1, self.block // 4) and not self.is_exhausted and self._pending is None
+        return 0 < self.tokens < max(1, self.block // 4) and not self.is_exhausted and not self._lease.is_busy
 
     def try_take(self) -> bool:
         """Spend one token (no store call); False when the leased tokens are spent. A request prepared
@@ -106,15 +140,12 @@ class LeasedBudget:
         still left (see `wants_refill`). Callers that come while a lease is under way wait for that
         one and all wake together when it ends (a lock would hand over one waiter per turn of the
         event loop: under load, a convoy of tens of milliseconds at the start of every window)."""
-        while self._pending is not None:
-            await asyncio.shield(self._pending)
-            if ahead:
-                return
+        if await self._lease.settled() and ahead:
+            return
         window = self._roll()
         if self.is_exhausted or self.tokens >= (max(1, self.block // 4) if ahead else 1):
             return
-        done = self._pending = asyncio.get_running_loop().create_future()
-        try:
+        with self._lease.flying():
             block = self.block
             try:
                 total = await store.incr(f"budget:{self.name}:{window}", block, window_ttl_s(self.period))
@@ -127,9 +158,6 @@ class LeasedBudget:
                 if granted < block:
                     self.is_exhausted = True
                 self.window = window
-        finally:
-            self._pending = None
-            done.set_result(None)
 
     def retry_after_s(self) -> float:
         now = self.clock()
@@ -171,7 +199,8 @@ class SharedSlots:
     held: int = 0
     num_owners: int = 1
     claimed_at: float | None = None
-    _lock: asyncio.Lock | None = field(default=None, repr=False)
+    _claim: SingleFlight = field(default_factory=SingleFlight, repr=False)
+    """The claim under way, if any: requests that need one meanwhile wait for it, together."""
     _idle: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -185,11 +214,10 @@ class SharedSlots:
 
     async def _give_back_later(self, store: StateStore, in_flight: Callable[[], int]) -> None:
         await asyncio.sleep(SLOT_IDLE_S)
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if in_flight() or self.held == 0:
-                return
+        await self._claim.settled()
+        if in_flight() or self.held == 0:
+            return
+        with self._claim.flying():
             try:
                 await store.claim_share(f"slots:{self.name}", self.owner, 0, self.limit, SLOT_TTL_S)
             except (StateUnavailable, BadStateData):
@@ -206,11 +234,10 @@ class SharedSlots:
 
     async def claim(self, store: StateStore, in_flight: Callable[[], int]) -> None:
         """Claim room for the next requests (one store call; callers queued behind it re-check first)."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if not self.needs_claim(in_flight()):
-                return
+        await self._claim.settled()
+        if not self.needs_claim(in_flight()):
+            return
+        with self._claim.flying():
             want = min(self.limit, in_flight() + self.block)
             try:
                 if not store.is_up:  # known lost: no wait for a call that would fail

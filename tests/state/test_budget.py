@@ -319,3 +319,36 @@ def test_requests_waiting_for_a_lease_all_wake_when_it_ends():
         assert sum(w.done() for w in waiters) == 50 and budget.tokens == budget.block
 
     asyncio.run(scenario())
+
+
+def test_requests_waiting_for_a_concurrency_claim_all_wake_when_it_ends():
+    """The same for a key's concurrency share: one claim under way, 30 requests needing one wait for
+    it and all go on together when it is answered (with a lock, one per turn of the event loop)."""
+    from mlserve.state.budget import SharedSlots
+
+    class Slow(MemoryStore):
+        is_shared = True
+
+        def __init__(self):
+            super().__init__()
+            self.gate, self.calls = asyncio.Event(), 0
+
+        async def claim_share(self, key, owner, want, limit, ttl_s):
+            self.calls += 1
+            await self.gate.wait()
+            return await super().claim_share(key, owner, want, limit, ttl_s)
+
+    store = Slow()
+    slots = SharedSlots("k", 100, "replica-a")
+
+    async def scenario():
+        waiters = [asyncio.ensure_future(slots.claim(store, lambda: 0)) for _ in range(30)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert store.calls == 1 and not any(w.done() for w in waiters)
+        store.gate.set()
+        for _ in range(4):
+            await asyncio.sleep(0)
+        assert sum(w.done() for w in waiters) == 30 and store.calls == 1 and slots.held > 0
+
+    asyncio.run(scenario())
