@@ -167,13 +167,20 @@ def test_a_job_whose_files_the_other_replica_cannot_see_fails_saying_so(tmp_path
     run(scenario)
 
 
+async def _finished_in_index(raw: redis.Redis, prefix: str, job_id: str) -> bool:
+    stored = raw.get(f"{prefix}:jobs:index")
+    entry = orjson.loads(stored)["data"]["jobs"].get(job_id) if stored else None
+    return entry is not None and entry[1] is not None
+
+
 def test_a_bad_job_record_in_redis_is_refused_by_name(folder, redis_server, prefix):
     async def scenario():
         a = await Replica("a", folder, redis_server.url, prefix, Engine()).start()
         try:
             job = await a.jobs.submit({"model": "m", "input": "in.jsonl", "output": "out.jsonl"})
-            await until(lambda: _view_if(a, job.job_id, lambda v: v["state"] == "done"))
             raw = redis.Redis.from_url(redis_server.url)
+            # the record's last write is done once the index marks the job finished (that comes after it)
+            await until(lambda: _finished_in_index(raw, prefix, job.job_id))
             key = f"{prefix}:{record_key(job.job_id)}"
             doc = orjson.loads(raw.get(key))
             doc["data"]["progress"]["rows_done"] = "many"
