@@ -8,6 +8,7 @@ import asyncio
 import uuid
 
 import pytest
+import redis.asyncio
 
 from mlserve.server.ratelimit import TenantLimiter
 from mlserve.state import MemoryStore
@@ -144,6 +145,21 @@ def test_a_window_ends_where_the_next_begins(period, now):
     assert window_of(period, end - 0.001) == window_of(period, now) != window_of(period, end)
 
 
+async def _until_shares_given_back(url: str, key: str, timeout_s: float = 10.0) -> None:
+    """Poll the key's share hash in Redis until every replica's share there is 0."""
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            shares = await client.hgetall(key)
+            if all(v.split(b":")[0] == b"0" for v in shares.values()):
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"shares not given back: {shares}"
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
 def test_a_keys_concurrency_holds_across_replicas_and_follows_the_traffic(redis_server):
     prefix, now = f"c-{uuid.uuid4().hex[:8]}", [1_800_000_000.0]
 
@@ -168,8 +184,8 @@ def test_a_keys_concurrency_holds_across_replicas_and_follows_the_traffic(redis_
             assert refusal is not None and "4 requests in flight across replicas" in refusal.reason
             for limiter in holders:
                 limiter.release("k1")
-            # Idle replicas give their slots back: one replica alone may then take all four.
-            await asyncio.sleep(1.5)
+            # Idle replicas give their slots back (after SLOT_IDLE_S): one replica alone may then take all four.
+            await _until_shares_given_back(redis_server.url, f"{prefix}:slots:k1")
             assert len(await hold(limiters[:1], 6)) == 4
             assert len(await hold(limiters[1:], 4)) == 0
         finally:
