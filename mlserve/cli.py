@@ -153,7 +153,7 @@ async def serve(config: Config) -> int:
     how many hung model workers are still running."""
     from aiohttp import web
 
-    from mlserve.server.app import KEYRING, LOADER, STATE, create_app
+    from mlserve.server.app import KEYRING, MODELS, STATE, create_app
 
     app = create_app(config)
     runner = web.AppRunner(
@@ -174,7 +174,7 @@ async def serve(config: Config) -> int:
 
     def on_sighup() -> None:
         """One signal, two reloads: the repository (the same reconcile as the API) and the keys file."""
-        app[LOADER].trigger("signal")
+        app[MODELS].trigger("signal")
         if app[KEYRING].is_enabled:
             app[KEYRING].reload()
 
@@ -187,7 +187,7 @@ async def serve(config: Config) -> int:
     log.info("stopping: no new connections, finishing in-flight requests")
     await runner.cleanup()
     log.info("stopped")
-    return app[LOADER].num_hung_workers()
+    return app[MODELS].num_hung_workers()
 
 
 def _site(runner, app, config: Config):

@@ -24,8 +24,9 @@ import socket
 from typing import Any, Awaitable, Callable
 
 from mlserve.dataplane.rollout_driver import RolloutDriver, Update
-from mlserve.errors import InvalidInput
+from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.registry.loader import HotSwapLoader, ServedModel
+from mlserve.registry.upload import Upload, publish
 from mlserve.routing.bandit import BanditRecord
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.rollout import Rollout, RolloutStatus
@@ -253,12 +254,19 @@ class ModelControl:
         if not self._store.is_up:
             raise StateUnavailable("shared state store unavailable: admin changes wait until it is back")
 
-    async def load(self, name: str, source: str, run: Callable[[], Awaitable[ServedModel]] | None = None) -> ServedModel:
-        """Load here (or `run`, an upload that publishes then loads), then on every replica."""
+    async def load(self, name: str, source: str, upload: Callable[[dict[str, Any]], Upload] | None = None) -> ServedModel:
+        """Load here, then on every replica. With `upload` (built from the model's current model.toml),
+        its files are written and loaded first, and taken back if they do not load (registry/upload.py)."""
         await self._check_up()
-        served = await (run() if run is not None else self._loader.load(name, source))
+        served = await (publish(self._loader, name, upload, source) if upload is not None
+                        else self._loader.load(name, source))
         await self._record(name, self._model_change(load=True, unloaded=False, pinned=served.pinned))
         return served
+
+    async def reconcile(self, source: str) -> None:
+        """Scan the repository now (Triton's repository index asks for it): new versions load, gone
+        ones unload, on this replica; each replica scans its own repository."""
+        await self._loader.reconcile(source)
 
     async def unload(self, name: str, source: str) -> ServedModel:
         await self._check_up()
@@ -284,6 +292,23 @@ class ModelControl:
         served = await self._loader.rollback(name, source)
         await self._record(name, self._model_change(unloaded=False, pinned=served.pinned))
         return served
+
+    async def deploy(self, name: str, version: int, rollout: dict | None, source: str = "optimize") -> dict:
+        """Load a version just published (an optimize winner). With a rollout it becomes the canary:
+        the serving version is pinned while it loads, so it takes no traffic before the first step."""
+        if rollout is None:
+            served = await self._loader.load(name, source)
+            return {"loaded": version in served.ready_versions(), "serving": served.default_version()}
+        served = self._loader.models.get(name)
+        if served is None:
+            raise ModelNotFound(f"model {name!r} is not in the repository")
+        await self._loader.pin(name, served.default_version(), source)
+        try:
+            await self._loader.load(name, source)
+            view = await self.start_rollout(name, {**rollout, "version": version})
+        finally:
+            await self._loader.unpin(name, source)
+        return {"loaded": True, "rollout": view.get("rollout")}
 
     # -- rollouts ----------------------------------------------------------------------------------
 

@@ -21,9 +21,7 @@ import re
 import time
 from pathlib import Path, PurePosixPath
 
-from mlserve.errors import InvalidInput, ModelLoadError
-from mlserve.spec import MODEL_NAME
-from mlserve.spec.version import MAX_VERSION, version_number
+from mlserve.errors import ModelLoadError
 
 _SAFE_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@-]*$")
 
@@ -100,18 +98,3 @@ def check_object_key(key: str, prefix: str = "") -> str:
         if not _SAFE_KEY_PART.fullmatch(part) or part in (".", ".."):
             raise ModelLoadError(f"object key {key!r} has an unsafe part {part!r}")
     return relative
-
-
-def check_model_name(name: str) -> str:
-    """A model name from a request (load, unload) before it touches a store."""
-    if not MODEL_NAME.fullmatch(name) or ".." in name:
-        raise InvalidInput(f"{name!r} is not a valid model name ([a-z0-9][a-z0-9_.-]*, no '..')")
-    return name
-
-
-def check_version_name(version: str) -> int:
-    """A version from a request: a positive integer written plainly."""
-    if version_number(version) is None:
-        raise InvalidInput(f"{version!r} is not a valid version (a positive integer of at most "
-                           f"{MAX_VERSION} in ASCII digits)")
-    return int(version)

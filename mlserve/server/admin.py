@@ -11,11 +11,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from mlserve.dataplane import DataPlane
+from mlserve.dataplane import DataPlane, ServedModel
 from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput
-from mlserve.registry.loader import HotSwapLoader, ServedModel
-from mlserve.registry.safety import check_model_name
+from mlserve.spec.names import check_model_name
 from mlserve.server.response import json_response
 from mlserve.server.triton_upload import check_unload_parameters, load_model
 from mlserve.spec.version import parse_version
@@ -70,8 +69,7 @@ class AdminHandlers:
     """Explicit control of what each model serves; every change goes through ModelControl, which
     shares it with the other replicas."""
 
-    def __init__(self, loader: HotSwapLoader, control: ModelControl, plane: DataPlane) -> None:
-        self._loader = loader
+    def __init__(self, control: ModelControl, plane: DataPlane) -> None:
         self._control = control
         self._plane = plane
 
@@ -83,7 +81,7 @@ class AdminHandlers:
         """Triton's load; with `parameters` (config, file:<version>/<name>) it uploads first."""
         name = _model(request)
         parameters, who = await _parameters(request), self._who(request)
-        served = await self._control.load(name, who, lambda: load_model(self._loader, name, parameters, True, who))
+        served = await load_model(self._control, name, parameters, True, who)
         return json_response(model_state(served))
 
     async def unload(self, request: web.Request) -> web.Response:

@@ -13,20 +13,17 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from mlserve.config import Config, RegistryConfig
+from mlserve.config import Config
 from mlserve.dataplane import DataPlane
 from mlserve.dataplane.bandit import BanditDriver
 from mlserve.dataplane.control import ModelControl
+from mlserve.dataplane.models import Models, Store
 from mlserve import process
 from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
 from mlserve.optimize.auto import AutoOptimizer
 from mlserve.optimize.jobs import OptimizeJobs
-from mlserve.registry.loader import HotSwapLoader
-from mlserve.registry.local import LocalStore
-from mlserve.registry.store import Store
-from mlserve.registry.sweep import sweep_store
 from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
@@ -36,11 +33,11 @@ from mlserve.server.decode_pool import DecodePool
 from mlserve.server.grpc_server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, cors_signal, front_middleware
-from mlserve.server.monitor_routes import DriftHandlers, connect_monitor
+from mlserve.server.monitor_routes import DriftHandlers
 from mlserve.server.openai import openai_app, vllm_routes
 from mlserve.server.openai_errors import openai_error_middleware
 from mlserve.server.openapi import openapi_handler
-from mlserve.server.optimize_routes import auto_optimizer, optimize_jobs, optimize_routes
+from mlserve.server.optimize_routes import optimize_routes
 from mlserve.server.origin import BrowserGate
 from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
 from mlserve.server.state import ServerState
@@ -55,7 +52,7 @@ log = logging.getLogger("mlserve.server")
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
-LOADER = web.AppKey("loader", HotSwapLoader)
+MODELS = web.AppKey("models", Models)
 PLANE = web.AppKey("plane", DataPlane)
 SERVICE = web.AppKey("service", InferenceService)
 STATE = web.AppKey("state", ServerState)
@@ -63,26 +60,6 @@ KEYRING = web.AppKey("keyring", KeyRing)
 MONITOR = web.AppKey("monitor", Monitor)
 V2 = web.AppKey("v2", V2Handlers)  # the infer handler the fast lane calls too (server/fastlane.py)
 BROWSER = web.AppKey("browser", BrowserGate)  # the browser checks, which the fast lane applies too
-
-
-def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
-    if uri.startswith("s3://"):
-        from mlserve.registry.s3 import S3Store
-
-        registry = registry or RegistryConfig(models=uri)
-        cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
-        return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None,
-                       keep_versions=registry.cache_versions)
-    if uri.startswith(("mlflow://", "mlflows://")):
-        from mlserve.registry.mlflow import MlflowStore
-
-        registry = registry or RegistryConfig(models=uri)
-        cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
-        return MlflowStore(uri, cache, registry)
-    if "://" in uri:
-        raise ValueError(f"unsupported model repository {uri!r}: give a local folder, s3://bucket/prefix "
-                         "or mlflow://host:port")
-    return LocalStore(Path(uri))
 
 
 # ---- services -------------------------------------------------------------------------------
@@ -97,7 +74,8 @@ class Services:
     metrics: Metrics
     gate: Gate
     monitor: Monitor
-    loader: HotSwapLoader
+    models: Models
+    """The repository, the loader and the doors over it (mlserve/dataplane/models.py)."""
     inference: InferenceService
     generation: GenerationService
     status: HistorySampler
@@ -139,18 +117,16 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     state = ServerState()
     metrics = Metrics()
     shared = _state_store(config, metrics)
-    loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry, metrics,
-                           state_store=shared)
-    plane = DataPlane(loader)
-    inference = InferenceService(loader, metrics, shared)
+    models = Models.open(config, metrics, shared, store)
+    inference = InferenceService(models.loader, metrics, shared)
     monitor = Monitor(config.monitor, metrics)
-    connect_monitor(monitor, metrics, loader, inference, plane)
-    generation = GenerationService(loader, inference.router, config.limits)
-    status = HistorySampler(config.monitor, metrics, plane)
-    control = ModelControl(shared, loader, inference.traffic)
-    jobs = optimize_jobs(loader, plane, control, config.jobs, shared)
-    return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, generation, status,
-                    jobs, DecodePool(config.limits), shared, control, plane, auto_optimizer(jobs, loader, config),
+    models.connect_monitor(monitor, metrics, inference)
+    generation = GenerationService(models.loader, inference.router, config.limits)
+    status = HistorySampler(config.monitor, metrics, models.plane)
+    control = models.control(shared, inference)
+    jobs = models.optimize_jobs(control, config.jobs, shared)
+    return Services(config, state, metrics, _gate(config, state, shared), monitor, models, inference, generation, status,
+                    jobs, DecodePool(config.limits), shared, control, models.plane, models.auto_optimizer(jobs, config),
                     BanditDriver(shared, inference.traffic, control))
 
 
@@ -176,11 +152,10 @@ state once the models are loaded, and stops before they unload."""
     async def start_loader() -> None:
         gc_policy.apply()
         process.apply(s.config.server.process)  # before any model loads: torch's pool, the switch interval
-        s.loader.on_reconciled = lambda source: gc_policy.freeze_heap(f"reconcile ({source})")
-        await s.loader.start()
+        await s.models.start(on_reconciled=lambda source: gc_policy.freeze_heap(f"reconcile ({source})"))
         s.state.is_started = True
         ready = s.plane.num_ready_versions()
-        log.info("repository %s: %d model version(s) ready", s.loader.store.describe(), ready)
+        log.info("repository %s: %d model version(s) ready", s.models.describe(), ready)
 
     async def start_state() -> None:
         await s.state_store.start()
@@ -188,13 +163,13 @@ state once the models are loaded, and stops before they unload."""
 
     async def stop_loader() -> None:
         s.state.is_stopping = True
-        await s.loader.close()
+        await s.models.close()
 
     return [
         Stage("keyring", start=lambda: warn_if_admin_open(s.gate.policy, s.gate.keyring), stop=s.gate.keyring.close),
         Stage("decode pool", stop=s.decode_pool.close),
         Stage("monitor", start=s.monitor.start, stop=s.monitor.close),
-        Stage("repository sweep", start=lambda: sweep_store(s.loader.store)),  # a crash's debris, before the scan
+        Stage("repository sweep", start=s.models.sweep),  # a crash's debris, before the scan
         Stage("state store", start=start_state, stop=s.state_store.close),
         Stage("loader", start=start_loader, stop=stop_loader),
         Stage("model control", start=s.control.start, stop=s.control.close),
@@ -242,8 +217,8 @@ def lifecycle(ordered: list[Stage]):
 
 async def _metrics_handler(request: web.Request) -> web.Response:
     app = request.app
-    loader, metrics = app[LOADER], app[METRICS]
-    loader.update_gauges()
+    metrics = app[METRICS]
+    app[MODELS].update_gauges()
     for key_id, quota in app[KEYRING].limiter.usage().items():
         metrics.key_quota_used.labels(key_id).set(quota["used"])
         metrics.key_quota_limit.labels(key_id).set(quota["limit"])
@@ -258,12 +233,12 @@ async def _metrics_handler(request: web.Request) -> web.Response:
 
 
 def v2_handlers(s: Services) -> V2Handlers:
-    return V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits, s.decode_pool, s.plane)
+    return V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits, s.decode_pool, s.plane, s.control)
 
 
 def v2_routes(s: Services, v2: V2Handlers) -> list[web.RouteDef]:
     """Open Inference Protocol, Triton's extensions, and mlserve's own per-model views under /v2."""
-    admin = AdminHandlers(s.loader, s.control, s.plane)
+    admin = AdminHandlers(s.control, s.plane)
     drift = DriftHandlers(s.monitor, s.inference)
     traffic = TrafficHandlers(s.inference.traffic, s.control)
     return [
@@ -291,7 +266,7 @@ def v2_routes(s: Services, v2: V2Handlers) -> list[web.RouteDef]:
 
 def admin_routes(s: Services) -> list[web.RouteDef]:
     """mlserve's control of what each model serves and how traffic splits."""
-    admin = AdminHandlers(s.loader, s.control, s.plane)
+    admin = AdminHandlers(s.control, s.plane)
     traffic = TrafficHandlers(s.inference.traffic, s.control)
     return [
         web.get("/admin/models/{model}", admin.state),
@@ -304,7 +279,7 @@ def admin_routes(s: Services) -> list[web.RouteDef]:
         web.get("/admin/models/{model}/rollout", traffic.get_rollout),
         web.post("/admin/models/{model}/rollout", traffic.start_rollout),
         web.delete("/admin/models/{model}/rollout", traffic.cancel_rollout),
-        *optimize_routes(s.optimize_jobs, s.loader, s.plane, s.config.registry.trust_repository, s.auto_optimizer,
+        *optimize_routes(s.optimize_jobs, s.models, s.config.registry.trust_repository, s.auto_optimizer,
                          s.inference.traffic, s.config.registry.trust_uploads),
     ]
 
@@ -341,7 +316,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     if s.gate.browser.is_cors_on:
         app.on_response_prepare.append(cors_signal(s.gate.browser))
     app[CONFIG], app[STATE], app[METRICS], app[LIMITS] = config, s.state, s.metrics, config.limits
-    app[KEYRING], app[MONITOR], app[LOADER], app[SERVICE] = s.gate.keyring, s.monitor, s.loader, s.inference
+    app[KEYRING], app[MONITOR], app[MODELS], app[SERVICE] = s.gate.keyring, s.monitor, s.models, s.inference
     app[PLANE] = s.plane
     app[V2] = v2_handlers(s)
     app[BROWSER] = s.gate.browser

@@ -6,18 +6,16 @@ from __future__ import annotations
 from mlserve.dataplane import DataPlane
 from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput
-from mlserve.registry.loader import HotSwapLoader
-from mlserve.registry.safety import check_model_name
+from mlserve.spec.names import check_model_name
 from mlserve.server.grpc_codec import parameters_dict
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 from mlserve.server.triton_upload import check_unload_parameters, load_model
 
 
 class RepositoryCalls:
-    """Mixed into the servicer, which provides `loader`, `plane`, `control` and `_call`. Loads and unloads
+    """Mixed into the servicer, which provides `plane`, `control` and `_call`. Loads and unloads
     pass through ModelControl, which shares them with the other replicas."""
 
-    loader: HotSwapLoader
     plane: DataPlane
     control: ModelControl
 
@@ -25,7 +23,7 @@ class RepositoryCalls:
         async def work(key):
             if request.repository_name:
                 raise InvalidInput(f"unknown repository {request.repository_name!r}: mlserve serves one")
-            await self.loader.reconcile(f"grpc {context.peer()}")
+            await self.control.reconcile(f"grpc {context.peer()}")
             answer = pb.RepositoryIndexResponse()
             for row in self.plane.index(request.ready):
                 answer.models.add(**row)
@@ -39,7 +37,7 @@ class RepositoryCalls:
                 raise InvalidInput(f"unknown repository {request.repository_name!r}: mlserve serves one")
             name = check_model_name(request.model_name)
             parameters, who = parameters_dict(request.parameters), f"grpc {context.peer()}"
-            await self.control.load(name, who, lambda: load_model(self.loader, name, parameters, False, who))
+            await load_model(self.control, name, parameters, False, who)
             return pb.RepositoryModelLoadResponse()
 
         return await self._call(context, "RepositoryModelLoad", work)

@@ -100,7 +100,6 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
         self._metrics = metrics
         self._gate = gate
         self._limits = limits
-        self.loader = service.loader
 
     async def _call(self, context: grpc.aio.ServicerContext, rpc: str, work: Callable[[ApiKey | None], Awaitable]):
         """Gate `rpc` as its HTTP path, run, map errors. Anything unexpected is logged once, naming

@@ -1,31 +1,13 @@
-"""The drift view, and the hooks that connect the monitor to the loader, the service and /metrics."""
+"""The drift view (the hooks that feed the monitor are wired in mlserve/dataplane/models.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aiohttp import web
 
-from mlserve.dataplane import DataPlane
 from mlserve.errors import ModelNotFound
-from mlserve.monitor.collectors import VersionStatus
 from mlserve.monitor.hub import Monitor
-from mlserve.monitor.metrics import Metrics
-from mlserve.registry.loader import HotSwapLoader
-from mlserve.registry.repository import ModelEntry
 from mlserve.routing.service import InferenceService
 from mlserve.server.response import json_response
-from mlserve.spec import ModelInfo
-
-
-def _version_statuses(plane: DataPlane) -> list[VersionStatus]:
-    out = []
-    for served in plane.served():
-        for version, sv in list(served.versions.items()):
-            in_flight = sv.batcher.num_in_flight if sv.batcher is not None else 0
-            capacity = served.entry.config.batching.max_queue_size
-            out.append(VersionStatus(served.name, str(version), sv.state.name, in_flight, capacity))
-    return out
 
 
 class DriftHandlers:
@@ -48,19 +30,3 @@ class DriftHandlers:
                 "(drift is off for it, or its reference could not be read: see the server log)"
             )
         return json_response(monitor.report().to_dict())
-
-
-def connect_monitor(monitor: Monitor, metrics: Metrics, loader: HotSwapLoader, service: InferenceService,
-                    plane: DataPlane) -> None:
-    """Hook the monitor to version loads and answered requests, and export its metrics."""
-    service.monitor = monitor
-
-    def loaded(model: str, version: int, path: Path, entry: ModelEntry, info: ModelInfo) -> None:
-        outputs = tuple(s.name for s in info.outputs)
-        monitor.add_version(model, str(version), path, entry.config.drift, outputs)
-
-    loader.on_loaded.append(loaded)
-    loader.on_unloaded.append(lambda model, version: monitor.remove_version(model, str(version)))
-    metrics.watch_versions(lambda: _version_statuses(plane))
-    metrics.watch_drift(monitor.drift_reports)
-    metrics.watch_gpu()

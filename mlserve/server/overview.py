@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mlserve import __version__
-from mlserve.dataplane import DataPlane
+from mlserve.dataplane import DataPlane, ServedModel, ServedVersion
 from mlserve.monitor.history import MetricsHistory
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
-from mlserve.registry.loader import ServedModel, ServedVersion
 from mlserve.routing.manager import TrafficManager
 
 TOP_FEATURES = 8

@@ -12,8 +12,7 @@ from google.protobuf import json_format
 from mlserve.errors import ModelNotFound
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import VersionStats
-from mlserve.dataplane import DataPlane
-from mlserve.registry.served import VersionState
+from mlserve.dataplane import DataPlane, VersionState
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 
 def _cache_counts(metrics: Metrics | None) -> dict[tuple[str, str, str], int]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from mlserve.registry.served import ServedModel, ServedVersion
+from mlserve.dataplane import ServedModel, ServedVersion
 from mlserve.spec import BatchingSpec, ModelConfig, TensorSpec, VersionPolicy
 from mlserve.routing.classification import labels_path
 from mlserve.server.grpc_proto import model_config_pb2

@@ -15,9 +15,10 @@ from typing import Any, Mapping
 
 from google.protobuf import json_format
 
+from mlserve.dataplane import ServedModel, Upload, check_file_path
+from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput, MlserveError
-from mlserve.registry.loader import HotSwapLoader, ServedModel
-from mlserve.registry.upload import Upload, check_file_path, publish
+from mlserve.state import StateUnavailable
 from mlserve.server.grpc_proto import model_config_pb2
 
 _PLATFORMS = {"onnxruntime_onnx": "onnx", "onnxruntime": "onnx", "pytorch_libtorch": "torchscript",
@@ -146,16 +147,16 @@ def toml_from_config(model: str, text: str, current: Mapping[str, Any]) -> dict[
     return out
 
 
-async def load_model(loader: HotSwapLoader, name: str, parameters: Mapping[str, Any], is_base64: bool,
+async def load_model(control: ModelControl, name: str, parameters: Mapping[str, Any], is_base64: bool,
                      who: str) -> ServedModel:
     """Triton's load over HTTP and gRPC alike: with parameters it uploads (files written, the config
-    held for this load), without it loads the repository's folder. Every error it raises says
+    held for this load), without it loads the repository's folder. Every error the load raises says
     "failed to load 'name'", the words Triton's clients and examples look for."""
+    build = (lambda toml: upload_from_parameters(name, parameters, toml, is_base64)) if parameters else None
     try:
-        if parameters:
-            return await publish(loader, name, lambda toml: upload_from_parameters(name, parameters, toml, is_base64),
-                                 who)
-        return await loader.load(name, who)
+        return await control.load(name, who, build)
+    except StateUnavailable:
+        raise  # the shared state's refusal, not the load's
     except MlserveError as exc:
         if "failed to load" not in str(exc):
             exc.args = (f"failed to load {name!r}, {exc}",)

@@ -10,6 +10,7 @@ from aiohttp import web
 from mlserve import __version__
 from mlserve.config import LimitsConfig
 from mlserve.dataplane import DataPlane
+from mlserve.dataplane.control import ModelControl
 from mlserve.errors import MlserveError
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService
@@ -40,10 +41,11 @@ class V2Handlers:
 
     def __init__(
         self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate, limits: LimitsConfig,
-        decode_pool: DecodePool, plane: DataPlane,
+        decode_pool: DecodePool, plane: DataPlane, control: ModelControl,
     ) -> None:
         self._service = service
         self._plane = plane
+        self._control = control
         self._state = state
         self._metrics = metrics
         self._gate = gate
@@ -154,7 +156,7 @@ class V2Handlers:
         body = await request.read()
         options = parse_json(body) if body.strip() else {}
         if options.get("reload", True) is not False:
-            await self._service.loader.reconcile(f"api {request.remote}")
+            await self._control.reconcile(f"api {request.remote}")
         rows = self._plane.index(options.get("ready") is True)
         # Over HTTP a row with no version has no `version` key (over gRPC it is "").
         return _json([{k: v for k, v in row.items() if k != "version" or v} for row in rows])

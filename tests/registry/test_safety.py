@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mlserve.errors import InvalidInput, ModelLoadError
-from mlserve.registry.safety import check_model_name, check_object_key, check_version_folder, check_version_name
+from mlserve.registry.safety import check_object_key, check_version_folder
+from mlserve.spec.names import check_model_name, check_version_name
 
 
 @pytest.mark.parametrize("name", ["..", "../etc", "a/../b", "/abs", "A", "", "a..b", "a/b", ".hidden", "a\\b"])

@@ -1,0 +1,114 @@
+"""The model side of the server, built in one place: the repository (a folder, S3 or MLflow), the
+loader over it, the two doors (`DataPlane`, `ModelControl`) and the hooks that tie the loader to the
+monitor and the optimizer. The composition root (server/app.py) holds a `Models` and never the
+registry's own types, so no protocol module reaches past the doors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mlserve.config import Config, JobsConfig
+from mlserve.dataplane.control import ModelControl
+from mlserve.dataplane.plane import DataPlane
+from mlserve.monitor.collectors import VersionStatus
+from mlserve.monitor.hub import Monitor
+from mlserve.monitor.metrics import Metrics
+from mlserve.optimize.auto import AutoOptimizer, ledger_dir
+from mlserve.optimize.jobs import OptimizeJobs
+from mlserve.registry.loader import HotSwapLoader
+from mlserve.registry.local import LocalStore
+from mlserve.registry.repository import ModelEntry
+from mlserve.registry.store import Store
+from mlserve.registry.stores import open_store
+from mlserve.registry.sweep import sweep_store
+from mlserve.routing.service import InferenceService
+from mlserve.spec import ModelInfo
+from mlserve.state import StateStore
+
+
+@dataclass(slots=True)
+class Models:
+    """The loader and the doors over it; what the server starts, stops and asks about its repository."""
+
+    loader: HotSwapLoader
+    plane: DataPlane
+
+    @classmethod
+    def open(cls, config: Config, metrics: Metrics, shared: StateStore, store: Store | None = None) -> Models:
+        loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry,
+                               metrics, state_store=shared)
+        return cls(loader, DataPlane(loader))
+
+    def control(self, shared: StateStore, service: InferenceService) -> ModelControl:
+        return ModelControl(shared, self.loader, service.traffic)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Debris a crash left in the repository (staging, dead servers' job folders), before the scan."""
+        await sweep_store(self.loader.store)
+
+    async def start(self, on_reconciled: Callable[[str], None] | None = None) -> None:
+        self.loader.on_reconciled = on_reconciled
+        await self.loader.start()
+
+    async def close(self) -> None:
+        await self.loader.close()
+
+    def describe(self) -> str:
+        return self.loader.store.describe()
+
+    def trigger(self, source: str) -> None:
+        """Reconcile soon (SIGHUP)."""
+        self.loader.trigger(source)
+
+    def num_hung_workers(self) -> int:
+        return self.loader.num_hung_workers()
+
+    def update_gauges(self) -> None:
+        self.loader.update_gauges()
+
+    @property
+    def local_root(self) -> Path | None:
+        """The repository's folder when it is a local one (optimize publishes only there)."""
+        return self.loader.store.root if isinstance(self.loader.store, LocalStore) else None
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def connect_monitor(self, monitor: Monitor, metrics: Metrics, service: InferenceService) -> None:
+        """Hook the monitor to version loads and answered requests, and export its metrics."""
+        service.monitor = monitor
+
+        def loaded(model: str, version: int, path: Path, entry: ModelEntry, info: ModelInfo) -> None:
+            outputs = tuple(s.name for s in info.outputs)
+            monitor.add_version(model, str(version), path, entry.config.drift, outputs)
+
+        self.loader.on_loaded.append(loaded)
+        self.loader.on_unloaded.append(lambda model, version: monitor.remove_version(model, str(version)))
+        metrics.watch_versions(lambda: _version_statuses(self.plane))
+        metrics.watch_drift(monitor.drift_reports)
+        metrics.watch_gpu()
+
+    def optimize_jobs(self, control: ModelControl, config: JobsConfig, store: StateStore | None = None) -> OptimizeJobs:
+        """The job manager, publishing through the control door (a rollout it starts is shared and
+        driven like one started by hand)."""
+        return OptimizeJobs(control.deploy, config, store)
+
+    def auto_optimizer(self, jobs: OptimizeJobs, config: Config) -> AutoOptimizer:
+        """Automatic runs publish into a local repository; their ledger sits beside the job records."""
+        root = self.local_root
+        return AutoOptimizer(jobs, self.loader, root, ledger_dir(config.jobs.state_dir, root),
+                             config.registry.trust_repository, config.registry.trust_uploads)
+
+
+def _version_statuses(plane: DataPlane) -> list[VersionStatus]:
+    out = []
+    for served in plane.served():
+        for version, sv in list(served.versions.items()):
+            in_flight = sv.batcher.num_in_flight if sv.batcher is not None else 0
+            capacity = served.entry.config.batching.max_queue_size
+            out.append(VersionStatus(served.name, str(version), sv.state.name, in_flight, capacity))
+    return out
