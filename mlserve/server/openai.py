@@ -20,7 +20,6 @@ from mlserve.routing.service import InferenceService
 from mlserve.server.limits import LIMITS, timeout_s
 from mlserve.server.middleware import TENANT
 from mlserve.server.openai_embeddings import EmbeddingHandlers
-from mlserve.server.openai_errors import openai_error_middleware
 from mlserve.server.openai_extras import ExtraHandlers, read_json
 from mlserve.server.openai_format import choice_logprobs, deadline_message, usage
 from mlserve.server.openai_protocol import GenerationRequest, parse_generation
@@ -147,8 +146,9 @@ async def _stream(request: web.Request, req: GenerationRequest, run: GenerationR
         except ConnectionResetError:  # the client went away: its sequences are cancelled, nothing to log
             return response, completion
         except errors.MlserveError as exc:  # the status line has gone out: report it in the stream
-            await _send(response, {"error": {"message": str(exc), "type": "server_error", "param": None,
-                                             "code": None}})
+            kind = errors.kind_of(exc)
+            await _send(response, {"error": {"message": str(exc), "type": kind.openai_type, "param": None,
+                                             "code": kind.openai_code}})
     try:
         if req.include_usage:
             await _send(response, {**head, "choices": [], "usage": usage(run, completion)})
@@ -208,7 +208,7 @@ def openai_app(service: InferenceService, metrics: Metrics, limiter: TenantLimit
     """The /v1 sub-application: OpenAI's generation, embedding and model routes."""
     handlers = OpenAIHandlers(service, metrics, limiter)
     extras = ExtraHandlers(service.generation)
-    app = web.Application(middlewares=[openai_error_middleware])
+    app = web.Application()  # its errors take OpenAI's shape in the front middleware (middleware.error_shape)
     app.add_routes([
         web.get("/models", extras.models),
         web.get("/models/{model}", extras.model),

@@ -14,8 +14,8 @@ from mlserve.errors import MlserveError
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService
 from mlserve.server.decode_pool import LARGE_JSON_BYTES, DecodePool
-from mlserve.server.middleware import Gate, error_response, http_error_response, internal_error, one_pass
-from mlserve.server.response import json_response
+from mlserve.server.middleware import Gate, http_error_response, internal_error, one_pass
+from mlserve.server.response import error_response, json_response
 from mlserve.server.state import ServerState
 from mlserve.server.triton_config import model_config_dict
 from mlserve.server.v2_codec import (
