@@ -17,10 +17,10 @@ from mlserve.config import LimitsConfig
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.generate import GenerateRequest, GenerationRun, TokenLimits
 from mlserve.routing.service import InferenceService
-from mlserve.server.limits import LIMITS, timeout_s
+from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import TENANT
 from mlserve.server.openai_embeddings import EmbeddingHandlers
-from mlserve.server.openai_extras import ExtraHandlers, read_json
+from mlserve.server.openai_extras import ExtraHandlers, read_model_body
 from mlserve.server.openai_format import choice_logprobs, deadline_message, usage
 from mlserve.server.openai_protocol import GenerationRequest, parse_generation
 from mlserve.server.ratelimit import TenantLimiter
@@ -53,7 +53,7 @@ class OpenAIHandlers:
         return await self._generate(request, is_chat=True)
 
     async def _generate(self, request: web.Request, is_chat: bool) -> web.StreamResponse:
-        req = parse_generation(await read_json(request), is_chat)
+        req = parse_generation(await read_model_body(request), is_chat)
         limits = request.config_dict.get(LIMITS) or LimitsConfig()
         key = request.get(TENANT)
         limiter = self._limiter if key is not None else None
@@ -61,7 +61,7 @@ class OpenAIHandlers:
             refusal = await limiter.check_tokens(key.key_id)
             if refusal is not None:
                 raise errors.Overloaded(refusal.reason, refusal.retry_after_s)
-        seconds = timeout_s({}, limits)
+        seconds = limits.default_timeout_s or None
         started = time.monotonic()
         try:
             async with asyncio.timeout(seconds):
