@@ -56,7 +56,8 @@ class JobNotFound(MlserveError):
 
 
 class Forbidden(MlserveError):
-    """The request names something this server may not touch (a path outside the allowed folder)."""
+    """The request may not do this: its key lacks the scope, the route is off on this address, or it
+    names something this server may not touch (a path outside the allowed folder)."""
 
 
 class Overloaded(MlserveError):

@@ -73,3 +73,9 @@ def test_retry_after_and_the_authentication_challenge_come_with_the_answer():
     assert error_response(errors.ServerBusy("busy")).headers["Retry-After"] == "1"
     assert "Retry-After" not in error_response(errors.InvalidInput("bad")).headers
     assert error_response(errors.Unauthenticated("who")).headers["WWW-Authenticate"] == 'Bearer realm="mlserve"'
+
+
+def test_openapi_documents_each_status_of_the_table():
+    from mlserve.server.openapi import ERROR_STATUSES
+
+    assert set(ERROR_STATUSES) == {str(kind.http_status) for kind in errors.ERROR_TABLE.values()}
