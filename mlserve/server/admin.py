@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from mlserve.dataplane import DataPlane, ServedModel
 from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput
 from mlserve.spec.names import check_model_name
+from mlserve.server.json_body import read_json
 from mlserve.server.response import json_response
 from mlserve.server.triton_upload import check_unload_parameters, load_model
 from mlserve.spec.version import parse_version
@@ -37,12 +37,7 @@ def _model(request: web.Request) -> str:
 
 
 async def _pin_version(request: web.Request) -> int:
-    body = await request.read()
-    try:
-        parsed = orjson.loads(body) if body.strip() else None
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    version = parsed.get("version") if isinstance(parsed, dict) else None
+    version = (await read_json(request, empty_ok=True)).get("version")
     if version is None:
         raise InvalidInput('the body must be {"version": N} with N a positive integer')
     return parse_version(version)
@@ -50,14 +45,8 @@ async def _pin_version(request: web.Request) -> int:
 
 async def _parameters(request: web.Request) -> dict[str, Any]:
     """The `parameters` of a repository load or unload body (an empty body has none)."""
-    body = await request.read()
-    if not body.strip():
-        return {}
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(parsed, dict) or set(parsed) - {"parameters"}:
+    parsed = await read_json(request, empty_ok=True)
+    if set(parsed) - {"parameters"}:
         raise InvalidInput('the body must be {"parameters": {...}} or empty')
     parameters = parsed.get("parameters") or {}
     if not isinstance(parameters, dict):

@@ -35,7 +35,6 @@ from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, cors_signal, front_middleware
 from mlserve.server.monitor_routes import DriftHandlers
 from mlserve.server.openai import openai_app, vllm_routes
-from mlserve.server.openai_errors import openai_error_middleware
 from mlserve.server.openapi import openapi_handler
 from mlserve.server.optimize_routes import optimize_routes
 from mlserve.server.origin import BrowserGate
@@ -309,9 +308,9 @@ def status_routes(s: Services) -> list[web.RouteDef]:
 
 def create_app(config: Config, store: Store | None = None) -> web.Application:
     s = build_services(config, store)
-    # One middleware: the gate (auth, limits) and JSON errors; the v2 infer route does both itself.
-    # Outside the gate, OpenAI's paths get OpenAI's error shape for its refusals too (one prefix test for others).
-    app = web.Application(middlewares=[openai_error_middleware, front_middleware(s.gate)],
+    # One middleware: the gate (auth, limits) and JSON errors in the route's protocol's shape (OpenAI's
+    # on /v1 and vLLM's extras); the v2 infer route does both itself.
+    app = web.Application(middlewares=[front_middleware(s.gate)],
                           client_max_size=config.server.max_body_bytes)
     if s.gate.browser.is_cors_on:
         app.on_response_prepare.append(cors_signal(s.gate.browser))

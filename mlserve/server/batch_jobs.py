@@ -3,11 +3,9 @@ shares each version with live traffic)."""
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from mlserve.config import Config
-from mlserve.errors import InvalidInput
 from mlserve.jobs.manager import JobManager
 from mlserve.jobs.metrics import JobsCollector
 from mlserve.jobs.s3files import S3Files
@@ -16,6 +14,7 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
 from mlserve.server.openai_protocol import parse_generation
+from mlserve.server.json_body import read_json
 from mlserve.server.response import json_response
 from mlserve.state import StateStore
 
@@ -28,11 +27,7 @@ class BatchJobHandlers:
         self._manager = manager
 
     async def create(self, request: web.Request) -> web.Response:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
-        record = await self._manager.submit(body)
+        record = await self._manager.submit(await read_json(request))
         return json_response(self._manager.view(record), 201)
 
     async def list(self, request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from typing import AsyncIterator
 
 import grpc
 
+from mlserve import errors
 from mlserve.keys import ApiKey
 from mlserve.server.auth import Access, bearer_token
 from mlserve.server.middleware import Gate
@@ -27,13 +28,26 @@ RPC_PATHS = {
 """Each unary RPC -> the HTTP path whose policy judges it."""
 
 
-@dataclass(frozen=True, slots=True)
 class Refused(Exception):
-    """A call the gate turned away: the gRPC status code name, the message, and when to retry."""
+    """A call the gate turned away, and why: an error whose gRPC code (`errors.ERROR_TABLE`), message
+    and retry time the servicer sends. Kept apart from the errors a call itself raises: on a stream,
+    a refusal ends the stream while a failed request is answered in it."""
 
-    code: str
-    message: str
-    retry_after_s: float | None = None
+    def __init__(self, error: errors.MlserveError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    @property
+    def code(self) -> str:
+        return errors.kind_of(self.error).grpc_code
+
+    @property
+    def message(self) -> str:
+        return str(self.error)
+
+    @property
+    def retry_after_s(self) -> float | None:
+        return self.error.retry_after_s
 
 
 async def authorize(gate: Gate, path: str, authorization: str | None, peer: str = "") -> ApiKey | None:
@@ -42,25 +56,25 @@ async def authorize(gate: Gate, path: str, authorization: str | None, peer: str 
     if access is Access.OPEN:
         return None
     if access is Access.DISABLED:
-        raise Refused("PERMISSION_DENIED", "admin and repository calls are off on this address "
-                                           "(bind to loopback or set auth.admin_enabled)")
+        raise Refused(errors.Forbidden("admin and repository calls are off on this address "
+                                       "(bind to loopback or set auth.admin_enabled)"))
     if not gate.keyring.is_enabled:
         if access is Access.ADMIN:
             gate.audit.record("gRPC", path, _address(peer))
         return None
     token = bearer_token(authorization)
     if token is None:
-        raise Refused("UNAUTHENTICATED", "an API key is required: send metadata 'authorization: Bearer <key>'")
+        raise Refused(errors.Unauthenticated("an API key is required: send metadata 'authorization: Bearer <key>'"))
     result = await gate.keyring.authenticate(token, _address(peer))
     if result.is_throttled:
-        raise Refused("RESOURCE_EXHAUSTED", "too many failed checks of this API key from this address; retry later",
-                      result.retry_after_s)
+        raise Refused(errors.Overloaded("too many failed checks of this API key from this address; retry later",
+                                        result.retry_after_s))
     key = result.key
     if key is None:
-        raise Refused("UNAUTHENTICATED", "the API key is not valid (unknown, malformed or revoked)")
+        raise Refused(errors.Unauthenticated("the API key is not valid (unknown, malformed or revoked)"))
     scope = "admin" if access is Access.ADMIN else "infer"
     if not key.has_scope(scope):
-        raise Refused("PERMISSION_DENIED", f"key {key.name!r} lacks the {scope!r} scope this call needs")
+        raise Refused(errors.Forbidden(f"key {key.name!r} lacks the {scope!r} scope this call needs"))
     return key
 
 
@@ -80,10 +94,10 @@ async def admitted(gate: Gate, key: ApiKey | None, is_open: bool) -> AsyncIterat
     if key is not None:
         refusal = await gate.keyring.limiter.admit(key.key_id)  # a store call once per leased block, not per request
         if refusal is not None:
-            raise Refused("RESOURCE_EXHAUSTED", refusal.reason, max(1.0, math.ceil(refusal.retry_after_s)))
+            raise Refused(errors.Overloaded(refusal.reason, max(1.0, math.ceil(refusal.retry_after_s))))
     try:
         if not gate.in_flight.try_acquire():
-            raise Refused("UNAVAILABLE", f"server is at its limit of {gate.in_flight.limit} requests in flight", 1.0)
+            raise Refused(errors.ServerBusy(f"server is at its limit of {gate.in_flight.limit} requests in flight"))
         try:
             yield
         finally:

@@ -1,7 +1,7 @@
 """KServe v2 / Triton GRPCInferenceService on grpcio's asyncio server, on the HTTP server's event loop.
 
 Every RPC passes the same gate as HTTP (grpc_gate.py), inference goes through the same
-`InferenceService.infer`, and errors leave with the gRPC code of GRPC_ERROR_STATUS.
+`InferenceService.infer`, and errors leave with their gRPC code in `errors.ERROR_TABLE`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from mlserve.server.grpc_gate import (HEALTH_PATH, MODEL_PATH, RPC_PATHS, Malfor
 from mlserve.server.grpc_proto import grpc_service_pb2 as pb
 from mlserve.server.grpc_proto import grpc_service_pb2_grpc as pb_grpc
 from mlserve.server.grpc_repository import RepositoryCalls
-from mlserve.server.middleware import GRPC_ERROR_STATUS, Gate, status_for
+from mlserve.server.middleware import Gate, status_for
 from mlserve.server.state import ServerState
 from mlserve.server.stats_routes import statistics_message
 from mlserve.server.triton_config import model_config_message
@@ -40,10 +40,7 @@ log = logging.getLogger("mlserve.grpc")
 
 
 def grpc_code(exc: errors.MlserveError) -> grpc.StatusCode:
-    for cls, name in GRPC_ERROR_STATUS:
-        if isinstance(exc, cls):
-            return grpc.StatusCode[name]
-    return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode[errors.kind_of(exc).grpc_code]
 
 
 def _headers(context: grpc.aio.ServicerContext) -> CIMultiDictProxy[str]:
@@ -112,8 +109,7 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
         except Refused as refused:
             await _abort(context, grpc.StatusCode[refused.code], refused.message, refused.retry_after_s)
         except errors.MlserveError as exc:
-            retry = exc.retry_after_s if isinstance(exc, errors.Overloaded) else None
-            await _abort(context, grpc_code(exc), str(exc), retry)
+            await _abort(context, grpc_code(exc), str(exc), exc.retry_after_s)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception:
@@ -248,7 +244,7 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
                 if message is None:
                     break
                 if isinstance(message, Malformed):
-                    raise Refused("INVALID_ARGUMENT", malformed_message(message))
+                    raise Refused(errors.InvalidInput(malformed_message(message)))
                 if keyring.generation != generation:
                     generation = keyring.generation
                     key = await authorize(self._gate, MODEL_PATH, _metadata(context, "authorization"), context.peer())

@@ -1,5 +1,6 @@
-"""The one table from error class to HTTP status, the gate (the browser checks, authentication,
-per-key limits, the in-flight bound), and the one middleware that applies both to every route.
+"""Errors to HTTP answers in the shape of the route's protocol (statuses from
+`mlserve.errors.ERROR_TABLE`), the gate (the browser checks, authentication, per-key limits, the
+in-flight bound), and the one middleware that applies both to every route.
 
 The browser checks (Host, Origin, Content-Type: `origin.BrowserGate`) run first on every request,
 open routes and the hot path included. The v2 infer route is then marked `one_pass`: it calls the
@@ -19,46 +20,24 @@ from mlserve.keys import ApiKey
 from mlserve.server.auth import Access, AdminAudit, KeyRing, PathPolicy, TrustedProxies, bearer_token
 from mlserve.server.origin import BrowserGate
 from mlserve.server.ratelimit import InFlight
-from mlserve.server.response import json_error
+from mlserve.server.response import ErrorShape, error_response, status_response
 from mlserve.server.state import ServerState
 
 log = logging.getLogger("mlserve.server")
 
-# Most specific first: PayloadTooLarge and Conflict are InvalidInputs.
-ERROR_STATUS: tuple[tuple[type[errors.MlserveError], int], ...] = (
-    (errors.PayloadTooLarge, 413),
-    (errors.Conflict, 409),
-    (errors.ModelNotFound, 404),
-    (errors.JobNotFound, 404),
-    (errors.ModelNotReady, 503),
-    (errors.InvalidInput, 400),
-    (errors.Forbidden, 403),
-    (errors.Overloaded, 429),
-    (errors.RequestTimeout, 504),
-    (errors.ModelLoadError, 400),
-    (errors.InferenceFailed, 500),
-)
-
-
-# The same errors as gRPC status code names (grpc.StatusCode members), for the gRPC server.
-GRPC_ERROR_STATUS: tuple[tuple[type[errors.MlserveError], str], ...] = (
-    (errors.PayloadTooLarge, "RESOURCE_EXHAUSTED"),
-    (errors.Conflict, "ALREADY_EXISTS"),
-    (errors.ModelNotFound, "NOT_FOUND"),
-    (errors.ModelNotReady, "UNAVAILABLE"),
-    (errors.InvalidInput, "INVALID_ARGUMENT"),
-    (errors.Overloaded, "RESOURCE_EXHAUSTED"),
-    (errors.RequestTimeout, "DEADLINE_EXCEEDED"),
-    (errors.ModelLoadError, "INVALID_ARGUMENT"),
-    (errors.InferenceFailed, "INTERNAL"),
-)
-
 
 def status_for(exc: errors.MlserveError) -> int:
-    for cls, status in ERROR_STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
+    """The HTTP status of an error, from `errors.ERROR_TABLE`."""
+    return errors.kind_of(exc).http_status
+
+
+OPENAI_PATHS = ("/v1/", "/tokenize", "/detokenize")
+"""The routes that answer errors in OpenAI's shape: the /v1 sub-application and vLLM's extras."""
+
+
+def error_shape(request: web.Request) -> ErrorShape:
+    """The error shape of the protocol the request's route belongs to, decided before anything runs."""
+    return ErrorShape.OPENAI if request.path.startswith(OPENAI_PATHS) else ErrorShape.PLAIN
 
 
 ONE_PASS = "mlserve_one_pass"
@@ -70,39 +49,32 @@ def one_pass(handler):
     return handler
 
 
-def error_response(exc: errors.MlserveError) -> web.Response:
-    headers = None
-    if isinstance(exc, errors.Overloaded):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
-    return json_error(status_for(exc), str(exc), headers)
-
-
-def http_error_response(exc: web.HTTPException) -> web.Response:
+def http_error_response(exc: web.HTTPException, shape: ErrorShape = ErrorShape.PLAIN) -> web.Response:
     message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
     if exc.status == 413:
         message = f"request body too large: {exc.text}"
-    return json_error(exc.status, message, {k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+    return status_response(exc.status, message, shape, {k: v for k, v in exc.headers.items() if k.lower() == "allow"})
 
 
-def internal_error(request: web.Request) -> web.Response:
+def internal_error(request: web.Request, shape: ErrorShape = ErrorShape.PLAIN) -> web.Response:
     """Call from an `except` block: logs the traceback once, with a req_id the client also sees."""
     req_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     log.exception("internal error on %s %s (req_id %s)", request.method, request.path, req_id)
-    return json_error(500, f"internal server error (req_id {req_id})")
+    return error_response(errors.MlserveError(f"internal server error (req_id {req_id})"), shape)
 
 
-async def _answer(request: web.Request, handler) -> web.StreamResponse:
-    """Every failure leaves as JSON {"error": ...}; anything unexpected is logged once with its req_id."""
+async def _answer(request: web.Request, handler, shape: ErrorShape) -> web.StreamResponse:
+    """Every failure leaves as JSON in the route's shape; anything unexpected is logged once with its req_id."""
     try:
         return await handler(request)
     except errors.MlserveError as exc:
-        return error_response(exc)
+        return error_response(exc, shape)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return http_error_response(exc)
+        return http_error_response(exc, shape)
     except Exception:
-        return internal_error(request)
+        return internal_error(request, shape)
 
 
 # --- Access and admission: authentication, per-key limits, server-wide bounds -------------------
@@ -125,22 +97,21 @@ class Gate:
     audit: AdminAudit
     ready_tracks_saturation: bool = False
 
-    async def enter(self, request: web.Request, access: Access = Access.INFER) -> tuple[web.Response | None, ApiKey | None]:
+    async def enter(self, request: web.Request, access: Access = Access.INFER,
+                    shape: ErrorShape = ErrorShape.PLAIN) -> tuple[web.Response | None, ApiKey | None]:
         """(refusal, None), or (None, the key or None) once admitted: then `leave` must follow."""
-        refused = _content_too_long(request, self.max_body_bytes)
+        refused = _content_too_long(request, self.max_body_bytes, shape)
         if refused is not None:
             return refused, None
-        try:
+        try:  # the refusals (401, 403, 429; 429 too when many keys are being verified at once)
             outcome = await _authenticate(self, request, access)
-        except errors.MlserveError as exc:  # too many keys being verified at once: 429
-            return error_response(exc), None
-        if isinstance(outcome, web.Response):
-            return outcome, None
+        except errors.MlserveError as exc:
+            return error_response(exc, shape), None
         if not self.in_flight.try_acquire():
             if outcome is not None:
                 self.keyring.limiter.release(outcome.key_id)
-            return json_error(503, f"server is at its limit of {self.in_flight.limit} requests in flight",
-                              {"Retry-After": "1"}), None
+            busy = errors.ServerBusy(f"server is at its limit of {self.in_flight.limit} requests in flight")
+            return error_response(busy, shape), None
         request[TENANT] = outcome
         _track_saturation(self)
         return None, outcome
@@ -157,39 +128,39 @@ class Gate:
             self.keyring.limiter.release(key.key_id)
 
 
-def _content_too_long(request: web.Request, limit: int) -> web.Response | None:
+def _content_too_long(request: web.Request, limit: int, shape: ErrorShape) -> web.Response | None:
     """413 from the declared length alone: the body is never read into memory."""
     length = request.content_length
     if length is None or length <= limit:
         return None
-    response = json_error(413, f"request body of {length} bytes is over the limit of {limit} bytes")
+    too_large = errors.PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
+    response = error_response(too_large, shape)
     response.force_close()
     return response
 
 
-async def _authenticate(gate: Gate, request: web.Request, access: Access) -> web.Response | ApiKey | None:
-    """The ApiKey, None when authentication is off, or the 401/403/429 response to send."""
+async def _authenticate(gate: Gate, request: web.Request, access: Access) -> ApiKey | None:
+    """The ApiKey, or None when authentication is off; raises the refusal (401, 403, 429) otherwise."""
     if not gate.keyring.is_enabled:
         if access is Access.ADMIN:
             gate.audit.record(request.method, _route_path(request), gate.client_address(request))
         return None
     token = bearer_token(request.headers.get("Authorization"))
-    challenge = {"WWW-Authenticate": 'Bearer realm="mlserve"'}
     if token is None:
-        return json_error(401, "an API key is required: send 'Authorization: Bearer <key>'", challenge)
+        raise errors.Unauthenticated("an API key is required: send 'Authorization: Bearer <key>'")
     result = await gate.keyring.authenticate(token, gate.client_address(request))
-    if result.is_throttled:
-        return json_error(429, "too many failed checks of this API key from this address; retry later",
-                          {"Retry-After": str(max(1, math.ceil(result.retry_after_s)))})
+    if result.is_throttled:  # whole seconds, rounded up
+        raise errors.Overloaded("too many failed checks of this API key from this address; retry later",
+                                math.ceil(result.retry_after_s))
     key = result.key
     if key is None:
-        return json_error(401, "the API key is not valid (unknown, malformed or revoked)", challenge)
+        raise errors.Unauthenticated("the API key is not valid (unknown, malformed or revoked)")
     scope = "admin" if access is Access.ADMIN else "infer"
     if not key.has_scope(scope):
-        return json_error(403, f"key {key.name!r} lacks the {scope!r} scope this endpoint needs")
+        raise errors.Forbidden(f"key {key.name!r} lacks the {scope!r} scope this endpoint needs")
     refusal = await gate.keyring.limiter.admit(key.key_id)  # a store call once per leased block, not per request
     if refusal is not None:
-        return json_error(429, refusal.reason, {"Retry-After": str(max(1, math.ceil(refusal.retry_after_s)))})
+        raise errors.Overloaded(refusal.reason, math.ceil(refusal.retry_after_s))
     return key
 
 
@@ -202,28 +173,29 @@ def _route_path(request: web.Request) -> str:
 def front_middleware(gate: Gate):
     """The browser checks first, for every route (a listed origin's preflight is answered here);
     then open paths pass, others are size-checked, authenticated, rate-limited and counted in
-    flight; every route's errors become JSON. One-pass handlers do the second part themselves."""
+    flight; every route's errors become JSON in its protocol's shape. One-pass handlers do the second part themselves."""
 
     @web.middleware
     async def front(request: web.Request, handler) -> web.StreamResponse:
+        shape = error_shape(request)
         refusal = gate.browser.check(request.method, request.path, request.headers)
         if refusal is not None:
-            return json_error(refusal.status, refusal.message)
+            return status_response(refusal.status, refusal.message, shape)
         if gate.browser.is_preflight(request.method, request.headers):
             return web.Response(status=204, headers=gate.browser.preflight_headers(request.headers))
         if getattr(handler, ONE_PASS, False):
             return await handler(request)
         access = gate.policy.access(_route_path(request))
         if access is Access.OPEN:
-            return await _answer(request, handler)
+            return await _answer(request, handler, shape)
         if access is Access.DISABLED:
-            return json_error(403, "admin and repository endpoints are off on this address "
-                                   "(bind to loopback or set auth.admin_enabled)")
-        refused, key = await gate.enter(request, access)
+            return error_response(errors.Forbidden("admin and repository endpoints are off on this address "
+                                                   "(bind to loopback or set auth.admin_enabled)"), shape)
+        refused, key = await gate.enter(request, access, shape)
         if refused is not None:
             return refused
         try:
-            return await _answer(request, handler)
+            return await _answer(request, handler, shape)
         finally:
             gate.leave(key)
 

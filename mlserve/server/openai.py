@@ -17,11 +17,10 @@ from mlserve.config import LimitsConfig
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.generate import GenerateRequest, GenerationRun, TokenLimits
 from mlserve.routing.service import InferenceService
-from mlserve.server.limits import LIMITS, timeout_s
+from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import TENANT
 from mlserve.server.openai_embeddings import EmbeddingHandlers
-from mlserve.server.openai_errors import openai_error_middleware
-from mlserve.server.openai_extras import ExtraHandlers, read_json
+from mlserve.server.openai_extras import ExtraHandlers, read_model_body
 from mlserve.server.openai_format import choice_logprobs, deadline_message, usage
 from mlserve.server.openai_protocol import GenerationRequest, parse_generation
 from mlserve.server.ratelimit import TenantLimiter
@@ -54,7 +53,7 @@ class OpenAIHandlers:
         return await self._generate(request, is_chat=True)
 
     async def _generate(self, request: web.Request, is_chat: bool) -> web.StreamResponse:
-        req = parse_generation(await read_json(request), is_chat)
+        req = parse_generation(await read_model_body(request), is_chat)
         limits = request.config_dict.get(LIMITS) or LimitsConfig()
         key = request.get(TENANT)
         limiter = self._limiter if key is not None else None
@@ -62,7 +61,7 @@ class OpenAIHandlers:
             refusal = await limiter.check_tokens(key.key_id)
             if refusal is not None:
                 raise errors.Overloaded(refusal.reason, refusal.retry_after_s)
-        seconds = timeout_s({}, limits)
+        seconds = limits.default_timeout_s or None
         started = time.monotonic()
         try:
             async with asyncio.timeout(seconds):
@@ -147,8 +146,9 @@ async def _stream(request: web.Request, req: GenerationRequest, run: GenerationR
         except ConnectionResetError:  # the client went away: its sequences are cancelled, nothing to log
             return response, completion
         except errors.MlserveError as exc:  # the status line has gone out: report it in the stream
-            await _send(response, {"error": {"message": str(exc), "type": "server_error", "param": None,
-                                             "code": None}})
+            kind = errors.kind_of(exc)
+            await _send(response, {"error": {"message": str(exc), "type": kind.openai_type, "param": None,
+                                             "code": kind.openai_code}})
     try:
         if req.include_usage:
             await _send(response, {**head, "choices": [], "usage": usage(run, completion)})
@@ -208,7 +208,7 @@ def openai_app(service: InferenceService, metrics: Metrics, limiter: TenantLimit
     """The /v1 sub-application: OpenAI's generation, embedding and model routes."""
     handlers = OpenAIHandlers(service, metrics, limiter)
     extras = ExtraHandlers(service.generation)
-    app = web.Application(middlewares=[openai_error_middleware])
+    app = web.Application()  # its errors take OpenAI's shape in the front middleware (middleware.error_shape)
     app.add_routes([
         web.get("/models", extras.models),
         web.get("/models/{model}", extras.model),

@@ -14,6 +14,7 @@ from aiohttp import web
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, PayloadTooLarge
 from mlserve.routing.service import InferenceService, InferRequest
+from mlserve.server.json_body import read_json
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import TENANT
 from mlserve.spec import SchedulePolicy
@@ -87,11 +88,8 @@ class EmbeddingHandlers:
         self._service = service
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
+        body = await read_json(request)
+        if not isinstance(body.get("model"), str) or not body["model"]:
             raise InvalidInput("the body must be a JSON object with a non-empty string model")
         encoding, dimensions = _options(body)
         elements = parse_inputs(body.get("input"), await self._service.generation.embedding_vocab_size(body["model"]))

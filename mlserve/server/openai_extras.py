@@ -11,6 +11,7 @@ from mlserve import __version__
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.routing.generation import GenerationCatalog, ModelCard
+from mlserve.server.json_body import read_json
 from mlserve.server.limits import LIMITS
 from mlserve.server.openai_protocol import parse_messages
 
@@ -20,13 +21,9 @@ def card_json(card: ModelCard) -> dict[str, Any]:
             "parent": None, "max_model_len": card.max_model_len, "permission": []}
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object")
+async def read_model_body(request: web.Request) -> dict[str, Any]:
+    """A JSON object body that names a model."""
+    body = await read_json(request)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidInput("model must be a non-empty string")
@@ -63,7 +60,7 @@ class ExtraHandlers:
         return _json({"version": __version__})
 
     async def tokenize(self, request: web.Request) -> web.Response:
-        body = await read_json(request)
+        body = await read_model_body(request)
         _check_keys(body, _TOKENIZE_KEYS, "/tokenize")
         if body.get("add_generation_prompt") is False:
             raise InvalidInput("add_generation_prompt: false is not supported; chat prompts end with the assistant turn")
@@ -80,7 +77,7 @@ class ExtraHandlers:
         return _json({"count": len(ids), "max_model_len": length, "tokens": ids, "token_strs": None})
 
     async def detokenize(self, request: web.Request) -> web.Response:
-        body = await read_json(request)
+        body = await read_model_body(request)
         _check_keys(body, frozenset({"model", "tokens"}), "/detokenize")
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):

@@ -12,16 +12,26 @@ from typing import Any
 
 from aiohttp import web
 
-from mlserve import __version__
+from mlserve import __version__, errors
 from mlserve.server.response import json_response
 from mlserve.spec import DATATYPE_TO_NUMPY
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-_ERROR_STATUSES = {
-    "400": "Bad input", "401": "No valid API key", "403": "Key lacks the scope", "404": "Unknown model or version",
-    "413": "Too large", "429": "Shed or rate-limited", "503": "Not ready or saturated", "504": "Deadline passed",
-}
+
+
+def error_statuses() -> dict[str, str]:
+    """Each error status of `errors.ERROR_TABLE`, described by its classes' docstrings."""
+    described: dict[int, list[str]] = {}
+    for cls, kind in errors.ERROR_TABLE.items():
+        if cls is not errors.MlserveError:
+            first = " ".join((cls.__doc__ or cls.__name__).split()).split(". ")[0].rstrip(".")
+            described.setdefault(kind.http_status, []).append(first)
+    described.setdefault(500, []).append("Internal error (its req_id is in the message and in the log)")
+    return {str(status): " / ".join(texts) for status, texts in sorted(described.items())}
+
+
+ERROR_STATUSES = error_statuses()
 
 TENSOR = {
     "type": "object",
@@ -52,7 +62,7 @@ REQUEST_BODIES = {"/v2/models/{model}/infer": INFER_REQUEST, "/v2/models/{model}
 
 def _operation(method: str, path: str, secured: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": {"description": "OK"}}
-    for status, text in _ERROR_STATUSES.items():
+    for status, text in ERROR_STATUSES.items():
         responses[status] = {"description": text, "content": {"application/json": {"schema": ERROR}}}
     op: dict[str, Any] = {
         "operationId": f"{method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', path).strip('_') or 'root'}",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 from aiohttp import web
 
 from mlserve.dataplane.models import Models
@@ -19,6 +18,7 @@ from mlserve.optimize.auto import AutoOptimizer
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.optimize.request import parse_body
 from mlserve.spec.names import check_model_name
+from mlserve.server.json_body import read_json
 from mlserve.server.response import json_response
 
 
@@ -39,11 +39,7 @@ class OptimizeHandlers:
 
     async def start(self, request: web.Request) -> web.Response:
         name = check_model_name(request.match_info["model"])
-        body = await request.read()
-        try:
-            raw = orjson.loads(body) if body.strip() else None
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"malformed JSON: {exc}") from None
+        raw = await read_json(request, empty_ok=True)
         root = self._root()
         self._plane.model(name)
         job_request, rollout = parse_body(raw, name, root, self._trust_repository, self._trust_uploads)

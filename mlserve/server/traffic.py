@@ -4,21 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from mlserve.dataplane.control import ModelControl
-from mlserve.errors import InvalidInput
 from mlserve.routing.manager import TrafficManager
+from mlserve.server.json_body import read_json
 from mlserve.server.response import json_response
 
 
-async def _body(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
+async def _body(request: web.Request) -> dict[str, Any]:
+    return await read_json(request, empty_ok=True)
 
 
 class TrafficHandlers:

@@ -15,12 +15,13 @@ from mlserve.errors import MlserveError
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService
 from mlserve.server.decode_pool import LARGE_JSON_BYTES, DecodePool
-from mlserve.server.middleware import Gate, error_response, http_error_response, internal_error, one_pass
-from mlserve.server.response import json_response
+from mlserve.server.json_body import read_json
+from mlserve.server.middleware import Gate, http_error_response, internal_error, one_pass
+from mlserve.server.response import error_response, json_response
 from mlserve.server.state import ServerState
 from mlserve.server.triton_config import model_config_dict
 from mlserve.server.v2_codec import (
-    HEADER_LENGTH, Decoded, decode_infer_request, encode_infer_response, parse_json, with_key_priority,
+    HEADER_LENGTH, Decoded, decode_infer_request, encode_infer_response, with_key_priority,
 )
 from mlserve.spec.version import version_number
 
@@ -153,8 +154,7 @@ class V2Handlers:
     async def repository_index(self, request: web.Request) -> web.Response:
         """Triton's index. It first runs a reconcile pass (the same as SIGHUP) unless the body says
         {"reload": false}; {"ready": true} lists only ready versions."""
-        body = await request.read()
-        options = parse_json(body) if body.strip() else {}
+        options = await read_json(request, empty_ok=True)
         if options.get("reload", True) is not False:
             await self._control.reconcile(f"api {request.remote}")
         rows = self._plane.index(options.get("ready") is True)

@@ -22,6 +22,7 @@ from mlserve.routing.classification import class_counts_from
 from mlserve.routing.service import InferRequest, InferResponse
 from mlserve.spec import SchedulePolicy
 from mlserve.spec.request_id import check_request_id as check_id
+from mlserve.server.json_body import parse_json_object
 from mlserve.server.tensors import check_header, decode_binary_tensor, decode_json_tensor, encode_binary, json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -57,16 +58,6 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryv
         raise InvalidInput(f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(body)} bytes")
     view = memoryview(body)
     return view[: int(header_length)], view[int(header_length) :]
-
-
-def parse_json(data: bytes | memoryview) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return parsed
 
 
 def _parameters(raw: Any, where: str, allowed: frozenset[str] | None) -> dict[str, Any]:
@@ -193,7 +184,7 @@ def decode_infer_request(
     """Body (JSON, or JSON header + binary tensors) -> the service's InferRequest, decoded once.
     A request without an `id` gets one from the service, so feedback can refer to it."""
     header, binary = _split_body(body, header_length)
-    parsed = parse_json(header)
+    parsed = parse_json_object(header)
     req_id = check_request_id(parsed.get("id"))
     parameters = _parameters(parsed.get("parameters"), "the request", None)
     default_binary = parameters.get("binary_data_output", False)
