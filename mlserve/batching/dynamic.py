@@ -33,9 +33,14 @@ class BatchStats:
     queue_s: tuple[float, ...]
     compute_s: float
     failed: bool
+    is_short: bool = False
+    """The lone request's short path: the loop waited for the worker itself (batching/guard.py)."""
 
 
 _DEFAULT_POLICY = SchedulePolicy()
+SHORT_WAIT_S = 0.001
+"""How long the loop may wait for a lone request's batch itself, blocked (the short path); a model
+whose lone rows take longer answers by the usual wake-up of the loop."""
 
 
 class DynamicBatcher:
@@ -55,6 +60,12 @@ class DynamicBatcher:
     A request's deadline is enforced here and only here (batching/deadline.py: one timer for the
     whole queue); past it the request leaves the queue, or, if its batch is already running, is
     answered 504 at once and its rows are dropped when the batch returns.
+
+    A lone request (a batch of one, nothing else queued, no other batch running) takes the short
+    path: the loop waits for the worker thread itself, at most SHORT_WAIT_S, so the answer comes back
+    without waking the loop through its self-pipe and without a future or a watchdog timer; the hang
+    guard still counts from the start and answers 504 past it. Whether a request was alone is known
+    only after the loop turn in `_next_batch`, so concurrent requests still batch together.
     """
 
     def __init__(
@@ -80,6 +91,7 @@ class DynamicBatcher:
         self._deadlines = DeadlineWatch(self._expire)
         self._num_running = 0
         self._recent_rows_per_s = 0.0
+        self._lone_compute_s = 0.0
         self._background: deque[Waiting] = deque()
         self.share = BackgroundShare(spec.background_share)
 
@@ -288,12 +300,19 @@ class DynamicBatcher:
         for group in groups:
             await self._run_group(group)
 
+    def _short_wait_s(self, group: list[Waiting]) -> float:
+        """The short path's wait for a lone request whose model answered lone rows within it lately."""
+        is_lone = (len(group) == 1 and not self._queue.num_requests and not self._background
+                   and self._num_running <= 1)
+        return SHORT_WAIT_S if is_lone and self._lone_compute_s < SHORT_WAIT_S else 0.0
+
     async def _run_group(self, group: list[Waiting]) -> None:
         started = time.monotonic()
         failed = False
+        wait_s = self._short_wait_s(group)
         try:
             merged = group[0].inputs if len(group) == 1 else _concat([item.inputs for item in group])
-            self._deliver(group, await self._guard.run(merged))
+            self._deliver(group, await self._guard.run(merged, wait_s))
         except InvalidInput as exc:
             if len(group) > 1:  # one request's data: run each alone, so only that one gets the 400
                 for item in group:
@@ -307,13 +326,15 @@ class DynamicBatcher:
             for item in group:
                 _settle(item, error=error)
         self._deadlines.prune()
-        self._observe(group, started, failed)
+        self._observe(group, started, failed, wait_s > 0)
 
-    def _observe(self, batch: list[Waiting], started: float, failed: bool) -> None:
+    def _observe(self, batch: list[Waiting], started: float, failed: bool, is_short: bool = False) -> None:
         finished = time.monotonic()
         num_rows = sum(item.num_rows for item in batch)
         rate = num_rows / max(finished - started, 1e-6)
         self._recent_rows_per_s = rate if self._recent_rows_per_s == 0 else 0.9 * self._recent_rows_per_s + 0.1 * rate
+        if len(batch) == 1 and not failed:
+            self._lone_compute_s = 0.8 * self._lone_compute_s + 0.2 * (finished - started)
         if self._observer is not None:
             self._observer(
                 BatchStats(
@@ -322,6 +343,7 @@ class DynamicBatcher:
                     queue_s=tuple(started - item.enqueued_at for item in batch),
                     compute_s=finished - started,
                     failed=failed,
+                    is_short=is_short,
                 )
             )
 
