@@ -143,8 +143,8 @@ class GuardedInfer:
             return await future
         finally:
             watchdog.cancel()
-            if not worker.is_abandoned:
-                self._release(worker)
+            if not worker.is_abandoned:  # a caller cancelled mid-batch gets its worker back once it is done
+                handoff.when_done(lambda: self._release(worker))
 
     def _on_hang(self, worker: _Worker, future: asyncio.Future) -> None:
         if not future.done():
@@ -219,7 +219,7 @@ class _Handoff:
     """One batch's answer on its way from the worker thread: taken by a loop thread waiting on a lock
     (the short path), or, once the loop stopped waiting, sent to the loop with one wake-up."""
 
-    __slots__ = ("_signal", "_mutex", "_result", "_error", "_is_done", "_loop", "_future")
+    __slots__ = ("_signal", "_mutex", "_result", "_error", "_is_done", "_loop", "_future", "_after")
 
     def __init__(self) -> None:
         self._signal = threading.Lock()
@@ -230,12 +230,15 @@ class _Handoff:
         self._is_done = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._future: asyncio.Future | None = None
+        self._after: Callable[[], None] | None = None
 
     def done(self, result: Tensors | None, error: BaseException | None) -> None:
         """On the worker thread."""
         with self._mutex:
             self._result, self._error, self._is_done = result, error, True
-            loop, future = self._loop, self._future
+            loop, future, after = self._loop, self._future, self._after
+        if after is not None:
+            after()
         if future is None:
             self._signal.release()
             return
@@ -243,6 +246,14 @@ class _Handoff:
             loop.call_soon_threadsafe(_settle, future, result, error)  # type: ignore[union-attr]
         except RuntimeError:  # the loop closed while an abandoned batch was still running
             pass
+
+    def when_done(self, action: Callable[[], None]) -> None:
+        """Run `action` now if the job ended, else on the worker thread when it does."""
+        with self._mutex:
+            if not self._is_done:
+                self._after = action
+                return
+        action()
 
     def wait(self, seconds: float) -> bool:
         """On the loop thread, the GIL released: whether the answer came within `seconds`."""
