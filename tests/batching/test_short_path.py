@@ -93,3 +93,25 @@ def test_the_hang_guard_fires_on_a_stuck_backend_taken_by_the_short_path():
     assert [s.failed for s in stats] == [True, False]
     np.testing.assert_array_equal(after["y"], np.full((1, 3), 8.0, dtype=np.float32))
     assert SHORT_WAIT_S < 0.3
+
+
+def test_a_caller_cancelled_mid_batch_does_not_hand_its_busy_worker_to_the_next_batch():
+    backend = BlockingBackend()
+
+    async def main():
+        guard = GuardedInfer(backend, "stuck/1")
+        stuck = asyncio.create_task(guard.run(_row(-1.0)))
+        while backend.num_batches == 0:
+            await asyncio.sleep(0.005)
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        # The cancelled batch still runs on its thread: the next one must get another worker, not
+        # queue behind it.
+        return await asyncio.wait_for(guard.run(_row(2.0)), 5)
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        backend.release.set()
+    np.testing.assert_array_equal(out["y"], np.full((1, 3), 4.0, dtype=np.float32))
