@@ -1,11 +1,15 @@
 """Bounded soak: a real mlserve process under steady mixed traffic for minutes, sampling its RSS.
 
-    .venv/bin/python -m benchmarks.soak [--seconds 180] [--clients 8] [--sample-s 5] [--warmup 0.25]
+    .venv/bin/python -m benchmarks.soak [--seconds 180] [--clients 8] [--sample-s 5] [--warmup 0.25] [--no-lane]
 
 Traffic per client, round robin: a JSON infer on mlp (2 rows of 768), a binary-tensor infer on
 mlp, a request with a bad shape (400), an unknown model (404) and a metadata read, all with an
 API key, so authentication, limits, decoding, batching and error paths are all exercised.
-Prints RSS and requests served per sample, then the least-squares RSS slope after warm-up.
+The infer requests keep their own connections, so the fast lane serves them for the whole run (a
+connection that carries any other request is handed to aiohttp for good); the metadata reads go
+over a second pool, to aiohttp. `--no-lane` serves everything with aiohttp (`fast_lane = false`).
+Prints RSS and requests served per sample, then the least-squares RSS slope after warm-up and the
+connections each front closed (mlserve_http_connections).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import json
 import subprocess
 import sys
 import tempfile
+import re
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -53,16 +59,24 @@ def _requests(token: str):
 
 async def _drive(url: str, token: str, clients: int, stop_at: float, counts: dict[str, int]) -> None:
     plan = _requests(token)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession() as lane, aiohttp.ClientSession() as other:
         async def client(offset: int) -> None:
             i = offset
             while time.monotonic() < stop_at:
                 method, path, body, headers, expected = plan[i % len(plan)]
+                session = lane if path.endswith("/infer") else other
                 async with session.request(method, url + path, data=body, headers=headers) as resp:
                     await resp.read()
                     counts["served" if resp.status == expected else "unexpected"] += 1
                 i += 1
         await asyncio.gather(*(client(k) for k in range(clients)))
+
+
+def _connections_by_front(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = re.findall(r'^mlserve_http_connections_total\{front="(\w+)"\} (\S+)$', text, re.M)
+    return {front: float(value) for front, value in found}
 
 
 async def _sample(pid: int, stop_at: float, every: float, counts: dict[str, int], rows: list) -> None:
@@ -88,6 +102,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--sample-s", type=float, default=5)
     parser.add_argument("--warmup", type=float, default=0.25, help="fraction of the run left out of the trend")
+    parser.add_argument("--no-lane", action="store_true", help="serve with [server] fast_lane = false")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mlserve-soak-"))
     subprocess.run([sys.executable, "-m", "mlserve", "examples", str(work / "models")], check=True, cwd=ROOT,
@@ -95,7 +110,9 @@ def main() -> int:
     keys = work / "keys.json"
     token = subprocess.run([sys.executable, "-m", "mlserve", "keys", "create", "--file", str(keys), "--name", "soak"],
                            check=True, cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    proc = MlserveProcess(work / "models", "--auth-keys", str(keys), log_path=work / "mlserve.log").wait_ready()
+    env = {"MLSERVE_SERVER_FAST_LANE": "false"} if args.no_lane else None
+    proc = MlserveProcess(work / "models", "--auth-keys", str(keys), log_path=work / "mlserve.log",
+                          env=env).wait_ready()
     counts = {"served": 0, "unexpected": 0}
     rows: list = []
     stop_at = time.monotonic() + args.seconds
@@ -107,11 +124,14 @@ def main() -> int:
     try:
         asyncio.run(run())
         rows.append((args.seconds, _rss_mib(proc.proc.pid), counts["served"], counts["unexpected"]))
+        fronts = _connections_by_front(proc.url)
     finally:
         code = proc.stop()
     slope, growth = _slope_mib_per_min(rows, args.warmup)
     print(f"\nserved {counts['served']} requests in {args.seconds:.0f} s ({counts['served'] / args.seconds:.0f}/s), "
           f"{counts['unexpected']} unexpected statuses, exit code {code}")
+    print(f"front: {'aiohttp only (fast_lane = false)' if args.no_lane else 'fast lane'}; connections closed by "
+          f"front: {', '.join(f'{k} {v:.0f}' for k, v in sorted(fronts.items())) or 'none counted'}")
     print(f"RSS after warm-up: slope {slope:+.2f} MiB/min, change {growth:+.1f} MiB "
           f"(limit {GROWTH_LIMIT_MIB_PER_MIN} MiB/min)")
     ok = abs(slope) < GROWTH_LIMIT_MIB_PER_MIN and counts["unexpected"] == 0 and code == 0

@@ -33,9 +33,14 @@ class BatchStats:
     queue_s: tuple[float, ...]
     compute_s: float
     failed: bool
+    is_short: bool = False
+    """The lone request's short path: the loop waited for the worker itself (batching/guard.py)."""
 
 
 _DEFAULT_POLICY = SchedulePolicy()
+SHORT_WAIT_S = 0.001
+"""How long the loop may wait for a lone request's batch itself, blocked (the short path); a model
+whose lone rows take longer answers by the usual wake-up of the loop."""
 
 
 class DynamicBatcher:
@@ -55,6 +60,14 @@ class DynamicBatcher:
     A request's deadline is enforced here and only here (batching/deadline.py: one timer for the
     whole queue); past it the request leaves the queue, or, if its batch is already running, is
     answered 504 at once and its rows are dropped when the batch returns.
+
+    A lone request (a batch of one, nothing else queued, no other batch running) takes the short
+    path: the loop waits for the worker thread itself, at most SHORT_WAIT_S, so the answer comes back
+    without waking the loop through its self-pipe and without a future or a watchdog timer; the hang
+    guard still counts from the start and answers 504 past it. The first request into an idle
+    batcher is also run from its own task (`_run_alone`) rather than a worker task's, after the same
+    one turn of the loop, so concurrent requests still batch together; it holds one of the
+    `instances` slots while it runs.
     """
 
     def __init__(
@@ -76,10 +89,12 @@ class DynamicBatcher:
         self._default_level = spec.default_priority_level or spec.priority_levels
         self._arrived: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
+        self._slot_freed: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._deadlines = DeadlineWatch(self._expire)
         self._num_running = 0
         self._recent_rows_per_s = 0.0
+        self._lone_compute_s = 0.0
         self._background: deque[Waiting] = deque()
         self.share = BackgroundShare(spec.background_share)
 
@@ -105,6 +120,7 @@ class DynamicBatcher:
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._slot_freed = asyncio.Event()
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._instances)]
 
     async def submit(self, inputs: Tensors, num_rows: int, policy: SchedulePolicy | None = None) -> Tensors:
@@ -128,10 +144,14 @@ class DynamicBatcher:
             item.timer = loop.call_at(loop.time() + (queue_limit - now), self._expire, item)
         if item.deadline is not None:
             self._deadlines.watch(item, loop)
+        is_alone = self._can_run_alone()
         self._queue.push(item)
         self._idle.clear()
-        self._arrived.set()
+        if not is_alone:
+            self._arrived.set()
         try:
+            if is_alone:
+                await self._run_alone(item)
             return await item.future
         except asyncio.CancelledError:
             self._queue.remove(item)  # the client went away: its rows need not run
@@ -157,6 +177,32 @@ class DynamicBatcher:
                 self._background.remove(item)
             self._set_idle_if_done()
             raise
+
+    def _can_run_alone(self) -> bool:
+        """An idle batcher whose model answered lone rows within the short wait lately."""
+        return (self._spec.max_batch_size > 0 and not self._queue.num_requests and not self._background
+                and not self._num_running and self._lone_compute_s < SHORT_WAIT_S)
+
+    async def _run_alone(self, item: Waiting) -> None:
+        """The first request into an idle batcher, in its own task: one turn of the loop lets requests
+        already read off sockets join it (then the workers batch them all, as without this); if none
+        did, it runs here at once, without waking a worker task and being woken back by it."""
+        assert self._arrived is not None and self._slot_freed is not None, "submit before start"
+        await asyncio.sleep(0)
+        if self._queue.num_requests != 1 or self._background or self._num_running or item.future.done():
+            self._arrived.set()
+            return
+        now = time.monotonic()
+        batch = self._account(self._queue.take(self._spec.max_batch_size, now), now)
+        self._num_running += 1
+        try:
+            await self._run(batch)
+        finally:
+            self._num_running -= 1
+            self._slot_freed.set()
+            self._set_idle_if_done()
+            if self._queue.num_requests or self._background:
+                self._arrived.set()
 
     def _level(self, priority: int | None) -> int:
         if priority is None or priority == 0:
@@ -223,7 +269,12 @@ class DynamicBatcher:
             self._idle.set()
 
     async def _next_batch(self) -> list[Waiting]:
-        while not self._queue.num_requests and not self._background:
+        assert self._arrived is not None and self._slot_freed is not None, "work before start"
+        while self._num_running >= self._instances or (not self._queue.num_requests and not self._background):
+            if self._num_running >= self._instances:  # a lone request's own task holds the last slot
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
             self._arrived.clear()
             await self._arrived.wait()
         max_rows, now = self._spec.max_batch_size, time.monotonic()
@@ -288,12 +339,19 @@ class DynamicBatcher:
         for group in groups:
             await self._run_group(group)
 
+    def _short_wait_s(self, group: list[Waiting]) -> float:
+        """The short path's wait for a lone request whose model answered lone rows within it lately."""
+        is_lone = (len(group) == 1 and not self._queue.num_requests and not self._background
+                   and self._num_running <= 1)
+        return SHORT_WAIT_S if is_lone and self._lone_compute_s < SHORT_WAIT_S else 0.0
+
     async def _run_group(self, group: list[Waiting]) -> None:
         started = time.monotonic()
         failed = False
+        wait_s = self._short_wait_s(group)
         try:
             merged = group[0].inputs if len(group) == 1 else _concat([item.inputs for item in group])
-            self._deliver(group, await self._guard.run(merged))
+            self._deliver(group, await self._guard.run(merged, wait_s))
         except InvalidInput as exc:
             if len(group) > 1:  # one request's data: run each alone, so only that one gets the 400
                 for item in group:
@@ -307,13 +365,15 @@ class DynamicBatcher:
             for item in group:
                 _settle(item, error=error)
         self._deadlines.prune()
-        self._observe(group, started, failed)
+        self._observe(group, started, failed, wait_s > 0)
 
-    def _observe(self, batch: list[Waiting], started: float, failed: bool) -> None:
+    def _observe(self, batch: list[Waiting], started: float, failed: bool, is_short: bool = False) -> None:
         finished = time.monotonic()
         num_rows = sum(item.num_rows for item in batch)
         rate = num_rows / max(finished - started, 1e-6)
         self._recent_rows_per_s = rate if self._recent_rows_per_s == 0 else 0.9 * self._recent_rows_per_s + 0.1 * rate
+        if len(batch) == 1 and not failed:
+            self._lone_compute_s = 0.8 * self._lone_compute_s + 0.2 * (finished - started)
         if self._observer is not None:
             self._observer(
                 BatchStats(
@@ -322,6 +382,7 @@ class DynamicBatcher:
                     queue_s=tuple(started - item.enqueued_at for item in batch),
                     compute_s=finished - started,
                     failed=failed,
+                    is_short=is_short,
                 )
             )
 

@@ -3,7 +3,12 @@ split in halves when they run out of memory.
 
 The batcher awaits `GuardedInfer.run(inputs)` on the event loop: the batch runs on one of the
 guard's own daemon threads, which hands the result back with a single `call_soon_threadsafe` (one
-thread hop per batch). A watchdog timer on the loop fires after `hang_timeout_s`: the thread that
+thread hop per batch). A lone request may take a shorter way back (`run(inputs, wait_s)`): the loop
+thread waits for the worker itself, for at most `wait_s`, on a lock the worker releases, so the
+answer needs no wake-up of the loop, no future and no timer; past `wait_s` the batch continues as
+any other (the worker wakes the loop, the watchdog counts the hang deadline from the start). The
+cost is the loop being blocked for at most `wait_s` while one row computes; the batcher asks for it
+only when nothing else is queued. A watchdog timer on the loop fires after `hang_timeout_s`: the thread that
 did not come back is abandoned (Python cannot kill it), a fresh one takes the next batch, and the
 requests get `ModelHung` (504). An abandoned thread that later finishes exits; while `max_hung` are
 still stuck the model answers at once with an error instead of stacking threads. Calling the guard
@@ -16,6 +21,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
@@ -119,26 +125,26 @@ class GuardedInfer:
         self._release(worker)
         return result
 
-    async def run(self, inputs: Tensors) -> Tensors:
-        """Run one batch from the event loop: the worker thread computes and wakes the loop once."""
+    async def run(self, inputs: Tensors, wait_s: float = 0.0) -> Tensors:
+        """Run one batch from the event loop: the worker thread computes and wakes the loop once; with
+        `wait_s`, the loop first waits that long for the answer itself (the short path)."""
         loop = asyncio.get_running_loop()
         worker = self._checkout()
-        future = loop.create_future()
-
-        def done(result: Tensors | None, error: BaseException | None) -> None:  # on the worker thread
-            try:
-                loop.call_soon_threadsafe(_settle, future, result, error)
-            except RuntimeError:  # the loop closed while an abandoned batch was still running
-                pass
-
-        worker.submit(self._compute, inputs, done)
-        watchdog = loop.call_later(self.hang_timeout_s, self._on_hang, worker, future)
+        handoff = _Handoff()
+        started = time.monotonic()
+        worker.submit(self._compute, inputs, handoff.done)
+        if wait_s > 0 and handoff.wait(min(wait_s, self.hang_timeout_s)):
+            self._release(worker)
+            return handoff.outcome()
+        future = handoff.to_future(loop)
+        remaining = self.hang_timeout_s - (time.monotonic() - started)
+        watchdog = loop.call_later(max(remaining, 0.0), self._on_hang, worker, future)
         try:
             return await future
         finally:
             watchdog.cancel()
-            if not worker.is_abandoned:
-                self._release(worker)
+            if not worker.is_abandoned:  # a caller cancelled mid-batch gets its worker back once it is done
+                handoff.when_done(lambda: self._release(worker))
 
     def _on_hang(self, worker: _Worker, future: asyncio.Future) -> None:
         if not future.done():
@@ -207,6 +213,67 @@ class GuardedInfer:
                 self._idle.remove(worker)
                 return True
             return False
+
+
+class _Handoff:
+    """One batch's answer on its way from the worker thread: taken by a loop thread waiting on a lock
+    (the short path), or, once the loop stopped waiting, sent to the loop with one wake-up."""
+
+    __slots__ = ("_signal", "_mutex", "_result", "_error", "_is_done", "_loop", "_future", "_after")
+
+    def __init__(self) -> None:
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self._mutex = threading.Lock()
+        self._result: Tensors | None = None
+        self._error: BaseException | None = None
+        self._is_done = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._future: asyncio.Future | None = None
+        self._after: Callable[[], None] | None = None
+
+    def done(self, result: Tensors | None, error: BaseException | None) -> None:
+        """On the worker thread."""
+        with self._mutex:
+            self._result, self._error, self._is_done = result, error, True
+            loop, future, after = self._loop, self._future, self._after
+        if after is not None:
+            after()
+        if future is None:
+            self._signal.release()
+            return
+        try:
+            loop.call_soon_threadsafe(_settle, future, result, error)  # type: ignore[union-attr]
+        except RuntimeError:  # the loop closed while an abandoned batch was still running
+            pass
+
+    def when_done(self, action: Callable[[], None]) -> None:
+        """Run `action` now if the job ended, else on the worker thread when it does."""
+        with self._mutex:
+            if not self._is_done:
+                self._after = action
+                return
+        action()
+
+    def wait(self, seconds: float) -> bool:
+        """On the loop thread, the GIL released: whether the answer came within `seconds`."""
+        return self._signal.acquire(timeout=seconds)
+
+    def outcome(self) -> Tensors:
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def to_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """From now on the answer goes to a future on `loop` (at once, if it already came)."""
+        future = loop.create_future()
+        with self._mutex:
+            if self._is_done:
+                _settle(future, self._result, self._error)
+            else:
+                self._loop, self._future = loop, future
+        return future
 
 
 def _settle(future: asyncio.Future, result: Tensors | None, error: BaseException | None) -> None:

@@ -113,7 +113,7 @@ class _Served:
 
     __slots__ = ("path", "headers", "match_info", "length", "keep_alive")
 
-    def __init__(self, path: str, headers: CIMultiDict, match_info: dict[str, str], length: int,
+    def __init__(self, path: str, headers: CIMultiDictProxy, match_info: dict[str, str], length: int,
                  keep_alive: bool) -> None:
         self.path, self.headers, self.match_info = path, headers, match_info
         self.length, self.keep_alive = length, keep_alive
@@ -144,7 +144,8 @@ def parse_head(data: bytes) -> _Served | None:
     if connection not in ("keep-alive", "close"):
         return None
     match_info = {"model": route[1]} if route[2] is None else {"model": route[1], "version": route[2]}
-    return _Served(path, headers, match_info, int(length), connection != "close" and parser.should_keep_alive())
+    return _Served(path, CIMultiDictProxy(headers), match_info, int(length),
+                   connection != "close" and parser.should_keep_alive())
 
 
 class _Clock:
@@ -188,8 +189,7 @@ class LaneFront:
     def is_for_aiohttp(self, head: _Served) -> bool:
         """A request the browser checks refuse, or one from a page (an Origin to answer with CORS):
         aiohttp's front middleware answers it, so both fronts refuse and allow exactly alike."""
-        headers = CIMultiDictProxy(head.headers)
-        return "Origin" in headers or self.browser.check("POST", head.path, headers) is not None
+        return "Origin" in head.headers or self.browser.check("POST", head.path, head.headers) is not None
 
     @property
     def num_connections(self) -> int:
@@ -319,8 +319,7 @@ class LaneConnection(asyncio.Protocol):
     def _start(self, head: _Served, body: bytes) -> None:
         self._is_busy = True
         self._deadline, self._timeout_status = 0.0, 0
-        request = LaneRequest(head.path, CIMultiDictProxy(head.headers), head.match_info, self._remote, head.length,
-                              body)
+        request = LaneRequest(head.path, head.headers, head.match_info, self._remote, head.length, body)
         self._task = self._loop.create_task(self._serve(request, head.keep_alive))
 
     async def _serve(self, request: LaneRequest, keep_alive: bool) -> None:
