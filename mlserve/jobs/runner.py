@@ -209,7 +209,8 @@ class BatchRun:
 
     async def run(self) -> Checkpoint:
         """Every remaining chunk, then the output file. Reading the next chunk and writing the last one
-        overlap the model: the engine never waits on the files. Commits stay in chunk order."""
+        overlap the model: the engine never waits on the files. Commits stay in chunk order; the last
+        chunk's goes straight on to the output and the done checkpoint (see _commit)."""
         assert self.checkpoint is not None, "run before prepare"
         if self.checkpoint.is_done:
             return self.checkpoint
@@ -217,13 +218,16 @@ class BatchRun:
         pending = asyncio.ensure_future(asyncio.to_thread(self._read, rows))
         committing: asyncio.Future | None = None
         try:
-            while (chunk := await pending) is not None:
+            chunk = await pending
+            while chunk is not None:
                 pending = asyncio.ensure_future(asyncio.to_thread(self._read, rows))
                 answered, outputs, failures = await self._infer_chunk(chunk)
+                following = await pending
                 if committing is not None:
                     await committing
                 committing = asyncio.ensure_future(
-                    _to_thread_to_the_end(self._commit, chunk, answered, outputs, failures))
+                    _to_thread_to_the_end(self._commit, chunk, answered, outputs, failures, following is None))
+                chunk = following
             if committing is not None:
                 await committing
             await _to_thread_to_the_end(self._finish)
@@ -306,8 +310,12 @@ class BatchRun:
         for span in (slice(0, half), slice(half, None)):
             await self._infer_span({n: a[span] for n, a in inputs.items()}, rows[span], parts, failures)
 
-    def _commit(self, chunk: Chunk, rows: np.ndarray, outputs: Tensors, failures: list[RowFailure]) -> None:
-        """Output and errors synced first, checkpoint replaced last: the order exactly-once rests on."""
+    def _commit(self, chunk: Chunk, rows: np.ndarray, outputs: Tensors, failures: list[RowFailure],
+                is_last: bool = False) -> None:
+        """Output and errors synced first, checkpoint replaced last: the order exactly-once rests on.
+        The last chunk saves no checkpoint of its own: _finish saves the done one right after. A crash
+        in between leaves files synced past the checkpoint, which a resume cuts back, as after a crash
+        between any chunk's sync and its checkpoint."""
         cp, times = self.checkpoint, self.times
         started = time.perf_counter()
         if len(rows):
@@ -321,11 +329,12 @@ class BatchRun:
         cp.rows_done += chunk.num_rows
         cp.rows_ok += len(rows)
         cp.rows_failed += len(failures)
-        save_checkpoint(self._path, cp)
+        if not is_last:
+            save_checkpoint(self._path, cp)
         times.write_s += written - started
         times.sync_s += synced - written
         times.checkpoint_s += time.perf_counter() - synced
-        if self._after_commit is not None:
+        if self._after_commit is not None and not is_last:
             self._after_commit()
         self.progress.update(cp.rows_done, cp.rows_failed)
 

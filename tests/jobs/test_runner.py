@@ -10,7 +10,9 @@ import orjson
 import pytest
 
 from mlserve.errors import ModelNotReady
-from mlserve.jobs.runner import BatchRun, JobPlan
+from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
+from mlserve.jobs.formats import open_writer
+from mlserve.jobs.runner import BatchRun, JobPlan, RowFormats
 from mlserve.spec import ModelInfo, TensorSpec
 
 INFO = ModelInfo("test", (TensorSpec("x", "FP32", (-1, 2)),), (TensorSpec("y", "FP32", (-1, 1)),), 8)
@@ -88,3 +90,38 @@ def test_a_model_that_goes_away_mid_chunk_stops_the_run_and_a_resume_writes_ever
     with np.load(tmp_path / "out.npz") as out:
         assert out["row"].tolist() == list(range(100))
         assert np.array_equal(out["y"][:, 0], 1 + 10 * x[:, 1])
+
+
+class _CrashOnFinish:
+    """The real .npz writer, except that finish() dies as a crash would (after the last chunk's sync)."""
+
+    def __init__(self, path, specs):
+        self._writer = open_writer(path, specs)
+
+    def finish(self):
+        raise SystemExit("crash")
+
+    def __getattr__(self, name):
+        return getattr(self._writer, name)
+
+
+def test_a_crash_between_the_last_chunk_and_the_done_checkpoint_resumes_with_every_row_once(tmp_path):
+    """The last chunk saves no checkpoint of its own: the checkpoint still names the chunk before it,
+    its synced rows are cut back on resume and answered again, once."""
+    x = _input(tmp_path / "in.npz", 100, bad=(90,))
+    plan = JobPlan("m", 1, INFO, tmp_path / "in.npz", tmp_path / "out.npz", chunk_rows=32)
+    run = BatchRun(plan, Engine(), RowFormats(open_writer=_CrashOnFinish), depth=3)
+    run.prepare()
+    with pytest.raises(SystemExit):
+        asyncio.run(run.run())
+    run.close()
+    stored = load_checkpoint(checkpoint_path(plan.output))
+    assert (stored.rows_done, stored.state) == (96, "running")
+    checkpoint = asyncio.run(_run(plan, Engine(), depth=3))
+    assert (checkpoint.rows_done, checkpoint.rows_ok, checkpoint.rows_failed) == (100, 99, 1)
+    with np.load(tmp_path / "out.npz") as out:
+        good = [r for r in range(100) if r != 90]
+        assert out["row"].tolist() == good
+        assert np.array_equal(out["y"][:, 0], 1 + 10 * x[good, 1])
+    failed = [orjson.loads(line) for line in (tmp_path / "out.npz.errors.jsonl").read_bytes().splitlines()]
+    assert [f["row"] for f in failed] == [90]
