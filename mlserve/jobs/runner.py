@@ -35,6 +35,8 @@ InferFn = Callable[[Tensors, int], Awaitable[Tensors]]
 # recording every remaining row as failed.
 _FATAL = (ModelNotFound, ModelNotReady)
 CHUNK_ROWS = 4096
+_FIRST_CHUNK_PART = 16
+"""A run's first chunk is this part of the others (at least one batch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +217,9 @@ class BatchRun:
         if self.checkpoint.is_done:
             return self.checkpoint
         rows = self.plan.rows_per_chunk
-        pending = asyncio.ensure_future(asyncio.to_thread(self._read, rows))
+        # a short first chunk: the engine starts after reading a few batches, not a whole chunk
+        first_rows = max(1, rows // _FIRST_CHUNK_PART // self.plan.batch_rows) * self.plan.batch_rows
+        pending = asyncio.ensure_future(asyncio.to_thread(self._read, first_rows))
         committing: asyncio.Future | None = None
         try:
             chunk = await pending
