@@ -4,7 +4,7 @@
    with `mlserve batch`'s own per-batch profile (read, engine, write, sync, checkpoint, in microseconds)
 2. live p99 with an in-server job running / without, live load at half of capacity [<= 1.2]
 3. job rows/s while that live load runs / job alone [>= 0.4]
-3b. job rows/s beside live load at full capacity (16 closed-loop clients sending 64 binary rows each:
+3b. job rows/s beside live load at full capacity (48 closed-loop clients sending 64 binary rows each:
     live rows fill every batch, so only the share's floor runs the job) [> 0, reason "waiting: live load"]
 4. peak RSS of `mlserve batch` over a large .npz minus its peak over a tiny one [< 500 MiB]
 
@@ -42,7 +42,7 @@ from mlserve.examples import MLP_TOML, write_mlp_onnx
 from tests.server_process import ROOT, MlserveProcess
 
 
-FULL_CLIENTS, FULL_ROWS = 16, 64
+FULL_CLIENTS, FULL_ROWS = 48, 64
 """Figure 3b's live load: enough rows queued at every moment to fill every batch."""
 
 
