@@ -16,7 +16,7 @@ from mlserve.engine import Backend
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.progress import ProgressBar
-from mlserve.jobs.runner import BatchRun, JobPlan, RunTimes
+from mlserve.jobs.runner import BatchRun, JobPlan, RunTimes, Tensors
 from mlserve.registry import repository
 from mlserve.registry.placement import device_alone
 from mlserve.registry.opening import Trust, open_backend, version_backend_name
@@ -119,30 +119,34 @@ async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = N
         backend.unload()
 
 
-_OFFLINE_DEPTH = 16
-"""Batches queued on the engine thread: it starts the next one the moment one ends, never waiting
-for the event loop to take an answer and hand it more (that round trip cost ~10% at batch 64), even
-when the loop's thread is off the CPU for a while on a busy host (16 batches of 64 rows: ~60 ms)."""
-
-
 async def _run_tensors(args: OfflineArgs, backend: Backend, version: int, times: RunTimes | None) -> int:
+    """A chunk's batches run back to back on the engine's thread in one call: the engine never waits
+    for the event loop to take an answer and hand it the next batch, and the loop wakes once a chunk
+    (a round trip per batch cost up to a third of the engine's time on a busy 2-core host)."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlserve-batch")
     loop = asyncio.get_running_loop()
     times = times or RunTimes()
 
-    def timed_infer(inputs):
-        started = time.perf_counter()
-        try:
-            return backend.infer(inputs)
-        finally:
+    def run_batches(batches: list[Tensors]) -> list[Tensors | Exception]:
+        answers: list[Tensors | Exception] = []
+        for inputs in batches:
+            started = time.perf_counter()
+            try:
+                answers.append(backend.infer(inputs))
+            except Exception as exc:  # the run splits this batch to find its bad rows
+                answers.append(exc)
             times.engine_s += time.perf_counter() - started
+        return answers
 
     async def infer(inputs, num_rows):
-        return await loop.run_in_executor(executor, timed_infer, inputs)
+        return await loop.run_in_executor(executor, backend.infer, inputs)
+
+    async def infer_batches(batches):
+        return await loop.run_in_executor(executor, run_batches, batches)
 
     plan = JobPlan(args.model, version, backend.info, args.input, args.output, args.errors, args.chunk_rows)
     try:
-        return await _run(BatchRun(plan, infer, depth=_OFFLINE_DEPTH, times=times), args)
+        return await _run(BatchRun(plan, infer, times=times, infer_batches=infer_batches), args)
     finally:
         executor.shutdown(wait=True)
 

@@ -30,6 +30,8 @@ from mlserve.spec import ModelInfo, TensorSpec
 
 Tensors = dict[str, np.ndarray]
 InferFn = Callable[[Tensors, int], Awaitable[Tensors]]
+BatchesFn = Callable[[list[Tensors]], Awaitable[list["Tensors | Exception"]]]
+"""Several batches in one call, answered in order, each with its outputs or the exception it raised."""
 
 # Errors that say the model cannot serve at all: the run stops (and resumes later) instead of
 # recording every remaining row as failed.
@@ -170,11 +172,15 @@ class BatchRun:
 
     def __init__(self, plan: JobPlan, infer: InferFn, formats: RowFormats | None = None,
                  after_commit: Callable[[], None] | None = None, depth: int = 1,
-                 times: RunTimes | None = None) -> None:
+                 times: RunTimes | None = None, infer_batches: BatchesFn | None = None) -> None:
         self._formats = formats or RowFormats()
         self._depth = max(1, depth)
         """Batches handed to `infer` before the first of them is answered: 2 or more keep an engine
-        on its own thread busy while the loop takes the last answer (the offline command)."""
+        on its own thread busy while the loop takes the last answer."""
+        self._infer_batches = infer_batches
+        """When given, a chunk's batches go to the engine in one call (the offline command: its engine
+        thread runs them back to back and the event loop wakes once a chunk, not once a batch);
+        `infer` still reruns the halves of a batch that failed."""
         self.times = times or RunTimes()
         self._after_commit = after_commit
         """Called on the commit thread once a checkpoint is saved (the S3 mirror of a job's files)."""
@@ -249,10 +255,21 @@ class BatchRun:
             self.times.read_s += time.perf_counter() - started
 
     async def _infer_chunk(self, chunk: Chunk) -> tuple[np.ndarray, Tensors, list[RowFailure]]:
-        """The chunk's batches in order, up to `depth` of them in flight; answers are taken in order."""
+        """The chunk's batches in order, up to `depth` of them in flight (or all in one call to
+        `infer_batches`); answers are taken in order."""
         parts: list[tuple[np.ndarray, Tensors]] = []
         failures = list(chunk.failures)
         step = self.plan.batch_rows
+        if self._infer_batches is not None:
+            spans = [slice(start, start + step) for start in range(0, len(chunk.rows), step)]
+            batches = [({n: a[span] for n, a in chunk.inputs.items()}, chunk.rows[span]) for span in spans]
+            self.times.batches += len(batches)
+            waited = time.perf_counter()
+            answers = await self._infer_batches([inputs for inputs, _ in batches])
+            self.times.engine_wait_s += time.perf_counter() - waited
+            for (inputs, rows), answer in zip(batches, answers):
+                await self._take(inputs, rows, answer, parts, failures)
+            return self._joined(parts, failures)
         window: deque[tuple[Tensors, np.ndarray, asyncio.Future]] = deque()
         try:
             for start in range(0, len(chunk.rows), step):
@@ -269,6 +286,11 @@ class BatchRun:
                 if answer.done() and not answer.cancelled():
                     answer.exception()
                 answer.cancel()
+        return self._joined(parts, failures)
+
+    @staticmethod
+    def _joined(parts: list[tuple[np.ndarray, Tensors]], failures: list[RowFailure]
+                ) -> tuple[np.ndarray, Tensors, list[RowFailure]]:
         failures.sort(key=lambda f: f.row)
         if not parts:
             return np.empty(0, np.int64), {}, failures
@@ -284,6 +306,20 @@ class BatchRun:
             outputs = await answer
             self.times.engine_wait_s += time.perf_counter() - waited
             parts.append((rows, self._checked(outputs, len(rows))))
+        except _FATAL:
+            raise
+        except Exception as exc:
+            await self._split(inputs, rows, exc, parts, failures)
+
+    async def _take(self, inputs: Tensors, rows: np.ndarray, answer: Tensors | Exception, parts: list,
+                    failures: list[RowFailure]) -> None:
+        """One batch's answer from `infer_batches`: outputs, or the exception its batch raised."""
+        if isinstance(answer, _FATAL):
+            raise answer
+        try:
+            if isinstance(answer, Exception):
+                raise answer
+            parts.append((rows, self._checked(answer, len(rows))))
         except _FATAL:
             raise
         except Exception as exc:

@@ -24,7 +24,7 @@ class Engine:
 
     def __init__(self, stop_at_row: int | None = None) -> None:
         self.stop_at_row = stop_at_row
-        self.in_flight = self.most_in_flight = 0
+        self.in_flight = self.most_in_flight = self.calls = 0
         self.lock = asyncio.Lock()
 
     def compute(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -44,6 +44,24 @@ class Engine:
         finally:
             self.in_flight -= 1
 
+    async def batches(self, batches):
+        """All of a chunk's batches in one call, as the offline engine thread runs them."""
+        self.calls += 1
+
+        def run():
+            answers = []
+            for inputs in batches:
+                x = inputs["x"]
+                try:
+                    if self.stop_at_row is not None and (x[:, 1] >= self.stop_at_row).any():
+                        raise ModelNotReady("model went away")
+                    answers.append(self.compute(x))
+                except Exception as exc:
+                    answers.append(exc)
+            return answers
+
+        return await asyncio.to_thread(run)
+
 
 def _input(path, num_rows: int, bad: tuple[int, ...] = ()) -> np.ndarray:
     x = np.stack([np.ones(num_rows), np.arange(num_rows)], axis=1).astype(np.float32)
@@ -53,7 +71,8 @@ def _input(path, num_rows: int, bad: tuple[int, ...] = ()) -> np.ndarray:
 
 
 async def _run(plan: JobPlan, engine: Engine, depth: int, overwrite: bool = False):
-    run = BatchRun(plan, engine, depth=depth)
+    """depth 0: every batch of a chunk in one call to `infer_batches`."""
+    run = BatchRun(plan, engine, depth=max(depth, 1), infer_batches=engine.batches if depth == 0 else None)
     try:
         await asyncio.to_thread(run.prepare, overwrite)
         return await run.run()
@@ -61,7 +80,7 @@ async def _run(plan: JobPlan, engine: Engine, depth: int, overwrite: bool = Fals
         run.close()
 
 
-@pytest.mark.parametrize("depth", [1, 3, 100])
+@pytest.mark.parametrize("depth", [1, 3, 100, 0])
 def test_batches_in_flight_answer_every_row_once_in_order(tmp_path, depth):
     bad = (5, 17, 18, 63, 64, 199)
     x = _input(tmp_path / "in.npz", 200, bad)
@@ -69,7 +88,10 @@ def test_batches_in_flight_answer_every_row_once_in_order(tmp_path, depth):
     engine = Engine()
     checkpoint = asyncio.run(_run(plan, engine, depth))
     assert (checkpoint.rows_done, checkpoint.rows_ok, checkpoint.rows_failed) == (200, 194, 6)
-    assert engine.most_in_flight == min(depth, 48 // 8)
+    if depth:
+        assert engine.most_in_flight == min(depth, 48 // 8)
+    else:  # one call a chunk (the short first chunk, a batch, then 48-row chunks); halves one by one
+        assert (engine.calls, engine.most_in_flight) == (1 + -(-192 // 48), 1)
     with np.load(tmp_path / "out.npz") as out:
         good = [r for r in range(200) if r not in bad]
         assert out["row"].tolist() == good
@@ -79,13 +101,14 @@ def test_batches_in_flight_answer_every_row_once_in_order(tmp_path, depth):
     assert all("negative row" in f["error"] for f in failed)
 
 
-def test_a_model_that_goes_away_mid_chunk_stops_the_run_and_a_resume_writes_every_row_once(tmp_path):
+@pytest.mark.parametrize("depth", [3, 0])
+def test_a_model_that_goes_away_mid_chunk_stops_the_run_and_a_resume_writes_every_row_once(tmp_path, depth):
     x = _input(tmp_path / "in.npz", 100)
     plan = JobPlan("m", 1, INFO, tmp_path / "in.npz", tmp_path / "out.npz", chunk_rows=32)
     with pytest.raises(ModelNotReady):
-        asyncio.run(_run(plan, Engine(stop_at_row=70), depth=3))
+        asyncio.run(_run(plan, Engine(stop_at_row=70), depth=depth))
     assert not (tmp_path / "out.npz").exists()
-    checkpoint = asyncio.run(_run(plan, Engine(), depth=3))
+    checkpoint = asyncio.run(_run(plan, Engine(), depth=depth))
     assert (checkpoint.rows_done, checkpoint.rows_ok, checkpoint.rows_failed) == (100, 100, 0)
     with np.load(tmp_path / "out.npz") as out:
         assert out["row"].tolist() == list(range(100))
