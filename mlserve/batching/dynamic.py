@@ -294,7 +294,9 @@ class DynamicBatcher:
         if not self._background:
             return self._account(self._queue.take(max_rows, now), now)
         held = self.share.held_rows(max_rows, now)  # share rule 3
-        live = self._queue.take(max_rows - held, now) if self._queue.num_requests else []
+        live = self._queue.take(max_rows - held, now, at_least_one=not held) if self._queue.num_requests else []
+        if held and not live:  # the first live request would not leave the held rows free: they go first
+            return self._take_background(held, now, [])
         return self._take_background(max_rows - sum(item.num_rows for item in live), now, live)  # rule 2
 
     def _account(self, live: list[Waiting], now: float) -> list[Waiting]:

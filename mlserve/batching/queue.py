@@ -59,8 +59,9 @@ class RequestQueue:
         heads = [level[0].enqueued_at for level in self._levels if level]
         return min(heads) if heads else None
 
-    def take(self, max_rows: int, now: float) -> list[Waiting]:
-        """Requests for one batch of at most `max_rows` rows (at least one request when any wait).
+    def take(self, max_rows: int, now: float, at_least_one: bool = True) -> list[Waiting]:
+        """Requests for one batch of at most `max_rows` rows (at least one request when any wait,
+        unless `at_least_one` is False: then a first request larger than `max_rows` stays queued).
 
         Order: requests that have waited past the ageing limit (oldest first), then by level, FIFO.
         A request that does not fit ends the batch, so nothing overtakes its own level.
@@ -70,7 +71,7 @@ class RequestQueue:
         while self.num_requests:
             level = self._next_level(now)
             head = level[0]
-            if batch and rows + head.num_rows > max_rows:
+            if (batch or not at_least_one) and rows + head.num_rows > max_rows:
                 break
             level.popleft()
             self._forget(head)

@@ -8,8 +8,9 @@ The rule, applied each time a batch is formed:
    batch runs anyway, so this costs live requests only the few extra rows' compute.
 3. A floor: while background work waits and its share of the rows run over the last `window_s` is
    below `min_share`, a batch holds `ceil(min_share * max_rows)` rows for it even when live requests
-   could fill them. Background work therefore progresses at no less than that share under any live
-   load; at that floor a job reports `waiting: live load`.
+   could fill them (when the first waiting live request is too large to leave them free, the held
+   rows run as a short batch of their own before it). Background work therefore progresses at no less
+   than that share under any live load; at that floor a job reports `waiting: live load`.
 4. Idle: with no live request waiting, background rows run on their own, at most `max_rows // 4`
    rows a batch while live requests were seen within the window (one arriving then waits for a short
    batch at most), a full batch otherwise.

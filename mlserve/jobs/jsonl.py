@@ -100,6 +100,8 @@ class AppendFile:
         self.final = final
         self.partial = partial or final
         self._fh: BinaryIO | None = None
+        self._is_synced = False
+        """Nothing appended since the last sync (an errors file with no bad row costs no fsync)."""
 
     def create(self, replace: bool) -> None:
         """A new, empty partial file, created exclusively (O_EXCL follows no link); `replace` removes
@@ -109,26 +111,32 @@ class AppendFile:
             self.partial.unlink(missing_ok=True)
         fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._fh = os.fdopen(fd, "wb")
+        self._is_synced = False
 
     def restore(self, state: dict[str, Any] | None) -> None:
         if state is None:
             self.partial.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.partial, "wb")
+            self._is_synced = False
             return
         if self.partial != self.final and not self.partial.exists() and self.final.exists():
             os.replace(self.final, self.partial)  # finished once but not recorded: take it back
         self._fh = open(self.partial, "r+b")
         self._fh.truncate(int(state["bytes"]))
         self._fh.seek(0, os.SEEK_END)
+        self._is_synced = False
 
     def append(self, data: bytes) -> None:
         assert self._fh is not None, "append before restore"
         self._fh.write(data)
+        self._is_synced = False
 
     def commit(self) -> dict[str, Any]:
         assert self._fh is not None, "commit before restore"
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if not self._is_synced:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._is_synced = True
         return {"bytes": self._fh.tell()}
 
     def finish(self) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,16 +19,76 @@ from mlserve.jobs.rows import ROW_COLUMN, Chunk, numpy_dtype, replace_durably, r
 from mlserve.spec import TensorSpec
 
 _COPY_BLOCK = 16 << 20
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+"""A zip local file header up to its name: signature, versions, flags, times, CRC, sizes, name and extra lengths."""
 
 
-def _open_member(archive: zipfile.ZipFile, name: str) -> tuple[BinaryIO, tuple[int, ...], np.dtype]:
-    fh = archive.open(f"{name}.npy")
+def _open_member(archive: zipfile.ZipFile, path: Path, name: str) -> _Member:
+    info = archive.getinfo(f"{name}.npy")
+    stored = info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1
+    fh: BinaryIO = open(path, "rb") if stored else archive.open(info)
+    start = _data_start(fh, info) if stored else 0
+    fh.seek(start)
     version = np.lib.format.read_magic(fh)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran_order, dtype = read_header(fh)
     if fortran_order or dtype.hasobject:
+        fh.close()
         raise InvalidInput(f"array {name!r}: only C-ordered arrays of numbers can be streamed from .npz")
-    return fh, shape, dtype
+    member = _Member(fh, tuple(shape), dtype, fh.tell())
+    if stored:  # zipfile checked this CRC as it read; a straight read checks it itself
+        member.end = start + info.file_size
+        member.crc_expected = info.CRC
+        fh.seek(start)
+        member.crc_head = zlib.crc32(fh.read(member.offset - start))
+    return member
+
+
+def _data_start(fh: BinaryIO, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes begin: after its local header, whose name and extra field
+    lengths may differ from the central directory's."""
+    fh.seek(info.header_offset)
+    header = fh.read(_LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise InvalidInput(f"member {info.filename!r}: bad local zip header")
+    name_len, extra_len = _LOCAL_HEADER.unpack(header)[-2:]
+    return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+
+
+@dataclass(slots=True)
+class _Member:
+    """One input array inside the zip. A stored (np.savez) member is read straight from the file
+    into the chunk's array, one copy and no zip layer; a compressed one goes through zipfile."""
+
+    fh: BinaryIO
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int
+    """Where row 0 begins in `fh`."""
+    end: int = 0
+    crc_expected: int | None = None
+    crc_head: int = 0
+    crc: int | None = None
+    """Running CRC of a stored member read from its start; None once a seek made it unknowable."""
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def seek(self, row: int) -> None:
+        self.fh.seek(self.offset + row * self.row_bytes)
+        self.crc = self.crc_head if row == 0 and self.crc_expected is not None else None
+
+    def read(self, name: str, first: int, count: int) -> np.ndarray:
+        array = np.empty((count, *self.shape[1:]), dtype=self.dtype)
+        if self.fh.readinto(memoryview(array).cast("B")) != array.nbytes:
+            raise InvalidInput(f"array {name!r} ends early: the file is truncated")
+        if self.crc is not None:
+            self.crc = zlib.crc32(array, self.crc)
+            done = first + count == self.shape[0] and self.offset + self.shape[0] * self.row_bytes == self.end
+            if done and self.crc != self.crc_expected:
+                raise InvalidInput(f"array {name!r} is corrupt: its zip CRC does not match its bytes")
+        return array
 
 
 class NpzReader:
@@ -38,30 +101,30 @@ class NpzReader:
         if names != wanted:
             raise InvalidInput(f"{path.name} holds arrays {sorted(names)}; the model takes {sorted(wanted)}")
         self._specs = specs
-        self._members: dict[str, tuple[BinaryIO, tuple[int, ...], np.dtype, int]] = {}
+        self._members: dict[str, _Member] = {}
         lengths = set()
-        for spec in specs:
-            fh, shape, dtype = _open_member(self._archive, spec.name)
-            if not shape or not shape_fits(row_shape(spec), tuple(shape[1:])):
-                raise InvalidInput(f"array {spec.name!r} has shape {list(shape)}; the model takes "
-                                   f"{list(spec.shape)}")
-            if not np.can_cast(dtype, numpy_dtype(spec), "same_kind"):
-                raise InvalidInput(f"array {spec.name!r} is {dtype}; the model takes {spec.datatype}")
-            self._members[spec.name] = (fh, shape, dtype, fh.tell())
-            lengths.add(shape[0])
-        if len(lengths) > 1:
-            raise InvalidInput(f"the arrays in {path.name} disagree on their number of rows: {sorted(lengths)}")
+        try:
+            for spec in specs:
+                member = self._members[spec.name] = _open_member(self._archive, path, spec.name)
+                if not member.shape or not shape_fits(row_shape(spec), member.shape[1:]):
+                    raise InvalidInput(f"array {spec.name!r} has shape {list(member.shape)}; the model takes "
+                                       f"{list(spec.shape)}")
+                if not np.can_cast(member.dtype, numpy_dtype(spec), "same_kind"):
+                    raise InvalidInput(f"array {spec.name!r} is {member.dtype}; the model takes {spec.datatype}")
+                lengths.add(member.shape[0])
+            if len(lengths) > 1:
+                raise InvalidInput(f"the arrays in {path.name} disagree on their number of rows: {sorted(lengths)}")
+        except BaseException:
+            self.close()
+            raise
         self.num_rows: int | None = lengths.pop() if lengths else 0
         self._row = 0
-
-    def _row_bytes(self, name: str) -> int:
-        _, shape, dtype, _ = self._members[name]
-        return dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        self.seek({})
 
     def seek(self, state: dict[str, Any]) -> None:
         self._row = int(state.get("row", 0))
-        for name, (fh, _, _, offset) in self._members.items():
-            fh.seek(offset + self._row * self._row_bytes(name))
+        for member in self._members.values():
+            member.seek(self._row)
 
     def read(self, max_rows: int) -> Chunk | None:
         count = min(max_rows, self.num_rows - self._row)
@@ -69,11 +132,7 @@ class NpzReader:
             return None
         inputs = {}
         for spec in self._specs:
-            fh, shape, dtype, _ = self._members[spec.name]
-            data = fh.read(count * self._row_bytes(spec.name))
-            if len(data) != count * self._row_bytes(spec.name):
-                raise InvalidInput(f"array {spec.name!r} ends early: the file is truncated")
-            array = np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:])
+            array = self._members[spec.name].read(spec.name, self._row, count)
             inputs[spec.name] = array.astype(numpy_dtype(spec), copy=False)
         first = self._row
         self._row += count
@@ -81,8 +140,9 @@ class NpzReader:
         return Chunk(first, count, rows, inputs, [], {"row": self._row})
 
     def close(self) -> None:
-        for fh, *_ in self._members.values():
-            fh.close()
+        for member in self._members.values():
+            member.fh.close()
+        self._members = {}
         self._archive.close()
 
 

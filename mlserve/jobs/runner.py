@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -28,11 +30,15 @@ from mlserve.spec import ModelInfo, TensorSpec
 
 Tensors = dict[str, np.ndarray]
 InferFn = Callable[[Tensors, int], Awaitable[Tensors]]
+BatchesFn = Callable[[list[Tensors]], Awaitable[list["Tensors | Exception"]]]
+"""Several batches in one call, answered in order, each with its outputs or the exception it raised."""
 
 # Errors that say the model cannot serve at all: the run stops (and resumes later) instead of
 # recording every remaining row as failed.
 _FATAL = (ModelNotFound, ModelNotReady)
 CHUNK_ROWS = 4096
+_FIRST_CHUNK_PART = 16
+"""A run's first chunk is this part of the others (at least one batch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,29 @@ class JobPlan:
     def rows_per_chunk(self) -> int:
         wanted = self.chunk_rows or CHUNK_ROWS
         return max(1, -(-wanted // self.batch_rows)) * self.batch_rows
+
+
+@dataclass(slots=True)
+class RunTimes:
+    """Where one run's time went, summed over its batches (seconds): what `mlserve batch` reports per
+    batch. Reading (with decoding) and writing (with encoding) run on their own threads beside the
+    engine; `engine_wait_s` is how long the run loop waited for answers with none ready."""
+
+    batches: int = 0
+    read_s: float = 0.0
+    engine_s: float = 0.0
+    """Inside the model's infer call, when the infer callable records it (the offline engine does)."""
+    engine_wait_s: float = 0.0
+    write_s: float = 0.0
+    sync_s: float = 0.0
+    """fsync of the output and errors files."""
+    checkpoint_s: float = 0.0
+    """Writing and syncing the checkpoint."""
+
+    def per_batch_us(self) -> dict[str, float]:
+        parts = {"read": self.read_s, "engine": self.engine_s, "write": self.write_s, "sync": self.sync_s,
+                 "checkpoint": self.checkpoint_s}
+        return {name: 1e6 * seconds / max(1, self.batches) for name, seconds in parts.items()}
 
 
 def check_plan(plan: JobPlan, suffixes: tuple[str, ...] = FORMATS) -> None:
@@ -142,8 +171,17 @@ class BatchRun:
     """Owns one run's reader, writers and checkpoint; `prepare()` then `await run()`."""
 
     def __init__(self, plan: JobPlan, infer: InferFn, formats: RowFormats | None = None,
-                 after_commit: Callable[[], None] | None = None) -> None:
+                 after_commit: Callable[[], None] | None = None, depth: int = 1,
+                 times: RunTimes | None = None, infer_batches: BatchesFn | None = None) -> None:
         self._formats = formats or RowFormats()
+        self._depth = max(1, depth)
+        """Batches handed to `infer` before the first of them is answered: 2 or more keep an engine
+        on its own thread busy while the loop takes the last answer."""
+        self._infer_batches = infer_batches
+        """When given, a chunk's batches go to the engine in one call (the offline command: its engine
+        thread runs them back to back and the event loop wakes once a chunk, not once a batch);
+        `infer` still reruns the halves of a batch that failed."""
+        self.times = times or RunTimes()
         self._after_commit = after_commit
         """Called on the commit thread once a checkpoint is saved (the S3 mirror of a job's files)."""
         check_plan(plan, self._formats.suffixes)
@@ -179,21 +217,27 @@ class BatchRun:
 
     async def run(self) -> Checkpoint:
         """Every remaining chunk, then the output file. Reading the next chunk and writing the last one
-        overlap the model: the engine never waits on the files. Commits stay in chunk order."""
+        overlap the model: the engine never waits on the files. Commits stay in chunk order; the last
+        chunk's goes straight on to the output and the done checkpoint (see _commit)."""
         assert self.checkpoint is not None, "run before prepare"
         if self.checkpoint.is_done:
             return self.checkpoint
         rows = self.plan.rows_per_chunk
-        pending = asyncio.ensure_future(asyncio.to_thread(self._reader.read, rows))
+        # a short first chunk: the engine starts after reading a few batches, not a whole chunk
+        first_rows = max(1, rows // _FIRST_CHUNK_PART // self.plan.batch_rows) * self.plan.batch_rows
+        pending = asyncio.ensure_future(asyncio.to_thread(self._read, first_rows))
         committing: asyncio.Future | None = None
         try:
-            while (chunk := await pending) is not None:
-                pending = asyncio.ensure_future(asyncio.to_thread(self._reader.read, rows))
+            chunk = await pending
+            while chunk is not None:
+                pending = asyncio.ensure_future(asyncio.to_thread(self._read, rows))
                 answered, outputs, failures = await self._infer_chunk(chunk)
+                following = await pending
                 if committing is not None:
                     await committing
                 committing = asyncio.ensure_future(
-                    _to_thread_to_the_end(self._commit, chunk, answered, outputs, failures))
+                    _to_thread_to_the_end(self._commit, chunk, answered, outputs, failures, following is None))
+                chunk = following
             if committing is not None:
                 await committing
             await _to_thread_to_the_end(self._finish)
@@ -203,13 +247,50 @@ class BatchRun:
                 await asyncio.wait([f for f in (pending, committing) if f is not None])
         return self.checkpoint
 
+    def _read(self, max_rows: int) -> Chunk | None:
+        started = time.perf_counter()
+        try:
+            return self._reader.read(max_rows)
+        finally:
+            self.times.read_s += time.perf_counter() - started
+
     async def _infer_chunk(self, chunk: Chunk) -> tuple[np.ndarray, Tensors, list[RowFailure]]:
+        """The chunk's batches in order, up to `depth` of them in flight (or all in one call to
+        `infer_batches`); answers are taken in order."""
         parts: list[tuple[np.ndarray, Tensors]] = []
         failures = list(chunk.failures)
         step = self.plan.batch_rows
-        for start in range(0, len(chunk.rows), step):
-            span = slice(start, start + step)
-            await self._infer_span({n: a[span] for n, a in chunk.inputs.items()}, chunk.rows[span], parts, failures)
+        if self._infer_batches is not None:
+            spans = [slice(start, start + step) for start in range(0, len(chunk.rows), step)]
+            batches = [({n: a[span] for n, a in chunk.inputs.items()}, chunk.rows[span]) for span in spans]
+            self.times.batches += len(batches)
+            waited = time.perf_counter()
+            answers = await self._infer_batches([inputs for inputs, _ in batches])
+            self.times.engine_wait_s += time.perf_counter() - waited
+            for (inputs, rows), answer in zip(batches, answers):
+                await self._take(inputs, rows, answer, parts, failures)
+            return self._joined(parts, failures)
+        window: deque[tuple[Tensors, np.ndarray, asyncio.Future]] = deque()
+        try:
+            for start in range(0, len(chunk.rows), step):
+                span = slice(start, start + step)
+                inputs, rows = {n: a[span] for n, a in chunk.inputs.items()}, chunk.rows[span]
+                window.append((inputs, rows, asyncio.ensure_future(self._infer(inputs, len(rows)))))
+                self.times.batches += 1
+                if len(window) >= self._depth:
+                    await self._settle(*window.popleft(), parts, failures)
+            while window:
+                await self._settle(*window.popleft(), parts, failures)
+        finally:
+            for *_, answer in window:  # a fatal error or a cancel: drop the rest, retrieve what ended
+                if answer.done() and not answer.cancelled():
+                    answer.exception()
+                answer.cancel()
+        return self._joined(parts, failures)
+
+    @staticmethod
+    def _joined(parts: list[tuple[np.ndarray, Tensors]], failures: list[RowFailure]
+                ) -> tuple[np.ndarray, Tensors, list[RowFailure]]:
         failures.sort(key=lambda f: f.row)
         if not parts:
             return np.empty(0, np.int64), {}, failures
@@ -217,39 +298,83 @@ class BatchRun:
         outputs = {n: np.concatenate([p[1][n] for p in parts]) for n in parts[0][1]}
         return rows, outputs, failures
 
-    async def _infer_span(self, inputs: Tensors, rows: np.ndarray, parts: list, failures: list[RowFailure]) -> None:
-        """One batch; when it fails, halves of it, down to the single rows that fail on their own."""
+    async def _settle(self, inputs: Tensors, rows: np.ndarray, answer: asyncio.Future, parts: list,
+                      failures: list[RowFailure]) -> None:
+        """One batch's answer; when it failed, the batch again in halves (see _infer_span)."""
+        waited = time.perf_counter()
         try:
-            outputs = await self._infer(inputs, len(rows))
-            names = [s.name for s in self.plan.info.outputs]
-            bad = [n for n in names if n not in outputs or outputs[n].shape[:1] != (len(rows),)]
-            if bad:
-                raise MlserveError(f"output(s) {bad} missing or without one row per input row")
-            parts.append((rows, {n: outputs[n] for n in names}))
+            outputs = await answer
+            self.times.engine_wait_s += time.perf_counter() - waited
+            parts.append((rows, self._checked(outputs, len(rows))))
         except _FATAL:
             raise
         except Exception as exc:
-            if len(rows) == 1:
-                failures.append(RowFailure(int(rows[0]), f"{type(exc).__name__}: {exc}"))
-                return
-            half = len(rows) // 2
-            for span in (slice(0, half), slice(half, None)):
-                await self._infer_span({n: a[span] for n, a in inputs.items()}, rows[span], parts, failures)
+            await self._split(inputs, rows, exc, parts, failures)
 
-    def _commit(self, chunk: Chunk, rows: np.ndarray, outputs: Tensors, failures: list[RowFailure]) -> None:
-        """Output and errors synced first, checkpoint replaced last: the order exactly-once rests on."""
-        cp = self.checkpoint
+    async def _take(self, inputs: Tensors, rows: np.ndarray, answer: Tensors | Exception, parts: list,
+                    failures: list[RowFailure]) -> None:
+        """One batch's answer from `infer_batches`: outputs, or the exception its batch raised."""
+        if isinstance(answer, _FATAL):
+            raise answer
+        try:
+            if isinstance(answer, Exception):
+                raise answer
+            parts.append((rows, self._checked(answer, len(rows))))
+        except _FATAL:
+            raise
+        except Exception as exc:
+            await self._split(inputs, rows, exc, parts, failures)
+
+    def _checked(self, outputs: Tensors, num_rows: int) -> Tensors:
+        names = [s.name for s in self.plan.info.outputs]
+        bad = [n for n in names if n not in outputs or outputs[n].shape[:1] != (num_rows,)]
+        if bad:
+            raise MlserveError(f"output(s) {bad} missing or without one row per input row")
+        return {n: outputs[n] for n in names}
+
+    async def _infer_span(self, inputs: Tensors, rows: np.ndarray, parts: list, failures: list[RowFailure]) -> None:
+        """One batch; when it fails, halves of it, down to the single rows that fail on their own."""
+        try:
+            parts.append((rows, self._checked(await self._infer(inputs, len(rows)), len(rows))))
+        except _FATAL:
+            raise
+        except Exception as exc:
+            await self._split(inputs, rows, exc, parts, failures)
+
+    async def _split(self, inputs: Tensors, rows: np.ndarray, exc: Exception, parts: list,
+                     failures: list[RowFailure]) -> None:
+        if len(rows) == 1:
+            failures.append(RowFailure(int(rows[0]), f"{type(exc).__name__}: {exc}"))
+            return
+        half = len(rows) // 2
+        for span in (slice(0, half), slice(half, None)):
+            await self._infer_span({n: a[span] for n, a in inputs.items()}, rows[span], parts, failures)
+
+    def _commit(self, chunk: Chunk, rows: np.ndarray, outputs: Tensors, failures: list[RowFailure],
+                is_last: bool = False) -> None:
+        """Output and errors synced first, checkpoint replaced last: the order exactly-once rests on.
+        The last chunk saves no checkpoint of its own: _finish saves the done one right after. A crash
+        in between leaves files synced past the checkpoint, which a resume cuts back, as after a crash
+        between any chunk's sync and its checkpoint."""
+        cp, times = self.checkpoint, self.times
+        started = time.perf_counter()
         if len(rows):
             self._writer.write(rows, outputs)
         self._errors.write(failures)
+        written = time.perf_counter()
         cp.writer = self._writer.commit()
         cp.errors_state = self._errors.commit()
+        synced = time.perf_counter()
         cp.reader = chunk.state
         cp.rows_done += chunk.num_rows
         cp.rows_ok += len(rows)
         cp.rows_failed += len(failures)
-        save_checkpoint(self._path, cp)
-        if self._after_commit is not None:
+        if not is_last:
+            save_checkpoint(self._path, cp)
+        times.write_s += written - started
+        times.sync_s += synced - written
+        times.checkpoint_s += time.perf_counter() - synced
+        if self._after_commit is not None and not is_last:
             self._after_commit()
         self.progress.update(cp.rows_done, cp.rows_failed)
 

@@ -39,6 +39,55 @@ def test_npz_reader_streams_chunks_and_seeks(tmp_path):
     reader.close()
 
 
+def test_npz_reader_reads_stored_arrays_straight_and_seeks(tmp_path):
+    """np.savez stores arrays uncompressed: read straight from the file, several inputs, any seek."""
+    specs = (TensorSpec("a", "FP32", (-1, 3)), TensorSpec("b", "INT64", (-1,)))
+    a, b = np.arange(30, dtype=np.float32).reshape(10, 3), np.arange(10, dtype=np.int64) * 7
+    np.savez(tmp_path / "in.npz", b=b, a=a)
+    reader = open_reader(tmp_path / "in.npz", specs)
+    chunks = _read_all(reader, 3)
+    assert [c.num_rows for c in chunks] == [3, 3, 3, 1]
+    assert np.array_equal(np.concatenate([c.inputs["a"] for c in chunks]), a)
+    assert np.array_equal(np.concatenate([c.inputs["b"] for c in chunks]), b)
+    for state, first in (({"row": 7}, 7), ({}, 0), ({"row": 10}, None)):
+        reader.seek(state)
+        chunk = reader.read(100)
+        if first is None:
+            assert chunk is None
+            continue
+        assert chunk.rows.tolist() == list(range(first, 10))
+        assert np.array_equal(chunk.inputs["a"], a[first:]) and np.array_equal(chunk.inputs["b"], b[first:])
+    reader.close()
+
+
+def test_npz_reader_finds_stored_bytes_past_a_local_extra_field(tmp_path):
+    """The local header's extra field (zip64 writers add one) moves where a member's bytes begin."""
+    import zipfile
+
+    x = np.arange(24, dtype=np.float32).reshape(6, 4)
+    with zipfile.ZipFile(tmp_path / "in.npz", "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("x.npy", "w", force_zip64=True) as out:
+            np.lib.format.write_array(out, x)
+    reader = open_reader(tmp_path / "in.npz", X)
+    assert np.array_equal(reader.read(100).inputs["x"], x)
+    reader.close()
+
+
+def test_npz_reader_refuses_a_stored_array_whose_bytes_do_not_match_its_crc(tmp_path):
+    x = np.arange(400, dtype=np.float32).reshape(100, 4)
+    path = tmp_path / "in.npz"
+    np.savez(path, x=x)
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(x[50].tobytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    reader = open_reader(path, X)
+    reader.read(60)
+    with pytest.raises(InvalidInput, match="'x' is corrupt"):
+        reader.read(60)
+    reader.close()
+
+
 def test_npz_reader_refuses_what_does_not_fit_the_model(tmp_path):
     np.savez(tmp_path / "names.npz", z=np.zeros((2, 4), np.float32))
     with pytest.raises(InvalidInput, match=r"holds arrays \['z'\]; the model takes \['x'\]"):

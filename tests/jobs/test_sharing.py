@@ -118,3 +118,26 @@ def test_a_version_that_stopped_serving_stops_the_job():
 
     with pytest.raises(ModelNotReady, match="version 1 is unloading"):
         asyncio.run(main())
+
+
+def test_the_floor_holds_when_each_live_request_fills_a_batch_on_its_own():
+    """Live requests of max_batch_size rows each cannot leave the held row free: the batch after the
+    running one is the job's held rows alone, and the live requests run after it, whole."""
+    async def main():
+        model, batcher, job = setup()
+        first = asyncio.create_task(batcher.submit(rows(1), 1))
+        await asyncio.to_thread(model.entered.wait, 10)
+        live = [asyncio.create_task(batcher.submit(rows(2, 8), 8)) for _ in range(3)]
+        await until(lambda: batcher.num_queued == 3)
+        job_task = asyncio.create_task(job(rows(9, 1), 1))
+        await until(lambda: batcher.num_background == 1)
+        model.gate.set()
+        await job_task
+        status = job.status()
+        await asyncio.gather(first, *live)
+        await batcher.stop()
+        return model.batches, status
+
+    batches, status = asyncio.run(main())
+    assert batches == [[1], [9], [2] * 8, [2] * 8, [2] * 8]
+    assert status == WAITING_FOR_LIVE
