@@ -90,9 +90,13 @@ def test_student_has_half_the_layers_learns_from_the_teacher_and_is_the_same_for
     assert [o.name for o in session.get_outputs()] == ["hidden"]
 
 
-def test_the_time_budget_stops_training_and_says_so(source, tmp_path):
+def test_the_time_budget_stops_training_and_says_so_and_torch_threads_are_put_back(source, tmp_path):
+    import torch
+
+    torch.set_num_threads(2)
     cut = _distill(source, tmp_path / "a", Options(distill_steps=100_000, distill_time_s=0.5))
     assert cut.notes["stopped_by_time_budget"] and cut.notes["steps"] < 100_000
+    assert torch.get_num_threads() == 2  # the pass trains with one thread and puts the count back
 
 
 def test_an_encoder_with_other_inputs_is_unavailable(source, tmp_path):
