@@ -1,4 +1,6 @@
-"""Distillation for MLP-style models: a narrower student trained to match the source's outputs.
+"""Distillation: a smaller student trained to match the source's outputs. BERT-style encoders
+(a `config.json` beside the ONNX) get a student with every other layer (distill_encoder.py); MLPs
+get a narrower one (this module).
 
 Applies where the FP32 ONNX is a plain chain MatMul [+ Add bias] -> activation -> ... -> MatMul
 [+ Add bias] (any source the export pass reads). The student keeps the depth and keeps
@@ -18,7 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from mlserve.optimize import onnx_graph
-from mlserve.optimize.base import Artifact, Options, PassFailed, PassUnavailable, Source, onnx_chain, onnx_source
+from mlserve.optimize.base import (
+    Artifact, Options, PassFailed, PassUnavailable, Source, onnx_chain, onnx_source, torch_threads,
+)
+from mlserve.optimize.distill_encoder import distill_encoder, is_encoder_source
 from mlserve.optimize.prune import Site, prune_site
 
 ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "Gelu", "LeakyRelu")
@@ -28,13 +33,16 @@ NOISE = 0.1
 
 
 class DistillPass:
-    """FP32 ONNX MLP -> a student with `distill_width` of each hidden layer, trained on the teacher's outputs."""
+    """FP32 ONNX MLP -> a student with `distill_width` of each hidden layer, trained on the teacher's outputs;
+    a BERT encoder -> a student with every other layer."""
 
     name = "distill"
 
     def run(self, source: Source, options: Options, out: Path) -> Artifact:
         import torch
 
+        if is_encoder_source(source):
+            return distill_encoder(source, options, out, self.name)
         model = onnx_graph.load(onnx_source(source))
         onnx_graph.gemm_to_matmul(model)
         layers, activations = mlp_chain(model)
@@ -47,7 +55,8 @@ class DistillPass:
         torch.manual_seed(options.distill_seed)
         student = _student(weights, activations)
         teacher = _student(layers, activations)
-        steps, stopped = _train(student, teacher, x, options)
+        with torch_threads(1):
+            steps, stopped = _train(student, teacher, x, options)
         torch.onnx.export(student.eval(), (torch.from_numpy(x[:2]),), str(out / "model.onnx"), dynamo=False,
                           input_names=[source.inputs[0].name], output_names=[source.outputs[0].name],
                           dynamic_axes={source.inputs[0].name: {0: "batch"}, source.outputs[0].name: {0: "batch"}})
