@@ -6,10 +6,14 @@
 
 Each registered model is a model, its model versions (status READY) are its versions, numbers kept.
 The version the alias (`registry.mlflow_alias`, default "champion") points at is the one served:
-the model's model.toml is made here (`version_policy = { specific = [N] }`, the tensors of that
-version's MLmodel signature, and the text of its `mlserve.toml` tag, checked by the same parser),
+the model's model.toml is made here (mlflow_toml.py: `version_policy = { specific = [N] }`, the
+tensors of that version's MLmodel signature, and its `mlserve.toml` tag, checked by the same parser),
 so moving the alias goes through the loader's hot swap like any new version. A model with no such
-alias is rejected at the scan and keeps serving what it served.
+alias is rejected at the scan and keeps serving what it served. A second alias
+(`registry.mlflow_challenger_alias`, default "challenger") loads that version beside the champion
+with the split at 100% champion (or the `[challenger]` table's split); `challenge()` tells
+dataplane/mlflow_follower.py, which rolls it out and writes the outcome back with `set_alias`,
+`delete_alias` and `set_version_tag`.
 
 Why plain REST over aiohttp and not `mlflow`'s `MlflowClient`: the client pulls in the tracking
 SDK (pandas, sqlalchemy, alembic, protobuf pins...) into the serving process for five GET requests,
@@ -34,7 +38,6 @@ import logging
 import shutil
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +48,12 @@ import orjson
 
 from mlserve.config import RegistryConfig
 from mlserve.errors import ModelLoadError, ModelNotFound
+from mlserve.registry.mlflow_toml import Challenge, ChallengerSpec, model_toml
 from mlserve.registry.s3 import _publish, prune_cache
 from mlserve.registry.safety import check_object_key
 from mlserve.registry.store import StoreError, VersionStat, fingerprint_of, verify_checksums
 from mlserve.spec import MODEL_NAME
 from mlserve.spec.mlmodel import MAX_MLMODEL_BYTES, MLMODEL_FILE, MlModel, parse_mlmodel
-from mlserve.spec.tensor import TensorSpec
 
 log = logging.getLogger("mlserve.registry.mlflow")
 
@@ -65,7 +68,6 @@ _MAX_MODELS = 10_000
 _MAX_VERSIONS = 10_000
 _MAX_FILES = 10_000
 _MAX_DEPTH = 16
-_MAX_TAG_BYTES = 64 << 10
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 30.0
 _QUERY_KEYS = ("models", "tag")
@@ -120,6 +122,10 @@ class _Model:
     versions: dict[int, _Version] = field(default_factory=dict)
     served: int | None = None
     """The version the alias points at (None: no alias)."""
+    challenger: int | None = None
+    """The version the challenger alias points at (None: no such alias)."""
+    spec: ChallengerSpec | None = None
+    """The champion's [challenger] table, as its model.toml was last made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +149,7 @@ class MlflowStore:
         self.uri = uri
         self.target = parse_mlflow_uri(uri)
         self.alias = config.mlflow_alias
+        self.challenger_alias = config.mlflow_challenger_alias
         self.keep_versions = config.cache_versions
         self.max_bytes = config.max_artifact_bytes
         self._headers = {"Authorization": f"Bearer {config.mlflow_token}"} if config.mlflow_token else {}
@@ -221,10 +228,13 @@ class MlflowStore:
             number = _version_number(item.get("version"))
             if number is not None and item.get("status", "READY") == "READY" and item.get("name") == record.name:
                 record.versions[number] = _Version(number, _tags(item))
-        status, body = await self._get_json(f"{_API}/registered-models/alias",
-                                            {"name": record.name, "alias": self.alias}, missing_ok=True)
-        if status == 200:
-            record.served = _version_number((body.get("model_version") or {}).get("version"))
+        record.served = await self._alias(record.name, self.alias)
+        record.challenger = await self._alias(record.name, self.challenger_alias)
+
+    async def _alias(self, name: str, alias: str) -> int | None:
+        status, body = await self._get_json(f"{_API}/registered-models/alias", {"name": name, "alias": alias},
+                                            missing_ok=True)
+        return _version_number((body.get("model_version") or {}).get("version")) if status == 200 else None
 
     async def _search(self, endpoint: str, key: str, params: dict[str, str], limit: int) -> list[dict]:
         items: list[dict] = []
@@ -247,7 +257,7 @@ class MlflowStore:
             raw = await _read_bounded(response, _MAX_JSON_BYTES)
             if len(raw) > _MAX_JSON_BYTES:
                 raise StoreError(f"{self.describe()}: answer to {path} is over {_MAX_JSON_BYTES} bytes")
-            if response.status == 404 and missing_ok:
+            if missing_ok and _is_missing(response.status, raw):
                 return 404, {}
             if response.status != 200:
                 raise StoreError(f"{self.describe()}: {path} answered {response.status}: {raw[:300]!r}")
@@ -280,8 +290,58 @@ class MlflowStore:
             raise StoreError(f"registered model {model!r} has no @{self.alias} alias on a READY version; "
                              f"set one to serve it")
         listing = await self._listing(model, record.served)
-        return model_toml(record.served, record.versions[record.served].tags.get(TOML_TAG), listing.mlmodel,
-                          f"{model} version {record.served} tag {TOML_TAG}")
+        challenger = record.challenger if record.challenger in record.versions else None
+        text, record.spec = model_toml(record.served, record.versions[record.served].tags.get(TOML_TAG),
+                                       listing.mlmodel, f"{model} version {record.served} tag {TOML_TAG}", challenger)
+        return text
+
+    def challenge(self, model: str) -> Challenge | None:
+        """The model's champion and challenger (a READY version other than the champion) as last
+        listed, with the champion's [challenger] settings; None without one."""
+        record = self._models.get(model)
+        if record is None or record.spec is None or record.served is None or record.challenger is None \
+                or record.challenger == record.served or record.challenger not in record.versions:
+            return None
+        return Challenge(record.served, record.challenger, record.spec)
+
+    # ---- writing back ------------------------------------------------------------------------------
+
+    async def alias_version(self, model: str, alias: str) -> int | None:
+        """Where `alias` points now, read from the server (not the last listing)."""
+        return await self._call(lambda: self._alias(model, alias), f"read @{alias} of {model}")
+
+    async def set_alias(self, model: str, alias: str, version: int) -> None:
+        await self._send("POST", "registered-models/alias", {"name": model, "alias": alias, "version": str(version)})
+
+    async def delete_alias(self, model: str, alias: str) -> None:
+        await self._send("DELETE", "registered-models/alias", {"name": model, "alias": alias})
+
+    async def set_version_tag(self, model: str, version: int, key: str, value: str) -> None:
+        await self._send("POST", "model-versions/set-tag",
+                         {"name": model, "version": str(version), "key": key, "value": value})
+
+    async def _send(self, method: str, endpoint: str, body: dict[str, Any]) -> dict:
+        """One write to the REST API; StoreError names the call and the server's answer."""
+        return await self._call(lambda: self._request(method, endpoint, body), f"{method} {endpoint}")
+
+    async def _call(self, make, what: str):
+        try:
+            return await make()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise StoreError(f"{self.describe()}: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _request(self, method: str, endpoint: str, body: dict[str, Any]) -> dict:
+        # a JSON body for DELETE too: MLflow's server reads only GET's fields from the query string
+        async with self._http().request(method, f"{self.target.base_url}{_API}/{endpoint}", data=orjson.dumps(body),
+                                        headers={"Content-Type": "application/json"}) as response:
+            raw = await _read_bounded(response, _MAX_JSON_BYTES)
+            if response.status != 200:
+                raise StoreError(f"{self.describe()}: {method} {endpoint} answered {response.status}: {raw[:300]!r}")
+            try:
+                answer = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                answer = {}
+            return answer if isinstance(answer, dict) else {}
 
     # ---- one version ---------------------------------------------------------------------------
 
@@ -414,30 +474,6 @@ def proxy_path(artifact_uri: str) -> str:
     return path
 
 
-def model_toml(version: int, tag_text: str | None, mlmodel: MlModel, where: str) -> str:
-    """The model.toml of a registered model: the alias' version as the one served, the tag's text,
-    and the signature's tensors unless the tag declares its own."""
-    tag_text = tag_text or ""
-    if len(tag_text.encode()) > _MAX_TAG_BYTES:
-        raise ModelLoadError(f"{where}: over {_MAX_TAG_BYTES} bytes")
-    try:
-        declared = tomllib.loads(tag_text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelLoadError(f"{where}: {exc}") from None
-    if "version_policy" in declared:
-        raise ModelLoadError(f"{where}: version_policy is not allowed here: the MLflow alias picks the version")
-    lines = [f"version_policy = {{ specific = [{version}] }}", tag_text]
-    for key, specs in (("inputs", mlmodel.inputs), ("outputs", mlmodel.outputs)):
-        if key not in declared:
-            lines.extend(_tensor_table(key, spec) for spec in specs)
-    return "\n".join(lines) + "\n"
-
-
-def _tensor_table(key: str, spec: TensorSpec) -> str:
-    return (f"[[{key}]]\nname = {orjson.dumps(spec.name).decode()}\ndatatype = \"{spec.datatype}\"\n"
-            f"shape = [{', '.join(str(d) for d in spec.shape)}]\n")
-
-
 def flatten_flavor(folder: Path, mlmodel: MlModel) -> None:
     """Move a flavor's model files up beside MLmodel, where the engines look (blocking). A flavor
     mlserve does not serve is left as it is: the load names it, once (not retried per poll)."""
@@ -477,6 +513,20 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
     return b"".join(chunks)
+
+
+def _is_missing(status: int, raw: bytes) -> bool:
+    """404, or MLflow's answer for an alias that is not set: 400 INVALID_PARAMETER_VALUE "... not found"."""
+    if status == 404:
+        return True
+    if status != 400:
+        return False
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and body.get("error_code") in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST") \
+        and "not found" in str(body.get("message", ""))
 
 
 def _tags(item: dict[str, Any]) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from mlserve.spec.mlmodel import parse_mlmodel
 from tests.registry.helpers import WIDTH, LoadGenerator, index, infer, wait_until, write_version
 from tests.registry.mlflowutil import MlflowServer, require_mlflow_venv
 from tests.registry.test_hot_swap import _metric
+from tests.routing.models import WIDTH as CANARY_WIDTH
+from tests.routing.models import write_failing_onnx, write_scale_onnx
 from tests.server_process import MlserveProcess
 
 SIGNATURE = f"x:float32:-1,{WIDTH};y:float32:-1,{WIDTH}"
@@ -37,13 +40,24 @@ class Registry:
 
 
 MLP_SIGNATURE = "x:float32:-1,768;y:float32:-1,10"
+CANARY_SIGNATURE = f"x:float32:-1,{CANARY_WIDTH};y:float32:-1,{CANARY_WIDTH}"
+CANARY_TOML = """max_batch_size = 4
+[challenger]
+steps = [50, 100]
+interval_s = 0.5
+min_requests = 3
+max_p99_ratio = 1000.0
+"""
+"""Champion 1's mlserve.toml tag: a rollout of two short steps, judged on errors (latency on shared
+cores is too noisy to judge in a test)."""
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """One tracking server for the module, every model logged by one run of MLflow's client:
     mlp 1, 2 (@champion -> 1); swap and outage 1, 2 (@champion -> 1); torchy 1 (pytorch flavor, a
-    TorchScript file as data/model.pth); sk 1 (sklearn flavor)."""
+    TorchScript file as data/model.pth); sk 1 (sklearn flavor); canary 1 (x * 1, @champion, a quick
+    [challenger] plan in its tag), 2 (fails on x[:, 0] = 9), 3 (x * 2)."""
     require_mlflow_venv()
     root = tmp_path_factory.mktemp("mlflow")
     server = MlflowServer(root).start()
@@ -64,9 +78,16 @@ def registry(tmp_path_factory):
     (root / "sk").mkdir()
     (root / "sk" / "model.pkl").write_bytes(b"never read")
     models.append({"name": "sk", "flavor": "sklearn", "folder": str(root / "sk"), "alias": "champion"})
+    for version, write in ((1, lambda p: write_scale_onnx(p, 1.0)), (2, lambda p: write_failing_onnx(p, 1.0)),
+                           (3, lambda p: write_scale_onnx(p, 2.0))):
+        folder = root / f"src-canary-{version}"
+        write(folder / "model.onnx")
+        models.append({"name": "canary", "flavor": "onnx", "folder": str(folder), "signature": CANARY_SIGNATURE,
+                       "alias": "champion" if version == 1 else ""})
     try:
         versions = server.log_models(models)
-        assert versions == [1, 2, 1, 2, 1, 2, 1, 1], versions
+        assert versions == [1, 2, 1, 2, 1, 2, 1, 1, 1, 2, 3], versions
+        server.set_version_tag("canary", 1, "mlserve.toml", CANARY_TOML)
         server.set_alias("mlp", "champion", 1)  # the older one: the alias, not the newest, is served
         server.set_version_tag("mlp", 1, "mlserve.toml", "max_batch_size = 4\nmax_queue_delay_us = 100\n")
         yield Registry(server, files)
@@ -210,6 +231,75 @@ def test_tracking_server_killed_mid_poll_serving_continues_and_recovery_is_logge
         assert proc.stop() == 0, proc.log()
 
 
+def _rollout(url: str, model: str) -> dict:
+    with urllib.request.urlopen(f"{url}/admin/models/{model}/rollout", timeout=10) as resp:
+        return json.loads(resp.read())["rollout"] or {}
+
+
+def _mlflow_get(server: MlflowServer, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{server.url}/api/2.0/mlflow/{path}", timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _alias(server: MlflowServer, model: str, alias: str) -> int | None:
+    status, body = _mlflow_get(server, f"registered-models/alias?name={model}&alias={alias}")
+    return int(body["model_version"]["version"]) if status == 200 else None
+
+
+def _version_tags(server: MlflowServer, model: str, version: int) -> dict[str, str]:
+    _, body = _mlflow_get(server, f"model-versions/get?name={model}&version={version}")
+    return {t["key"]: t["value"] for t in body["model_version"].get("tags", [])}
+
+
+@pytest.mark.timeout(600)
+def test_challenger_rollout_that_breaches_is_rolled_back_and_the_alias_cleared(registry, tmp_path):
+    """@challenger on a version that fails: mlserve rolls it out over @champion (the champion's
+    [challenger] plan), the breach rolls it back, the challenger alias is deleted in MLflow and the
+    version tagged with the reason, and it unloads; then a good @challenger is promoted: @champion
+    moves to it in MLflow and the old champion unloads. No request fails but those the failing
+    canary answered."""
+    server = registry.server
+    bad = np.full((1, CANARY_WIDTH), 9.0, np.float32)  # x[:, 0] = 9: version 2 fails it, 1 and 3 do not
+    proc = _serve(server, tmp_path, "canary", "--poll-interval", "0.3")
+    try:
+        assert _states(proc.url, "canary") == {"1": ("READY", "")}
+        with LoadGenerator(proc.port, "canary", bad, num_threads=2) as load:
+            server.set_alias("canary", "challenger", 2)
+            wait_until(lambda: _rollout(proc.url, "canary").get("version") == "2", timeout=60)
+            wait_until(lambda: _rollout(proc.url, "canary")["status"] != "running", timeout=60)
+            rolled_back_at = time.monotonic()
+            rollout = _rollout(proc.url, "canary")
+            assert rollout["status"] == "rolled_back" and "error rate" in rollout["reason"], rollout
+            assert rollout["stable"] == "1"
+            wait_until(lambda: _states(proc.url, "canary") == {"1": ("READY", "")}, timeout=60)
+            time.sleep(0.3)  # answers after the unload, from version 1 alone
+        late = [a for a in load.answers if a.sent_at > rolled_back_at + 0.2]
+        assert late and all(a.status == 200 and a.version == 1 for a in late), late[:3]
+        assert {a.version for a in load.answers if a.status == 200} == {1}
+        assert _alias(server, "canary", "challenger") is None and _alias(server, "canary", "champion") == 1
+        assert _version_tags(server, "canary", 2)["mlserve.rollout"].startswith("rolled back: error rate")
+        notes = [h for h in _rollout(proc.url, "canary")["history"] if h["event"] == "mlflow"]
+        assert notes and "@challenger deleted" in notes[0]["done"], notes
+
+        good = np.ones((1, CANARY_WIDTH), np.float32)
+        with LoadGenerator(proc.port, "canary", good, num_threads=2) as load:
+            server.set_alias("canary", "challenger", 3)
+            wait_until(lambda: _rollout(proc.url, "canary").get("version") == "3", timeout=60)
+            wait_until(lambda: _rollout(proc.url, "canary")["status"] != "running", timeout=60)
+            assert _rollout(proc.url, "canary")["status"] == "promoted", _rollout(proc.url, "canary")
+            wait_until(lambda: _states(proc.url, "canary") == {"3": ("READY", "")}, timeout=60)
+        failed = [a for a in load.answers if a.status != 200]
+        assert not failed, f"{len(failed)} of {len(load.answers)} failed, first: {failed[0]}"
+        assert _alias(server, "canary", "champion") == 3 and _alias(server, "canary", "challenger") is None
+        assert _version_tags(server, "canary", 3)["mlserve.rollout"] == "promoted"
+        assert infer(proc.url, "canary", good)[1]["model_version"] == "3"
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
 # ---- the parts that need no server ---------------------------------------------------------------
 
 
@@ -236,7 +326,7 @@ def test_signature_dtypes_map_to_v2_and_unknown_ones_are_refused_by_name():
 def test_model_toml_from_the_alias_version_and_its_tag():
     mlmodel = parse_mlmodel("flavors: {onnx: {}}\nsignature:\n  inputs: '[{\"type\": \"tensor\", \"name\": \"x\", "
                             "\"tensor-spec\": {\"dtype\": \"float32\", \"shape\": [-1, 4]}}]'\n")
-    text = model_toml(3, "max_batch_size = 4\n[traffic]\nfallback = \"previous\"\n", mlmodel, "tag")
+    text, _ = model_toml(3, "max_batch_size = 4\n[traffic]\nfallback = \"previous\"\n", mlmodel, "tag")
     from mlserve.spec import parse_model_config
     import tomllib
 
