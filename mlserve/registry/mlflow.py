@@ -311,18 +311,47 @@ class MlflowStore:
         return await self._call(lambda: self._alias(model, alias), f"read @{alias} of {model}")
 
     async def set_alias(self, model: str, alias: str, version: int) -> None:
-        await self._send("POST", "registered-models/alias", {"name": model, "alias": alias, "version": str(version)})
+        await self.call_api("POST", "registered-models/alias", {"name": model, "alias": alias, "version": str(version)})
 
     async def delete_alias(self, model: str, alias: str) -> None:
-        await self._send("DELETE", "registered-models/alias", {"name": model, "alias": alias})
+        await self.call_api("DELETE", "registered-models/alias", {"name": model, "alias": alias})
 
     async def set_version_tag(self, model: str, version: int, key: str, value: str) -> None:
-        await self._send("POST", "model-versions/set-tag",
+        await self.call_api("POST", "model-versions/set-tag",
                          {"name": model, "version": str(version), "key": key, "value": value})
 
-    async def _send(self, method: str, endpoint: str, body: dict[str, Any]) -> dict:
-        """One write to the REST API; StoreError names the call and the server's answer."""
+    async def call_api(self, method: str, endpoint: str, body: dict[str, Any]) -> dict:
+        """One write to the REST API (`endpoint` under /api/2.0/mlflow/); StoreError names the call
+        and the server's answer."""
         return await self._call(lambda: self._request(method, endpoint, body), f"{method} {endpoint}")
+
+    async def get_api(self, endpoint: str, params: dict[str, str], missing_ok: bool = False) -> tuple[int, dict]:
+        """One read of the REST API: (200, body), or (404, {}) for a missing thing with `missing_ok`."""
+        return await self._call(lambda: self._get_json(f"{_API}/{endpoint}", params, missing_ok), f"GET {endpoint}")
+
+    async def upload_artifact(self, path: str, data: Any) -> None:
+        """PUT one file (bytes or an open file, streamed) through the artifact proxy at `path`."""
+        check_object_key(path)
+        url = f"{self.target.base_url}{_ARTIFACTS}/{quote(path)}"
+
+        async def put() -> None:
+            async with self._http().put(url, data=data) as response:
+                if response.status != 200:
+                    text = (await response.content.read(300)).decode(errors="replace")
+                    raise StoreError(f"{self.describe()}: upload of {path} answered {response.status}: {text}")
+
+        await self._call(put, f"upload of {path}")
+
+    def version_tags(self, model: str, version: int) -> dict[str, str]:
+        """A version's tags, as last listed ({} when unknown)."""
+        record = self._models.get(model)
+        found = record.versions.get(version) if record is not None else None
+        return dict(found.tags) if found is not None else {}
+
+    def champion(self, model: str) -> int | None:
+        """The version the serving alias points at, as last listed."""
+        record = self._models.get(model)
+        return record.served if record is not None else None
 
     async def _call(self, make, what: str):
         try:

@@ -6,6 +6,9 @@ that changes nothing served."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,9 +26,10 @@ from mlserve.spec.mlmodel import parse_mlmodel
 from tests.registry.helpers import WIDTH, LoadGenerator, index, infer, wait_until, write_version
 from tests.registry.mlflowutil import MlflowServer, require_mlflow_venv
 from tests.registry.test_hot_swap import _metric
+from tests.optimize.models import write_data, write_torchscript
 from tests.routing.models import WIDTH as CANARY_WIDTH
 from tests.routing.models import write_failing_onnx, write_scale_onnx
-from tests.server_process import MlserveProcess
+from tests.server_process import ROOT, MlserveProcess
 
 SIGNATURE = f"x:float32:-1,{WIDTH};y:float32:-1,{WIDTH}"
 X = np.random.default_rng(3).standard_normal((2, WIDTH)).astype(np.float32)
@@ -41,6 +45,7 @@ class Registry:
 
 MLP_SIGNATURE = "x:float32:-1,768;y:float32:-1,10"
 CANARY_SIGNATURE = f"x:float32:-1,{CANARY_WIDTH};y:float32:-1,{CANARY_WIDTH}"
+TINY_SIGNATURE = "x:float32:-1,16;y:float32:-1,4"
 CANARY_TOML = """max_batch_size = 4
 [challenger]
 steps = [50, 100]
@@ -57,7 +62,8 @@ def registry(tmp_path_factory):
     """One tracking server for the module, every model logged by one run of MLflow's client:
     mlp 1, 2 (@champion -> 1); swap and outage 1, 2 (@champion -> 1); torchy 1 (pytorch flavor, a
     TorchScript file as data/model.pth); sk 1 (sklearn flavor); canary 1 (x * 1, @champion, a quick
-    [challenger] plan in its tag), 2 (fails on x[:, 0] = 9), 3 (x * 2)."""
+    [challenger] plan in its tag), 2 (fails on x[:, 0] = 9), 3 (x * 2); tiny 1 (pytorch flavor, the
+    optimize tests' TorchScript MLP with its reference.npz, @champion)."""
     require_mlflow_venv()
     root = tmp_path_factory.mktemp("mlflow")
     server = MlflowServer(root).start()
@@ -84,9 +90,16 @@ def registry(tmp_path_factory):
         write(folder / "model.onnx")
         models.append({"name": "canary", "flavor": "onnx", "folder": str(folder), "signature": CANARY_SIGNATURE,
                        "alias": "champion" if version == 1 else ""})
+    tiny = write_torchscript(root / "tiny-src")
+    (tiny / "data").mkdir()
+    (tiny / "model.pt").rename(tiny / "data" / "model.pth")
+    write_data(tiny / "reference.npz")
+    models.append({"name": "tiny", "flavor": "pytorch", "folder": str(tiny), "signature": TINY_SIGNATURE,
+                   "alias": "champion"})
     try:
         versions = server.log_models(models)
-        assert versions == [1, 2, 1, 2, 1, 2, 1, 1, 1, 2, 3], versions
+        assert versions == [1, 2, 1, 2, 1, 2, 1, 1, 1, 2, 3, 1], versions
+        server.set_version_tag("tiny", 1, "mlserve.toml", "max_batch_size = 8\n")
         server.set_version_tag("canary", 1, "mlserve.toml", CANARY_TOML)
         server.set_alias("mlp", "champion", 1)  # the older one: the alias, not the newest, is served
         server.set_version_tag("mlp", 1, "mlserve.toml", "max_batch_size = 4\nmax_queue_delay_us = 100\n")
@@ -298,6 +311,39 @@ def test_challenger_rollout_that_breaches_is_rolled_back_and_the_alias_cleared(r
         assert infer(proc.url, "canary", good)[1]["model_version"] == "3"
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+@pytest.mark.timeout(600)
+def test_optimize_registers_the_winner_with_its_record_and_lineage(registry):
+    """`mlserve optimize` on the @champion of a registered model: the winner becomes a new model
+    version with optimization.json as an artifact and as tags, its source version named, the source's
+    mlserve.toml tag carried over, and --rollout challenger points that alias at it."""
+    server = registry.server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mlserve", "optimize", "--models", f"mlflow://127.0.0.1:{server.port}",
+         "--model", "tiny", "--passes", "graph_opt", "--timing-s", "0.1", "--trust-repository",
+         "--rollout", "challenger"],
+        capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tags = _version_tags(server, "tiny", 2)
+    assert "registered tiny version 2" in done.stderr and f"published {tags['mlserve.winner']} as version 2" in done.stdout
+    assert tags["mlserve.source_version"] == "1" and tags["mlserve.backend"] == "onnx", tags
+    assert tags["mlserve.passes"].split(",")[0] == "export" and tags["mlserve.winner"] in ("export", "graph_opt")
+    record = json.loads(tags["mlserve.optimization"])
+    assert record["source_version"] == 1 and record["winner"] == tags["mlserve.winner"]
+    assert tags["mlserve.toml"] == "max_batch_size = 8\n"
+    assert _alias(server, "tiny", "challenger") == 2 and _alias(server, "tiny", "champion") == 1
+    _, version = _mlflow_get(server, "model-versions/get?name=tiny&version=2")
+    assert "from version 1" in version["model_version"]["description"]
+    _, run = _mlflow_get(server, f"runs/get?run_id={version['model_version']['run_id']}")
+    _, source = _mlflow_get(server, "model-versions/get?name=tiny&version=1")
+    run_tags = {t["key"]: t["value"] for t in run["run"]["data"].get("tags", [])}
+    assert run_tags["mlserve.source_run_id"] == source["model_version"]["run_id"]
+    root = proxy_path(f"{run['run']['info']['artifact_uri']}/model")
+    _, listed = _mlflow_get(server, "../mlflow-artifacts/artifacts?path=" + root)
+    names = {f["path"].rsplit("/", 1)[-1] for f in listed["files"]}
+    assert {"model.onnx", "optimization.json", "reference.npz", "MLmodel", "SHA256SUMS"} <= names, names
 
 
 # ---- the parts that need no server ---------------------------------------------------------------
