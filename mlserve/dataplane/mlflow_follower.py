@@ -43,6 +43,7 @@ log = logging.getLogger("mlserve.mlflow")
 TICK_S = 0.2
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
+START_RETRY_S = 5.0
 OUTCOME_TAG = "mlserve.rollout"
 """The model version tag that records how mlserve's rollout of it ended."""
 
@@ -61,6 +62,8 @@ class MlflowFollower:
         """Ids of the rollouts whose end this process wrote back."""
         self._failures: dict[str, tuple[int, float]] = {}
         """Rollout id -> (failed writes so far, when to try again)."""
+        self._start_at: dict[str, float] = {}
+        """Per model, the earliest time to try a start again after one was refused."""
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -86,6 +89,8 @@ class MlflowFollower:
     async def follow(self, name: str) -> None:
         """One tick for one model."""
         challenge = self._store.challenge(name)
+        if challenge is None and self._traffic.running_rollout(name) is None:
+            return  # the common case, without building the rollout's view
         rollout = self._rollout(name)
         if rollout is not None and rollout["status"] == "running" and self._is_orphan(name, rollout, challenge):
             await self._cancel(name, rollout, challenge)
@@ -122,9 +127,12 @@ class MlflowFollower:
     async def _start(self, name: str, challenge: Challenge) -> None:
         if not (self._is_ready(name, challenge.champion) and self._is_ready(name, challenge.challenger)):
             return  # loading (or failed to load: the champion serves on, the version's reason says why)
+        if self._clock() < self._start_at.get(name, 0.0):
+            return
         try:
             await self._control.start_rollout(name, challenge.spec.rollout_body(challenge.challenger))
-        except MlserveError as exc:  # another replica started it first, or a bandit, or a version unloaded
+        except MlserveError as exc:  # another replica started it first, or a version unloaded meanwhile
+            self._start_at[name] = self._clock() + START_RETRY_S
             log.info("model %s: rollout of @%s version %d not started: %s", name, self._store.challenger_alias,
                      challenge.challenger, exc)
             return

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -26,8 +25,7 @@ from mlserve.engine.base import VERSION_BACKEND_FILE
 from mlserve.errors import ModelNotFound
 from mlserve.registry.mlflow import TOML_TAG, MlflowStore
 from mlserve.registry.mlflow_publish import MAX_TAG_VALUE, Registration, register
-
-ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
+from mlserve.registry.mlflow_toml import ALIAS  # noqa: F401 - the command line checks --rollout with it
 
 
 def is_mlflow(uri: str | None) -> bool:

@@ -19,8 +19,9 @@ Why plain REST over aiohttp and not `mlflow`'s `MlflowClient`: the client pulls 
 SDK (pandas, sqlalchemy, alembic, protobuf pins...) into the serving process for five GET requests,
 and its calls block; the REST API is stable and documented, and aiohttp is already here.
 
-Artifacts come through the tracking server's artifact proxy (`mlflow-artifacts:` locations,
-`mlflow server --serve-artifacts`, the default): listed recursively, each file streamed into a hidden
+Artifacts come straight from S3 when a version's location is s3:// (mlflow_s3.py), else through the
+tracking server's artifact proxy (`mlflow-artifacts:` locations, `mlflow server --serve-artifacts`,
+the default): listed recursively, each file streamed into a hidden
 staging folder in 1 MiB chunks with its size checked against the listing and every path checked by
 `check_object_key`, SHA256SUMS verified when present, the total refused past `max_artifact_bytes`
 before anything is downloaded, and only then renamed into the cache (the S3 store's rules). A
@@ -49,7 +50,8 @@ import orjson
 from mlserve.config import RegistryConfig
 from mlserve.errors import ModelLoadError, ModelNotFound
 from mlserve.registry.mlflow_toml import Challenge, ChallengerSpec, model_toml
-from mlserve.registry.s3 import _publish, prune_cache
+from mlserve.registry.mlflow_s3 import S3Artifacts
+from mlserve.registry.s3 import S3Object, _publish, prune_cache
 from mlserve.registry.safety import check_object_key
 from mlserve.registry.store import StoreError, VersionStat, fingerprint_of, verify_checksums
 from mlserve.spec import MODEL_NAME
@@ -130,13 +132,15 @@ class _Model:
 
 @dataclass(frozen=True, slots=True)
 class _Listing:
-    """A version's artifacts as the proxy lists them (versions are immutable: listed once)."""
+    """A version's artifacts as the proxy (or S3) lists them (versions are immutable: listed once)."""
 
     root: str
-    """Artifact-proxy path of the model's folder."""
+    """Artifact-proxy path of the model's folder, or its s3:// URI."""
     files: dict[str, int]
     """Relative path -> size."""
     mlmodel: MlModel
+    objects: dict[str, S3Object] | None = None
+    """On S3: relative path -> object (read straight from the bucket); None: through the proxy."""
 
 
 class MlflowStore:
@@ -152,6 +156,7 @@ class MlflowStore:
         self.challenger_alias = config.mlflow_challenger_alias
         self.keep_versions = config.cache_versions
         self.max_bytes = config.max_artifact_bytes
+        self._s3 = S3Artifacts(cache_dir / "mlflow-s3", config.s3_endpoint or None, config.s3_region or None)
         self._headers = {"Authorization": f"Bearer {config.mlflow_token}"} if config.mlflow_token else {}
         self._cache = cache_dir / "mlflow" / _cache_name(self.target.base_url)
         self._models: dict[str, _Model] = {}
@@ -376,7 +381,9 @@ class MlflowStore:
 
     async def stat(self, model: str, version: int) -> VersionStat:
         listing = await self._listing(model, version)
-        return fingerprint_of({rel: (size, listing.root) for rel, size in listing.files.items()})
+        objects = listing.objects or {}
+        return fingerprint_of({rel: (size, objects[rel].etag if rel in objects else listing.root)
+                               for rel, size in listing.files.items()})
 
     async def _listing(self, model: str, version: int) -> _Listing:
         if version not in self._model(model).versions:
@@ -393,6 +400,8 @@ class MlflowStore:
     async def _list_version(self, model: str, version: int) -> _Listing:
         _, body = await self._get_json(f"{_API}/model-versions/get-download-uri",
                                        {"name": model, "version": str(version)})
+        if str(body.get("artifact_uri", "")).startswith("s3://"):
+            return await self._list_s3(model, version, str(body["artifact_uri"]).rstrip("/"))
         root = proxy_path(str(body.get("artifact_uri", "")))
         files: dict[str, int] = {}
         await self._walk(root, "", files, 0)
@@ -400,6 +409,14 @@ class MlflowStore:
             raise ModelLoadError(f"{model} version {version}: no {MLMODEL_FILE} file in its artifacts ({root})")
         text = await self._read_small(f"{root}/{MLMODEL_FILE}")
         return _Listing(root, files, parse_mlmodel(text, f"{model} version {version} {MLMODEL_FILE}"))
+
+    async def _list_s3(self, model: str, version: int, uri: str) -> _Listing:
+        objects = await self._s3.list(uri)
+        if MLMODEL_FILE not in objects:
+            raise ModelLoadError(f"{model} version {version}: no {MLMODEL_FILE} file in its artifacts ({uri})")
+        text = await self._s3.read_small(uri, objects[MLMODEL_FILE], MAX_MLMODEL_BYTES)
+        return _Listing(uri, {rel: obj.size for rel, obj in objects.items()},
+                        parse_mlmodel(text, f"{model} version {version} {MLMODEL_FILE}"), objects)
 
     async def _walk(self, root: str, rel: str, files: dict[str, int], depth: int) -> None:
         if depth > _MAX_DEPTH:
@@ -443,7 +460,10 @@ class MlflowStore:
         staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}-partial-"))
         try:
             for rel, size in sorted(listing.files.items()):
-                await self._download(f"{listing.root}/{rel}", size, staging / rel)
+                if listing.objects is not None:
+                    await self._s3.download(listing.root, listing.objects[rel], staging / rel)
+                else:
+                    await self._download(f"{listing.root}/{rel}", size, staging / rel)
             await asyncio.to_thread(verify_checksums, staging)
             await asyncio.to_thread(flatten_flavor, staging, listing.mlmodel)
             await asyncio.to_thread(_publish, staging, final)
@@ -481,6 +501,7 @@ class MlflowStore:
         if self._session is not None:
             await self._session.close()
         self._session = None
+        await self._s3.close()
 
 
 # ---- plain helpers -------------------------------------------------------------------------------
@@ -491,7 +512,7 @@ def proxy_path(artifact_uri: str) -> str:
     if not artifact_uri.startswith("mlflow-artifacts:"):
         raise ModelLoadError(
             f"artifact location {artifact_uri!r} is not behind the tracking server's artifact proxy "
-            "(mlflow-artifacts:); start `mlflow server` with --serve-artifacts (the default)")
+            "(mlflow-artifacts:) nor on S3 (s3://); start `mlflow server` with --serve-artifacts (the default)")
     rest = artifact_uri.removeprefix("mlflow-artifacts:")
     if rest.startswith("//"):
         rest = "/" + rest[2:].partition("/")[2]

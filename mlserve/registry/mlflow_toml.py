@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,9 @@ from mlserve.spec.table import between, parse_table
 from mlserve.spec.tensor import TensorSpec
 
 MAX_TAG_BYTES = 64 << 10
+ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+"""What MLflow (and mlserve's settings) accept as an alias name."""
 MODES = ("rollout", "split")
 
 
@@ -105,6 +109,15 @@ def model_toml(version: int, tag_text: str | None, mlmodel: MlModel, where: str,
     return to_toml(table), spec
 
 
+def check_tag(text: str, where: str) -> None:
+    """A `mlserve.toml` tag's text as the store will read it (ModelLoadError naming the fault)."""
+    declared = _parse_tag(text, where)
+    try:
+        parse_table(ChallengerSpec, declared.pop("challenger", None), "[challenger]")
+    except ValueError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
+
+
 def _parse_tag(text: str, where: str) -> dict[str, Any]:
     if len(text.encode()) > MAX_TAG_BYTES:
         raise ModelLoadError(f"{where}: over {MAX_TAG_BYTES} bytes")
@@ -136,7 +149,7 @@ def to_toml(table: dict[str, Any]) -> str:
 
 
 def _key(key: str) -> str:
-    return orjson.dumps(key).decode()
+    return key if BARE_KEY.fullmatch(key) else orjson.dumps(key).decode()
 
 
 def _value(value: Any) -> str:

@@ -5,13 +5,16 @@ that changes nothing served."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +24,14 @@ import pytest
 
 from mlserve.errors import ModelLoadError
 from mlserve.examples import write_mlp_onnx
-from mlserve.registry.mlflow import model_toml, parse_mlflow_uri, proxy_path
+from mlserve.engine.base import version_backend
+from mlserve.registry.mlflow import MlflowStore, model_toml, parse_mlflow_uri, proxy_path
+from mlserve.registry.mlflow_toml import to_toml
+from mlserve.spec import parse_model_config
 from mlserve.spec.mlmodel import parse_mlmodel
-from tests.registry.helpers import WIDTH, LoadGenerator, index, infer, wait_until, write_version
+from tests.registry.conftest import moto_server, s3_env  # noqa: F401 - the S3 store tests' fixtures
+from tests.registry.helpers import WIDTH, LoadGenerator, index, infer, reference, wait_until, write_version
+from tests.registry.s3util import upload
 from tests.registry.mlflowutil import MlflowServer, require_mlflow_venv
 from tests.registry.test_hot_swap import _metric
 from tests.optimize.models import write_data, write_torchscript
@@ -121,9 +129,9 @@ def _torchscript_folder(folder: Path) -> Path:
     return folder
 
 
-def _serve(server: MlflowServer, tmp_path, models: str, *args: str) -> MlserveProcess:
+def _serve(server: MlflowServer, tmp_path, models: str, *args: str, env: dict | None = None) -> MlserveProcess:
     uri = f"mlflow://127.0.0.1:{server.port}?models={models}"
-    env = {"MLSERVE_REGISTRY_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"MLSERVE_REGISTRY_CACHE_DIR": str(tmp_path / "cache"), **(env or {})}
     return MlserveProcess(uri, *args, log_path=tmp_path / "mlserve.log", env=env).wait_ready(120)
 
 
@@ -341,12 +349,133 @@ def test_optimize_registers_the_winner_with_its_record_and_lineage(registry):
     run_tags = {t["key"]: t["value"] for t in run["run"]["data"].get("tags", [])}
     assert run_tags["mlserve.source_run_id"] == source["model_version"]["run_id"]
     root = proxy_path(f"{run['run']['info']['artifact_uri']}/model")
-    _, listed = _mlflow_get(server, "../mlflow-artifacts/artifacts?path=" + root)
-    names = {f["path"].rsplit("/", 1)[-1] for f in listed["files"]}
+    with urllib.request.urlopen(f"{server.url}/api/2.0/mlflow-artifacts/artifacts?path={root}", timeout=30) as resp:
+        names = {f["path"].rsplit("/", 1)[-1] for f in json.loads(resp.read())["files"]}
     assert {"model.onnx", "optimization.json", "reference.npz", "MLmodel", "SHA256SUMS"} <= names, names
 
 
+@pytest.mark.timeout(300)
+def test_push_registers_a_folder_that_the_store_then_serves(registry, tmp_path):
+    """`mlserve push --models mlflow://...`: a folder becomes a new model version (MLflow numbers it),
+    --config its mlserve.toml tag, --alias pointed at it; the store reads it back with an MLmodel
+    naming the onnx flavor. A link in the folder, and --version, are refused by name."""
+    server = registry.server
+    source = write_version(tmp_path / "src", "pushed", 1)
+    config = tmp_path / "model.toml"
+    config.write_text("max_batch_size = 2\n")
+    uri = f"mlflow://127.0.0.1:{server.port}"
+
+    def push(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mlserve", "push", "--models", uri, "--name", "pushed", *args],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                              timeout=120)
+
+    done = push("--config", str(config), "--alias", "champion", str(source.parent))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "registered pushed version 1" in done.stdout
+    assert _alias(server, "pushed", "champion") == 1
+    assert _version_tags(server, "pushed", 1)["mlserve.toml"] == "max_batch_size = 2\n"
+    refused = push("--version", "3", str(source.parent))
+    assert refused.returncode == 2 and "MLflow numbers" in refused.stderr
+    (source.parent / "linked").symlink_to(source)
+    refused = push(str(source.parent))
+    assert refused.returncode == 2 and "linked is a symbolic link" in refused.stderr
+
+    async def read_back() -> tuple[str, Path]:
+        store = MlflowStore(f"{uri}?models=pushed", tmp_path / "cache")
+        try:
+            await store.refresh()
+            return await store.read_text("pushed", "model.toml"), await store.fetch("pushed", 1)
+        finally:
+            await store.close()
+
+    text, folder = asyncio.run(read_back())
+    assert "max_batch_size = 2" in text
+    assert (folder / "model.onnx").read_bytes() == source.read_bytes()
+    assert version_backend(folder) == "onnx"
+
+
+def _mlflow_post(server: MlflowServer, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{server.url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.timeout(600)
+def test_artifacts_straight_from_s3_with_the_same_rules(registry, tmp_path, moto_server, s3_env):
+    """A model version whose source is on S3 (an s3:// artifact root; S3 is moto's server): mlserve
+    reads the objects straight from the bucket with the S3 store's verified download, serves the
+    champion, and a version with an unsafe object key is refused by name while the first serves on."""
+    server = registry.server
+    src = tmp_path / "s3src"
+    first = write_version(src / "mlflow", "s3model", 1)
+    write_version(src / "mlflow", "s3model", 2)
+    for version in (1, 2):
+        (src / "mlflow" / "s3model" / str(version) / "MLmodel").write_text("flavors:\n  onnx:\n    data: model.onnx\n")
+    (src / "mlflow" / "s3model" / "2" / ".hidden").write_text("never read")
+    upload(moto_server, "models", "", src, create=True)
+    _mlflow_post(server, "registered-models/create", {"name": "s3model"})
+    for version in (1, 2):
+        created = _mlflow_post(server, "model-versions/create",
+                               {"name": "s3model", "source": f"s3://models/mlflow/s3model/{version}"})
+        assert created["model_version"]["version"] == str(version)
+    server.set_alias("s3model", "champion", 1)
+    proc = _serve(server, tmp_path, "s3model", "--s3-endpoint", moto_server, "--poll-interval", "0.3", env=s3_env)
+    try:
+        assert _states(proc.url, "s3model") == {"1": ("READY", "")}
+        status, body = infer(proc.url, "s3model", X)
+        assert status == 200 and body["model_version"] == "1", body
+        got = np.asarray(body["outputs"][0]["data"], np.float32).reshape(X.shape)
+        np.testing.assert_allclose(got, reference(src / "mlflow", "s3model", 1, X), rtol=1e-6)
+        assert "fetched s3model version 1" in proc.log()
+        server.set_alias("s3model", "champion", 2)
+        wait_until(lambda: "unsafe part '.hidden'" in _states(proc.url, "s3model").get("2", ("", ""))[1]
+                   or "unsafe part '.hidden'" in _states(proc.url, "s3model").get(None, ("", ""))[1], timeout=60)
+        assert _states(proc.url, "s3model")["1"][0] == "READY"
+        assert infer(proc.url, "s3model", X)[1]["model_version"] == "1"
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert first.is_file()
+
+
 # ---- the parts that need no server ---------------------------------------------------------------
+
+
+def test_challenger_aliases_make_the_policy_and_the_split():
+    mlmodel = parse_mlmodel("flavors: {onnx: {}}\n")
+    text, spec = model_toml(3, "[challenger]\nsteps = [10, 100]\ninterval_s = 5\n", mlmodel, "tag", challenger=4)
+    config = parse_model_config(tomllib.loads(text))
+    assert config.version_policy.specific == (3, 4) and config.traffic.split == ((3, 100.0),)
+    assert spec.rollout_body(4) == {"version": "4", "steps": [10.0, 100.0], "interval_s": 5.0,
+                                    "max_error_rate_increase": 0.01, "max_p99_ratio": 1.5, "min_requests": 20}
+    text, spec = model_toml(3, "[challenger]\nmode = \"split\"\npercent = 20\n[traffic.experiment]\n"
+                               "outcome = \"numeric\"\n", mlmodel, "tag", challenger=4)
+    config = parse_model_config(tomllib.loads(text))
+    assert config.traffic.split == ((3, 80.0), (4, 20.0)) and config.traffic.experiment.outcome == "numeric"
+    text, _ = model_toml(3, "", mlmodel, "tag")  # no challenger: the champion alone, 100%
+    assert parse_model_config(tomllib.loads(text)).traffic.split == ((3, 100.0),)
+    for tag, words in [("[traffic]\nsplit = { \"3\" = 50 }\n", "split is not allowed"),
+                       ("[challenger]\nstep = [5]\n", "unknown key(s) step"),
+                       ("[challenger]\nmode = \"yolo\"\n", "mode must be one of rollout, split"),
+                       ("[challenger]\nsteps = [50, 10]\n", "does not decrease"),
+                       ("[traffic]\nbandit = { policy = \"thompson\" }\n", "bandit owns the split")]:
+        with pytest.raises(ModelLoadError, match=re.escape(words)):
+            model_toml(3, tag, mlmodel, "tag", challenger=4)
+
+
+def test_the_toml_writer_round_trips_what_tomllib_reads():
+    table = {"a b": "quote \" back\\slash\nnewline \u00e9 \U0001f600 \x01", "n": -3, "f": 0.1, "big": 1e300,
+             "t": True, "l": [1, 2.5, "x", [True]], "d": {"x.y": {"z": []}}, "inf": float("inf")}
+    assert tomllib.loads(to_toml(table)) == table
+
+
+def test_challenger_alias_setting_is_checked():
+    from mlserve.config import load_config
+
+    assert load_config(environ={}).registry.mlflow_challenger_alias == "challenger"
+    with pytest.raises(ValueError, match="both 'champion'"):
+        load_config(environ={}, overrides={"registry": {"mlflow_challenger_alias": "champion"}})
 
 
 def test_mlflow_uri_is_parsed_and_unknown_parts_are_refused():
