@@ -17,6 +17,7 @@ from mlserve.config import Config, RegistryConfig
 from mlserve.dataplane import DataPlane
 from mlserve.dataplane.bandit import BanditDriver
 from mlserve.dataplane.control import ModelControl
+from mlserve.dataplane.mlflow_follower import MlflowFollower
 from mlserve import process
 from mlserve.gc_policy import GcPolicy
 from mlserve.monitor.hub import Monitor
@@ -25,6 +26,7 @@ from mlserve.optimize.auto import AutoOptimizer
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
+from mlserve.registry.mlflow import MlflowStore
 from mlserve.registry.store import Store
 from mlserve.registry.sweep import sweep_store
 from mlserve.routing.generation import GenerationService
@@ -74,8 +76,6 @@ def open_store(uri: str, registry: RegistryConfig | None = None) -> Store:
         return S3Store(uri, cache, registry.s3_endpoint or None, registry.s3_region or None,
                        keep_versions=registry.cache_versions)
     if uri.startswith(("mlflow://", "mlflows://")):
-        from mlserve.registry.mlflow import MlflowStore
-
         registry = registry or RegistryConfig(models=uri)
         cache = Path(registry.cache_dir).expanduser() if registry.cache_dir else Path.home() / ".cache" / "mlserve"
         return MlflowStore(uri, cache, registry)
@@ -111,7 +111,7 @@ class Services:
     """Optimizes each new version of a model whose model.toml asks for it ([optimize] on_new_version)."""
     bandit: BanditDriver | None = None
     """Moves the split of every model whose [traffic] has a bandit (under a lease, through `control`)."""
-    mlflow: Any = None
+    mlflow: MlflowFollower | None = None
     """An mlflow:// repository's MlflowFollower: rolls each @challenger out (through `control`) and
     writes the outcome back to the registry (None for other repositories)."""
 
@@ -157,12 +157,9 @@ def build_services(config: Config, store: Store | None = None) -> Services:
                     BanditDriver(shared, inference.traffic, control), _mlflow_follower(loader, inference, control))
 
 
-def _mlflow_follower(loader: HotSwapLoader, inference: InferenceService, control: ModelControl) -> Any:
-    if loader.store.kind != "mlflow":
-        return None
-    from mlserve.dataplane.mlflow_follower import MlflowFollower
-
-    return MlflowFollower(loader.store, loader, inference.traffic, control)  # type: ignore[arg-type]
+def _mlflow_follower(loader: HotSwapLoader, inference: InferenceService, control: ModelControl) -> MlflowFollower | None:
+    store = loader.store
+    return MlflowFollower(store, loader, inference.traffic, control) if isinstance(store, MlflowStore) else None
 
 
 def _state_store(config: Config, metrics: Metrics) -> StateStore:
