@@ -553,3 +553,20 @@ def test_only_artifact_proxy_locations_are_read():
         proxy_path("s3://bucket/1/x")
     with pytest.raises(ModelLoadError, match="unsafe part"):
         proxy_path("mlflow-artifacts:/1/../etc")
+
+
+def test_a_write_to_an_unreachable_tracking_server_names_the_call(tmp_path):
+    """What the follower logs and notes in the rollout's history when MLflow is away."""
+    from mlserve.registry.store import StoreError
+    from tests.server_process import free_port
+
+    store = MlflowStore(f"mlflow://127.0.0.1:{free_port()}", tmp_path)
+
+    async def write() -> None:
+        try:
+            await store.delete_alias("m", "challenger")
+        finally:
+            await store.close()
+
+    with pytest.raises(StoreError, match=r"DELETE registered-models/alias failed: ClientConnectorError"):
+        asyncio.run(write())
