@@ -370,10 +370,23 @@ def test_push_registers_a_folder_that_the_store_then_serves(registry, tmp_path):
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
                               timeout=120)
 
-    done = push("--config", str(config), "--alias", "champion", str(source.parent))
+    done = push("--config", str(config), str(source.parent))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "registered pushed version 1" in done.stdout
-    assert _alias(server, "pushed", "champion") == 1
+
+    async def without_alias() -> None:  # MLflow answers 400 for an alias not set: this model is refused alone
+        store = MlflowStore(f"{uri}?models=pushed", tmp_path / "cache")
+        try:
+            await store.refresh()
+            with pytest.raises(ModelLoadError, match="has no @champion alias"):
+                await store.read_text("pushed", "model.toml")
+        finally:
+            await store.close()
+
+    asyncio.run(without_alias())
+    done = push("--alias", "champion", str(source.parent))
+    assert done.returncode == 0 and "registered pushed version 2 in" in done.stdout, done.stdout + done.stderr
+    assert _alias(server, "pushed", "champion") == 2
     assert _version_tags(server, "pushed", 1)["mlserve.toml"] == "max_batch_size = 2\n"
     refused = push("--version", "3", str(source.parent))
     assert refused.returncode == 2 and "MLflow numbers" in refused.stderr
@@ -385,12 +398,12 @@ def test_push_registers_a_folder_that_the_store_then_serves(registry, tmp_path):
         store = MlflowStore(f"{uri}?models=pushed", tmp_path / "cache")
         try:
             await store.refresh()
-            return await store.read_text("pushed", "model.toml"), await store.fetch("pushed", 1)
+            return await store.read_text("pushed", "model.toml"), await store.fetch("pushed", 2)
         finally:
             await store.close()
 
     text, folder = asyncio.run(read_back())
-    assert "max_batch_size = 2" in text
+    assert "max_batch_size = 2" not in text  # version 2 was pushed without --config
     assert (folder / "model.onnx").read_bytes() == source.read_bytes()
     assert version_backend(folder) == "onnx"
 
