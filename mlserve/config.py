@@ -160,6 +160,9 @@ class RegistryConfig:
     """Bearer token for an mlflow:// repository (MLFLOW_TRACKING_TOKEN sets it too; empty = none)."""
     mlflow_alias: str = "champion"
     """The MLflow model alias whose version is served (moving it swaps versions at the next poll)."""
+    mlflow_challenger_alias: str = "challenger"
+    """The MLflow alias of a version rolled out against the served one: a canary rollout, or a split
+    with an experiment, as the champion's `[challenger]` table says (docs/models.md, MLflow)."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -176,6 +179,11 @@ class RegistryConfig:
             raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", self.mlflow_alias):
             raise ValueError(f"mlflow_alias must be letters, digits, '_' or '-', got {self.mlflow_alias!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", self.mlflow_challenger_alias):
+            raise ValueError("mlflow_challenger_alias must be letters, digits, '_' or '-', "
+                             f"got {self.mlflow_challenger_alias!r}")
+        if self.mlflow_challenger_alias == self.mlflow_alias:
+            raise ValueError(f"mlflow_challenger_alias and mlflow_alias are both {self.mlflow_alias!r}")
 
 
 @dataclass(frozen=True, slots=True)

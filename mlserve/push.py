@@ -3,6 +3,10 @@
 The same writer as the load API's upload: the version folder is written under a hidden name with
 its SHA256SUMS and renamed into place, so a running server's next reconcile (SIGHUP, poll, index
 call) sees either the whole version or nothing.
+
+Into an mlflow:// repository the artifact is registered as a new model version of the registered
+model `--name` (registry/mlflow_publish.py: a run's artifacts, then the version; MLflow numbers it),
+with `--config`'s text as its `mlserve.toml` tag and `--alias` pointed at it when given.
 """
 
 from __future__ import annotations
@@ -15,20 +19,22 @@ import sys
 import tomllib
 from pathlib import Path
 
-from mlserve.errors import InvalidInput
+from mlserve.errors import InvalidInput, ModelLoadError
 from mlserve.spec import MODEL_NAME, parse_model_config
-from mlserve.registry.store import StoreError
 from mlserve.registry.upload import Upload, check_file_path, write_upload
 
 
 def add_push_parser(sub) -> None:
     push = sub.add_parser("push", help="write a model artifact into a repository as a new version")
-    push.add_argument("--models", required=True, help="model repository folder or s3://bucket/prefix")
+    push.add_argument("--models", required=True, help="model repository folder, s3://bucket/prefix or "
+                                                      "mlflow://host:port (registers a new model version)")
     push.add_argument("--s3-endpoint", help="endpoint URL for an s3:// repository (S3-compatible servers)")
     push.add_argument("--name", required=True, help="model name")
     push.add_argument("artifact", type=Path, help="a model file, or a folder whose files form the version")
     push.add_argument("--version", type=int, help="version number (default: one past the highest)")
-    push.add_argument("--config", type=Path, help="a model.toml to install with it (replaces the model's)")
+    push.add_argument("--config", type=Path, help="a model.toml to install with it (replaces the model's; "
+                                                  "with mlflow:// the new version's mlserve.toml tag)")
+    push.add_argument("--alias", help="mlflow:// only: point this alias (champion, challenger) at the new version")
 
 
 def _files(artifact: Path) -> dict[str, bytes]:
@@ -69,6 +75,12 @@ def run_push(args: argparse.Namespace) -> int:
             raise InvalidInput(f"{args.name!r} is not a valid model name ([a-z0-9][a-z0-9_.-]*)")
         files = _files(args.artifact)
         toml = None
+        if args.models.startswith(("mlflow://", "mlflows://")):
+            where = _push_mlflow(args)
+            print(f"registered {where}")
+            return 0
+        if args.alias is not None:
+            raise InvalidInput("--alias is for an mlflow:// repository")
         if args.config is not None:
             toml = args.config.read_text()
             parse_model_config(tomllib.loads(toml))
@@ -76,7 +88,7 @@ def run_push(args: argparse.Namespace) -> int:
             where = asyncio.run(_push_s3(args, files, toml))
         else:
             where = _push_local(args, files, toml)
-    except (InvalidInput, ValueError, OSError, tomllib.TOMLDecodeError, StoreError) as exc:
+    except (InvalidInput, ValueError, OSError, tomllib.TOMLDecodeError, ModelLoadError) as exc:
         print(f"mlserve push: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {where} ({len(files)} file(s) and SHA256SUMS)")
@@ -115,3 +127,35 @@ async def _push_s3(args: argparse.Namespace, files: dict[str, bytes], toml: str 
     finally:
         await store.close()
     return f"{args.models.rstrip('/')}/{args.name}/{version}"
+
+
+def _push_mlflow(args: argparse.Namespace) -> str:
+    from mlserve.config import load_config
+    from mlserve.registry.mlflow import TOML_TAG, MlflowStore
+    from mlserve.registry.mlflow_publish import Registration, register
+    from mlserve.registry.mlflow_toml import ALIAS, check_tag
+
+    if args.version is not None:
+        raise InvalidInput("--version: MLflow numbers a registered model's versions itself")
+    if args.alias is not None and not ALIAS.fullmatch(args.alias):
+        raise InvalidInput(f"--alias must be letters, digits, '_' or '-', got {args.alias!r}")
+    if not args.artifact.is_dir():
+        raise InvalidInput(f"{args.artifact}: an mlflow:// push registers a folder (the version's files)")
+    tags = {}
+    if args.config is not None:
+        tags[TOML_TAG] = args.config.read_text()
+        check_tag(tags[TOML_TAG], str(args.config))
+    registry = load_config(overrides={"registry": {"models": args.models}}).registry
+    store = MlflowStore(args.models, Path.home() / ".cache" / "mlserve", registry)
+
+    async def push() -> int:
+        try:
+            version = await register(store, Registration(args.name, args.artifact, tags, "pushed by mlserve push"))
+            if args.alias is not None:
+                await store.set_alias(args.name, args.alias, version)
+            return version
+        finally:
+            await store.close()
+
+    version = asyncio.run(push())
+    return f"{args.name} version {version} in {args.models}" + (f" (@{args.alias})" if args.alias else "")

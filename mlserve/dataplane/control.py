@@ -338,6 +338,18 @@ class ModelControl:
         await self._update_rollout(name, cancel)
         return self._traffic.rollout_view(name)
 
+    async def note_rollout(self, name: str, rollout_id: str, note: dict[str, Any]) -> None:
+        """Add `note` to the history of rollout `rollout_id` (a finished one too), once: what was done
+        outside mlserve about it (the MLflow follower's write-back), shown by GET .../rollout."""
+
+        def add(current: Rollout | None) -> Rollout | None:
+            if current is None or current.id != rollout_id or note in current.history:
+                return None
+            current.history.append(note)
+            return current
+
+        await self._update_rollout(name, add)
+
     async def _update_rollout(self, name: str, update: Update, split_by: str | None = None) -> Rollout | None:
         """Write the document's rollout as `update` changes the stored one, and apply it here; None
         (nothing written) when `update` leaves it. Raises what `update` raises."""

@@ -12,6 +12,7 @@ from typing import Callable
 
 from mlserve.config import Config, JobsConfig
 from mlserve.dataplane.control import ModelControl
+from mlserve.dataplane.mlflow_follower import MlflowFollower
 from mlserve.dataplane.plane import DataPlane
 from mlserve.monitor.collectors import VersionStatus
 from mlserve.monitor.hub import Monitor
@@ -20,6 +21,7 @@ from mlserve.optimize.auto import AutoOptimizer, ledger_dir
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
+from mlserve.registry.mlflow import MlflowStore
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.store import Store
 from mlserve.registry.stores import open_store
@@ -96,6 +98,11 @@ class Models:
         """The job manager, publishing through the control door (a rollout it starts is shared and
         driven like one started by hand)."""
         return OptimizeJobs(control.deploy, config, store)
+
+    def mlflow_follower(self, service: InferenceService, control: ModelControl) -> MlflowFollower | None:
+        """With an mlflow:// repository: rolls each @challenger out over @champion through `control`."""
+        store = self.loader.store
+        return MlflowFollower(store, self.loader, service.traffic, control) if isinstance(store, MlflowStore) else None
 
     def auto_optimizer(self, jobs: OptimizeJobs, config: Config) -> AutoOptimizer:
         """Automatic runs publish into a local repository; their ledger sits beside the job records."""

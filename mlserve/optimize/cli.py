@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mlserve.errors import MlserveError
-from mlserve.optimize import PASSES, parse_passes
+from mlserve.optimize import PASSES, mlflow_repo, parse_passes
 from mlserve.optimize.base import Options
 from mlserve.optimize.evaluate import Budget
 from mlserve.optimize.gate import OBJECTIVES, GateSettings
@@ -21,7 +21,8 @@ from mlserve.optimize.table import render
 
 def add_optimize_parser(sub) -> None:
     p = sub.add_parser("optimize", help="make faster versions of a model, gate them on accuracy, publish the best")
-    p.add_argument("--models", help="model repository: a folder or s3://bucket/prefix")
+    p.add_argument("--models", help="model repository: a folder, s3://bucket/prefix or mlflow://host:port "
+                                    "(the winner is registered as a new model version)")
     p.add_argument("--s3-endpoint", help="endpoint URL for an s3:// repository (S3-compatible servers)")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--version", type=int, help="source version (default the newest)")
@@ -49,7 +50,8 @@ def add_optimize_parser(sub) -> None:
     p.add_argument("--trust-repository", action="store_true",
                    help="load TorchScript and .pt2 sources (they can run code) without trusted = true in model.toml")
     p.add_argument("--rollout", help="percents like 5,25,100: roll the published version out as a canary "
-                                     "on the server at --server")
+                                     "on the server at --server; with mlflow:// an alias (challenger) to point "
+                                     "at the registered version, which the serving mlserve rolls out")
     p.add_argument("--server", help="URL of the mlserve serving --models (for --rollout)")
     p.add_argument("--api-key", help="admin key for --server when it checks keys")
 
@@ -62,7 +64,12 @@ def request_from_args(args: argparse.Namespace) -> OptimizeRequest:
         raise ValueError("--version picks a repository version; --file names the artifact itself: give one")
     if not 0.0 < args.sparsity < 1.0:
         raise ValueError("--sparsity must lie in (0, 1)")
-    if args.rollout is not None:
+    if args.rollout is not None and mlflow_repo.is_mlflow(args.models):
+        if not mlflow_repo.ALIAS.fullmatch(args.rollout) or args.server or args.no_publish or args.file is not None:
+            raise ValueError("with an mlflow:// repository --rollout names the alias to point at the registered "
+                             "version (challenger: the serving mlserve rolls it out as the champion's [challenger] "
+                             "table says), needs publishing, and takes no --server")
+    elif args.rollout is not None:
         parse_steps(args.rollout)
         if not args.server or args.no_publish or args.file is not None:
             raise ValueError("--rollout needs --server, a repository version as the source, and publishing")
@@ -117,6 +124,10 @@ def run_optimize(args: argparse.Namespace) -> int:
     try:
         if args.models and args.models.startswith("s3://"):
             report = _run_on_s3(args, request)
+        elif mlflow_repo.is_mlflow(args.models):
+            report = _run_on_mlflow(args, request)
+            print(render(report))
+            return 0 if report.winner else 1
         else:
             report = run(request, ProgressPrinter(request.passes))
     except (MlserveError, Cancelled) as exc:
@@ -138,6 +149,21 @@ def _run_on_s3(args: argparse.Namespace, request: OptimizeRequest) -> Report:
         if report.published_version is not None:
             folder = root / args.model / str(report.published_version)
             s3_repo.upload(args.models, args.s3_endpoint, args.model, folder, Path(tmp))
+    return report
+
+
+def _run_on_mlflow(args: argparse.Namespace, request: OptimizeRequest) -> Report:
+    """Mirror the registered model locally, run there, register the winner as a new model version."""
+    with tempfile.TemporaryDirectory(prefix="mlserve-optimize-mlflow-") as tmp:
+        root, source_version = mlflow_repo.mirror(args.models, args.model, args.version, Path(tmp))
+        report = run(replace(request, models=root, version=source_version), ProgressPrinter(request.passes))
+        if report.published_version is not None:
+            folder = root / args.model / str(report.published_version)
+            registered = mlflow_repo.register_published(args.models, args.model, folder, source_version,
+                                                        args.rollout, Path(tmp))
+            print(f"registered {args.model} version {registered} in {args.models} (from version {source_version})"
+                  + (f"; @{args.rollout} -> {registered}" if args.rollout else ""), file=sys.stderr)
+            report.published_version = registered
     return report
 
 

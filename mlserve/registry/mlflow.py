@@ -6,17 +6,22 @@
 
 Each registered model is a model, its model versions (status READY) are its versions, numbers kept.
 The version the alias (`registry.mlflow_alias`, default "champion") points at is the one served:
-the model's model.toml is made here (`version_policy = { specific = [N] }`, the tensors of that
-version's MLmodel signature, and the text of its `mlserve.toml` tag, checked by the same parser),
+the model's model.toml is made here (mlflow_toml.py: `version_policy = { specific = [N] }`, the
+tensors of that version's MLmodel signature, and its `mlserve.toml` tag, checked by the same parser),
 so moving the alias goes through the loader's hot swap like any new version. A model with no such
-alias is rejected at the scan and keeps serving what it served.
+alias is rejected at the scan and keeps serving what it served. A second alias
+(`registry.mlflow_challenger_alias`, default "challenger") loads that version beside the champion
+with the split at 100% champion (or the `[challenger]` table's split); `challenge()` tells
+dataplane/mlflow_follower.py, which rolls it out and writes the outcome back with `set_alias`,
+`delete_alias` and `set_version_tag`.
 
 Why plain REST over aiohttp and not `mlflow`'s `MlflowClient`: the client pulls in the tracking
 SDK (pandas, sqlalchemy, alembic, protobuf pins...) into the serving process for five GET requests,
 and its calls block; the REST API is stable and documented, and aiohttp is already here.
 
-Artifacts come through the tracking server's artifact proxy (`mlflow-artifacts:` locations,
-`mlflow server --serve-artifacts`, the default): listed recursively, each file streamed into a hidden
+Artifacts come straight from S3 when a version's location is s3:// (mlflow_s3.py), else through the
+tracking server's artifact proxy (`mlflow-artifacts:` locations, `mlflow server --serve-artifacts`,
+the default): listed recursively, each file streamed into a hidden
 staging folder in 1 MiB chunks with its size checked against the listing and every path checked by
 `check_object_key`, SHA256SUMS verified when present, the total refused past `max_artifact_bytes`
 before anything is downloaded, and only then renamed into the cache (the S3 store's rules). A
@@ -34,23 +39,24 @@ import logging
 import shutil
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
 
 from mlserve.config import RegistryConfig
 from mlserve.errors import ModelLoadError, ModelNotFound
-from mlserve.registry.s3 import _publish, prune_cache
+from mlserve.registry.mlflow_toml import Challenge, ChallengerSpec, model_toml
+from mlserve.registry.mlflow_paths import flatten_flavor, parse_mlflow_uri, proxy_path
+from mlserve.registry.mlflow_s3 import S3Artifacts
+from mlserve.registry.s3 import S3Object, _publish, prune_cache
 from mlserve.registry.safety import check_object_key
 from mlserve.registry.store import StoreError, VersionStat, fingerprint_of, verify_checksums
 from mlserve.spec import MODEL_NAME
 from mlserve.spec.mlmodel import MAX_MLMODEL_BYTES, MLMODEL_FILE, MlModel, parse_mlmodel
-from mlserve.spec.tensor import TensorSpec
 
 log = logging.getLogger("mlserve.registry.mlflow")
 
@@ -65,47 +71,8 @@ _MAX_MODELS = 10_000
 _MAX_VERSIONS = 10_000
 _MAX_FILES = 10_000
 _MAX_DEPTH = 16
-_MAX_TAG_BYTES = 64 << 10
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 30.0
-_QUERY_KEYS = ("models", "tag")
-
-
-@dataclass(frozen=True, slots=True)
-class MlflowTarget:
-    """A parsed mlflow:// URI: the server's base URL and which registered models to serve."""
-
-    base_url: str
-    models: tuple[str, ...] = ()
-    tag: str = ""
-    """Serve only registered models carrying this tag (`key` or `key=value`)."""
-
-    def wants(self, name: str, tags: dict[str, str]) -> bool:
-        if self.models and name not in self.models:
-            return False
-        if not self.tag:
-            return True
-        key, has_value, value = self.tag.partition("=")
-        return key in tags and (not has_value or tags[key] == value)
-
-
-def parse_mlflow_uri(uri: str) -> MlflowTarget:
-    """mlflow://host:port[/path][?models=a,b][&tag=key[=value]] (mlflows:// for HTTPS)."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("mlflow", "mlflows") or not parts.netloc:
-        raise ValueError(f"not an mlflow://host:port URI: {uri!r}")
-    if parts.username or parts.password:
-        raise ValueError("put the MLflow token in MLFLOW_TRACKING_TOKEN or registry.mlflow_token, not in the URI")
-    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    unknown = sorted(set(query) - set(_QUERY_KEYS))
-    if unknown:
-        raise ValueError(f"{uri!r}: unknown query parameter(s) {', '.join(unknown)}; known: {', '.join(_QUERY_KEYS)}")
-    if any(len(values) > 1 for values in query.values()):
-        raise ValueError(f"{uri!r}: each query parameter may be given once")
-    models = tuple(m for m in query.get("models", [""])[0].split(",") if m)
-    tag = query.get("tag", [""])[0]
-    scheme = "https" if parts.scheme == "mlflows" else "http"
-    return MlflowTarget(f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}", models, tag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,17 +87,23 @@ class _Model:
     versions: dict[int, _Version] = field(default_factory=dict)
     served: int | None = None
     """The version the alias points at (None: no alias)."""
+    challenger: int | None = None
+    """The version the challenger alias points at (None: no such alias)."""
+    spec: ChallengerSpec | None = None
+    """The champion's [challenger] table, as its model.toml was last made."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Listing:
-    """A version's artifacts as the proxy lists them (versions are immutable: listed once)."""
+    """A version's artifacts as the proxy (or S3) lists them (versions are immutable: listed once)."""
 
     root: str
-    """Artifact-proxy path of the model's folder."""
+    """Artifact-proxy path of the model's folder, or its s3:// URI."""
     files: dict[str, int]
     """Relative path -> size."""
     mlmodel: MlModel
+    objects: dict[str, S3Object] | None = None
+    """On S3: relative path -> object (read straight from the bucket); None: through the proxy."""
 
 
 class MlflowStore:
@@ -143,8 +116,10 @@ class MlflowStore:
         self.uri = uri
         self.target = parse_mlflow_uri(uri)
         self.alias = config.mlflow_alias
+        self.challenger_alias = config.mlflow_challenger_alias
         self.keep_versions = config.cache_versions
         self.max_bytes = config.max_artifact_bytes
+        self._s3 = S3Artifacts(cache_dir / "mlflow-s3", config.s3_endpoint or None, config.s3_region or None)
         self._headers = {"Authorization": f"Bearer {config.mlflow_token}"} if config.mlflow_token else {}
         self._cache = cache_dir / "mlflow" / _cache_name(self.target.base_url)
         self._models: dict[str, _Model] = {}
@@ -221,10 +196,13 @@ class MlflowStore:
             number = _version_number(item.get("version"))
             if number is not None and item.get("status", "READY") == "READY" and item.get("name") == record.name:
                 record.versions[number] = _Version(number, _tags(item))
-        status, body = await self._get_json(f"{_API}/registered-models/alias",
-                                            {"name": record.name, "alias": self.alias}, missing_ok=True)
-        if status == 200:
-            record.served = _version_number((body.get("model_version") or {}).get("version"))
+        record.served = await self._alias(record.name, self.alias)
+        record.challenger = await self._alias(record.name, self.challenger_alias)
+
+    async def _alias(self, name: str, alias: str) -> int | None:
+        status, body = await self._get_json(f"{_API}/registered-models/alias", {"name": name, "alias": alias},
+                                            missing_ok=True)
+        return _version_number((body.get("model_version") or {}).get("version")) if status == 200 else None
 
     async def _search(self, endpoint: str, key: str, params: dict[str, str], limit: int) -> list[dict]:
         items: list[dict] = []
@@ -247,7 +225,7 @@ class MlflowStore:
             raw = await _read_bounded(response, _MAX_JSON_BYTES)
             if len(raw) > _MAX_JSON_BYTES:
                 raise StoreError(f"{self.describe()}: answer to {path} is over {_MAX_JSON_BYTES} bytes")
-            if response.status == 404 and missing_ok:
+            if missing_ok and _is_missing(response.status, raw):
                 return 404, {}
             if response.status != 200:
                 raise StoreError(f"{self.describe()}: {path} answered {response.status}: {raw[:300]!r}")
@@ -280,14 +258,95 @@ class MlflowStore:
             raise StoreError(f"registered model {model!r} has no @{self.alias} alias on a READY version; "
                              f"set one to serve it")
         listing = await self._listing(model, record.served)
-        return model_toml(record.served, record.versions[record.served].tags.get(TOML_TAG), listing.mlmodel,
-                          f"{model} version {record.served} tag {TOML_TAG}")
+        challenger = record.challenger if record.challenger in record.versions else None
+        text, record.spec = model_toml(record.served, record.versions[record.served].tags.get(TOML_TAG),
+                                       listing.mlmodel, f"{model} version {record.served} tag {TOML_TAG}", challenger)
+        return text
+
+    def challenge(self, model: str) -> Challenge | None:
+        """The model's champion and challenger (a READY version other than the champion) as last
+        listed, with the champion's [challenger] settings; None without one."""
+        record = self._models.get(model)
+        if record is None or record.spec is None or record.served is None or record.challenger is None \
+                or record.challenger == record.served or record.challenger not in record.versions:
+            return None
+        return Challenge(record.served, record.challenger, record.spec)
+
+    # ---- writing back ------------------------------------------------------------------------------
+
+    async def alias_version(self, model: str, alias: str) -> int | None:
+        """Where `alias` points now, read from the server (not the last listing)."""
+        return await self._call(lambda: self._alias(model, alias), f"read @{alias} of {model}")
+
+    async def set_alias(self, model: str, alias: str, version: int) -> None:
+        await self.call_api("POST", "registered-models/alias", {"name": model, "alias": alias, "version": str(version)})
+
+    async def delete_alias(self, model: str, alias: str) -> None:
+        await self.call_api("DELETE", "registered-models/alias", {"name": model, "alias": alias})
+
+    async def set_version_tag(self, model: str, version: int, key: str, value: str) -> None:
+        await self.call_api("POST", "model-versions/set-tag",
+                         {"name": model, "version": str(version), "key": key, "value": value})
+
+    async def call_api(self, method: str, endpoint: str, body: dict[str, Any]) -> dict:
+        """One write to the REST API (`endpoint` under /api/2.0/mlflow/); StoreError names the call
+        and the server's answer."""
+        return await self._call(lambda: self._request(method, endpoint, body), f"{method} {endpoint}")
+
+    async def get_api(self, endpoint: str, params: dict[str, str], missing_ok: bool = False) -> tuple[int, dict]:
+        """One read of the REST API: (200, body), or (404, {}) for a missing thing with `missing_ok`."""
+        return await self._call(lambda: self._get_json(f"{_API}/{endpoint}", params, missing_ok), f"GET {endpoint}")
+
+    async def upload_artifact(self, path: str, data: Any) -> None:
+        """PUT one file (bytes or an open file, streamed) through the artifact proxy at `path`."""
+        check_object_key(path)
+        url = f"{self.target.base_url}{_ARTIFACTS}/{quote(path)}"
+
+        async def put() -> None:
+            async with self._http().put(url, data=data) as response:
+                if response.status != 200:
+                    text = (await response.content.read(300)).decode(errors="replace")
+                    raise StoreError(f"{self.describe()}: upload of {path} answered {response.status}: {text}")
+
+        await self._call(put, f"upload of {path}")
+
+    def version_tags(self, model: str, version: int) -> dict[str, str]:
+        """A version's tags, as last listed ({} when unknown)."""
+        record = self._models.get(model)
+        found = record.versions.get(version) if record is not None else None
+        return dict(found.tags) if found is not None else {}
+
+    def champion(self, model: str) -> int | None:
+        """The version the serving alias points at, as last listed."""
+        record = self._models.get(model)
+        return record.served if record is not None else None
+
+    async def _call(self, make, what: str):
+        try:
+            return await make()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise StoreError(f"{self.describe()}: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _request(self, method: str, endpoint: str, body: dict[str, Any]) -> dict:
+        # a JSON body for DELETE too: MLflow's server reads only GET's fields from the query string
+        async with self._http().request(method, f"{self.target.base_url}{_API}/{endpoint}", data=orjson.dumps(body),
+                                        headers={"Content-Type": "application/json"}) as response:
+            raw = await _read_bounded(response, _MAX_JSON_BYTES)
+            if response.status != 200:
+                raise StoreError(f"{self.describe()}: {method} {endpoint} answered {response.status}: {raw[:300]!r}")
+            try:
+                answer = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                answer = {}
+            return answer if isinstance(answer, dict) else {}
 
     # ---- one version ---------------------------------------------------------------------------
 
     async def stat(self, model: str, version: int) -> VersionStat:
         listing = await self._listing(model, version)
-        return fingerprint_of({rel: (size, listing.root) for rel, size in listing.files.items()})
+        objects = listing.objects or {}
+        return fingerprint_of({rel: (size, objects[rel].etag if rel in objects else listing.root)
+                               for rel, size in listing.files.items()})
 
     async def _listing(self, model: str, version: int) -> _Listing:
         if version not in self._model(model).versions:
@@ -304,6 +363,8 @@ class MlflowStore:
     async def _list_version(self, model: str, version: int) -> _Listing:
         _, body = await self._get_json(f"{_API}/model-versions/get-download-uri",
                                        {"name": model, "version": str(version)})
+        if str(body.get("artifact_uri", "")).startswith("s3://"):
+            return await self._list_s3(model, version, str(body["artifact_uri"]).rstrip("/"))
         root = proxy_path(str(body.get("artifact_uri", "")))
         files: dict[str, int] = {}
         await self._walk(root, "", files, 0)
@@ -311,6 +372,14 @@ class MlflowStore:
             raise ModelLoadError(f"{model} version {version}: no {MLMODEL_FILE} file in its artifacts ({root})")
         text = await self._read_small(f"{root}/{MLMODEL_FILE}")
         return _Listing(root, files, parse_mlmodel(text, f"{model} version {version} {MLMODEL_FILE}"))
+
+    async def _list_s3(self, model: str, version: int, uri: str) -> _Listing:
+        objects = await self._s3.list(uri)
+        if MLMODEL_FILE not in objects:
+            raise ModelLoadError(f"{model} version {version}: no {MLMODEL_FILE} file in its artifacts ({uri})")
+        text = await self._s3.read_small(uri, objects[MLMODEL_FILE], MAX_MLMODEL_BYTES)
+        return _Listing(uri, {rel: obj.size for rel, obj in objects.items()},
+                        parse_mlmodel(text, f"{model} version {version} {MLMODEL_FILE}"), objects)
 
     async def _walk(self, root: str, rel: str, files: dict[str, int], depth: int) -> None:
         if depth > _MAX_DEPTH:
@@ -354,7 +423,10 @@ class MlflowStore:
         staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}-partial-"))
         try:
             for rel, size in sorted(listing.files.items()):
-                await self._download(f"{listing.root}/{rel}", size, staging / rel)
+                if listing.objects is not None:
+                    await self._s3.download(listing.root, listing.objects[rel], staging / rel)
+                else:
+                    await self._download(f"{listing.root}/{rel}", size, staging / rel)
             await asyncio.to_thread(verify_checksums, staging)
             await asyncio.to_thread(flatten_flavor, staging, listing.mlmodel)
             await asyncio.to_thread(_publish, staging, final)
@@ -392,82 +464,10 @@ class MlflowStore:
         if self._session is not None:
             await self._session.close()
         self._session = None
+        await self._s3.close()
 
 
 # ---- plain helpers -------------------------------------------------------------------------------
-
-
-def proxy_path(artifact_uri: str) -> str:
-    """`mlflow-artifacts:/1/abc/artifacts/model` (or with a host) -> `1/abc/artifacts/model`."""
-    if not artifact_uri.startswith("mlflow-artifacts:"):
-        raise ModelLoadError(
-            f"artifact location {artifact_uri!r} is not behind the tracking server's artifact proxy "
-            "(mlflow-artifacts:); start `mlflow server` with --serve-artifacts (the default)")
-    rest = artifact_uri.removeprefix("mlflow-artifacts:")
-    if rest.startswith("//"):
-        rest = "/" + rest[2:].partition("/")[2]
-    path = rest.strip("/")
-    try:
-        check_object_key(path)
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"artifact location {artifact_uri!r}: {exc}") from None
-    return path
-
-
-def model_toml(version: int, tag_text: str | None, mlmodel: MlModel, where: str) -> str:
-    """The model.toml of a registered model: the alias' version as the one served, the tag's text,
-    and the signature's tensors unless the tag declares its own."""
-    tag_text = tag_text or ""
-    if len(tag_text.encode()) > _MAX_TAG_BYTES:
-        raise ModelLoadError(f"{where}: over {_MAX_TAG_BYTES} bytes")
-    try:
-        declared = tomllib.loads(tag_text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelLoadError(f"{where}: {exc}") from None
-    if "version_policy" in declared:
-        raise ModelLoadError(f"{where}: version_policy is not allowed here: the MLflow alias picks the version")
-    lines = [f"version_policy = {{ specific = [{version}] }}", tag_text]
-    for key, specs in (("inputs", mlmodel.inputs), ("outputs", mlmodel.outputs)):
-        if key not in declared:
-            lines.extend(_tensor_table(key, spec) for spec in specs)
-    return "\n".join(lines) + "\n"
-
-
-def _tensor_table(key: str, spec: TensorSpec) -> str:
-    return (f"[[{key}]]\nname = {orjson.dumps(spec.name).decode()}\ndatatype = \"{spec.datatype}\"\n"
-            f"shape = [{', '.join(str(d) for d in spec.shape)}]\n")
-
-
-def flatten_flavor(folder: Path, mlmodel: MlModel) -> None:
-    """Move a flavor's model files up beside MLmodel, where the engines look (blocking). A flavor
-    mlserve does not serve is left as it is: the load names it, once (not retried per poll)."""
-    try:
-        flavor, conf = mlmodel.flavor, mlmodel.flavor_conf()
-    except ModelLoadError:
-        return
-    if flavor == "pytorch":  # data/model.pth (pickle or TorchScript) or data/model.pt2 (torch.export)
-        data = folder / str(conf.get("model_data", "data"))
-        for saved, served in (("model.pth", "model.pt"), ("model.pt2", "model.pt2")):
-            if (data / saved).is_file():
-                _move(data / saved, folder / served)
-    elif flavor == "sentence_transformers":
-        _move_children(folder / "model.sentence_transformer", folder)
-    elif flavor == "transformers":
-        _move_children(folder / str(conf.get("model_binary", "model")), folder)
-        _move_children(folder / "components" / "tokenizer", folder)
-
-
-def _move_children(source: Path, target: Path) -> None:
-    if not source.is_dir():
-        return
-    for child in sorted(source.iterdir()):
-        _move(child, target / child.name)
-
-
-def _move(source: Path, target: Path) -> None:
-    if target.exists():
-        raise ModelLoadError(f"{source.name}: both the flavor's folder and the model's top folder have it")
-    source.rename(target)
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -477,6 +477,20 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
     return b"".join(chunks)
+
+
+def _is_missing(status: int, raw: bytes) -> bool:
+    """404, or MLflow's answer for an alias that is not set: 400 INVALID_PARAMETER_VALUE "... not found"."""
+    if status == 404:
+        return True
+    if status != 400:
+        return False
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and body.get("error_code") in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST") \
+        and "not found" in str(body.get("message", ""))
 
 
 def _tags(item: dict[str, Any]) -> dict[str, str]:

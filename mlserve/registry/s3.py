@@ -92,7 +92,7 @@ class S3Store:
     async def refresh(self, model: str | None = None) -> None:
         prefix = self.prefix if model is None else f"{self.prefix}{model}/"
         try:
-            objects = await self._list(prefix)
+            objects = await self.list_objects(prefix)
         except Exception as exc:
             raise StoreError(f"cannot list {self.uri}: {type(exc).__name__}: {exc}") from exc
         found: dict[str, dict[str, S3Object]] = {}
@@ -105,7 +105,8 @@ class S3Store:
         else:
             self._objects[model] = found.get(model, {})
 
-    async def _list(self, prefix: str) -> list[S3Object]:
+    async def list_objects(self, prefix: str) -> list[S3Object]:
+        """Every object under `prefix` (also used by the MLflow store for artifacts on S3)."""
         s3 = await self._s3()
         objects = []
         async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
@@ -164,7 +165,7 @@ class S3Store:
                     check_object_key(obj.key, self.prefix)  # no '..', no absolute or empty parts
                 except ModelLoadError as exc:
                     raise StoreError(f"refusing key {obj.key!r}: {exc}") from None
-                await self._download(obj, staging / rel)
+                await self.download(obj, staging / rel)
             await asyncio.to_thread(verify_checksums, staging)
             await asyncio.to_thread(_publish, staging, final)
             await asyncio.to_thread(prune_cache, final, self.keep_versions)
@@ -175,7 +176,7 @@ class S3Store:
                  len(files), stat.num_bytes, final)
         return final
 
-    async def _download(self, obj: S3Object, target: Path) -> None:
+    async def download(self, obj: S3Object, target: Path) -> None:
         """Stream one object to `target`, checking its size and (single-part) ETag on the way."""
         target.parent.mkdir(parents=True, exist_ok=True)
         md5, size = hashlib.md5(usedforsecurity=False), 0

@@ -17,6 +17,7 @@ from mlserve.config import Config
 from mlserve.dataplane import DataPlane
 from mlserve.dataplane.bandit import BanditDriver
 from mlserve.dataplane.control import ModelControl
+from mlserve.dataplane.mlflow_follower import MlflowFollower
 from mlserve.dataplane.models import Models, Store
 from mlserve import process
 from mlserve.gc_policy import GcPolicy
@@ -88,6 +89,9 @@ class Services:
     """Optimizes each new version of a model whose model.toml asks for it ([optimize] on_new_version)."""
     bandit: BanditDriver | None = None
     """Moves the split of every model whose [traffic] has a bandit (under a lease, through `control`)."""
+    mlflow: MlflowFollower | None = None
+    """An mlflow:// repository's MlflowFollower: rolls each @challenger out (through `control`) and
+    writes the outcome back to the registry (None for other repositories)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +130,7 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     jobs = models.optimize_jobs(control, config.jobs, shared)
     return Services(config, state, metrics, _gate(config, state, shared), monitor, models, inference, generation, status,
                     jobs, DecodePool(config.limits), shared, control, models.plane, models.auto_optimizer(jobs, config),
-                    BanditDriver(shared, inference.traffic, control))
+                    BanditDriver(shared, inference.traffic, control), models.mlflow_follower(inference, control))
 
 
 def _state_store(config: Config, metrics: Metrics) -> StateStore:
@@ -174,6 +178,7 @@ state once the models are loaded, and stops before they unload."""
         Stage("model control", start=s.control.start, stop=s.control.close),
         # Writes through the control door, so it starts once that has the shared state, and stops before it.
         Stage("bandit", start=s.bandit.start if s.bandit else None, stop=s.bandit.close if s.bandit else None),
+        Stage("mlflow challenger", start=s.mlflow.start if s.mlflow else None, stop=s.mlflow.close if s.mlflow else None),
         Stage("traffic", stop=s.inference.traffic.close),
         Stage("status history", start=s.status.start, stop=s.status.stop),
         # Optimize jobs publish through the loader and traffic; at start, dead servers' job folders go.

@@ -5,9 +5,16 @@ that changes nothing served."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
+import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +24,20 @@ import pytest
 
 from mlserve.errors import ModelLoadError
 from mlserve.examples import write_mlp_onnx
-from mlserve.registry.mlflow import model_toml, parse_mlflow_uri, proxy_path
+from mlserve.engine.base import version_backend
+from mlserve.registry.mlflow import MlflowStore, model_toml, parse_mlflow_uri, proxy_path
+from mlserve.registry.mlflow_toml import to_toml
+from mlserve.spec import parse_model_config
 from mlserve.spec.mlmodel import parse_mlmodel
-from tests.registry.helpers import WIDTH, LoadGenerator, index, infer, wait_until, write_version
+from tests.registry.conftest import moto_server, s3_env  # noqa: F401 - the S3 store tests' fixtures
+from tests.registry.helpers import WIDTH, LoadGenerator, index, infer, reference, wait_until, write_version
+from tests.registry.s3util import upload
 from tests.registry.mlflowutil import MlflowServer, require_mlflow_venv
 from tests.registry.test_hot_swap import _metric
-from tests.server_process import MlserveProcess
+from tests.optimize.models import write_data, write_torchscript
+from tests.routing.models import WIDTH as CANARY_WIDTH
+from tests.routing.models import write_failing_onnx, write_scale_onnx
+from tests.server_process import ROOT, MlserveProcess
 
 SIGNATURE = f"x:float32:-1,{WIDTH};y:float32:-1,{WIDTH}"
 X = np.random.default_rng(3).standard_normal((2, WIDTH)).astype(np.float32)
@@ -37,13 +52,26 @@ class Registry:
 
 
 MLP_SIGNATURE = "x:float32:-1,768;y:float32:-1,10"
+CANARY_SIGNATURE = f"x:float32:-1,{CANARY_WIDTH};y:float32:-1,{CANARY_WIDTH}"
+TINY_SIGNATURE = "x:float32:-1,16;y:float32:-1,4"
+CANARY_TOML = """max_batch_size = 4
+[challenger]
+steps = [50, 100]
+interval_s = 0.5
+min_requests = 3
+max_p99_ratio = 1000.0
+"""
+"""Champion 1's mlserve.toml tag: a rollout of two short steps, judged on errors (latency on shared
+cores is too noisy to judge in a test)."""
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """One tracking server for the module, every model logged by one run of MLflow's client:
     mlp 1, 2 (@champion -> 1); swap and outage 1, 2 (@champion -> 1); torchy 1 (pytorch flavor, a
-    TorchScript file as data/model.pth); sk 1 (sklearn flavor)."""
+    TorchScript file as data/model.pth); sk 1 (sklearn flavor); canary 1 (x * 1, @champion, a quick
+    [challenger] plan in its tag), 2 (fails on x[:, 0] = 9), 3 (x * 2); tiny 1 (pytorch flavor, the
+    optimize tests' TorchScript MLP with its reference.npz, @champion)."""
     require_mlflow_venv()
     root = tmp_path_factory.mktemp("mlflow")
     server = MlflowServer(root).start()
@@ -64,9 +92,23 @@ def registry(tmp_path_factory):
     (root / "sk").mkdir()
     (root / "sk" / "model.pkl").write_bytes(b"never read")
     models.append({"name": "sk", "flavor": "sklearn", "folder": str(root / "sk"), "alias": "champion"})
+    for version, write in ((1, lambda p: write_scale_onnx(p, 1.0)), (2, lambda p: write_failing_onnx(p, 1.0)),
+                           (3, lambda p: write_scale_onnx(p, 2.0))):
+        folder = root / f"src-canary-{version}"
+        write(folder / "model.onnx")
+        models.append({"name": "canary", "flavor": "onnx", "folder": str(folder), "signature": CANARY_SIGNATURE,
+                       "alias": "champion" if version == 1 else ""})
+    tiny = write_torchscript(root / "tiny-src")
+    (tiny / "data").mkdir()
+    (tiny / "model.pt").rename(tiny / "data" / "model.pth")
+    write_data(tiny / "reference.npz")
+    models.append({"name": "tiny", "flavor": "pytorch", "folder": str(tiny), "signature": TINY_SIGNATURE,
+                   "alias": "champion"})
     try:
         versions = server.log_models(models)
-        assert versions == [1, 2, 1, 2, 1, 2, 1, 1], versions
+        assert versions == [1, 2, 1, 2, 1, 2, 1, 1, 1, 2, 3, 1], versions
+        server.set_version_tag("tiny", 1, "mlserve.toml", "max_batch_size = 8\n")
+        server.set_version_tag("canary", 1, "mlserve.toml", CANARY_TOML)
         server.set_alias("mlp", "champion", 1)  # the older one: the alias, not the newest, is served
         server.set_version_tag("mlp", 1, "mlserve.toml", "max_batch_size = 4\nmax_queue_delay_us = 100\n")
         yield Registry(server, files)
@@ -87,9 +129,9 @@ def _torchscript_folder(folder: Path) -> Path:
     return folder
 
 
-def _serve(server: MlflowServer, tmp_path, models: str, *args: str) -> MlserveProcess:
+def _serve(server: MlflowServer, tmp_path, models: str, *args: str, env: dict | None = None) -> MlserveProcess:
     uri = f"mlflow://127.0.0.1:{server.port}?models={models}"
-    env = {"MLSERVE_REGISTRY_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"MLSERVE_REGISTRY_CACHE_DIR": str(tmp_path / "cache"), **(env or {})}
     return MlserveProcess(uri, *args, log_path=tmp_path / "mlserve.log", env=env).wait_ready(120)
 
 
@@ -210,7 +252,243 @@ def test_tracking_server_killed_mid_poll_serving_continues_and_recovery_is_logge
         assert proc.stop() == 0, proc.log()
 
 
+def _rollout(url: str, model: str) -> dict:
+    with urllib.request.urlopen(f"{url}/admin/models/{model}/rollout", timeout=10) as resp:
+        return json.loads(resp.read())["rollout"] or {}
+
+
+def _mlflow_get(server: MlflowServer, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{server.url}/api/2.0/mlflow/{path}", timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _alias(server: MlflowServer, model: str, alias: str) -> int | None:
+    status, body = _mlflow_get(server, f"registered-models/alias?name={model}&alias={alias}")
+    return int(body["model_version"]["version"]) if status == 200 else None
+
+
+def _version_tags(server: MlflowServer, model: str, version: int) -> dict[str, str]:
+    _, body = _mlflow_get(server, f"model-versions/get?name={model}&version={version}")
+    return {t["key"]: t["value"] for t in body["model_version"].get("tags", [])}
+
+
+@pytest.mark.timeout(600)
+def test_challenger_rollout_that_breaches_is_rolled_back_and_the_alias_cleared(registry, tmp_path):
+    """@challenger on a version that fails: mlserve rolls it out over @champion (the champion's
+    [challenger] plan), the breach rolls it back, the challenger alias is deleted in MLflow and the
+    version tagged with the reason, and it unloads; then a good @challenger is promoted: @champion
+    moves to it in MLflow and the old champion unloads. No request fails but those the failing
+    canary answered."""
+    server = registry.server
+    bad = np.full((1, CANARY_WIDTH), 9.0, np.float32)  # x[:, 0] = 9: version 2 fails it, 1 and 3 do not
+    proc = _serve(server, tmp_path, "canary", "--poll-interval", "0.3")
+    try:
+        assert _states(proc.url, "canary") == {"1": ("READY", "")}
+        with LoadGenerator(proc.port, "canary", bad, num_threads=2) as load:
+            server.set_alias("canary", "challenger", 2)
+            wait_until(lambda: _rollout(proc.url, "canary").get("version") == "2", timeout=60)
+            wait_until(lambda: _rollout(proc.url, "canary")["status"] != "running", timeout=60)
+            rolled_back_at = time.monotonic()
+            rollout = _rollout(proc.url, "canary")
+            assert rollout["status"] == "rolled_back" and "error rate" in rollout["reason"], rollout
+            assert rollout["stable"] == "1"
+            wait_until(lambda: _states(proc.url, "canary") == {"1": ("READY", "")}, timeout=60)
+            time.sleep(0.3)  # answers after the unload, from version 1 alone
+        late = [a for a in load.answers if a.sent_at > rolled_back_at + 0.2]
+        assert late and all(a.status == 200 and a.version == 1 for a in late), late[:3]
+        assert {a.version for a in load.answers if a.status == 200} == {1}
+        assert _alias(server, "canary", "challenger") is None and _alias(server, "canary", "champion") == 1
+        assert _version_tags(server, "canary", 2)["mlserve.rollout"].startswith("rolled back: error rate")
+        notes = [h for h in _rollout(proc.url, "canary")["history"] if h["event"] == "mlflow"]
+        assert notes and "@challenger deleted" in notes[0]["done"], notes
+
+        good = np.ones((1, CANARY_WIDTH), np.float32)
+        with LoadGenerator(proc.port, "canary", good, num_threads=2) as load:
+            server.set_alias("canary", "challenger", 3)
+            wait_until(lambda: _rollout(proc.url, "canary").get("version") == "3", timeout=60)
+            wait_until(lambda: _rollout(proc.url, "canary")["status"] != "running", timeout=60)
+            assert _rollout(proc.url, "canary")["status"] == "promoted", _rollout(proc.url, "canary")
+            wait_until(lambda: _states(proc.url, "canary") == {"3": ("READY", "")}, timeout=60)
+        failed = [a for a in load.answers if a.status != 200]
+        assert not failed, f"{len(failed)} of {len(load.answers)} failed, first: {failed[0]}"
+        assert _alias(server, "canary", "champion") == 3 and _alias(server, "canary", "challenger") is None
+        assert _version_tags(server, "canary", 3)["mlserve.rollout"] == "promoted"
+        assert infer(proc.url, "canary", good)[1]["model_version"] == "3"
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+@pytest.mark.timeout(600)
+def test_optimize_registers_the_winner_with_its_record_and_lineage(registry):
+    """`mlserve optimize` on the @champion of a registered model: the winner becomes a new model
+    version with optimization.json as an artifact and as tags, its source version named, the source's
+    mlserve.toml tag carried over, and --rollout challenger points that alias at it."""
+    server = registry.server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mlserve", "optimize", "--models", f"mlflow://127.0.0.1:{server.port}",
+         "--model", "tiny", "--passes", "graph_opt", "--timing-s", "0.1", "--trust-repository",
+         "--rollout", "challenger"],
+        capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tags = _version_tags(server, "tiny", 2)
+    assert "registered tiny version 2" in done.stderr and f"published {tags['mlserve.winner']} as version 2" in done.stdout
+    assert tags["mlserve.source_version"] == "1" and tags["mlserve.backend"] == "onnx", tags
+    assert tags["mlserve.passes"].split(",")[0] == "export" and tags["mlserve.winner"] in ("export", "graph_opt")
+    record = json.loads(tags["mlserve.optimization"])
+    assert record["source_version"] == 1 and record["winner"] == tags["mlserve.winner"]
+    assert tags["mlserve.toml"] == "max_batch_size = 8\n"
+    assert _alias(server, "tiny", "challenger") == 2 and _alias(server, "tiny", "champion") == 1
+    _, version = _mlflow_get(server, "model-versions/get?name=tiny&version=2")
+    assert "from version 1" in version["model_version"]["description"]
+    _, run = _mlflow_get(server, f"runs/get?run_id={version['model_version']['run_id']}")
+    _, source = _mlflow_get(server, "model-versions/get?name=tiny&version=1")
+    run_tags = {t["key"]: t["value"] for t in run["run"]["data"].get("tags", [])}
+    assert run_tags["mlserve.source_run_id"] == source["model_version"]["run_id"]
+    root = proxy_path(f"{run['run']['info']['artifact_uri']}/model")
+    with urllib.request.urlopen(f"{server.url}/api/2.0/mlflow-artifacts/artifacts?path={root}", timeout=30) as resp:
+        names = {f["path"].rsplit("/", 1)[-1] for f in json.loads(resp.read())["files"]}
+    assert {"model.onnx", "optimization.json", "reference.npz", "MLmodel", "SHA256SUMS"} <= names, names
+
+
+@pytest.mark.timeout(300)
+def test_push_registers_a_folder_that_the_store_then_serves(registry, tmp_path):
+    """`mlserve push --models mlflow://...`: a folder becomes a new model version (MLflow numbers it),
+    --config its mlserve.toml tag, --alias pointed at it; the store reads it back with an MLmodel
+    naming the onnx flavor. A link in the folder, and --version, are refused by name."""
+    server = registry.server
+    source = write_version(tmp_path / "src", "pushed", 1)
+    config = tmp_path / "model.toml"
+    config.write_text("max_batch_size = 2\n")
+    uri = f"mlflow://127.0.0.1:{server.port}"
+
+    def push(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mlserve", "push", "--models", uri, "--name", "pushed", *args],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                              timeout=120)
+
+    done = push("--config", str(config), str(source.parent))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "registered pushed version 1" in done.stdout
+
+    async def without_alias() -> None:  # MLflow answers 400 for an alias not set: this model is refused alone
+        store = MlflowStore(f"{uri}?models=pushed", tmp_path / "cache")
+        try:
+            await store.refresh()
+            with pytest.raises(ModelLoadError, match="has no @champion alias"):
+                await store.read_text("pushed", "model.toml")
+        finally:
+            await store.close()
+
+    asyncio.run(without_alias())
+    done = push("--alias", "champion", str(source.parent))
+    assert done.returncode == 0 and "registered pushed version 2 in" in done.stdout, done.stdout + done.stderr
+    assert _alias(server, "pushed", "champion") == 2
+    assert _version_tags(server, "pushed", 1)["mlserve.toml"] == "max_batch_size = 2\n"
+    refused = push("--version", "3", str(source.parent))
+    assert refused.returncode == 2 and "MLflow numbers" in refused.stderr
+    (source.parent / "linked").symlink_to(source)
+    refused = push(str(source.parent))
+    assert refused.returncode == 2 and "linked is a symbolic link" in refused.stderr
+
+    async def read_back() -> tuple[str, Path]:
+        store = MlflowStore(f"{uri}?models=pushed", tmp_path / "cache")
+        try:
+            await store.refresh()
+            return await store.read_text("pushed", "model.toml"), await store.fetch("pushed", 2)
+        finally:
+            await store.close()
+
+    text, folder = asyncio.run(read_back())
+    assert "max_batch_size = 2" not in text  # version 2 was pushed without --config
+    assert (folder / "model.onnx").read_bytes() == source.read_bytes()
+    assert version_backend(folder) == "onnx"
+
+
+def _mlflow_post(server: MlflowServer, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{server.url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.timeout(600)
+def test_artifacts_straight_from_s3_with_the_same_rules(registry, tmp_path, moto_server, s3_env):
+    """A model version whose source is on S3 (an s3:// artifact root; S3 is moto's server): mlserve
+    reads the objects straight from the bucket with the S3 store's verified download, serves the
+    champion, and a version with an unsafe object key is refused by name while the first serves on."""
+    server = registry.server
+    src = tmp_path / "s3src"
+    first = write_version(src / "mlflow", "s3model", 1)
+    write_version(src / "mlflow", "s3model", 2)
+    for version in (1, 2):
+        (src / "mlflow" / "s3model" / str(version) / "MLmodel").write_text("flavors:\n  onnx:\n    data: model.onnx\n")
+    (src / "mlflow" / "s3model" / "2" / ".hidden").write_text("never read")
+    upload(moto_server, "models", "", src, create=True)
+    _mlflow_post(server, "registered-models/create", {"name": "s3model"})
+    for version in (1, 2):
+        created = _mlflow_post(server, "model-versions/create",
+                               {"name": "s3model", "source": f"s3://models/mlflow/s3model/{version}"})
+        assert created["model_version"]["version"] == str(version)
+    server.set_alias("s3model", "champion", 1)
+    proc = _serve(server, tmp_path, "s3model", "--s3-endpoint", moto_server, "--poll-interval", "0.3", env=s3_env)
+    try:
+        assert _states(proc.url, "s3model") == {"1": ("READY", "")}
+        status, body = infer(proc.url, "s3model", X)
+        assert status == 200 and body["model_version"] == "1", body
+        got = np.asarray(body["outputs"][0]["data"], np.float32).reshape(X.shape)
+        np.testing.assert_allclose(got, reference(src / "mlflow", "s3model", 1, X), rtol=1e-6)
+        assert "fetched s3model version 1" in proc.log()
+        server.set_alias("s3model", "champion", 2)
+        wait_until(lambda: "unsafe part '.hidden'" in _states(proc.url, "s3model").get("2", ("", ""))[1]
+                   or "unsafe part '.hidden'" in _states(proc.url, "s3model").get(None, ("", ""))[1], timeout=60)
+        assert _states(proc.url, "s3model")["1"][0] == "READY"
+        assert infer(proc.url, "s3model", X)[1]["model_version"] == "1"
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert first.is_file()
+
+
 # ---- the parts that need no server ---------------------------------------------------------------
+
+
+def test_challenger_aliases_make_the_policy_and_the_split():
+    mlmodel = parse_mlmodel("flavors: {onnx: {}}\n")
+    text, spec = model_toml(3, "[challenger]\nsteps = [10, 100]\ninterval_s = 5\n", mlmodel, "tag", challenger=4)
+    config = parse_model_config(tomllib.loads(text))
+    assert config.version_policy.specific == (3, 4) and config.traffic.split == ((3, 100.0),)
+    assert spec.rollout_body(4) == {"version": "4", "steps": [10.0, 100.0], "interval_s": 5.0,
+                                    "max_error_rate_increase": 0.01, "max_p99_ratio": 1.5, "min_requests": 20}
+    text, spec = model_toml(3, "[challenger]\nmode = \"split\"\npercent = 20\n[traffic.experiment]\n"
+                               "outcome = \"numeric\"\n", mlmodel, "tag", challenger=4)
+    config = parse_model_config(tomllib.loads(text))
+    assert config.traffic.split == ((3, 80.0), (4, 20.0)) and config.traffic.experiment.outcome == "numeric"
+    text, _ = model_toml(3, "", mlmodel, "tag")  # no challenger: the champion alone, 100%
+    assert parse_model_config(tomllib.loads(text)).traffic.split == ((3, 100.0),)
+    for tag, words in [("[traffic]\nsplit = { \"3\" = 50 }\n", "split is not allowed"),
+                       ("[challenger]\nstep = [5]\n", "unknown key(s) step"),
+                       ("[challenger]\nmode = \"yolo\"\n", "mode must be one of rollout, split"),
+                       ("[challenger]\nsteps = [50, 10]\n", "does not decrease"),
+                       ("[traffic]\nbandit = { policy = \"thompson\" }\n", "bandit owns the split")]:
+        with pytest.raises(ModelLoadError, match=re.escape(words)):
+            model_toml(3, tag, mlmodel, "tag", challenger=4)
+
+
+def test_the_toml_writer_round_trips_what_tomllib_reads():
+    table = {"a b": "quote \" back\\slash\nnewline \u00e9 \U0001f600 \x01", "n": -3, "f": 0.1, "big": 1e300,
+             "t": True, "l": [1, 2.5, "x", [True]], "d": {"x.y": {"z": []}}, "inf": float("inf")}
+    assert tomllib.loads(to_toml(table)) == table
+
+
+def test_challenger_alias_setting_is_checked():
+    from mlserve.config import load_config
+
+    assert load_config(environ={}).registry.mlflow_challenger_alias == "challenger"
+    with pytest.raises(ValueError, match="both 'champion'"):
+        load_config(environ={}, overrides={"registry": {"mlflow_challenger_alias": "champion"}})
 
 
 def test_mlflow_uri_is_parsed_and_unknown_parts_are_refused():
@@ -236,7 +514,7 @@ def test_signature_dtypes_map_to_v2_and_unknown_ones_are_refused_by_name():
 def test_model_toml_from_the_alias_version_and_its_tag():
     mlmodel = parse_mlmodel("flavors: {onnx: {}}\nsignature:\n  inputs: '[{\"type\": \"tensor\", \"name\": \"x\", "
                             "\"tensor-spec\": {\"dtype\": \"float32\", \"shape\": [-1, 4]}}]'\n")
-    text = model_toml(3, "max_batch_size = 4\n[traffic]\nfallback = \"previous\"\n", mlmodel, "tag")
+    text, _ = model_toml(3, "max_batch_size = 4\n[traffic]\nfallback = \"previous\"\n", mlmodel, "tag")
     from mlserve.spec import parse_model_config
     import tomllib
 
@@ -288,3 +566,20 @@ def test_only_artifact_proxy_locations_are_read():
         proxy_path("s3://bucket/1/x")
     with pytest.raises(ModelLoadError, match="unsafe part"):
         proxy_path("mlflow-artifacts:/1/../etc")
+
+
+def test_a_write_to_an_unreachable_tracking_server_names_the_call(tmp_path):
+    """What the follower logs and notes in the rollout's history when MLflow is away."""
+    from mlserve.registry.store import StoreError
+    from tests.server_process import free_port
+
+    store = MlflowStore(f"mlflow://127.0.0.1:{free_port()}", tmp_path)
+
+    async def write() -> None:
+        try:
+            await store.delete_alias("m", "challenger")
+        finally:
+            await store.close()
+
+    with pytest.raises(StoreError, match=r"DELETE registered-models/alias failed: ClientConnectorError"):
+        asyncio.run(write())
