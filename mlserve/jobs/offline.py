@@ -17,8 +17,7 @@ from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.progress import ProgressBar
 from mlserve.jobs.runner import BatchRun, JobPlan
 from mlserve.registry import repository
-from mlserve.registry.placement import device_alone
-from mlserve.registry.opening import Trust, open_backend, version_backend_name
+from mlserve.registry.opening import Alone, Trust, VersionFiles, open_version, version_backend_name
 from mlserve.registry.store import Store
 from mlserve.spec import ModelConfig
 
@@ -81,6 +80,7 @@ class _Located:
     path: Path
     backend: str
     trust: Trust
+    max_bytes: int
 
 
 async def _locate(store: Store, args: OfflineArgs, registry: RegistryConfig) -> _Located:
@@ -91,7 +91,7 @@ async def _locate(store: Store, args: OfflineArgs, registry: RegistryConfig) -> 
     name = await asyncio.to_thread(version_backend_name, f"{args.model}/{version}", entry.config, path,
                                    registry.max_artifact_bytes)
     trust = Trust(registry.trust_repository or entry.config.trusted, registry.trust_uploads)
-    return _Located(entry.config, version, path, name, trust)
+    return _Located(entry.config, version, path, name, trust, registry.max_artifact_bytes)
 
 
 async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = None) -> int:
@@ -108,12 +108,13 @@ async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = N
     await store.close()
     if found.backend == "llm":
         raise InvalidInput(f"model {args.model!r} generates text: batch files for it need the OpenAI decoder")
-    device = device_alone(found.config.device or config.registry.default_device, found.backend)
-    backend = await asyncio.to_thread(open_backend, found.backend, found.config, found.path, device, found.trust)
+    # the server's way to open a version: backend choice, trust, placement (as if alone), warm-up
+    files = VersionFiles(f"{args.model}/{found.version}", found.config, found.path, found.trust, found.max_bytes)
+    runtime = await open_version(files, Alone(found.config.device or config.registry.default_device))
     try:
-        return await _run_tensors(args, backend, found.version)
+        return await _run_tensors(args, runtime.backend, found.version)
     finally:
-        backend.unload()
+        runtime.close()
 
 
 async def _run_tensors(args: OfflineArgs, backend: Backend, version: int) -> int:

@@ -27,7 +27,6 @@ from mlserve.batching.cache import ResponseCache, SharedLevel
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
 from mlserve.batching.guard import GuardedInfer, num_hung_threads
 from mlserve.config import RegistryConfig
-from mlserve.engine import Backend
 from mlserve.engine.devices import CudaInventory, Inventory
 from mlserve.errors import ModelLoadError, ModelNotFound, Overloaded
 from mlserve.monitor.metrics import Metrics
@@ -38,11 +37,12 @@ from mlserve.registry.control import ExplicitControl, label
 from mlserve.registry.gpu_placer import GpuPlacer
 from mlserve.registry.placement import GpuLedger
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.opening import Trust, open_backend, version_backend_name
+from mlserve.registry.opening import (GenerativeRuntime, OpenStage, Placed, Trust, VersionFiles,
+                                      open_version)
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
 from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.upload import UploadLocks
-from mlserve.registry.warmup import warm_up, warmup_inputs
+from mlserve.registry.warmup import warmup_inputs
 from mlserve.spec import ModelInfo
 from mlserve.spec.model import BatchingSpec
 from mlserve.state import StateStore
@@ -253,57 +253,50 @@ class HotSwapLoader(ExplicitControl):
             await self._retire(old)
 
     async def _build(self, served: ServedModel, fresh: ServedVersion, source: str) -> bool:
-        """Fetch, place, load, warm up, start the batcher. On failure: UNAVAILABLE with the reason, False."""
+        """Fetch, then open the version (registry/opening.py: backend, trust, placement, load, warm-up),
+        then serve it: a batcher (and cache) for a batched runtime, an LLM engine for a generative one.
+        On failure: UNAVAILABLE with the reason, False."""
         name, version, entry = served.name, fresh.version, served.entry
         loop = asyncio.get_running_loop()
-        stage, started = "fetch", time.monotonic()
+        stage, started = OpenStage("fetch"), time.monotonic()
         try:
             fresh.path = await self._fetch(served, version, fresh.fingerprint)
-            stage = "load"
-            kind = await loop.run_in_executor(self._executor, version_backend_name, f"{name}/{version}",
-                                              entry.config, fresh.path, self._config.max_artifact_bytes)
-            stage = "placement"
-            cap = await self._place(served, fresh, kind, may_evict=source == "request")
-            stage = "load"
-            async with self.placer.measuring(fresh.device) as taken:
-                backend = await loop.run_in_executor(
-                    self._executor, self._load_backend, entry, kind, fresh.path, fresh.device, cap)
-                loaded = time.monotonic()
-                stage = "warmup"
-                try:
-                    runs = await loop.run_in_executor(self._executor, warm_up, backend, entry.config, fresh.path)
-                except Exception:
-                    await loop.run_in_executor(self._executor, backend.unload)
-                    raise
-                measured = await loop.run_in_executor(self._executor, taken)
+            trust = Trust(self._config.trust_repository or entry.config.trusted, self._config.trust_uploads)
+            files = VersionFiles(f"{name}/{version}", entry.config, fresh.path, trust, self._config.max_artifact_bytes)
+            requested = entry.config.device or self._config.default_device
+            placement = _LoaderPlacement(self.placer, served, fresh, requested, may_evict=source == "request")
+            runtime = await open_version(files, placement, self._executor, stage)
+            load_s = time.monotonic() - started - runtime.figures.warmup_s  # fetch and placement count as loading
         except Exception as exc:
             self.placer.release(fresh)
-            self._fail(fresh, stage, exc, source)
+            self._fail(fresh, stage.name, exc, source)
             return False
-        warmed = time.monotonic()
-        self.placer.settle(served, fresh, measured)
-        await loop.run_in_executor(self._executor, self._call_loaded_hooks, entry, version, fresh.path, backend.info)
-        fresh.backend, fresh.info = backend, backend.info
-        fresh.batcher = DynamicBatcher(
-            GuardedInfer.for_model(backend.infer, entry.config, f"{name}/{version}"),
-            entry.config.batching, f"{name}-{version}",
-            instances=entry.config.instances, observer=self._observer(name, str(version)),
-        )
-        fresh.batcher.start()
-        fresh.cache = self._cache(name, str(version), fresh.fingerprint, entry.config.batching)
-        if getattr(backend, "is_generative", False):
-            fresh.llm_engine = self._start_llm_engine(backend, name, version)
+        self.placer.settle(served, fresh, runtime.figures.measured_gpu_bytes)
+        await loop.run_in_executor(self._executor, self._call_loaded_hooks, entry, version, fresh.path, runtime.info)
+        fresh.runtime = runtime
+        if isinstance(runtime, GenerativeRuntime):
+            fresh.llm_engine = self._start_llm_engine(runtime, name, version)
+        else:
+            fresh.batcher = DynamicBatcher(
+                GuardedInfer.for_model(runtime.backend.infer, entry.config, f"{name}/{version}"),
+                entry.config.batching, f"{name}-{version}",
+                instances=entry.config.instances, observer=self._observer(name, str(version)),
+            )
+            fresh.batcher.start()
+            fresh.cache = self._cache(name, str(version), fresh.fingerprint, entry.config.batching)
         fresh.state, fresh.reason = VersionState.READY, ""
-        self._record_load(fresh, loaded - started, warmed - loaded)
+        figures = runtime.figures
+        self._record_load(fresh, load_s, figures.warmup_s)
         log.info("model %s version %d ready (%s; %s on %s, load %.3f s, warm-up %.3f s over %d run(s))", name,
-                 version, source, fresh.info.platform, fresh.device, loaded - started, warmed - loaded, runs)
+                 version, source, runtime.info.platform, fresh.device, load_s, figures.warmup_s,
+                 figures.warmup_runs)
         return True
 
-    def _start_llm_engine(self, backend: Backend, model: str, version: int) -> LLMEngine:
+    def _start_llm_engine(self, runtime: GenerativeRuntime, model: str, version: int) -> LLMEngine:
         from mlserve.batching.llm_engine import LLMEngine
         from mlserve.batching.llm_metrics import LLMStepMetrics
 
-        engine = LLMEngine(backend, f"{model}-{version}", LLMStepMetrics(self._metrics, model, str(version)))
+        engine = LLMEngine(runtime.backend, f"{model}-{version}", LLMStepMetrics(self._metrics, model, str(version)))
         engine.start()
         return engine
 
@@ -317,16 +310,6 @@ class HotSwapLoader(ExplicitControl):
                 and artifact.path.is_dir()):
             return artifact.path  # gone from the repository: load again from where it was fetched to
         return await self.store.fetch(served.name, version)
-
-    def _load_backend(self, entry: ModelEntry, name: str, path: Path, device: str, cap: int | None) -> Backend:
-        """Runs on a loader thread, so the loop never waits on it. `cap`: the most GPU memory it may take."""
-        trust = Trust(self._config.trust_repository or entry.config.trusted, self._config.trust_uploads)
-        return open_backend(name, entry.config, path, device, trust, cap)
-
-    async def _place(self, served: ServedModel, fresh: ServedVersion, backend: str, may_evict: bool) -> int | None:
-        """The version's device (fresh.device) and the most GPU memory it may take there."""
-        requested = served.entry.config.device or self._config.default_device
-        return await self.placer.place(served, fresh, requested, backend, may_evict)
 
     def _fail(self, fresh: ServedVersion, stage: str, exc: Exception, source: str) -> None:
         # The reason goes to clients (index, load errors): it names the version, not the server's folders.
@@ -352,9 +335,9 @@ class HotSwapLoader(ExplicitControl):
             await served_version.llm_engine.stop()
         if served_version.batcher is not None:
             await served_version.batcher.stop()
-        if served_version.backend is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, served_version.backend.unload)
-        served_version.backend = served_version.batcher = None
+        if served_version.runtime is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, served_version.runtime.close)
+        served_version.runtime = served_version.batcher = served_version.llm_engine = None
         self.placer.release(served_version)
 
     async def _unload_version(self, served: ServedModel, version: int, source: str) -> None:
@@ -522,6 +505,23 @@ class HotSwapLoader(ExplicitControl):
             await self._remove_model(name, "shutdown")
         self._executor.shutdown(wait=False)
         await self.store.close()
+
+
+class _LoaderPlacement:
+    """The loader's placement of one version: a device with room (a load a request waits for may
+    evict idle models from the GPU), reserved in the ledger and measured while it loads."""
+
+    def __init__(self, placer: GpuPlacer, served: ServedModel, fresh: ServedVersion, requested: str,
+                 may_evict: bool) -> None:
+        self._placer, self._served, self._fresh = placer, served, fresh
+        self._requested, self._may_evict = requested, may_evict
+
+    async def place(self, backend: str) -> Placed:
+        cap = await self._placer.place(self._served, self._fresh, self._requested, backend, self._may_evict)
+        return Placed(self._fresh.device, cap)
+
+    def measuring(self, device: str):
+        return self._placer.measuring(device)
 
 
 def _is_rejected(served: ServedModel) -> bool:

@@ -192,15 +192,20 @@ class InferenceService:
 
 async def _answer(served: ServedVersion, inputs: dict[str, np.ndarray], rows: int, policy: SchedulePolicy):
     """The version's response cache when it has one (local level, then the shared level on a local
-    miss; a hit never reaches the batcher), else the batcher."""
+    miss; a hit never reaches the batcher), else the batcher. A generation version has no batcher:
+    its engine takes /v1 requests only."""
+    batcher = served.batcher
+    if batcher is None:
+        raise InvalidInput(f"model {served.model!r} is a generation model: use /v1/completions or "
+                           "/v1/chat/completions")
     cache = served.cache
     if cache is None:
-        return await served.batcher.submit(inputs, rows, policy)
+        return await batcher.submit(inputs, rows, policy)
     key = cache.key(inputs)
     outputs = cache.get(key)
     if outputs is None and cache.shared is not None:
         outputs = await cache.get_shared(key)
     if outputs is None:
-        outputs = await served.batcher.submit(inputs, rows, policy)
+        outputs = await batcher.submit(inputs, rows, policy)
         cache.put(key, outputs)
     return outputs
