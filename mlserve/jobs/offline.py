@@ -132,23 +132,24 @@ async def _run_tensors(args: OfflineArgs, backend: Backend, version: int) -> int
 
 
 async def _run_generation(args: OfflineArgs, store: Store, config: Config, version: int, parse: Parse) -> int:
-    """OpenAI batch files through the same loader, engine and GenerationService the server uses."""
-    from mlserve.jobs.generate import BatchGenerator
+    """OpenAI batch files through the same loader, engine and generation entry point the server uses."""
+    from mlserve.jobs.generate import BatchGenerator, job_submit
     from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
     from mlserve.monitor.metrics import Metrics
     from mlserve.registry.loader import HotSwapLoader
-    from mlserve.routing.generation import GenerationService
-    from mlserve.routing.router import Router
+    from mlserve.routing.generation.run import token_limits
+    from mlserve.routing.service import InferenceService
 
-    loader = HotSwapLoader(store, config.registry, Metrics())
+    metrics = Metrics()
+    loader = HotSwapLoader(store, config.registry, metrics)
     try:
         await loader.load(args.model, "batch")
         served = await loader.pin(args.model, version, "batch")
         engine = served.versions[version].llm_engine
-        generation = GenerationService(loader, Router(loader), config.limits)
+        service = InferenceService(loader, metrics)
         plan = JobPlan(args.model, version, batch_info(engine), args.input, args.output, args.errors,
                        args.chunk_rows)
-        generate = BatchGenerator(args.model, parse, generation.submit)
+        generate = BatchGenerator(args.model, parse, job_submit(service, token_limits(config.limits)))
         return await _run(BatchRun(plan, generate, OPENAI_FORMATS), args)
     finally:
         await loader.close()

@@ -15,9 +15,9 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
 from mlserve.routing.classification import check_class_counts, classify, read_labels
-from mlserve.routing.generate import GenerateRequest, GenerationRun, start_generation
-from mlserve.routing.generation import GenerationCatalog
-from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo, SchedulePolicy
+from mlserve.routing.generation.catalog import GenerationCatalog
+from mlserve.routing.generation.run import GenerationRun, start_generation
+from mlserve.spec import DATATYPE_TO_NUMPY, GenerationRequest, ModelInfo, SchedulePolicy
 from mlserve.state import StateStore
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
@@ -102,7 +102,8 @@ class InferenceService:
         self.loader = loader
         self.traffic = TrafficManager(loader, metrics or Metrics(), store=store)
         self.router = Router(loader, self.traffic)
-        self.generation = GenerationCatalog(loader, self.router)
+        self.catalog = GenerationCatalog(loader, self.router)
+        """Which versions generate or embed, their tokenizers and model cards."""
         self._labels: dict[tuple[str, int, str], tuple[str, ...]] = {}
         self.monitor: Monitor | None = None
         """Fed every answered request (drift, prediction log); its `observe` never blocks."""
@@ -170,9 +171,10 @@ class InferenceService:
             outputs[name] = classify(outputs[name], k, labels, served.info.max_batch_size > 0)
             datatypes[name] = "BYTES"
 
-    async def generate(self, request: GenerateRequest) -> GenerationRun:
-        """Start a generation on the version the router picks; iterate the run's `events()`."""
-        return await start_generation(self, request)
+    async def generate(self, request: GenerationRequest, routed: bool = True) -> GenerationRun:
+        """The one way to generate: start on the version the router picks and iterate the run's
+        `events()`. `routed` False (batch jobs): the model's default version, nothing recorded."""
+        return await start_generation(self, request, routed)
 
     async def _run(self, served: ServedVersion, request: InferRequest):
         info = served.info

@@ -27,7 +27,6 @@ from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.store import Store
 from mlserve.registry.sweep import sweep_store
-from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
 from mlserve.server.auth import AdminAudit, KeyRing, PathPolicy, TrustedProxies, warn_if_admin_open
@@ -99,7 +98,6 @@ class Services:
     monitor: Monitor
     loader: HotSwapLoader
     inference: InferenceService
-    generation: GenerationService
     status: HistorySampler
     optimize_jobs: OptimizeJobs
     decode_pool: DecodePool
@@ -145,11 +143,10 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     inference = InferenceService(loader, metrics, shared)
     monitor = Monitor(config.monitor, metrics)
     connect_monitor(monitor, metrics, loader, inference, plane)
-    generation = GenerationService(loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, plane)
     control = ModelControl(shared, loader, inference.traffic)
     jobs = optimize_jobs(loader, plane, control, config.jobs, shared)
-    return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, generation, status,
+    return Services(config, state, metrics, _gate(config, state, shared), monitor, loader, inference, status,
                     jobs, DecodePool(config.limits), shared, control, plane, auto_optimizer(jobs, loader, config),
                     BanditDriver(shared, inference.traffic, control))
 
@@ -355,5 +352,5 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
     app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate, s.control, s.plane))
     # After the lifecycle: jobs start once models load, stop before they unload.
-    add_batch_job_routes(app, s.config, s.inference, s.generation, s.state_store, s.metrics)
+    add_batch_job_routes(app, s.config, s.inference, s.state_store, s.metrics)
     return app
