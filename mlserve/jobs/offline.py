@@ -143,8 +143,8 @@ async def _run_generation(args: OfflineArgs, store: Store, config: Config, versi
     metrics = Metrics()
     loader = HotSwapLoader(store, config.registry, metrics)
     try:
-        await loader.load(args.model, "batch")
-        served = await loader.pin(args.model, version, "batch")
+        await loader.control.load(args.model, "batch")
+        served = await loader.control.pin(args.model, version, "batch")
         engine = served.versions[version].llm_engine
         service = InferenceService(loader, metrics)
         plan = JobPlan(args.model, version, batch_info(engine), args.input, args.output, args.errors,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 from mlserve.engine.devices import empty_cache
 from mlserve.monitor.metrics import Metrics
@@ -17,7 +17,7 @@ from mlserve.registry.served import ServedModel, ServedVersion
 class GpuPlacer:
     """Chooses devices and keeps the ledger of what each loaded version holds on which GPU."""
 
-    def __init__(self, ledger: GpuLedger, models: dict[str, ServedModel],
+    def __init__(self, ledger: GpuLedger, models: Mapping[str, ServedModel],
                  evict: Callable[[ServedModel, str], Awaitable[None]], metrics: Metrics) -> None:
         self.ledger = ledger
         self._models = models

@@ -21,7 +21,8 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from mlserve.batching.cache import ResponseCache, SharedLevel
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
@@ -33,7 +34,7 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import InferenceStatistics
 from mlserve.registry import repository
 from mlserve.registry.budget import Budget
-from mlserve.registry.control import ExplicitControl, label
+from mlserve.registry.control import ExplicitControl
 from mlserve.registry.gpu_placer import GpuPlacer
 from mlserve.registry.placement import GpuLedger
 from mlserve.registry.repository import ModelEntry
@@ -59,8 +60,12 @@ _ROOM_WAIT_S = 30.0
 _ROOM_POLL_S = 0.005
 
 
-class HotSwapLoader(ExplicitControl):
-    """Owns the served table: which versions of which models are loaded, routable, pinned."""
+class HotSwapLoader:
+    """Owns the served table: which versions of which models are loaded, routable, pinned.
+
+    The table is private: others read it through `models` (a read-only view) and change it through
+    `control` (Triton's explicit control: load, unload, pin, unpin, rollback), which works through
+    the transition methods below. Hooks are registered with `watch_*`, never set from outside."""
 
     def __init__(self, store: Store, config: RegistryConfig, metrics: Metrics,
                  inventory: Inventory | None = None, state_store: StateStore | None = None) -> None:
@@ -69,17 +74,18 @@ class HotSwapLoader(ExplicitControl):
         """The shared state store, for the response cache's shared level (None or memory: none)."""
         self._config = config
         self._metrics = metrics
-        self.models: dict[str, ServedModel] = {}
-        self.on_reconciled: Callable[[str], None] | None = None
+        self._models: dict[str, ServedModel] = {}
+        self._view: Mapping[str, ServedModel] = MappingProxyType(self._models)
+        self._on_reconciled: list[Callable[[str], None]] = []
         """Called on the loop after a repository pass that changed something (the server re-freezes the heap)."""
-        self.scan_errors: dict[str, str] = {}
-        self.overrides: dict[str, dict[str, Any]] = {}
+        self._scan_errors: dict[str, str] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}
         """Per model, the config sent with its last load (a model.toml table), used instead of its
         model.toml until a load without one or an unload; held in memory only, as Triton does."""
         self.budget = Budget(config.max_loaded_models, int(config.max_loaded_mb * 2**20))
         self.ledger = GpuLedger(inventory or CudaInventory(), config.gpu_memory_fraction)
         """GPU memory each loaded version holds, and the device each one was placed on."""
-        self.placer = GpuPlacer(self.ledger, self.models, self._evict, metrics)
+        self.placer = GpuPlacer(self.ledger, self._view, self._evict, metrics)
         self._executor = ThreadPoolExecutor(max_workers=_MAX_PARALLEL_LOADS, thread_name_prefix="mlserve-loader")
         self._pass_lock = asyncio.Lock()
         self._load_slots = asyncio.Semaphore(_MAX_PARALLEL_LOADS)
@@ -92,21 +98,53 @@ class HotSwapLoader(ExplicitControl):
         """Uploads to one model run one at a time (registry/upload.py)."""
         self._reserved: dict[str, int] = {}
         self._created = time.monotonic()
-        self.on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
+        self._on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
         """Called on a loader thread once a version has loaded and warmed up (drift references)."""
-        self.on_unloaded: list[Callable[[str, int], None]] = []
+        self._on_unloaded: list[Callable[[str, int], None]] = []
         self.stats = InferenceStatistics()
         """Triton-style statistics per version, fed by each version's batcher; dropped at unload."""
-        self.on_unloaded.append(lambda model, version: self.stats.reset(model, str(version)))
+        self._on_unloaded.append(lambda model, version: self.stats.reset(model, str(version)))
+        self.control = ExplicitControl(self)
+        """Triton's explicit model control (load, unload, pin, unpin, rollback) over this loader."""
+
+    # ---- what others read, and the hooks they register ------------------------------------------
+
+    @property
+    def models(self) -> Mapping[str, ServedModel]:
+        """The served table, read-only (the data plane, routing and control read it; only the loader
+        changes it)."""
+        return self._view
+
+    @property
+    def scan_errors(self) -> Mapping[str, str]:
+        """Model folders the last scan could not read, with the reason."""
+        return MappingProxyType(self._scan_errors)
+
+    def override_of(self, name: str) -> dict[str, Any] | None:
+        """The config sent with the model's last load (a model.toml table), if one holds."""
+        return self._overrides.get(name)
+
+    def watch_loaded(self, hook: Callable[[str, int, Path, ModelEntry, ModelInfo], None]) -> None:
+        """Call `hook(model, version, folder, entry, info)` on a loader thread once a version has loaded
+        and warmed up, before it takes traffic."""
+        self._on_loaded.append(hook)
+
+    def watch_unloaded(self, hook: Callable[[str, int], None]) -> None:
+        """Call `hook(model, version)` on the loop once a version is unloaded."""
+        self._on_unloaded.append(hook)
+
+    def watch_reconciled(self, hook: Callable[[str], None]) -> None:
+        """Call `hook(source)` on the loop after a repository pass that changed something."""
+        self._on_reconciled.append(hook)
 
     async def start(self) -> None:
         """The first pass (with --lazy: list only), the cold-start figure, then the poll timer."""
         ok = await self.reconcile("startup")
         cold_start = _process_age_s(self._created)
         self._metrics.cold_start_seconds.set(cold_start)
-        ready = sum(len(m.ready_versions()) for m in self.models.values())
+        ready = sum(len(m.ready_versions()) for m in self._models.values())
         log.info("cold start: %d model(s) listed, %d version(s) ready, %.2f s after process start%s",
-                 len(self.models), ready, cold_start, "" if ok else " (repository unreadable; retrying on reload)")
+                 len(self._models), ready, cold_start, "" if ok else " (repository unreadable; retrying on reload)")
         if self._config.poll_interval_s > 0:
             task = asyncio.get_running_loop().create_task(self._poll())
             self._tasks.add(task)
@@ -116,6 +154,29 @@ class HotSwapLoader(ExplicitControl):
         while True:
             await asyncio.sleep(self._config.poll_interval_s)
             await self.reconcile("poll")
+
+    # ---- transitions explicit control works through (registry/control.py) -------------------------
+
+    def admit(self, entry: ModelEntry) -> ServedModel:
+        """The model's table row for this entry (added if new, its entry refreshed if not)."""
+        served = self._models.setdefault(entry.name, ServedModel(entry))
+        served.entry = entry
+        return served
+
+    def set_override(self, name: str, override: dict[str, Any] | None) -> bool:
+        """Hold `override` (a model.toml table) for the model's next passes, or clear it with None;
+        returns whether one was held before."""
+        had = self._overrides.pop(name, None) is not None
+        if override is not None:
+            self._overrides[name] = override
+        return had
+
+    def clear_scan_error(self, name: str) -> None:
+        self._scan_errors.pop(name, None)
+
+    def count_transition(self, action: str, source: str) -> None:
+        """One pin, unpin or rollback in the transitions metric."""
+        self._metrics.transitions.labels(action, label(source)).inc()
 
     # ---- reconcile -------------------------------------------------------------------------
 
@@ -140,7 +201,7 @@ class HotSwapLoader(ExplicitControl):
     async def _reconcile_pass(self, source: str) -> bool:
         started = time.monotonic()
         try:
-            scan = await repository.scan(self.store, self.overrides)
+            scan = await repository.scan(self.store, self._overrides)
         except Exception as exc:
             log.error("reconcile (%s): repository %s unreadable, nothing changed: %s", source,
                       self.store.describe(), exc)
@@ -148,24 +209,25 @@ class HotSwapLoader(ExplicitControl):
             self._metrics.repository_up.labels(self.store.kind).set(0)
             return False
         self._metrics.repository_up.labels(self.store.kind).set(1)
-        self.scan_errors = scan.errors
-        is_new = {name: name not in self.models for name in scan.models}
+        self._scan_errors = scan.errors
+        is_new = {name: name not in self._models for name in scan.models}
         for entry in scan.models.values():
-            served = self.models.setdefault(entry.name, ServedModel(entry))
+            served = self._models.setdefault(entry.name, ServedModel(entry))
             served.entry = entry
         jobs: list[ServedModel] = []
         planned: dict[str, int] = {}
         for name in scan.models:
-            if await self._should_sync(self.models[name], is_new[name], planned):
-                jobs.append(self.models[name])
+            if await self._should_sync(self._models[name], is_new[name], planned):
+                jobs.append(self._models[name])
         await asyncio.gather(*(self._sync_locked(served, source) for served in jobs))
         # A folder that now fails to read keeps what it serves; only a folder that is gone is removed.
-        gone = [n for n in self.models if n not in scan.models and n not in scan.errors]
+        gone = [n for n in self._models if n not in scan.models and n not in scan.errors]
         for name in gone:
             await self._remove_model(name, source)
         self.update_gauges()
-        if self.on_reconciled is not None and (jobs or gone):
-            self.on_reconciled(source)
+        if jobs or gone:
+            for hook in self._on_reconciled:
+                hook(source)
         self._metrics.reconciles.labels(label(source), "ok").inc()
         log.info("reconcile (%s): %d model(s), %d rejected, %d synced in %.2f s", source, len(scan.models),
                  len(scan.errors), len(jobs), time.monotonic() - started)
@@ -183,17 +245,17 @@ class HotSwapLoader(ExplicitControl):
         if not self.budget.is_limited:
             return True
         # eager within the budget; the rest load on their first request
-        incoming = await self._estimate_bytes(served)
-        if not self.budget.has_room(self.models.values(), served, incoming, planned):
+        incoming = await self.estimate_bytes(served)
+        if not self.budget.has_room(self._models.values(), served, incoming, planned):
             return False
         planned[served.name] = incoming
         return True
 
     async def _sync_locked(self, served: ServedModel, source: str) -> None:
         async with served.lock:
-            await self._sync_model(served, source)
+            await self.sync_model(served, source)
 
-    async def _sync_model(self, served: ServedModel, source: str, force: bool = False) -> None:
+    async def sync_model(self, served: ServedModel, source: str, force: bool = False) -> None:
         """Load what the policy (and the pin) wants, move traffic, retire the rest. Hold served.lock."""
         wanted = set(served.entry.served_versions)
         if served.pinned is not None:
@@ -205,8 +267,12 @@ class HotSwapLoader(ExplicitControl):
         for version in [v for v in served.versions if v not in wanted]:
             if served.versions[version].is_ready and not has_ready_wanted:
                 continue  # nothing new is ready: the old version keeps serving
-            await self._unload_version(served, version, source)
+            await self.unload_version(served, version, source)
         self._note_default(served, source)
+
+    async def ensure_version(self, served: ServedModel, version: int, source: str) -> None:
+        """Load `version` unless it is loaded and unchanged (pin and rollback). Hold served.lock."""
+        await self._ensure_version(served, version, source, force=False)
 
     async def _ensure_version(self, served: ServedModel, version: int, source: str, force: bool) -> None:
         current = served.versions.get(version)
@@ -223,6 +289,10 @@ class HotSwapLoader(ExplicitControl):
             if current.state is not VersionState.UNAVAILABLE or not current.is_retryable:
                 return  # unchanged: a ready version stays, a rejected artifact is not retried
         await self._load_version(served, version, stat, source)
+
+    async def version_bytes(self, served: ServedModel, version: int) -> int:
+        """Size of one version's files (from the store, else from where it last loaded)."""
+        return (await self._stat(served, version)).num_bytes
 
     async def _stat(self, served: ServedModel, version: int) -> VersionStat:
         if version in served.entry.versions:
@@ -301,7 +371,7 @@ class HotSwapLoader(ExplicitControl):
         return engine
 
     def _call_loaded_hooks(self, entry: ModelEntry, version: int, path: Path, info: ModelInfo) -> None:
-        for hook in self.on_loaded:
+        for hook in self._on_loaded:
             hook(entry.name, version, path, entry, info)
 
     async def _fetch(self, served: ServedModel, version: int, fingerprint: str):
@@ -340,7 +410,7 @@ class HotSwapLoader(ExplicitControl):
         served_version.runtime = served_version.batcher = served_version.llm_engine = None
         self.placer.release(served_version)
 
-    async def _unload_version(self, served: ServedModel, version: int, source: str) -> None:
+    async def unload_version(self, served: ServedModel, version: int, source: str) -> None:
         served_version = served.versions[version]
         was_ready = served_version.is_ready
         await self._retire(served_version)
@@ -350,18 +420,18 @@ class HotSwapLoader(ExplicitControl):
             self._metrics.model_warmup_seconds.remove(served.name, str(version))
         except KeyError:
             pass
-        for hook in self.on_unloaded:
+        for hook in self._on_unloaded:
             hook(served.name, version)
         if was_ready:
             log.info("model %s version %d unloaded (%s)", served.name, version, source)
 
     async def _remove_model(self, name: str, source: str) -> None:
-        served = self.models[name]
+        served = self._models[name]
         async with served.lock:
             for version in list(served.versions):
-                await self._unload_version(served, version, source)
-        self.models.pop(name, None)
-        self.overrides.pop(name, None)
+                await self.unload_version(served, version, source)
+        self._models.pop(name, None)
+        self._overrides.pop(name, None)
         log.info("model %s removed (%s)", name, source)
 
     def _note_default(self, served: ServedModel, source: str) -> None:
@@ -373,8 +443,8 @@ class HotSwapLoader(ExplicitControl):
 
     def update_gauges(self) -> None:
         """Resident models and bytes; O(models), so computed per pass and per scrape, not per load."""
-        self._metrics.loaded_models.set(self.budget.num_resident(self.models.values()))
-        self._metrics.loaded_bytes.set(self.budget.resident_bytes(self.models.values()))
+        self._metrics.loaded_models.set(self.budget.num_resident(self._models.values()))
+        self._metrics.loaded_bytes.set(self.budget.resident_bytes(self._models.values()))
 
     def _cache(self, model: str, version: str, fingerprint: str, spec: BatchingSpec) -> ResponseCache | None:
         """The local LRU, and the shared level where the state store is shared and the TTL is not 0."""
@@ -413,7 +483,7 @@ class HotSwapLoader(ExplicitControl):
     async def ensure_loaded(self, name: str) -> None:
         """Called before routing: a known model with nothing ready (lazy, evicted) is loaded now; the
         first request waits for it and later ones join the same load."""
-        served = self.models.get(name)
+        served = self._models.get(name)
         if served is None:
             return
         served.last_used = time.monotonic()
@@ -432,15 +502,15 @@ class HotSwapLoader(ExplicitControl):
 
     async def _first_load(self, served: ServedModel) -> None:
         try:
-            async with self._room(served, await self._estimate_bytes(served), is_strict=False):
+            async with self.room(served, await self.estimate_bytes(served), is_strict=False):
                 async with served.lock:
                     if served.default_version() is None and not served.is_unloaded:
-                        await self._sync_model(served, "request")
+                        await self.sync_model(served, "request")
         finally:
             served.last_used = time.monotonic()
 
     @contextlib.asynccontextmanager
-    async def _room(self, served: ServedModel, incoming_bytes: int, is_strict: bool):
+    async def room(self, served: ServedModel, incoming_bytes: int, is_strict: bool):
         """Make room for `served` within the budget and hold it (reserved) while the block loads."""
         async with self._room_lock:
             await self._make_room(served, incoming_bytes, is_strict)
@@ -450,7 +520,7 @@ class HotSwapLoader(ExplicitControl):
         finally:
             self._reserved.pop(served.name, None)
 
-    async def _estimate_bytes(self, served: ServedModel) -> int:
+    async def estimate_bytes(self, served: ServedModel) -> int:
         total = 0
         for version in served.entry.served_versions:
             try:
@@ -468,10 +538,10 @@ class HotSwapLoader(ExplicitControl):
                 f"model {incoming.name!r} needs {incoming_bytes / 2**20:.3f} MiB, more than the whole "
                 f"--max-loaded-mb budget of {self.budget.max_bytes / 2**20:.3f} MiB")
         waited_since = None
-        while not self.budget.has_room(self.models.values(), incoming, incoming_bytes, self._reserved):
-            victim = self.budget.victim(self.models.values(), incoming, self._reserved)
+        while not self.budget.has_room(self._models.values(), incoming, incoming_bytes, self._reserved):
+            victim = self.budget.victim(self._models.values(), incoming, self._reserved)
             if victim is None and is_strict:
-                busy = sorted(m.name for m in self.models.values() if m.is_resident and m.name != incoming.name)
+                busy = sorted(m.name for m in self._models.values() if m.is_resident and m.name != incoming.name)
                 raise Overloaded(f"no room for model {incoming.name!r} within the memory budget: every other "
                                  f"resident model is busy ({', '.join(busy)}); retry when one is idle")
             if victim is None:
@@ -487,7 +557,7 @@ class HotSwapLoader(ExplicitControl):
         """Unload every version of an idle model (it loads again on its next request)."""
         async with victim.lock:
             for version in list(victim.versions):
-                await self._unload_version(victim, version, "evict")
+                await self.unload_version(victim, version, "evict")
         self._metrics.model_evictions.inc()
         log.info("model %s evicted (least recently used) %s", victim.name, why)
 
@@ -501,7 +571,7 @@ class HotSwapLoader(ExplicitControl):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for name in list(self.models):
+        for name in list(self._models):
             await self._remove_model(name, "shutdown")
         self._executor.shutdown(wait=False)
         await self.store.close()
@@ -522,6 +592,11 @@ class _LoaderPlacement:
 
     def measuring(self, device: str):
         return self._placer.measuring(device)
+
+
+def label(source: str) -> str:
+    """The kind of trigger (signal, api, poll, ...) without who asked, for bounded metric labels."""
+    return source.split(" ", 1)[0]
 
 
 def _is_rejected(served: ServedModel) -> bool:

@@ -173,7 +173,7 @@ state once the models are loaded, and stops before they unload."""
     async def start_loader() -> None:
         gc_policy.apply()
         process.apply(s.config.server.process)  # before any model loads: torch's pool, the switch interval
-        s.loader.on_reconciled = lambda source: gc_policy.freeze_heap(f"reconcile ({source})")
+        s.loader.watch_reconciled(lambda source: gc_policy.freeze_heap(f"reconcile ({source})"))
         await s.loader.start()
         s.state.is_started = True
         ready = s.plane.num_ready_versions()

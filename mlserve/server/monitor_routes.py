@@ -59,8 +59,8 @@ def connect_monitor(monitor: Monitor, metrics: Metrics, loader: HotSwapLoader, s
         outputs = tuple(s.name for s in info.outputs)
         monitor.add_version(model, str(version), path, entry.config.drift, outputs)
 
-    loader.on_loaded.append(loaded)
-    loader.on_unloaded.append(lambda model, version: monitor.remove_version(model, str(version)))
+    loader.watch_loaded(loaded)
+    loader.watch_unloaded(lambda model, version: monitor.remove_version(model, str(version)))
     metrics.watch_versions(lambda: _version_statuses(plane))
     metrics.watch_drift(monitor.drift_reports)
     metrics.watch_gpu()

@@ -35,15 +35,15 @@ def optimize_jobs(loader: HotSwapLoader, plane: DataPlane, control, config: Jobs
         """Load the new version; with a rollout, keep the source serving until the canary's first step."""
         who = "optimize"
         if rollout is None:
-            served = await loader.load(model, who)
+            served = await loader.control.load(model, who)
             return {"loaded": version in served.ready_versions(), "serving": served.default_version()}
         current = plane.model(model).default_version()
-        await loader.pin(model, current, who)
+        await loader.control.pin(model, current, who)
         try:
-            await loader.load(model, who)
+            await loader.control.load(model, who)
             view = await control.start_rollout(model, {**rollout, "version": version})
         finally:
-            await loader.unpin(model, who)
+            await loader.control.unpin(model, who)
         return {"loaded": True, "rollout": view.get("rollout")}
 
     return OptimizeJobs(deploy, config, store)

@@ -155,7 +155,7 @@ async def load_model(loader: HotSwapLoader, name: str, parameters: Mapping[str, 
         if parameters:
             return await publish(loader, name, lambda toml: upload_from_parameters(name, parameters, toml, is_base64),
                                  who)
-        return await loader.load(name, who)
+        return await loader.control.load(name, who)
     except MlserveError as exc:
         if "failed to load" not in str(exc):
             exc.args = (f"failed to load {name!r}, {exc}",)
