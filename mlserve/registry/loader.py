@@ -28,6 +28,7 @@ from mlserve.batching.cache import ResponseCache, SharedLevel
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
 from mlserve.batching.guard import GuardedInfer, num_hung_threads
 from mlserve.config import RegistryConfig
+from mlserve.engine import Backend
 from mlserve.engine.devices import CudaInventory, Inventory
 from mlserve.errors import ModelLoadError, ModelNotFound, Overloaded
 from mlserve.monitor.metrics import Metrics
@@ -38,13 +39,13 @@ from mlserve.registry.control import ExplicitControl
 from mlserve.registry.gpu_placer import GpuPlacer
 from mlserve.registry.placement import GpuLedger
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.opening import (GenerativeRuntime, OpenStage, Placed, Trust, VersionFiles,
+from mlserve.registry.opening import (GenerativeRuntime, OpenStage, Placed, Trust, VersionFiles, open_backend,
                                       open_version)
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
 from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.upload import UploadLocks
 from mlserve.registry.warmup import warmup_inputs
-from mlserve.spec import ModelInfo
+from mlserve.spec import ModelConfig, ModelInfo
 from mlserve.spec.model import BatchingSpec
 from mlserve.state import StateStore
 
@@ -335,7 +336,7 @@ class HotSwapLoader:
             files = VersionFiles(f"{name}/{version}", entry.config, fresh.path, trust, self._config.max_artifact_bytes)
             requested = entry.config.device or self._config.default_device
             placement = _LoaderPlacement(self.placer, served, fresh, requested, may_evict=source == "request")
-            runtime = await open_version(files, placement, self._executor, stage)
+            runtime = await open_version(files, placement, self._executor, stage, load=self._load_backend)
             load_s = time.monotonic() - started - runtime.figures.warmup_s  # fetch and placement count as loading
         except Exception as exc:
             self.placer.release(fresh)
@@ -369,6 +370,12 @@ class HotSwapLoader:
         engine = LLMEngine(runtime.backend, f"{model}-{version}", LLMStepMetrics(self._metrics, model, str(version)))
         engine.start()
         return engine
+
+    def _load_backend(self, name: str, config: ModelConfig, folder: Path, device: str, trust: Trust,
+                      cap: int | None) -> Backend:
+        """open_version's last step, on a loader thread (tests load on the CPU here while a stand-in
+        GPU records what the load takes)."""
+        return open_backend(name, config, folder, device, trust, cap)
 
     def _call_loaded_hooks(self, entry: ModelEntry, version: int, path: Path, info: ModelInfo) -> None:
         for hook in self._on_loaded:

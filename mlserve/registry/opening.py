@@ -167,6 +167,9 @@ class GenerativeRuntime:
 
 Runtime = Union[BatchedRuntime, GenerativeRuntime]
 
+BackendOpener = Callable[[str, ModelConfig, Path, str, Trust, int | None], Backend]
+"""open_backend's signature: (backend name, config, folder, device, trust, GPU memory cap)."""
+
 
 def version_backend_name(label: str, config: ModelConfig, folder: Path, max_bytes: int) -> str:
     """The backend that reads this version: the optimization marker's, else model.toml's, else the
@@ -192,11 +195,12 @@ def open_backend(name: str, config: ModelConfig, folder: Path, device: str, trus
 
 
 async def open_version(files: VersionFiles, placement: Placement, executor: Executor | None = None,
-                       stage: OpenStage | None = None, warm: bool = True) -> Runtime:
+                       stage: OpenStage | None = None, warm: bool = True,
+                       load: BackendOpener = open_backend) -> Runtime:
     """Pick the backend, check trust, place, load and warm up (`warm`: False only to read a version's
     tensors). Blocking steps run on `executor` (None: the loop's default). On failure nothing stays
     loaded and `stage` names the step (load, placement, warmup); placement's reservation is the
-    caller's to release."""
+    caller's to release. `load` is open_backend, or a stand-in that wraps it (tests)."""
     stage = stage if stage is not None else OpenStage()
     loop = asyncio.get_running_loop()
 
@@ -210,7 +214,7 @@ async def open_version(files: VersionFiles, placement: Placement, executor: Exec
     stage.name = "load"
     started = time.monotonic()
     async with placement.measuring(placed.device) as taken:
-        backend = await run(open_backend, name, files.config, files.folder, placed.device, files.trust,
+        backend = await run(load, name, files.config, files.folder, placed.device, files.trust,
                             placed.memory_cap_bytes)
         loaded = time.monotonic()
         stage.name = "warmup"
