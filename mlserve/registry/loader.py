@@ -412,9 +412,10 @@ class HotSwapLoader:
             await served_version.llm_engine.stop()
         if served_version.batcher is not None:
             await served_version.batcher.stop()
-        if served_version.runtime is not None:
+        if served_version.runtime is not None and not served_version.is_freed:
+            served_version.is_freed = True
             await asyncio.get_running_loop().run_in_executor(self._executor, served_version.runtime.close)
-        served_version.runtime = served_version.batcher = served_version.llm_engine = None
+        served_version.batcher = None  # the runtime stays readable (info, lengths) for answers still going out
         self.placer.release(served_version)
 
     async def unload_version(self, served: ServedModel, version: int, source: str) -> None:

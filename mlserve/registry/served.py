@@ -59,6 +59,8 @@ class ServedVersion:
     """GPU memory it holds: measured at load, else declared or estimated (0 on the CPU)."""
     is_retryable: bool = False
     """A failure the next reconcile should try again (the store was unreachable), not a bad artifact."""
+    is_freed: bool = False
+    """Retired and its engine freed; its runtime stays readable (info, lengths) for answers going out."""
 
     @property
     def is_ready(self) -> bool:

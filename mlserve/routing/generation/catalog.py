@@ -77,15 +77,15 @@ class GenerationCatalog:
 
     async def engine(self, model: str) -> LLMEngine:
         """The default version's engine (for tokenizing: every version of a model shares its tokenizer)."""
-        return (await self._generating(model)).llm_engine
+        return (await self._generating(model))[1]
 
-    async def _generating(self, model: str) -> ServedVersion:
-        """The default version, refused unless it generates (then it has an engine)."""
+    async def _generating(self, model: str) -> tuple[ServedVersion, LLMEngine]:
+        """The default version and its engine, refused unless it generates."""
         await self._loader.ensure_loaded(model)
         served = self._router.pick(model, None)
         if served.llm_engine is None:
             raise InvalidInput(f"model {model!r} is not a generation model; use /v2/models/{model}/infer")
-        return served
+        return served, served.llm_engine
 
     async def tokenize(self, model: str, prompt: str | None, messages: list[dict[str, Any]] | None,
                        add_special_tokens: bool, max_prompt_tokens: int) -> tuple[list[int], int]:
@@ -98,12 +98,13 @@ class GenerationCatalog:
         def encode() -> list[int]:
             if messages is not None:
                 return tokenizer.encode(tokenizer.apply_chat_template(messages), add_special_tokens=False)
+            assert prompt is not None, "the handler gives a prompt or messages"
             return tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
         return await asyncio.to_thread(encode), engine.max_model_len
 
     async def detokenize(self, model: str, token_ids: list[int]) -> str:
-        served = await self._generating(model)
-        assert served.vocab_size is not None and served.llm_engine is not None, "a generation version"
+        served, engine = await self._generating(model)
+        assert served.vocab_size is not None, "a generation version has a vocabulary"
         check_token_ids(token_ids, served.vocab_size)  # the version's one vocabulary: what generation checks
-        return served.llm_engine.tokenizer.decode(token_ids)
+        return engine.tokenizer.decode(token_ids)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, AsyncGenerator, AsyncIterator, Protocol
 
 import numpy as np
 
@@ -56,14 +56,14 @@ class GenerationRun:
     """A generation in flight on one version: its events, then one outcome for the traffic record
     (a routed run's only: a batch job's run records nothing)."""
 
-    def __init__(self, service: GenerationRoutes, served: ServedVersion, handle: RequestHandle,
+    def __init__(self, service: GenerationRoutes, served: ServedVersion, engine: LLMEngine, handle: RequestHandle,
                  prompt_ids: list[list[int]], routed: bool) -> None:
         self.model, self.version = served.model, str(served.version)
         self.req_id = handle.req_id
         self.handle = handle
         self.prompt_ids = prompt_ids
         self._service, self._served, self._routed = service, served, routed
-        self._engine: LLMEngine = served.llm_engine
+        self._engine = engine
         self._started = time.monotonic()
         self._num_output, self._logprob_sum = 0, 0.0
         self._source = self._receive()
@@ -90,7 +90,7 @@ class GenerationRun:
     def token_text(self, token_id: int) -> str:
         return self._engine.tokenizer.token_text(token_id)
 
-    async def _receive(self) -> AsyncIterator[TokenEvent]:
+    async def _receive(self) -> AsyncGenerator[TokenEvent, None]:
         left, outcome = self.handle.num_seqs, None
         try:
             while left:
@@ -189,7 +189,7 @@ async def _submit(service: GenerationRoutes, served: ServedVersion, request: Gen
         if routed:
             service.traffic.release(served)  # refused before it ran: nothing to judge
         raise
-    return GenerationRun(service, served, handle, ids, routed)
+    return GenerationRun(service, served, engine, handle, ids, routed)
 
 
 def _limits(request: GenerationRequest) -> TokenLimits:
@@ -226,7 +226,7 @@ def prompt_ids(engine: LLMEngine, request: GenerationRequest, prompt: str | tupl
         ids = list(prompt)
         check_token_ids(ids, engine.vocab_size)
     elif prompt is None:
-        text = tokenizer.apply_chat_template(list(request.messages))
+        text = tokenizer.apply_chat_template(list(request.messages or ()))
         check_prompt_chars(len(text), limits.max_prompt_tokens)
         ids = tokenizer.encode(text, add_special_tokens=False)
     else:
