@@ -22,11 +22,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
-from mlserve.batching.cache import ResponseCache, SharedLevel
-from mlserve.batching.dynamic import BatchStats, DynamicBatcher
-from mlserve.batching.guard import GuardedInfer, num_hung_threads
+from mlserve.batching.guard import num_hung_threads
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend
 from mlserve.engine.devices import CudaInventory, Inventory
@@ -39,20 +37,16 @@ from mlserve.registry.control import ExplicitControl
 from mlserve.registry.gpu_placer import GpuPlacer
 from mlserve.registry.placement import GpuLedger
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.opening import (GenerativeRuntime, OpenStage, Placed, Trust, VersionFiles, open_backend,
-                                      open_version)
+from mlserve.registry.opening import GenerativeRuntime, OpenStage, Trust, VersionFiles, open_backend, open_version
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
+from mlserve.registry.serving import response_cache, start_batcher, start_engine
 from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.upload import UploadLocks
 from mlserve.registry.warmup import warmup_inputs
 from mlserve.spec import ModelConfig, ModelInfo
-from mlserve.spec.model import BatchingSpec
 from mlserve.state import StateStore
 
 __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
-
-if TYPE_CHECKING:
-    from mlserve.batching.llm_engine import LLMEngine
 
 log = logging.getLogger("mlserve.loader")
 
@@ -335,7 +329,7 @@ class HotSwapLoader:
             trust = Trust(self._config.trust_repository or entry.config.trusted, self._config.trust_uploads)
             files = VersionFiles(f"{name}/{version}", entry.config, fresh.path, trust, self._config.max_artifact_bytes)
             requested = entry.config.device or self._config.default_device
-            placement = _LoaderPlacement(self.placer, served, fresh, requested, may_evict=source == "request")
+            placement = self.placer.for_version(served, fresh, requested, may_evict=source == "request")
             runtime = await open_version(files, placement, self._executor, stage, load=self._load_backend)
             load_s = time.monotonic() - started - runtime.figures.warmup_s  # fetch and placement count as loading
         except Exception as exc:
@@ -346,15 +340,11 @@ class HotSwapLoader:
         await loop.run_in_executor(self._executor, self._call_loaded_hooks, entry, version, fresh.path, runtime.info)
         fresh.runtime = runtime
         if isinstance(runtime, GenerativeRuntime):
-            fresh.llm_engine = self._start_llm_engine(runtime, name, version)
+            fresh.llm_engine = start_engine(runtime, name, version, self._metrics)
         else:
-            fresh.batcher = DynamicBatcher(
-                GuardedInfer.for_model(runtime.backend.infer, entry.config, f"{name}/{version}"),
-                entry.config.batching, f"{name}-{version}",
-                instances=entry.config.instances, observer=self._observer(name, str(version)),
-            )
-            fresh.batcher.start()
-            fresh.cache = self._cache(name, str(version), fresh.fingerprint, entry.config.batching)
+            fresh.batcher = start_batcher(runtime, entry.config, name, version, self._metrics, self.stats)
+            fresh.cache = response_cache(name, str(version), fresh.fingerprint, entry.config.batching, self._metrics,
+                                         self._state_store)
         fresh.state, fresh.reason = VersionState.READY, ""
         figures = runtime.figures
         self._record_load(fresh, load_s, figures.warmup_s)
@@ -362,14 +352,6 @@ class HotSwapLoader:
                  version, source, runtime.info.platform, fresh.device, load_s, figures.warmup_s,
                  figures.warmup_runs)
         return True
-
-    def _start_llm_engine(self, runtime: GenerativeRuntime, model: str, version: int) -> LLMEngine:
-        from mlserve.batching.llm_engine import LLMEngine
-        from mlserve.batching.llm_metrics import LLMStepMetrics
-
-        engine = LLMEngine(runtime.backend, f"{model}-{version}", LLMStepMetrics(self._metrics, model, str(version)))
-        engine.start()
-        return engine
 
     def _load_backend(self, name: str, config: ModelConfig, folder: Path, device: str, trust: Trust,
                       cap: int | None) -> Backend:
@@ -453,38 +435,6 @@ class HotSwapLoader:
         """Resident models and bytes; O(models), so computed per pass and per scrape, not per load."""
         self._metrics.loaded_models.set(self.budget.num_resident(self._models.values()))
         self._metrics.loaded_bytes.set(self.budget.resident_bytes(self._models.values()))
-
-    def _cache(self, model: str, version: str, fingerprint: str, spec: BatchingSpec) -> ResponseCache | None:
-        """The local LRU, and the shared level where the state store is shared and the TTL is not 0."""
-        if spec.cache_size <= 0:
-            return None
-        m = self._metrics
-        shared = None
-        if self._state_store is not None and self._state_store.is_shared and spec.shared_cache_ttl_s > 0:
-            shared = SharedLevel(self._state_store, model, version, fingerprint, spec,
-                                 m.cache_hits.labels(model, version, "shared"),
-                                 m.cache_misses.labels(model, version, "shared"))
-        return ResponseCache(model, version, spec.cache_size, m.cache_hits.labels(model, version, "local"),
-                             m.cache_misses.labels(model, version, "local"), shared)
-
-    def _observer(self, model: str, version: str):
-        m = self._metrics
-        batch_size = m.batch_size.labels(model, version)
-        batch_requests = m.batch_requests.labels(model, version)
-        queue = m.queue_latency.labels(model, version)
-        compute = m.compute_latency.labels(model, version)
-        self.stats.reset(model, version)
-        counters = self.stats.version(model, version)
-
-        def observe(stats: BatchStats) -> None:
-            counters.record(stats.num_requests, stats.num_rows, stats.queue_s, stats.compute_s, stats.failed)
-            batch_size.observe(stats.num_rows)
-            batch_requests.observe(stats.num_requests)
-            compute.observe(stats.compute_s)
-            for waited in stats.queue_s:
-                queue.observe(waited)
-
-        return observe
 
     # ---- first request, eviction ---------------------------------------------------------------
 
@@ -583,23 +533,6 @@ class HotSwapLoader:
             await self._remove_model(name, "shutdown")
         self._executor.shutdown(wait=False)
         await self.store.close()
-
-
-class _LoaderPlacement:
-    """The loader's placement of one version: a device with room (a load a request waits for may
-    evict idle models from the GPU), reserved in the ledger and measured while it loads."""
-
-    def __init__(self, placer: GpuPlacer, served: ServedModel, fresh: ServedVersion, requested: str,
-                 may_evict: bool) -> None:
-        self._placer, self._served, self._fresh = placer, served, fresh
-        self._requested, self._may_evict = requested, may_evict
-
-    async def place(self, backend: str) -> Placed:
-        cap = await self._placer.place(self._served, self._fresh, self._requested, backend, self._may_evict)
-        return Placed(self._fresh.device, cap)
-
-    def measuring(self, device: str):
-        return self._placer.measuring(device)
 
 
 def label(source: str) -> str:

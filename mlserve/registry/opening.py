@@ -29,6 +29,7 @@ from mlserve.spec import ModelConfig, ModelInfo
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
+    from mlserve.engine.llm.backend import LLMBackend
     from mlserve.engine.llm.tokenizer import LLMTokenizer
 
 GENERATIVE_BACKENDS = frozenset({"llm"})
@@ -141,7 +142,7 @@ class GenerativeRuntime:
     """A version that generates text (backend llm): the server runs it on an LLMEngine, never a batcher."""
 
     backend_name: str
-    backend: Backend
+    backend: LLMBackend
     info: ModelInfo
     device: str
     figures: OpenFigures
@@ -233,8 +234,8 @@ def _runtime(name: str, backend: Backend, device: str, figures: OpenFigures) -> 
     nothing above asks a backend for them by name."""
     info = backend.info
     if name in GENERATIVE_BACKENDS:
-        llm: Any = backend
-        return GenerativeRuntime(name, backend, info, device, figures, llm.tokenizer,
+        llm: Any = backend  # an LLMBackend (not imported here: it would import torch)
+        return GenerativeRuntime(name, llm, info, device, figures, llm.tokenizer,
                                  llm.runner.shape.vocab_size, llm.max_model_len)
     return BatchedRuntime(name, backend, info, device, figures, getattr(backend, "max_seq_length", None),
                           getattr(backend, "vocab_size", None))
