@@ -165,20 +165,20 @@ class ModelControl:
         loads = int(model.get("loads", 0))
         if model.get("unloaded"):
             if not served.is_unloaded:
-                await self._loader.unload(name, source)
+                await self._loader.control.unload(name, source)
             self._loads[name] = loads
             return
         if served.is_unloaded or (not first and loads > self._loads.get(name, 0)):
-            await self._loader.load(name, source)
+            await self._loader.control.load(name, source)
         self._loads[name] = loads
         pinned = model.get("pinned")
         if pinned is not None and (not isinstance(pinned, int) or isinstance(pinned, bool) or pinned < 1):
             raise ValueError(f"'pinned' must be a version number, got {pinned!r}")
         if pinned != served.pinned:
             if pinned is None:
-                await self._loader.unpin(name, source)
+                await self._loader.control.unpin(name, source)
             else:
-                await self._loader.pin(name, pinned, source)
+                await self._loader.control.pin(name, pinned, source)
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -259,7 +259,7 @@ class ModelControl:
         its files are written and loaded first, and taken back if they do not load (registry/upload.py)."""
         await self._check_up()
         served = await (publish(self._loader, name, upload, source) if upload is not None
-                        else self._loader.load(name, source))
+                        else self._loader.control.load(name, source))
         await self._record(name, self._model_change(load=True, unloaded=False, pinned=served.pinned))
         return served
 
@@ -270,26 +270,26 @@ class ModelControl:
 
     async def unload(self, name: str, source: str) -> ServedModel:
         await self._check_up()
-        await self._loader.unload(name, source)
+        await self._loader.control.unload(name, source)
         await self._record(name, self._model_change(unloaded=True, pinned=None))
         return self._loader.models[name]
 
     async def pin(self, name: str, version: int, source: str) -> ServedModel:
         await self._check_up()
-        served = await self._loader.pin(name, version, source)
+        served = await self._loader.control.pin(name, version, source)
         await self._record(name, self._model_change(unloaded=False, pinned=served.pinned))
         return served
 
     async def unpin(self, name: str, source: str) -> ServedModel:
         await self._check_up()
-        served = await self._loader.unpin(name, source)
+        served = await self._loader.control.unpin(name, source)
         await self._record(name, self._model_change(pinned=None))
         return served
 
     async def rollback(self, name: str, source: str) -> ServedModel:
         """Roll back here (pins the previous version), then pin that version on every replica."""
         await self._check_up()
-        served = await self._loader.rollback(name, source)
+        served = await self._loader.control.rollback(name, source)
         await self._record(name, self._model_change(unloaded=False, pinned=served.pinned))
         return served
 
@@ -297,17 +297,17 @@ class ModelControl:
         """Load a version just published (an optimize winner). With a rollout it becomes the canary:
         the serving version is pinned while it loads, so it takes no traffic before the first step."""
         if rollout is None:
-            served = await self._loader.load(name, source)
+            served = await self._loader.control.load(name, source)
             return {"loaded": version in served.ready_versions(), "serving": served.default_version()}
         served = self._loader.models.get(name)
         if served is None:
             raise ModelNotFound(f"model {name!r} is not in the repository")
-        await self._loader.pin(name, served.default_version(), source)
+        await self._loader.control.pin(name, served.default_version(), source)
         try:
-            await self._loader.load(name, source)
+            await self._loader.control.load(name, source)
             view = await self.start_rollout(name, {**rollout, "version": version})
         finally:
-            await self._loader.unpin(name, source)
+            await self._loader.control.unpin(name, source)
         return {"loaded": True, "rollout": view.get("rollout")}
 
     # -- rollouts ----------------------------------------------------------------------------------

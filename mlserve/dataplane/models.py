@@ -54,7 +54,8 @@ class Models:
         await sweep_store(self.loader.store)
 
     async def start(self, on_reconciled: Callable[[str], None] | None = None) -> None:
-        self.loader.on_reconciled = on_reconciled
+        if on_reconciled is not None:
+            self.loader.watch_reconciled(on_reconciled)
         await self.loader.start()
 
     async def close(self) -> None:
@@ -88,8 +89,8 @@ class Models:
             outputs = tuple(s.name for s in info.outputs)
             monitor.add_version(model, str(version), path, entry.config.drift, outputs)
 
-        self.loader.on_loaded.append(loaded)
-        self.loader.on_unloaded.append(lambda model, version: monitor.remove_version(model, str(version)))
+        self.loader.watch_loaded(loaded)
+        self.loader.watch_unloaded(lambda model, version: monitor.remove_version(model, str(version)))
         metrics.watch_versions(lambda: _version_statuses(self.plane))
         metrics.watch_drift(monitor.drift_reports)
         metrics.watch_gpu()

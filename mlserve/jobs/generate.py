@@ -1,9 +1,11 @@
 """Answers OpenAI batch lines the way /v1/completions and /v1/chat/completions answer a request that
-is not streamed: the protocol layer's decoder reads each body, the GenerationService runs it."""
+is not streamed: the protocol layer's decoder reads each body, `InferenceService.generate` runs it on
+the model's default version (unrouted: no split or breaker applies to a job)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -12,14 +14,24 @@ import numpy as np
 
 from mlserve.errors import InvalidInput, MlserveError, Overloaded
 from mlserve.jobs.openai_batch import URLS
-from mlserve.spec import GenerationRequest, TokenEvent
+from mlserve.spec import GenerationRequest, TokenEvent, TokenLimits
 
 if TYPE_CHECKING:
-    from mlserve.routing.generation import Generation
+    from mlserve.routing.generation.run import GenerationRun
+    from mlserve.routing.service import InferenceService
 
 Parse = Callable[[Any, bool], GenerationRequest]
 """The OpenAI body decoder (server/openai_protocol.parse_generation): a protocol concern, passed in."""
-Submit = Callable[[GenerationRequest], Awaitable["Generation"]]
+Submit = Callable[[GenerationRequest], Awaitable["GenerationRun"]]
+
+
+def job_submit(service: InferenceService, limits: TokenLimits) -> Submit:
+    """A job's way to generate: the service's one entry point, unrouted, within the server's limits."""
+
+    async def submit(req: GenerationRequest) -> GenerationRun:
+        return await service.generate(dataclasses.replace(req, limits=limits), routed=False)
+
+    return submit
 
 _STATUS = ((InvalidInput, 400, "invalid_request_error"), (Overloaded, 429, "rate_limit_error"))
 
@@ -41,13 +53,13 @@ class BatchGenerator:
     async def _answer(self, line: dict[str, Any]) -> dict[str, Any]:
         try:
             req = self._parse(line)
-            generation = await self._submit(req)
-            events = await _collect(generation)
+            run = await self._submit(req)
+            events = await _collect(run)
         except MlserveError as exc:
             status, kind = next(((s, k) for cls, s, k in _STATUS if isinstance(exc, cls)), (500, "server_error"))
             body = {"error": {"message": str(exc), "type": kind, "param": None, "code": None}}
             return _line(line["custom_id"], status, uuid.uuid4().hex, body)
-        return _line(line["custom_id"], 200, generation.req_id, self._body(req, generation.req_id, events))
+        return _line(line["custom_id"], 200, run.req_id, self._body(req, run.req_id, events))
 
     def _parse(self, line: dict[str, Any]) -> GenerationRequest:
         req = self._parse_body(line["body"], URLS[line["url"]])
@@ -57,6 +69,8 @@ class BatchGenerator:
             raise InvalidInput("stream is not supported in a batch file")
         if req.params.logprobs is not None:
             raise InvalidInput("logprobs are not supported in a batch file")
+        if len(req.prompts) > 1 or req.n != 1 or req.best_of or req.echo:
+            raise InvalidInput("a batch line takes one prompt and n = 1, without best_of or echo")
         return req
 
     def _body(self, req: GenerationRequest, req_id: str, events: list[TokenEvent]) -> dict[str, Any]:
@@ -73,20 +87,9 @@ class BatchGenerator:
                 "choices": [choice], "usage": usage}
 
 
-async def _collect(generation: Generation) -> list[TokenEvent]:
-    """Every event of one request up to its last; a cancelled run frees its blocks."""
-    events: list[TokenEvent] = []
-    try:
-        while True:
-            event = await generation.handle.queue.get()
-            if event.error is not None:
-                raise MlserveError(event.error)
-            events.append(event)
-            if event.finish_reason is not None:
-                return events
-    except BaseException:
-        generation.abort()
-        raise
+async def _collect(run: GenerationRun) -> list[TokenEvent]:
+    """Every event of one request up to its last (a failed one raises); a cancelled run frees its blocks."""
+    return [event async for event in run.events()]
 
 
 def _line(custom_id: str, status: int, request_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,7 @@ from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.progress import ProgressBar
 from mlserve.jobs.runner import BatchRun, JobPlan, RunTimes, Tensors
 from mlserve.registry import repository
-from mlserve.registry.placement import device_alone
-from mlserve.registry.opening import Trust, open_backend, version_backend_name
+from mlserve.registry.opening import Alone, Trust, VersionFiles, open_version, version_backend_name
 from mlserve.registry.store import Store
 from mlserve.spec import ModelConfig
 
@@ -82,6 +81,7 @@ class _Located:
     path: Path
     backend: str
     trust: Trust
+    max_bytes: int
 
 
 async def _locate(store: Store, args: OfflineArgs, registry: RegistryConfig) -> _Located:
@@ -92,7 +92,7 @@ async def _locate(store: Store, args: OfflineArgs, registry: RegistryConfig) -> 
     name = await asyncio.to_thread(version_backend_name, f"{args.model}/{version}", entry.config, path,
                                    registry.max_artifact_bytes)
     trust = Trust(registry.trust_repository or entry.config.trusted, registry.trust_uploads)
-    return _Located(entry.config, version, path, name, trust)
+    return _Located(entry.config, version, path, name, trust, registry.max_artifact_bytes)
 
 
 async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = None,
@@ -111,12 +111,13 @@ async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = N
     await store.close()
     if found.backend == "llm":
         raise InvalidInput(f"model {args.model!r} generates text: batch files for it need the OpenAI decoder")
-    device = device_alone(found.config.device or config.registry.default_device, found.backend)
-    backend = await asyncio.to_thread(open_backend, found.backend, found.config, found.path, device, found.trust)
+    # the server's way to open a version: backend choice, trust, placement (as if alone), warm-up
+    files = VersionFiles(f"{args.model}/{found.version}", found.config, found.path, found.trust, found.max_bytes)
+    runtime = await open_version(files, Alone(found.config.device or config.registry.default_device))
     try:
-        return await _run_tensors(args, backend, found.version, times)
+        return await _run_tensors(args, runtime.backend, found.version, times)
     finally:
-        backend.unload()
+        runtime.close()
 
 
 async def _run_tensors(args: OfflineArgs, backend: Backend, version: int, times: RunTimes | None) -> int:
@@ -152,23 +153,24 @@ async def _run_tensors(args: OfflineArgs, backend: Backend, version: int, times:
 
 
 async def _run_generation(args: OfflineArgs, store: Store, config: Config, version: int, parse: Parse) -> int:
-    """OpenAI batch files through the same loader, engine and GenerationService the server uses."""
-    from mlserve.jobs.generate import BatchGenerator
+    """OpenAI batch files through the same loader, engine and generation entry point the server uses."""
+    from mlserve.jobs.generate import BatchGenerator, job_submit
     from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
     from mlserve.monitor.metrics import Metrics
     from mlserve.registry.loader import HotSwapLoader
-    from mlserve.routing.generation import GenerationService
-    from mlserve.routing.router import Router
+    from mlserve.routing.generation.run import token_limits
+    from mlserve.routing.service import InferenceService
 
-    loader = HotSwapLoader(store, config.registry, Metrics())
+    metrics = Metrics()
+    loader = HotSwapLoader(store, config.registry, metrics)
     try:
-        await loader.load(args.model, "batch")
-        served = await loader.pin(args.model, version, "batch")
+        await loader.control.load(args.model, "batch")
+        served = await loader.control.pin(args.model, version, "batch")
         engine = served.versions[version].llm_engine
-        generation = GenerationService(loader, Router(loader), config.limits)
+        service = InferenceService(loader, metrics)
         plan = JobPlan(args.model, version, batch_info(engine), args.input, args.output, args.errors,
                        args.chunk_rows)
-        generate = BatchGenerator(args.model, parse, generation.submit)
+        generate = BatchGenerator(args.model, parse, job_submit(service, token_limits(config.limits)))
         return await _run(BatchRun(plan, generate, OPENAI_FORMATS), args)
     finally:
         await loader.close()

@@ -16,12 +16,12 @@ import numpy as np
 
 from mlserve.batching.dynamic import SchedulePolicy
 from mlserve.errors import InvalidInput, ModelNotReady
-from mlserve.jobs.generate import BatchGenerator, Parse
+from mlserve.jobs.generate import BatchGenerator, Parse, job_submit
 from mlserve.jobs.manager import Target
 from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
 from mlserve.registry.served import ServedVersion
-from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
+from mlserve.spec import TokenLimits
 
 _YIELD_POLL_S = 0.001
 _YIELD_MAX_S = 0.1
@@ -91,7 +91,7 @@ class LLMLiveFirst:
 
 
 def _generation_target(served: ServedVersion, model: str, priority: int | None, generate: BatchGenerator) -> Target:
-    """Requests go through the GenerationService, as /v1 requests do (to the model's current version)."""
+    """Requests go through InferenceService.generate, as /v1 requests do (to the model's current version)."""
     if priority is not None:
         raise InvalidInput("priority is not supported for jobs on generation models")
     engine = served.llm_engine
@@ -99,15 +99,16 @@ def _generation_target(served: ServedVersion, model: str, priority: int | None, 
     return Target(served.version, batch_info(engine, _LLM_REQUESTS_PER_BATCH), infer, OPENAI_FORMATS)
 
 
-def resolver(service: InferenceService, generation: GenerationService, parse: Parse):
+def resolver(service: InferenceService, limits: TokenLimits, parse: Parse):
     """Jobs find their version the way requests do (loading a lazy model), pinned to an exact version;
-    `parse` decodes OpenAI bodies for jobs on generation models (the protocol layer's decoder)."""
+    `parse` decodes OpenAI bodies for jobs on generation models (the protocol layer's decoder), whose
+    requests are held to `limits`."""
 
     async def resolve(model: str, version: int | None, priority: int | None) -> Target:
         await service.loader.ensure_loaded(model)
         served = service.router.pick(model, str(version) if version is not None else None)
         if served.llm_engine is not None:
-            return _generation_target(served, model, priority, BatchGenerator(model, parse, generation.submit))
+            return _generation_target(served, model, priority, BatchGenerator(model, parse, job_submit(service, limits)))
         levels = service.router.model(model).entry.config.batching.priority_levels
         if priority is not None and not 1 <= priority <= levels:
             raise InvalidInput(f"priority must lie in 1..{levels} for model {model!r}, got {priority}")

@@ -96,7 +96,7 @@ class AutoOptimizer:
         self._is_closing = False
         self._claiming: set[tuple[str, int]] = set()
         """Arrivals whose record is being created; not startable until it is."""
-        loader.on_loaded.append(self.on_loaded)
+        loader.watch_loaded(self.on_loaded)
 
     # ---- the loader's thread -----------------------------------------------------------------
 

@@ -3,6 +3,7 @@ settings, its tensors and the validation set."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from mlserve.engine.base import find_artifact
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.monitor.npz import read_npz
 from mlserve.optimize.base import Source
-from mlserve.registry.opening import Trust, open_backend, version_backend_name
+from mlserve.registry.opening import Alone, Trust, VersionFiles, open_version, version_backend_name
 from mlserve.spec import (
     DATATYPE_TO_NUMPY,
     ModelConfig,
@@ -50,12 +51,13 @@ def open_source(models: Path | None, model: str, version: int | None, file: Path
         if version not in numbers:
             raise ModelNotFound(f"model {model!r} has no version {version}")
         folder, config = model_dir / str(version), read_model_config(model_dir / "model.toml")
-    backend = version_backend_name(f"{model}/{version}", config, folder, RegistryConfig().max_artifact_bytes)
+    max_bytes = RegistryConfig().max_artifact_bytes
+    backend = version_backend_name(f"{model}/{version}", config, folder, max_bytes)
     if backend not in SOURCE_BACKENDS:
         raise InvalidInput(f"optimize takes ONNX, TorchScript or torch.export models, not {backend!r}")
     # the same rule as serving: an uploaded code-bearing version only where the server loads uploaded code
     trust = Trust(model=trust_repository or config.trusted, uploads=trust_uploads)
-    info = _probe(backend, config, folder, trust)
+    info = _probe(VersionFiles(f"{model}/{version}", config, folder, trust, max_bytes))
     values = _read_npz(data if data is not None else _default_data(folder))
     labels = values.pop("labels", None)
     _check_data(values, info.inputs)
@@ -70,12 +72,14 @@ def _file_config(models: Path | None, model: str) -> ModelConfig:
     return ModelConfig()
 
 
-def _probe(backend: str, config: ModelConfig, folder: Path, trust: Trust):
-    runner = open_backend(backend, config, folder, "cpu", trust)
+def _probe(files: VersionFiles):
+    """The source's tensors, read by opening it the way the server does (on the CPU, not warmed up:
+    only its description is wanted)."""
+    runtime = asyncio.run(open_version(files, Alone("cpu"), warm=False))
     try:
-        return runner.info
+        return runtime.info
     finally:
-        runner.unload()
+        runtime.close()
 
 
 def _onnx_file(folder: Path) -> Path:

@@ -5,37 +5,47 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, AsyncContextManager, Awaitable, Callable
+from typing import Any, AsyncContextManager, Mapping, Protocol
 
 from mlserve.errors import InvalidInput, ModelLoadError, ModelNotFound
-from mlserve.monitor.metrics import Metrics
 from mlserve.registry import repository
+from mlserve.registry.repository import ModelEntry
 from mlserve.registry.served import ServedModel
-from mlserve.registry.store import Store, VersionStat
+from mlserve.registry.store import Store
+
+
+class ControlledLoader(Protocol):
+    """The loader's transition methods explicit control works through (HotSwapLoader has them; each
+    is documented there). Named here so this module need not import the loader, which holds it."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def models(self) -> Mapping[str, ServedModel]: ...
+    def admit(self, entry: ModelEntry) -> ServedModel: ...
+    def set_override(self, name: str, override: dict[str, Any] | None) -> bool: ...
+    def clear_scan_error(self, name: str) -> None: ...
+    def room(self, served: ServedModel, incoming_bytes: int, is_strict: bool) -> AsyncContextManager[None]: ...
+    async def estimate_bytes(self, served: ServedModel) -> int: ...
+    async def version_bytes(self, served: ServedModel, version: int) -> int: ...
+    async def sync_model(self, served: ServedModel, source: str, force: bool = False) -> None: ...
+    async def ensure_version(self, served: ServedModel, version: int, source: str) -> None: ...
+    async def unload_version(self, served: ServedModel, version: int, source: str) -> None: ...
+    def count_transition(self, action: str, source: str) -> None: ...
 
 log = logging.getLogger("mlserve.loader")
 
 
 class ExplicitControl:
-    """The admin half of HotSwapLoader (mixed into it): what the repository API and the admin routes call.
+    """Triton's explicit model control over one loader (`loader.control`): what the repository API,
+    the admin routes and ModelControl call. It works through the loader's transition methods, never
+    its private state, so the loader stays one object that owns its table."""
 
-    The annotations below name what it uses of its host, so this module need not import the loader
-    (which imports it): the loader sets each of them in its constructor or defines it as a method."""
-
-    store: Store
-    models: dict[str, ServedModel]
-    scan_errors: dict[str, str]
-    overrides: dict[str, dict[str, Any]]
-    _metrics: Metrics
-    _sync_model: Callable[..., Awaitable[None]]
-    _ensure_version: Callable[..., Awaitable[None]]
-    _unload_version: Callable[[ServedModel, int, str], Awaitable[None]]
-    _stat: Callable[[ServedModel, int], Awaitable[VersionStat]]
-    _estimate_bytes: Callable[[ServedModel], Awaitable[int]]
-    _room: Callable[..., AsyncContextManager[None]]
+    def __init__(self, loader: ControlledLoader) -> None:
+        self._loader = loader
 
     def _model(self, name: str) -> ServedModel:
-        served = self.models.get(name)
+        served = self._loader.models.get(name)
         if served is None:
             raise ModelNotFound.unknown(name)
         return served
@@ -46,19 +56,17 @@ class ExplicitControl:
         rebuilds unchanged versions too, each swapped in when ready. `override` (a model.toml
         table) stands in for the folder's model.toml from this load until the next load without
         one or an unload; it is never written. Setting or clearing one rebuilds every version."""
-        await self.store.refresh(name)
-        entry = await repository.read_entry(self.store, name, override)
-        served = self.models.setdefault(name, ServedModel(entry))
-        served.entry = entry
-        async with self._room(served, await self._estimate_bytes(served), is_strict=True):
-            had_override = self.overrides.pop(name, None) is not None
-            if override is not None:
-                self.overrides[name] = override
+        loader = self._loader
+        await loader.store.refresh(name)
+        entry = await repository.read_entry(loader.store, name, override)
+        served = loader.admit(entry)
+        async with loader.room(served, await loader.estimate_bytes(served), is_strict=True):
+            had_override = loader.set_override(name, override)
             force = force or had_override or override is not None
             served.is_unloaded = False
-            self.scan_errors.pop(name, None)
+            loader.clear_scan_error(name)
             async with served.lock:
-                await self._sync_model(served, source, force)
+                await loader.sync_model(served, source, force)
         served.last_used = time.monotonic()
         if served.default_version() is None:
             reasons = "; ".join(f"{v}: {sv.reason}" for v, sv in sorted(served.versions.items()) if sv.reason)
@@ -69,11 +77,11 @@ class ExplicitControl:
     async def unload(self, name: str, source: str) -> None:
         """Triton's unload: every version drains and is freed; reconcile leaves it unloaded."""
         served = self._model(name)
-        self.overrides.pop(name, None)
+        self._loader.set_override(name, None)
         async with served.lock:
             served.is_unloaded, served.pinned = True, None
             for version in list(served.versions):
-                await self._unload_version(served, version, source)
+                await self._loader.unload_version(served, version, source)
         log.info("model %s unloaded (%s)", name, source)
 
     async def pin(self, name: str, version: int, source: str, action: str = "pinned") -> ServedModel:
@@ -83,7 +91,7 @@ class ExplicitControl:
             raise InvalidInput(f"model {name!r} is unloaded; load it first")
         if version not in served.entry.versions and version not in served.artifacts:
             raise ModelNotFound(f"model {name!r} has no version {version}")
-        async with self._room(served, await self._bytes_with(served, version), is_strict=True):
+        async with self._loader.room(served, await self._bytes_with(served, version), is_strict=True):
             return await self._pin_locked(served, version, source, action)
 
     async def _bytes_with(self, served: ServedModel, version: int) -> int:
@@ -91,22 +99,22 @@ class ExplicitControl:
         current = served.versions.get(version)
         if current is not None and current.is_ready:
             return served.resident_bytes
-        return served.resident_bytes + (await self._stat(served, version)).num_bytes
+        return served.resident_bytes + await self._loader.version_bytes(served, version)
 
     async def _pin_locked(self, served: ServedModel, version: int, source: str, action: str) -> ServedModel:
         name = served.name
         async with served.lock:
             previous = served.pinned
             served.pinned = version
-            await self._ensure_version(served, version, source, force=False)
+            await self._loader.ensure_version(served, version, source)
             chosen = served.versions.get(version)
             if chosen is None or not chosen.is_ready:
                 served.pinned = previous
-                await self._sync_model(served, source)
+                await self._loader.sync_model(served, source)
                 raise ModelLoadError(f"model {name!r} version {version} cannot serve: "
                                      f"{chosen.reason if chosen else 'not found'}")
-            await self._sync_model(served, source)
-        self._metrics.transitions.labels(action, label(source)).inc()
+            await self._loader.sync_model(served, source)
+        self._loader.count_transition(action, source)
         log.info("model %s %s to version %d (%s)", name, action, version, source)
         return served
 
@@ -115,8 +123,8 @@ class ExplicitControl:
         async with served.lock:
             served.pinned = None
             if not served.is_unloaded:
-                await self._sync_model(served, source)
-        self._metrics.transitions.labels("unpinned", label(source)).inc()
+                await self._loader.sync_model(served, source)
+        self._loader.count_transition("unpinned", source)
         log.info("model %s unpinned; its version policy decides again (%s)", name, source)
         return served
 
@@ -128,8 +136,3 @@ class ExplicitControl:
         if target is None:
             raise InvalidInput(f"model {name!r} has no previous version to roll back to")
         return await self.pin(name, target, source, action="rolled back")
-
-
-def label(source: str) -> str:
-    """The kind of trigger (signal, api, poll, ...) without who asked, for bounded metric labels."""
-    return source.split(" ", 1)[0]

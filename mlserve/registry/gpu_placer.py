@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 from mlserve.engine.devices import empty_cache
 from mlserve.monitor.metrics import Metrics
+from mlserve.registry.opening import Placed
 from mlserve.registry.placement import GpuLedger, gpu_need, place
 from mlserve.registry.served import ServedModel, ServedVersion
 
@@ -17,7 +18,7 @@ from mlserve.registry.served import ServedModel, ServedVersion
 class GpuPlacer:
     """Chooses devices and keeps the ledger of what each loaded version holds on which GPU."""
 
-    def __init__(self, ledger: GpuLedger, models: dict[str, ServedModel],
+    def __init__(self, ledger: GpuLedger, models: Mapping[str, ServedModel],
                  evict: Callable[[ServedModel, str], Awaitable[None]], metrics: Metrics) -> None:
         self.ledger = ledger
         self._models = models
@@ -43,6 +44,10 @@ class GpuPlacer:
 
     def measuring(self, device: str):
         return self.ledger.measuring(device)
+
+    def for_version(self, served: ServedModel, fresh: ServedVersion, requested: str, may_evict: bool) -> VersionPlacement:
+        """open_version's placement of one version through this placer."""
+        return VersionPlacement(self, served, fresh, requested, may_evict)
 
     def settle(self, served: ServedModel, fresh: ServedVersion, measured: int | None) -> None:
         """The version loaded: it holds what its load measured (else what it reserved)."""
@@ -71,3 +76,21 @@ class GpuPlacer:
             return False
         await self._evict(victim, f"to make room on {device or 'a GPU'} for {incoming.name}")
         return True
+
+
+class VersionPlacement:
+    """The loader's placement of one version (registry/opening.py's Placement): a device with room (a
+    load a request waits for may evict idle models from the GPU), reserved in the ledger and measured
+    while it loads."""
+
+    def __init__(self, placer: GpuPlacer, served: ServedModel, fresh: ServedVersion, requested: str,
+                 may_evict: bool) -> None:
+        self._placer, self._served, self._fresh = placer, served, fresh
+        self._requested, self._may_evict = requested, may_evict
+
+    async def place(self, backend: str) -> Placed:
+        cap = await self._placer.place(self._served, self._fresh, self._requested, backend, self._may_evict)
+        return Placed(self._fresh.device, cap)
+
+    def measuring(self, device: str):
+        return self._placer.measuring(device)

@@ -21,11 +21,10 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
-from mlserve.batching.cache import ResponseCache, SharedLevel
-from mlserve.batching.dynamic import BatchStats, DynamicBatcher
-from mlserve.batching.guard import GuardedInfer, num_hung_threads
+from mlserve.batching.guard import num_hung_threads
 from mlserve.config import RegistryConfig
 from mlserve.engine import Backend
 from mlserve.engine.devices import CudaInventory, Inventory
@@ -34,23 +33,20 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import InferenceStatistics
 from mlserve.registry import repository
 from mlserve.registry.budget import Budget
-from mlserve.registry.control import ExplicitControl, label
+from mlserve.registry.control import ExplicitControl
 from mlserve.registry.gpu_placer import GpuPlacer
 from mlserve.registry.placement import GpuLedger
 from mlserve.registry.repository import ModelEntry
-from mlserve.registry.opening import Trust, open_backend, version_backend_name
+from mlserve.registry.opening import GenerativeRuntime, OpenStage, Trust, VersionFiles, open_backend, open_version
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
+from mlserve.registry.serving import response_cache, start_batcher, start_engine
 from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.upload import UploadLocks
-from mlserve.registry.warmup import warm_up, warmup_inputs
-from mlserve.spec import ModelInfo
-from mlserve.spec.model import BatchingSpec
+from mlserve.registry.warmup import warmup_inputs
+from mlserve.spec import ModelConfig, ModelInfo
 from mlserve.state import StateStore
 
 __all__ = ["HotSwapLoader", "ServedModel", "ServedVersion", "VersionState", "warmup_inputs"]
-
-if TYPE_CHECKING:
-    from mlserve.batching.llm_engine import LLMEngine
 
 log = logging.getLogger("mlserve.loader")
 
@@ -59,8 +55,12 @@ _ROOM_WAIT_S = 30.0
 _ROOM_POLL_S = 0.005
 
 
-class HotSwapLoader(ExplicitControl):
-    """Owns the served table: which versions of which models are loaded, routable, pinned."""
+class HotSwapLoader:
+    """Owns the served table: which versions of which models are loaded, routable, pinned.
+
+    The table is private: others read it through `models` (a read-only view) and change it through
+    `control` (Triton's explicit control: load, unload, pin, unpin, rollback), which works through
+    the transition methods below. Hooks are registered with `watch_*`, never set from outside."""
 
     def __init__(self, store: Store, config: RegistryConfig, metrics: Metrics,
                  inventory: Inventory | None = None, state_store: StateStore | None = None) -> None:
@@ -69,17 +69,18 @@ class HotSwapLoader(ExplicitControl):
         """The shared state store, for the response cache's shared level (None or memory: none)."""
         self._config = config
         self._metrics = metrics
-        self.models: dict[str, ServedModel] = {}
-        self.on_reconciled: Callable[[str], None] | None = None
+        self._models: dict[str, ServedModel] = {}
+        self._view: Mapping[str, ServedModel] = MappingProxyType(self._models)
+        self._on_reconciled: list[Callable[[str], None]] = []
         """Called on the loop after a repository pass that changed something (the server re-freezes the heap)."""
-        self.scan_errors: dict[str, str] = {}
-        self.overrides: dict[str, dict[str, Any]] = {}
+        self._scan_errors: dict[str, str] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}
         """Per model, the config sent with its last load (a model.toml table), used instead of its
         model.toml until a load without one or an unload; held in memory only, as Triton does."""
         self.budget = Budget(config.max_loaded_models, int(config.max_loaded_mb * 2**20))
         self.ledger = GpuLedger(inventory or CudaInventory(), config.gpu_memory_fraction)
         """GPU memory each loaded version holds, and the device each one was placed on."""
-        self.placer = GpuPlacer(self.ledger, self.models, self._evict, metrics)
+        self.placer = GpuPlacer(self.ledger, self._view, self._evict, metrics)
         self._executor = ThreadPoolExecutor(max_workers=_MAX_PARALLEL_LOADS, thread_name_prefix="mlserve-loader")
         self._pass_lock = asyncio.Lock()
         self._load_slots = asyncio.Semaphore(_MAX_PARALLEL_LOADS)
@@ -92,21 +93,53 @@ class HotSwapLoader(ExplicitControl):
         """Uploads to one model run one at a time (registry/upload.py)."""
         self._reserved: dict[str, int] = {}
         self._created = time.monotonic()
-        self.on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
+        self._on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
         """Called on a loader thread once a version has loaded and warmed up (drift references)."""
-        self.on_unloaded: list[Callable[[str, int], None]] = []
+        self._on_unloaded: list[Callable[[str, int], None]] = []
         self.stats = InferenceStatistics()
         """Triton-style statistics per version, fed by each version's batcher; dropped at unload."""
-        self.on_unloaded.append(lambda model, version: self.stats.reset(model, str(version)))
+        self._on_unloaded.append(lambda model, version: self.stats.reset(model, str(version)))
+        self.control = ExplicitControl(self)
+        """Triton's explicit model control (load, unload, pin, unpin, rollback) over this loader."""
+
+    # ---- what others read, and the hooks they register ------------------------------------------
+
+    @property
+    def models(self) -> Mapping[str, ServedModel]:
+        """The served table, read-only (the data plane, routing and control read it; only the loader
+        changes it)."""
+        return self._view
+
+    @property
+    def scan_errors(self) -> Mapping[str, str]:
+        """Model folders the last scan could not read, with the reason."""
+        return MappingProxyType(self._scan_errors)
+
+    def override_of(self, name: str) -> dict[str, Any] | None:
+        """The config sent with the model's last load (a model.toml table), if one holds."""
+        return self._overrides.get(name)
+
+    def watch_loaded(self, hook: Callable[[str, int, Path, ModelEntry, ModelInfo], None]) -> None:
+        """Call `hook(model, version, folder, entry, info)` on a loader thread once a version has loaded
+        and warmed up, before it takes traffic."""
+        self._on_loaded.append(hook)
+
+    def watch_unloaded(self, hook: Callable[[str, int], None]) -> None:
+        """Call `hook(model, version)` on the loop once a version is unloaded."""
+        self._on_unloaded.append(hook)
+
+    def watch_reconciled(self, hook: Callable[[str], None]) -> None:
+        """Call `hook(source)` on the loop after a repository pass that changed something."""
+        self._on_reconciled.append(hook)
 
     async def start(self) -> None:
         """The first pass (with --lazy: list only), the cold-start figure, then the poll timer."""
         ok = await self.reconcile("startup")
         cold_start = _process_age_s(self._created)
         self._metrics.cold_start_seconds.set(cold_start)
-        ready = sum(len(m.ready_versions()) for m in self.models.values())
+        ready = sum(len(m.ready_versions()) for m in self._models.values())
         log.info("cold start: %d model(s) listed, %d version(s) ready, %.2f s after process start%s",
-                 len(self.models), ready, cold_start, "" if ok else " (repository unreadable; retrying on reload)")
+                 len(self._models), ready, cold_start, "" if ok else " (repository unreadable; retrying on reload)")
         if self._config.poll_interval_s > 0:
             task = asyncio.get_running_loop().create_task(self._poll())
             self._tasks.add(task)
@@ -116,6 +149,29 @@ class HotSwapLoader(ExplicitControl):
         while True:
             await asyncio.sleep(self._config.poll_interval_s)
             await self.reconcile("poll")
+
+    # ---- transitions explicit control works through (registry/control.py) -------------------------
+
+    def admit(self, entry: ModelEntry) -> ServedModel:
+        """The model's table row for this entry (added if new, its entry refreshed if not)."""
+        served = self._models.setdefault(entry.name, ServedModel(entry))
+        served.entry = entry
+        return served
+
+    def set_override(self, name: str, override: dict[str, Any] | None) -> bool:
+        """Hold `override` (a model.toml table) for the model's next passes, or clear it with None;
+        returns whether one was held before."""
+        had = self._overrides.pop(name, None) is not None
+        if override is not None:
+            self._overrides[name] = override
+        return had
+
+    def clear_scan_error(self, name: str) -> None:
+        self._scan_errors.pop(name, None)
+
+    def count_transition(self, action: str, source: str) -> None:
+        """One pin, unpin or rollback in the transitions metric."""
+        self._metrics.transitions.labels(action, label(source)).inc()
 
     # ---- reconcile -------------------------------------------------------------------------
 
@@ -140,7 +196,7 @@ class HotSwapLoader(ExplicitControl):
     async def _reconcile_pass(self, source: str) -> bool:
         started = time.monotonic()
         try:
-            scan = await repository.scan(self.store, self.overrides)
+            scan = await repository.scan(self.store, self._overrides)
         except Exception as exc:
             log.error("reconcile (%s): repository %s unreadable, nothing changed: %s", source,
                       self.store.describe(), exc)
@@ -148,24 +204,25 @@ class HotSwapLoader(ExplicitControl):
             self._metrics.repository_up.labels(self.store.kind).set(0)
             return False
         self._metrics.repository_up.labels(self.store.kind).set(1)
-        self.scan_errors = scan.errors
-        is_new = {name: name not in self.models for name in scan.models}
+        self._scan_errors = scan.errors
+        is_new = {name: name not in self._models for name in scan.models}
         for entry in scan.models.values():
-            served = self.models.setdefault(entry.name, ServedModel(entry))
+            served = self._models.setdefault(entry.name, ServedModel(entry))
             served.entry = entry
         jobs: list[ServedModel] = []
         planned: dict[str, int] = {}
         for name in scan.models:
-            if await self._should_sync(self.models[name], is_new[name], planned):
-                jobs.append(self.models[name])
+            if await self._should_sync(self._models[name], is_new[name], planned):
+                jobs.append(self._models[name])
         await asyncio.gather(*(self._sync_locked(served, source) for served in jobs))
         # A folder that now fails to read keeps what it serves; only a folder that is gone is removed.
-        gone = [n for n in self.models if n not in scan.models and n not in scan.errors]
+        gone = [n for n in self._models if n not in scan.models and n not in scan.errors]
         for name in gone:
             await self._remove_model(name, source)
         self.update_gauges()
-        if self.on_reconciled is not None and (jobs or gone):
-            self.on_reconciled(source)
+        if jobs or gone:
+            for hook in self._on_reconciled:
+                hook(source)
         self._metrics.reconciles.labels(label(source), "ok").inc()
         log.info("reconcile (%s): %d model(s), %d rejected, %d synced in %.2f s", source, len(scan.models),
                  len(scan.errors), len(jobs), time.monotonic() - started)
@@ -183,17 +240,17 @@ class HotSwapLoader(ExplicitControl):
         if not self.budget.is_limited:
             return True
         # eager within the budget; the rest load on their first request
-        incoming = await self._estimate_bytes(served)
-        if not self.budget.has_room(self.models.values(), served, incoming, planned):
+        incoming = await self.estimate_bytes(served)
+        if not self.budget.has_room(self._models.values(), served, incoming, planned):
             return False
         planned[served.name] = incoming
         return True
 
     async def _sync_locked(self, served: ServedModel, source: str) -> None:
         async with served.lock:
-            await self._sync_model(served, source)
+            await self.sync_model(served, source)
 
-    async def _sync_model(self, served: ServedModel, source: str, force: bool = False) -> None:
+    async def sync_model(self, served: ServedModel, source: str, force: bool = False) -> None:
         """Load what the policy (and the pin) wants, move traffic, retire the rest. Hold served.lock."""
         wanted = set(served.entry.served_versions)
         if served.pinned is not None:
@@ -205,8 +262,12 @@ class HotSwapLoader(ExplicitControl):
         for version in [v for v in served.versions if v not in wanted]:
             if served.versions[version].is_ready and not has_ready_wanted:
                 continue  # nothing new is ready: the old version keeps serving
-            await self._unload_version(served, version, source)
+            await self.unload_version(served, version, source)
         self._note_default(served, source)
+
+    async def ensure_version(self, served: ServedModel, version: int, source: str) -> None:
+        """Load `version` unless it is loaded and unchanged (pin and rollback). Hold served.lock."""
+        await self._ensure_version(served, version, source, force=False)
 
     async def _ensure_version(self, served: ServedModel, version: int, source: str, force: bool) -> None:
         current = served.versions.get(version)
@@ -223,6 +284,10 @@ class HotSwapLoader(ExplicitControl):
             if current.state is not VersionState.UNAVAILABLE or not current.is_retryable:
                 return  # unchanged: a ready version stays, a rejected artifact is not retried
         await self._load_version(served, version, stat, source)
+
+    async def version_bytes(self, served: ServedModel, version: int) -> int:
+        """Size of one version's files (from the store, else from where it last loaded)."""
+        return (await self._stat(served, version)).num_bytes
 
     async def _stat(self, served: ServedModel, version: int) -> VersionStat:
         if version in served.entry.versions:
@@ -253,62 +318,49 @@ class HotSwapLoader(ExplicitControl):
             await self._retire(old)
 
     async def _build(self, served: ServedModel, fresh: ServedVersion, source: str) -> bool:
-        """Fetch, place, load, warm up, start the batcher. On failure: UNAVAILABLE with the reason, False."""
+        """Fetch, then open the version (registry/opening.py: backend, trust, placement, load, warm-up),
+        then serve it: a batcher (and cache) for a batched runtime, an LLM engine for a generative one.
+        On failure: UNAVAILABLE with the reason, False."""
         name, version, entry = served.name, fresh.version, served.entry
         loop = asyncio.get_running_loop()
-        stage, started = "fetch", time.monotonic()
+        stage, started = OpenStage("fetch"), time.monotonic()
         try:
             fresh.path = await self._fetch(served, version, fresh.fingerprint)
-            stage = "load"
-            kind = await loop.run_in_executor(self._executor, version_backend_name, f"{name}/{version}",
-                                              entry.config, fresh.path, self._config.max_artifact_bytes)
-            stage = "placement"
-            cap = await self._place(served, fresh, kind, may_evict=source == "request")
-            stage = "load"
-            async with self.placer.measuring(fresh.device) as taken:
-                backend = await loop.run_in_executor(
-                    self._executor, self._load_backend, entry, kind, fresh.path, fresh.device, cap)
-                loaded = time.monotonic()
-                stage = "warmup"
-                try:
-                    runs = await loop.run_in_executor(self._executor, warm_up, backend, entry.config, fresh.path)
-                except Exception:
-                    await loop.run_in_executor(self._executor, backend.unload)
-                    raise
-                measured = await loop.run_in_executor(self._executor, taken)
+            trust = Trust(self._config.trust_repository or entry.config.trusted, self._config.trust_uploads)
+            files = VersionFiles(f"{name}/{version}", entry.config, fresh.path, trust, self._config.max_artifact_bytes)
+            requested = entry.config.device or self._config.default_device
+            placement = self.placer.for_version(served, fresh, requested, may_evict=source == "request")
+            runtime = await open_version(files, placement, self._executor, stage, load=self._load_backend)
+            load_s = time.monotonic() - started - runtime.figures.warmup_s  # fetch and placement count as loading
         except Exception as exc:
             self.placer.release(fresh)
-            self._fail(fresh, stage, exc, source)
+            self._fail(fresh, stage.name, exc, source)
             return False
-        warmed = time.monotonic()
-        self.placer.settle(served, fresh, measured)
-        await loop.run_in_executor(self._executor, self._call_loaded_hooks, entry, version, fresh.path, backend.info)
-        fresh.backend, fresh.info = backend, backend.info
-        fresh.batcher = DynamicBatcher(
-            GuardedInfer.for_model(backend.infer, entry.config, f"{name}/{version}"),
-            entry.config.batching, f"{name}-{version}",
-            instances=entry.config.instances, observer=self._observer(name, str(version)),
-        )
-        fresh.batcher.start()
-        fresh.cache = self._cache(name, str(version), fresh.fingerprint, entry.config.batching)
-        if getattr(backend, "is_generative", False):
-            fresh.llm_engine = self._start_llm_engine(backend, name, version)
+        self.placer.settle(served, fresh, runtime.figures.measured_gpu_bytes)
+        await loop.run_in_executor(self._executor, self._call_loaded_hooks, entry, version, fresh.path, runtime.info)
+        fresh.runtime = runtime
+        if isinstance(runtime, GenerativeRuntime):
+            fresh.llm_engine = start_engine(runtime, name, version, self._metrics)
+        else:
+            fresh.batcher = start_batcher(runtime, entry.config, name, version, self._metrics, self.stats)
+            fresh.cache = response_cache(name, str(version), fresh.fingerprint, entry.config.batching, self._metrics,
+                                         self._state_store)
         fresh.state, fresh.reason = VersionState.READY, ""
-        self._record_load(fresh, loaded - started, warmed - loaded)
+        figures = runtime.figures
+        self._record_load(fresh, load_s, figures.warmup_s)
         log.info("model %s version %d ready (%s; %s on %s, load %.3f s, warm-up %.3f s over %d run(s))", name,
-                 version, source, fresh.info.platform, fresh.device, loaded - started, warmed - loaded, runs)
+                 version, source, runtime.info.platform, fresh.device, load_s, figures.warmup_s,
+                 figures.warmup_runs)
         return True
 
-    def _start_llm_engine(self, backend: Backend, model: str, version: int) -> LLMEngine:
-        from mlserve.batching.llm_engine import LLMEngine
-        from mlserve.batching.llm_metrics import LLMStepMetrics
-
-        engine = LLMEngine(backend, f"{model}-{version}", LLMStepMetrics(self._metrics, model, str(version)))
-        engine.start()
-        return engine
+    def _load_backend(self, name: str, config: ModelConfig, folder: Path, device: str, trust: Trust,
+                      cap: int | None) -> Backend:
+        """open_version's last step, on a loader thread (tests load on the CPU here while a stand-in
+        GPU records what the load takes)."""
+        return open_backend(name, config, folder, device, trust, cap)
 
     def _call_loaded_hooks(self, entry: ModelEntry, version: int, path: Path, info: ModelInfo) -> None:
-        for hook in self.on_loaded:
+        for hook in self._on_loaded:
             hook(entry.name, version, path, entry, info)
 
     async def _fetch(self, served: ServedModel, version: int, fingerprint: str):
@@ -317,16 +369,6 @@ class HotSwapLoader(ExplicitControl):
                 and artifact.path.is_dir()):
             return artifact.path  # gone from the repository: load again from where it was fetched to
         return await self.store.fetch(served.name, version)
-
-    def _load_backend(self, entry: ModelEntry, name: str, path: Path, device: str, cap: int | None) -> Backend:
-        """Runs on a loader thread, so the loop never waits on it. `cap`: the most GPU memory it may take."""
-        trust = Trust(self._config.trust_repository or entry.config.trusted, self._config.trust_uploads)
-        return open_backend(name, entry.config, path, device, trust, cap)
-
-    async def _place(self, served: ServedModel, fresh: ServedVersion, backend: str, may_evict: bool) -> int | None:
-        """The version's device (fresh.device) and the most GPU memory it may take there."""
-        requested = served.entry.config.device or self._config.default_device
-        return await self.placer.place(served, fresh, requested, backend, may_evict)
 
     def _fail(self, fresh: ServedVersion, stage: str, exc: Exception, source: str) -> None:
         # The reason goes to clients (index, load errors): it names the version, not the server's folders.
@@ -352,12 +394,13 @@ class HotSwapLoader(ExplicitControl):
             await served_version.llm_engine.stop()
         if served_version.batcher is not None:
             await served_version.batcher.stop()
-        if served_version.backend is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, served_version.backend.unload)
-        served_version.backend = served_version.batcher = None
+        if served_version.runtime is not None and not served_version.is_freed:
+            served_version.is_freed = True
+            await asyncio.get_running_loop().run_in_executor(self._executor, served_version.runtime.close)
+        served_version.batcher = None  # the runtime stays readable (info, lengths) for answers still going out
         self.placer.release(served_version)
 
-    async def _unload_version(self, served: ServedModel, version: int, source: str) -> None:
+    async def unload_version(self, served: ServedModel, version: int, source: str) -> None:
         served_version = served.versions[version]
         was_ready = served_version.is_ready
         await self._retire(served_version)
@@ -367,18 +410,18 @@ class HotSwapLoader(ExplicitControl):
             self._metrics.model_warmup_seconds.remove(served.name, str(version))
         except KeyError:
             pass
-        for hook in self.on_unloaded:
+        for hook in self._on_unloaded:
             hook(served.name, version)
         if was_ready:
             log.info("model %s version %d unloaded (%s)", served.name, version, source)
 
     async def _remove_model(self, name: str, source: str) -> None:
-        served = self.models[name]
+        served = self._models[name]
         async with served.lock:
             for version in list(served.versions):
-                await self._unload_version(served, version, source)
-        self.models.pop(name, None)
-        self.overrides.pop(name, None)
+                await self.unload_version(served, version, source)
+        self._models.pop(name, None)
+        self._overrides.pop(name, None)
         log.info("model %s removed (%s)", name, source)
 
     def _note_default(self, served: ServedModel, source: str) -> None:
@@ -390,47 +433,15 @@ class HotSwapLoader(ExplicitControl):
 
     def update_gauges(self) -> None:
         """Resident models and bytes; O(models), so computed per pass and per scrape, not per load."""
-        self._metrics.loaded_models.set(self.budget.num_resident(self.models.values()))
-        self._metrics.loaded_bytes.set(self.budget.resident_bytes(self.models.values()))
-
-    def _cache(self, model: str, version: str, fingerprint: str, spec: BatchingSpec) -> ResponseCache | None:
-        """The local LRU, and the shared level where the state store is shared and the TTL is not 0."""
-        if spec.cache_size <= 0:
-            return None
-        m = self._metrics
-        shared = None
-        if self._state_store is not None and self._state_store.is_shared and spec.shared_cache_ttl_s > 0:
-            shared = SharedLevel(self._state_store, model, version, fingerprint, spec,
-                                 m.cache_hits.labels(model, version, "shared"),
-                                 m.cache_misses.labels(model, version, "shared"))
-        return ResponseCache(model, version, spec.cache_size, m.cache_hits.labels(model, version, "local"),
-                             m.cache_misses.labels(model, version, "local"), shared)
-
-    def _observer(self, model: str, version: str):
-        m = self._metrics
-        batch_size = m.batch_size.labels(model, version)
-        batch_requests = m.batch_requests.labels(model, version)
-        queue = m.queue_latency.labels(model, version)
-        compute = m.compute_latency.labels(model, version)
-        self.stats.reset(model, version)
-        counters = self.stats.version(model, version)
-
-        def observe(stats: BatchStats) -> None:
-            counters.record(stats.num_requests, stats.num_rows, stats.queue_s, stats.compute_s, stats.failed)
-            batch_size.observe(stats.num_rows)
-            batch_requests.observe(stats.num_requests)
-            compute.observe(stats.compute_s)
-            for waited in stats.queue_s:
-                queue.observe(waited)
-
-        return observe
+        self._metrics.loaded_models.set(self.budget.num_resident(self._models.values()))
+        self._metrics.loaded_bytes.set(self.budget.resident_bytes(self._models.values()))
 
     # ---- first request, eviction ---------------------------------------------------------------
 
     async def ensure_loaded(self, name: str) -> None:
         """Called before routing: a known model with nothing ready (lazy, evicted) is loaded now; the
         first request waits for it and later ones join the same load."""
-        served = self.models.get(name)
+        served = self._models.get(name)
         if served is None:
             return
         served.last_used = time.monotonic()
@@ -449,15 +460,15 @@ class HotSwapLoader(ExplicitControl):
 
     async def _first_load(self, served: ServedModel) -> None:
         try:
-            async with self._room(served, await self._estimate_bytes(served), is_strict=False):
+            async with self.room(served, await self.estimate_bytes(served), is_strict=False):
                 async with served.lock:
                     if served.default_version() is None and not served.is_unloaded:
-                        await self._sync_model(served, "request")
+                        await self.sync_model(served, "request")
         finally:
             served.last_used = time.monotonic()
 
     @contextlib.asynccontextmanager
-    async def _room(self, served: ServedModel, incoming_bytes: int, is_strict: bool):
+    async def room(self, served: ServedModel, incoming_bytes: int, is_strict: bool):
         """Make room for `served` within the budget and hold it (reserved) while the block loads."""
         async with self._room_lock:
             await self._make_room(served, incoming_bytes, is_strict)
@@ -467,7 +478,7 @@ class HotSwapLoader(ExplicitControl):
         finally:
             self._reserved.pop(served.name, None)
 
-    async def _estimate_bytes(self, served: ServedModel) -> int:
+    async def estimate_bytes(self, served: ServedModel) -> int:
         total = 0
         for version in served.entry.served_versions:
             try:
@@ -485,10 +496,10 @@ class HotSwapLoader(ExplicitControl):
                 f"model {incoming.name!r} needs {incoming_bytes / 2**20:.3f} MiB, more than the whole "
                 f"--max-loaded-mb budget of {self.budget.max_bytes / 2**20:.3f} MiB")
         waited_since = None
-        while not self.budget.has_room(self.models.values(), incoming, incoming_bytes, self._reserved):
-            victim = self.budget.victim(self.models.values(), incoming, self._reserved)
+        while not self.budget.has_room(self._models.values(), incoming, incoming_bytes, self._reserved):
+            victim = self.budget.victim(self._models.values(), incoming, self._reserved)
             if victim is None and is_strict:
-                busy = sorted(m.name for m in self.models.values() if m.is_resident and m.name != incoming.name)
+                busy = sorted(m.name for m in self._models.values() if m.is_resident and m.name != incoming.name)
                 raise Overloaded(f"no room for model {incoming.name!r} within the memory budget: every other "
                                  f"resident model is busy ({', '.join(busy)}); retry when one is idle")
             if victim is None:
@@ -504,7 +515,7 @@ class HotSwapLoader(ExplicitControl):
         """Unload every version of an idle model (it loads again on its next request)."""
         async with victim.lock:
             for version in list(victim.versions):
-                await self._unload_version(victim, version, "evict")
+                await self.unload_version(victim, version, "evict")
         self._metrics.model_evictions.inc()
         log.info("model %s evicted (least recently used) %s", victim.name, why)
 
@@ -518,10 +529,15 @@ class HotSwapLoader(ExplicitControl):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for name in list(self.models):
+        for name in list(self._models):
             await self._remove_model(name, "shutdown")
         self._executor.shutdown(wait=False)
         await self.store.close()
+
+
+def label(source: str) -> str:
+    """The kind of trigger (signal, api, poll, ...) without who asked, for bounded metric labels."""
+    return source.split(" ", 1)[0]
 
 
 def _is_rejected(served: ServedModel) -> bool:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from mlserve.batching.cache import ResponseCache
 from mlserve.batching.dynamic import DynamicBatcher
 from mlserve.engine import Backend
+from mlserve.registry.opening import Runtime
 from mlserve.registry.repository import ModelEntry
 from mlserve.spec import ModelInfo
 
@@ -30,19 +31,24 @@ RESIDENT_STATES = frozenset({VersionState.LOADING, VersionState.READY, VersionSt
 
 @dataclass(slots=True)
 class ServedVersion:
-    """One version of one model as the server holds it, whatever its state."""
+    """One version of one model as the server holds it, whatever its state.
+
+    Once loaded it holds its `runtime` (registry/opening.py: a BatchedRuntime or a GenerativeRuntime)
+    and what serves it: a batched version gets a batcher (and a response cache where configured), a
+    generative one an LLM engine and no batcher."""
 
     model: str
     version: int
     state: VersionState = VersionState.LOADING
     reason: str = ""
     fingerprint: str = ""
-    backend: Backend | None = None
+    runtime: Runtime | None = None
+    """The opened version; None while it loads, after it failed and once it is retired."""
     batcher: DynamicBatcher | None = None
+    """A batched version's batcher; None for a generative version (its engine batches)."""
     cache: ResponseCache | None = None
     llm_engine: LLMEngine | None = None
     """The continuous batcher of a generation model (backend llm); None for the others."""
-    info: ModelInfo | None = None
     path: Path | None = None
     """The local folder the version was loaded from (for a remote store: its cache folder)."""
     num_bytes: int = 0
@@ -53,6 +59,8 @@ class ServedVersion:
     """GPU memory it holds: measured at load, else declared or estimated (0 on the CPU)."""
     is_retryable: bool = False
     """A failure the next reconcile should try again (the store was unreachable), not a bad artifact."""
+    is_freed: bool = False
+    """Retired and its engine freed; its runtime stays readable (info, lengths) for answers going out."""
 
     @property
     def is_ready(self) -> bool:
@@ -65,21 +73,24 @@ class ServedVersion:
             return False
         return self.batcher is None or self.batcher.num_in_flight == 0
 
-    # The two below are read here, once, so that routing asks the version instead of its backend. An
-    # embedding backend's fields are still probed by name: the Backend protocol does not carry them.
+    @property
+    def backend(self) -> Backend | None:
+        return self.runtime.backend if self.runtime is not None else None
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return self.runtime.info if self.runtime is not None else None
+
+    # The two below are the runtime's typed fields, so that routing asks the version, never its backend.
     @property
     def max_seq_length(self) -> int | None:
         """Longest input in tokens: an LLM's context length, an embedding model's max_seq_length; else None."""
-        if self.llm_engine is not None:
-            return self.llm_engine.max_model_len
-        return getattr(self.backend, "max_seq_length", None)
+        return self.runtime.max_seq_length if self.runtime is not None else None
 
     @property
     def vocab_size(self) -> int | None:
         """Token ids must lie below this: an LLM's or an embedding model's vocabulary size; else None."""
-        if self.llm_engine is not None:
-            return self.llm_engine.vocab_size
-        return getattr(self.backend, "vocab_size", None)
+        return self.runtime.vocab_size if self.runtime is not None else None
 
 
 @dataclass(frozen=True, slots=True)

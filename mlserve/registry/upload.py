@@ -245,11 +245,11 @@ async def _publish_locked(loader: Any, upload: Upload, source: str) -> ServedMod
         raise InvalidInput("load: nothing to write")
     if upload.toml is not None:
         checked_toml(upload.toml)  # a valid model.toml table, though it is never written
-    previous = loader.overrides.get(upload.model)
+    previous = loader.override_of(upload.model)
     before = dict(loader.models[upload.model].versions) if upload.model in loader.models else {}
     undo = await _write(loader.store, upload, None, source) if upload.files else None
     try:
-        served = await loader.load(upload.model, source, override=upload.toml)
+        served = await loader.control.load(upload.model, source, override=upload.toml)
         failed = _failed_versions(served, upload, before, upload.toml is not None or previous is not None)
     except ModelLoadError as exc:
         failed = {0: str(exc)}
@@ -303,4 +303,4 @@ async def _roll_back(loader: Any, undo, model: str, source: str, previous: dict[
     if undo is not None and undo.created_model:
         await loader.reconcile(source)
     else:
-        await loader.load(model, source, override=previous)
+        await loader.control.load(model, source, override=previous)

@@ -15,9 +15,9 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
 from mlserve.monitor.hub import Monitor, Observation
 from mlserve.routing.classification import check_class_counts, classify, read_labels
-from mlserve.routing.generate import GenerateRequest, GenerationRun, start_generation
-from mlserve.routing.generation import GenerationCatalog
-from mlserve.spec import DATATYPE_TO_NUMPY, ModelInfo, SchedulePolicy
+from mlserve.routing.generation.catalog import GenerationCatalog
+from mlserve.routing.generation.run import GenerationRun, start_generation
+from mlserve.spec import DATATYPE_TO_NUMPY, GenerationRequest, ModelInfo, SchedulePolicy
 from mlserve.state import StateStore
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
@@ -121,7 +121,8 @@ class InferenceService:
         self.loader = loader
         self.traffic = TrafficManager(loader, metrics or Metrics(), store=store)
         self.router = Router(loader, self.traffic)
-        self.generation = GenerationCatalog(loader, self.router)
+        self.catalog = GenerationCatalog(loader, self.router)
+        """Which versions generate or embed, their tokenizers and model cards."""
         self._labels: dict[tuple[str, int, str], tuple[str, ...]] = {}
         self._req_ids = RequestIds()
         self.monitor: Monitor | None = None
@@ -190,9 +191,10 @@ class InferenceService:
             outputs[name] = classify(outputs[name], k, labels, served.info.max_batch_size > 0)
             datatypes[name] = "BYTES"
 
-    async def generate(self, request: GenerateRequest) -> GenerationRun:
-        """Start a generation on the version the router picks; iterate the run's `events()`."""
-        return await start_generation(self, request)
+    async def generate(self, request: GenerationRequest, routed: bool = True) -> GenerationRun:
+        """The one way to generate: start on the version the router picks and iterate the run's
+        `events()`. `routed` False (batch jobs): the model's default version, nothing recorded."""
+        return await start_generation(self, request, routed)
 
     async def _run(self, served: ServedVersion, request: InferRequest):
         info = served.info
@@ -212,15 +214,20 @@ class InferenceService:
 
 async def _answer(served: ServedVersion, inputs: dict[str, np.ndarray], rows: int, policy: SchedulePolicy):
     """The version's response cache when it has one (local level, then the shared level on a local
-    miss; a hit never reaches the batcher), else the batcher."""
+    miss; a hit never reaches the batcher), else the batcher. A generation version has no batcher:
+    its engine takes /v1 requests only."""
+    batcher = served.batcher
+    if batcher is None:
+        raise InvalidInput(f"model {served.model!r} is a generation model: use /v1/completions or "
+                           "/v1/chat/completions")
     cache = served.cache
     if cache is None:
-        return await served.batcher.submit(inputs, rows, policy)
+        return await batcher.submit(inputs, rows, policy)
     key = cache.key(inputs)
     outputs = cache.get(key)
     if outputs is None and cache.shared is not None:
         outputs = await cache.get_shared(key)
     if outputs is None:
-        outputs = await served.batcher.submit(inputs, rows, policy)
+        outputs = await batcher.submit(inputs, rows, policy)
         cache.put(key, outputs)
     return outputs

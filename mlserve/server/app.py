@@ -25,7 +25,6 @@ from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
 from mlserve.optimize.auto import AutoOptimizer
 from mlserve.optimize.jobs import OptimizeJobs
-from mlserve.routing.generation import GenerationService
 from mlserve.routing.service import InferenceService
 from mlserve.server.admin import AdminHandlers
 from mlserve.server.auth import AdminAudit, KeyRing, PathPolicy, TrustedProxies, warn_if_admin_open
@@ -77,7 +76,6 @@ class Services:
     models: Models
     """The repository, the loader and the doors over it (mlserve/dataplane/models.py)."""
     inference: InferenceService
-    generation: GenerationService
     status: HistorySampler
     optimize_jobs: OptimizeJobs
     decode_pool: DecodePool
@@ -124,11 +122,10 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     inference = InferenceService(models.loader, metrics, shared)
     monitor = Monitor(config.monitor, metrics)
     models.connect_monitor(monitor, metrics, inference)
-    generation = GenerationService(models.loader, inference.router, config.limits)
     status = HistorySampler(config.monitor, metrics, models.plane)
     control = models.control(shared, inference)
     jobs = models.optimize_jobs(control, config.jobs, shared)
-    return Services(config, state, metrics, _gate(config, state, shared), monitor, models, inference, generation, status,
+    return Services(config, state, metrics, _gate(config, state, shared), monitor, models, inference, status,
                     jobs, DecodePool(config.limits), shared, control, models.plane, models.auto_optimizer(jobs, config),
                     BanditDriver(shared, inference.traffic, control), models.mlflow_follower(inference, control))
 
@@ -334,5 +331,5 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
     app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate, s.control, s.plane))
     # After the lifecycle: jobs start once models load, stop before they unload.
-    add_batch_job_routes(app, s.config, s.inference, s.generation, s.state_store, s.metrics)
+    add_batch_job_routes(app, s.config, s.inference, s.state_store, s.metrics)
     return app

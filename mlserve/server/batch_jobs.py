@@ -11,7 +11,7 @@ from mlserve.jobs.metrics import JobsCollector
 from mlserve.jobs.s3files import S3Files
 from mlserve.jobs.sharing import resolver
 from mlserve.monitor.metrics import Metrics
-from mlserve.routing.generation import GenerationService
+from mlserve.routing.generation.run import token_limits
 from mlserve.routing.service import InferenceService
 from mlserve.server.openai_protocol import parse_generation
 from mlserve.server.json_body import read_json
@@ -44,12 +44,13 @@ class BatchJobHandlers:
 
 
 def add_batch_job_routes(app: web.Application, config: Config, inference: InferenceService,
-                         generation: GenerationService, state_store: StateStore, metrics: Metrics) -> None:
+                         state_store: StateStore, metrics: Metrics) -> None:
     """Routes, the manager's start and stop (a cleanup context added after the services' own, so jobs
     start once models are loaded and stop before they unload), and its metrics. It takes the services
     it uses one by one (not app.py's `Services`), so it need not import the module that imports it."""
     s3 = S3Files(config.registry.s3_endpoint or None, config.registry.s3_region or None)
-    manager = JobManager(config.jobs, resolver(inference, generation, parse_generation), state_store, s3=s3)
+    manager = JobManager(config.jobs, resolver(inference, token_limits(config.limits), parse_generation), state_store,
+                         s3=s3)
     app[JOBS] = manager
     handlers = BatchJobHandlers(manager)
     app.add_routes([

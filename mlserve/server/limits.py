@@ -2,7 +2,7 @@
 
 The v2 and gRPC infer paths decode their limits, priority and deadline in `server/v2_codec.py` and
 the batcher enforces the deadline; the generation routes apply `default_timeout_s`; token caps are
-checked where prompts are tokenized (`routing/generate.py`).
+checked where prompts are tokenized (`routing/generation/run.py`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from aiohttp import web
 from mlserve import errors
 from mlserve.config import LimitsConfig
 from mlserve.monitor.metrics import Metrics
-from mlserve.routing.generate import GenerateRequest, GenerationRun, TokenLimits
+from mlserve.routing.generation.run import GenerationRun, token_limits
 from mlserve.routing.service import InferenceService
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import TENANT
@@ -65,11 +65,9 @@ class OpenAIHandlers:
         started = time.monotonic()
         try:
             async with asyncio.timeout(seconds):
-                run = await self._service.generate(GenerateRequest(
-                    req.model, req.prompts, req.messages, req.params,
-                    TokenLimits.of(limits), req.max_tokens_given, req.best_of or req.n,
-                    key.priority if key is not None else None, request.headers,
-                    key.key_id if key is not None else None,
+                run = await self._service.generate(replace(
+                    req, limits=token_limits(limits), priority=key.priority if key is not None else None,
+                    headers=request.headers, tenant=key.key_id if key is not None else None,
                 ))
         except TimeoutError:
             raise errors.RequestTimeout(deadline_message(seconds)) from None
@@ -207,7 +205,7 @@ def _json(payload: dict) -> web.Response:
 def openai_app(service: InferenceService, metrics: Metrics, limiter: TenantLimiter | None = None) -> web.Application:
     """The /v1 sub-application: OpenAI's generation, embedding and model routes."""
     handlers = OpenAIHandlers(service, metrics, limiter)
-    extras = ExtraHandlers(service.generation)
+    extras = ExtraHandlers(service.catalog)
     app = web.Application()  # its errors take OpenAI's shape in the front middleware (middleware.error_shape)
     app.add_routes([
         web.get("/models", extras.models),
@@ -221,7 +219,7 @@ def openai_app(service: InferenceService, metrics: Metrics, limiter: TenantLimit
 
 def vllm_routes(service: InferenceService) -> list[web.RouteDef]:
     """vLLM's extras at the root: /health and /version (open), /tokenize and /detokenize."""
-    extras = ExtraHandlers(service.generation)
+    extras = ExtraHandlers(service.catalog)
     return [
         web.get("/health", extras.health),
         web.get("/version", extras.version),

@@ -92,7 +92,7 @@ class EmbeddingHandlers:
         if not isinstance(body.get("model"), str) or not body["model"]:
             raise InvalidInput("the body must be a JSON object with a non-empty string model")
         encoding, dimensions = _options(body)
-        elements = parse_inputs(body.get("input"), await self._service.generation.embedding_vocab_size(body["model"]))
+        elements = parse_inputs(body.get("input"), await self._service.catalog.embedding_vocab_size(body["model"]))
         text = np.empty(len(elements), dtype=object)
         text[:] = elements
         result = await self._service.infer(InferRequest(

@@ -10,7 +10,7 @@ from aiohttp import web
 from mlserve import __version__
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, ModelNotFound
-from mlserve.routing.generation import GenerationCatalog, ModelCard
+from mlserve.routing.generation.catalog import GenerationCatalog, ModelCard
 from mlserve.server.json_body import read_json
 from mlserve.server.limits import LIMITS
 from mlserve.server.openai_protocol import parse_messages

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from mlserve.routing.generate import GenerationRun
+from mlserve.routing.generation.run import GenerationRun
 from mlserve.server.openai_protocol import GenerationRequest
 
 

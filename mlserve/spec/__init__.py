@@ -3,7 +3,7 @@ requests. Imports nothing of mlserve but `errors`, and nothing heavy (no torch, 
 
 from mlserve.spec.drift import DriftSettings
 from mlserve.spec.generation import (
-    GenerationRequest, RequestHandle, Sampled, SamplingParams, SeqChunk, TokenEvent,
+    GenerationRequest, RequestHandle, Sampled, SamplingParams, SeqChunk, TokenEvent, TokenLimits,
 )
 from mlserve.spec.llm import LLMSettings
 from mlserve.spec.model import (
@@ -22,7 +22,7 @@ from mlserve.spec.version import MAX_VERSION, parse_version, version_number
 __all__ = [
     "BACKENDS", "BanditSpec", "DATATYPE_TO_NUMPY", "MAX_VERSION", "MODEL_NAME", "NUMPY_TO_DATATYPE", "BatchingSpec", "BreakerSpec",
     "DriftSettings", "ExperimentSpec", "GenerationRequest", "RequestHandle", "TokenEvent", "LLMSettings", "ModelConfig", "ModelInfo", "OptimizeSettings", "Sampled", "SamplingParams",
-    "SchedulePolicy", "SeqChunk", "ShadowSpec", "StickyKey", "TensorSpec", "TorchSettings", "TrafficSpec", "VersionPolicy", "WarmupSpec",
+    "SchedulePolicy", "SeqChunk", "ShadowSpec", "StickyKey", "TensorSpec", "TokenLimits", "TorchSettings", "TrafficSpec", "VersionPolicy", "WarmupSpec",
     "check_value", "parse_model_config", "parse_split", "parse_version", "parse_table", "read_model_config",
     "version_number",
 ]

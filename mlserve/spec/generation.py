@@ -5,7 +5,8 @@ gets back. No torch here, so the scheduler and the OpenAI protocol import them w
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +98,20 @@ class RequestHandle:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLimits:
+    """The `[limits]` a generation request is held to."""
+
+    max_prompt_tokens: int
+    max_generation_tokens: int
+    budget_tokens: int
+    """Tokens one request may generate in all: prompts x sequences per prompt x max_tokens."""
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """One decoded /v1/completions or /v1/chat/completions body."""
+    """One generation request, whatever protocol brought it: what the client asked (a decoded
+    /v1/completions or /v1/chat/completions body, or a batch file's line), and who asks it under
+    which limits (set by the protocol layer before it reaches the service)."""
 
     model: str
     prompts: tuple[str | tuple[int, ...], ...]
@@ -113,3 +126,16 @@ class GenerationRequest:
     best_of: int | None = None
     """Candidates per prompt when more than n; the n with the highest cumulative logprob are returned."""
     echo: bool = False
+    limits: TokenLimits | None = None
+    """The server's token limits; None until the protocol layer sets them (the service requires them)."""
+    priority: int | None = None
+    """The API key's priority, if it has one."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """For a sticky routing key taken from a header."""
+    tenant: str | None = None
+    """Whose share of the engine the sequences take (the API key); None = the request's own."""
+
+    @property
+    def num_seqs_per_prompt(self) -> int:
+        """Sequences the engine runs per prompt: best_of candidates, else n."""
+        return self.best_of or self.n

@@ -91,11 +91,11 @@ def test_rollback_goes_back_and_survives_reconcile(tmp_path):
             await loader.reconcile("api")
             served = loader.models["m"]
             assert served.ready_versions() == [2] and served.history == [1, 2]
-            await loader.rollback("m", "api")
+            await loader.control.rollback("m", "api")
             assert served.default_version() == 1 and served.pinned == 1
             await loader.reconcile("api")
             assert served.default_version() == 1
-            await loader.unpin("m", "api")
+            await loader.control.unpin("m", "api")
             return served.ready_versions(), served.history
         finally:
             await loader.close()

@@ -119,11 +119,12 @@ class _Loader(HotSwapLoader):
         super().__init__(LocalStore(root), RegistryConfig(models=str(root), **config), Metrics(), inventory)
         self.inventory, self.takes, self.devices, self.caps = inventory, takes, [], {}
 
-    def _load_backend(self, entry, name, path, device, cap):
-        self.devices.append((entry.name, device))
-        self.caps[entry.name] = cap
-        inner = super()._load_backend(entry, name, path, "cpu", None)
-        return _OnFakeGpu(inner, self.inventory, device, self.takes.get(entry.name, 0))
+    def _load_backend(self, name, config, path, device, trust, cap):
+        model = path.parent.name
+        self.devices.append((model, device))
+        self.caps[model] = cap
+        inner = super()._load_backend(name, config, path, "cpu", trust, None)
+        return _OnFakeGpu(inner, self.inventory, device, self.takes.get(model, 0))
 
 
 def _gpu_model(root, name: str, extra: str) -> None:

@@ -1,14 +1,16 @@
 """Generation through the service: version choice (split, sticky key, canary, breaker, fallback),
 tokenizing, limits, the engine's request, and on completion the traffic record, the prediction log and
-drift features (prompt length, output length, mean token logprob), as v2 inference gets them."""
+drift features (prompt length, output length, mean token logprob), as v2 inference gets them.
+
+`start_generation` is the one way in (behind `InferenceService.generate`), for /v1 requests and batch
+jobs alike; a `GenerationRun` is what it returns."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Mapping, Protocol
+from typing import TYPE_CHECKING, AsyncGenerator, AsyncIterator, Protocol
 
 import numpy as np
 
@@ -18,6 +20,8 @@ from mlserve.monitor.hub import Monitor, Observation
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
+
+from mlserve.spec import GenerationRequest, TokenLimits
 
 if TYPE_CHECKING:
     from mlserve.batching.llm_engine import LLMEngine, RequestHandle, TokenEvent
@@ -43,48 +47,23 @@ def check_token_ids(token_ids: list[int], vocab_size: int) -> None:
         raise InvalidInput(f"token ids must lie in [0, {vocab_size})")
 
 
-@dataclass(frozen=True, slots=True)
-class TokenLimits:
-    """The `[limits]` a generation request is held to."""
-
-    max_prompt_tokens: int
-    max_generation_tokens: int
-    budget_tokens: int
-    """Tokens one request may generate in all: prompts x sequences per prompt x max_tokens."""
-
-    @classmethod
-    def of(cls, limits: LimitsConfig) -> TokenLimits:
-        return cls(limits.max_prompt_tokens, limits.max_generation_tokens, limits.generation_budget_tokens)
-
-
-@dataclass(frozen=True, slots=True)
-class GenerateRequest:
-    """One protocol-neutral generation request: prompts (text or ids) or chat messages, and sampling."""
-
-    model: str
-    prompts: tuple[str | tuple[int, ...], ...]
-    messages: tuple[dict[str, str], ...] | None
-    params: SamplingParams
-    limits: TokenLimits
-    max_tokens_given: bool = True
-    num_seqs_per_prompt: int = 1
-    priority: int | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    tenant: str | None = None
-    """Whose share of the engine the sequences take (the API key); None = the request's own."""
+def token_limits(limits: LimitsConfig) -> TokenLimits:
+    """The `[limits]` a generation request is held to, from the server's settings."""
+    return TokenLimits(limits.max_prompt_tokens, limits.max_generation_tokens, limits.generation_budget_tokens)
 
 
 class GenerationRun:
-    """A generation in flight on one version: its events, then one outcome for the traffic record."""
+    """A generation in flight on one version: its events, then one outcome for the traffic record
+    (a routed run's only: a batch job's run records nothing)."""
 
-    def __init__(self, service: GenerationRoutes, served: ServedVersion, handle: RequestHandle,
+    def __init__(self, service: GenerationRoutes, served: ServedVersion, engine: LLMEngine, handle: RequestHandle,
                  prompt_ids: list[list[int]], routed: bool) -> None:
         self.model, self.version = served.model, str(served.version)
         self.req_id = handle.req_id
         self.handle = handle
         self.prompt_ids = prompt_ids
         self._service, self._served, self._routed = service, served, routed
-        self._engine: LLMEngine = served.llm_engine
+        self._engine = engine
         self._started = time.monotonic()
         self._num_output, self._logprob_sum = 0, 0.0
         self._source = self._receive()
@@ -111,7 +90,7 @@ class GenerationRun:
     def token_text(self, token_id: int) -> str:
         return self._engine.tokenizer.token_text(token_id)
 
-    async def _receive(self) -> AsyncIterator[TokenEvent]:
+    async def _receive(self) -> AsyncGenerator[TokenEvent, None]:
         left, outcome = self.handle.num_seqs, None
         try:
             while left:
@@ -135,6 +114,8 @@ class GenerationRun:
 
     def _finish(self, ok: bool | None) -> None:
         """ok None: the client went away, which says nothing about the version."""
+        if not self._routed:
+            return
         traffic = self._service.traffic
         latency = time.monotonic() - self._started
         if ok is None:
@@ -152,11 +133,17 @@ class GenerationRun:
             ))
 
 
-async def start_generation(service: GenerationRoutes, request: GenerateRequest) -> GenerationRun:
+async def start_generation(service: GenerationRoutes, request: GenerationRequest, routed: bool = True) -> GenerationRun:
     """Start on the routed version and wait for its first event. A version that fails before its first
     token is recorded as failed (its breaker counts it) and the request moves to another ready version,
-    so a client never sees the failure of a version that a fallback could answer."""
+    so a client never sees the failure of a version that a fallback could answer.
+
+    `routed` False (batch jobs): the model's default version as it stands, no split, breaker or
+    fallback, nothing recorded; the run starts without waiting for its first event."""
+    assert request.limits is not None, "the protocol layer sets a generation request's limits"
     await service.loader.ensure_loaded(request.model)  # lazy or evicted models load on first use
+    if not routed:
+        return await _submit(service, service.router.pick(request.model, None), request, routed=False)
     failed: set[int] = set()
     while True:
         served = _pick(service, request, failed)
@@ -170,7 +157,7 @@ async def start_generation(service: GenerationRoutes, request: GenerateRequest) 
                 raise
 
 
-def _pick(service: GenerationRoutes, request: GenerateRequest, failed: set[int]) -> ServedVersion:
+def _pick(service: GenerationRoutes, request: GenerationRequest, failed: set[int]) -> ServedVersion:
     key = service.traffic.sticky_key(service.router.model(request.model), request.headers, {})
     served = service.router.pick(request.model, None, key, routed=True)
     if served.version not in failed:
@@ -184,7 +171,8 @@ def _other_ready(service: GenerationRoutes, model: str, failed: set[int]) -> int
     return ready[-1] if ready else None
 
 
-async def _submit(service: GenerationRoutes, served: ServedVersion, request: GenerateRequest) -> GenerationRun:
+async def _submit(service: GenerationRoutes, served: ServedVersion, request: GenerationRequest,
+                  routed: bool = True) -> GenerationRun:
     """Tokenizing runs on a thread (the tokenizer releases the GIL for long texts), so a long prompt
     does not hold the event loop."""
     try:
@@ -192,14 +180,21 @@ async def _submit(service: GenerationRoutes, served: ServedVersion, request: Gen
             raise InvalidInput(f"model {request.model!r} is not a generation model; "
                                f"use /v2/models/{request.model}/infer")
         engine = served.llm_engine
-        check_text_chars(request.prompts, request.messages, request.limits.max_prompt_tokens)
+        limits = _limits(request)
+        check_text_chars(request.prompts, request.messages, limits.max_prompt_tokens)
         ids = await asyncio.to_thread(lambda: [prompt_ids(engine, request, p) for p in (request.prompts or (None,))])
         params = bounded_params(engine, request, ids)
         handle = engine.submit_many(ids, params, request.num_seqs_per_prompt, request.priority, request.tenant)
     except BaseException:  # a refusal, or the deadline cancelled the tokenizing
-        service.traffic.release(served)  # refused before it ran: nothing to judge
+        if routed:
+            service.traffic.release(served)  # refused before it ran: nothing to judge
         raise
-    return GenerationRun(service, served, handle, ids, routed=True)
+    return GenerationRun(service, served, engine, handle, ids, routed)
+
+
+def _limits(request: GenerationRequest) -> TokenLimits:
+    assert request.limits is not None, "start_generation checked it"
+    return request.limits
 
 
 MAX_CHARS_PER_TOKEN = 64
@@ -225,28 +220,29 @@ def check_text_chars(prompts: tuple[str | tuple[int, ...], ...], messages: tuple
         check_prompt_chars(sum(len(m["content"]) for m in messages), max_prompt_tokens)
 
 
-def prompt_ids(engine: LLMEngine, request: GenerateRequest, prompt: str | tuple[int, ...] | None) -> list[int]:
-    tokenizer = engine.tokenizer
+def prompt_ids(engine: LLMEngine, request: GenerationRequest, prompt: str | tuple[int, ...] | None) -> list[int]:
+    tokenizer, limits = engine.tokenizer, _limits(request)
     if isinstance(prompt, tuple):
         ids = list(prompt)
         check_token_ids(ids, engine.vocab_size)
     elif prompt is None:
-        text = tokenizer.apply_chat_template(list(request.messages))
-        check_prompt_chars(len(text), request.limits.max_prompt_tokens)
+        text = tokenizer.apply_chat_template(list(request.messages or ()))
+        check_prompt_chars(len(text), limits.max_prompt_tokens)
         ids = tokenizer.encode(text, add_special_tokens=False)
     else:
-        check_prompt_chars(len(prompt), request.limits.max_prompt_tokens)
+        check_prompt_chars(len(prompt), limits.max_prompt_tokens)
         ids = tokenizer.encode(prompt)
-    if len(ids) > request.limits.max_prompt_tokens:
-        raise PayloadTooLarge(f"prompt has {len(ids)} tokens, over the limit of {request.limits.max_prompt_tokens}")
+    if len(ids) > limits.max_prompt_tokens:
+        raise PayloadTooLarge(f"prompt has {len(ids)} tokens, over the limit of {limits.max_prompt_tokens}")
     return ids
 
 
-def bounded_params(engine: LLMEngine, request: GenerateRequest, prompt_ids: list[list[int]]) -> SamplingParams:
+def bounded_params(engine: LLMEngine, request: GenerationRequest, prompt_ids: list[list[int]]) -> SamplingParams:
     """Token ids the params name must exist; a chat with no max_tokens gets the room left, within the
     server's max_generation_tokens and its share of the request's budget. The budget bounds what the
     whole request may generate (prompts x sequences x max_tokens), which no single limit does."""
-    params, cap, budget = request.params, request.limits.max_generation_tokens, request.limits.budget_tokens
+    limits = _limits(request)
+    params, cap, budget = request.params, limits.max_generation_tokens, limits.budget_tokens
     vocab = engine.vocab_size
     check_token_ids([i for i, _ in params.logit_bias] + list(params.stop_token_ids), vocab)
     num_seqs = len(prompt_ids) * request.num_seqs_per_prompt

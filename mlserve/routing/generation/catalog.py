@@ -1,6 +1,6 @@
-"""The generation side of the service: which versions generate or embed, their tokenizers, model cards,
-and the batch jobs' way in. Handlers ask these questions here, never of engine internals, so every
-protocol gets the same answers."""
+"""What the service knows of its generation and embedding versions: which versions generate or embed,
+their tokenizers, vocabulary sizes and model cards. Handlers ask these questions here, never of engine
+internals, so every protocol gets the same answers."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
-from mlserve.routing.generate import check_token_ids
-from mlserve.spec import GenerationRequest, RequestHandle
+from mlserve.routing.generation.run import check_text_chars, check_token_ids
 
 if TYPE_CHECKING:
     from mlserve.batching.llm_engine import LLMEngine
@@ -79,18 +77,20 @@ class GenerationCatalog:
 
     async def engine(self, model: str) -> LLMEngine:
         """The default version's engine (for tokenizing: every version of a model shares its tokenizer)."""
+        return (await self._generating(model))[1]
+
+    async def _generating(self, model: str) -> tuple[ServedVersion, LLMEngine]:
+        """The default version and its engine, refused unless it generates."""
         await self._loader.ensure_loaded(model)
         served = self._router.pick(model, None)
         if served.llm_engine is None:
             raise InvalidInput(f"model {model!r} is not a generation model; use /v2/models/{model}/infer")
-        return served.llm_engine
+        return served, served.llm_engine
 
     async def tokenize(self, model: str, prompt: str | None, messages: list[dict[str, Any]] | None,
                        add_special_tokens: bool, max_prompt_tokens: int) -> tuple[list[int], int]:
         """(token ids, the model's context length) for a prompt or a chat, within the character cap the
         generation routes apply; tokenized on a thread, as a generation's prompt is."""
-        from mlserve.routing.generate import check_text_chars
-
         check_text_chars((prompt,) if prompt is not None else (), tuple(messages or ()), max_prompt_tokens)
         engine = await self.engine(model)
         tokenizer = engine.tokenizer
@@ -98,62 +98,13 @@ class GenerationCatalog:
         def encode() -> list[int]:
             if messages is not None:
                 return tokenizer.encode(tokenizer.apply_chat_template(messages), add_special_tokens=False)
+            assert prompt is not None, "the handler gives a prompt or messages"
             return tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
         return await asyncio.to_thread(encode), engine.max_model_len
 
     async def detokenize(self, model: str, token_ids: list[int]) -> str:
-        engine = await self.engine(model)
-        check_token_ids(token_ids, engine.tokenizer.vocab_size)
+        served, engine = await self._generating(model)
+        assert served.vocab_size is not None, "a generation version has a vocabulary"
+        check_token_ids(token_ids, served.vocab_size)  # the version's one vocabulary: what generation checks
         return engine.tokenizer.decode(token_ids)
-
-
-class Generation:
-    """One submitted batch-job request: which version answers, where its TokenEvents arrive, how to cancel it."""
-
-    __slots__ = ("model", "version", "handle", "_engine")
-
-    def __init__(self, model: str, version: str, handle: RequestHandle, engine: LLMEngine) -> None:
-        self.model = model
-        self.version = version
-        self.handle = handle
-        self._engine = engine
-
-    @property
-    def req_id(self) -> str:
-        return self.handle.req_id
-
-    def abort(self) -> None:
-        """The job was cancelled: the engine frees the request's blocks before its next step."""
-        self._engine.abort_request(self.handle)
-
-    def token_text(self, token_id: int) -> str:
-        return self._engine.tokenizer.token_text(token_id)
-
-
-class GenerationService:
-    """Batch jobs' path into a generation version (pinned by the job, so no split or breaker applies):
-    the same tokenizing and limits as InferenceService.generate, one sequence per line."""
-
-    def __init__(self, loader: HotSwapLoader, router: Router, limits: LimitsConfig) -> None:
-        self._loader = loader
-        self._router = router
-        self._limits = limits
-
-    async def submit(self, req: GenerationRequest) -> Generation:
-        from mlserve.routing.generate import (GenerateRequest, TokenLimits, bounded_params, check_text_chars,
-                                              prompt_ids)
-
-        if len(req.prompts) > 1 or req.n != 1 or req.best_of or req.echo:
-            raise InvalidInput("a batch line takes one prompt and n = 1, without best_of or echo")
-        await self._loader.ensure_loaded(req.model)  # lazy or evicted models load on first use
-        served = self._router.pick(req.model, None)
-        engine = served.llm_engine
-        if engine is None:
-            raise InvalidInput(f"model {req.model!r} is not a generation model; use /v2/models/{req.model}/infer")
-        limits = TokenLimits.of(self._limits)
-        request = GenerateRequest(req.model, req.prompts, req.messages, req.params, limits, req.max_tokens_given)
-        check_text_chars(request.prompts, request.messages, limits.max_prompt_tokens)
-        ids = await asyncio.to_thread(lambda: [prompt_ids(engine, request, p) for p in (req.prompts or (None,))])
-        handle = engine.submit(ids[0], bounded_params(engine, request, ids))
-        return Generation(req.model, str(served.version), handle, engine)
