@@ -65,6 +65,8 @@ class ModelControl:
         self._tasks: set[asyncio.Task] = set()
         self._is_started = False
         self._driver = RolloutDriver(store, traffic, self._id, self._update_rollout)
+        self._rollback: Callable[[str, str], Awaitable[ServedModel]] | None = None
+        """Where rollbacks go instead of the loader's pin (`route_rollbacks`)."""
         store.subscribe(CHANNEL, self._on_notice)
         store.on_health(self._on_health)
 
@@ -286,8 +288,16 @@ class ModelControl:
         await self._record(name, self._model_change(pinned=None))
         return served
 
+    def route_rollbacks(self, rollback: Callable[[str, str], Awaitable[ServedModel]]) -> None:
+        """A repository whose own aliases say what serves (MLflow) rolls back there instead: `rollback`
+        moves the alias back, and every replica follows it."""
+        self._rollback = rollback
+
     async def rollback(self, name: str, source: str) -> ServedModel:
-        """Roll back here (pins the previous version), then pin that version on every replica."""
+        """Roll back here (pins the previous version), then pin that version on every replica; with an
+        MLflow repository, the serving alias goes back to the previous champion instead."""
+        if self._rollback is not None:
+            return await self._rollback(name, source)
         await self._check_up()
         served = await self._loader.control.rollback(name, source)
         await self._record(name, self._model_change(unloaded=False, pinned=served.pinned))

@@ -17,6 +17,9 @@ something to write):
   to the rollout's history (GET /admin/models/{m}/rollout, event "mlflow"); a failed write is
   retried with backoff (RETRY_FIRST_S doubling to RETRY_MAX_S) until it lands.
 
+A rollback asked of mlserve (`POST /admin/models/{m}/rollback`) moves the serving alias back to the
+champion seen before the current one (`rollback`), instead of pinning a version here.
+
 In split mode nothing is automatic: the split with the experiment stands until someone moves an
 alias. A rollout cancelled by the API leaves both aliases as they are. Behind replicas every replica
 runs this: a second start is refused by the control document (already rolling out), and the writes
@@ -31,8 +34,8 @@ import time
 from typing import Any, Callable
 
 from mlserve.dataplane.control import ModelControl
-from mlserve.errors import MlserveError
-from mlserve.registry.loader import HotSwapLoader
+from mlserve.errors import Conflict, MlserveError, ModelNotReady
+from mlserve.registry.loader import HotSwapLoader, ServedModel
 from mlserve.registry.mlflow import MlflowStore
 from mlserve.registry.mlflow_toml import Challenge
 from mlserve.routing.manager import TrafficManager
@@ -44,6 +47,8 @@ TICK_S = 0.2
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 START_RETRY_S = 5.0
+ROLLBACK_WAIT_S = 60.0
+MAX_CHAMPIONS = 16
 OUTCOME_TAG = "mlserve.rollout"
 """The model version tag that records how mlserve's rollout of it ended."""
 
@@ -65,6 +70,9 @@ class MlflowFollower:
         self._start_at: dict[str, float] = {}
         """Per model, the earliest time to try a start again after one was refused."""
         self._task: asyncio.Task | None = None
+        self._champions: dict[str, list[int]] = {}
+        """Per model, the @champion versions seen here, oldest first (what a rollback goes back to)."""
+        control.route_rollbacks(self.rollback)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -86,8 +94,48 @@ class MlflowFollower:
                 except Exception:
                     log.exception("model %s: following the MLflow challenger failed; retried next tick", name)
 
+    def _see_champion(self, name: str) -> None:
+        champion = self._store.champion(name)
+        seen = self._champions.setdefault(name, [])
+        if champion is not None and (not seen or seen[-1] != champion):
+            if champion in seen:  # moved back to an earlier one: what came after it is undone
+                del seen[seen.index(champion) + 1:]
+            else:
+                seen.append(champion)
+            del seen[:-MAX_CHAMPIONS]
+
+    async def rollback(self, name: str, source: str) -> ServedModel:
+        """`POST /admin/models/{m}/rollback` on an MLflow model: @champion goes back to the version it
+        pointed at before (as seen by this server), every replica follows the alias, and this one
+        answers once that version serves. Refused (409) when no earlier champion was seen; an MLflow
+        that refuses the write or is away is the error, and nothing changed."""
+        self._see_champion(name)
+        seen = self._champions.get(name, [])
+        if len(seen) < 2:
+            raise Conflict(f"model {name!r}: no earlier @{self._store.alias} seen since this server started, "
+                           f"so there is nothing to roll back to; move @{self._store.alias} in MLflow instead")
+        current, previous = seen[-1], seen[-2]
+        try:
+            await self._store.set_alias(name, self._store.alias, previous)
+        except MlserveError as exc:
+            raise type(exc)(f"model {name!r}: rollback not done, MLflow refused moving @{self._store.alias} "
+                            f"back to version {previous}: {exc}") from None
+        log.warning("model %s: rolled back (%s): @%s moved from version %d back to %d in MLflow", name, source,
+                    self._store.alias, current, previous)
+        self._loader.trigger(f"rollback ({source})")
+        deadline = self._clock() + ROLLBACK_WAIT_S
+        while self._clock() < deadline:
+            served = self._loader.models.get(name)
+            if served is not None and served.default_version() == previous and self._is_ready(name, previous):
+                self._see_champion(name)
+                return served
+            await asyncio.sleep(TICK_S)
+        raise ModelNotReady(f"model {name!r}: @{self._store.alias} is back on version {previous} in MLflow, "
+                            f"but that version did not serve here within {ROLLBACK_WAIT_S:.0f} s (see its state)")
+
     async def follow(self, name: str) -> None:
         """One tick for one model."""
+        self._see_champion(name)
         challenge = self._store.challenge(name)
         if challenge is None and self._traffic.running_rollout(name) is None:
             return  # the common case, without building the rollout's view

@@ -37,6 +37,7 @@ from tests.registry.test_hot_swap import _metric
 from tests.optimize.models import write_data, write_torchscript
 from tests.routing.models import WIDTH as CANARY_WIDTH
 from tests.routing.models import write_failing_onnx, write_scale_onnx
+from tests.server.http import call
 from tests.server_process import ROOT, MlserveProcess
 
 SIGNATURE = f"x:float32:-1,{WIDTH};y:float32:-1,{WIDTH}"
@@ -318,6 +319,32 @@ def test_challenger_rollout_that_breaches_is_rolled_back_and_the_alias_cleared(r
         assert _version_tags(server, "canary", 3)["mlserve.rollout"] == "promoted"
         assert infer(proc.url, "canary", good)[1]["model_version"] == "3"
     finally:
+        assert proc.stop() == 0, proc.log()
+
+
+@pytest.mark.timeout(600)
+def test_a_rollback_in_mlserve_moves_the_champion_alias_back_in_mlflow(registry, tmp_path):
+    """POST /admin/models/{m}/rollback on an MLflow model: with no earlier @champion seen it is a 409
+    saying so and changes nothing; after @champion moved 1 -> 2 in MLflow, it moves the alias back to 1
+    in MLflow and answers once version 1 serves here again."""
+    server = registry.server
+    proc = _serve(server, tmp_path, "mlp", "--poll-interval", "0.3")
+    try:
+        assert _states(proc.url, "mlp") == {"1": ("READY", "")}
+        refused = call(f"{proc.url}/admin/models/mlp/rollback", {})
+        assert refused.status == 409 and "no earlier @champion" in refused.body["error"], refused
+        assert _alias(server, "mlp", "champion") == 1
+        server.set_alias("mlp", "champion", 2)
+        wait_until(lambda: _states(proc.url, "mlp") == {"2": ("READY", "")}, timeout=60)
+        done = call(f"{proc.url}/admin/models/mlp/rollback", {}, timeout=90)
+        assert done.status == 200, done
+        assert _alias(server, "mlp", "champion") == 1  # written back to the registry
+        x = np.random.default_rng(1).standard_normal((2, 768)).astype(np.float32)
+        status, body = infer(proc.url, "mlp", x)
+        assert status == 200 and body["model_version"] == "1", body
+        wait_until(lambda: _states(proc.url, "mlp") == {"1": ("READY", "")}, timeout=60)
+    finally:
+        server.set_alias("mlp", "champion", 1)
         assert proc.stop() == 0, proc.log()
 
 
