@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 from mlserve.config import load_config
@@ -25,6 +24,7 @@ from mlserve.engine.base import VERSION_BACKEND_FILE
 from mlserve.errors import ModelNotFound
 from mlserve.registry.mlflow import TOML_TAG, MlflowStore
 from mlserve.registry.mlflow_publish import MAX_TAG_VALUE, Registration, register
+from mlserve.optimize.mirror import write_mirror
 from mlserve.registry.mlflow_toml import ALIAS  # noqa: F401 - the command line checks --rollout with it
 
 
@@ -48,14 +48,7 @@ async def _mirror(uri: str, model: str, version: int | None, root: Path) -> tupl
                                 "give --version")
         if chosen not in numbers:
             raise ModelNotFound(f"registered model {model!r} has no READY version {chosen} in {store.describe()}")
-        model_dir = root / "models" / model
-        for number in numbers:
-            (model_dir / str(number)).mkdir(parents=True)
-        toml = await store.read_text(model, "model.toml")
-        if toml is not None:
-            (model_dir / "model.toml").write_text(toml)
-        shutil.copytree(await store.fetch(model, chosen), model_dir / str(chosen), dirs_exist_ok=True)
-        return root / "models", chosen
+        return await write_mirror(store, model, numbers, chosen, root), chosen
     finally:
         await store.close()
 

@@ -10,10 +10,10 @@ list, refuses the version as a retryable fetch failure, and loads it whole on a 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 from mlserve.errors import InvalidInput, ModelNotFound
+from mlserve.optimize.mirror import write_mirror
 from mlserve.registry.s3 import S3Store
 from mlserve.registry.store import CHECKSUM_FILE
 
@@ -34,14 +34,7 @@ async def _mirror(uri: str, endpoint: str | None, model: str, version: int | Non
         chosen = version if version is not None else (numbers[-1] if numbers else None)
         if chosen not in numbers:
             raise ModelNotFound(f"model {model!r} has no version {chosen} in {uri}")
-        model_dir = root / "models" / model
-        for number in numbers:
-            (model_dir / str(number)).mkdir(parents=True)
-        toml = await store.read_text(model, "model.toml")
-        if toml is not None:
-            (model_dir / "model.toml").write_text(toml)
-        shutil.copytree(await store.fetch(model, chosen), model_dir / str(chosen), dirs_exist_ok=True)
-        return root / "models"
+        return await write_mirror(store, model, numbers, chosen, root)
     finally:
         await store.close()
 
