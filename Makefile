@@ -83,9 +83,9 @@ bench: install
 image:
 	@command -v buildah >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -q && apt-get install -y -q buildah; }
 	buildah bud --format docker $(IMAGE_ARGS) -t mlserve:cpu .
-# The committed gRPC stubs in mlserve/server/grpc_proto/ come from Triton's proto files there. protoc 6.31
+# The committed gRPC stubs in mlserve/server/proto/ come from Triton's proto files there. protoc 6.31
 # (grpcio-tools 1.73.1) writes code that runs on protobuf 6.31 and later; the sed makes the import package-relative.
-GRPC_PROTO := mlserve/server/grpc_proto
+GRPC_PROTO := mlserve/server/proto
 grpc-stubs: install
 	$(BIN)/python -m pip install -q --target $(VENV)/grpc-tools 'grpcio-tools==1.73.1'
 	cd $(GRPC_PROTO) && PYTHONPATH=$(CURDIR)/$(VENV)/grpc-tools $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. \

@@ -27,7 +27,7 @@ STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 def write_body(path: Path, model: str, version: str, x: np.ndarray) -> Path:
     """A ModelInferRequest for input `x` (FP32, raw_input_contents), serialized to `path`."""
-    from mlserve.server.grpc_proto import grpc_service_pb2 as pb
+    from mlserve.server.proto import grpc_service_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=model, model_version=version)
     request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
@@ -78,7 +78,7 @@ async def _run_stream(target: str, body: bytes, concurrency: int, seconds: float
     """One bidirectional stream; a new request leaves each time an answer comes back."""
     from collections import deque
 
-    from mlserve.server.grpc_proto import grpc_service_pb2 as pb
+    from mlserve.server.proto import grpc_service_pb2 as pb
 
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     latencies: list[float] = []

@@ -26,8 +26,8 @@ from benchmarks.serving import _cores, _write_repository
 
 # Parts of the request path, by the frame that owns them (inclusive), most specific first.
 PARTS = (
-    ("decode (orjson + numpy)", "decode_infer_request (mlserve/server/v2_codec.py"),
-    ("encode", "encode_infer_response (mlserve/server/v2_codec.py"),
+    ("decode (orjson + numpy)", "decode_infer_request (mlserve/server/http/v2_codec.py"),
+    ("encode", "encode_infer_response (mlserve/server/http/v2_codec.py"),
     ("gate: API key, limits, in-flight", "Gate.enter (mlserve/server/middleware.py"),
     ("schedule: submit to the batcher", "DynamicBatcher.submit (mlserve/batching/dynamic.py"),
     ("schedule: form batches, split back", "DynamicBatcher._work (mlserve/batching/dynamic.py"),
@@ -36,11 +36,11 @@ PARTS = (
     ("monitor hand-off", "Monitor.observe (mlserve/monitor/hub.py"),
     ("service: route, validate, respond", "InferenceService.infer (mlserve/routing/service.py"),
     ("drift worker thread", "Monitor._drift_loop (mlserve/monitor/hub.py"),
-    ("metrics counting", "V2Handlers._count (mlserve/server/v2.py"),
-    ("rest of the v2 handler", "V2Handlers.infer (mlserve/server/v2.py"),
-    ("lane: write the answer", "LaneConnection._write (mlserve/server/fastlane.py"),
-    ("lane: parse the head, read the body", "LaneConnection._advance (mlserve/server/fastlane.py"),
-    ("lane: rest of a request's task", "LaneConnection._serve (mlserve/server/fastlane.py"),
+    ("metrics counting", "V2Handlers._count (mlserve/server/http/v2.py"),
+    ("rest of the v2 handler", "V2Handlers.infer (mlserve/server/http/v2.py"),
+    ("lane: write the answer", "LaneConnection._write (mlserve/server/http/fastlane.py"),
+    ("lane: parse the head, read the body", "LaneConnection._advance (mlserve/server/http/fastlane.py"),
+    ("lane: rest of a request's task", "LaneConnection._serve (mlserve/server/http/fastlane.py"),
     ("event loop, sockets, tasks (uvloop; aiohttp when the lane is off)", ""),
 )
 

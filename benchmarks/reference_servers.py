@@ -25,7 +25,7 @@ import uvloop
 from aiohttp import web
 
 from mlserve.config import LimitsConfig
-from mlserve.server.v2_codec import HEADER_LENGTH, decode_infer_request
+from mlserve.server.http.v2_codec import HEADER_LENGTH, decode_infer_request
 
 LIMITS = LimitsConfig()
 

@@ -96,7 +96,7 @@ def _add_batch_parser(sub) -> None:
 def _batch(args: argparse.Namespace) -> int:
     from mlserve.errors import MlserveError
     from mlserve.jobs.offline import OfflineArgs, run_offline
-    from mlserve.server.openai_protocol import parse_generation
+    from mlserve.server.http.openai.protocol import parse_generation
 
     try:
         config = load_config(args.config, overrides={
@@ -197,7 +197,7 @@ def _site(runner, app, config: Config):
     if not config.server.fast_lane or config.auth.tls_cert:
         return web.TCPSite(runner, config.server.host, config.server.port, ssl_context=_tls_context(config))
     from mlserve.server.app import BROWSER, METRICS, V2
-    from mlserve.server.fastlane import LaneFront, LaneSite
+    from mlserve.server.http.fastlane import LaneFront, LaneSite
 
     front = LaneFront(app[V2], app[BROWSER], runner.server, config.server, config.limits.max_header_bytes,
                       app[METRICS])

@@ -153,6 +153,43 @@ def test_import_rules_hold_with_no_exceptions():
     assert not found, "import rules broken:\n" + "\n".join(found)
 
 
+# Inside `server`, each protocol's package is a codec over the data plane: HTTP (`server/http`) and
+# gRPC (`server/grpc`) share only the modules at the top of `server/` (the gate, auth, limits, the v2
+# request rules, the Triton protos and statistics), never each other's.
+PROTOCOL_PACKAGES = ("mlserve.server.http", "mlserve.server.grpc")
+
+
+def protocol_crossings(package: Path = PACKAGE) -> list[str]:
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        module = module_name(path, package)
+        own = next((p for p in PROTOCOL_PACKAGES if module == p or module.startswith(p + ".")), None)
+        if own is None:
+            continue
+        for line, target in imports_of(path, module):
+            other = next((p for p in PROTOCOL_PACKAGES if p != own and (target == p or target.startswith(p + "."))), None)
+            if other is not None:
+                out.append(f"{path.relative_to(package.parent)}:{line} imports {target}: {own} may not import {other}")
+    return out
+
+
+def test_http_and_grpc_share_only_the_top_of_server():
+    found = protocol_crossings()
+    assert not found, "move what both protocols need to mlserve/server/:\n" + "\n".join(found)
+
+
+def test_the_protocol_checker_names_a_crossing(tmp_path):
+    fake = tmp_path / "mlserve"
+    for folder in ("server/http", "server/grpc"):
+        (fake / folder).mkdir(parents=True)
+        (fake / folder / "__init__.py").write_text("")
+    (fake / "server" / "grpc" / "bad.py").write_text("from mlserve.server.http.v2 import X\nfrom mlserve.server import gate\n")
+    (fake / "server" / "http" / "ok.py").write_text("from mlserve.server.http import json_body\n")
+    assert protocol_crossings(fake) == [
+        "mlserve/server/grpc/bad.py:1 imports mlserve.server.http.v2: mlserve.server.grpc may not import mlserve.server.http",
+    ]
+
+
 def test_the_checker_names_each_kind_of_broken_rule(tmp_path):
     """The checker itself, on a made-up package: a routing module importing torch and server, a spec
     module importing routing through a relative import, a lazy import inside a function."""
@@ -200,7 +237,7 @@ def test_plain_generation_types_import_without_torch():
     """The scheduler and the OpenAI protocol need no torch: spec, the scheduler and the protocol
     modules load in a fresh interpreter without importing torch or onnxruntime."""
     code = (
-        "import sys; import mlserve.spec, mlserve.batching.continuous, mlserve.server.openai_protocol;"
+        "import sys; import mlserve.spec, mlserve.batching.continuous, mlserve.server.http.openai.protocol;"
         "import mlserve.routing.generation.run, mlserve.routing.generation.catalog;"
         "heavy = sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules); print(heavy); sys.exit(bool(heavy))"
     )

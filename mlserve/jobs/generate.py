@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from mlserve.routing.service import InferenceService
 
 Parse = Callable[[Any, bool], GenerationRequest]
-"""The OpenAI body decoder (server/openai_protocol.parse_generation): a protocol concern, passed in."""
+"""The OpenAI body decoder (server/http/openai/protocol.parse_generation): a protocol concern, passed in."""
 Submit = Callable[[GenerationRequest], Awaitable["GenerationRun"]]
 
 

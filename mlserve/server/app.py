@@ -26,25 +26,25 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.optimize.auto import AutoOptimizer
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.routing.service import InferenceService
-from mlserve.server.admin import AdminHandlers
+from mlserve.server.http.admin import AdminHandlers
 from mlserve.server.auth import AdminAudit, KeyRing, PathPolicy, TrustedProxies, warn_if_admin_open
-from mlserve.server.batch_jobs import add_batch_job_routes
-from mlserve.server.decode_pool import DecodePool
-from mlserve.server.grpc_server import grpc_cleanup_ctx
+from mlserve.server.http.batch_jobs import add_batch_job_routes
+from mlserve.server.http.decode_pool import DecodePool
+from mlserve.server.grpc.server import grpc_cleanup_ctx
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import Gate, cors_signal, front_middleware
-from mlserve.server.monitor_routes import DriftHandlers
-from mlserve.server.openai import openai_app, vllm_routes
-from mlserve.server.openapi import openapi_handler
-from mlserve.server.optimize_routes import optimize_routes
+from mlserve.server.http.monitor import DriftHandlers
+from mlserve.server.http.openai.routes import openai_app, vllm_routes
+from mlserve.server.http.openapi import openapi_handler
+from mlserve.server.http.optimize import optimize_routes
 from mlserve.server.origin import BrowserGate
 from mlserve.server.ratelimit import FailureThrottle, InFlight, TenantLimiter
 from mlserve.server.state import ServerState
-from mlserve.server.overview import OverviewSources
-from mlserve.server.status import HistorySampler, StatusHandlers
-from mlserve.server.traffic import TrafficHandlers
-from mlserve.server.stats_routes import stats_routes
-from mlserve.server.v2 import V2Handlers
+from mlserve.server.http.overview import OverviewSources
+from mlserve.server.http.status import HistorySampler, StatusHandlers
+from mlserve.server.http.traffic import TrafficHandlers
+from mlserve.server.http.stats import stats_routes
+from mlserve.server.http.v2 import V2Handlers
 from mlserve.state import StateStore, open_state
 
 log = logging.getLogger("mlserve.server")

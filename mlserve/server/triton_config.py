@@ -12,10 +12,15 @@ from google.protobuf import json_format
 from mlserve.dataplane import ServedModel, ServedVersion
 from mlserve.spec import BatchingSpec, ModelConfig, TensorSpec, VersionPolicy
 from mlserve.routing.classification import labels_path
-from mlserve.server.grpc_proto import model_config_pb2
+from mlserve.server.proto import model_config_pb2
 
 # Triton's DataType names: BYTES is TYPE_STRING, the rest keep the v2 name.
 TRITON_DATATYPE = {"BYTES": "TYPE_STRING"}
+
+# The protocol extensions server metadata names over HTTP and gRPC, as Triton names them;
+# `model_repository(unload_dependents)` says unload takes that parameter.
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository",
+              "model_repository(unload_dependents)", "schedule_policy", "statistics"]
 
 
 def triton_datatype(datatype: str) -> str:

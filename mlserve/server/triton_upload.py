@@ -19,7 +19,7 @@ from mlserve.dataplane import ServedModel, Upload, check_file_path
 from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput, MlserveError
 from mlserve.state import StateUnavailable
-from mlserve.server.grpc_proto import model_config_pb2
+from mlserve.server.proto import model_config_pb2
 
 _PLATFORMS = {"onnxruntime_onnx": "onnx", "onnxruntime": "onnx", "pytorch_libtorch": "torchscript",
               "pytorch": "torchscript", "tensorrt_plan": "tensorrt", "tensorrt": "tensorrt"}

@@ -7,7 +7,7 @@ import json
 
 from mlserve.config import AuthConfig, LimitsConfig
 from mlserve.server.auth import Access, PathPolicy, bearer_token
-from mlserve.server.v2_codec import decode_infer_request, with_key_priority
+from mlserve.server.http.v2_codec import decode_infer_request, with_key_priority
 from mlserve.server.ratelimit import InFlight, TenantLimiter, TokenBucket
 
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from mlserve.examples import write_identity_onnx
-from mlserve.server.grpc_proto import grpc_service_pb2 as pb
-from mlserve.server.grpc_proto import grpc_service_pb2_grpc as pb_grpc
+from mlserve.server.proto import grpc_service_pb2 as pb
+from mlserve.server.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.server.http import call, infer_body
 from tests.server_process import free_port, serving
 

@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from mlserve import errors
-from mlserve.server.grpc_gate import Refused
-from mlserve.server.grpc_server import grpc_code
+from mlserve.server.grpc.gate import Refused
+from mlserve.server.grpc.server import grpc_code
 from mlserve.server.middleware import status_for
 from mlserve.server.response import ErrorShape, error_response, status_response
 
@@ -76,6 +76,6 @@ def test_retry_after_and_the_authentication_challenge_come_with_the_answer():
 
 
 def test_openapi_documents_each_status_of_the_table():
-    from mlserve.server.openapi import ERROR_STATUSES
+    from mlserve.server.http.openapi import ERROR_STATUSES
 
     assert set(ERROR_STATUSES) == {str(kind.http_status) for kind in errors.ERROR_TABLE.values()}

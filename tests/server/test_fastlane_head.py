@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlserve.server.fastlane import parse_head
+from mlserve.server.http.fastlane import parse_head
 
 INFER = "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n"
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput
 from mlserve.server.tensors import check_header, decode_binary_tensor, deserialize_bytes, encode_binary
-from mlserve.server.v2_codec import decode_infer_request
+from mlserve.server.http.v2_codec import decode_infer_request
 from mlserve.spec import DATATYPE_TO_NUMPY
 
 LIMITS = LimitsConfig()

@@ -15,8 +15,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from mlserve.examples import write_identity_onnx
-from mlserve.server.grpc_proto import grpc_service_pb2 as pb
-from mlserve.server.grpc_proto import grpc_service_pb2_grpc as pb_grpc
+from mlserve.server.proto import grpc_service_pb2 as pb
+from mlserve.server.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.server.http import metric_value, wait_for
 from tests.server.test_auth import keys_cli, make_key
 from tests.server_process import free_port, serving

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mlserve import errors
 from mlserve.config import ServerConfig
-from mlserve.server.json_body import read_json
+from mlserve.server.http.json_body import read_json
 from tests.routing.models import write_scale_onnx
 from tests.server.inproc import app_client, config_for
 

@@ -19,10 +19,10 @@ from mlserve.routing.generation.run import GenerationRun, token_limits
 from mlserve.routing.service import InferenceService
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import TENANT
-from mlserve.server.openai_embeddings import EmbeddingHandlers
-from mlserve.server.openai_extras import ExtraHandlers, read_model_body
-from mlserve.server.openai_format import choice_logprobs, deadline_message, usage
-from mlserve.server.openai_protocol import GenerationRequest, parse_generation
+from mlserve.server.http.openai.embeddings import EmbeddingHandlers
+from mlserve.server.http.openai.extras import ExtraHandlers, read_model_body
+from mlserve.server.http.openai.format import choice_logprobs, deadline_message, usage
+from mlserve.server.http.openai.protocol import GenerationRequest, parse_generation
 from mlserve.server.ratelimit import TenantLimiter
 
 

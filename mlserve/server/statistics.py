@@ -1,19 +1,16 @@
-"""Triton's statistics extension: `/v2/models[/{m}[/versions/{v}]]/stats` and the gRPC ModelStatistics
-call, one JSON shape for both (gRPC parses it into ModelStatisticsResponse)."""
+"""Triton's statistics extension read from the data plane: one JSON shape, which
+`/v2/models[/{m}[/versions/{v}]]/stats` answers and the gRPC ModelStatistics call parses into
+ModelStatisticsResponse."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-from aiohttp import web
-from google.protobuf import json_format
-
+from mlserve.dataplane import DataPlane, VersionState
 from mlserve.errors import ModelNotFound
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import VersionStats
-from mlserve.dataplane import DataPlane, VersionState
-from mlserve.server.grpc_proto import grpc_service_pb2 as pb
+
 
 def _cache_counts(metrics: Metrics | None) -> dict[tuple[str, str, str], int]:
     """Response-cache hits and misses by (model, version, "hit"|"miss"), from the Prometheus counters:
@@ -79,24 +76,3 @@ def model_stats(plane: DataPlane, metrics: Metrics | None, name: str = "", versi
     if version and not rows:
         raise ModelNotFound.unknown(name, version, " (or not ready)")
     return rows
-
-
-def statistics_message(plane: DataPlane, metrics: Metrics | None, name: str,
-                       version: str) -> pb.ModelStatisticsResponse:
-    rows = model_stats(plane, metrics, name, version)
-    return json_format.ParseDict({"model_stats": rows}, pb.ModelStatisticsResponse())
-
-
-def stats_routes(plane: DataPlane, metrics: Metrics | None = None) -> list[web.RouteDef]:
-    """`/v2/models/stats` is a plain path, matched before `/v2/models/{model}` whatever the order."""
-
-    async def stats(request: web.Request) -> web.Response:
-        match = request.match_info
-        rows = model_stats(plane, metrics, match.get("model", ""), match.get("version", ""))
-        return web.Response(body=orjson.dumps({"model_stats": rows}), content_type="application/json")
-
-    return [
-        web.get("/v2/models/stats", stats),
-        web.get("/v2/models/{model}/stats", stats),
-        web.get("/v2/models/{model}/versions/{version}/stats", stats),
-    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from mlserve.routing.generation.run import GenerationRun
-from mlserve.server.openai_protocol import GenerationRequest
+from mlserve.server.http.openai.protocol import GenerationRequest
 
 
 def usage(run: GenerationRun, completion_tokens: int) -> dict[str, int]:

@@ -14,22 +14,18 @@ from mlserve.dataplane.control import ModelControl
 from mlserve.errors import MlserveError
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.service import InferenceService
-from mlserve.server.decode_pool import LARGE_JSON_BYTES, DecodePool
-from mlserve.server.json_body import read_json
+from mlserve.server.http.decode_pool import LARGE_JSON_BYTES, DecodePool
+from mlserve.server.http.json_body import read_json
 from mlserve.server.middleware import Gate, http_error_response, internal_error, one_pass
 from mlserve.server.response import error_response, json_response
 from mlserve.server.state import ServerState
-from mlserve.server.triton_config import model_config_dict
-from mlserve.server.v2_codec import (
+from mlserve.server.triton_config import EXTENSIONS, model_config_dict
+from mlserve.server.http.v2_codec import (
     HEADER_LENGTH, Decoded, decode_infer_request, encode_infer_response, with_key_priority,
 )
 from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.server")
-
-# As Triton names them; `model_repository(unload_dependents)` says unload takes that parameter.
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository",
-              "model_repository(unload_dependents)", "schedule_policy", "statistics"]
 
 _MAX_BOUND = 4096
 """Metric children kept bound per (model, version, status); past this they are looked up each time."""

@@ -11,15 +11,19 @@ import math
 from typing import Any, Mapping
 
 import numpy as np
+from google.protobuf import json_format
 
+from mlserve.dataplane import DataPlane
 from mlserve.errors import InvalidInput
+from mlserve.monitor.metrics import Metrics
 from mlserve.spec import DATATYPE_TO_NUMPY
 from mlserve.routing.classification import class_counts_from
 from mlserve.routing.service import InferRequest, InferResponse
-from mlserve.server.grpc_proto import grpc_service_pb2 as pb
+from mlserve.server.proto import grpc_service_pb2 as pb
 from mlserve.config import LimitsConfig
 from mlserve.server.tensors import decode_binary_tensor, encode_binary
-from mlserve.server.v2_codec import (
+from mlserve.server.statistics import model_stats
+from mlserve.server.infer_rules import (
     check_content_type, check_request_id, check_shape_limits, schedule_policy, unhandled_parameters,
 )
 
@@ -157,3 +161,9 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
         message.outputs.add(name=name, datatype=datatype, shape=array.shape)
         message.raw_output_contents.append(encode_binary(array, datatype))
     return message
+
+
+def statistics_message(plane: DataPlane, metrics: Metrics | None, name: str,
+                       version: str) -> pb.ModelStatisticsResponse:
+    rows = model_stats(plane, metrics, name, version)
+    return json_format.ParseDict({"model_stats": rows}, pb.ModelStatisticsResponse())

@@ -22,7 +22,7 @@ from typing import Mapping
 
 from mlserve.config import LimitsConfig
 from mlserve.lifeline import die_with_parent
-from mlserve.server.v2_codec import Decoded, decode_infer_request
+from mlserve.server.http.v2_codec import Decoded, decode_infer_request
 
 LARGE_JSON_BYTES = 1 << 20
 """JSON bodies at least this large are parsed in the child process."""

@@ -18,7 +18,7 @@ from mlserve.optimize.auto import AutoOptimizer
 from mlserve.optimize.jobs import OptimizeJobs
 from mlserve.optimize.request import parse_body
 from mlserve.spec.names import check_model_name
-from mlserve.server.json_body import read_json
+from mlserve.server.http.json_body import read_json
 from mlserve.server.response import json_response
 
 

@@ -23,17 +23,16 @@ from mlserve.monitor.metrics import Metrics
 from mlserve.dataplane import DataPlane
 from mlserve.dataplane.control import ModelControl
 from mlserve.routing.service import InferenceService, InferRequest
-from mlserve.server import grpc_codec
-from mlserve.server.grpc_gate import (HEALTH_PATH, MODEL_PATH, RPC_PATHS, Malformed, MalformedRequests, Refused,
+from mlserve.server.grpc import codec as grpc_codec
+from mlserve.server.grpc.codec import statistics_message
+from mlserve.server.grpc.gate import (HEALTH_PATH, MODEL_PATH, RPC_PATHS, Malformed, MalformedRequests, Refused,
                                       admitted, authorize, malformed_message)
-from mlserve.server.grpc_proto import grpc_service_pb2 as pb
-from mlserve.server.grpc_proto import grpc_service_pb2_grpc as pb_grpc
-from mlserve.server.grpc_repository import RepositoryCalls
+from mlserve.server.proto import grpc_service_pb2 as pb
+from mlserve.server.proto import grpc_service_pb2_grpc as pb_grpc
+from mlserve.server.grpc.repository import RepositoryCalls
 from mlserve.server.middleware import Gate, status_for
 from mlserve.server.state import ServerState
-from mlserve.server.stats_routes import statistics_message
-from mlserve.server.triton_config import model_config_message
-from mlserve.server.v2 import EXTENSIONS
+from mlserve.server.triton_config import EXTENSIONS, model_config_message
 from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.grpc")

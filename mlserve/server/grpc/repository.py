@@ -7,8 +7,8 @@ from mlserve.dataplane import DataPlane
 from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput
 from mlserve.spec.names import check_model_name
-from mlserve.server.grpc_codec import parameters_dict
-from mlserve.server.grpc_proto import grpc_service_pb2 as pb
+from mlserve.server.grpc.codec import parameters_dict
+from mlserve.server.proto import grpc_service_pb2 as pb
 from mlserve.server.triton_upload import check_unload_parameters, load_model
 
 

@@ -11,9 +11,9 @@ from mlserve import __version__
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.routing.generation.catalog import GenerationCatalog, ModelCard
-from mlserve.server.json_body import read_json
+from mlserve.server.http.json_body import read_json
 from mlserve.server.limits import LIMITS
-from mlserve.server.openai_protocol import parse_messages
+from mlserve.server.http.openai.protocol import parse_messages
 
 
 def card_json(card: ModelCard) -> dict[str, Any]:

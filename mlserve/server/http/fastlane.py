@@ -39,7 +39,7 @@ from mlserve.config import ServerConfig
 from mlserve.monitor.metrics import Metrics
 from mlserve.server.response import json_error
 from mlserve.server.origin import BrowserGate
-from mlserve.server.v2 import V2Handlers
+from mlserve.server.http.v2 import V2Handlers
 
 log = logging.getLogger("mlserve.server")
 

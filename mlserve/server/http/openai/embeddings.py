@@ -14,7 +14,7 @@ from aiohttp import web
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, PayloadTooLarge
 from mlserve.routing.service import InferenceService, InferRequest
-from mlserve.server.json_body import read_json
+from mlserve.server.http.json_body import read_json
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import TENANT
 from mlserve.spec import SchedulePolicy

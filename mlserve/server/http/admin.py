@@ -14,7 +14,7 @@ from mlserve.dataplane import DataPlane, ServedModel
 from mlserve.dataplane.control import ModelControl
 from mlserve.errors import InvalidInput
 from mlserve.spec.names import check_model_name
-from mlserve.server.json_body import read_json
+from mlserve.server.http.json_body import read_json
 from mlserve.server.response import json_response
 from mlserve.server.triton_upload import check_unload_parameters, load_model
 from mlserve.spec.version import parse_version

@@ -13,8 +13,8 @@ from mlserve.jobs.sharing import resolver
 from mlserve.monitor.metrics import Metrics
 from mlserve.routing.generation.run import token_limits
 from mlserve.routing.service import InferenceService
-from mlserve.server.openai_protocol import parse_generation
-from mlserve.server.json_body import read_json
+from mlserve.server.http.openai.protocol import parse_generation
+from mlserve.server.http.json_body import read_json
 from mlserve.server.response import json_response
 from mlserve.state import StateStore
 

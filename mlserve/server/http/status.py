@@ -1,4 +1,4 @@
-"""The status page: `GET /` and `/ui/*` serve the static files shipped in mlserve/server/ui/,
+"""The status page: `GET /` and `/ui/*` serve the static files shipped in mlserve/server/http/ui/,
 `GET /status` the overview JSON they (and `mlserve status`) read, and a feature's reference vs live
 histogram for the drift panel.
 
@@ -23,7 +23,7 @@ from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.monitor.history import MetricsHistory
 from mlserve.monitor.metrics import Metrics
 from mlserve.server.middleware import TENANT
-from mlserve.server.overview import Caller, OverviewSources, build_overview
+from mlserve.server.http.overview import Caller, OverviewSources, build_overview
 
 log = logging.getLogger("mlserve.status")
 

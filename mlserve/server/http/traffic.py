@@ -8,7 +8,7 @@ from aiohttp import web
 
 from mlserve.dataplane.control import ModelControl
 from mlserve.routing.manager import TrafficManager
-from mlserve.server.json_body import read_json
+from mlserve.server.http.json_body import read_json
 from mlserve.server.response import json_response
 
 

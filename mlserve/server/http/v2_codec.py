@@ -11,30 +11,26 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import orjson
 from aiohttp import web
 
 from mlserve.config import LimitsConfig
-from mlserve.errors import InvalidInput, PayloadTooLarge
+from mlserve.errors import InvalidInput
 from mlserve.routing.classification import class_counts_from
 from mlserve.routing.service import InferRequest, InferResponse
-from mlserve.spec import SchedulePolicy
-from mlserve.spec.request_id import check_request_id as check_id
-from mlserve.server.json_body import parse_json_object
+from mlserve.server.http.json_body import parse_json_object
+from mlserve.server.infer_rules import (
+    INPUT_PARAMETERS, OUTPUT_PARAMETERS, check_content_type, check_request_id, check_shape_limits, schedule_policy,
+    unhandled_parameters,
+)
 from mlserve.server.tensors import check_header, decode_binary_tensor, decode_json_tensor, encode_binary, json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION_HEADER = "Mlserve-Model-Version"
 REQUEST_ID_HEADER = "Mlserve-Request-Id"
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-# Parameters mlserve honours, by where they stand in the request. Others are refused by name; a
-# request's other parameters go on to the service, which allows only the routed model's sticky key.
-REQUEST_PARAMETERS = frozenset({"priority", "timeout", "binary_data_output", "content_type"})
-INPUT_PARAMETERS = frozenset({"binary_data_size", "content_type"})
-OUTPUT_PARAMETERS = frozenset({"binary_data", "classification"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +40,6 @@ class Decoded:
     request: InferRequest
     binary_outputs: dict[str, bool]
     default_binary: bool
-
-
-def check_request_id(value: Any) -> str | None:
-    """A client's request id (None when it sent none): see `mlserve.spec.request_id`."""
-    return None if value is None else check_id(value)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryview, memoryview]:
@@ -71,47 +62,6 @@ def _parameters(raw: Any, where: str, allowed: frozenset[str] | None) -> dict[st
     if unknown:
         raise InvalidInput(f"{where}: parameter(s) {sorted(unknown)} are not supported by mlserve")
     return raw
-
-
-def check_content_type(value: Any, datatypes: Iterable[str], where: str) -> None:
-    """`content_type`, which MLServer's and KServe's codecs send, is taken where it names what
-    mlserve does anyway: "np" (the tensor as it is) and "str" on BYTES (UTF-8 text). Any other value
-    asks for a decoding mlserve does not do (it decodes by datatype) and is refused by name."""
-    if value is None or value == "np" or (value == "str" and all(d == "BYTES" for d in datatypes)):
-        return
-    raise InvalidInput(f"{where}: content_type {value!r} is not supported (\"np\", or \"str\" on BYTES tensors)")
-
-
-def _non_negative_int(parameters: dict[str, Any], name: str) -> int | None:
-    value = parameters.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"parameter {name!r} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def schedule_policy(
-    parameters: dict[str, Any], limits: LimitsConfig, arrived: float, max_seconds: float | None = None
-) -> SchedulePolicy:
-    """Triton's schedule policy, decoded once: `priority` (1 = highest) and `timeout` (microseconds,
-    from arrival to answer); without a timeout the server's default deadline applies. `max_seconds`
-    caps it further (a gRPC call's own deadline)."""
-    priority = _non_negative_int(parameters, "priority")
-    timeout = parameters.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
-        raise InvalidInput(f"parameter 'timeout' must be a positive integer of microseconds, got {timeout!r}")
-    seconds = timeout / 1e6 if timeout is not None else (limits.default_timeout_s or None)
-    if max_seconds is not None:
-        seconds = max_seconds if seconds is None else min(seconds, max_seconds)
-    return SchedulePolicy(priority, None, arrived + seconds if seconds is not None else None)
-
-
-def unhandled_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """The request parameters left for the service once the schedule policy took its own."""
-    if not parameters:
-        return parameters
-    return {k: v for k, v in parameters.items() if k not in REQUEST_PARAMETERS}
 
 
 def _decode_inputs(raw_inputs: Any, binary: memoryview, limits: LimitsConfig) -> tuple[dict, dict]:
@@ -137,23 +87,6 @@ def _decode_inputs(raw_inputs: Any, binary: memoryview, limits: LimitsConfig) ->
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input")
     return arrays, datatypes
-
-
-MAX_DIMS = 32
-"""Most dimensions a tensor may have (numpy's own limit is 64; no served model takes more than a few)."""
-
-
-def check_shape_limits(name: str, shape: tuple[int, ...], limits: LimitsConfig) -> None:
-    """From the declared shape alone, before any data is decoded."""
-    if len(shape) > MAX_DIMS:
-        raise InvalidInput(f"input {name!r} has {len(shape)} dimensions, over the limit of {MAX_DIMS}")
-    count = 1
-    for dim in shape:
-        count *= dim
-    if count > limits.max_tensor_elements:
-        raise PayloadTooLarge(f"input {name!r} has {count} elements, over the limit of {limits.max_tensor_elements}")
-    if shape and shape[0] > limits.max_batch_rows:
-        raise PayloadTooLarge(f"input {name!r} has {shape[0]} rows, over the limit of {limits.max_batch_rows}")
 
 
 def _requested_outputs(
