@@ -317,25 +317,35 @@ def test_the_circle_finder_names_each_circle():
     assert import_circles(graph) == [["a", "b", "c"], ["d", "e"]]
 
 
-# Code outside the engine and the registry asks a version (or its LLMEngine) for what it needs instead of
-# reaching through `.backend.<attr>`. Left for now, each with its reason:
+# Code outside the engine and the registry asks a version (its typed serving and runtime,
+# registry/serving.py and registry/opening.py) for what it needs instead of reaching through
+# `.backend.<attr>` or probing a backend with getattr/hasattr. Left for now, with its reason:
 BACKEND_REACH_FOR_NOW = {
     # The LLMEngine owns its backend: it drives the runner and detokenizes with the backend's tokenizer.
     "mlserve/batching/llm_engine.py",
-    # Shadow traffic runs the shadow version's backend directly, past its batcher (ShadowJob's infer).
-    "mlserve/routing/manager.py:178",
 }
 
 
+def _is_backend(node: ast.expr) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "backend"
+
+
+def _is_backend_probe(node: ast.AST) -> bool:
+    """getattr(<x>.backend, ...) or hasattr(<x>.backend, ...)."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+            and bool(node.args) and _is_backend(node.args[0]))
+
+
 def backend_reaches(package: Path = PACKAGE) -> list[str]:
-    """file:line for every `<x>.backend.<name>` outside mlserve/engine and mlserve/registry."""
+    """file:line for every `<x>.backend.<name>` and every getattr/hasattr probe of `<x>.backend` outside
+    mlserve/engine and mlserve/registry."""
     out = []
     for path in sorted(package.rglob("*.py")):
         if group_of(module_name(path, package)) in ("engine", "registry"):
             continue
         tree = ast.parse(path.read_text(), str(path))
-        lines = sorted({node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-                        and isinstance(node.value, ast.Attribute) and node.value.attr == "backend"})
+        lines = sorted({node.lineno for node in ast.walk(tree)
+                        if (isinstance(node, ast.Attribute) and _is_backend(node.value)) or _is_backend_probe(node)})
         out += [f"{path.relative_to(package.parent)}:{line} reaches .backend.<attr>" for line in lines]
     return out
 
@@ -351,15 +361,17 @@ def test_the_backend_checker_names_each_reach(tmp_path):
     for folder in ("server", "engine"):
         (fake / folder).mkdir(parents=True)
     (fake / "server" / "bad.py").write_text(
-        "def f(served, engine):\n"
-        "    served.backend\n"
+        "def f(served, engine, config):\n"
+        "    served.backend, config.backend == 'llm'\n"
         "    x = engine.backend.tokenizer.decode([1])\n"
-        "    return served.backend.info\n"
+        "    y = getattr(served.runtime.backend, 'vocab_size', None), getattr(served, 'backend', None)\n"
+        "    return served.backend.info, hasattr(engine.backend, 'runner')\n"
     )
     (fake / "engine" / "fine.py").write_text("def f(self):\n    return self.backend.runner\n")
     assert backend_reaches(fake) == [
         "mlserve/server/bad.py:3 reaches .backend.<attr>",
         "mlserve/server/bad.py:4 reaches .backend.<attr>",
+        "mlserve/server/bad.py:5 reaches .backend.<attr>",
     ]
 
 

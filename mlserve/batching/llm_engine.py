@@ -19,7 +19,6 @@ from mlserve.engine.llm.backend import LLMBackend
 from mlserve.engine.llm.graphs import StepMode
 from mlserve.engine.llm.sampler import Sampler
 from mlserve.engine.llm.sequence import SeqStatus, Sequence
-from mlserve.engine.llm.tokenizer import LLMTokenizer
 from mlserve.errors import InvalidInput, ModelNotReady, Overloaded
 from mlserve.spec import RequestHandle, SamplingParams, TokenEvent
 
@@ -170,18 +169,6 @@ class LLMEngine:
     def num_active(self) -> int:
         """Requests submitted and not yet finished (waiting, running or streaming out)."""
         return len(self._streams)
-
-    @property
-    def tokenizer(self) -> LLMTokenizer:
-        """The model's tokenizer (text <-> ids), for callers that tokenize before submitting."""
-        tokenizer = self.backend.tokenizer
-        assert tokenizer is not None, "an engine runs a loaded backend"
-        return tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        """The model's vocabulary size (its output logits' width), which token ids must lie below."""
-        return self.backend.runner.shape.vocab_size
 
     @property
     def num_running(self) -> int:

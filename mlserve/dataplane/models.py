@@ -116,7 +116,6 @@ def _version_statuses(plane: DataPlane) -> list[VersionStatus]:
     out = []
     for served in plane.served():
         for version, sv in list(served.versions.items()):
-            in_flight = sv.batcher.num_in_flight if sv.batcher is not None else 0
             capacity = served.entry.config.batching.max_queue_size
-            out.append(VersionStatus(served.name, str(version), sv.state.name, in_flight, capacity))
+            out.append(VersionStatus(served.name, str(version), sv.state.name, sv.num_in_flight, capacity))
     return out

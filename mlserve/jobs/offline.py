@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlserve.config import Config, RegistryConfig
-from mlserve.engine import Backend
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.progress import ProgressBar
 from mlserve.jobs.runner import BatchRun, JobPlan, RunTimes, Tensors
 from mlserve.registry import repository
-from mlserve.registry.opening import Alone, Trust, VersionFiles, open_version, version_backend_name
+from mlserve.registry.opening import Alone, BatchedRuntime, Trust, VersionFiles, open_version, version_backend_name
 from mlserve.registry.store import Store
 from mlserve.spec import ModelConfig
 
@@ -115,12 +114,13 @@ async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = N
     files = VersionFiles(f"{args.model}/{found.version}", found.config, found.path, found.trust, found.max_bytes)
     runtime = await open_version(files, Alone(found.config.device or config.registry.default_device))
     try:
-        return await _run_tensors(args, runtime.backend, found.version, times)
+        assert isinstance(runtime, BatchedRuntime), "llm versions were sent to the generation path above"
+        return await _run_tensors(args, runtime, found.version, times)
     finally:
         runtime.close()
 
 
-async def _run_tensors(args: OfflineArgs, backend: Backend, version: int, times: RunTimes | None) -> int:
+async def _run_tensors(args: OfflineArgs, runtime: BatchedRuntime, version: int, times: RunTimes | None) -> int:
     """A chunk's batches run back to back on the engine's thread in one call: the engine never waits
     for the event loop to take an answer and hand it the next batch, and the loop wakes once a chunk
     (a round trip per batch cost up to a third of the engine's time on a busy 2-core host)."""
@@ -133,19 +133,19 @@ async def _run_tensors(args: OfflineArgs, backend: Backend, version: int, times:
         for inputs in batches:
             started = time.perf_counter()
             try:
-                answers.append(backend.infer(inputs))
+                answers.append(runtime.infer(inputs))
             except Exception as exc:  # the run splits this batch to find its bad rows
                 answers.append(exc)
             times.engine_s += time.perf_counter() - started
         return answers
 
     async def infer(inputs, num_rows):
-        return await loop.run_in_executor(executor, backend.infer, inputs)
+        return await loop.run_in_executor(executor, runtime.infer, inputs)
 
     async def infer_batches(batches):
         return await loop.run_in_executor(executor, run_batches, batches)
 
-    plan = JobPlan(args.model, version, backend.info, args.input, args.output, args.errors, args.chunk_rows)
+    plan = JobPlan(args.model, version, runtime.info, args.input, args.output, args.errors, args.chunk_rows)
     try:
         return await _run(BatchRun(plan, infer, times=times, infer_batches=infer_batches), args)
     finally:
@@ -158,6 +158,7 @@ async def _run_generation(args: OfflineArgs, store: Store, config: Config, versi
     from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
     from mlserve.monitor.metrics import Metrics
     from mlserve.registry.loader import HotSwapLoader
+    from mlserve.registry.serving import GenerativeServing
     from mlserve.routing.generation.run import token_limits
     from mlserve.routing.service import InferenceService
 
@@ -166,9 +167,10 @@ async def _run_generation(args: OfflineArgs, store: Store, config: Config, versi
     try:
         await loader.control.load(args.model, "batch")
         served = await loader.control.pin(args.model, version, "batch")
-        engine = served.versions[version].llm_engine
+        serving = served.versions[version].serving
+        assert isinstance(serving, GenerativeServing), "an llm version is served on its engine"
         service = InferenceService(loader, metrics)
-        plan = JobPlan(args.model, version, batch_info(engine), args.input, args.output, args.errors,
+        plan = JobPlan(args.model, version, batch_info(serving.engine), args.input, args.output, args.errors,
                        args.chunk_rows)
         generate = BatchGenerator(args.model, parse, job_submit(service, token_limits(config.limits)))
         return await _run(BatchRun(plan, generate, OPENAI_FORMATS), args)

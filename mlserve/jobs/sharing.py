@@ -14,12 +14,13 @@ import time
 
 import numpy as np
 
-from mlserve.batching.dynamic import SchedulePolicy
+from mlserve.batching.dynamic import DynamicBatcher, SchedulePolicy
 from mlserve.errors import InvalidInput, ModelNotReady
 from mlserve.jobs.generate import BatchGenerator, Parse, job_submit
 from mlserve.jobs.manager import Target
 from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
 from mlserve.registry.served import ServedVersion
+from mlserve.registry.serving import GenerativeServing
 from mlserve.routing.service import InferenceService
 from mlserve.spec import TokenLimits
 
@@ -41,14 +42,15 @@ def _check_ready(served: ServedVersion) -> None:
 class BackgroundRows:
     """A job's rows as background work on one version's batcher (the share rule decides when they run)."""
 
-    def __init__(self, served: ServedVersion) -> None:
+    def __init__(self, served: ServedVersion, batcher: DynamicBatcher) -> None:
         self._served = served
-        max_rows = served.batcher.max_batch_size
+        self._batcher = batcher
+        max_rows = self._batcher.max_batch_size
         self._piece_rows = max(1, max_rows // _PIECES_PER_BATCH) if max_rows else 0
 
     async def __call__(self, inputs, num_rows):
         _check_ready(self._served)
-        batcher = self._served.batcher
+        batcher = self._batcher
         if not self._piece_rows or num_rows <= self._piece_rows:
             return await batcher.submit_background(inputs, num_rows)
         spans = [slice(i, i + self._piece_rows) for i in range(0, num_rows, self._piece_rows)]
@@ -60,19 +62,20 @@ class BackgroundRows:
 
     def status(self) -> str:
         """`waiting: live load` while live traffic holds the job to its floor share."""
-        return WAITING_FOR_LIVE if self._served.batcher.share.is_held_to_floor(time.monotonic()) else ""
+        return WAITING_FOR_LIVE if self._batcher.share.is_held_to_floor(time.monotonic()) else ""
 
 
 class AtLevel:
     """A job given a priority: its rows queue as live requests of that level."""
 
-    def __init__(self, served: ServedVersion, policy: SchedulePolicy) -> None:
+    def __init__(self, served: ServedVersion, batcher: DynamicBatcher, policy: SchedulePolicy) -> None:
         self._served = served
+        self._batcher = batcher
         self._policy = policy
 
     async def __call__(self, inputs, num_rows):
         _check_ready(self._served)
-        return await self._served.batcher.submit(inputs, num_rows, self._policy)
+        return await self._batcher.submit(inputs, num_rows, self._policy)
 
 
 class LLMLiveFirst:
@@ -90,13 +93,13 @@ class LLMLiveFirst:
         return await self._generate(inputs, num_rows)
 
 
-def _generation_target(served: ServedVersion, model: str, priority: int | None, generate: BatchGenerator) -> Target:
+def _generation_target(served: ServedVersion, serving: GenerativeServing, priority: int | None,
+                       generate: BatchGenerator) -> Target:
     """Requests go through InferenceService.generate, as /v1 requests do (to the model's current version)."""
     if priority is not None:
         raise InvalidInput("priority is not supported for jobs on generation models")
-    engine = served.llm_engine
-    infer = LLMLiveFirst(engine, generate)
-    return Target(served.version, batch_info(engine, _LLM_REQUESTS_PER_BATCH), infer, OPENAI_FORMATS)
+    infer = LLMLiveFirst(serving.engine, generate)
+    return Target(served.version, batch_info(serving.engine, _LLM_REQUESTS_PER_BATCH), infer, OPENAI_FORMATS)
 
 
 def resolver(service: InferenceService, limits: TokenLimits, parse: Parse):
@@ -107,14 +110,17 @@ def resolver(service: InferenceService, limits: TokenLimits, parse: Parse):
     async def resolve(model: str, version: int | None, priority: int | None) -> Target:
         await service.loader.ensure_loaded(model)
         served = service.router.pick(model, str(version) if version is not None else None)
-        if served.llm_engine is not None:
-            return _generation_target(served, model, priority, BatchGenerator(model, parse, job_submit(service, limits)))
+        serving = served.serving
+        if isinstance(serving, GenerativeServing):
+            return _generation_target(served, serving, priority,
+                                      BatchGenerator(model, parse, job_submit(service, limits)))
+        assert serving is not None, "the router picks ready versions only"
         levels = service.router.model(model).entry.config.batching.priority_levels
         if priority is not None and not 1 <= priority <= levels:
             raise InvalidInput(f"priority must lie in 1..{levels} for model {model!r}, got {priority}")
         if priority is None:
-            rows = BackgroundRows(served)
+            rows = BackgroundRows(served, serving.batcher)
             return Target(served.version, served.info, rows, status=rows.status)
-        return Target(served.version, served.info, AtLevel(served, SchedulePolicy(priority=priority)))
+        return Target(served.version, served.info, AtLevel(served, serving.batcher, SchedulePolicy(priority=priority)))
 
     return resolve

@@ -39,7 +39,7 @@ from mlserve.registry.placement import GpuLedger
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.opening import GenerativeRuntime, OpenStage, Trust, VersionFiles, open_backend, open_version
 from mlserve.registry.served import Artifact, ServedModel, ServedVersion, VersionState
-from mlserve.registry.serving import response_cache, start_batcher, start_engine
+from mlserve.registry.serving import serve_batched, serve_generative
 from mlserve.registry.store import Store, VersionStat
 from mlserve.registry.upload import UploadLocks
 from mlserve.registry.warmup import warmup_inputs
@@ -338,13 +338,11 @@ class HotSwapLoader:
             return False
         self.placer.settle(served, fresh, runtime.figures.measured_gpu_bytes)
         await loop.run_in_executor(self._executor, self._call_loaded_hooks, entry, version, fresh.path, runtime.info)
-        fresh.runtime = runtime
         if isinstance(runtime, GenerativeRuntime):
-            fresh.llm_engine = start_engine(runtime, name, version, self._metrics)
+            fresh.serving = serve_generative(runtime, name, version, self._metrics)
         else:
-            fresh.batcher = start_batcher(runtime, entry.config, name, version, self._metrics, self.stats)
-            fresh.cache = response_cache(name, str(version), fresh.fingerprint, entry.config.batching, self._metrics,
-                                         self._state_store)
+            fresh.serving = serve_batched(runtime, entry.config, name, version, fresh.fingerprint, self._metrics,
+                                          self.stats, self._state_store)
         fresh.state, fresh.reason = VersionState.READY, ""
         figures = runtime.figures
         self._record_load(fresh, load_s, figures.warmup_s)
@@ -390,14 +388,11 @@ class HotSwapLoader:
     async def _retire(self, served_version: ServedVersion) -> None:
         """Stop taking requests, let queued ones finish, then free the engine."""
         served_version.state = VersionState.UNLOADING
-        if served_version.llm_engine is not None:
-            await served_version.llm_engine.stop()
-        if served_version.batcher is not None:
-            await served_version.batcher.stop()
-        if served_version.runtime is not None and not served_version.is_freed:
-            served_version.is_freed = True
-            await asyncio.get_running_loop().run_in_executor(self._executor, served_version.runtime.close)
-        served_version.batcher = None  # the runtime stays readable (info, lengths) for answers still going out
+        serving = served_version.serving
+        if serving is not None and not served_version.is_freed:
+            await serving.stop()
+            served_version.is_freed = True  # its serving stays readable (info, lengths) for answers still going out
+            await asyncio.get_running_loop().run_in_executor(self._executor, serving.runtime.close)
         self.placer.release(served_version)
 
     async def unload_version(self, served: ServedModel, version: int, source: str) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncContextManager, AsyncIterator, Callable, Protocol, TypeVar, Union
 
+import numpy as np
+
 from mlserve.engine import Backend, create_backend
 from mlserve.engine.base import infer_backend_name, version_backend
 from mlserve.errors import ModelLoadError
@@ -128,9 +130,9 @@ class BatchedRuntime:
     vocab_size: int | None = None
     """An embedding model's vocabulary size (token ids must lie below it); None for tensor models."""
 
-    @property
-    def is_generative(self) -> bool:
-        return False
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One batch straight on the backend, past any batcher (blocking: run it off the loop)."""
+        return self.backend.infer(inputs)
 
     def close(self) -> None:
         """Free the engine (blocking: run it off the loop)."""
@@ -152,10 +154,6 @@ class GenerativeRuntime:
     lies below it. The one vocabulary size of the version."""
     max_model_len: int
     """The context length: prompt and generated tokens of one sequence together."""
-
-    @property
-    def is_generative(self) -> bool:
-        return True
 
     def close(self) -> None:
         """Free the engine (blocking: run it off the loop)."""

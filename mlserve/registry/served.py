@@ -6,17 +6,10 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from mlserve.batching.cache import ResponseCache
-from mlserve.batching.dynamic import DynamicBatcher
-from mlserve.engine import Backend
-from mlserve.registry.opening import Runtime
 from mlserve.registry.repository import ModelEntry
+from mlserve.registry.serving import Serving
 from mlserve.spec import ModelInfo
-
-if TYPE_CHECKING:
-    from mlserve.batching.llm_engine import LLMEngine
 
 
 class VersionState(Enum):
@@ -33,22 +26,18 @@ RESIDENT_STATES = frozenset({VersionState.LOADING, VersionState.READY, VersionSt
 class ServedVersion:
     """One version of one model as the server holds it, whatever its state.
 
-    Once loaded it holds its `runtime` (registry/opening.py: a BatchedRuntime or a GenerativeRuntime)
-    and what serves it: a batched version gets a batcher (and a response cache where configured), a
-    generative one an LLM engine and no batcher."""
+    Once loaded it holds its `serving` (registry/serving.py): a BatchedServing (runtime, batcher,
+    response cache) or a GenerativeServing (runtime, LLM engine); callers ask which by type."""
 
     model: str
     version: int
     state: VersionState = VersionState.LOADING
     reason: str = ""
     fingerprint: str = ""
-    runtime: Runtime | None = None
-    """The opened version; None while it loads, after it failed and once it is retired."""
-    batcher: DynamicBatcher | None = None
-    """A batched version's batcher; None for a generative version (its engine batches)."""
-    cache: ResponseCache | None = None
-    llm_engine: LLMEngine | None = None
-    """The continuous batcher of a generation model (backend llm); None for the others."""
+    serving: Serving | None = None
+    """What serves the opened version; None while it loads and after it failed. A retired version
+    keeps it (stopped, its runtime freed) so that its info and lengths stay readable for answers
+    still going out."""
     path: Path | None = None
     """The local folder the version was loaded from (for a remote store: its cache folder)."""
     num_bytes: int = 0
@@ -60,37 +49,41 @@ class ServedVersion:
     is_retryable: bool = False
     """A failure the next reconcile should try again (the store was unreachable), not a bad artifact."""
     is_freed: bool = False
-    """Retired and its engine freed; its runtime stays readable (info, lengths) for answers going out."""
+    """Retired: its serving stopped and its runtime freed (once)."""
 
     @property
     def is_ready(self) -> bool:
         return self.state is VersionState.READY
 
     @property
-    def is_idle(self) -> bool:
-        """Nothing queued or running: no batch in flight and no generation streaming."""
-        if self.llm_engine is not None and self.llm_engine.num_active > 0:
-            return False
-        return self.batcher is None or self.batcher.num_in_flight == 0
+    def num_queued(self) -> int:
+        """Requests (for a generative version: sequences) waiting to be scheduled; 0 when not loaded."""
+        return self.serving.num_queued if self.serving is not None else 0
 
     @property
-    def backend(self) -> Backend | None:
-        return self.runtime.backend if self.runtime is not None else None
+    def num_in_flight(self) -> int:
+        """Requests queued or running; 0 when not loaded."""
+        return self.serving.num_in_flight if self.serving is not None else 0
+
+    @property
+    def is_idle(self) -> bool:
+        """Nothing queued or running: no batch in flight and no generation streaming."""
+        return self.num_in_flight == 0
 
     @property
     def info(self) -> ModelInfo | None:
-        return self.runtime.info if self.runtime is not None else None
+        return self.serving.runtime.info if self.serving is not None else None
 
     # The two below are the runtime's typed fields, so that routing asks the version, never its backend.
     @property
     def max_seq_length(self) -> int | None:
         """Longest input in tokens: an LLM's context length, an embedding model's max_seq_length; else None."""
-        return self.runtime.max_seq_length if self.runtime is not None else None
+        return self.serving.runtime.max_seq_length if self.serving is not None else None
 
     @property
     def vocab_size(self) -> int | None:
         """Token ids must lie below this: an LLM's or an embedding model's vocabulary size; else None."""
-        return self.runtime.vocab_size if self.runtime is not None else None
+        return self.serving.runtime.vocab_size if self.serving is not None else None
 
 
 @dataclass(frozen=True, slots=True)

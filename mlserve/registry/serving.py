@@ -1,10 +1,16 @@
-"""What serves an opened version (registry/opening.py's Runtime) in the server: a batched runtime
-gets its guard, its batcher (with an observer feeding metrics and Triton statistics) and its response
-cache; a generative runtime gets an LLMEngine and no batcher. Called on the loop by the loader."""
+"""What serves an opened version (registry/opening.py's Runtime) in the server, one type per kind:
+a `BatchedServing` holds a batched runtime with its batcher (guarded, with an observer feeding metrics
+and Triton statistics) and its response cache; a `GenerativeServing` holds a generative runtime with
+the LLMEngine that batches its sequences. A ServedVersion carries exactly one of them once loaded,
+and callers ask it by type (isinstance), never by probing optional fields. Built on the loop by the
+loader."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Union
+
+import numpy as np
 
 from mlserve.batching.cache import ResponseCache, SharedLevel
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
@@ -12,27 +18,111 @@ from mlserve.batching.guard import GuardedInfer
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import InferenceStatistics
 from mlserve.registry.opening import BatchedRuntime, GenerativeRuntime
-from mlserve.spec import ModelConfig
+from mlserve.spec import ModelConfig, SchedulePolicy
 from mlserve.spec.model import BatchingSpec
 from mlserve.state import StateStore
 
 if TYPE_CHECKING:
     from mlserve.batching.llm_engine import LLMEngine
+    from mlserve.engine.llm.tokenizer import LLMTokenizer
+
+Tensors = dict[str, np.ndarray]
 
 
-def start_batcher(runtime: BatchedRuntime, config: ModelConfig, model: str, version: int, metrics: Metrics,
-                  stats: InferenceStatistics) -> DynamicBatcher:
-    """The version's batcher over its guarded backend, started; its statistics start from zero."""
+@dataclass(frozen=True, slots=True)
+class BatchedServing:
+    """A batched version in the server: its runtime, the batcher in front of it and its response cache."""
+
+    runtime: BatchedRuntime
+    batcher: DynamicBatcher
+    cache: ResponseCache | None = None
+    """None where [batching] cache_size is 0."""
+
+    @property
+    def num_queued(self) -> int:
+        """Requests waiting in the batcher's queue."""
+        return self.batcher.num_queued
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests queued or running."""
+        return self.batcher.num_in_flight
+
+    async def infer(self, inputs: Tensors, num_rows: int, policy: SchedulePolicy) -> Tensors:
+        """The response cache when there is one (local level, then the shared level on a local miss; a
+        hit never reaches the batcher), else the batcher."""
+        cache = self.cache
+        if cache is None:
+            return await self.batcher.submit(inputs, num_rows, policy)
+        key = cache.key(inputs)
+        outputs = cache.get(key)
+        if outputs is None and cache.shared is not None:
+            outputs = await cache.get_shared(key)
+        if outputs is None:
+            outputs = await self.batcher.submit(inputs, num_rows, policy)
+            cache.put(key, outputs)
+        return outputs
+
+    async def stop(self) -> None:
+        """Let queued requests finish, then stop the batcher (the runtime is the caller's to close)."""
+        await self.batcher.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerativeServing:
+    """A generative version in the server: its runtime (tokenizer, vocabulary, context length) and the
+    LLMEngine that runs its sequences. It has no batcher: the engine batches."""
+
+    runtime: GenerativeRuntime
+    engine: LLMEngine
+
+    @property
+    def tokenizer(self) -> LLMTokenizer:
+        return self.runtime.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """The version's one vocabulary size: token ids a request names must lie below it."""
+        return self.runtime.vocab_size
+
+    @property
+    def max_model_len(self) -> int:
+        """The context length: prompt and generated tokens of one sequence together."""
+        return self.runtime.max_model_len
+
+    @property
+    def num_queued(self) -> int:
+        """Sequences waiting for the engine to schedule them."""
+        return self.engine.num_waiting
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests submitted and not yet finished."""
+        return self.engine.num_active
+
+    async def stop(self) -> None:
+        """Take nothing new, let running requests finish (bounded), then stop the engine's thread."""
+        await self.engine.stop()
+
+
+Serving = Union[BatchedServing, GenerativeServing]
+
+
+def serve_batched(runtime: BatchedRuntime, config: ModelConfig, model: str, version: int, fingerprint: str,
+                  metrics: Metrics, stats: InferenceStatistics, state_store: StateStore | None) -> BatchedServing:
+    """The version's batcher over its guarded runtime, started (its statistics start from zero), and
+    its response cache where configured."""
     batcher = DynamicBatcher(
         GuardedInfer.for_model(runtime.backend.infer, config, f"{model}/{version}"),
         config.batching, f"{model}-{version}",
         instances=config.instances, observer=_observer(metrics, stats, model, str(version)),
     )
     batcher.start()
-    return batcher
+    cache = _response_cache(model, str(version), fingerprint, config.batching, metrics, state_store)
+    return BatchedServing(runtime, batcher, cache)
 
 
-def response_cache(model: str, version: str, fingerprint: str, spec: BatchingSpec, metrics: Metrics,
+def _response_cache(model: str, version: str, fingerprint: str, spec: BatchingSpec, metrics: Metrics,
                    state_store: StateStore | None) -> ResponseCache | None:
     """The local LRU, and the shared level where the state store is shared and the TTL is not 0."""
     if spec.cache_size <= 0:
@@ -47,14 +137,14 @@ def response_cache(model: str, version: str, fingerprint: str, spec: BatchingSpe
                          m.cache_misses.labels(model, version, "local"), shared)
 
 
-def start_engine(runtime: GenerativeRuntime, model: str, version: int, metrics: Metrics) -> LLMEngine:
+def serve_generative(runtime: GenerativeRuntime, model: str, version: int, metrics: Metrics) -> GenerativeServing:
     """The version's continuous batcher, started on its own thread."""
     from mlserve.batching.llm_engine import LLMEngine
     from mlserve.batching.llm_metrics import LLMStepMetrics
 
     engine = LLMEngine(runtime.backend, f"{model}-{version}", LLMStepMetrics(metrics, model, str(version)))
     engine.start()
-    return engine
+    return GenerativeServing(runtime, engine)
 
 
 def _observer(metrics: Metrics, stats: InferenceStatistics, model: str, version: str) -> Callable[[BatchStats], None]:

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from mlserve.errors import Conflict, InvalidInput, ModelNotFound
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
+from mlserve.registry.serving import BatchedServing
 from mlserve.spec.request_id import check_request_id
 from mlserve.routing import split as splits
 from mlserve.routing.bandit import BanditRecord, bandit_view
@@ -173,9 +174,10 @@ class TrafficManager:
         if spec is None or spec.version == primary or self._rng.random() * 100 >= spec.percent:
             return
         target = served.versions.get(spec.version)
-        if target is None or not target.is_ready or target.backend is None:
+        serving = target.serving if target is not None and target.is_ready else None
+        if not isinstance(serving, BatchedServing):
             return
-        job = ShadowJob(served.name, spec.version, inputs, outputs, target.backend.infer)
+        job = ShadowJob(served.name, spec.version, inputs, outputs, serving.runtime.infer)
         if not self._shadow.offer(job):
             self._shadow_stats(served.name, spec.version).num_dropped += 1
             self._metrics.shadow_requests.labels(served.name, str(spec.version), "dropped").inc()

@@ -13,6 +13,7 @@ import numpy as np
 from mlserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader, ServedModel, ServedVersion
+from mlserve.registry.serving import BatchedServing, GenerativeServing
 from mlserve.monitor.hub import Monitor, Observation
 from mlserve.routing.classification import check_class_counts, classify, read_labels
 from mlserve.routing.generation.catalog import GenerationCatalog
@@ -208,26 +209,15 @@ class InferenceService:
         inputs = {
             s.name: request.inputs[s.name].astype(DATATYPE_TO_NUMPY[s.datatype], copy=False) for s in info.inputs
         }
-        outputs = await _answer(served, inputs, rows, request.policy)
-        return inputs, outputs
+        return inputs, await _serving(served).infer(inputs, rows, request.policy)
 
 
-async def _answer(served: ServedVersion, inputs: dict[str, np.ndarray], rows: int, policy: SchedulePolicy):
-    """The version's response cache when it has one (local level, then the shared level on a local
-    miss; a hit never reaches the batcher), else the batcher. A generation version has no batcher:
-    its engine takes /v1 requests only."""
-    batcher = served.batcher
-    if batcher is None:
+def _serving(served: ServedVersion) -> BatchedServing:
+    """The version's batcher and response cache. A generation version has none: its engine takes /v1
+    requests only."""
+    serving = served.serving
+    if isinstance(serving, GenerativeServing):
         raise InvalidInput(f"model {served.model!r} is a generation model: use /v1/completions or "
                            "/v1/chat/completions")
-    cache = served.cache
-    if cache is None:
-        return await batcher.submit(inputs, rows, policy)
-    key = cache.key(inputs)
-    outputs = cache.get(key)
-    if outputs is None and cache.shared is not None:
-        outputs = await cache.get_shared(key)
-    if outputs is None:
-        outputs = await batcher.submit(inputs, rows, policy)
-        cache.put(key, outputs)
-    return outputs
+    assert serving is not None, "the router picks ready versions only"
+    return serving

@@ -228,8 +228,8 @@ async def _metrics_handler(request: web.Request) -> web.Response:
         metrics.key_token_quota_limit.labels(key_id).set(quota["limit"])
     for served in app[PLANE].served():
         for version, sv in served.versions.items():
-            if sv.batcher is not None:
-                metrics.queue_depth.labels(served.name, str(version)).set(sv.batcher.num_queued)
+            if sv.serving is not None:
+                metrics.queue_depth.labels(served.name, str(version)).set(sv.num_queued)
     return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -29,7 +29,7 @@ def test_a_reloaded_version_never_serves_the_old_cached_answer(tmp_path):
         await loader.reconcile()
         request = InferRequest("mlp", None, {"x": x}, {"x": "FP32"})
         before = [(await service.infer(request)).outputs["y"] for _ in range(2)]
-        cache_size = len(loader.models["mlp"].versions[1].cache)
+        cache_size = len(loader.models["mlp"].versions[1].serving.cache)
         write_mlp_onnx(path, seed=2)  # same version number, new artifact
         await loader.reconcile()
         after = (await service.infer(request)).outputs["y"]

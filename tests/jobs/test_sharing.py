@@ -38,8 +38,7 @@ def setup(state: VersionState = VersionState.READY) -> tuple[HeldModel, DynamicB
     model = HeldModel()
     batcher = DynamicBatcher(model, BatchingSpec(max_batch_size=8, max_queue_delay_us=0), "t")
     batcher.start()
-    served = ServedVersion("m", 1, state, batcher=batcher)
-    return model, batcher, BackgroundRows(served)
+    return model, batcher, BackgroundRows(ServedVersion("m", 1, state), batcher)
 
 
 async def until(condition) -> None:

@@ -7,26 +7,31 @@ import asyncio
 import json
 
 from mlserve.batching.llm_engine import LLMEngine
-from mlserve.engine.llm.backend import LLMBackend
+from mlserve.config import RegistryConfig
 from mlserve.engine.llm.sequence import SamplingParams
 from mlserve.registry.budget import Budget
+from mlserve.registry.opening import Alone, Trust, VersionFiles, open_version
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.served import ServedModel, ServedVersion, VersionState
+from mlserve.registry.serving import GenerativeServing
 from mlserve.spec import ModelConfig
 from tests.registry.helpers import index, post, write_model, write_version
 from tests.server_process import serving
 
 
 def test_a_generating_llm_is_busy_and_never_the_eviction_victim(test_repo):
-    backend = LLMBackend(ModelConfig(backend="llm"))
-    backend.load(test_repo / "tiny-llama" / "1", "cpu")
-    engine = LLMEngine(backend, "tiny-llama-1")
-    llm = ServedModel(ModelEntry("tiny-llama", ModelConfig(backend="llm"), (1,)))
-    llm.versions[1] = ServedVersion("tiny-llama", 1, VersionState.READY, llm_engine=engine, num_bytes=1)
+    config = ModelConfig(backend="llm")
+    files = VersionFiles("tiny-llama/1", config, test_repo / "tiny-llama" / "1", Trust(),
+                         RegistryConfig().max_artifact_bytes)
+    llm = ServedModel(ModelEntry("tiny-llama", config, (1,)))
     incoming = ServedModel(ModelEntry("other", ModelConfig(), (1,)))
     budget = Budget(max_models=1)
 
     async def main():
+        runtime = await open_version(files, Alone("cpu"), warm=False)
+        engine = LLMEngine(runtime.backend, "tiny-llama-1")
+        generative = GenerativeServing(runtime, engine)
+        llm.versions[1] = ServedVersion("tiny-llama", 1, VersionState.READY, serving=generative, num_bytes=1)
         handle = engine.submit([5, 6, 7], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
         assert not llm.is_idle and budget.victim([llm, incoming], incoming) is None
         engine.start()
@@ -36,7 +41,8 @@ def test_a_generating_llm_is_busy_and_never_the_eviction_victim(test_repo):
                 assert not llm.is_idle  # still streaming
             assert llm.is_idle and budget.victim([llm, incoming], incoming) is llm
         finally:
-            await engine.stop()
+            await generative.stop()
+            runtime.close()
 
     asyncio.run(main())
 

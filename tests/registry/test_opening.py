@@ -33,7 +33,7 @@ def _files(root: Path, model: str, trust: Trust = Trust()) -> VersionFiles:
 def test_a_generation_version_opens_as_a_generative_runtime_with_typed_fields(test_repo):
     runtime = asyncio.run(open_version(_files(test_repo, "tiny-llama"), Alone("cpu")))
     try:
-        assert isinstance(runtime, GenerativeRuntime) and runtime.is_generative
+        assert isinstance(runtime, GenerativeRuntime)
         assert runtime.device == "cpu" and runtime.backend_name == "llm"
         assert runtime.max_model_len > 0 and runtime.max_seq_length == runtime.max_model_len
         assert runtime.vocab_size >= runtime.tokenizer.vocab_size  # the model's width: the one checked
@@ -46,7 +46,7 @@ def test_a_generation_version_opens_as_a_generative_runtime_with_typed_fields(te
 def test_a_tensor_version_opens_warmed_up_as_a_batched_runtime(test_repo):
     runtime = asyncio.run(open_version(_files(test_repo, "identity_fp32"), Alone("auto")))
     try:
-        assert isinstance(runtime, BatchedRuntime) and not runtime.is_generative
+        assert isinstance(runtime, BatchedRuntime)
         assert runtime.device == "cpu"  # auto with no GPU
         assert runtime.figures.warmup_runs >= 1 and runtime.vocab_size is None
         assert [s.name for s in runtime.info.inputs]
@@ -74,12 +74,14 @@ def test_the_loader_serves_a_generation_version_on_its_engine_without_a_batcher(
         try:
             await loader.reconcile("startup")
             sv = loader.models["tiny-llama"].versions[1]
-            seen = (sv.is_ready, sv.batcher, sv.llm_engine is not None, isinstance(sv.runtime, GenerativeRuntime),
-                    sv.vocab_size == sv.llm_engine.vocab_size, sv.max_seq_length == sv.llm_engine.max_model_len)
+            serving = sv.serving
+            seen = (sv.is_ready, type(serving).__name__, isinstance(serving.runtime, GenerativeRuntime),
+                    sv.vocab_size == serving.vocab_size == serving.runtime.vocab_size,
+                    sv.max_seq_length == serving.max_model_len == serving.engine.max_model_len)
             with pytest.raises(InvalidInput, match="generation model.*/v1/completions"):
                 await InferenceService(loader).infer(InferRequest("tiny-llama", None, {}, {}))
             return seen
         finally:
             await loader.close()
 
-    assert asyncio.run(run()) == (True, None, True, True, True, True)
+    assert asyncio.run(run()) == (True, "GenerativeServing", True, True, True)

@@ -135,7 +135,7 @@ async def _answer(loader: HotSwapLoader, name: str) -> np.ndarray:
     served = loader.models[name]
     version = served.versions[served.default_version()]
     x = np.ones((1, WIDTH), np.float32)
-    out = await version.batcher.submit({"x": x}, 1)
+    out = await version.serving.batcher.submit({"x": x}, 1)
     return out["y"] - x
 
 

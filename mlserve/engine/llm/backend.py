@@ -24,8 +24,6 @@ log = logging.getLogger("mlserve.llm")
 class LLMBackend:
     """Holds what a loaded generation model needs: settings, tokenizer, runner (model + KV tensors)."""
 
-    is_generative = True
-
     def __init__(self, config: ModelConfig) -> None:
         self.settings: LLMSettings = config.llm
         self.tokenizer: LLMTokenizer | None = None

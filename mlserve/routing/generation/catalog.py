@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
+from mlserve.registry.serving import GenerativeServing
 from mlserve.routing.generation.run import check_text_chars, check_token_ids
 
 if TYPE_CHECKING:
-    from mlserve.batching.llm_engine import LLMEngine
     from mlserve.routing.router import Router
 
 EMBEDDING_PLATFORM = "mlserve_embedding"
@@ -31,7 +31,7 @@ class ModelCard:
 
 
 def _kind(sv: ServedVersion) -> str | None:
-    if sv.llm_engine is not None:
+    if isinstance(sv.serving, GenerativeServing):
         return "generate"
     if sv.info is not None and sv.info.platform == EMBEDDING_PLATFORM:
         return "embed"
@@ -75,25 +75,22 @@ class GenerationCatalog:
         assert served.vocab_size is not None, "an embedding version has a vocabulary"
         return served.vocab_size
 
-    async def engine(self, model: str) -> LLMEngine:
-        """The default version's engine (for tokenizing: every version of a model shares its tokenizer)."""
-        return (await self._generating(model))[1]
-
-    async def _generating(self, model: str) -> tuple[ServedVersion, LLMEngine]:
-        """The default version and its engine, refused unless it generates."""
+    async def _generating(self, model: str) -> GenerativeServing:
+        """What serves the default version, refused unless it generates (for tokenizing: every version
+        of a model shares its tokenizer)."""
         await self._loader.ensure_loaded(model)
-        served = self._router.pick(model, None)
-        if served.llm_engine is None:
+        serving = self._router.pick(model, None).serving
+        if not isinstance(serving, GenerativeServing):
             raise InvalidInput(f"model {model!r} is not a generation model; use /v2/models/{model}/infer")
-        return served, served.llm_engine
+        return serving
 
     async def tokenize(self, model: str, prompt: str | None, messages: list[dict[str, Any]] | None,
                        add_special_tokens: bool, max_prompt_tokens: int) -> tuple[list[int], int]:
         """(token ids, the model's context length) for a prompt or a chat, within the character cap the
         generation routes apply; tokenized on a thread, as a generation's prompt is."""
         check_text_chars((prompt,) if prompt is not None else (), tuple(messages or ()), max_prompt_tokens)
-        engine = await self.engine(model)
-        tokenizer = engine.tokenizer
+        serving = await self._generating(model)
+        tokenizer = serving.tokenizer
 
         def encode() -> list[int]:
             if messages is not None:
@@ -101,10 +98,9 @@ class GenerationCatalog:
             assert prompt is not None, "the handler gives a prompt or messages"
             return tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
-        return await asyncio.to_thread(encode), engine.max_model_len
+        return await asyncio.to_thread(encode), serving.max_model_len
 
     async def detokenize(self, model: str, token_ids: list[int]) -> str:
-        served, engine = await self._generating(model)
-        assert served.vocab_size is not None, "a generation version has a vocabulary"
-        check_token_ids(token_ids, served.vocab_size)  # the version's one vocabulary: what generation checks
-        return engine.tokenizer.decode(token_ids)
+        serving = await self._generating(model)
+        check_token_ids(token_ids, serving.vocab_size)  # the version's one vocabulary: what generation checks
+        return serving.tokenizer.decode(token_ids)

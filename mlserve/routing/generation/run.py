@@ -18,13 +18,14 @@ from mlserve.config import LimitsConfig
 from mlserve.errors import InferenceFailed, InvalidInput, PayloadTooLarge
 from mlserve.monitor.hub import Monitor, Observation
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
+from mlserve.registry.serving import GenerativeServing
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
 
 from mlserve.spec import GenerationRequest, TokenLimits
 
 if TYPE_CHECKING:
-    from mlserve.batching.llm_engine import LLMEngine, RequestHandle, TokenEvent
+    from mlserve.batching.llm_engine import RequestHandle, TokenEvent
     from mlserve.spec import SamplingParams
 
 
@@ -56,14 +57,14 @@ class GenerationRun:
     """A generation in flight on one version: its events, then one outcome for the traffic record
     (a routed run's only: a batch job's run records nothing)."""
 
-    def __init__(self, service: GenerationRoutes, served: ServedVersion, engine: LLMEngine, handle: RequestHandle,
-                 prompt_ids: list[list[int]], routed: bool) -> None:
+    def __init__(self, service: GenerationRoutes, served: ServedVersion, serving: GenerativeServing,
+                 handle: RequestHandle, prompt_ids: list[list[int]], routed: bool) -> None:
         self.model, self.version = served.model, str(served.version)
         self.req_id = handle.req_id
         self.handle = handle
         self.prompt_ids = prompt_ids
         self._service, self._served, self._routed = service, served, routed
-        self._engine = engine
+        self._serving = serving
         self._started = time.monotonic()
         self._num_output, self._logprob_sum = 0, 0.0
         self._source = self._receive()
@@ -85,10 +86,10 @@ class GenerationRun:
             await self._source.aclose()
 
     def prompt_text(self, index: int) -> str:
-        return self._engine.tokenizer.decode(self.prompt_ids[index])
+        return self._serving.tokenizer.decode(self.prompt_ids[index])
 
     def token_text(self, token_id: int) -> str:
-        return self._engine.tokenizer.token_text(token_id)
+        return self._serving.tokenizer.token_text(token_id)
 
     async def _receive(self) -> AsyncGenerator[TokenEvent, None]:
         left, outcome = self.handle.num_seqs, None
@@ -109,7 +110,7 @@ class GenerationRun:
             raise
         finally:
             if left:
-                self._engine.abort_request(self.handle)
+                self._serving.engine.abort_request(self.handle)
             self._finish(outcome)
 
     def _finish(self, ok: bool | None) -> None:
@@ -176,20 +177,21 @@ async def _submit(service: GenerationRoutes, served: ServedVersion, request: Gen
     """Tokenizing runs on a thread (the tokenizer releases the GIL for long texts), so a long prompt
     does not hold the event loop."""
     try:
-        if served.llm_engine is None:
+        serving = served.serving
+        if not isinstance(serving, GenerativeServing):
             raise InvalidInput(f"model {request.model!r} is not a generation model; "
                                f"use /v2/models/{request.model}/infer")
-        engine = served.llm_engine
         limits = _limits(request)
         check_text_chars(request.prompts, request.messages, limits.max_prompt_tokens)
-        ids = await asyncio.to_thread(lambda: [prompt_ids(engine, request, p) for p in (request.prompts or (None,))])
-        params = bounded_params(engine, request, ids)
-        handle = engine.submit_many(ids, params, request.num_seqs_per_prompt, request.priority, request.tenant)
+        ids = await asyncio.to_thread(lambda: [prompt_ids(serving, request, p) for p in (request.prompts or (None,))])
+        params = bounded_params(serving, request, ids)
+        handle = serving.engine.submit_many(ids, params, request.num_seqs_per_prompt, request.priority,
+                                            request.tenant)
     except BaseException:  # a refusal, or the deadline cancelled the tokenizing
         if routed:
             service.traffic.release(served)  # refused before it ran: nothing to judge
         raise
-    return GenerationRun(service, served, engine, handle, ids, routed)
+    return GenerationRun(service, served, serving, handle, ids, routed)
 
 
 def _limits(request: GenerationRequest) -> TokenLimits:
@@ -220,11 +222,12 @@ def check_text_chars(prompts: tuple[str | tuple[int, ...], ...], messages: tuple
         check_prompt_chars(sum(len(m["content"]) for m in messages), max_prompt_tokens)
 
 
-def prompt_ids(engine: LLMEngine, request: GenerationRequest, prompt: str | tuple[int, ...] | None) -> list[int]:
-    tokenizer, limits = engine.tokenizer, _limits(request)
+def prompt_ids(serving: GenerativeServing, request: GenerationRequest, prompt: str | tuple[int, ...] | None
+               ) -> list[int]:
+    tokenizer, limits = serving.tokenizer, _limits(request)
     if isinstance(prompt, tuple):
         ids = list(prompt)
-        check_token_ids(ids, engine.vocab_size)
+        check_token_ids(ids, serving.vocab_size)
     elif prompt is None:
         text = tokenizer.apply_chat_template(list(request.messages or ()))
         check_prompt_chars(len(text), limits.max_prompt_tokens)
@@ -237,17 +240,17 @@ def prompt_ids(engine: LLMEngine, request: GenerationRequest, prompt: str | tupl
     return ids
 
 
-def bounded_params(engine: LLMEngine, request: GenerationRequest, prompt_ids: list[list[int]]) -> SamplingParams:
+def bounded_params(serving: GenerativeServing, request: GenerationRequest, prompt_ids: list[list[int]]) -> SamplingParams:
     """Token ids the params name must exist; a chat with no max_tokens gets the room left, within the
     server's max_generation_tokens and its share of the request's budget. The budget bounds what the
     whole request may generate (prompts x sequences x max_tokens), which no single limit does."""
     limits = _limits(request)
     params, cap, budget = request.params, limits.max_generation_tokens, limits.budget_tokens
-    vocab = engine.vocab_size
+    vocab = serving.vocab_size
     check_token_ids([i for i, _ in params.logit_bias] + list(params.stop_token_ids), vocab)
     num_seqs = len(prompt_ids) * request.num_seqs_per_prompt
     if not request.max_tokens_given and request.messages is not None:
-        room = engine.max_model_len - max(len(ids) for ids in prompt_ids)
+        room = serving.max_model_len - max(len(ids) for ids in prompt_ids)
         params = dataclasses.replace(params, max_tokens=max(1, min(room, cap, budget // num_seqs)))
     elif params.max_tokens > cap:
         raise InvalidInput(f"max_tokens {params.max_tokens} is over the limit of {cap}")

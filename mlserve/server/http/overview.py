@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mlserve import __version__
-from mlserve.dataplane import DataPlane, ServedModel, ServedVersion
+from mlserve.dataplane import DataPlane, GenerativeServing, ServedModel, ServedVersion
 from mlserve.monitor.history import MetricsHistory
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
@@ -73,7 +73,7 @@ def _model(src: OverviewSources, served: ServedModel, load_times: dict[tuple[str
     experiment = src.traffic.experiment_view(name) if split else None
     return {
         "name": name,
-        "kind": "llm" if any(sv.llm_engine is not None for sv in served.versions.values()) else "tensor",
+        "kind": "llm" if any(isinstance(sv.serving, GenerativeServing) for sv in served.versions.values()) else "tensor",
         "serving": _str(served.default_version()),
         "pinned": _str(served.pinned),
         "history": [str(v) for v in served.history],
@@ -89,7 +89,6 @@ def _model(src: OverviewSources, served: ServedModel, load_times: dict[tuple[str
 def _version(src: OverviewSources, sv: ServedVersion, weight: float | None,
              load_times: dict[tuple[str, str], float]) -> dict:
     version = str(sv.version)
-    queued = sv.batcher.num_queued if sv.batcher is not None else 0
     return {
         "version": version,
         "state": sv.state.name,
@@ -98,7 +97,7 @@ def _version(src: OverviewSources, sv: ServedVersion, weight: float | None,
         "gpu_memory_bytes": sv.gpu_bytes,
         "weight": weight,
         "load_s": load_times.get((sv.model, version)),
-        "queue_depth": queued,
+        "queue_depth": sv.num_queued,
         "now": src.history.latest(sv.model, version),
         "series": src.history.series(sv.model, version),
         "drift": _drift(src.monitor, sv.model, version),

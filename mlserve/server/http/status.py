@@ -100,7 +100,7 @@ class StatusHandlers:
 def _queue_depths(plane: DataPlane) -> dict[tuple[str, str], int]:
     """Every ready version and the requests waiting in its queue now."""
     return {
-        (served.name, str(v)): sv.batcher.num_queued if sv.batcher is not None else 0
+        (served.name, str(v)): sv.num_queued
         for served in plane.served() for v, sv in list(served.versions.items())
         if sv.is_ready
     }
