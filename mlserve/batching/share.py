@@ -65,10 +65,16 @@ class BackgroundShare:
         return max(1, math.ceil(self.min_share * max_rows))
 
     def alone_rows(self, max_rows: int, now: float) -> int:
-        """The most background rows a batch with no live request in it takes (rule 4)."""
+        """The most background rows a batch with no live request in it takes (rules 2 and 4)."""
         if now - self._live_seen_at < self._window_s:
             return max(1, max_rows // 4)
         return max_rows
+
+    @staticmethod
+    def spare_rows(max_rows: int, live_rows: int, held: int) -> int:
+        """Background rows beside `live_rows` live ones (rules 2 and 3): up to a short batch in all,
+        never fewer than the `held` floor, never past `max_rows`."""
+        return min(max_rows - live_rows, max(held, max(1, max_rows // 4) - live_rows))
 
     def ran(self, live_rows: int, background_rows: int, now: float) -> None:
         self._decay(now)
