@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,43 +24,41 @@ from mlserve.batching.queue import Waiting
 Tensors = dict[str, np.ndarray]
 
 
-class _Request:
+@dataclass(slots=True, eq=False)
+class BackgroundRequest:
     """One background request: its rows, how many are taken, and the slices that carry them."""
 
-    __slots__ = ("inputs", "num_rows", "enqueued_at", "future", "num_taken", "slices")
-
-    def __init__(self, inputs: Tensors, num_rows: int, enqueued_at: float, future: asyncio.Future) -> None:
-        self.inputs = inputs
-        self.num_rows = num_rows
-        self.enqueued_at = enqueued_at
-        self.future = future
-        self.num_taken = 0
-        self.slices: list[Waiting] = []
+    inputs: Tensors
+    num_rows: int
+    enqueued_at: float
+    future: asyncio.Future
+    num_taken: int = 0
+    slices: list[Waiting] = field(default_factory=list)
 
 
 class BackgroundQueue:
     """Background requests in arrival order; `take` cuts the rows one batch has room for."""
 
     def __init__(self) -> None:
-        self._requests: deque[_Request] = deque()
+        self._requests: deque[BackgroundRequest] = deque()
         self.num_rows = 0
         """Rows waiting, not yet taken into a batch."""
 
     def __len__(self) -> int:
         return len(self._requests)
 
-    def push(self, inputs: Tensors, num_rows: int, now: float, future: asyncio.Future) -> object:
-        """Queue a request whose outputs `future` receives; returns a handle for `remove`."""
-        request = _Request(inputs, num_rows, now, future)
+    def push(self, inputs: Tensors, num_rows: int, now: float, future: asyncio.Future) -> BackgroundRequest:
+        """Queue a request whose outputs `future` receives; the request is what `remove` takes back."""
+        request = BackgroundRequest(inputs, num_rows, now, future)
         self._requests.append(request)
         self.num_rows += num_rows
         return request
 
-    def remove(self, handle: object) -> None:
+    def remove(self, request: BackgroundRequest) -> None:
         """Drop a cancelled request's rows not yet taken (slices already in a batch still run)."""
-        if handle in self._requests:
-            self._requests.remove(handle)  # type: ignore[arg-type]
-            self.num_rows -= handle.num_rows - handle.num_taken  # type: ignore[attr-defined]
+        if request in self._requests:
+            self._requests.remove(request)
+            self.num_rows -= request.num_rows - request.num_taken
 
     def take(self, max_rows: int | None) -> list[Waiting]:
         """Slices of the oldest requests, `max_rows` rows in all (fewer when fewer wait); None takes
@@ -79,7 +78,7 @@ class BackgroundQueue:
             room -= count
         return taken
 
-    def _slice(self, request: _Request, start: int, count: int) -> Waiting:
+    def _slice(self, request: BackgroundRequest, start: int, count: int) -> Waiting:
         whole = start == 0 and count == request.num_rows
         inputs = request.inputs if whole else {n: a[start:start + count] for n, a in request.inputs.items()}
         future = request.future.get_loop().create_future()
@@ -89,7 +88,7 @@ class BackgroundQueue:
         future.add_done_callback(lambda _f: self._answered(request))
         return piece
 
-    def _answered(self, request: _Request) -> None:
+    def _answered(self, request: BackgroundRequest) -> None:
         """A slice came back: fail the request on its first error, answer it once every row has."""
         if request.future.done():
             for piece in request.slices:  # retrieved, so a late failure of a dropped request logs nothing

@@ -2,10 +2,11 @@
 
 A job with no priority of its own is background work: it hands a whole chunk's batches to the
 version's batcher at once through `submit_background`, so its rows are always waiting when a batch is
-formed, and the batcher's share rule (batching/share.py) decides how many of them each batch takes:
-the spare rows of live batches, a guaranteed floor under any load, and batches of their own when no
-live request waits (cut to the rows it has room for: batching/background.py). A job given a `priority` queues as live requests of
-that level. On a generation model it hands the engine a few requests at a time, behind waiting live ones.
+formed, and the batcher's share rule (batching/share.py) decides how many of them each batch takes
+(cut to the rows it has room for: batching/background.py): the rest of a short batch beside live
+rows, a guaranteed floor under any load, and batches of their own when no live request waits. A job
+given a `priority` queues as live requests of that level. On a generation model it hands the engine
+a few requests at a time, behind waiting live ones.
 """
 
 from __future__ import annotations
