@@ -23,7 +23,9 @@ to quote.
 
 The MLP example (768 -> 1024 -> 1024 -> 10, max_batch_size 64) throughout. Live requests are one
 row each, sent open-loop at a fixed rate; capacity is the closed-loop rate of 32 clients. The job
-commits every 512 rows here, so its committed rows measure its rate within a round; it starts over
+commits every JOB_CHUNK_ROWS rows here, so its committed rows measure its rate within a round (a
+commit costs four fsyncs: at 512 rows a chunk a host with slow fsync ran the job at its disk's pace,
+not its engine's, and the ratio of figure 3 compared two disk-bound rates); it starts over
 each round (`--job-mb` of input must last one round: about 600,000 rows on a fast host).
 
 Figure 1's pairs alternate which side runs first; each side times the whole run from the model file
@@ -54,6 +56,7 @@ from mlserve.examples import MLP_TOML, write_mlp_onnx
 from tests.server_process import ROOT, MlserveProcess
 
 
+JOB_CHUNK_ROWS = 1024
 FULL_CLIENTS, FULL_ROWS = 48, 64
 """Figure 3b's live load: enough rows queued at every moment to fill every batch."""
 
@@ -245,7 +248,7 @@ def main() -> None:
         batch.mkdir()
         write_big_npz(batch / "job.npz", args.job_mb, repeat=True)
         server = MlserveProcess(repo, "--batch-dir", str(batch), "--log-level", "warning",
-                                log_path=root / "server.log", env={"MLSERVE_JOBS_CHUNK_ROWS": "512"}).wait_ready()
+                                log_path=root / "server.log", env={"MLSERVE_JOBS_CHUNK_ROWS": str(JOB_CHUNK_ROWS)}).wait_ready()
         try:
             live = asyncio.run(live_rounds(args, server, batch))
         finally:
@@ -289,7 +292,7 @@ def job_path_profile(repo: Path, src: Path, seconds: float) -> None:
     for name, run in (("full batches ", full), ("short batches", short)):
         print(f"3c. {name}: {run['rows_per_s']:,.0f} rows/s, {run['rows_per_batch']:.0f} rows a batch, engine "
               f"{run['engine_us_per_row']:.1f} us CPU a row, idle {run['idle_us']:.0f} us between batches, "
-              f"engine busy {run['busy']:.2f}")
+              f"engine busy {run['busy']:.2f}; the run loop waited {run['commit_wait_us']:.0f} us a batch on commits")
     rate = short["rows_per_s"] / full["rows_per_s"]
     cpu = full["engine_us_per_row"] / short["engine_us_per_row"]
     print(f"    short/full: {rate:.2f} in rows/s ({cpu:.2f} in engine CPU a row); guaranteed at half capacity: "
@@ -320,7 +323,7 @@ async def _job_path(repo: Path, src: Path, seconds: float, short: bool) -> dict:
     batcher = DynamicBatcher(infer, config.batching, "mlp")
     batcher.start()
     rows = BackgroundRows(ServedVersion("mlp", 1, VersionState.READY, batcher=batcher))
-    plan = JobPlan("mlp", 1, backend.info, src, src.with_name("profile.npz"), chunk_rows=512)
+    plan = JobPlan("mlp", 1, backend.info, src, src.with_name("profile.npz"), chunk_rows=JOB_CHUNK_ROWS)
     run = BatchRun(plan, rows, infer_batches=rows.batches)
     await asyncio.to_thread(run.prepare, True)
     task = asyncio.ensure_future(run.run())
@@ -343,7 +346,8 @@ async def _job_path(repo: Path, src: Path, seconds: float, short: bool) -> dict:
     return {"rows_per_s": num_rows / wall, "rows_per_batch": num_rows / len(taken),
             "engine_us_per_row": 1e6 * sum(s[2] for s in taken) / num_rows,
             "idle_us": 1e6 * sum(b[0] - a[1] for a, b in zip(taken, taken[1:])) / (len(taken) - 1),
-            "busy": sum(s[1] - s[0] for s in taken) / wall}
+            "busy": sum(s[1] - s[0] for s in taken) / wall,
+            "commit_wait_us": 1e6 * run.times.commit_wait_s / max(1, run.times.batches)}
 
 
 if __name__ == "__main__":
