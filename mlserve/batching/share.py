@@ -19,7 +19,8 @@ traffic is "about" when a live request ran or waited within the last `window_s`)
 
 What it guarantees, given that background work keeps rows waiting (a job queues a whole chunk's
 batches at once: jobs/sharing.py): the engine never runs a batch without background rows unless
-live rows fill a short batch, and never idles while background rows wait. Beside live load that
+live rows fill a short batch, and never waits for background rows beyond the hand-off from one
+batch to the next through the event loop (they are queued before it asks). Beside live load that
 takes a fraction u of the engine's time, background work therefore gets the other 1 - u in short
 batches, and under any live load at least `min_share` of the rows. At half capacity (u = 0.5) that is
 half the engine; the rate it gives is half the rate of short batches, which differs from the rate of
