@@ -6,13 +6,27 @@
 3. job rows/s while that live load runs / job alone [>= 0.4]
 3b. job rows/s beside live load at full capacity (48 closed-loop clients sending 64 binary rows each:
     live rows fill every batch, so only the share's floor runs the job) [> 0, reason "waiting: live load"]
+3c. the job path per part, in process (no HTTP, so no host noise from the load generator): the same
+    job through a real batcher and ONNX Runtime, in full batches (no live traffic) and in the short
+    batches the share rule gives it while live traffic is about; per batch, the engine's thread CPU
+    per row and the engine's idle time between batches (the hand-off through the event loop). Half
+    of the short batches' rate over the full batches' rate is what the rule guarantees at half
+    capacity (batching/share.py) [>= 0.4]
 4. peak RSS of `mlserve batch` over a large .npz minus its peak over a tiny one [< 500 MiB]
 
-    .venv/bin/python -m benchmarks.batch [--rows 20000] [--rounds 3] [--round-s 3] [--big-mb 256]
+    .venv/bin/python -m benchmarks.batch [--rows 20000] [--rounds 3] [--round-s 10] [--big-mb 256]
+
+Rounds of 10 s give each p99 of figure 2 some 50 samples past it at the rates of a 2-core host;
+rounds of 3 s left a handful, and p99 scattered by 2x from run to run. The load average (`uptime`)
+is printed at the start and the end: figures taken under a load above the core count are not ones
+to quote.
 
 The MLP example (768 -> 1024 -> 1024 -> 10, max_batch_size 64) throughout. Live requests are one
 row each, sent open-loop at a fixed rate; capacity is the closed-loop rate of 32 clients. The job
-commits every 512 rows here, so its committed rows measure its rate within a few-second round.
+commits every JOB_CHUNK_ROWS rows here, so its committed rows measure its rate within a round (a
+commit costs four fsyncs: at 512 rows a chunk a host with slow fsync ran the job at its disk's pace,
+not its engine's, and the ratio of figure 3 compared two disk-bound rates); it starts over
+each round (`--job-mb` of input must last one round: about 600,000 rows on a fast host).
 
 Figure 1's pairs alternate which side runs first; each side times the whole run from the model file
 (raw: InferenceSession with mlserve's options, then session.run over the in-memory array; offline:
@@ -42,6 +56,7 @@ from mlserve.examples import MLP_TOML, write_mlp_onnx
 from tests.server_process import ROOT, MlserveProcess
 
 
+JOB_CHUNK_ROWS = 1024
 FULL_CLIENTS, FULL_ROWS = 48, 64
 """Figure 3b's live load: enough rows queued at every moment to fill every batch."""
 
@@ -100,7 +115,8 @@ def offline_pairs(repo: Path, root: Path, x: np.ndarray, num_pairs: int = 5) -> 
     raw_us = 1e6 * 64 / raw
     parts = ", ".join(f"{name} {us:.0f}" for name, us in times.per_batch_us().items())
     print(f"   per batch of 64 rows, us: {parts}; engine waited on {1e6 * times.engine_wait_s / times.batches:.0f} "
-          f"(the run loop, not the engine thread); raw: {raw_us:.0f} per batch all told")
+          f"(the run loop, not the engine thread); raw: {raw_us:.0f} per batch all told; once per run: "
+          f"prepare {1e3 * times.prepare_s:.1f} ms, finish {1e3 * times.finish_s:.1f} ms")
 
 
 def peak_rss_mib(repo: Path, src: Path, dst: Path) -> float:
@@ -114,8 +130,9 @@ def peak_rss_mib(repo: Path, src: Path, dst: Path) -> float:
     return int(out.stdout.split()[-1]) / 1024
 
 
-def write_big_npz(path: Path, megabytes: int) -> int:
-    """An .npz of about `megabytes` written in slices (never held whole in memory)."""
+def write_big_npz(path: Path, megabytes: int, repeat: bool = False) -> int:
+    """An .npz of about `megabytes` written in slices (never held whole in memory); with `repeat`, one
+    random slice over and over (fast to write: the job's input only needs to last)."""
     rows = megabytes * 2**20 // (768 * 4)
     header = {"descr": "<f4", "fortran_order": False, "shape": (rows, 768)}
     import zipfile
@@ -124,8 +141,11 @@ def write_big_npz(path: Path, megabytes: int) -> int:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         with archive.open("x.npy", "w", force_zip64=True) as out:
             np.lib.format.write_array_header_2_0(out, header)
+            block = rng.standard_normal((8192, 768), dtype=np.float32).tobytes() if repeat else b""
             for start in range(0, rows, 8192):
-                out.write(rng.standard_normal((min(8192, rows - start), 768), dtype=np.float32).tobytes())
+                count = min(8192, rows - start)
+                data = block[:count * 768 * 4] if repeat else rng.standard_normal((count, 768), dtype=np.float32).tobytes()
+                out.write(data)
     return rows
 
 
@@ -171,7 +191,8 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
               for _ in range(64)]
     infer = f"{server.url}/v2/models/mlp/infer"
     full_body, full_headers = binary_body(rng.standard_normal((FULL_ROWS, 768), dtype=np.float32))
-    job = {"model": "mlp", "input": "job.npz", "output": "job.npz.out.npz"}
+    # each round starts the job over, so the input need only last one round's three phases
+    job = {"model": "mlp", "input": "job.npz", "output": "job.npz.out.npz", "overwrite": True}
     results = {"without": [], "with": [], "job_live": [], "job_alone": [], "job_full": [], "reasons": [],
                "full_rows": []}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
@@ -181,6 +202,8 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
             results["without"].append(await drive(session, infer, bodies, rate, args.round_s))
             async with session.post(f"{server.url}/v2/batch/jobs", json=job) as resp:
                 job_url = f"{server.url}/v2/batch/jobs/{(await resp.json())['id']}"
+            while not await job_rows(session, job_url):  # its rate, not its start, is measured
+                await asyncio.sleep(0.05)
             before, started = await job_rows(session, job_url), time.perf_counter()
             await asyncio.sleep(args.round_s)
             results["job_alone"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
@@ -195,8 +218,12 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
                 await asyncio.sleep(0.1)
             results["full_rows"].append(await full * FULL_ROWS)
             results["job_full"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
+            view = await job_view(session, job_url)
+            if view["state"] != "running":
+                raise SystemExit(f"the job stopped within a round ({view['state']} {view['reason']!r}, "
+                                 f"{view['rows_done']} rows done): give it a larger --job-mb if it was done")
             async with session.delete(job_url) as resp:
-                await resp.read()  # the next round's resubmit resumes from the checkpoint
+                await resp.read()
     results["rate"] = rate
     return results
 
@@ -205,9 +232,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20000, help="rows of the offline comparison")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--round-s", type=float, default=3.0)
+    parser.add_argument("--round-s", type=float, default=10.0)
     parser.add_argument("--big-mb", type=int, default=256, help="size of the input of the memory figure")
+    parser.add_argument("--job-mb", type=int, default=2048, help="size of the in-server job's input (one round's worth)")
     args = parser.parse_args()
+    print(f"load at start: {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         repo = write_repo(root / "models")
@@ -217,9 +246,9 @@ def main() -> None:
 
         batch = root / "batch"
         batch.mkdir()
-        write_big_npz(batch / "job.npz", 512)
+        write_big_npz(batch / "job.npz", args.job_mb, repeat=True)
         server = MlserveProcess(repo, "--batch-dir", str(batch), "--log-level", "warning",
-                                log_path=root / "server.log", env={"MLSERVE_JOBS_CHUNK_ROWS": "512"}).wait_ready()
+                                log_path=root / "server.log", env={"MLSERVE_JOBS_CHUNK_ROWS": str(JOB_CHUNK_ROWS)}).wait_ready()
         try:
             live = asyncio.run(live_rounds(args, server, batch))
         finally:
@@ -238,7 +267,13 @@ def main() -> None:
               f"its reason in {waiting} of {len(reasons)} samples: 'waiting: live load'; others: "
               f"{sorted(set(r for r in reasons if r != 'waiting: live load'))}")
 
+        job_path_profile(repo, batch / "job.npz", min(args.round_s, 5.0))
         memory(args, repo, root, x)
+    print(f"load at end: {_load()}")
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
 def memory(args: argparse.Namespace, repo: Path, root: Path, x: np.ndarray) -> None:
@@ -248,6 +283,71 @@ def memory(args: argparse.Namespace, repo: Path, root: Path, x: np.ndarray) -> N
     big = peak_rss_mib(repo, root / "big.npz", root / "big.out.npz")
     print(f"4. peak RSS {big:.0f} MiB over a {args.big_mb} MiB input ({rows} rows), {small:.0f} MiB over 64 rows: "
           f"{big - small:.0f} MiB for streaming")
+
+
+def job_path_profile(repo: Path, src: Path, seconds: float) -> None:
+    """Figure 3c (see the module note)."""
+    short = asyncio.run(_job_path(repo, src, seconds, short=True))
+    full = asyncio.run(_job_path(repo, src, seconds, short=False))
+    for name, run in (("full batches ", full), ("short batches", short)):
+        print(f"3c. {name}: {run['rows_per_s']:,.0f} rows/s, {run['rows_per_batch']:.0f} rows a batch, engine "
+              f"{run['engine_us_per_row']:.1f} us CPU a row, idle {run['idle_us']:.0f} us between batches, "
+              f"engine busy {run['busy']:.2f}; the run loop waited {run['commit_wait_us']:.0f} us a batch on commits")
+    rate = short["rows_per_s"] / full["rows_per_s"]
+    cpu = full["engine_us_per_row"] / short["engine_us_per_row"]
+    print(f"    short/full: {rate:.2f} in rows/s ({cpu:.2f} in engine CPU a row); guaranteed at half capacity: "
+          f"{rate / 2:.2f} of the job's alone rate")
+
+
+async def _job_path(repo: Path, src: Path, seconds: float, short: bool) -> dict:
+    """One job over `src` through a real DynamicBatcher and OnnxBackend for `seconds`; with `short`,
+    live traffic is marked as about all along (no live rows), so the rule gives the job short batches."""
+    from mlserve.batching.dynamic import DynamicBatcher
+    from mlserve.engine.onnx_backend import OnnxBackend
+    from mlserve.jobs.runner import BatchRun, JobPlan
+    from mlserve.jobs.sharing import BackgroundRows
+    from mlserve.registry.served import ServedVersion, VersionState
+    from mlserve.spec import ModelConfig
+
+    config = ModelConfig()  # max_batch_size 64, as MLP_TOML
+    backend = OnnxBackend(config)
+    backend.load(repo / "mlp" / "1", "cpu")
+    spans: list[tuple[float, float, float, int]] = []  # start, end, thread CPU, rows
+
+    def infer(inputs):
+        started, cpu = time.perf_counter(), time.thread_time()
+        out = backend.infer(inputs)
+        spans.append((started, time.perf_counter(), time.thread_time() - cpu, len(inputs["x"])))
+        return out
+
+    batcher = DynamicBatcher(infer, config.batching, "mlp")
+    batcher.start()
+    rows = BackgroundRows(ServedVersion("mlp", 1, VersionState.READY), batcher)
+    plan = JobPlan("mlp", 1, backend.info, src, src.with_name("profile.npz"), chunk_rows=JOB_CHUNK_ROWS)
+    run = BatchRun(plan, rows, infer_batches=rows.batches)
+    await asyncio.to_thread(run.prepare, True)
+    task = asyncio.ensure_future(run.run())
+    stop_at = time.perf_counter() + 0.3 + seconds
+    while time.perf_counter() < stop_at and not task.done():
+        if short:
+            batcher.share.note_live_waiting(time.monotonic())
+        await asyncio.sleep(0.05)
+        if len(spans) and spans[0][0] < stop_at - seconds:  # the first 0.3 s warm the run up
+            spans[:] = [s for s in spans if s[0] >= stop_at - seconds]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    run.close()
+    await batcher.stop()
+    taken = spans[1:]
+    if len(taken) < 2:
+        raise SystemExit("figure 3c: the job ran out of rows before the profile: give it a larger --job-mb")
+    wall = taken[-1][1] - taken[0][0]
+    num_rows = sum(s[3] for s in taken)
+    return {"rows_per_s": num_rows / wall, "rows_per_batch": num_rows / len(taken),
+            "engine_us_per_row": 1e6 * sum(s[2] for s in taken) / num_rows,
+            "idle_us": 1e6 * sum(b[0] - a[1] for a, b in zip(taken, taken[1:])) / (len(taken) - 1),
+            "busy": sum(s[1] - s[0] for s in taken) / wall,
+            "commit_wait_us": 1e6 * run.times.commit_wait_s / max(1, run.times.batches)}
 
 
 if __name__ == "__main__":

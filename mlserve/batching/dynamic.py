@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 
+from mlserve.batching.background import BackgroundQueue
 from mlserve.batching.deadline import DeadlineWatch
 from mlserve.batching.guard import GuardedInfer
 from mlserve.batching.queue import RequestQueue, Waiting
@@ -95,7 +95,7 @@ class DynamicBatcher:
         self._num_running = 0
         self._recent_rows_per_s = 0.0
         self._lone_compute_s = 0.0
-        self._background: deque[Waiting] = deque()
+        self._background = BackgroundQueue()
         self.share = BackgroundShare(spec.background_share)
 
     @property
@@ -112,8 +112,8 @@ class DynamicBatcher:
 
     @property
     def num_background(self) -> int:
-        """Background requests waiting (not counted in num_queued or num_in_flight)."""
-        return len(self._background)
+        """Background rows waiting, not yet in a batch (not counted in num_queued or num_in_flight)."""
+        return self._background.num_rows
 
     def start(self) -> None:
         """Create the loop-bound objects and workers; call from inside the running loop."""
@@ -166,15 +166,14 @@ class DynamicBatcher:
         assert self._arrived is not None and self._idle is not None, "submit before start"
         if self._spec.max_batch_size > 0 and num_rows > self._spec.max_batch_size:
             raise InvalidInput(f"background work of {num_rows} rows exceeds max_batch_size {self._spec.max_batch_size}")
-        item = Waiting(inputs, num_rows, 0, time.monotonic(), future=asyncio.get_running_loop().create_future())
-        self._background.append(item)
+        future = asyncio.get_running_loop().create_future()
+        handle = self._background.push(inputs, num_rows, time.monotonic(), future)
         self._idle.clear()
         self._arrived.set()
         try:
-            return await item.future
+            return await future
         except asyncio.CancelledError:
-            if item in self._background:
-                self._background.remove(item)
+            self._background.remove(handle)
             self._set_idle_if_done()
             raise
 
@@ -297,23 +296,20 @@ class DynamicBatcher:
         live = self._queue.take(max_rows - held, now, at_least_one=not held) if self._queue.num_requests else []
         if held and not live:  # the first live request would not leave the held rows free: they go first
             return self._take_background(held, now, [])
-        return self._take_background(max_rows - sum(item.num_rows for item in live), now, live)  # rule 2
+        spare = self.share.spare_rows(max_rows, sum(item.num_rows for item in live), held)  # rule 2
+        return self._take_background(spare, now, live)
 
     def _account(self, live: list[Waiting], now: float) -> list[Waiting]:
         self.share.ran(sum(item.num_rows for item in live), 0, now)
         return live
 
     def _take_background(self, max_rows: int, now: float, batch: list[Waiting]) -> list[Waiting]:
-        """`batch` plus the background requests that fit in `max_rows` more rows (at least one when
-        the batch is otherwise empty)."""
+        """`batch` plus `max_rows` more rows of background work, cut from its requests as slices
+        (batching/background.py); a model without batching takes one background request whole."""
         live_rows = sum(item.num_rows for item in batch)
-        rows = 0
-        while self._background and (not batch or rows + self._background[0].num_rows <= max_rows):
-            item = self._background.popleft()
-            batch.append(item)
-            rows += item.num_rows
-        self.share.ran(live_rows, rows, now)
-        return batch
+        taken = self._background.take(max_rows if self._spec.max_batch_size else None)
+        self.share.ran(live_rows, sum(item.num_rows for item in taken), now)
+        return batch + taken
 
     def _should_close(self, deadline: float) -> bool:
         return self._queue.num_rows >= self._spec.max_batch_size or time.monotonic() >= deadline

@@ -1,19 +1,31 @@
 """How one version's batches are split between live requests and background work (in-server jobs
 and the optimize runs that use a served version).
 
-The rule, applied each time a batch is formed:
+The rule, applied each time a batch is formed (`max_rows` is the model's max_batch_size; live
+traffic is "about" when a live request ran or waited within the last `window_s`):
 
 1. Live first: a batch takes the waiting live requests first (by level, as always).
-2. Spare rows: rows a batch has left after its live requests are filled with background rows. The
-   batch runs anyway, so this costs live requests only the few extra rows' compute.
+2. Short batches beside live traffic: while live traffic is about, a batch that carries background
+   rows holds at most a short batch, `max_rows // 4` rows in all (live rows are never cut for it):
+   background rows fill what the live rows leave of it, and with no live request waiting they run
+   alone, a short batch at a time. A live request so waits behind at most one batch holding
+   background rows, and that batch, like its own, is short.
 3. A floor: while background work waits and its share of the rows run over the last `window_s` is
    below `min_share`, a batch holds `ceil(min_share * max_rows)` rows for it even when live requests
    could fill them (when the first waiting live request is too large to leave them free, the held
-   rows run as a short batch of their own before it). Background work therefore progresses at no less
-   than that share under any live load; at that floor a job reports `waiting: live load`.
-4. Idle: with no live request waiting, background rows run on their own, at most `max_rows // 4`
-   rows a batch while live requests were seen within the window (one arriving then waits for a short
-   batch at most), a full batch otherwise.
+   rows run as a short batch of their own before it). At that floor a job reports `waiting: live
+   load`.
+4. With no live traffic about, background rows run in full batches.
+
+What it guarantees, given that background work keeps rows waiting (a job queues a whole chunk's
+batches at once: jobs/sharing.py): the engine never runs a batch without background rows unless
+live rows fill a short batch, and never waits for background rows beyond the hand-off from one
+batch to the next through the event loop (they are queued before it asks). Beside live load that
+takes a fraction u of the engine's time, background work therefore gets the other 1 - u in short
+batches, and under any live load at least `min_share` of the rows. At half capacity (u = 0.5) that is
+half the engine; the rate it gives is half the rate of short batches, which differs from the rate of
+full batches by the engine's per-row cost at a quarter of the batch size and one hand-off through
+the event loop per short batch.
 
 Pure bookkeeping with no clock of its own: callers pass `now`. Not thread-safe; the batcher's
 event loop owns it.
@@ -65,10 +77,16 @@ class BackgroundShare:
         return max(1, math.ceil(self.min_share * max_rows))
 
     def alone_rows(self, max_rows: int, now: float) -> int:
-        """The most background rows a batch with no live request in it takes (rule 4)."""
+        """The most background rows a batch with no live request in it takes (rules 2 and 4)."""
         if now - self._live_seen_at < self._window_s:
             return max(1, max_rows // 4)
         return max_rows
+
+    @staticmethod
+    def spare_rows(max_rows: int, live_rows: int, held: int) -> int:
+        """Background rows beside `live_rows` live ones (rules 2 and 3): up to a short batch in all,
+        never fewer than the `held` floor, never past `max_rows`."""
+        return min(max_rows - live_rows, max(held, max(1, max_rows // 4) - live_rows))
 
     def ran(self, live_rows: int, background_rows: int, now: float) -> None:
         self._decay(now)

@@ -33,7 +33,7 @@ from mlserve.jobs.checkpoint import checkpoint_path
 from mlserve.jobs.record import (
     JobRecord, JobState, allowed_path, check_request, load_records, parse_version, remove_record, save_record,
 )
-from mlserve.jobs.runner import BatchRun, InferFn, JobPlan, RowFormats, output_files, preflight
+from mlserve.jobs.runner import BatchesFn, BatchRun, InferFn, JobPlan, RowFormats, output_files, preflight
 from mlserve.jobs.s3files import S3Files, is_s3, stage_uri
 from mlserve.jobs.s3stage import S3Jobs, s3_files
 from mlserve.jobs.view import copy_progress, progress_from_checkpoint, progress_of
@@ -57,6 +57,8 @@ class Target:
     """How to read and write the job's files when not by suffix (OpenAI batch files)."""
     status: Callable[[], str] | None = None
     """Why a running job is slow right now ("waiting: live load"), or ""."""
+    infer_batches: BatchesFn | None = None
+    """Queues a chunk's batches at once (background work: see jobs/sharing.py), or None."""
 
 
 Resolver = Callable[[str, "int | None", "int | None"], Awaitable[Target]]
@@ -317,7 +319,8 @@ class JobManager:
                 if is_s3(record.input):
                     mirror, loop = await self._s3.stage_in(record), asyncio.get_running_loop()
                     after_commit = lambda: asyncio.run_coroutine_threadsafe(mirror.push(), loop).result()  # noqa: E731
-                run = BatchRun(self._plan(record, target), target.infer, target.formats, after_commit)
+                run = BatchRun(self._plan(record, target), target.infer, target.formats, after_commit,
+                               infer_batches=target.infer_batches)
                 self._runs[record.job_id] = run
                 if target.status is not None:
                     self._status[record.job_id] = target.status

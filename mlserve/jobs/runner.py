@@ -39,6 +39,9 @@ _FATAL = (ModelNotFound, ModelNotReady)
 CHUNK_ROWS = 4096
 _FIRST_CHUNK_PART = 16
 """A run's first chunk is this part of the others (at least one batch)."""
+_COMMITS_IN_FLIGHT = 2
+"""Chunks whose commit (write, fsync, checkpoint) may still run while the engine runs the next one:
+an fsync slower than a chunk's compute then stalls the engine only once two are behind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +83,22 @@ class RunTimes:
     engine_s: float = 0.0
     """Inside the model's infer call, when the infer callable records it (the offline engine does)."""
     engine_wait_s: float = 0.0
+    commit_wait_s: float = 0.0
+    """How long the run loop waited for earlier chunks' commits before handing the engine more rows."""
     write_s: float = 0.0
     sync_s: float = 0.0
     """fsync of the output and errors files."""
     checkpoint_s: float = 0.0
     """Writing and syncing the checkpoint."""
+    prepare_s: float = 0.0
+    """Once per run, before the first row: opening the files (the first checkpoint is saved beside
+    the engine's first chunk)."""
+    finish_s: float = 0.0
+    """Once per run, after the last row: the output file, its sync and the done checkpoint."""
 
     def per_batch_us(self) -> dict[str, float]:
         parts = {"read": self.read_s, "engine": self.engine_s, "write": self.write_s, "sync": self.sync_s,
-                 "checkpoint": self.checkpoint_s}
+                 "checkpoint": self.checkpoint_s, "commit wait": self.commit_wait_s}
         return {name: 1e6 * seconds / max(1, self.batches) for name, seconds in parts.items()}
 
 
@@ -191,10 +201,19 @@ class BatchRun:
         self.checkpoint: Checkpoint | None = None
         self.progress = Progress(None)
         self._reader = self._writer = self._errors = None
+        self._is_saved = True
+        """Whether the checkpoint file records this run yet (a fresh run's first one is saved by run())."""
 
     def prepare(self, overwrite: bool = False) -> Checkpoint:
         """Resume from the checkpoint when it records this same run; start afresh otherwise (only
         with `overwrite` when an output or another run's checkpoint is there). Blocking file work."""
+        started = time.perf_counter()
+        try:
+            return self._prepare(overwrite)
+        finally:
+            self.times.prepare_s += time.perf_counter() - started
+
+    def _prepare(self, overwrite: bool) -> Checkpoint:
         checkpoint, resumed = _choose(self.plan, overwrite)
         self._reader = self._formats.open_reader(self.plan.input, self.plan.info.inputs)
         checkpoint.rows_total = self._reader.num_rows
@@ -211,14 +230,14 @@ class BatchRun:
         else:  # created exclusively: a file that appeared since the check is never truncated
             self._errors.create(replace=overwrite)
         self._reader.seek(checkpoint.reader)
-        if not resumed:
-            save_checkpoint(self._path, checkpoint)
+        self._is_saved = resumed
         return checkpoint
 
     async def run(self) -> Checkpoint:
-        """Every remaining chunk, then the output file. Reading the next chunk and writing the last one
-        overlap the model: the engine never waits on the files. Commits stay in chunk order; the last
-        chunk's goes straight on to the output and the done checkpoint (see _commit)."""
+        """Every remaining chunk, then the output file. Reading the next chunk and committing the last
+        ones overlap the model: the engine waits on the files only when two commits are behind.
+        Commits run one after another in chunk order; the last chunk's goes straight on to the
+        output and the done checkpoint (see _commit)."""
         assert self.checkpoint is not None, "run before prepare"
         if self.checkpoint.is_done:
             return self.checkpoint
@@ -226,26 +245,40 @@ class BatchRun:
         # a short first chunk: the engine starts after reading a few batches, not a whole chunk
         first_rows = max(1, rows // _FIRST_CHUNK_PART // self.plan.batch_rows) * self.plan.batch_rows
         pending = asyncio.ensure_future(asyncio.to_thread(self._read, first_rows))
-        committing: asyncio.Future | None = None
+        commits: deque[asyncio.Future] = deque()
+        if not self._is_saved:  # before any chunk's commit (chained), beside the first chunk's compute
+            commits.append(asyncio.ensure_future(_to_thread_to_the_end(save_checkpoint, self._path, self.checkpoint)))
+            self._is_saved = True
         try:
             chunk = await pending
             while chunk is not None:
                 pending = asyncio.ensure_future(asyncio.to_thread(self._read, rows))
                 answered, outputs, failures = await self._infer_chunk(chunk)
                 following = await pending
-                if committing is not None:
-                    await committing
-                committing = asyncio.ensure_future(
-                    _to_thread_to_the_end(self._commit, chunk, answered, outputs, failures, following is None))
+                chunk.inputs = {}  # answered: its commit needs only the rows and the reader's position
+                commits.append(asyncio.ensure_future(self._commit_after(
+                    commits[-1] if commits else None, chunk, answered, outputs, failures, following is None)))
+                waited = time.perf_counter()
+                while commits and (commits[0].done() or len(commits) > _COMMITS_IN_FLIGHT):
+                    await commits.popleft()
+                self.times.commit_wait_s += time.perf_counter() - waited
                 chunk = following
-            if committing is not None:
-                await committing
+            while commits:
+                await commits.popleft()
             await _to_thread_to_the_end(self._finish)
         finally:
             with contextlib.suppress(BaseException):
                 # no reader or writer thread left behind a closed file
-                await asyncio.wait([f for f in (pending, committing) if f is not None])
+                await asyncio.wait([pending, *commits])
         return self.checkpoint
+
+    async def _commit_after(self, previous: asyncio.Future | None, *args) -> None:
+        """One chunk's commit once the chunk before it is committed (a failed one stops this one)."""
+        if previous is not None:
+            await asyncio.wait([previous])
+            if previous.cancelled() or previous.exception() is not None:
+                return
+        await _to_thread_to_the_end(self._commit, *args)
 
     def _read(self, max_rows: int) -> Chunk | None:
         started = time.perf_counter()
@@ -379,11 +412,13 @@ class BatchRun:
         self.progress.update(cp.rows_done, cp.rows_failed)
 
     def _finish(self) -> None:
+        started = time.perf_counter()
         self._writer.finish()
         self._errors.close()
         self.checkpoint.state = DONE
         save_checkpoint(self._path, self.checkpoint)
         self._writer.cleanup()
+        self.times.finish_s += time.perf_counter() - started
 
     def close(self) -> None:
         for part in (self._reader, self._writer, self._errors):

@@ -1,10 +1,12 @@
 """How an in-server job shares a version with live traffic, and how a job finds its version.
 
-A job with no priority of its own is background work: it hands its rows to the version's batcher in
-small pieces through `submit_background`, and the batcher's share rule (batching/share.py) decides
-when they run: in the spare rows of live batches, with a guaranteed floor under any load, and in short
-batches of their own while live traffic is about. A job given a `priority` queues as live requests of
-that level. On a generation model it hands the engine a few requests at a time, behind waiting live ones.
+A job with no priority of its own is background work: it hands a whole chunk's batches to the
+version's batcher at once through `submit_background`, so its rows are always waiting when a batch is
+formed, and the batcher's share rule (batching/share.py) decides how many of them each batch takes
+(cut to the rows it has room for: batching/background.py): the rest of a short batch beside live
+rows, a guaranteed floor under any load, and batches of their own when no live request waits. A job
+given a `priority` queues as live requests of that level. On a generation model it hands the engine
+a few requests at a time, behind waiting live ones.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
-
-from mlserve.batching.dynamic import DynamicBatcher, SchedulePolicy
+from mlserve.batching.dynamic import DynamicBatcher, SchedulePolicy, Tensors
 from mlserve.errors import InvalidInput, ModelNotReady
 from mlserve.jobs.generate import BatchGenerator, Parse, job_submit
 from mlserve.jobs.manager import Target
@@ -29,8 +29,6 @@ _YIELD_MAX_S = 0.1
 """A job on a generation model waits for live requests ahead of it at most this long per batch."""
 _LLM_REQUESTS_PER_BATCH = 8
 """Requests a job on a generation model hands the engine at once: live requests never queue behind many."""
-_PIECES_PER_BATCH = 8
-"""A job's batch goes to the batcher in this many pieces, so spare rows of live batches can take them."""
 WAITING_FOR_LIVE = "waiting: live load"
 
 
@@ -45,20 +43,22 @@ class BackgroundRows:
     def __init__(self, served: ServedVersion, batcher: DynamicBatcher) -> None:
         self._served = served
         self._batcher = batcher
-        max_rows = self._batcher.max_batch_size
-        self._piece_rows = max(1, max_rows // _PIECES_PER_BATCH) if max_rows else 0
 
     async def __call__(self, inputs, num_rows):
+        """One batch (a failed batch's halves, when the run looks for its bad rows)."""
         _check_ready(self._served)
-        batcher = self._batcher
-        if not self._piece_rows or num_rows <= self._piece_rows:
-            return await batcher.submit_background(inputs, num_rows)
-        spans = [slice(i, i + self._piece_rows) for i in range(0, num_rows, self._piece_rows)]
-        parts = await asyncio.gather(*(
-            batcher.submit_background({n: a[span] for n, a in inputs.items()}, len(range(num_rows)[span]))
-            for span in spans
-        ))
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return await self._batcher.submit_background(inputs, num_rows)
+
+    async def batches(self, batches: list[Tensors]) -> list[Tensors | Exception]:
+        """A chunk's batches queued at once, answered in order, each with its outputs or its error."""
+        _check_ready(self._served)
+        submit = self._batcher.submit_background
+        answers = await asyncio.gather(*(submit(b, len(next(iter(b.values())))) for b in batches),
+                                       return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer
+        return list(answers)
 
     def status(self) -> str:
         """`waiting: live load` while live traffic holds the job to its floor share."""
@@ -120,7 +120,7 @@ def resolver(service: InferenceService, limits: TokenLimits, parse: Parse):
             raise InvalidInput(f"priority must lie in 1..{levels} for model {model!r}, got {priority}")
         if priority is None:
             rows = BackgroundRows(served, serving.batcher)
-            return Target(served.version, served.info, rows, status=rows.status)
+            return Target(served.version, served.info, rows, status=rows.status, infer_batches=rows.batches)
         return Target(served.version, served.info, AtLevel(served, serving.batcher, SchedulePolicy(priority=priority)))
 
     return resolve

@@ -49,3 +49,14 @@ def test_a_floor_of_zero_holds_nothing_and_a_floor_over_half_is_refused():
     assert BackgroundShare(min_share=0.0).held_rows(64, now=0.0) == 0
     with pytest.raises(ValueError, match="0..0.5"):
         BackgroundShare(min_share=0.6)
+
+
+@pytest.mark.parametrize(("live_rows", "held", "expected"), [
+    (1, 0, 15),   # a short batch in all: 64 // 4 = 16 rows, live ones first
+    (16, 0, 0),   # live rows fill the short batch: no spare rows for background work
+    (40, 0, 0),   # live rows are never cut, and no background rows join a batch already past it
+    (40, 7, 7),   # the floor's held rows join whatever the live rows are
+    (60, 7, 4),   # ... within max_batch_size (the batcher took live rows leaving the held ones free)
+])
+def test_spare_rows_make_a_short_batch_beside_live_rows_and_never_fewer_than_the_floor(live_rows, held, expected):
+    assert BackgroundShare.spare_rows(64, live_rows, held) == expected

@@ -16,17 +16,26 @@ from mlserve.jobs.sharing import WAITING_FOR_LIVE, BackgroundRows
 
 
 class HeldModel:
-    """Returns its input; remembers each batch's values; `gate` holds a batch until set."""
+    """Returns its input; remembers each batch's values; `gate` holds a batch until set; `on_batch`
+    (when set) is called on the worker thread as each batch starts; a row of value `fail_on` fails
+    its batch."""
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
         self.entered = threading.Event()
         self.gate = threading.Event()
+        self.on_batch = None
+        self.fail_on: int | None = None
 
     def __call__(self, inputs):
         self.entered.set()
+        if self.on_batch is not None:
+            self.on_batch()
         self.gate.wait(10)
-        self.batches.append(inputs["x"][:, 0].astype(int).tolist())
+        values = inputs["x"][:, 0].astype(int).tolist()
+        self.batches.append(values)
+        if self.fail_on in values:
+            raise ValueError(f"row {self.fail_on}")
         return {"y": inputs["x"]}
 
 
@@ -47,13 +56,15 @@ async def until(condition) -> None:
         await asyncio.sleep(0.001)
 
 
-def test_live_requests_go_first_and_the_job_fills_the_spare_rows_of_their_batch():
+def test_live_requests_go_first_and_the_job_fills_the_spare_rows_of_a_short_batch():
+    """max_batch_size 8: while live traffic is about, a batch carrying job rows holds at most 8 // 4 = 2
+    rows, so live B's batch takes one job row, and the rest of the job runs two rows at a time."""
     async def main():
         model, batcher, job = setup()
         live_a = asyncio.create_task(batcher.submit(rows(1), 1))
         await asyncio.to_thread(model.entered.wait, 10)  # A is running, the model holds it
-        job_task = asyncio.create_task(job(rows(9, 4), 4))
-        await until(lambda: batcher.num_background == 4)  # the job's batch, in pieces of one row
+        job_task = asyncio.create_task(job({"x": np.arange(10, 15, dtype=np.float32)[:, None]}, 5))
+        await until(lambda: batcher.num_background == 5)
         live_b = asyncio.create_task(batcher.submit(rows(2), 1))
         await until(lambda: batcher.num_queued == 1)
         model.gate.set()
@@ -63,8 +74,8 @@ def test_live_requests_go_first_and_the_job_fills_the_spare_rows_of_their_batch(
         return model.batches, out
 
     batches, out = asyncio.run(main())
-    assert batches == [[1], [2, 9, 9, 9, 9]]
-    assert out["y"][:, 0].tolist() == [9, 9, 9, 9]
+    assert batches == [[1], [2, 10], [11, 12], [13, 14]]
+    assert out["y"][:, 0].tolist() == [10, 11, 12, 13, 14]  # one answer, its slices joined in row order
 
 
 def test_a_job_gets_its_floor_share_of_batches_that_live_requests_would_fill():
@@ -90,6 +101,56 @@ def test_a_job_gets_its_floor_share_of_batches_that_live_requests_would_fill():
     assert sorted(batches[1]) == [2] * 7 + [9]
     assert status == WAITING_FOR_LIVE
     assert sum(len(b) for b in batches) == 26
+
+
+def test_every_batch_carries_job_rows_while_live_load_leaves_room():
+    """The guarantee at part load: one live row arrives during every batch (a steady live load that
+    leaves room), and the job's whole chunk waits queued; every batch then carries live rows first and
+    job rows in the rest of a short batch (2 of 8 rows here), so the job is never left out of a batch
+    live rows do not fill, and no batch is longer than a short one."""
+    async def main():
+        model, batcher, job = setup()
+        loop = asyncio.get_running_loop()
+        live: list[asyncio.Future] = []
+        model.on_batch = lambda: loop.call_soon_threadsafe(
+            lambda: live.append(asyncio.ensure_future(batcher.submit(rows(1), 1))))
+        first = asyncio.create_task(batcher.submit(rows(1), 1))
+        await asyncio.to_thread(model.entered.wait, 10)
+        chunk = [{"x": np.full((4, 1), 10 + i, np.float32)} for i in range(3)]  # three batches of 4 rows
+        answers = asyncio.create_task(job.batches(chunk))
+        await until(lambda: batcher.num_background == 12)
+        model.gate.set()
+        out = await answers
+        model.on_batch = None  # a submit already scheduled runs before the batch that scheduled it returns
+        await batcher.drain()
+        await asyncio.gather(first, *live)
+        await batcher.stop()
+        return model.batches, out
+
+    batches, out = asyncio.run(main())
+    with_job = [b for b in batches if any(v >= 10 for v in b)]
+    assert with_job == batches[1:len(with_job) + 1]  # from the batch after the first, each takes job rows
+    assert all(b == [1, b[1]] for b in with_job)  # one live row first, one job row beside it
+    assert [b[1] for b in with_job] == [10] * 4 + [11] * 4 + [12] * 4  # in order, none skipped
+    assert [a["y"][:, 0].tolist() for a in out] == [[10] * 4, [11] * 4, [12] * 4]
+
+
+def test_a_batch_that_fails_answers_only_its_own_job_batch_with_the_error():
+    """A chunk's batches queued at once: the failing one comes back as its exception (the run then
+    splits it), the others with their outputs."""
+    async def main():
+        model, batcher, job = setup()
+        model.gate.set()
+        model.fail_on = 5
+        chunk = [{"x": np.full((8, 1), v, np.float32)} for v in (4, 5, 6)]
+        out = await job.batches(chunk)
+        await batcher.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert out[0]["y"][:, 0].tolist() == [4] * 8
+    assert isinstance(out[1], Exception) and "row 5" in str(out[1])
+    assert out[2]["y"][:, 0].tolist() == [6] * 8
 
 
 def test_a_job_alone_runs_at_once_and_says_nothing_of_waiting():
