@@ -71,9 +71,14 @@ def _decode_inputs(raw_inputs: Any, binary: memoryview, limits: LimitsConfig) ->
     for raw in raw_inputs:
         name, datatype, shape = check_header(raw)
         check_shape_limits(name, shape, limits)
-        params = _parameters(raw.get("parameters"), f"input {name!r}", INPUT_PARAMETERS)
-        check_content_type(params.get("content_type"), (datatype,), f"input {name!r}")
-        size = params.get("binary_data_size")
+        params = raw.get("parameters")
+        if params is not None:
+            where = f"input {name!r}"
+            params = _parameters(params, where, INPUT_PARAMETERS)
+            check_content_type(params.get("content_type"), (datatype,), where)
+            size = params.get("binary_data_size")
+        else:
+            size = None
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise InvalidInput(f"binary_data_size {size!r} runs past the binary data ({len(binary)} bytes)")
