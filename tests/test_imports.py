@@ -323,7 +323,7 @@ BACKEND_REACH_FOR_NOW = {
     # The LLMEngine owns its backend: it drives the runner and detokenizes with the backend's tokenizer.
     "mlserve/batching/llm_engine.py",
     # Shadow traffic runs the shadow version's backend directly, past its batcher (ShadowJob's infer).
-    "mlserve/routing/manager.py:178",
+    "mlserve/routing/manager.py:186",
 }
 
 
