@@ -236,7 +236,8 @@ class InferenceService:
         info = served.info
         contract = self._contract(info)
         rows = validate_inputs(contract, request)
-        check_class_counts(info, request.class_counts)
+        if request.class_counts:
+            check_class_counts(info, request.class_counts)
         if request.outputs is not None:
             known = contract.output_types
             missing = [o for o in request.outputs if o not in known]

@@ -104,15 +104,19 @@ def _requested_outputs(
         raise InvalidInput("'outputs' must be a list of objects with a name")
     binary, class_counts = {}, {}
     for out in raw:
-        params = _parameters(out.get("parameters"), f"output {out['name']!r}", OUTPUT_PARAMETERS)
+        name, params = out["name"], out.get("parameters")
+        if params is None:
+            binary[name] = default_binary
+            continue
+        params = _parameters(params, f"output {name!r}", OUTPUT_PARAMETERS)
         flag = params.get("binary_data", default_binary)
         if not isinstance(flag, bool):
-            raise InvalidInput(f"output {out['name']!r}: parameter 'binary_data' must be true or false")
-        binary[out["name"]] = flag
-        k = class_counts_from(out["name"], params)
+            raise InvalidInput(f"output {name!r}: parameter 'binary_data' must be true or false")
+        binary[name] = flag
+        k = class_counts_from(name, params)
         if k is not None:
-            class_counts[out["name"]] = k
-    return tuple(o["name"] for o in raw), binary, class_counts
+            class_counts[name] = k
+    return tuple([o["name"] for o in raw]), binary, class_counts
 
 
 def decode_infer_request(
