@@ -52,6 +52,8 @@ class TrafficManager:
         holds them): they hold over model.toml's until set to null."""
         self._bandits: dict[str, BanditRecord] = {}
         """Per model, the split its bandit last wrote (through the control door, from any replica)."""
+        self._breaker_gauges: dict[tuple[str, int], Any] = {}
+        """The breaker-state gauge's child per (model, version), bound once: every request sets it."""
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -148,7 +150,7 @@ class TrafficManager:
         if owner_model is not None:
             breaker = self.state(owner_model).breaker(answered.version)
             breaker.record(ok)
-            self._metrics.breaker_state.labels(answered.model, str(answered.version)).set(breaker.state.value)
+            self._breaker_gauge(answered.model, answered.version).set(breaker.state.value)
         state = self._states.get(model)
         if state is None or not routed or answered.model != model:
             return
@@ -159,6 +161,12 @@ class TrafficManager:
         rollout = state.rollout
         if state.is_rolling_out and answered.version in (rollout.plan.version, rollout.stable):
             self._shared.count(stats_key(model, rollout.id, rollout.step), increments(answered.version, latency_s, ok))
+
+    def _breaker_gauge(self, model: str, version: int) -> Any:
+        gauge = self._breaker_gauges.get((model, version))
+        if gauge is None:  # the gauge keeps every child it made, so this table holds no more than it
+            gauge = self._breaker_gauges[(model, version)] = self._metrics.breaker_state.labels(model, str(version))
+        return gauge
 
     def release(self, answered: ServedVersion) -> None:
         """A request ended on the client's error: nothing to judge, but a half-open probe slot is freed."""

@@ -18,7 +18,7 @@ from mlserve.monitor.hub import Monitor, Observation
 from mlserve.routing.classification import check_class_counts, classify, read_labels
 from mlserve.routing.generation.catalog import GenerationCatalog
 from mlserve.routing.generation.run import GenerationRun, start_generation
-from mlserve.spec import DATATYPE_TO_NUMPY, GenerationRequest, ModelInfo, SchedulePolicy
+from mlserve.spec import DATATYPE_TO_NUMPY, GenerationRequest, ModelInfo, SchedulePolicy, TensorSpec
 from mlserve.state import StateStore
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
@@ -85,10 +85,28 @@ def _check_utf8(name: str, array: np.ndarray) -> None:
             raise InvalidInput(f"input {name!r}: this model takes UTF-8 text in BYTES tensors") from None
 
 
-def validate_inputs(info: ModelInfo, request: InferRequest) -> int:
+@dataclass(frozen=True, slots=True)
+class _Contract:
+    """What every request reads from a version's ModelInfo, derived once per ModelInfo."""
+
+    info: ModelInfo
+    inputs: dict[str, TensorSpec]
+    dtypes: dict[str, np.dtype]
+    """The numpy dtype each input is handed to the engine as."""
+    outputs: tuple[str, ...]
+    output_types: dict[str, str]
+
+    @classmethod
+    def of(cls, info: ModelInfo) -> _Contract:
+        return cls(info, {s.name: s for s in info.inputs},
+                   {s.name: np.dtype(DATATYPE_TO_NUMPY[s.datatype]) for s in info.inputs},
+                   tuple(s.name for s in info.outputs), {s.name: s.datatype for s in info.outputs})
+
+
+def validate_inputs(contract: _Contract, request: InferRequest) -> int:
     """Check names, datatypes and shapes against the model; return the batch rows (1 when unbatched)."""
-    expected = {s.name: s for s in info.inputs}
-    unknown = set(request.inputs) - set(expected)
+    info, expected = contract.info, contract.inputs
+    unknown = [name for name in request.inputs if name not in expected]
     if unknown:
         raise InvalidInput(f"unknown input(s) {sorted(unknown)}; model {request.model!r} takes {sorted(expected)}")
     rows: int | None = None
@@ -115,6 +133,10 @@ def validate_inputs(info: ModelInfo, request: InferRequest) -> int:
     return rows or 1
 
 
+_MAX_CONTRACTS = 1024
+"""ModelInfos whose contracts are kept (one per loaded version); past this the table starts over."""
+
+
 class InferenceService:
     """Routes a request to a version, queues it on that version's batcher, returns the chosen outputs."""
 
@@ -126,6 +148,7 @@ class InferenceService:
         """Which versions generate or embed, their tokenizers and model cards."""
         self._labels: dict[tuple[str, int, str], tuple[str, ...]] = {}
         self._req_ids = RequestIds()
+        self._contracts: dict[int, _Contract] = {}
         self.monitor: Monitor | None = None
         """Fed every answered request (drift, prediction log); its `observe` never blocks."""
 
@@ -173,11 +196,24 @@ class InferenceService:
             return None
         return self.traffic.sticky_key(model, request.headers, request.parameters)
 
+    def _contract(self, info: ModelInfo) -> _Contract:
+        """By the ModelInfo object's identity (hashing one walks all its tensor specs)."""
+        found = self._contracts.get(id(info))
+        if found is not None and found.info is info:
+            return found
+        if len(self._contracts) >= _MAX_CONTRACTS:
+            self._contracts.clear()
+        found = self._contracts[id(info)] = _Contract.of(info)
+        return found
+
     def _respond(self, served: ServedVersion, request: InferRequest, outputs: dict, req_id: str) -> InferResponse:
-        specs = served.info.outputs
-        names = request.outputs if request.outputs is not None else tuple(s.name for s in specs)
-        datatypes = {s.name: s.datatype for s in specs}
-        chosen, chosen_types = {n: outputs[n] for n in names}, {n: datatypes[n] for n in names}
+        contract = self._contract(served.info)
+        if request.outputs is None:
+            names, chosen_types = contract.outputs, dict(contract.output_types)
+        else:
+            names, datatypes = request.outputs, contract.output_types
+            chosen_types = {n: datatypes[n] for n in names}
+        chosen = {n: outputs[n] for n in names}
         if request.class_counts:
             self._classify(served, request.class_counts, chosen, chosen_types)
         return InferResponse(served.model, str(served.version), chosen, chosen_types, req_id)
@@ -199,16 +235,16 @@ class InferenceService:
 
     async def _run(self, served: ServedVersion, request: InferRequest):
         info = served.info
-        rows = validate_inputs(info, request)
-        check_class_counts(info, request.class_counts)
+        contract = self._contract(info)
+        rows = validate_inputs(contract, request)
+        if request.class_counts:
+            check_class_counts(info, request.class_counts)
         if request.outputs is not None:
-            known = {s.name for s in info.outputs}
+            known = contract.output_types
             missing = [o for o in request.outputs if o not in known]
             if missing:
                 raise InvalidInput(f"unknown output(s) {missing}; model {request.model!r} has {sorted(known)}")
-        inputs = {
-            s.name: request.inputs[s.name].astype(DATATYPE_TO_NUMPY[s.datatype], copy=False) for s in info.inputs
-        }
+        inputs = {name: request.inputs[name].astype(dtype, copy=False) for name, dtype in contract.dtypes.items()}
         return inputs, await _serving(served).infer(inputs, rows, request.policy)
 
 

@@ -19,10 +19,17 @@ _MAX_SHAPE_SPAN = 2**48
 
 MAX_DIMS = 64
 
+_WIRE_DTYPES = {datatype: np.dtype(name).newbyteorder("<") for datatype, name in DATATYPE_TO_NUMPY.items()
+                if datatype != "BYTES"}
+"""The little-endian dtype each fixed-size datatype has on the wire, built once instead of per tensor."""
+
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not all(type(d) is int and d >= 0 for d in raw):
+    if not isinstance(raw, list):
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {raw!r}")
+    for dim in raw:  # a plain loop: every input of every request passes here
+        if type(dim) is not int or dim < 0:
+            raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {raw!r}")
     if len(raw) > MAX_DIMS:
         raise InvalidInput(f"input {name!r}: shape has {len(raw)} dimensions, more than {MAX_DIMS}")
     # numpy refuses shapes whose non-zero dimensions overflow, even when a zero makes them empty.
@@ -124,13 +131,14 @@ def decode_binary_tensor(name: str, datatype: str, shape: tuple[int, ...], chunk
     """A v2 input whose data came in the binary part: no copy for fixed-size types."""
     if datatype == "BYTES":
         return deserialize_bytes(name, chunk, shape)
-    dtype = np.dtype(DATATYPE_TO_NUMPY[datatype])
-    if len(chunk) != math.prod(shape) * dtype.itemsize:
+    dtype = _WIRE_DTYPES[datatype]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(chunk) != expected:
         raise InvalidInput(
             f"input {name!r}: {len(chunk)} binary bytes do not fill shape {list(shape)} of {datatype} "
-            f"({math.prod(shape) * dtype.itemsize} bytes)"
+            f"({expected} bytes)"
         )
-    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
+    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
 
 
 def deserialize_bytes(name: str, chunk: memoryview, shape: tuple[int, ...]) -> np.ndarray:

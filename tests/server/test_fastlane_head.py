@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mlserve.server.http.fastlane import parse_head
+from mlserve.config import ServerConfig
+from mlserve.monitor.metrics import Metrics
+from mlserve.server.http.fastlane import _REMEMBERED_HEADS, LaneFront, parse_head
+from mlserve.server.origin import BrowserGate
 
 INFER = "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n"
 
@@ -47,3 +50,28 @@ def test_connection_close_is_kept():
         "two lengths", "signed length", "percent-encoded", "dot-dot", "dot", "malformed", "not ASCII"])
 def test_everything_else_is_handed_over(text):
     assert parse_head(head(text)) is None
+
+
+LOCAL = "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
+
+
+def _front() -> LaneFront:
+    config = ServerConfig()
+    return LaneFront(None, BrowserGate.from_config(config), None, config, 8190, Metrics())  # type: ignore[arg-type]
+
+
+def test_a_served_head_is_remembered_by_its_bytes_and_the_table_stays_bounded():
+    front = _front()
+    first = front.served_head(head(LOCAL))
+    assert first is not None and first.length == 2
+    assert front.served_head(bytes(bytearray(head(LOCAL)))) is first
+    for n in range(_REMEMBERED_HEADS + 5):
+        assert front.served_head(head(f"POST /v2/models/m{n}/infer HTTP/1.1\r\nContent-Length: 2\r\n")) is not None
+    assert len(front._heads) <= _REMEMBERED_HEADS
+
+
+@pytest.mark.parametrize("text", [LOCAL + "Origin: http://127.0.0.1\r\n", LOCAL.replace("127.0.0.1", "evil.example")])
+def test_heads_for_aiohttp_are_handed_over_every_time(text):
+    front = _front()
+    for _ in range(2):
+        assert front.served_head(head(text)) is None

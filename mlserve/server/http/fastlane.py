@@ -50,8 +50,13 @@ _READ_AHEAD = 1 << 20
 """Pipelined bytes buffered behind a request being served before reading pauses."""
 
 _SWEEP_S = 0.5
-_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in http.HTTPStatus}
 _SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n"
+
+_REMEMBERED_HEADS = 512
+"""Served heads kept by their bytes (a client sends the same head request after request)."""
+_REMEMBERED_HEAD_BYTES = 2048
+"""Longer heads are parsed every time: the memory the remembered heads hold stays about 1 MiB."""
 
 
 class LaneRequest:
@@ -179,6 +184,7 @@ class LaneFront:
         self.max_body_bytes = config.max_body_bytes
         self.max_head_bytes = max_head_bytes
         self.clock = _Clock()
+        self._heads: dict[bytes, _Served] = {}
         self.connections: set[LaneConnection] = set()
         self.is_closing = False
         self._sweeper: asyncio.Task | None = None
@@ -190,6 +196,22 @@ class LaneFront:
         """A request the browser checks refuse, or one from a page (an Origin to answer with CORS):
         aiohttp's front middleware answers it, so both fronts refuse and allow exactly alike."""
         return "Origin" in head.headers or self.browser.check("POST", head.path, head.headers) is not None
+
+    def served_head(self, raw: bytes) -> _Served | None:
+        """The head the lane serves for these bytes, or None to hand the request over. Both checks
+        depend on the bytes and the settings alone, so a served head is remembered by its bytes and
+        shared by the requests that repeat it (nothing downstream changes a head's parts)."""
+        head = self._heads.get(raw)
+        if head is not None:
+            return head
+        head = parse_head(raw)
+        if head is None or self.is_for_aiohttp(head):
+            return None
+        if len(raw) <= _REMEMBERED_HEAD_BYTES:
+            if len(self._heads) >= _REMEMBERED_HEADS:
+                self._heads.clear()
+            self._heads[raw] = head
+        return head
 
     @property
     def num_connections(self) -> int:
@@ -296,11 +318,8 @@ class LaneConnection(asyncio.Protocol):
                 elif self._buffer and not self._timeout_status:  # a head has begun: its clock starts
                     self._arm(self._front.config.header_timeout_s, 408)
                 return
-            head = parse_head(bytes(self._buffer[: end + 4]))
+            head = self._front.served_head(bytes(self._buffer[: end + 4]))
             if head is None:
-                self._hand_over()
-                return
-            if self._front.is_for_aiohttp(head):
                 self._hand_over()
                 return
             self._head, self._head_size = head, end + 4
@@ -342,16 +361,12 @@ class LaneConnection(asyncio.Protocol):
         body = response.body
         assert isinstance(body, bytes)
         status = response.status
-        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, response.reason)}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in response.headers.items()]
-        lines.append(f"Content-Length: {len(body)}\r\n")
-        lines.append(self._front.clock.date_line())
-        lines.append(_SERVER_LINE)
-        if not keep_alive:
-            lines.append("Connection: close\r\n")
-        lines.append("\r\n")
+        lines = [f"{name}: {value}\r\n" for name, value in response.headers.items()]
+        lines.append(f"Content-Length: {len(body)}\r\n{self._front.clock.date_line()}{_SERVER_LINE}")
+        lines.append("\r\n" if keep_alive else "Connection: close\r\n\r\n")
+        status_line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} {response.reason}\r\n"
         assert self._transport is not None
-        self._transport.write("".join(lines).encode("latin-1") + body)
+        self._transport.write((status_line + "".join(lines)).encode("latin-1") + body)
 
     def _hand_over(self) -> None:
         """The rest of this connection is aiohttp's, starting with the bytes read so far."""

@@ -71,9 +71,14 @@ def _decode_inputs(raw_inputs: Any, binary: memoryview, limits: LimitsConfig) ->
     for raw in raw_inputs:
         name, datatype, shape = check_header(raw)
         check_shape_limits(name, shape, limits)
-        params = _parameters(raw.get("parameters"), f"input {name!r}", INPUT_PARAMETERS)
-        check_content_type(params.get("content_type"), (datatype,), f"input {name!r}")
-        size = params.get("binary_data_size")
+        params = raw.get("parameters")
+        if params is not None:
+            where = f"input {name!r}"
+            params = _parameters(params, where, INPUT_PARAMETERS)
+            check_content_type(params.get("content_type"), (datatype,), where)
+            size = params.get("binary_data_size")
+        else:
+            size = None
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise InvalidInput(f"binary_data_size {size!r} runs past the binary data ({len(binary)} bytes)")
@@ -99,15 +104,19 @@ def _requested_outputs(
         raise InvalidInput("'outputs' must be a list of objects with a name")
     binary, class_counts = {}, {}
     for out in raw:
-        params = _parameters(out.get("parameters"), f"output {out['name']!r}", OUTPUT_PARAMETERS)
+        name, params = out["name"], out.get("parameters")
+        if params is None:
+            binary[name] = default_binary
+            continue
+        params = _parameters(params, f"output {name!r}", OUTPUT_PARAMETERS)
         flag = params.get("binary_data", default_binary)
         if not isinstance(flag, bool):
-            raise InvalidInput(f"output {out['name']!r}: parameter 'binary_data' must be true or false")
-        binary[out["name"]] = flag
-        k = class_counts_from(out["name"], params)
+            raise InvalidInput(f"output {name!r}: parameter 'binary_data' must be true or false")
+        binary[name] = flag
+        k = class_counts_from(name, params)
         if k is not None:
-            class_counts[out["name"]] = k
-    return tuple(o["name"] for o in raw), binary, class_counts
+            class_counts[name] = k
+    return tuple([o["name"] for o in raw]), binary, class_counts
 
 
 def decode_infer_request(
