@@ -19,6 +19,7 @@ from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
 from mlserve.optimize.auto import AutoOptimizer, ledger_dir
 from mlserve.optimize.jobs import OptimizeJobs
+from mlserve.optimize.metrics import OptimizeCollector
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.mlflow import MlflowStore
@@ -37,12 +38,13 @@ class Models:
 
     loader: HotSwapLoader
     plane: DataPlane
+    metrics: Metrics
 
     @classmethod
     def open(cls, config: Config, metrics: Metrics, shared: StateStore, store: Store | None = None) -> Models:
         loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry,
                                metrics, state_store=shared)
-        return cls(loader, DataPlane(loader))
+        return cls(loader, DataPlane(loader), metrics)
 
     def control(self, shared: StateStore, service: InferenceService) -> ModelControl:
         return ModelControl(shared, self.loader, service.traffic)
@@ -97,8 +99,11 @@ class Models:
 
     def optimize_jobs(self, control: ModelControl, config: JobsConfig, store: StateStore | None = None) -> OptimizeJobs:
         """The job manager, publishing through the control door (a rollout it starts is shared and
-        driven like one started by hand)."""
-        return OptimizeJobs(control.deploy, config, store)
+        driven like one started by hand); its children yield to the data plane's live load, which
+        /metrics shows."""
+        jobs = OptimizeJobs(control.deploy, config, store, is_serving=self.plane.is_serving)
+        self.metrics.registry.register(OptimizeCollector(jobs))
+        return jobs
 
     def mlflow_follower(self, service: InferenceService, control: ModelControl) -> MlflowFollower | None:
         """With an mlflow:// repository: rolls each @challenger out over @champion through `control`."""

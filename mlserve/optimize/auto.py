@@ -131,8 +131,15 @@ class AutoOptimizer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def views(self, model: str) -> list[dict]:
-        """The model's runs, newest source version first."""
-        return [r.to_dict() for (m, _), r in sorted(self.runs.items(), key=lambda kv: -kv[0][1]) if m == model]
+        """The model's runs, newest source version first; a running one says what it waits for
+        (`waiting`: "live load" while the server holds it stopped) and its seconds stopped."""
+        return [self._view(r) for (m, _), r in sorted(self.runs.items(), key=lambda kv: -kv[0][1]) if m == model]
+
+    def _view(self, run: AutoRun) -> dict:
+        job = self._jobs.jobs.get(run.job_id) if run.job_id is not None else None
+        if job is None or run.state is not RunState.RUNNING:
+            return {**run.to_dict(), "waiting": None, "paused_s": None}
+        return {**run.to_dict(), "waiting": job.pause.waiting, "paused_s": round(job.pause.stopped_s(time.monotonic()), 3)}
 
     def _take_arrivals(self) -> None:
         while self._arrived:
