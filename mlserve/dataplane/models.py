@@ -23,6 +23,7 @@ from mlserve.optimize.metrics import OptimizeCollector
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.mlflow import MlflowStore
+from mlserve.registry.s3 import S3Store
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.store import Store
 from mlserve.registry.stores import open_store
@@ -111,9 +112,15 @@ class Models:
         return MlflowFollower(store, self.loader, service.traffic, control) if isinstance(store, MlflowStore) else None
 
     def auto_optimizer(self, jobs: OptimizeJobs, config: Config) -> AutoOptimizer:
-        """Automatic runs publish into a local repository; their ledger sits beside the job records."""
-        root = self.local_root
-        return AutoOptimizer(jobs, self.loader, root, ledger_dir(config.jobs.state_dir, root),
+        """Automatic runs publish into a local repository, or upload to an S3 one; their ledger sits
+        beside the job records (else in the repository, or beside an S3 repository's downloads)."""
+        root, store = self.local_root, self.loader.store
+        remote_cache = None
+        if isinstance(store, S3Store):
+            cache = Path(config.registry.cache_dir).expanduser() if config.registry.cache_dir else \
+                Path.home() / ".cache" / "mlserve"
+            remote_cache = cache / "optimize-runs" / store.bucket / store.prefix
+        return AutoOptimizer(jobs, self.loader, root, ledger_dir(config.jobs.state_dir, root, remote_cache),
                              config.registry.trust_repository, config.registry.trust_uploads)
 
 

@@ -43,6 +43,8 @@ from mlserve.state import BadStateData, StateStore
 log = logging.getLogger("mlserve.optimize")
 
 OnPublished = Callable[[str, int, "dict | None"], Awaitable[dict]]
+Upload = Callable[[int], Awaitable[None]]
+"""Copies a version the job published into its local mirror to the remote repository it mirrors."""
 _STOP_GRACE_S = 10.0
 MAX_FINISHED_JOBS = 100
 """Finished jobs kept for GET; the oldest go first."""
@@ -82,6 +84,8 @@ class Job:
     started_at: float = field(default_factory=time.monotonic)
     pause: Pause = field(default_factory=Pause)
     """While live load holds the child stopped, and for how long it has been in all."""
+    upload: Upload | None = None
+    """For a job on a mirror of a remote repository: runs before the published version is loaded."""
 
     def to_dict(self) -> dict:
         if self.state is JobState.RUNNING:
@@ -129,9 +133,11 @@ class OptimizeJobs:
         running = [j for j in self.jobs.values() if j.state is JobState.RUNNING]
         return any(j.model == model for j in running) or len(running) >= self._config.optimize_max_running
 
-    async def start(self, request: OptimizeRequest, rollout: dict | None, trigger: str = "api") -> Job:
+    async def start(self, request: OptimizeRequest, rollout: dict | None, trigger: str = "api",
+                    upload: Upload | None = None) -> Job:
         """One running job per model (two would race for the next version number), and a cap on
-        the children the whole server runs."""
+        the children the whole server runs. With `upload`, the request's repository is a local mirror
+        and a published version goes to the remote one before it is loaded."""
         running = [j for j in self.jobs.values() if j.state is JobState.RUNNING]
         same = [j for j in running if j.model == request.model]
         if same:
@@ -142,7 +148,7 @@ class OptimizeJobs:
         self._forget_old()
         folder = Path(tempfile.mkdtemp(prefix=f"{JOB_FOLDER_PREFIX}{os.getpid()}-"))
         (folder / "request.json").write_text(json.dumps(to_json(request)))
-        job = Job(uuid.uuid4().hex[:16], request.model, folder, rollout, trigger=trigger)
+        job = Job(uuid.uuid4().hex[:16], request.model, folder, rollout, trigger=trigger, upload=upload)
         with open(folder / "stderr.log", "wb") as stderr:
             job.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mlserve.optimize.worker", str(folder), str(os.getpid()),
@@ -277,6 +283,8 @@ class OptimizeJobs:
         job.report = json.loads(report_path.read_text())
         version = job.report.get("published_version")
         if version is not None:
+            if job.upload is not None:
+                await job.upload(version)
             job.deployment = await self._on_published(job.model, version, job.rollout)
         job.state = JobState.SUCCEEDED
 
