@@ -2,10 +2,11 @@
 continues it once they have been quiet for a while.
 
 Idle priority alone is not enough. A child at SCHED_IDLE still runs whenever a core is free for a
-moment, which at half of capacity is most of the time between requests; it then evicts the serving
-model's weights from the caches and takes memory bandwidth, and on a virtual machine a busy vCPU is
-one the host may not hand back at once. Measured on two cores (benchmarks/optimize_live.py): live p99
-1.7-3.3x with a run in progress at idle priority. So the run waits:
+moment, which at half of capacity is much of the time between requests. Measured on two shared cores
+(benchmarks/optimize_live.py): with a run in progress at idle priority live p99 was 1.7-3.3x that
+without and p50 rose by 1.5-3 ms, while the server's own CPU seconds per request stayed the same: the
+server did no more work, it waited more (for a core the child held at a wakeup, for caches the child
+had filled). So the run waits:
 
 - Every TICK_S, while a job runs, the loop asks the data plane whether any version has a request
   queued or running (`DataPlane.is_serving`, a walk over the versions' counters). The share of those

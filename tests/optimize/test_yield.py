@@ -140,3 +140,25 @@ def test_a_stopped_child_dies_with_a_killed_server(tmp_path):
         server.stop()
         if pid is not None and wait_gone([pid], 0):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_time_stopped_does_not_count_against_the_time_limit_and_a_stopped_run_can_be_cancelled(tmp_path):
+    """The run gets going first (its first progress line comes after it may be stopped), then load
+    holds it stopped for longer than its whole time limit: it is still running, and a cancel ends it."""
+    repo = _repo(tmp_path)
+    limit_s = 15.0
+    with serving(repo, log_path=tmp_path / "server.log",
+                 env={"MLSERVE_JOBS_OPTIMIZE_TIMEOUT_S": str(limit_s)}) as server:
+        answer = call(f"{server.url}/admin/models/tiny/optimize",
+                      {"passes": ["int8_dynamic"], "data": "val.npz", "timing_s": 10})
+        assert answer.status == 202, answer.body
+        job_id, pid = answer.body["id"], answer.body["pid"]
+        _until("the run's first progress", lambda: _job(server.url, job_id)["progress"])
+        with LiveLoad(server.url):
+            held = _until("longer stopped than the time limit",
+                          lambda: (j := _job(server.url, job_id))["paused_s"] >= limit_s + 1 and j)
+            assert held["state"] == "running" and held["waiting"] == "live load", held
+            cancelled = call(f"{server.url}/admin/jobs/{job_id}", method="DELETE")
+            assert cancelled.status == 200 and cancelled.body["state"] == "cancelled", cancelled.body
+            assert wait_gone([pid]) == [], "the stopped child did not end when cancelled"
+    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "model.toml"]
