@@ -9,6 +9,11 @@ starts with no further request, in a child process at idle priority, and is `run
 whole window); no run again, after it finished. The p99 ratio is the run window's over the mean
 of the two windows without.
 
+The run yields to live load (optimize/yielding.py): under this load the server holds its child
+stopped, so the run's window shows it `waiting: live load`, and it finishes after the load ends.
+Each window also reports the CPU seconds the server and the run's child used (from /proc), which a
+shared host's noise does not change much, and the host's load average when it began.
+
     .venv/bin/python -m benchmarks.optimize_live [--seconds 15]
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -53,11 +59,32 @@ def _open_window(url: str, rate: float, seconds: float) -> dict:
     return uvloop.run(OpenLoop(host, port, request).run(rate, seconds))
 
 
-def _run_state(url: str) -> str | None:
+def _run(url: str) -> dict | None:
     answer = call(f"{url}/admin/models/auto/optimize")
-    if answer.status != 200 or not answer.body["runs"]:
-        return None
-    return answer.body["runs"][0]["state"]
+    return answer.body["runs"][0] if answer.status == 200 and answer.body["runs"] else None
+
+
+def _run_state(url: str) -> str | None:
+    run = _run(url)
+    return run["state"] if run is not None else None
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User and system CPU seconds of a process so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured_window(infer: str, rate: float, seconds: float, server_pid: int, worker_pid: int | None) -> dict:
+    load = os.getloadavg()[0]
+    server, worker = _cpu_s(server_pid), _cpu_s(worker_pid)
+    result = _open_window(infer, rate, seconds)
+    return {**result, "server_cpu_s": _cpu_s(server_pid) - server, "load": load,
+            "worker_cpu_s": _cpu_s(worker_pid) - worker if worker_pid is not None else 0.0}
 
 
 def _wait_state(url: str, wanted: set[str | None], timeout_s: float) -> str | None:
@@ -91,22 +118,27 @@ def run_live(seconds: float = 15.0) -> None:
             infer = f"{server.url}/v2/models/mlp/infer"
             capacity = _capacity(infer, 5.0)
             rate = capacity / 2
-            rows = [("no run", _open_window(infer, rate, seconds))]
+            pid = server.proc.pid
+            rows = [("no run", _measured_window(infer, rate, seconds, pid, None))]
             _upload(server.url, made)
             _wait_state(server.url, {"running"}, 60.0)
-            rows.append(("automatic run in progress", _open_window(infer, rate, seconds)))
-            state_after = _run_state(server.url)
+            worker = call(f"{server.url}/admin/jobs/{_run(server.url)['job_id']}").body["pid"]
+            rows.append(("automatic run in progress", _measured_window(infer, rate, seconds, pid, worker)))
+            run = _run(server.url)
+            state_after = f"{run['state']}, waiting: {run['waiting']}, stopped {run['paused_s']} s"
             final = _wait_state(server.url, {"published", "no_winner", "failed"}, 600.0)
-            rows.append(("no run (after)", _open_window(infer, rate, seconds)))
+            rows.append(("no run (after)", _measured_window(infer, rate, seconds, pid, None)))
         finally:
             server.stop()
     print(f"live: mlp, 1 row per request, capacity {capacity:,.0f} req/s (closed loop, 16 connections); open loop "
-          f"at {rate:,.0f} req/s, {seconds:.0f} s per window; the run was {state_after!r} at the end of its window "
+          f"at {rate:,.0f} req/s, {seconds:.0f} s per window; the run was {state_after} at the end of its window "
           f"and ended {final!r}")
-    print("| window | req/s | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|")
+    print("| window | req/s | p50 ms | p99 ms | errors | server CPU s | run's child CPU s | load avg |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, result in rows:
         errors = sum(n for status, n in result["statuses"].items() if status != 200) + result["sent"] - result["completed"]
-        print(f"| {name} | {result['req_per_s']:,.0f} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} | {errors} |")
+        print(f"| {name} | {result['req_per_s']:,.0f} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} | {errors} "
+              f"| {result['server_cpu_s']:.2f} | {result['worker_cpu_s']:.2f} | {result['load']:.1f} |")
     base = (rows[0][1]["p99_ms"] + rows[2][1]["p99_ms"]) / 2
     ratio = rows[1][1]["p99_ms"] / base
     print(f"\np99 with the run / without (mean of both windows without): {ratio:.2f}x "

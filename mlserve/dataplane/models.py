@@ -19,9 +19,11 @@ from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
 from mlserve.optimize.auto import AutoOptimizer, ledger_dir
 from mlserve.optimize.jobs import OptimizeJobs
+from mlserve.optimize.metrics import OptimizeCollector
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.mlflow import MlflowStore
+from mlserve.registry.s3 import S3Store
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.store import Store
 from mlserve.registry.stores import open_store
@@ -37,12 +39,13 @@ class Models:
 
     loader: HotSwapLoader
     plane: DataPlane
+    metrics: Metrics
 
     @classmethod
     def open(cls, config: Config, metrics: Metrics, shared: StateStore, store: Store | None = None) -> Models:
         loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry,
                                metrics, state_store=shared)
-        return cls(loader, DataPlane(loader))
+        return cls(loader, DataPlane(loader), metrics)
 
     def control(self, shared: StateStore, service: InferenceService) -> ModelControl:
         return ModelControl(shared, self.loader, service.traffic)
@@ -97,8 +100,11 @@ class Models:
 
     def optimize_jobs(self, control: ModelControl, config: JobsConfig, store: StateStore | None = None) -> OptimizeJobs:
         """The job manager, publishing through the control door (a rollout it starts is shared and
-        driven like one started by hand)."""
-        return OptimizeJobs(control.deploy, config, store)
+        driven like one started by hand); its children yield to the data plane's live load, which
+        /metrics shows."""
+        jobs = OptimizeJobs(control.deploy, config, store, is_serving=self.plane.is_serving)
+        self.metrics.registry.register(OptimizeCollector(jobs))
+        return jobs
 
     def mlflow_follower(self, service: InferenceService, control: ModelControl) -> MlflowFollower | None:
         """With an mlflow:// repository: rolls each @challenger out over @champion through `control`."""
@@ -106,9 +112,15 @@ class Models:
         return MlflowFollower(store, self.loader, service.traffic, control) if isinstance(store, MlflowStore) else None
 
     def auto_optimizer(self, jobs: OptimizeJobs, config: Config) -> AutoOptimizer:
-        """Automatic runs publish into a local repository; their ledger sits beside the job records."""
-        root = self.local_root
-        return AutoOptimizer(jobs, self.loader, root, ledger_dir(config.jobs.state_dir, root),
+        """Automatic runs publish into a local repository, or upload to an S3 one; their ledger sits
+        beside the job records (else in the repository, or beside an S3 repository's downloads)."""
+        root, store = self.local_root, self.loader.store
+        remote_cache = None
+        if isinstance(store, S3Store):
+            cache = Path(config.registry.cache_dir).expanduser() if config.registry.cache_dir else \
+                Path.home() / ".cache" / "mlserve"
+            remote_cache = cache / "optimize-runs" / store.bucket / store.prefix
+        return AutoOptimizer(jobs, self.loader, root, ledger_dir(config.jobs.state_dir, root, remote_cache),
                              config.registry.trust_repository, config.registry.trust_uploads)
 
 

@@ -45,6 +45,12 @@ class DataPlane:
         """Every model, in the loader's order (a copy, safe to walk while a load adds one)."""
         return list(self._loader.models.values())
 
+    def is_serving(self) -> bool:
+        """Whether any version has a request queued or running now (a batch job's batch counts: it
+        holds the engine too); what optimize runs yield to (optimize/yielding.py)."""
+        return any(not sv.is_idle for served in list(self._loader.models.values())
+                   for sv in list(served.versions.values()))
+
     def num_ready_versions(self) -> int:
         return sum(len(m.ready_versions()) for m in self._loader.models.values())
 

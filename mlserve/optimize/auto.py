@@ -10,6 +10,11 @@ One run per source version, recorded on disk (`<ledger>/<model>/<version>.json`,
 atomically) before it starts and again when it ends, so a restart neither loses a queued or
 interrupted run (it starts again, at most MAX_ATTEMPTS times in all) nor repeats a finished one.
 A version the optimizer published carries `optimization.json` and never triggers a run: no loop.
+
+On an S3 repository the run works on a local mirror of the model (optimize/mirror.py: the new
+version, fetched from the server's own cache, and model.toml); the winner is published into the
+mirror, uploaded to the bucket as the next version, then loaded (and rolled out) as on a local one.
+Its ledger lives under `[jobs] state_dir`, else beside the registry's download cache.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from pathlib import Path
 
 from mlserve.engine.base import VERSION_BACKEND_FILE
 from mlserve.optimize.jobs import Job, JobState, OptimizeJobs
+from mlserve.optimize.mirror import S3Mirror
 from mlserve.optimize.request import parse_body
 from mlserve.optimize.source import version_numbers
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.repository import ModelEntry
+from mlserve.registry.s3 import S3Store
 from mlserve.spec import ModelInfo, OptimizeSettings
 
 log = logging.getLogger("mlserve.optimize")
@@ -84,9 +91,12 @@ class AutoOptimizer:
 
     def __init__(self, jobs: OptimizeJobs, loader: HotSwapLoader, models_root: Path | None, ledger: Path | None,
                  trust_repository: bool, trust_uploads: bool = False) -> None:
-        """The trust settings are the server's: a version it serves is one the optimizer may open."""
+        """The trust settings are the server's: a version it serves is one the optimizer may open.
+        `models_root` is the local repository; None for a remote one (runs then use a mirror)."""
         self._jobs, self._loader = jobs, loader
         self._root, self._ledger = models_root, ledger
+        self._s3 = loader.store if isinstance(loader.store, S3Store) else None
+        self._mirrors: dict[tuple[str, int], S3Mirror] = {}
         self._trust, self._trust_uploads = trust_repository, trust_uploads
         self.runs: dict[tuple[str, int], AutoRun] = {}
         self._arrived: collections.deque[tuple[str, int]] = collections.deque()
@@ -131,17 +141,24 @@ class AutoOptimizer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def views(self, model: str) -> list[dict]:
-        """The model's runs, newest source version first."""
-        return [r.to_dict() for (m, _), r in sorted(self.runs.items(), key=lambda kv: -kv[0][1]) if m == model]
+        """The model's runs, newest source version first; a running one says what it waits for
+        (`waiting`: "live load" while the server holds it stopped) and its seconds stopped."""
+        return [self._view(r) for (m, _), r in sorted(self.runs.items(), key=lambda kv: -kv[0][1]) if m == model]
+
+    def _view(self, run: AutoRun) -> dict:
+        job = self._jobs.jobs.get(run.job_id) if run.job_id is not None else None
+        if job is None or run.state is not RunState.RUNNING:
+            return {**run.to_dict(), "waiting": None, "paused_s": None}
+        return {**run.to_dict(), "waiting": job.pause.waiting, "paused_s": round(job.pause.stopped_s(time.monotonic()), 3)}
 
     def _take_arrivals(self) -> None:
         while self._arrived:
             name, version = self._arrived.popleft()
             if (name, version) in self.runs or (name, version) in self._claiming:
                 continue  # one run per source version, ever
-            if self._ledger is None or self._root is None:
-                log.warning("model %s version %d: [optimize] on_new_version needs a local model repository; "
-                            "not run", name, version)
+            if self._ledger is None or (self._root is None and self._s3 is None):
+                log.warning("model %s version %d: [optimize] on_new_version needs a local or S3 model "
+                            "repository; not run", name, version)
                 continue
             self._claiming.add((name, version))
             self._spawn(self._claim(AutoRun(name, version)))
@@ -163,7 +180,10 @@ class AutoOptimizer:
 
     async def _resume(self, run: AutoRun) -> None:
         """A run the last stop interrupted: published already (the version is there), given up, or queued."""
-        published = await asyncio.to_thread(_published_from, self._root, run.model, run.source_version)
+        if self._s3 is not None:
+            published = await _published_in_store(self._s3, run.model, run.source_version)
+        else:
+            published = await asyncio.to_thread(_published_from, self._root, run.model, run.source_version)
         if published is not None:
             run.state, run.published_version = RunState.PUBLISHED, published
             run.reason = "published before the last stop"
@@ -197,13 +217,19 @@ class AutoOptimizer:
             return
         if self._jobs.is_busy(run.model):
             return  # a job of this model runs, or the server's job limit is reached: the next round tries
+        key = (run.model, run.source_version)
         try:
-            assert self._root is not None
-            request, rollout = parse_body(settings.to_body(run.source_version), run.model, self._root, self._trust,
+            root, upload = self._root, None
+            if self._s3 is not None:
+                mirror = self._mirrors[key] = await S3Mirror.open(self._s3, run.model, run.source_version)
+                root, upload = mirror.root, mirror.upload
+            assert root is not None
+            request, rollout = parse_body(settings.to_body(run.source_version), run.model, root, self._trust,
                                          self._trust_uploads)
             run.attempts += 1
-            job = await self._jobs.start(request, rollout, trigger="new_version")
+            job = await self._jobs.start(request, rollout, trigger="new_version", upload=upload)
         except Exception as exc:  # a bad section or a failed start is this run's outcome, not the server's
+            await self._drop_mirror(key)
             await self._finish(run, RunState.FAILED, f"could not start: {exc}")
             return
         run.state, run.job_id = RunState.RUNNING, job.job_id
@@ -221,7 +247,13 @@ class AutoOptimizer:
         if not self._is_closing:
             self._spawn(self._job_done(run, job))
 
+    async def _drop_mirror(self, key: tuple[str, int]) -> None:
+        mirror = self._mirrors.pop(key, None)
+        if mirror is not None:
+            await asyncio.to_thread(mirror.remove)
+
     async def _job_done(self, run: AutoRun, job: Job) -> None:
+        await self._drop_mirror((run.model, run.source_version))
         view = job.to_dict()
         run.rows, run.winner, run.deployment = view["rows"], view["winner"], view["deployment"]
         run.published_version = view["published_version"]
@@ -304,10 +336,28 @@ def _published_from(root: Path | None, model: str, source_version: int) -> int |
     return None
 
 
-def ledger_dir(state_dir: str, models_root: Path | None) -> Path | None:
+async def _published_in_store(store: S3Store, model: str, source_version: int) -> int | None:
+    """As `_published_from`, for a model in an S3 repository (its versions' optimization.json)."""
+    await store.refresh(model)
+    for name in await store.list_versions(model):
+        if not name.isdigit() or int(name) <= source_version:
+            continue
+        try:
+            marker = json.loads(await store.read_text(model, f"{name}/{VERSION_BACKEND_FILE}") or "{}")
+        except ValueError:
+            continue
+        if isinstance(marker, dict) and marker.get("source_version") == source_version:
+            return int(name)
+    return None
+
+
+def ledger_dir(state_dir: str, models_root: Path | None, remote_cache: Path | None = None) -> Path | None:
     """`[jobs] state_dir`/optimize when set, else a hidden folder in the local repository (which the
-    scan skips); None for a repository that is not local (it cannot be published into)."""
+    scan skips), else `remote_cache` (an S3 repository's: beside its downloads); None when there is
+    none of these (a repository runs cannot publish into)."""
     if state_dir:
         return Path(state_dir).resolve() / "optimize"
-    return models_root / ".mlserve-optimize" if models_root is not None else None
+    if models_root is not None:
+        return models_root / ".mlserve-optimize"
+    return remote_cache
 

@@ -14,7 +14,6 @@ the same student, unless `distill_time_s` cuts the training short (the notes say
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from mlserve.optimize.base import (
     Artifact, Options, PassFailed, PassUnavailable, Source, onnx_chain, onnx_source, torch_threads,
 )
 from mlserve.optimize.distill_encoder import distill_encoder, is_encoder_source
+from mlserve.optimize.pause import CLOCK
 from mlserve.optimize.prune import Site, prune_site
 
 ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "Gelu", "LeakyRelu")
@@ -130,10 +130,10 @@ def _train(student, teacher, x: np.ndarray, options: Options) -> tuple[int, bool
     rows = torch.from_numpy(x.reshape(len(x), -1))
     scale = NOISE * rows.std(0, keepdim=True).clamp_min(1e-6)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
-    deadline = time.monotonic() + options.distill_time_s
+    deadline = CLOCK.now() + options.distill_time_s
     teacher.eval()
     for step in range(options.distill_steps):
-        if time.monotonic() > deadline:
+        if CLOCK.now() > deadline:
             return step, True
         pick = torch.randint(0, len(rows), (min(BATCH_ROWS, len(rows)),), generator=generator)
         batch = rows[pick] + torch.randn(len(pick), rows.shape[1], generator=generator) * scale

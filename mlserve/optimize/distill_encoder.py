@@ -16,12 +16,12 @@ data gives the same student, unless `distill_time_s` cuts the training short (th
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 from mlserve.optimize.base import Artifact, Options, PassFailed, PassUnavailable, Source, onnx_chain, torch_threads
+from mlserve.optimize.pause import CLOCK
 
 ENCODER_TYPES = ("bert",)
 INPUTS = ("input_ids", "attention_mask")
@@ -135,10 +135,10 @@ def _train(student, teacher, ids, mask, options: Options) -> tuple[int, bool]:
     generator = torch.Generator().manual_seed(options.distill_seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE)
     mask_token = _mask_token(teacher.config)
-    deadline = time.monotonic() + options.distill_time_s
+    deadline = CLOCK.now() + options.distill_time_s
     student.train()
     for step in range(options.distill_steps):
-        if time.monotonic() > deadline:
+        if CLOCK.now() > deadline:
             return step, True
         pick = torch.randint(0, len(ids), (min(BATCH_ROWS, len(ids)),), generator=generator)
         # up to the batch's last real token: padding costs as much as words

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlserve.registry.opening import Trust, open_backend
 from mlserve.optimize.base import Source
+from mlserve.optimize.pause import CLOCK
+from mlserve.registry.opening import Trust, open_backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +107,17 @@ def task_metric(outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> fl
 
 
 def _timings(backend, feed: dict[str, np.ndarray], budget: Budget) -> list[float]:
+    """Wall times of single calls; a call the server paused the run during is not a sample, and the
+    budget counts only time the run was not paused."""
     backend.infer(feed)
-    times, deadline = [], time.perf_counter() + budget.latency_s
-    while len(times) < budget.min_runs or time.perf_counter() < deadline:
+    times, deadline = [], CLOCK.now() + budget.latency_s
+    while len(times) < budget.min_runs or CLOCK.now() < deadline:
+        resumes = CLOCK.num_resumes
         began = time.perf_counter()
         backend.infer(feed)
-        times.append(time.perf_counter() - began)
+        took = time.perf_counter() - began
+        if CLOCK.num_resumes == resumes:
+            times.append(took)
     return times
 
 

@@ -1,6 +1,10 @@
 """In-server optimize jobs: each runs in a child process at low priority, so serving keeps its CPU
 and a crash in a compiler or quantizer never takes the server down.
 
+While the server's models serve, a running child is stopped and continued once they are quiet
+(optimize/yielding.py); the job's view says `waiting: live load` meanwhile, and its time limit counts
+only the time it ran.
+
 The job folder holds the request, the child's progress lines and its report; the child's scratch
 lives inside it, and the whole folder is removed when the child is done (the job's figures stay in
 memory for GET). A published version is handed to `on_published`, which the server wires to the
@@ -19,6 +23,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum, auto
@@ -29,13 +34,17 @@ from mlserve.config import JobsConfig
 from mlserve.errors import InvalidInput, MlserveError, ModelNotFound, Overloaded
 from mlserve.lifeline import is_alive
 from mlserve.optimize.pipeline import OptimizeRequest
+from mlserve.optimize.pause import is_pausable
 from mlserve.optimize.records import OptimizeRecords
 from mlserve.optimize.request import to_json
+from mlserve.optimize.yielding import LiveYield, Pause
 from mlserve.state import BadStateData, StateStore
 
 log = logging.getLogger("mlserve.optimize")
 
 OnPublished = Callable[[str, int, "dict | None"], Awaitable[dict]]
+Upload = Callable[[int], Awaitable[None]]
+"""Copies a version the job published into its local mirror to the remote repository it mirrors."""
 _STOP_GRACE_S = 10.0
 MAX_FINISHED_JOBS = 100
 """Finished jobs kept for GET; the oldest go first."""
@@ -72,6 +81,11 @@ class Job:
     """api (POST /admin/models/{m}/optimize) or new_version ([optimize] on_new_version)."""
     process: asyncio.subprocess.Process | None = None
     task: asyncio.Task | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    pause: Pause = field(default_factory=Pause)
+    """While live load holds the child stopped, and for how long it has been in all."""
+    upload: Upload | None = None
+    """For a job on a mirror of a remote repository: runs before the published version is loaded."""
 
     def to_dict(self) -> dict:
         if self.state is JobState.RUNNING:
@@ -80,7 +94,8 @@ class Job:
         pid = self.process.pid if self.process is not None else None
         return {"id": self.job_id, "kind": "optimize", "model": self.model, "state": self.state.name.lower(),
                 "trigger": self.trigger,
-                "pid": pid,
+                "pid": pid, "waiting": self.pause.waiting if self.state is JobState.RUNNING else None,
+                "paused_s": round(self.pause.stopped_s(time.monotonic()), 3),
                 "progress": self.progress, "rows": report.get("rows", [r["row"] for r in self.progress
                                                                          if r.get("event") == "row"]),
                 "winner": report.get("winner"), "published_version": report.get("published_version"),
@@ -100,8 +115,10 @@ class OptimizeJobs:
     `optimize_max_running` at once, each stopped after `optimize_timeout_s`."""
 
     def __init__(self, on_published: OnPublished, config: JobsConfig, store: StateStore | None = None,
-                 replica: str = "") -> None:
+                 replica: str = "", is_serving: Callable[[], bool] | None = None) -> None:
+        """With `is_serving` (the data plane's), running children yield to live load."""
         self._on_published = on_published
+        self._yield = LiveYield(is_serving) if is_serving is not None else None
         self._config = config
         self.jobs: dict[str, Job] = {}
         self._records = None
@@ -116,9 +133,11 @@ class OptimizeJobs:
         running = [j for j in self.jobs.values() if j.state is JobState.RUNNING]
         return any(j.model == model for j in running) or len(running) >= self._config.optimize_max_running
 
-    async def start(self, request: OptimizeRequest, rollout: dict | None, trigger: str = "api") -> Job:
+    async def start(self, request: OptimizeRequest, rollout: dict | None, trigger: str = "api",
+                    upload: Upload | None = None) -> Job:
         """One running job per model (two would race for the next version number), and a cap on
-        the children the whole server runs."""
+        the children the whole server runs. With `upload`, the request's repository is a local mirror
+        and a published version goes to the remote one before it is loaded."""
         running = [j for j in self.jobs.values() if j.state is JobState.RUNNING]
         same = [j for j in running if j.model == request.model]
         if same:
@@ -129,7 +148,7 @@ class OptimizeJobs:
         self._forget_old()
         folder = Path(tempfile.mkdtemp(prefix=f"{JOB_FOLDER_PREFIX}{os.getpid()}-"))
         (folder / "request.json").write_text(json.dumps(to_json(request)))
-        job = Job(uuid.uuid4().hex[:16], request.model, folder, rollout, trigger=trigger)
+        job = Job(uuid.uuid4().hex[:16], request.model, folder, rollout, trigger=trigger, upload=upload)
         with open(folder / "stderr.log", "wb") as stderr:
             job.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mlserve.optimize.worker", str(folder), str(os.getpid()),
@@ -137,6 +156,9 @@ class OptimizeJobs:
             )
         job.task = asyncio.get_running_loop().create_task(self._watch(job))
         self.jobs[job.job_id] = job
+        if self._yield is not None:
+            self._yield.add(job.job_id, job.process.pid, folder, job.pause,
+                            lambda: is_pausable(folder) and not _is_publishing(job))
         log.info("optimize job %s for model %s started (pid %d)", job.job_id, job.model, job.process.pid)
         await self._write(job)
         return job
@@ -194,6 +216,7 @@ class OptimizeJobs:
         if job.state is JobState.RUNNING and job.process is not None and job.process.returncode is None \
                 and not _is_publishing(job):  # too late once publishing: the job finishes and says so
             job.state = JobState.CANCELLED
+            self._release(job)
             await _stop(job.process)
         if job.task is not None:
             await asyncio.shield(job.task)
@@ -207,10 +230,18 @@ class OptimizeJobs:
     async def close(self) -> None:
         for job in list(self.jobs.values()):
             await self.cancel(job.job_id)
+        if self._yield is not None:
+            await self._yield.close()
+
+    def _release(self, job: Job) -> None:
+        """No more pauses for this job: continued if stopped (it is being stopped, or it ended)."""
+        if self._yield is not None:
+            self._yield.release(job.job_id)
 
     async def _watch(self, job: Job) -> None:
         assert job.process is not None
         code = await self._wait(job)
+        self._release(job)
         job.progress = _read_progress(job.folder / "progress.jsonl")
         try:
             # A cancel (or the time limit) that raced the start of publishing loses: the version is
@@ -225,14 +256,17 @@ class OptimizeJobs:
         await self._write(job)
 
     async def _wait(self, job: Job) -> int:
-        """The child's exit code; past the time limit it is stopped, unless it is already publishing."""
+        """The child's exit code; past the time limit (time stopped for live load not counted) it is
+        stopped, unless it is already publishing."""
         assert job.process is not None
         limit = self._config.optimize_timeout_s
-        try:
-            return await asyncio.wait_for(job.process.wait(), limit)
-        except asyncio.TimeoutError:
-            pass
+        while (left := limit - _ran_s(job)) > 0:
+            try:
+                return await asyncio.wait_for(job.process.wait(), left)
+            except asyncio.TimeoutError:
+                pass
         if job.state is JobState.RUNNING and not _is_publishing(job):
+            self._release(job)
             await _stop(job.process)
             if job.state is JobState.RUNNING:  # not cancelled meanwhile
                 job.state = JobState.FAILED
@@ -249,6 +283,8 @@ class OptimizeJobs:
         job.report = json.loads(report_path.read_text())
         version = job.report.get("published_version")
         if version is not None:
+            if job.upload is not None:
+                await job.upload(version)
             job.deployment = await self._on_published(job.model, version, job.rollout)
         job.state = JobState.SUCCEEDED
 
@@ -264,6 +300,11 @@ def sweep_job_folders(tmp: Path) -> list[Path]:
     return removed
 
 
+def _ran_s(job: Job) -> float:
+    now = time.monotonic()
+    return now - job.started_at - job.pause.stopped_s(now)
+
+
 def _is_publishing(job: Job) -> bool:
     return any(e.get("event") == "publishing" for e in _read_progress(job.folder / "progress.jsonl"))
 
@@ -275,9 +316,10 @@ def _child_env() -> dict[str, str]:
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM to the worker's process group (the worker and whatever it started), SIGKILL after
-    the grace period."""
+    """SIGTERM to the worker's process group (the worker and whatever it started), continued in case
+    it was stopped, SIGKILL after the grace period."""
     _signal_group(process, signal.SIGTERM)
+    _signal_group(process, signal.SIGCONT)
     try:
         await asyncio.wait_for(process.wait(), _STOP_GRACE_S)
     except asyncio.TimeoutError:

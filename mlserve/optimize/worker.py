@@ -4,6 +4,11 @@
 It lowers its own priority first (SCHED_IDLE, nice 19), so serving keeps the CPU it needs, then runs the job, appending
 each progress event to JOB_DIR/progress.jsonl and writing JOB_DIR/report.json (or error.json).
 SIGTERM (the job's DELETE) ends it through the normal exit path, so its scratch folder is removed.
+
+While the server's models serve, the server keeps the worker stopped (SIGSTOP, optimize/yielding.py);
+its clock (optimize/pause.py) leaves that time out of budgets and timings. A stopped process runs no
+lifeline thread, so the kernel's parent-death signal (SIGKILL, which ends a stopped process too) is
+asked for as well.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import sys
 from pathlib import Path
 
 NICENESS = 19
+_PR_SET_PDEATHSIG = 1
 
 
 def _lower_priority() -> None:
@@ -28,6 +34,19 @@ def _lower_priority() -> None:
             pass  # nice 19 alone
 
 
+def _die_with_parent_stopped() -> None:
+    """SIGKILL from the kernel when the server's process ends, stopped or not (Linux only; the
+    lifeline covers the rest). The server's loop thread starts the worker and lives as long as it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 def _stop(signum, frame) -> None:
     raise SystemExit(143)
 
@@ -36,9 +55,14 @@ def main(job_dir: Path, parent_pid: int | None = None) -> int:
     if parent_pid is not None:
         from mlserve.lifeline import die_with_parent
 
-        die_with_parent(parent_pid)  # nothing is published once the server is gone
+        _die_with_parent_stopped()
+        die_with_parent(parent_pid)  # nothing is published once the server is gone (checked after the prctl)
     _lower_priority()
     signal.signal(signal.SIGTERM, _stop)
+    from mlserve.optimize.pause import CLOCK
+
+    if parent_pid is not None:
+        CLOCK.install(job_dir)  # from here on the server may stop this process; the heavy imports follow
     from mlserve.errors import MlserveError
     from mlserve.optimize.pipeline import run
     from mlserve.optimize.request import from_json
