@@ -154,6 +154,17 @@ def test_infer_answers_what_onnxruntime_computes_for_the_version_asked(tmp_path,
     _with_plane(_copy(test_repo, tmp_path, "mlp"), check)
 
 
+def test_the_hot_calls_are_the_services_own_methods(tmp_path):
+    """The door adds no frame or await to inference: `infer` and `generate` are the service's bound
+    methods themselves (the fast lane, v2 and gRPC call them once per request)."""
+
+    def check(plane: DataPlane) -> None:
+        assert plane.infer.__func__ is InferenceService.infer  # type: ignore[attr-defined]
+        assert plane.generate.__func__ is InferenceService.generate  # type: ignore[attr-defined]
+
+    _with_plane(_repo(tmp_path), check)
+
+
 def test_statistics_count_what_the_data_plane_answered(tmp_path):
     x = np.ones((2, 3), dtype=np.float32)
 
