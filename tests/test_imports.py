@@ -6,7 +6,8 @@ Layers point one way: server -> dataplane -> routing -> (registry, beside routin
 and `monitor` calls nobody. Nothing imports `server` but the command line. Only `engine` imports
 torch, onnxruntime or tensorrt; only `server` (and the command line that starts it) imports aiohttp.
 Only the registry and the data plane read the loader's model table (`loader.models`); `server` reaches
-the models only through the data plane (it never imports the registry).
+the models only through the data plane: it imports neither the registry nor routing, so every protocol
+handler infers, generates and reads through `DataPlane` and changes through `ModelControl`.
 
 Run alone: python -m pytest -q tests/test_imports.py (or python tests/test_imports.py to list).
 """
@@ -38,7 +39,7 @@ ALLOWED: dict[str, set[str]] = {
     "jobs": ANYWHERE | {"routing", "registry", "batching", "engine"},
     "optimize": ANYWHERE | {"registry", "engine"},
     "dataplane": ANYWHERE | {"routing", "registry", "optimize"},
-    "server": ANYWHERE | {"dataplane", "routing", "keys", "jobs", "optimize"},
+    "server": ANYWHERE | {"dataplane", "keys", "jobs", "optimize"},
     "keys": ANYWHERE,
     "tools": ANYWHERE,
     "cli": ANYWHERE | {"dataplane", "server", "registry", "keys", "tools", "jobs", "optimize"},

@@ -226,6 +226,11 @@ class ModelControl:
             await self._apply(name, written)
         return self._traffic.traffic_view(name)
 
+    async def feedback(self, name: str, body: Any) -> dict:
+        """POST /v2/models/{m}/feedback: an experiment's outcome for one routed request, credited to the
+        version that answered it (shared through the state store by the traffic manager)."""
+        return await self._traffic.feedback(name, body)
+
     async def set_bandit(self, name: str, record: BanditRecord) -> None:
         """A bandit's new split (mlserve/dataplane/bandit.py, the replica holding its lease): written
         beside the admin's keys, counted, then applied on every replica like an admin change."""

@@ -1,7 +1,7 @@
 """The model side of the server, built in one place: the repository (a folder, S3 or MLflow), the
-loader over it, the two doors (`DataPlane`, `ModelControl`) and the hooks that tie the loader to the
-monitor and the optimizer. The composition root (server/app.py) holds a `Models` and never the
-registry's own types, so no protocol module reaches past the doors.
+loader over it, the inference service, the two doors (`DataPlane`, `ModelControl`) and the hooks
+that tie the loader to the monitor and the optimizer. The composition root (server/app.py) holds a
+`Models` and never the registry's or routing's own types, so no protocol module reaches past the doors.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from mlserve.config import Config, JobsConfig
+from mlserve.dataplane.bandit import BanditDriver
 from mlserve.dataplane.control import ModelControl
 from mlserve.dataplane.mlflow_follower import MlflowFollower
 from mlserve.dataplane.plane import DataPlane
@@ -38,6 +39,8 @@ class Models:
     """The loader and the doors over it; what the server starts, stops and asks about its repository."""
 
     loader: HotSwapLoader
+    service: InferenceService
+    """Routes, batches and answers; the data plane's inference calls are its methods."""
     plane: DataPlane
     metrics: Metrics
 
@@ -45,10 +48,15 @@ class Models:
     def open(cls, config: Config, metrics: Metrics, shared: StateStore, store: Store | None = None) -> Models:
         loader = HotSwapLoader(store or open_store(config.registry.models, config.registry), config.registry,
                                metrics, state_store=shared)
-        return cls(loader, DataPlane(loader), metrics)
+        service = InferenceService(loader, metrics, shared)
+        return cls(loader, service, DataPlane(loader, service), metrics)
 
-    def control(self, shared: StateStore, service: InferenceService) -> ModelControl:
-        return ModelControl(shared, self.loader, service.traffic)
+    def control(self, shared: StateStore) -> ModelControl:
+        return ModelControl(shared, self.loader, self.service.traffic)
+
+    def bandit(self, shared: StateStore, control: ModelControl) -> BanditDriver:
+        """Moves the split of every model whose [traffic] has a bandit (under a lease, through `control`)."""
+        return BanditDriver(shared, self.service.traffic, control)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -63,6 +71,10 @@ class Models:
 
     async def close(self) -> None:
         await self.loader.close()
+
+    async def close_traffic(self) -> None:
+        """Stop the traffic tasks (shadows, rollouts) before the loader drains the versions they use."""
+        await self.service.traffic.close()
 
     def describe(self) -> str:
         return self.loader.store.describe()
@@ -84,9 +96,9 @@ class Models:
 
     # -- hooks -------------------------------------------------------------------------------------
 
-    def connect_monitor(self, monitor: Monitor, metrics: Metrics, service: InferenceService) -> None:
+    def connect_monitor(self, monitor: Monitor, metrics: Metrics) -> None:
         """Hook the monitor to version loads and answered requests, and export its metrics."""
-        service.monitor = monitor
+        self.service.monitor = monitor
 
         def loaded(model: str, version: int, path: Path, entry: ModelEntry, info: ModelInfo) -> None:
             outputs = tuple(s.name for s in info.outputs)
@@ -106,10 +118,10 @@ class Models:
         self.metrics.registry.register(OptimizeCollector(jobs))
         return jobs
 
-    def mlflow_follower(self, service: InferenceService, control: ModelControl) -> MlflowFollower | None:
+    def mlflow_follower(self, control: ModelControl) -> MlflowFollower | None:
         """With an mlflow:// repository: rolls each @challenger out over @champion through `control`."""
         store = self.loader.store
-        return MlflowFollower(store, self.loader, service.traffic, control) if isinstance(store, MlflowStore) else None
+        return MlflowFollower(store, self.loader, self.service.traffic, control) if isinstance(store, MlflowStore) else None
 
     def auto_optimizer(self, jobs: OptimizeJobs, config: Config) -> AutoOptimizer:
         """Automatic runs publish into a local repository, or upload to an S3 one; their ledger sits

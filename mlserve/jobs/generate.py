@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import numpy as np
 
@@ -18,14 +18,19 @@ from mlserve.spec import GenerationRequest, TokenEvent, TokenLimits
 
 if TYPE_CHECKING:
     from mlserve.routing.generation.run import GenerationRun
-    from mlserve.routing.service import InferenceService
 
 Parse = Callable[[Any, bool], GenerationRequest]
 """The OpenAI body decoder (server/http/openai/protocol.parse_generation): a protocol concern, passed in."""
 Submit = Callable[[GenerationRequest], Awaitable["GenerationRun"]]
 
 
-def job_submit(service: InferenceService, limits: TokenLimits) -> Submit:
+class Generates(Protocol):
+    """Whatever starts generations: the inference service, or the data plane in front of it."""
+
+    async def generate(self, request: GenerationRequest, routed: bool = True) -> GenerationRun: ...
+
+
+def job_submit(service: Generates, limits: TokenLimits) -> Submit:
     """A job's way to generate: the service's one entry point, unrouted, within the server's limits."""
 
     async def submit(req: GenerationRequest) -> GenerationRun:

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
 from mlserve.batching.dynamic import DynamicBatcher, SchedulePolicy, Tensors
 from mlserve.errors import InvalidInput, ModelNotReady
-from mlserve.jobs.generate import BatchGenerator, Parse, job_submit
+from mlserve.jobs.generate import BatchGenerator, Generates, Parse, job_submit
 from mlserve.jobs.manager import Target
 from mlserve.jobs.openai_batch import OPENAI_FORMATS, batch_info
-from mlserve.registry.served import ServedVersion
+from mlserve.registry.served import ServedModel, ServedVersion
 from mlserve.registry.serving import GenerativeServing
-from mlserve.routing.service import InferenceService
 from mlserve.spec import TokenLimits
 
 _YIELD_POLL_S = 0.001
@@ -102,20 +102,31 @@ def _generation_target(served: ServedVersion, serving: GenerativeServing, priori
     return Target(served.version, batch_info(serving.engine, _LLM_REQUESTS_PER_BATCH), infer, OPENAI_FORMATS)
 
 
-def resolver(service: InferenceService, limits: TokenLimits, parse: Parse):
+class JobModels(Generates, Protocol):
+    """What a job asks of the models (the server's data plane answers it): a version, found the way a
+    request finds it, and generations."""
+
+    async def ensure_loaded(self, name: str) -> None: ...
+
+    def pick(self, name: str, version: str | None) -> ServedVersion: ...
+
+    def model(self, name: str) -> ServedModel: ...
+
+
+def resolver(models: JobModels, limits: TokenLimits, parse: Parse):
     """Jobs find their version the way requests do (loading a lazy model), pinned to an exact version;
     `parse` decodes OpenAI bodies for jobs on generation models (the protocol layer's decoder), whose
     requests are held to `limits`."""
 
     async def resolve(model: str, version: int | None, priority: int | None) -> Target:
-        await service.loader.ensure_loaded(model)
-        served = service.router.pick(model, str(version) if version is not None else None)
+        await models.ensure_loaded(model)
+        served = models.pick(model, str(version) if version is not None else None)
         serving = served.serving
         if isinstance(serving, GenerativeServing):
             return _generation_target(served, serving, priority,
-                                      BatchGenerator(model, parse, job_submit(service, limits)))
+                                      BatchGenerator(model, parse, job_submit(models, limits)))
         assert serving is not None, "the router picks ready versions only"
-        levels = service.router.model(model).entry.config.batching.priority_levels
+        levels = models.model(model).entry.config.batching.priority_levels
         if priority is not None and not 1 <= priority <= levels:
             raise InvalidInput(f"priority must lie in 1..{levels} for model {model!r}, got {priority}")
         if priority is None:

@@ -18,16 +18,6 @@ from mlserve.spec import ModelInfo
 LABELS_FILE = "labels.txt"
 
 
-def class_counts_from(name: str, parameters: Mapping[str, Any]) -> int | None:
-    """The `classification` parameter of one requested output: a positive integer, or None."""
-    k = parameters.get("classification")
-    if k is None:
-        return None
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise InvalidInput(f"output {name!r}: 'classification' must be a positive integer, got {k!r}")
-    return k
-
-
 def check_class_counts(info: ModelInfo, class_counts: Mapping[str, int]) -> None:
     datatypes = {s.name: s.datatype for s in info.outputs}
     for name in class_counts:

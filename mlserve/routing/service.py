@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,7 +17,8 @@ from mlserve.monitor.hub import Monitor, Observation
 from mlserve.routing.classification import check_class_counts, classify, read_labels
 from mlserve.routing.generation.catalog import GenerationCatalog
 from mlserve.routing.generation.run import GenerationRun, start_generation
-from mlserve.spec import DATATYPE_TO_NUMPY, GenerationRequest, ModelInfo, SchedulePolicy, TensorSpec
+from mlserve.spec import DATATYPE_TO_NUMPY, GenerationRequest, ModelInfo, TensorSpec
+from mlserve.spec.infer import InferRequest, InferResponse
 from mlserve.state import StateStore
 from mlserve.routing.manager import TrafficManager
 from mlserve.routing.router import Router
@@ -44,37 +44,6 @@ class RequestIds:
             self._pool, at = os.urandom(self._POOL_BYTES), 0
         self._at = at + 16
         return self._pool[at : at + 16].hex()
-
-
-@dataclass(frozen=True, slots=True)
-class InferRequest:
-    """One decoded inference request: tensors by input name, plus what the client asked of it."""
-
-    model: str
-    version: str | None
-    inputs: dict[str, np.ndarray]
-    datatypes: dict[str, str]
-    req_id: str | None = None
-    outputs: tuple[str, ...] | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    """Parameters not decoded into typed fields; only the routed model's sticky-key parameter may be here."""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    """HTTP headers, for a sticky routing key taken from a header."""
-    policy: SchedulePolicy = field(default_factory=SchedulePolicy)
-    """Priority, queue timeout and deadline, decoded once by the protocol layer."""
-    class_counts: Mapping[str, int] = field(default_factory=dict)
-    """Outputs to answer as their top k classes (Triton's classification extension), by name."""
-
-
-@dataclass(frozen=True, slots=True)
-class InferResponse:
-    """Outputs by name, and which version produced them."""
-
-    model: str
-    version: str
-    outputs: dict[str, np.ndarray]
-    datatypes: dict[str, str]
-    req_id: str | None = None
 
 
 def _check_utf8(name: str, array: np.ndarray) -> None:

@@ -25,7 +25,6 @@ from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
 from mlserve.optimize.auto import AutoOptimizer
 from mlserve.optimize.jobs import OptimizeJobs
-from mlserve.routing.service import InferenceService
 from mlserve.server.http.admin import AdminHandlers
 from mlserve.server.auth import AdminAudit, KeyRing, PathPolicy, TrustedProxies, warn_if_admin_open
 from mlserve.server.http.batch_jobs import add_batch_job_routes
@@ -53,7 +52,6 @@ CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 MODELS = web.AppKey("models", Models)
 PLANE = web.AppKey("plane", DataPlane)
-SERVICE = web.AppKey("service", InferenceService)
 STATE = web.AppKey("state", ServerState)
 KEYRING = web.AppKey("keyring", KeyRing)
 MONITOR = web.AppKey("monitor", Monitor)
@@ -74,15 +72,14 @@ class Services:
     gate: Gate
     monitor: Monitor
     models: Models
-    """The repository, the loader and the doors over it (mlserve/dataplane/models.py)."""
-    inference: InferenceService
+    """The repository, the loader, the inference service and the doors over them (mlserve/dataplane/models.py)."""
     status: HistorySampler
     optimize_jobs: OptimizeJobs
     decode_pool: DecodePool
     state_store: StateStore
     control: ModelControl
     plane: DataPlane
-    """The read side of the models, which handlers use instead of the loader's table."""
+    """The door for inference and reads: every protocol handler calls it, never the service or the loader."""
     auto_optimizer: AutoOptimizer | None = None
     """Optimizes each new version of a model whose model.toml asks for it ([optimize] on_new_version)."""
     bandit: BanditDriver | None = None
@@ -119,15 +116,14 @@ def build_services(config: Config, store: Store | None = None) -> Services:
     metrics = Metrics()
     shared = _state_store(config, metrics)
     models = Models.open(config, metrics, shared, store)
-    inference = InferenceService(models.loader, metrics, shared)
     monitor = Monitor(config.monitor, metrics)
-    models.connect_monitor(monitor, metrics, inference)
+    models.connect_monitor(monitor, metrics)
     status = HistorySampler(config.monitor, metrics, models.plane)
-    control = models.control(shared, inference)
+    control = models.control(shared)
     jobs = models.optimize_jobs(control, config.jobs, shared)
-    return Services(config, state, metrics, _gate(config, state, shared), monitor, models, inference, status,
+    return Services(config, state, metrics, _gate(config, state, shared), monitor, models, status,
                     jobs, DecodePool(config.limits), shared, control, models.plane, models.auto_optimizer(jobs, config),
-                    BanditDriver(shared, inference.traffic, control), models.mlflow_follower(inference, control))
+                    models.bandit(shared, control), models.mlflow_follower(control))
 
 
 def _state_store(config: Config, metrics: Metrics) -> StateStore:
@@ -176,7 +172,7 @@ state once the models are loaded, and stops before they unload."""
         # Writes through the control door, so it starts once that has the shared state, and stops before it.
         Stage("bandit", start=s.bandit.start if s.bandit else None, stop=s.bandit.close if s.bandit else None),
         Stage("mlflow challenger", start=s.mlflow.start if s.mlflow else None, stop=s.mlflow.close if s.mlflow else None),
-        Stage("traffic", stop=s.inference.traffic.close),
+        Stage("traffic", stop=s.models.close_traffic),
         Stage("status history", start=s.status.start, stop=s.status.stop),
         # Optimize jobs publish through the loader and traffic; at start, dead servers' job folders go.
         Stage("optimize jobs", start=s.optimize_jobs.sweep, stop=s.optimize_jobs.close),
@@ -234,14 +230,14 @@ async def _metrics_handler(request: web.Request) -> web.Response:
 
 
 def v2_handlers(s: Services) -> V2Handlers:
-    return V2Handlers(s.inference, s.state, s.metrics, s.gate, s.config.limits, s.decode_pool, s.plane, s.control)
+    return V2Handlers(s.plane, s.control, s.state, s.metrics, s.gate, s.config.limits, s.decode_pool)
 
 
 def v2_routes(s: Services, v2: V2Handlers) -> list[web.RouteDef]:
     """Open Inference Protocol, Triton's extensions, and mlserve's own per-model views under /v2."""
     admin = AdminHandlers(s.control, s.plane)
-    drift = DriftHandlers(s.monitor, s.inference)
-    traffic = TrafficHandlers(s.inference.traffic, s.control)
+    drift = DriftHandlers(s.monitor, s.plane)
+    traffic = TrafficHandlers(s.plane, s.control)
     return [
         web.get("/v2/health/live", v2.live),
         web.get("/v2/health/ready", v2.ready),
@@ -268,7 +264,7 @@ def v2_routes(s: Services, v2: V2Handlers) -> list[web.RouteDef]:
 def admin_routes(s: Services) -> list[web.RouteDef]:
     """mlserve's control of what each model serves and how traffic splits."""
     admin = AdminHandlers(s.control, s.plane)
-    traffic = TrafficHandlers(s.inference.traffic, s.control)
+    traffic = TrafficHandlers(s.plane, s.control)
     return [
         web.get("/admin/models/{model}", admin.state),
         web.post("/admin/models/{model}/rollback", admin.rollback),
@@ -281,7 +277,7 @@ def admin_routes(s: Services) -> list[web.RouteDef]:
         web.post("/admin/models/{model}/rollout", traffic.start_rollout),
         web.delete("/admin/models/{model}/rollout", traffic.cancel_rollout),
         *optimize_routes(s.optimize_jobs, s.models, s.config.registry.trust_repository, s.auto_optimizer,
-                         s.inference.traffic, s.config.registry.trust_uploads),
+                         s.config.registry.trust_uploads),
     ]
 
 
@@ -295,7 +291,7 @@ def server_routes(s: Services) -> list[web.RouteDef]:
 
 def status_routes(s: Services) -> list[web.RouteDef]:
     """The status page: its files at / and /ui/ (open), the overview and histograms it reads."""
-    sources = OverviewSources(s.plane, s.metrics, s.inference.traffic, s.monitor, s.status.history,
+    sources = OverviewSources(s.plane, s.metrics, s.monitor, s.status.history,
                               time.time(), lambda: s.state.is_ready,
                               s.auto_optimizer.views if s.auto_optimizer else None)
     page = StatusHandlers(sources, s.gate.keyring.is_enabled, s.gate.policy.admin_served)
@@ -317,7 +313,7 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     if s.gate.browser.is_cors_on:
         app.on_response_prepare.append(cors_signal(s.gate.browser))
     app[CONFIG], app[STATE], app[METRICS], app[LIMITS] = config, s.state, s.metrics, config.limits
-    app[KEYRING], app[MONITOR], app[MODELS], app[SERVICE] = s.gate.keyring, s.monitor, s.models, s.inference
+    app[KEYRING], app[MONITOR], app[MODELS] = s.gate.keyring, s.monitor, s.models
     app[PLANE] = s.plane
     app[V2] = v2_handlers(s)
     app[BROWSER] = s.gate.browser
@@ -325,11 +321,11 @@ def create_app(config: Config, store: Store | None = None) -> web.Application:
     app.add_routes(admin_routes(s))
     app.add_routes(server_routes(s))
     app.add_routes(status_routes(s))
-    app.add_routes(vllm_routes(s.inference))
-    app.add_subapp("/v1", openai_app(s.inference, s.metrics, s.gate.keyring.limiter))
+    app.add_routes(vllm_routes(s.plane))
+    app.add_subapp("/v1", openai_app(s.plane, s.metrics, s.gate.keyring.limiter))
     app.cleanup_ctx.append(lifecycle(stages(s)))
     # After the loader: gRPC starts once the repository is loaded and stops before it unloads.
-    app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.inference, s.state, s.metrics, s.gate, s.control, s.plane))
+    app.cleanup_ctx.append(grpc_cleanup_ctx(config, s.plane, s.control, s.state, s.metrics, s.gate))
     # After the lifecycle: jobs start once models load, stop before they unload.
-    add_batch_job_routes(app, s.config, s.inference, s.state_store, s.metrics)
+    add_batch_job_routes(app, s.config, s.plane, s.state_store, s.metrics)
     return app

@@ -9,9 +9,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from mlserve.dataplane import ServedModel, ServedVersion
+from mlserve.dataplane import ServedModel, ServedVersion, labels_path
 from mlserve.spec import BatchingSpec, ModelConfig, TensorSpec, VersionPolicy
-from mlserve.routing.classification import labels_path
 from mlserve.server.proto import model_config_pb2
 
 # Triton's DataType names: BYTES is TYPE_STRING, the rest keep the v2 name.

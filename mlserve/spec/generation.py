@@ -139,3 +139,14 @@ class GenerationRequest:
     def num_seqs_per_prompt(self) -> int:
         """Sequences the engine runs per prompt: best_of candidates, else n."""
         return self.best_of or self.n
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """What /v1/models says of one model: its kind and its context length."""
+
+    name: str
+    kind: str
+    """"generate" or "embed"."""
+    max_model_len: int | None
+    version: str

@@ -14,7 +14,8 @@ from mlserve.examples import write_mlp_onnx
 from mlserve.monitor.metrics import Metrics
 from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
-from mlserve.routing.service import InferenceService, InferRequest
+from mlserve.routing.service import InferenceService
+from mlserve.spec.infer import InferRequest
 
 
 def test_a_reloaded_version_never_serves_the_old_cached_answer(tmp_path):

@@ -18,7 +18,8 @@ from mlserve.registry.loader import HotSwapLoader
 from mlserve.registry.local import LocalStore
 from mlserve.registry.opening import (Alone, BatchedRuntime, GenerativeRuntime, OpenStage, Trust, VersionFiles,
                                       open_version)
-from mlserve.routing.service import InferenceService, InferRequest
+from mlserve.routing.service import InferenceService
+from mlserve.spec.infer import InferRequest
 from mlserve.spec import ModelConfig, read_model_config
 
 MAX_BYTES = RegistryConfig().max_artifact_bytes

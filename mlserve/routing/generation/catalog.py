@@ -5,29 +5,18 @@ internals, so every protocol gets the same answers."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlserve.errors import InvalidInput
 from mlserve.registry.loader import HotSwapLoader, ServedVersion
 from mlserve.registry.serving import GenerativeServing
 from mlserve.routing.generation.run import check_text_chars, check_token_ids
+from mlserve.spec.generation import ModelCard
 
 if TYPE_CHECKING:
     from mlserve.routing.router import Router
 
 EMBEDDING_PLATFORM = "mlserve_embedding"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelCard:
-    """What /v1/models says of one model: its kind and its context length."""
-
-    name: str
-    kind: str
-    """"generate" or "embed"."""
-    max_model_len: int | None
-    version: str
 
 
 def _kind(sv: ServedVersion) -> str | None:

@@ -17,8 +17,7 @@ from mlserve.dataplane import DataPlane
 from mlserve.errors import InvalidInput
 from mlserve.monitor.metrics import Metrics
 from mlserve.spec import DATATYPE_TO_NUMPY
-from mlserve.routing.classification import class_counts_from
-from mlserve.routing.service import InferRequest, InferResponse
+from mlserve.spec.infer import InferRequest, InferResponse, class_counts_from
 from mlserve.server.proto import grpc_service_pb2 as pb
 from mlserve.config import LimitsConfig
 from mlserve.server.tensors import decode_binary_tensor, encode_binary

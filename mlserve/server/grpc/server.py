@@ -1,7 +1,7 @@
 """KServe v2 / Triton GRPCInferenceService on grpcio's asyncio server, on the HTTP server's event loop.
 
-Every RPC passes the same gate as HTTP (grpc_gate.py), inference goes through the same
-`InferenceService.infer`, and errors leave with their gRPC code in `errors.ERROR_TABLE`.
+Every RPC passes the same gate as HTTP (grpc/gate.py), every call goes through the same data plane
+as HTTP's (`DataPlane.infer` for inference), and errors leave with their gRPC code in `errors.ERROR_TABLE`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from mlserve.keys import ApiKey
 from mlserve.monitor.metrics import Metrics
 from mlserve.dataplane import DataPlane
 from mlserve.dataplane.control import ModelControl
-from mlserve.routing.service import InferenceService, InferRequest
 from mlserve.server.grpc import codec as grpc_codec
 from mlserve.server.grpc.codec import statistics_message
 from mlserve.server.grpc.gate import (HEALTH_PATH, MODEL_PATH, RPC_PATHS, Malformed, MalformedRequests, Refused,
@@ -33,6 +32,7 @@ from mlserve.server.grpc.repository import RepositoryCalls
 from mlserve.server.middleware import Gate, status_for
 from mlserve.server.state import ServerState
 from mlserve.server.triton_config import EXTENSIONS, model_config_message
+from mlserve.spec.infer import InferRequest
 from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.grpc")
@@ -85,13 +85,13 @@ class UnsupportedCalls:
 
 
 class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInferenceServiceServicer):
-    """The RPCs: each passes the gate, parses, calls the service, and encodes."""
+    """The RPCs: each passes the gate, parses, calls the data plane, and encodes."""
 
-    def __init__(self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate,
-                 limits: LimitsConfig, control: ModelControl, plane: DataPlane) -> None:
-        self._service = service
-        self.control = control
+    def __init__(self, plane: DataPlane, control: ModelControl, state: ServerState, metrics: Metrics, gate: Gate,
+                 limits: LimitsConfig) -> None:
         self.plane = plane
+        self.control = control
+        self._infer_call = plane.infer  # bound once: the hot path calls the service's method itself
         self._state = state
         self._metrics = metrics
         self._gate = gate
@@ -134,21 +134,15 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
         return await self._call(context, "ModelReady", lambda key: _done(self._model_ready(request)))
 
     def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
-        router = self._service.router
-        if request.version:
-            return pb.ModelReadyResponse(ready=router.version(request.name, request.version).is_ready)
-        return pb.ModelReadyResponse(ready=bool(router.model(request.name).ready_versions()))
+        return pb.ModelReadyResponse(ready=self.plane.is_ready(request.name, request.version or None))
 
     async def ModelMetadata(self, request, context):
         return await self._call(context, "ModelMetadata", lambda key: _done(self._model_metadata(request)))
 
     def _model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
-        router = self._service.router
-        info = router.pick(request.name, request.version or None).info
-        answer = pb.ModelMetadataResponse(
-            name=request.name, platform=info.platform,
-            versions=[str(v) for v in router.model(request.name).ready_versions()],
-        )
+        metadata = self.plane.metadata(request.name, request.version or None)
+        info = metadata.info
+        answer = pb.ModelMetadataResponse(name=request.name, platform=info.platform, versions=metadata.versions)
         for specs, target in ((info.inputs, answer.inputs), (info.outputs, answer.outputs)):
             for spec in specs:
                 target.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
@@ -158,7 +152,7 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
         return await self._call(context, "ModelConfig", lambda key: _done(self._model_config(request)))
 
     def _model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
-        served = self._service.router.pick(request.name, request.version or None)
+        served = self.plane.pick(request.name, request.version or None)
         config = model_config_message(request.name, self.plane.model(served.model), served)
         return pb.ModelConfigResponse(config=config)
 
@@ -180,7 +174,7 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
             decoded = grpc_codec.decode_infer_request(
                 message, _headers(context), self._limits, started, context.time_remaining()
             )
-            result = await self._service.infer(with_priority(decoded, key))
+            result = await self._infer_call(with_priority(decoded, key))
             answered_by = result.version
             answer = grpc_codec.encode_infer_response(result)
         except errors.MlserveError as exc:
@@ -313,8 +307,8 @@ def _listen(server: grpc.aio.Server, address: str, config: Config) -> None:
         server.add_secure_port(address, grpc.ssl_server_credentials([(key.read(), cert.read())]))
 
 
-def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate,
-                     control: ModelControl, plane: DataPlane):
+def grpc_cleanup_ctx(config: Config, plane: DataPlane, control: ModelControl, state: ServerState, metrics: Metrics,
+                     gate: Gate):
     """An aiohttp cleanup context: the gRPC server starts after the repository's first pass and
     stops, finishing in-flight calls within the shutdown grace, before the models are unloaded."""
 
@@ -326,7 +320,7 @@ def grpc_cleanup_ctx(config: Config, service: InferenceService, state: ServerSta
             ("grpc.max_receive_message_length", config.server.max_body_bytes),
             ("grpc.max_send_message_length", -1),
         ])
-        servicer = InferenceServicer(service, state, metrics, gate, config.limits, control, plane)
+        servicer = InferenceServicer(plane, control, state, metrics, gate, config.limits)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         address = f"{config.server.host}:{config.server.grpc_port}"
         try:

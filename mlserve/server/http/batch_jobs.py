@@ -6,13 +6,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from mlserve.config import Config
+from mlserve.dataplane import DataPlane, token_limits
 from mlserve.jobs.manager import JobManager
 from mlserve.jobs.metrics import JobsCollector
 from mlserve.jobs.s3files import S3Files
 from mlserve.jobs.sharing import resolver
 from mlserve.monitor.metrics import Metrics
-from mlserve.routing.generation.run import token_limits
-from mlserve.routing.service import InferenceService
 from mlserve.server.http.openai.protocol import parse_generation
 from mlserve.server.http.json_body import read_json
 from mlserve.server.response import json_response
@@ -43,13 +42,13 @@ class BatchJobHandlers:
         return json_response(self._manager.view(await self._manager.cancel(request.match_info["job_id"])))
 
 
-def add_batch_job_routes(app: web.Application, config: Config, inference: InferenceService,
+def add_batch_job_routes(app: web.Application, config: Config, plane: DataPlane,
                          state_store: StateStore, metrics: Metrics) -> None:
     """Routes, the manager's start and stop (a cleanup context added after the services' own, so jobs
     start once models are loaded and stop before they unload), and its metrics. It takes the services
     it uses one by one (not app.py's `Services`), so it need not import the module that imports it."""
     s3 = S3Files(config.registry.s3_endpoint or None, config.registry.s3_region or None)
-    manager = JobManager(config.jobs, resolver(inference, token_limits(config.limits), parse_generation), state_store,
+    manager = JobManager(config.jobs, resolver(plane, token_limits(config.limits), parse_generation), state_store,
                          s3=s3)
     app[JOBS] = manager
     handlers = BatchJobHandlers(manager)

@@ -6,23 +6,20 @@ from aiohttp import web
 
 from mlserve.errors import ModelNotFound
 from mlserve.monitor.hub import Monitor
-from mlserve.routing.service import InferenceService
+from mlserve.dataplane import DataPlane
 from mlserve.server.response import json_response
 
 
 class DriftHandlers:
     """GET /v2/models/{model}[/versions/{version}]/drift: PSI and KS per feature, top drifters, status."""
 
-    def __init__(self, monitor: Monitor, service: InferenceService) -> None:
+    def __init__(self, monitor: Monitor, plane: DataPlane) -> None:
         self._monitor = monitor
-        self._service = service
+        self._plane = plane
 
     async def drift(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")
-        if version:
-            served = self._service.router.version(name, version)
-        else:
-            served = self._service.router.pick(name, None)
+        served = self._plane.version(name, version) if version else self._plane.pick(name, None)
         monitor = self._monitor.drift(name, str(served.version))
         if monitor is None:
             raise ModelNotFound(

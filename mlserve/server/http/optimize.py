@@ -26,9 +26,9 @@ class OptimizeHandlers:
     """Parses, calls the job manager, answers with the job."""
 
     def __init__(self, jobs: OptimizeJobs, models: Models, trust_repository: bool,
-                 auto: AutoOptimizer | None = None, traffic=None, trust_uploads: bool = False) -> None:
+                 auto: AutoOptimizer | None = None, trust_uploads: bool = False) -> None:
         self._jobs, self._models, self._plane, self._trust_repository = jobs, models, models.plane, trust_repository
-        self._auto, self._traffic, self._trust_uploads = auto, traffic, trust_uploads
+        self._auto, self._trust_uploads = auto, trust_uploads
 
     def _root(self) -> Path:
         root = self._models.local_root
@@ -51,7 +51,7 @@ class OptimizeHandlers:
         the rollout the last published one started (its status says promoted or rolled back)."""
         name = check_model_name(request.match_info["model"])
         self._plane.model(name)
-        rollout = self._traffic.rollout_view(name)["rollout"] if self._traffic is not None else None
+        rollout = self._plane.rollout_view(name)["rollout"]
         runs = self._auto.views(name) if self._auto is not None else []
         return json_response({"model": name, "runs": runs, "rollout": rollout})
 
@@ -63,10 +63,10 @@ class OptimizeHandlers:
 
 
 def optimize_routes(jobs: OptimizeJobs, models: Models, trust_repository: bool,
-                    auto: AutoOptimizer | None = None, traffic=None, trust_uploads: bool = False) -> list[web.RouteDef]:
+                    auto: AutoOptimizer | None = None, trust_uploads: bool = False) -> list[web.RouteDef]:
     """`trust_repository`: the server's own setting; a model's `trusted = true` counts too.
     `trust_uploads`: the server's; an uploaded TorchScript or .pt2 version is optimized only with it."""
-    handlers = OptimizeHandlers(jobs, models, trust_repository, auto, traffic, trust_uploads)
+    handlers = OptimizeHandlers(jobs, models, trust_repository, auto, trust_uploads)
     return [
         web.get("/admin/models/{model}/optimize", handlers.runs),
         web.post("/admin/models/{model}/optimize", handlers.start),

@@ -16,7 +16,6 @@ from mlserve.dataplane import DataPlane, GenerativeServing, ServedModel, ServedV
 from mlserve.monitor.history import MetricsHistory
 from mlserve.monitor.hub import Monitor
 from mlserve.monitor.metrics import Metrics
-from mlserve.routing.manager import TrafficManager
 
 TOP_FEATURES = 8
 """Worst drifting features listed per version; the rest are named for the histogram chooser."""
@@ -40,7 +39,6 @@ class OverviewSources:
 
     plane: DataPlane
     metrics: Metrics
-    traffic: TrafficManager
     monitor: Monitor | None
     history: MetricsHistory
     started: float
@@ -65,12 +63,12 @@ def build_overview(src: OverviewSources, caller: Caller) -> dict:
 
 def _model(src: OverviewSources, served: ServedModel, load_times: dict[tuple[str, str], float]) -> dict:
     name = served.name
-    traffic = src.traffic.traffic_view(name)
+    traffic = src.plane.traffic_view(name)
     split = traffic.get("split") or {}
     total = sum(split.values()) or 0.0
     versions = [_version(src, sv, split.get(str(v), 0.0) / total if total else None, load_times)
                 for v, sv in sorted(served.versions.items())]
-    experiment = src.traffic.experiment_view(name) if split else None
+    experiment = src.plane.experiment_view(name) if split else None
     return {
         "name": name,
         "kind": "llm" if any(isinstance(sv.serving, GenerativeServing) for sv in served.versions.values()) else "tensor",

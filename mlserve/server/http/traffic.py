@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
+from mlserve.dataplane import DataPlane
 from mlserve.dataplane.control import ModelControl
-from mlserve.routing.manager import TrafficManager
 from mlserve.server.http.json_body import read_json
 from mlserve.server.response import json_response
 
@@ -17,28 +17,26 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 class TrafficHandlers:
-    """Each handler parses, calls one TrafficManager (or, for changes, ModelControl) method, and encodes."""
+    """Each handler parses, calls one DataPlane (or, for changes, ModelControl) method, and encodes."""
 
-    def __init__(self, traffic: TrafficManager, control: ModelControl) -> None:
-        self._traffic = traffic
+    def __init__(self, plane: DataPlane, control: ModelControl) -> None:
+        self._plane = plane
         self._control = control
 
     async def get_traffic(self, request: web.Request) -> web.Response:
-        return json_response(self._traffic.traffic_view(request.match_info["model"]))
+        return json_response(self._plane.traffic_view(request.match_info["model"]))
 
     async def put_traffic(self, request: web.Request) -> web.Response:
         return json_response(await self._control.set_traffic(request.match_info["model"], await _body(request)))
 
     async def get_experiment(self, request: web.Request) -> web.Response:
-        await self._traffic.refresh_experiment(request.match_info["model"])
-        return json_response(self._traffic.experiment_view(request.match_info["model"]))
+        return json_response(await self._plane.experiment(request.match_info["model"]))
 
     async def feedback(self, request: web.Request) -> web.Response:
-        return json_response(await self._traffic.feedback(request.match_info["model"], await _body(request)))
+        return json_response(await self._control.feedback(request.match_info["model"], await _body(request)))
 
     async def get_rollout(self, request: web.Request) -> web.Response:
-        await self._traffic.refresh_rollout(request.match_info["model"])
-        return json_response(self._traffic.rollout_view(request.match_info["model"]))
+        return json_response(await self._plane.rollout(request.match_info["model"]))
 
     async def start_rollout(self, request: web.Request) -> web.Response:
         return json_response(await self._control.start_rollout(request.match_info["model"], await _body(request)), 202)

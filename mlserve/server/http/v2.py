@@ -1,4 +1,4 @@
-"""Open Inference Protocol (KServe v2) handlers: parse, call the service, encode."""
+"""Open Inference Protocol (KServe v2) handlers: parse, call the data plane, encode."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from mlserve.dataplane import DataPlane
 from mlserve.dataplane.control import ModelControl
 from mlserve.errors import MlserveError
 from mlserve.monitor.metrics import Metrics
-from mlserve.routing.service import InferenceService
 from mlserve.server.http.decode_pool import LARGE_JSON_BYTES, DecodePool
 from mlserve.server.http.json_body import read_json
 from mlserve.server.middleware import Gate, http_error_response, internal_error, one_pass
@@ -34,14 +33,14 @@ _json = json_response
 
 
 class V2Handlers:
-    """The KServe v2 routes; each parses, calls the service, and encodes."""
+    """The KServe v2 routes; each parses, calls the data plane, and encodes."""
 
     def __init__(
-        self, service: InferenceService, state: ServerState, metrics: Metrics, gate: Gate, limits: LimitsConfig,
-        decode_pool: DecodePool, plane: DataPlane, control: ModelControl,
+        self, plane: DataPlane, control: ModelControl, state: ServerState, metrics: Metrics, gate: Gate,
+        limits: LimitsConfig, decode_pool: DecodePool,
     ) -> None:
-        self._service = service
         self._plane = plane
+        self._infer = plane.infer  # bound once: the hot path calls the service's method itself
         self._control = control
         self._state = state
         self._metrics = metrics
@@ -61,11 +60,11 @@ class V2Handlers:
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")
-        served = self._service.router.pick(name, version)
-        info = served.info
+        metadata = self._plane.metadata(name, version)
+        info = metadata.info
         return _json({
             "name": name,
-            "versions": [str(v) for v in self._service.router.model(name).ready_versions()],
+            "versions": list(metadata.versions),
             "platform": info.platform,
             "inputs": [s.to_dict() for s in info.inputs],
             "outputs": [s.to_dict() for s in info.outputs],
@@ -73,15 +72,12 @@ class V2Handlers:
 
     async def model_config(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")
-        served = self._service.router.pick(name, version)
+        served = self._plane.pick(name, version)
         return _json(model_config_dict(name, self._plane.model(served.model), served))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version")
-        if version:
-            is_ready = self._service.router.version(name, version).is_ready
-        else:
-            is_ready = bool(self._service.router.model(name).ready_versions())
+        is_ready = self._plane.is_ready(name, version)
         return _json({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 
     @one_pass
@@ -98,7 +94,7 @@ class V2Handlers:
             decoded = await self._decode(request, name, version, started)
             if key is not None:
                 decoded = with_key_priority(decoded, key.priority)
-            result = await self._service.infer(decoded.request)
+            result = await self._infer(decoded.request)
             answered_by = result.version
             response = encode_infer_response(result, decoded.binary_outputs, decoded.default_binary)
         except MlserveError as exc:
@@ -113,7 +109,7 @@ class V2Handlers:
         return response
 
     async def _decode(self, request: web.Request, name: str, version: str | None, arrived: float) -> Decoded:
-        self._service.router.model(name)  # an unknown model is a 404 before the body is read
+        self._plane.model(name)  # an unknown model is a 404 before the body is read
         body = await request.read()
         header_length = request.headers.get(HEADER_LENGTH)
         json_bytes = len(body) if header_length is None else (int(header_length) if header_length.isdigit() else 0)
@@ -153,6 +149,4 @@ class V2Handlers:
         options = await read_json(request, empty_ok=True)
         if options.get("reload", True) is not False:
             await self._control.reconcile(f"api {request.remote}")
-        rows = self._plane.index(options.get("ready") is True)
-        # Over HTTP a row with no version has no `version` key (over gRPC it is "").
-        return _json([{k: v for k, v in row.items() if k != "version" or v} for row in rows])
+        return _json(self._plane.index(options.get("ready") is True))

@@ -18,9 +18,8 @@ from aiohttp import web
 
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput
-from mlserve.routing.classification import class_counts_from
-from mlserve.routing.service import InferRequest, InferResponse
 from mlserve.server.http.json_body import parse_json_object
+from mlserve.spec.infer import InferRequest, InferResponse, class_counts_from
 from mlserve.server.infer_rules import (
     INPUT_PARAMETERS, OUTPUT_PARAMETERS, check_content_type, check_request_id, check_shape_limits, schedule_policy,
     unhandled_parameters,

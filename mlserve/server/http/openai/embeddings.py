@@ -1,5 +1,5 @@
 """POST /v1/embeddings: OpenAI's body decoded into one v2 request for the model's `text` input, so it
-takes the same service path as /v2/.../infer (version choice, batcher, breaker, deadline, monitoring)."""
+takes the same data-plane path as /v2/.../infer (version choice, batcher, breaker, deadline, monitoring)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from aiohttp import web
 
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, PayloadTooLarge
-from mlserve.routing.service import InferenceService, InferRequest
+from mlserve.dataplane import DataPlane
 from mlserve.server.http.json_body import read_json
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import TENANT
 from mlserve.spec import SchedulePolicy
 from mlserve.spec.embedding import encode_token_ids
+from mlserve.spec.infer import InferRequest
 
 MAX_INPUTS = 2048
 MAX_INPUT_CHARS = 100_000
@@ -84,18 +85,18 @@ def _policy(request: web.Request) -> SchedulePolicy:
 
 
 class EmbeddingHandlers:
-    def __init__(self, service: InferenceService) -> None:
-        self._service = service
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await read_json(request)
         if not isinstance(body.get("model"), str) or not body["model"]:
             raise InvalidInput("the body must be a JSON object with a non-empty string model")
         encoding, dimensions = _options(body)
-        elements = parse_inputs(body.get("input"), await self._service.catalog.embedding_vocab_size(body["model"]))
+        elements = parse_inputs(body.get("input"), await self._plane.embedding_vocab_size(body["model"]))
         text = np.empty(len(elements), dtype=object)
         text[:] = elements
-        result = await self._service.infer(InferRequest(
+        result = await self._plane.infer(InferRequest(
             body["model"], None, {"text": text}, {"text": "BYTES"}, outputs=("embedding", "num_tokens"),
             headers=request.headers, policy=_policy(request),
         ))

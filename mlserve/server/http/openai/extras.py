@@ -10,10 +10,11 @@ from aiohttp import web
 from mlserve import __version__
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, ModelNotFound
-from mlserve.routing.generation.catalog import GenerationCatalog, ModelCard
+from mlserve.dataplane import DataPlane
 from mlserve.server.http.json_body import read_json
 from mlserve.server.limits import LIMITS
 from mlserve.server.http.openai.protocol import parse_messages
+from mlserve.spec.generation import ModelCard
 
 
 def card_json(card: ModelCard) -> dict[str, Any]:
@@ -40,15 +41,15 @@ _TOKENIZE_KEYS = frozenset({"model", "prompt", "messages", "add_special_tokens",
 
 
 class ExtraHandlers:
-    def __init__(self, catalog: GenerationCatalog) -> None:
-        self._catalog = catalog
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
 
     async def models(self, request: web.Request) -> web.Response:
-        return _json({"object": "list", "data": [card_json(c) for c in self._catalog.cards()]})
+        return _json({"object": "list", "data": [card_json(c) for c in self._plane.cards()]})
 
     async def model(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
-        card = await self._catalog.card(name)
+        card = await self._plane.card(name)
         if card is None:
             raise ModelNotFound(f"model {name!r} neither generates nor embeds (see /v2/models/{name})")
         return _json(card_json(card))
@@ -69,9 +70,9 @@ class ExtraHandlers:
             raise InvalidInput("add_special_tokens must be true or false")
         cap = (request.config_dict.get(LIMITS) or LimitsConfig()).max_prompt_tokens
         if "messages" in body:
-            ids, length = await self._catalog.tokenize(body["model"], None, list(parse_messages(body)), special, cap)
+            ids, length = await self._plane.tokenize(body["model"], None, list(parse_messages(body)), special, cap)
         elif isinstance(body.get("prompt"), str):
-            ids, length = await self._catalog.tokenize(body["model"], body["prompt"], None, special, cap)
+            ids, length = await self._plane.tokenize(body["model"], body["prompt"], None, special, cap)
         else:
             raise InvalidInput("give prompt (a string) or messages")
         return _json({"count": len(ids), "max_model_len": length, "tokens": ids, "token_strs": None})
@@ -82,7 +83,7 @@ class ExtraHandlers:
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
             raise InvalidInput("tokens must be a list of integers")
-        return _json({"prompt": await self._catalog.detokenize(body["model"], tokens)})
+        return _json({"prompt": await self._plane.detokenize(body["model"], tokens)})
 
 
 def _json(payload: dict) -> web.Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from mlserve.routing.generation.run import GenerationRun
+from mlserve.dataplane import GenerationRun
 from mlserve.server.http.openai.protocol import GenerationRequest
 
 

@@ -1,5 +1,5 @@
 """OpenAI-compatible generation routes: /v1/completions and /v1/chat/completions (streaming as SSE).
-Handlers decode the body, start the generation through the InferenceService and encode its events."""
+Handlers decode the body, start the generation through the data plane and encode its events."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from aiohttp import web
 
 from mlserve import errors
 from mlserve.config import LimitsConfig
+from mlserve.dataplane import DataPlane, GenerationRun, token_limits
 from mlserve.monitor.metrics import Metrics
-from mlserve.routing.generation.run import GenerationRun, token_limits
-from mlserve.routing.service import InferenceService
 from mlserve.server.limits import LIMITS
 from mlserve.server.middleware import TENANT
 from mlserve.server.http.openai.embeddings import EmbeddingHandlers
@@ -38,10 +37,10 @@ class _Choice:
 
 
 class OpenAIHandlers:
-    """Parse the body, start the generation through the service, encode the answer (whole or streamed)."""
+    """Parse the body, start the generation through the data plane, encode the answer (whole or streamed)."""
 
-    def __init__(self, service: InferenceService, metrics: Metrics, limiter: TenantLimiter | None = None) -> None:
-        self._service = service
+    def __init__(self, plane: DataPlane, metrics: Metrics, limiter: TenantLimiter | None = None) -> None:
+        self._plane = plane
         self._metrics = metrics
         self._limiter = limiter
         """Where keys' generation token quotas are counted (None: no keys)."""
@@ -65,7 +64,7 @@ class OpenAIHandlers:
         started = time.monotonic()
         try:
             async with asyncio.timeout(seconds):
-                run = await self._service.generate(replace(
+                run = await self._plane.generate(replace(
                     req, limits=token_limits(limits), priority=key.priority if key is not None else None,
                     headers=request.headers, tenant=key.key_id if key is not None else None,
                 ))
@@ -202,24 +201,24 @@ def _json(payload: dict) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-def openai_app(service: InferenceService, metrics: Metrics, limiter: TenantLimiter | None = None) -> web.Application:
+def openai_app(plane: DataPlane, metrics: Metrics, limiter: TenantLimiter | None = None) -> web.Application:
     """The /v1 sub-application: OpenAI's generation, embedding and model routes."""
-    handlers = OpenAIHandlers(service, metrics, limiter)
-    extras = ExtraHandlers(service.catalog)
+    handlers = OpenAIHandlers(plane, metrics, limiter)
+    extras = ExtraHandlers(plane)
     app = web.Application()  # its errors take OpenAI's shape in the front middleware (middleware.error_shape)
     app.add_routes([
         web.get("/models", extras.models),
         web.get("/models/{model}", extras.model),
         web.post("/completions", handlers.completions),
         web.post("/chat/completions", handlers.chat_completions),
-        web.post("/embeddings", EmbeddingHandlers(service).embeddings),
+        web.post("/embeddings", EmbeddingHandlers(plane).embeddings),
     ])
     return app
 
 
-def vllm_routes(service: InferenceService) -> list[web.RouteDef]:
+def vllm_routes(plane: DataPlane) -> list[web.RouteDef]:
     """vLLM's extras at the root: /health and /version (open), /tokenize and /detokenize."""
-    extras = ExtraHandlers(service.catalog)
+    extras = ExtraHandlers(plane)
     return [
         web.get("/health", extras.health),
         web.get("/version", extras.version),
