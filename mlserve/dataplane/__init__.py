@@ -3,6 +3,7 @@
 states, the repository's entries, an upload's files, a generation in flight, the server's token limits
 and a version's labels file. (The plain request and answer types live in `mlserve.spec`.)"""
 
+from mlserve.dataplane.counting import RequestCounter
 from mlserve.dataplane.plane import DataPlane
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.served import ServedModel, ServedVersion, VersionState
@@ -11,5 +12,5 @@ from mlserve.registry.upload import Upload, check_file_path
 from mlserve.routing.classification import labels_path
 from mlserve.routing.generation.run import GenerationRun, token_limits
 
-__all__ = ["DataPlane", "GenerationRun", "GenerativeServing", "ModelEntry", "ServedModel", "ServedVersion", "Upload",
+__all__ = ["DataPlane", "GenerationRun", "GenerativeServing", "ModelEntry", "RequestCounter", "ServedModel", "ServedVersion", "Upload",
            "VersionState", "check_file_path", "labels_path", "token_limits"]

@@ -209,3 +209,42 @@ def test_generate_and_tokenize_match_transformers(tmp_path, test_repo):
         assert run.model == "tiny-llama" and run.version == "1"
 
     _with_plane(_copy(test_repo, tmp_path, "tiny-llama"), check)
+
+
+# -- counting --------------------------------------------------------------------------------------
+
+
+def test_requests_are_counted_per_protocol_with_bounded_labels(tmp_path):
+    """A model the server does not hold counts as `_unknown` and a version it does not hold as "", so
+    client-chosen names cannot grow the series; latency is kept for answered (200) requests only."""
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client import generate_latest
+
+    from mlserve.dataplane import RequestCounter
+
+    metrics = Metrics()
+
+    def check(plane: DataPlane) -> None:
+        v2, grpc = RequestCounter(plane, metrics, "v2"), RequestCounter(plane, metrics, "grpc")
+        started = time.monotonic()
+        v2.count("m", "2", 200, started)
+        v2.count("m", "2", 200, started)
+        v2.count("m", "9", 400, started)
+        v2.count("no-such-model", "1", 404, started)
+        grpc.count("m", "1", 200, started)
+        grpc.count("m", "1", 503, started)
+
+    _with_plane(_repo(tmp_path), check)
+    counts, latency_counts = {}, {}
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "mlserve_requests_total":
+                counts[(labels["model"], labels["version"], labels["protocol"], labels["code"])] = sample.value
+            elif sample.name == "mlserve_request_duration_seconds_count":
+                latency_counts[(labels["model"], labels["version"])] = sample.value
+    assert counts == {("m", "2", "v2", "200"): 2, ("m", "", "v2", "400"): 1, ("_unknown", "", "v2", "404"): 1,
+                      ("m", "1", "grpc", "200"): 1, ("m", "1", "grpc", "503"): 1}
+    assert {k: v for k, v in latency_counts.items() if v} == {("m", "2"): 2, ("m", "1"): 1}

@@ -20,7 +20,7 @@ from mlserve import __version__, errors
 from mlserve.config import Config, LimitsConfig
 from mlserve.keys import ApiKey
 from mlserve.monitor.metrics import Metrics
-from mlserve.dataplane import DataPlane
+from mlserve.dataplane import DataPlane, RequestCounter
 from mlserve.dataplane.control import ModelControl
 from mlserve.server.grpc import codec as grpc_codec
 from mlserve.server.grpc.codec import statistics_message
@@ -33,7 +33,6 @@ from mlserve.server.middleware import Gate, status_for
 from mlserve.server.state import ServerState
 from mlserve.server.triton_config import EXTENSIONS, model_config_message
 from mlserve.spec.infer import InferRequest
-from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.grpc")
 
@@ -94,6 +93,7 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
         self._infer_call = plane.infer  # bound once: the hot path calls the service's method itself
         self._state = state
         self._metrics = metrics
+        self._count = RequestCounter(plane, metrics, "grpc").count
         self._gate = gate
         self._limits = limits
 
@@ -178,20 +178,10 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
             answered_by = result.version
             answer = grpc_codec.encode_infer_response(result)
         except errors.MlserveError as exc:
-            self._count(message.model_name, answered_by, status_for(exc))
+            self._count(message.model_name, answered_by, status_for(exc), started)
             raise
-        self._count(message.model_name, answered_by, 200)
-        self._metrics.request_latency.labels(message.model_name, answered_by).observe(time.monotonic() - started)
+        self._count(message.model_name, answered_by, 200, started)
         return answer
-
-    def _count(self, model: str, version: str, code: int) -> None:
-        """Counted as HTTP counts (the HTTP status the outcome maps to), with protocol="grpc"."""
-        served = self.plane.find(model)
-        if served is None:
-            model, version = "_unknown", ""
-        elif version_number(version) not in served.versions:
-            version = ""
-        self._metrics.requests.labels(model, version, "grpc", str(code)).inc()
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request on the stream is answered on its own as soon as it is done, in any order

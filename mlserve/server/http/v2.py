@@ -9,7 +9,7 @@ from aiohttp import web
 
 from mlserve import __version__
 from mlserve.config import LimitsConfig
-from mlserve.dataplane import DataPlane
+from mlserve.dataplane import DataPlane, RequestCounter
 from mlserve.dataplane.control import ModelControl
 from mlserve.errors import MlserveError
 from mlserve.monitor.metrics import Metrics
@@ -22,12 +22,8 @@ from mlserve.server.triton_config import EXTENSIONS, model_config_dict
 from mlserve.server.http.v2_codec import (
     HEADER_LENGTH, Decoded, decode_infer_request, encode_infer_response, with_key_priority,
 )
-from mlserve.spec.version import version_number
 
 log = logging.getLogger("mlserve.server")
-
-_MAX_BOUND = 4096
-"""Metric children kept bound per (model, version, status); past this they are looked up each time."""
 
 _json = json_response
 
@@ -47,7 +43,7 @@ class V2Handlers:
         self._gate = gate
         self._limits = limits
         self._decode_pool = decode_pool
-        self._children: dict[tuple[str, str, int], tuple] = {}
+        self._count = RequestCounter(plane, metrics, "v2").count
 
     async def live(self, request: web.Request) -> web.Response:
         return _json({"live": True})
@@ -116,32 +112,6 @@ class V2Handlers:
         if json_bytes >= LARGE_JSON_BYTES:
             return await self._decode_pool.decode(body, header_length, name, version, request.headers, arrived)
         return decode_infer_request(body, header_length, name, version, request.headers, self._limits, arrived)
-
-    def _count(self, model: str, version: str, code: int, started: float) -> None:
-        """Every answered infer request, once, with its final status; children bound once per label set."""
-        key = (model, version, code)
-        children = self._children.get(key)
-        if children is None:
-            children = self._bind(model, version, code)
-        children[0].inc()
-        if code == 200:
-            children[1].observe(time.monotonic() - started)
-
-    def _bind(self, model: str, version: str, code: int) -> tuple:
-        # Unknown model names would make label sets unbounded; they share one series (never cached).
-        served = self._plane.find(model)
-        label_model, label_version = model, version
-        if served is None:
-            label_model, label_version = "_unknown", ""
-        elif version_number(version) not in served.versions:
-            label_version = ""
-        children = (
-            self._metrics.requests.labels(label_model, label_version, "v2", str(code)),
-            self._metrics.request_latency.labels(label_model, label_version),
-        )
-        if served is not None and len(self._children) < _MAX_BOUND:
-            self._children[(model, version, code)] = children
-        return children
 
     async def repository_index(self, request: web.Request) -> web.Response:
         """Triton's index. It first runs a reconcile pass (the same as SIGHUP) unless the body says
