@@ -4,11 +4,13 @@ checked before any tensor data is read."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable
 
 from mlserve.config import LimitsConfig
 from mlserve.errors import InvalidInput, PayloadTooLarge
 from mlserve.spec import SchedulePolicy
+from mlserve.spec.infer import InferRequest
 from mlserve.spec.request_id import check_request_id as check_id
 
 # Parameters mlserve honours, by where they stand in the request. Others are refused by name; a
@@ -79,3 +81,10 @@ def check_shape_limits(name: str, shape: tuple[int, ...], limits: LimitsConfig) 
         raise PayloadTooLarge(f"input {name!r} has {count} elements, over the limit of {limits.max_tensor_elements}")
     if shape and shape[0] > limits.max_batch_rows:
         raise PayloadTooLarge(f"input {name!r} has {shape[0]} rows, over the limit of {limits.max_batch_rows}")
+
+
+def with_key_priority(request: InferRequest, key_priority: int | None) -> InferRequest:
+    """The request with its API key's priority when the client named none (HTTP and gRPC alike)."""
+    if key_priority is None or request.policy.priority is not None:
+        return request
+    return dataclasses.replace(request, policy=dataclasses.replace(request.policy, priority=key_priority))

@@ -7,7 +7,8 @@ import json
 
 from mlserve.config import AuthConfig, LimitsConfig
 from mlserve.server.auth import Access, PathPolicy, bearer_token
-from mlserve.server.http.v2_codec import decode_infer_request, with_key_priority
+from mlserve.server.http.v2_codec import decode_infer_request
+from mlserve.server.infer_rules import with_key_priority
 from mlserve.server.ratelimit import InFlight, TenantLimiter, TokenBucket
 
 
@@ -77,8 +78,8 @@ def _decoded(parameters):
 
 
 def test_key_priority_is_given_unless_the_client_names_one():
-    assert with_key_priority(_decoded({}), 3).request.policy.priority == 3
-    assert with_key_priority(_decoded({"priority": 1}), 3).request.policy.priority == 1
+    assert with_key_priority(_decoded({}).request, 3).policy.priority == 3
+    assert with_key_priority(_decoded({"priority": 1}).request, 3).policy.priority == 1
     assert with_key_priority(_decoded({}), None).request.policy.priority is None
 
 

@@ -31,8 +31,8 @@ from mlserve.server.proto import grpc_service_pb2_grpc as pb_grpc
 from mlserve.server.grpc.repository import RepositoryCalls
 from mlserve.server.middleware import Gate, status_for
 from mlserve.server.state import ServerState
+from mlserve.server.infer_rules import with_key_priority
 from mlserve.server.triton_config import EXTENSIONS, model_config_message
-from mlserve.spec.infer import InferRequest
 
 log = logging.getLogger("mlserve.grpc")
 
@@ -51,13 +51,6 @@ async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messa
                  retry_after_s: float | None = None) -> None:
     trailing = (("retry-after", str(round(retry_after_s))),) if retry_after_s else ()
     await context.abort(code, message, trailing_metadata=trailing)
-
-
-def with_priority(request: InferRequest, key: ApiKey | None) -> InferRequest:
-    """The key's priority unless the client named one (as the HTTP path does)."""
-    if key is None or key.priority is None or request.policy.priority is not None:
-        return request
-    return dataclasses.replace(request, policy=dataclasses.replace(request.policy, priority=key.priority))
 
 
 def _unsupported(what: str):
@@ -174,7 +167,7 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
             decoded = grpc_codec.decode_infer_request(
                 message, _headers(context), self._limits, started, context.time_remaining()
             )
-            result = await self._infer_call(with_priority(decoded, key))
+            result = await self._infer_call(with_key_priority(decoded, key.priority if key is not None else None))
             answered_by = result.version
             answer = grpc_codec.encode_infer_response(result)
         except errors.MlserveError as exc:

@@ -17,10 +17,11 @@ from mlserve.server.http.decode_pool import LARGE_JSON_BYTES, DecodePool
 from mlserve.server.http.json_body import read_json
 from mlserve.server.middleware import Gate, http_error_response, internal_error, one_pass
 from mlserve.server.response import error_response, json_response
+from mlserve.server.infer_rules import with_key_priority
 from mlserve.server.state import ServerState
 from mlserve.server.triton_config import EXTENSIONS, model_config_dict
 from mlserve.server.http.v2_codec import (
-    HEADER_LENGTH, Decoded, decode_infer_request, encode_infer_response, with_key_priority,
+    HEADER_LENGTH, Decoded, decode_infer_request, encode_infer_response,
 )
 
 log = logging.getLogger("mlserve.server")
@@ -88,9 +89,8 @@ class V2Handlers:
         answered_by = version or ""
         try:
             decoded = await self._decode(request, name, version, started)
-            if key is not None:
-                decoded = with_key_priority(decoded, key.priority)
-            result = await self._infer(decoded.request)
+            request = decoded.request if key is None else with_key_priority(decoded.request, key.priority)
+            result = await self._infer(request)
             answered_by = result.version
             response = encode_infer_response(result, decoded.binary_outputs, decoded.default_binary)
         except MlserveError as exc:

@@ -8,7 +8,6 @@ that names it.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -138,14 +137,6 @@ def decode_infer_request(
     extra = unhandled_parameters(parameters)
     request = InferRequest(model, version, arrays, datatypes, req_id, outputs, extra, headers, policy, class_counts)
     return Decoded(request, binary_flags, default_binary)
-
-
-def with_key_priority(decoded: Decoded, key_priority: int | None) -> Decoded:
-    """The request with its API key's priority when the client named none."""
-    if key_priority is None or decoded.request.policy.priority is not None:
-        return decoded
-    policy = dataclasses.replace(decoded.request.policy, priority=key_priority)
-    return dataclasses.replace(decoded, request=dataclasses.replace(decoded.request, policy=policy))
 
 
 def encode_infer_response(response: InferResponse, binary_flags: dict[str, bool], default_binary: bool) -> web.Response:
