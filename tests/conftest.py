@@ -2,13 +2,23 @@ from __future__ import annotations
 
 import pytest
 
+from mlserve.examples import write_examples
 from tests.models import write_test_repository
 from tests.server_process import serving
 
 
 @pytest.fixture(scope="session")
-def test_repo(tmp_path_factory):
-    return write_test_repository(tmp_path_factory.mktemp("repo"))
+def examples(tmp_path_factory):
+    """`mlserve examples` written once a session (the LLMs and the MiniLM export take a while);
+    repositories copy the models they hold from here (tests.models.copy_models)."""
+    root = tmp_path_factory.mktemp("examples")
+    write_examples(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def test_repo(examples, tmp_path_factory):
+    return write_test_repository(tmp_path_factory.mktemp("repo"), examples)
 
 
 @pytest.fixture(scope="session")
