@@ -4,7 +4,7 @@ import pytest
 
 from mlserve.examples import write_examples
 from tests.models import write_test_repository
-from tests.server_process import serving
+from tests.server_process import free_port, serving
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +26,18 @@ def server(test_repo, tmp_path_factory):
     """One real mlserve process over the test repository, shared by the end-to-end tests."""
     with serving(test_repo, log_path=tmp_path_factory.mktemp("logs") / "mlserve.log") as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def _moto_endpoint():
+    """One real moto S3 server on a free 127.0.0.1 port for the session (stopping one takes half a second)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
 
 
 def _has_cuda() -> bool:
