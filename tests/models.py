@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,21 @@ def write_slow_onnx(path: Path, width: int = 1024, depth: int = 600) -> None:
     _save(_model(graph), path)
 
 
-def write_test_repository(root: Path) -> Path:
-    """The examples, an identity model per datatype, a slow model, and two broken folders."""
-    write_examples(root)
+def copy_models(source: Path, root: Path, names: tuple[str, ...] | None = None) -> Path:
+    """Copies model folders (all of `source`'s, or `names`) into `root`: repositories built from the
+    examples the session wrote once (the `examples` fixture), each its own files to change."""
+    for name in names if names is not None else sorted(p.name for p in source.iterdir()):
+        shutil.copytree(source / name, root / name)
+    return root
+
+
+def write_test_repository(root: Path, examples: Path | None = None) -> Path:
+    """The examples (copied from `examples` when given), an identity model per datatype, a slow model,
+    and two broken folders."""
+    if examples is None:
+        write_examples(root)
+    else:
+        copy_models(examples, root)
     for datatype in DATATYPES:
         write_identity_onnx(root / f"identity_{datatype.lower()}" / "1" / "model.onnx", datatype)
     write_slow_onnx(root / "slow" / "1" / "model.onnx")

@@ -115,6 +115,8 @@ class GpuLedger:
     def share_left(self, device: str) -> int | None:
         """What a version placed on `device` may take at most (the LLM engine sizes its KV pool within
         it); None on the CPU."""
+        if not device.startswith("cuda"):  # no GPU to ask about (and no torch import for a CPU version)
+            return None
         for gpu in self.inventory.gpus():
             if gpu.name == device:
                 return max(0, self.room(gpu, self._pending(device)))

@@ -3,6 +3,7 @@ metrics, and a server killed with SIGKILL mid-job that finishes the job after a 
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.jobs.helpers import mlp_rows, read_jsonl, reference
 from tests.jobs.test_batch_cli import TOL, read_output, write_input
 from tests.server.http import call
+from tests.server.inproc import app_client, config_for
 from tests.server_process import MlserveProcess, serving
 
 
@@ -174,16 +176,23 @@ def test_cancel_stops_the_job_and_a_resubmit_resumes_it(jobs_server, jobs_repo, 
                                reference(jobs_repo / "mlp" / "2" / "model.onnx", x), **TOL)
 
 
-def test_jobs_are_off_without_an_allowed_folder(jobs_repo, tmp_path):
-    with serving(jobs_repo, log_path=tmp_path / "m.log") as proc:
-        answer = call(f"{proc.url}/v2/batch/jobs", {"model": "mlp", "input": "a.npz", "output": "b.npz"})
-        assert answer.status == 403 and "jobs.allowed_dir" in answer.body["error"]
+def test_jobs_are_off_without_an_allowed_folder(jobs_repo):
+    """The default configuration (no --batch-dir): in process, the process is not what is under test."""
+    async def refused():
+        async with app_client(config_for(jobs_repo)) as client:
+            resp = await client.post("/v2/batch/jobs", json={"model": "mlp", "input": "a.npz", "output": "b.npz"})
+            return resp.status, await resp.json()
+
+    status, body = asyncio.run(refused())
+    assert status == 403 and "jobs.allowed_dir" in body["error"], body
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_server_stopped_mid_job_finishes_it_after_restart(jobs_repo, tmp_path, sig):
-    """SIGKILL: nothing runs after the signal. SIGTERM: the job stops at once (unfinished, not failed)."""
-    num_rows = 20000
+    """SIGKILL: nothing runs after the signal. SIGTERM: the job stops at once (unfinished, not failed).
+    The signal comes once 2048 rows are checkpointed (the chunk ending at row 4352, chunks being 4096
+    rows after a first of 256): thousands of rows are left for the restarted server."""
+    num_rows = 12000
     batch = tmp_path / "batch"
     batch.mkdir()
     x = mlp_rows(num_rows, seed=17)

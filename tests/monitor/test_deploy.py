@@ -103,13 +103,13 @@ def _poll(predicate, timeout: float) -> bool:
                 return True
         except OSError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.1)
     return False
 
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason=NO_PROMETHEUS)
-def test_real_prometheus_fires_the_drift_alert(monitor_repo, tmp_path):
-    server = MlserveProcess(monitor_repo, log_path=tmp_path / "mlserve.log").wait_ready()
+def test_real_prometheus_fires_the_drift_alert(lean_monitor_repo, tmp_path):
+    server = MlserveProcess(lean_monitor_repo, log_path=tmp_path / "mlserve.log").wait_ready()
     prom, prom_url = _start_prometheus(tmp_path, server.port)
     try:
         def scraping() -> bool:

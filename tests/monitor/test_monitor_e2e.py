@@ -159,10 +159,10 @@ def test_prediction_log_records_answered_requests(mserver):
     assert line["inputs"]["x"].startswith("sha256:") and line["latency_s"] > 0
 
 
-def test_prediction_log_keeps_every_sampled_request_after_sigterm(monitor_repo, tmp_path):
+def test_prediction_log_keeps_every_sampled_request_after_sigterm(lean_monitor_repo, tmp_path):
     predlog = tmp_path / "predlog"
     proc = MlserveProcess(
-        monitor_repo, "--prediction-log", str(predlog), "--log-sample-rate", "1", log_path=tmp_path / "mlserve.log"
+        lean_monitor_repo, "--prediction-log", str(predlog), "--log-sample-rate", "1", log_path=tmp_path / "mlserve.log"
     ).wait_ready()
     answered: list[str] = []
     stop_at = time.monotonic() + 30

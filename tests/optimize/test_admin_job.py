@@ -3,6 +3,7 @@ the published version after, a canary rollout when asked, cancel that leaves not
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import pytest
 
 from tests.optimize.models import write_data, write_torchscript
 from tests.server.http import call, infer_body, output
+from tests.server.inproc import app_client, config_for
 from tests.processes import wait_gone
 from tests.server_process import MlserveProcess, serving
 
@@ -87,24 +89,33 @@ def test_cancel_stops_the_child_and_leaves_nothing(tmp_path):
 
 
 def test_bad_requests_are_refused_by_name(tmp_path):
+    """Refusals only, nothing runs: in process (the process is not what is under test)."""
     repo = _repo(tmp_path)
-    with serving(repo, log_path=tmp_path / "server.log") as server:
-        unknown_key = call(f"{server.url}/admin/models/tiny/optimize", {"passes": ["export"], "speed": "max"})
-        assert unknown_key.status == 400 and "speed" in unknown_key.body["error"]
-        bad_pass = call(f"{server.url}/admin/models/tiny/optimize", {"passes": ["warp"]})
-        assert bad_pass.status == 400 and "warp" in bad_pass.body["error"]
-        not_names = call(f"{server.url}/admin/models/tiny/optimize", {"passes": [1]})
-        assert not_names.status == 400 and "'passes'" in not_names.body["error"], not_names.body
-        assert call(f"{server.url}/admin/models/nope/optimize", {}).status == 404
-        assert call(f"{server.url}/admin/jobs/0123456789abcdef").status == 404
-        unbounded = [("timing_s", 1e308), ("timing_s", 0.001), ("calibration_rows", 10**9),
-                     ("calibration_rows", 2.5), ("min_gain", 1e308), ("max_abs_diff", 1e300),
-                     ("max_top1_drop", 2), ("min_cosine", 1.5), ("sparsity", 1), ("version", 2**40)]
-        for key, value in unbounded:
-            answer = call(f"{server.url}/admin/models/tiny/optimize", {"passes": ["export"], key: value})
-            assert answer.status == 400 and repr(key) in answer.body["error"], (key, value, answer.body)
-        assert call(f"{server.url}/admin/jobs/0123456789abcdef").status == 404
-        assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "model.toml"]
+    unbounded = [("timing_s", 1e308), ("timing_s", 0.001), ("calibration_rows", 10**9),
+                 ("calibration_rows", 2.5), ("min_gain", 1e308), ("max_abs_diff", 1e300),
+                 ("max_top1_drop", 2), ("min_cosine", 1.5), ("sparsity", 1), ("version", 2**40)]
+
+    async def scenario():
+        async with app_client(config_for(repo)) as client:
+            async def post(path: str, body: dict) -> tuple[int, dict]:
+                resp = await client.post(path, json=body)
+                return resp.status, await resp.json()
+
+            status, body = await post("/admin/models/tiny/optimize", {"passes": ["export"], "speed": "max"})
+            assert status == 400 and "speed" in body["error"]
+            status, body = await post("/admin/models/tiny/optimize", {"passes": ["warp"]})
+            assert status == 400 and "warp" in body["error"]
+            status, body = await post("/admin/models/tiny/optimize", {"passes": [1]})
+            assert status == 400 and "'passes'" in body["error"], body
+            assert (await post("/admin/models/nope/optimize", {}))[0] == 404
+            assert (await client.get("/admin/jobs/0123456789abcdef")).status == 404
+            for key, value in unbounded:
+                status, body = await post("/admin/models/tiny/optimize", {"passes": ["export"], key: value})
+                assert status == 400 and repr(key) in body["error"], (key, value, body)
+            assert (await client.get("/admin/jobs/0123456789abcdef")).status == 404
+
+    asyncio.run(scenario())
+    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "model.toml"]
 
 
 def test_runs_have_a_time_limit_and_a_server_wide_cap(tmp_path):

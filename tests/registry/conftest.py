@@ -4,21 +4,12 @@ import urllib.request
 
 import pytest
 
-from tests.server_process import free_port
-
 
 @pytest.fixture()
-def moto_server():
-    """A real moto S3 server on a free 127.0.0.1 port: yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    reset_moto(endpoint)
-    yield endpoint
-    server.stop()
+def moto_server(_moto_endpoint):
+    """The session's moto S3 server (tests/conftest.py), emptied for this test: yields its endpoint URL."""
+    reset_moto(_moto_endpoint)
+    yield _moto_endpoint
 
 
 def reset_moto(endpoint: str) -> None:

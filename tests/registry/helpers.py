@@ -139,6 +139,13 @@ class LoadGenerator:
         with self._lock:
             return [a for part in self._live for a in list(part)]
 
+    def wait_answers(self, count: int, since: float = 0.0, timeout: float = 60.0) -> None:
+        """Block until `count` requests sent after `since` (time.monotonic) have their answers."""
+        deadline = time.monotonic() + timeout
+        while (seen := sum(a.sent_at > since for a in self.answers_live())) < count:
+            assert time.monotonic() < deadline, f"{seen} of {count} answers after {timeout} s"
+            time.sleep(0.01)
+
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         mine: list[Answer] = []

@@ -63,7 +63,7 @@ def test_zero_failed_requests_across_swaps_by_signal_and_api(server, repo):
     """Versions 2..5 arrive while six clients send requests; swaps alternate SIGHUP and the API."""
     swaps = []  # (version, time from which only it or newer may answer)
     with LoadGenerator(server.port, "m", X) as load:
-        time.sleep(1.0)
+        load.wait_answers(200)
         for version in (2, 3, 4, 5):
             write_version(repo, "m", version)
             if version % 2 == 0:
@@ -73,7 +73,7 @@ def test_zero_failed_requests_across_swaps_by_signal_and_api(server, repo):
                 assert post(f"{server.url}/v2/repository/index", "")[0] == 200  # returns after the pass
                 assert _serves_only(server.url, version)
             swaps.append((version, time.monotonic()))
-            time.sleep(1.5)
+            load.wait_answers(250, since=swaps[-1][1])  # answered by this version alone
     answers = load.answers
     assert len(answers) > 1000, f"only {len(answers)} requests were sent"
     print(f"{len(answers)} requests, versions {sorted({a.version for a in answers})}")
@@ -92,7 +92,7 @@ def test_zero_failed_requests_across_swaps_by_signal_and_api(server, repo):
 
 def test_corrupt_versions_are_rejected_while_the_old_one_serves(server, repo):
     with LoadGenerator(server.port, "m", X, num_threads=3) as load:
-        time.sleep(0.5)
+        load.wait_answers(60)
         truncated = write_version(repo, "m", 2)
         truncated.write_bytes(truncated.read_bytes()[:40])
         post(f"{server.url}/v2/repository/index", "")
@@ -107,7 +107,7 @@ def test_corrupt_versions_are_rejected_while_the_old_one_serves(server, repo):
         assert rows["1"]["state"] == "READY" and rows["3"]["state"] == "UNAVAILABLE"
         assert rows["3"]["reason"].startswith("warmup failed")
         post(f"{server.url}/v2/repository/index", "")  # unchanged files are not tried again
-        time.sleep(0.5)
+        load.wait_answers(60, since=time.monotonic())
     _check_answers(load.answers, repo, {1: reference(repo, "m", 1, X)})
     assert len(load.answers) > 100
     assert _metric(server.url, "mlserve_model_load_failures_by_reason_total", {"model": "m", "reason": "load"}) == 1
@@ -122,23 +122,23 @@ def test_rollback_and_pin_under_load(server, repo):
     post(f"{server.url}/v2/repository/index", "")
     assert _serves_only(server.url, 2)
     with LoadGenerator(server.port, "m", X, num_threads=4) as load:
-        time.sleep(0.5)
+        load.wait_answers(50)
         status, state = post(f"{server.url}/admin/models/m/rollback")
         assert status == 200 and state["serving"] == 1 and state["pinned"] == 1, state
         rolled_back_at = time.monotonic()
-        time.sleep(0.5)
+        load.wait_answers(50, since=rolled_back_at)
         write_version(repo, "m", 3)
         post(f"{server.url}/v2/repository/index", "")  # v3 loads, but the rollback pin holds
         assert dict(_versions_of(server.url)) == {"1": "READY", "3": "READY"}
-        time.sleep(0.5)
+        load.wait_answers(50, since=time.monotonic())
         pin_sent_at = time.monotonic()
         status, state = post(f"{server.url}/admin/models/m/pin", '{"version": 3}')
         assert status == 200 and state["serving"] == 3
         pinned_at = time.monotonic()
-        time.sleep(0.5)
+        load.wait_answers(50, since=pinned_at)
         status, state = post(f"{server.url}/admin/models/m/unpin")
         assert status == 200 and state["serving"] == 3 and state["pinned"] is None
-        time.sleep(0.5)
+        load.wait_answers(50, since=time.monotonic())
     refs = {v: reference(repo, "m", v, X) for v in (1, 2, 3)}
     answers = load.answers
     _check_answers(answers, repo, refs)

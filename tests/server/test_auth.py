@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import io
 import json
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from mlserve import cli
 from mlserve.examples import write_identity_onnx
 from tests.server.fault_models import Spinner, write_model
 from tests.server.http import call, infer_body, output
@@ -26,9 +29,13 @@ def keys_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def make_key(keys_file, name: str, *options: str) -> str:
-    done = keys_cli("create", "--file", str(keys_file), "--name", name, *options)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    """`mlserve keys create` with these options, run in process: a key is what the tests need, and the
+    command as a process is tested through keys_cli (refusals, list, revoke) and tests/test_keys.py."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["keys", "create", "--file", str(keys_file), "--name", name, *options])
+    assert code == 0, err.getvalue()
+    return out.getvalue().strip()
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +44,10 @@ def secured(tmp_path_factory):
     write_identity_onnx(root / "identity" / "1" / "model.onnx", "FP32")
     write_model(root, "spinner", Spinner(), max_batch_size=0)
     keys_file = tmp_path_factory.mktemp("keys") / "keys.json"
+    made = keys_cli("create", "--file", str(keys_file), "--name", "reader", "--scopes", "infer")  # as users do
+    assert made.returncode == 0, made.stderr
     tokens = {
-        "reader": make_key(keys_file, "reader", "--scopes", "infer"),
+        "reader": made.stdout.strip(),
         "ops": make_key(keys_file, "ops", "--scopes", "infer,admin"),
         "metered": make_key(keys_file, "metered", "--scopes", "infer", "--rps", "2"),
         "single": make_key(keys_file, "single", "--scopes", "infer", "--concurrency", "1"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from mlserve.examples_llm import write_llm_examples
+from tests.models import copy_models
 from tests.server.http import call
 from tests.server.openai_helpers import client
 from tests.server_process import serving
@@ -20,9 +20,8 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("llm-repo")
-    write_llm_examples(repo)
+def server(examples, tmp_path_factory):
+    repo = copy_models(examples, tmp_path_factory.mktemp("llm-repo"), ("tiny-llama", "tiny-gpt2"))
     workdir = tmp_path_factory.mktemp("workdir")
     (workdir / "triton" / "simple" / "1").mkdir(parents=True)  # a namespace package named `triton`
     with serving(repo, log_path=tmp_path_factory.mktemp("logs") / "log", cwd=workdir) as proc:
