@@ -55,7 +55,7 @@ PLANE = web.AppKey("plane", DataPlane)
 STATE = web.AppKey("state", ServerState)
 KEYRING = web.AppKey("keyring", KeyRing)
 MONITOR = web.AppKey("monitor", Monitor)
-V2 = web.AppKey("v2", V2Handlers)  # the infer handler the fast lane calls too (server/fastlane.py)
+V2 = web.AppKey("v2", V2Handlers)  # the infer handler the fast lane calls too (server/http/fastlane.py)
 BROWSER = web.AppKey("browser", BrowserGate)  # the browser checks, which the fast lane applies too
 
 

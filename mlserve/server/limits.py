@@ -1,6 +1,6 @@
 """The `[limits]` settings as an app key.
 
-The v2 and gRPC infer paths decode their limits, priority and deadline in `server/v2_codec.py` and
+The v2 and gRPC infer paths decode their limits, priority and deadline by `server/infer_rules.py` and
 the batcher enforces the deadline; the generation routes apply `default_timeout_s`; token caps are
 checked where prompts are tokenized (`routing/generation/run.py`).
 """

@@ -1,4 +1,4 @@
-"""One JSON body reader (server/json_body.py) behind every route that takes a JSON object: a body that
+"""One JSON body reader (server/http/json_body.py) behind every route that takes a JSON object: a body that
 is not JSON, one that is JSON but not an object, one over the size limit and one of another type get
 the same kind of answer on each route (400, 400, 413, 415), in the route's error shape, naming what
 was wrong; nothing is changed. In process: the real create_app and a real ONNX model."""
