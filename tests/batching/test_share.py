@@ -32,7 +32,7 @@ def test_background_batches_alone_are_short_while_live_traffic_is_about():
     share = BackgroundShare(min_share=0.1, window_s=1.0)
     assert share.alone_rows(64, now=0.0) == 64
     share.ran(live_rows=3, background_rows=0, now=5.0)
-    assert share.alone_rows(64, now=5.5) == 16
+    assert share.alone_rows(64, now=5.5) == 32
     assert share.alone_rows(64, now=6.01) == 64
     assert share.alone_rows(2, now=5.5) == 1
 
@@ -52,8 +52,8 @@ def test_a_floor_of_zero_holds_nothing_and_a_floor_over_half_is_refused():
 
 
 @pytest.mark.parametrize(("live_rows", "held", "expected"), [
-    (1, 0, 15),   # a short batch in all: 64 // 4 = 16 rows, live ones first
-    (16, 0, 0),   # live rows fill the short batch: no spare rows for background work
+    (1, 0, 31),   # a short batch in all: 64 // 2 = 32 rows, live ones first
+    (32, 0, 0),   # live rows fill the short batch: no spare rows for background work
     (40, 0, 0),   # live rows are never cut, and no background rows join a batch already past it
     (40, 7, 7),   # the floor's held rows join whatever the live rows are
     (60, 7, 4),   # ... within max_batch_size (the batcher took live rows leaving the held ones free)

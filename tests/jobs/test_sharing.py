@@ -57,8 +57,8 @@ async def until(condition) -> None:
 
 
 def test_live_requests_go_first_and_the_job_fills_the_spare_rows_of_a_short_batch():
-    """max_batch_size 8: while live traffic is about, a batch carrying job rows holds at most 8 // 4 = 2
-    rows, so live B's batch takes one job row, and the rest of the job runs two rows at a time."""
+    """max_batch_size 8: while live traffic is about, a batch carrying job rows holds at most 8 // 2 = 4
+    rows, so live B's batch takes three job rows, and the rest of the job runs as a short batch."""
     async def main():
         model, batcher, job = setup()
         live_a = asyncio.create_task(batcher.submit(rows(1), 1))
@@ -74,7 +74,7 @@ def test_live_requests_go_first_and_the_job_fills_the_spare_rows_of_a_short_batc
         return model.batches, out
 
     batches, out = asyncio.run(main())
-    assert batches == [[1], [2, 10], [11, 12], [13, 14]]
+    assert batches == [[1], [2, 10, 11, 12], [13, 14]]
     assert out["y"][:, 0].tolist() == [10, 11, 12, 13, 14]  # one answer, its slices joined in row order
 
 
@@ -106,7 +106,7 @@ def test_a_job_gets_its_floor_share_of_batches_that_live_requests_would_fill():
 def test_every_batch_carries_job_rows_while_live_load_leaves_room():
     """The guarantee at part load: one live row arrives during every batch (a steady live load that
     leaves room), and the job's whole chunk waits queued; every batch then carries live rows first and
-    job rows in the rest of a short batch (2 of 8 rows here), so the job is never left out of a batch
+    job rows in the rest of a short batch (4 of 8 rows here), so the job is never left out of a batch
     live rows do not fill, and no batch is longer than a short one."""
     async def main():
         model, batcher, job = setup()
@@ -130,8 +130,8 @@ def test_every_batch_carries_job_rows_while_live_load_leaves_room():
     batches, out = asyncio.run(main())
     with_job = [b for b in batches if any(v >= 10 for v in b)]
     assert with_job == batches[1:len(with_job) + 1]  # from the batch after the first, each takes job rows
-    assert all(b == [1, b[1]] for b in with_job)  # one live row first, one job row beside it
-    assert [b[1] for b in with_job] == [10] * 4 + [11] * 4 + [12] * 4  # in order, none skipped
+    assert all(b[0] == 1 and len(b) == 4 for b in with_job)  # one live row first, three job rows beside it
+    assert [v for b in with_job for v in b[1:]] == [10] * 4 + [11] * 4 + [12] * 4  # in order, none skipped
     assert [a["y"][:, 0].tolist() for a in out] == [[10] * 4, [11] * 4, [12] * 4]
 
 
