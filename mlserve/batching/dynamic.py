@@ -41,6 +41,9 @@ _DEFAULT_POLICY = SchedulePolicy()
 SHORT_WAIT_S = 0.001
 """How long the loop may wait for a lone request's batch itself, blocked (the short path); a model
 whose lone rows take longer answers by the usual wake-up of the loop."""
+PROBE_EVERY = 8
+"""Every this many short-path batches in a row, one lone batch runs with the loop free instead, to
+see whether requests arrive while it runs (see `_short_wait_s`)."""
 
 
 class DynamicBatcher:
@@ -64,7 +67,11 @@ class DynamicBatcher:
     A lone request (a batch of one, nothing else queued, no other batch running) takes the short
     path: the loop waits for the worker thread itself, at most SHORT_WAIT_S, so the answer comes back
     without waking the loop through its self-pipe and without a future or a watchdog timer; the hang
-    guard still counts from the start and answers 504 past it. The first request into an idle
+    guard still counts from the start and answers 504 past it. While the loop is blocked it reads
+    nothing, so a steady stream of requests that reach the loop one per turn (gRPC's: its messages
+    come through its own completion queue) would each find the batcher idle and never batch: every
+    PROBE_EVERY-th lone batch runs with the loop free, and when requests arrived while it ran the
+    short path stays off until a batch runs with none arriving. The first request into an idle
     batcher is also run from its own task (`_run_alone`) rather than a worker task's, after the same
     one turn of the loop, so concurrent requests still batch together; it holds one of the
     `instances` slots while it runs.
@@ -95,6 +102,9 @@ class DynamicBatcher:
         self._num_running = 0
         self._recent_rows_per_s = 0.0
         self._lone_compute_s = 0.0
+        self._contended = False
+        """Requests arrived while the last batch run with the loop free ran: no short path."""
+        self._short_streak = 0
         self._background = BackgroundQueue()
         self.share = BackgroundShare(spec.background_share)
 
@@ -341,15 +351,25 @@ class DynamicBatcher:
         """The short path's wait for a lone request whose model answered lone rows within it lately."""
         is_lone = (len(group) == 1 and not self._queue.num_requests and not self._background
                    and self._num_running <= 1)
-        return SHORT_WAIT_S if is_lone and self._lone_compute_s < SHORT_WAIT_S else 0.0
+        if not is_lone or self._lone_compute_s >= SHORT_WAIT_S or self._contended:
+            return 0.0
+        self._short_streak += 1
+        if self._short_streak >= PROBE_EVERY:  # the probe: this one runs with the loop free
+            self._short_streak = 0
+            return 0.0
+        return SHORT_WAIT_S
 
     async def _run_group(self, group: list[Waiting]) -> None:
         started = time.monotonic()
         failed = False
         wait_s = self._short_wait_s(group)
+        pushed = self._queue.num_pushed
         try:
             merged = group[0].inputs if len(group) == 1 else _concat([item.inputs for item in group])
-            self._deliver(group, await self._guard.run(merged, wait_s))
+            outputs = await self._guard.run(merged, wait_s)
+            if not wait_s:  # the loop was free while it ran: did requests come meanwhile?
+                self._contended = self._queue.num_pushed != pushed
+            self._deliver(group, outputs)
         except InvalidInput as exc:
             if len(group) > 1:  # one request's data: run each alone, so only that one gets the 400
                 for item in group:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from mlserve.batching.dynamic import SHORT_WAIT_S, BatchStats, DynamicBatcher
+from mlserve.batching.dynamic import PROBE_EVERY, SHORT_WAIT_S, BatchStats, DynamicBatcher
 from mlserve.batching.guard import GuardedInfer
 from mlserve.errors import ModelHung
 from mlserve.spec import BatchingSpec
@@ -115,3 +115,54 @@ def test_a_caller_cancelled_mid_batch_does_not_hand_its_busy_worker_to_the_next_
     finally:
         backend.release.set()
     np.testing.assert_array_equal(out["y"], np.full((1, 3), 4.0, dtype=np.float32))
+
+
+
+class ArrivingBackend:
+    """y = 2x; a row of x > 100, while it computes, has a request of x - 1 submitted to the batcher
+    and waits until it is queued (a request that reaches the loop while a batch runs)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.arrivals: list[asyncio.Task] = []
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        value = float(inputs["x"][0, 0])
+        if value > 100 and self.loop is not None:
+            asyncio.run_coroutine_threadsafe(self._arrive(value - 1), self.loop).result(10)
+        return {"y": inputs["x"] * 2}
+
+    async def _arrive(self, value: float) -> None:
+        assert self.batcher is not None
+        self.arrivals.append(asyncio.create_task(self.batcher.submit(_row(value), 1)))
+        while not self.batcher.num_queued:
+            await asyncio.sleep(0)
+
+
+def test_requests_arriving_while_a_probe_runs_turn_the_short_path_off_until_a_batch_runs_alone():
+    """Lone requests one after another take the short path, except every PROBE_EVERY-th, which runs
+    with the loop free. A request arriving during such a run switches the short path off: the next
+    batch runs with the loop free too, and so on while requests keep arriving (here 102 brings 101,
+    which brings 100); after a batch during which none arrived, lone requests take the short path
+    again."""
+    async def main():
+        stats: list[BatchStats] = []
+        backend = ArrivingBackend()
+        guard = GuardedInfer(backend, "arriving/1", hang_timeout_s=60)
+        batcher = DynamicBatcher(guard, BatchingSpec(max_batch_size=8), "arriving/1", observer=stats.append)
+        batcher.start()
+        backend.loop, backend.batcher = asyncio.get_running_loop(), batcher
+        answers = [await batcher.submit(_row(1.0), 1) for _ in range(PROBE_EVERY - 1)]
+        answers.append(await batcher.submit(_row(102.0), 1))  # the probe
+        while len(backend.arrivals) < 2 or not all(t.done() for t in backend.arrivals):
+            await asyncio.sleep(0.001)
+        answers += [t.result() for t in backend.arrivals]
+        answers.append(await batcher.submit(_row(1.0), 1))
+        await batcher.stop()
+        return stats, answers
+
+    stats, answers = asyncio.run(main())
+    assert [(s.num_requests, s.is_short) for s in stats] == (
+        [(1, True)] * (PROBE_EVERY - 1) + [(1, False)] * 3 + [(1, True)])
+    assert [float(a["y"][0, 0]) for a in answers] == [2.0] * (PROBE_EVERY - 1) + [204.0, 202.0, 200.0, 2.0]
