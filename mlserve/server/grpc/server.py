@@ -160,12 +160,16 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
     async def ModelInfer(self, request, context):
         return await self._call(context, "ModelInfer", lambda key: self._infer(request, context, key))
 
-    async def _infer(self, message: pb.ModelInferRequest, context, key: ApiKey | None) -> pb.ModelInferResponse:
+    async def _infer(self, message: pb.ModelInferRequest, context, key: ApiKey | None,
+                     headers: CIMultiDictProxy[str] | None = None) -> pb.ModelInferResponse:
+        """One ModelInfer; `headers` are the call's metadata when the caller has them already (a
+        stream's are the same for every request on it)."""
         started = time.monotonic()
         answered_by = message.model_version
         try:
             decoded = grpc_codec.decode_infer_request(
-                message, _headers(context), self._limits, started, context.time_remaining()
+                message, _headers(context) if headers is None else headers, self._limits, started,
+                context.time_remaining()
             )
             result = await self._infer_call(with_key_priority(decoded, key.priority if key is not None else None))
             answered_by = result.version
@@ -206,6 +210,7 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
         window = asyncio.Semaphore(self._limits.grpc_stream_window)
         keyring = self._gate.keyring
         generation = keyring.generation
+        headers = _headers(context)
         messages = aiter(request_iterator)
         tasks: set[asyncio.Task] = set()
 
@@ -224,7 +229,7 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
                 if keyring.generation != generation:
                     generation = keyring.generation
                     key = await authorize(self._gate, MODEL_PATH, _metadata(context, "authorization"), context.peer())
-                task = asyncio.create_task(self._stream_one(message, context, key, answers))
+                task = asyncio.create_task(self._stream_one(message, context, key, headers, answers))
                 tasks.add(task)
                 task.add_done_callback(settled)
             if tasks:
@@ -236,11 +241,11 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
                 task.cancel()
             answers.put_nowait(None)
 
-    async def _stream_one(self, message, context, key, answers: asyncio.Queue) -> None:
+    async def _stream_one(self, message, context, key, headers, answers: asyncio.Queue) -> None:
         written = asyncio.Event()
         try:
             async with admitted(self._gate, key, False):
-                await answers.put(_Written(await self._stream_answer(message, context, key), written))
+                await answers.put(_Written(await self._stream_answer(message, context, key, headers), written))
                 await written.wait()  # the slot is held until the client has been sent the answer
                 return
         except Refused as refused:
@@ -248,9 +253,9 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
         await answers.put(_Written(answer, written))
         await written.wait()
 
-    async def _stream_answer(self, message, context, key) -> pb.ModelStreamInferResponse:
+    async def _stream_answer(self, message, context, key, headers) -> pb.ModelStreamInferResponse:
         try:
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(message, context, key))
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(message, context, key, headers))
         except errors.MlserveError as exc:
             return pb.ModelStreamInferResponse(error_message=str(exc), infer_response=_echo(message))
         except Exception:
