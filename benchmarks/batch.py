@@ -3,7 +3,10 @@
 1. offline rows/s over raw onnxruntime at the same batch size (in-process, same thread count) [>= 0.9],
    with `mlserve batch`'s own per-batch profile (read, engine, write, sync, checkpoint, in microseconds)
 2. live p99 with an in-server job running / without, live load at half of capacity [<= 1.2]
-3. job rows/s while that live load runs / job alone [>= 0.4]
+3. job rows/s while that live load runs / job alone [>= 0.4], with the cores each part used in the last
+   round (the server's event loop, its engine thread, its other threads, and this process, which
+   sends the live load): on a 2-core host the live load's client and the server's loop share the
+   cores with the job's engine
 3b. job rows/s beside live load at full capacity (48 closed-loop clients sending 64 binary rows each:
     live rows fill every batch, so only the share's floor runs the job) [> 0, reason "waiting: live load"]
 3c. the job path per part, in process (no HTTP, so no host noise from the load generator): the same
@@ -184,6 +187,41 @@ async def job_view(session: aiohttp.ClientSession, url: str) -> dict:
         return await resp.json()
 
 
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each thread of process `pid` (/proc), by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = open(f"/proc/{pid}/task/{tid}/stat").read()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        found[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+class CpuSplit:
+    """Cores used over a window by the server's event loop (its main thread), its busiest other thread
+    (the engine's worker) and the rest of its threads, and by this process (the live load's client)."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._threads, self._own, self._at = thread_cpu_s(pid), time.process_time(), time.perf_counter()
+
+    def cores(self) -> dict[str, float]:
+        threads, own, wall = thread_cpu_s(self._pid), time.process_time(), time.perf_counter() - self._at
+        used = {tid: (cpu - self._threads.get(tid, 0.0)) / wall for tid, cpu in threads.items()}
+        loop = used.pop(self._pid, 0.0)
+        engine = max(used.values(), default=0.0)
+        return {"loop": loop, "engine": engine, "other": sum(used.values()) - engine,
+                "client": (own - self._own) / wall}
+
+
+def _cores_text(split: dict[str, float]) -> str:
+    return ", ".join(f"{name} {cores:.2f}" for name, cores in split.items())
+
+
 async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
     rng = np.random.default_rng(1)
     bodies = [json.dumps({"inputs": [{"name": "x", "shape": [1, 768], "datatype": "FP32",
@@ -194,22 +232,27 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
     # each round starts the job over, so the input need only last one round's three phases
     job = {"model": "mlp", "input": "job.npz", "output": "job.npz.out.npz", "overwrite": True}
     results = {"without": [], "with": [], "job_live": [], "job_alone": [], "job_full": [], "reasons": [],
-               "full_rows": []}
+               "full_rows": [], "cpu": {}}
+    pid = server.proc.pid
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
         await drive(session, infer, bodies, 100, 1.0)  # warm-up
         rate = await capacity(session, infer, bodies[0]) / 2
         for _ in range(args.rounds):
+            split = CpuSplit(pid)
             results["without"].append(await drive(session, infer, bodies, rate, args.round_s))
+            results["cpu"]["live alone"] = split.cores()
             async with session.post(f"{server.url}/v2/batch/jobs", json=job) as resp:
                 job_url = f"{server.url}/v2/batch/jobs/{(await resp.json())['id']}"
             while not await job_rows(session, job_url):  # its rate, not its start, is measured
                 await asyncio.sleep(0.05)
-            before, started = await job_rows(session, job_url), time.perf_counter()
+            before, started, split = await job_rows(session, job_url), time.perf_counter(), CpuSplit(pid)
             await asyncio.sleep(args.round_s)
             results["job_alone"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
-            before, started = await job_rows(session, job_url), time.perf_counter()
+            results["cpu"]["job alone"] = split.cores()
+            before, started, split = await job_rows(session, job_url), time.perf_counter(), CpuSplit(pid)
             results["with"].append(await drive(session, infer, bodies, rate, args.round_s))
             results["job_live"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
+            results["cpu"]["both"] = split.cores()
             before, started = await job_rows(session, job_url), time.perf_counter()
             full = asyncio.ensure_future(capacity(session, infer, full_body, args.round_s, FULL_CLIENTS, full_headers))
             await asyncio.sleep(args.round_s / 4)  # the queue fills first
@@ -260,6 +303,8 @@ def main() -> None:
               f"(p50 {_pct(without, .5):.2f} / {_pct(with_job, .5):.2f} ms)")
         alone, beside = float(np.median(live["job_alone"])), float(np.median(live["job_live"]))
         print(f"3. job {beside:,.0f} rows/s beside live load, {alone:,.0f} rows/s alone: ratio {beside / alone:.2f}")
+        for phase, split in live["cpu"].items():  # the last round's
+            print(f"   cores used, {phase}: {_cores_text(split)}")
         reasons = live["reasons"]
         waiting = sum(r == "waiting: live load" for r in reasons)
         print(f"3b. job {float(np.median(live['job_full'])):,.0f} rows/s beside live load at full capacity "
