@@ -1,5 +1,6 @@
 """Distillation: a smaller student trained to match the source's outputs. BERT-style encoders
-(a `config.json` beside the ONNX) get a student with every other layer (distill_encoder.py); MLPs
+(a `config.json` beside the ONNX) get a student with half the layers, the first and the top ones
+(distill_encoder.py); MLPs
 get a narrower one (this module).
 
 Applies where the FP32 ONNX is a plain chain MatMul [+ Add bias] -> activation -> ... -> MatMul
@@ -34,7 +35,7 @@ NOISE = 0.1
 
 class DistillPass:
     """FP32 ONNX MLP -> a student with `distill_width` of each hidden layer, trained on the teacher's outputs;
-    a BERT encoder -> a student with every other layer."""
+    a BERT encoder -> a student with half the layers (the first and the top ones)."""
 
     name = "distill"
 
