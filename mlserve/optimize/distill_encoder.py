@@ -133,9 +133,14 @@ def _pooled(hidden, mask):
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
 
 
+MAX_CACHED_BYTES = 512 * 2**20
+"""The teacher's states kept in memory at most; rows past it are computed again each time drawn."""
+
+
 class TeacherTargets:
     """The teacher's hidden states at the kept layers for each row, computed once, the first time a
-    row is asked for: the teacher costs about twice a student step, and its answers never change."""
+    row is asked for (the teacher costs about twice a student step, and its answers never change),
+    up to MAX_CACHED_BYTES of them."""
 
     def __init__(self, teacher, layers: list[int], ids, mask) -> None:
         import torch
@@ -145,22 +150,25 @@ class TeacherTargets:
         self.lengths = (mask * positions).amax(1).clamp_min(1)  # up to the last real token, either padding side
         self.rows: dict = {}
         """row index -> its states [len(layers), tokens, H], real tokens only (padding is added per batch)."""
+        self.num_bytes = 0
 
     def batch(self, pick):
         """(ids, mask) [B, T] and the teacher's states [len(layers), B, T, H], T the batch's longest row."""
         import torch
 
         width = int(self.lengths[pick].max())
-        self._compute([int(r) for r in pick if int(r) not in self.rows])
+        fresh = self._compute([int(r) for r in pick if int(r) not in self.rows])
         states = torch.zeros(len(self.layers), len(pick), width, self.teacher.config.hidden_size)
         for i, r in enumerate(pick.tolist()):
-            row = self.rows[r]
+            row = self.rows[r] if r in self.rows else fresh[r]
             states[:, i, :row.shape[1]] = row
         return self.ids[pick, :width], self.mask[pick, :width], states
 
-    def _compute(self, rows: list[int]) -> None:
+    def _compute(self, rows: list[int]) -> dict:
+        """The states of `rows`, kept for later while the cache has room; returns them all."""
         import torch
 
+        computed = {}
         for start in range(0, len(rows), BATCH_ROWS):
             part = torch.tensor(rows[start:start + BATCH_ROWS])
             width = int(self.lengths[part].max())
@@ -169,7 +177,12 @@ class TeacherTargets:
                                       output_hidden_states=True).hidden_states
             chosen = torch.stack([hidden[k + 1] for k in self.layers])  # [layers, B, T, H]
             for i, r in enumerate(part.tolist()):
-                self.rows[r] = chosen[:, i, :int(self.lengths[r])].clone()
+                row = computed[r] = chosen[:, i, :int(self.lengths[r])].clone()
+                size = row.numel() * row.element_size()
+                if self.num_bytes + size <= MAX_CACHED_BYTES:
+                    self.rows[r] = row
+                    self.num_bytes += size
+        return computed
 
 
 def _loss(student, ids, mask, states):

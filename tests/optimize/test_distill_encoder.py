@@ -109,3 +109,24 @@ def test_an_encoder_with_other_inputs_is_unavailable(source, tmp_path):
 
     with pytest.raises(PassUnavailable, match="input_ids"):
         _distill(replace(source, outputs=source.outputs * 2), tmp_path / "a")
+
+
+def test_teacher_states_past_the_cache_budget_are_computed_again_and_equal(source, monkeypatch):
+    """The teacher's states are kept up to MAX_CACHED_BYTES; rows past it are computed each time they
+    are drawn, with the same values, and the cache never grows past the budget."""
+    import torch
+
+    from mlserve.optimize import distill_encoder
+
+    teacher = distill_encoder._teacher(source.folder)
+    ids, mask = (torch.from_numpy(source.data[n].astype(np.int64)) for n in distill_encoder.INPUTS)
+    layers = kept_layers(teacher.config.num_hidden_layers)
+    unbounded = distill_encoder.TeacherTargets(teacher, layers, ids, mask)
+    pick = torch.arange(8)
+    expected = unbounded.batch(pick)[2]
+    row_bytes = [unbounded.rows[r].numel() * unbounded.rows[r].element_size() for r in range(3)]
+    monkeypatch.setattr(distill_encoder, "MAX_CACHED_BYTES", sum(row_bytes))
+    bounded = distill_encoder.TeacherTargets(teacher, layers, ids, mask)
+    for _ in range(2):  # the second time, rows 0-2 come from the cache and the rest are computed again
+        torch.testing.assert_close(bounded.batch(pick)[2], expected)
+        assert sorted(bounded.rows) == [0, 1, 2] and bounded.num_bytes == sum(row_bytes)
