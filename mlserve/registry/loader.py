@@ -96,6 +96,11 @@ class HotSwapLoader:
         self._on_loaded: list[Callable[[str, int, Path, ModelEntry, ModelInfo], None]] = []
         """Called on a loader thread once a version has loaded and warmed up (drift references)."""
         self._on_unloaded: list[Callable[[str, int], None]] = []
+        self.held_versions: Callable[[str], set[int]] = lambda name: set()
+        """Versions a rollout routes to (its stable and canary while it runs, the one it left serving
+        after): kept loaded whatever the version policy says, or a policy serving only the newest
+        would unload the stable version the rollout still splits traffic with. Set by the traffic
+        manager (routing sits above the registry)."""
         self.stats = InferenceStatistics()
         """Triton-style statistics per version, fed by each version's batcher; dropped at unload."""
         self._on_unloaded.append(lambda model, version: self.stats.reset(model, str(version)))
@@ -255,6 +260,7 @@ class HotSwapLoader:
         wanted = set(served.entry.served_versions)
         if served.pinned is not None:
             wanted.add(served.pinned)
+        wanted |= {v for v in self.held_versions(served.name) if v in served.entry.versions or v in served.versions}
         for version in sorted(wanted):
             await self._ensure_version(served, version, source, force)
         self._note_default(served, source)

@@ -54,6 +54,14 @@ class TrafficManager:
         """Per model, the split its bandit last wrote (through the control door, from any replica)."""
         self._breaker_gauges: dict[tuple[str, int], Any] = {}
         """The breaker-state gauge's child per (model, version), bound once: every request sets it."""
+        loader.held_versions = self._rollout_versions
+
+    def _rollout_versions(self, name: str) -> set[int]:
+        """The versions a rollout's split in force routes to (weight above 0): the loader keeps them."""
+        state = self._states.get(name)
+        if state is None or state.source != "rollout":
+            return set()
+        return {version for version, weight in state.split if weight > 0}
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -175,6 +175,32 @@ def test_with_rollout_steps_the_winner_becomes_a_canary(tmp_path):
         assert run["deployment"]["rollout"]["version"] == "2"
 
 
+def test_with_rollout_steps_and_traffic_the_winner_is_promoted_with_no_further_request(tmp_path):
+    """The whole flow with nothing but an upload and traffic: the optimized version is published,
+    becomes the canary, passes each step once it has seen enough requests, and is promoted: the
+    model's unversioned requests are then all answered by it."""
+    model, data = _artifacts(tmp_path)
+    repo = _repo(tmp_path, SECTION + "rollout = [50, 100]\nrollout_interval_s = 1\n")
+    x = np.random.default_rng(3).standard_normal((1, 16)).astype(np.float32)
+    with serving(repo, log_path=tmp_path / "server.log") as server:
+        _upload(server.url, 1, model, data)
+        run = _wait_finished(server.url)
+        assert run["state"] == "published" and run["published_version"] == 2, run
+        deadline, rollout, answered_by = time.monotonic() + 120, {}, set()
+        while time.monotonic() < deadline:
+            for _ in range(10):  # the canary step passes on requests, not on time alone
+                answer = call(f"{server.url}/v2/models/auto/infer", infer_body(x))
+                assert answer.status == 200, answer.body
+                answered_by.add(answer.body["model_version"])
+            rollout = _runs(server.url)["rollout"]
+            if rollout["status"] != "running":
+                break
+        assert rollout["version"] == "2" and rollout["status"] == "promoted", rollout
+        assert answered_by == {"1", "2"}  # the split sent requests to both while it ran
+        after = {call(f"{server.url}/v2/models/auto/infer", infer_body(x)).body["model_version"] for _ in range(20)}
+        assert after == {"2"}
+
+
 TS_SECTION = """
 [[inputs]]
 name = "x"
