@@ -302,6 +302,8 @@ def test_challenger_rollout_that_breaches_is_rolled_back_and_the_alias_cleared(r
         assert late and all(a.status == 200 and a.version == 1 for a in late), late[:3]
         assert {a.version for a in load.answers if a.status == 200} == {1}
         assert _alias(server, "canary", "challenger") is None and _alias(server, "canary", "champion") == 1
+        # the outcome tag is written after the aliases move (dataplane/mlflow_follower.py): wait for it
+        wait_until(lambda: "mlserve.rollout" in _version_tags(server, "canary", 2), timeout=60)
         assert _version_tags(server, "canary", 2)["mlserve.rollout"].startswith("rolled back: error rate")
         notes = [h for h in _rollout(proc.url, "canary")["history"] if h["event"] == "mlflow"]
         assert notes and "@challenger deleted" in notes[0]["done"], notes
@@ -316,6 +318,7 @@ def test_challenger_rollout_that_breaches_is_rolled_back_and_the_alias_cleared(r
         failed = [a for a in load.answers if a.status != 200]
         assert not failed, f"{len(failed)} of {len(load.answers)} failed, first: {failed[0]}"
         assert _alias(server, "canary", "champion") == 3 and _alias(server, "canary", "challenger") is None
+        wait_until(lambda: "mlserve.rollout" in _version_tags(server, "canary", 3), timeout=60)
         assert _version_tags(server, "canary", 3)["mlserve.rollout"] == "promoted"
         assert infer(proc.url, "canary", good)[1]["model_version"] == "3"
     finally:
