@@ -97,8 +97,8 @@ class HotSwapLoader:
         """Called on a loader thread once a version has loaded and warmed up (drift references)."""
         self._on_unloaded: list[Callable[[str, int], None]] = []
         self.held_versions: Callable[[str], set[int]] = lambda name: set()
-        """Versions a rollout routes to (its stable and canary while it runs, the one it left serving
-        after): kept loaded whatever the version policy says, or a policy serving only the newest
+        """Versions a rollout routes to (its stable and canary while it runs, the stable one after a
+        rollback): kept loaded whatever the version policy says, or a policy serving only the newest
         would unload the stable version the rollout still splits traffic with. Set by the traffic
         manager (routing sits above the registry)."""
         self.stats = InferenceStatistics()

@@ -57,9 +57,13 @@ class TrafficManager:
         loader.held_versions = self._rollout_versions
 
     def _rollout_versions(self, name: str) -> set[int]:
-        """The versions a rollout's split in force routes to (weight above 0): the loader keeps them."""
+        """The versions a rollout's split in force routes to (weight above 0), which the loader keeps:
+        stable and canary while it runs (or since it was cancelled), the stable one after a rollback.
+        None after a promotion: the promoted version is the model's from then on, and a version that
+        arrives later is served as the version policy says."""
         state = self._states.get(name)
-        if state is None or state.source != "rollout":
+        if state is None or state.source != "rollout" or (
+                state.rollout is not None and state.rollout.status is RolloutStatus.PROMOTED):
             return set()
         return {version for version, weight in state.split if weight > 0}
 
