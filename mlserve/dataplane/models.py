@@ -124,14 +124,17 @@ class Models:
         return MlflowFollower(store, self.loader, self.service.traffic, control) if isinstance(store, MlflowStore) else None
 
     def auto_optimizer(self, jobs: OptimizeJobs, config: Config) -> AutoOptimizer:
-        """Automatic runs publish into a local repository, or upload to an S3 one; their ledger sits
-        beside the job records (else in the repository, or beside an S3 repository's downloads)."""
+        """Automatic runs publish into a local repository, upload to an S3 one, or register in an
+        MLflow registry; their ledger sits beside the job records (else in the repository, or beside
+        a remote repository's downloads)."""
         root, store = self.local_root, self.loader.store
         remote_cache = None
+        cache = Path(config.registry.cache_dir).expanduser() if config.registry.cache_dir else \
+            Path.home() / ".cache" / "mlserve"
         if isinstance(store, S3Store):
-            cache = Path(config.registry.cache_dir).expanduser() if config.registry.cache_dir else \
-                Path.home() / ".cache" / "mlserve"
             remote_cache = cache / "optimize-runs" / store.bucket / store.prefix
+        elif isinstance(store, MlflowStore):
+            remote_cache = cache / "optimize-runs" / "mlflow" / store.cache_name
         return AutoOptimizer(jobs, self.loader, root, ledger_dir(config.jobs.state_dir, root, remote_cache),
                              config.registry.trust_repository, config.registry.trust_uploads)
 

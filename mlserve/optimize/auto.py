@@ -14,7 +14,17 @@ A version the optimizer published carries `optimization.json` and never triggers
 On an S3 repository the run works on a local mirror of the model (optimize/mirror.py: the new
 version, fetched from the server's own cache, and model.toml); the winner is published into the
 mirror, uploaded to the bucket as the next version, then loaded (and rolled out) as on a local one.
-Its ledger lives under `[jobs] state_dir`, else beside the registry's download cache.
+
+On an MLflow registry a version "arrives" when it becomes the `@champion` the server serves (a
+challenger or any other registered version does not start a run). The run works on a mirror too;
+the winner is registered as a new model version with its record and lineage as tags
+(optimize/mlflow_repo.py), and the server's registry follower deploys it: as `@challenger` when the
+section gives rollout steps (the champion's [challenger] table is made from them,
+registry/mlflow_toml.py), else as `@champion`. "Already published" after a restart is read from the
+registry's `mlserve.source_version` tags.
+
+On either remote repository the ledger lives under `[jobs] state_dir`, else beside the registry's
+download cache.
 """
 
 from __future__ import annotations
@@ -31,10 +41,12 @@ from pathlib import Path
 
 from mlserve.engine.base import VERSION_BACKEND_FILE
 from mlserve.optimize.jobs import Job, JobState, OptimizeJobs
-from mlserve.optimize.mirror import S3Mirror
+from mlserve.optimize.mirror import Mirror, S3Mirror
+from mlserve.optimize.mlflow_repo import MlflowMirror, published_in_registry
 from mlserve.optimize.request import parse_body
 from mlserve.optimize.source import version_numbers
 from mlserve.registry.loader import HotSwapLoader
+from mlserve.registry.mlflow import MlflowStore
 from mlserve.registry.repository import ModelEntry
 from mlserve.registry.s3 import S3Store
 from mlserve.spec import ModelInfo, OptimizeSettings
@@ -96,7 +108,8 @@ class AutoOptimizer:
         self._jobs, self._loader = jobs, loader
         self._root, self._ledger = models_root, ledger
         self._s3 = loader.store if isinstance(loader.store, S3Store) else None
-        self._mirrors: dict[tuple[str, int], S3Mirror] = {}
+        self._mlflow = loader.store if isinstance(loader.store, MlflowStore) else None
+        self._mirrors: dict[tuple[str, int], Mirror] = {}
         self._trust, self._trust_uploads = trust_repository, trust_uploads
         self.runs: dict[tuple[str, int], AutoRun] = {}
         self._arrived: collections.deque[tuple[str, int]] = collections.deque()
@@ -114,6 +127,8 @@ class AutoOptimizer:
         """Runs on a loader thread: only a check of the folder and a hand-off to the loop."""
         if not entry.config.optimize.on_new_version or (path / VERSION_BACKEND_FILE).is_file():
             return  # not asked for, or made by the optimizer itself
+        if self._mlflow is not None and self._mlflow.champion(name) != version:
+            return  # a registered model's challenger: only the version it serves arrives
         self._arrived.append((name, version))
         loop = self._loop
         if loop is not None:
@@ -156,9 +171,9 @@ class AutoOptimizer:
             name, version = self._arrived.popleft()
             if (name, version) in self.runs or (name, version) in self._claiming:
                 continue  # one run per source version, ever
-            if self._ledger is None or (self._root is None and self._s3 is None):
-                log.warning("model %s version %d: [optimize] on_new_version needs a local or S3 model "
-                            "repository; not run", name, version)
+            if self._ledger is None or (self._root is None and self._s3 is None and self._mlflow is None):
+                log.warning("model %s version %d: [optimize] on_new_version needs a local, S3 or MLflow "
+                            "model repository; not run", name, version)
                 continue
             self._claiming.add((name, version))
             self._spawn(self._claim(AutoRun(name, version)))
@@ -182,6 +197,8 @@ class AutoOptimizer:
         """A run the last stop interrupted: published already (the version is there), given up, or queued."""
         if self._s3 is not None:
             published = await _published_in_store(self._s3, run.model, run.source_version)
+        elif self._mlflow is not None:
+            published = await published_in_registry(self._mlflow, run.model, run.source_version)
         else:
             published = await asyncio.to_thread(_published_from, self._root, run.model, run.source_version)
         if published is not None:
@@ -223,9 +240,15 @@ class AutoOptimizer:
             if self._s3 is not None:
                 mirror = self._mirrors[key] = await S3Mirror.open(self._s3, run.model, run.source_version)
                 root, upload = mirror.root, mirror.upload
+            elif self._mlflow is not None:
+                registered = self._mirrors[key] = await MlflowMirror.open(self._mlflow, run.model, run.source_version)
+                registered.alias = self._mlflow.challenger_alias if settings.rollout else self._mlflow.alias
+                root, upload = registered.root, registered.upload
             assert root is not None
             request, rollout = parse_body(settings.to_body(run.source_version), run.model, root, self._trust,
                                          self._trust_uploads)
+            if self._mlflow is not None:
+                rollout = None  # the registry follower rolls the @challenger out
             run.attempts += 1
             job = await self._jobs.start(request, rollout, trigger="new_version", upload=upload)
         except Exception as exc:  # a bad section or a failed start is this run's outcome, not the server's

@@ -43,8 +43,21 @@ from mlserve.state import BadStateData, StateStore
 log = logging.getLogger("mlserve.optimize")
 
 OnPublished = Callable[[str, int, "dict | None"], Awaitable[dict]]
-Upload = Callable[[int], Awaitable[None]]
-"""Copies a version the job published into its local mirror to the remote repository it mirrors."""
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A version published to a remote repository: its number there, and, when the remote
+    repository deploys it itself (an MLflow alias the server follows), what was done instead of
+    loading it here."""
+
+    version: int
+    deployment: dict | None = None
+
+
+Upload = Callable[[int], Awaitable[Published]]
+"""Copies a version the job published into its local mirror to the remote repository it mirrors
+(which may number it differently)."""
 _STOP_GRACE_S = 10.0
 MAX_FINISHED_JOBS = 100
 """Finished jobs kept for GET; the oldest go first."""
@@ -283,9 +296,11 @@ class OptimizeJobs:
         job.report = json.loads(report_path.read_text())
         version = job.report.get("published_version")
         if version is not None:
-            if job.upload is not None:
-                await job.upload(version)
-            job.deployment = await self._on_published(job.model, version, job.rollout)
+            published = await job.upload(version) if job.upload is not None else Published(version)
+            job.report["published_version"] = published.version
+            job.deployment = published.deployment
+            if job.deployment is None:
+                job.deployment = await self._on_published(job.model, published.version, job.rollout)
         job.state = JobState.SUCCEEDED
 
 

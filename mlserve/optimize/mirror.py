@@ -1,6 +1,7 @@
 """The local mirror a remote repository's optimize job runs on: the model's model.toml, the fetched
 source version, and an empty folder per other version (so the next version number is computed as
-for a local repository). `write_mirror` serves the command line; `S3Mirror` a run inside the server."""
+for a local repository). `write_mirror` serves the command line; `Mirror` a run inside the server,
+with the publish of each kind of repository: `S3Mirror` here, `MlflowMirror` in mlflow_repo.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Self
 
-from mlserve.optimize.jobs import JOB_FOLDER_PREFIX
+from mlserve.optimize.jobs import JOB_FOLDER_PREFIX, Published
 from mlserve.registry.s3 import S3Store
 from mlserve.registry.store import CHECKSUM_FILE, Store
 
@@ -28,16 +30,15 @@ async def write_mirror(store: Store, model: str, numbers: list[int], chosen: int
     return root / "models"
 
 
-class S3Mirror:
-    """One in-server run's local copy of a model from an S3 repository: the job runs on it and
-    publishes into it, then the published version is uploaded to the bucket (SHA256SUMS first, as a
-    conditional put: of two writers of one version number exactly one gets it, the other a Conflict).
+class Mirror:
+    """One in-server run's local copy of a model from a remote repository: the job runs on it and
+    publishes into it; `upload` then publishes that version to the remote repository.
 
     The copy lives in a `mlserve-job-<server pid>-*` folder, so a server killed mid-run leaves debris
     the next start sweeps (optimize/jobs.py). Blocking file work runs in a thread, off the loop.
     """
 
-    def __init__(self, store: S3Store, model: str, folder: Path) -> None:
+    def __init__(self, store: Store, model: str, folder: Path) -> None:
         self._store, self._model, self.folder = store, model, folder
 
     @property
@@ -46,7 +47,7 @@ class S3Mirror:
         return self.folder / "models"
 
     @classmethod
-    async def open(cls, store: S3Store, model: str, version: int) -> S3Mirror:
+    async def open(cls, store: Store, model: str, version: int) -> Self:
         """Mirror `model` with `version` fetched (from the server's cache when it serves it)."""
         await store.refresh(model)
         numbers = sorted(int(v) for v in await store.list_versions(model) if v.isdigit() and str(int(v)) == v)
@@ -63,7 +64,21 @@ class S3Mirror:
             raise
         return mirror
 
-    async def upload(self, version: int) -> None:
+    async def upload(self, version: int) -> Published:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class S3Mirror(Mirror):
+    """On an S3 repository the published version is uploaded to the bucket (SHA256SUMS first, as a
+    conditional put: of two writers of one version number exactly one gets it, the other a
+    Conflict), under the number it has in the mirror; the server then loads it as a local one."""
+
+    _store: S3Store
+
+    async def upload(self, version: int) -> Published:
         """Copy the published version folder to the bucket, its checksum list first (the claim)."""
         folder = self.root / self._model / str(version)
         files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.name != CHECKSUM_FILE)
@@ -71,9 +86,7 @@ class S3Mirror:
             body = await asyncio.to_thread(path.read_bytes)
             await self._store.put(self._model, f"{version}/{path.relative_to(folder).as_posix()}", body,
                                   if_absent=i == 0)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        return Published(version)
 
 
 def _lay_out(model_dir: Path, numbers: list[int], chosen: int, toml: str | None, fetched: Path) -> None:

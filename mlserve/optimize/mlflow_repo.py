@@ -24,7 +24,8 @@ from mlserve.engine.base import VERSION_BACKEND_FILE
 from mlserve.errors import ModelNotFound
 from mlserve.registry.mlflow import TOML_TAG, MlflowStore
 from mlserve.registry.mlflow_publish import MAX_TAG_VALUE, Registration, register
-from mlserve.optimize.mirror import write_mirror
+from mlserve.optimize.jobs import Published
+from mlserve.optimize.mirror import Mirror, write_mirror
 from mlserve.registry.mlflow_toml import ALIAS  # noqa: F401 - the command line checks --rollout with it
 
 
@@ -58,18 +59,58 @@ async def _register(uri: str, model: str, folder: Path, source_version: int, ali
     store = _store(uri, root)
     try:
         await store.refresh(model)
-        record = json.loads((folder / VERSION_BACKEND_FILE).read_text())
-        tags = optimization_tags(record)
-        source_toml = store.version_tags(model, source_version).get(TOML_TAG)
-        if source_toml:
-            tags[TOML_TAG] = source_toml
-        description = f"optimized by mlserve from version {source_version}: {', '.join(record.get('passes', []))}"
-        version = await register(store, Registration(model, folder, tags, description, source_version))
-        if alias:
-            await store.set_alias(model, alias, version)
-        return version
+        return await register_version(store, model, folder, source_version, alias)
     finally:
         await store.close()
+
+
+async def register_version(store: MlflowStore, model: str, folder: Path, source_version: int,
+                           alias: str | None) -> int:
+    """Register a published version folder with its record and lineage as tags (the source's
+    `mlserve.toml` tag copied), then point `alias` at it; returns MLflow's version number. `store`
+    has listed `model` (the source's tags are read from that listing)."""
+    record = json.loads(await asyncio.to_thread((folder / VERSION_BACKEND_FILE).read_text))
+    tags = optimization_tags(record)
+    source_toml = store.version_tags(model, source_version).get(TOML_TAG)
+    if source_toml:
+        tags[TOML_TAG] = source_toml
+    description = f"optimized by mlserve from version {source_version}: {', '.join(record.get('passes', []))}"
+    version = await register(store, Registration(model, folder, tags, description, source_version))
+    if alias:
+        await store.set_alias(model, alias, version)
+    return version
+
+
+class MlflowMirror(Mirror):
+    """An automatic run's copy of a registered model (the served `@champion` version, and the
+    model.toml the store makes for it). The winner is registered as a new model version, then the
+    server's registry follower takes it from there: with the section's rollout steps it becomes the
+    `@challenger` (rolled out as the champion's [challenger] table, made from those steps, says);
+    without, the `@champion`, so it serves once loaded, as a local repository's winner does."""
+
+    _store: MlflowStore
+    alias: str = ""
+    """Set after `open`: the alias the registered winner gets."""
+
+    async def upload(self, version: int) -> Published:
+        folder = self.root / self._model / str(version)
+        source = int(json.loads(await asyncio.to_thread((folder / VERSION_BACKEND_FILE).read_text))["source_version"])
+        await self._store.refresh(self._model)
+        registered = await register_version(self._store, self._model, folder, source, self.alias)
+        await self._store.refresh(self._model)  # the next pass loads it without waiting for the poll
+        return Published(registered, {"registered": registered, "alias": self.alias})
+
+
+async def published_in_registry(store: MlflowStore, model: str, source_version: int) -> int | None:
+    """The version an earlier attempt registered from `source_version`, if one did before a stop
+    (its `mlserve.source_version` and `mlserve.winner` tags)."""
+    await store.refresh(model)
+    for name in await store.list_versions(model):
+        tags = store.version_tags(model, int(name))
+        if int(name) > source_version and tags.get("mlserve.source_version") == str(source_version) \
+                and "mlserve.winner" in tags:
+            return int(name)
+    return None
 
 
 def optimization_tags(record: dict) -> dict[str, str]:

@@ -129,6 +129,11 @@ class MlflowStore:
         self._retry_at = 0.0
         self._down_since = 0.0
 
+    @property
+    def cache_name(self) -> str:
+        """The folder name this tracking server's files are kept under."""
+        return self._cache.name
+
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_connect=5, sock_read=60)

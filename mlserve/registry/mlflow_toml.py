@@ -10,6 +10,9 @@ its MLmodel signature; and the `[challenger]` table that says how a `@challenger
     min_requests = 20
     percent = 10                       # split: the challenger's share
 
+An `[optimize]` section with `rollout` steps gives the plan its steps and interval (an automatic
+run's winner is registered as the `@challenger`: optimize/auto.py).
+
 The aliases own which versions load and the split between them: `version_policy` and a `[traffic]`
 `split` in the tag are refused. The split is 100% champion (with a challenger in rollout mode too:
 the rollout moves it), or `percent` to the challenger in split mode. Why always a split, and not
@@ -34,6 +37,7 @@ import orjson
 
 from mlserve.errors import ModelLoadError
 from mlserve.spec.mlmodel import MlModel
+from mlserve.spec.optimize import OptimizeSettings
 from mlserve.spec.table import between, parse_table
 from mlserve.spec.tensor import TensorSpec
 
@@ -86,10 +90,7 @@ def model_toml(version: int, tag_text: str | None, mlmodel: MlModel, where: str,
     """The model.toml text of a registered model whose champion is `version`, and its challenger
     settings; ModelLoadError names what in the tag is wrong."""
     declared = _parse_tag(tag_text or "", where)
-    try:
-        spec = parse_table(ChallengerSpec, declared.pop("challenger", None), "[challenger]")
-    except ValueError as exc:
-        raise ModelLoadError(f"{where}: {exc}") from None
+    spec = _challenger_spec(declared, where)
     table: dict[str, Any] = {"version_policy": {"specific": sorted({version, challenger or version})}, **declared}
     traffic = declared.get("traffic", {})
     split = {str(version): 100.0}
@@ -111,9 +112,24 @@ def model_toml(version: int, tag_text: str | None, mlmodel: MlModel, where: str,
 
 def check_tag(text: str, where: str) -> None:
     """A `mlserve.toml` tag's text as the store will read it (ModelLoadError naming the fault)."""
-    declared = _parse_tag(text, where)
+    _challenger_spec(_parse_tag(text, where), where)
+
+
+def _challenger_spec(declared: dict[str, Any], where: str) -> ChallengerSpec:
+    """The [challenger] table (taken out of `declared`). An `[optimize]` section with rollout steps
+    gives the plan its steps and interval, since the optimized version is rolled out as the
+    `@challenger`; a [challenger] table that also gives them (or mode) is refused."""
+    table = declared.pop("challenger", None)
+    optimize = declared.get("optimize")
     try:
-        parse_table(ChallengerSpec, declared.pop("challenger", None), "[challenger]")
+        if isinstance(optimize, dict) and optimize.get("rollout") and (table is None or isinstance(table, dict)):
+            settings = OptimizeSettings.parse(optimize)
+            given = [key for key in ("mode", "steps", "interval_s") if key in (table or {})]
+            if given:
+                raise ValueError(f"[optimize] rollout and [challenger] {', '.join(given)} both say how a "
+                                 "challenger is rolled out; give the plan in one of them")
+            table = {**(table or {}), "steps": list(settings.rollout), "interval_s": settings.rollout_interval_s}
+        return parse_table(ChallengerSpec, table, "[challenger]")
     except ValueError as exc:
         raise ModelLoadError(f"{where}: {exc}") from None
 

@@ -384,6 +384,96 @@ def test_optimize_registers_the_winner_with_its_record_and_lineage(registry):
     assert {"model.onnx", "optimization.json", "reference.npz", "MLmodel", "SHA256SUMS"} <= names, names
 
 
+AUTO_TOML = """max_batch_size = 8
+[optimize]
+on_new_version = true
+passes = ["graph_opt"]
+timing_s = 0.1
+rollout = [50, 100]
+rollout_interval_s = 1
+[challenger]
+min_requests = 3
+max_p99_ratio = 1000.0
+"""
+"""A champion optimized on arrival, its winner rolled out in two 1 s steps (the [challenger] plan takes
+them from [optimize]), judged on errors (latency on shared cores is too noisy to judge in a test)."""
+
+
+def _wait_auto_run(url: str, model: str, timeout: float = 300.0) -> dict:
+    deadline, body = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        answer = call(f"{url}/admin/models/{model}/optimize")
+        body = answer.body
+        if answer.status == 200 and body["runs"] and body["runs"][0]["state"] not in ("queued", "running"):
+            return body["runs"][0]
+        time.sleep(0.2)
+    raise TimeoutError(f"no finished automatic run after {timeout} s: {body}")
+
+
+@pytest.mark.timeout(900)
+def test_a_champion_is_optimized_on_arrival_registered_as_challenger_and_rolled_out(registry, tmp_path):
+    """A registered model whose @champion's mlserve.toml tag says `[optimize] on_new_version = true`
+    with rollout steps: with no further request, the server optimizes the champion, registers the
+    winner as a new model version (lineage and settings as tags) and points @challenger at it; its
+    registry follower rolls it out under traffic and promotes it: @champion moves to it in MLflow, and
+    every request is answered by one version or the other. The winner, now champion, starts no run of
+    its own, and a restart finds the run recorded."""
+    server = registry.server
+    source = write_torchscript(tmp_path / "src", "autotiny")
+    (source / "data").mkdir()
+    (source / "model.pt").rename(source / "data" / "model.pth")
+    write_data(source / "reference.npz")
+    assert server.log_models([{"name": "autotiny", "flavor": "pytorch", "folder": str(source),
+                               "signature": TINY_SIGNATURE, "alias": "champion"}]) == [1]
+    server.set_version_tag("autotiny", 1, "mlserve.toml", AUTO_TOML)
+    x = np.load(source / "reference.npz")["x"][:2]
+    proc = _serve(server, tmp_path, "autotiny", "--poll-interval", "0.3", "--trust-repository")
+    try:
+        run = _wait_auto_run(proc.url, "autotiny")
+        registered = run["published_version"]
+        assert run["state"] == "published" and run["source_version"] == 1 and registered == 2, run
+        assert run["deployment"] == {"registered": registered, "alias": "challenger"}, run
+        tags = _version_tags(server, "autotiny", registered)
+        assert tags["mlserve.source_version"] == "1" and tags["mlserve.toml"] == AUTO_TOML, tags
+        assert tags["mlserve.winner"] == run["winner"]
+        with LoadGenerator(proc.port, "autotiny", x, num_threads=2) as load:
+            wait_until(lambda: _rollout(proc.url, "autotiny").get("version") == str(registered), timeout=60)
+            wait_until(lambda: _rollout(proc.url, "autotiny")["status"] != "running", timeout=120)
+            rollout = _rollout(proc.url, "autotiny")
+            assert rollout["status"] == "promoted" and rollout["stable"] == "1", rollout
+            assert rollout["steps"] == [50.0, 100.0], rollout
+            wait_until(lambda: _states(proc.url, "autotiny") == {str(registered): ("READY", "")}, timeout=60)
+        failed = [a for a in load.answers if a.status != 200]
+        assert not failed, f"{len(failed)} of {len(load.answers)} failed, first: {failed[0]}"
+        assert {a.version for a in load.answers} == {1, registered}
+        assert _alias(server, "autotiny", "champion") == registered
+        assert _alias(server, "autotiny", "challenger") is None
+        status, body = infer(proc.url, "autotiny", x)
+        expected = _torchscript_reference(source / "data" / "model.pth", x)
+        assert status == 200 and body["model_version"] == str(registered), body
+        np.testing.assert_allclose(np.asarray(body["outputs"][0]["data"], np.float32).reshape(expected.shape),
+                                   expected, rtol=1e-4, atol=1e-5)
+        runs = call(f"{proc.url}/admin/models/autotiny/optimize").body["runs"]
+        assert [r["source_version"] for r in runs] == [1], runs
+    finally:
+        assert proc.stop() == 0, proc.log()
+    again = _serve(server, tmp_path, "autotiny", "--trust-repository")
+    try:
+        runs = call(f"{again.url}/admin/models/autotiny/optimize").body["runs"]
+        assert [(r["source_version"], r["state"]) for r in runs] == [(1, "published")], runs
+    finally:
+        assert again.stop() == 0, again.log()
+    _, listed = _mlflow_get(server, "model-versions/search?filter=name%3D%27autotiny%27")
+    assert sorted(int(v["version"]) for v in listed["model_versions"]) == [1, registered]  # nothing more registered
+
+
+def _torchscript_reference(path: Path, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return torch.jit.load(str(path))(torch.from_numpy(x)).numpy()
+
+
 @pytest.mark.timeout(300)
 def test_push_registers_a_folder_that_the_store_then_serves(registry, tmp_path):
     """`mlserve push --models mlflow://...`: a folder becomes a new model version (MLflow numbers it),
@@ -519,6 +609,24 @@ def test_challenger_alias_setting_is_checked():
     assert load_config(environ={}).registry.mlflow_challenger_alias == "challenger"
     with pytest.raises(ValueError, match="both 'champion'"):
         load_config(environ={}, overrides={"registry": {"mlflow_challenger_alias": "champion"}})
+
+
+def test_optimize_rollout_steps_make_the_challenger_plan_and_may_not_be_given_twice():
+    """An automatic run's winner is rolled out as @challenger: [optimize] rollout and rollout_interval_s
+    become the [challenger] plan, the table's other keys kept; steps, interval or mode given in both
+    places are refused by name, as are bad steps."""
+    mlmodel = parse_mlmodel("flavors:\n  onnx_model: {}\n")
+    tag = "[optimize]\non_new_version = true\nrollout = [10, 100]\nrollout_interval_s = 5\n[challenger]\nmin_requests = 7\n"
+    text, spec = model_toml(1, tag, mlmodel, "m version 1", challenger=2)
+    assert (spec.mode, spec.steps, spec.interval_s, spec.min_requests) == ("rollout", (10.0, 100.0), 5.0, 7)
+    assert tomllib.loads(text)["traffic"]["split"] == {"1": 100.0}
+    _, plain = model_toml(1, "[optimize]\non_new_version = true\n", mlmodel, "m version 1", challenger=2)
+    assert plain.steps == (5.0, 25.0, 50.0, 100.0)  # no steps in [optimize]: the table's defaults
+    for extra, named in (("steps = [1, 2]", "steps"), ("interval_s = 3", "interval_s"), ('mode = "split"', "mode")):
+        with pytest.raises(ModelLoadError, match=f"m version 1: .*both say.*{named}|{named}.*both say"):
+            model_toml(1, tag + extra + "\n", mlmodel, "m version 1", challenger=2)
+    with pytest.raises(ModelLoadError, match="rollout steps must not decrease"):
+        model_toml(1, "[optimize]\nrollout = [50, 10]\n", mlmodel, "m version 1")
 
 
 def test_mlflow_uri_is_parsed_and_unknown_parts_are_refused():
