@@ -467,6 +467,46 @@ def test_a_champion_is_optimized_on_arrival_registered_as_challenger_and_rolled_
     assert sorted(int(v["version"]) for v in listed["model_versions"]) == [1, registered]  # nothing more registered
 
 
+@pytest.mark.timeout(900)
+def test_without_rollout_steps_the_winner_becomes_champion_and_a_restart_finds_what_a_stopped_run_registered(
+        registry, tmp_path):
+    """No rollout steps: the winner is registered and @champion moves to it, so it serves once
+    loaded. A run recorded as interrupted after it registered (the server stopped between the
+    registration and the record) is found registered at the next start, by its version's
+    mlserve.source_version tag, and nothing is registered twice."""
+    server = registry.server
+    source = write_torchscript(tmp_path / "src", "autoplain")
+    (source / "data").mkdir()
+    (source / "model.pt").rename(source / "data" / "model.pth")
+    write_data(source / "reference.npz")
+    assert server.log_models([{"name": "autoplain", "flavor": "pytorch", "folder": str(source),
+                               "signature": TINY_SIGNATURE, "alias": "champion"}]) == [1]
+    plain = AUTO_TOML.split("rollout = ")[0]
+    server.set_version_tag("autoplain", 1, "mlserve.toml", plain)
+    proc = _serve(server, tmp_path, "autoplain", "--poll-interval", "0.3", "--trust-repository")
+    try:
+        run = _wait_auto_run(proc.url, "autoplain")
+        assert run["state"] == "published" and run["published_version"] == 2, run
+        assert run["deployment"] == {"registered": 2, "alias": "champion"}, run
+        assert _alias(server, "autoplain", "champion") == 2 and _alias(server, "autoplain", "challenger") is None
+        wait_until(lambda: _states(proc.url, "autoplain") == {"2": ("READY", "")}, timeout=60)
+        assert _version_tags(server, "autoplain", 2)["mlserve.toml"] == plain
+    finally:
+        assert proc.stop() == 0, proc.log()
+    [record] = (tmp_path / "cache" / "optimize-runs" / "mlflow").glob("*/autoplain/1.json")
+    interrupted = {**json.loads(record.read_text()), "state": "running", "attempts": 1, "published_version": None}
+    record.write_text(json.dumps(interrupted))
+    again = _serve(server, tmp_path, "autoplain", "--trust-repository")
+    try:
+        [run] = call(f"{again.url}/admin/models/autoplain/optimize").body["runs"]
+        assert (run["state"], run["published_version"]) == ("published", 2), run
+        assert run["reason"] == "published before the last stop", run
+    finally:
+        assert again.stop() == 0, again.log()
+    _, listed = _mlflow_get(server, "model-versions/search?filter=name%3D%27autoplain%27")
+    assert sorted(int(v["version"]) for v in listed["model_versions"]) == [1, 2]
+
+
 def _torchscript_reference(path: Path, x: np.ndarray) -> np.ndarray:
     import torch
 
