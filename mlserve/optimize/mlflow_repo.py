@@ -97,7 +97,6 @@ class MlflowMirror(Mirror):
         source = int(json.loads(await asyncio.to_thread((folder / VERSION_BACKEND_FILE).read_text))["source_version"])
         await self._store.refresh(self._model)
         registered = await register_version(self._store, self._model, folder, source, self.alias)
-        await self._store.refresh(self._model)  # the next pass loads it without waiting for the poll
         return Published(registered, {"registered": registered, "alias": self.alias})
 
 
