@@ -93,9 +93,16 @@ class MlflowMirror(Mirror):
     """Set after `open`: the alias the registered winner gets."""
 
     async def upload(self, version: int) -> Published:
+        """Register the winner, unless a version optimized from the same source was registered
+        meanwhile (by another server following the registry, whose run ledger is its own): then
+        nothing is registered and no alias moves (that server deployed its version)."""
         folder = self.root / self._model / str(version)
         source = int(json.loads(await asyncio.to_thread((folder / VERSION_BACKEND_FILE).read_text))["source_version"])
-        await self._store.refresh(self._model)
+        found = await published_in_registry(self._store, self._model, source)  # lists the model again
+        if found is not None:
+            return Published(found, {"registered": found, "alias": None,
+                                     "note": f"version {found} was registered from version {source} before this "
+                                             "run ended (by another server); nothing registered"})
         registered = await register_version(self._store, self._model, folder, source, self.alias)
         return Published(registered, {"registered": registered, "alias": self.alias})
 

@@ -473,7 +473,8 @@ def test_without_rollout_steps_the_winner_becomes_champion_and_a_restart_finds_w
     """No rollout steps: the winner is registered and @champion moves to it, so it serves once
     loaded. A run recorded as interrupted after it registered (the server stopped between the
     registration and the record) is found registered at the next start, by its version's
-    mlserve.source_version tag, and nothing is registered twice."""
+    mlserve.source_version tag; a server with a ledger of its own optimizes the same source, finds
+    that version before registering, and registers nothing. Nothing is registered twice."""
     server = registry.server
     source = write_torchscript(tmp_path / "src", "autoplain")
     (source / "data").mkdir()
@@ -503,6 +504,18 @@ def test_without_rollout_steps_the_winner_becomes_champion_and_a_restart_finds_w
         assert run["reason"] == "published before the last stop", run
     finally:
         assert again.stop() == 0, again.log()
+    # a server with a ledger of its own (another host) runs version 1 again, finds version 2 registered
+    # from it, and registers nothing; no alias moves
+    server.set_alias("autoplain", "champion", 1)
+    (tmp_path / "other").mkdir()
+    other = _serve(server, tmp_path / "other", "autoplain", "--trust-repository")
+    try:
+        run = _wait_auto_run(other.url, "autoplain")
+        assert (run["state"], run["published_version"]) == ("published", 2), run
+        assert run["deployment"]["alias"] is None and "nothing registered" in run["deployment"]["note"], run
+        assert _alias(server, "autoplain", "champion") == 1
+    finally:
+        assert other.stop() == 0, other.log()
     _, listed = _mlflow_get(server, "model-versions/search?filter=name%3D%27autoplain%27")
     assert sorted(int(v["version"]) for v in listed["model_versions"]) == [1, 2]
 
