@@ -18,6 +18,7 @@ from mlserve.optimize import PASSES
 from mlserve.spec import parse_model_config
 from mlserve.spec.optimize import PASS_NAMES
 from tests.optimize.models import write_data, write_onnx, write_torchscript
+from tests.optimize.runs import wait_finished_run
 from tests.server.http import call, infer_body, output
 from tests.server_process import serving
 
@@ -56,22 +57,6 @@ def _runs(url: str) -> dict:
     return answer.body
 
 
-def _wait_finished(url: str, timeout: float = 240.0) -> dict:
-    deadline = time.monotonic() + timeout
-    body = {}
-    while time.monotonic() < deadline:
-        answer = call(f"{url}/admin/models/auto/optimize")
-        body = answer.body
-        if answer.status == 404:  # not listed until a reload finds its first version
-            time.sleep(0.1)
-            continue
-        assert answer.status == 200, body
-        if body["runs"] and body["runs"][0]["state"] not in ("queued", "running"):
-            return body["runs"][0]
-        time.sleep(0.1)
-    raise TimeoutError(f"no finished automatic run after {timeout} s: {body}")
-
-
 def _ready_versions(url: str) -> list[str]:
     index = call(f"{url}/v2/repository/index", {}).body
     return sorted(m["version"] for m in index if m["name"] == "auto" and m["state"] == "READY")
@@ -82,7 +67,7 @@ def test_uploaded_version_is_optimized_once_and_a_restart_does_not_run_it_again(
     repo = _repo(tmp_path, SECTION)
     with serving(repo, log_path=tmp_path / "server.log") as server:
         _upload(server.url, 1, model, data)
-        run = _wait_finished(server.url)
+        run = wait_finished_run(server.url)
         assert run["state"] == "published" and run["source_version"] == 1, run
         assert run["published_version"] == 2 and run["winner"] == "int8_dynamic"
         assert [r["name"] for r in run["rows"]] == ["source", "int8_dynamic"]
@@ -116,7 +101,7 @@ def test_a_gate_that_cannot_be_met_publishes_nothing_and_says_why(tmp_path):
     repo = _repo(tmp_path, SECTION + "min_gain = 100.0\n")
     with serving(repo, log_path=tmp_path / "server.log") as server:
         _upload(server.url, 1, model, data)
-        run = _wait_finished(server.url)
+        run = wait_finished_run(server.url)
         assert run["state"] == "no_winner" and run["published_version"] is None, run
         assert "min-gain 100" in run["reason"] and run["winner"] is None
         assert [r["name"] for r in run["rows"]] == ["source", "int8_dynamic"]
@@ -143,7 +128,7 @@ def test_a_run_a_stop_interrupted_starts_once_more_never_twice(tmp_path, attempt
     (repo / "auto" / "1" / "val.npz").write_bytes(data)
     _interrupted(repo, attempts)
     with serving(repo, log_path=tmp_path / "server.log") as server:
-        run = _wait_finished(server.url)
+        run = wait_finished_run(server.url)
         assert run["state"] == state and run["attempts"] == 2, run
         if state == "failed":
             assert "interrupted 2 times" in run["reason"]
@@ -168,7 +153,7 @@ def test_with_rollout_steps_the_winner_becomes_a_canary(tmp_path):
     repo = _repo(tmp_path, SECTION + "rollout = [10, 100]\nrollout_interval_s = 3600\n")
     with serving(repo, log_path=tmp_path / "server.log") as server:
         _upload(server.url, 1, model, data)
-        run = _wait_finished(server.url)
+        run = wait_finished_run(server.url)
         assert run["state"] == "published" and run["published_version"] == 2, run
         rollout = _runs(server.url)["rollout"]
         assert rollout["version"] == "2" and rollout["status"] == "running" and rollout["percent"] == 10, rollout
@@ -186,7 +171,7 @@ def test_with_rollout_steps_and_traffic_the_rollout_splits_and_ends_with_no_furt
     x = np.random.default_rng(3).standard_normal((1, 16)).astype(np.float32)
     with serving(repo, log_path=tmp_path / "server.log") as server:
         _upload(server.url, 1, model, data)
-        run = _wait_finished(server.url)
+        run = wait_finished_run(server.url)
         assert run["state"] == "published" and run["published_version"] == 2, run
         deadline, rollout, answered_by = time.monotonic() + 120, {}, set()
         while time.monotonic() < deadline:
@@ -226,7 +211,7 @@ def test_pytorch_upload_is_exported_and_optimized_where_the_server_trusts_upload
     repo = _repo(tmp_path, TS_SECTION)
     with serving(repo, "--trust-uploads", log_path=tmp_path / "server.log") as server:
         _upload(server.url, 1, model, data, "model.pt")
-        run = _wait_finished(server.url)
+        run = wait_finished_run(server.url)
         assert run["state"] == "published" and run["published_version"] == 2, run
         assert [r["name"] for r in run["rows"]] == ["source", "export", "int8_dynamic"]
         assert run["winner"] == "int8_dynamic"
@@ -240,7 +225,7 @@ def test_a_version_present_at_start_is_optimized_under_trust_repository(tmp_path
     (folder / "model.pt").write_bytes(_torchscript(tmp_path))
     write_data(folder / "val.npz")
     with serving(repo, "--trust-repository", log_path=tmp_path / "server.log") as server:
-        run = _wait_finished(server.url)
+        run = wait_finished_run(server.url)
         assert run["state"] == "published" and run["published_version"] == 2, run
 
 
@@ -257,7 +242,7 @@ def test_a_stop_mid_run_leaves_it_queued_and_the_next_start_finishes_it_once(tmp
     assert record["state"] == "running" and record["attempts"] == 1, record
     assert sorted(p.name for p in (repo / "auto").iterdir() if p.name.isdigit()) == ["1"]
     with serving(repo, log_path=tmp_path / "again.log") as server:
-        run = _wait_finished(server.url)
+        run = wait_finished_run(server.url)
         assert run["state"] == "published" and run["attempts"] == 2 and run["published_version"] == 2, run
     assert sorted(p.name for p in (repo / "auto").iterdir() if p.name.isdigit()) == ["1", "2"]
 
@@ -273,7 +258,7 @@ def test_a_version_a_reload_finds_is_optimized(tmp_path):
         (staging / "val.npz").write_bytes(data)
         staging.rename(repo / "auto" / "1")
         server.proc.send_signal(signal.SIGHUP)
-        run = _wait_finished(server.url)
+        run = wait_finished_run(server.url)
         assert run["state"] == "published" and run["published_version"] == 2, run
 
 
@@ -301,7 +286,7 @@ def test_the_status_page_shows_the_outcome(tmp_path):
     repo = _repo(tmp_path, SECTION + "min_gain = 100.0\n")
     with serving(repo, log_path=tmp_path / "server.log") as server:
         _upload(server.url, 1, model, data)
-        _wait_finished(server.url)
+        wait_finished_run(server.url)
         with chromium() as driver:
             driver.get(server.url + "/")
             deadline = time.monotonic() + 20

@@ -12,12 +12,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from tests.optimize.models import write_data, write_onnx, write_torchscript
+from tests.optimize.runs import wait_finished_run
 from tests.registry.conftest import S3_ENV, moto_server  # noqa: F401 - the S3 store tests' fixture
 from tests.registry.s3util import read_keys, upload
 from tests.server.http import call, infer_body, output
@@ -86,18 +86,6 @@ async def _put(endpoint: str, files: dict[str, bytes]) -> None:
             await s3.put_object(Bucket="models", Key=key, Body=body)
 
 
-def _wait_run(url: str, timeout: float = 240.0) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        answer = call(f"{url}/admin/models/auto/optimize")
-        body = answer.body
-        if answer.status == 200 and body["runs"] and body["runs"][0]["state"] not in ("queued", "running"):
-            return body["runs"][0]
-        time.sleep(0.1)
-    raise TimeoutError(f"no finished automatic run after {timeout} s: {body}")
-
-
 def test_a_version_arriving_by_the_s3_poll_is_optimized_and_the_winner_uploaded_as_the_next(
         tmp_path, moto_server, monkeypatch):
     for key, value in S3_ENV.items():
@@ -110,7 +98,7 @@ def test_a_version_arriving_by_the_s3_poll_is_optimized_and_the_winner_uploaded_
                  env={**S3_ENV, "MLSERVE_REGISTRY_CACHE_DIR": str(cache)}) as server:
         files = _version_files(tmp_path)
         asyncio.run(_put(moto_server, {f"repo/auto/1/{name}": body for name, body in files.items()}))
-        run = _wait_run(server.url)
+        run = wait_finished_run(server.url)
         assert run["state"] == "published" and run["source_version"] == 1, run
         assert run["published_version"] == 2 and run["winner"] == "int8_dynamic", run
         assert run["deployment"]["loaded"] is True

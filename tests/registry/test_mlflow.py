@@ -35,6 +35,7 @@ from tests.registry.s3util import upload
 from tests.registry.mlflowutil import MlflowServer, require_mlflow_venv
 from tests.registry.test_hot_swap import _metric
 from tests.optimize.models import write_data, write_torchscript
+from tests.optimize.runs import wait_finished_run
 from tests.routing.models import WIDTH as CANARY_WIDTH
 from tests.routing.models import write_failing_onnx, write_scale_onnx
 from tests.server.http import call
@@ -399,17 +400,6 @@ max_p99_ratio = 1000.0
 them from [optimize]), judged on errors (latency on shared cores is too noisy to judge in a test)."""
 
 
-def _wait_auto_run(url: str, model: str, timeout: float = 300.0) -> dict:
-    deadline, body = time.monotonic() + timeout, {}
-    while time.monotonic() < deadline:
-        answer = call(f"{url}/admin/models/{model}/optimize")
-        body = answer.body
-        if answer.status == 200 and body["runs"] and body["runs"][0]["state"] not in ("queued", "running"):
-            return body["runs"][0]
-        time.sleep(0.2)
-    raise TimeoutError(f"no finished automatic run after {timeout} s: {body}")
-
-
 @pytest.mark.timeout(900)
 def test_a_champion_is_optimized_on_arrival_registered_as_challenger_and_rolled_out(registry, tmp_path):
     """A registered model whose @champion's mlserve.toml tag says `[optimize] on_new_version = true`
@@ -419,17 +409,11 @@ def test_a_champion_is_optimized_on_arrival_registered_as_challenger_and_rolled_
     every request is answered by one version or the other. The winner, now champion, starts no run of
     its own, and a restart finds the run recorded."""
     server = registry.server
-    source = write_torchscript(tmp_path / "src", "autotiny")
-    (source / "data").mkdir()
-    (source / "model.pt").rename(source / "data" / "model.pth")
-    write_data(source / "reference.npz")
-    assert server.log_models([{"name": "autotiny", "flavor": "pytorch", "folder": str(source),
-                               "signature": TINY_SIGNATURE, "alias": "champion"}]) == [1]
-    server.set_version_tag("autotiny", 1, "mlserve.toml", AUTO_TOML)
+    source = _register_tiny(server, tmp_path, "autotiny", AUTO_TOML)
     x = np.load(source / "reference.npz")["x"][:2]
     proc = _serve(server, tmp_path, "autotiny", "--poll-interval", "0.3", "--trust-repository")
     try:
-        run = _wait_auto_run(proc.url, "autotiny")
+        run = wait_finished_run(proc.url, "autotiny", timeout=300)
         registered = run["published_version"]
         assert run["state"] == "published" and run["source_version"] == 1 and registered == 2, run
         assert run["deployment"] == {"registered": registered, "alias": "challenger"}, run
@@ -476,17 +460,11 @@ def test_without_rollout_steps_the_winner_becomes_champion_and_a_restart_finds_w
     mlserve.source_version tag; a server with a ledger of its own optimizes the same source, finds
     that version before registering, and registers nothing. Nothing is registered twice."""
     server = registry.server
-    source = write_torchscript(tmp_path / "src", "autoplain")
-    (source / "data").mkdir()
-    (source / "model.pt").rename(source / "data" / "model.pth")
-    write_data(source / "reference.npz")
-    assert server.log_models([{"name": "autoplain", "flavor": "pytorch", "folder": str(source),
-                               "signature": TINY_SIGNATURE, "alias": "champion"}]) == [1]
     plain = AUTO_TOML.split("rollout = ")[0]
-    server.set_version_tag("autoplain", 1, "mlserve.toml", plain)
+    _register_tiny(server, tmp_path, "autoplain", plain)
     proc = _serve(server, tmp_path, "autoplain", "--poll-interval", "0.3", "--trust-repository")
     try:
-        run = _wait_auto_run(proc.url, "autoplain")
+        run = wait_finished_run(proc.url, "autoplain", timeout=300)
         assert run["state"] == "published" and run["published_version"] == 2, run
         assert run["deployment"] == {"registered": 2, "alias": "champion"}, run
         assert _alias(server, "autoplain", "champion") == 2 and _alias(server, "autoplain", "challenger") is None
@@ -510,7 +488,7 @@ def test_without_rollout_steps_the_winner_becomes_champion_and_a_restart_finds_w
     (tmp_path / "other").mkdir()
     other = _serve(server, tmp_path / "other", "autoplain", "--trust-repository")
     try:
-        run = _wait_auto_run(other.url, "autoplain")
+        run = wait_finished_run(other.url, "autoplain", timeout=300)
         assert (run["state"], run["published_version"]) == ("published", 2), run
         assert run["deployment"]["alias"] is None and "nothing registered" in run["deployment"]["note"], run
         assert _alias(server, "autoplain", "champion") == 1
@@ -518,6 +496,19 @@ def test_without_rollout_steps_the_winner_becomes_champion_and_a_restart_finds_w
         assert other.stop() == 0, other.log()
     _, listed = _mlflow_get(server, "model-versions/search?filter=name%3D%27autoplain%27")
     assert sorted(int(v["version"]) for v in listed["model_versions"]) == [1, 2]
+
+
+def _register_tiny(server: MlflowServer, tmp_path: Path, name: str, toml: str) -> Path:
+    """Version 1 of `name` (@champion): the optimize tests' TorchScript MLP in the pytorch flavor, with its
+    reference.npz, and `toml` as its mlserve.toml tag; returns the folder logged."""
+    source = write_torchscript(tmp_path / "src", name)
+    (source / "data").mkdir()
+    (source / "model.pt").rename(source / "data" / "model.pth")
+    write_data(source / "reference.npz")
+    assert server.log_models([{"name": name, "flavor": "pytorch", "folder": str(source),
+                               "signature": TINY_SIGNATURE, "alias": "champion"}]) == [1]
+    server.set_version_tag(name, 1, "mlserve.toml", toml)
+    return source
 
 
 def _torchscript_reference(path: Path, x: np.ndarray) -> np.ndarray:
