@@ -326,7 +326,8 @@ class JobsConfig:
     """Wall-clock limit of one optimize run; past it the child is stopped and the job fails."""
     lease_s: float = 10.0
     """With a shared state store: how long a replica's hold on a batch job lasts unless renewed (it
-    renews every third of it); a job whose replica died is taken over this long after its last renewal."""
+    renews every third of it); a job whose replica died is taken over this long after its last renewal.
+    An optimize job (not taken over: its process dies with its replica) then reads as failed."""
     scan_s: float = 2.0
     """With a shared state store: how often a replica looks for batch jobs whose lease ran out."""
 

@@ -138,8 +138,10 @@ class OptimizeJobs:
         """With a shared store: every job's record there, for GET and DELETE through any replica."""
         if store is not None and store.is_shared:
             self._records = OptimizeRecords(store, replica or f"{socket.gethostname()}:{os.getpid()}",
-                                            self._on_cancel_notice)
+                                            self._on_cancel_notice, config.lease_s)
         self._spawned: set[asyncio.Task] = set()
+        self._holding: asyncio.Task | None = None
+        """With a shared store, while jobs run here: renews their leases."""
 
     def is_busy(self, model: str) -> bool:
         """Whether a start for `model` would be refused for now: one of its jobs runs, or the server's limit is reached."""
@@ -173,12 +175,24 @@ class OptimizeJobs:
             self._yield.add(job.job_id, job.process.pid, folder, job.pause,
                             lambda: is_pausable(folder) and not _is_publishing(job))
         log.info("optimize job %s for model %s started (pid %d)", job.job_id, job.model, job.process.pid)
+        if self._records is not None:
+            await self._records.hold([job.job_id])  # before the record: a reader never finds one unheld
+            if self._holding is None or self._holding.done():
+                self._holding = asyncio.get_running_loop().create_task(self._hold_leases(self._records))
         await self._write(job)
         return job
 
     async def _write(self, job: Job) -> None:
         if self._records is not None:
             await self._records.write(job.to_dict())
+            if job.state is not JobState.RUNNING:
+                await self._records.let_go(job.job_id)
+
+    async def _hold_leases(self, records: OptimizeRecords) -> None:
+        """Renew the leases of the jobs running here every third of a lease, until none runs."""
+        while running := [j.job_id for j in self.jobs.values() if j.state is JobState.RUNNING]:
+            await records.hold(running)
+            await asyncio.sleep(self._config.lease_s / 3)
 
     def _on_cancel_notice(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
@@ -243,6 +257,8 @@ class OptimizeJobs:
     async def close(self) -> None:
         for job in list(self.jobs.values()):
             await self.cancel(job.job_id)
+        if self._holding is not None:
+            self._holding.cancel()
         if self._yield is not None:
             await self._yield.close()
 
