@@ -195,12 +195,12 @@ class AutoOptimizer:
 
     async def _resume(self, run: AutoRun) -> None:
         """A run the last stop interrupted: published already (the version is there), given up, or queued."""
-        if self._s3 is not None:
-            published = await _published_in_store(self._s3, run.model, run.source_version)
-        elif self._mlflow is not None:
-            published = await published_in_registry(self._mlflow, run.model, run.source_version)
-        else:
-            published = await asyncio.to_thread(_published_from, self._root, run.model, run.source_version)
+        try:
+            published = await self._published(run)
+        except Exception as exc:  # the remote repository away: queued; looked for again before it starts
+            log.warning("model %s version %d: could not look for a version an interrupted automatic run "
+                        "published: %s", run.model, run.source_version, exc)
+            published = None
         if published is not None:
             run.state, run.published_version = RunState.PUBLISHED, published
             run.reason = "published before the last stop"
@@ -214,6 +214,14 @@ class AutoOptimizer:
         if run.state is not RunState.QUEUED:
             run.finished_at = time.time()
         await self._save(run)
+
+    async def _published(self, run: AutoRun) -> int | None:
+        """The version an earlier attempt of `run` published, if one did before a stop."""
+        if self._s3 is not None:
+            return await _published_in_store(self._s3, run.model, run.source_version)
+        if self._mlflow is not None:
+            return await published_in_registry(self._mlflow, run.model, run.source_version)
+        return await asyncio.to_thread(_published_from, self._root, run.model, run.source_version)
 
     async def _pump(self) -> None:
         """Starts queued runs as job slots allow; woken by arrivals and finished jobs, else every RETRY_S."""
@@ -236,6 +244,10 @@ class AutoOptimizer:
             return  # a job of this model runs, or the server's job limit is reached: the next round tries
         key = (run.model, run.source_version)
         try:
+            if run.attempts and (published := await self._published(run)) is not None:
+                run.published_version = published  # the look at the last start could not reach the repository
+                await self._finish(run, RunState.PUBLISHED, "published before the last stop")
+                return
             root, upload = self._root, None
             if self._s3 is not None:
                 mirror = self._mirrors[key] = await S3Mirror.open(self._s3, run.model, run.source_version)
