@@ -154,6 +154,10 @@ class AutoOptimizer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The cancel may have cut a save short (its write still queued for a thread): what a restart
+        # reads must be what ran, e.g. a run started (attempts counted) and not the claim before it.
+        for run in [r for r in self.runs.values() if r.state in UNFINISHED]:
+            await self._save(run)
 
     def views(self, model: str) -> list[dict]:
         """The model's runs, newest source version first; a running one says what it waits for
