@@ -191,7 +191,10 @@ class OptimizeJobs:
     async def _hold_leases(self, records: OptimizeRecords) -> None:
         """Renew the leases of the jobs running here every third of a lease, until none runs."""
         while running := [j.job_id for j in self.jobs.values() if j.state is JobState.RUNNING]:
-            await records.hold(running)
+            try:
+                await records.hold(running)
+            except Exception:  # one failed renewal must not end the renewals: the leases would lapse
+                log.exception("optimize jobs: lease renewal failed")
             await asyncio.sleep(self._config.lease_s / 3)
 
     def _on_cancel_notice(self, job_id: str) -> None:
