@@ -8,7 +8,12 @@
    sends the live load): on a 2-core host the live load's client and the server's loop share the
    cores with the job's engine
 3b. job rows/s beside live load at full capacity (48 closed-loop clients sending 64 binary rows each:
-    live rows fill every batch, so only the share's floor runs the job) [> 0, reason "waiting: live load"]
+    live rows fill every batch of the version's one live worker), its reason [> 0, "waiting: live
+    load" when only the share's floor moves it], and the live rows/s of that load with the job over
+    without it. With the background thread (batching/share.py) the job runs on what that load
+    leaves of the host (the second core here), so it is not held to the floor and says so
+Figures 2 to 3b run twice, on two servers one after the other: at the model's defaults (the job's
+rows in the live batches), then with `background_thread = true`; `--only-default` runs the first.
 3c. the job path per part, in process (no HTTP, so no host noise from the load generator): the same
     job through a real batcher and ONNX Runtime, in full batches (no live traffic) and in the short
     batches the share rule gives it while live traffic is about; per batch, the engine's thread CPU
@@ -29,7 +34,8 @@ row each, sent open-loop at a fixed rate; capacity is the closed-loop rate of 32
 commits every JOB_CHUNK_ROWS rows here, so its committed rows measure its rate within a round (a
 commit costs four fsyncs: at 512 rows a chunk a host with slow fsync ran the job at its disk's pace,
 not its engine's, and the ratio of figure 3 compared two disk-bound rates); it starts over
-each round (`--job-mb` of input must last one round: about 600,000 rows on a fast host).
+each round (`--job-mb` of input must last one round: about 1,000,000 rows on a fast host, once the
+job has the background thread).
 
 Figure 1's pairs alternate which side runs first; each side times the whole run from the model file
 (raw: InferenceSession with mlserve's options, then session.run over the in-memory array; offline:
@@ -64,9 +70,9 @@ FULL_CLIENTS, FULL_ROWS = 48, 64
 """Figure 3b's live load: enough rows queued at every moment to fill every batch."""
 
 
-def write_repo(root: Path) -> Path:
+def write_repo(root: Path, toml: str = MLP_TOML) -> Path:
     write_mlp_onnx(root / "mlp" / "1" / "model.onnx", seed=1)
-    (root / "mlp" / "model.toml").write_text(MLP_TOML)
+    (root / "mlp" / "model.toml").write_text(toml)
     return root
 
 
@@ -232,12 +238,14 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
     # each round starts the job over, so the input need only last one round's three phases
     job = {"model": "mlp", "input": "job.npz", "output": "job.npz.out.npz", "overwrite": True}
     results = {"without": [], "with": [], "job_live": [], "job_alone": [], "job_full": [], "reasons": [],
-               "full_rows": [], "cpu": {}}
+               "full_rows": [], "full_alone_rows": [], "cpu": {}}
     pid = server.proc.pid
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
         await drive(session, infer, bodies, 100, 1.0)  # warm-up
         rate = await capacity(session, infer, bodies[0]) / 2
         for _ in range(args.rounds):
+            results["full_alone_rows"].append(
+                await capacity(session, infer, full_body, args.round_s, FULL_CLIENTS, full_headers) * FULL_ROWS)
             split = CpuSplit(pid)
             results["without"].append(await drive(session, infer, bodies, rate, args.round_s))
             results["cpu"]["live alone"] = split.cores()
@@ -254,21 +262,29 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
             results["job_live"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
             results["cpu"]["both"] = split.cores()
             before, started = await job_rows(session, job_url), time.perf_counter()
-            full = asyncio.ensure_future(capacity(session, infer, full_body, args.round_s, FULL_CLIENTS, full_headers))
-            await asyncio.sleep(args.round_s / 4)  # the queue fills first
-            while not full.done():
-                results["reasons"].append((await job_view(session, job_url))["reason"])
-                await asyncio.sleep(0.1)
-            results["full_rows"].append(await full * FULL_ROWS)
-            results["job_full"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
-            view = await job_view(session, job_url)
-            if view["state"] != "running":
-                raise SystemExit(f"the job stopped within a round ({view['state']} {view['reason']!r}, "
-                                 f"{view['rows_done']} rows done): give it a larger --job-mb if it was done")
+            await _full_phase(session, server, job_url, full_body, full_headers, args.round_s, results)
             async with session.delete(job_url) as resp:
                 await resp.read()
     results["rate"] = rate
     return results
+
+
+async def _full_phase(session: aiohttp.ClientSession, server: MlserveProcess, job_url: str, body: bytes,
+                      headers: dict, seconds: float, results: dict) -> None:
+    """The full-capacity load beside the running job: job rows/s, live rows/s, the job's reasons."""
+    before, started = await job_rows(session, job_url), time.perf_counter()
+    full = asyncio.ensure_future(capacity(session, f"{server.url}/v2/models/mlp/infer", body, seconds,
+                                          FULL_CLIENTS, headers))
+    await asyncio.sleep(seconds / 4)  # the queue fills first
+    while not full.done():
+        results["reasons"].append((await job_view(session, job_url))["reason"])
+        await asyncio.sleep(0.1)
+    results["full_rows"].append(await full * FULL_ROWS)
+    results["job_full"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
+    view = await job_view(session, job_url)
+    if view["state"] != "running":
+        raise SystemExit(f"the job stopped within a round ({view['state']} {view['reason']!r}, "
+                         f"{view['rows_done']} rows done): give it a larger --job-mb if it was done")
 
 
 def main() -> None:
@@ -277,7 +293,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--round-s", type=float, default=10.0)
     parser.add_argument("--big-mb", type=int, default=256, help="size of the input of the memory figure")
-    parser.add_argument("--job-mb", type=int, default=2048, help="size of the in-server job's input (one round's worth)")
+    parser.add_argument("--only-default", action="store_true",
+                        help="figures 2 to 3b only at the model's defaults, not again with background_thread = true")
+    parser.add_argument("--job-mb", type=int, default=4096, help="size of the in-server job's input (one round's worth)")
     args = parser.parse_args()
     print(f"load at start: {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -290,31 +308,46 @@ def main() -> None:
         batch = root / "batch"
         batch.mkdir()
         write_big_npz(batch / "job.npz", args.job_mb, repeat=True)
-        server = MlserveProcess(repo, "--batch-dir", str(batch), "--log-level", "warning",
-                                log_path=root / "server.log", env={"MLSERVE_JOBS_CHUNK_ROWS": str(JOB_CHUNK_ROWS)}).wait_ready()
-        try:
-            live = asyncio.run(live_rounds(args, server, batch))
-        finally:
-            server.stop()
-        without = [v for r in live["without"] for v in r]
-        with_job = [v for r in live["with"] for v in r]
-        print(f"2. live {live['rate']:.0f} req/s (half of capacity): p99 {_pct(without, .99):.2f} ms without a job, "
-              f"{_pct(with_job, .99):.2f} ms with one: ratio {_pct(with_job, .99) / _pct(without, .99):.2f} "
-              f"(p50 {_pct(without, .5):.2f} / {_pct(with_job, .5):.2f} ms)")
-        alone, beside = float(np.median(live["job_alone"])), float(np.median(live["job_live"]))
-        print(f"3. job {beside:,.0f} rows/s beside live load, {alone:,.0f} rows/s alone: ratio {beside / alone:.2f}")
-        for phase, split in live["cpu"].items():  # the last round's
-            print(f"   cores used, {phase}: {_cores_text(split)}")
-        reasons = live["reasons"]
-        waiting = sum(r == "waiting: live load" for r in reasons)
-        print(f"3b. job {float(np.median(live['job_full'])):,.0f} rows/s beside live load at full capacity "
-              f"({float(np.median(live['full_rows'])):,.0f} live rows/s, {FULL_CLIENTS} clients x {FULL_ROWS} rows); "
-              f"its reason in {waiting} of {len(reasons)} samples: 'waiting: live load'; others: "
-              f"{sorted(set(r for r in reasons if r != 'waiting: live load'))}")
-
+        variants = [("in the live batches (the default)", MLP_TOML),
+                    ("on the background thread (background_thread = true)", MLP_TOML + "background_thread = true\n")]
+        for label, variant_toml in variants[:1] if args.only_default else variants:
+            (repo / "mlp" / "model.toml").write_text(variant_toml)
+            server = MlserveProcess(repo, "--batch-dir", str(batch), "--log-level", "warning",
+                                    log_path=root / "server.log", env={"MLSERVE_JOBS_CHUNK_ROWS": str(JOB_CHUNK_ROWS)}).wait_ready()
+            try:
+                live = asyncio.run(live_rounds(args, server, batch))
+            finally:
+                server.stop()
+            print(f"-- the job's rows {label}:")
+            print_live(live)
+        (repo / "mlp" / "model.toml").write_text(MLP_TOML)
         job_path_profile(repo, batch / "job.npz", min(args.round_s, 5.0))
         memory(args, repo, root, x)
     print(f"load at end: {_load()}")
+
+
+def print_live(live: dict) -> None:
+    without = [v for r in live["without"] for v in r]
+    with_job = [v for r in live["with"] for v in r]
+    print(f"2. live {live['rate']:.0f} req/s (half of capacity): p99 {_pct(without, .99):.2f} ms without a job, "
+          f"{_pct(with_job, .99):.2f} ms with one: ratio {_pct(with_job, .99) / _pct(without, .99):.2f} "
+          f"(p50 {_pct(without, .5):.2f} / {_pct(with_job, .5):.2f} ms)")
+    alone, beside = float(np.median(live["job_alone"])), float(np.median(live["job_live"]))
+    print(f"3. job {beside:,.0f} rows/s beside live load, {alone:,.0f} rows/s alone: ratio {beside / alone:.2f}")
+    for phase, split in live["cpu"].items():  # the last round's
+        print(f"   cores used, {phase}: {_cores_text(split)}")
+    full_alone = float(np.median(live["full_alone_rows"]))
+    print(f"3b. {_full_text(live)}; live rows/s without the job {full_alone:,.0f}: with / without "
+          f"{float(np.median(live['full_rows'])) / full_alone:.2f}")
+
+
+def _full_text(results: dict) -> str:
+    reasons = results["reasons"]
+    waiting = sum(r == "waiting: live load" for r in reasons)
+    return (f"job {float(np.median(results['job_full'])):,.0f} rows/s beside live load at full capacity "
+            f"({float(np.median(results['full_rows'])):,.0f} live rows/s, {FULL_CLIENTS} clients x {FULL_ROWS} "
+            f"rows); its reason in {waiting} of {len(reasons)} samples: 'waiting: live load'; others: "
+            f"{sorted(set(r for r in reasons if r != 'waiting: live load'))}")
 
 
 def _load() -> str:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -69,6 +71,8 @@ class _Worker:
         self._jobs.put((fn, inputs, done))
 
     def _loop(self) -> None:
+        if self._pool.nice:
+            lower_thread_priority(self._pool.nice, self._pool.label)
         while True:
             try:
                 fn, inputs, done = self._jobs.get(timeout=IDLE_EXIT_S)
@@ -93,9 +97,14 @@ class GuardedInfer:
 
     def __init__(
         self, infer: Callable[[Tensors], Tensors], label: str, hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S,
-        can_split: bool = True, max_hung: int = 4,
+        can_split: bool = True, max_hung: int = 4, nice: int = 0, one_thread: bool = False,
     ) -> None:
         self._infer = infer
+        self.nice = nice
+        """Each worker thread raises its own nice value by this much (Linux; 0: left as the process's)."""
+        self._one_thread = one_thread
+        self._sole: _Worker | None = None
+        """With `one_thread`, the worker every batch goes to, queued behind the one it runs."""
         self.label = label
         self.hang_timeout_s = hang_timeout_s
         self._can_split = can_split
@@ -106,11 +115,13 @@ class GuardedInfer:
         self.num_splits = 0
 
     @classmethod
-    def for_model(cls, infer: Callable[[Tensors], Tensors], config: ModelConfig, label: str) -> GuardedInfer:
+    def for_model(cls, infer: Callable[[Tensors], Tensors], config: ModelConfig, label: str,
+                  nice: int = 0, one_thread: bool = False) -> GuardedInfer:
         """Hang deadline from model.toml's `hang_timeout_us` when set; batches split only when batching."""
         timeout_us = config.hang_timeout_us
         hang_timeout_s = timeout_us / 1e6 if timeout_us is not None else DEFAULT_HANG_TIMEOUT_S
-        return cls(infer, label, hang_timeout_s, can_split=config.batching.max_batch_size > 0)
+        return cls(infer, label, hang_timeout_s, can_split=config.batching.max_batch_size > 0, nice=nice,
+                   one_thread=one_thread)
 
     def __call__(self, inputs: Tensors) -> Tensors:
         """Run one batch from a plain thread, waiting at most the hang deadline."""
@@ -185,7 +196,8 @@ class GuardedInfer:
 
     def _release(self, worker: _Worker) -> None:
         with self._lock:
-            self._idle.append(worker)
+            if worker not in self._idle:
+                self._idle.append(worker)
 
     def _checkout(self) -> _Worker:
         with self._lock:
@@ -193,10 +205,17 @@ class GuardedInfer:
                 raise InferenceFailed(f"model {self.label} has {self.num_hung} hung workers; not running more batches")
             if self._idle:
                 return self._idle.pop()
-        return _Worker(self)
+            if self._sole is not None and not self._sole.is_abandoned:
+                return self._sole
+            worker = _Worker(self)
+            if self._one_thread:
+                self._sole = worker
+            return worker
 
     def _abandon(self, worker: _Worker) -> None:
         with self._lock:
+            if worker.is_abandoned:  # another batch queued behind the same hung batch (one_thread)
+                return
             worker.is_abandoned = True
             worker.rename(f"{HUNG_THREAD_PREFIX}{self.label}")
             self.num_hung += 1
@@ -211,6 +230,8 @@ class GuardedInfer:
         with self._lock:
             if worker in self._idle:
                 self._idle.remove(worker)
+                if worker is self._sole:
+                    self._sole = None
                 return True
             return False
 
@@ -291,6 +312,18 @@ def _settle_sync(future: Future, result: Tensors | None, error: BaseException | 
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def lower_thread_priority(increment: int, label: str) -> None:
+    """Raise the calling thread's own nice value (Linux schedules threads apart; elsewhere the call
+    would reach the whole process, so it is not made). Raising it needs no privilege."""
+    if sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+    except OSError as exc:
+        log.warning("model %s: could not lower the priority of a background worker: %s", label, exc)
 
 
 def num_hung_threads() -> int:

@@ -1,8 +1,10 @@
-"""How one version's batches are split between live requests and background work (in-server jobs
-and the optimize runs that use a served version).
+"""How one version's batches are split between live requests and background work (in-server jobs).
 
-The rule, applied each time a batch is formed (`max_rows` is the model's max_batch_size; live
-traffic is "about" when a live request ran or waited within the last `window_s`):
+Two ways, chosen per version at load.
+
+**In the live batches** (the default): the rule applied each time a batch is formed (`max_rows` is
+the model's max_batch_size; live traffic is "about" when a live request ran or waited within the
+last `window_s`):
 
 1. Live first: a batch takes the waiting live requests first (by level, as always).
 2. Short batches beside live traffic: while live traffic is about, a batch that carries background
@@ -10,15 +12,15 @@ traffic is "about" when a live request ran or waited within the last `window_s`)
    background rows fill what the live rows leave of it, and with no live request waiting they run
    alone, a short batch at a time. A live request so waits behind at most one batch holding
    background rows, and that batch, like its own, is short.
-3. A floor: while background work waits and its share of the rows run over the last `window_s` is
-   below `min_share`, a batch holds `ceil(min_share * max_rows)` rows for it even when live requests
-   could fill them (when the first waiting live request is too large to leave them free, the held
-   rows run as a short batch of their own before it). At that floor a job reports `waiting: live
-   load`.
+3. A floor (both ways): while background work waits and its share of the rows run over the last
+   `window_s` is below `min_share`, a batch holds `ceil(min_share * max_rows)` rows for it even when
+   live requests could fill them (when the first waiting live request is too large to leave them
+   free, the held rows run as a short batch of their own before it). At that floor a job reports
+   `waiting: live load`.
 4. With no live traffic about, background rows run in full batches.
 
-What it guarantees, given that background work keeps rows waiting (a job queues a whole chunk's
-batches at once: jobs/sharing.py): the engine never runs a batch without background rows unless
+What the first way guarantees, given that background work keeps rows waiting (a job queues a whole
+chunk's batches at once: jobs/sharing.py): the engine never runs a batch without background rows unless
 live rows fill a short batch, and never waits for background rows beyond the hand-off from one
 batch to the next through the event loop (they are queued before it asks). Beside live load that
 takes a fraction u of the engine's time, background work therefore gets the other 1 - u in short
@@ -26,6 +28,17 @@ batches, and under any live load at least `min_share` of the rows. At half capac
 half the engine; the rate it gives is half the rate of short batches, which differs from the rate of
 full batches by the engine's per-row cost at half the batch size and one hand-off through
 the event loop per short batch.
+
+**On a background thread** (`[batching] background_thread = true`, only where the engine runs two
+batches at once on two threads: ONNX on CPU with one intra-op thread). Background rows run in full
+batches on one worker thread of their own, beside the live batches instead of in them; the thread
+lowers its own OS priority to the lowest (nice BACKGROUND_NICE), so the kernel gives it only CPU
+time that no thread of normal priority wants. Live batches carry no background rows except the
+floor (rule 3), so a live request never waits behind background rows, and live work that becomes
+runnable takes the CPU back within a scheduler tick. Background work so gets what live load leaves
+of the machine, not only of the engine's one thread; when live load leaves it nothing, the floor
+still moves it, in live batches. What it costs: the thread still takes the interpreter's lock
+around each batch, and the event loop then waits for it more often (docs/batch.md has the figures).
 
 Pure bookkeeping with no clock of its own: callers pass `now`. Not thread-safe; the batcher's
 event loop owns it.
@@ -37,6 +50,9 @@ import math
 
 DEFAULT_MIN_SHARE = 0.1
 DEFAULT_WINDOW_S = 1.0
+BACKGROUND_NICE = 19
+"""How far the background thread lowers its own OS priority: the lowest nice value, so the kernel
+runs it only on CPU time no live thread of the machine wants."""
 SHORT_PART = 2
 """A short batch is `max_rows // SHORT_PART` rows. At a quarter, short batches ran the job at 0.67-0.69
 of the rate of full ones (16 rows on the MLP example: the engine's cost per row and the hand-off from
@@ -86,6 +102,10 @@ class BackgroundShare:
             return 0
         self._floor_used_at = now
         return max(1, math.ceil(self.min_share * max_rows))
+
+    def held_rows_due(self, now: float) -> bool:
+        """Whether the next batch would hold rows for background work (rule 3), without using them."""
+        return self.min_share > 0 and self.share(now) < self.min_share
 
     def alone_rows(self, max_rows: int, now: float) -> int:
         """The most background rows a batch with no live request in it takes (rules 2 and 4)."""

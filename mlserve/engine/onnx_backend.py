@@ -87,6 +87,8 @@ class OnnxBackend:
         self._string_inputs: frozenset[str] = frozenset()
         self._io_binding = io_binding
         self._binder: IoBindingRunner | None = None
+        self.runs_concurrently = False
+        """Batches may run on two threads at once (a CPU session computing each on its calling thread)."""
 
     def load(self, path: Path, device: str) -> None:
         options = ort.SessionOptions()
@@ -111,6 +113,9 @@ class OnnxBackend:
             index = int(device.partition(":")[2] or 0)
             names = [o.name for o in outputs]
             self._binder = IoBindingRunner(self._session, names, "cuda" if on_cuda else "cpu", index)
+        # session.run is thread-safe and computes on its calling thread with one intra-op thread;
+        # an IO binding is one set of buffers, so it is not
+        self.runs_concurrently = not on_cuda and self._config.intra_op_threads == 1 and self._binder is None
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None, "infer before load"

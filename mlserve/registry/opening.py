@@ -129,6 +129,8 @@ class BatchedRuntime:
     """An embedding model's longest input in tokens; None for tensor models."""
     vocab_size: int | None = None
     """An embedding model's vocabulary size (token ids must lie below it); None for tensor models."""
+    runs_concurrently: bool = False
+    """Two batches may run at once on two threads (the background thread runs beside live batches)."""
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One batch straight on the backend, past any batcher (blocking: run it off the loop)."""
@@ -216,8 +218,9 @@ async def open_version(files: VersionFiles, placement: Placement, executor: Exec
         backend = await run(load, name, files.config, files.folder, placed.device, files.trust,
                             placed.memory_cap_bytes)
         loaded = time.monotonic()
-        stage.name = "warmup"
         try:
+            _check_background_thread(name, backend, files)
+            stage.name = "warmup"
             runs = await run(warm_up, backend, files.config, files.folder) if warm else 0
             measured = await run(taken)
         except BaseException:
@@ -236,4 +239,14 @@ def _runtime(name: str, backend: Backend, device: str, figures: OpenFigures) -> 
         return GenerativeRuntime(name, llm, info, device, figures, llm.tokenizer,
                                  llm.runner.shape.vocab_size, llm.max_model_len)
     return BatchedRuntime(name, backend, info, device, figures, getattr(backend, "max_seq_length", None),
-                          getattr(backend, "vocab_size", None))
+                          getattr(backend, "vocab_size", None), getattr(backend, "runs_concurrently", False))
+
+
+def _check_background_thread(name: str, backend: Backend, files: VersionFiles) -> None:
+    """`[batching] background_thread = true` needs an engine that runs two batches at once."""
+    batching = files.config.batching
+    if batching.background_thread and not (name not in GENERATIVE_BACKENDS and batching.max_batch_size > 0
+                                            and getattr(backend, "runs_concurrently", False)):
+        raise ModelLoadError(
+            f"{files.label}: background_thread = true, but this version's engine cannot run two batches at once "
+            "(ONNX on CPU with intra_op_threads = 1 and max_batch_size > 0 can); remove the key or set it to false")

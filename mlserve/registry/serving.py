@@ -15,6 +15,7 @@ import numpy as np
 from mlserve.batching.cache import ResponseCache, SharedLevel
 from mlserve.batching.dynamic import BatchStats, DynamicBatcher
 from mlserve.batching.guard import GuardedInfer
+from mlserve.batching.share import BACKGROUND_NICE
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import InferenceStatistics
 from mlserve.registry.opening import BatchedRuntime, GenerativeRuntime
@@ -116,10 +117,21 @@ def serve_batched(runtime: BatchedRuntime, config: ModelConfig, model: str, vers
         GuardedInfer.for_model(runtime.backend.infer, config, f"{model}/{version}"),
         config.batching, f"{model}-{version}",
         instances=config.instances, observer=_observer(metrics, stats, model, str(version)),
+        background=_background_thread(runtime, config, model, version),
     )
     batcher.start()
     cache = _response_cache(model, str(version), fingerprint, config.batching, metrics, state_store)
     return BatchedServing(runtime, batcher, cache)
+
+
+def _background_thread(runtime: BatchedRuntime, config: ModelConfig, model: str, version: int
+                       ) -> GuardedInfer | None:
+    """The worker that runs background rows beside live batches (`[batching] background_thread`)."""
+    if not config.batching.background_thread:
+        return None
+    assert runtime.runs_concurrently, "refused at load (registry/opening.py)"
+    return GuardedInfer.for_model(runtime.backend.infer, config, f"{model}/{version}/background",
+                                  nice=BACKGROUND_NICE, one_thread=True)
 
 
 def _response_cache(model: str, version: str, fingerprint: str, spec: BatchingSpec, metrics: Metrics,

@@ -97,6 +97,10 @@ class BatchingSpec:
     background_share: float = 0.1
     """The least share of this version's rows that waiting background work (in-server jobs) gets
     under any live load (batching/share.py); 0 = only what live traffic leaves."""
+    background_thread: bool = False
+    """Background rows run in full batches on a worker thread of their own at the lowest OS priority,
+    beside live batches rather than in them (batching/share.py). Only where the engine runs two
+    batches at once (ONNX on CPU with intra_op_threads = 1); elsewhere true is refused at load."""
 
     def __post_init__(self) -> None:
         if self.timeout_us < 0 or self.priority_aging_us < 0 or self.cache_size < 0:
@@ -189,7 +193,7 @@ class ModelConfig:
 _BATCHING_KEYS = (
     "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size",
     "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size", "background_share",
-    "shared_cache_ttl_s", "shared_cache_entries", "shared_cache_max_bytes",
+    "background_thread", "shared_cache_ttl_s", "shared_cache_entries", "shared_cache_max_bytes",
 )
 
 
