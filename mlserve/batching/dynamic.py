@@ -13,7 +13,7 @@ from mlserve.batching.background import BackgroundQueue
 from mlserve.batching.deadline import DeadlineWatch
 from mlserve.batching.guard import GuardedInfer
 from mlserve.batching.queue import RequestQueue, Waiting
-from mlserve.batching.share import BackgroundShare
+from mlserve.batching.share import BackgroundShare, short_rows
 from mlserve.errors import InferenceFailed, InvalidInput, Overloaded, RequestTimeout
 from mlserve.spec import BatchingSpec, SchedulePolicy
 
@@ -118,6 +118,8 @@ class DynamicBatcher:
         self._bg_running = 0
         self._bg_wake: asyncio.Event | None = None
         self._bg_tasks: set[asyncio.Task] = set()
+        self._floor_owed = 0
+        """Held rows (share rule 3) that live requests too large to leave them free kept out of batches."""
 
     @property
     def num_queued(self) -> int:
@@ -354,12 +356,26 @@ class DynamicBatcher:
         if not self._live_sees_background():
             return self._account(self._queue.take(max_rows, now), now)
         held = self.share.held_rows(max_rows, now)  # share rule 3
+        if not held:
+            self._floor_owed = 0
         live = self._queue.take(max_rows - held, now, at_least_one=not held) if self._queue.num_requests else []
-        if held and not live:  # the first live request would not leave the held rows free: they go first
-            return self._take_background(held, now, [])
+        if held and not live:  # the first live request would not leave the held rows free
+            return self._owed_or_live(held, max_rows, now)
         live_rows = sum(item.num_rows for item in live)
         spare = min(max_rows - live_rows, held) if self._bg is not None else self.share.spare_rows(max_rows, live_rows, held)
         return self._take_background(spare, now, live)
+
+    def _owed_or_live(self, held: int, max_rows: int, now: float) -> list[Waiting]:
+        """Held rows that no live batch has room for are owed, and run together as one short batch
+        (or all the background rows waiting, if fewer) once that many are owed; until then the live
+        requests run. The background share is the same as with a small batch of held rows before
+        each live one, for a fraction of the batches (and of their hand-offs through the loop)."""
+        self._floor_owed += held
+        due = min(short_rows(max_rows), self._background.num_rows)
+        if self._floor_owed >= due:
+            self._floor_owed = 0
+            return self._take_background(due, now, [])
+        return self._account(self._queue.take(max_rows, now), now)
 
     def _account(self, live: list[Waiting], now: float) -> list[Waiting]:
         self.share.ran(sum(item.num_rows for item in live), 0, now)

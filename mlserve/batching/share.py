@@ -14,8 +14,9 @@ last `window_s`):
    background rows, and that batch, like its own, is short.
 3. A floor (both ways): while background work waits and its share of the rows run over the last
    `window_s` is below `min_share`, a batch holds `ceil(min_share * max_rows)` rows for it even when
-   live requests could fill them (when the first waiting live request is too large to leave them
-   free, the held rows run as a short batch of their own before it). At that floor a job reports
+   live requests could fill them. When the first waiting live request is too large to leave them
+   free, the live requests run and the held rows are owed; once a short batch of them is owed (or
+   every background row waiting, if fewer), they run as a batch of their own. At that floor a job reports
    `waiting: live load`.
 4. With no live traffic about, background rows run in full batches.
 

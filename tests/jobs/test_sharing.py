@@ -201,3 +201,33 @@ def test_the_floor_holds_when_each_live_request_fills_a_batch_on_its_own():
     batches, status = asyncio.run(main())
     assert batches == [[1], [9], [2] * 8, [2] * 8, [2] * 8]
     assert status == WAITING_FOR_LIVE
+
+
+def test_floor_rows_that_full_live_requests_leave_no_room_for_are_owed_and_run_as_one_short_batch():
+    """Live requests of max_batch_size (8) rows leave the held row (ceil(0.1 x 8) = 1) no room: each
+    live batch formed below the floor owes it, and once a short batch (8 // 2 = 4) is owed, four job
+    rows run together; no batch mixes them."""
+    async def main():
+        model, batcher, job = setup()
+        first = asyncio.create_task(batcher.submit(rows(1), 1))
+        await asyncio.to_thread(model.entered.wait, 10)
+        live = [asyncio.create_task(batcher.submit(rows(2, 8), 8)) for _ in range(12)]
+        await until(lambda: batcher.num_queued == 12)
+        job_task = asyncio.create_task(job.batches(
+            [{"x": np.arange(start, min(start + 8, 120), dtype=np.float32)[:, None]} for start in (100, 108, 116)]))
+        await until(lambda: batcher.num_background == 20)
+        model.gate.set()
+        await asyncio.gather(first, *live)
+        status = job.status()
+        out = await job_task
+        await batcher.stop()
+        return model.batches, status, out
+
+    batches, status, out = asyncio.run(main())
+    assert batches[1:5] == [[2] * 8] * 3 + [[100, 101, 102, 103]]
+    last_live = max(i for i, b in enumerate(batches) if b == [2] * 8)
+    job_batches = [b for b in batches[:last_live] if min(b) >= 100]
+    assert len(job_batches) >= 2 and all(len(b) == 4 for b in job_batches)
+    assert all(set(b) in ({1}, {2}) or min(b) >= 100 for b in batches)
+    assert status == WAITING_FOR_LIVE
+    assert [v for o in out for v in o["y"][:, 0].tolist()] == list(range(100, 120))
