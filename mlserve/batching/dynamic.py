@@ -311,7 +311,7 @@ class DynamicBatcher:
         assert self._bg_wake is not None
         max_rows = self._spec.max_batch_size
         while True:
-            while not self._background or self._bg_running >= BACKGROUND_DEPTH:
+            while not self._background or self._bg_running >= BACKGROUND_DEPTH or self._live_backlogged():
                 self._bg_wake.clear()
                 await self._bg_wake.wait()
             batch = self._take_background(max_rows or 1, time.monotonic(), [])
@@ -319,6 +319,11 @@ class DynamicBatcher:
             task = asyncio.ensure_future(self._run_background(batch))
             self._bg_tasks.add(task)
             task.add_done_callback(self._bg_tasks.discard)
+
+    def _live_backlogged(self) -> bool:
+        """Live rows enough for a full batch wait: the engine is behind on live load, and the background
+        thread takes no more batches until it catches up (the floor, rule 3, still moves the job)."""
+        return self._queue.num_rows >= self._spec.max_batch_size
 
     async def _run_background(self, batch: list[Waiting]) -> None:
         assert self._bg is not None and self._bg_wake is not None
@@ -379,6 +384,8 @@ class DynamicBatcher:
 
     def _account(self, live: list[Waiting], now: float) -> list[Waiting]:
         self.share.ran(sum(item.num_rows for item in live), 0, now)
+        if self._bg_wake is not None:  # the live queue shrank: the background thread may go on
+            self._bg_wake.set()
         return live
 
     def _take_background(self, max_rows: int, now: float, batch: list[Waiting]) -> list[Waiting]:
@@ -387,6 +394,8 @@ class DynamicBatcher:
         live_rows = sum(item.num_rows for item in batch)
         taken = self._background.take(max_rows if self._spec.max_batch_size else None)
         self.share.ran(live_rows, sum(item.num_rows for item in taken), now)
+        if batch and self._bg_wake is not None:  # the live queue shrank: the background thread may go on
+            self._bg_wake.set()
         return batch + taken
 
     def _should_close(self, deadline: float) -> bool:

@@ -37,10 +37,13 @@ lowers its own OS priority to the lowest (nice BACKGROUND_NICE), so the kernel g
 time that no thread of normal priority wants. Live batches carry no background rows except the
 floor (rule 3), so a live request never waits behind background rows, and live work that becomes
 runnable takes the CPU back within a scheduler tick. Background work so gets what live load leaves
-of the machine, not only of the engine's one thread; when live load leaves it nothing, the floor
-still moves it, in live batches. What it costs: live load at full capacity kept 0.75 of its rows/s
-beside a job on the thread, against 0.88-0.92 beside one in the live batches (most likely the
-interpreter's lock, which the thread takes around each batch; docs/batch.md has the figures).
+of the machine, not only of the engine's one thread. While live rows enough for a full batch wait
+(the engine is behind on live load), the thread takes no new batch; the floor still moves the
+job then, in live batches. Without that pause live load at full capacity kept 0.75 of its rows/s
+beside a job on the thread, and 0.88 with it, as beside a job in the live batches (most likely the
+interpreter's lock, which the thread takes around each batch and the live path at saturation waits
+on). What it still costs: live latency beside a running job at half capacity was higher than
+with the job in the live batches in three of four paired runs (docs/batch.md has the figures).
 
 Pure bookkeeping with no clock of its own: callers pass `now`. Not thread-safe; the batcher's
 event loop owns it.

@@ -43,6 +43,9 @@ class TwoThreadModel:
         self.background_nice: list[int] = []
         self.bg_entered = threading.Event()
         self.bg_gate = threading.Event()
+        self.live_entered = threading.Event()
+        self.live_gate = threading.Event()
+        self.live_gate.set()
 
     def __call__(self, inputs):
         values = inputs["x"][:, 0].astype(int).tolist()
@@ -52,6 +55,8 @@ class TwoThreadModel:
             self.bg_gate.wait(10)
             self.background.append(values)
         else:
+            self.live_entered.set()
+            self.live_gate.wait(10)
             self.live.append(values)
         return {"y": inputs["x"]}
 
@@ -120,6 +125,36 @@ def test_a_job_whose_thread_gets_no_cpu_moves_by_the_floor_in_live_batches_and_s
     assert all(1 in b for b in carried)  # each rode in a live batch
     assert status == WAITING_FOR_LIVE
     assert outputs[-1]["y"][:, 0].tolist() == [900, 901, 902]
+
+
+def test_the_thread_takes_no_job_batch_while_live_rows_for_a_full_batch_wait():
+    """A live batch is held while two live requests of 4 rows (a full batch of 8) queue behind it: the
+    background thread takes none of the job's rows until the live queue drains; then every row runs
+    once (the first beside a live request, by the floor)."""
+    async def main():
+        model, batcher, job = setup()
+        model.bg_gate.set()
+        model.live_gate.clear()
+        first = asyncio.create_task(batcher.submit(rows(1), 1))
+        await asyncio.to_thread(model.live_entered.wait, 10)
+        backlog = [asyncio.create_task(batcher.submit(rows(2, 4), 4)) for _ in range(2)]
+        await until(lambda: batcher.num_queued == 2)
+        job_task = asyncio.create_task(job.batches([job_rows(100, 8), job_rows(200, 8)]))
+        await until(lambda: batcher.num_background == 16)
+        for _ in range(50):  # turns of the loop in which the thread could have taken a batch
+            await asyncio.sleep(0)
+        waiting_while_backlogged = batcher.num_background
+        model.live_gate.set()
+        await asyncio.gather(first, *backlog)
+        outputs = await job_task
+        await batcher.stop()
+        return model, waiting_while_backlogged, outputs
+
+    model, waiting_while_backlogged, outputs = asyncio.run(main())
+    assert waiting_while_backlogged == 16
+    ran = [v for b in model.live + model.background for v in b if v >= 100]  # floor rows ride in live batches
+    assert sorted(ran) == [*range(100, 108), *range(200, 208)]
+    assert [o["y"][:, 0].tolist() for o in outputs] == [list(range(100, 108)), list(range(200, 208))]
 
 
 def test_one_thread_runs_batches_in_order_on_one_worker_and_a_hang_counts_once():
