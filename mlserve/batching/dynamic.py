@@ -180,7 +180,8 @@ class DynamicBatcher:
                 await self._run_alone(item)
             return await item.future
         except asyncio.CancelledError:
-            self._queue.remove(item)  # the client went away: its rows need not run
+            if self._queue.remove(item):  # the client went away: its rows need not run
+                self._live_queue_shrank()
             if item.timer is not None:
                 item.timer.cancel()
             self._set_idle_if_done()
@@ -261,6 +262,7 @@ class DynamicBatcher:
         now = time.monotonic()
         waited_ms = (now - item.enqueued_at) * 1e3
         if self._queue.remove(item):
+            self._live_queue_shrank()
             item.future.set_exception(RequestTimeout(
                 f"timeout: the request waited {waited_ms:.1f} ms in the queue, past its deadline"
             ))
@@ -319,6 +321,12 @@ class DynamicBatcher:
             task = asyncio.ensure_future(self._run_background(batch))
             self._bg_tasks.add(task)
             task.add_done_callback(self._bg_tasks.discard)
+
+    def _live_queue_shrank(self) -> None:
+        """Live requests left the queue (into a batch, by their deadline, or cancelled): a background
+        thread held back by a live backlog looks again."""
+        if self._bg_wake is not None:
+            self._bg_wake.set()
 
     def _live_backlogged(self) -> bool:
         """Live rows enough for a full batch wait: the engine is behind on live load, and the background
@@ -384,8 +392,7 @@ class DynamicBatcher:
 
     def _account(self, live: list[Waiting], now: float) -> list[Waiting]:
         self.share.ran(sum(item.num_rows for item in live), 0, now)
-        if self._bg_wake is not None:  # the live queue shrank: the background thread may go on
-            self._bg_wake.set()
+        self._live_queue_shrank()
         return live
 
     def _take_background(self, max_rows: int, now: float, batch: list[Waiting]) -> list[Waiting]:
@@ -394,8 +401,8 @@ class DynamicBatcher:
         live_rows = sum(item.num_rows for item in batch)
         taken = self._background.take(max_rows if self._spec.max_batch_size else None)
         self.share.ran(live_rows, sum(item.num_rows for item in taken), now)
-        if batch and self._bg_wake is not None:  # the live queue shrank: the background thread may go on
-            self._bg_wake.set()
+        if batch:
+            self._live_queue_shrank()
         return batch + taken
 
     def _should_close(self, deadline: float) -> bool:

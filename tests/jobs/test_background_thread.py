@@ -127,10 +127,12 @@ def test_a_job_whose_thread_gets_no_cpu_moves_by_the_floor_in_live_batches_and_s
     assert outputs[-1]["y"][:, 0].tolist() == [900, 901, 902]
 
 
-def test_the_thread_takes_no_job_batch_while_live_rows_for_a_full_batch_wait():
+@pytest.mark.parametrize("leaves", ["into a batch", "cancelled"])
+def test_the_thread_takes_no_job_batch_while_live_rows_for_a_full_batch_wait(leaves):
     """A live batch is held while two live requests of 4 rows (a full batch of 8) queue behind it: the
-    background thread takes none of the job's rows until the live queue drains; then every row runs
-    once (the first beside a live request, by the floor)."""
+    background thread takes none of the job's rows until that backlog leaves the queue, into a batch
+    (the held one returns) or by its clients going away (no batch is formed: the thread must look
+    again by itself); then every row runs once (the first maybe beside a live request, by the floor)."""
     async def main():
         model, batcher, job = setup()
         model.bg_gate.set()
@@ -144,9 +146,17 @@ def test_the_thread_takes_no_job_batch_while_live_rows_for_a_full_batch_wait():
         for _ in range(50):  # turns of the loop in which the thread could have taken a batch
             await asyncio.sleep(0)
         waiting_while_backlogged = batcher.num_background
-        model.live_gate.set()
-        await asyncio.gather(first, *backlog)
-        outputs = await job_task
+        if leaves == "cancelled":
+            for task in backlog:
+                task.cancel()
+            outputs = await asyncio.wait_for(job_task, 5)  # the live batch is still held meanwhile
+            assert not first.done()
+            model.live_gate.set()
+            await first
+        else:
+            model.live_gate.set()
+            await asyncio.gather(first, *backlog)
+            outputs = await job_task
         await batcher.stop()
         return model, waiting_while_backlogged, outputs
 

@@ -56,6 +56,16 @@ async def until(condition) -> None:
         await asyncio.sleep(0.001)
 
 
+async def behind_a_running_batch(model: HeldModel, batcher: DynamicBatcher, live: list[tuple[int, int]]):
+    """Live request A (value 1) running, held by the model, and `live` requests ((value, rows) each)
+    queued behind it; returns A's task and theirs."""
+    first = asyncio.create_task(batcher.submit(rows(1), 1))
+    await asyncio.to_thread(model.entered.wait, 10)
+    queued = [asyncio.create_task(batcher.submit(rows(value, count), count)) for value, count in live]
+    await until(lambda: batcher.num_queued == len(live))
+    return first, queued
+
+
 def test_live_requests_go_first_and_the_job_fills_the_spare_rows_of_a_short_batch():
     """max_batch_size 8: while live traffic is about, a batch carrying job rows holds at most 8 // 2 = 4
     rows, so live B's batch takes three job rows, and the rest of the job runs as a short batch."""
@@ -83,10 +93,7 @@ def test_a_job_gets_its_floor_share_of_batches_that_live_requests_would_fill():
     the first batch after the running one, and its status says live load holds it back."""
     async def main():
         model, batcher, job = setup()
-        first = asyncio.create_task(batcher.submit(rows(1), 1))
-        await asyncio.to_thread(model.entered.wait, 10)
-        live = [asyncio.create_task(batcher.submit(rows(2), 1)) for _ in range(24)]
-        await until(lambda: batcher.num_queued == 24)
+        first, live = await behind_a_running_batch(model, batcher, [(2, 1)] * 24)
         job_task = asyncio.create_task(job(rows(9, 1), 1))
         await until(lambda: batcher.num_background == 1)
         model.gate.set()
@@ -181,14 +188,12 @@ def test_a_version_that_stopped_serving_stops_the_job():
 
 
 def test_the_floor_holds_when_each_live_request_fills_a_batch_on_its_own():
-    """Live requests of max_batch_size rows each cannot leave the held row free: the batch after the
-    running one is the job's held rows alone, and the live requests run after it, whole."""
+    """Live requests of max_batch_size rows each cannot leave the held row free: the held row is owed,
+    and as it is every job row waiting, it is due at once: the batch after the running one is the
+    job's row alone, and the live requests run after it, whole."""
     async def main():
         model, batcher, job = setup()
-        first = asyncio.create_task(batcher.submit(rows(1), 1))
-        await asyncio.to_thread(model.entered.wait, 10)
-        live = [asyncio.create_task(batcher.submit(rows(2, 8), 8)) for _ in range(3)]
-        await until(lambda: batcher.num_queued == 3)
+        first, live = await behind_a_running_batch(model, batcher, [(2, 8)] * 3)
         job_task = asyncio.create_task(job(rows(9, 1), 1))
         await until(lambda: batcher.num_background == 1)
         model.gate.set()
@@ -209,10 +214,7 @@ def test_floor_rows_that_full_live_requests_leave_no_room_for_are_owed_and_run_a
     rows run together; no batch mixes them."""
     async def main():
         model, batcher, job = setup()
-        first = asyncio.create_task(batcher.submit(rows(1), 1))
-        await asyncio.to_thread(model.entered.wait, 10)
-        live = [asyncio.create_task(batcher.submit(rows(2, 8), 8)) for _ in range(12)]
-        await until(lambda: batcher.num_queued == 12)
+        first, live = await behind_a_running_batch(model, batcher, [(2, 8)] * 12)
         job_task = asyncio.create_task(job.batches(
             [{"x": np.arange(start, min(start + 8, 120), dtype=np.float32)[:, None]} for start in (100, 108, 116)]))
         await until(lambda: batcher.num_background == 20)
