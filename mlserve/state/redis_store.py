@@ -8,6 +8,11 @@ HEALTH_INTERVAL_S, keeps one pub/sub connection subscribed and hands each notice
 loss and return are logged once each and reported to the health observers (the gauge, and the
 callers that re-read their state on return). A command on a lost connection fails within
 SOCKET_TIMEOUT_S with StateUnavailable; callers never wait longer than that.
+
+redis-py can turn a cancellation that lands inside a command into a ConnectionError ("Connection
+closed by the server"). Where that happens to a task being cancelled, the cancellation is given
+back (`_still_cancelled`), so a cancelled caller is not counted as a lost store and the supervisor
+stops when closed instead of pinging on forever.
 """
 
 from __future__ import annotations
@@ -121,6 +126,13 @@ return {granted, owners}
 """
 
 
+def _still_cancelled() -> None:
+    """Raise CancelledError if the running task was cancelled and a library turned it into an error."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _ms(ttl_s: float | None) -> str:
     return "" if ttl_s is None else str(max(1, int(ttl_s * 1000)))
 
@@ -145,6 +157,7 @@ class RedisStore:
         self._pubsub = None
         self._observer_tasks: set[asyncio.Task] = set()
         self._resubscribe = False
+        self._closed = False
 
     @property
     def is_up(self) -> bool:
@@ -173,6 +186,7 @@ class RedisStore:
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
     async def close(self) -> None:
+        self._closed = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.wait([self._supervisor], timeout=SOCKET_TIMEOUT_S)
@@ -185,7 +199,7 @@ class RedisStore:
         self._observers.append(observer)
 
     def _set_up(self, is_up: bool) -> None:
-        if is_up == self._is_up:
+        if is_up == self._is_up or self._closed:
             return
         self._is_up = is_up
         if is_up:
@@ -201,7 +215,7 @@ class RedisStore:
 
     async def _supervise(self) -> None:
         """Ping, keep the subscription, deliver notices; on loss, mark down and retry."""
-        while True:
+        while not self._closed:
             try:
                 await self._client.ping()
                 if self._handlers and (self._pubsub is None or self._resubscribe):
@@ -213,6 +227,7 @@ class RedisStore:
                 self._set_up(True)
                 await self._deliver()
             except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+                _still_cancelled()
                 log.debug("state store: %s", exc)
                 self._set_up(False)
                 await self._drop_pubsub()
@@ -224,7 +239,7 @@ class RedisStore:
             try:
                 await asyncio.wait_for(pubsub.aclose(), SOCKET_TIMEOUT_S)
             except (rex.RedisError, OSError, asyncio.TimeoutError):
-                pass  # a half-closed connection: nothing to keep
+                _still_cancelled()  # a half-closed connection: nothing to keep
 
     async def _deliver(self) -> None:
         loop = asyncio.get_running_loop()
@@ -250,6 +265,7 @@ class RedisStore:
         try:
             return await command
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+            _still_cancelled()
             self._set_up(False)
             raise StateUnavailable(f"shared state store unavailable: {exc}") from None
         except rex.ResponseError as exc:

@@ -193,6 +193,50 @@ def test_redis_documents_of_another_schema_or_not_json_are_refused_by_name(redis
     run(lambda: RedisStore(redis_server.url, prefix), scenario)
 
 
+def _turning_a_cancel_into_a_connection_error(entered: asyncio.Event):
+    """A client call that waits until cancelled, then raises what redis-py raises when a cancel lands
+    inside a command: a ConnectionError ("Connection closed by the server before write")."""
+    from redis import exceptions as rex
+
+    async def call(*args, **kwargs):
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise rex.ConnectionError("Connection closed by the server before write") from None
+    return call
+
+
+def test_a_cancel_the_redis_client_turns_into_an_error_stays_a_cancel(redis_server):
+    """A cancelled caller is not a lost store, and close() stops the supervisor even when its cancel is
+    turned into an error inside a ping (a supervisor that pinged on held asyncio.run's close for ever)."""
+    events: list[bool] = []
+
+    async def scenario():
+        store = RedisStore(redis_server.url, f"cancel-{uuid.uuid4().hex[:6]}")
+        store.on_health(events.append)
+        await store.start()
+        supervisor = store._supervisor
+        entered = asyncio.Event()
+        try:
+            store._client.get = _turning_a_cancel_into_a_connection_error(entered)
+            caller = asyncio.create_task(store.get("doc"))
+            await entered.wait()
+            caller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            assert store.is_up and events == [True]
+
+            entered.clear()
+            store._client.ping = _turning_a_cancel_into_a_connection_error(entered)
+            await entered.wait()  # the supervisor is inside its ping
+        finally:
+            await store.close()
+        assert supervisor.done() and events == [True]
+
+    asyncio.run(scenario())
+
+
 def test_a_redis_that_is_away_raises_state_unavailable_and_comes_back(tmp_path):
     from tests.state.redis_server import RedisServer, has_redis
 
