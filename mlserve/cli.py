@@ -148,9 +148,26 @@ def _add_keys_parser(sub) -> None:
     revoke.add_argument("key", help="name or id")
 
 
-async def serve(config: Config) -> int:
+LEFTOVER_WAIT_S = 5.0
+"""How long the tasks still running after the stop get to end once cancelled."""
+
+
+async def end_leftover_tasks(wait_s: float = LEFTOVER_WAIT_S) -> list[str]:
+    """Cancel every other task still running; the names of those that did not end within `wait_s`.
+    A task whose cancel a library turned into an error it then caught would otherwise hold the
+    interpreter's exit for ever (asyncio's runner waits on every task it cancels at its close)."""
+    me = asyncio.current_task()
+    rest = [task for task in asyncio.all_tasks() if task is not me]
+    for task in rest:
+        task.cancel()
+    if rest:
+        await asyncio.wait(rest, timeout=wait_s)
+    return [f"{task.get_name()} ({getattr(task.get_coro(), '__qualname__', '?')})" for task in rest if not task.done()]
+
+
+async def serve(config: Config) -> tuple[int, list[str]]:
     """Run until SIGTERM or SIGINT; then stop accepting, finish in-flight requests, unload. Returns
-    how many hung model workers are still running."""
+    how many hung model workers are still running, and the tasks that did not end when cancelled."""
     from aiohttp import web
 
     from mlserve.server.app import KEYRING, MODELS, STATE, create_app
@@ -186,8 +203,9 @@ async def serve(config: Config) -> int:
     await asyncio.sleep(config.limits.shutdown_delay_s)
     log.info("stopping: no new connections, finishing in-flight requests")
     await runner.cleanup()
+    stuck = await end_leftover_tasks()
     log.info("stopped")
-    return app[MODELS].num_hung_workers()
+    return app[MODELS].num_hung_workers(), stuck
 
 
 def _site(runner, app, config: Config):
@@ -248,8 +266,8 @@ def _start(args: argparse.Namespace) -> int:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        hung = runner.run(serve(config))
-    _exit_past_hung_models(hung)
+        hung, stuck = runner.run(serve(config))
+        _exit_past_hung_models(hung, stuck)  # before the runner's close, which would wait on `stuck` for ever
     return 0
 
 
@@ -267,10 +285,14 @@ def _keys_file_ok(path: Path) -> bool:
     return True
 
 
-def _exit_past_hung_models(hung: int) -> None:
-    """A model thread stuck in native code would abort interpreter shutdown: leave without it."""
-    if hung:
-        log.warning("exiting with %d hung model worker(s) still running", hung)
+def _exit_past_hung_models(hung: int, stuck: list[str]) -> None:
+    """A model thread stuck in native code would abort interpreter shutdown, and a task that ignores
+    its cancel would hold it: leave without them."""
+    if stuck:
+        log.warning("exiting with %d task(s) that did not end when cancelled: %s", len(stuck), ", ".join(stuck))
+    if hung or stuck:
+        if hung:
+            log.warning("exiting with %d hung model worker(s) still running", hung)
         logging.shutdown()
         sys.stdout.flush()
         os._exit(0)
