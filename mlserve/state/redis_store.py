@@ -181,6 +181,7 @@ class RedisStore:
             await self._client.ping()
             self._set_up(True)
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+            _still_cancelled()
             log.warning("state store %s not reachable at start (%s): serving with local state until it is",
                         self.describe(), exc)
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
