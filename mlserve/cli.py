@@ -148,7 +148,7 @@ def _add_keys_parser(sub) -> None:
     revoke.add_argument("key", help="name or id")
 
 
-LEFTOVER_WAIT_S = 5.0
+LEFTOVER_WAIT_S = 2.0
 """How long the tasks still running after the stop get to end once cancelled."""
 
 
