@@ -458,7 +458,10 @@ class JobManager:
         """The job as the API shows it: what was asked, its state, rows, rate and ETA."""
         run = self._runs.get(record.job_id) if not self.is_shared or self._is_mine(record) else None
         progress = progress_of(record, run, self._status.get(record.job_id))
-        if (run is None or run.checkpoint is None) and not self.is_shared and not is_s3(record.output):
+        if ((run is None or run.checkpoint is None) and not self.is_shared and not is_s3(record.output)
+                and not record.is_finished and not record.overwrite):
+            # a job that will resume shows the checkpoint it resumes from; one that starts over, or
+            # that finished, is not shown the checkpoint another job may since have left there
             progress = progress_from_checkpoint(record)
         return {
             "id": record.job_id, "model": record.model,
