@@ -30,7 +30,12 @@ is printed at the start and the end: figures taken under a load above the core c
 to quote.
 
 The MLP example (768 -> 1024 -> 1024 -> 10, max_batch_size 64) throughout. Live requests are one
-row each, sent open-loop at a fixed rate; capacity is the closed-loop rate of 32 clients. The job
+row each, sent open-loop at a fixed rate by benchmarks.openloop's client (raw keep-alive
+connections; each latency counts from the request's scheduled send time, so a late client or server
+is charged for it); capacity is the closed-loop rate of 32 aiohttp clients. Until 2026-12-07 20:10
+UTC the open-loop load was sent by a task per request on an aiohttp session: on a 2-core host that
+client took half a core from the server and added its own scheduling to every latency (p99 at half
+capacity 23-82 ms with that client, 5-7 ms with this one, on the same host and build). The job
 commits every JOB_CHUNK_ROWS rows here, so its committed rows measure its rate within a round (a
 commit costs four fsyncs: at 512 rows a chunk a host with slow fsync ran the job at its disk's pace,
 not its engine's, and the ratio of figure 3 compared two disk-bound rates); it starts over
@@ -60,7 +65,8 @@ import aiohttp
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.shadow import _pct, drive
+from benchmarks.openloop import OpenLoop, _request_bytes
+from benchmarks.shadow import _pct
 from mlserve.examples import MLP_TOML, write_mlp_onnx
 from tests.server_process import ROOT, MlserveProcess
 
@@ -184,6 +190,18 @@ def binary_body(x: np.ndarray) -> tuple[bytes, dict]:
                                   "Inference-Header-Content-Length": str(len(header))}
 
 
+async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) -> list[float]:
+    """Open-loop live load (benchmarks.openloop: raw keep-alive connections, a request every 1/rate s,
+    latency from its scheduled send time); the latencies of its 200s, in seconds."""
+    requests = [_request_bytes(url, body, None) for body in bodies]
+    host, port = requests[0][0], requests[0][1]
+    load = OpenLoop(host, port, [request for _, _, request in requests])
+    result = await load.run(rate, seconds)
+    if result["completed"] < result["sent"]:
+        raise RuntimeError(f"{result['sent'] - result['completed']} live requests got no answer in time")
+    return [latency for latency, status in zip(load.latencies, load.status_list) if status == 200]
+
+
 async def job_rows(session: aiohttp.ClientSession, url: str) -> int:
     return (await job_view(session, url))["rows_done"]
 
@@ -241,13 +259,13 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
                "full_rows": [], "full_alone_rows": [], "cpu": {}}
     pid = server.proc.pid
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
-        await drive(session, infer, bodies, 100, 1.0)  # warm-up
+        await open_loop(infer, bodies, 100, 1.0)  # warm-up
         rate = await capacity(session, infer, bodies[0]) / 2
         for _ in range(args.rounds):
             results["full_alone_rows"].append(
                 await capacity(session, infer, full_body, args.round_s, FULL_CLIENTS, full_headers) * FULL_ROWS)
             split = CpuSplit(pid)
-            results["without"].append(await drive(session, infer, bodies, rate, args.round_s))
+            results["without"].append(await open_loop(infer, bodies, rate, args.round_s))
             results["cpu"]["live alone"] = split.cores()
             async with session.post(f"{server.url}/v2/batch/jobs", json=job) as resp:
                 job_url = f"{server.url}/v2/batch/jobs/{(await resp.json())['id']}"
@@ -258,7 +276,7 @@ async def live_rounds(args, server: MlserveProcess, batch: Path) -> dict:
             results["job_alone"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
             results["cpu"]["job alone"] = split.cores()
             before, started, split = await job_rows(session, job_url), time.perf_counter(), CpuSplit(pid)
-            results["with"].append(await drive(session, infer, bodies, rate, args.round_s))
+            results["with"].append(await open_loop(infer, bodies, rate, args.round_s))
             results["job_live"].append((await job_rows(session, job_url) - before) / (time.perf_counter() - started))
             results["cpu"]["both"] = split.cores()
             before, started = await job_rows(session, job_url), time.perf_counter()

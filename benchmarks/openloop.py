@@ -56,12 +56,17 @@ class OpenLoop:
     """Sends at `rate` per second over a pool of connections; a request with no free connection waits
     in a backlog, and its wait counts in its latency."""
 
-    def __init__(self, host: str, port: int, request: bytes) -> None:
-        self._host, self._port, self._request = host, port, request
+    def __init__(self, host: str, port: int, request: bytes | list[bytes]) -> None:
+        """`request`: the bytes of one request, or several sent in turn."""
+        self._host, self._port = host, port
+        self._requests = [request] if isinstance(request, bytes) else list(request)
+        self._sent = 0
         self._idle: deque[_Connection] = deque()
         self._backlog: deque[float] = deque()
         self._num_open = 0
         self.latencies: list[float] = []
+        self.status_list: list[int] = []
+        """Each answer's status, in the order of `latencies` (0: the connection closed)."""
         self.statuses: dict[int, int] = {}
 
     def _on_response(self, conn: _Connection, status: int) -> None:
@@ -74,6 +79,7 @@ class OpenLoop:
             return
         conn.is_busy = False
         self.latencies.append(time.perf_counter() - conn.scheduled_at)
+        self.status_list.append(status)
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if status == 0:
             return
@@ -85,7 +91,8 @@ class OpenLoop:
     def _send(self, conn: _Connection, scheduled_at: float) -> None:
         conn.scheduled_at = scheduled_at
         conn.is_busy = True
-        conn.transport.write(self._request)
+        conn.transport.write(self._requests[self._sent % len(self._requests)])
+        self._sent += 1
 
     async def _dispatch(self, scheduled_at: float) -> None:
         if self._idle:
