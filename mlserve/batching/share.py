@@ -42,8 +42,8 @@ of the machine, not only of the engine's one thread. While live rows enough for 
 job then, in live batches. Without that pause live load at full capacity kept 0.75 of its rows/s
 beside a job on the thread, and 0.88 with it, as beside a job in the live batches (most likely the
 interpreter's lock, which the thread takes around each batch and the live path at saturation waits
-on). What it still costs: live latency beside a running job at half capacity was higher than
-with the job in the live batches in three of four paired runs (docs/batch.md has the figures).
+on). What it still costs: live p99 beside a running job at half capacity, 2.2-2.5x the p99
+without it against 1.4-1.6x with the job in the live batches (docs/batch.md has the figures).
 
 Pure bookkeeping with no clock of its own: callers pass `now`. Not thread-safe; the batcher's
 event loop owns it.
