@@ -11,9 +11,7 @@ last `window_s`):
    rows holds at most a short batch, `max_rows // SHORT_PART` rows in all (live rows are never cut for it):
    background rows fill what the live rows leave of it, and with no live request waiting they run
    alone, a short batch at a time. A live request so waits behind at most one batch holding
-   background rows, and that batch, like its own, is short. A burst yields: a batch whose live rows
-   reach `burst_rows` (a quarter of a short batch) takes no background rows beyond the floor, so
-   live requests that piled up behind a batch run at live-only speed until the queue is short again.
+   background rows, and that batch, like its own, is short.
 3. A floor (both ways): while background work waits and its share of the rows run over the last
    `window_s` is below `min_share`, a batch holds `ceil(min_share * max_rows)` rows for it even when
    live requests could fill them. When the first waiting live request is too large to leave them
@@ -73,18 +71,6 @@ def short_rows(max_rows: int) -> int:
     return max(1, max_rows // SHORT_PART)
 
 
-BURST_PART = 4
-"""A batch whose live rows reach `short_rows // BURST_PART` is a burst (rule 2). On the MLP example at
-half capacity (8 of 32 rows) live p99 beside a job was 7.4-8.0 ms in four probes against 8.2-11.5
-without the rule, with the job's rows/s unchanged (12.4k-13.5k against 11.7k-14.0k; docs/benchmarks.md);
-at 4 rows the job lost a quarter of its rows/s for no better p99."""
-
-
-def burst_rows(max_rows: int) -> int:
-    """Live rows that make a batch a burst (rule 2); at least 2: a lone live row is never a burst."""
-    return max(2, short_rows(max_rows) // BURST_PART)
-
-
 class BackgroundShare:
     """Decayed counts of live and background rows run, and what the next batch owes background work."""
 
@@ -135,9 +121,8 @@ class BackgroundShare:
     @staticmethod
     def spare_rows(max_rows: int, live_rows: int, held: int) -> int:
         """Background rows beside `live_rows` live ones (rules 2 and 3): up to a short batch in all,
-        only the `held` floor in a burst, never fewer than the floor, never past `max_rows`."""
-        fill = 0 if live_rows >= burst_rows(max_rows) else short_rows(max_rows) - live_rows
-        return min(max_rows - live_rows, max(held, fill))
+        never fewer than the `held` floor, never past `max_rows`."""
+        return min(max_rows - live_rows, max(held, short_rows(max_rows) - live_rows))
 
     def ran(self, live_rows: int, background_rows: int, now: float) -> None:
         self._decay(now)

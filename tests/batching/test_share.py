@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlserve.batching.share import BackgroundShare, burst_rows
+from mlserve.batching.share import BackgroundShare
 
 
 def test_no_rows_are_held_while_background_work_has_its_floor():
@@ -53,18 +53,10 @@ def test_a_floor_of_zero_holds_nothing_and_a_floor_over_half_is_refused():
 
 @pytest.mark.parametrize(("live_rows", "held", "expected"), [
     (1, 0, 31),   # a short batch in all: 64 // 2 = 32 rows, live ones first
-    (7, 0, 25),   # below a burst (32 // 4 = 8 live rows) the job fills the short batch
-    (8, 0, 0),    # a burst: live rows that piled up run without background rows ...
-    (8, 7, 7),    # ... but for the floor's held rows
     (32, 0, 0),   # live rows fill the short batch: no spare rows for background work
     (40, 0, 0),   # live rows are never cut, and no background rows join a batch already past it
     (40, 7, 7),   # the floor's held rows join whatever the live rows are
     (60, 7, 4),   # ... within max_batch_size (the batcher took live rows leaving the held ones free)
 ])
-def test_spare_rows_make_a_short_batch_beside_live_rows_only_the_floor_in_a_burst(live_rows, held, expected):
+def test_spare_rows_make_a_short_batch_beside_live_rows_and_never_fewer_than_the_floor(live_rows, held, expected):
     assert BackgroundShare.spare_rows(64, live_rows, held) == expected
-
-
-def test_a_lone_live_row_is_never_a_burst():
-    assert burst_rows(64) == 8 and burst_rows(8) == 2 and burst_rows(2) == 2
-    assert BackgroundShare.spare_rows(8, 1, 0) == 3  # max_batch_size 8: one live row, three job rows

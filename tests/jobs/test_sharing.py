@@ -233,27 +233,3 @@ def test_floor_rows_that_full_live_requests_leave_no_room_for_are_owed_and_run_a
     assert all(set(b) in ({1}, {2}) or min(b) >= 100 for b in batches)
     assert status == WAITING_FOR_LIVE
     assert [v for o in out for v in o["y"][:, 0].tolist()] == list(range(100, 120))
-
-
-@pytest.mark.parametrize(("num_live", "job_rows_beside"), [(7, 25), (8, 7)])
-def test_live_requests_that_piled_up_into_a_burst_run_beside_the_floor_only(num_live, job_rows_beside):
-    """max_batch_size 64: a short batch is 32 rows and a burst 32 // 4 = 8 live rows. Seven live
-    requests queued behind a running batch take the job's rows up to a short batch (25); eight are a
-    burst and take only the floor's ceil(0.1 x 64) = 7."""
-    async def main():
-        model = HeldModel()
-        batcher = DynamicBatcher(model, BatchingSpec(max_batch_size=64, max_queue_delay_us=0), "t")
-        batcher.start()
-        job = BackgroundRows(ServedVersion("m", 1, VersionState.READY), batcher)
-        first, live = await behind_a_running_batch(model, batcher, [(2, 1)] * num_live)
-        job_task = asyncio.create_task(job({"x": np.full((40, 1), 9, np.float32)}, 40))
-        await until(lambda: batcher.num_background == 40)
-        model.gate.set()
-        await asyncio.gather(first, job_task, *live)
-        await batcher.stop()
-        return model.batches
-
-    batches = asyncio.run(main())
-    assert batches[0] == [1]
-    assert batches[1] == [2] * num_live + [9] * job_rows_beside
-    assert sum(v == 9 for b in batches for v in b) == 40  # every job row ran once
