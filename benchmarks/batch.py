@@ -76,9 +76,9 @@ FULL_CLIENTS, FULL_ROWS = 48, 64
 """Figure 3b's live load: enough rows queued at every moment to fill every batch."""
 
 
-def write_repo(root: Path, toml: str = MLP_TOML) -> Path:
+def write_repo(root: Path) -> Path:
     write_mlp_onnx(root / "mlp" / "1" / "model.onnx", seed=1)
-    (root / "mlp" / "model.toml").write_text(toml)
+    (root / "mlp" / "model.toml").write_text(MLP_TOML)
     return root
 
 

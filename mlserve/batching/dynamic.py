@@ -44,7 +44,8 @@ whose lone rows take longer answers by the usual wake-up of the loop."""
 BACKGROUND_DEPTH = 4
 """Background batches handed to the background thread at once: it runs them one after another, so
 it has the next ones while the event loop, busy with live requests, is late to form more (at 2 the
-MLP example's job ran at 0.39 of its rate alone beside half-capacity live load, at 4 at 0.43)."""
+MLP example's job ran at 0.39 of its rate alone beside half-capacity live load, at 4 at 0.43, both
+measured with benchmarks.batch's earlier, costlier live client)."""
 PROBE_EVERY = 8
 """Every this many short-path batches in a row, one lone batch runs with the loop free instead, to
 see whether requests arrive while it runs (see `_short_wait_s`)."""
@@ -309,7 +310,7 @@ class DynamicBatcher:
 
     async def _background_work(self) -> None:
         """Background rows in full batches on the background thread, BACKGROUND_DEPTH batches handed
-        to it at a time, beside the live batches (share rule 5)."""
+        to it at a time, beside the live batches (the second way in batching/share.py)."""
         assert self._bg_wake is not None
         max_rows = self._spec.max_batch_size
         while True:

@@ -1,4 +1,4 @@
-"""Background rows on a thread of their own (share rule 5, batching/share.py): on a real
+"""Background rows on a thread of their own (the second way in batching/share.py): on a real
 DynamicBatcher with a plain function as the model, and the rule's choice at load on real ONNX
 versions (registry/opening.py)."""
 
