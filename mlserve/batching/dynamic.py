@@ -55,7 +55,7 @@ class DynamicBatcher:
     """Owns one version's bounded queue and its worker tasks; each batch runs on a guarded worker thread.
 
     A batch closes as soon as it is full; when nothing more arrived during the last turn of the event
-    loop and either no other batch is running (an idle server answers a lone request at once) or a
+    loop (the last few for a front that asks for them in SchedulePolicy.quiet_turns, gRPC's) and either no other batch is running (an idle server answers a lone request at once) or a
     preferred size is reached; or when the oldest waiting request's delay is up (timed from its
     arrival, not from the end of the last batch). Requests whose tensors differ beyond the batch
     dimension (sentences of different lengths) are never concatenated: a batch runs as one group
@@ -80,7 +80,7 @@ class DynamicBatcher:
     PROBE_EVERY-th lone batch runs with the loop free, and when requests arrived while it ran the
     short path stays off until a batch runs with none arriving. The first request into an idle
     batcher is also run from its own task (`_run_alone`) rather than a worker task's, after the same
-    one turn of the loop, so concurrent requests still batch together; it holds one of the
+    quiet turns of the loop, so concurrent requests still batch together; it holds one of the
     `instances` slots while it runs.
     """
 
@@ -113,6 +113,8 @@ class DynamicBatcher:
         self._contended = False
         """Requests arrived while the last batch run with the loop free ran: no short path."""
         self._short_streak = 0
+        self._turns = 1
+        """SchedulePolicy.quiet_turns of the latest request."""
         self._background = BackgroundQueue()
         self.share = BackgroundShare(spec.background_share)
         self._bg = background
@@ -172,6 +174,7 @@ class DynamicBatcher:
         if item.deadline is not None:
             self._deadlines.watch(item, loop)
         is_alone = self._can_run_alone()
+        self._turns = policy.quiet_turns
         self._queue.push(item)
         self._idle.clear()
         if not is_alone:
@@ -219,11 +222,12 @@ class DynamicBatcher:
         return bool(self._background) and (self._bg is None or self.share.held_rows_due(time.monotonic()))
 
     async def _run_alone(self, item: Waiting) -> None:
-        """The first request into an idle batcher, in its own task: one turn of the loop lets requests
-        already read off sockets join it (then the workers batch them all, as without this); if none
-        did, it runs here at once, without waking a worker task and being woken back by it."""
+        """The first request into an idle batcher, in its own task: the quiet turns of the loop
+        (`_quiet_turns`) let requests already read off sockets join it (then the workers batch them
+        all, as without this); if none did, it runs here at once, without waking a worker task and
+        being woken back by it."""
         assert self._arrived is not None and self._slot_freed is not None, "submit before start"
-        await asyncio.sleep(0)
+        await self._quiet_turns()
         if self._queue.num_requests != 1 or self._live_sees_background() or self._num_running or item.future.done():
             self._arrived.set()
             return
@@ -361,7 +365,7 @@ class DynamicBatcher:
         deadline = self._queue.oldest_enqueued_at() + self._delay_s
         while self._queue.num_requests and not self._should_close(deadline):
             seen = self._queue.num_pushed
-            await asyncio.sleep(0)  # one turn of the loop: requests already read off sockets arrive
+            await self._quiet_turns()  # requests already read off sockets (or a queue) arrive
             if self._queue.num_pushed == seen and self._is_quiet_close():
                 break
             if self._queue.num_pushed == seen:
@@ -405,6 +409,16 @@ class DynamicBatcher:
         if batch:
             self._live_queue_shrank()
         return batch + taken
+
+    async def _quiet_turns(self) -> None:
+        """The turns of the loop the latest request's front asked for (SchedulePolicy.quiet_turns), or
+        fewer if a request arrives meanwhile."""
+        await asyncio.sleep(0)
+        seen = self._queue.num_pushed
+        for _ in range(self._turns - 1):
+            if self._queue.num_pushed != seen:
+                return
+            await asyncio.sleep(0)
 
     def _should_close(self, deadline: float) -> bool:
         return self._queue.num_rows >= self._spec.max_batch_size or time.monotonic() >= deadline

@@ -44,11 +44,12 @@ def _non_negative_int(parameters: dict[str, Any], name: str) -> int | None:
 
 
 def schedule_policy(
-    parameters: dict[str, Any], limits: LimitsConfig, arrived: float, max_seconds: float | None = None
+    parameters: dict[str, Any], limits: LimitsConfig, arrived: float, max_seconds: float | None = None,
+    quiet_turns: int = 1,
 ) -> SchedulePolicy:
     """Triton's schedule policy, decoded once: `priority` (1 = highest) and `timeout` (microseconds,
     from arrival to answer); without a timeout the server's default deadline applies. `max_seconds`
-    caps it further (a gRPC call's own deadline)."""
+    caps it further (a gRPC call's own deadline); `quiet_turns` is the front's (SchedulePolicy)."""
     priority = _non_negative_int(parameters, "priority")
     timeout = parameters.get("timeout")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
@@ -56,7 +57,7 @@ def schedule_policy(
     seconds = timeout / 1e6 if timeout is not None else (limits.default_timeout_s or None)
     if max_seconds is not None:
         seconds = max_seconds if seconds is None else min(seconds, max_seconds)
-    return SchedulePolicy(priority, None, arrived + seconds if seconds is not None else None)
+    return SchedulePolicy(priority, None, arrived + seconds if seconds is not None else None, quiet_turns)
 
 
 def unhandled_parameters(parameters: dict[str, Any]) -> dict[str, Any]:

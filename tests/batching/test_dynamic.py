@@ -239,3 +239,40 @@ def test_a_failed_batch_fails_every_request_in_it_and_bad_priorities_are_refused
 
     results = _run(main())
     assert all(isinstance(r, InferenceFailed) and "poisoned" in str(r) for r in results)
+
+
+@pytest.mark.parametrize("quiet_turns, batches", [(1, [1, 1]), (5, [2])])
+def test_a_front_whose_requests_come_turns_apart_asks_for_quiet_turns_and_they_batch(quiet_turns, batches):
+    """gRPC's requests reach the loop one completion at a time, a turn or more apart: with one quiet
+    turn the first runs alone; with the turns its front asks for, the second joins its batch."""
+
+    async def main():
+        engine = FakeEngine()
+        batcher = _batcher(engine, max_batch_size=64, max_queue_delay_us=2_000_000)
+        policy = SchedulePolicy(quiet_turns=quiet_turns)
+
+        async def later():
+            for _ in range(3):  # three turns of the loop after the first
+                await asyncio.sleep(0)
+            return await batcher.submit(_row(2.0), 1, policy)
+
+        outs = await asyncio.gather(batcher.submit(_row(1.0), 1, policy), later())
+        await batcher.stop()
+        return engine, outs
+
+    engine, outs = _run(main())
+    assert [len(b) for b in engine.batches] == batches
+    np.testing.assert_array_equal(outs[1]["y"], np.full((1, 2), 7.0, dtype=np.float32))
+
+
+def test_quiet_turns_do_not_hold_a_lone_request_to_the_delay():
+    async def main():
+        batcher = _batcher(FakeEngine(), max_batch_size=64, max_queue_delay_us=2_000_000)
+        started = time.monotonic()
+        await batcher.submit(_row(2.0), 1, SchedulePolicy(quiet_turns=5))
+        elapsed = time.monotonic() - started
+        await batcher.stop()
+        return elapsed
+
+    elapsed = _run(main())
+    assert elapsed < 0.5, f"a lone request took {elapsed:.3f} s with a 2 s delay"

@@ -294,3 +294,15 @@ def test_the_throttle_remembers_a_bounded_number_of_addresses(monkeypatch):
         assert throttle.try_attempt(f"10.0.{i}.1") is None
     assert throttle.num_clients == 5
     assert throttle.try_attempt("10.0.49.1") is not None  # the most recent are the ones kept
+
+
+def test_a_grpc_request_asks_its_batch_for_the_grpc_quiet_turns_and_an_http_one_for_one():
+    from mlserve.server.grpc import codec as grpc_codec
+    from mlserve.server.proto import grpc_service_pb2 as pb
+
+    message = pb.ModelInferRequest(model_name="m")
+    message.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+    message.raw_input_contents.append(bytes(12))
+    decoded = grpc_codec.decode_infer_request(message, {}, LimitsConfig(), 0.0)
+    assert decoded.policy.quiet_turns == grpc_codec.QUIET_TURNS > 1
+    assert _decoded({}).request.policy.quiet_turns == 1
