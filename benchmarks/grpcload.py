@@ -2,9 +2,10 @@
 each sending the next ModelInfer when the last came back. The request is serialized once and sent
 as bytes, so the generator spends its time on the wire, not on protobuf. With `--stream` the same
 requests go over one ModelStreamInfer stream (how Triton's clients get throughput), `--concurrency`
-of them outstanding on it.
+of them outstanding on it; with `--streams N` over N streams on the channel (a tritonclient
+InferenceServerClient holds one stream at a time, so N callers with a client each).
 
-    python -m benchmarks.grpcload --target 127.0.0.1:8001 --body request.pb --concurrency 64 --seconds 4 [--stream]
+    python -m benchmarks.grpcload --target 127.0.0.1:8001 --body request.pb --concurrency 64 --seconds 4 [--stream [--streams 64]]
 
 Prints one JSON line: requests, duration_us, p50/p95/p99_us, errors and statuses by gRPC code.
 """
@@ -74,8 +75,10 @@ async def _run(target: str, body: bytes, concurrency: int, seconds: float, num_c
     }
 
 
-async def _run_stream(target: str, body: bytes, concurrency: int, seconds: float, token: str = "") -> dict:
-    """One bidirectional stream; a new request leaves each time an answer comes back."""
+async def _run_stream(target: str, body: bytes, concurrency: int, seconds: float, token: str = "",
+                      num_streams: int = 1) -> dict:
+    """`num_streams` bidirectional streams on one channel, `concurrency` requests outstanding over them
+    in all; on each, a new request leaves each time an answer comes back."""
     from collections import deque
 
     from mlserve.server.proto import grpc_service_pb2 as pb
@@ -83,13 +86,11 @@ async def _run_stream(target: str, body: bytes, concurrency: int, seconds: float
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
-    sent_at: deque[float] = deque()
-    async with grpc.aio.insecure_channel(target) as channel:
-        await channel.channel_ready()
+
+    async def one_stream(channel, outstanding: int, stop_at: float) -> None:
+        sent_at: deque[float] = deque()
         call = channel.stream_stream(STREAM_METHOD)(metadata=metadata)  # bytes in, bytes out
-        started = time.monotonic()
-        stop_at = started + seconds
-        for _ in range(concurrency):
+        for _ in range(outstanding):
             sent_at.append(time.monotonic())
             await call.write(body)
         while sent_at:
@@ -106,8 +107,14 @@ async def _run_stream(target: str, body: bytes, concurrency: int, seconds: float
             if time.monotonic() < stop_at:
                 sent_at.append(time.monotonic())
                 await call.write(body)
-        duration = time.monotonic() - started
         await call.done_writing()
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        await channel.channel_ready()
+        started = time.monotonic()
+        shares = [concurrency // num_streams + (i < concurrency % num_streams) for i in range(num_streams)]
+        await asyncio.gather(*(one_stream(channel, n, started + seconds) for n in shares if n))
+        duration = time.monotonic() - started
     ordered = np.sort(np.array(latencies or [0.0])) * 1e6
     return {
         "requests": len(latencies), "duration_us": duration * 1e6,
@@ -126,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=1, help="connections the calls are spread over")
     parser.add_argument("--token", default="", help="API key sent as 'authorization' metadata")
     parser.add_argument("--stream", action="store_true", help="ModelStreamInfer on one stream instead of unary calls")
+    parser.add_argument("--streams", type=int, default=1, help="with --stream: streams the concurrency is spread over")
     args = parser.parse_args(argv)
     if args.stream:
-        result = asyncio.run(_run_stream(args.target, args.body.read_bytes(), args.concurrency, args.seconds, args.token))
+        result = asyncio.run(_run_stream(args.target, args.body.read_bytes(), args.concurrency, args.seconds, args.token,
+                                         args.streams))
         print(json.dumps(result))
         return 0
     result = asyncio.run(_run(args.target, args.body.read_bytes(), args.concurrency, args.seconds, args.channels,

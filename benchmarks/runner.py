@@ -198,12 +198,12 @@ def wrk_point(name: str, server: Server, body: Body, concurrency: int, seconds: 
 
 
 def grpc_point(name: str, server: Server, body: Body, concurrency: int, seconds: float, core: str,
-               stream: bool = False) -> Point:
+               stream: bool = False, num_streams: int = 1) -> Point:
     """Closed loop over gRPC (benchmarks.grpcload): ModelInfer with raw tensors, `concurrency` in flight
-    (unary calls, or outstanding on one ModelStreamInfer stream)."""
+    (unary calls, or outstanding on `num_streams` ModelStreamInfer streams)."""
     command = ["taskset", "-c", core, sys.executable, "-m", "benchmarks.grpcload", "--target", server.grpc_target,
                "--body", str(body.path), "--concurrency", str(concurrency), "--seconds", str(seconds),
-               "--token", server.token, *(["--stream"] if stream else [])]
+               "--token", server.token, *(["--stream", "--streams", str(num_streams)] if stream else [])]
     out, cpu, mean_batch = _measure(server, command, {**os.environ, "PYTHONPATH": str(ROOT)})
     r = json.loads(out.strip().splitlines()[-1])
     return Point(name, f"c={concurrency}", body.label, r["requests"] / (r["duration_us"] / 1e6),

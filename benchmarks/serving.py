@@ -15,7 +15,8 @@ prints one table: req/s, p50/p95/p99 latency, mean batch size and server CPU for
   - the same mlserve JSON with its GC policy off (Python's collector as it comes), at c=16 and 64,
   - the same mlserve JSON with the fast lane off (`[server] fast_lane = false`: aiohttp serves it),
   - mlserve over gRPC with raw tensors (benchmarks.grpcload, closed loop at c=1/16/64), unary
-    ModelInfer and ModelStreamInfer (that many outstanding on one stream).
+    ModelInfer, ModelStreamInfer with that many outstanding on one stream, and ModelStreamInfer on
+    that many streams (one outstanding on each, as callers with a client and a stream each).
 It also writes results.json and latency_throughput.png to --out.
 """
 
@@ -46,6 +47,9 @@ GC_DEFAULT_ENV = {"MLSERVE_SERVER_GC_FREEZE": "false", "MLSERVE_SERVER_GC_THRESH
 """The same mlserve with its collector policy off: the GC rows show what the policy does to the tail."""
 JSON, BINARY, GRPC = "mlserve JSON", "mlserve binary", "mlserve gRPC (raw tensors)"
 GRPC_STREAM = "mlserve gRPC stream (raw tensors)"
+GRPC_STREAMS = "mlserve gRPC streams (raw tensors)"
+"""As many streams as callers, one request outstanding on each (a tritonclient InferenceServerClient
+holds one stream, so callers with a client each)."""
 LOWLEVEL, HTTPTOOLS = "bare aiohttp low-level web.Server (no model)", "bare httptools Protocol (no model)"
 JSON_NO_LANE = "mlserve JSON, aiohttp only (fast_lane = false)"
 NO_LANE_ENV = {"MLSERVE_SERVER_FAST_LANE": "false"}
@@ -94,10 +98,10 @@ def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple
                         wrk_point(name, server, body, c, args.seconds, cores[1], count_status=c == CONCURRENCY[-1])
                     )
                 if c in GRPC_CONCURRENCY:
-                    for name, stream in ((GRPC, False), (GRPC_STREAM, True)):
+                    for name, stream, streams in ((GRPC, False, 1), (GRPC_STREAM, True, 1), (GRPC_STREAMS, True, c)):
                         print(f"  {name}: closed loop c={c}", file=sys.stderr, flush=True)
                         rounds.setdefault(name, []).append(
-                            grpc_point(name, ml, grpc_body, c, args.seconds, cores[1], stream))
+                            grpc_point(name, ml, grpc_body, c, args.seconds, cores[1], stream, streams))
             points += [_median(runs) for runs in rounds.values()]
             if c == 64:
                 reached = next(p.mean_batch for p in points if p.server == JSON and p.load == "c=64")

@@ -91,20 +91,30 @@ async def admitted(gate: Gate, key: ApiKey | None, is_open: bool) -> AsyncIterat
     if is_open:
         yield
         return
+    await admit(gate, key)
+    try:
+        yield
+    finally:
+        release(gate, key)
+
+
+async def admit(gate: Gate, key: ApiKey | None) -> None:
+    """Take the key's rate/concurrency slot and one of the server's in-flight slots, or raise Refused
+    holding neither; `release` gives them back (a stream's request holds them past its own task)."""
     if key is not None:
         refusal = await gate.keyring.limiter.admit(key.key_id)  # a store call once per leased block, not per request
         if refusal is not None:
             raise Refused(errors.Overloaded(refusal.reason, max(1.0, math.ceil(refusal.retry_after_s))))
-    try:
-        if not gate.in_flight.try_acquire():
-            raise Refused(errors.ServerBusy(f"server is at its limit of {gate.in_flight.limit} requests in flight"))
-        try:
-            yield
-        finally:
-            gate.in_flight.release()
-    finally:
+    if not gate.in_flight.try_acquire():
         if key is not None:
             gate.keyring.limiter.release(key.key_id)
+        raise Refused(errors.ServerBusy(f"server is at its limit of {gate.in_flight.limit} requests in flight"))
+
+
+def release(gate: Gate, key: ApiKey | None) -> None:
+    gate.in_flight.release()
+    if key is not None:
+        gate.keyring.limiter.release(key.key_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from mlserve.dataplane.control import ModelControl
 from mlserve.server.grpc import codec as grpc_codec
 from mlserve.server.grpc.codec import statistics_message
 from mlserve.server.grpc.gate import (HEALTH_PATH, MODEL_PATH, RPC_PATHS, Malformed, MalformedRequests, Refused,
-                                      admitted, authorize, malformed_message)
+                                      admit, admitted, authorize, malformed_message, release)
 from mlserve.server.proto import grpc_service_pb2 as pb
 from mlserve.server.proto import grpc_service_pb2_grpc as pb_grpc
 from mlserve.server.grpc.repository import RepositoryCalls
@@ -202,7 +202,8 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
                 if isinstance(item, Refused):
                     await _abort(context, grpc.StatusCode[item.code], item.message, item.retry_after_s)
                 yield item.answer
-                item.written.set()
+                if not item.written.done():  # its request's task may have been cancelled meanwhile
+                    item.written.set_result(None)
         finally:
             reader.cancel()
 
@@ -235,23 +236,28 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
             if tasks:
                 await asyncio.gather(*tasks)
         except Refused as refused:
-            await answers.put(refused)
+            answers.put_nowait(refused)
         finally:
             for task in tasks:
                 task.cancel()
             answers.put_nowait(None)
 
     async def _stream_one(self, message, context, key, headers, answers: asyncio.Queue) -> None:
-        written = asyncio.Event()
+        """One request of a stream. Its answer is queued with put_nowait: the queue has room for one
+        answer per request in the window, and a request leaves the window only once its answer is written."""
+        written = asyncio.get_running_loop().create_future()
         try:
-            async with admitted(self._gate, key, False):
-                await answers.put(_Written(await self._stream_answer(message, context, key, headers), written))
-                await written.wait()  # the slot is held until the client has been sent the answer
-                return
+            await admit(self._gate, key)
         except Refused as refused:
             answer = pb.ModelStreamInferResponse(error_message=refused.message, infer_response=_echo(message))
-        await answers.put(_Written(answer, written))
-        await written.wait()
+            answers.put_nowait(_Written(answer, written))
+            await written
+            return
+        try:
+            answers.put_nowait(_Written(await self._stream_answer(message, context, key, headers), written))
+            await written  # the slots are held until the client has been sent the answer
+        finally:
+            release(self._gate, key)
 
     async def _stream_answer(self, message, context, key, headers) -> pb.ModelStreamInferResponse:
         try:
@@ -265,10 +271,10 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Written:
-    """A stream's answer and the event its writer sets once the answer has gone to the client."""
+    """A stream's answer and the future its writer resolves once the answer has gone to the client."""
 
     answer: pb.ModelStreamInferResponse
-    written: asyncio.Event
+    written: asyncio.Future
 
 
 def _echo(message: pb.ModelInferRequest) -> pb.ModelInferResponse:
