@@ -413,12 +413,11 @@ class DynamicBatcher:
     async def _quiet_turns(self) -> None:
         """The turns of the loop the latest request's front asked for (SchedulePolicy.quiet_turns), or
         fewer if a request arrives meanwhile."""
-        await asyncio.sleep(0)
         seen = self._queue.num_pushed
-        for _ in range(self._turns - 1):
+        for _ in range(self._turns):
+            await asyncio.sleep(0)
             if self._queue.num_pushed != seen:
                 return
-            await asyncio.sleep(0)
 
     def _should_close(self, deadline: float) -> bool:
         return self._queue.num_rows >= self._spec.max_batch_size or time.monotonic() >= deadline
