@@ -107,14 +107,25 @@ class Gate:
             outcome = await _authenticate(self, request, access)
         except errors.MlserveError as exc:
             return error_response(exc, shape), None
-        if not self.in_flight.try_acquire():
+        if not self.take_slot():
             if outcome is not None:
                 self.keyring.limiter.release(outcome.key_id)
             busy = errors.ServerBusy(f"server is at its limit of {self.in_flight.limit} requests in flight")
             return error_response(busy, shape), None
         request[TENANT] = outcome
-        _track_saturation(self)
         return None, outcome
+
+    def take_slot(self) -> bool:
+        """One of the server's in-flight slots, if one is free; HTTP and gRPC take them alike, and
+        readiness follows saturation when `ready_tracks_saturation`."""
+        if not self.in_flight.try_acquire():
+            return False
+        _track_saturation(self)
+        return True
+
+    def give_slot(self) -> None:
+        self.in_flight.release()
+        _track_saturation(self)
 
     def client_address(self, request: web.Request) -> str:
         """The socket's peer, or the client a trusted proxy names in X-Forwarded-For."""
@@ -122,8 +133,7 @@ class Gate:
         return self.proxies.client_address(request.remote or "", ",".join(forwarded) if forwarded else None)
 
     def leave(self, key: ApiKey | None) -> None:
-        self.in_flight.release()
-        _track_saturation(self)
+        self.give_slot()
         if key is not None:
             self.keyring.limiter.release(key.key_id)
 

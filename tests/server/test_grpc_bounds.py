@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from mlserve.examples import write_identity_onnx
 from mlserve.server.proto import grpc_service_pb2 as pb
 from mlserve.server.proto import grpc_service_pb2_grpc as pb_grpc
-from tests.server.http import metric_value, wait_for
+from tests.server.http import call, metric_value, wait_for
 from tests.server.test_auth import keys_cli, make_key
 from tests.server_process import free_port, serving
 
@@ -34,7 +34,8 @@ def guarded(tmp_path_factory):
     tokens = {"reader": make_key(keys_file, "reader", "--scopes", "infer"),
               "temp": make_key(keys_file, "temp", "--scopes", "infer")}
     config = tmp_path_factory.mktemp("config") / "mlserve.toml"
-    config.write_text(f"[limits]\nmax_in_flight = {WINDOW}\ngrpc_stream_window = {WINDOW}\n")
+    config.write_text(f"[limits]\nmax_in_flight = {WINDOW}\ngrpc_stream_window = {WINDOW}\n"
+                      "not_ready_when_saturated = true\n")
     port = free_port()
     log = tmp_path_factory.mktemp("logs") / "log"
     with serving(root, "--auth-keys", str(keys_file), "--grpc-port", str(port), "--config", str(config),
@@ -74,6 +75,12 @@ def _served(server, model: str) -> float:
     return metric_value(server.url, "mlserve_requests_total", model=model, protocol="grpc", code="200")
 
 
+def _saturated(server) -> bool:
+    """Every in-flight slot is held (`not_ready_when_saturated`): asked over the open health route,
+    which takes no slot, so asking cannot make the stream's own requests find the server full."""
+    return call(server.url + "/v2/health/ready").status == 503
+
+
 def test_a_stream_that_is_never_read_holds_a_bounded_number_of_requests(guarded):
     """100 requests of 256 KiB and no reads: the stream's requests keep their in-flight slots until
     their answers are written (so the server's 4 slots fill and a unary call is refused), the server
@@ -82,10 +89,10 @@ def test_a_stream_that_is_never_read_holds_a_bounded_number_of_requests(guarded)
     channel = grpc.insecure_channel(guarded.grpc_target)
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     before = _served(guarded, "wide")
-    call = stub.ModelStreamInfer(iter([_request("wide", WIDTH, str(i)) for i in range(100)]),
-                                 metadata=_auth(guarded, "reader"))
+    stream = stub.ModelStreamInfer(iter([_request("wide", WIDTH, str(i)) for i in range(100)]),
+                                   metadata=_auth(guarded, "reader"))
     try:
-        wait_for(lambda: _unary_refused_for_load(guarded), "the unread stream to hold every in-flight slot")
+        wait_for(lambda: _saturated(guarded), "the unread stream to hold every in-flight slot")
         # A bound is shown over a span of time: 3 s in which the server, unbounded, would read and
         # compute all 100 (it does in under one).
         watch_until = time.monotonic() + 3
@@ -94,7 +101,7 @@ def test_a_stream_that_is_never_read_holds_a_bounded_number_of_requests(guarded)
             assert served <= WINDOW + 40, served
         assert served >= WINDOW and _unary_refused_for_load(guarded), "the stream's slots were given back unread"
     finally:
-        call.cancel()
+        stream.cancel()
         channel.close()
     wait_for(lambda: not _unary_refused_for_load(guarded), "the cancelled stream to give its slots back")
 

@@ -105,14 +105,14 @@ async def admit(gate: Gate, key: ApiKey | None) -> None:
         refusal = await gate.keyring.limiter.admit(key.key_id)  # a store call once per leased block, not per request
         if refusal is not None:
             raise Refused(errors.Overloaded(refusal.reason, max(1.0, math.ceil(refusal.retry_after_s))))
-    if not gate.in_flight.try_acquire():
+    if not gate.take_slot():
         if key is not None:
             gate.keyring.limiter.release(key.key_id)
         raise Refused(errors.ServerBusy(f"server is at its limit of {gate.in_flight.limit} requests in flight"))
 
 
 def release(gate: Gate, key: ApiKey | None) -> None:
-    gate.in_flight.release()
+    gate.give_slot()
     if key is not None:
         gate.keyring.limiter.release(key.key_id)
 
