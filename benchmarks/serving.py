@@ -94,7 +94,10 @@ def _alone(servers: list, measured=None) -> Iterator[None]:
 def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple[str, str]) -> tuple[list[Point], dict]:
     """Every server runs at once, pinned to the same core; only one is under load at a time, the
     others stopped meanwhile (`_alone`), and the points are interleaved (all servers at c=1, then all
-    at c=16, ...) so drift on a shared machine hits every row alike."""
+    at c=16, ...) so drift on a shared machine hits every row alike. Each server first serves one
+    second of warm-up, not counted: a server's first second is slower than the rest (mlserve JSON
+    at c=1: p99 26-38 ms in the first point after start, 1.6-1.8 ms in the next; its first key
+    check alone hashes for about 46 ms, on purpose)."""
     json_body, binary_body = bodies(work)
     grpc_body = _grpc_body(work)
     points: list[Point] = []
@@ -108,6 +111,12 @@ def _measure_all(args: argparse.Namespace, work: Path, model: Path, cores: tuple
         closed = [(BARE, bare, json_body), (LOWLEVEL, lowlevel, json_body), (HTTPTOOLS, httptools, json_body),
                   (NAIVE, naive, json_body), (JSON, ml, json_body), (JSON_NO_LANE, ml_aiohttp, json_body),
                   (BINARY, ml, binary_body)]
+        for name, server, body in closed + [(JSON_GC, ml_gc, json_body)]:  # past each server's first requests
+            print(f"  {name}: warm-up", file=sys.stderr, flush=True)
+            with _alone(servers, server):
+                wrk_point("warm-up", server, body, 16, 1.0, cores[1])
+        with _alone(servers, ml):
+            grpc_point("warm-up", ml, grpc_body, 16, 1.0, cores[1])
         for c in CONCURRENCY:
             with_gc = [(JSON_GC, ml_gc, json_body)] if c in GC_CONCURRENCY else []
             rounds: dict[str, list[Point]] = {name: [] for name, _, _ in closed + with_gc}
