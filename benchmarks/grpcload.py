@@ -5,7 +5,8 @@ requests go over one ModelStreamInfer stream (how Triton's clients get throughpu
 of them outstanding on it; with `--streams N` over N streams on the channel (a tritonclient
 InferenceServerClient holds one stream at a time, so N callers with a client each).
 
-    python -m benchmarks.grpcload --target 127.0.0.1:8001 --body request.pb --concurrency 64 --seconds 4 [--stream [--streams 64]]
+    python -m benchmarks.grpcload --target 127.0.0.1:8001 --body request.pb --concurrency 64 --seconds 4
+        [--stream [--streams 64]]
 
 Prints one JSON line: requests, duration_us, p50/p95/p99_us, errors and statuses by gRPC code.
 """
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1, help="with --stream: streams the concurrency is spread over")
     args = parser.parse_args(argv)
     if args.stream:
-        result = asyncio.run(_run_stream(args.target, args.body.read_bytes(), args.concurrency, args.seconds, args.token,
-                                         args.streams))
+        result = asyncio.run(_run_stream(args.target, args.body.read_bytes(), args.concurrency, args.seconds,
+                                         args.token, args.streams))
         print(json.dumps(result))
         return 0
     result = asyncio.run(_run(args.target, args.body.read_bytes(), args.concurrency, args.seconds, args.channels,

@@ -136,8 +136,9 @@ def _grpc_targets(results: dict, mark) -> list[tuple[str, str, str, str]]:
     cpu = grpc64["per_cpu_s"] / json64["per_cpu_s"] if json64["per_cpu_s"] else 0.0
     rows = [("mlserve gRPC raw / HTTP JSON at c=64", mark(wall, wall >= 1.3, ".2f"), mark(cpu, cpu >= 1.3, ".2f"),
              ">= 1.3")]
-    for server, figure in (("mlserve gRPC stream (raw tensors)", "mlserve gRPC, one stream / HTTP JSON at c=64"),
-                           ("mlserve gRPC streams (raw tensors)", "mlserve gRPC, a stream per caller / HTTP JSON at c=64")):
+    streams = (("mlserve gRPC stream (raw tensors)", "mlserve gRPC, one stream / HTTP JSON at c=64"),
+               ("mlserve gRPC streams (raw tensors)", "mlserve gRPC, a stream per caller / HTTP JSON at c=64"))
+    for server, figure in streams:
         stream64 = _point(results, server, "c=64")
         if stream64 is not None:
             wall = stream64["req_per_s"] / json64["req_per_s"]

@@ -55,8 +55,9 @@ class DynamicBatcher:
     """Owns one version's bounded queue and its worker tasks; each batch runs on a guarded worker thread.
 
     A batch closes as soon as it is full; when nothing more arrived during the last turn of the event
-    loop (the last few for a front that asks for them in SchedulePolicy.quiet_turns, gRPC's) and either no other batch is running (an idle server answers a lone request at once) or a
-    preferred size is reached; or when the oldest waiting request's delay is up (timed from its
+    loop (the last few for a front that asks for them in SchedulePolicy.quiet_turns, gRPC's) and
+    either no other batch is running (an idle server answers a lone request at once) or a preferred
+    size is reached; or when the oldest waiting request's delay is up (timed from its
     arrival, not from the end of the last batch). Requests whose tensors differ beyond the batch
     dimension (sentences of different lengths) are never concatenated: a batch runs as one group
     per trailing shape.

@@ -245,7 +245,8 @@ def _runtime(name: str, backend: Backend, device: str, figures: OpenFigures) -> 
 def _check_background_thread(name: str, backend: Backend, files: VersionFiles) -> None:
     """`[batching] background_thread = true` needs an engine that runs two batches at once."""
     batching = files.config.batching
-    if batching.background_thread and not (batching.max_batch_size > 0 and getattr(backend, "runs_concurrently", False)):
+    can_run_two = batching.max_batch_size > 0 and getattr(backend, "runs_concurrently", False)
+    if batching.background_thread and not can_run_two:
         raise ModelLoadError(
             f"{files.label}: background_thread = true, but this version's engine cannot run two batches at once "
             "(ONNX on CPU with intra_op_threads = 1 and max_batch_size > 0 can); remove the key or set it to false")

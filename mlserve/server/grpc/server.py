@@ -244,7 +244,8 @@ class InferenceServicer(RepositoryCalls, UnsupportedCalls, pb_grpc.GRPCInference
 
     async def _stream_one(self, message, context, key, headers, answers: asyncio.Queue) -> None:
         """One request of a stream. Its answer is queued with put_nowait: the queue has room for one
-        answer per request in the window, and a request leaves the window only once its answer is written."""
+        answer per request in the window, and a request leaves the window only once its answer is
+        written."""
         written = asyncio.get_running_loop().create_future()
         try:
             await admit(self._gate, key)
