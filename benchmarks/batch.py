@@ -12,8 +12,11 @@
     load" when only the share's floor moves it], and the live rows/s of that load with the job over
     without it. With the background thread (batching/share.py) the job runs on what that load
     leaves of the host (the second core here), so it is not held to the floor and says so
-Figures 2 to 3b run twice, on two servers one after the other: at the model's defaults (the job's
-rows in the live batches), then with `background_thread = true`; `--only-default` runs the first.
+Figures 2 to 3b run once per way the job's rows can run, on a server each, one after the other: at
+the model's defaults (the job's rows in the live batches), with `background_thread = true`, and with
+`background_process = true` (the whole job in a child process at the lowest CPU priority, off the
+first CPU; its CPU is the "child" column of the cores used); `--ways` picks among them,
+`--only-default` runs the first.
 3c. the job path per part, in process (no HTTP, so no host noise from the load generator): the same
     job through a real batcher and ONNX Runtime, in full batches (no live traffic) and in the short
     batches the share rule gives it while live traffic is about; per batch, the engine's thread CPU
@@ -23,6 +26,7 @@ rows in the live batches), then with `background_thread = true`; `--only-default
 4. peak RSS of `mlserve batch` over a large .npz minus its peak over a tiny one [< 500 MiB]
 
     .venv/bin/python -m benchmarks.batch [--rows 20000] [--rounds 3] [--round-s 10] [--big-mb 256]
+                                         [--ways default thread process]
 
 Rounds of 10 s give each p99 of figure 2 some 50 samples past it at the rates of a 2-core host;
 rounds of 3 s left a handful, and p99 scattered by 2x from run to run. The load average (`uptime`)
@@ -225,13 +229,33 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
     return found
 
 
+def children_cpu_s(pid: int) -> float:
+    """CPU seconds so far of the child processes of `pid` that still run (the background process)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            children = open(f"/proc/{pid}/task/{tid}/children").read().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
+            try:
+                stat = open(f"/proc/{child}/stat").read()
+            except FileNotFoundError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 class CpuSplit:
     """Cores used over a window by the server's event loop (its main thread), its busiest other thread
-    (the engine's worker) and the rest of its threads, and by this process (the live load's client)."""
+    (the engine's worker), the rest of its threads and its child processes (the background process),
+    and by this process (the live load's client)."""
 
     def __init__(self, pid: int) -> None:
         self._pid = pid
         self._threads, self._own, self._at = thread_cpu_s(pid), time.process_time(), time.perf_counter()
+        self._children = children_cpu_s(pid)
 
     def cores(self) -> dict[str, float]:
         threads, own, wall = thread_cpu_s(self._pid), time.process_time(), time.perf_counter() - self._at
@@ -239,6 +263,7 @@ class CpuSplit:
         loop = used.pop(self._pid, 0.0)
         engine = max(used.values(), default=0.0)
         return {"loop": loop, "engine": engine, "other": sum(used.values()) - engine,
+                "child": max(0.0, children_cpu_s(self._pid) - self._children) / wall,
                 "client": (own - self._own) / wall}
 
 
@@ -312,7 +337,10 @@ def main() -> None:
     parser.add_argument("--round-s", type=float, default=10.0)
     parser.add_argument("--big-mb", type=int, default=256, help="size of the input of the memory figure")
     parser.add_argument("--only-default", action="store_true",
-                        help="figures 2 to 3b only at the model's defaults, not again with background_thread = true")
+                        help="figures 2 to 3b only at the model's defaults (same as --ways default)")
+    parser.add_argument("--ways", nargs="+", choices=("default", "thread", "process"),
+                        default=["default", "thread", "process"],
+                        help="the ways background rows run for figures 2 to 3b (default: all three)")
     parser.add_argument("--job-mb", type=int, default=4096, help="size of the in-server job's input (one round's worth)")
     args = parser.parse_args()
     print(f"load at start: {_load()}")
@@ -326,9 +354,13 @@ def main() -> None:
         batch = root / "batch"
         batch.mkdir()
         write_big_npz(batch / "job.npz", args.job_mb, repeat=True)
-        variants = [("in the live batches (the default)", MLP_TOML),
-                    ("on the background thread (background_thread = true)", MLP_TOML + "background_thread = true\n")]
-        for label, variant_toml in variants[:1] if args.only_default else variants:
+        variants = {"default": ("in the live batches (the default)", MLP_TOML),
+                    "thread": ("on the background thread (background_thread = true)",
+                               MLP_TOML + "background_thread = true\n"),
+                    "process": ("in a child process (background_process = true)",
+                                MLP_TOML + "background_process = true\n")}
+        for way in ["default"] if args.only_default else args.ways:
+            label, variant_toml = variants[way]
             (repo / "mlp" / "model.toml").write_text(variant_toml)
             server = MlserveProcess(repo, "--batch-dir", str(batch), "--log-level", "warning",
                                     log_path=root / "server.log", env={"MLSERVE_JOBS_CHUNK_ROWS": str(JOB_CHUNK_ROWS)}).wait_ready()

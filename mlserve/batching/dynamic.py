@@ -372,6 +372,8 @@ class DynamicBatcher:
             if self._queue.num_pushed == seen:
                 await self._wait_arrival(deadline)
         now = time.monotonic()
+        if self._queue.num_rows >= max_rows:
+            self.share.note_live_backlog(now)
         if not self._live_sees_background():
             return self._account(self._queue.take(max_rows, now), now)
         held = self.share.held_rows(max_rows, now)  # share rule 3

@@ -84,6 +84,7 @@ class BackgroundShare:
         self._at = 0.0
         self._live_seen_at = -math.inf
         self._floor_used_at = -math.inf
+        self._backlog_at = -math.inf
 
     def _decay(self, now: float) -> None:
         if now > self._at:
@@ -130,6 +131,15 @@ class BackgroundShare:
         self._background += background_rows
         if live_rows:
             self._live_seen_at = now
+
+    def note_live_backlog(self, now: float) -> None:
+        """A live batch was formed with rows enough for a full batch waiting: live load fills the engine."""
+        self._backlog_at = now
+
+    def is_live_backlogged(self, now: float) -> bool:
+        """Live rows filled a whole batch within the window (what slows a job in a child process,
+        which the share rule does not see: jobs/child.py)."""
+        return now - self._backlog_at < self._window_s
 
     def is_held_to_floor(self, now: float) -> bool:
         """Background work got only its floor within the window: live load fills the engine."""

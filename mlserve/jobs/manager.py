@@ -30,6 +30,7 @@ from mlserve.config import JobsConfig
 from mlserve.errors import Forbidden, InvalidInput, JobNotFound, MlserveError, Overloaded
 from mlserve.jobs.book import CHANNEL, StoreBook, lease_key
 from mlserve.jobs.checkpoint import checkpoint_path
+from mlserve.jobs.child import ProcessRun
 from mlserve.jobs.record import (
     JobRecord, JobState, allowed_path, check_request, load_records, parse_version, remove_record, save_record,
 )
@@ -37,6 +38,7 @@ from mlserve.jobs.runner import BatchesFn, BatchRun, InferFn, JobPlan, RowFormat
 from mlserve.jobs.s3files import S3Files, is_s3, stage_uri
 from mlserve.jobs.s3stage import S3Jobs, s3_files
 from mlserve.jobs.view import copy_progress, progress_from_checkpoint, progress_of
+from mlserve.registry.opening import VersionFiles
 from mlserve.spec import ModelInfo
 from mlserve.state import BadStateData, StateStore, StateUnavailable
 
@@ -59,6 +61,9 @@ class Target:
     """Why a running job is slow right now ("waiting: live load"), or ""."""
     infer_batches: BatchesFn | None = None
     """Queues a chunk's batches at once (background work: see jobs/sharing.py), or None."""
+    files: VersionFiles | None = None
+    """The version's files where the job runs in a child process that opens them again
+    ([batching] background_process: jobs/child.py); its files on S3 run it here instead."""
 
 
 Resolver = Callable[[str, "int | None", "int | None"], Awaitable[Target]]
@@ -105,7 +110,7 @@ class JobManager:
         self.jobs: dict[str, JobRecord] = {}
         """Every job (one process), or the jobs this replica runs or ran (shared store)."""
         self._tasks: dict[str, asyncio.Task] = {}
-        self._runs: dict[str, BatchRun] = {}
+        self._runs: dict[str, BatchRun | ProcessRun] = {}
         self._status: dict[str, Callable[[], str]] = {}
         self._slots: asyncio.Semaphore | None = None
         self._loops: list[asyncio.Task] = []
@@ -319,8 +324,7 @@ class JobManager:
                 if is_s3(record.input):
                     mirror, loop = await self._s3.stage_in(record), asyncio.get_running_loop()
                     after_commit = lambda: asyncio.run_coroutine_threadsafe(mirror.push(), loop).result()  # noqa: E731
-                run = BatchRun(self._plan(record, target), target.infer, target.formats, after_commit,
-                               infer_batches=target.infer_batches)
+                run = self._new_run(record, target, after_commit)
                 self._runs[record.job_id] = run
                 if target.status is not None:
                     self._status[record.job_id] = target.status
@@ -342,6 +346,14 @@ class JobManager:
                 self._status.pop(record.job_id, None)
                 if run is not None:
                     run.close()
+
+    def _new_run(self, record: JobRecord, target: Target, after_commit: Callable[[], None] | None
+                  ) -> BatchRun | ProcessRun:
+        """In a child process where the version asks for one and the files are local; else here."""
+        plan = self._plan(record, target)
+        if target.files is not None and not is_s3(record.input):
+            return ProcessRun(target.files, plan)
+        return BatchRun(plan, target.infer, target.formats, after_commit, infer_batches=target.infer_batches)
 
     async def _finish(self, record: JobRecord, state: JobState, reason: str) -> None:
         record.state, record.reason, record.finished = state, reason, time.time()

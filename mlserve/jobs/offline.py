@@ -15,7 +15,7 @@ from mlserve.config import Config, RegistryConfig
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.progress import ProgressBar
-from mlserve.jobs.runner import BatchRun, JobPlan, RunTimes, Tensors
+from mlserve.jobs.runner import BatchesFn, BatchRun, InferFn, JobPlan, RunTimes, Tensors
 from mlserve.registry import repository
 from mlserve.registry.opening import Alone, BatchedRuntime, Trust, VersionFiles, open_version, version_backend_name
 from mlserve.registry.store import Store
@@ -120,13 +120,22 @@ async def run_offline(args: OfflineArgs, config: Config, parse: Parse | None = N
         runtime.close()
 
 
-async def _run_tensors(args: OfflineArgs, runtime: BatchedRuntime, version: int, times: RunTimes | None) -> int:
+@dataclass(slots=True)
+class EngineCalls:
+    """A tensor version's engine on one worker thread, as a batch run calls it (see `engine_calls`)."""
+
+    infer: InferFn
+    infer_batches: BatchesFn
+    executor: ThreadPoolExecutor
+
+
+def engine_calls(runtime: BatchedRuntime, times: RunTimes) -> EngineCalls:
     """A chunk's batches run back to back on the engine's thread in one call: the engine never waits
     for the event loop to take an answer and hand it the next batch, and the loop wakes once a chunk
-    (a round trip per batch cost up to a third of the engine's time on a busy 2-core host)."""
+    (a round trip per batch cost up to a third of the engine's time on a busy 2-core host). Call
+    from the running loop; shut the executor down after the run."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlserve-batch")
     loop = asyncio.get_running_loop()
-    times = times or RunTimes()
 
     def run_batches(batches: list[Tensors]) -> list[Tensors | Exception]:
         answers: list[Tensors | Exception] = []
@@ -145,11 +154,17 @@ async def _run_tensors(args: OfflineArgs, runtime: BatchedRuntime, version: int,
     async def infer_batches(batches):
         return await loop.run_in_executor(executor, run_batches, batches)
 
+    return EngineCalls(infer, infer_batches, executor)
+
+
+async def _run_tensors(args: OfflineArgs, runtime: BatchedRuntime, version: int, times: RunTimes | None) -> int:
+    times = times or RunTimes()
+    calls = engine_calls(runtime, times)
     plan = JobPlan(args.model, version, runtime.info, args.input, args.output, args.errors, args.chunk_rows)
     try:
-        return await _run(BatchRun(plan, infer, times=times, infer_batches=infer_batches), args)
+        return await _run(BatchRun(plan, calls.infer, times=times, infer_batches=calls.infer_batches), args)
     finally:
-        executor.shutdown(wait=True)
+        calls.executor.shutdown(wait=True)
 
 
 async def _run_generation(args: OfflineArgs, store: Store, config: Config, version: int, parse: Parse) -> int:

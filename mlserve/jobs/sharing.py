@@ -5,8 +5,10 @@ version's batcher at once through `submit_background`, so its rows are always wa
 formed, and the batcher's share rule (batching/share.py) decides how many of them each batch takes
 (cut to the rows it has room for: batching/background.py): the rest of a short batch beside live
 rows, a guaranteed floor under any load, and batches of their own when no live request waits. A job
-given a `priority` queues as live requests of that level. On a generation model it hands the engine
-a few requests at a time, behind waiting live ones.
+given a `priority` queues as live requests of that level. On a version with `[batching]
+background_process = true` a job with no priority runs whole in a child process instead
+(jobs/child.py), unless its files are on S3. On a generation model it hands the engine a few
+requests at a time, behind waiting live ones.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ class BackgroundRows:
     def status(self) -> str:
         """`waiting: live load` while live traffic holds the job to its floor share."""
         return WAITING_FOR_LIVE if self._batcher.share.is_held_to_floor(time.monotonic()) else ""
+
+    def process_status(self) -> str:
+        """For a job in a child process (jobs/child.py), which the share rule does not see:
+        `waiting: live load` while live rows fill whole batches (the host then has little CPU time
+        left for the child's lowest priority), or while the job, run here, is held to its floor."""
+        share, now = self._batcher.share, time.monotonic()
+        return WAITING_FOR_LIVE if share.is_live_backlogged(now) or share.is_held_to_floor(now) else ""
 
 
 class AtLevel:
@@ -131,6 +140,9 @@ def resolver(models: JobModels, limits: TokenLimits, parse: Parse):
             raise InvalidInput(f"priority must lie in 1..{levels} for model {model!r}, got {priority}")
         if priority is None:
             rows = BackgroundRows(served, serving.batcher)
+            if serving.files is not None and serving.files.config.batching.background_process:
+                return Target(served.version, served.info, rows, status=rows.process_status,
+                              infer_batches=rows.batches, files=serving.files)
             return Target(served.version, served.info, rows, status=rows.status, infer_batches=rows.batches)
         return Target(served.version, served.info, AtLevel(served, serving.batcher, SchedulePolicy(priority=priority)))
 

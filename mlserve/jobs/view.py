@@ -4,14 +4,30 @@ owner last recorded them (or, in one process, from the checkpoint beside its out
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from mlserve.jobs.checkpoint import checkpoint_path, load_checkpoint
 from mlserve.jobs.record import JobRecord, JobState
-from mlserve.jobs.runner import BatchRun
+from mlserve.jobs.progress import Progress
 
 
-def progress_of(record: JobRecord, run: BatchRun | None, status: Callable[[], str] | None) -> dict[str, Any]:
+class Rows(Protocol):
+    rows_total: int | None
+    rows_done: int
+    rows_failed: int
+
+
+class Run(Protocol):
+    """What the view reads of a run here (a BatchRun, or a ProcessRun for a job in a child process)."""
+
+    @property
+    def checkpoint(self) -> Rows | None: ...
+
+    @property
+    def progress(self) -> Progress: ...
+
+
+def progress_of(record: JobRecord, run: Run | None, status: Callable[[], str] | None) -> dict[str, Any]:
     """Rows, rate, ETA and reason: from the run when it is here, else as the owner last recorded."""
     if run is None or run.checkpoint is None:
         return {"reason": record.reason, "rows_total": record.rows_total, "rows_done": record.rows_done,
@@ -37,7 +53,7 @@ def progress_from_checkpoint(record: JobRecord) -> dict[str, Any]:
             "rows_failed": checkpoint.rows_failed if checkpoint else 0, "rows_per_s": 0.0, "eta_s": None}
 
 
-def copy_progress(record: JobRecord, run: BatchRun | None) -> None:
+def copy_progress(record: JobRecord, run: Run | None) -> None:
     if run is None or run.checkpoint is None:
         return
     record.rows_total, record.rows_done = run.checkpoint.rows_total, run.checkpoint.rows_done

@@ -348,7 +348,7 @@ class HotSwapLoader:
             fresh.serving = serve_generative(runtime, name, version, self._metrics)
         else:
             fresh.serving = serve_batched(runtime, entry.config, name, version, fresh.fingerprint, self._metrics,
-                                          self.stats, self._state_store)
+                                          self.stats, self._state_store, files)
         fresh.state, fresh.reason = VersionState.READY, ""
         figures = runtime.figures
         self._record_load(fresh, load_s, figures.warmup_s)

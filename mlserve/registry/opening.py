@@ -219,7 +219,7 @@ async def open_version(files: VersionFiles, placement: Placement, executor: Exec
                             placed.memory_cap_bytes)
         loaded = time.monotonic()
         try:
-            _check_background_thread(name, backend, files)
+            _check_background(name, backend, files, placed.device)
             stage.name = "warmup"
             runs = await run(warm_up, backend, files.config, files.folder) if warm else 0
             measured = await run(taken)
@@ -242,9 +242,16 @@ def _runtime(name: str, backend: Backend, device: str, figures: OpenFigures) -> 
                           getattr(backend, "vocab_size", None), getattr(backend, "runs_concurrently", False))
 
 
-def _check_background_thread(name: str, backend: Backend, files: VersionFiles) -> None:
-    """`[batching] background_thread = true` needs an engine that runs two batches at once."""
+def _check_background(name: str, backend: Backend, files: VersionFiles, device: str) -> None:
+    """`[batching] background_thread = true` needs an engine that runs two batches at once;
+    `background_process = true` a batching tensor model on the CPU (jobs/child.py)."""
     batching = files.config.batching
+    if batching.background_process and (name in GENERATIVE_BACKENDS or batching.max_batch_size <= 0
+                                        or device != "cpu"):
+        raise ModelLoadError(
+            f"{files.label}: background_process = true, but this version is not a batching tensor model on the "
+            f"CPU (backend {name}, device {device}, max_batch_size {batching.max_batch_size}); remove the key "
+            "or set it to false")
     can_run_two = batching.max_batch_size > 0 and getattr(backend, "runs_concurrently", False)
     if batching.background_thread and not can_run_two:
         raise ModelLoadError(

@@ -18,7 +18,7 @@ from mlserve.batching.guard import GuardedInfer
 from mlserve.batching.share import BACKGROUND_NICE
 from mlserve.monitor.metrics import Metrics
 from mlserve.monitor.stats import InferenceStatistics
-from mlserve.registry.opening import BatchedRuntime, GenerativeRuntime
+from mlserve.registry.opening import BatchedRuntime, GenerativeRuntime, VersionFiles
 from mlserve.spec import ModelConfig, SchedulePolicy
 from mlserve.spec.model import BatchingSpec
 from mlserve.state import StateStore
@@ -38,6 +38,8 @@ class BatchedServing:
     batcher: DynamicBatcher
     cache: ResponseCache | None = None
     """None where [batching] cache_size is 0."""
+    files: VersionFiles | None = None
+    """How the version was opened: a job in a child process opens it again (jobs/child.py)."""
 
     @property
     def num_queued(self) -> int:
@@ -110,9 +112,10 @@ Serving = Union[BatchedServing, GenerativeServing]
 
 
 def serve_batched(runtime: BatchedRuntime, config: ModelConfig, model: str, version: int, fingerprint: str,
-                  metrics: Metrics, stats: InferenceStatistics, state_store: StateStore | None) -> BatchedServing:
+                  metrics: Metrics, stats: InferenceStatistics, state_store: StateStore | None,
+                  files: VersionFiles | None = None) -> BatchedServing:
     """The version's batcher over its guarded runtime, started (its statistics start from zero), and
-    its response cache where configured."""
+    its response cache where configured. `files`: how the version was opened (the loader's)."""
     batcher = DynamicBatcher(
         GuardedInfer.for_model(runtime.backend.infer, config, f"{model}/{version}"),
         config.batching, f"{model}-{version}",
@@ -121,7 +124,7 @@ def serve_batched(runtime: BatchedRuntime, config: ModelConfig, model: str, vers
     )
     batcher.start()
     cache = _response_cache(model, str(version), fingerprint, config.batching, metrics, state_store)
-    return BatchedServing(runtime, batcher, cache)
+    return BatchedServing(runtime, batcher, cache, files)
 
 
 def _background_thread(runtime: BatchedRuntime, config: ModelConfig, model: str, version: int

@@ -101,6 +101,12 @@ class BatchingSpec:
     """Background rows run in full batches on a worker thread of their own at the lowest OS priority,
     beside live batches rather than in them (batching/share.py). Only where the engine runs two
     batches at once (ONNX on CPU with intra_op_threads = 1); elsewhere true is refused at load."""
+    background_process: bool = False
+    """In-server jobs on this version without a priority of their own run whole in a child process at
+    the lowest CPU priority (nice 19), which opens the version a second time (its memory twice while a
+    job runs): reading, the model and writing, none of it on the server's interpreter (jobs/child.py).
+    Only for tensor models with max_batch_size > 0 on the CPU; elsewhere true is refused at load. Not
+    with background_thread."""
 
     def __post_init__(self) -> None:
         if self.timeout_us < 0 or self.priority_aging_us < 0 or self.cache_size < 0:
@@ -115,6 +121,8 @@ class BatchingSpec:
             raise ValueError("max_queue_delay_us must be >= 0")
         if not 0.0 <= self.background_share <= 0.5:
             raise ValueError("background_share must lie in 0..0.5")
+        if self.background_thread and self.background_process:
+            raise ValueError("background_thread and background_process are both true: set one of them")
         if self.max_queue_size < 1:
             raise ValueError("max_queue_size must be >= 1")
         if any(s < 1 or (self.max_batch_size and s > self.max_batch_size) for s in self.preferred_batch_sizes):
@@ -193,7 +201,8 @@ class ModelConfig:
 _BATCHING_KEYS = (
     "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size",
     "timeout_us", "priority_levels", "default_priority_level", "priority_aging_us", "cache_size", "background_share",
-    "background_thread", "shared_cache_ttl_s", "shared_cache_entries", "shared_cache_max_bytes",
+    "background_thread", "background_process", "shared_cache_ttl_s", "shared_cache_entries",
+    "shared_cache_max_bytes",
 )
 
 
