@@ -45,6 +45,10 @@ interpreter's lock, which the thread takes around each batch and the live path a
 on). What it still costs: live p99 beside a running job at half capacity, 2.2-2.5x the p99
 without it against 1.4-1.6x with the job in the live batches (docs/batch.md has the figures).
 
+A third way stands outside the batcher: with `[batching] background_process = true` a job runs whole
+in a child process at the lowest CPU priority (jobs/child.py), and only reads from here whether live
+rows fill whole batches (`is_live_backlogged`), to say `waiting: live load`.
+
 Pure bookkeeping with no clock of its own: callers pass `now`. Not thread-safe; the batcher's
 event loop owns it.
 """

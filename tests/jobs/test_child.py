@@ -23,7 +23,7 @@ from tests.jobs.test_background_thread import _open
 from tests.jobs.test_batch_cli import TOL, read_output
 from tests.jobs.test_sharing import behind_a_running_batch, setup
 from tests.server.http import call
-from tests.server_process import serving
+from tests.server_process import MlserveProcess, serving
 
 SCHED_IDLE = 5
 NUM_ROWS = 30_000
@@ -177,3 +177,23 @@ def test_a_job_in_a_child_reads_waiting_while_live_rows_fill_whole_batches():
 
     assert asyncio.run(main([(2, 4), (3, 4)])) == WAITING_FOR_LIVE
     assert asyncio.run(main([(2, 3)])) == ""
+
+
+def test_a_child_whose_server_is_killed_stops_instead_of_writing_on(child_repo, tmp_path):
+    """A server killed with SIGKILL leaves no child behind: a restarted server resumes the job from
+    its checkpoint, and a child still writing the same files would race it."""
+    np.savez(tmp_path / "in.npz", x=mlp_rows(NUM_ROWS, seed=22))
+    server = MlserveProcess(child_repo, "--batch-dir", str(tmp_path), log_path=tmp_path / "m.log").wait_ready()
+    try:
+        created = call(f"{server.url}/v2/batch/jobs", {"model": "mlp", "input": "in.npz", "output": "out.npz"})
+        assert created.status == 201, created.body
+        pid = job_child(server.proc.pid, lowered=True)
+        os.kill(pid, signal.SIGCONT)
+        running = wait_for(server.url, created.body["id"], ("running",), rows=True)
+        assert running["rows_done"] < NUM_ROWS, running
+        server.proc.kill()
+        server.proc.wait()
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+    assert gone(pid), "the child of a killed server still runs"
