@@ -89,12 +89,6 @@ class ProcessRun:
         self.progress = Progress(None)
         self._proc: subprocess.Popen | None = None
 
-    @property
-    def pid(self) -> int | None:
-        """The child's process id while it runs."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
     def prepare(self, overwrite: bool = False) -> RowsSeen:
         proc = subprocess.Popen([sys.executable, "-m", "mlserve.jobs.child"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, close_fds=True, env=_child_env())
