@@ -12,6 +12,8 @@ from mlserve.jobs.progress import Progress
 
 
 class Rows(Protocol):
+    """A run's rows so far: its checkpoint, or what a child process last reported."""
+
     rows_total: int | None
     rows_done: int
     rows_failed: int
