@@ -4,11 +4,11 @@ background_process = true`).
 Why a process: a job in the server shares the interpreter's lock and the event loop with live
 requests: its rows in the live batches make each live batch longer (live p50 +1.7 ms at half
 capacity on the MLP example), and on a thread of its own the lock it holds stalls the loop (live p99
-2.2-2.5x; docs/batch.md). A child process shares nothing with the server but the cores: it runs at
-nice 19, so the kernel gives it the CPU time no thread of normal priority wants, takes the core back
-from it when a live thread wakes, and still gives it a small guaranteed part of a busy core (a nice
-19 thread weighs 15 against a normal thread's 1024), so a job under full live load moves slowly but
-never stops.
+2.2-2.7x; docs/batch.md). A child process shares nothing with the server but the cores. It keeps off
+the first of the server's CPUs, so a live thread that wakes always finds a CPU the job is not on,
+and it runs at SCHED_IDLE (lifeline.lowest_cpu_priority): the kernel gives it the CPU time no thread
+of normal priority wants and takes a core back from it when a live thread wakes, yet still gives it
+a small weight of a busy core, so a job under full live load moves slowly but never stops.
 
 The child opens the version again through `open_version`, the one way to open a version (backend,
 the trust decision the server made for it, warm-up), on the CPU as if alone, and runs the job as
@@ -23,11 +23,11 @@ child's stdout, one JSON line per event:
     {"error": {"type": "InvalidInput", "message": "..."}}               the run failed
 
 Stopping the child (a cancel, the server stopping) kills it: every commit is atomic, so a resume
-goes on from the last checkpoint, as after a crash. The child exits by itself when its stdin closes,
-so it never outlives the server. Jobs whose files are on S3 run in the server (their commits are
-mirrored to S3 from there).
+goes on from the last checkpoint, as after a crash. A child whose server is gone kills itself
+(lifeline.die_with_parent), so it never writes beside a restarted server. Jobs whose files are on
+S3 run in the server (their commits are mirrored to S3 from there).
 
-    python -m mlserve.jobs.child     (started by ProcessRun only)
+    python -m mlserve.jobs.child SERVER_PID     (started by ProcessRun only)
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ from mlserve import errors
 from mlserve.errors import InferenceFailed, MlserveError
 from mlserve.jobs.offline import engine_calls
 from mlserve.jobs.progress import Progress
+from mlserve.lifeline import die_with_parent, lowest_cpu_priority
 from mlserve.jobs.runner import BatchRun, JobPlan, RunTimes
 from mlserve.registry.opening import Alone, BatchedRuntime, VersionFiles, open_version
 
 log = logging.getLogger("mlserve.jobs")
 
-CHILD_NICE = 19
 MAX_LINE_BYTES = 64 * 1024
 """The longest report line the parent reads (an error's message is cut to fit)."""
 
@@ -90,14 +90,14 @@ class ProcessRun:
         self._proc: subprocess.Popen | None = None
 
     def prepare(self, overwrite: bool = False) -> RowsSeen:
-        proc = subprocess.Popen([sys.executable, "-m", "mlserve.jobs.child"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "mlserve.jobs.child", str(os.getpid())], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, close_fds=True, env=_child_env())
         self._proc = proc
         assert proc.stdin is not None
         try:
             proc.stdin.write(pickle.dumps(ChildJob(self._files, self.plan, overwrite),
                                           protocol=pickle.HIGHEST_PROTOCOL))
-            proc.stdin.flush()  # stdin stays open: the child exits when it closes
+            proc.stdin.close()
         except OSError:
             pass  # it died at once: the next read says how
         prepared = self._next()["prepared"]
@@ -143,8 +143,6 @@ class ProcessRun:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if proc.stdin is not None:
-            proc.stdin.close()
 
 
 def _child_env() -> dict[str, str]:
@@ -176,18 +174,6 @@ def leave_a_cpu_to_live_work() -> set[int] | None:
     rest = allowed - {min(allowed)}
     os.sched_setaffinity(0, rest)
     return rest
-
-
-def lowest_cpu_priority() -> str:
-    """The calling process's lowest CPU priority: SCHED_IDLE where the OS has it, else nice 19."""
-    if hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            return "SCHED_IDLE"
-        except OSError:
-            pass
-    os.nice(CHILD_NICE - os.nice(0))
-    return f"nice {CHILD_NICE}"
 
 
 class _Reporter:
@@ -231,15 +217,8 @@ async def _run(job: ChildJob, report: _Reporter) -> None:
         runtime.close()
 
 
-def _exit_when_the_server_goes() -> None:
-    """Read stdin to its end: the server closed it or is gone, and a run it no longer follows stops.
-    Reads the descriptor itself: a thread blocked in the buffered stdin would hold its lock at exit."""
-    while os.read(0, 65536):
-        pass
-    os._exit(1)
-
-
-def main() -> int:
+def main(parent_pid: int) -> int:
+    die_with_parent(parent_pid)  # before anything is written: a child of a killed server writes nothing
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = os.fdopen(os.dup(1), "w")  # the report; anything a library prints goes to stderr instead
     os.dup2(2, 1)
@@ -248,7 +227,6 @@ def main() -> int:
         leave_a_cpu_to_live_work()
         lowest_cpu_priority()  # before the engine starts a thread: they all inherit it
         job: ChildJob = pickle.load(sys.stdin.buffer)
-        threading.Thread(target=_exit_when_the_server_goes, name="mlserve-job-parent", daemon=True).start()
         asyncio.run(_run(job, report))
     except Exception as exc:
         report.send("error", type=type(exc).__name__, message=str(exc))
@@ -257,4 +235,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(int(sys.argv[1])))

@@ -19,19 +19,9 @@ import signal
 import sys
 from pathlib import Path
 
-NICENESS = 19
+from mlserve.lifeline import lowest_cpu_priority
+
 _PR_SET_PDEATHSIG = 1
-
-
-def _lower_priority() -> None:
-    """SCHED_IDLE where the OS has it: the job runs only on CPU time serving leaves unused. Its
-    own latency figures then include the server's load, as they would on any shared machine."""
-    os.nice(NICENESS)
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError:
-            pass  # nice 19 alone
 
 
 def _die_with_parent_stopped() -> None:
@@ -57,7 +47,7 @@ def main(job_dir: Path, parent_pid: int | None = None) -> int:
 
         _die_with_parent_stopped()
         die_with_parent(parent_pid)  # nothing is published once the server is gone (checked after the prctl)
-    _lower_priority()
+    lowest_cpu_priority()  # own latency figures then include the server's load, as on any shared machine
     signal.signal(signal.SIGTERM, _stop)
     from mlserve.optimize.pause import CLOCK
 

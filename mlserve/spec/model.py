@@ -103,8 +103,9 @@ class BatchingSpec:
     batches at once (ONNX on CPU with intra_op_threads = 1); elsewhere true is refused at load."""
     background_process: bool = False
     """In-server jobs on this version without a priority of their own run whole in a child process at
-    the lowest CPU priority (nice 19), which opens the version a second time (its memory twice while a
-    job runs): reading, the model and writing, none of it on the server's interpreter (jobs/child.py).
+    the lowest CPU priority (SCHED_IDLE) and off the first CPU, which opens the version a second time
+    (its memory twice while a job runs): reading, the model and writing, none of it on the server's
+    interpreter (jobs/child.py).
     Only for tensor models with max_batch_size > 0 on the CPU; elsewhere true is refused at load. Not
     with background_thread."""
 

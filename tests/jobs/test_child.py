@@ -64,7 +64,7 @@ def job_child(server_pid: int, lowered: bool = False, timeout: float = 60.0) -> 
         for pid in children(server_pid):
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                is_lowered = policy_and_nice(pid) != (0, 0)
+                is_lowered = policy_and_nice(pid)[0] == SCHED_IDLE
             except FileNotFoundError:
                 continue
             if b"mlserve.jobs.child" in cmdline and (is_lowered or not lowered):
