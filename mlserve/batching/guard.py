@@ -8,7 +8,9 @@ thread waits for the worker itself, for at most `wait_s`, on a lock the worker r
 answer needs no wake-up of the loop, no future and no timer; past `wait_s` the batch continues as
 any other (the worker wakes the loop, the watchdog counts the hang deadline from the start). The
 cost is the loop being blocked for at most `wait_s` while one row computes; the batcher asks for it
-only when nothing else is queued. A watchdog timer on the loop fires after `hang_timeout_s`: the thread that
+only when nothing else is queued. A backend whose run another thread can stop (ONNX Runtime on the
+CPU) takes a shorter way still: the loop thread runs the lone batch itself, on a leash
+(batching/leash.py), and a run past the leash is stopped and handed to a worker as above. A watchdog timer on the loop fires after `hang_timeout_s`: the thread that
 did not come back is abandoned (Python cannot kill it), a fresh one takes the next batch, and the
 requests get `ModelHung` (504). An abandoned thread that later finishes exits; while `max_hung` are
 still stuck the model answers at once with an error instead of stacking threads. Calling the guard
@@ -30,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from mlserve.batching.leash import LEASH, StoppableInfer
 from mlserve.errors import InferenceFailed, MlserveError, ModelHung
 from mlserve.spec import ModelConfig
 
@@ -98,8 +101,11 @@ class GuardedInfer:
     def __init__(
         self, infer: Callable[[Tensors], Tensors], label: str, hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S,
         can_split: bool = True, max_hung: int = 4, nice: int = 0, one_thread: bool = False,
+        stoppable: StoppableInfer | None = None,
     ) -> None:
         self._infer = infer
+        self._stoppable = stoppable
+        """The backend's infer a watchdog can stop: lone batches run on the loop's thread (batching/leash.py)."""
         self.nice = nice
         """Each worker thread raises its own nice value by this much (Linux; 0: left as the process's)."""
         self._one_thread = one_thread
@@ -116,12 +122,12 @@ class GuardedInfer:
 
     @classmethod
     def for_model(cls, infer: Callable[[Tensors], Tensors], config: ModelConfig, label: str,
-                  nice: int = 0, one_thread: bool = False) -> GuardedInfer:
+                  nice: int = 0, one_thread: bool = False, stoppable: StoppableInfer | None = None) -> GuardedInfer:
         """Hang deadline from model.toml's `hang_timeout_us` when set; batches split only when batching."""
         timeout_us = config.hang_timeout_us
         hang_timeout_s = timeout_us / 1e6 if timeout_us is not None else DEFAULT_HANG_TIMEOUT_S
         return cls(infer, label, hang_timeout_s, can_split=config.batching.max_batch_size > 0, nice=nice,
-                   one_thread=one_thread)
+                   one_thread=one_thread, stoppable=stoppable)
 
     def __call__(self, inputs: Tensors) -> Tensors:
         """Run one batch from a plain thread, waiting at most the hang deadline."""
@@ -139,6 +145,11 @@ class GuardedInfer:
     async def run(self, inputs: Tensors, wait_s: float = 0.0) -> Tensors:
         """Run one batch from the event loop: the worker thread computes and wakes the loop once; with
         `wait_s`, the loop first waits that long for the answer itself (the short path)."""
+        if wait_s > 0 and self._stoppable is not None:
+            outputs = self._run_leashed(inputs)
+            if outputs is not None:
+                return outputs
+            wait_s = 0.0  # stopped on the leash: a worker runs it, under the hang deadline
         loop = asyncio.get_running_loop()
         worker = self._checkout()
         handoff = _Handoff()
@@ -156,6 +167,22 @@ class GuardedInfer:
             watchdog.cancel()
             if not worker.is_abandoned:  # a caller cancelled mid-batch gets its worker back once it is done
                 handoff.when_done(lambda: self._release(worker))
+
+    def _run_leashed(self, inputs: Tensors) -> Tensors | None:
+        """On the calling (loop) thread, the GIL released while the engine computes; None when the
+        leash stopped it or it ran out of memory (the worker path then runs it, splitting if needed)."""
+        try:
+            outputs = LEASH.run(self._stoppable, inputs)  # type: ignore[arg-type]
+        except MlserveError:
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                return None
+            raise InferenceFailed(f"model {self.label} failed: {type(exc).__name__}: {exc}") from exc
+        if outputs is None:
+            log.info("model %s: a lone batch ran past %.0f ms on the loop's thread; it runs again on a worker",
+                     self.label, LEASH.limit_s * 1e3)
+        return outputs
 
     def _on_hang(self, worker: _Worker, future: asyncio.Future) -> None:
         if not future.done():

@@ -10,11 +10,14 @@ default: IO binding gives the same answers there but costs more per call (benchm
 from __future__ import annotations
 
 import threading
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 
+from mlserve.batching.leash import Stop, StoppableInfer
 from mlserve.engine.base import find_artifact
 from mlserve.engine.spec_check import merge_specs
 from mlserve.errors import ModelLoadError
@@ -35,6 +38,10 @@ _ORT_TO_DATATYPE = {
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
+
+
+_QUIET = 4
+"""ORT's log severity for fatal messages only."""
 
 
 def _spec(node: ort.NodeArg) -> TensorSpec:
@@ -118,13 +125,28 @@ class OnnxBackend:
         self.runs_concurrently = not on_cuda and self._config.intra_op_threads == 1 and self._binder is None
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run(inputs, None)
+
+    @property
+    def stoppable_infer(self) -> StoppableInfer | None:
+        """An infer another thread can stop mid-run (batching/leash.py): CPU sessions without IO
+        binding, whose terminate flag ORT reads between two nodes."""
+        return self._infer_stoppable if self.runs_concurrently else None
+
+    def _infer_stoppable(self, inputs: dict[str, np.ndarray], arm: Callable[[Stop], None]) -> dict[str, np.ndarray]:
+        options = ort.RunOptions()
+        options.log_severity_level = _QUIET  # a stopped run is not an error worth a log line
+        arm(partial(setattr, options, "terminate", True))
+        return self._run(inputs, options)
+
+    def _run(self, inputs: dict[str, np.ndarray], options: ort.RunOptions | None) -> dict[str, np.ndarray]:
         assert self._session is not None, "infer before load"
         feed = {
             name: (_bytes_to_str(array) if name in self._string_inputs else array)
             for name, array in inputs.items()
         }
         names = [o.name for o in self._info.outputs]
-        results = self._binder.run(feed) if self._binder is not None else self._session.run(names, feed)
+        results = self._binder.run(feed) if self._binder is not None else self._session.run(names, feed, options)
         return {name: (_str_to_bytes(r) if r.dtype == object else r) for name, r in zip(names, results)}
 
     def unload(self) -> None:
