@@ -27,6 +27,8 @@ class CircuitBreaker:
         self.state = BreakerState.CLOSED
         self.num_consecutive_failures = 0
         self._window: deque[bool] = deque(maxlen=spec.window)
+        self._num_window_failures = 0
+        """False entries in `_window`, kept as it moves (the rate is judged on every request)."""
         self._opened_at = 0.0
         self._probe_in_flight = False
         self.num_opened = 0
@@ -50,7 +52,12 @@ class CircuitBreaker:
             return
         if self.state is BreakerState.OPEN:
             return
-        self._window.append(ok)
+        window = self._window
+        if len(window) == window.maxlen and not window[0]:
+            self._num_window_failures -= 1  # the oldest entry, a failure, leaves the window
+        window.append(ok)
+        if not ok:
+            self._num_window_failures += 1
         self.num_consecutive_failures = 0 if ok else self.num_consecutive_failures + 1
         if self.num_consecutive_failures >= self.spec.consecutive_failures or self._rate_tripped():
             self._open()
@@ -61,7 +68,7 @@ class CircuitBreaker:
 
     @property
     def error_rate(self) -> float:
-        return self._window.count(False) / len(self._window) if self._window else 0.0
+        return self._num_window_failures / len(self._window) if self._window else 0.0
 
     def _rate_tripped(self) -> bool:
         return len(self._window) == self._window.maxlen and self.error_rate >= self.spec.error_rate
@@ -76,6 +83,7 @@ class CircuitBreaker:
         self.state = BreakerState.CLOSED
         self.num_consecutive_failures = 0
         self._window.clear()
+        self._num_window_failures = 0
         self._probe_in_flight = False
 
     def to_dict(self) -> dict:

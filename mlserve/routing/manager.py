@@ -18,6 +18,7 @@ from mlserve.registry.serving import BatchedServing
 from mlserve.spec.request_id import check_request_id
 from mlserve.routing import split as splits
 from mlserve.routing.bandit import BanditRecord, bandit_view
+from mlserve.routing.breaker import BreakerState
 from mlserve.routing.rollout import Rollout, RolloutPlan, RolloutStatus
 from mlserve.routing.rollout_stats import StepHealth, increments, stats_key
 from mlserve.routing.shared import SharedExperiments, moments_from, versions_in
@@ -52,7 +53,8 @@ class TrafficManager:
         holds them): they hold over model.toml's until set to null."""
         self._bandits: dict[str, BanditRecord] = {}
         """Per model, the split its bandit last wrote (through the control door, from any replica)."""
-        self._breaker_gauges: dict[tuple[str, int], Any] = {}
+        self._breaker_gauges: dict[tuple[str, int], list[Any]] = {}
+        """(model, version) -> [its breaker_state gauge child, the state it shows]."""
         """The breaker-state gauge's child per (model, version), bound once: every request sets it."""
         loader.held_versions = self._rollout_versions
 
@@ -162,7 +164,7 @@ class TrafficManager:
         if owner_model is not None:
             breaker = self.state(owner_model).breaker(answered.version)
             breaker.record(ok)
-            self._breaker_gauge(answered.model, answered.version).set(breaker.state.value)
+            self._show_breaker(answered.model, answered.version, breaker.state)
         state = self._states.get(model)
         if state is None or not routed or answered.model != model:
             return
@@ -174,11 +176,16 @@ class TrafficManager:
         if state.is_rolling_out and answered.version in (rollout.plan.version, rollout.stable):
             self._shared.count(stats_key(model, rollout.id, rollout.step), increments(answered.version, latency_s, ok))
 
-    def _breaker_gauge(self, model: str, version: int) -> Any:
-        gauge = self._breaker_gauges.get((model, version))
-        if gauge is None:  # the gauge keeps every child it made, so this table holds no more than it
-            gauge = self._breaker_gauges[(model, version)] = self._metrics.breaker_state.labels(model, str(version))
-        return gauge
+    def _show_breaker(self, model: str, version: int, state: BreakerState) -> None:
+        """The breaker's state on its gauge, set when it differs from the one shown (a gauge's set
+        takes a lock: once per change, not once per request)."""
+        shown = self._breaker_gauges.get((model, version))
+        if shown is None:  # the gauge keeps every child it made, so this table holds no more than it
+            shown = self._breaker_gauges[(model, version)] = [
+                self._metrics.breaker_state.labels(model, str(version)), None]
+        if shown[1] is not state:
+            shown[0].set(state.value)
+            shown[1] = state
 
     def release(self, answered: ServedVersion) -> None:
         """A request ended on the client's error: nothing to judge, but a half-open probe slot is freed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from typing import Any
@@ -85,11 +86,44 @@ def _flatten_strings(name: str, data: list) -> list[str]:
     return flat
 
 
-def _json_numeric(name: str, datatype: str, data: list, shape: tuple[int, ...]) -> np.ndarray:
+_PACKED = {float: ("d", np.float64), int: ("q", np.int64)}
+"""A flat list whose first value is a float is packed as doubles, one whose first is an int as int64s."""
+
+
+def _packed(data: list) -> np.ndarray | None:
+    """A flat list of numbers, or a list of equally long flat rows, read in one C pass (struct packs
+    the values into a numpy buffer: a quarter of np.array's time on a list of floats); None where
+    np.array must judge (deeper nesting, ragged rows, booleans, strings, nulls, an int where a list of
+    ints must hold int64s). Values come out as np.array reads them, with one difference on purpose: an
+    integer beyond 64 bits among floats is read as a float, where np.array made the list mixed."""
+    row = data[0]
+    if type(row) is list:
+        width = len(row)
+        if not width or not all(type(r) is list and len(r) == width for r in data):
+            return None
+        values: Any = itertools.chain.from_iterable(data)
+        first, count = type(row[0]), width * len(data)
+    else:
+        values, first, count = data, type(row), len(data)
+    packing = _PACKED.get(first)
+    if packing is None:
+        return None
+    code, dtype = packing
+    out = np.empty(count, dtype=dtype)
     try:
-        parsed = np.array(data)
-    except ValueError as exc:
-        raise InvalidInput(f"input {name!r}: data is not a regular nested list of numbers ({exc})") from None
+        struct.pack_into(f"{count}{code}", out, 0, *values)
+    except (struct.error, OverflowError):
+        return None
+    return out
+
+
+def _json_numeric(name: str, datatype: str, data: list, shape: tuple[int, ...]) -> np.ndarray:
+    parsed = _packed(data) if data else None
+    if parsed is None:
+        try:
+            parsed = np.array(data)
+        except ValueError as exc:
+            raise InvalidInput(f"input {name!r}: data is not a regular nested list of numbers ({exc})") from None
     if parsed.size == 0:
         parsed = parsed.astype(DATATYPE_TO_NUMPY[datatype])
     elif datatype == "UINT64" and parsed.dtype.kind in "fO":

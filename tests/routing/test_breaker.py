@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from mlserve.routing.breaker import BreakerState, CircuitBreaker
 from mlserve.spec import BreakerSpec
 
@@ -61,3 +63,21 @@ def test_a_released_probe_frees_the_slot():
     assert breaker.can_pass()
     breaker.release()
     assert breaker.can_pass()
+
+
+def test_the_error_rate_follows_the_window_as_it_moves():
+    """The failures in the window are counted as entries come and go; the rate equals a recount."""
+    rng = random.Random(11)
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSpec(consecutive_failures=1_000, error_rate=1.0, window=7, open_s=0.0), clock)
+    window: list[bool] = []
+    for _ in range(500):
+        ok = rng.random() < 0.6
+        breaker.record(ok)
+        window = (window + [ok])[-7:]
+        assert breaker.state is BreakerState.CLOSED or window.count(False) == 7
+        if breaker.state is not BreakerState.CLOSED:  # all seven failed: it opened; close it on a probe
+            assert breaker.can_pass()
+            breaker.record(True)
+            window = []
+        assert breaker.error_rate == (window.count(False) / len(window) if window else 0.0)
