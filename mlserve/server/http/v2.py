@@ -21,7 +21,7 @@ from mlserve.server.infer_rules import with_key_priority
 from mlserve.server.state import ServerState
 from mlserve.server.triton_config import EXTENSIONS, model_config_dict
 from mlserve.server.http.v2_codec import (
-    HEADER_LENGTH, Decoded, decode_infer_request, encode_infer_response,
+    HEADER_LENGTH, Decoded, HeaderPlans, decode_infer_request, encode_infer_response,
 )
 
 log = logging.getLogger("mlserve.server")
@@ -45,6 +45,7 @@ class V2Handlers:
         self._limits = limits
         self._decode_pool = decode_pool
         self._count = RequestCounter(plane, metrics, "v2").count
+        self._plans = HeaderPlans()
 
     async def live(self, request: web.Request) -> web.Response:
         return _json({"live": True})
@@ -111,7 +112,8 @@ class V2Handlers:
         json_bytes = len(body) if header_length is None else (int(header_length) if header_length.isdigit() else 0)
         if json_bytes >= LARGE_JSON_BYTES:
             return await self._decode_pool.decode(body, header_length, name, version, request.headers, arrived)
-        return decode_infer_request(body, header_length, name, version, request.headers, self._limits, arrived)
+        return decode_infer_request(body, header_length, name, version, request.headers, self._limits, arrived,
+                                    self._plans)
 
     async def repository_index(self, request: web.Request) -> web.Response:
         """Triton's index. It first runs a reconcile pass (the same as SIGHUP) unless the body says
