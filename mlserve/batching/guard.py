@@ -145,7 +145,7 @@ class GuardedInfer:
     async def run(self, inputs: Tensors, wait_s: float = 0.0) -> Tensors:
         """Run one batch from the event loop: the worker thread computes and wakes the loop once; with
         `wait_s`, the loop first waits that long for the answer itself (the short path)."""
-        if wait_s > 0 and self._stoppable is not None:
+        if wait_s > 0 and self._stoppable is not None and not self.num_hung:  # a model with a hung worker keeps off the loop
             outputs = self._run_leashed(inputs)
             if outputs is not None:
                 return outputs
