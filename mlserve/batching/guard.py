@@ -10,9 +10,10 @@ any other (the worker wakes the loop, the watchdog counts the hang deadline from
 cost is the loop being blocked for at most `wait_s` while one row computes; the batcher asks for it
 only when nothing else is queued. A backend whose run another thread can stop (ONNX Runtime on the
 CPU) takes a shorter way still: the loop thread runs the lone batch itself, on a leash
-(batching/leash.py), and a run past the leash is stopped and handed to a worker as above. A watchdog timer on the loop fires after `hang_timeout_s`: the thread that
-did not come back is abandoned (Python cannot kill it), a fresh one takes the next batch, and the
-requests get `ModelHung` (504). An abandoned thread that later finishes exits; while `max_hung` are
+(batching/leash.py), and a run past the leash is stopped and handed to a worker as above. A
+watchdog timer on the loop fires after `hang_timeout_s`: the thread that did not come back is
+abandoned (Python cannot kill it), a fresh one takes the next batch, and the requests get
+`ModelHung` (504). An abandoned thread that later finishes exits; while `max_hung` are
 still stuck the model answers at once with an error instead of stacking threads. Calling the guard
 directly (`guard(inputs)`) runs the same way from a plain thread, for tools and tests.
 """
@@ -145,8 +146,9 @@ class GuardedInfer:
     async def run(self, inputs: Tensors, wait_s: float = 0.0) -> Tensors:
         """Run one batch from the event loop: the worker thread computes and wakes the loop once; with
         `wait_s`, the loop first waits that long for the answer itself (the short path)."""
-        if wait_s > 0 and self._stoppable is not None and not self.num_hung:  # a model with a hung worker keeps off the loop
-            outputs = self._run_leashed(inputs)
+        stoppable = self._stoppable
+        if wait_s > 0 and stoppable is not None and not self.num_hung:  # a model with a hung worker stays off the loop
+            outputs = self._run_leashed(stoppable, inputs)
             if outputs is not None:
                 return outputs
             wait_s = 0.0  # stopped on the leash: a worker runs it, under the hang deadline
@@ -168,11 +170,11 @@ class GuardedInfer:
             if not worker.is_abandoned:  # a caller cancelled mid-batch gets its worker back once it is done
                 handoff.when_done(lambda: self._release(worker))
 
-    def _run_leashed(self, inputs: Tensors) -> Tensors | None:
+    def _run_leashed(self, stoppable: StoppableInfer, inputs: Tensors) -> Tensors | None:
         """On the calling (loop) thread, the GIL released while the engine computes; None when the
         leash stopped it or it ran out of memory (the worker path then runs it, splitting if needed)."""
         try:
-            outputs = LEASH.run(self._stoppable, inputs)  # type: ignore[arg-type]
+            outputs = LEASH.run(stoppable, inputs)
         except MlserveError:
             raise
         except Exception as exc:

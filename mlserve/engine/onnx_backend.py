@@ -135,7 +135,7 @@ class OnnxBackend:
 
     def _infer_stoppable(self, inputs: dict[str, np.ndarray], arm: Callable[[Stop], None]) -> dict[str, np.ndarray]:
         options = ort.RunOptions()
-        options.log_severity_level = _QUIET  # a stopped run is not an error worth a log line
+        options.log_severity_level = _QUIET  # a stopped run is no error; a failed one raises with its message
         arm(partial(setattr, options, "terminate", True))
         return self._run(inputs, options)
 

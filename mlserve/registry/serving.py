@@ -118,7 +118,7 @@ def serve_batched(runtime: BatchedRuntime, config: ModelConfig, model: str, vers
     its response cache where configured. `files`: how the version was opened (the loader's)."""
     batcher = DynamicBatcher(
         GuardedInfer.for_model(runtime.backend.infer, config, f"{model}/{version}",
-                               stoppable=getattr(runtime.backend, "stoppable_infer", None)),
+                               stoppable=getattr(runtime.backend, "stoppable_infer", None)),  # ONNX Runtime's
         config.batching, f"{model}-{version}",
         instances=config.instances, observer=_observer(metrics, stats, model, str(version)),
         background=_background_thread(runtime, config, model, version),

@@ -41,14 +41,17 @@ def test_a_remembered_header_decodes_as_a_fresh_one_and_reads_each_requests_byte
     for i in range(3):
         x = rng.standard_normal((2, 3), dtype=np.float32)
         names = np.array([f"row {i}".encode(), b"\xc3\xa9"], dtype=object)
-        body, length = _body(x, names, id=f"req-{i % 2}")
+        body, length = _body(x, names)
         planned = decode_infer_request(body, length, "m", "1", {}, LIMITS, 100.0, plans)
         fresh = decode_infer_request(body, length, "m", "1", {}, LIMITS, 100.0)
         assert _fields(planned) == _fields(fresh)
         np.testing.assert_array_equal(planned.request.inputs["x"], x)
         assert planned.request.inputs["s"].tolist() == names.tolist()
         assert planned.request.policy.deadline == pytest.approx(105.0)
-    assert plans.get(_body(x, names, id="req-0")[0][: int(length)]) is not None
+    assert plans.get(body[: int(length)]) is not None
+    with_id, length = _body(x, names, id="req-7")
+    assert decode_infer_request(with_id, length, "m", "1", {}, LIMITS, 0.0, plans).request.req_id == "req-7"
+    assert plans.get(with_id[: int(length)]) is None  # an id is one request's: its header is not kept
 
 
 @pytest.mark.parametrize("cut, message", [(4, "runs past the binary data"), (-4, "4 bytes of binary data belong to no input")])

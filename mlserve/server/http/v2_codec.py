@@ -139,8 +139,8 @@ class _Plan:
 class HeaderPlans:
     """Binary requests' headers, checked, by their bytes: a client sends the same header request after
     request (the same inputs, shapes and outputs), so its JSON is parsed and checked once. Headers
-    with an input whose data is JSON, and long ones, are parsed every time; the memory held stays
-    about 1 MiB."""
+    with an `id` (one per request, as a rule), with an input whose data is JSON, and long ones are
+    parsed every time; the memory held stays about 1 MiB."""
 
     MAX_PLANS = 512
     MAX_HEADER_BYTES = 2048
@@ -181,10 +181,10 @@ def decode_infer_request(
     check_content_type(parameters.get("content_type"), datatypes.values(), "the request")
     outputs, binary_flags, class_counts = _requested_outputs(parsed.get("outputs"), default_binary)
     extra = unhandled_parameters(parameters)
-    if key is not None and None not in sizes:
+    if plans is not None and key is not None and req_id is None and None not in sizes:
         inputs = tuple((name, datatypes[name], arrays[name].shape, size) for name, size in zip(arrays, sizes))
-        plans.keep(key, _Plan(req_id, parameters, default_binary, inputs, datatypes, outputs,  # type: ignore[union-attr]
-                              binary_flags, class_counts, extra))
+        plans.keep(key, _Plan(req_id, parameters, default_binary, inputs, datatypes, outputs, binary_flags,
+                              class_counts, extra))
     request = InferRequest(model, version, arrays, dict(datatypes), req_id, outputs, dict(extra), headers, policy,
                            class_counts)
     return Decoded(request, binary_flags, default_binary)
