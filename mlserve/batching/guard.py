@@ -33,7 +33,8 @@ from typing import Callable
 
 import numpy as np
 
-from mlserve.batching.leash import LEASH, StoppableInfer
+from mlserve.batching.leash import LEASH
+from mlserve.engine.base import StoppableInfer
 from mlserve.errors import InferenceFailed, MlserveError, ModelHung
 from mlserve.spec import ModelConfig
 

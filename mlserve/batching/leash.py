@@ -20,13 +20,7 @@ import threading
 import time
 from typing import Callable
 
-import numpy as np
-
-Tensors = dict[str, np.ndarray]
-Stop = Callable[[], None]
-StoppableInfer = Callable[[Tensors, Callable[[Stop], None]], Tensors]
-"""infer(inputs, arm): the backend calls `arm(stop)` before its run starts; `stop()` from another
-thread makes the run raise soon after."""
+from mlserve.engine.base import StoppableInfer, Tensors
 
 LEASH_S = 0.01
 """How long a leashed run may go on before the watchdog stops it (it runs again on a worker)."""
@@ -40,10 +34,10 @@ class _Run:
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.stop: Stop | None = None
+        self.stop: Callable[[], None] | None = None
         self.is_stopped = False
 
-    def arm(self, stop: Stop) -> None:
+    def arm(self, stop: Callable[[], None]) -> None:
         self.stop = stop
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -21,6 +21,12 @@ ARTIFACT_PATTERNS: tuple[tuple[str, str], ...] = (
     ("*.plan", "tensorrt"),
     ("config.json", "llm"),
 )
+
+
+Tensors = dict[str, np.ndarray]
+StoppableInfer = Callable[[Tensors, Callable[[Callable[[], None]], None]], Tensors]
+"""infer(inputs, arm): the backend calls `arm(stop)` before its run starts; `stop()` from another
+thread makes the run raise soon after (batching/leash.py; ONNX Runtime's `stoppable_infer`)."""
 
 
 class Backend(Protocol):

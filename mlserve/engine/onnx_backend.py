@@ -17,8 +17,7 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from mlserve.batching.leash import Stop, StoppableInfer
-from mlserve.engine.base import find_artifact
+from mlserve.engine.base import StoppableInfer, find_artifact
 from mlserve.engine.spec_check import merge_specs
 from mlserve.errors import ModelLoadError
 from mlserve.spec import ModelConfig, ModelInfo, TensorSpec
@@ -133,7 +132,8 @@ class OnnxBackend:
         binding, whose terminate flag ORT reads between two nodes."""
         return self._infer_stoppable if self.runs_concurrently else None
 
-    def _infer_stoppable(self, inputs: dict[str, np.ndarray], arm: Callable[[Stop], None]) -> dict[str, np.ndarray]:
+    def _infer_stoppable(self, inputs: dict[str, np.ndarray],
+                         arm: Callable[[Callable[[], None]], None]) -> dict[str, np.ndarray]:
         options = ort.RunOptions()
         options.log_severity_level = _QUIET  # a stopped run is no error; a failed one raises with its message
         arm(partial(setattr, options, "terminate", True))
