@@ -35,6 +35,14 @@ _ROLLOUT_GAUGE = {RolloutStatus.RUNNING: 1, RolloutStatus.PROMOTED: 2, RolloutSt
                   RolloutStatus.CANCELLED: 4}
 
 
+@dataclasses.dataclass(slots=True)
+class _ShownBreaker:
+    """A breaker-state gauge child and the state it was last set to."""
+
+    gauge: Any
+    state: BreakerState | None = None
+
+
 class TrafficManager:
     """Owns every model's ModelTraffic, the shadow runner and the rollout tasks."""
 
@@ -53,9 +61,8 @@ class TrafficManager:
         holds them): they hold over model.toml's until set to null."""
         self._bandits: dict[str, BanditRecord] = {}
         """Per model, the split its bandit last wrote (through the control door, from any replica)."""
-        self._breaker_gauges: dict[tuple[str, int], list[Any]] = {}
-        """(model, version) -> [its breaker_state gauge child, the state it shows]."""
-        """The breaker-state gauge's child per (model, version), bound once: every request sets it."""
+        self._breaker_gauges: dict[tuple[str, int], _ShownBreaker] = {}
+        """The breaker-state gauge's child per (model, version), bound once, and the state it shows."""
         loader.held_versions = self._rollout_versions
 
     def _rollout_versions(self, name: str) -> set[int]:
@@ -181,11 +188,11 @@ class TrafficManager:
         takes a lock: once per change, not once per request)."""
         shown = self._breaker_gauges.get((model, version))
         if shown is None:  # the gauge keeps every child it made, so this table holds no more than it
-            shown = self._breaker_gauges[(model, version)] = [
-                self._metrics.breaker_state.labels(model, str(version)), None]
-        if shown[1] is not state:
-            shown[0].set(state.value)
-            shown[1] = state
+            shown = self._breaker_gauges[(model, version)] = _ShownBreaker(
+                self._metrics.breaker_state.labels(model, str(version)))
+        if shown.state is not state:
+            shown.gauge.set(state.value)
+            shown.state = state
 
     def release(self, answered: ServedVersion) -> None:
         """A request ended on the client's error: nothing to judge, but a half-open probe slot is freed."""

@@ -90,6 +90,7 @@ def test_lone_onnx_batches_run_on_the_loop_thread_and_a_spinning_one_goes_to_the
     _write_spinner(tmp_path / "model.onnx")
     backend = OnnxBackend(ModelConfig())
     backend.load(tmp_path, "cpu")
+    backend.infer({"x": np.zeros((1, 3), np.float32)})  # warm: the first run must not count as a slow lone batch
     recording = _Recording(backend)
     stopped_before = LEASH.num_stopped
 
@@ -102,6 +103,7 @@ def test_lone_onnx_batches_run_on_the_loop_thread_and_a_spinning_one_goes_to_the
         for _ in range(3):
             quick = await batcher.submit({"x": np.full((1, 3), 2.0, np.float32)}, 1)
             np.testing.assert_array_equal(quick["y"], np.full((1, 3), 4.0, np.float32))
+        assert len(recording.threads) == 3, "the quick lone batches did not run on the loop's thread"
         gaps: list[float] = []
 
         async def tick() -> None:

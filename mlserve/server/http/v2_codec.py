@@ -122,9 +122,8 @@ def _requested_outputs(
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What a binary request's JSON header says, checked once: everything but the tensors' bytes and
-    the arrival time. Every input's data is in the binary part."""
+    the arrival time. Every input's data is in the binary part, and the header has no `id`."""
 
-    req_id: str | None
     parameters: dict[str, Any]
     default_binary: bool
     inputs: tuple[tuple[str, str, tuple[int, ...], int], ...]
@@ -183,8 +182,8 @@ def decode_infer_request(
     extra = unhandled_parameters(parameters)
     if plans is not None and key is not None and req_id is None and None not in sizes:
         inputs = tuple((name, datatypes[name], arrays[name].shape, size) for name, size in zip(arrays, sizes))
-        plans.keep(key, _Plan(req_id, parameters, default_binary, inputs, datatypes, outputs, binary_flags,
-                              class_counts, extra))
+        plans.keep(key, _Plan(parameters, default_binary, inputs, datatypes, outputs, binary_flags, class_counts,
+                              extra))
     request = InferRequest(model, version, arrays, dict(datatypes), req_id, outputs, dict(extra), headers, policy,
                            class_counts)
     return Decoded(request, binary_flags, default_binary)
@@ -202,8 +201,8 @@ def _planned(plan: _Plan, binary: memoryview, model: str, version: str | None, h
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input")
     policy = schedule_policy(plan.parameters, limits, arrived)
-    request = InferRequest(model, version, arrays, dict(plan.datatypes), plan.req_id, plan.outputs, dict(plan.extra),
-                           headers, policy, plan.class_counts)
+    request = InferRequest(model, version, arrays, dict(plan.datatypes), None, plan.outputs, dict(plan.extra), headers,
+                           policy, plan.class_counts)
     return Decoded(request, plan.binary_flags, plan.default_binary)
 
 
